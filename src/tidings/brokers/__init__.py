@@ -1,0 +1,1 @@
+"""Brokers: how a node learns of publications (DESIGN.md, Hop 2). One module per backend."""

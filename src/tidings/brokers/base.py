@@ -1,0 +1,103 @@
+"""The ``Broker`` protocol every Hop 2 backend implements, and the values it returns.
+
+No I/O here. A broker owns the truth about channels: it sequences publications, keeps
+history and carries each publication to the nodes whose hubs subscribed its channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from tidings.core.channel import ChannelName
+from tidings.core.publication import ClientInfo, Position, Publication
+from tidings.core.recovery import Recovery
+
+PublicationHandler = Callable[[Publication], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """Where a publish landed; ``duplicate`` when its key had been published already."""
+
+    position: Position
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRead:
+    """A channel's head position and what a reader gets of its history."""
+
+    head: Position
+    recovery: Recovery
+
+
+class Broker(Protocol):
+    """Sequences, stores and carries publications. Guarantees every implementation keeps
+    (the broker contract tests hold each one to them):
+
+    * **Atomic publish**: ``publish`` assigns the channel's next offset (previous + 1,
+      the first is 1), stores the publication in history and hands it to subscribed
+      nodes as one step: concurrent publishers, on any node, yield one gap-free order.
+    * **Idempotency**: a ``key`` published in the same channel within the dedupe window
+      is not published again; the result is the original position, ``duplicate=True``.
+    * **Per-channel order**: ``on_publication`` sees a channel's publications in offset
+      order, each once, for as long as this node is subscribed to the channel.
+    * **Epochs**: a channel's epoch changes only when its history was lost (an
+      in-memory broker restarted, a store lost the channel). Offsets of different
+      epochs are unrelated; a reader asking from a position of another epoch is told
+      ``Gap``, never given publications of the new epoch as if they followed.
+    * **No loss on subscribe**: a publication made after ``subscribe`` returns reaches
+      ``on_publication``; one made before it is in history (while retained). Readers
+      subscribe first, then read history, and merge by offset.
+    """
+
+    async def start(self, on_publication: PublicationHandler) -> None:
+        """Connect and start delivering publications of subscribed channels to the handler.
+
+        The handler is called on the event loop, must not block and must not raise.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Stop delivering and release connections; idempotent."""
+        ...
+
+    async def publish(
+        self,
+        channel: ChannelName,
+        data: bytes,
+        *,
+        key: str | None = None,
+        info: ClientInfo | None = None,
+    ) -> PublishResult:
+        """Publish ``data`` (single-line JSON text) in ``channel``.
+
+        Raises:
+            BrokerError: the backend failed; the publication may or may not have been
+                made, so a retry should carry the same ``key``.
+        """
+        ...
+
+    async def history(
+        self, channel: ChannelName, since: Position | None = None, limit: int | None = None
+    ) -> HistoryRead:
+        """Read ``channel``'s head and its publications after ``since``.
+
+        With ``since``, the recovery decision of ``core.recovery``; without it,
+        ``Replay`` of the latest ``limit`` retained publications (all with ``None``).
+        """
+        ...
+
+    async def subscribe(self, channel: ChannelName) -> None:
+        """Start delivering ``channel``'s publications to this node; idempotent."""
+        ...
+
+    async def unsubscribe(self, channel: ChannelName) -> None:
+        """Stop delivering ``channel``'s publications to this node; idempotent."""
+        ...
+
+    async def is_ready(self) -> bool:
+        """Whether the backend is reachable and publications can be made now."""
+        ...

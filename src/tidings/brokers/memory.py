@@ -1,0 +1,108 @@
+"""The embedded default broker: channels live in this process's memory.
+
+No I/O. Each channel is a ``ChannelLog``; a publish is sequenced, retained and handed
+to the hub in one synchronous step, which is what makes it atomic here. All channels
+share one epoch drawn at start, so a restart (which loses every history) is seen by
+resuming clients as an epoch change: ``recovered: false``, never a wrong offset.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+
+from tidings.brokers.base import HistoryRead, PublicationHandler, PublishResult
+from tidings.clock import Clock, SystemClock
+from tidings.core.channel import ChannelName
+from tidings.core.channel_log import Appended, ChannelLog
+from tidings.core.dedupe import DedupeOptions
+from tidings.core.namespace import Namespaces
+from tidings.core.publication import ClientInfo, Position
+from tidings.core.recovery import Replay
+
+
+def random_epoch() -> str:
+    """Return a fresh epoch: 11 random URL-safe characters."""
+    return secrets.token_urlsafe(8)
+
+
+class MemoryBroker:
+    """A single-process broker; see the module docstring."""
+
+    def __init__(
+        self,
+        namespaces: Namespaces,
+        *,
+        clock: Clock | None = None,
+        dedupe: DedupeOptions | None = None,
+        epoch_factory: Callable[[], str] = random_epoch,
+    ) -> None:
+        self._namespaces = namespaces
+        self._clock = clock or SystemClock()
+        self._dedupe = dedupe or DedupeOptions()
+        self._epoch = epoch_factory()
+        self._logs: dict[ChannelName, ChannelLog] = {}
+        self._subscribed: set[ChannelName] = set()
+        self._on_publication: PublicationHandler | None = None
+
+    async def start(self, on_publication: PublicationHandler) -> None:
+        """Start handing publications of subscribed channels to ``on_publication``."""
+        self._on_publication = on_publication
+
+    async def close(self) -> None:
+        """Stop delivering publications."""
+        self._on_publication = None
+
+    def _log(self, channel: ChannelName) -> ChannelLog:
+        log = self._logs.get(channel)
+        if log is None:
+            options = self._namespaces.options_for(channel)
+            log = ChannelLog(channel, self._epoch, options.history, self._dedupe)
+            self._logs[channel] = log
+        return log
+
+    async def publish(
+        self,
+        channel: ChannelName,
+        data: bytes,
+        *,
+        key: str | None = None,
+        info: ClientInfo | None = None,
+    ) -> PublishResult:
+        """Sequence, retain and deliver ``data`` in ``channel``, in one step."""
+        outcome = self._log(channel).append(data, self._clock.now_ms(), key, info)
+        if not isinstance(outcome, Appended):
+            return PublishResult(outcome.position, duplicate=True)
+        publication = outcome.publication
+        if self._on_publication is not None and channel in self._subscribed:
+            self._on_publication(publication)
+        return PublishResult(publication.position)
+
+    async def history(
+        self, channel: ChannelName, since: Position | None = None, limit: int | None = None
+    ) -> HistoryRead:
+        """Read ``channel``'s head and history (``Broker.history``)."""
+        log = self._logs.get(channel)
+        if log is None:
+            # Reading must not create state: an idle channel costs nothing.
+            head = Position(self._epoch, 0)
+            if since is None:
+                return HistoryRead(head, Replay(()))
+            log = ChannelLog(
+                channel, self._epoch, self._namespaces.options_for(channel).history, self._dedupe
+            )
+        now_ms = self._clock.now_ms()
+        recovery = log.since(since, now_ms, limit) if since else Replay(log.latest(now_ms, limit))
+        return HistoryRead(log.head, recovery)
+
+    async def subscribe(self, channel: ChannelName) -> None:
+        """Deliver ``channel``'s publications to this node's hub."""
+        self._subscribed.add(channel)
+
+    async def unsubscribe(self, channel: ChannelName) -> None:
+        """Stop delivering ``channel``'s publications."""
+        self._subscribed.discard(channel)
+
+    async def is_ready(self) -> bool:
+        """Always ready: there is nothing to reach."""
+        return True

@@ -1,0 +1,93 @@
+"""Cursors: opaque, URL-safe tokens holding the positions of a subscription's channels.
+
+Pure. PROTOCOL.md §1: a cursor is ``[A-Za-z0-9_-]+``, at most 4 KiB, and clients never
+parse it. Layout before base64url (no padding)::
+
+    version (1 byte) | JSON [[channel, epoch, offset], ...] | blake2b-64 of the above
+
+The checksum is what makes a corrupted cursor (a truncated URL, a flipped character) a
+``bad_request`` instead of a silently wrong position: a misread cursor would make the
+server skip or repeat publications, which PROTOCOL.md §2 forbids.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Final
+
+from tidings.core.channel import ChannelName, parse_channel
+from tidings.core.publication import Position, parse_position
+from tidings.errors import BadRequest
+
+MAX_CURSOR_LENGTH: Final = 4096
+_VERSION: Final = b"\x01"
+_CHECKSUM_BYTES: Final = 8
+_CURSOR_PATTERN: Final = re.compile(r"[A-Za-z0-9_\-]+")
+
+Positions = Mapping[ChannelName, Position]
+
+
+def _checksum(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=_CHECKSUM_BYTES).digest()
+
+
+def encode_cursor(positions: Positions) -> str:
+    """Encode the positions of a subscription's channels as a cursor.
+
+    Raises:
+        BadRequest: the cursor would be longer than 4 KiB (too many or too long
+            channel names for one subscription).
+    """
+    entries = [
+        [channel, position.epoch, position.offset] for channel, position in positions.items()
+    ]
+    body = _VERSION + json.dumps(entries, separators=(",", ":")).encode()
+    token = base64.urlsafe_b64encode(body + _checksum(body)).rstrip(b"=").decode("ascii")
+    if len(token) > MAX_CURSOR_LENGTH:
+        raise BadRequest(
+            f"the positions of {len(positions)} channels make a cursor of {len(token):,} "
+            f"characters; at most {MAX_CURSOR_LENGTH:,} are allowed: subscribe fewer channels"
+        )
+    return token
+
+
+def decode_cursor(token: str) -> dict[ChannelName, Position]:
+    """Decode a cursor received from a client.
+
+    Raises:
+        BadRequest: the token is not a cursor this server made, or was altered.
+    """
+    if len(token) > MAX_CURSOR_LENGTH or _CURSOR_PATTERN.fullmatch(token) is None:
+        raise BadRequest(
+            f"cursor must be 1-{MAX_CURSOR_LENGTH} characters of A-Z a-z 0-9 _ -; "
+            "pass back a cursor exactly as the server gave it"
+        )
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        raise _corrupted() from None
+    body, checksum = raw[:-_CHECKSUM_BYTES], raw[-_CHECKSUM_BYTES:]
+    if len(raw) <= _CHECKSUM_BYTES or _checksum(body) != checksum or body[:1] != _VERSION:
+        raise _corrupted()
+    try:
+        entries = json.loads(body[1:])
+    except ValueError:
+        raise _corrupted() from None
+    if not isinstance(entries, list):
+        raise _corrupted()
+    positions: dict[ChannelName, Position] = {}
+    for entry in entries:
+        if not isinstance(entry, list) or len(entry) != 3:
+            raise _corrupted()
+        channel, epoch, offset = entry
+        positions[parse_channel(channel)] = parse_position(epoch, offset)
+    return positions
+
+
+def _corrupted() -> BadRequest:
+    return BadRequest("cursor is corrupted; pass back a cursor exactly as the server gave it")

@@ -1,0 +1,114 @@
+"""The exceptions tidings raises, rooted in one class.
+
+Pure: no I/O. Who is at fault decides the branch::
+
+    TidingsError
+    ├── RequestError            the peer sent something wrong; carries a PROTOCOL.md §7 code
+    │   ├── BadRequest              bad_request        400
+    │   ├── Unauthorized            unauthorized       401
+    │   ├── PermissionDenied        permission_denied  403
+    │   ├── NotFound                not_found          404
+    │   ├── MessageTooLarge         message_too_large  413
+    │   ├── TooManyRequests         too_many_requests  429
+    │   └── Unavailable             unavailable        503
+    ├── ConfigError             the operator's configuration is wrong (also a ValueError)
+    ├── BrokerError             a broker backend failed (raised ``from`` the backend's error)
+    └── ConnectionClosed        ends a session with a close code and a reason
+
+A ``RequestError`` message is safe to send back to the peer: it says what was wrong and
+what would be accepted, and never contains a secret.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+ErrorCode = Literal[
+    "bad_request",
+    "unauthorized",
+    "permission_denied",
+    "not_found",
+    "message_too_large",
+    "too_many_requests",
+    "unavailable",
+    "internal",
+]
+
+
+class TidingsError(Exception):
+    """Root of every exception tidings raises on purpose."""
+
+
+class RequestError(TidingsError):
+    """The peer sent something wrong; ``message`` may be sent back as is."""
+
+    code: ClassVar[ErrorCode] = "bad_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(RequestError):
+    """Malformed or invalid input: a frame, a channel name, a cursor, a parameter."""
+
+    code = "bad_request"
+
+
+class Unauthorized(RequestError):
+    """Missing, invalid or expired credentials."""
+
+    code = "unauthorized"
+
+
+class PermissionDenied(RequestError):
+    """Valid credentials that do not allow this operation."""
+
+    code = "permission_denied"
+
+
+class NotFound(RequestError):
+    """The thing asked for does not exist."""
+
+    code = "not_found"
+
+
+class MessageTooLarge(RequestError):
+    """A publication's data or a frame is over its size limit."""
+
+    code = "message_too_large"
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(f"{what} is {size:,} bytes; at most {limit:,} bytes are allowed")
+        self.size = size
+        self.limit = limit
+
+
+class TooManyRequests(RequestError):
+    """A rate or connection limit was reached."""
+
+    code = "too_many_requests"
+
+
+class Unavailable(RequestError):
+    """The server cannot serve this now (broker down, draining); try again later."""
+
+    code = "unavailable"
+
+
+class ConfigError(TidingsError, ValueError):
+    """The configuration (file, environment, arguments) is invalid."""
+
+
+class BrokerError(TidingsError):
+    """A broker backend failed; the cause is chained."""
+
+
+class ConnectionClosed(TidingsError):
+    """Ends a session: the transport closes with ``code`` and ``reason``."""
+
+    def __init__(self, code: int, reason: str, *, reconnect: bool = False) -> None:
+        super().__init__(f"connection closed with {code}: {reason}")
+        self.code = code
+        self.reason = reason
+        self.reconnect = reconnect

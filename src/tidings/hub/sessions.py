@@ -1,0 +1,83 @@
+"""The client sessions connected to this node, by id and by user. No I/O.
+
+Used to disconnect a user's sessions (server API), to drain on shutdown, to send
+heartbeats from one timer, and to enforce the per-node connection limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from tidings.errors import TooManyRequests
+
+
+class Session(Protocol):
+    """A connected client as the server sees it."""
+
+    @property
+    def client_id(self) -> str:
+        """The connection's id, unique on this node."""
+        ...
+
+    @property
+    def user(self) -> str:
+        """The authenticated user id, ``""`` if anonymous."""
+        ...
+
+    def disconnect(self, code: int, reason: str, *, reconnect: bool) -> None:
+        """Tell the client why, then close its connection with ``code``."""
+        ...
+
+
+class SessionRegistry:
+    """Connected sessions, at most ``limit`` at once."""
+
+    __slots__ = ("_by_id", "_by_user", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._by_id: dict[str, Session] = {}
+        self._by_user: dict[str, set[str]] = {}
+
+    def add(self, session: Session) -> None:
+        """Register a new session.
+
+        Raises:
+            TooManyRequests: the node already holds ``limit`` sessions.
+        """
+        if len(self._by_id) >= self.limit:
+            raise TooManyRequests(
+                f"this node holds {self.limit:,} connections, its limit; try another node or later"
+            )
+        self._by_id[session.client_id] = session
+        self._by_user.setdefault(session.user, set()).add(session.client_id)
+
+    def rename(self, session: Session, old_user: str) -> None:
+        """Re-index ``session`` after it authenticated as another user."""
+        ids = self._by_user.get(old_user)
+        if ids is not None:
+            ids.discard(session.client_id)
+            if not ids:
+                del self._by_user[old_user]
+        self._by_user.setdefault(session.user, set()).add(session.client_id)
+
+    def remove(self, session: Session) -> None:
+        """Forget a session that ended; idempotent."""
+        if self._by_id.pop(session.client_id, None) is None:
+            return
+        ids = self._by_user.get(session.user)
+        if ids is not None:
+            ids.discard(session.client_id)
+            if not ids:
+                del self._by_user[session.user]
+
+    def of_user(self, user: str) -> list[Session]:
+        """Return the sessions of ``user``."""
+        return [self._by_id[client_id] for client_id in self._by_user.get(user, ())]
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(list(self._by_id.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_id)
