@@ -17,6 +17,7 @@ front), which makes the successor's index a subtraction.
 from __future__ import annotations
 
 import enum
+from itertools import islice
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -78,7 +79,8 @@ def decide_recovery(
         return Gap(GapReason.EVICTED)
     start = since.offset + 1 - retained[0].offset
     stop = len(retained) if limit is None else min(len(retained), start + limit)
-    return Replay(tuple(retained[start:stop]))
+    # islice, not a slice: the history is a deque, which cannot be sliced.
+    return Replay(tuple(islice(retained, start, stop)))
 
 
 def latest(retained: Sequence[Publication], limit: int | None) -> tuple[Publication, ...]:
@@ -87,4 +89,4 @@ def latest(retained: Sequence[Publication], limit: int | None) -> tuple[Publicat
         return tuple(retained)
     if limit <= 0:
         return ()
-    return tuple(retained[len(retained) - limit :])
+    return tuple(islice(retained, len(retained) - limit, None))

@@ -1,11 +1,13 @@
 """The client sessions connected to this node, by id and by user. No I/O.
 
 Used to disconnect a user's sessions (server API), to drain on shutdown, to send
-heartbeats from one timer, and to enforce the per-node connection limit.
+heartbeats from one timer, and to enforce the per-node connection limit. Bookkeeping
+only; ``wait_empty`` is the one thing here to await.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -29,16 +31,22 @@ class Session(Protocol):
         """Tell the client why, then close its connection with ``code``."""
         ...
 
+    def heartbeat(self, now_s: float) -> None:
+        """Send a heartbeat if nothing was sent for the ping interval (monotonic seconds)."""
+        ...
+
 
 class SessionRegistry:
     """Connected sessions, at most ``limit`` at once."""
 
-    __slots__ = ("_by_id", "_by_user", "limit")
+    __slots__ = ("_by_id", "_by_user", "_empty", "limit")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._by_id: dict[str, Session] = {}
         self._by_user: dict[str, set[str]] = {}
+        self._empty = asyncio.Event()
+        self._empty.set()
 
     def add(self, session: Session) -> None:
         """Register a new session.
@@ -52,6 +60,7 @@ class SessionRegistry:
             )
         self._by_id[session.client_id] = session
         self._by_user.setdefault(session.user, set()).add(session.client_id)
+        self._empty.clear()
 
     def rename(self, session: Session, old_user: str) -> None:
         """Re-index ``session`` after it authenticated as another user."""
@@ -71,6 +80,12 @@ class SessionRegistry:
             ids.discard(session.client_id)
             if not ids:
                 del self._by_user[session.user]
+        if not self._by_id:
+            self._empty.set()
+
+    async def wait_empty(self) -> None:
+        """Return once no session is registered."""
+        await self._empty.wait()
 
     def of_user(self, user: str) -> list[Session]:
         """Return the sessions of ``user``."""

@@ -1,0 +1,39 @@
+"""tidings: a real-time update server and library.
+
+Publish to channels from your backend; browsers, phones and services receive the
+publications over WebSocket, Server-Sent Events or polling, in order, gap-free, and
+resume where they were after a disconnect.
+"""
+
+from tidings.brokers.base import Broker, HistoryRead, PublishResult
+from tidings.brokers.memory import MemoryBroker
+from tidings.client import GapNotice, WebSocketSubscription
+from tidings.core.channel import ChannelName
+from tidings.core.namespace import NamespaceOptions, Namespaces, Policy
+from tidings.core.publication import ClientInfo, Position, Publication
+from tidings.errors import TidingsError
+from tidings.hub import Hub
+from tidings.server.app import TidingsApp, create_app
+from tidings.server.config import Settings, load_settings
+
+__all__ = [
+    "Broker",
+    "ChannelName",
+    "ClientInfo",
+    "GapNotice",
+    "HistoryRead",
+    "Hub",
+    "MemoryBroker",
+    "NamespaceOptions",
+    "Namespaces",
+    "Policy",
+    "Position",
+    "Publication",
+    "PublishResult",
+    "Settings",
+    "TidingsApp",
+    "TidingsError",
+    "WebSocketSubscription",
+    "create_app",
+    "load_settings",
+]

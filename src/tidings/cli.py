@@ -1,0 +1,197 @@
+"""The ``tidings`` command: serve, publish, subscribe.
+
+I/O: runs uvicorn, makes HTTP calls, prints to the terminal. The only place that
+configures logging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+import click
+import httpx
+import uvicorn
+
+from tidings.client.events import GapNotice
+from tidings.client.websocket import WebSocketSubscription
+from tidings.core.publication import parse_position_text
+from tidings.core.wire import encode_json, publication_frame
+from tidings.errors import ConfigError, ConnectionClosed, TidingsError
+from tidings.server.app import FRAME_OVERHEAD_BYTES, TidingsApp
+from tidings.server.config import load_settings
+
+DEFAULT_SERVER: Final = "http://127.0.0.1:8000"
+WS_PING_INTERVAL_S: Final = 20.0
+WS_PING_TIMEOUT_S: Final = 20.0
+# uvicorn cuts frames past its own limit with 1009; ours (4009) applies below it.
+UVICORN_FRAME_LIMIT_FACTOR: Final = 4
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn, but on SIGTERM/SIGINT tidings tells clients first (disconnect push, 1001)."""
+
+    def __init__(self, config: uvicorn.Config, app: TidingsApp) -> None:
+        super().__init__(config)
+        self._tidings = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await self._tidings.drain()
+        await super().shutdown(sockets)
+
+
+@click.group()
+@click.version_option(package_name="tidings")
+def main() -> None:
+    """tidings: a real-time update server."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port to bind (default 8000).")
+@click.option(
+    "--data", default=None, help="Directory for the sqlite broker (history survives restarts)."
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A TOML configuration file.",
+)
+@click.option(
+    "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
+)
+def serve(
+    host: str | None, port: int | None, data: str | None, config_file: Path | None, log_level: str
+) -> None:
+    """Run a tidings node (memory broker by default, sqlite with --data)."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = load_settings(
+            config_file, os.environ, {"host": host, "port": port, "data": data}
+        )
+        app = TidingsApp(settings)
+    except (ConfigError, TidingsError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        log_level=log_level,
+        ws="websockets-sansio",
+        ws_ping_interval=WS_PING_INTERVAL_S,
+        ws_ping_timeout=WS_PING_TIMEOUT_S,
+        ws_max_size=(settings.max_data_bytes + FRAME_OVERHEAD_BYTES) * UVICORN_FRAME_LIMIT_FACTOR,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s) + 1,
+        server_header=False,
+    )
+    _DrainingServer(config, app).run()
+
+
+@main.command()
+@click.argument("channel")
+@click.argument("data")
+@click.option(
+    "--key", default=None, help="Idempotency key: a retry with it is not published twice."
+)
+@click.option(
+    "--server", default=DEFAULT_SERVER, show_default=True, help="The node's HTTP address."
+)
+@click.option("--api-key", envvar="TIDINGS_API_KEY", default=None, help="The server API key.")
+def publish(channel: str, data: str, key: str | None, server: str, api_key: str | None) -> None:
+    """Publish DATA (JSON) in CHANNEL through the server API."""
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise click.BadParameter(f"DATA must be JSON (quote strings: '\"hi\"'): {exc}") from exc
+    body: dict[str, Any] = {"channel": channel, "data": value}
+    if key is not None:
+        body["key"] = key
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.post(f"{server.rstrip('/')}/api/publish", json=body, headers=headers)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach {server}: {exc}") from exc
+    if response.status_code != 200:
+        raise click.ClickException(_error_text(response))
+    click.echo(response.text)
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        error = response.json()["error"]
+        return f"{error['code']}: {error['message']}"
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+
+
+@main.command()
+@click.argument("channels", nargs=-1, required=True)
+@click.option(
+    "--server", default=DEFAULT_SERVER, show_default=True, help="The node's HTTP address."
+)
+@click.option("--token", envvar="TIDINGS_TOKEN", default=None, help="A connection JWT.")
+@click.option(
+    "--since",
+    "since_text",
+    default=None,
+    help="Resume the (single) channel after <epoch>:<offset>.",
+)
+def subscribe(
+    channels: tuple[str, ...], server: str, token: str | None, since_text: str | None
+) -> None:
+    """Print publications of CHANNELS as JSON lines as they arrive (Ctrl-C stops)."""
+    since = None
+    if since_text is not None:
+        if len(channels) != 1:
+            raise click.BadParameter("--since applies to exactly one channel")
+        try:
+            since = {channels[0]: parse_position_text(since_text)}
+        except TidingsError as exc:
+            raise click.BadParameter(str(exc)) from exc
+    ws_url = server.replace("http://", "ws://", 1).replace("https://", "wss://", 1).rstrip("/")
+    try:
+        subscription = WebSocketSubscription(f"{ws_url}/ws", channels, token=token, since=since)
+    except TidingsError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    try:
+        asyncio.run(_print_publications(subscription))
+    except KeyboardInterrupt:
+        pass
+    except ConnectionClosed as closed:
+        raise click.ClickException(
+            f"server closed the connection ({closed.code}): {closed.reason}"
+        ) from None
+
+
+async def _print_publications(subscription: WebSocketSubscription) -> None:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    # Ctrl-C and SIGTERM end the iteration cleanly instead of a traceback.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        async for event in subscription:
+            if isinstance(event, GapNotice):
+                click.echo(
+                    f"gap in {event.channel}: publications after {event.since} were lost; "
+                    f"now at {event.position}",
+                    err=True,
+                )
+                continue
+            sys.stdout.write(encode_json(publication_frame(event)).decode() + "\n")
+            sys.stdout.flush()
+    except asyncio.CancelledError:
+        await subscription.close()

@@ -1,0 +1,1 @@
+"""The server: the ASGI application, the server API, auth, configuration and lifecycle."""

@@ -1,0 +1,205 @@
+"""The server API (PROTOCOL.md §6): the application's backend publishes and manages here.
+
+HTTP I/O through Starlette. Bodies are decoded once into typed structs; every error
+becomes one JSON error body through ``http_errors``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Final, TypeVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tidings.brokers.base import PublishResult
+from tidings.core.channel import ChannelName, parse_channel
+from tidings.core.commands import MAX_HISTORY_LIMIT, IdempotencyKey, single_line_json
+from tidings.core.publication import Position, parse_position_text
+from tidings.core.recovery import Replay
+from tidings.core.wire import position_fields, publication_frames
+from tidings.errors import BadRequest, MessageTooLarge, PermissionDenied, RequestError, Unauthorized
+from tidings.server.auth import is_valid_api_key
+from tidings.server.http_errors import (
+    internal_error_response,
+    json_response,
+    request_error_response,
+)
+from tidings.transports.close_codes import is_reconnectable
+from tidings.transports.context import TransportContext
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_BROADCAST_CHANNELS: Final = 1000
+MAX_BODY_BYTES_OVERHEAD: Final = 64 * 1024
+
+
+class PublishBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /api/publish``."""
+
+    channel: str
+    data: msgspec.Raw
+    key: IdempotencyKey | None = None
+
+
+class BroadcastBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /api/broadcast``."""
+
+    channels: Annotated[list[str], msgspec.Meta(min_length=1, max_length=MAX_BROADCAST_CHANNELS)]
+    data: msgspec.Raw
+    key: IdempotencyKey | None = None
+
+
+class DisconnectBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /api/disconnect``."""
+
+    user: str
+    code: Annotated[int, msgspec.Meta(ge=4000, le=4999)] = 4003
+    reason: Annotated[str, msgspec.Meta(max_length=120)] = "disconnected by the application"
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class ServerApi:
+    """The handlers of the server API, bound to one node's context."""
+
+    def __init__(self, context: TransportContext, api_key: str | None) -> None:
+        self._context = context
+        self._api_key = api_key
+        self._max_body = (
+            max(options.max_data_bytes for _, options in context.namespaces.items())
+            + MAX_BODY_BYTES_OVERHEAD
+        )
+
+    def routes(self) -> list[Route]:
+        """Return the API routes."""
+        return [
+            Route("/api/publish", self._guard(self.publish), methods=["POST"]),
+            Route("/api/broadcast", self._guard(self.broadcast), methods=["POST"]),
+            Route("/api/history", self._guard(self.history), methods=["GET"]),
+            Route("/api/presence", self._guard(self.presence), methods=["GET"]),
+            Route("/api/channels", self._guard(self.channels), methods=["GET"]),
+            Route("/api/disconnect", self._guard(self.disconnect), methods=["POST"]),
+        ]
+
+    def _guard(self, handler: Handler) -> Handler:
+        """Check the API key and translate errors, once for every handler."""
+
+        async def guarded(request: Request) -> Response:
+            try:
+                authorization = request.headers.get("authorization", "")
+                presented = authorization[7:] if authorization[:7].lower() == "bearer " else None
+                if not is_valid_api_key(self._api_key, presented):
+                    raise Unauthorized("the server API needs Authorization: Bearer <api key>")
+                return await handler(request)
+            except RequestError as error:
+                return request_error_response(error)
+            except Exception:
+                logger.exception("%s %s failed", request.method, request.url.path)
+                return internal_error_response()
+
+        return guarded
+
+    async def _body(self, request: Request, kind: type[T]) -> T:
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self._max_body:
+                raise MessageTooLarge("request body", len(body), self._max_body)
+        try:
+            decoded: T = msgspec.json.decode(body, type=kind)
+        except msgspec.ValidationError as exc:
+            raise BadRequest(f"invalid body: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"body is not JSON: {exc}") from None
+        return decoded
+
+    def _checked_data(self, channel: ChannelName, data: msgspec.Raw) -> bytes:
+        raw = bytes(data)
+        limit = self._context.namespaces.options_for(channel).max_data_bytes
+        if len(raw) > limit:
+            raise MessageTooLarge("data", len(raw), limit)
+        return single_line_json(raw)
+
+    async def publish(self, request: Request) -> Response:
+        """``POST /api/publish`` → ``{"epoch", "offset"}``."""
+        body = await self._body(request, PublishBody)
+        channel = parse_channel(body.channel)
+        data = self._checked_data(channel, body.data)
+        result = await self._context.hub.publish(channel, data, key=body.key)
+        return json_response(_publish_fields(result))
+
+    async def broadcast(self, request: Request) -> Response:
+        """``POST /api/broadcast`` → ``{"results": [{"channel", "epoch", "offset"}]}``."""
+        body = await self._body(request, BroadcastBody)
+        channels = [parse_channel(channel) for channel in body.channels]
+        checked = [(channel, self._checked_data(channel, body.data)) for channel in channels]
+        results = []
+        for channel, data in checked:
+            result = await self._context.hub.publish(channel, data, key=body.key)
+            results.append({"channel": channel, **_publish_fields(result)})
+        return json_response({"results": results})
+
+    async def history(self, request: Request) -> Response:
+        """``GET /api/history?channel=&since_epoch=&since_offset=&limit=``."""
+        query = request.query_params
+        channel = parse_channel(query.get("channel"))
+        since = _since(query.get("since_epoch"), query.get("since_offset"))
+        limit = _limit(query.get("limit"))
+        read = await self._context.hub.history(channel, since, limit)
+        recovery = read.recovery
+        answer: dict[str, Any] = position_fields(read.head)
+        answer["publications"] = (
+            publication_frames(recovery.publications) if isinstance(recovery, Replay) else []
+        )
+        if since is not None:
+            answer["recovered"] = isinstance(recovery, Replay)
+        return json_response(answer)
+
+    async def presence(self, request: Request) -> Response:
+        """``GET /api/presence?channel=`` → ``{"clients": {id: {"user"}}}``."""
+        channel = parse_channel(request.query_params.get("channel"))
+        if not self._context.namespaces.options_for(channel).presence:
+            raise PermissionDenied(f"presence is off in the namespace of {channel}")
+        clients = self._context.hub.presence(channel)
+        return json_response({"clients": {c: {"user": u} for c, u in clients.items()}})
+
+    async def channels(self, request: Request) -> Response:
+        """``GET /api/channels?prefix=`` → ``{"channels": {name: {"subscribers": n}}}``."""
+        prefix = request.query_params.get("prefix", "")
+        counts = self._context.hub.channels(prefix)
+        return json_response({"channels": {c: {"subscribers": n} for c, n in counts.items()}})
+
+    async def disconnect(self, request: Request) -> Response:
+        """``POST /api/disconnect`` → ``{"disconnected": n}``."""
+        body = await self._body(request, DisconnectBody)
+        sessions = self._context.sessions.of_user(body.user)
+        for session in sessions:
+            session.disconnect(body.code, body.reason, reconnect=is_reconnectable(body.code))
+        return json_response({"disconnected": len(sessions)})
+
+
+def _publish_fields(result: PublishResult) -> dict[str, Any]:
+    return position_fields(result.position)
+
+
+def _since(epoch: str | None, offset: str | None) -> Position | None:
+    if epoch is None and offset is None:
+        return None
+    if epoch is None or offset is None:
+        raise BadRequest("give both since_epoch and since_offset, or neither")
+    return parse_position_text(f"{epoch}:{offset}")
+
+
+def _limit(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit() or not 0 <= int(text) <= MAX_HISTORY_LIMIT:
+        raise BadRequest(f"limit must be a whole number from 0 to {MAX_HISTORY_LIMIT}")
+    return int(text)

@@ -1,0 +1,177 @@
+"""The tidings ASGI application: routes, lifecycle, broker choice and graceful drain.
+
+Embeddable: mount a ``TidingsApp`` in any Starlette or FastAPI application (it starts
+on its first request if its lifespan is not run, or pass ``app.lifespan`` to the host
+application to start it with the host). ``tidings serve`` runs it under uvicorn and
+calls ``drain`` on SIGTERM/SIGINT before uvicorn closes connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, Router, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from tidings.brokers.sqlite import SqliteBroker
+
+from tidings.brokers.base import Broker
+from tidings.brokers.memory import MemoryBroker
+from tidings.core.dedupe import DedupeOptions
+from tidings.hub.hub import Hub
+from tidings.hub.sessions import SessionRegistry
+from tidings.server.api import ServerApi
+from tidings.server.auth import Authenticator
+from tidings.server.config import Settings
+from tidings.server.heartbeat import run_heartbeats
+from tidings.server.http_errors import error_response, json_response
+from tidings.transports.close_codes import CLOSE_GOING_AWAY
+from tidings.transports.context import Limits, TransportContext
+from tidings.transports.websocket import WebSocketTransport
+
+logger = logging.getLogger(__name__)
+
+# Room in a WebSocket frame for everything but data: op, id, channel, key.
+FRAME_OVERHEAD_BYTES: Final = 4096
+HEARTBEAT_TICKS_PER_INTERVAL: Final = 5
+
+
+def create_broker(settings: Settings) -> Broker:
+    """Return the broker the settings name: sqlite with ``data``, else memory."""
+    namespaces = settings.namespace_table()
+    dedupe = DedupeOptions(window_ms=int(settings.dedupe_window_s * 1000))
+    if settings.data is not None:
+        return SqliteBroker(settings.data, namespaces, dedupe=dedupe)
+    return MemoryBroker(namespaces, dedupe=dedupe)
+
+
+class TidingsApp:
+    """A tidings node as an ASGI application."""
+
+    def __init__(self, settings: Settings | None = None, broker: Broker | None = None) -> None:
+        self.settings = settings = settings or Settings()
+        self.hub = Hub(broker or create_broker(settings))
+        self.sessions = SessionRegistry(settings.max_connections)
+        self.context = TransportContext(
+            hub=self.hub,
+            sessions=self.sessions,
+            authenticator=Authenticator(settings.jwt_secret),
+            namespaces=settings.namespace_table(),
+            limits=Limits(
+                outbound_buffer_bytes=settings.outbound_buffer_bytes,
+                max_frame_bytes=settings.max_data_bytes + FRAME_OVERHEAD_BYTES,
+                max_channels_per_connection=settings.max_channels_per_connection,
+                command_rate=settings.command_rate,
+                command_burst=settings.command_burst,
+            ),
+            ping_interval_s=settings.ping_interval_s,
+            allowed_origins=settings.allowed_origins,
+        )
+        api = ServerApi(self.context, settings.api_key)
+        self._router = Router(
+            routes=[
+                WebSocketRoute("/ws", WebSocketTransport(self.context)),
+                Route("/health", self._health, methods=["GET"]),
+                Route("/ready", self._ready, methods=["GET"]),
+                *api.routes(),
+            ]
+        )
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if not self._started:
+            await self.start()
+        await self._router(scope, receive, send)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the broker and the heartbeat timer; idempotent."""
+        async with self._start_lock:
+            if self._started:
+                return
+            await self.hub.start()
+            tick_s = max(0.05, self.settings.ping_interval_s / HEARTBEAT_TICKS_PER_INTERVAL)
+            self._heartbeat = asyncio.create_task(run_heartbeats(self.sessions, tick_s))
+            self._started = True
+            if self.settings.api_key is None:
+                logger.warning("no api_key is set: the server API accepts any caller")
+            logger.info("tidings node %s started", self.context.node_id)
+
+    async def drain(
+        self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down"
+    ) -> None:
+        """Tell every client to reconnect elsewhere, close them, and wait (bounded) until
+        they are gone. New connections are refused from now on."""
+        self.context.draining = True
+        for session in self.sessions:
+            session.disconnect(code, reason, reconnect=True)
+        try:
+            await asyncio.wait_for(self.sessions.wait_empty(), self.settings.shutdown_timeout_s)
+        except TimeoutError:
+            logger.warning("%d connections still open after the drain timeout", len(self.sessions))
+
+    async def stop(self) -> None:
+        """Drain connections, stop the heartbeat and close the broker; idempotent."""
+        if not self._started:
+            return
+        await self.drain()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        await self.hub.close()
+        self._started = False
+        logger.info("tidings node %s stopped", self.context.node_id)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Any = None) -> AsyncIterator[None]:
+        """Start with the host application and stop with it (Starlette ``lifespan=``)."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:
+                    logger.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- health ------------------------------------------------------------------------
+
+    async def _health(self, _request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def _ready(self, _request: Request) -> Response:
+        if self.context.draining:
+            return error_response("unavailable", "this node is draining")
+        if not await self.hub.broker.is_ready():
+            return error_response("unavailable", "the broker is not reachable")
+        return json_response({"status": "ready"})
+
+
+def create_app(settings: Settings | None = None) -> TidingsApp:
+    """Return a tidings ASGI application configured by ``settings`` (defaults if ``None``)."""
+    return TidingsApp(settings)

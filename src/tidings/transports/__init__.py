@@ -1,0 +1,1 @@
+"""Transports (Hop 1): thin adapters from client connections to hub calls."""

@@ -1,0 +1,42 @@
+"""WebSocket close codes (PROTOCOL.md §3) and the one table mapping errors to them. Pure."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from tidings.errors import ErrorCode, RequestError
+
+CLOSE_NORMAL: Final = 1000
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_RESTARTING: Final = 1012
+CLOSE_UNAUTHORIZED: Final = 4001
+CLOSE_FORBIDDEN: Final = 4003
+CLOSE_PROTOCOL_VIOLATION: Final = 4008
+CLOSE_MESSAGE_TOO_BIG: Final = 4009
+CLOSE_INTERNAL: Final = 4500 + 99  # 4599: reconnect, the fault was ours
+CLOSE_SLOW_CONSUMER: Final = 4500
+CLOSE_CONNECTION_LIMIT: Final = 4501
+CLOSE_MOVED: Final = 4503
+
+# A request error that ends a connection (rather than failing one command) closes it so.
+_CLOSE_FOR_ERROR: Final[dict[ErrorCode, int]] = {
+    "unauthorized": CLOSE_UNAUTHORIZED,
+    "permission_denied": CLOSE_FORBIDDEN,
+    "bad_request": CLOSE_PROTOCOL_VIOLATION,
+    "message_too_large": CLOSE_MESSAGE_TOO_BIG,
+    "too_many_requests": CLOSE_CONNECTION_LIMIT,
+    "unavailable": CLOSE_MOVED,
+    "not_found": CLOSE_FORBIDDEN,
+    "internal": CLOSE_INTERNAL,
+}
+
+
+def is_reconnectable(code: int) -> bool:
+    """Whether a client should reconnect after a close with ``code``."""
+    return code in (CLOSE_GOING_AWAY, CLOSE_RESTARTING) or 4500 <= code <= 4999
+
+
+def close_for(error: RequestError) -> tuple[int, bool]:
+    """Return the close code for an error that ends a connection, and whether to reconnect."""
+    code = _CLOSE_FOR_ERROR[error.code]
+    return code, is_reconnectable(code)

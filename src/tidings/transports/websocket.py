@@ -1,0 +1,416 @@
+"""The WebSocket transport ``/ws`` (PROTOCOL.md §3), as an ASGI endpoint.
+
+I/O: reads frames from the ASGI ``receive`` callable, writes through ``send``. One
+connection runs two loops: the ASGI handler reads and answers commands in order, and
+a writer task drains the connection's outbound queue. Hub fan-out only appends
+pre-encoded text to that queue (``deliver``), so a publisher never waits for a
+client; a queue past the outbound buffer limit marks a slow consumer, which is
+disconnected with 4500 and resumes later from its position (PROTOCOL.md §7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Final
+from urllib.parse import parse_qs
+
+from tidings.core import commands as cmd
+from tidings.core.channel import ChannelName
+from tidings.core.origin import is_origin_allowed
+from tidings.core.permission import ANONYMOUS, Credentials, check_publish, check_subscribe
+from tidings.core.publication import ClientInfo
+from tidings.core.rate import TokenBucket
+from tidings.core.recovery import Replay
+from tidings.core.wire import EncodedPublication, encode_json, position_fields, publication_frames
+from tidings.errors import (
+    BadRequest,
+    ConnectionClosed,
+    MessageTooLarge,
+    PermissionDenied,
+    RequestError,
+    TooManyRequests,
+    Unauthorized,
+)
+from tidings.hub.registry import PresenceEvent
+from tidings.transports.close_codes import (
+    CLOSE_FORBIDDEN,
+    CLOSE_INTERNAL,
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_PROTOCOL_VIOLATION,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_UNAUTHORIZED,
+    close_for,
+)
+from tidings.transports.context import TransportContext
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+PROTOCOL_VERSION: Final = "1"
+_PING_PUSH: Final = '{"push":"ping"}'
+# How long a closing connection may take to flush its queue before it is cut.
+_CLOSE_FLUSH_TIMEOUT_S: Final = 5.0
+
+
+class WebSocketSession:
+    """One WebSocket client: its credentials, subscriptions and outbound queue."""
+
+    __slots__ = (
+        "_closing",
+        "_context",
+        "_outbox",
+        "_queued",
+        "_rate",
+        "_send",
+        "_subscriptions",
+        "_wakeup",
+        "_writer",
+        "client_id",
+        "connected",
+        "credentials",
+        "last_sent_s",
+    )
+
+    def __init__(self, context: TransportContext, send: Send) -> None:
+        self._context = context
+        self._send = send
+        self.client_id = context.new_client_id()
+        self.credentials: Credentials = ANONYMOUS
+        self.connected = False  # authenticated, by handshake token or connect command
+        self._subscriptions: set[ChannelName] = set()
+        self._outbox: deque[str] = deque()
+        self._queued = 0
+        self._wakeup = asyncio.Event()
+        self._closing: tuple[int, str] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        limits = context.limits
+        self.last_sent_s = time.monotonic()
+        self._rate = TokenBucket(limits.command_rate, limits.command_burst, self.last_sent_s)
+
+    @property
+    def user(self) -> str:
+        """The authenticated user id, ``""`` if anonymous."""
+        return self.credentials.user
+
+    # -- writing (called by the hub and by the command loop; never blocks) -------------
+
+    def _enqueue(self, text: str) -> None:
+        if self._closing is not None:
+            return
+        self._queued += len(text)
+        if self._queued > self._context.limits.outbound_buffer_bytes:
+            logger.warning(
+                "slow consumer %s dropped: %d bytes queued", self.client_id, self._queued
+            )
+            self._outbox.clear()
+            self._queued = 0
+            self.disconnect(CLOSE_SLOW_CONSUMER, "slow consumer", reconnect=True)
+            return
+        self._outbox.append(text)
+        self._wakeup.set()
+
+    def deliver(self, publication: EncodedPublication) -> None:
+        """Queue a publication push (hub fan-out)."""
+        self._enqueue(publication.websocket)
+
+    def deliver_presence(self, event: PresenceEvent) -> None:
+        """Queue a join/leave push (hub)."""
+        self._enqueue(event.websocket)
+
+    def heartbeat(self, now_s: float) -> None:
+        """Queue a ``ping`` push if nothing was sent for the ping interval (PROTOCOL.md §3)."""
+        if now_s - self.last_sent_s >= self._context.ping_interval_s and not self._outbox:
+            self._enqueue(_PING_PUSH)
+
+    def disconnect(
+        self, code: int, reason: str, *, reconnect: bool, url: str | None = None
+    ) -> None:
+        """Send a ``disconnect`` push after what is queued, then close with ``code``."""
+        if self._closing is not None:
+            return
+        push: dict[str, object] = {
+            "push": "disconnect",
+            "code": code,
+            "reason": reason,
+            "reconnect": reconnect,
+        }
+        if url is not None:
+            push["url"] = url
+        self._outbox.append(encode_json(push).decode())
+        self._closing = (code, reason)
+        self._wakeup.set()
+
+    async def _write_loop(self) -> None:
+        outbox = self._outbox
+        send = self._send
+        try:
+            while True:
+                if not outbox:
+                    if self._closing is not None:
+                        break
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                text = outbox.popleft()
+                self._queued -= len(text)
+                await send({"type": "websocket.send", "text": text})
+                self.last_sent_s = time.monotonic()
+            code, reason = self._closing
+            await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+        except OSError:
+            return  # the client is gone (uvicorn's ClientDisconnected); the reader sees it
+
+    # -- the connection's life ---------------------------------------------------------
+
+    async def run(self, scope: Scope, receive: Receive) -> None:
+        """Serve the connection until it closes. Called once, by the ASGI endpoint."""
+        context = self._context
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        headers = _headers(scope)
+        if not is_origin_allowed(
+            headers.get("origin"),
+            headers.get("host"),
+            scope.get("scheme", "ws"),
+            context.allowed_origins,
+        ):
+            # Closing before accepting makes the server answer the handshake with 403.
+            await self._send({"type": "websocket.close", "code": CLOSE_FORBIDDEN})
+            return
+        await self._send({"type": "websocket.accept"})
+        self._writer = asyncio.create_task(self._write_loop())
+        registered = False
+        try:
+            if context.draining:
+                raise ConnectionClosed(4503, "server draining", reconnect=True)
+            token = _handshake_token(scope, headers)
+            if token is not None or not context.authenticator.requires_token:
+                self._authenticate(token)
+            context.sessions.add(self)
+            registered = True
+            await self._read_loop(receive)
+        except ConnectionClosed as closed:
+            self.disconnect(closed.code, closed.reason, reconnect=closed.reconnect)
+        except RequestError as error:
+            code, reconnect = close_for(error)
+            self.disconnect(code, error.message, reconnect=reconnect)
+        except Exception:
+            logger.exception("session %s failed", self.client_id)
+            self.disconnect(CLOSE_INTERNAL, "internal error", reconnect=True)
+        finally:
+            if registered:
+                context.sessions.remove(self)
+            await self._leave_all()
+            await self._finish_writer(receive)
+
+    async def _finish_writer(self, receive: Receive) -> None:
+        writer = self._writer
+        if writer is None:
+            return
+        if self._closing is None:
+            writer.cancel()  # the client closed first: nothing more to say
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(writer, timeout=_CLOSE_FLUSH_TIMEOUT_S)
+
+    async def _leave_all(self) -> None:
+        hub = self._context.hub
+        for channel in list(self._subscriptions):
+            presence = self._context.namespaces.options_for(channel).presence
+            await hub.unsubscribe(channel, self, presence=presence)
+        self._subscriptions.clear()
+
+    def _authenticate(self, token: str | None) -> None:
+        self.credentials = self._context.authenticator.authenticate(token)
+        self.connected = True
+
+    async def _read_loop(self, receive: Receive) -> None:
+        max_frame = self._context.limits.max_frame_bytes
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                return
+            if kind != "websocket.receive":
+                continue
+            text = message.get("text")
+            if text is None:
+                raise ConnectionClosed(
+                    CLOSE_PROTOCOL_VIOLATION, "frames must be text, one JSON command each"
+                )
+            if len(text) > max_frame:
+                raise ConnectionClosed(CLOSE_MESSAGE_TOO_BIG, f"frame over {max_frame:,} bytes")
+            if self._closing is not None:
+                continue  # closing: read until the client's close, answer nothing
+            await self._handle_frame(text)
+
+    async def _handle_frame(self, text: str) -> None:
+        try:
+            command = cmd.parse_command(text)
+        except BadRequest as error:
+            command_id = cmd.command_id(text)
+            if command_id is None:
+                raise ConnectionClosed(
+                    CLOSE_PROTOCOL_VIOLATION,
+                    "a frame must be a JSON object with an integer id and an op",
+                ) from None
+            self._reply_error(command_id, error)
+            return
+        if not self._rate.take(time.monotonic()):
+            rate = self._context.limits.command_rate
+            limited = TooManyRequests(f"more than {rate:g} commands per second; slow down")
+            self._reply_error(command.id, limited)
+            return
+        try:
+            result = await self._dispatch(command)
+        except Unauthorized as error:
+            self._reply_error(command.id, error)
+            raise ConnectionClosed(CLOSE_UNAUTHORIZED, error.message) from None
+        except RequestError as error:
+            self._reply_error(command.id, error)
+            return
+        self._enqueue(encode_json({"id": command.id, "result": result}).decode())
+
+    def _reply_error(self, command_id: int, error: RequestError) -> None:
+        reply = {"id": command_id, "error": {"code": error.code, "message": error.message}}
+        self._enqueue(encode_json(reply).decode())
+
+    # -- commands ----------------------------------------------------------------------
+
+    async def _dispatch(self, command: cmd.Command) -> dict[str, Any]:
+        if isinstance(command, cmd.Connect):
+            return self._connect(command)
+        if not self.connected:
+            raise Unauthorized("send a connect command with a token first")
+        if isinstance(command, cmd.Subscribe):
+            return await self._subscribe(command)
+        if isinstance(command, cmd.Unsubscribe):
+            return await self._unsubscribe(command)
+        if isinstance(command, cmd.Publish):
+            return await self._publish(command)
+        if isinstance(command, cmd.History):
+            return await self._history(command)
+        if isinstance(command, cmd.Presence):
+            return self._presence(command)
+        return {}  # ping
+
+    def _connect(self, command: cmd.Connect) -> dict[str, Any]:
+        if self._subscriptions:
+            raise BadRequest("connect must come before any subscribe")
+        if command.token is not None or not self.connected:
+            old_user = self.user
+            self._authenticate(command.token)
+            self._context.sessions.rename(self, old_user)
+        return {
+            "client": self.client_id,
+            "user": self.user,
+            "ping": self._context.ping_interval_s,
+            "version": PROTOCOL_VERSION,
+        }
+
+    async def _subscribe(self, command: cmd.Subscribe) -> dict[str, Any]:
+        channel = command.channel_name
+        options = self._context.namespaces.options_for(channel)
+        check_subscribe(channel, options, self.credentials)
+        if channel in self._subscriptions:
+            raise BadRequest(f"already subscribed to {channel}")
+        limit = self._context.limits.max_channels_per_connection
+        if len(self._subscriptions) >= limit:
+            raise TooManyRequests(f"a connection may hold at most {limit} subscriptions")
+        since = None if command.since is None else command.since.to_position()
+        self._subscriptions.add(channel)
+        try:
+            result = await self._context.hub.subscribe(
+                channel, self, since, presence=options.presence
+            )
+        except BaseException:
+            self._subscriptions.discard(channel)
+            raise
+        assert result is not None, "the session tracks its own subscriptions"
+        # No await from here until the reply is queued: see hub.py, theory of operation.
+        return {
+            **position_fields(result.position),
+            "recovered": result.recovered,
+            "publications": publication_frames(result.publications),
+        }
+
+    async def _unsubscribe(self, command: cmd.Unsubscribe) -> dict[str, Any]:
+        channel = command.channel_name
+        if channel in self._subscriptions:
+            self._subscriptions.discard(channel)
+            presence = self._context.namespaces.options_for(channel).presence
+            await self._context.hub.unsubscribe(channel, self, presence=presence)
+        return {}
+
+    async def _publish(self, command: cmd.Publish) -> dict[str, Any]:
+        channel = command.channel_name
+        options = self._context.namespaces.options_for(channel)
+        check_publish(channel, options, self.credentials)
+        data = bytes(command.data)
+        if len(data) > options.max_data_bytes:
+            raise MessageTooLarge("data", len(data), options.max_data_bytes)
+        result = await self._context.hub.publish(
+            channel,
+            cmd.single_line_json(data),
+            key=command.key,
+            info=ClientInfo(self.client_id, self.user),
+        )
+        return position_fields(result.position)
+
+    async def _history(self, command: cmd.History) -> dict[str, Any]:
+        channel = command.channel_name
+        check_subscribe(channel, self._context.namespaces.options_for(channel), self.credentials)
+        since = None if command.since is None else command.since.to_position()
+        read = await self._context.hub.history(channel, since, command.limit)
+        recovery = read.recovery
+        result: dict[str, Any] = position_fields(read.head)
+        if isinstance(recovery, Replay):
+            result["publications"] = publication_frames(recovery.publications)
+        else:
+            result["publications"] = []
+        if since is not None:
+            result["recovered"] = isinstance(recovery, Replay)
+        return result
+
+    def _presence(self, command: cmd.Presence) -> dict[str, Any]:
+        channel = command.channel_name
+        options = self._context.namespaces.options_for(channel)
+        check_subscribe(channel, options, self.credentials)
+        if not options.presence:
+            raise PermissionDenied(f"presence is off in the namespace of {channel}")
+        clients = self._context.hub.presence(channel)
+        return {"clients": {client: {"user": user} for client, user in clients.items()}}
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+
+
+def _handshake_token(scope: Scope, headers: dict[str, str]) -> str | None:
+    authorization = headers.get("authorization", "")
+    if authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    tokens = query.get("token")
+    return tokens[0] if tokens else None
+
+
+class WebSocketTransport:
+    """The ASGI application serving ``/ws``: one ``WebSocketSession`` per connection."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: TransportContext) -> None:
+        self._context = context
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await WebSocketSession(self._context, send).run(scope, receive)
