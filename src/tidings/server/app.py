@@ -18,10 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router, WebSocketRoute
 from starlette.types import Receive, Scope, Send
-from tidings.brokers.sqlite import SqliteBroker
 
 from tidings.brokers.base import Broker
-from tidings.brokers.memory import MemoryBroker
+from tidings.brokers.factory import create_broker
 from tidings.core.dedupe import DedupeOptions
 from tidings.hub.hub import Hub
 from tidings.hub.sessions import SessionRegistry
@@ -41,13 +40,10 @@ FRAME_OVERHEAD_BYTES: Final = 4096
 HEARTBEAT_TICKS_PER_INTERVAL: Final = 5
 
 
-def create_broker(settings: Settings) -> Broker:
+def broker_for(settings: Settings) -> Broker:
     """Return the broker the settings name: sqlite with ``data``, else memory."""
-    namespaces = settings.namespace_table()
     dedupe = DedupeOptions(window_ms=int(settings.dedupe_window_s * 1000))
-    if settings.data is not None:
-        return SqliteBroker(settings.data, namespaces, dedupe=dedupe)
-    return MemoryBroker(namespaces, dedupe=dedupe)
+    return create_broker(settings.data, settings.namespace_table(), dedupe)
 
 
 class TidingsApp:
@@ -55,7 +51,7 @@ class TidingsApp:
 
     def __init__(self, settings: Settings | None = None, broker: Broker | None = None) -> None:
         self.settings = settings = settings or Settings()
-        self.hub = Hub(broker or create_broker(settings))
+        self.hub = Hub(broker or broker_for(settings))
         self.sessions = SessionRegistry(settings.max_connections)
         self.context = TransportContext(
             hub=self.hub,

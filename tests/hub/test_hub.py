@@ -1,0 +1,203 @@
+"""The hub: subscribe with recovery, the history/live race, fan-out and broker links."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.support.recording import RecordingBroker, RecordingSubscriber
+from tidings.brokers.memory import MemoryBroker
+from tidings.core.channel import ChannelName
+from tidings.core.namespace import Namespaces
+from tidings.core.publication import Position
+from tidings.hub.hub import Hub
+
+ROOM = ChannelName("room:1")
+
+
+@pytest.fixture
+async def broker() -> RecordingBroker:
+    return RecordingBroker(MemoryBroker(Namespaces(), epoch_factory=lambda: "E1"))
+
+
+@pytest.fixture
+async def hub(broker: RecordingBroker) -> Hub:
+    hub = Hub(broker)
+    await hub.start()
+    return hub
+
+
+async def publish_many(hub: Hub, count: int, channel: ChannelName = ROOM) -> None:
+    for index in range(count):
+        await hub.publish(channel, b'{"n":%d}' % index)
+
+
+async def test_fan_out_hands_every_subscriber_the_same_encoded_publication(hub: Hub) -> None:
+    subscribers = [RecordingSubscriber(f"c{index}") for index in range(3)]
+    for subscriber in subscribers:
+        await hub.subscribe(ROOM, subscriber)
+    await hub.publish(ROOM, b'"hello"')
+    first = subscribers[0].delivered[0]
+    assert all(s.delivered == [first] for s in subscribers)
+    assert all(s.delivered[0] is first for s in subscribers)
+    assert first.websocket is first.websocket  # encoded once, then shared
+
+
+async def test_subscribe_without_since_starts_at_the_head_and_is_not_recovered(hub: Hub) -> None:
+    await publish_many(hub, 3)
+    result = await hub.subscribe(ROOM, RecordingSubscriber("c"))
+    assert result is not None
+    assert result.position == Position("E1", 3)
+    assert result.recovered is False
+    assert result.publications == ()
+
+
+async def test_subscribe_with_since_replays_exactly_the_missed_publications(hub: Hub) -> None:
+    await publish_many(hub, 5)
+    result = await hub.subscribe(ROOM, RecordingSubscriber("c"), Position("E1", 2))
+    assert result is not None
+    assert result.recovered is True
+    assert [p.offset for p in result.publications] == [3, 4, 5]
+    assert result.position == Position("E1", 5)
+
+
+async def test_subscribe_from_another_epoch_reports_not_recovered(hub: Hub) -> None:
+    await publish_many(hub, 2)
+    result = await hub.subscribe(ROOM, RecordingSubscriber("c"), Position("OLD", 2))
+    assert result is not None
+    assert result.recovered is False
+    assert result.publications == ()
+    assert result.position == Position("E1", 2)
+
+
+async def test_publications_during_the_history_read_are_merged_once_in_order(
+    hub: Hub, broker: RecordingBroker
+) -> None:
+    await publish_many(hub, 2)
+    broker.history_gate = asyncio.Event()
+    subscriber = RecordingSubscriber("late")
+    subscribing = asyncio.create_task(hub.subscribe(ROOM, subscriber, Position("E1", 0)))
+    await broker.history_entered.wait()
+    await publish_many(hub, 3)  # offsets 3..5 arrive live while the read is held
+    broker.history_gate.set()
+    result = await subscribing
+    assert result is not None
+    # The read (made after the live publications) holds 1..5; the queued 3..5 are not
+    # repeated, and nothing was delivered before the result.
+    assert [p.offset for p in result.publications] == [1, 2, 3, 4, 5]
+    assert subscriber.delivered == []
+    await publish_many(hub, 1)
+    assert subscriber.offsets == [6]
+
+
+async def test_live_publications_newer_than_the_read_are_appended_to_the_result(
+    hub: Hub, broker: RecordingBroker
+) -> None:
+    # A broker whose history read returns before later publications: the queued ones
+    # past the read must be appended, not lost.
+    await publish_many(hub, 2)
+    subscriber = RecordingSubscriber("c")
+    original_history = broker.inner.history
+    gate = asyncio.Event()
+
+    async def stale_history(
+        channel: ChannelName, since: Position | None = None, limit: int | None = None
+    ) -> object:
+        read = await original_history(channel, since, limit)
+        broker.history_entered.set()
+        await gate.wait()
+        return read
+
+    broker.inner.history = stale_history  # type: ignore[assignment, method-assign]  # a read that returns an old snapshot
+    subscribing = asyncio.create_task(hub.subscribe(ROOM, subscriber, Position("E1", 1)))
+    await broker.history_entered.wait()
+    await publish_many(hub, 2)  # offsets 3, 4: not in the snapshot
+    gate.set()
+    result = await subscribing
+    assert result is not None
+    assert result.recovered is True
+    assert [p.offset for p in result.publications] == [2, 3, 4]
+    assert result.position == Position("E1", 4)
+
+
+async def test_a_failing_subscriber_does_not_stop_delivery_to_the_others(hub: Hub) -> None:
+    good_before = RecordingSubscriber("a")
+    bad = RecordingSubscriber("b", failing=True)
+    good_after = RecordingSubscriber("c")
+    for subscriber in (good_before, bad, good_after):
+        await hub.subscribe(ROOM, subscriber)
+    await publish_many(hub, 2)
+    assert good_before.offsets == [1, 2]
+    assert good_after.offsets == [1, 2]
+    assert hub.delivery_failures == 2
+
+
+async def test_a_redelivered_offset_is_not_written_twice(hub: Hub, broker: RecordingBroker) -> None:
+    subscriber = RecordingSubscriber("c")
+    await hub.subscribe(ROOM, subscriber)
+    await publish_many(hub, 2)
+    read = await broker.inner.history(ROOM, Position("E1", 0))
+    assert broker.handler is not None
+    for publication in read.recovery.publications:  # type: ignore[union-attr]  # a Replay here
+        broker.handler(publication)  # the broker delivers 1 and 2 again
+    assert subscriber.offsets == [1, 2]
+
+
+async def test_the_node_subscribes_the_broker_once_for_many_concurrent_subscribers(
+    hub: Hub, broker: RecordingBroker
+) -> None:
+    subscribers = [RecordingSubscriber(f"c{index}") for index in range(50)]
+    await asyncio.gather(*(hub.subscribe(ROOM, s) for s in subscribers))
+    assert broker.subscribes == [ROOM]
+    for subscriber in subscribers[:-1]:
+        await hub.unsubscribe(ROOM, subscriber)
+    assert broker.unsubscribes == []
+    await hub.unsubscribe(ROOM, subscribers[-1])
+    assert broker.unsubscribes == [ROOM]
+    assert hub.channels() == {}
+
+
+async def test_unsubscribed_subscriber_receives_nothing_more(hub: Hub) -> None:
+    stays = RecordingSubscriber("stays")
+    leaves = RecordingSubscriber("leaves")
+    await hub.subscribe(ROOM, stays)
+    await hub.subscribe(ROOM, leaves)
+    await publish_many(hub, 1)
+    assert await hub.unsubscribe(ROOM, leaves) is True
+    await publish_many(hub, 1)
+    assert stays.offsets == [1, 2]
+    assert leaves.offsets == [1]
+    assert await hub.unsubscribe(ROOM, leaves) is False
+
+
+async def test_a_failed_broker_subscribe_leaves_nothing_subscribed(
+    hub: Hub, broker: RecordingBroker
+) -> None:
+    broker.fail_subscribe = True
+    with pytest.raises(ConnectionError):
+        await hub.subscribe(ROOM, RecordingSubscriber("c"))
+    assert hub.channels() == {}
+    broker.fail_subscribe = False
+    assert await hub.subscribe(ROOM, RecordingSubscriber("d")) is not None
+    assert broker.subscribes == [ROOM]
+
+
+async def test_subscribing_twice_to_one_channel_is_refused(hub: Hub) -> None:
+    subscriber = RecordingSubscriber("c")
+    assert await hub.subscribe(ROOM, subscriber) is not None
+    assert await hub.subscribe(ROOM, subscriber) is None
+    assert hub.channels() == {ROOM: 1}
+
+
+async def test_presence_lists_subscribers_and_announces_joins_and_leaves_to_others(
+    hub: Hub,
+) -> None:
+    alice = RecordingSubscriber("c1", "alice")
+    bob = RecordingSubscriber("c2", "bob")
+    await hub.subscribe(ROOM, alice, presence=True)
+    await hub.subscribe(ROOM, bob, presence=True)
+    assert hub.presence(ROOM) == {"c1": "alice", "c2": "bob"}
+    await hub.unsubscribe(ROOM, bob, presence=True)
+    assert [(e.kind, e.user) for e in alice.presence] == [("join", "bob"), ("leave", "bob")]
+    assert bob.presence == []  # nobody announces a client to itself

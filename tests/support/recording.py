@@ -1,0 +1,97 @@
+"""Fakes for hub tests: a subscriber that records what it is given, and a broker wrapper
+that records and can hold calls."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tidings.brokers.base import HistoryRead, PublicationHandler, PublishResult
+from tidings.brokers.memory import MemoryBroker
+from tidings.core.channel import ChannelName
+from tidings.core.publication import ClientInfo, Position
+from tidings.core.wire import EncodedPublication
+from tidings.hub.registry import PresenceEvent
+
+
+class RecordingSubscriber:
+    """Keeps every publication and presence event delivered; fails on demand."""
+
+    def __init__(self, client_id: str, user: str = "", *, failing: bool = False) -> None:
+        self._client_id = client_id
+        self._user = user
+        self.failing = failing
+        self.delivered: list[EncodedPublication] = []
+        self.presence: list[PresenceEvent] = []
+
+    @property
+    def client_id(self) -> str:
+        return self._client_id
+
+    @property
+    def user(self) -> str:
+        return self._user
+
+    def deliver(self, publication: EncodedPublication) -> None:
+        if self.failing:
+            raise RuntimeError("this subscriber fails on purpose")
+        self.delivered.append(publication)
+
+    def deliver_presence(self, event: PresenceEvent) -> None:
+        self.presence.append(event)
+
+    @property
+    def offsets(self) -> list[int]:
+        """Offsets delivered, in order."""
+        return [encoded.publication.offset for encoded in self.delivered]
+
+
+class RecordingBroker:
+    """A memory broker that counts (un)subscribes and can hold ``history`` reads at a gate."""
+
+    def __init__(self, inner: MemoryBroker) -> None:
+        self.inner = inner
+        self.subscribes: list[ChannelName] = []
+        self.unsubscribes: list[ChannelName] = []
+        self.history_gate: asyncio.Event | None = None
+        self.history_entered = asyncio.Event()
+        self.fail_subscribe = False
+        self.handler: PublicationHandler | None = None
+
+    async def start(self, on_publication: PublicationHandler) -> None:
+        self.handler = on_publication
+        await self.inner.start(on_publication)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def publish(
+        self,
+        channel: ChannelName,
+        data: bytes,
+        *,
+        key: str | None = None,
+        info: ClientInfo | None = None,
+    ) -> PublishResult:
+        return await self.inner.publish(channel, data, key=key, info=info)
+
+    async def history(
+        self, channel: ChannelName, since: Position | None = None, limit: int | None = None
+    ) -> HistoryRead:
+        self.history_entered.set()
+        if self.history_gate is not None:
+            await self.history_gate.wait()
+        return await self.inner.history(channel, since, limit)
+
+    async def subscribe(self, channel: ChannelName) -> None:
+        await asyncio.sleep(0)  # a real broker awaits a round trip here
+        if self.fail_subscribe:
+            raise ConnectionError("the broker is down")
+        self.subscribes.append(channel)
+        await self.inner.subscribe(channel)
+
+    async def unsubscribe(self, channel: ChannelName) -> None:
+        self.unsubscribes.append(channel)
+        await self.inner.unsubscribe(channel)
+
+    async def is_ready(self) -> bool:
+        return True
