@@ -21,7 +21,11 @@ from starlette.types import Receive, Scope, Send
 
 from tidings.brokers.base import Broker
 from tidings.brokers.factory import create_broker
+from tidings.core.channel import parse_channel
 from tidings.core.dedupe import DedupeOptions
+from tidings.core.publication import Position
+from tidings.core.wire import encode_json
+from tidings.errors import BadRequest, MessageTooLarge
 from tidings.hub.hub import Hub
 from tidings.hub.sessions import SessionRegistry
 from tidings.server.api import ServerApi
@@ -154,6 +158,29 @@ class TidingsApp:
                 await self.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    # -- in-process publishing (for embedding applications) ---------------------------
+
+    async def publish(self, channel: str, data: object, *, key: str | None = None) -> Position:
+        """Publish ``data`` (any JSON-serialisable value) in ``channel`` from this process.
+
+        Returns:
+            The publication's position (the original one for a repeated ``key``).
+
+        Raises:
+            BadRequest: the channel name is invalid or ``data`` is not JSON-serialisable.
+            MessageTooLarge: the encoded data is over the namespace's limit.
+        """
+        name = parse_channel(channel)
+        try:
+            encoded = encode_json(data)
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(f"data is not JSON-serialisable: {exc}") from None
+        limit = self.context.namespaces.options_for(name).max_data_bytes
+        if len(encoded) > limit:
+            raise MessageTooLarge("data", len(encoded), limit)
+        result = await self.hub.publish(name, encoded, key=key)
+        return result.position
 
     # -- health ------------------------------------------------------------------------
 
