@@ -17,9 +17,9 @@ front), which makes the successor's index a subtraction.
 from __future__ import annotations
 
 import enum
-from itertools import islice
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 from tidings.core.publication import Position, Publication
 
