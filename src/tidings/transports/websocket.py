@@ -2,27 +2,21 @@
 
 I/O: reads frames from the ASGI ``receive`` callable, writes through ``send``. One
 connection runs two loops: the ASGI handler reads and answers commands in order, and
-a writer task drains the connection's outbound queue. Hub fan-out only appends
-pre-encoded text to that queue (``deliver``), so a publisher never waits for a
-client; a queue past the outbound buffer limit marks a slow consumer, which is
-disconnected with 4500 and resumes later from its position (PROTOCOL.md §7).
+the writer of ``StreamConnection`` drains the outbound queue, one frame per reply or
+push (slow consumers: see ``connection.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 from urllib.parse import parse_qs
 
 from tidings.core import commands as cmd
-from tidings.core.channel import ChannelName
 from tidings.core.origin import is_origin_allowed
-from tidings.core.permission import ANONYMOUS, Credentials, check_publish, check_subscribe
+from tidings.core.permission import check_publish, check_subscribe
 from tidings.core.publication import ClientInfo
 from tidings.core.rate import TokenBucket
 from tidings.core.recovery import Replay
@@ -42,10 +36,10 @@ from tidings.transports.close_codes import (
     CLOSE_INTERNAL,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_PROTOCOL_VIOLATION,
-    CLOSE_SLOW_CONSUMER,
     CLOSE_UNAUTHORIZED,
     close_for,
 )
+from tidings.transports.connection import StreamConnection
 from tidings.transports.context import TransportContext
 
 logger = logging.getLogger(__name__)
@@ -57,66 +51,21 @@ Send = Callable[[Message], Awaitable[None]]
 
 PROTOCOL_VERSION: Final = "1"
 _PING_PUSH: Final = '{"push":"ping"}'
-# How long a closing connection may take to flush its queue before it is cut.
-_CLOSE_FLUSH_TIMEOUT_S: Final = 5.0
 
 
-class WebSocketSession:
-    """One WebSocket client: its credentials, subscriptions and outbound queue."""
+class WebSocketSession(StreamConnection):
+    """One WebSocket client: commands in, replies and pushes out."""
 
-    __slots__ = (
-        "_closing",
-        "_context",
-        "_outbox",
-        "_queued",
-        "_rate",
-        "_send",
-        "_subscriptions",
-        "_wakeup",
-        "_writer",
-        "client_id",
-        "connected",
-        "credentials",
-        "last_sent_s",
-    )
+    __slots__ = ("_rate", "_send", "connected")
 
     def __init__(self, context: TransportContext, send: Send) -> None:
-        self._context = context
+        super().__init__(context)
         self._send = send
-        self.client_id = context.new_client_id()
-        self.credentials: Credentials = ANONYMOUS
         self.connected = False  # authenticated, by handshake token or connect command
-        self._subscriptions: set[ChannelName] = set()
-        self._outbox: deque[str] = deque()
-        self._queued = 0
-        self._wakeup = asyncio.Event()
-        self._closing: tuple[int, str] | None = None
-        self._writer: asyncio.Task[None] | None = None
         limits = context.limits
-        self.last_sent_s = time.monotonic()
         self._rate = TokenBucket(limits.command_rate, limits.command_burst, self.last_sent_s)
 
-    @property
-    def user(self) -> str:
-        """The authenticated user id, ``""`` if anonymous."""
-        return self.credentials.user
-
-    # -- writing (called by the hub and by the command loop; never blocks) -------------
-
-    def _enqueue(self, text: str) -> None:
-        if self._closing is not None:
-            return
-        self._queued += len(text)
-        if self._queued > self._context.limits.outbound_buffer_bytes:
-            logger.warning(
-                "slow consumer %s dropped: %d bytes queued", self.client_id, self._queued
-            )
-            self._outbox.clear()
-            self._queued = 0
-            self.disconnect(CLOSE_SLOW_CONSUMER, "slow consumer", reconnect=True)
-            return
-        self._outbox.append(text)
-        self._wakeup.set()
+    # -- StreamConnection ----------------------------------------------------------------
 
     def deliver(self, publication: EncodedPublication) -> None:
         """Queue a publication push (hub fan-out)."""
@@ -126,17 +75,14 @@ class WebSocketSession:
         """Queue a join/leave push (hub)."""
         self._enqueue(event.websocket)
 
-    def heartbeat(self, now_s: float) -> None:
-        """Queue a ``ping`` push if nothing was sent for the ping interval (PROTOCOL.md §3)."""
-        if now_s - self.last_sent_s >= self._context.ping_interval_s and not self._outbox:
-            self._enqueue(_PING_PUSH)
+    @property
+    def _heartbeat_interval_s(self) -> float:
+        return self._context.ping_interval_s
 
-    def disconnect(
-        self, code: int, reason: str, *, reconnect: bool, url: str | None = None
-    ) -> None:
-        """Send a ``disconnect`` push after what is queued, then close with ``code``."""
-        if self._closing is not None:
-            return
+    def _heartbeat_chunk(self) -> str:
+        return _PING_PUSH  # PROTOCOL.md §3: browsers cannot see ping frames
+
+    def _goodbye(self, code: int, reason: str, reconnect: bool, url: str | None) -> str:
         push: dict[str, object] = {
             "push": "disconnect",
             "code": code,
@@ -145,29 +91,16 @@ class WebSocketSession:
         }
         if url is not None:
             push["url"] = url
-        self._outbox.append(encode_json(push).decode())
-        self._closing = (code, reason)
-        self._wakeup.set()
+        return encode_json(push).decode()
 
-    async def _write_loop(self) -> None:
-        outbox = self._outbox
+    async def _write(self, chunks: list[str]) -> None:
         send = self._send
-        try:
-            while True:
-                if not outbox:
-                    if self._closing is not None:
-                        break
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
-                text = outbox.popleft()
-                self._queued -= len(text)
-                await send({"type": "websocket.send", "text": text})
-                self.last_sent_s = time.monotonic()
-            code, reason = self._closing
-            await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
-        except OSError:
-            return  # the client is gone (uvicorn's ClientDisconnected); the reader sees it
+        for text in chunks:  # one frame per command reply or push
+            await send({"type": "websocket.send", "text": text})
+
+    async def _end(self, code: int, reason: str) -> None:
+        # A close reason must fit in a control frame (123 bytes).
+        await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
     # -- the connection's life ---------------------------------------------------------
 
@@ -188,7 +121,7 @@ class WebSocketSession:
             await self._send({"type": "websocket.close", "code": CLOSE_FORBIDDEN})
             return
         await self._send({"type": "websocket.accept"})
-        self._writer = asyncio.create_task(self._write_loop())
+        self._start_writer()
         registered = False
         try:
             if context.draining:
@@ -211,23 +144,7 @@ class WebSocketSession:
             if registered:
                 context.sessions.remove(self)
             await self._leave_all()
-            await self._finish_writer(receive)
-
-    async def _finish_writer(self, receive: Receive) -> None:
-        writer = self._writer
-        if writer is None:
-            return
-        if self._closing is None:
-            writer.cancel()  # the client closed first: nothing more to say
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(writer, timeout=_CLOSE_FLUSH_TIMEOUT_S)
-
-    async def _leave_all(self) -> None:
-        hub = self._context.hub
-        for channel in list(self._subscriptions):
-            presence = self._context.namespaces.options_for(channel).presence
-            await hub.unsubscribe(channel, self, presence=presence)
-        self._subscriptions.clear()
+            await self._stop_writer()
 
     def _authenticate(self, token: str | None) -> None:
         self.credentials = self._context.authenticator.authenticate(token)
@@ -249,7 +166,7 @@ class WebSocketSession:
                 )
             if len(text) > max_frame:
                 raise ConnectionClosed(CLOSE_MESSAGE_TOO_BIG, f"frame over {max_frame:,} bytes")
-            if self._closing is not None:
+            if self.is_closing:
                 continue  # closing: read until the client's close, answer nothing
             await self._handle_frame(text)
 
@@ -304,7 +221,7 @@ class WebSocketSession:
         return {}  # ping
 
     def _connect(self, command: cmd.Connect) -> dict[str, Any]:
-        if self._subscriptions:
+        if self.subscriptions:
             raise BadRequest("connect must come before any subscribe")
         if command.token is not None or not self.connected:
             old_user = self.user
@@ -321,19 +238,19 @@ class WebSocketSession:
         channel = command.channel_name
         options = self._context.namespaces.options_for(channel)
         check_subscribe(channel, options, self.credentials)
-        if channel in self._subscriptions:
+        if channel in self.subscriptions:
             raise BadRequest(f"already subscribed to {channel}")
         limit = self._context.limits.max_channels_per_connection
-        if len(self._subscriptions) >= limit:
+        if len(self.subscriptions) >= limit:
             raise TooManyRequests(f"a connection may hold at most {limit} subscriptions")
         since = None if command.since is None else command.since.to_position()
-        self._subscriptions.add(channel)
+        self.subscriptions.add(channel)
         try:
             result = await self._context.hub.subscribe(
                 channel, self, since, presence=options.presence
             )
         except BaseException:
-            self._subscriptions.discard(channel)
+            self.subscriptions.discard(channel)
             raise
         assert result is not None, "the session tracks its own subscriptions"
         # No await from here until the reply is queued: see hub.py, theory of operation.
@@ -345,8 +262,8 @@ class WebSocketSession:
 
     async def _unsubscribe(self, command: cmd.Unsubscribe) -> dict[str, Any]:
         channel = command.channel_name
-        if channel in self._subscriptions:
-            self._subscriptions.discard(channel)
+        if channel in self.subscriptions:
+            self.subscriptions.discard(channel)
             presence = self._context.namespaces.options_for(channel).presence
             await self._context.hub.unsubscribe(channel, self, presence=presence)
         return {}
