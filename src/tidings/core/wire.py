@@ -13,6 +13,7 @@ from typing import Any, Final
 
 import msgspec
 
+from tidings.core.cursor import encode_cursor
 from tidings.core.publication import Position, Publication
 
 _encoder: Final = msgspec.json.Encoder()
@@ -77,12 +78,14 @@ def position_fields(position: Position) -> dict[str, Any]:
 class EncodedPublication:
     """A publication and its wire forms, each computed on first use and then shared."""
 
-    __slots__ = ("_json", "_websocket", "publication")
+    __slots__ = ("_json", "_json_text", "_sse_single", "_websocket", "publication")
 
     def __init__(self, publication: Publication) -> None:
         self.publication = publication
         self._websocket: str | None = None
         self._json: bytes | None = None
+        self._json_text: str | None = None
+        self._sse_single: str | None = None
 
     @property
     def websocket(self) -> str:
@@ -102,3 +105,26 @@ class EncodedPublication:
         if self._json is None:
             self._json = _encoder.encode(publication_frame(self.publication))
         return self._json
+
+    @property
+    def json_text(self) -> str:
+        """``json`` as text."""
+        if self._json_text is None:
+            self._json_text = self.json.decode()
+        return self._json_text
+
+    def sse_event(self, cursor: str) -> str:
+        """The SSE ``pub`` event whose ``id`` is ``cursor`` (PROTOCOL.md §4)."""
+        return f"id: {cursor}\nevent: pub\ndata: {self.json_text}\n\n"
+
+    @property
+    def sse_single(self) -> str:
+        """The SSE ``pub`` event for a stream of this publication's channel alone.
+
+        Its cursor holds only this publication's position, so every single-channel
+        stream of the channel shares one string.
+        """
+        if self._sse_single is None:
+            p = self.publication
+            self._sse_single = self.sse_event(encode_cursor({p.channel: p.position}))
+        return self._sse_single

@@ -23,13 +23,14 @@ from tidings.core.recovery import Replay
 from tidings.core.wire import position_fields, publication_frames
 from tidings.errors import BadRequest, MessageTooLarge, PermissionDenied, RequestError, Unauthorized
 from tidings.server.auth import is_valid_api_key
-from tidings.server.http_errors import (
+from tidings.transports.close_codes import is_reconnectable
+from tidings.transports.context import TransportContext
+from tidings.transports.http import (
+    bearer_token,
     internal_error_response,
     json_response,
     request_error_response,
 )
-from tidings.transports.close_codes import is_reconnectable
-from tidings.transports.context import TransportContext
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +94,7 @@ class ServerApi:
 
         async def guarded(request: Request) -> Response:
             try:
-                authorization = request.headers.get("authorization", "")
-                presented = authorization[7:] if authorization[:7].lower() == "bearer " else None
+                presented = bearer_token(request.headers.get("authorization"))
                 if not is_valid_api_key(self._api_key, presented):
                     raise Unauthorized("the server API needs Authorization: Bearer <api key>")
                 return await handler(request)

@@ -32,9 +32,10 @@ from tidings.server.api import ServerApi
 from tidings.server.auth import Authenticator
 from tidings.server.config import Settings
 from tidings.server.heartbeat import run_heartbeats
-from tidings.server.http_errors import error_response, json_response
 from tidings.transports.close_codes import CLOSE_GOING_AWAY
 from tidings.transports.context import Limits, TransportContext
+from tidings.transports.http import error_response, json_response
+from tidings.transports.sse import SseTransport
 from tidings.transports.websocket import WebSocketTransport
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class TidingsApp:
         self._router = Router(
             routes=[
                 WebSocketRoute("/ws", WebSocketTransport(self.context)),
+                Route("/sse", SseTransport(self.context), methods=["GET", "OPTIONS"]),
                 Route("/health", self._health, methods=["GET"]),
                 Route("/ready", self._ready, methods=["GET"]),
                 *api.routes(),

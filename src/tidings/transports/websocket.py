@@ -41,6 +41,7 @@ from tidings.transports.close_codes import (
 )
 from tidings.transports.connection import StreamConnection
 from tidings.transports.context import TransportContext
+from tidings.transports.http import bearer_token
 
 logger = logging.getLogger(__name__)
 
@@ -313,9 +314,9 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 def _handshake_token(scope: Scope, headers: dict[str, str]) -> str | None:
-    authorization = headers.get("authorization", "")
-    if authorization[:7].lower() == "bearer ":
-        return authorization[7:].strip()
+    token = bearer_token(headers.get("authorization"))
+    if token is not None:
+        return token
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     tokens = query.get("token")
     return tokens[0] if tokens else None

@@ -1,0 +1,646 @@
+"""A single-node broker whose channels survive restarts, stored in one SQLite file.
+
+Does disk I/O, all of it in one dedicated writer thread (stdlib ``sqlite3``), never on
+the event loop. Sequencing stays in memory, as in the memory broker: each channel is a
+``ChannelLog``, loaded lazily from ``<dir>/tidings.db`` on first touch (epoch, head
+offset, the retained publications, the keys still inside the dedupe window), so history
+is read from memory. Publications are written to disk in batches (group commit) and a
+publish returns only once its row is committed: offsets, epochs, history and
+idempotency keys outlive the process, and a client resuming after a restart is given
+exactly what it missed.
+
+Epochs. Each channel's epoch is stored with it. A channel created in a database starts
+with the database's epoch, drawn once (``epoch_factory``) when the file is created, so a
+reader of a channel that does not exist yet is told the epoch the channel will have and
+its ``(epoch, 0)`` position stays valid once the channel is made. Channel rows are never
+deleted: a channel restarting at offset 1 under an old epoch would mislead resuming
+clients. Losing the file loses every history, and the new file draws a new epoch.
+
+One directory serves one broker at a time: sequencing is in this process's memory. A
+second instance on the same file cannot overwrite rows (offsets are a primary key), its
+conflicting publishes fail instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Final, TypeVar
+
+from tidings.brokers.base import HistoryRead, PublicationHandler, PublishResult
+from tidings.brokers.memory import random_epoch
+from tidings.clock import Clock, SystemClock
+from tidings.core.channel import ChannelName
+from tidings.core.channel_log import ChannelLog, Duplicate
+from tidings.core.dedupe import DedupeOptions, DedupeWindow
+from tidings.core.namespace import Namespaces
+from tidings.core.publication import ClientInfo, Position, Publication
+from tidings.core.recovery import Gap, GapReason, Replay, decide_recovery
+from tidings.errors import BrokerError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DB_FILE_NAME: Final = "tidings.db"
+SCHEMA_VERSION: Final = 1
+
+# Theory of operation: the group commit.
+#
+# Sequencing is synchronous on the event loop: ``ChannelLog.append`` gives the next
+# offset, and the publication joins the *open batch*. At most one batch is *in flight*
+# (being written by the writer thread, in one transaction). When it commits, its
+# publications become visible (``committed_offset`` advances, subscribed ones go to
+# ``on_publication``), its publishers' ``publish`` calls return, and the open batch,
+# holding everything published meanwhile, is handed off as the next single transaction.
+# A batch opened while nothing is in flight is handed off on the next loop iteration,
+# so publishes made in one iteration share one transaction.
+#
+# What is durable when: a publication is durable once its batch's COMMIT returned
+# (WAL with synchronous=NORMAL: it survives a crash of this process; a power loss may
+# roll back the last transactions before a checkpoint). Until then nobody sees it:
+# ``publish`` has not returned, history is clipped to ``committed_offset``, a duplicate
+# of its key waits for the commit, and it is not delivered. So no client ever holds an
+# offset that a crash could reissue with other data.
+#
+# Order: batches are written and completed strictly one after another, and within a
+# batch publications are in append order, so per channel the stored order and the
+# delivered order are the offset order, whatever the concurrency of publishers.
+#
+# Failure: if a transaction fails, its publications were sequenced in memory but are
+# not stored, and the open batch was sequenced after them. Both batches fail with
+# ``BrokerError`` and every loaded channel is dropped, to be reloaded from the file
+# (the truth) on next touch, so offsets stay gap-free. As history is clipped to
+# committed offsets, no reader saw the lost ones.
+#
+# Loading: a channel is loaded only while it is not in memory, hence while it has no
+# publication pending, so what the writer thread reads is its whole state. Loads and
+# writes run in one thread in submission order.
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """What the file holds of one channel."""
+
+    epoch: str
+    head_offset: int
+    retained: tuple[Publication, ...]
+    # (key, offset, ts) of keyed publications older than ``retained``, oldest first.
+    earlier_keys: tuple[tuple[str, int, int], ...]
+
+
+class _Channel:
+    """A loaded channel: its log, the keys stored before its retained history, and how
+    far its publications are committed."""
+
+    __slots__ = ("committed_offset", "earlier_keys", "log")
+
+    def __init__(self, log: ChannelLog, earlier_keys: DedupeWindow) -> None:
+        self.log = log
+        # Keys of publications no longer retained but inside the dedupe window: the log's
+        # own window only learns keys from the publications restored into it.
+        self.earlier_keys = earlier_keys
+        self.committed_offset = log.head_offset
+
+    def read(self, since: Position | None, limit: int | None, now_ms: int) -> HistoryRead:
+        """Read the committed part of the channel (``Broker.history``)."""
+        log = self.log
+        committed = self.committed_offset
+        head = Position(log.epoch, committed)
+        pending = log.head_offset - committed
+        if since is None:
+            if not pending:
+                return HistoryRead(head, Replay(log.latest(now_ms, limit)))
+            wanted = None if limit is None else limit + pending
+            publications = tuple(p for p in log.latest(now_ms, wanted) if p.offset <= committed)
+            if limit is not None:
+                publications = publications[max(0, len(publications) - limit) :]
+            return HistoryRead(head, Replay(publications))
+        if since.epoch == log.epoch and committed < since.offset <= log.head_offset:
+            # Only an uncommitted offset lies there, which no client can have been given.
+            return HistoryRead(head, Gap(GapReason.AHEAD_OF_HEAD))
+        recovery = log.since(since, now_ms, limit)
+        if pending and isinstance(recovery, Replay):
+            recovery = Replay(tuple(p for p in recovery.publications if p.offset <= committed))
+        return HistoryRead(head, recovery)
+
+
+class _Batch:
+    """Publications written in one transaction, and the future their publishers await."""
+
+    __slots__ = ("done", "publications")
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        self.done = done
+        self.publications: list[Publication] = []
+
+
+class _Store:
+    """The database file: schema, loads and batched writes. Used only by the writer thread."""
+
+    def __init__(self, file: Path, namespaces: Namespaces, dedupe: DedupeOptions) -> None:
+        self._file = file
+        self._namespaces = namespaces
+        self._dedupe = dedupe
+        self._db: sqlite3.Connection | None = None
+
+    def open(self, new_epoch: str) -> str:
+        """Open (creating if needed) the file; return the database's epoch."""
+        self._file.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._file, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN IMMEDIATE")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise BrokerError(
+                    f"{self._file} has schema version {version}; "
+                    f"this tidings reads version {SCHEMA_VERSION}"
+                )
+            db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('epoch', ?)", (new_epoch,))
+            epoch: str = db.execute("SELECT value FROM meta WHERE name = 'epoch'").fetchone()[0]
+            db.execute("COMMIT")
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        return epoch
+
+    def close(self) -> None:
+        """Close the file; idempotent."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _connection(self) -> sqlite3.Connection:
+        assert self._db is not None, "the store is used only while open"
+        return self._db
+
+    def load(self, channel: ChannelName, now_ms: int) -> _Stored | None:
+        """Read ``channel``'s epoch, head, retained publications and recent keys."""
+        db = self._connection()
+        row = db.execute(
+            "SELECT epoch, head_offset FROM channels WHERE name = ?", (channel,)
+        ).fetchone()
+        if row is None:
+            return None
+        epoch, head = row
+        size = self._namespaces.options_for(channel).history.size
+        rows = db.execute(_SELECT_RETAINED, (channel, head - size, head)).fetchall()
+        retained = _consecutive_tail([_publication(channel, epoch, row) for row in rows], head)
+        first_retained = retained[0].offset if retained else head + 1
+        keys = db.execute(
+            _SELECT_EARLIER_KEYS,
+            (channel, first_retained, now_ms - self._dedupe.window_ms, self._dedupe.max_keys),
+        ).fetchall()
+        return _Stored(epoch, head, retained, tuple(reversed(keys)))
+
+    def write(self, publications: Sequence[Publication], now_ms: int) -> None:
+        """Store ``publications``, move their channels' heads and trim, in one transaction."""
+        heads: dict[ChannelName, Publication] = {}
+        for publication in publications:
+            heads[publication.channel] = publication
+        sizes = {c: self._namespaces.options_for(c).history for c in heads}
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                _INSERT_PUBLICATION,
+                [_row(p) for p in publications if sizes[p.channel].size > 0],
+            )
+            db.executemany(
+                _INSERT_KEY,
+                [(p.channel, p.offset, p.key, p.ts) for p in publications if p.key is not None],
+            )
+            db.executemany(_UPSERT_CHANNEL, [(c, p.epoch, p.offset) for c, p in heads.items()])
+            db.executemany(
+                _TRIM_PUBLICATIONS,
+                [
+                    (c, p.offset - sizes[c].size + 1, now_ms - sizes[c].ttl_ms)
+                    for c, p in heads.items()
+                ],
+            )
+            db.execute(_EXPIRE_KEYS, (now_ms - self._dedupe.window_ms,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+
+_SCHEMA: Final = (
+    "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE channels (
+        name TEXT PRIMARY KEY,
+        epoch TEXT NOT NULL,
+        head_offset INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    # A rowid table: data may be large, which WITHOUT ROWID tables handle poorly.
+    """CREATE TABLE publications (
+        channel TEXT NOT NULL,
+        "offset" INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        ts INTEGER NOT NULL,
+        key TEXT,
+        info_client TEXT,
+        info_user TEXT,
+        PRIMARY KEY (channel, "offset")
+    )""",
+    # Every keyed publication's key, kept for the dedupe window even once the publication
+    # itself is trimmed from history.
+    """CREATE TABLE dedupe_keys (
+        channel TEXT NOT NULL,
+        "offset" INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        PRIMARY KEY (channel, "offset")
+    ) WITHOUT ROWID""",
+    "CREATE INDEX dedupe_keys_by_ts ON dedupe_keys (ts)",
+)
+
+_SELECT_RETAINED: Final = """
+    SELECT "offset", data, ts, key, info_client, info_user FROM publications
+    WHERE channel = ? AND "offset" > ? AND "offset" <= ? ORDER BY "offset"
+"""
+_SELECT_EARLIER_KEYS: Final = """
+    SELECT key, "offset", ts FROM dedupe_keys
+    WHERE channel = ? AND "offset" < ? AND ts >= ? ORDER BY "offset" DESC LIMIT ?
+"""
+# Plain INSERT: an offset stored twice is a bug (or a second broker on the file), and
+# failing the transaction is the safe answer.
+_INSERT_PUBLICATION: Final = """
+    INSERT INTO publications (channel, "offset", data, ts, key, info_client, info_user)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+_INSERT_KEY: Final = 'INSERT INTO dedupe_keys (channel, "offset", key, ts) VALUES (?, ?, ?, ?)'
+_UPSERT_CHANNEL: Final = """
+    INSERT INTO channels (name, epoch, head_offset) VALUES (?, ?, ?)
+    ON CONFLICT (name) DO UPDATE SET head_offset = excluded.head_offset
+"""
+# Evict from the front, as ChannelHistory does: everything before the first offset kept
+# by size (?2) and before the first publication young enough for the ttl (?3). The
+# subquery walks from the oldest row, so it costs what it evicts.
+_TRIM_PUBLICATIONS: Final = """
+    DELETE FROM publications WHERE channel = ?1 AND "offset" < MAX(?2, COALESCE(
+        (SELECT "offset" FROM publications WHERE channel = ?1 AND ts >= ?3
+         ORDER BY "offset" LIMIT 1), ?2))
+"""
+_EXPIRE_KEYS: Final = "DELETE FROM dedupe_keys WHERE ts < ?"
+
+
+def _row(publication: Publication) -> tuple[object, ...]:
+    info = publication.info
+    return (
+        publication.channel,
+        publication.offset,
+        publication.data,
+        publication.ts,
+        publication.key,
+        None if info is None else info.client,
+        None if info is None else info.user,
+    )
+
+
+_PublicationRow = tuple[int, bytes, int, str | None, str | None, str | None]
+
+
+def _publication(channel: ChannelName, epoch: str, row: _PublicationRow) -> Publication:
+    offset, data, ts, key, client, user = row
+    info = None if client is None or user is None else ClientInfo(client, user)
+    return Publication(channel, epoch, offset, data, ts, key, info)
+
+
+def _consecutive_tail(publications: list[Publication], head: int) -> tuple[Publication, ...]:
+    """Keep the run of consecutive offsets that ends at ``head``: history must be
+    gap-free, so a row missing from the file ends what can be replayed."""
+    start = len(publications)
+    expected = head
+    while start > 0 and publications[start - 1].offset == expected:
+        start -= 1
+        expected -= 1
+    return tuple(publications[start:])
+
+
+class _Writer:
+    """One thread running blocking jobs in submission order."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Queue ``fn`` for the thread; return a future of its result on the running loop."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def job() -> None:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except Exception as exc:  # handed to the awaiting side
+                    future.set_exception(exc)
+
+        self._jobs.put(job)
+        return asyncio.wrap_future(future, loop=asyncio.get_running_loop())
+
+    def stop(self) -> None:
+        """End the thread once the queued jobs ran, and wait for it to return."""
+        self._jobs.put(None)
+        # The caller awaited the last job already: the thread is only returning.
+        self._thread.join()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+
+async def _run(writer: _Writer, fn: Callable[[], T], what: str) -> T:
+    """Run ``fn`` in the writer thread and await it; backend errors become ``BrokerError``."""
+    try:
+        return await asyncio.shield(writer.submit(fn))
+    except (sqlite3.Error, OSError) as exc:
+        raise BrokerError(f"{what} failed: {exc}") from exc
+
+
+class SqliteBroker:
+    """A single-node broker keeping its channels in a SQLite file; see the module docstring.
+
+    Attributes:
+        commits: how many write transactions committed (one per batch of publications).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        namespaces: Namespaces,
+        *,
+        clock: Clock | None = None,
+        dedupe: DedupeOptions | None = None,
+        epoch_factory: Callable[[], str] = random_epoch,
+    ) -> None:
+        """Prepare a broker storing in directory ``path`` (created if missing) on ``start``."""
+        self._file = Path(path) / DB_FILE_NAME
+        self._namespaces = namespaces
+        self._clock = clock or SystemClock()
+        self._dedupe = dedupe or DedupeOptions()
+        self._epoch_factory = epoch_factory
+        self._store = _Store(self._file, namespaces, self._dedupe)
+        self._writer: _Writer | None = None
+        self._closing: asyncio.Future[None] | None = None
+        self._epoch = ""  # the database's epoch, read on start
+        self._channels: dict[ChannelName, _Channel] = {}
+        self._loading: dict[ChannelName, asyncio.Future[_Stored | None]] = {}
+        self._subscribed: set[ChannelName] = set()
+        self._on_publication: PublicationHandler | None = None
+        self._open_batch: _Batch | None = None
+        self._in_flight: _Batch | None = None
+        self.commits = 0
+
+    async def start(self, on_publication: PublicationHandler) -> None:
+        """Open the file and start handing publications of subscribed channels to the handler.
+
+        Raises:
+            BrokerError: the file cannot be opened, or the broker was closed.
+        """
+        if self._closing is not None:
+            raise BrokerError(f"the sqlite broker on {self._file} was closed; make a new one")
+        if self._writer is None:
+            writer = _Writer(f"tidings-sqlite {self._file}")
+            try:
+                self._epoch = await _run(
+                    writer,
+                    partial(self._store.open, self._epoch_factory()),
+                    f"opening {self._file}",
+                )
+            except BaseException:
+                writer.stop()
+                raise
+            self._writer = writer
+            logger.info("sqlite broker opened %s", self._file)
+        self._on_publication = on_publication
+
+    async def close(self) -> None:
+        """Commit the pending publications, then close the file; idempotent."""
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+            return
+        # From here on no publish is accepted, so the flush below waits for the last batch.
+        self._closing = closing = asyncio.get_running_loop().create_future()
+        writer = self._writer
+        try:
+            if writer is not None:
+                await self._flush()
+                try:
+                    await _run(writer, self._store.close, f"closing {self._file}")
+                finally:
+                    writer.stop()
+                logger.info("sqlite broker closed %s", self._file)
+        finally:
+            self._writer = None
+            self._on_publication = None
+            self._channels.clear()
+            closing.set_result(None)
+
+    async def _flush(self) -> None:
+        """Wait until every publication made so far is committed (or failed)."""
+        last = self._open_batch or self._in_flight
+        if last is not None:
+            # A failed batch was already raised to its publishers and logged.
+            with contextlib.suppress(BrokerError):
+                await asyncio.shield(last.done)
+
+    async def publish(
+        self,
+        channel: ChannelName,
+        data: bytes,
+        *,
+        key: str | None = None,
+        info: ClientInfo | None = None,
+    ) -> PublishResult:
+        """Sequence ``data`` in ``channel``; return once it is committed (and delivered).
+
+        Raises:
+            BrokerError: the broker is not open, or storing failed (the publication was
+                not made; retry with the same ``key``).
+        """
+        self._check_open()
+        state = await self._channel(channel, create=True)
+        assert state is not None
+        now_ms = self._clock.now_ms()
+        if key is not None:
+            earlier = state.earlier_keys.lookup(key, now_ms)
+            if earlier is not None:
+                return PublishResult(Position(state.log.epoch, earlier), duplicate=True)
+        outcome = state.log.append(data, now_ms, key, info)
+        if isinstance(outcome, Duplicate):
+            if outcome.position.offset > state.committed_offset:
+                # The original is not committed yet: answer only once it is.
+                pending = self._open_batch or self._in_flight
+                assert pending is not None, "an uncommitted offset is in a batch"
+                await asyncio.shield(pending.done)
+            return PublishResult(outcome.position, duplicate=True)
+        await asyncio.shield(self._enqueue(outcome.publication))
+        return PublishResult(outcome.publication.position)
+
+    async def history(
+        self, channel: ChannelName, since: Position | None = None, limit: int | None = None
+    ) -> HistoryRead:
+        """Read ``channel``'s committed head and history (``Broker.history``), from memory.
+
+        Raises:
+            BrokerError: the broker is not open, or loading the channel failed.
+        """
+        self._check_open()
+        state = await self._channel(channel, create=False)
+        if state is None:
+            # Reading must not create state: an unknown channel stays unknown.
+            head = Position(self._epoch, 0)
+            if since is None:
+                return HistoryRead(head, Replay(()))
+            return HistoryRead(head, decide_recovery(since, self._epoch, 0, (), limit))
+        return state.read(since, limit, self._clock.now_ms())
+
+    async def subscribe(self, channel: ChannelName) -> None:
+        """Deliver ``channel``'s publications to this node's hub."""
+        self._subscribed.add(channel)
+
+    async def unsubscribe(self, channel: ChannelName) -> None:
+        """Stop delivering ``channel``'s publications."""
+        self._subscribed.discard(channel)
+
+    async def is_ready(self) -> bool:
+        """Whether the file is open."""
+        return self._writer is not None and self._closing is None
+
+    def _check_open(self) -> _Writer:
+        if self._writer is None or self._closing is not None:
+            raise BrokerError(f"the sqlite broker on {self._file} is not open")
+        return self._writer
+
+    async def _channel(self, channel: ChannelName, *, create: bool) -> _Channel | None:
+        """Return the loaded ``channel``, loading it first; a new one only with ``create``."""
+        state = self._channels.get(channel)
+        if state is None:
+            loading = self._loading.get(channel)
+            if loading is None:
+                writer = self._check_open()
+                loading = writer.submit(partial(self._store.load, channel, self._clock.now_ms()))
+                self._loading[channel] = loading
+                loading.add_done_callback(partial(self._loaded, channel))
+            try:
+                await asyncio.shield(loading)
+            except (sqlite3.Error, OSError) as exc:
+                raise BrokerError(f"loading channel {channel} failed: {exc}") from exc
+            self._check_open()  # closing may have begun meanwhile; nothing may be queued then
+            state = self._channels.get(channel)
+            if state is None and create:
+                history = self._namespaces.options_for(channel).history
+                log = ChannelLog(channel, self._epoch, history, self._dedupe)
+                state = self._channels[channel] = _Channel(log, DedupeWindow(self._dedupe))
+        return state
+
+    def _loaded(self, channel: ChannelName, loading: asyncio.Future[_Stored | None]) -> None:
+        """Install a loaded channel, once, as soon as the load completes."""
+        if self._loading.get(channel) is loading:
+            del self._loading[channel]
+        if loading.cancelled() or loading.exception() is not None:
+            return
+        stored = loading.result()
+        if stored is None or channel in self._channels or self._closing is not None:
+            return
+        now_ms = self._clock.now_ms()
+        history = self._namespaces.options_for(channel).history
+        first = stored.retained[0].offset if stored.retained else stored.head_offset + 1
+        log = ChannelLog(channel, stored.epoch, history, self._dedupe, head_offset=first - 1)
+        for publication in stored.retained:
+            log.restore(publication, now_ms)
+        earlier_keys = DedupeWindow(self._dedupe)
+        for key, offset, ts in stored.earlier_keys:
+            earlier_keys.remember(key, offset, ts)
+        self._channels[channel] = _Channel(log, earlier_keys)
+
+    def _enqueue(self, publication: Publication) -> asyncio.Future[None]:
+        """Add ``publication`` to the open batch; return the future of its commit."""
+        batch = self._open_batch
+        if batch is None:
+            loop = asyncio.get_running_loop()
+            batch = self._open_batch = _Batch(loop.create_future())
+            if self._in_flight is None:
+                # Let the publishes already scheduled in this iteration join the batch.
+                loop.call_soon(self._hand_off)
+        batch.publications.append(publication)
+        return batch.done
+
+    def _hand_off(self) -> None:
+        """Send the open batch to the writer thread, unless a transaction is in flight."""
+        batch = self._open_batch
+        if batch is None or self._in_flight is not None:
+            return
+        writer = self._writer
+        assert writer is not None, "close flushes batches before stopping the writer"
+        self._open_batch = None
+        self._in_flight = batch
+        written = writer.submit(
+            partial(self._store.write, batch.publications, self._clock.now_ms())
+        )
+        written.add_done_callback(partial(self._written, batch))
+
+    def _written(self, batch: _Batch, written: asyncio.Future[None]) -> None:
+        """Complete ``batch`` once its transaction ended, then hand off the next one."""
+        assert batch is self._in_flight
+        self._in_flight = None
+        error = written.exception() if not written.cancelled() else asyncio.CancelledError()
+        if error is None:
+            self.commits += 1
+            self._deliver(batch)
+            batch.done.set_result(None)
+        else:
+            self._fail(batch, error)
+        self._hand_off()
+
+    def _deliver(self, batch: _Batch) -> None:
+        handler = self._on_publication
+        channels = self._channels
+        subscribed = self._subscribed
+        for publication in batch.publications:
+            channels[publication.channel].committed_offset = publication.offset
+            if handler is not None and publication.channel in subscribed:
+                try:
+                    handler(publication)
+                except Exception:
+                    logger.exception("publication handler raised in %s", publication.channel)
+
+    def _fail(self, batch: _Batch, cause: BaseException) -> None:
+        failed = [batch]
+        if self._open_batch is not None:
+            failed.append(self._open_batch)
+            self._open_batch = None
+        count = sum(len(b.publications) for b in failed)
+        logger.warning(
+            "storing %d publications in %s failed; reloading channels from the file",
+            count,
+            self._file,
+            exc_info=cause,
+        )
+        # Their offsets were given in memory only: forget every loaded channel, so the
+        # next touch reloads the committed truth and sequences on from there.
+        self._channels.clear()
+        error = BrokerError(f"storing publications in {self._file} failed: {cause}")
+        error.__cause__ = cause
+        for failed_batch in failed:
+            failed_batch.done.set_exception(error)
+            failed_batch.done.exception()  # retrieved: publishers may all have gone

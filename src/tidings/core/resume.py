@@ -1,0 +1,73 @@
+"""Where a stream or poll starts: the channels asked for and the positions to resume from.
+
+Pure. SSE and polling accept positions three ways (PROTOCOL.md §4, §5): a cursor (the
+browser's ``Last-Event-ID`` or ``?cursor=``), or ``since=<epoch>:<offset>`` given once
+per ``channel=`` in the same order (how a client coming from another transport resumes).
+``Last-Event-ID`` wins over the URL's cursor: the browser keeps it current, while the
+URL's cursor is the one the stream started with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from tidings.core.channel import ChannelName, parse_channel
+from tidings.core.cursor import decode_cursor
+from tidings.core.publication import Position, parse_position_text
+from tidings.errors import BadRequest
+
+MAX_STREAM_CHANNELS: Final = 64
+
+
+def parse_channel_list(
+    values: Sequence[str], limit: int = MAX_STREAM_CHANNELS
+) -> list[ChannelName]:
+    """Validate the ``channel=`` parameters of a request.
+
+    Raises:
+        BadRequest: none given, too many, an invalid name, or one listed twice.
+    """
+    if not values:
+        raise BadRequest("give at least one channel=<name>")
+    if len(values) > limit:
+        raise BadRequest(f"{len(values)} channels given; at most {limit} per request")
+    channels = [parse_channel(value) for value in values]
+    if len(set(channels)) != len(channels):
+        duplicate = next(c for c in channels if channels.count(c) > 1)
+        raise BadRequest(f"channel {duplicate} is listed twice")
+    return channels
+
+
+def resume_positions(
+    channels: Sequence[ChannelName],
+    *,
+    last_event_id: str | None = None,
+    cursor: str | None = None,
+    since: Sequence[str] = (),
+) -> dict[ChannelName, Position]:
+    """Return the positions to resume ``channels`` from (empty: start from now).
+
+    A cursor's positions of channels not asked for are ignored; channels the cursor
+    does not cover start from now.
+
+    Raises:
+        BadRequest: a corrupted cursor, a malformed ``since``, a ``since`` count that
+            does not match the channels, or both a URL cursor and ``since``.
+    """
+    if cursor is not None and since:
+        raise BadRequest("give cursor= or since=, not both")
+    token = last_event_id or cursor
+    if token:
+        decoded = decode_cursor(token)
+        return {channel: decoded[channel] for channel in channels if channel in decoded}
+    if not since:
+        return {}
+    if len(since) != len(channels):
+        raise BadRequest(
+            f"{len(since)} since= given for {len(channels)} channel=; give one per channel, "
+            "in the same order"
+        )
+    return {
+        channel: parse_position_text(text) for channel, text in zip(channels, since, strict=True)
+    }

@@ -1,0 +1,91 @@
+"""What HTTP transports and the server API share: the one table mapping errors to
+statuses and JSON bodies (PROTOCOL.md §7), request credentials, and CORS (§8).
+
+No I/O: builds responses and reads request headers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from typing import Final
+
+from starlette.responses import Response
+
+from tidings.core.wire import encode_json
+from tidings.errors import ErrorCode, RequestError
+
+logger = logging.getLogger(__name__)
+
+_PREFLIGHT_ALLOWED_HEADERS: Final = "Authorization, Last-Event-ID, If-None-Match, Cache-Control"
+
+HTTP_STATUS: Final[dict[ErrorCode, int]] = {
+    "bad_request": 400,
+    "unauthorized": 401,
+    "permission_denied": 403,
+    "not_found": 404,
+    "message_too_large": 413,
+    "too_many_requests": 429,
+    "unavailable": 503,
+    "internal": 500,
+}
+
+
+def json_response(
+    body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """Return ``body`` encoded as JSON."""
+    return Response(encode_json(body), status, headers, media_type="application/json")
+
+
+def error_response(code: ErrorCode, message: str) -> Response:
+    """Return ``{"error": {"code", "message"}}`` with the code's HTTP status."""
+    headers = {"WWW-Authenticate": "Bearer"} if code == "unauthorized" else None
+    return json_response({"error": {"code": code, "message": message}}, HTTP_STATUS[code], headers)
+
+
+def request_error_response(error: RequestError) -> Response:
+    """Return the response for a request error."""
+    return error_response(error.code, error.message)
+
+
+def internal_error_response() -> Response:
+    """Return a 500 that says nothing about internals (the cause is logged by the caller)."""
+    return error_response("internal", "internal server error; the server logged the cause")
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """Return the token of an ``Authorization: Bearer <token>`` header, if that is one."""
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip() or None
+    return None
+
+
+def cors_headers(origin: str | None, allowed: Collection[str]) -> dict[str, str]:
+    """Return the CORS headers for a cross-origin request from an allowed origin.
+
+    Credentials (cookies, Authorization) are allowed, so the origin is echoed rather
+    than ``*``, and caches are told the answer varies by origin.
+    """
+    if origin is None or not ("*" in allowed or origin in allowed):
+        return {}
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Credentials": "true",
+        "Access-Control-Expose-Headers": "ETag",
+        "Vary": "Origin",
+    }
+
+
+def preflight_response(origin: str | None, allowed: Collection[str]) -> Response:
+    """Answer a CORS preflight for the client transports (GET with auth headers)."""
+    headers = cors_headers(origin, allowed)
+    if not headers:
+        return error_response("permission_denied", "this origin is not in allowed_origins")
+    headers.update(
+        {
+            "Access-Control-Allow-Methods": "GET, OPTIONS",
+            "Access-Control-Allow-Headers": _PREFLIGHT_ALLOWED_HEADERS,
+            "Access-Control-Max-Age": "600",
+        }
+    )
+    return Response(status_code=204, headers=headers)

@@ -1,0 +1,269 @@
+"""The Server-Sent Events transport ``GET /sse`` (PROTOCOL.md §4), as an ASGI endpoint.
+
+I/O: one streaming HTTP response per client. The handler task runs the writer of
+``StreamConnection`` (events coalesce into one body chunk per wake-up); a second task
+waits for the client to go away. Every publication is one ``event: pub`` with one
+``data:`` line (publication JSON never holds a raw CR or LF: see
+``commands.single_line_json``) and an ``id:`` that is the cursor of *all* the stream's
+channels after it, so a browser's automatic ``Last-Event-ID`` resumes every channel.
+
+Start-up order matters: the ``subscribed`` event's ``id`` is the cursor of the
+positions the stream starts *from* (before any replayed publication), so a client
+cut off during the replay resumes the replay instead of skipping it. Live
+publications that arrive while later channels are still subscribing are held and
+written after the ``subscribed`` event and the replays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Final
+from urllib.parse import parse_qs
+
+from tidings.core.channel import ChannelName
+from tidings.core.cursor import encode_cursor
+from tidings.core.origin import is_origin_allowed
+from tidings.core.permission import check_subscribe
+from tidings.core.publication import Position, Publication
+from tidings.core.resume import parse_channel_list, resume_positions
+from tidings.core.wire import EncodedPublication, encode_json
+from tidings.errors import RequestError, Unavailable
+from tidings.hub.hub import SubscribeResult
+from tidings.hub.registry import PresenceEvent
+from tidings.transports.connection import StreamConnection
+from tidings.transports.context import TransportContext
+from tidings.transports.http import (
+    bearer_token,
+    cors_headers,
+    error_response,
+    preflight_response,
+    request_error_response,
+)
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+SSE_HEARTBEAT_S: Final = 15.0  # PROTOCOL.md §4: a comment after 15 s of silence
+TOKEN_COOKIE: Final = "tidings_token"
+# EventSource reconnect delay: randomised per stream so a restarted node's clients
+# do not all come back in the same instant.
+RETRY_MIN_MS: Final = 1000
+RETRY_MAX_MS: Final = 3000
+
+
+class SseSession(StreamConnection):
+    """One SSE stream: its channels' positions and the events it writes."""
+
+    __slots__ = ("_held", "_live", "_send", "positions")
+
+    def __init__(self, context: TransportContext, send: Send) -> None:
+        super().__init__(context)
+        self._send = send
+        self.positions: dict[ChannelName, Position] = {}
+        self._live = False
+        self._held: list[EncodedPublication] = []
+
+    # -- StreamConnection ----------------------------------------------------------------
+
+    def deliver(self, publication: EncodedPublication) -> None:
+        """Queue a ``pub`` event with the stream's cursor after it (hub fan-out)."""
+        if not self._live:
+            self._held.append(publication)
+            return
+        self._write_publication(publication)
+
+    def _write_publication(self, encoded: EncodedPublication) -> None:
+        publication = encoded.publication
+        self.positions[publication.channel] = publication.position
+        if len(self.positions) == 1:
+            self._enqueue(encoded.sse_single)  # shared by every single-channel stream
+        else:
+            self._enqueue(encoded.sse_event(encode_cursor(self.positions)))
+
+    def deliver_presence(self, event: PresenceEvent) -> None:
+        """Presence events are not part of SSE version 1; nothing is sent."""
+
+    @property
+    def _heartbeat_interval_s(self) -> float:
+        return SSE_HEARTBEAT_S
+
+    def _heartbeat_chunk(self) -> str:
+        return ": ping\n\n"
+
+    def _goodbye(self, code: int, reason: str, reconnect: bool, url: str | None) -> str:
+        data: dict[str, object] = {"code": code, "reason": reason, "reconnect": reconnect}
+        if url is not None:
+            data["url"] = url
+        return f"event: disconnect\ndata: {encode_json(data).decode()}\n\n"
+
+    async def _write(self, chunks: list[str]) -> None:
+        body = "".join(chunks).encode()
+        await self._send({"type": "http.response.body", "body": body, "more_body": True})
+
+    async def _end(self, code: int, reason: str) -> None:
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    # -- the stream's life ---------------------------------------------------------------
+
+    async def open(self, channels: list[ChannelName], since: dict[ChannelName, Position]) -> None:
+        """Subscribe every channel and queue ``retry``, ``subscribed`` and the replays."""
+        hub = self._context.hub
+        namespaces = self._context.namespaces
+        results: dict[ChannelName, SubscribeResult] = {}
+        for channel in channels:
+            presence = namespaces.options_for(channel).presence
+            result = await hub.subscribe(channel, self, since.get(channel), presence=presence)
+            assert result is not None, "a new stream holds no channel yet"
+            self.subscriptions.add(channel)
+            results[channel] = result
+        self.positions = {channel: _start(result) for channel, result in results.items()}
+        subscribed = {
+            channel: {
+                "epoch": result.position.epoch,
+                "offset": result.position.offset,
+                "recovered": result.recovered,
+            }
+            for channel, result in results.items()
+        }
+        retry_ms = random.randint(RETRY_MIN_MS, RETRY_MAX_MS)
+        self._enqueue(
+            f"retry: {retry_ms}\nid: {encode_cursor(self.positions)}\nevent: subscribed\n"
+            f"data: {encode_json({'channels': subscribed}).decode()}\n\n"
+        )
+        for result in results.values():
+            for publication in result.publications:
+                self._write_publication(EncodedPublication(publication))
+        self._live = True
+        held, self._held = self._held, []
+        for encoded in held:  # the hub sent these after each channel's result: all new
+            self._write_publication(encoded)
+
+    async def run(self, receive: Receive) -> None:
+        """Stream until the client leaves or the server ends the stream."""
+        watcher = asyncio.create_task(self._watch_disconnect(receive))
+        try:
+            await self._write_loop()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _watch_disconnect(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        # The client is gone: end the writer without a goodbye nobody would read.
+        self._closing = (0, "client left")
+        self._outbox.clear()
+        self._wakeup.set()
+
+
+def _start(result: SubscribeResult) -> Position:
+    """The position a stream starts from: before the first publication it will write."""
+    if result.publications:
+        first: Publication = result.publications[0]
+        return Position(first.epoch, first.offset - 1)
+    return result.position
+
+
+class SseTransport:
+    """The ASGI application serving ``/sse``."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: TransportContext) -> None:
+        self._context = context
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        context = self._context
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        origin = headers.get("origin")
+        if scope["method"] == "OPTIONS":
+            await preflight_response(origin, context.allowed_origins)(scope, receive, send)
+            return
+        if not is_origin_allowed(
+            origin, headers.get("host"), scope["scheme"], context.allowed_origins
+        ):
+            response = error_response("permission_denied", "this origin is not in allowed_origins")
+            await response(scope, receive, send)
+            return
+        cors = cors_headers(origin, context.allowed_origins)
+        session = SseSession(context, send)
+        try:
+            channels, since = _parse_request(scope, headers)
+            session.credentials = context.authenticator.authenticate(_token(scope, headers))
+            for channel in channels:
+                check_subscribe(
+                    channel, context.namespaces.options_for(channel), session.credentials
+                )
+            if context.draining:
+                raise Unavailable("this node is draining; reconnect to another")
+            context.sessions.add(session)
+        except RequestError as error:
+            response = request_error_response(error)
+            response.headers.update(cors)
+            await response(scope, receive, send)
+            return
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": _stream_headers(cors),
+                }
+            )
+            await session.open(channels, since)
+            await session.run(receive)
+        except Exception:
+            # A task boundary: the stream ends; nothing about the failure is sent.
+            logger.exception("SSE stream %s failed", session.client_id)
+        finally:
+            context.sessions.remove(session)
+            await session._leave_all()
+
+
+def _parse_request(
+    scope: Scope, headers: dict[str, str]
+) -> tuple[list[ChannelName], dict[ChannelName, Position]]:
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    channels = parse_channel_list(query.get("channel", []))
+    cursors = query.get("cursor", [])
+    since = resume_positions(
+        channels,
+        last_event_id=headers.get("last-event-id"),
+        cursor=cursors[0] if cursors else None,
+        since=query.get("since", []),
+    )
+    return channels, since
+
+
+def _token(scope: Scope, headers: dict[str, str]) -> str | None:
+    token = bearer_token(headers.get("authorization"))
+    if token is not None:
+        return token
+    tokens = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
+    if tokens:
+        first: str = tokens[0]
+        return first
+    for part in headers.get("cookie", "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == TOKEN_COOKIE and value:
+            return value
+    return None
+
+
+def _stream_headers(cors: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    headers = {
+        "content-type": "text/event-stream; charset=utf-8",
+        "cache-control": "no-cache, no-store",
+        "x-accel-buffering": "no",  # ask reverse proxies not to buffer the stream
+        **{name.lower(): value for name, value in cors.items()},
+    }
+    return [(name.encode(), value.encode()) for name, value in headers.items()]
