@@ -35,6 +35,7 @@ from tidings.server.heartbeat import run_heartbeats
 from tidings.transports.close_codes import CLOSE_GOING_AWAY
 from tidings.transports.context import Limits, TransportContext
 from tidings.transports.http import error_response, json_response
+from tidings.transports.poll import PollTransport
 from tidings.transports.sse import SseTransport
 from tidings.transports.websocket import WebSocketTransport
 
@@ -74,10 +75,12 @@ class TidingsApp:
             allowed_origins=settings.allowed_origins,
         )
         api = ServerApi(self.context, settings.api_key)
+        self._poll = PollTransport(self.context)
         self._router = Router(
             routes=[
                 WebSocketRoute("/ws", WebSocketTransport(self.context)),
                 Route("/sse", SseTransport(self.context), methods=["GET", "OPTIONS"]),
+                Route("/poll", self._poll.handle, methods=["GET", "OPTIONS"]),
                 Route("/health", self._health, methods=["GET"]),
                 Route("/ready", self._ready, methods=["GET"]),
                 *api.routes(),
@@ -116,6 +119,7 @@ class TidingsApp:
         """Tell every client to reconnect elsewhere, close them, and wait (bounded) until
         they are gone. New connections are refused from now on."""
         self.context.draining = True
+        self._poll.release_all()
         for session in self.sessions:
             session.disconnect(code, reason, reconnect=True)
         try:
