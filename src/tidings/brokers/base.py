@@ -48,6 +48,9 @@ class Broker(Protocol):
       in-memory broker restarted, a store lost the channel). Offsets of different
       epochs are unrelated; a reader asking from a position of another epoch is told
       ``Gap``, never given publications of the new epoch as if they followed.
+    * **Stable empty position**: reading a channel never published to gives
+      ``(epoch, 0)``, and that position stays valid after its first publication (a
+      reader resuming from it recovers offset 1 onward, not a gap).
     * **No loss on subscribe**: a publication made after ``subscribe`` returns reaches
       ``on_publication``; one made before it is in history (while retained). Readers
       subscribe first, then read history, and merge by offset.
@@ -56,7 +59,8 @@ class Broker(Protocol):
     async def start(self, on_publication: PublicationHandler) -> None:
         """Connect and start delivering publications of subscribed channels to the handler.
 
-        The handler is called on the event loop, must not block and must not raise.
+        The handler is called on the event loop, must not block and must not raise;
+        if it does, the broker logs the error and goes on delivering.
         """
         ...
 

@@ -8,6 +8,7 @@ resuming clients as an epoch change: ``recovered: false``, never a wrong offset.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable
 
@@ -19,6 +20,9 @@ from tidings.core.dedupe import DedupeOptions
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import ClientInfo, Position
 from tidings.core.recovery import Replay
+
+
+logger = logging.getLogger(__name__)
 
 
 def random_epoch() -> str:
@@ -44,14 +48,16 @@ class MemoryBroker:
         self._logs: dict[ChannelName, ChannelLog] = {}
         self._subscribed: set[ChannelName] = set()
         self._on_publication: PublicationHandler | None = None
+        self._closed = False
 
     async def start(self, on_publication: PublicationHandler) -> None:
         """Start handing publications of subscribed channels to ``on_publication``."""
         self._on_publication = on_publication
 
     async def close(self) -> None:
-        """Stop delivering publications."""
+        """Stop delivering publications; the broker is not ready from now on."""
         self._on_publication = None
+        self._closed = True
 
     def _log(self, channel: ChannelName) -> ChannelLog:
         log = self._logs.get(channel)
@@ -75,7 +81,10 @@ class MemoryBroker:
             return PublishResult(outcome.position, duplicate=True)
         publication = outcome.publication
         if self._on_publication is not None and channel in self._subscribed:
-            self._on_publication(publication)
+            try:
+                self._on_publication(publication)
+            except Exception:  # the publication is made; a faulty handler must not undo it
+                logger.exception("publication handler failed on %s", channel)
         return PublishResult(publication.position)
 
     async def history(
@@ -104,5 +113,5 @@ class MemoryBroker:
         self._subscribed.discard(channel)
 
     async def is_ready(self) -> bool:
-        """Always ready: there is nothing to reach."""
-        return True
+        """Ready until closed: there is nothing to reach."""
+        return not self._closed

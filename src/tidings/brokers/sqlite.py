@@ -427,6 +427,7 @@ class SqliteBroker:
                     f"opening {self._file}",
                 )
             except BaseException:
+                writer.submit(self._store.close)  # in case the open completed after all
                 writer.stop()
                 raise
             self._writer = writer

@@ -47,7 +47,7 @@ def encode_cursor(positions: Positions) -> str:
         [channel, position.epoch, position.offset] for channel, position in positions.items()
     ]
     body = _VERSION + json.dumps(entries, separators=(",", ":")).encode()
-    token = base64.urlsafe_b64encode(body + _checksum(body)).rstrip(b"=").decode("ascii")
+    token = _b64(body + _checksum(body))
     if len(token) > MAX_CURSOR_LENGTH:
         raise BadRequest(
             f"the positions of {len(positions)} channels make a cursor of {len(token):,} "
@@ -71,12 +71,15 @@ def decode_cursor(token: str) -> dict[ChannelName, Position]:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):
         raise _corrupted() from None
+    if _b64(raw) != token:
+        # The last character has unused bits; only the canonical spelling is ours.
+        raise _corrupted()
     body, checksum = raw[:-_CHECKSUM_BYTES], raw[-_CHECKSUM_BYTES:]
     if len(raw) <= _CHECKSUM_BYTES or _checksum(body) != checksum or body[:1] != _VERSION:
         raise _corrupted()
     try:
         entries = json.loads(body[1:])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise _corrupted() from None
     if not isinstance(entries, list):
         raise _corrupted()
@@ -87,6 +90,10 @@ def decode_cursor(token: str) -> dict[ChannelName, Position]:
         channel, epoch, offset = entry
         positions[parse_channel(channel)] = parse_position(epoch, offset)
     return positions
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 def _corrupted() -> BadRequest:

@@ -38,6 +38,8 @@ class DedupeWindow:
 
     def remember(self, key: str, offset: int, now_ms: int) -> None:
         """Record that ``key`` was published at ``offset``."""
+        # Re-inserted, not updated in place: the order must stay the order of times.
+        self._keys.pop(key, None)
         self._keys[key] = (offset, now_ms)
         while len(self._keys) > self._options.max_keys:
             del self._keys[next(iter(self._keys))]

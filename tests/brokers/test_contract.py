@@ -1,0 +1,437 @@
+"""The broker contract: every broker keeps the guarantees of ``brokers.base.Broker``.
+
+One suite, parametrized over every broker. A new broker joins by adding its factory to
+``BROKER_FACTORIES`` and passes unmodified. Channel names are unique per test, so a
+broker backed by a shared service (Redis, NATS, PostgreSQL) needs no cleanup between
+tests; deliveries are awaited, never assumed synchronous with ``publish``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.clock import FakeClock
+from tests.support.handler import RecordingHandler
+from tidings.brokers.base import Broker
+from tidings.brokers.memory import MemoryBroker
+from tidings.brokers.sqlite import SqliteBroker
+from tidings.core.channel import ChannelName, NamespaceName
+from tidings.core.dedupe import DedupeOptions
+from tidings.core.history import HistoryOptions
+from tidings.core.namespace import NamespaceOptions, Namespaces
+from tidings.core.publication import ClientInfo, Position, Publication
+from tidings.core.recovery import Gap, GapReason, Replay
+
+HOUR_MS = 3_600_000
+SMALL_HISTORY = 3
+BRIEF_TTL_MS = 1_000
+DEDUPE_WINDOW_MS = 60_000
+CONCURRENT_PUBLISHES = 300
+
+NAMESPACES = Namespaces(
+    {
+        NamespaceName("room"): NamespaceOptions(history=HistoryOptions(1_000, HOUR_MS)),
+        NamespaceName("small"): NamespaceOptions(history=HistoryOptions(SMALL_HISTORY, HOUR_MS)),
+        NamespaceName("brief"): NamespaceOptions(history=HistoryOptions(100, BRIEF_TTL_MS)),
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSetup:
+    """What a test gives a broker factory."""
+
+    namespaces: Namespaces
+    clock: FakeClock
+    dedupe: DedupeOptions
+    directory: Path
+
+
+BrokerFactory = Callable[[BrokerSetup], Broker]
+
+
+def make_memory_broker(setup: BrokerSetup) -> Broker:
+    return MemoryBroker(setup.namespaces, clock=setup.clock, dedupe=setup.dedupe)
+
+
+def make_sqlite_broker(setup: BrokerSetup) -> Broker:
+    return SqliteBroker(
+        setup.directory / "data", setup.namespaces, clock=setup.clock, dedupe=setup.dedupe
+    )
+
+
+BROKER_FACTORIES = [
+    pytest.param(make_memory_broker, id="memory"),
+    pytest.param(make_sqlite_broker, id="sqlite"),
+]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def handler() -> RecordingHandler:
+    return RecordingHandler()
+
+
+@pytest.fixture(params=BROKER_FACTORIES)
+async def broker(
+    request: pytest.FixtureRequest, clock: FakeClock, handler: RecordingHandler, tmp_path: Path
+) -> AsyncIterator[Broker]:
+    factory: BrokerFactory = request.param
+    broker = factory(BrokerSetup(NAMESPACES, clock, DedupeOptions(DEDUPE_WINDOW_MS), tmp_path))
+    await broker.start(handler)
+    try:
+        yield broker
+    finally:
+        await broker.close()
+
+
+def unique_channel(namespace: str = "room") -> ChannelName:
+    """Return a channel no other test uses."""
+    return ChannelName(f"{namespace}:{secrets.token_hex(8)}")
+
+
+def data(n: int) -> bytes:
+    return b'{"n":%d}' % n
+
+
+async def publish_many(broker: Broker, channel: ChannelName, count: int) -> list[Publication]:
+    """Publish ``count`` publications one after another; return them as history has them."""
+    for n in range(count):
+        await broker.publish(channel, data(n))
+    read = await broker.history(channel)
+    assert isinstance(read.recovery, Replay)
+    return list(read.recovery.publications)
+
+
+# Offsets and order
+
+
+async def test_publish_assigns_gap_free_offsets_from_one(broker: Broker) -> None:
+    channel = unique_channel()
+
+    results = [await broker.publish(channel, data(n)) for n in range(5)]
+
+    assert [r.position.offset for r in results] == [1, 2, 3, 4, 5]
+    assert len({r.position.epoch for r in results}) == 1
+    assert not any(r.duplicate for r in results)
+
+
+async def test_channels_are_sequenced_independently(broker: Broker) -> None:
+    first, second = unique_channel(), unique_channel()
+
+    await broker.publish(first, data(1))
+    await broker.publish(first, data(2))
+    result = await broker.publish(second, data(3))
+
+    assert result.position.offset == 1
+
+
+async def test_concurrent_publishers_yield_one_gap_free_order(broker: Broker) -> None:
+    channel = unique_channel()
+
+    results = await asyncio.gather(
+        *(broker.publish(channel, data(n)) for n in range(CONCURRENT_PUBLISHES))
+    )
+
+    offsets = sorted(r.position.offset for r in results)
+    assert offsets == list(range(1, CONCURRENT_PUBLISHES + 1))
+    read = await broker.history(channel)
+    assert isinstance(read.recovery, Replay)
+    stored = {p.offset: p.data for p in read.recovery.publications}
+    assert stored == {r.position.offset: data(n) for n, r in enumerate(results)}
+    assert read.head == Position(results[0].position.epoch, CONCURRENT_PUBLISHES)
+
+
+async def test_publication_keeps_data_ts_key_and_info(
+    broker: Broker, clock: FakeClock, handler: RecordingHandler
+) -> None:
+    channel = unique_channel()
+    info = ClientInfo("c-1", "alice")
+    await broker.subscribe(channel)
+
+    result = await broker.publish(channel, b'{"text":"hi"}', key="k-1", info=info)
+
+    expected = Publication(
+        channel, result.position.epoch, 1, b'{"text":"hi"}', clock.now_ms(), "k-1", info
+    )
+    assert await handler.wait_for(1) == [expected]
+    read = await broker.history(channel)
+    assert read.recovery == Replay((expected,))
+
+
+# Delivery to subscribed nodes
+
+
+async def test_subscribed_node_receives_each_publication_once_in_offset_order(
+    broker: Broker, handler: RecordingHandler
+) -> None:
+    channel = unique_channel()
+    await broker.subscribe(channel)
+
+    results = await asyncio.gather(
+        *(broker.publish(channel, data(n)) for n in range(CONCURRENT_PUBLISHES))
+    )
+
+    delivered = await handler.wait_for(CONCURRENT_PUBLISHES)
+    assert [p.offset for p in delivered] == list(range(1, CONCURRENT_PUBLISHES + 1))
+    assert {p.offset: p.data for p in delivered} == {
+        r.position.offset: data(n) for n, r in enumerate(results)
+    }
+
+
+async def test_unsubscribed_channel_delivers_nothing(
+    broker: Broker, handler: RecordingHandler
+) -> None:
+    channel = unique_channel()
+    await broker.publish(channel, data(1))
+
+    # Per-channel order: had the first been delivered, it would come before this one.
+    await broker.subscribe(channel)
+    await broker.publish(channel, data(2))
+
+    delivered = await handler.wait_for(1)
+    assert [p.offset for p in delivered] == [2]
+    assert len(handler.publications) == 1
+
+
+async def test_unsubscribe_stops_delivery(broker: Broker, handler: RecordingHandler) -> None:
+    channel = unique_channel()
+    await broker.subscribe(channel)
+    await broker.publish(channel, data(1))
+    await handler.wait_for(1)
+
+    await broker.unsubscribe(channel)
+    await broker.publish(channel, data(2))
+    await broker.subscribe(channel)
+    await broker.publish(channel, data(3))
+
+    delivered = await handler.wait_for(2)
+    assert [p.offset for p in delivered] == [1, 3]
+    assert len(handler.publications) == 2
+
+
+async def test_subscribe_and_unsubscribe_are_idempotent(
+    broker: Broker, handler: RecordingHandler
+) -> None:
+    channel = unique_channel()
+    await broker.subscribe(channel)
+    await broker.subscribe(channel)
+    await broker.publish(channel, data(1))
+    await broker.unsubscribe(channel)
+    await broker.unsubscribe(channel)
+    await broker.publish(channel, data(2))
+    await broker.subscribe(channel)
+    await broker.publish(channel, data(3))
+
+    delivered = await handler.wait_for(2)
+    assert [p.offset for p in delivered] == [1, 3]
+    assert len(handler.publications) == 2
+
+
+# Idempotent publish
+
+
+async def test_repeated_key_returns_original_position_without_delivery(
+    broker: Broker, handler: RecordingHandler
+) -> None:
+    channel = unique_channel()
+    await broker.subscribe(channel)
+    original = await broker.publish(channel, data(1), key="order-7")
+
+    repeated = await broker.publish(channel, data(2), key="order-7")
+    await broker.publish(channel, data(3))
+
+    assert repeated.position == original.position
+    assert repeated.duplicate
+    assert not original.duplicate
+    delivered = await handler.wait_for(2)
+    assert [(p.offset, p.data) for p in delivered] == [(1, data(1)), (2, data(3))]
+    assert len(handler.publications) == 2
+
+
+async def test_concurrent_publishes_of_one_key_make_one_publication(broker: Broker) -> None:
+    channel = unique_channel()
+
+    results = await asyncio.gather(*(broker.publish(channel, data(n), key="k") for n in range(10)))
+
+    assert {r.position for r in results} == {results[0].position}
+    assert sum(not r.duplicate for r in results) == 1
+    read = await broker.history(channel)
+    assert read.head.offset == 1
+
+
+async def test_keys_are_per_channel(broker: Broker) -> None:
+    first, second = unique_channel(), unique_channel()
+    await broker.publish(first, data(1), key="k")
+
+    result = await broker.publish(second, data(2), key="k")
+
+    assert not result.duplicate
+    assert result.position.offset == 1
+
+
+async def test_key_is_published_again_after_the_dedupe_window(
+    broker: Broker, clock: FakeClock
+) -> None:
+    channel = unique_channel()
+    await broker.publish(channel, data(1), key="k")
+    clock.advance(DEDUPE_WINDOW_MS + 1)
+
+    result = await broker.publish(channel, data(2), key="k")
+
+    assert not result.duplicate
+    assert result.position.offset == 2
+
+
+# History and recovery
+
+
+async def test_history_since_every_position_replays_exactly_the_later_ones(
+    broker: Broker,
+) -> None:
+    channel = unique_channel()
+    publications = await publish_many(broker, channel, 8)
+    epoch = publications[0].epoch
+
+    for offset in range(len(publications) + 1):
+        read = await broker.history(channel, Position(epoch, offset))
+
+        assert read.head == Position(epoch, 8)
+        assert read.recovery == Replay(tuple(publications[offset:]))
+
+
+async def test_history_since_with_limit_replays_the_first_later_ones(broker: Broker) -> None:
+    channel = unique_channel()
+    publications = await publish_many(broker, channel, 8)
+
+    read = await broker.history(channel, Position(publications[0].epoch, 2), limit=3)
+
+    assert read.recovery == Replay(tuple(publications[2:5]))
+
+
+async def test_history_at_head_replays_nothing(broker: Broker) -> None:
+    channel = unique_channel()
+    result = await broker.publish(channel, data(1))
+
+    read = await broker.history(channel, result.position)
+
+    assert read.head == result.position
+    assert read.recovery == Replay(())
+
+
+async def test_history_reports_gap_when_position_ahead_of_head(broker: Broker) -> None:
+    channel = unique_channel()
+    result = await broker.publish(channel, data(1))
+
+    read = await broker.history(channel, Position(result.position.epoch, 2))
+
+    assert read.recovery == Gap(GapReason.AHEAD_OF_HEAD)
+
+
+async def test_history_reports_gap_when_position_of_another_epoch(broker: Broker) -> None:
+    channel = unique_channel()
+    result = await broker.publish(channel, data(1))
+    other_epoch = "x" + result.position.epoch[1:] if result.position.epoch[0] != "x" else "y"
+
+    read = await broker.history(channel, Position(other_epoch, 0))
+
+    assert read.recovery == Gap(GapReason.EPOCH_CHANGED)
+
+
+async def test_history_reports_gap_when_offset_evicted_by_size(broker: Broker) -> None:
+    channel = unique_channel("small")
+    for n in range(SMALL_HISTORY + 2):
+        await broker.publish(channel, data(n))
+    epoch = (await broker.history(channel)).head.epoch
+
+    evicted = [await broker.history(channel, Position(epoch, n)) for n in (0, 1)]
+    kept = await broker.history(channel, Position(epoch, 2))
+
+    assert [r.recovery for r in evicted] == [Gap(GapReason.EVICTED)] * 2
+    assert isinstance(kept.recovery, Replay)
+    assert [p.offset for p in kept.recovery.publications] == [3, 4, 5]
+
+
+async def test_history_without_since_gives_latest_retained(broker: Broker) -> None:
+    channel = unique_channel()
+    publications = await publish_many(broker, channel, 5)
+
+    latest_two = await broker.history(channel, limit=2)
+    none = await broker.history(channel, limit=0)
+
+    assert len(publications) == 5
+    assert latest_two.recovery == Replay(tuple(publications[3:]))
+    assert none.recovery == Replay(())
+    assert latest_two.head == publications[-1].position
+
+
+async def test_history_without_since_is_bounded_by_history_size(broker: Broker) -> None:
+    channel = unique_channel("small")
+
+    publications = await publish_many(broker, channel, SMALL_HISTORY + 4)
+
+    assert [p.offset for p in publications] == [5, 6, 7]
+
+
+async def test_history_reports_gap_when_offset_expired_by_ttl(
+    broker: Broker, clock: FakeClock
+) -> None:
+    channel = unique_channel("brief")
+    await broker.publish(channel, data(1))
+    await broker.publish(channel, data(2))
+    clock.advance(BRIEF_TTL_MS * 3 // 5)
+    third = await broker.publish(channel, data(3))
+    clock.advance(BRIEF_TTL_MS * 3 // 5)
+    epoch = third.position.epoch
+
+    expired = await broker.history(channel, Position(epoch, 0))
+    kept = await broker.history(channel, Position(epoch, 2))
+    latest = await broker.history(channel)
+
+    assert expired.recovery == Gap(GapReason.EVICTED)
+    assert isinstance(kept.recovery, Replay)
+    assert [p.offset for p in kept.recovery.publications] == [3]
+    assert isinstance(latest.recovery, Replay)
+    assert [p.offset for p in latest.recovery.publications] == [3]
+    assert latest.head == third.position
+
+
+async def test_history_of_unknown_channel_is_empty_at_offset_zero(broker: Broker) -> None:
+    channel = unique_channel()
+
+    first = await broker.history(channel)
+    again = await broker.history(channel, Position(first.head.epoch, 0))
+    ahead = await broker.history(channel, Position(first.head.epoch, 1))
+
+    assert first.head.offset == 0
+    assert first.recovery == Replay(())
+    assert again.head == first.head
+    assert again.recovery == Replay(())
+    assert ahead.recovery == Gap(GapReason.AHEAD_OF_HEAD)
+
+
+async def test_position_read_before_first_publish_recovers_it(broker: Broker) -> None:
+    channel = unique_channel()
+    before = await broker.history(channel)
+
+    result = await broker.publish(channel, data(1))
+    read = await broker.history(channel, before.head)
+
+    # Reading created nothing, and the channel's epoch is the one the reader was given.
+    assert result.position == Position(before.head.epoch, 1)
+    assert isinstance(read.recovery, Replay)
+    assert [p.offset for p in read.recovery.publications] == [1]
+
+
+async def test_is_ready_while_started(broker: Broker) -> None:
+    assert await broker.is_ready()

@@ -1,0 +1,100 @@
+"""The idempotency window of one channel (core/dedupe.py, PROTOCOL.md §2.4)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tidings.core.dedupe import DedupeOptions, DedupeWindow
+
+
+def test_dedupe_options_default_to_a_300_second_window() -> None:
+    assert DedupeOptions() == DedupeOptions(window_ms=300_000, max_keys=100_000)
+
+
+def test_dedupe_lookup_of_an_unknown_key_finds_nothing() -> None:
+    window = DedupeWindow(DedupeOptions())
+    assert window.lookup("k", now_ms=0) is None
+    assert len(window) == 0
+
+
+def test_dedupe_lookup_finds_the_offset_a_key_was_published_at() -> None:
+    window = DedupeWindow(DedupeOptions(window_ms=100))
+    window.remember("a", 7, now_ms=1000)
+    window.remember("b", 8, now_ms=1010)
+    assert window.lookup("a", now_ms=1050) == 7
+    assert window.lookup("b", now_ms=1050) == 8
+    assert window.lookup("c", now_ms=1050) is None
+
+
+def test_dedupe_keeps_a_key_exactly_window_old_and_forgets_it_one_ms_later() -> None:
+    window = DedupeWindow(DedupeOptions(window_ms=100))
+    window.remember("a", 1, now_ms=1000)
+    assert window.lookup("a", now_ms=1100) == 1
+    assert window.lookup("a", now_ms=1101) is None
+    assert len(window) == 0
+
+
+def test_dedupe_expiry_forgets_only_the_keys_past_the_window() -> None:
+    window = DedupeWindow(DedupeOptions(window_ms=100))
+    window.remember("a", 1, now_ms=0)
+    window.remember("b", 2, now_ms=50)
+    window.remember("c", 3, now_ms=120)
+    assert window.lookup("c", now_ms=160) == 3
+    assert len(window) == 1
+    assert window.lookup("b", now_ms=160) is None
+
+
+def test_dedupe_window_is_bounded_by_max_keys_forgetting_the_oldest_first() -> None:
+    window = DedupeWindow(DedupeOptions(window_ms=1_000_000, max_keys=3))
+    for offset, key in enumerate("abcde", start=1):
+        window.remember(key, offset, now_ms=offset)
+    assert len(window) == 3
+    assert [window.lookup(key, now_ms=10) for key in "abcde"] == [None, None, 3, 4, 5]
+
+
+def test_dedupe_window_with_max_keys_zero_remembers_nothing() -> None:
+    window = DedupeWindow(DedupeOptions(max_keys=0))
+    window.remember("a", 1, now_ms=0)
+    assert len(window) == 0
+    assert window.lookup("a", now_ms=0) is None
+
+
+def test_dedupe_remembering_a_key_again_lets_older_keys_expire() -> None:
+    window = DedupeWindow(DedupeOptions(window_ms=100))
+    window.remember("a", 1, now_ms=0)
+    window.remember("b", 2, now_ms=50)
+    window.remember("a", 3, now_ms=200)
+    # b was remembered 150 ms ago, past the 100 ms window
+    assert window.lookup("b", now_ms=200) is None
+
+
+@given(
+    window_ms=st.integers(min_value=1, max_value=50),
+    max_keys=st.integers(min_value=0, max_value=6),
+    steps=st.lists(
+        st.tuples(st.sampled_from("abcdefgh"), st.integers(min_value=0, max_value=20)),
+        max_size=60,
+    ),
+)
+def test_dedupe_finds_a_key_only_within_the_window_and_the_newest_max_keys(
+    window_ms: int, max_keys: int, steps: list[tuple[str, int]]
+) -> None:
+    """Used as ChannelLog uses it: remember a key only when lookup did not find it."""
+    window = DedupeWindow(DedupeOptions(window_ms=window_ms, max_keys=max_keys))
+    remembered: list[tuple[str, int, int]] = []  # (key, offset, ms), in order
+    now = 0
+    for key, elapsed in steps:
+        now += elapsed
+        latest = max((i for i, (k, _, _) in enumerate(remembered) if k == key), default=None)
+        expected = None
+        if latest is not None:
+            _, offset, at_ms = remembered[latest]
+            newer = len(remembered) - 1 - latest
+            if at_ms >= now - window_ms and newer < max_keys:
+                expected = offset
+        assert window.lookup(key, now) == expected
+        if expected is None:
+            window.remember(key, len(remembered) + 1, now)
+            remembered.append((key, len(remembered) + 1, now))
+        assert len(window) <= max_keys
