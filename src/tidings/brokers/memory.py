@@ -21,7 +21,6 @@ from tidings.core.namespace import Namespaces
 from tidings.core.publication import ClientInfo, Position
 from tidings.core.recovery import Replay
 
-
 logger = logging.getLogger(__name__)
 
 
