@@ -57,6 +57,11 @@ def main() -> None:
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to bind (default 8000).")
 @click.option(
+    "--broker",
+    default=None,
+    help="Broker URL: memory (default), redis://host:port/db or redis-cluster://host:port.",
+)
+@click.option(
     "--data", default=None, help="Directory for the sqlite broker (history survives restarts)."
 )
 @click.option(
@@ -70,15 +75,21 @@ def main() -> None:
     "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
 )
 def serve(
-    host: str | None, port: int | None, data: str | None, config_file: Path | None, log_level: str
+    *,
+    host: str | None,
+    port: int | None,
+    data: str | None,
+    broker: str | None,
+    config_file: Path | None,
+    log_level: str,
 ) -> None:
-    """Run a tidings node (memory broker by default, sqlite with --data)."""
+    """Run a tidings node (memory broker by default, sqlite with --data, or --broker URL)."""
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         settings = load_settings(
-            config_file, os.environ, {"host": host, "port": port, "data": data}
+            config_file, os.environ, {"host": host, "port": port, "data": data, "broker": broker}
         )
         app = TidingsApp(settings)
     except (ConfigError, TidingsError) as exc:

@@ -49,7 +49,7 @@ HEARTBEAT_TICKS_PER_INTERVAL: Final = 5
 def broker_for(settings: Settings) -> Broker:
     """Return the broker the settings name: sqlite with ``data``, else memory."""
     dedupe = DedupeOptions(window_ms=int(settings.dedupe_window_s * 1000))
-    return create_broker(settings.data, settings.namespace_table(), dedupe)
+    return create_broker(settings.broker, settings.data, settings.namespace_table(), dedupe)
 
 
 class TidingsApp:

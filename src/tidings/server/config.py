@@ -33,6 +33,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     data: str | None = None
+    broker: str | None = None
     api_key: str | None = None
     jwt_secret: str | None = None
     allowed_origins: tuple[str, ...] = ()
@@ -114,6 +115,7 @@ _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "host": _as_str,
     "port": _as_int,
     "data": _as_optional_str,
+    "broker": _as_optional_str,
     "api_key": _as_optional_str,
     "jwt_secret": _as_optional_str,
     "allowed_origins": _as_origins,
