@@ -11,40 +11,22 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any, Final
 
 import click
 import httpx
-import uvicorn
 
 from tidings.client.events import GapNotice
 from tidings.client.websocket import WebSocketSubscription
 from tidings.core.publication import parse_position_text
 from tidings.core.wire import encode_json, publication_frame
 from tidings.errors import ConfigError, ConnectionClosed, TidingsError
-from tidings.server.app import FRAME_OVERHEAD_BYTES, TidingsApp
 from tidings.server.config import load_settings
+from tidings.server.runner import run_node, run_workers
 
 DEFAULT_SERVER: Final = "http://127.0.0.1:8000"
-WS_PING_INTERVAL_S: Final = 20.0
-WS_PING_TIMEOUT_S: Final = 20.0
-# uvicorn cuts frames past its own limit with 1009; ours (4009) applies below it.
-UVICORN_FRAME_LIMIT_FACTOR: Final = 4
-
-
-class _DrainingServer(uvicorn.Server):
-    """uvicorn, but on SIGTERM/SIGINT tidings tells clients first (disconnect push, 1001)."""
-
-    def __init__(self, config: uvicorn.Config, app: TidingsApp) -> None:
-        super().__init__(config)
-        self._tidings = app
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        await self._tidings.drain()
-        await super().shutdown(sockets)
 
 
 @click.group()
@@ -72,6 +54,13 @@ def main() -> None:
     help="A TOML configuration file.",
 )
 @click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Processes sharing the port (SO_REUSEPORT); more than 1 needs a shared broker.",
+)
+@click.option(
     "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
 )
 def serve(
@@ -82,6 +71,7 @@ def serve(
     broker: str | None,
     config_file: Path | None,
     log_level: str,
+    workers: int,
 ) -> None:
     """Run a tidings node (memory broker by default, sqlite with --data, or --broker URL)."""
     logging.basicConfig(
@@ -91,23 +81,16 @@ def serve(
         settings = load_settings(
             config_file, os.environ, {"host": host, "port": port, "data": data, "broker": broker}
         )
-        app = TidingsApp(settings)
+        if workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {workers}")
     except (ConfigError, TidingsError) as exc:
         raise click.ClickException(str(exc)) from exc
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        lifespan="on",
-        log_level=log_level,
-        ws="websockets-sansio",
-        ws_ping_interval=WS_PING_INTERVAL_S,
-        ws_ping_timeout=WS_PING_TIMEOUT_S,
-        ws_max_size=(settings.max_data_bytes + FRAME_OVERHEAD_BYTES) * UVICORN_FRAME_LIMIT_FACTOR,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_s) + 1,
-        server_header=False,
-    )
-    _DrainingServer(config, app).run()
+    if workers > 1:
+        try:
+            sys.exit(run_workers(settings, log_level, workers))
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
+    run_node(settings, log_level)
 
 
 @main.command()
