@@ -20,9 +20,10 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Final
+from typing import Final
 from urllib.parse import parse_qs
+
+from starlette.types import Receive, Scope, Send
 
 from tidings.core.channel import ChannelName
 from tidings.core.cursor import encode_cursor
@@ -45,11 +46,6 @@ from tidings.transports.http import (
 )
 
 logger = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 SSE_HEARTBEAT_S: Final = 15.0  # PROTOCOL.md §4: a comment after 15 s of silence
 TOKEN_COOKIE: Final = "tidings_token"

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 from urllib.parse import parse_qs
+
+from starlette.types import Receive, Scope, Send
 
 from tidings.core import commands as cmd
 from tidings.core.origin import is_origin_allowed
@@ -44,11 +45,6 @@ from tidings.transports.context import TransportContext
 from tidings.transports.http import bearer_token
 
 logger = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 PROTOCOL_VERSION: Final = "1"
 _PING_PUSH: Final = '{"push":"ping"}'
