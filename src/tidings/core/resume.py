@@ -13,11 +13,14 @@ from collections.abc import Sequence
 from typing import Final
 
 from tidings.core.channel import ChannelName, parse_channel
-from tidings.core.cursor import decode_cursor
+from tidings.core.cursor import decode_cursor, encode_cursor
 from tidings.core.publication import Position, parse_position_text
 from tidings.errors import BadRequest
 
 MAX_STREAM_CHANNELS: Final = 64
+# The largest position a cursor may ever have to hold: the longest epoch and an offset
+# no channel reaches (2**53, the largest integer every JSON client reads exactly).
+_LARGEST_POSITION: Final = Position("e" * 32, 2**53)
 
 
 def parse_channel_list(
@@ -36,7 +39,21 @@ def parse_channel_list(
     if len(set(channels)) != len(channels):
         duplicate = next(c for c in channels if channels.count(c) > 1)
         raise BadRequest(f"channel {duplicate} is listed twice")
+    check_cursor_capacity(channels)
     return channels
+
+
+def check_cursor_capacity(channels: Sequence[ChannelName]) -> None:
+    """Refuse, up front, channels whose cursor could one day outgrow its 4 KiB bound.
+
+    A stream's cursor grows with its channels' offsets; checked only when an event is
+    written, an overflow would end a stream mid-way. Checking the largest possible
+    positions now turns it into a ``bad_request`` before anything is sent.
+
+    Raises:
+        BadRequest: the channels' names are too long, together, for one cursor.
+    """
+    encode_cursor(dict.fromkeys(channels, _LARGEST_POSITION))
 
 
 def resume_positions(

@@ -29,6 +29,7 @@ from tidings.transports.http import (
     bearer_token,
     internal_error_response,
     json_response,
+    query_int,
     request_error_response,
 )
 
@@ -151,7 +152,7 @@ class ServerApi:
         query = request.query_params
         channel = parse_channel(query.get("channel"))
         since = _since(query.get("since_epoch"), query.get("since_offset"))
-        limit = _limit(query.get("limit"))
+        limit = query_int(query.get("limit"), "limit", 0, MAX_HISTORY_LIMIT, default=None)
         read = await self._context.hub.history(channel, since, limit)
         recovery = read.recovery
         answer: dict[str, Any] = position_fields(read.head)
@@ -195,11 +196,3 @@ def _since(epoch: str | None, offset: str | None) -> Position | None:
     if epoch is None or offset is None:
         raise BadRequest("give both since_epoch and since_offset, or neither")
     return parse_position_text(f"{epoch}:{offset}")
-
-
-def _limit(text: str | None) -> int | None:
-    if text is None:
-        return None
-    if not text.isdigit() or not 0 <= int(text) <= MAX_HISTORY_LIMIT:
-        raise BadRequest(f"limit must be a whole number from 0 to {MAX_HISTORY_LIMIT}")
-    return int(text)

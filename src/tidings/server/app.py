@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 
 # Room in a WebSocket frame for everything but data: op, id, channel, key.
 FRAME_OVERHEAD_BYTES: Final = 4096
-HEARTBEAT_TICKS_PER_INTERVAL: Final = 5
+# The timer ticks often enough that a heartbeat is at most a second or so late.
+HEARTBEAT_TICK_S: Final = 1.0
 
 
 def broker_for(settings: Settings) -> Broker:
@@ -106,7 +107,7 @@ class TidingsApp:
             if self._started:
                 return
             await self.hub.start()
-            tick_s = max(0.05, self.settings.ping_interval_s / HEARTBEAT_TICKS_PER_INTERVAL)
+            tick_s = min(HEARTBEAT_TICK_S, self.settings.ping_interval_s / 4)
             self._heartbeat = asyncio.create_task(run_heartbeats(self.sessions, tick_s))
             self._started = True
             if self.settings.api_key is None:

@@ -69,7 +69,7 @@ def _as_optional_str(name: str, value: object) -> str | None:
 
 
 def _as_int(name: str, value: object) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         return int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{name} must be a whole number >= 0, got {value!r}")

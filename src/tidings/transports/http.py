@@ -12,7 +12,7 @@ from typing import Final
 from starlette.responses import Response
 
 from tidings.core.wire import encode_json
-from tidings.errors import ErrorCode, RequestError
+from tidings.errors import BadRequest, ErrorCode, RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -89,3 +89,18 @@ def preflight_response(origin: str | None, allowed: Collection[str]) -> Response
         }
     )
     return Response(status_code=204, headers=headers)
+
+
+def query_int(
+    text: str | None, name: str, low: int, high: int, *, default: int | None
+) -> int | None:
+    """Parse an integer query parameter in ``[low, high]`` (``default`` when absent).
+
+    Raises:
+        BadRequest: not ASCII digits, or out of range.
+    """
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise BadRequest(f"{name} must be a whole number from {low} to {high}")
+    return int(text)

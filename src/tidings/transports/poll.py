@@ -31,7 +31,7 @@ from tidings.core.publication import Position, Publication
 from tidings.core.recovery import Replay
 from tidings.core.resume import parse_channel_list, resume_positions
 from tidings.core.wire import EncodedPublication, publication_frames
-from tidings.errors import BadRequest, RequestError, Unavailable
+from tidings.errors import RequestError, Unavailable
 from tidings.hub.registry import PresenceEvent
 from tidings.transports.context import TransportContext
 from tidings.transports.http import (
@@ -41,6 +41,7 @@ from tidings.transports.http import (
     internal_error_response,
     json_response,
     preflight_response,
+    query_int,
     request_error_response,
 )
 
@@ -120,8 +121,9 @@ class PollTransport:
         positions = resume_positions(
             channels, cursor=query.get("cursor"), since=query.getlist("since")
         )
-        wait_s = _bounded_int(query.get("wait"), "wait", 0, MAX_WAIT_S, default=0)
-        limit = _bounded_int(query.get("limit"), "limit", 1, MAX_LIMIT, default=DEFAULT_LIMIT)
+        wait_s = query_int(query.get("wait"), "wait", 0, MAX_WAIT_S, default=0) or 0
+        limit = query_int(query.get("limit"), "limit", 1, MAX_LIMIT, default=DEFAULT_LIMIT)
+        assert limit is not None
         credentials = self._context.authenticator.authenticate(_token(request))
         for channel in channels:
             options = self._context.namespaces.options_for(channel)
@@ -215,14 +217,6 @@ def _page(
         page.append(publication)
         positions[publication.channel] = publication.position
     return page
-
-
-def _bounded_int(text: str | None, name: str, low: int, high: int, *, default: int) -> int:
-    if text is None:
-        return default
-    if not text.isdigit() or not low <= int(text) <= high:
-        raise BadRequest(f"{name} must be a whole number from {low} to {high}")
-    return int(text)
 
 
 def _token(request: Request) -> str | None:
