@@ -11,6 +11,7 @@ from tidings.brokers.memory import MemoryBroker
 from tidings.core.channel import ChannelName
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import Position
+from tidings.errors import BrokerError, Unavailable
 from tidings.hub.hub import Hub
 
 ROOM = ChannelName("room:1")
@@ -201,3 +202,16 @@ async def test_presence_lists_subscribers_and_announces_joins_and_leaves_to_othe
     await hub.unsubscribe(ROOM, bob, presence=True)
     assert [(e.kind, e.user) for e in alice.presence] == [("join", "bob"), ("leave", "bob")]
     assert bob.presence == []  # nobody announces a client to itself
+
+
+async def test_a_broker_failure_reaches_clients_as_unavailable_and_leaves_nothing_subscribed(
+    hub: Hub, broker: RecordingBroker
+) -> None:
+    broker.broken = BrokerError("connection refused")
+    with pytest.raises(Unavailable):
+        await hub.publish(ROOM, b"1")
+    with pytest.raises(Unavailable):
+        await hub.history(ROOM)
+    with pytest.raises(Unavailable):
+        await hub.subscribe(ROOM, RecordingSubscriber("c"))
+    assert hub.channels() == {}

@@ -10,6 +10,7 @@ from tidings.brokers.memory import MemoryBroker
 from tidings.core.channel import ChannelName
 from tidings.core.publication import ClientInfo, Position
 from tidings.core.wire import EncodedPublication
+from tidings.errors import BrokerError
 from tidings.hub.registry import PresenceEvent
 
 
@@ -55,6 +56,7 @@ class RecordingBroker:
         self.history_gate: asyncio.Event | None = None
         self.history_entered = asyncio.Event()
         self.fail_subscribe = False
+        self.broken: BrokerError | None = None  # raised by publish and history when set
         self.handler: PublicationHandler | None = None
 
     async def start(self, on_publication: PublicationHandler) -> None:
@@ -72,12 +74,16 @@ class RecordingBroker:
         key: str | None = None,
         info: ClientInfo | None = None,
     ) -> PublishResult:
+        if self.broken is not None:
+            raise self.broken
         return await self.inner.publish(channel, data, key=key, info=info)
 
     async def history(
         self, channel: ChannelName, since: Position | None = None, limit: int | None = None
     ) -> HistoryRead:
         self.history_entered.set()
+        if self.broken is not None:
+            raise self.broken
         if self.history_gate is not None:
             await self.history_gate.wait()
         return await self.inner.history(channel, since, limit)

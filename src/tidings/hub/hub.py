@@ -30,7 +30,9 @@ skipped, and the others still receive the publication.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tidings.brokers.base import Broker, HistoryRead, PublishResult
@@ -38,6 +40,7 @@ from tidings.core.channel import ChannelName
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Replay
 from tidings.core.wire import EncodedPublication
+from tidings.errors import BrokerError, Unavailable
 from tidings.hub.registry import PresenceEvent, Subscriber, Subscription, SubscriptionRegistry
 
 logger = logging.getLogger(__name__)
@@ -51,6 +54,16 @@ class SubscribeResult:
     position: Position
     recovered: bool
     publications: tuple[Publication, ...]
+
+
+@contextlib.contextmanager
+def _broker_failures_unavailable() -> Iterator[None]:
+    """Turn a broker failure into the ``unavailable`` a client can act on (retry later)."""
+    try:
+        yield
+    except BrokerError as exc:
+        logger.warning("broker failure: %s", exc)
+        raise Unavailable("the broker is unavailable; retry shortly") from exc
 
 
 class _BrokerLink:
@@ -92,14 +105,25 @@ class Hub:
         key: str | None = None,
         info: ClientInfo | None = None,
     ) -> PublishResult:
-        """Publish through the broker; local subscribers receive it through fan-out."""
-        return await self.broker.publish(channel, data, key=key, info=info)
+        """Publish through the broker; local subscribers receive it through fan-out.
+
+        Raises:
+            Unavailable: the broker failed (the publication may or may not be made:
+                retry with the same key).
+        """
+        with _broker_failures_unavailable():
+            return await self.broker.publish(channel, data, key=key, info=info)
 
     async def history(
         self, channel: ChannelName, since: Position | None = None, limit: int | None = None
     ) -> HistoryRead:
-        """Read a channel's history through the broker."""
-        return await self.broker.history(channel, since, limit)
+        """Read a channel's history through the broker.
+
+        Raises:
+            Unavailable: the broker failed.
+        """
+        with _broker_failures_unavailable():
+            return await self.broker.history(channel, since, limit)
 
     # -- subscriptions -----------------------------------------------------------------
 
@@ -118,14 +142,15 @@ class Hub:
             module docstring), or ``None`` if ``subscriber`` already holds ``channel``.
 
         Raises:
-            BrokerError: the broker failed; nothing stays subscribed.
+            Unavailable: the broker failed; nothing stays subscribed.
         """
         subscription = self._registry.add(channel, subscriber)
         if subscription is None:
             return None
         try:
-            await self._reconcile(channel)
-            read = await self.broker.history(channel, since)
+            with _broker_failures_unavailable():
+                await self._reconcile(channel)
+                read = await self.broker.history(channel, since)
             result = self._go_live(subscription, since, read)
         except BaseException:
             self._registry.remove(channel, subscriber)
