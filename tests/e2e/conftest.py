@@ -1,13 +1,20 @@
-"""Fixtures for end-to-end tests: a real ``tidings serve`` process per test."""
+"""Fixtures for end-to-end tests: a real ``tidings serve`` process per test, or one per
+module (``node``, ``auth_node``) for tests that keep to channels and users of their own."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
+import httpx
+import jwt
 import pytest
 
+from tests.support.api import ApiClient
 from tests.support.server import ServerProcess, start_server
+from tests.support.ws import Frame, WsClient
 
 API_KEY = "e2e-api-key"
 JWT_SECRET = "e2e-jwt-secret-that-is-long-enough-for-hs256"
@@ -59,3 +66,67 @@ def auth_server(config_file: Path) -> Iterator[ServerProcess]:
         yield process
     finally:
         process.kill()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Like ``server``, shared by the tests of one module (each keeps to its own channels)."""
+    config = tmp_path_factory.mktemp("node") / "tidings.toml"
+    config.write_text(CONFIG)
+    with serving(config) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def auth_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Like ``auth_server``, shared by the tests of one module (each keeps to its own users)."""
+    config = tmp_path_factory.mktemp("auth_node") / "tidings.toml"
+    config.write_text(CONFIG)
+    with serving(config, {"TIDINGS_JWT_SECRET": JWT_SECRET}) as process:
+        yield process
+
+
+@contextmanager
+def serving(
+    config: Path, env: Mapping[str, str] | None = None, data: Path | None = None
+) -> Iterator[ServerProcess]:
+    """Run a server with the e2e configuration, the API key and ``env``; kill it on exit."""
+    process = start_server(
+        config=config, data=data, env={"TIDINGS_API_KEY": API_KEY, **(env or {})}
+    )
+    try:
+        yield process
+    finally:
+        process.kill()
+
+
+@asynccontextmanager
+async def api_client(process: ServerProcess) -> AsyncIterator[ApiClient]:
+    """The server API of ``process``, with the e2e key."""
+    async with httpx.AsyncClient(base_url=process.http_url, timeout=30.0) as http:
+        yield ApiClient(http, API_KEY)
+
+
+def api_headers(key: str = API_KEY) -> dict[str, str]:
+    """The ``Authorization`` header of a server API call."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+def make_token(
+    sub: str = "",
+    *,
+    expires_in_s: float = 3600.0,
+    channels: list[str] | None = None,
+    secret: str = JWT_SECRET,
+) -> str:
+    """Return an HS256 connection token (PROTOCOL.md §8)."""
+    claims: dict[str, object] = {"sub": sub, "exp": int(time.time() + expires_in_s)}
+    if channels is not None:
+        claims["channels"] = channels
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+async def goodbye_of(client: WsClient) -> tuple[Frame, int | None]:
+    """The next push (a closing server's ``disconnect``) and then the close code."""
+    push = await client.next_push()
+    return push, await client.wait_closed()

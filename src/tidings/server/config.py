@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from tidings.core.channel import DEFAULT_NAMESPACE, NamespaceName
 from tidings.core.history import HistoryOptions
@@ -24,6 +24,9 @@ from tidings.server.units import parse_duration_s, parse_size_bytes
 
 ENV_PREFIX: Final = "TIDINGS_"
 DEFAULT_NAMESPACE_KEY: Final = "default"
+
+TransportName = Literal["ws", "sse", "poll"]
+TRANSPORTS: Final[tuple[TransportName, ...]] = ("ws", "sse", "poll")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,8 @@ class Settings:
     command_burst: float = 200.0
     dedupe_window_s: float = 300.0
     shutdown_timeout_s: float = 5.0
+    transports: tuple[TransportName, ...] = TRANSPORTS
+    demo: bool = False
     namespaces: Mapping[NamespaceName, NamespaceOptions] = field(default_factory=default_namespaces)
 
     def namespace_table(self) -> Namespaces:
@@ -111,6 +116,17 @@ def _as_origins(name: str, value: object) -> tuple[str, ...]:
     raise ConfigError(f'{name} must be a list of origins such as ["https://app.example.com"]')
 
 
+def _as_transports(name: str, value: object) -> tuple[TransportName, ...]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(isinstance(part, str) for part in value):
+        raise ConfigError(f'{name} must be a list of transports such as ["sse", "poll"]')
+    unknown = [part for part in value if part not in TRANSPORTS]
+    if unknown or not value:
+        raise ConfigError(f"{name} must name at least one of {list(TRANSPORTS)}, got {value!r}")
+    return tuple(transport for transport in TRANSPORTS if transport in value)
+
+
 _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "host": _as_str,
     "port": _as_int,
@@ -127,6 +143,8 @@ _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "command_burst": _as_float,
     "dedupe_window": parse_duration_s,
     "shutdown_timeout": parse_duration_s,
+    "transports": _as_transports,
+    "demo": _as_bool,
 }
 # Settings fields whose configuration name drops the unit suffix.
 _FIELD_OF: Final = {
@@ -262,4 +280,6 @@ def load_settings(
     if arguments:
         given = {name: value for name, value in arguments.items() if value is not None}
         settings = _apply(settings, given, "arguments")
+    if settings.ping_interval_s <= 0:
+        raise ConfigError(f"ping_interval must be more than 0, got {settings.ping_interval_s:g}")
     return settings

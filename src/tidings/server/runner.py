@@ -8,11 +8,13 @@ Several worker processes on one port only make sense with a broker they all shar
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+from collections.abc import Iterator
 from types import FrameType
 from typing import Final
 
@@ -41,6 +43,20 @@ class _DrainingServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self._tidings.drain()
         await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Handle SIGTERM/SIGINT as uvicorn does, but end with exit code 0.
+
+        uvicorn re-raises the captured signal once it has shut down, so a drained,
+        orderly stop would look like a crash (-15, or "Aborted!" and 1 for SIGINT) to
+        process supervisors. A completed drain is a clean exit.
+        """
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
 
 
 def _uvicorn_config(app: TidingsApp, settings: Settings, log_level: str) -> uvicorn.Config:

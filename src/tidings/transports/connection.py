@@ -41,6 +41,7 @@ class StreamConnection(ABC):
         "_context",
         "_outbox",
         "_queued",
+        "_taken",
         "_wakeup",
         "_writer",
         "client_id",
@@ -57,6 +58,7 @@ class StreamConnection(ABC):
         self._outbox: deque[str] = deque()
         self._queued = 0
         self._wakeup = asyncio.Event()
+        self._taken = asyncio.Event()
         self._closing: tuple[int, str] | None = None
         self._writer: asyncio.Task[None] | None = None
         self.last_sent_s = time.monotonic()
@@ -104,20 +106,36 @@ class StreamConnection(ABC):
 
     # -- queueing (never blocks) -------------------------------------------------------
 
-    def _enqueue(self, chunk: str) -> None:
+    def _enqueue(self, chunk: str, *, requested: bool = False) -> None:
+        """Queue ``chunk``; a push past the outbound bound makes this a slow consumer.
+
+        ``requested`` marks what the client itself asked for: a command's reply, a
+        stream's opening replay. Its size is bounded by configuration (history size
+        times data size), not by the publication rate, and the reader takes no further
+        command until the writer has taken it (``wait_replies_taken``), so it is left
+        out of the slow-consumer count: a recovery larger than the buffer still
+        completes instead of being cut, and cut again on every retry.
+        """
         if self._closing is not None:
             return
-        self._queued += len(chunk)
-        if self._queued > self._context.limits.outbound_buffer_bytes:
-            logger.warning(
-                "slow consumer %s dropped: %d bytes queued", self.client_id, self._queued
-            )
-            self._outbox.clear()
-            self._queued = 0
-            self.disconnect(CLOSE_SLOW_CONSUMER, "slow consumer", reconnect=True)
-            return
+        if not requested:
+            self._queued += len(chunk)
+            if self._queued > self._context.limits.outbound_buffer_bytes:
+                logger.warning(
+                    "slow consumer %s dropped: %d bytes queued", self.client_id, self._queued
+                )
+                self._outbox.clear()
+                self._queued = 0
+                self.disconnect(CLOSE_SLOW_CONSUMER, "slow consumer", reconnect=True)
+                return
         self._outbox.append(chunk)
         self._wakeup.set()
+
+    async def wait_replies_taken(self) -> None:
+        """Return once the writer has taken everything queued so far (reader backpressure)."""
+        while self._outbox and self._closing is None and self._writer is not None:
+            self._taken.clear()
+            await self._taken.wait()
 
     def heartbeat(self, now_s: float) -> None:
         """Queue a heartbeat if nothing was sent for the heartbeat interval."""
@@ -153,6 +171,7 @@ class StreamConnection(ABC):
                 chunks = list(outbox)
                 outbox.clear()
                 self._queued = 0
+                self._taken.set()
                 await self._write(chunks)
                 self.last_sent_s = time.monotonic()
             code, reason = self._closing

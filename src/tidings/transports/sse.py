@@ -76,13 +76,15 @@ class SseSession(StreamConnection):
             return
         self._write_publication(publication)
 
-    def _write_publication(self, encoded: EncodedPublication) -> None:
+    def _write_publication(self, encoded: EncodedPublication, *, replay: bool = False) -> None:
         publication = encoded.publication
         self.positions[publication.channel] = publication.position
         if len(self.positions) == 1:
-            self._enqueue(encoded.sse_single)  # shared by every single-channel stream
+            event = encoded.sse_single  # shared by every single-channel stream
         else:
-            self._enqueue(encoded.sse_event(encode_cursor(self.positions)))
+            event = encoded.sse_event(encode_cursor(self.positions))
+        # The opening replay was asked for: it does not count as falling behind.
+        self._enqueue(event, requested=replay)
 
     def deliver_presence(self, event: PresenceEvent) -> None:
         """Presence events are not part of SSE version 1; nothing is sent."""
@@ -131,12 +133,13 @@ class SseSession(StreamConnection):
         }
         retry_ms = random.randint(RETRY_MIN_MS, RETRY_MAX_MS)
         self._enqueue(
-            f"retry: {retry_ms}\nid: {encode_cursor(self.positions)}\nevent: subscribed\n"
-            f"data: {encode_json({'channels': subscribed}).decode()}\n\n"
+            requested=True,
+            chunk=f"retry: {retry_ms}\nid: {encode_cursor(self.positions)}\nevent: subscribed\n"
+            f"data: {encode_json({'channels': subscribed}).decode()}\n\n",
         )
         for result in results.values():
             for publication in result.publications:
-                self._write_publication(EncodedPublication(publication))
+                self._write_publication(EncodedPublication(publication), replay=True)
         self._live = True
         held, self._held = self._held, []
         for encoded in held:  # the hub sent these after each channel's result: all new

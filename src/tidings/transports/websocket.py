@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION: Final = "1"
 _PING_PUSH: Final = '{"push":"ping"}'
+# A reply this big (a recovery, a history page) holds the next command until it is sent.
+LARGE_REPLY_CHARS: Final = 64 * 1024
 
 
 class WebSocketSession(StreamConnection):
@@ -161,7 +163,8 @@ class WebSocketSession(StreamConnection):
                 raise ConnectionClosed(
                     CLOSE_PROTOCOL_VIOLATION, "frames must be text, one JSON command each"
                 )
-            if len(text) > max_frame:
+            # A character is 1-4 bytes in UTF-8: encode only when the count is in doubt.
+            if len(text) * 4 > max_frame and len(text.encode()) > max_frame:
                 raise ConnectionClosed(CLOSE_MESSAGE_TOO_BIG, f"frame over {max_frame:,} bytes")
             if self.is_closing:
                 continue  # closing: read until the client's close, answer nothing
@@ -192,11 +195,14 @@ class WebSocketSession(StreamConnection):
         except RequestError as error:
             self._reply_error(command.id, error)
             return
-        self._enqueue(encode_json({"id": command.id, "result": result}).decode())
+        reply = encode_json({"id": command.id, "result": result}).decode()
+        self._enqueue(reply, requested=True)
+        if len(reply) > LARGE_REPLY_CHARS:
+            await self.wait_replies_taken()  # no next command until this one is on its way
 
     def _reply_error(self, command_id: int, error: RequestError) -> None:
         reply = {"id": command_id, "error": {"code": error.code, "message": error.message}}
-        self._enqueue(encode_json(reply).decode())
+        self._enqueue(encode_json(reply).decode(), requested=True)
 
     # -- commands ----------------------------------------------------------------------
 
