@@ -411,3 +411,32 @@ async def test_start_refuses_a_file_of_another_schema_version(
     with pytest.raises(BrokerError, match="schema version 99"):
         await broker.start(RecordingHandler())
     assert not await broker.is_ready()
+
+
+async def test_a_reader_arriving_just_after_a_load_completes_sees_the_loaded_channel(
+    tmp_path: Path,
+) -> None:
+    # Regression: the load's done-callback runs one loop iteration after the load
+    # completes; a second caller in that window used to find no channel and read head 0.
+    first = SqliteBroker(tmp_path, Namespaces())
+    await first.start(lambda publication: None)
+    channel = ChannelName("room:race")
+    for index in range(3):
+        await first.publish(channel, b"%d" % index)
+    await first.close()
+
+    second = SqliteBroker(tmp_path, Namespaces())
+    await second.start(lambda publication: None)
+    try:
+        reading = asyncio.ensure_future(second.history(channel))
+        # Step the loop one iteration at a time until the load (not yet its callback)
+        # is done: stepping is the point, there is no event for that window.
+        while channel not in second._loading or not second._loading[channel].done():  # noqa: ASYNC110
+            await asyncio.sleep(0)
+        read = await second.history(channel)
+        assert read.head.offset == 3
+        published = await second.publish(channel, b"3")
+        assert published.position.offset == 4
+        assert (await reading).head.offset == 3
+    finally:
+        await second.close()

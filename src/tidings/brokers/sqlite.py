@@ -547,6 +547,10 @@ class SqliteBroker:
             except (sqlite3.Error, OSError) as exc:
                 raise BrokerError(f"loading channel {channel} failed: {exc}") from exc
             self._check_open()  # closing may have begun meanwhile; nothing may be queued then
+            # The done-callback runs a loop iteration after the load completes; a caller
+            # arriving in between must not see the channel as missing (it would read a
+            # false head 0, or sequence offset 1 again). Installing is idempotent.
+            self._loaded(channel, loading)
             state = self._channels.get(channel)
             if state is None and create:
                 history = self._namespaces.options_for(channel).history
