@@ -1,7 +1,36 @@
-"""The Python client of tidings."""
+"""The Python client of tidings: subscriptions over any transport, and the server API.
 
+``subscribe(url, *channels, transport=...)`` yields ``Publication`` and ``GapNotice``
+events, reconnecting and resuming by itself; ``ApiClient`` publishes and reads history
+for the application's backend. See docs/client.md.
+"""
+
+from tidings.client.api import ApiClient, History
 from tidings.client.backoff import Backoff
+from tidings.client.connector import TransportName
+from tidings.client.errors import InternalServerError, ProtocolViolation, TransportRefused
 from tidings.client.events import Event, GapNotice
-from tidings.client.websocket import WebSocketSubscription
+from tidings.client.subscription import (
+    Since,
+    Subscription,
+    TransportChoice,
+    WebSocketSubscription,
+    subscribe,
+)
 
-__all__ = ["Backoff", "Event", "GapNotice", "WebSocketSubscription"]
+__all__ = [
+    "ApiClient",
+    "Backoff",
+    "Event",
+    "GapNotice",
+    "History",
+    "InternalServerError",
+    "ProtocolViolation",
+    "Since",
+    "Subscription",
+    "TransportChoice",
+    "TransportName",
+    "TransportRefused",
+    "WebSocketSubscription",
+    "subscribe",
+]

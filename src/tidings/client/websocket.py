@@ -1,164 +1,201 @@
-"""A resuming WebSocket subscription: the Python client's ``ws`` transport.
+"""The client's ``ws`` transport: one WebSocket connection to ``/ws`` (PROTOCOL.md §3).
 
-I/O over ``websockets``. Keeps the position of every channel; on a dropped or
-reconnectable close it waits (backoff with full jitter), reconnects, and subscribes
-again with ``since`` so the server replays what was missed. It never yields an offset
-twice, and yields a ``GapNotice`` when the server says ``recovered: false``.
+I/O over ``websockets``. A connection sends ``connect`` (to learn the server's ``ping``
+interval), then one ``subscribe`` per channel with ``since`` from the tracker, and
+reads frames until the connection ends. Commands are pipelined: the server answers in
+order, and pushes a channel's publications only after its subscribe reply, so feeding
+frames to the tracker in arrival order keeps every channel in order.
+
+A link that stays silent for twice the announced ping interval is dead (the server
+sends ``{"push": "ping"}`` after each ``ping`` seconds of silence): it raises
+``TimeoutError`` and the subscription reconnects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-import json
 import logging
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator
+from typing import Final, Literal
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from tidings.client.backoff import Backoff
-from tidings.client.events import Event, GapNotice
-from tidings.core.channel import ChannelName, parse_channel
-from tidings.core.publication import ClientInfo, Position, Publication
+from tidings.client.connector import Attempt
+from tidings.client.errors import (
+    ProtocolViolation,
+    TransportRefused,
+    error_for,
+    is_terminal_close,
+)
+from tidings.client.events import Event
+from tidings.client.frames import (
+    ConnectResult,
+    Disconnect,
+    SubscribeResult,
+    WsFrame,
+    decode,
+    to_publication,
+    to_publications,
+)
+from tidings.client.positions import PositionTracker
+from tidings.core.channel import ChannelName
+from tidings.core.publication import Position
+from tidings.core.wire import PublicationFrame, encode_json
 from tidings.errors import ConnectionClosed
-from tidings.transports.close_codes import is_reconnectable
 
 logger = logging.getLogger(__name__)
 
-# Failures after which a reconnect may succeed: network errors, refused handshakes.
-_CONNECTION_ERRORS = (
-    TimeoutError,
-    OSError,
-    websockets.ConnectionClosedError,
-    websockets.InvalidHandshake,
-)
+OPEN_TIMEOUT_S: Final = 10.0
+CLOSE_TIMEOUT_S: Final = 2.0
+# A silent link is dead after this many announced ping intervals (PROTOCOL.md §3 ping).
+SILENT_PINGS: Final = 2
+CLOSE_ABNORMAL: Final = 1006
 
 
-def _publication(frame: dict[str, Any]) -> Publication:
-    info = frame.get("info")
-    return Publication(
-        channel=ChannelName(frame["channel"]),
-        epoch=frame["epoch"],
-        offset=frame["offset"],
-        data=json.dumps(frame["data"], separators=(",", ":")).encode(),
-        ts=frame["ts"],
-        key=frame.get("key"),
-        info=None if info is None else ClientInfo(info["client"], info["user"]),
-    )
+class WebSocketConnector:
+    """Connections to one server's ``/ws``."""
+
+    __slots__ = ("_token", "url")
+
+    def __init__(self, url: str, token: str | None = None) -> None:
+        """Connect to ``url`` (``ws://host:port/ws``), with ``token`` as a bearer token."""
+        self.url = url
+        self._token = token
+
+    @property
+    def name(self) -> Literal["ws"]:
+        """``"ws"``."""
+        return "ws"
+
+    async def session(
+        self, tracker: PositionTracker, attempt: Attempt
+    ) -> AsyncGenerator[list[Event], None]:
+        """Connect, subscribe, and yield events until the connection ends (see ``Connector``).
+
+        Raises:
+            TransportRefused: the handshake was answered with an HTTP status.
+            ConnectionClosed: the server closed; ``reconnect`` says whether to come back.
+            RequestError: the server refused ``connect`` or a ``subscribe``.
+            TimeoutError: the link went silent.
+        """
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
+        try:
+            connection = await connect(
+                self.url,
+                additional_headers=headers,
+                max_size=None,
+                open_timeout=OPEN_TIMEOUT_S,
+                close_timeout=CLOSE_TIMEOUT_S,
+            )
+        except websockets.InvalidStatus as exc:
+            status = exc.response.status_code
+            raise TransportRefused("ws", status, "the WebSocket upgrade was refused") from exc
+        try:
+            reader = _Reader(connection, tracker, attempt)
+            await reader.send_commands()
+            async with contextlib.aclosing(reader.read()) as batches:
+                async for events in batches:
+                    yield events
+        finally:
+            await connection.close()
 
 
-class WebSocketSubscription:
-    """Subscribe to channels over ``/ws`` and iterate their publications, resuming."""
+class _Reader:
+    """The commands and frames of one connection."""
 
     def __init__(
-        self,
-        url: str,
-        channels: Sequence[str],
-        *,
-        token: str | None = None,
-        since: dict[str, Position] | None = None,
-        backoff: Backoff | None = None,
+        self, connection: ClientConnection, tracker: PositionTracker, attempt: Attempt
     ) -> None:
-        self.url = url
-        self.channels = [parse_channel(channel) for channel in channels]
-        self.token = token
-        self.positions: dict[ChannelName, Position] = {
-            parse_channel(channel): position for channel, position in (since or {}).items()
-        }
-        self._backoff = backoff or Backoff()
+        self._connection = connection
+        self._tracker = tracker
+        self._attempt = attempt
         self._ids = itertools.count(1)
-        self._closed = False
-        self._connection: ClientConnection | None = None
+        self._connect_id = 0
+        self._pending: dict[int, ChannelName] = {}
+        self._silence_s = OPEN_TIMEOUT_S  # until the server says its ping interval
+        self._goodbye: Disconnect | None = None
 
-    async def close(self) -> None:
-        """Stop: the iteration ends."""
-        self._closed = True
-        if self._connection is not None:
-            await self._connection.close()
+    async def send_commands(self) -> None:
+        """Send ``connect`` and one ``subscribe`` per channel, without waiting for replies."""
+        self._connect_id = next(self._ids)
+        await self._send({"op": "connect", "id": self._connect_id})
+        positions = self._tracker.positions
+        for channel in self._tracker.channels:
+            command_id = next(self._ids)
+            command: dict[str, object] = {"op": "subscribe", "id": command_id, "channel": channel}
+            position = positions.get(channel)
+            if position is not None:
+                command["since"] = {"epoch": position.epoch, "offset": position.offset}
+            self._pending[command_id] = channel
+            await self._send(command)
 
-    def _accept(self, publication: Publication) -> bool:
-        """Record the publication's position; whether it is new (not a duplicate)."""
-        held = self.positions.get(publication.channel)
-        if (
-            held is not None
-            and held.epoch == publication.epoch
-            and publication.offset <= held.offset
-        ):
-            return False
-        self.positions[publication.channel] = publication.position
-        return True
+    async def _send(self, command: dict[str, object]) -> None:
+        await self._connection.send(encode_json(command).decode())
 
-    async def __aiter__(self) -> AsyncIterator[Event]:
-        while not self._closed:
+    async def read(self) -> AsyncGenerator[list[Event], None]:
+        """Yield the events of each frame until the connection ends, then raise why."""
+        connection = self._connection
+        while True:
             try:
-                async for event in self._session():
-                    yield event
-            except _CONNECTION_ERRORS as exc:
-                logger.info("connection to %s lost: %s", self.url, exc)
-            except ConnectionClosed as closed:
-                if not closed.reconnect:
-                    raise
-                logger.info("server closed with %d (%s); reconnecting", closed.code, closed.reason)
-            if self._closed:
-                return
-            await asyncio.sleep(self._backoff.next_delay_s())
-
-    async def _session(self) -> AsyncIterator[Event]:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-        async with connect(self.url, additional_headers=headers, max_size=None) as connection:
-            self._connection = connection
-            pending: dict[int, ChannelName] = {}
-            for channel in self.channels:
-                command: dict[str, Any] = {
-                    "op": "subscribe",
-                    "id": next(self._ids),
-                    "channel": channel,
-                }
-                position = self.positions.get(channel)
-                if position is not None:
-                    command["since"] = {"epoch": position.epoch, "offset": position.offset}
-                pending[command["id"]] = channel
-                await connection.send(json.dumps(command))
-            try:
-                async for raw in connection:
-                    frame = json.loads(raw)
-                    for event in self._receive(frame, pending):
-                        yield event
+                async with asyncio.timeout(self._silence_s):
+                    raw = await connection.recv()
             except websockets.ConnectionClosed:
-                pass  # the close code below says whether to come back
-            if self._closed:
-                return
-            code = connection.close_code or 1006
-            reason = connection.close_reason or ""
-            raise ConnectionClosed(code, reason, reconnect=is_reconnectable(code) or code == 1006)
+                break
+            events = self._receive(raw)
+            if events:
+                yield events
+        code = connection.close_code
+        reason = connection.close_reason or ""
+        goodbye = self._goodbye
+        if (code is None or code == CLOSE_ABNORMAL) and goodbye is not None:
+            code, reason = goodbye.code, goodbye.reason  # the close frame was lost
+        code = CLOSE_ABNORMAL if code is None else code
+        raise ConnectionClosed(code, reason, reconnect=not is_terminal_close(code))
 
-    def _receive(self, frame: dict[str, Any], pending: dict[int, ChannelName]) -> list[Event]:
-        events: list[Event] = []
-        if "id" in frame:
-            channel = pending.pop(frame["id"], None)
-            if channel is None:
-                return events
-            if "error" in frame:
-                error = frame["error"]
-                raise ConnectionClosed(4003, f"subscribe {channel}: {error['message']}")
-            result = frame["result"]
-            since = self.positions.get(channel)
-            if since is not None and not result["recovered"]:
-                head = Position(result["epoch"], result["offset"])
-                events.append(GapNotice(channel, since, head))
-                self.positions[channel] = head
-            elif since is None:
-                self.positions[channel] = Position(result["epoch"], result["offset"])
-            for publication_frame in result["publications"]:
-                publication = _publication(publication_frame)
-                if self._accept(publication):
-                    events.append(publication)
-            if not pending:
-                self._backoff.reset()
-        elif frame.get("push") == "pub":
-            publication = _publication(frame)
-            if self._accept(publication):
-                events.append(publication)
+    def _receive(self, raw: str | bytes) -> list[Event]:
+        frame = decode("WebSocket frame", raw, WsFrame)
+        # A frame came through: the network carries WebSocket (some proxies accept the
+        # upgrade, then pass nothing).
+        self._attempt.connected = True
+        if frame.id is not None:
+            return self._receive_reply(frame)
+        if frame.push == "pub":
+            publication = to_publication(decode("pub push", raw, PublicationFrame))
+            return self._tracker.receive_publication(publication)
+        if frame.push == "disconnect":
+            self._goodbye = decode("disconnect push", raw, Disconnect)
+            logger.info(
+                "server disconnects (%d %s, reconnect: %s)",
+                self._goodbye.code,
+                self._goodbye.reason,
+                self._goodbye.reconnect,
+            )
+        return []  # ping, presence: nothing for the application
+
+    def _receive_reply(self, frame: WsFrame) -> list[Event]:
+        if frame.error is not None:
+            raise error_for(frame.error.code, frame.error.message)
+        if not frame.result:
+            raise ProtocolViolation(f"reply {frame.id} has neither result nor error")
+        if frame.id == self._connect_id:
+            result = decode("connect result", frame.result, ConnectResult)
+            self._silence_s = max(result.ping, 0.1) * SILENT_PINGS
+            return []
+        channel = self._pending.pop(frame.id or 0, None)
+        if channel is None:
+            return []
+        subscribed = decode("subscribe result", frame.result, SubscribeResult)
+        tracker = self._tracker
+        events = tracker.receive_subscribed(
+            channel,
+            Position(subscribed.epoch, subscribed.offset),
+            recovered=subscribed.recovered,
+        )
+        for publication in to_publications(subscribed.publications):
+            events.extend(tracker.receive_publication(publication))
+        if not self._pending:
+            self._attempt.subscribed = True
         return events

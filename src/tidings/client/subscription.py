@@ -1,0 +1,435 @@
+"""A subscription: channels' publications over any transport, reconnecting and resuming.
+
+I/O: runs one background task (the *producer*) per subscription; the application
+iterates on its own task. This module owns the reconnect policy and the choice of
+transport; each transport is a ``Connector`` (websocket.py, sse.py, poll.py) and every
+one of them feeds the same ``PositionTracker``.
+
+Theory of operation
+-------------------
+The producer runs connections one after another. Each ends by an exception, which
+``_outcome`` sorts into four kinds:
+
+* STOP: the server said not to come back (close 4000–4499, ``disconnect`` with
+  ``reconnect: false``, an HTTP 400/401/403/404/413 error of the server) or spoke
+  something this client cannot read. The exception reaches the application, after the
+  events queued before it.
+* RECONNECT: the network failed, the link went silent, or the server asked the
+  client to come back (1001, 1012, 4500–4999, 429/500/503). Wait a backoff delay
+  (exponential, full jitter; reset once a connection subscribed), then connect again
+  from the tracker's positions.
+* UNREACHABLE: no TCP connection could be made (refused, unknown host, connect
+  timeout): the server is down, for every transport alike. Reconnect as above.
+* REFUSED: the transport's handshake was answered by something that is not tidings
+  (``TransportRefused``: a proxy's 403 or 404 on ``/ws``). A fixed transport stops:
+  it cannot work on this network. (A proxy's 5xx, 408 or 429 is a RECONNECT.)
+
+``transport="auto"`` (``_Route``) walks ws → sse → longpoll. It moves down, without
+waiting, when a transport is REFUSED, or when a connection ended before anything of
+the server's came through it while no transport has worked yet (a middlebox that
+resets WebSocket upgrades, or accepts them and passes nothing; a proxy that buffers
+event streams). Once something came through a transport it is *kept*: later failures
+reconnect on it, as a server restart must not push a client onto long polling for
+good. After the
+last transport fails, and whenever the server is UNREACHABLE before a transport was
+kept, it waits a backoff delay and starts again from the top: a client started while
+the server is down ends up on WebSocket once the server is back.
+
+Events reach the application through a bounded queue. The producer's tracker is
+ahead of the application by what is queued, so ``positions`` is the application's
+view: the position of the last event it was given in each channel, or where that
+channel started. Handing ``positions`` to another subscription (any transport)
+resumes exactly after what the application received, even when it stopped reading
+with events still queued. A full queue blocks the producer, which stops reading: the
+server then sees a slow consumer and closes with 4500, and the client resumes.
+
+``close`` cancels the producer (its connection closes as the task unwinds) and ends
+the iteration, on whichever task the application iterates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final, Literal, Self
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import websockets
+
+from tidings.client.backoff import Backoff
+from tidings.client.connector import Attempt, Connector, TransportName
+from tidings.client.errors import TransportRefused, is_retryable
+from tidings.client.events import Event, GapNotice
+from tidings.client.http import base_url
+from tidings.client.poll import LONG_POLL_WAIT_S, PollConnector
+from tidings.client.positions import PositionTracker
+from tidings.client.sse import SseConnector
+from tidings.client.websocket import WebSocketConnector
+from tidings.core.channel import ChannelName, parse_channel
+from tidings.core.publication import Position, Publication
+from tidings.errors import ConnectionClosed, RequestError
+
+logger = logging.getLogger(__name__)
+
+TransportChoice = Literal["auto", "ws", "sse", "longpoll", "poll"]
+# Positions to resume from: ``Subscription.positions`` as is, or written by hand.
+Since = Mapping[ChannelName, Position] | Mapping[str, Position]
+AUTO_TRANSPORTS: Final[tuple[TransportName, ...]] = ("ws", "sse", "longpoll")
+EVENT_QUEUE_SIZE: Final = 1024
+
+# No TCP connection to the server at all: it is down or unreachable, whatever the path,
+# so this says nothing about which transport the network lets through.
+_UNREACHABLE_ERRORS: Final = (
+    ConnectionRefusedError,
+    socket.gaierror,
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+)
+# Failures of the network or of one connection: another connection may succeed.
+_NETWORK_ERRORS: Final = (
+    OSError,  # reset, unreachable; ConnectionResetError for an ended SSE stream
+    TimeoutError,  # a silent WebSocket, or an upgrade that never completed
+    httpx.TransportError,  # httpx's read (a silent SSE stream) and protocol errors
+    websockets.ConnectionClosed,
+    websockets.InvalidHandshake,  # an upgrade cut short; InvalidStatus is turned into
+    # TransportRefused by the connector
+)
+
+
+class _Outcome(enum.Enum):
+    STOP = "stop"
+    RECONNECT = "reconnect"
+    UNREACHABLE = "unreachable"
+    REFUSED = "refused"
+
+
+def _outcome(exc: Exception) -> _Outcome:
+    """Sort what ended a connection (see the module docstring)."""
+    if isinstance(exc, TransportRefused):
+        # A 5xx or 429 of a proxy may pass (its backend restarting): like a dropped
+        # connection, it moves ``auto`` down only while no transport is kept.
+        return _Outcome.RECONNECT if exc.is_retryable else _Outcome.REFUSED
+    if isinstance(exc, _UNREACHABLE_ERRORS):
+        return _Outcome.UNREACHABLE
+    if isinstance(exc, ConnectionClosed):
+        return _Outcome.RECONNECT if exc.reconnect else _Outcome.STOP
+    if isinstance(exc, RequestError):
+        return _Outcome.RECONNECT if is_retryable(exc) else _Outcome.STOP
+    if isinstance(exc, _NETWORK_ERRORS):
+        return _Outcome.RECONNECT
+    return _Outcome.STOP
+
+
+@dataclass(slots=True)
+class _Route:
+    """Which transport comes next: the ``auto`` rules of the module docstring. No I/O."""
+
+    candidates: tuple[TransportName, ...]
+    auto: bool
+    index: int = 0
+    kept: bool = False
+
+    @property
+    def current(self) -> TransportName:
+        """The transport to connect with."""
+        return self.candidates[self.index]
+
+    def receive_failure(self, outcome: _Outcome, *, connected: bool) -> bool:
+        """Take a connection's end (not a STOP); return whether to wait a backoff delay
+        before the next connection (``False``: try the next transport at once)."""
+        if not self.auto:
+            return True
+        if connected and not self.kept:
+            logger.info("transport %s works; keeping it", self.current)
+            self.kept = True
+        if outcome is _Outcome.REFUSED or (outcome is _Outcome.RECONNECT and not self.kept):
+            self.kept = False
+            self.index += 1
+            if self.index < len(self.candidates):
+                return False
+            self.index = 0
+        elif outcome is _Outcome.UNREACHABLE and not self.kept:
+            self.index = 0  # the server is down: when it is back, start from the top
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """The producer stopped: the application's next ``__anext__`` raises ``error``."""
+
+    error: BaseException
+
+
+_END: Final = object()  # put by ``close`` for an application waiting on the queue
+_Item = Publication | GapNotice | _Failure | object
+
+
+class Subscription:
+    """Publications of channels, over one transport or the first that works.
+
+    Use it as ``async with subscribe(...) as sub: async for event in sub: ...``; events
+    are ``Publication`` (in offset order per channel, each once) and ``GapNotice``
+    (publications were lost: refetch that channel's state).
+    """
+
+    def __init__(
+        self,
+        server_url: str,
+        channels: Sequence[str],
+        *,
+        transport: TransportChoice = "auto",
+        token: str | None = None,
+        since: Since | None = None,
+        poll_interval_s: float = 1.0,
+        long_poll_wait_s: int = LONG_POLL_WAIT_S,
+        backoff: Backoff | None = None,
+    ) -> None:
+        """Prepare a subscription; it connects when entered or first iterated.
+
+        Args:
+            server_url: the server's HTTP address (``http://host:8000``, with any path
+                it is mounted under); ``ws://`` and ``wss://`` are accepted too.
+            channels: the channels, at least one.
+            transport: ``"ws"``, ``"sse"``, ``"longpoll"``, ``"poll"`` (short polling
+                every ``poll_interval_s``), or ``"auto"``: ws, else sse, else longpoll.
+            token: a connection JWT, sent as ``Authorization: Bearer``.
+            since: positions to resume channels after (``positions`` of an earlier
+                subscription); channels without one start from now.
+            poll_interval_s: the delay between short polls.
+            long_poll_wait_s: how long the server may hold a long poll (1–60 s).
+            backoff: reconnection delays (default ``Backoff()``: 0.2 s doubling to 15 s,
+                full jitter).
+
+        Raises:
+            BadRequest: a channel name is invalid.
+            ValueError: no channels, a channel twice, ``since`` for another channel, an
+                unknown transport or URL scheme, or a bad interval.
+        """
+        if transport != "auto" and transport not in ("ws", "sse", "longpoll", "poll"):
+            raise ValueError(
+                f"transport must be auto, ws, sse, longpoll or poll, got {transport!r}"
+            )
+        if poll_interval_s < 0:
+            raise ValueError(f"poll_interval_s must be >= 0, got {poll_interval_s}")
+        if not 1 <= long_poll_wait_s <= 60:
+            raise ValueError(f"long_poll_wait_s must be from 1 to 60, got {long_poll_wait_s}")
+        self.server_url = base_url(server_url)
+        self.channels = tuple(parse_channel(channel) for channel in channels)
+        positions = {
+            parse_channel(channel): position for channel, position in (since or {}).items()
+        }
+        self._tracker = PositionTracker(self.channels, positions)
+        self._choice: TransportChoice = transport
+        self._candidates: tuple[TransportName, ...] = (
+            AUTO_TRANSPORTS if transport == "auto" else (transport,)
+        )
+        self.transport: TransportName = self._candidates[0]
+        """The transport in use (or being tried)."""
+        self._token = token
+        self._poll_interval_s = poll_interval_s
+        self._long_poll_wait_s = long_poll_wait_s
+        self._backoff = backoff or Backoff()
+        self._delivered: dict[ChannelName, Position] = {}
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(EVENT_QUEUE_SIZE)
+        self._producer: asyncio.Task[None] | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._finished = False  # the iteration is over: closed, or the producer stopped
+
+    # -- what the application sees -----------------------------------------------------
+
+    @property
+    def positions(self) -> dict[ChannelName, Position]:
+        """Where the application is in each channel: resume from these (a copy).
+
+        The position of the last event it was given per channel, or, for a channel it
+        got nothing of yet, the position it started from (``since``, or the server's
+        when it subscribed). Channels not subscribed yet have none.
+        """
+        return {**self._tracker.origins, **self._delivered}
+
+    async def __aenter__(self) -> Self:
+        self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._finished:
+            raise StopAsyncIteration
+        self._start()
+        item = await self._queue.get()
+        if isinstance(item, Publication | GapNotice):
+            self._delivered[item.channel] = item.position
+            return item
+        self._finished = True
+        if isinstance(item, _Failure):
+            raise item.error
+        raise StopAsyncIteration
+
+    async def close(self) -> None:
+        """Disconnect and end the iteration; idempotent.
+
+        Events not yet iterated are dropped; ``positions`` stays after the last one given.
+        """
+        self._finished = True
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(_END)  # wakes an iteration waiting on another task
+
+    # -- the producer ------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._producer is None and not self._finished:
+            self._producer = asyncio.create_task(self._produce(), name=f"tidings {self.channels}")
+
+    async def _produce(self) -> None:
+        try:
+            await self._run_connections()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a task boundary: the application gets the exception
+            logger.info("subscription to %s stopped: %r", self.server_url, exc)
+            await self._queue.put(_Failure(exc))
+
+    async def _run_connections(self) -> None:
+        connectors = {connector.name: connector for connector in self._connectors()}
+        route = _Route(self._candidates, auto=self._choice == "auto")
+        while True:
+            connector = connectors[route.current]
+            self.transport = connector.name
+            attempt = Attempt()
+            try:
+                await self._run_session(connector, attempt)
+                failure: Exception = ConnectionResetError(f"the {connector.name} session ended")
+            except Exception as exc:  # every ending is sorted below; STOP re-raises it
+                failure = exc
+            outcome = _outcome(failure)
+            if outcome is _Outcome.STOP or (outcome is _Outcome.REFUSED and not route.auto):
+                raise failure  # a fixed transport that is refused for good cannot work
+            if attempt.subscribed:
+                self._backoff.reset()
+            if not route.receive_failure(outcome, connected=attempt.connected):
+                logger.warning(
+                    "transport %s failed (%s); trying %s", connector.name, failure, route.current
+                )
+                continue
+            delay_s = self._backoff.next_delay_s()
+            logger.info(
+                "%s connection to %s ended (%s); reconnecting in %.2f s",
+                connector.name,
+                self.server_url,
+                failure,
+                delay_s,
+            )
+            await asyncio.sleep(delay_s)
+
+    async def _run_session(self, connector: Connector, attempt: Attempt) -> None:
+        """Queue the events of one connection until it ends (by raising)."""
+        # aclosing: a cancel (``close``) while an event is being queued still closes
+        # the connection now, not whenever the generator is collected.
+        async with contextlib.aclosing(connector.session(self._tracker, attempt)) as batches:
+            async for events in batches:
+                for event in events:
+                    if isinstance(event, GapNotice):
+                        # INFO: the application is told by the event itself.
+                        logger.info(
+                            "gap in %s: after %s the server is at %s",
+                            event.channel,
+                            event.since,
+                            event.position,
+                        )
+                    await self._queue.put(event)
+
+    def _connectors(self) -> list[Connector]:
+        http = self._http_client()
+        made: dict[TransportName, Connector] = {
+            "ws": WebSocketConnector(_ws_url(self.server_url), self._token),
+            "sse": SseConnector(http),
+            "longpoll": PollConnector(http, wait_s=self._long_poll_wait_s),
+            "poll": PollConnector(http, wait_s=0, interval_s=self._poll_interval_s),
+        }
+        return [made[name] for name in self._candidates]
+
+    def _http_client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
+            self._http = httpx.AsyncClient(base_url=self.server_url, headers=headers)
+        return self._http
+
+
+def subscribe(
+    server_url: str,
+    *channels: str,
+    transport: TransportChoice = "auto",
+    token: str | None = None,
+    since: Since | None = None,
+    poll_interval_s: float = 1.0,
+    long_poll_wait_s: int = LONG_POLL_WAIT_S,
+    backoff: Backoff | None = None,
+) -> Subscription:
+    """Subscribe to ``channels`` of the server at ``server_url``.
+
+    ``async with subscribe(url, "room:45") as sub: async for event in sub: ...``; see
+    ``Subscription`` for the arguments.
+
+    Raises:
+        BadRequest: a channel name is invalid.
+        ValueError: no channels, a channel twice, or another bad argument.
+    """
+    return Subscription(
+        server_url,
+        channels,
+        transport=transport,
+        token=token,
+        since=since,
+        poll_interval_s=poll_interval_s,
+        long_poll_wait_s=long_poll_wait_s,
+        backoff=backoff,
+    )
+
+
+class WebSocketSubscription(Subscription):
+    """A ``Subscription`` over WebSocket only, given the ``/ws`` URL (the earlier API)."""
+
+    def __init__(
+        self,
+        url: str,
+        channels: Sequence[str],
+        *,
+        token: str | None = None,
+        since: Since | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        """Subscribe over ``url`` (``ws://host:port/ws``); see ``Subscription``."""
+        base = url.rstrip("/").removesuffix("/ws")
+        super().__init__(base, channels, transport="ws", token=token, since=since, backoff=backoff)
+
+
+def _ws_url(http_url: str) -> str:
+    parts = urlsplit(http_url)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return urlunsplit((scheme, parts.netloc, f"{parts.path}/ws", "", ""))
