@@ -7,7 +7,7 @@ resume where they were after a disconnect.
 
 from tidings.brokers.base import Broker, HistoryRead, PublishResult
 from tidings.brokers.memory import MemoryBroker
-from tidings.client import GapNotice, WebSocketSubscription
+from tidings.client import ApiClient, GapNotice, Subscription, WebSocketSubscription, subscribe
 from tidings.core.channel import ChannelName
 from tidings.core.namespace import NamespaceOptions, Namespaces, Policy
 from tidings.core.publication import ClientInfo, Position, Publication
@@ -17,6 +17,7 @@ from tidings.server.app import TidingsApp, create_app
 from tidings.server.config import Settings, load_settings
 
 __all__ = [
+    "ApiClient",
     "Broker",
     "ChannelName",
     "ClientInfo",
@@ -31,9 +32,11 @@ __all__ = [
     "Publication",
     "PublishResult",
     "Settings",
+    "Subscription",
     "TidingsApp",
     "TidingsError",
     "WebSocketSubscription",
     "create_app",
     "load_settings",
+    "subscribe",
 ]
