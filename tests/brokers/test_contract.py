@@ -18,6 +18,7 @@ import pytest
 
 from tests.support.clock import FakeClock
 from tests.support.handler import RecordingHandler
+from tests.support.redis_cluster import make_redis_broker, make_redis_cluster_broker
 from tidings.brokers.base import Broker
 from tidings.brokers.memory import MemoryBroker
 from tidings.brokers.sqlite import SqliteBroker
@@ -69,6 +70,8 @@ def make_sqlite_broker(setup: BrokerSetup) -> Broker:
 BROKER_FACTORIES = [
     pytest.param(make_memory_broker, id="memory"),
     pytest.param(make_sqlite_broker, id="sqlite"),
+    pytest.param(make_redis_broker, id="redis"),
+    pytest.param(make_redis_cluster_broker, id="redis-cluster"),
 ]
 
 

@@ -1,0 +1,444 @@
+"""What the Redis broker stores in Redis, the Lua scripts that change it, and the runner
+that sends them (the only I/O here, through ``redis.asyncio``).
+
+Key layout, per channel ``C`` (every key and the topic carry the hash tag ``{C}``, so
+in a Redis Cluster they all live in one slot, on one shard, and one script may touch
+them all)::
+
+    <prefix>:{C}:head          hash   epoch, offset (the last offset given)   no TTL
+    <prefix>:{C}:history       stream one entry per retained publication,
+                                      id "<offset>-0", field "p" = the body   TTL = history ttl
+    <prefix>:{C}:key-offsets   hash   idempotency key -> offset               TTL = dedupe window
+    <prefix>:{C}:key-times     zset   idempotency key, scored by its ts       TTL = dedupe window
+    <prefix>:<db>:{C}          the pub/sub topic (a shard channel in a cluster)
+
+A *body* is the JSON object ``{"ts":..,"key":..,"info":{..},"data":<data>}`` (``key``
+and ``info`` only when present), built by the publisher; ``data`` is the publisher's
+JSON text, byte for byte. The stream keeps bodies; the topic carries
+``{"channel":..,"epoch":..,"offset":..`` followed by the rest of the body, so a
+publication on the topic is one JSON object with everything a ``Publication`` holds.
+
+Every script first makes sure the channel has a head: a missing head means Redis lost
+the channel (or never had it), so the script starts a new epoch from the candidate the
+caller passed (Lua has no good randomness) and drops whatever stream and keys were left,
+so offsets restart at 1 under an epoch no client has seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import NoScriptError, ResponseError
+
+from tidings.core.channel import ChannelName
+from tidings.core.publication import ClientInfo, Publication
+
+DEFAULT_PREFIX: Final = "tidings"
+MAX_CALLS_PER_PIPELINE: Final = 256
+MAX_PIPELINES_IN_FLIGHT: Final = 8
+MAX_CLUSTER_CALLS_IN_FLIGHT: Final = 64
+
+# Each script's KEYS, in this order: head, history, key-offsets, key-times.
+_ENSURE_HEAD: Final = """
+local head = KEYS[1]
+local epoch = redis.call('HGET', head, 'epoch')
+local created = false
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+  redis.call('HSET', head, 'epoch', epoch, 'offset', 0)
+  created = true
+end
+"""
+
+# ARGV: candidate epoch, body, ts, key ('' for none), history size, history ttl ms,
+# dedupe window ms, dedupe max keys, topic, PUBLISH or SPUBLISH, channel.
+# Returns {epoch, offset, 1 if the key was a duplicate else 0}.
+PUBLISH_SOURCE: Final = (
+    _ENSURE_HEAD
+    + """
+local body, ts, key = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local size, ttl_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
+local window_ms, max_keys = tonumber(ARGV[7]), tonumber(ARGV[8])
+local key_offsets, key_times = KEYS[3], KEYS[4]
+if key ~= '' then
+  local seen = redis.call('ZSCORE', key_times, key)
+  if seen and tonumber(seen) >= ts - window_ms then
+    local original = redis.call('HGET', key_offsets, key)
+    if original then
+      return {epoch, tonumber(original), 1}
+    end
+  end
+end
+local offset = redis.call('HINCRBY', head, 'offset', 1)
+if offset == 1 then
+  -- a head created by a reader expires unless published to; now it must stay
+  redis.call('PERSIST', head)
+end
+if size > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 'p', body)
+  redis.call('PEXPIRE', KEYS[2], ttl_ms)
+end
+if key ~= '' then
+  redis.call('HSET', key_offsets, key, offset)
+  redis.call('ZADD', key_times, ts, key)
+  local old = redis.call('ZRANGEBYSCORE', key_times, '-inf', '(' .. (ts - window_ms),
+                         'LIMIT', 0, 100)
+  if #old > 0 then
+    redis.call('HDEL', key_offsets, unpack(old))
+    redis.call('ZREM', key_times, unpack(old))
+  end
+  local excess = redis.call('ZCARD', key_times) - max_keys
+  if excess > 0 then
+    local oldest = redis.call('ZRANGE', key_times, 0, math.min(excess, 100) - 1)
+    redis.call('HDEL', key_offsets, unpack(oldest))
+    redis.call('ZREM', key_times, unpack(oldest))
+  end
+  redis.call('PEXPIRE', key_offsets, window_ms)
+  redis.call('PEXPIRE', key_times, window_ms)
+end
+redis.call(ARGV[10], ARGV[9], '{"channel":"' .. ARGV[11] .. '","epoch":"' .. epoch
+           .. '","offset":' .. offset .. ',' .. string.sub(body, 2))
+return {epoch, offset, 0}
+"""
+)
+
+# ARGV: candidate epoch, ttl ms of a head created here, mode ('head', 'after' or
+# 'latest'), since epoch, since offset, count (>= 1).
+# Returns {epoch, offset, entries}: entries after the since offset (if of this epoch),
+# oldest first, or the latest ones, newest first.
+READ_SOURCE: Final = (
+    _ENSURE_HEAD
+    + """
+if created then
+  -- an empty head, so a reader's (epoch, 0) stays valid; it expires unless published to
+  redis.call('PEXPIRE', head, ARGV[2])
+  return {epoch, 0, {}}
+end
+local offset = tonumber(redis.call('HGET', head, 'offset'))
+if offset == 0 then
+  if redis.call('PTTL', head) > 0 then
+    redis.call('PEXPIRE', head, ARGV[2])
+  end
+  return {epoch, 0, {}}
+end
+local mode = ARGV[3]
+local entries = {}
+if mode == 'after' then
+  local since = tonumber(ARGV[5])
+  if ARGV[4] == epoch and since < offset then
+    entries = redis.call('XRANGE', KEYS[2], (since + 1) .. '-0', '+', 'COUNT', ARGV[6])
+  end
+elseif mode == 'latest' then
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[6])
+end
+return {epoch, offset, entries}
+"""
+)
+
+# ARGV: the epoch a node delivered, the offset it delivered up to, a new epoch.
+# When the head is of that epoch but behind that offset, Redis came back from an older
+# snapshot: offsets past its head were given out already, with other data, and would be
+# given out again. What Redis holds is one consistent history still: rename it (same
+# offsets, same stream) so no position of the old epoch reads into it.
+# Returns {epoch, offset}.
+RESET_SOURCE: Final = """
+local head = KEYS[1]
+local epoch = redis.call('HGET', head, 'epoch')
+local offset = tonumber(redis.call('HGET', head, 'offset') or '0')
+if epoch == ARGV[1] and offset < tonumber(ARGV[2]) then
+  redis.call('HSET', head, 'epoch', ARGV[3])
+  return {ARGV[3], offset}
+end
+return {epoch or '', offset}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisScript:
+    """A Lua script and its SHA1, as EVALSHA wants it."""
+
+    name: str
+    source: str
+    sha: str
+
+    @classmethod
+    def of(cls, name: str, source: str) -> RedisScript:
+        """Return the script ``source`` named ``name`` (for logs)."""
+        return cls(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+
+PUBLISH: Final = RedisScript.of("publish", PUBLISH_SOURCE)
+READ: Final = RedisScript.of("read", READ_SOURCE)
+RESET: Final = RedisScript.of("reset", RESET_SOURCE)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelKeys:
+    """The Redis keys of one channel, in the order every script takes them."""
+
+    head: str
+    history: str
+    key_offsets: str
+    key_times: str
+
+    @classmethod
+    def of(cls, prefix: str, channel: ChannelName) -> ChannelKeys:
+        """Return ``channel``'s keys under ``prefix``."""
+        base = f"{prefix}:{{{channel}}}"
+        return cls(f"{base}:head", f"{base}:history", f"{base}:key-offsets", f"{base}:key-times")
+
+    def as_tuple(self) -> tuple[str, str, str, str]:
+        """The keys as KEYS for a script."""
+        return (self.head, self.history, self.key_offsets, self.key_times)
+
+
+def topic_of(prefix: str, db: int, channel: ChannelName) -> str:
+    """Return ``channel``'s pub/sub topic. It names the database: pub/sub is not
+    per-database in Redis, and two deployments on two databases must not hear each other."""
+    return f"{prefix}:{db}:{{{channel}}}"
+
+
+def channel_of_topic(prefix: str, db: int, topic: str) -> ChannelName | None:
+    """Return the channel whose topic is ``topic``, or ``None`` if it is not one of ours."""
+    start = f"{prefix}:{db}:{{"
+    if not topic.startswith(start) or not topic.endswith("}"):
+        return None
+    return ChannelName(topic[len(start) : -1])
+
+
+# -- bodies and publications on the wire --------------------------------------------------
+
+
+class _Info(msgspec.Struct, frozen=True):
+    client: str
+    user: str
+
+
+class _Header(msgspec.Struct, frozen=True, omit_defaults=True):
+    ts: int
+    key: str | None = None
+    info: _Info | None = None
+
+
+class _Stored(msgspec.Struct, frozen=True):
+    ts: int
+    data: msgspec.Raw
+    key: str | None = None
+    info: _Info | None = None
+
+
+class _Live(msgspec.Struct, frozen=True):
+    channel: str
+    epoch: str
+    offset: int
+    ts: int
+    data: msgspec.Raw
+    key: str | None = None
+    info: _Info | None = None
+
+
+_encode_header = msgspec.json.Encoder().encode
+_decode_stored = msgspec.json.Decoder(_Stored).decode
+_decode_live = msgspec.json.Decoder(_Live).decode
+
+
+def encode_body(data: bytes, ts: int, key: str | None, info: ClientInfo | None) -> bytes:
+    """Return the body of a publication: its fields but channel, epoch and offset."""
+    header = _encode_header(
+        _Header(ts, key, None if info is None else _Info(info.client, info.user))
+    )
+    # ``data`` is already JSON text: spliced in, never re-encoded.
+    return b"".join((header[:-1], b',"data":', data, b"}"))
+
+
+def _info(info: _Info | None) -> ClientInfo | None:
+    return None if info is None else ClientInfo(info.client, info.user)
+
+
+def decode_stored(channel: ChannelName, epoch: str, entry_id: bytes, body: bytes) -> Publication:
+    """Rebuild a publication from a history stream entry.
+
+    Raises:
+        msgspec.ValidationError: the entry is not a body this module wrote.
+        ValueError: the entry id is not ``<offset>-0``.
+    """
+    stored = _decode_stored(body)
+    offset = int(entry_id.partition(b"-")[0])
+    return Publication(
+        channel, epoch, offset, bytes(stored.data), stored.ts, stored.key, _info(stored.info)
+    )
+
+
+def decode_live(payload: bytes) -> Publication:
+    """Rebuild a publication received on a topic.
+
+    Raises:
+        msgspec.ValidationError: the payload is not a publication this module wrote.
+    """
+    live = _decode_live(payload)
+    return Publication(
+        ChannelName(live.channel),
+        live.epoch,
+        live.offset,
+        bytes(live.data),
+        live.ts,
+        live.key,
+        _info(live.info),
+    )
+
+
+# -- running scripts -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Call:
+    script: RedisScript
+    keys: tuple[str, ...]
+    args: tuple[str | bytes | int, ...]
+    future: asyncio.Future[Any]
+
+
+class ScriptRunner:
+    """Runs scripts, EVALSHA first and EVAL when Redis does not know the script (it
+    forgets them on restart; EVAL runs the script and caches it again).
+
+    On one Redis, calls made in the same event-loop iteration share one pipeline (one
+    round trip), with at most ``MAX_PIPELINES_IN_FLIGHT`` pipelines in flight; calls
+    arriving meanwhile wait and go together in the next. redis-py does not pipeline
+    scripts in a cluster, so there each call is sent on its own, at most
+    ``MAX_CLUSTER_CALLS_IN_FLIGHT`` at once (below redis-py's per-node connection limit).
+    """
+
+    def __init__(self, client: Redis | RedisCluster) -> None:
+        self._client = client
+        self._queue: list[_Call] = []
+        self._flush_scheduled = False
+        self._batches: set[asyncio.Task[None]] = set()
+        self._cluster_slots = asyncio.Semaphore(MAX_CLUSTER_CALLS_IN_FLIGHT)
+
+    async def run(
+        self, script: RedisScript, keys: Sequence[str], args: Sequence[str | bytes | int]
+    ) -> Any:
+        """Run ``script`` and return its reply.
+
+        Raises:
+            RedisError, OSError: Redis failed or could not be reached.
+        """
+        client = self._client
+        if isinstance(client, RedisCluster):
+            async with self._cluster_slots:
+                try:
+                    return await client.evalsha(script.sha, len(keys), *keys, *args)
+                except NoScriptError:
+                    return await client.eval(script.source, len(keys), *keys, *args)
+        loop = asyncio.get_running_loop()
+        call = _Call(script, tuple(keys), tuple(args), loop.create_future())
+        self._queue.append(call)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return await call.future
+
+    async def close(self) -> None:
+        """Stop the pipelines in flight; their callers get ``CancelledError``."""
+        for batch in self._batches:
+            batch.cancel()
+        await asyncio.gather(*self._batches, return_exceptions=True)
+        for call in self._queue:
+            call.future.cancel()
+        self._queue.clear()
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self._queue and len(self._batches) < MAX_PIPELINES_IN_FLIGHT:
+            calls = self._queue[:MAX_CALLS_PER_PIPELINE]
+            del self._queue[:MAX_CALLS_PER_PIPELINE]
+            batch = asyncio.get_running_loop().create_task(self._run_batch(calls))
+            self._batches.add(batch)  # a reference, so the task is not collected midway
+            batch.add_done_callback(self._batch_done)
+
+    def _batch_done(self, batch: asyncio.Task[None]) -> None:
+        self._batches.discard(batch)
+        if self._queue and not self._flush_scheduled:
+            self._flush()
+
+    async def _run_batch(self, calls: list[_Call]) -> None:
+        assert isinstance(self._client, Redis)
+        pool = self._client.connection_pool
+        try:
+            connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated
+            try:
+                unknown = await _exchange(connection, calls, by_sha=True)
+                if unknown:
+                    # NOSCRIPT: those did not run. EVAL runs them and caches the script.
+                    await _exchange(connection, unknown, by_sha=False)
+            finally:
+                await pool.release(connection)
+        except BaseException as exc:  # handed to every caller still waiting
+            for call in calls:
+                if call.future.done():
+                    continue
+                if isinstance(exc, Exception):
+                    call.future.set_exception(exc)
+                else:
+                    call.future.cancel()
+            if not isinstance(exc, Exception):
+                raise
+
+
+async def _exchange(
+    connection: AbstractConnection, calls: Sequence[_Call], *, by_sha: bool
+) -> list[_Call]:
+    """Send ``calls`` in one write (a pipeline) and settle each call with its reply, in
+    order; return the calls Redis did not run because it did not know the script.
+
+    Commands are packed here rather than by redis-py: its generic packing was most of
+    the client's time per publish (``benchmarks/brokers.py``).
+    """
+    await connection.send_packed_command(
+        b"".join(_pack(call, by_sha=by_sha) for call in calls), check_health=False
+    )
+    unknown = []
+    for call in calls:
+        try:
+            reply = await connection.read_response()
+        except NoScriptError:
+            unknown.append(call)
+            continue
+        except ResponseError as error:  # this call failed; the connection is fine
+            if not call.future.done():
+                call.future.set_exception(error)
+            continue
+        if not call.future.done():
+            call.future.set_result(reply)
+    return unknown
+
+
+def _pack(call: _Call, *, by_sha: bool) -> bytes:
+    """Return ``call`` as an EVALSHA (or EVAL) command in RESP."""
+    script = call.script
+    parts = [
+        b"EVALSHA" if by_sha else b"EVAL",
+        (script.sha if by_sha else script.source).encode(),
+        b"%d" % len(call.keys),
+        *(key.encode() for key in call.keys),
+        *(_argument(value) for value in call.args),
+    ]
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+def _argument(value: str | bytes | int) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return b"%d" % value

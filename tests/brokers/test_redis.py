@@ -1,0 +1,555 @@
+"""What the Redis broker adds to the contract: many nodes on one Redis, one Redis message
+per publication per node, batched subscribes, reconnection with gap filling, and new
+epochs when Redis loses (or rolls back) a channel.
+
+Tests that stop, flush or reconfigure Redis run against a dedicated ``redis-server``
+each (on a free port, no persistence), never against the shared one. Waiting for the
+broker to notice an outage is a bounded poll of ``is_ready``; deliveries are awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+from redis.asyncio import Redis
+from redis.crc import key_slot
+
+from tests.support.clock import FakeClock
+from tests.support.handler import RecordingHandler
+from tests.support.redis_cluster import (
+    SHARED_REDIS_URL,
+    LocalRedisCluster,
+    RedisServer,
+    redis_cli,
+    redis_cluster,  # noqa: F401  (a fixture used here)
+)
+from tests.support.services import REDIS_HOST, REDIS_PORT, require_service
+from tidings.brokers.redis import RedisBroker, RedisTarget
+from tidings.brokers.redis_scripts import ChannelKeys, topic_of
+from tidings.core.channel import ChannelName, NamespaceName
+from tidings.core.history import HistoryOptions
+from tidings.core.namespace import NamespaceOptions, Namespaces
+from tidings.core.publication import Position, Publication
+from tidings.core.recovery import Gap, GapReason, Replay
+from tidings.core.wire import EncodedPublication
+from tidings.errors import BrokerError, ConfigError
+from tidings.hub.hub import Hub
+from tidings.hub.registry import PresenceEvent
+
+HOUR_MS: Final = 3_600_000
+SMALL_HISTORY: Final = 3
+POLL_LIMIT_S: Final = 20.0
+NAMESPACES: Final = Namespaces(
+    {
+        NamespaceName("room"): NamespaceOptions(history=HistoryOptions(1_000, HOUR_MS)),
+        NamespaceName("small"): NamespaceOptions(history=HistoryOptions(SMALL_HISTORY, HOUR_MS)),
+    }
+)
+NODE_USER: Final = "node-a"
+NODE_PASSWORD: Final = "node-a-secret"
+
+
+def unique_channel(namespace: str = "room") -> ChannelName:
+    return ChannelName(f"{namespace}:{secrets.token_hex(6)}")
+
+
+def data(n: int) -> bytes:
+    return b'{"n":%d}' % n
+
+
+def offsets(publications: list[Publication]) -> list[int]:
+    return [p.offset for p in publications]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll ``check`` (an observable condition) until true; fail after ``POLL_LIMIT_S``."""
+    try:
+        async with asyncio.timeout(POLL_LIMIT_S):
+            while not await check():  # noqa: ASYNC110  (a poll: no event to await)
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        pytest.fail(f"timed out waiting until {what}")
+
+
+@asynccontextmanager
+async def running(url: str, handler: RecordingHandler | None = None) -> AsyncIterator[RedisBroker]:
+    broker = RedisBroker(url, NAMESPACES, reconnect_max_delay_s=0.2)
+    await broker.start(handler or RecordingHandler())
+    try:
+        yield broker
+    finally:
+        await broker.close()
+
+
+@asynccontextmanager
+async def redis_client(url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(RedisTarget.parse(url).url)  # without the broker's own options
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def shared_url() -> str:
+    require_service(REDIS_HOST, REDIS_PORT, "Redis")
+    return SHARED_REDIS_URL
+
+
+@pytest.fixture
+def dedicated(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own."""
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Redis servers where node A connects as a user the test may lock out."""
+
+    scheme: str
+    ports: list[int]
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.ports[0]}"
+
+    @property
+    def node_a_url(self) -> str:
+        return f"{self.scheme}://{NODE_USER}:{NODE_PASSWORD}@127.0.0.1:{self.ports[0]}"
+
+    def acl(self, *rules: str) -> None:
+        for port in self.ports:
+            redis_cli(port, "ACL", "SETUSER", NODE_USER, *rules)
+
+    async def lose_node_a(self, broker: RedisBroker) -> None:
+        """Lock node A out and cut its connections: it cannot come back before
+        ``let_node_a_back``, so publications made meanwhile reach it only from history."""
+        self.acl("off")
+        for port in self.ports:
+            redis_cli(port, "CLIENT", "KILL", "USER", NODE_USER)
+        await eventually(lambda: _not(broker.is_ready()), "the broker noticed the loss")
+
+    def let_node_a_back(self) -> None:
+        self.acl("on")
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
+    """A dedicated redis-server, or the session's cluster, with node A's user."""
+    if request.param == "redis":
+        server = RedisServer(tmp_path / "redis").start()
+        found = Deployment("redis", [server.port])
+    else:
+        cluster = request.getfixturevalue("redis_cluster")
+        found = Deployment("redis-cluster", cluster.ports)
+        server = None
+    found.acl("reset", "on", f">{NODE_PASSWORD}", "~*", "&*", "+@all")
+    try:
+        yield found
+    finally:
+        found.acl("on")
+        if server is not None:
+            server.stop()
+
+
+async def command_calls(client: Redis, command: str) -> int:
+    stats: dict[str, Any] = await client.info("commandstats")
+    entry = stats.get(f"cmdstat_{command}")
+    return 0 if entry is None else int(entry["calls"])
+
+
+async def _not(ready: Awaitable[bool]) -> bool:
+    return not await ready
+
+
+# Many nodes on one Redis
+
+
+@pytest.mark.parametrize("deployment", ["redis", "redis-cluster"])
+async def test_two_nodes_publishing_concurrently_see_one_gap_free_order(
+    deployment: str, request: pytest.FixtureRequest
+) -> None:
+    if deployment == "redis":
+        url = request.getfixturevalue("shared_url")
+    else:
+        url = request.getfixturevalue("redis_cluster").url
+    channel = unique_channel()
+    first, second = RecordingHandler(), RecordingHandler()
+    async with running(url, first) as node_1, running(url, second) as node_2:
+        await node_1.subscribe(channel)
+        await node_2.subscribe(channel)
+
+        results = await asyncio.gather(
+            *(node.publish(channel, data(n)) for n in range(100) for node in (node_1, node_2))
+        )
+
+        seen_1 = await first.wait_for(200)
+        seen_2 = await second.wait_for(200)
+    assert sorted(r.position.offset for r in results) == list(range(1, 201))
+    assert offsets(seen_1) == list(range(1, 201))
+    assert seen_1 == seen_2
+    assert len(first.publications) == len(second.publications) == 200
+
+
+async def test_a_key_published_on_two_nodes_at_once_is_published_once(shared_url: str) -> None:
+    channel = unique_channel()
+    async with running(shared_url) as node_1, running(shared_url) as node_2:
+        results = await asyncio.gather(
+            *(
+                node.publish(channel, data(n), key="once")
+                for n in range(5)
+                for node in (node_1, node_2)
+            )
+        )
+        read = await node_1.history(channel)
+
+    assert {r.position for r in results} == {read.head}
+    assert sum(not r.duplicate for r in results) == 1
+    assert read.head.offset == 1
+
+
+async def test_databases_do_not_hear_each_other(shared_url: str) -> None:
+    channel = unique_channel()
+    other_db = shared_url.replace("/0?", "/1?")
+    heard = RecordingHandler()
+    async with running(shared_url, heard) as node_db0, running(other_db) as node_db1:
+        await node_db0.subscribe(channel)
+
+        await node_db1.publish(channel, data(1))
+        await node_db0.publish(channel, data(2))
+
+        [publication] = await heard.wait_for(1)
+    assert publication.data == data(2)
+    assert len(heard.publications) == 1
+
+
+class CountingSubscriber:
+    """A local subscriber of a hub that signals once it holds ``expected`` publications."""
+
+    def __init__(self, client_id: str, expected: int) -> None:
+        self.client_id = client_id
+        self.user = ""
+        self.offsets: list[int] = []
+        self._expected = expected
+        self.complete = asyncio.Event()
+
+    def deliver(self, publication: EncodedPublication) -> None:
+        self.offsets.append(publication.publication.offset)
+        if len(self.offsets) >= self._expected:
+            self.complete.set()
+
+    def deliver_presence(self, event: PresenceEvent) -> None:
+        pass
+
+
+async def test_one_redis_publish_and_one_subscription_per_node_whatever_the_subscribers(
+    dedicated: RedisServer,
+) -> None:
+    channel, publications, per_node = unique_channel(), 20, 150
+    topic = topic_of("tidings", 0, channel)
+    async with (
+        running(dedicated.url) as broker_1,
+        running(dedicated.url) as broker_2,
+        redis_client(dedicated.url) as admin,
+    ):
+        hubs = [Hub(broker_1), Hub(broker_2)]
+        subscribers = []
+        for node, hub in enumerate(hubs):
+            await hub.start()
+            for n in range(per_node):
+                subscriber = CountingSubscriber(f"{node}-{n}", publications)
+                subscribers.append(subscriber)
+                await hub.subscribe(channel, subscriber)
+        await admin.config_resetstat()
+
+        for n in range(publications):
+            await hubs[n % 2].publish(channel, data(n))
+        await asyncio.gather(*(s.complete.wait() for s in subscribers))
+
+        [(_, subscriptions)] = await admin.pubsub_numsub(topic)
+        assert await command_calls(admin, "publish") == publications
+        assert await command_calls(admin, "evalsha") == publications
+    assert subscriptions == 2  # one per node, not one per local subscriber
+    assert all(s.offsets == list(range(1, publications + 1)) for s in subscribers)
+
+
+async def test_thousands_of_subscribes_arriving_together_make_one_command(
+    dedicated: RedisServer,
+) -> None:
+    channels = [unique_channel() for _ in range(3_000)]
+    handler = RecordingHandler()
+    async with running(dedicated.url, handler) as broker, redis_client(dedicated.url) as admin:
+        await admin.config_resetstat()
+
+        await asyncio.gather(*(broker.subscribe(channel) for channel in channels))
+        subscribes = await command_calls(admin, "subscribe")
+        await broker.publish(channels[-1], data(1))
+        [publication] = await handler.wait_for(1)
+
+        await asyncio.gather(*(broker.unsubscribe(channel) for channel in channels))
+        unsubscribes = await command_calls(admin, "unsubscribe")
+        [(_, remaining)] = await admin.pubsub_numsub(topic_of("tidings", 0, channels[-1]))
+    assert subscribes == 1
+    assert unsubscribes == 1
+    assert publication.channel == channels[-1]
+    assert remaining == 0
+
+
+# Connection loss and recovery
+
+
+async def test_lost_connection_is_restored_and_the_gap_filled_in_order(
+    deployment: Deployment,
+) -> None:
+    channel, quiet_channel = unique_channel(), unique_channel()
+    away = RecordingHandler()
+    async with (
+        running(deployment.node_a_url, away) as node_a,
+        running(deployment.url) as node_b,
+    ):
+        await node_a.subscribe(channel)
+        await node_a.subscribe(quiet_channel)
+        for n in range(3):
+            await node_b.publish(channel, data(n))
+        await away.wait_for(3)
+
+        await deployment.lose_node_a(node_a)
+        for n in range(3, 10):
+            await node_b.publish(channel, data(n))
+        with pytest.raises(BrokerError):
+            await node_a.subscribe(unique_channel())
+        deployment.let_node_a_back()
+        await eventually(node_a.is_ready, "the broker reconnected")
+        await node_b.publish(channel, data(10))
+        await node_b.publish(quiet_channel, data(0))
+
+        seen = await away.wait_for(12)
+    by_channel = [p.offset for p in seen if p.channel == channel]
+    assert by_channel == list(range(1, 12))
+    assert [p.data for p in seen if p.channel == channel] == [data(n) for n in range(11)]
+    assert [p.offset for p in seen if p.channel == quiet_channel] == [1]
+    assert len(away.publications) == 12
+
+
+async def test_gap_longer_than_history_resumes_from_the_oldest_retained(
+    deployment: Deployment,
+) -> None:
+    channel = unique_channel("small")
+    away = RecordingHandler()
+    async with (
+        running(deployment.node_a_url, away) as node_a,
+        running(deployment.url) as node_b,
+    ):
+        await node_a.subscribe(channel)
+        await node_b.publish(channel, data(1))
+        await away.wait_for(1)
+
+        await deployment.lose_node_a(node_a)
+        for n in range(2, 11):
+            await node_b.publish(channel, data(n))
+        deployment.let_node_a_back()
+
+        seen = await away.wait_for(1 + SMALL_HISTORY)
+    assert offsets(seen) == [1, 8, 9, 10]
+
+
+async def test_broker_started_while_redis_is_down_connects_once_it_is_up(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path / "redis")  # its port is chosen, nothing listens yet
+    try:
+        async with running(server.url) as broker:
+            ready_before = await broker.is_ready()
+            server.start()
+            await eventually(broker.is_ready, "the broker connected")
+            await broker.subscribe(unique_channel())
+    finally:
+        server.stop()
+    assert not ready_before
+
+
+async def test_channel_whose_slot_moves_follows_it_to_its_new_shard(
+    request: pytest.FixtureRequest,
+) -> None:
+    cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+    channel = unique_channel()
+    slot = key_slot(topic_of("tidings", 0, channel).encode())
+    handler = RecordingHandler()
+    async with running(cluster.url, handler) as node_a, running(cluster.url) as node_b:
+        await node_a.subscribe(channel)
+        for n in range(3):
+            await node_b.publish(channel, data(n))
+        await handler.wait_for(3)
+        owner = cluster.owner_of(slot)
+
+        cluster.move_slot(slot, next(p for p in cluster.ports if p != owner))
+        for n in range(3, 6):
+            await node_b.publish(channel, data(n))
+        await eventually(node_a.is_ready, "the broker followed the slot")
+        await node_b.publish(channel, data(6))
+
+        seen = await handler.wait_for(7)
+    assert offsets(seen) == list(range(1, 8))
+    assert len(handler.publications) == 7
+
+
+async def test_not_ready_while_redis_is_down_and_ready_after(dedicated: RedisServer) -> None:
+    channel = unique_channel()
+    async with running(dedicated.url) as broker:
+        await broker.subscribe(channel)
+        assert await broker.is_ready()
+
+        dedicated.stop()
+        await eventually(lambda: _not(broker.is_ready()), "the broker noticed Redis is down")
+        with pytest.raises(BrokerError):
+            await broker.publish(channel, data(1))
+        with pytest.raises(BrokerError):
+            await broker.subscribe(unique_channel())
+        dedicated.start()
+
+        await eventually(broker.is_ready, "the broker reconnected")
+        result = await broker.publish(channel, data(2))
+    assert result.position.offset == 1  # Redis lost everything: a new epoch's first
+
+
+async def test_redis_restart_without_persistence_starts_a_new_epoch(
+    dedicated: RedisServer,
+) -> None:
+    channel = unique_channel()
+    handler = RecordingHandler()
+    async with running(dedicated.url, handler) as node_a, running(dedicated.url) as node_b:
+        await node_a.subscribe(channel)
+        for n in range(3):
+            await node_b.publish(channel, data(n))
+        before = (await handler.wait_for(3))[-1].position
+
+        dedicated.stop()
+        await eventually(lambda: _not(node_a.is_ready()), "the broker noticed Redis is down")
+        dedicated.start()
+        await eventually(node_a.is_ready, "the broker reconnected")
+        first = await node_b.publish(channel, data(3))
+        await node_b.publish(channel, data(4))
+
+        seen = (await handler.wait_for(5))[3:]
+        read = await node_b.history(channel, before)
+    assert first.position.epoch != before.epoch
+    assert [p.position for p in seen] == [Position(first.position.epoch, n) for n in (1, 2)]
+    assert read.recovery == Gap(GapReason.EPOCH_CHANGED)
+
+
+async def test_flushall_while_connected_starts_a_new_epoch(dedicated: RedisServer) -> None:
+    channel = unique_channel()
+    handler = RecordingHandler()
+    async with running(dedicated.url, handler) as broker:
+        await broker.subscribe(channel)
+        old = await broker.publish(channel, data(1))
+        dedicated.cli("FLUSHALL")
+
+        new = await broker.publish(channel, data(2))
+        seen = await handler.wait_for(2)
+        read = await broker.history(channel, old.position)
+    assert new.position.offset == 1
+    assert new.position.epoch != old.position.epoch
+    assert [p.position for p in seen] == [old.position, new.position]
+    assert read.recovery == Gap(GapReason.EPOCH_CHANGED)
+
+
+async def test_redis_rolled_back_to_a_snapshot_moves_the_channel_to_a_new_epoch(
+    dedicated: RedisServer,
+) -> None:
+    channel = unique_channel()
+    handler = RecordingHandler()
+    async with running(dedicated.url, handler) as broker:
+        await broker.subscribe(channel)
+        for n in range(3):
+            await broker.publish(channel, data(n))
+        dedicated.cli("SAVE")  # the snapshot Redis will come back from holds offsets 1..3
+        for n in range(3, 5):
+            await broker.publish(channel, data(n))
+        delivered = (await handler.wait_for(5))[-1].position
+
+        dedicated.stop()
+        await eventually(lambda: _not(broker.is_ready()), "the broker noticed Redis is down")
+        dedicated.start()
+        await eventually(broker.is_ready, "the broker reconnected")
+
+        async def is_renamed() -> bool:
+            read = await broker.history(channel, delivered)
+            return read.recovery == Gap(GapReason.EPOCH_CHANGED)
+
+        await eventually(is_renamed, "the node moved the channel to a new epoch")
+        result = await broker.publish(channel, data(5))
+        seen = (await handler.wait_for(9))[5:]
+    new_epoch = result.position.epoch
+    assert new_epoch != delivered.epoch
+    # What Redis kept, renamed, then the new publication: offsets 4 and 5 of the old
+    # epoch (delivered before the restart) are never reused.
+    assert [p.position for p in seen] == [Position(new_epoch, n) for n in (1, 2, 3, 4)]
+    assert [p.data for p in seen] == [data(0), data(1), data(2), data(5)]
+    assert len(handler.publications) == 9
+
+
+# What is stored where
+
+
+def test_every_key_and_the_topic_of_a_channel_share_one_slot() -> None:
+    channel = ChannelName("room:45")
+    names = [*ChannelKeys.of("tidings", channel).as_tuple(), topic_of("tidings", 0, channel)]
+
+    assert len({key_slot(name.encode()) for name in names}) == 1
+
+
+def test_url_prefix_is_ours_and_the_rest_goes_to_redis() -> None:
+    target = RedisTarget.parse("redis-cluster://h:7000?prefix=app1&socket_timeout=2")
+
+    assert target == RedisTarget("redis://h:7000?socket_timeout=2", True, "app1")
+    with pytest.raises(ConfigError):
+        RedisTarget.parse("redis://h:6379/0?prefix=a{b}")
+
+
+async def test_history_of_a_channel_never_published_makes_a_head_that_expires(
+    shared_url: str,
+) -> None:
+    channel, published = unique_channel(), unique_channel()
+    async with running(shared_url) as broker, redis_client(shared_url) as admin:
+        read = await broker.history(channel)
+        await broker.history(published)
+        await broker.publish(published, data(1))
+
+        empty_ttl = await admin.pttl(ChannelKeys.of("tidings-test", channel).head)
+        kept_ttl = await admin.pttl(ChannelKeys.of("tidings-test", published).head)
+    assert read.head.offset == 0
+    assert 0 < empty_ttl <= HOUR_MS
+    assert kept_ttl == -1  # no expiry once published to
+
+
+async def test_history_expiry_uses_the_namespace_ttl_and_size(shared_url: str) -> None:
+    channel = unique_channel("small")
+    clock = FakeClock()
+    broker = RedisBroker(shared_url, NAMESPACES, clock=clock)
+    await broker.start(RecordingHandler())
+    try:
+        for n in range(SMALL_HISTORY + 2):
+            await broker.publish(channel, data(n))
+        async with redis_client(shared_url) as admin:
+            keys = ChannelKeys.of("tidings-test", channel)
+            length = await admin.xlen(keys.history)
+            ttl = await admin.pttl(keys.history)
+        read = await broker.history(channel)
+    finally:
+        await broker.close()
+    assert length == SMALL_HISTORY
+    assert 0 < ttl <= HOUR_MS
+    assert isinstance(read.recovery, Replay)
+    assert offsets(list(read.recovery.publications)) == [3, 4, 5]
