@@ -10,7 +10,7 @@ from tests.support.recording import RecordingBroker, RecordingSubscriber
 from tidings.brokers.memory import MemoryBroker
 from tidings.core.channel import ChannelName
 from tidings.core.namespace import Namespaces
-from tidings.core.publication import Position
+from tidings.core.publication import Position, Publication
 from tidings.errors import BrokerError, Unavailable
 from tidings.hub.hub import Hub
 
@@ -215,3 +215,18 @@ async def test_a_broker_failure_reaches_clients_as_unavailable_and_leaves_nothin
     with pytest.raises(Unavailable):
         await hub.subscribe(ROOM, RecordingSubscriber("c"))
     assert hub.channels() == {}
+
+
+async def test_a_live_publication_past_a_hole_is_reported_as_a_gap_not_delivered(
+    hub: Hub, broker: RecordingBroker
+) -> None:
+    subscriber = RecordingSubscriber("c")
+    await hub.subscribe(ROOM, subscriber)
+    await publish_many(hub, 1)
+    assert broker.handler is not None
+    skipped = Publication(ROOM, "E1", 3, b"3", 0)  # offset 2 never arrived
+    broker.handler(skipped)
+    new_epoch = Publication(ROOM, "E2", 4, b"4", 0)
+    broker.handler(new_epoch)
+    assert subscriber.offsets == [1]
+    assert subscriber.gaps == [ROOM, ROOM]

@@ -23,6 +23,7 @@ class RecordingSubscriber:
         self.failing = failing
         self.delivered: list[EncodedPublication] = []
         self.presence: list[PresenceEvent] = []
+        self.gaps: list[ChannelName] = []
 
     @property
     def client_id(self) -> str:
@@ -39,6 +40,9 @@ class RecordingSubscriber:
 
     def deliver_presence(self, event: PresenceEvent) -> None:
         self.presence.append(event)
+
+    def report_gap(self, channel: ChannelName) -> None:
+        self.gaps.append(channel)
 
     @property
     def offsets(self) -> list[int]:

@@ -22,6 +22,11 @@ no live publication can be written between the result and the publications it
 already holds. In fan-out, a live subscription also drops any offset at or below the
 one it has (a broker redelivery), so a connection never sees an offset twice.
 
+A live publication that does not follow the subscription's position (a skipped
+offset, another epoch: the broker lost publications it could not refill) is not
+delivered as if it followed: the subscriber is told to ``report_gap``, and its client
+resumes from its position and hears ``recovered: false``.
+
 Fan-out encodes a publication once per wire format (``EncodedPublication``) and hands
 the same object to every subscriber; a failing subscriber is logged, counted and
 skipped, and the others still receive the publication.
@@ -245,15 +250,29 @@ class Hub:
                 continue
             if offset <= subscription.offset and publication.epoch == subscription.epoch:
                 continue  # a redelivery: never write an offset twice
-            # TODO(#4): a skipped offset or a new epoch here means the broker lost
-            # publications (a Redis reconnect); fill from history before delivering.
+            subscriber = subscription.subscriber
+            continuous = offset == subscription.offset + 1 and (
+                publication.epoch == subscription.epoch
+            )
             subscription.offset = offset
             subscription.epoch = publication.epoch
             try:
-                subscription.subscriber.deliver(encoded)
+                if continuous:
+                    subscriber.deliver(encoded)
+                else:
+                    # Brokers fill their own gaps; one that could not (history shorter
+                    # than an outage, data lost in the broker) must not become a silent
+                    # hole: the client is made to resume and be told recovered: false.
+                    logger.warning(
+                        "%s lost continuity on %s at %s",
+                        subscriber.client_id,
+                        publication.channel,
+                        publication.position,
+                    )
+                    subscriber.report_gap(publication.channel)
             except Exception:
                 self.delivery_failures += 1
-                logger.exception("delivery to %s failed", subscription.subscriber.client_id)
+                logger.exception("delivery to %s failed", subscriber.client_id)
             else:
                 self.deliveries += 1
 

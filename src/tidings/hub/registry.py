@@ -41,6 +41,11 @@ class Subscriber(Protocol):
         """Queue a join or leave event of a subscribed channel."""
         ...
 
+    def report_gap(self, channel: ChannelName) -> None:
+        """The broker lost publications of ``channel`` after this subscriber's position:
+        make the client resume from its position (it will hear ``recovered: false``)."""
+        ...
+
 
 class PresenceEvent:
     """A client joined or left a channel; its WebSocket text is encoded once, on first use."""

@@ -17,6 +17,9 @@ CLOSE_INTERNAL: Final = 4500 + 99  # 4599: reconnect, the fault was ours
 CLOSE_SLOW_CONSUMER: Final = 4500
 CLOSE_CONNECTION_LIMIT: Final = 4501
 CLOSE_MOVED: Final = 4503
+# Extension (docs/protocol.md): the broker lost publications after the client's
+# position while it was live; reconnect and resume to be told recovered: false.
+CLOSE_PUBLICATIONS_LOST: Final = 4504
 
 # A request error that ends a connection (rather than failing one command) closes it so.
 _CLOSE_FOR_ERROR: Final[dict[ErrorCode, int]] = {

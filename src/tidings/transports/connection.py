@@ -24,7 +24,7 @@ from tidings.core.channel import ChannelName
 from tidings.core.permission import ANONYMOUS, Credentials
 from tidings.core.wire import EncodedPublication
 from tidings.hub.registry import PresenceEvent
-from tidings.transports.close_codes import CLOSE_SLOW_CONSUMER
+from tidings.transports.close_codes import CLOSE_PUBLICATIONS_LOST, CLOSE_SLOW_CONSUMER
 from tidings.transports.context import TransportContext
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,13 @@ class StreamConnection(ABC):
     @abstractmethod
     def deliver_presence(self, event: PresenceEvent) -> None:
         """Queue a join/leave event of a subscribed channel (hub)."""
+
+    def report_gap(self, channel: ChannelName) -> None:
+        """Publications of ``channel`` were lost: disconnect so the client resumes and
+        hears ``recovered: false`` (a stream cannot mark a hole in itself)."""
+        self.disconnect(
+            CLOSE_PUBLICATIONS_LOST, f"publications of {channel} were lost; resume", reconnect=True
+        )
 
     @abstractmethod
     async def _write(self, chunks: list[str]) -> None:

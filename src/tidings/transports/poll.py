@@ -82,6 +82,10 @@ class LongPollWaiter:
     def deliver_presence(self, event: PresenceEvent) -> None:
         """Pollers get no presence events."""
 
+    def report_gap(self, channel: ChannelName) -> None:
+        """Answer now: the next poll reads history and reports the gap itself."""
+        self.woken.set()
+
 
 class PollTransport:
     """The handler of ``/poll``, bound to one node's context."""
