@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-READY_MARKER: Final = "Uvicorn running on"
+# uvicorn's line, or a --workers worker's own (uvicorn logs none when given a socket).
+READY_MARKERS: Final = ("Uvicorn running on", "listening on http://")
 START_TIMEOUT_S: Final = 20.0
 STOP_TIMEOUT_S: Final = 20.0
 
@@ -39,6 +40,7 @@ class ServerProcess:
     log: list[str] = field(default_factory=list)
     _ready: threading.Event = field(default_factory=threading.Event)
     _pump: threading.Thread | None = None
+    _listening: bool = False
 
     @property
     def http_url(self) -> str:
@@ -54,7 +56,8 @@ class ServerProcess:
         assert self.process.stderr is not None
         for line in self.process.stderr:
             self.log.append(line.rstrip("\n"))
-            if READY_MARKER in line:
+            if any(marker in line for marker in READY_MARKERS):
+                self._listening = True
                 self._ready.set()
         self._ready.set()  # the process ended: stop waiting either way
 
@@ -62,7 +65,8 @@ class ServerProcess:
         """Block until the server listens; raise with its log if it died instead."""
         self._pump = threading.Thread(target=self._pump_log, daemon=True)
         self._pump.start()
-        if not self._ready.wait(START_TIMEOUT_S) or self.process.poll() is not None:
+        self._ready.wait(START_TIMEOUT_S)
+        if not self._listening or self.process.poll() is not None:
             self.kill()
             raise RuntimeError("tidings serve did not start:\n" + "\n".join(self.log))
 

@@ -9,6 +9,8 @@ Several worker processes on one port only make sense with a broker they all shar
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
@@ -31,6 +33,7 @@ WS_PING_TIMEOUT_S: Final = 20.0
 # uvicorn cuts frames past its own limit with 1009; ours (4009) applies below it.
 UVICORN_FRAME_LIMIT_FACTOR: Final = 4
 LISTEN_BACKLOG: Final = 4096
+_PR_SET_PDEATHSIG: Final = 1  # from <linux/prctl.h>
 
 
 class _DrainingServer(uvicorn.Server):
@@ -39,6 +42,12 @@ class _DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: TidingsApp) -> None:
         super().__init__(config)
         self._tidings = app
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if sockets:  # uvicorn says nothing when given sockets; supervisors want a line
+            host, port = sockets[0].getsockname()[:2]
+            logger.info("worker %d listening on http://%s:%d", os.getpid(), host, port)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self._tidings.drain()
@@ -93,7 +102,16 @@ def _reuse_port_listener(host: str, port: int) -> socket.socket:
     return listener
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker if the parent dies (even by SIGKILL): a worker
+    must not outlive its supervisor, holding the port. Elsewhere, nothing happens."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _worker(settings: Settings, log_level: str) -> None:
+    _die_with_parent()
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
