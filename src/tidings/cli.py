@@ -19,10 +19,10 @@ import click
 import httpx
 
 from tidings.client.events import GapNotice
-from tidings.client.websocket import WebSocketSubscription
+from tidings.client.subscription import Subscription, TransportChoice
 from tidings.core.publication import parse_position_text
 from tidings.core.wire import encode_json, publication_frame
-from tidings.errors import ConfigError, ConnectionClosed, TidingsError
+from tidings.errors import ConfigError, ConnectionClosed, RequestError, TidingsError
 from tidings.server.config import load_settings
 from tidings.server.runner import run_node, run_workers
 
@@ -142,8 +142,30 @@ def _error_text(response: httpx.Response) -> str:
     default=None,
     help="Resume the (single) channel after <epoch>:<offset>.",
 )
+@click.option(
+    "--transport",
+    type=click.Choice(["auto", "ws", "sse", "longpoll", "poll"]),
+    default="auto",
+    show_default=True,
+    help="How to receive: WebSocket, Server-Sent Events, long or short polling, or auto "
+    "(WebSocket, else SSE, else long polling).",
+)
+@click.option(
+    "--poll-interval",
+    "poll_interval_s",
+    type=click.FloatRange(min=0.0),
+    default=1.0,
+    show_default=True,
+    help="Seconds between short polls (--transport poll).",
+)
 def subscribe(
-    channels: tuple[str, ...], server: str, token: str | None, since_text: str | None
+    *,
+    channels: tuple[str, ...],
+    server: str,
+    token: str | None,
+    since_text: str | None,
+    transport: TransportChoice,
+    poll_interval_s: float,
 ) -> None:
     """Print publications of CHANNELS as JSON lines as they arrive (Ctrl-C stops)."""
     since = None
@@ -154,10 +176,16 @@ def subscribe(
             since = {channels[0]: parse_position_text(since_text)}
         except TidingsError as exc:
             raise click.BadParameter(str(exc)) from exc
-    ws_url = server.replace("http://", "ws://", 1).replace("https://", "wss://", 1).rstrip("/")
     try:
-        subscription = WebSocketSubscription(f"{ws_url}/ws", channels, token=token, since=since)
-    except TidingsError as exc:
+        subscription = Subscription(
+            server,
+            channels,
+            transport=transport,
+            token=token,
+            since=since,
+            poll_interval_s=poll_interval_s,
+        )
+    except (TidingsError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from exc
     try:
         asyncio.run(_print_publications(subscription))
@@ -167,9 +195,13 @@ def subscribe(
         raise click.ClickException(
             f"server closed the connection ({closed.code}): {closed.reason}"
         ) from None
+    except RequestError as error:
+        raise click.ClickException(f"{error.code}: {error.message}") from None
+    except TidingsError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
-async def _print_publications(subscription: WebSocketSubscription) -> None:
+async def _print_publications(subscription: Subscription) -> None:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -188,4 +220,6 @@ async def _print_publications(subscription: WebSocketSubscription) -> None:
             sys.stdout.write(encode_json(publication_frame(event)).decode() + "\n")
             sys.stdout.flush()
     except asyncio.CancelledError:
+        pass
+    finally:
         await subscription.close()

@@ -252,6 +252,9 @@ class CountingSubscriber:
     def deliver_presence(self, event: PresenceEvent) -> None:
         pass
 
+    def report_gap(self, channel: ChannelName) -> None:
+        raise AssertionError(f"no gap is expected on {channel}")
+
 
 async def test_one_redis_publish_and_one_subscription_per_node_whatever_the_subscribers(
     dedicated: RedisServer,
