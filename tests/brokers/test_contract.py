@@ -19,7 +19,7 @@ import pytest
 from tests.support.clock import FakeClock
 from tests.support.handler import RecordingHandler
 from tests.support.redis_cluster import make_redis_broker, make_redis_cluster_broker
-from tidings.brokers.base import Broker
+from tidings.brokers.base import Broker, PresenceChange
 from tidings.brokers.memory import MemoryBroker
 from tidings.brokers.sqlite import SqliteBroker
 from tidings.core.channel import ChannelName, NamespaceName
@@ -85,13 +85,22 @@ def handler() -> RecordingHandler:
     return RecordingHandler()
 
 
+@pytest.fixture
+def presence_changes() -> list[PresenceChange]:
+    return []
+
+
 @pytest.fixture(params=BROKER_FACTORIES)
 async def broker(
-    request: pytest.FixtureRequest, clock: FakeClock, handler: RecordingHandler, tmp_path: Path
+    request: pytest.FixtureRequest,
+    clock: FakeClock,
+    handler: RecordingHandler,
+    presence_changes: list[PresenceChange],
+    tmp_path: Path,
 ) -> AsyncIterator[Broker]:
     factory: BrokerFactory = request.param
     broker = factory(BrokerSetup(NAMESPACES, clock, DedupeOptions(DEDUPE_WINDOW_MS), tmp_path))
-    await broker.start(handler)
+    await broker.start(handler, presence_changes.append)
     try:
         yield broker
     finally:
@@ -438,3 +447,42 @@ async def test_position_read_before_first_publish_recovers_it(broker: Broker) ->
 
 async def test_is_ready_while_started(broker: Broker) -> None:
     assert await broker.is_ready()
+
+
+# Presence
+
+
+async def test_presence_of_a_channel_nobody_joined_is_empty(broker: Broker) -> None:
+    assert await broker.presence(unique_channel()) == {}
+
+
+async def test_presence_lists_joined_clients_until_they_leave(broker: Broker) -> None:
+    channel, other = unique_channel(), unique_channel()
+
+    await broker.presence_join(channel, "n1.1", "alice")
+    await broker.presence_join(channel, "n1.2", "")
+    await broker.presence_join(other, "n1.3", "carol")
+    both = await broker.presence(channel)
+    await broker.presence_leave(channel, "n1.1")
+    await broker.presence_leave(channel, "n1.1")  # idempotent
+    one = await broker.presence(channel)
+    await broker.presence_leave(channel, "n1.2")
+
+    assert both == {"n1.1": "alice", "n1.2": ""}
+    assert one == {"n1.2": ""}
+    assert await broker.presence(channel) == {}
+    assert await broker.presence(other) == {"n1.3": "carol"}
+
+
+async def test_a_node_is_not_handed_back_its_own_presence_changes(
+    broker: Broker, handler: RecordingHandler, presence_changes: list[PresenceChange]
+) -> None:
+    channel = unique_channel()
+    await broker.subscribe(channel)
+
+    await broker.presence_join(channel, "n1.1", "alice")
+    await broker.presence_leave(channel, "n1.1")
+    await broker.publish(channel, data(1))
+    await handler.wait_for(1)  # a change carried with publications would be here by now
+
+    assert presence_changes == []

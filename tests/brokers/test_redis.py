@@ -10,6 +10,7 @@ broker to notice an outage is a bounded poll of ``is_ready``; deliveries are awa
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -31,7 +32,9 @@ from tests.support.redis_cluster import (
     redis_cluster,  # noqa: F401  (a fixture used here)
 )
 from tests.support.services import REDIS_HOST, REDIS_PORT, require_service
+from tidings.brokers.base import PresenceChange
 from tidings.brokers.redis import RedisBroker, RedisTarget
+from tidings.brokers.redis_presence import PRESENCE_REFRESH_S, presence_key_of
 from tidings.brokers.redis_scripts import ChannelKeys, topic_of
 from tidings.core.channel import ChannelName, NamespaceName
 from tidings.core.history import HistoryOptions
@@ -52,6 +55,8 @@ NAMESPACES: Final = Namespaces(
         NamespaceName("small"): NamespaceOptions(history=HistoryOptions(SMALL_HISTORY, HOUR_MS)),
     }
 )
+LIFETIME_S: Final = 30.0
+LIFETIME_MS: Final = 30_000
 NODE_USER: Final = "node-a"
 NODE_PASSWORD: Final = "node-a-secret"
 
@@ -556,3 +561,118 @@ async def test_history_expiry_uses_the_namespace_ttl_and_size(shared_url: str) -
     assert 0 < ttl <= HOUR_MS
     assert isinstance(read.recovery, Replay)
     assert offsets(list(read.recovery.publications)) == [3, 4, 5]
+
+
+# Presence on many nodes
+
+
+@asynccontextmanager
+async def presence_node(
+    url: str,
+    changes: list[PresenceChange],
+    clock: FakeClock,
+    *,
+    refresh_s: float = PRESENCE_REFRESH_S,
+    handler: RecordingHandler | None = None,
+) -> AsyncIterator[RedisBroker]:
+    broker = RedisBroker(
+        url, NAMESPACES, clock=clock, presence_lifetime_s=LIFETIME_S, presence_refresh_s=refresh_s
+    )
+    await broker.start(handler or RecordingHandler(), changes.append)
+    try:
+        yield broker
+    finally:
+        await broker.close()
+
+
+async def test_joins_and_leaves_reach_the_other_nodes_once_and_not_their_own(
+    shared_url: str,
+) -> None:
+    channel, clock = unique_channel(), FakeClock()
+    changes_a: list[PresenceChange] = []
+    changes_b: list[PresenceChange] = []
+    handler_b = RecordingHandler()
+    async with (
+        presence_node(shared_url, changes_a, clock) as node_a,
+        presence_node(shared_url, changes_b, clock, handler=handler_b) as node_b,
+    ):
+        await node_a.subscribe(channel)
+        await node_b.subscribe(channel)
+
+        await node_a.presence_join(channel, "a.1", "alice")
+        listed = await node_b.presence(channel)
+        await node_a.presence_leave(channel, "a.1")
+        await node_a.publish(channel, data(1))  # on the same topic, after the frames
+        await handler_b.wait_for(1)
+        left = await node_b.presence(channel)
+    assert listed == {"a.1": "alice"}
+    assert left == {}
+    assert changes_b == [
+        PresenceChange("join", channel, "a.1", "alice"),
+        PresenceChange("leave", channel, "a.1", "alice"),
+    ]
+    assert changes_a == []
+    assert [p.offset for p in handler_b.publications] == [1]  # frames are no publications
+
+
+async def test_entries_of_a_node_that_stopped_refreshing_expire_after_the_lifetime(
+    shared_url: str,
+) -> None:
+    channel, clock = unique_channel(), FakeClock()
+    key = presence_key_of("tidings-test", channel)
+    async with (
+        presence_node(shared_url, [], clock) as dead,
+        presence_node(shared_url, [], clock) as alive,
+        redis_client(shared_url) as admin,
+    ):
+        await dead.presence_join(channel, "d.1", "dora")
+        await alive.presence_join(channel, "l.1", "lena")
+        clock.advance(LIFETIME_MS - 1)
+        before = await alive.presence(channel)
+        clock.advance(1)
+        after = await alive.presence(channel)
+        fields = await admin.hkeys(key)
+        ttl = await admin.pttl(key)
+    # Nobody refreshed within the test (refresh every 10 s of real time), so both
+    # entries expired; the list dropped them from Redis, not only from its answer.
+    assert before == {"d.1": "dora", "l.1": "lena"}
+    assert after == {}
+    assert fields == []
+    assert ttl == -2  # the emptied hash is gone
+
+
+async def test_a_node_refreshes_its_entries_so_they_outlive_the_lifetime(
+    shared_url: str,
+) -> None:
+    channel, clock = unique_channel(), FakeClock()
+    key = presence_key_of("tidings-test", channel)
+    async with (
+        presence_node(shared_url, [], clock, refresh_s=0.02) as node,
+        redis_client(shared_url) as admin,
+    ):
+        await node.presence_join(channel, "n.1", "nina")
+        await node.presence_join(channel, "n.2", "noor")
+        await node.presence_leave(channel, "n.2")
+        clock.advance(LIFETIME_MS - 1)
+        renewed_until = clock.now_ms() + LIFETIME_MS
+
+        async def renewed() -> bool:
+            raw = await admin.hget(key, "n.1")
+            return raw is not None and json.loads(raw)["expires_ms"] >= renewed_until
+
+        await eventually(renewed, "the node renewed its entry")
+        clock.advance(LIFETIME_MS - 1)  # past the first lifetime, within the renewed one
+        listed = await node.presence(channel)
+    assert listed == {"n.1": "nina"}  # and the left client was not brought back
+
+
+def test_a_presence_refresh_must_be_shorter_than_the_lifetime() -> None:
+    with pytest.raises(ConfigError):
+        RedisBroker(SHARED_REDIS_URL, NAMESPACES, presence_lifetime_s=5, presence_refresh_s=5)
+
+
+def test_the_presence_hash_shares_the_channel_slot() -> None:
+    channel = ChannelName("room:45")
+    names = [presence_key_of("tidings", channel), topic_of("tidings", 0, channel)]
+
+    assert len({key_slot(name.encode()) for name in names}) == 1

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from tests.support.recording import RecordingBroker, RecordingSubscriber
+from tidings.brokers.base import PresenceChange
 from tidings.brokers.memory import MemoryBroker
 from tidings.core.channel import ChannelName
 from tidings.core.namespace import Namespaces
@@ -198,10 +199,67 @@ async def test_presence_lists_subscribers_and_announces_joins_and_leaves_to_othe
     bob = RecordingSubscriber("c2", "bob")
     await hub.subscribe(ROOM, alice, presence=True)
     await hub.subscribe(ROOM, bob, presence=True)
-    assert hub.presence(ROOM) == {"c1": "alice", "c2": "bob"}
+    assert await hub.presence(ROOM) == {"c1": "alice", "c2": "bob"}
     await hub.unsubscribe(ROOM, bob, presence=True)
     assert [(e.kind, e.user) for e in alice.presence] == [("join", "bob"), ("leave", "bob")]
     assert bob.presence == []  # nobody announces a client to itself
+    assert await hub.presence(ROOM) == {"c1": "alice"}
+
+
+async def test_subscribing_without_presence_lists_nobody_and_announces_nothing(hub: Hub) -> None:
+    alice = RecordingSubscriber("c1", "alice")
+    await hub.subscribe(ROOM, alice, presence=True)
+    await hub.subscribe(ROOM, RecordingSubscriber("c2", "bob"))
+    assert await hub.presence(ROOM) == {"c1": "alice"}
+    assert alice.presence == []
+
+
+async def test_presence_changes_of_other_nodes_are_announced_to_local_subscribers(
+    hub: Hub, broker: RecordingBroker
+) -> None:
+    alice = RecordingSubscriber("c1", "alice")
+    await hub.subscribe(ROOM, alice, presence=True)
+    broker.tell_presence(PresenceChange("join", ROOM, "n2.7", "carol"))
+    broker.tell_presence(PresenceChange("leave", ROOM, "n2.7", "carol"))
+    broker.tell_presence(PresenceChange("join", ChannelName("room:2"), "n2.8", "dave"))
+    assert [(e.kind, e.channel, e.client, e.user) for e in alice.presence] == [
+        ("join", ROOM, "n2.7", "carol"),
+        ("leave", ROOM, "n2.7", "carol"),
+    ]
+
+
+async def test_a_failed_presence_join_leaves_nothing_subscribed_or_listed(
+    hub: Hub, broker: RecordingBroker
+) -> None:
+    alice = RecordingSubscriber("c1", "alice")
+    await hub.subscribe(ROOM, alice, presence=True)
+    broker.fail_presence = True
+    with pytest.raises(Unavailable):
+        await hub.subscribe(ROOM, RecordingSubscriber("c2", "bob"), presence=True)
+    assert hub.channels() == {ROOM: 1}
+    assert alice.presence == []  # a client that never joined is never announced
+    assert await hub.presence(ROOM) == {"c1": "alice"}
+
+
+async def test_an_unsubscribe_completes_when_the_broker_fails_to_record_the_leave(
+    hub: Hub, broker: RecordingBroker
+) -> None:
+    alice = RecordingSubscriber("c1", "alice")
+    bob = RecordingSubscriber("c2", "bob")
+    await hub.subscribe(ROOM, alice, presence=True)
+    await hub.subscribe(ROOM, bob, presence=True)
+    broker.fail_presence = True
+    assert await hub.unsubscribe(ROOM, bob, presence=True) is True
+    assert [(e.kind, e.user) for e in alice.presence] == [("join", "bob"), ("leave", "bob")]
+    assert hub.channels() == {ROOM: 1}
+
+
+async def test_presence_reaches_clients_as_unavailable_when_the_broker_fails(
+    hub: Hub, broker: RecordingBroker
+) -> None:
+    broker.broken = BrokerError("connection refused")
+    with pytest.raises(Unavailable):
+        await hub.presence(ROOM)
 
 
 async def test_a_broker_failure_reaches_clients_as_unavailable_and_leaves_nothing_subscribed(

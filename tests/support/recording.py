@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
-from tidings.brokers.base import HistoryRead, PublicationHandler, PublishResult
+from tidings.brokers.base import (
+    HistoryRead,
+    PresenceChange,
+    PresenceHandler,
+    PublicationHandler,
+    PublishResult,
+)
 from tidings.brokers.memory import MemoryBroker
 from tidings.core.channel import ChannelName
 from tidings.core.publication import ClientInfo, Position
@@ -51,7 +57,8 @@ class RecordingSubscriber:
 
 
 class RecordingBroker:
-    """A memory broker that counts (un)subscribes and can hold ``history`` reads at a gate."""
+    """A memory broker that counts (un)subscribes and can hold ``history`` reads at a gate;
+    ``tell_presence`` plays a presence change made on another node."""
 
     def __init__(self, inner: MemoryBroker) -> None:
         self.inner = inner
@@ -62,10 +69,15 @@ class RecordingBroker:
         self.fail_subscribe = False
         self.broken: BrokerError | None = None  # raised by publish and history when set
         self.handler: PublicationHandler | None = None
+        self.presence_handler: PresenceHandler | None = None
+        self.fail_presence = False
 
-    async def start(self, on_publication: PublicationHandler) -> None:
+    async def start(
+        self, on_publication: PublicationHandler, on_presence: PresenceHandler | None = None
+    ) -> None:
         self.handler = on_publication
-        await self.inner.start(on_publication)
+        self.presence_handler = on_presence
+        await self.inner.start(on_publication, on_presence)
 
     async def close(self) -> None:
         await self.inner.close()
@@ -105,3 +117,23 @@ class RecordingBroker:
 
     async def is_ready(self) -> bool:
         return True
+
+    async def presence_join(self, channel: ChannelName, client_id: str, user: str) -> None:
+        if self.fail_presence:
+            raise BrokerError("the broker is down")
+        await self.inner.presence_join(channel, client_id, user)
+
+    async def presence_leave(self, channel: ChannelName, client_id: str) -> None:
+        if self.fail_presence:
+            raise BrokerError("the broker is down")
+        await self.inner.presence_leave(channel, client_id)
+
+    async def presence(self, channel: ChannelName) -> dict[str, str]:
+        if self.broken is not None:
+            raise self.broken
+        return await self.inner.presence(channel)
+
+    def tell_presence(self, change: PresenceChange) -> None:
+        """Hand the hub ``change`` as if another node had made it."""
+        assert self.presence_handler is not None, "started"
+        self.presence_handler(change)

@@ -8,13 +8,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from tidings.core.channel import ChannelName
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Recovery
 
 PublicationHandler = Callable[[Publication], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChange:
+    """A client joined or left a channel on another node."""
+
+    kind: Literal["join", "leave"]
+    channel: ChannelName
+    client: str
+    user: str
+
+
+PresenceHandler = Callable[[PresenceChange], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +69,14 @@ class Broker(Protocol):
       subscribe first, then read history, and merge by offset.
     """
 
-    async def start(self, on_publication: PublicationHandler) -> None:
-        """Connect and start delivering publications of subscribed channels to the handler.
+    async def start(
+        self, on_publication: PublicationHandler, on_presence: PresenceHandler | None = None
+    ) -> None:
+        """Connect and start delivering publications of subscribed channels to the handler,
+        and presence changes made on other nodes in subscribed channels to ``on_presence``.
 
-        The handler is called on the event loop, must not block and must not raise;
-        if it does, the broker logs the error and goes on delivering.
+        Handlers are called on the event loop, must not block and must not raise;
+        if one does, the broker logs the error and goes on delivering.
         """
         ...
 
@@ -104,4 +120,40 @@ class Broker(Protocol):
 
     async def is_ready(self) -> bool:
         """Whether the backend is reachable and publications can be made now."""
+        ...
+
+    # -- presence: who holds a channel, on every node -----------------------------------
+    #
+    # * **Everywhere**: ``presence`` lists the clients joined on every node sharing the
+    #   broker, not only this one's; a client is listed from its ``presence_join``
+    #   returning until its ``presence_leave`` returns.
+    # * **Remote changes only**: ``on_presence`` hears the joins and leaves made on
+    #   *other* nodes in channels this node is subscribed to, each once; the node's own
+    #   are announced by its hub, so they are never handed back to it.
+    # * **Dead nodes expire**: the entries of a node that stopped without leaving (killed,
+    #   cut off) drop out of ``presence`` after the broker's presence lifetime, without
+    #   a leave event. Single-node brokers keep presence in memory: it ends with them.
+
+    async def presence_join(self, channel: ChannelName, client_id: str, user: str) -> None:
+        """List ``client_id`` (of ``user``) in ``channel``'s presence and tell other nodes.
+
+        Raises:
+            BrokerError: the backend failed; the client may or may not be listed.
+        """
+        ...
+
+    async def presence_leave(self, channel: ChannelName, client_id: str) -> None:
+        """Remove ``client_id`` from ``channel``'s presence and tell other nodes; idempotent.
+
+        Raises:
+            BrokerError: the backend failed; an entry left behind expires.
+        """
+        ...
+
+    async def presence(self, channel: ChannelName) -> dict[str, str]:
+        """Return ``{client_id: user}`` of the clients in ``channel`` on every node.
+
+        Raises:
+            BrokerError: the backend failed.
+        """
         ...

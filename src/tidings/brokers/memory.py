@@ -4,6 +4,7 @@ No I/O. Each channel is a ``ChannelLog``; a publish is sequenced, retained and h
 to the hub in one synchronous step, which is what makes it atomic here. All channels
 share one epoch drawn at start, so a restart (which loses every history) is seen by
 resuming clients as an epoch change: ``recovered: false``, never a wrong offset.
+Presence is a dict per channel (``LocalPresence``): one node, so no remote changes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ import logging
 import secrets
 from collections.abc import Callable
 
-from tidings.brokers.base import HistoryRead, PublicationHandler, PublishResult
+from tidings.brokers.base import (
+    HistoryRead,
+    PresenceHandler,
+    PublicationHandler,
+    PublishResult,
+)
 from tidings.clock import Clock, SystemClock
 from tidings.core.channel import ChannelName
 from tidings.core.channel_log import Appended, ChannelLog
@@ -27,6 +33,31 @@ logger = logging.getLogger(__name__)
 def random_epoch() -> str:
     """Return a fresh epoch: 11 random URL-safe characters."""
     return secrets.token_urlsafe(8)
+
+
+class LocalPresence:
+    """Presence of a single-node broker: ``{channel: {client_id: user}}`` in memory."""
+
+    __slots__ = ("_by_channel",)
+
+    def __init__(self) -> None:
+        self._by_channel: dict[ChannelName, dict[str, str]] = {}
+
+    def join(self, channel: ChannelName, client_id: str, user: str) -> None:
+        """List ``client_id`` in ``channel``."""
+        self._by_channel.setdefault(channel, {})[client_id] = user
+
+    def leave(self, channel: ChannelName, client_id: str) -> None:
+        """Remove ``client_id`` from ``channel``; forget the channel once empty."""
+        clients = self._by_channel.get(channel)
+        if clients is not None:
+            clients.pop(client_id, None)
+            if not clients:
+                del self._by_channel[channel]
+
+    def clients(self, channel: ChannelName) -> dict[str, str]:
+        """Return a copy of ``channel``'s ``{client_id: user}``."""
+        return dict(self._by_channel.get(channel, {}))
 
 
 class MemoryBroker:
@@ -47,10 +78,16 @@ class MemoryBroker:
         self._logs: dict[ChannelName, ChannelLog] = {}
         self._subscribed: set[ChannelName] = set()
         self._on_publication: PublicationHandler | None = None
+        self._presence = LocalPresence()
         self._closed = False
 
-    async def start(self, on_publication: PublicationHandler) -> None:
-        """Start handing publications of subscribed channels to ``on_publication``."""
+    async def start(
+        self, on_publication: PublicationHandler, on_presence: PresenceHandler | None = None
+    ) -> None:
+        """Start handing publications of subscribed channels to ``on_publication``.
+
+        ``on_presence`` is never called: on one node, every change is the hub's own.
+        """
         self._on_publication = on_publication
 
     async def close(self) -> None:
@@ -114,3 +151,15 @@ class MemoryBroker:
     async def is_ready(self) -> bool:
         """Ready until closed: there is nothing to reach."""
         return not self._closed
+
+    async def presence_join(self, channel: ChannelName, client_id: str, user: str) -> None:
+        """List ``client_id`` in ``channel`` (``Broker.presence_join``)."""
+        self._presence.join(channel, client_id, user)
+
+    async def presence_leave(self, channel: ChannelName, client_id: str) -> None:
+        """Remove ``client_id`` from ``channel`` (``Broker.presence_leave``)."""
+        self._presence.leave(channel, client_id)
+
+    async def presence(self, channel: ChannelName) -> dict[str, str]:
+        """Return ``channel``'s ``{client_id: user}`` (``Broker.presence``)."""
+        return self._presence.clients(channel)

@@ -66,6 +66,10 @@ of the last publication handed to the hub.
   channels unconfirmed and starts the recovery: reconnect with exponential backoff and
   full jitter, resubscribe every channel (buffering from then on), and sync each one.
   ``is_ready`` is false from the loss until every channel is resubscribed.
+
+Presence (``redis_presence``): a hash per channel, refreshed by each node on one timer;
+join and leave frames travel on the channel's topic and are told apart from
+publications by how they start.
 """
 
 from __future__ import annotations
@@ -91,8 +95,19 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.maint_notifications import MaintNotificationsConfig
 
-from tidings.brokers.base import HistoryRead, PublicationHandler, PublishResult
+from tidings.brokers.base import (
+    HistoryRead,
+    PresenceHandler,
+    PublicationHandler,
+    PublishResult,
+)
 from tidings.brokers.memory import random_epoch
+from tidings.brokers.redis_presence import (
+    PRESENCE_LIFETIME_S,
+    PRESENCE_REFRESH_S,
+    RedisPresence,
+    is_presence_frame,
+)
 from tidings.brokers.redis_scripts import (
     DEFAULT_PREFIX,
     PUBLISH,
@@ -483,11 +498,17 @@ class RedisBroker:
         dedupe: DedupeOptions | None = None,
         epoch_factory: Callable[[], str] = random_epoch,
         reconnect_max_delay_s: float = RECONNECT_MAX_DELAY_S,
+        presence_lifetime_s: float = PRESENCE_LIFETIME_S,
+        presence_refresh_s: float = PRESENCE_REFRESH_S,
     ) -> None:
         """Prepare a broker for ``url``; nothing connects before ``start``.
 
+        A client's presence entry outlives its node by at most ``presence_lifetime_s``;
+        each node renews its entries every ``presence_refresh_s``.
+
         Raises:
-            ConfigError: the URL is not one this broker reads.
+            ConfigError: the URL is not one this broker reads, or the presence refresh
+                is not shorter than the lifetime.
         """
         self._target = RedisTarget.parse(url)
         self._display_url = _without_credentials(url)
@@ -502,6 +523,14 @@ class RedisBroker:
         self._db = 0
         self._publish_command = "SPUBLISH" if self._target.cluster else "PUBLISH"
         self._on_publication: PublicationHandler | None = None
+        self._on_presence: PresenceHandler | None = None
+        self._presence = RedisPresence(
+            self._target.prefix,
+            self._clock,
+            self._run_keys,
+            lifetime_s=presence_lifetime_s,
+            refresh_s=presence_refresh_s,
+        )
         self._states: dict[str, _ChannelState] = {}
         self._links: dict[str, _Link] = {}
         self._opening: dict[str, asyncio.Task[_Link]] = {}
@@ -513,8 +542,11 @@ class RedisBroker:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def start(self, on_publication: PublicationHandler) -> None:
-        """Connect and start delivering publications of subscribed channels.
+    async def start(
+        self, on_publication: PublicationHandler, on_presence: PresenceHandler | None = None
+    ) -> None:
+        """Connect and start delivering publications of subscribed channels, and presence
+        changes of other nodes, and refreshing this node's presence entries.
 
         If Redis cannot be reached now, the broker keeps trying in the background and
         is not ready until it succeeds.
@@ -525,6 +557,7 @@ class RedisBroker:
         if self._closed:
             raise BrokerError("the Redis broker was closed; make a new one")
         self._on_publication = on_publication
+        self._on_presence = on_presence
         if self._client is not None:
             return
         target = self._target
@@ -545,6 +578,7 @@ class RedisBroker:
             client = Redis.from_pool(pool)  # closing the client closes the pool
         self._client = client
         self._scripts = ScriptRunner(client)
+        self._presence.start()
         try:
             await self._connect()
         except _REDIS_ERRORS as exc:
@@ -576,6 +610,8 @@ class RedisBroker:
         self._closed = True
         self._healthy = False
         self._on_publication = None
+        self._on_presence = None
+        await self._presence.close()
         tasks = [t for t in (self._recovery, *self._opening.values()) if t is not None]
         tasks += [s.sync_task for s in self._states.values() if s.sync_task is not None]
         for task in tasks:
@@ -681,13 +717,51 @@ class RedisBroker:
         args: Sequence[str | bytes | int],
         what: str,
     ) -> Any:
+        keys = ChannelKeys.of(self._target.prefix, channel).as_tuple()
+        return await self._run_keys(script, keys, args, what)
+
+    async def _run_keys(
+        self,
+        script: RedisScript,
+        keys: tuple[str, ...],
+        args: Sequence[str | bytes | int],
+        what: str,
+    ) -> Any:
         if self._closed or self._scripts is None:
             raise BrokerError(f"{what} failed: the Redis broker is not started")
-        keys = ChannelKeys.of(self._target.prefix, channel).as_tuple()
         try:
             return await self._scripts.run(script, keys, args)
         except _REDIS_ERRORS as exc:
             raise BrokerError(f"{what} failed: {exc}") from exc
+
+    # -- presence ----------------------------------------------------------------------------
+
+    async def presence_join(self, channel: ChannelName, client_id: str, user: str) -> None:
+        """Write ``client_id``'s presence entry and tell other nodes (``Broker.presence_join``).
+
+        Raises:
+            BrokerError: Redis failed; an entry written anyway expires.
+        """
+        topic = topic_of(self._target.prefix, self._db, channel)
+        await self._presence.join(channel, client_id, user, topic, self._publish_command)
+
+    async def presence_leave(self, channel: ChannelName, client_id: str) -> None:
+        """Delete ``client_id``'s presence entry and tell other nodes (``Broker.presence_leave``).
+
+        Raises:
+            BrokerError: Redis failed; the entry left behind expires (it is no longer
+                refreshed).
+        """
+        topic = topic_of(self._target.prefix, self._db, channel)
+        await self._presence.leave(channel, client_id, topic, self._publish_command)
+
+    async def presence(self, channel: ChannelName) -> dict[str, str]:
+        """Return the unexpired presence entries of ``channel``, on every node.
+
+        Raises:
+            BrokerError: Redis failed.
+        """
+        return await self._presence.clients(channel)
 
     # -- subscriptions -------------------------------------------------------------------
 
@@ -834,6 +908,9 @@ class RedisBroker:
         state = self._states.get(topic)
         if state is None or state.link is not link or not state.confirmed:
             return  # not (or no longer, or not yet) subscribed: see the theory of operation
+        if is_presence_frame(payload):
+            self._receive_presence(payload)
+            return
         try:
             publication = decode_live(payload)
         except (msgspec.ValidationError, ValueError):
@@ -846,6 +923,16 @@ class RedisBroker:
         elif not self._accept(state, publication):
             state.buffer = [publication]
             self._request_sync(state)
+
+    def _receive_presence(self, payload: bytes) -> None:
+        change = self._presence.receive(payload)
+        handler = self._on_presence
+        if change is None or handler is None:
+            return
+        try:
+            handler(change)
+        except Exception:  # a faulty handler must not stop delivery
+            logger.exception("presence handler failed on %s", change.channel)
 
     def _accept(self, state: _ChannelState, publication: Publication) -> bool:
         """Deliver ``publication`` if it follows ``state.last``; drop a repeat. Return
@@ -1019,6 +1106,7 @@ class RedisBroker:
                     continue
                 if not self._recovery_needed:
                     self._healthy = True
+                    self._presence.restore_on_next_refresh()  # Redis may have lost them
                     logger.info(
                         "reconnected to Redis at %s; resubscribed %d channels",
                         self._display_url,

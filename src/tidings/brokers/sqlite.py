@@ -19,6 +19,8 @@ clients. Losing the file loses every history, and the new file draws a new epoch
 One directory serves one broker at a time: sequencing is in this process's memory. A
 second instance on the same file cannot overwrite rows (offsets are a primary key), its
 conflicting publishes fail instead.
+
+Presence is not stored: it lives in memory (``LocalPresence``), as it ends with the node.
 """
 
 from __future__ import annotations
@@ -36,8 +38,13 @@ from functools import partial
 from pathlib import Path
 from typing import Final, TypeVar
 
-from tidings.brokers.base import HistoryRead, PublicationHandler, PublishResult
-from tidings.brokers.memory import random_epoch
+from tidings.brokers.base import (
+    HistoryRead,
+    PresenceHandler,
+    PublicationHandler,
+    PublishResult,
+)
+from tidings.brokers.memory import LocalPresence, random_epoch
 from tidings.clock import Clock, SystemClock
 from tidings.core.channel import ChannelName
 from tidings.core.channel_log import ChannelLog, Duplicate
@@ -408,10 +415,15 @@ class SqliteBroker:
         self._on_publication: PublicationHandler | None = None
         self._open_batch: _Batch | None = None
         self._in_flight: _Batch | None = None
+        self._presence = LocalPresence()
         self.commits = 0
 
-    async def start(self, on_publication: PublicationHandler) -> None:
+    async def start(
+        self, on_publication: PublicationHandler, on_presence: PresenceHandler | None = None
+    ) -> None:
         """Open the file and start handing publications of subscribed channels to the handler.
+
+        ``on_presence`` is never called: on one node, every change is the hub's own.
 
         Raises:
             BrokerError: the file cannot be opened, or the broker was closed.
@@ -526,6 +538,18 @@ class SqliteBroker:
     async def is_ready(self) -> bool:
         """Whether the file is open."""
         return self._writer is not None and self._closing is None
+
+    async def presence_join(self, channel: ChannelName, client_id: str, user: str) -> None:
+        """List ``client_id`` in ``channel`` (``Broker.presence_join``), in memory."""
+        self._presence.join(channel, client_id, user)
+
+    async def presence_leave(self, channel: ChannelName, client_id: str) -> None:
+        """Remove ``client_id`` from ``channel`` (``Broker.presence_leave``)."""
+        self._presence.leave(channel, client_id)
+
+    async def presence(self, channel: ChannelName) -> dict[str, str]:
+        """Return ``channel``'s ``{client_id: user}`` (``Broker.presence``)."""
+        return self._presence.clients(channel)
 
     def _check_open(self) -> _Writer:
         if self._writer is None or self._closing is not None:

@@ -30,6 +30,13 @@ resumes from its position and hears ``recovered: false``.
 Fan-out encodes a publication once per wire format (``EncodedPublication``) and hands
 the same object to every subscriber; a failing subscriber is logged, counted and
 skipped, and the others still receive the publication.
+
+Presence, where the namespace enables it: a subscribe joins the client at the broker
+before going live (the result must still be the next write, so the join cannot come
+after it) and announces the join to this node's other subscribers; an unsubscribe
+announces the leave and then leaves at the broker. The broker lists clients of every
+node and hands the hub only the changes other nodes made, which it announces the same
+way; so each change is announced once on every node. A client is never told of itself.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tidings.brokers.base import Broker, HistoryRead, PublishResult
+from tidings.brokers.base import Broker, HistoryRead, PresenceChange, PublishResult
 from tidings.core.channel import ChannelName
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Replay
@@ -93,8 +100,8 @@ class Hub:
         self.delivery_failures = 0
 
     async def start(self) -> None:
-        """Start the broker, delivering its publications to this hub."""
-        await self.broker.start(self._fan_out)
+        """Start the broker, delivering its publications and remote presence changes here."""
+        await self.broker.start(self._fan_out, self._announce_remote)
 
     async def close(self) -> None:
         """Close the broker."""
@@ -152,13 +159,19 @@ class Hub:
         subscription = self._registry.add(channel, subscriber)
         if subscription is None:
             return None
+        joined = False
         try:
             with _broker_failures_unavailable():
                 await self._reconcile(channel)
                 read = await self.broker.history(channel, since)
+                if presence:
+                    joined = True  # from the call on: it may be listed, even if it fails
+                    await self.broker.presence_join(channel, subscriber.client_id, subscriber.user)
             result = self._go_live(subscription, since, read)
         except BaseException:
             self._registry.remove(channel, subscriber)
+            if joined:
+                await self._leave_at_broker(channel, subscriber)
             await self._reconcile(channel)
             raise
         if presence:
@@ -205,8 +218,20 @@ class Hub:
             return False
         if presence:
             self._announce(PresenceEvent("leave", channel, subscriber.client_id, subscriber.user))
+            await self._leave_at_broker(channel, subscriber)
         await self._reconcile(channel)
         return True
+
+    async def _leave_at_broker(self, channel: ChannelName, subscriber: Subscriber) -> None:
+        """Remove ``subscriber`` from the broker's presence of ``channel``. A failure is
+        only logged: the client is gone either way, and its entry, no longer renewed,
+        expires."""
+        try:
+            await self.broker.presence_leave(channel, subscriber.client_id)
+        except BrokerError as exc:
+            logger.warning(
+                "%s left %s but the broker failed: %s", subscriber.client_id, channel, exc
+            )
 
     async def _reconcile(self, channel: ChannelName) -> None:
         """Make the broker subscription of ``channel`` match whether it has local subscribers."""
@@ -276,6 +301,10 @@ class Hub:
             else:
                 self.deliveries += 1
 
+    def _announce_remote(self, change: PresenceChange) -> None:
+        """Announce a join or leave made on another node to this node's subscribers."""
+        self._announce(PresenceEvent(change.kind, change.channel, change.client, change.user))
+
     def _announce(self, event: PresenceEvent) -> None:
         subscriptions = self._registry.subscriptions(event.channel)
         for subscription in list((subscriptions or {}).values()):
@@ -288,10 +317,18 @@ class Hub:
 
     # -- introspection -----------------------------------------------------------------
 
-    def presence(self, channel: ChannelName) -> dict[str, str]:
-        """Return ``{client_id: user}`` of this node's subscribers of ``channel``."""
-        subscriptions = self._registry.subscriptions(channel) or {}
-        return {subscriber.client_id: subscriber.user for subscriber in subscriptions}
+    async def presence(self, channel: ChannelName) -> dict[str, str]:
+        """Return ``{client_id: user}`` of the clients present in ``channel`` on every node.
+
+        Raises:
+            Unavailable: the broker failed.
+        """
+        with _broker_failures_unavailable():
+            return await self.broker.presence(channel)
+
+    def has_subscribers(self, channel: ChannelName) -> bool:
+        """Whether any client of this node is subscribed to ``channel``."""
+        return self._registry.has_subscribers(channel)
 
     def channels(self, prefix: str = "") -> dict[ChannelName, int]:
         """Return this node's channels starting with ``prefix`` and their subscriber counts."""

@@ -168,7 +168,7 @@ class ServerApi:
         channel = parse_channel(request.query_params.get("channel"))
         if not self._context.namespaces.options_for(channel).presence:
             raise PermissionDenied(f"presence is off in the namespace of {channel}")
-        clients = self._context.hub.presence(channel)
+        clients = await self._context.hub.presence(channel)
         return json_response({"clients": {c: {"user": u} for c, u in clients.items()}})
 
     async def channels(self, request: Request) -> Response:

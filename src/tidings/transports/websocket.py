@@ -220,7 +220,7 @@ class WebSocketSession(StreamConnection):
         if isinstance(command, cmd.History):
             return await self._history(command)
         if isinstance(command, cmd.Presence):
-            return self._presence(command)
+            return await self._presence(command)
         return {}  # ping
 
     def _connect(self, command: cmd.Connect) -> dict[str, Any]:
@@ -301,13 +301,13 @@ class WebSocketSession(StreamConnection):
             result["recovered"] = isinstance(recovery, Replay)
         return result
 
-    def _presence(self, command: cmd.Presence) -> dict[str, Any]:
+    async def _presence(self, command: cmd.Presence) -> dict[str, Any]:
         channel = command.channel_name
         options = self._context.namespaces.options_for(channel)
         check_subscribe(channel, options, self.credentials)
         if not options.presence:
             raise PermissionDenied(f"presence is off in the namespace of {channel}")
-        clients = self._context.hub.presence(channel)
+        clients = await self._context.hub.presence(channel)
         return {"clients": {client: {"user": user} for client, user in clients.items()}}
 
 
