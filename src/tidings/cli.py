@@ -63,6 +63,13 @@ def main() -> None:
 @click.option(
     "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
 )
+@click.option(
+    "--demo",
+    is_flag=True,
+    default=False,
+    help="Also serve the chat demo at /demo (demo only: it lets clients publish in room:* "
+    "and, without a jwt_secret, mints a token for any name).",
+)
 def serve(
     *,
     host: str | None,
@@ -72,17 +79,19 @@ def serve(
     config_file: Path | None,
     log_level: str,
     workers: int,
+    demo: bool,
 ) -> None:
     """Run a tidings node (memory broker by default, sqlite with --data, or --broker URL)."""
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        settings = load_settings(
-            config_file, os.environ, {"host": host, "port": port, "data": data, "broker": broker}
-        )
+        arguments = {"host": host, "port": port, "data": data, "broker": broker}
+        settings = load_settings(config_file, os.environ, {**arguments, "demo": demo or None})
         if workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {workers}")
+        if settings.demo and workers > 1:
+            raise ConfigError("--demo runs in one process: its token secret is per process")
     except (ConfigError, TidingsError) as exc:
         raise click.ClickException(str(exc)) from exc
     if workers > 1:

@@ -16,7 +16,8 @@ from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, Router, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, Router, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from tidings.brokers.base import Broker
@@ -31,7 +32,15 @@ from tidings.hub.sessions import SessionRegistry
 from tidings.server.api import ServerApi
 from tidings.server.auth import Authenticator
 from tidings.server.config import Settings
+from tidings.server.demo import DemoBackend, prepare_demo
 from tidings.server.heartbeat import run_heartbeats
+from tidings.server.metrics import Metrics
+from tidings.server.status import (
+    STATIC_DIR,
+    StatusPublisher,
+    status_page,
+    with_status_namespace,
+)
 from tidings.transports.close_codes import CLOSE_GOING_AWAY
 from tidings.transports.context import Limits, TransportContext
 from tidings.transports.http import error_response, json_response
@@ -57,9 +66,14 @@ class TidingsApp:
     """A tidings node as an ASGI application."""
 
     def __init__(self, settings: Settings | None = None, broker: Broker | None = None) -> None:
-        self.settings = settings = settings or Settings()
-        self.hub = Hub(broker or broker_for(settings))
+        settings = settings or Settings()
+        demo = prepare_demo(settings) if settings.demo else None
+        self.settings = settings = with_status_namespace(demo.settings if demo else settings)
         self.sessions = SessionRegistry(settings.max_connections)
+        # Metrics time the broker's calls by wrapping it; the hub never knows.
+        self.metrics = Metrics(self.sessions)
+        self.hub = Hub(self.metrics.metered(broker or broker_for(settings)))
+        self.metrics.read_counters_of(self.hub)
         self.context = TransportContext(
             hub=self.hub,
             sessions=self.sessions,
@@ -77,16 +91,30 @@ class TidingsApp:
         )
         api = ServerApi(self.context, settings.api_key)
         self._poll = PollTransport(self.context)
+        self.status = StatusPublisher(self.hub, self.metrics, self.context.node_id)
+        # A transport left out of ``transports`` has no route: /ws refuses the
+        # handshake (403), /sse and /poll answer 404, and clients fall back.
+        transports: list[BaseRoute] = []
+        if "ws" in settings.transports:
+            transports.append(WebSocketRoute("/ws", WebSocketTransport(self.context)))
+        if "sse" in settings.transports:
+            transports.append(Route("/sse", SseTransport(self.context), methods=["GET", "OPTIONS"]))
+        if "poll" in settings.transports:
+            poll = self.metrics.counting_polls(self._poll.handle)
+            transports.append(Route("/poll", poll, methods=["GET", "OPTIONS"]))
         self._router = Router(
             routes=[
-                WebSocketRoute("/ws", WebSocketTransport(self.context)),
-                Route("/sse", SseTransport(self.context), methods=["GET", "OPTIONS"]),
-                Route("/poll", self._poll.handle, methods=["GET", "OPTIONS"]),
+                *transports,
                 Route("/health", self._health, methods=["GET"]),
                 Route("/ready", self._ready, methods=["GET"]),
+                Route("/metrics", self.metrics.endpoint, methods=["GET"]),
+                Route("/status", status_page(self.status.channel), methods=["GET"]),
+                Mount("/static", StaticFiles(directory=STATIC_DIR, follow_symlink=True)),
                 *api.routes(),
+                *(DemoBackend(self.context, demo).routes() if demo else []),
             ]
         )
+        self._status_task: asyncio.Task[None] | None = None
         self._started = False
         self._start_lock = asyncio.Lock()
         self._heartbeat: asyncio.Task[None] | None = None
@@ -107,8 +135,9 @@ class TidingsApp:
             if self._started:
                 return
             await self.hub.start()
-            tick_s = min(HEARTBEAT_TICK_S, self.settings.ping_interval_s / 4)
+            tick_s = max(0.05, min(HEARTBEAT_TICK_S, self.settings.ping_interval_s / 4))
             self._heartbeat = asyncio.create_task(run_heartbeats(self.sessions, tick_s))
+            self._status_task = asyncio.create_task(self.status.run())
             self._started = True
             if self.settings.api_key is None:
                 logger.warning("no api_key is set: the server API accepts any caller")
@@ -133,10 +162,11 @@ class TidingsApp:
         if not self._started:
             return
         await self.drain()
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+        for task in (self._heartbeat, self._status_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.hub.close()
         self._started = False
         logger.info("tidings node %s stopped", self.context.node_id)

@@ -1,0 +1,784 @@
+// tidings — the browser client. An ES module, no build step, no dependencies.
+//
+//   import { Tidings } from "/static/tidings.js";
+//   const tidings = new Tidings("/");
+//   tidings.on("publication", (p) => console.log(p.channel, p.data));
+//   tidings.subscribe("room:45");
+//   tidings.connect();
+//
+// Theory of operation
+// -------------------
+// One loop (`_run`) runs sessions one after another, each over one transport:
+// WebSocket, else Server-Sent Events, else long polling (`transports` option). A
+// session ends with an outcome that decides what comes next (see core.js
+// TransportRoute): "reconnect" (backoff with full jitter, then again; before any
+// transport has worked, the next transport at once), "refused" (this transport is not
+// served here: the next one at once), "unreachable" (the server is down: back to the
+// first transport after the backoff), "unauthorized" (ask the token callback for a
+// fresh token and retry once), "stop" (the server said not to come back: the client
+// fails and tells the application), "restart" (the channels changed: reopen at once).
+//
+// Every transport feeds one PositionTracker (core.js), which drops duplicates and
+// decides gaps, so switching transport resumes from the same positions: WebSocket
+// `since`, SSE and polling `since=` per channel (polling keeps its cursor).
+//
+// Liveness: the WebSocket expects some frame at least every `ping` seconds (the
+// server sends `{"push": "ping"}` after that much silence); SSE is read with fetch,
+// not EventSource, so the `: ping` comments sent every 15 s are seen (EventSource
+// hides them) — and HTTP statuses too, which EventSource hides as well, and which
+// the fallback needs. A link silent for twice its heartbeat is closed and reopened.
+
+import {
+  AUTO_TRANSPORTS,
+  Backoff,
+  LONG_POLL_WAIT_S,
+  PositionTracker,
+  SSE_HEARTBEAT_S,
+  SseParser,
+  TidingsError,
+  TransportRoute,
+  baseUrl,
+  checkChannel,
+  closeAction,
+  httpAction,
+  isTokenExpiring,
+  newKey,
+  parseWsFrame,
+  pollUrl,
+  publicationOf,
+  publicationsOf,
+  sseUrl,
+  wsUrl,
+} from "./core.js";
+
+export { Backoff, PositionTracker, TidingsError } from "./core.js";
+
+const DEFAULTS = Object.freeze({
+  transports: AUTO_TRANSPORTS,
+  token: null,
+  backoff: {},
+  connectTimeoutMs: 10000,
+  commandTimeoutMs: 10000,
+  heartbeatGraceMs: 2000,
+  longPollWaitS: LONG_POLL_WAIT_S,
+  pollIntervalMs: 1000,
+});
+const POLL_LIMIT = 100; // the server's default page size
+// A subscribe refused with one of these may succeed later: reconnect and try again.
+// Any other refusal (permission_denied, bad_request, too_many_requests: the limit of
+// subscriptions per connection) drops the channel and tells the application.
+const RETRYABLE_CODES = ["unavailable", "internal"];
+
+/**
+ * A connection to a tidings server, over the first transport that works.
+ *
+ * Events (`on(type, listener)`; returns a function that removes the listener):
+ * - `publication`: `{channel, epoch, offset, data, ts, key?, info?}`, in offset order
+ *   per channel, each once, whichever transport carried it;
+ * - `gap`: `{channel, since, position}`: publications after `since` were lost
+ *   (the history no longer holds them): refetch that channel's state;
+ * - `subscribed`: `{channel, position, recovered, transport}`;
+ * - `join`, `leave`: `{channel, client, user}` (WebSocket, namespaces with presence);
+ * - `state`: `{state, transport}`, state one of `idle`, `connecting`, `connected`,
+ *   `disconnected` (waiting to reconnect), `failed` (the server said stop), `closed`;
+ * - `error`: a TidingsError (`code`, `message`, and `channel` when one channel was
+ *   refused); the client goes on unless its state becomes `failed`.
+ */
+export class Tidings {
+  /**
+   * @param url the server's address (`"/"`, `"https://rt.example.com"`, any mount path);
+   *   relative to the page in a browser.
+   * @param options
+   *   - transports: the transports to try in order (default ["ws", "sse", "longpoll"];
+   *     also "poll" for short polling every `pollIntervalMs`)
+   *   - token: a JWT string, or `async ({refresh}) => jwt`, called before connecting
+   *     when there is no token yet, when it expires within 30 s, and once after the
+   *     server refused it (`refresh: true`)
+   *   - backoff: `{baseMs: 200, capMs: 15000}` reconnection delays (full jitter)
+   *   - connectTimeoutMs, commandTimeoutMs, heartbeatGraceMs, longPollWaitS,
+   *     pollIntervalMs; WebSocket, fetch (to run outside a browser, or in tests)
+   */
+  constructor(url, options = {}) {
+    const settings = { ...DEFAULTS, ...options };
+    this.url = baseUrl(url, globalThis.location?.href);
+    this.state = "idle";
+    this.transport = null;
+    this.clientId = null;
+    this.user = null;
+    this._settings = settings;
+    this._transports = [...settings.transports];
+    new TransportRoute(this._transports); // validates the names now
+    this._WebSocket = settings.WebSocket ?? globalThis.WebSocket;
+    this._fetch = settings.fetch ?? globalThis.fetch?.bind(globalThis);
+    this._tracker = new PositionTracker();
+    this._backoff = new Backoff(settings.backoff);
+    this._listeners = new Map();
+    this._token = typeof settings.token === "string" ? settings.token : null;
+    this._refreshToken = false;
+    this._session = null;
+    this._running = null;
+    this._closed = false;
+    this._wake = null; // resolves the current wait (backoff, idle session)
+    this._pollCursor = null; // the last poll answer's cursor and the channels it covers
+  }
+
+  // -- the application's side ----------------------------------------------------
+
+  /** Listen to `type` (see the class comment); returns a function removing the listener. */
+  on(type, listener) {
+    if (!this._listeners.has(type)) this._listeners.set(type, new Set());
+    this._listeners.get(type).add(listener);
+    return () => this._listeners.get(type)?.delete(listener);
+  }
+
+  /** Start connecting (idempotent). Subscriptions may be made before or after. */
+  connect() {
+    if (this._closed) throw new TidingsError("closed", "this client was closed; make a new one");
+    if (!this._running) this._running = this._run();
+    return this;
+  }
+
+  /**
+   * Receive `channel`'s publications, resuming after `since` (`{epoch, offset}`, e.g.
+   * from `positions()` or a history read) if given; without it, from now.
+   */
+  subscribe(channel, { since = null } = {}) {
+    checkChannel(channel);
+    if (this._tracker.has(channel)) return;
+    this._tracker.add(channel, since);
+    this._session?.subscribe(channel);
+  }
+
+  /** Stop receiving `channel`'s publications. */
+  unsubscribe(channel) {
+    if (!this._tracker.has(channel)) return;
+    this._tracker.remove(channel);
+    this._session?.unsubscribe(channel);
+  }
+
+  /** `{channel: {epoch, offset}}`: where the application is in each channel. */
+  positions() {
+    return this._tracker.positions();
+  }
+
+  /**
+   * Publish `data` in `channel` (WebSocket only; the namespace must allow client
+   * publishing). A `key` makes a retry safe: the server publishes a key once.
+   * @returns `{epoch, offset}`
+   */
+  publish(channel, data, { key = newKey() } = {}) {
+    checkChannel(channel);
+    return this._command("publish", { channel, data, key });
+  }
+
+  /**
+   * Read `channel`'s history (WebSocket only): the latest `limit` publications, or
+   * those after `since`. @returns `{epoch, offset, publications, recovered?}`
+   */
+  async history(channel, { since = null, limit = null } = {}) {
+    checkChannel(channel);
+    const fields = { channel };
+    if (since) fields.since = { epoch: since.epoch, offset: since.offset };
+    if (limit !== null) fields.limit = limit;
+    const result = await this._command("history", fields);
+    return { ...result, publications: publicationsOf(result.publications) };
+  }
+
+  /** Who is subscribed to `channel` (WebSocket only): `{clientId: {user}}`. */
+  async presence(channel) {
+    checkChannel(channel);
+    const result = await this._command("presence", { channel });
+    return result.clients ?? {};
+  }
+
+  /** Disconnect for good. */
+  close() {
+    if (this._closed) return;
+    this._closed = true;
+    this._session?.abort("closed");
+    this._wake?.(); // a backoff wait
+    this._setState("closed");
+  }
+
+  // -- the loop ------------------------------------------------------------------
+
+  async _run() {
+    const route = new TransportRoute(this._transports);
+    let refreshed = false;
+    let restarting = false;
+    while (!this._closed) {
+      const name = route.current;
+      this.transport = name;
+      // Reopening a stream for a new channel keeps the state the page shows.
+      if (!restarting) this._setState("connecting");
+      restarting = false;
+      const attempt = { connected: false, subscribed: false };
+      let end;
+      try {
+        end = await this._runSession(name, attempt);
+      } catch (error) {
+        end = { outcome: "reconnect", error }; // a failure of this client: try again
+      }
+      this._session = null;
+      if (this._closed) return;
+      if (attempt.connected) refreshed = false;
+      if (attempt.subscribed) this._backoff.reset();
+      if (end.outcome === "restart") {
+        restarting = this.state === "connected";
+        continue;
+      }
+      if (end.outcome === "unauthorized") {
+        if (typeof this._settings.token === "function" && !refreshed) {
+          refreshed = true;
+          this._refreshToken = true;
+          continue;
+        }
+        end = { outcome: "stop", error: end.error };
+      }
+      if (end.outcome === "stop") {
+        this._emit("error", end.error ?? new TidingsError("closed", "the server ended the session"));
+        this._setState("failed");
+        return;
+      }
+      if (end.outcome !== "retry" && !route.receiveFailure(end.outcome, attempt.connected)) {
+        continue; // the next transport, at once
+      }
+      this._setState("disconnected");
+      await this._wait(this._backoff.nextDelayMs());
+    }
+  }
+
+  _runSession(name, attempt) {
+    if (name !== "poll" && name !== "longpoll") this._pollCursor = null;
+    switch (name) {
+      case "ws":
+        return this._wsSession(attempt);
+      case "sse":
+        return this._sseSession(attempt);
+      case "longpoll":
+        return this._pollSession(attempt, this._settings.longPollWaitS, 0);
+      default:
+        return this._pollSession(attempt, 0, this._settings.pollIntervalMs);
+    }
+  }
+
+  // -- WebSocket -----------------------------------------------------------------
+
+  async _wsSession(attempt) {
+    let token;
+    try {
+      token = await this._currentToken();
+    } catch (error) {
+      return { outcome: "retry", error };
+    }
+    if (this._closed) return { outcome: "closed" };
+    if (!this._WebSocket) return { outcome: "refused" };
+    return new Promise((resolve) => {
+      let ws;
+      try {
+        ws = new this._WebSocket(wsUrl(this.url));
+      } catch (error) {
+        resolve({ outcome: "refused", error });
+        return;
+      }
+      const pending = new Map();
+      let nextId = 1;
+      let opened = false;
+      let connected = false;
+      let ended = false;
+      let goodbye = null;
+      let pingMs = null;
+      let lastHeardMs = Date.now();
+      const startedMs = lastHeardMs;
+
+      const finish = (end) => {
+        if (ended) return;
+        ended = true;
+        clearInterval(watchdog);
+        for (const entry of pending.values()) {
+          entry.reject(new TidingsError("disconnected", "the connection closed before the reply"));
+        }
+        pending.clear();
+        try {
+          ws.close();
+        } catch {
+          // already closing
+        }
+        resolve(end);
+      };
+      const send = (op, fields, onResult, onError) => {
+        const id = nextId++;
+        pending.set(id, { resolve: onResult, reject: onError });
+        ws.send(JSON.stringify({ op, id, ...fields }));
+      };
+      const subscribe = (channel) => {
+        const since = this._tracker.position(channel);
+        send(
+          "subscribe",
+          since ? { channel, since } : { channel },
+          (result) => this._receiveSubscribed(channel, result, publicationsOf(result.publications), "ws", attempt),
+          (error) => {
+            if (RETRYABLE_CODES.includes(error.code)) {
+              this._emit("error", Object.assign(error, { channel }));
+              finish({ outcome: "reconnect", error }); // subscribe everything again, later
+            } else {
+              this._refuseChannel(channel, error);
+            }
+          },
+        );
+      };
+      const check = () => {
+        const now = Date.now();
+        if (!connected && now - startedMs > this._settings.connectTimeoutMs) {
+          finish({ outcome: "reconnect" }); // the handshake or connect reply never came
+        } else if (connected && now - lastHeardMs > 2 * pingMs + this._settings.heartbeatGraceMs) {
+          finish({ outcome: "reconnect" }); // a dead link: no frame, not even a ping
+        }
+      };
+      // One timer per connection, a few ticks per heartbeat interval (re-armed once the
+      // connect reply says the interval).
+      let watchdog = setInterval(check, Math.min(250, this._settings.connectTimeoutMs / 4));
+
+      this._session = {
+        name: "ws",
+        subscribe: (channel) => connected && !ended && subscribe(channel),
+        unsubscribe: (channel) =>
+          connected && !ended && send("unsubscribe", { channel }, () => {}, () => {}),
+        abort: (outcome) => finish({ outcome }),
+        command: (op, fields) =>
+          new Promise((resolveCommand, rejectCommand) => {
+            if (!connected || ended) {
+              rejectCommand(new TidingsError("disconnected", "not connected"));
+              return;
+            }
+            send(op, fields, resolveCommand, rejectCommand);
+          }),
+      };
+
+      ws.onopen = () => {
+        if (ended) return; // given up on (a timeout, close()) before it opened
+        opened = true;
+        send(
+          "connect",
+          token ? { token } : {},
+          (result) => {
+            connected = true;
+            attempt.connected = true;
+            pingMs = (Number(result.ping) || 25) * 1000;
+            clearInterval(watchdog);
+            watchdog = setInterval(check, Math.max(10, Math.min(1000, pingMs / 4)));
+            this.clientId = result.client ?? null;
+            this.user = result.user ?? null;
+            this._setState("connected");
+            for (const channel of this._tracker.channels) subscribe(channel);
+            if (!this._tracker.channels.length) attempt.subscribed = true;
+          },
+          () => {}, // an unauthorized connect is followed by close 4001
+        );
+      };
+      ws.onmessage = (message) => {
+        if (ended) return;
+        lastHeardMs = Date.now();
+        let frame;
+        try {
+          frame = parseWsFrame(typeof message.data === "string" ? message.data : "");
+        } catch (error) {
+          this._emit("error", error);
+          finish({ outcome: "reconnect", error });
+          return;
+        }
+        switch (frame.kind) {
+          case "reply": {
+            const entry = pending.get(frame.id);
+            pending.delete(frame.id);
+            if (entry && frame.error) entry.reject(frame.error);
+            else if (entry) entry.resolve(frame.result);
+            break;
+          }
+          case "pub":
+            this._emitAll(this._tracker.receivePublication(frame.publication));
+            break;
+          case "join":
+          case "leave":
+            if (this._tracker.has(frame.channel)) this._emit(frame.kind, frame);
+            break;
+          case "disconnect":
+            goodbye = frame;
+            break;
+          default:
+            break; // ping: liveness only
+        }
+      };
+      ws.onclose = (event) => {
+        if (!opened) {
+          finish({ outcome: "reconnect" }); // refused or unreachable: the route decides
+          return;
+        }
+        const code = goodbye?.code ?? event.code;
+        let action = closeAction(code);
+        if (goodbye && !goodbye.reconnect && action === "reconnect") action = "stop";
+        const reason = goodbye?.reason || event.reason || "";
+        const error = new TidingsError(action === "unauthorized" ? "unauthorized" : "closed", reason, {
+          closeCode: code,
+        });
+        finish({ outcome: action, error });
+      };
+      ws.onerror = () => {}; // a close event follows
+    });
+  }
+
+  async _command(op, fields) {
+    await this._whenConnected();
+    if (this.transport !== "ws" || !this._session?.command) {
+      throw new TidingsError(
+        "unsupported",
+        `${op} needs the WebSocket transport; this client is on ${this.transport}`,
+      );
+    }
+    return this._session.command(op, fields);
+  }
+
+  _whenConnected() {
+    if (this.state === "connected") return Promise.resolve();
+    if (this._closed || this.state === "failed") {
+      return Promise.reject(new TidingsError("closed", "this client is not connected"));
+    }
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        off();
+        reject(new TidingsError("timeout", "not connected in time"));
+      }, this._settings.commandTimeoutMs);
+      const off = this.on("state", ({ state }) => {
+        if (state === "connected") resolve();
+        else if (state === "closed" || state === "failed") {
+          reject(new TidingsError("closed", "this client is not connected"));
+        } else return;
+        clearTimeout(timer);
+        off();
+      });
+    });
+  }
+
+  // -- Server-Sent Events (read with fetch) -----------------------------------------
+
+  async _sseSession(attempt) {
+    if (!this._tracker.channels.length) return this._idle();
+    const request = await this._request(
+      () => {
+        const channels = this._tracker.channels;
+        return { channels, url: sseUrl(this.url, channels, this._tracker.positions()).url };
+      },
+      { accept: "text/event-stream", session: { name: "sse" } },
+    );
+    if (request.end) return request.end;
+    const { response, controller, aborted } = request;
+    const { channels } = request.made;
+    if (!(response.headers.get("content-type") ?? "").includes("text/event-stream")) {
+      controller.abort();
+      return { outcome: "refused" };
+    }
+    if (!response.body) {
+      controller.abort();
+      return { outcome: "refused" }; // a fetch that cannot stream
+    }
+    attempt.connected = true;
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    const parser = new SseParser();
+    let lastHeardMs = Date.now();
+    let goodbye = null;
+    const silenceMs = 2 * SSE_HEARTBEAT_S * 1000 + this._settings.heartbeatGraceMs;
+    const watchdog = setInterval(() => {
+      if (Date.now() - lastHeardMs > silenceMs) aborted("reconnect");
+    }, 1000);
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        lastHeardMs = Date.now();
+        for (const item of parser.feed(decoder.decode(value, { stream: true }))) {
+          if (item.comment !== undefined) continue; // `: ping`: liveness only
+          const data = JSON.parse(item.data);
+          if (item.event === "subscribed") {
+            for (const channel of channels) {
+              const state = data.channels?.[channel];
+              if (state) this._receiveSubscribed(channel, state, [], "sse", attempt);
+            }
+          } else if (item.event === "pub") {
+            this._emitAll(this._tracker.receivePublication(publicationOf(data)));
+          } else if (item.event === "disconnect") {
+            goodbye = data;
+          }
+        }
+      }
+    } catch (error) {
+      return { outcome: aborted.outcome ?? "reconnect", error };
+    } finally {
+      clearInterval(watchdog);
+      controller.abort();
+    }
+    if (aborted.outcome) return { outcome: aborted.outcome };
+    if (goodbye && goodbye.reconnect === false) {
+      const action = closeAction(goodbye.code);
+      return {
+        outcome: action === "unauthorized" ? action : "stop",
+        error: new TidingsError("closed", goodbye.reason ?? "", { closeCode: goodbye.code }),
+      };
+    }
+    return { outcome: "reconnect" };
+  }
+
+  // -- polling ---------------------------------------------------------------------
+
+  async _pollSession(attempt, waitS, intervalMs) {
+    const announced = new Set();
+    for (;;) {
+      if (!this._tracker.channels.length) return this._idle();
+      const request = await this._request(() => this._pollRequest(waitS), {
+        accept: "application/json",
+        timeoutMs: (waitS + 10) * 1000,
+        session: { name: waitS ? "longpoll" : "poll" },
+      });
+      if (request.end?.outcome === "restart") continue;
+      if (request.end) return request.end;
+      const { channels, asked } = request.made;
+      let answer;
+      try {
+        answer = await request.response.json();
+      } catch (error) {
+        return { outcome: request.aborted.outcome ?? "refused", error };
+      }
+      if (request.aborted.outcome === "restart") continue;
+      if (request.aborted.outcome) return { outcome: request.aborted.outcome };
+      if (!answer || !Array.isArray(answer.publications) || typeof answer.cursor !== "string") {
+        return { outcome: "refused" };
+      }
+      attempt.connected = true;
+      this._pollCursor = { cursor: answer.cursor, channels };
+      const publications = publicationsOf(answer.publications);
+      const events = this._tracker.receivePage(publications, answer.recovered === true, asked);
+      for (const channel of channels) {
+        if (announced.has(channel) || !this._tracker.has(channel)) continue;
+        announced.add(channel);
+        attempt.subscribed = true;
+        this._emit("subscribed", {
+          channel,
+          position: this._tracker.position(channel),
+          recovered: asked[channel] !== null && answer.recovered === true,
+          transport: this.transport,
+        });
+      }
+      if (this.state !== "connected") this._setState("connected");
+      this._emitAll(events);
+      if (this._closed) return { outcome: "closed" };
+      if (!waitS && publications.length < POLL_LIMIT) {
+        const outcome = await this._pause(intervalMs);
+        if (outcome === "closed") return { outcome };
+      }
+    }
+  }
+
+  _pollRequest(waitS) {
+    // The last answer's cursor, while it names every channel that has a position
+    // (channels added since start from now; one resumed from a position needs since=).
+    const channels = this._tracker.channels;
+    const positions = this._tracker.positions();
+    const saved = this._pollCursor;
+    const cursorCovers =
+      saved && Object.keys(positions).every((channel) => saved.channels.includes(channel));
+    const cursor = cursorCovers ? saved.cursor : null;
+    return { channels, ...pollUrl(this.url, channels, positions, cursor, waitS) };
+  }
+
+  // -- shared by the HTTP transports -------------------------------------------------
+
+  /**
+   * GET the URL `make()` builds, as the current session; returns `{response,
+   * controller, aborted, made}` for a 200, or `{end}`: how the session ends
+   * (unreachable, refused, an HTTP error, or a restart: the channels changed).
+   * `aborted(outcome)` cancels the request; `aborted.outcome` says why it was.
+   */
+  async _request(make, { accept, timeoutMs = this._settings.connectTimeoutMs, session }) {
+    const controller = new AbortController();
+    const aborted = (outcome) => {
+      aborted.outcome ??= outcome;
+      controller.abort();
+    };
+    aborted.outcome = null;
+    // Installed before any await: a subscribe from now on restarts this request.
+    this._session = {
+      ...session,
+      subscribe: () => aborted("restart"),
+      unsubscribe: () => aborted("restart"),
+      abort: aborted,
+    };
+    let token;
+    try {
+      token = await this._currentToken();
+    } catch (error) {
+      return { end: { outcome: aborted.outcome ?? "retry", error } };
+    }
+    if (aborted.outcome) return { end: { outcome: aborted.outcome } };
+    const made = make(); // reads the channels and positions now, after the await
+    const url = made.url;
+    // Bounds the wait for the answer: for a stream its headers (then the stream's own
+    // watchdog takes over), for a poll the whole answer.
+    const timer = setTimeout(() => aborted("reconnect"), timeoutMs);
+    controller.signal.addEventListener("abort", () => clearTimeout(timer));
+    const headers = { accept };
+    if (token) headers.authorization = `Bearer ${token}`;
+    let response;
+    try {
+      response = await this._fetch(url, { headers, signal: controller.signal, cache: "no-store" });
+    } catch (error) {
+      clearTimeout(timer);
+      return { end: { outcome: aborted.outcome ?? "unreachable", error } };
+    }
+    if (!response.ok) {
+      clearTimeout(timer);
+      return { end: await this._httpEnd(response, aborted) };
+    }
+    if (accept === "text/event-stream") {
+      clearTimeout(timer);
+    } else {
+      const json = response.json.bind(response);
+      response.json = async () => {
+        try {
+          return await json();
+        } finally {
+          clearTimeout(timer);
+        }
+      };
+    }
+    return { response, controller, aborted, made };
+  }
+
+  async _httpEnd(response, aborted) {
+    let code = null;
+    let message = `HTTP ${response.status}`;
+    try {
+      const body = await response.json();
+      if (body?.error?.code) {
+        code = String(body.error.code);
+        message = String(body.error.message ?? message);
+      }
+    } catch {
+      // not a tidings error body
+    }
+    if (aborted.outcome) return { outcome: aborted.outcome };
+    const outcome = httpAction(response.status, code);
+    const error = new TidingsError(code ?? "http", message, { status: response.status });
+    return { outcome, error };
+  }
+
+  // -- what every transport shares ---------------------------------------------------
+
+  _receiveSubscribed(channel, result, publications, transport, attempt) {
+    if (!this._tracker.has(channel)) return; // unsubscribed meanwhile
+    const position = { epoch: result.epoch, offset: result.offset };
+    const recovered = result.recovered === true;
+    this._emitAll(this._tracker.receiveSubscribed(channel, position, recovered));
+    for (const publication of publications) {
+      this._emitAll(this._tracker.receivePublication(publication));
+    }
+    attempt.subscribed = true;
+    this._setState("connected");
+    this._emit("subscribed", {
+      channel,
+      position: this._tracker.position(channel),
+      recovered,
+      transport,
+    });
+  }
+
+  _refuseChannel(channel, error) {
+    // "disconnected": subscribed again by the next session; "unauthorized": the server
+    // closes with 4001 next, and the client reconnects with a fresh token.
+    if (error.code === "disconnected" || error.code === "unauthorized") return;
+    this._tracker.remove(channel);
+    error.channel = channel;
+    this._emit("error", error);
+  }
+
+  async _currentToken() {
+    const option = this._settings.token;
+    if (typeof option !== "function") return option ?? null;
+    const expiring = this._token !== null && isTokenExpiring(this._token, Date.now());
+    if (this._token === null || this._refreshToken || expiring) {
+      const refresh = this._token !== null;
+      this._token = (await option({ refresh })) ?? null;
+      this._refreshToken = false;
+    }
+    return this._token;
+  }
+
+  _idle() {
+    // No channel to receive: wait until one is subscribed (or the client closes).
+    return new Promise((resolve) => {
+      this._session = {
+        name: this.transport,
+        subscribe: () => resolve({ outcome: "restart" }),
+        unsubscribe: () => {},
+        abort: (outcome) => resolve({ outcome }),
+      };
+    });
+  }
+
+  _pause(ms) {
+    // Between short polls; a new channel or close() ends it early.
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve("elapsed"), ms);
+      this._session = {
+        name: "poll",
+        subscribe: () => {
+          clearTimeout(timer);
+          resolve("restart");
+        },
+        unsubscribe: () => {},
+        abort: (outcome) => {
+          clearTimeout(timer);
+          resolve(outcome);
+        },
+      };
+    });
+  }
+
+  _wait(ms) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this._wake = done;
+    }).finally(() => {
+      this._wake = null;
+    });
+  }
+
+  _setState(state) {
+    if (this.state === state || (this._closed && state !== "closed")) return;
+    this.state = state;
+    this._emit("state", { state, transport: this.transport });
+  }
+
+  _emitAll(events) {
+    for (const event of events) {
+      if (event.type === "publication") this._emit("publication", event.publication);
+      else this._emit("gap", { channel: event.channel, since: event.since, position: event.position });
+    }
+  }
+
+  _emit(type, value) {
+    for (const listener of [...(this._listeners.get(type) ?? [])]) {
+      try {
+        listener(value);
+      } catch (error) {
+        // The application's bug must not stop the client; report it as uncaught.
+        setTimeout(() => {
+          throw error;
+        });
+      }
+    }
+  }
+}

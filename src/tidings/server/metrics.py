@@ -1,0 +1,303 @@
+"""Node metrics: the figures of ``GET /metrics`` (Prometheus text format) and of the
+status page, from one place.
+
+I/O: none of its own; it reads the node's bookkeeping (sessions, hub counters) when
+asked, and times broker calls by wrapping the broker. Each ``TidingsApp`` has its own
+``Metrics`` with its own ``CollectorRegistry`` (never prometheus-client's global one),
+so several applications in one process (tests, embedding) do not collide.
+
+What is counted where:
+
+* gauges (connections by transport, channels, subscriptions) are computed at scrape
+  time from the session registry and the hub, so idle connections cost nothing;
+* publications, and the latency histograms of publish, history reads and fan-out,
+  come from ``MeteredBroker``, a ``Broker`` that delegates to the real one and times
+  each call: no broker and no transport knows about metrics;
+* deliveries are the hub's own counters (``Hub.deliveries``), read at scrape time;
+* polls in flight and poll requests are counted by wrapping the ``/poll`` handler.
+
+Every metric is described in docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tidings.brokers.base import (
+    Broker,
+    HistoryRead,
+    PresenceHandler,
+    PublicationHandler,
+    PublishResult,
+)
+from tidings.core.channel import ChannelName
+from tidings.core.publication import ClientInfo, Position, Publication
+from tidings.hub.hub import Hub
+from tidings.hub.sessions import SessionRegistry
+from tidings.transports.sse import SseSession
+from tidings.transports.websocket import WebSocketSession
+
+PROMETHEUS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+# Latencies of a node on one machine: from a tenth of a millisecond to a few seconds.
+LATENCY_BUCKETS_S: Final = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+TRANSPORT_LABELS: Final = ("ws", "sse", "poll")
+
+PollHandler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFigures:
+    """A snapshot of what the node is doing, as the status page and /metrics show it."""
+
+    connections: dict[str, int]
+    channels: int
+    subscriptions: int
+    publications: int
+    deliveries: int
+    delivery_failures: int
+
+
+class Metrics:
+    """The metrics of one node (one ``TidingsApp``)."""
+
+    def __init__(self, sessions: SessionRegistry) -> None:
+        self._hub: Hub | None = None
+        self._sessions = sessions
+        self.publications = 0
+        self.polls_in_flight = 0
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.publish_seconds = Histogram(
+            "tidings_publish_seconds",
+            "Time the broker took to publish (sequence, store and hand on) one publication.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.history_read_seconds = Histogram(
+            "tidings_history_read_seconds",
+            "Time the broker took to read one channel's history (subscribe, poll, history).",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.publish_to_fanout_seconds = Histogram(
+            "tidings_publish_to_fanout_seconds",
+            "From a publication's server timestamp to this node handing it to its "
+            "subscribers' outbound queues.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.fanout_seconds = Histogram(
+            "tidings_fanout_seconds",
+            "Time this node took to queue one publication on all its local subscribers.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.poll_requests = Counter(
+            "tidings_poll_requests",
+            "Poll requests answered, by kind (short: wait=0, long: wait>0).",
+            ["kind"],
+            registry=registry,
+        )
+        registry.register(_NodeCollector(self))
+
+    def read_counters_of(self, hub: Hub) -> None:
+        """Read channels and deliveries from ``hub`` (made after ``Metrics``: it takes
+        the metered broker)."""
+        self._hub = hub
+
+    def figures(self) -> NodeFigures:
+        """Return what the node is doing now."""
+        connections = dict.fromkeys(TRANSPORT_LABELS, 0)
+        for session in self._sessions:
+            if isinstance(session, WebSocketSession):
+                connections["ws"] += 1
+            elif isinstance(session, SseSession):
+                connections["sse"] += 1
+        connections["poll"] = self.polls_in_flight
+        hub = self._hub
+        counts = hub.channels() if hub is not None else {}
+        return NodeFigures(
+            connections=connections,
+            channels=len(counts),
+            subscriptions=sum(counts.values()),
+            publications=self.publications,
+            deliveries=hub.deliveries if hub is not None else 0,
+            delivery_failures=hub.delivery_failures if hub is not None else 0,
+        )
+
+    def exposition(self) -> bytes:
+        """Return every metric in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+    async def endpoint(self, _request: Request) -> Response:
+        """``GET /metrics``."""
+        return Response(self.exposition(), media_type=PROMETHEUS_CONTENT_TYPE)
+
+    def metered(self, broker: Broker) -> MeteredBroker:
+        """Return ``broker`` wrapped so that its calls are counted and timed here."""
+        return MeteredBroker(broker, self)
+
+    def counting_polls(self, handler: PollHandler) -> PollHandler:
+        """Wrap the ``/poll`` handler to count polls in flight and answered."""
+
+        async def counted(request: Request) -> Response:
+            if request.method != "GET":
+                return await handler(request)
+            kind = "short" if request.query_params.get("wait", "0") in ("", "0") else "long"
+            self.polls_in_flight += 1
+            try:
+                return await handler(request)
+            finally:
+                self.polls_in_flight -= 1
+                self.poll_requests.labels(kind).inc()
+
+        return counted
+
+    def observe_fan_out(self, publication: Publication, started_s: float, ended_s: float) -> None:
+        """Record one publication handed to local subscribers (wall-clock seconds)."""
+        self.publish_to_fanout_seconds.observe(max(0.0, started_s - publication.ts / 1000))
+        self.fanout_seconds.observe(max(0.0, ended_s - started_s))
+
+
+class _NodeCollector(Collector):
+    """The figures read at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        figures = self._metrics.figures()
+        connections = GaugeMetricFamily(
+            "tidings_connections",
+            "Client connections open on this node, by transport (poll: requests in flight).",
+            labels=["transport"],
+        )
+        for transport, count in figures.connections.items():
+            connections.add_metric([transport], count)
+        yield connections
+        yield GaugeMetricFamily(
+            "tidings_channels",
+            "Channels with at least one subscriber on this node.",
+            value=figures.channels,
+        )
+        yield GaugeMetricFamily(
+            "tidings_subscriptions",
+            "Subscriptions held on this node (a connection holding 3 channels counts 3).",
+            value=figures.subscriptions,
+        )
+        yield CounterMetricFamily(
+            "tidings_publications",
+            "Publications made through this node (server API, WebSocket, in-process).",
+            value=figures.publications,
+        )
+        yield CounterMetricFamily(
+            "tidings_deliveries",
+            "Publications queued on a local subscriber (one per subscriber per publication).",
+            value=figures.deliveries,
+        )
+        yield CounterMetricFamily(
+            "tidings_delivery_failures",
+            "Deliveries that failed with an error in the subscriber (a tidings bug).",
+            value=figures.delivery_failures,
+        )
+
+
+class MeteredBroker:
+    """A ``Broker`` that delegates every call and records it in ``Metrics``."""
+
+    def __init__(self, broker: Broker, metrics: Metrics) -> None:
+        self.inner = broker
+        self._metrics = metrics
+
+    async def start(
+        self, on_publication: PublicationHandler, on_presence: PresenceHandler | None = None
+    ) -> None:
+        """Start the broker, timing each publication's fan-out (see ``Broker.start``)."""
+        metrics = self._metrics
+
+        def handle(publication: Publication) -> None:
+            started_s = time.time()
+            try:
+                on_publication(publication)
+            finally:
+                metrics.observe_fan_out(publication, started_s, time.time())
+
+        await self.inner.start(handle, on_presence)
+
+    async def close(self) -> None:
+        """Close the broker."""
+        await self.inner.close()
+
+    async def publish(
+        self,
+        channel: ChannelName,
+        data: bytes,
+        *,
+        key: str | None = None,
+        info: ClientInfo | None = None,
+    ) -> PublishResult:
+        """Publish, counting new publications and timing the call."""
+        started_s = time.perf_counter()
+        result = await self.inner.publish(channel, data, key=key, info=info)
+        self._metrics.publish_seconds.observe(time.perf_counter() - started_s)
+        if not result.duplicate:
+            self._metrics.publications += 1
+        return result
+
+    async def history(
+        self, channel: ChannelName, since: Position | None = None, limit: int | None = None
+    ) -> HistoryRead:
+        """Read history, timing the call."""
+        started_s = time.perf_counter()
+        read = await self.inner.history(channel, since, limit)
+        self._metrics.history_read_seconds.observe(time.perf_counter() - started_s)
+        return read
+
+    async def subscribe(self, channel: ChannelName) -> None:
+        """Subscribe the node to ``channel`` at the broker."""
+        await self.inner.subscribe(channel)
+
+    async def unsubscribe(self, channel: ChannelName) -> None:
+        """Unsubscribe the node from ``channel`` at the broker."""
+        await self.inner.unsubscribe(channel)
+
+    async def is_ready(self) -> bool:
+        """Whether the broker is reachable."""
+        return await self.inner.is_ready()
+
+    async def presence_join(self, channel: ChannelName, client_id: str, user: str) -> None:
+        """List a client in ``channel``'s presence (``Broker.presence_join``)."""
+        await self.inner.presence_join(channel, client_id, user)
+
+    async def presence_leave(self, channel: ChannelName, client_id: str) -> None:
+        """Remove a client from ``channel``'s presence (``Broker.presence_leave``)."""
+        await self.inner.presence_leave(channel, client_id)
+
+    async def presence(self, channel: ChannelName) -> dict[str, str]:
+        """Return ``channel``'s presence on every node (``Broker.presence``)."""
+        return await self.inner.presence(channel)

@@ -1,0 +1,68 @@
+// The status page: this node's figures, received over tidings itself from the
+// channel the server publishes them into every second (see docs/metrics.md).
+
+import { Tidings } from "./tidings.js";
+
+const POINTS = 60; // a minute of history per chart
+const params = new URLSearchParams(location.search);
+const base = new URL(".", location.href);
+const channel = document.querySelector('meta[name="tidings-status-channel"]').content;
+const FORCED = { ws: ["ws"], sse: ["sse"], longpoll: ["longpoll"], poll: ["poll"] };
+
+const figures = {
+  ws: (s) => s.connections.ws,
+  sse: (s) => s.connections.sse,
+  poll: (s) => s.connections.poll,
+  channels: (s) => s.channels,
+  publications: (s) => s.publications_per_s,
+  deliveries: (s) => s.deliveries_per_s,
+};
+const series = Object.fromEntries(Object.keys(figures).map((name) => [name, []]));
+
+async function token() {
+  if (params.get("token")) return params.get("token");
+  // A node started with --demo (and no jwt_secret) mints tokens; any other node that
+  // requires tokens needs ?token= in this page's address.
+  const response = await fetch(new URL("demo/token", base), {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ name: "status-page" }),
+  });
+  return response.ok ? (await response.json()).token : null;
+}
+
+function draw(card, values) {
+  const max = Math.max(1, ...values);
+  const points = values.map((value, i) => `${POINTS - values.length + i},${1 - value / max}`);
+  card.querySelector("polyline").setAttribute("points", points.join(" "));
+}
+
+function show(status) {
+  for (const [name, read] of Object.entries(figures)) {
+    const value = Number(read(status)) || 0;
+    const values = series[name];
+    values.push(value);
+    if (values.length > POINTS) values.shift();
+    const card = document.getElementById(name);
+    card.querySelector(".value").textContent = String(value);
+    draw(card, values);
+  }
+  document.getElementById("publications-total").textContent = String(status.publications);
+  document.getElementById("deliveries-total").textContent = String(status.deliveries);
+}
+
+document.getElementById("channel").textContent = channel;
+const client = new Tidings(base, {
+  transports: FORCED[params.get("transport")] ?? ["ws", "sse", "longpoll"],
+  token,
+  backoff: { baseMs: 200, capMs: 3000 },
+});
+client.on("state", ({ state, transport }) => {
+  const badge = document.getElementById("state");
+  badge.textContent = state;
+  badge.dataset.state = state;
+  document.getElementById("transport").textContent = transport ?? "–";
+});
+client.on("publication", (publication) => show(publication.data));
+client.subscribe(channel);
+client.connect();

@@ -1,0 +1,136 @@
+"""The status page: this node's figures, published every second into a tidings channel.
+
+I/O: one asyncio task per node publishes through the hub; ``GET /status`` serves the
+page, which subscribes to that channel with the JavaScript client like any other page
+(the server eats its own cooking). The channel is ``tidings:status@<node id>``: one
+per node, so nodes sharing a broker never mix their figures. Nothing is published
+while no connection of this node holds the channel, so an unwatched node pays one
+timer tick per second and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Final
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from tidings.core.channel import ChannelName, NamespaceName
+from tidings.core.history import HistoryOptions
+from tidings.core.namespace import NamespaceOptions
+from tidings.core.wire import encode_json
+from tidings.errors import TidingsError
+from tidings.hub.hub import Hub
+from tidings.server.config import Settings
+from tidings.server.metrics import Metrics, NodeFigures
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR: Final = Path(__file__).parent / "static"  # served at /static
+STATUS_NAMESPACE: Final = NamespaceName("tidings")
+STATUS_INTERVAL_S: Final = 1.0
+# Enough history for a page that reconnects to redraw the last minute.
+STATUS_HISTORY: Final = HistoryOptions(size=60, ttl_ms=60_000)
+_CHANNEL_PLACEHOLDER: Final = "__TIDINGS_STATUS_CHANNEL__"
+
+
+def status_channel(node_id: str) -> ChannelName:
+    """Return the status channel of node ``node_id``."""
+    return ChannelName(f"{STATUS_NAMESPACE}:status@{node_id}")
+
+
+def with_status_namespace(settings: Settings) -> Settings:
+    """Return ``settings`` with the ``tidings`` namespace, unless it is configured already.
+
+    It takes the default namespace's policy (a node whose channels need tokens keeps its
+    figures behind tokens too), keeps a minute of history and refuses client publishing.
+    """
+    if STATUS_NAMESPACE in settings.namespaces:
+        return settings
+    default = settings.namespace_table().options_for(ChannelName("status"))
+    options = NamespaceOptions(policy=default.policy, history=STATUS_HISTORY)
+    return replace(settings, namespaces={**settings.namespaces, STATUS_NAMESPACE: options})
+
+
+def status_data(figures: NodeFigures, previous: NodeFigures | None, elapsed_s: float) -> bytes:
+    """Return the JSON of one status publication (rates since ``previous``)."""
+
+    def rate(now: int, before: int) -> float:
+        return round((now - before) / elapsed_s, 2) if elapsed_s > 0 else 0.0
+
+    before = previous or figures
+    return encode_json(
+        {
+            "connections": figures.connections,
+            "channels": figures.channels,
+            "subscriptions": figures.subscriptions,
+            "publications": figures.publications,
+            "deliveries": figures.deliveries,
+            "publications_per_s": rate(figures.publications, before.publications),
+            "deliveries_per_s": rate(figures.deliveries, before.deliveries),
+        }
+    )
+
+
+class StatusPublisher:
+    """Publishes the node's figures every ``interval_s`` while someone watches."""
+
+    def __init__(
+        self, hub: Hub, metrics: Metrics, node_id: str, interval_s: float = STATUS_INTERVAL_S
+    ) -> None:
+        self.channel = status_channel(node_id)
+        self._hub = hub
+        self._metrics = metrics
+        self._interval_s = interval_s
+        self._previous: NodeFigures | None = None
+        self._previous_s = time.monotonic()
+
+    async def run(self) -> None:
+        """Tick every ``interval_s`` until cancelled."""
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.tick()
+            except Exception:  # a task boundary: log, and tick again next time
+                logger.exception("status tick failed")
+
+    async def tick(self) -> bool:
+        """Take the figures and publish them if the channel is watched; whether it was."""
+        now_s = time.monotonic()
+        figures = self._metrics.figures()
+        previous, previous_s = self._previous, self._previous_s
+        self._previous, self._previous_s = figures, now_s
+        if not self._hub.has_subscribers(self.channel):  # no local subscriber of the channel
+            return False
+        data = status_data(figures, previous, now_s - previous_s)
+        try:
+            await self._hub.publish(self.channel, data)
+        except TidingsError as exc:
+            logger.warning("status not published: %s", exc)
+            return False
+        return True
+
+
+_page_template: str | None = None
+
+
+def _page() -> str:
+    global _page_template  # noqa: PLW0603 - read once from the package, then kept
+    if _page_template is None:
+        _page_template = (STATIC_DIR / "status.html").read_text(encoding="utf-8")
+    return _page_template
+
+
+def status_page(channel: ChannelName) -> Callable[[Request], Awaitable[Response]]:
+    """Return the handler of ``GET /status`` for a node whose status goes to ``channel``."""
+
+    async def page(_request: Request) -> Response:
+        return HTMLResponse(_page().replace(_CHANNEL_PLACEHOLDER, channel))
+
+    return page
