@@ -1,0 +1,191 @@
+"""Figures of the fan-out benchmark: one phase's measurement, their summary over runs, the
+table, and ``RESULTS.md`` with the machine and the command that produced it.
+
+Each figure is reported as the median of the runs with the minimum and maximum in
+brackets, so a reader sees at once how much the runs agreed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Final
+
+LIBRARIES: Final = ("tidings", "uvicorn", "starlette", "websockets", "uvloop", "httptools")
+GENERATOR_BOUND_PCT: Final = 90.0
+OTHERS_TOLERATED_PCT: Final = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseFigures:
+    """What one phase of one run measured, for one server."""
+
+    expected: int
+    deliveries: int
+    duplicates: int
+    deliveries_per_s: float
+    publications_per_s: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu_us_per_delivery: float
+    server_cpu_pct: float
+    generator_cpu_pct: float
+    generator_cpu_us_per_delivery: float
+    server_core_other_pct: float
+    generator_core_other_pct: float
+
+    @property
+    def missing(self) -> int:
+        """Deliveries that never arrived."""
+        return self.expected - self.deliveries
+
+
+# server → phase → one PhaseFigures per run
+Results = dict[str, dict[str, list[PhaseFigures]]]
+
+
+def percentile_ms(sorted_ns: Sequence[int], fraction: float) -> float:
+    """The nearest-rank percentile of sorted nanosecond values, in milliseconds."""
+    if not sorted_ns:
+        return math.nan
+    rank = max(1, math.ceil(fraction * len(sorted_ns)))
+    return sorted_ns[rank - 1] / 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A column of the table: its title, how to read a figure, how to print it."""
+
+    title: str
+    read: Callable[[PhaseFigures], float]
+    style: str
+
+
+FIGURES: Final = (
+    Column("deliveries/s", lambda f: f.deliveries_per_s, ",.0f"),
+    Column("latency p50 ms", lambda f: f.p50_ms, ".2f"),
+    Column("latency p99 ms", lambda f: f.p99_ms, ".2f"),
+    Column("server CPU µs/delivery", lambda f: f.server_cpu_us_per_delivery, ".2f"),
+)
+CONDITIONS: Final = (
+    Column("publications/s", lambda f: f.publications_per_s, ",.1f"),
+    Column("server CPU %", lambda f: f.server_cpu_pct, ".0f"),
+    Column("generator CPU %", lambda f: f.generator_cpu_pct, ".0f"),
+    Column("generator CPU µs/delivery", lambda f: f.generator_cpu_us_per_delivery, ".2f"),
+    Column("others on server core %", lambda f: f.server_core_other_pct, ".0f"),
+    Column("others on generator core %", lambda f: f.generator_core_other_pct, ".0f"),
+)
+
+
+def spread(values: Sequence[float], style: str) -> str:
+    """``median (min–max)`` of ``values``."""
+    if len(values) == 1:
+        return format(values[0], style)
+    low, mid, high = min(values), statistics.median(values), max(values)
+    return f"{mid:{style}} ({low:{style}}–{high:{style}})"
+
+
+def table(
+    results: Results,
+    columns: Sequence[Column] = FIGURES,
+    *,
+    with_missing: bool = True,
+) -> str:
+    """A Markdown table: one row per server and phase, each figure over the runs."""
+    titles = ["server", "phase", *(column.title for column in columns)]
+    titles += ["missing"] if with_missing else []
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+    for phase in _phases(results):
+        for server, phases in results.items():
+            runs = phases.get(phase, [])
+            if not runs:
+                continue
+            cells = [spread([column.read(run) for run in runs], column.style) for column in columns]
+            if with_missing:
+                cells.append(
+                    f"{sum(r.missing for r in runs):,} of {sum(r.expected for r in runs):,}"
+                )
+            lines.append("| " + " | ".join([server, phase, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def _phases(results: Results) -> list[str]:
+    seen: dict[str, None] = {}
+    for phases in results.values():
+        seen.update(dict.fromkeys(phases))
+    return list(seen)
+
+
+def warnings(results: Results) -> list[str]:
+    """Lines for anything that makes a figure doubtful: losses, duplicates, a busy generator."""
+    found = []
+    for server, phases in results.items():
+        for phase, runs in phases.items():
+            busiest = max(run.generator_cpu_pct for run in runs)
+            if busiest >= GENERATOR_BOUND_PCT:
+                found.append(
+                    f"{server} {phase}: the generator was {busiest:.0f}% busy: the figure "
+                    "may measure the generator, not the server"
+                )
+            others = max(max(r.server_core_other_pct, r.generator_core_other_pct) for r in runs)
+            if others >= OTHERS_TOLERATED_PCT:
+                found.append(
+                    f"{server} {phase}: other processes (or the hypervisor) took up to "
+                    f"{others:.0f}% of a benchmark core: the figures are disturbed"
+                )
+            if any(run.duplicates for run in runs):
+                found.append(f"{server} {phase}: duplicate deliveries were received")
+            if any(run.missing for run in runs):
+                found.append(f"{server} {phase}: some deliveries never arrived")
+    return found
+
+
+def machine() -> list[tuple[str, str]]:
+    """The machine and software the figures come from."""
+    versions = ", ".join(f"{name} {_version(name)}" for name in LIBRARIES)
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    return [
+        ("CPU", _cpu_model()),
+        ("cores", str(os.cpu_count())),
+        ("kernel", f"{platform.system()} {platform.release()}"),
+        ("Python", f"{platform.python_implementation()} {platform.python_version()}"),
+        ("libraries", versions),
+        ("load average at start", load),
+    ]
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def results_markdown(
+    tables: tuple[str, str], setup: str, notes: list[str], environment: list[tuple[str, str]]
+) -> str:
+    """The text of ``RESULTS.md``: the figures, then the conditions they were taken in."""
+    described = "\n".join(f"- {name}: {value}" for name, value in environment)
+    noted = "\n".join(f"- {note}" for note in notes) or "- none"
+    return (
+        "# Fan-out benchmark results\n\n"
+        "Written by `benchmarks/fanout.py`; README.md says what each figure means. "
+        "Each cell is the median of the runs, with the minimum and maximum in brackets; "
+        "`missing` is summed over the runs.\n\n"
+        f"{setup}\n\n{tables[0]}\n\n## Conditions\n\n{tables[1]}\n\n"
+        f"## Warnings\n\n{noted}\n\n"
+        f"## Machine\n\n{described}\n"
+    )
