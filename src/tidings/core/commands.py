@@ -13,7 +13,7 @@ import msgspec
 
 from tidings.core.channel import ChannelName, parse_channel
 from tidings.core.publication import Position, parse_position
-from tidings.errors import BadRequest
+from tidings.errors import BadRequest, MessageTooLarge
 
 MAX_HISTORY_LIMIT: Final = 1000
 MAX_KEY_LENGTH: Final = 255
@@ -135,3 +135,15 @@ def single_line_json(data: bytes) -> bytes:
     if b"\n" in data or b"\r" in data:
         return data.translate(_LINE_BREAKS_TO_SPACES)
     return data
+
+
+def publication_data(data: bytes, limit: int) -> bytes:
+    """Check publication ``data`` (valid JSON text) against its namespace's size limit and
+    return it on one line: the one rule every way of publishing applies.
+
+    Raises:
+        MessageTooLarge: ``data`` is over ``limit`` bytes.
+    """
+    if len(data) > limit:
+        raise MessageTooLarge("data", len(data), limit)
+    return single_line_json(data)

@@ -17,11 +17,11 @@ from starlette.routing import Route
 
 from tidings.brokers.base import PublishResult
 from tidings.core.channel import ChannelName, parse_channel
-from tidings.core.commands import MAX_HISTORY_LIMIT, IdempotencyKey, single_line_json
+from tidings.core.commands import MAX_HISTORY_LIMIT, IdempotencyKey, publication_data
 from tidings.core.publication import Position, parse_position_text
 from tidings.core.recovery import Replay
 from tidings.core.wire import position_fields, publication_frames
-from tidings.errors import BadRequest, MessageTooLarge, PermissionDenied, RequestError, Unauthorized
+from tidings.errors import BadRequest, PermissionDenied, RequestError, Unauthorized
 from tidings.server.auth import is_valid_api_key
 from tidings.transports.close_codes import is_reconnectable
 from tidings.transports.context import TransportContext
@@ -30,6 +30,7 @@ from tidings.transports.http import (
     internal_error_response,
     json_response,
     query_int,
+    read_json_body,
     request_error_response,
 )
 
@@ -108,25 +109,11 @@ class ServerApi:
         return guarded
 
     async def _body(self, request: Request, kind: type[T]) -> T:
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self._max_body:
-                raise MessageTooLarge("request body", len(body), self._max_body)
-        try:
-            decoded: T = msgspec.json.decode(body, type=kind)
-        except msgspec.ValidationError as exc:
-            raise BadRequest(f"invalid body: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"body is not JSON: {exc}") from None
-        return decoded
+        return await read_json_body(request, kind, self._max_body)
 
     def _checked_data(self, channel: ChannelName, data: msgspec.Raw) -> bytes:
-        raw = bytes(data)
         limit = self._context.namespaces.options_for(channel).max_data_bytes
-        if len(raw) > limit:
-            raise MessageTooLarge("data", len(raw), limit)
-        return single_line_json(raw)
+        return publication_data(bytes(data), limit)
 
     async def publish(self, request: Request) -> Response:
         """``POST /api/publish`` → ``{"epoch", "offset"}``."""

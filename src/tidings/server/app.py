@@ -23,10 +23,11 @@ from starlette.types import Receive, Scope, Send
 from tidings.brokers.base import Broker
 from tidings.brokers.factory import create_broker
 from tidings.core.channel import parse_channel
+from tidings.core.commands import publication_data
 from tidings.core.dedupe import DedupeOptions
 from tidings.core.publication import Position
 from tidings.core.wire import encode_json
-from tidings.errors import BadRequest, MessageTooLarge
+from tidings.errors import BadRequest
 from tidings.hub.hub import Hub
 from tidings.hub.sessions import SessionRegistry
 from tidings.server.api import ServerApi
@@ -214,9 +215,7 @@ class TidingsApp:
         except (TypeError, ValueError) as exc:
             raise BadRequest(f"data is not JSON-serialisable: {exc}") from None
         limit = self.context.namespaces.options_for(name).max_data_bytes
-        if len(encoded) > limit:
-            raise MessageTooLarge("data", len(encoded), limit)
-        result = await self.hub.publish(name, encoded, key=key)
+        result = await self.hub.publish(name, publication_data(encoded, limit), key=key)
         return result.position
 
     # -- health ------------------------------------------------------------------------

@@ -33,13 +33,13 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from tidings.core.channel import DEFAULT_NAMESPACE, ChannelName, NamespaceName, parse_channel
-from tidings.core.commands import MAX_HISTORY_LIMIT, IdempotencyKey, single_line_json
+from tidings.core.commands import MAX_HISTORY_LIMIT, IdempotencyKey, publication_data
 from tidings.core.namespace import Policy
 from tidings.core.permission import Credentials, check_publish, check_subscribe
 from tidings.core.publication import ClientInfo
 from tidings.core.recovery import Replay
 from tidings.core.wire import encode_json, position_fields, publication_frames
-from tidings.errors import BadRequest, MessageTooLarge, PermissionDenied, RequestError, Unauthorized
+from tidings.errors import BadRequest, PermissionDenied, RequestError, Unauthorized
 from tidings.server.config import Settings
 from tidings.server.status import STATIC_DIR
 from tidings.transports.context import TransportContext
@@ -48,6 +48,7 @@ from tidings.transports.http import (
     internal_error_response,
     json_response,
     query_int,
+    read_json_body,
     request_error_response,
 )
 
@@ -154,21 +155,11 @@ class DemoBackend:
         return self._context.authenticator.authenticate(token)
 
     async def _body(self, request: Request, kind: type[T]) -> T:
-        body = await request.body()
-        if len(body) > self._max_body:
-            raise MessageTooLarge("request body", len(body), self._max_body)
-        try:
-            decoded: T = msgspec.json.decode(body, type=kind)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise BadRequest(f"invalid body: {exc}") from None
-        return decoded
+        return await read_json_body(request, kind, self._max_body)
 
     def _data(self, channel: ChannelName, data: msgspec.Raw) -> bytes:
-        raw = bytes(data)
         limit = self._context.namespaces.options_for(channel).max_data_bytes
-        if len(raw) > limit:
-            raise MessageTooLarge("data", len(raw), limit)
-        return single_line_json(raw)
+        return publication_data(bytes(data), limit)
 
     # -- handlers ------------------------------------------------------------------------
 

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
-from typing import Final
+from typing import Final, TypeVar
 
+import msgspec
+from starlette.requests import Request
 from starlette.responses import Response
 
 from tidings.core.wire import encode_json
-from tidings.errors import BadRequest, ErrorCode, RequestError
+from tidings.errors import BadRequest, ErrorCode, MessageTooLarge, RequestError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _PREFLIGHT_ALLOWED_HEADERS: Final = "Authorization, Last-Event-ID, If-None-Match, Cache-Control"
 
@@ -104,3 +108,25 @@ def query_int(
     if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
         raise BadRequest(f"{name} must be a whole number from {low} to {high}")
     return int(text)
+
+
+async def read_json_body(request: Request, kind: type[T], max_bytes: int) -> T:
+    """Read a request body of at most ``max_bytes`` and decode it into ``kind``.
+
+    Raises:
+        MessageTooLarge: the body is longer than ``max_bytes``.
+        BadRequest: the body is not JSON, or not of the expected shape (the message
+            names the field).
+    """
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise MessageTooLarge("request body", len(body), max_bytes)
+    try:
+        decoded: T = msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from None
+    return decoded

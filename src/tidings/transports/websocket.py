@@ -25,7 +25,6 @@ from tidings.core.wire import EncodedPublication, encode_json, position_fields, 
 from tidings.errors import (
     BadRequest,
     ConnectionClosed,
-    MessageTooLarge,
     PermissionDenied,
     RequestError,
     TooManyRequests,
@@ -275,12 +274,10 @@ class WebSocketSession(StreamConnection):
         channel = command.channel_name
         options = self._context.namespaces.options_for(channel)
         check_publish(channel, options, self.credentials)
-        data = bytes(command.data)
-        if len(data) > options.max_data_bytes:
-            raise MessageTooLarge("data", len(data), options.max_data_bytes)
+        data = cmd.publication_data(bytes(command.data), options.max_data_bytes)
         result = await self._context.hub.publish(
             channel,
-            cmd.single_line_json(data),
+            data,
             key=command.key,
             info=ClientInfo(self.client_id, self.user),
         )
