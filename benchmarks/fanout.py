@@ -44,6 +44,7 @@ from benchmarks import loadgen, report
 from benchmarks.server_process import (
     CpuReading,
     ServerProcess,
+    core_busy_s,
     free_port,
     raise_open_files_limit,
     start_server,
@@ -57,6 +58,9 @@ BENCHMARKS_DIR: Final = Path(__file__).resolve().parent
 REPO_DIR: Final = BENCHMARKS_DIR.parent
 SUBSCRIBED_TIMEOUT_S: Final = 30.0
 PROFILER_ATTACH_S: Final = 1.0
+RESULTS_HEADING: Final = "# Fan-out benchmark results"
+QUIET_SAMPLE_S: Final = 1.0
+QUIET_BUSY_PCT: Final = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,7 @@ class Options:
     warmup: int
     runs: int
     drain_timeout_s: float
+    quiet_wait_s: float
     servers: tuple[str, ...]
     results: Path | None
     py_spy: Path | None
@@ -155,8 +160,8 @@ async def measure(
         server_cpu_pct=used.percent(used.server_s),
         generator_cpu_pct=used.percent(used.generator_s),
         generator_cpu_us_per_delivery=used.generator_s * 1e6 / delivered,
-        server_core_other_pct=used.percent(used.server_core_s - used.server_s),
-        generator_core_other_pct=used.percent(used.generator_core_s - used.generator_s),
+        server_core_other_pct=used.others_pct(used.server_core_s, used.server_s),
+        generator_core_other_pct=used.others_pct(used.generator_core_s, used.generator_s),
     )
 
 
@@ -167,6 +172,7 @@ async def run_once(
     target: Target, options: Options, log_dir: Path, run: int
 ) -> dict[str, report.PhaseFigures]:
     """Start ``target``, drive every phase against it, stop it; the figures by phase."""
+    await _wait_for_quiet_cores(options.quiet_wait_s)
     port = free_port()
     log_path = log_dir / f"{target.name}-{run}.log"
     server = start_server(target.name, target.argv(port), port, log_path, SERVER_CPU)
@@ -246,6 +252,24 @@ async def _wait_subscribed(target: Target, port: int, count: int) -> None:
     raise RuntimeError(f"{target.name} did not count {count} subscribers")
 
 
+async def _wait_for_quiet_cores(max_wait_s: float) -> None:
+    """Wait (at most ``max_wait_s``) until nothing else keeps the benchmark's cores busy."""
+    deadline_s = time.monotonic() + max_wait_s
+    while True:
+        cores = (SERVER_CPU, GENERATOR_CPU)
+        before = [core_busy_s(cpu) for cpu in cores]
+        await asyncio.sleep(QUIET_SAMPLE_S)
+        busy_pct = max(
+            100 * (core_busy_s(cpu) - start) / QUIET_SAMPLE_S
+            for cpu, start in zip(cores, before, strict=True)
+        )
+        if busy_pct < QUIET_BUSY_PCT:
+            return
+        if time.monotonic() >= deadline_s:
+            print(f"cores still {busy_pct:.0f}% busy with other work; running anyway", flush=True)
+            return
+
+
 def _numbered(path: Path, run: int) -> Path:
     return path.with_name(f"{path.stem}.run{run}{path.suffix}")
 
@@ -311,6 +335,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     add("--warmup", type=int, default=20, help="unmeasured publications first (default 20)")
     add("--runs", type=int, default=3, help="runs of each server (default 3)")
     add("--drain-timeout", type=float, default=10.0, help="s to wait for late deliveries")
+    add("--quiet-wait", type=float, default=30.0, help="s to wait for idle cores per run")
     add("--servers", default="tidings,naive", help="comma-separated: tidings, naive")
     add("--results", default=str(BENCHMARKS_DIR / "RESULTS.md"), help="'-' to skip writing")
     add("--py-spy", default=None, help="profile tidings with py-spy into this file (raw)")
@@ -327,6 +352,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         warmup=args.warmup,
         runs=args.runs,
         drain_timeout_s=args.drain_timeout,
+        quiet_wait_s=args.quiet_wait,
         servers=servers,
         results=None if args.results == "-" else Path(args.results),
         py_spy=None if args.py_spy is None else Path(args.py_spy).resolve(),
@@ -373,7 +399,7 @@ def main() -> None:
         print(f"warning: {note}")
     if options.results is not None and options.py_spy is None:
         text = report.results_markdown(tables, _setup(options), notes, environment)
-        options.results.write_text(text)
+        report.write_section(options.results, RESULTS_HEADING, text)
         print(f"written: {os.path.relpath(options.results)}")
 
 

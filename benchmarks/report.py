@@ -189,3 +189,21 @@ def results_markdown(
         f"## Warnings\n\n{noted}\n\n"
         f"## Machine\n\n{described}\n"
     )
+
+
+def write_section(path: Path, heading: str, text: str) -> None:
+    """Replace the section of ``path`` that starts at ``heading`` (up to the next top-level
+    heading) with ``text``, or append ``text``: each benchmark rewrites only its own
+    figures in RESULTS.md and keeps the others'."""
+    existing = path.read_text() if path.exists() else ""
+    start = 0 if existing.startswith(f"{heading}\n") else existing.find(f"\n{heading}\n")
+    if start >= 0:
+        following = existing.find("\n# ", start + len(heading) + 1)
+        rest = existing[following:] if following >= 0 else ""
+        existing = existing[:start].rstrip("\n") + "\n" + rest
+    existing = existing.strip("\n")
+    text = text.strip("\n")
+    if start == 0:  # keep a section that was first in the file first
+        path.write_text(f"{text}\n\n{existing}\n" if existing else f"{text}\n")
+    else:
+        path.write_text(f"{existing}\n\n{text}\n" if existing else f"{text}\n")

@@ -101,6 +101,14 @@ class CpuReading:
         """``seconds`` as a percentage of this reading's wall time (for a difference)."""
         return 100 * seconds / self.wall_s if self.wall_s > 0 else 0.0
 
+    def others_pct(self, core_s: float, own_s: float) -> float:
+        """What else kept a core busy, in percent of the wall time (for a difference).
+
+        The core's counters are sampled at clock ticks and a process's are exact, so the
+        difference is a few percent either way when nothing else ran: floored at 0.
+        """
+        return max(0.0, self.percent(core_s - own_s))
+
 
 @dataclass
 class ServerProcess:

@@ -1,0 +1,569 @@
+"""Transport comparison: WebSocket, SSE, long polling and short polling on one workload.
+
+What it measures: one tidings server (memory broker) pinned to CPU 0, one channel,
+``--clients`` clients of one transport at a time, publications made through
+``POST /api/publish`` at ``--rate`` per second for ``--duration`` seconds. Each
+transport is one phase against the same server process: connect the clients, warm up
+(not reported), measure, close the clients. Per transport it reports deliveries per
+second, delivery latency (p50, p99), the server's CPU time per delivery, the bytes the
+clients read and wrote on their sockets per delivery, and the deliveries that never
+arrived.
+
+Why: the four transports pay differently for the same publication (a frame, an event,
+a whole HTTP exchange per wake-up, or a request per interval whether anything happened
+or not); DESIGN.md asks that such claims be figures measured side by side in one run.
+
+The clients are hand-written like ``loadgen.py``'s: the WebSocket one is
+``loadgen.Subscriber`` counting what it reads; SSE is a bare ``asyncio.Protocol``
+reading the ``text/event-stream``; the pollers speak HTTP/1.1 on one keep-alive
+connection each. Every client counts the bytes it reads and writes on its socket
+(HTTP and WebSocket framing included; TCP/IP headers not).
+
+Run: ``.venv/bin/python benchmarks/transports.py`` (``--help`` for the options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import os
+import re
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, cast
+from urllib.parse import quote
+
+import uvloop
+
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` namespace importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import fanout, loadgen, report
+from benchmarks.server_process import (
+    ServerProcess,
+    free_port,
+    raise_open_files_limit,
+    start_server,
+    wait_healthy,
+)
+
+HOST: Final = fanout.HOST
+SERVER_CPU: Final = fanout.SERVER_CPU
+GENERATOR_CPU: Final = fanout.GENERATOR_CPU
+BENCHMARKS_DIR: Final = Path(__file__).resolve().parent
+REPO_DIR: Final = BENCHMARKS_DIR.parent
+HEADING: Final = "# Transport comparison"
+TRANSPORTS: Final = ("websocket", "sse", "long-poll", "short-poll")
+HISTORY_SIZE: Final = 100  # tidings' default history per channel: what a poll can catch up on
+CONNECT_TIMEOUT_S: Final = 60.0
+CONNECT_CONCURRENCY: Final = 50
+_STAMP: Final = re.compile(rb'"seq":(\d+),"t":(\d+)')
+_CURSOR: Final = re.compile(rb'"cursor":"([^"]+)"')
+_SUBSCRIBE: Final = b'{"id":1,"op":"subscribe","channel":"%s"}' % loadgen.CHANNEL.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The command line."""
+
+    clients: int
+    rate: float
+    duration_s: float
+    warmup_s: float
+    short_poll_interval_s: float
+    long_poll_wait_s: int
+    drain_timeout_s: float
+    transports: tuple[str, ...]
+    results: Path | None
+
+    @property
+    def publications(self) -> int:
+        """Publications of each measured phase."""
+        return max(1, round(self.rate * self.duration_s))
+
+    @property
+    def warmup(self) -> int:
+        """Unmeasured publications before each measured phase."""
+        return round(self.rate * self.warmup_s)
+
+
+class Wire:
+    """Bytes the clients of one transport read from and wrote to their sockets."""
+
+    __slots__ = ("read", "written")
+
+    def __init__(self) -> None:
+        self.read = 0
+        self.written = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TransportFigures:
+    """One transport's measured phase: the fan-out figures plus the bytes on the wire."""
+
+    figures: report.PhaseFigures
+    read_bytes: int
+    written_bytes: int
+
+    @property
+    def wire_bytes_per_delivery(self) -> float:
+        """Bytes read and written by the clients, per delivery."""
+        return (self.read_bytes + self.written_bytes) / max(self.figures.deliveries, 1)
+
+    @property
+    def request_bytes_per_delivery(self) -> float:
+        """Bytes the clients wrote (requests, pongs), per delivery."""
+        return self.written_bytes / max(self.figures.deliveries, 1)
+
+
+def _record_stamps(
+    collector: loadgen.Collector, index: int, data: bytes, end: int, now_ns: int
+) -> None:
+    for stamp in _STAMP.finditer(data, 0, end):
+        collector.current.record(index, int(stamp[1]), int(stamp[2]), now_ns)
+
+
+# -- clients -------------------------------------------------------------------------------
+
+
+class Client:
+    """What a phase needs of a client: to be ready, and to be closed."""
+
+    ready: asyncio.Future[None]
+
+    async def stop(self) -> None:
+        """Stop reading and close the connection."""
+
+
+class WebSocketClient(loadgen.Subscriber, Client):
+    """``loadgen.Subscriber`` counting the bytes it reads and the requests it writes."""
+
+    def __init__(self, index: int, collector: loadgen.Collector, wire: Wire, port: int) -> None:
+        request = loadgen.upgrade_request(HOST, port, "/ws")
+        super().__init__(index, collector, request, _SUBSCRIBE)
+        self._wire = wire
+        wire.written += len(request) + len(loadgen.client_frame(0x1, _SUBSCRIBE))
+
+    def data_received(self, data: bytes) -> None:
+        self._wire.read += len(data)
+        super().data_received(data)
+
+    async def stop(self) -> None:
+        self.close()
+
+
+class SseClient(asyncio.Protocol, Client):
+    """``GET /sse?channel=``; each ``pub`` event's stamps are recorded when read."""
+
+    def __init__(self, index: int, collector: loadgen.Collector, wire: Wire, port: int) -> None:
+        self._index = index
+        self._collector = collector
+        self._wire = wire
+        self._request = b"GET /sse?channel=%s HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (
+            loadgen.CHANNEL.encode(),
+            HOST.encode(),
+            port,
+        )
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+        self.ready = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.write(self._request)
+        self._wire.written += len(self._request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"SSE client {self._index}: {exc}"))
+
+    def data_received(self, data: bytes) -> None:
+        now_ns = time.time_ns()
+        self._wire.read += len(data)
+        if self._buffer:
+            data = self._buffer + data
+        end = data.rfind(b"\n\n")  # events end with a blank line; keep a partial one
+        if end < 0:
+            self._buffer = data
+            return
+        self._buffer = data[end + 2 :]
+        if not self.ready.done():
+            if not data.startswith(b"HTTP/1.1 200"):
+                status = data.split(b"\r\n", 1)[0]
+                self.ready.set_exception(ConnectionError(f"SSE refused: {status!r}"))
+                return
+            if b"event: subscribed" in data:
+                self.ready.set_result(None)
+        _record_stamps(self._collector, self._index, data, end, now_ns)
+
+    async def stop(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+class Poller(Client):
+    """``GET /poll`` on one keep-alive connection: long (``wait``) or short (``interval``)."""
+
+    def __init__(
+        self,
+        index: int,
+        collector: loadgen.Collector,
+        wire: Wire,
+        port: int,
+        *,
+        wait_s: int,
+        interval_s: float,
+        offset_s: float,
+    ) -> None:
+        self._index = index
+        self._collector = collector
+        self._wire = wire
+        self._port = port
+        self._wait_s = wait_s
+        self._interval_s = interval_s
+        self._offset_s = offset_s
+        self._cursor = b""
+        self._etag = b""
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.get_running_loop().create_future()
+
+    async def start(self) -> None:
+        """Connect, take the channel's cursor with a first poll, then poll in a loop."""
+        await self._poll(0)
+        self.ready.set_result(None)
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._disconnect()
+
+    async def _loop(self) -> None:
+        due_s = time.monotonic() + self._offset_s
+        while True:
+            if self._interval_s > 0:
+                await asyncio.sleep(max(0.0, due_s - time.monotonic()))
+                due_s = max(due_s + self._interval_s, time.monotonic())
+            try:
+                await self._poll(self._wait_s)
+            except (ConnectionError, OSError, asyncio.IncompleteReadError):
+                self._disconnect()  # the server closed an idle keep-alive: reconnect
+
+    def _disconnect(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+            self._streams = None
+
+    async def _poll(self, wait_s: int) -> None:
+        if self._streams is None:
+            self._streams = await asyncio.open_connection(HOST, self._port)
+        reader, writer = self._streams
+        query = b"channel=%s&wait=%d" % (loadgen.CHANNEL.encode(), wait_s)
+        if self._cursor:
+            query += b"&cursor=" + quote(self._cursor).encode()
+        match = b"If-None-Match: %s\r\n" % self._etag if self._etag and not wait_s else b""
+        request = b"GET /poll?%s HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n" % (
+            query,
+            HOST.encode(),
+            self._port,
+            match,
+        )
+        writer.write(request)
+        self._wire.written += len(request)
+        status = await reader.readline()
+        read, length = len(status), 0
+        while (line := await reader.readline()) != b"\r\n":
+            if not line:
+                raise ConnectionError("closed while reading a poll answer")
+            read += len(line)
+            name, _, value = line.partition(b":")
+            name = name.lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"etag":
+                self._etag = value.strip()
+        body = await reader.readexactly(length) if length else b""
+        now_ns = time.time_ns()
+        self._wire.read += read + 2 + len(body)
+        if status.startswith(b"HTTP/1.1 304"):
+            return
+        if not status.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"poll refused: {status.strip()!r} {body[:200]!r}")
+        cursor = _CURSOR.search(body)
+        if cursor is not None:
+            self._cursor = cursor[1]
+        _record_stamps(self._collector, self._index, body, len(body), now_ns)
+
+
+async def open_clients(
+    transport: str,
+    port: int,
+    options: Options,
+    collector: loadgen.Collector,
+    wire: Wire,
+) -> list[Client]:
+    """Open ``options.clients`` clients of ``transport`` and wait until each is ready."""
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    clients: list[Client] = []
+
+    async def open_one(index: int) -> None:
+        async with gate:
+            client: Client
+            if transport == "websocket":
+                _, client = await loop.create_connection(
+                    lambda: WebSocketClient(index, collector, wire, port), HOST, port
+                )
+            elif transport == "sse":
+                _, client = await loop.create_connection(
+                    lambda: SseClient(index, collector, wire, port), HOST, port
+                )
+            else:
+                short = transport == "short-poll"
+                interval_s = options.short_poll_interval_s if short else 0.0
+                poller = Poller(
+                    index,
+                    collector,
+                    wire,
+                    port,
+                    wait_s=0 if short else options.long_poll_wait_s,
+                    interval_s=interval_s,
+                    offset_s=interval_s * index / options.clients,  # spread the polls out
+                )
+                clients.append(poller)
+                await poller.start()
+                return
+            clients.append(client)
+            await client.ready
+
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            await asyncio.gather(*(open_one(index) for index in range(options.clients)))
+    except BaseException:
+        await close_clients(clients)
+        raise
+    return clients
+
+
+async def close_clients(clients: Sequence[Client]) -> None:
+    """Close every client."""
+    await asyncio.gather(*(client.stop() for client in clients), return_exceptions=True)
+
+
+# -- phases --------------------------------------------------------------------------------
+
+
+async def run_transport(
+    transport: str,
+    server: ServerProcess,
+    publisher: loadgen.HttpPublisher,
+    options: Options,
+    first_seq: int,
+) -> TransportFigures:
+    """Connect the clients of ``transport``, warm up, measure one phase, close them."""
+    collector = loadgen.Collector(options.clients)
+    wire = Wire()
+    clients = await open_clients(transport, server.port, options, collector, wire)
+    wrap = fanout.TARGETS["tidings"].wrap
+
+    def at_rate(seqs: range) -> Callable[[], Awaitable[None]]:
+        return lambda: loadgen.publish_at_rate(publisher, wrap, seqs, options.rate)
+
+    try:
+        warmup = range(first_seq, first_seq + options.warmup)
+        receipts = loadgen.Receipts(options.clients, warmup.start, len(warmup))
+        await fanout.measure(server, collector, receipts, at_rate(warmup), options.drain_timeout_s)
+        measured = range(warmup.stop, warmup.stop + options.publications)
+        receipts = loadgen.Receipts(options.clients, measured.start, len(measured))
+        read, written = wire.read, wire.written
+        figures = await fanout.measure(
+            server, collector, receipts, at_rate(measured), options.drain_timeout_s
+        )
+        return TransportFigures(figures, wire.read - read, wire.written - written)
+    finally:
+        await close_clients(clients)
+
+
+async def benchmark(options: Options) -> dict[str, TransportFigures]:
+    """Start one server; run each transport's phase against it in turn; stop it."""
+    results: dict[str, TransportFigures] = {}
+    with tempfile.TemporaryDirectory(prefix="tidings-transports-") as log_dir:
+        port = free_port()
+        argv = fanout.TARGETS["tidings"].argv(port)
+        server = start_server("tidings", argv, port, Path(log_dir) / "tidings.log", SERVER_CPU)
+        try:
+            await wait_healthy(server, "/health")
+            publisher = await loadgen.HttpPublisher.open(HOST, port, "/api/publish")
+            seq = 0
+            for transport in options.transports:
+                measured = await run_transport(transport, server, publisher, options, seq)
+                seq += options.warmup + options.publications
+                results[transport] = measured
+                _print_progress(transport, measured)
+                await asyncio.sleep(0.5)  # let the server finish closing the clients
+            await publisher.close()
+        finally:
+            server.stop()
+    return results
+
+
+def _print_progress(transport: str, measured: TransportFigures) -> None:
+    figures = measured.figures
+    print(
+        f"{transport:10} {figures.deliveries_per_s:8,.0f} deliveries/s"
+        f"  p50 {figures.p50_ms:8.2f} ms  p99 {figures.p99_ms:8.2f} ms"
+        f"  {figures.server_cpu_us_per_delivery:7.1f} µs/delivery"
+        f"  {measured.wire_bytes_per_delivery:7.0f} B/delivery"
+        f"  server {figures.server_cpu_pct:3.0f}%  generator {figures.generator_cpu_pct:3.0f}%"
+        f"  missing {figures.missing:,}",
+        flush=True,
+    )
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def figures_table(results: dict[str, TransportFigures]) -> str:
+    """One row per transport: the figures of its measured phase."""
+    titles = [
+        "transport",
+        "deliveries/s",
+        "latency p50 ms",
+        "latency p99 ms",
+        "server CPU µs/delivery",
+        "wire bytes/delivery",
+        "of which client→server",
+        "missing",
+    ]
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+    for transport, measured in results.items():
+        f = measured.figures
+        cells = [
+            transport,
+            f"{f.deliveries_per_s:,.0f}",
+            f"{f.p50_ms:.2f}",
+            f"{f.p99_ms:.2f}",
+            f"{f.server_cpu_us_per_delivery:.1f}",
+            f"{measured.wire_bytes_per_delivery:,.0f}",
+            f"{measured.request_bytes_per_delivery:,.0f}",
+            f"{f.missing:,} of {f.expected:,}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def conditions_table(results: dict[str, TransportFigures]) -> str:
+    """``report.CONDITIONS`` per transport (publication rate, CPU shares, other load)."""
+    nested: report.Results = {"tidings": {t: [m.figures] for t, m in results.items()}}
+    return report.table(nested, report.CONDITIONS, with_missing=False).replace(
+        "| server | phase |", "| server | transport |", 1
+    )
+
+
+def notes(results: dict[str, TransportFigures]) -> list[str]:
+    """``report.warnings`` for each transport's phase."""
+    return report.warnings({"tidings": {t: [m.figures] for t, m in results.items()}})
+
+
+def _command() -> str:
+    python = os.path.relpath(sys.executable, REPO_DIR)
+    script = os.path.relpath(Path(sys.argv[0]).resolve(), REPO_DIR)
+    return shlex.join([python, script, *sys.argv[1:]])
+
+
+def section(
+    options: Options,
+    results: dict[str, TransportFigures],
+    found: list[str],
+    environment: list[tuple[str, str]],
+) -> str:
+    """The ``# Transport comparison`` section of RESULTS.md."""
+    described = "; ".join(f"{name}: {value}" for name, value in environment)
+    noted = "\n".join(f"- {note}" for note in found) or "- none"
+    return (
+        f"{HEADING}\n\n"
+        "Written by `benchmarks/transports.py`; README.md says what each figure means. "
+        "One run; each row is one phase against the same server process.\n\n"
+        f"Command: `{_command()}` (from the repository root), on "
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}.\n\n"
+        f"Machine: {described}.\n\n"
+        f"Workload: one channel, {options.clients:,} clients per transport, "
+        f"{options.publications:,} publications at {options.rate:g}/s after "
+        f"{options.warmup:,} unmeasured ones, ~{loadgen.PAYLOAD_BYTES}-byte data; long "
+        f"polls `wait={options.long_poll_wait_s}`, short polls `wait=0` every "
+        f"{options.short_poll_interval_s:g} s per client (with `If-None-Match`). "
+        f"Server on CPU {SERVER_CPU}, generator on CPU {GENERATOR_CPU}, loopback.\n\n"
+        f"{figures_table(results)}\n\n## Conditions (transports)\n\n"
+        f"{conditions_table(results)}\n\n## Warnings (transports)\n\n{noted}\n"
+    )
+
+
+def parse_options(argv: list[str] | None = None) -> Options:
+    """Read the command line."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    add = parser.add_argument
+    add("--clients", type=int, default=200, help="clients per transport (default 200)")
+    add("--rate", type=float, default=10.0, help="publications per second (default 10)")
+    add("--duration", type=float, default=10.0, help="s of measured publishing (default 10)")
+    add("--warmup", type=float, default=2.0, help="s of unmeasured publishing first (default 2)")
+    add("--short-poll-interval", type=float, default=1.0, help="s between short polls")
+    add("--long-poll-wait", type=int, default=25, help="wait= of the long polls (default 25)")
+    add("--drain-timeout", type=float, default=10.0, help="s to wait for late deliveries")
+    add("--transports", default=",".join(TRANSPORTS), help="comma-separated subset")
+    add("--results", default=str(BENCHMARKS_DIR / "RESULTS.md"), help="'-' to skip writing")
+    args = parser.parse_args(argv)
+    transports = tuple(name.strip() for name in args.transports.split(",") if name.strip())
+    if not transports or set(transports) - set(TRANSPORTS):
+        parser.error(f"--transports takes {', '.join(TRANSPORTS)}; got {args.transports!r}")
+    if args.clients < 1 or args.rate <= 0 or args.duration <= 0 or args.short_poll_interval <= 0:
+        parser.error("--clients, --rate, --duration and --short-poll-interval must be positive")
+    if args.rate * args.short_poll_interval > HISTORY_SIZE:
+        parser.error(f"a short poll would miss publications: rate × interval > {HISTORY_SIZE}")
+    return Options(
+        clients=args.clients,
+        rate=args.rate,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        short_poll_interval_s=args.short_poll_interval,
+        long_poll_wait_s=args.long_poll_wait,
+        drain_timeout_s=args.drain_timeout,
+        transports=transports,
+        results=None if args.results == "-" else Path(args.results),
+    )
+
+
+def _run(options: Options) -> dict[str, TransportFigures]:
+    result: dict[str, TransportFigures] = uvloop.run(benchmark(options))
+    return result
+
+
+def main() -> None:
+    """Run every transport's phase, print the tables, write the section of RESULTS.md."""
+    options = parse_options()
+    os.sched_setaffinity(0, {GENERATOR_CPU})
+    raise_open_files_limit()
+    environment = report.machine()  # before the load, so the load average is the machine's
+    results = _run(options)
+    found = notes(results)
+    print(f"\n{figures_table(results)}\n\n{conditions_table(results)}\n")
+    for note in found:
+        print(f"warning: {note}")
+    if options.results is not None:
+        report.write_section(
+            options.results, HEADING, section(options, results, found, environment)
+        )
+        print(f"written: {os.path.relpath(options.results)}")
+
+
+if __name__ == "__main__":
+    main()
