@@ -4,6 +4,7 @@ module (``node``, ``auth_node``) for tests that keep to channels and users of th
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -130,3 +131,43 @@ async def goodbye_of(client: WsClient) -> tuple[Frame, int | None]:
     """The next push (a closing server's ``disconnect``) and then the close code."""
     push = await client.next_push()
     return push, await client.wait_closed()
+
+
+# -- a shared server for the HTTP transport tests (SSE, polling) ---------------------
+
+ALLOWED_ORIGIN = "https://app.example.com"
+HTTP_TIMEOUT = httpx.Timeout(10.0, read=40.0)
+
+
+def unique(namespace: str = "room") -> str:
+    """A channel no other test uses; ``namespace=""`` for the default namespace."""
+    name = uuid.uuid4().hex[:12]
+    return f"{namespace}:{name}" if namespace else name
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server, one per module, for the tests that neither stop nor reconfigure it."""
+    config = tmp_path_factory.mktemp("shared") / "tidings.toml"
+    config.write_text(CONFIG)
+    process = start_server(
+        config=config,
+        env={"TIDINGS_API_KEY": API_KEY, "TIDINGS_ALLOWED_ORIGINS": ALLOWED_ORIGIN},
+    )
+    try:
+        yield process
+    finally:
+        process.kill()
+
+
+@pytest.fixture
+async def http(shared_server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the module's shared server."""
+    async with httpx.AsyncClient(base_url=shared_server.http_url, timeout=HTTP_TIMEOUT) as client:
+        yield client
+
+
+@pytest.fixture
+def api(http: httpx.AsyncClient) -> ApiClient:
+    """The server API of the module's shared server."""
+    return ApiClient(http, API_KEY)

@@ -20,7 +20,7 @@ from typing import Any, Final
 import httpx
 import pytest
 
-from tests.e2e.conftest import API_KEY, CONFIG
+from tests.e2e.conftest import API_KEY, CONFIG, HTTP_TIMEOUT
 from tests.support.api import ApiClient
 from tests.support.server import ServerProcess, start_server
 from tests.support.sse import SseStream, sse_stream
@@ -31,7 +31,7 @@ READ_BEFORE: Final = 3  # of which the client takes this many before it leaves
 DURING: Final = 3  # published while no client holds the channel
 AFTER: Final = 3  # published once the second transport is connected
 TOTAL: Final = BEFORE + DURING + AFTER
-HTTP_TIMEOUT: Final = httpx.Timeout(10.0, read=40.0)
+
 LONG_POLL_WAIT: Final = "10"
 
 Publication = dict[str, Any]

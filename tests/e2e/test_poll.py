@@ -10,54 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import API_KEY, CONFIG
+from tests.e2e.conftest import (
+    ALLOWED_ORIGIN,
+    API_KEY,
+    HTTP_TIMEOUT,
+    unique,
+)
 from tests.support.api import ApiClient
-from tests.support.server import ServerProcess, start_server
+from tests.support.server import ServerProcess
 
-ALLOWED_ORIGIN: Final = "https://app.example.com"
-HTTP_TIMEOUT: Final = httpx.Timeout(10.0, read=40.0)
 # Bounds on awaiting a long poll that the test expects to be answered: a failure
 # shows up as a timeout well before the poll's own ``wait`` would end it.
 ANSWER_BOUND_S: Final = 10.0
 LONG_POLLERS: Final = 200
-
-
-def unique(namespace: str = "room") -> str:
-    """A channel no other test uses."""
-    return f"{namespace}:{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture(scope="module")
-def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A server for the tests that do not stop it."""
-    config = tmp_path_factory.mktemp("poll") / "tidings.toml"
-    config.write_text(CONFIG)
-    process = start_server(
-        config=config,
-        env={"TIDINGS_API_KEY": API_KEY, "TIDINGS_ALLOWED_ORIGINS": ALLOWED_ORIGIN},
-    )
-    try:
-        yield process
-    finally:
-        process.kill()
-
-
-@pytest.fixture
-async def http(shared_server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=shared_server.http_url, timeout=HTTP_TIMEOUT) as client:
-        yield client
-
-
-@pytest.fixture
-def api(http: httpx.AsyncClient) -> ApiClient:
-    return ApiClient(http, API_KEY)
 
 
 Params = Mapping[str, str | Sequence[str]]

@@ -17,7 +17,6 @@ import secrets
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,7 +24,14 @@ import httpx
 import jwt
 import pytest
 
-from tests.e2e.conftest import API_KEY, CONFIG, JWT_SECRET
+from tests.e2e.conftest import (
+    ALLOWED_ORIGIN,
+    API_KEY,
+    CONFIG,
+    HTTP_TIMEOUT,
+    JWT_SECRET,
+    unique,
+)
 from tests.support.api import ApiClient
 from tests.support.server import ServerProcess, start_server
 from tests.support.sse import SseComment, SseEvent, SseParser, SseStream, sse_stream
@@ -35,45 +41,11 @@ from tidings.core.cursor import MAX_CURSOR_LENGTH, encode_cursor
 from tidings.core.publication import Position
 from tidings.errors import BadRequest
 
-ALLOWED_ORIGIN: Final = "https://app.example.com"
 CURSOR_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,4096}")
 EPOCH_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
-HTTP_TIMEOUT: Final = httpx.Timeout(10.0, read=40.0)
 # PROTOCOL.md §4: a ping after 15 s of silence. The heartbeat test waits for it with
 # this bound; it is the one slow test here (select the rest with -k "not slow").
 PING_BOUND_S: Final = 20.0
-
-
-def unique(namespace: str = "room") -> str:
-    """A channel no other test uses; ``namespace=""`` for the default namespace."""
-    name = uuid.uuid4().hex[:12]
-    return f"{namespace}:{name}" if namespace else name
-
-
-@pytest.fixture(scope="module")
-def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A server for the tests that neither stop nor reconfigure it."""
-    config = tmp_path_factory.mktemp("sse") / "tidings.toml"
-    config.write_text(CONFIG)
-    process = start_server(
-        config=config,
-        env={"TIDINGS_API_KEY": API_KEY, "TIDINGS_ALLOWED_ORIGINS": ALLOWED_ORIGIN},
-    )
-    try:
-        yield process
-    finally:
-        process.kill()
-
-
-@pytest.fixture
-async def http(shared_server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=shared_server.http_url, timeout=HTTP_TIMEOUT) as client:
-        yield client
-
-
-@pytest.fixture
-def api(http: httpx.AsyncClient) -> ApiClient:
-    return ApiClient(http, API_KEY)
 
 
 async def subscribed_event(stream: SseStream) -> dict[str, Any]:
