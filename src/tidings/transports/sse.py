@@ -1,8 +1,9 @@
 """The Server-Sent Events transport ``GET /sse`` (PROTOCOL.md §4), as an ASGI endpoint.
 
-I/O: one streaming HTTP response per client. The handler task runs the writer of
-``StreamConnection`` (events coalesce into one body chunk per wake-up); a second task
-waits for the client to go away. Every publication is one ``event: pub`` with one
+I/O: one streaming HTTP response per client. Under a plain ASGI server the handler
+task drains the connection's queue through ``send`` (events coalesce into one body
+chunk per wake-up); under tidings' native server each event is written to the socket
+at once (``outbound.py``). A second task waits for the client to go away. Every publication is one ``event: pub`` with one
 ``data:`` line (publication JSON never holds a raw CR or LF: see
 ``commands.single_line_json``) and an ``id:`` that is the cursor of *all* the stream's
 channels after it, so a browser's automatic ``Last-Event-ID`` resumes every channel.
@@ -44,6 +45,7 @@ from tidings.transports.http import (
     preflight_response,
     request_error_response,
 )
+from tidings.transports.outbound import Outbound, QueuedOutbound, direct_outbound
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +62,11 @@ class SseSession(StreamConnection):
 
     __slots__ = ("_held", "_live", "_send", "positions")
 
-    def __init__(self, context: TransportContext, send: Send) -> None:
-        super().__init__(context)
+    def __init__(self, context: TransportContext, scope: Scope, send: Send) -> None:
+        out: Outbound | None = direct_outbound(scope)
+        if out is None:
+            out = QueuedOutbound(self._write, self._end)
+        super().__init__(context, out)
         self._send = send
         self.positions: dict[ChannelName, Position] = {}
         self._live = False
@@ -149,7 +154,7 @@ class SseSession(StreamConnection):
         """Stream until the client leaves or the server ends the stream."""
         watcher = asyncio.create_task(self._watch_disconnect(receive))
         try:
-            await self._write_loop()
+            await self._out.run()
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -158,10 +163,9 @@ class SseSession(StreamConnection):
     async def _watch_disconnect(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        # The client is gone: end the writer without a goodbye nobody would read.
+        # The client is gone: end without a goodbye nobody would read.
         self._closing = (0, "client left")
-        self._outbox.clear()
-        self._wakeup.set()
+        self._out.end_silently()
 
 
 def _start(result: SubscribeResult) -> Position:
@@ -194,7 +198,7 @@ class SseTransport:
             await response(scope, receive, send)
             return
         cors = cors_headers(origin, context.allowed_origins)
-        session = SseSession(context, send)
+        session = SseSession(context, scope, send)
         try:
             channels, since = _parse_request(scope, headers)
             session.credentials = context.authenticator.authenticate(_token(scope, headers))

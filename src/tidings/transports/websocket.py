@@ -1,9 +1,10 @@
 """The WebSocket transport ``/ws`` (PROTOCOL.md §3), as an ASGI endpoint.
 
-I/O: reads frames from the ASGI ``receive`` callable, writes through ``send``. One
-connection runs two loops: the ASGI handler reads and answers commands in order, and
-the writer of ``StreamConnection`` drains the outbound queue, one frame per reply or
-push (slow consumers: see ``connection.py``).
+I/O: reads frames from the ASGI ``receive`` callable. Replies and pushes go to the
+connection's ``Outbound``: under a plain ASGI server a queue that a second task drains
+through ``send``, one frame per reply or push; under tidings' native server each is
+framed and written to the socket at once (``outbound.py``; slow consumers: see
+``connection.py``). The ASGI handler reads and answers commands in order.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from tidings.transports.close_codes import (
 from tidings.transports.connection import StreamConnection
 from tidings.transports.context import TransportContext
 from tidings.transports.http import bearer_token
+from tidings.transports.outbound import Outbound, QueuedOutbound, direct_outbound
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +56,16 @@ LARGE_REPLY_CHARS: Final = 64 * 1024
 class WebSocketSession(StreamConnection):
     """One WebSocket client: commands in, replies and pushes out."""
 
-    __slots__ = ("_rate", "_send", "connected")
+    __slots__ = ("_queued", "_rate", "_send", "connected")
 
-    def __init__(self, context: TransportContext, send: Send) -> None:
-        super().__init__(context)
+    def __init__(self, context: TransportContext, scope: Scope, send: Send) -> None:
+        # The native server writes frames itself; under any other ASGI server a writer
+        # task drains a queue through ``send``.
+        out: Outbound | None = direct_outbound(scope)
+        self._queued: QueuedOutbound | None = None
+        if out is None:
+            out = self._queued = QueuedOutbound(self._write, self._end)
+        super().__init__(context, out)
         self._send = send
         self.connected = False  # authenticated, by handshake token or connect command
         limits = context.limits
@@ -119,7 +127,8 @@ class WebSocketSession(StreamConnection):
             await self._send({"type": "websocket.close", "code": CLOSE_FORBIDDEN})
             return
         await self._send({"type": "websocket.accept"})
-        self._start_writer()
+        if self._queued is not None:
+            self._queued.start()
         registered = False
         try:
             if context.draining:
@@ -142,7 +151,7 @@ class WebSocketSession(StreamConnection):
             if registered:
                 context.sessions.remove(self)
             await self._leave_all()
-            await self._stop_writer()
+            await self._stop_outbound()
 
     def _authenticate(self, token: str | None) -> None:
         self.credentials = self._context.authenticator.authenticate(token)
@@ -330,4 +339,4 @@ class WebSocketTransport:
         self._context = context
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await WebSocketSession(self._context, send).run(scope, receive)
+        await WebSocketSession(self._context, scope, send).run(scope, receive)
