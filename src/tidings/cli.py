@@ -61,6 +61,13 @@ def main() -> None:
     help="Processes sharing the port (SO_REUSEPORT); more than 1 needs a shared broker.",
 )
 @click.option(
+    "--server-backend",
+    type=click.Choice(["native", "uvicorn"]),
+    default=None,
+    help="The HTTP server: native (default; writes pre-framed bytes straight to each "
+    "socket) or uvicorn (the plain ASGI path).",
+)
+@click.option(
     "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
 )
 @click.option(
@@ -80,13 +87,20 @@ def serve(
     log_level: str,
     workers: int,
     demo: bool,
+    server_backend: str | None,
 ) -> None:
     """Run a tidings node (memory broker by default, sqlite with --data, or --broker URL)."""
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        arguments = {"host": host, "port": port, "data": data, "broker": broker}
+        arguments = {
+            "host": host,
+            "port": port,
+            "data": data,
+            "broker": broker,
+            "server_backend": server_backend,
+        }
         settings = load_settings(config_file, os.environ, {**arguments, "demo": demo or None})
         if workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {workers}")

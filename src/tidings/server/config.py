@@ -27,6 +27,8 @@ DEFAULT_NAMESPACE_KEY: Final = "default"
 
 TransportName = Literal["ws", "sse", "poll"]
 TRANSPORTS: Final[tuple[TransportName, ...]] = ("ws", "sse", "poll")
+ServerBackend = Literal["native", "uvicorn"]
+SERVER_BACKENDS: Final[tuple[ServerBackend, ...]] = ("native", "uvicorn")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,7 @@ class Settings:
     shutdown_timeout_s: float = 5.0
     transports: tuple[TransportName, ...] = TRANSPORTS
     demo: bool = False
+    server_backend: ServerBackend = "native"
     namespaces: Mapping[NamespaceName, NamespaceOptions] = field(default_factory=default_namespaces)
 
     def namespace_table(self) -> Namespaces:
@@ -127,6 +130,13 @@ def _as_transports(name: str, value: object) -> tuple[TransportName, ...]:
     return tuple(transport for transport in TRANSPORTS if transport in value)
 
 
+def _as_server_backend(name: str, value: object) -> ServerBackend:
+    for backend in SERVER_BACKENDS:
+        if value == backend:
+            return backend
+    raise ConfigError(f"{name} must be one of {list(SERVER_BACKENDS)}, got {value!r}")
+
+
 _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "host": _as_str,
     "port": _as_int,
@@ -145,6 +155,7 @@ _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "shutdown_timeout": parse_duration_s,
     "transports": _as_transports,
     "demo": _as_bool,
+    "server_backend": _as_server_backend,
 }
 # Settings fields whose configuration name drops the unit suffix.
 _FIELD_OF: Final = {

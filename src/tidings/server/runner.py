@@ -1,4 +1,5 @@
-"""Running nodes under uvicorn: one process, or several sharing a port (SO_REUSEPORT).
+"""Running nodes on the native server (the default) or uvicorn: one process, or several
+sharing a port (SO_REUSEPORT).
 
 Process and socket I/O. On SIGTERM/SIGINT a node first drains its clients (each gets a
 ``disconnect`` with reconnect advice and a 1001 close), then uvicorn closes sockets.
@@ -25,6 +26,7 @@ import uvicorn
 from tidings.errors import ConfigError
 from tidings.server.app import FRAME_OVERHEAD_BYTES, TidingsApp
 from tidings.server.config import Settings
+from tidings.server.native.server import run_native
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +87,11 @@ def _uvicorn_config(app: TidingsApp, settings: Settings, log_level: str) -> uvic
 
 
 def run_node(settings: Settings, log_level: str, listener: socket.socket | None = None) -> None:
-    """Serve one node in this process until SIGTERM/SIGINT."""
+    """Serve one node in this process until SIGTERM/SIGINT, on the configured backend."""
     app = TidingsApp(settings)
+    if settings.server_backend == "native":
+        run_native(app, listener)
+        return
     server = _DrainingServer(_uvicorn_config(app, settings, log_level), app)
     server.run(sockets=None if listener is None else [listener])
 

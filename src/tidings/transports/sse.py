@@ -3,10 +3,11 @@
 I/O: one streaming HTTP response per client. Under a plain ASGI server the handler
 task drains the connection's queue through ``send`` (events coalesce into one body
 chunk per wake-up); under tidings' native server each event is written to the socket
-at once (``outbound.py``). A second task waits for the client to go away. Every publication is one ``event: pub`` with one
-``data:`` line (publication JSON never holds a raw CR or LF: see
-``commands.single_line_json``) and an ``id:`` that is the cursor of *all* the stream's
-channels after it, so a browser's automatic ``Last-Event-ID`` resumes every channel.
+at once (``outbound.py``). A second task waits for the client to go away. Every
+publication is one ``event: pub`` with one ``data:`` line (publication JSON never
+holds a raw CR or LF: see ``commands.single_line_json``) and an ``id:`` that is the
+cursor of *all* the stream's channels after it, so a browser's automatic
+``Last-Event-ID`` resumes every channel.
 
 Start-up order matters: the ``subscribed`` event's ``id`` is the cursor of the
 positions the stream starts *from* (before any replayed publication), so a client

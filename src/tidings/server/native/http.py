@@ -1,0 +1,608 @@
+"""One client TCP connection of the native server: HTTP/1.1 in, the ASGI app, bytes out.
+
+I/O: an ``asyncio.Protocol`` on the event loop's transport, requests parsed by
+``httptools``. Each complete request runs the ASGI application in one task; pipelined
+requests wait their turn, so responses leave in request order. Response bodies with a
+known length are written as they are; streams (SSE) use chunked encoding. An upgrade
+to WebSocket hands the connection to ``websocket.NativeWebSocket``.
+
+What makes this server worth having beside uvicorn is ``StreamOutbound``: offered to
+the app through the ``tidings.direct_outbound`` scope extension, it writes each SSE
+event straight to the socket as a pre-framed chunk, and the chunk of a publication
+shared by many streams is built once (``SharedFrames``).
+
+Theory of operation
+-------------------
+States of a connection: reading requests (``_cycle`` is ``None`` or a task serving the
+oldest request), upgraded (``_websocket`` set: every byte goes to it), or closed. A
+request's response is complete when the app sent its last body (or a stream outbound
+ended it); then the next pipelined request is served, or the keep-alive timer starts.
+A connection whose response did not complete cleanly is closed, never reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import httptools
+
+from tidings.transports.outbound import DIRECT_OUTBOUND, Outbound
+
+if TYPE_CHECKING:
+    from tidings.server.native.server import NativeServer
+    from tidings.server.native.websocket import NativeWebSocket
+
+logger = logging.getLogger(__name__)
+
+KEEP_ALIVE_TIMEOUT_S: Final = 5.0
+MAX_BODY_BYTES: Final = 8 * 1024 * 1024
+MAX_HEAD_BYTES: Final = 64 * 1024
+# Pipelined requests read ahead of the one being served before reading pauses.
+MAX_PIPELINED: Final = 16
+
+_CHUNKED_END: Final = b"0\r\n\r\n"
+
+
+@dataclass(slots=True)
+class Request:
+    """A parsed request head and its whole body."""
+
+    method: str
+    http_version: str
+    raw_path: bytes
+    query_string: bytes
+    headers: list[tuple[bytes, bytes]]
+    keep_alive: bool
+    body: bytes = b""
+
+    def header(self, name: bytes) -> bytes | None:
+        """Return the first value of header ``name`` (lower case), if present."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def path(self) -> str:
+        """The percent-decoded path."""
+        path = self.raw_path.decode("ascii", errors="replace")
+        return urllib.parse.unquote(path) if "%" in path else path
+
+
+class SharedFrames:
+    """The framed bytes of the last text framed: a publication fans out as one string
+    object to every subscriber, so its frame is built once and then found by identity."""
+
+    __slots__ = ("_frame", "_make", "_text")
+
+    def __init__(self, make: Callable[[bytes], bytes]) -> None:
+        self._make = make
+        self._text: str | None = None
+        self._frame = b""
+
+    def of(self, text: str) -> bytes:
+        """Return the framed bytes of ``text``."""
+        if text is not self._text:
+            self._frame = self._make(text.encode())
+            self._text = text
+        return self._frame
+
+
+def chunk(data: bytes) -> bytes:
+    """Return ``data`` as one chunk of a chunked HTTP/1.1 body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+_stream_chunks: Final = SharedFrames(chunk)
+
+
+class _Clock:
+    """The ``Date`` header, formatted at most once a second."""
+
+    __slots__ = ("_header", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._header = b""
+
+    def date_header(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._header = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self._header
+
+
+_clock: Final = _Clock()
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection; see the module docstring."""
+
+    def __init__(self, server: NativeServer) -> None:
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._client: tuple[str, int] | None = None
+        self._local: tuple[str, int] | None = None
+        # The request being parsed.
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._body: list[bytes] = []
+        self._body_bytes = 0
+        self._request: Request | None = None
+        self._upgrade: Request | None = None
+        # Requests parsed, waiting to be served (the first is being served).
+        self._requests: deque[Request] = deque()
+        self._cycle: asyncio.Task[None] | None = None
+        self._response: ResponseWriter | None = None
+        self._keep_alive_timer: asyncio.TimerHandle | None = None
+        self._write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._websocket: NativeWebSocket | None = None
+        self.closed = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio.Transport, only alike.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        self._client = (str(peer[0]), int(peer[1])) if peer else None
+        self._local = (str(local[0]), int(local[1])) if local else None
+        self._server.connection_opened(self)
+        self._arm_keep_alive()
+
+    def data_received(self, data: bytes) -> None:
+        if self._websocket is not None:
+            self._websocket.receive_data(data)
+            return
+        self._cancel_keep_alive()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._start_upgrade(data[upgrade.args[0] :])
+        except httptools.HttpParserError as exc:
+            self._refuse(HTTPStatus.BAD_REQUEST, f"malformed HTTP request: {exc}")
+        except _RefusedRequest as refused:
+            self._refuse(refused.status, refused.message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._server.connection_closed(self)
+        self._cancel_keep_alive()
+        if self._websocket is not None:
+            self._websocket.connection_lost()
+        if self._response is not None:
+            self._response.connection_lost()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    async def drain(self) -> None:
+        """Return once the transport takes writes again (or the connection is gone)."""
+        if not self._write_paused or self.closed:
+            return
+        if self._drained is None or self._drained.done():
+            self._drained = self._loop.create_future()
+        await self._drained
+
+    # -- httptools callbacks -----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+        self._body = []
+        self._body_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+        self._count_head(len(name) + len(value))
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _RefusedRequest(
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                f"request head over {MAX_HEAD_BYTES:,} bytes",
+            )
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        url = httptools.parse_url(self._url)
+        version = parser.get_http_version()
+        request = Request(
+            method=parser.get_method().decode("ascii"),
+            http_version=version,
+            raw_path=url.path,
+            query_string=url.query or b"",
+            headers=self._headers,
+            keep_alive=version != "1.0" and parser.should_keep_alive(),
+        )
+        self._request = request
+        if request.header(b"expect") == b"100-continue" and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > MAX_BODY_BYTES:
+            raise _RefusedRequest(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_BODY_BYTES:,} bytes"
+            )
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        request = self._request
+        assert request is not None, "httptools completes only a begun message"
+        self._request = None
+        request.body = b"".join(self._body)
+        self._body = []
+        if self._parser.should_upgrade():
+            self._upgrade = request
+            return
+        self._requests.append(request)
+        if len(self._requests) > MAX_PIPELINED and self.transport is not None:
+            self.transport.pause_reading()
+        if self._cycle is None:
+            self._serve_next()
+
+    # -- serving requests --------------------------------------------------------------
+
+    def _serve_next(self) -> None:
+        if self.closed or not self._requests:
+            self._cycle = None
+            self._arm_keep_alive()
+            return
+        request = self._requests[0]
+        self._cycle = self._loop.create_task(self._serve(request))
+
+    async def _serve(self, request: Request) -> None:
+        assert self.transport is not None
+        response = self._response = ResponseWriter(self, request)
+        try:
+            await self._server.app(self._http_scope(request), response.receive, response.send)
+        except Exception:
+            logger.exception("the application failed on %s %s", request.method, request.path)
+            if not response.started:
+                response.write_error(HTTPStatus.INTERNAL_SERVER_ERROR)
+        finally:
+            self._response = None
+        if not response.complete or not request.keep_alive or self._server.stopping:
+            self.close()
+            return
+        self._requests.popleft()
+        if len(self._requests) <= MAX_PIPELINED:
+            self.transport.resume_reading()
+        self._serve_next()
+
+    def _http_scope(self, request: Request) -> dict[str, Any]:
+        response = self._response
+        assert response is not None
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": request.http_version,
+            "server": self._local,
+            "client": self._client,
+            "scheme": "http",
+            "method": request.method,
+            "root_path": "",
+            "path": request.path,
+            "raw_path": request.raw_path,
+            "query_string": request.query_string,
+            "headers": request.headers,
+            "state": dict(self._server.state),
+            "extensions": {DIRECT_OUTBOUND: response.stream_outbound},
+        }
+
+    def websocket_scope(self, request: Request, factory: Callable[[], Outbound]) -> dict[str, Any]:
+        """The ASGI scope of an upgraded request, offering ``factory`` as direct outbound."""
+        subprotocols = request.header(b"sec-websocket-protocol") or b""
+        return {
+            "type": "websocket",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": request.http_version,
+            "server": self._local,
+            "client": self._client,
+            "scheme": "ws",
+            "root_path": "",
+            "path": request.path,
+            "raw_path": request.raw_path,
+            "query_string": request.query_string,
+            "headers": request.headers,
+            "subprotocols": [
+                part.strip() for part in subprotocols.decode("latin-1").split(",") if part.strip()
+            ],
+            "state": dict(self._server.state),
+            "extensions": {DIRECT_OUTBOUND: factory},
+        }
+
+    def _start_upgrade(self, rest: bytes) -> None:
+        request = self._upgrade
+        self._upgrade = None
+        upgrade = (request.header(b"upgrade") or b"").lower() if request is not None else b""
+        if request is None or upgrade != b"websocket" or self._cycle is not None:
+            self._refuse(HTTPStatus.BAD_REQUEST, "only an upgrade to websocket is served")
+            return
+        from tidings.server.native.websocket import NativeWebSocket  # noqa: PLC0415 (a cycle)
+
+        self._websocket = NativeWebSocket(self, request, self._server)
+        self._websocket.start(rest)
+
+    def _refuse(self, status: HTTPStatus, message: str) -> None:
+        """Answer a request that cannot be served and close the connection."""
+        if self.transport is None or self.closed:
+            return
+        body = message.encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %b\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n%b\r\n%b"
+            % (status.value, status.phrase.encode(), len(body), _clock.date_header(), body)
+        )
+        self.close()
+
+    # -- keep-alive and closing ----------------------------------------------------------
+
+    def _arm_keep_alive(self) -> None:
+        if self.closed or self._websocket is not None:
+            return
+        if self._server.stopping:
+            self.close()
+            return
+        self._cancel_keep_alive()
+        self._keep_alive_timer = self._loop.call_later(KEEP_ALIVE_TIMEOUT_S, self.close)
+
+    def _cancel_keep_alive(self) -> None:
+        if self._keep_alive_timer is not None:
+            self._keep_alive_timer.cancel()
+            self._keep_alive_timer = None
+
+    @property
+    def is_idle(self) -> bool:
+        """Whether no request is in flight and the connection is plain HTTP."""
+        return self._cycle is None and self._websocket is None
+
+    def close(self) -> None:
+        """Close after what is written has been sent."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping what is not yet sent."""
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _RefusedRequest(Exception):
+    """Raised from a parser callback: the request is refused with ``status``."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ResponseWriter:
+    """The ASGI ``receive`` and ``send`` of one request, and its stream outbound."""
+
+    __slots__ = (
+        "_chunked",
+        "_conn",
+        "_disconnected",
+        "_head",
+        "_request",
+        "_request_sent",
+        "_stream",
+        "complete",
+        "started",
+    )
+
+    def __init__(self, conn: HttpConnection, request: Request) -> None:
+        self._conn = conn
+        self._request = request
+        self._request_sent = False
+        self._disconnected: asyncio.Future[None] | None = None
+        self._head: tuple[int, list[tuple[bytes, bytes]]] | None = None
+        self._chunked = False
+        self._stream: StreamOutbound | None = None
+        self.started = False  # http.response.start received
+        self.complete = False
+
+    # -- receive -------------------------------------------------------------------------
+
+    async def receive(self) -> dict[str, Any]:
+        """ASGI ``receive``: the body, then ``http.disconnect`` once the response is done
+        or the client left."""
+        if not self._request_sent:
+            self._request_sent = True
+            return {"type": "http.request", "body": self._request.body, "more_body": False}
+        if not self._conn.closed and not self.complete:
+            if self._disconnected is None:
+                self._disconnected = self._conn._loop.create_future()
+            await self._disconnected
+        return {"type": "http.disconnect"}
+
+    def connection_lost(self) -> None:
+        """The client is gone: a waiting ``receive`` returns ``http.disconnect``."""
+        if self._disconnected is not None and not self._disconnected.done():
+            self._disconnected.set_result(None)
+        if self._stream is not None:
+            self._stream.end_silently()
+
+    # -- send ----------------------------------------------------------------------------
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        """ASGI ``send``: ``http.response.start`` then ``http.response.body`` messages."""
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("http.response.start sent twice")
+            self.started = True
+            self._head = (int(message["status"]), list(message.get("headers", [])))
+            return
+        if kind != "http.response.body":
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+        if not self.started or self.complete:
+            raise RuntimeError("http.response.body outside a response")
+        if self._conn.closed:
+            raise ConnectionResetError("the client closed the connection")
+        body: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        self.write_body(body, more=more)
+        await self._conn.drain()
+
+    def write_body(self, body: bytes, *, more: bool) -> None:
+        """Write a body part, with the head first if it is still held."""
+        transport = self._conn.transport
+        assert transport is not None
+        head = b""
+        if self._head is not None:
+            head = self._head_bytes(len(body), more)
+        if self._request.method == "HEAD":
+            body = b""
+        elif self._chunked:
+            body = (chunk(body) if body else b"") + (b"" if more else _CHUNKED_END)
+        transport.write(head + body if head else body)
+        if not more:
+            self._finish()
+
+    def _head_bytes(self, first_body: int, more: bool) -> bytes:
+        assert self._head is not None
+        status, headers = self._head
+        self._head = None
+        has_length = any(name.lower() == b"content-length" for name, _ in headers)
+        lines = [b"HTTP/1.1 %d %b\r\n" % (status, _reason(status))]
+        for name, value in headers:
+            lines.append(b"%b: %b\r\n" % (name, value))
+        if not has_length and status >= 200 and status not in (204, 304):
+            if more:
+                if self._request.http_version == "1.1":
+                    self._chunked = True
+                    lines.append(b"transfer-encoding: chunked\r\n")
+                else:
+                    self._request.keep_alive = False  # HTTP/1.0: the close ends the body
+            else:
+                lines.append(b"content-length: %d\r\n" % first_body)
+        if not self._request.keep_alive or self._conn._server.stopping:
+            lines.append(b"connection: close\r\n")
+        lines.append(_clock.date_header())
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def _finish(self) -> None:
+        self.complete = True
+        if self._disconnected is not None and not self._disconnected.done():
+            self._disconnected.set_result(None)
+
+    def write_error(self, status: HTTPStatus) -> None:
+        """Answer with ``status`` and a short text body (the app failed before answering)."""
+        body = status.phrase.encode()
+        self._head = (status.value, [(b"content-type", b"text/plain; charset=utf-8")])
+        self.started = True
+        self._request.keep_alive = False
+        self.write_body(body, more=False)
+
+    # -- the direct outbound -----------------------------------------------------------------
+
+    def stream_outbound(self) -> Outbound:
+        """Return the outbound of this response's stream (offered as a scope extension)."""
+        if self._stream is None:
+            self._stream = StreamOutbound(self)
+        return self._stream
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+class StreamOutbound:
+    """An SSE stream's outbound: each chunk written to the socket at once (chunked HTTP).
+
+    The stream's response head must have been sent with ``http.response.start`` before
+    the first ``put``; it leaves with the first chunk.
+    """
+
+    __slots__ = ("_ended", "_response")
+
+    def __init__(self, response: ResponseWriter) -> None:
+        self._response = response
+        self._ended: asyncio.Future[None] | None = None
+
+    @property
+    def pending_bytes(self) -> int:
+        transport = self._response._conn.transport
+        return 0 if transport is None else transport.get_write_buffer_size()
+
+    def put(self, chunk_text: str) -> None:
+        response = self._response
+        if response.complete or response._conn.closed:
+            return
+        if response._head is not None:
+            response.write_body(b"", more=True)  # the head, choosing chunked encoding
+        transport = response._conn.transport
+        assert transport is not None
+        if response._chunked:
+            transport.write(_stream_chunks.of(chunk_text))
+        else:
+            transport.write(chunk_text.encode())
+
+    def discard_pending(self) -> None:
+        """Written bytes are the kernel's and the transport's now: nothing to drop."""
+
+    def finish(self, goodbye: str, code: int, reason: str) -> None:
+        response = self._response
+        self.put(goodbye)
+        if not response.complete and not response._conn.closed:
+            response._request.keep_alive = False
+            response.write_body(b"", more=False)
+        self.end_silently()
+
+    def end_silently(self) -> None:
+        if self._ended is None:
+            self._ended = self._response._conn._loop.create_future()
+        if not self._ended.done():
+            self._ended.set_result(None)
+
+    async def wait_sent(self) -> None:
+        await self._response._conn.drain()
+
+    async def run(self) -> None:
+        if self._ended is None:
+            self._ended = self._response._conn._loop.create_future()
+        if self._response._conn.closed:
+            return
+        await self._ended
+
+    async def stop(self, *, client_left: bool) -> None:
+        """Nothing to flush here: the transport sends what it holds, then closes."""

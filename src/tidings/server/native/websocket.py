@@ -1,0 +1,385 @@
+"""The WebSocket side of an upgraded native connection: frames in, ASGI events, frames out.
+
+I/O: writes to the connection's transport. ``NativeWebSocket`` answers the opening
+handshake (RFC 6455 §4.2) when the app accepts, turns the client's frames into ASGI
+``websocket.receive`` events for the app's one handler task, answers pings, and runs
+the closing handshake. It is also the connection's direct ``Outbound``: a reply or push
+becomes one text frame written to the socket at once, and the frame of a publication
+shared by many connections is built once (``SharedFrames``) — no writer task, no
+queue, no future per delivery.
+
+Theory of operation
+-------------------
+States: ``CONNECTING`` (handshake read, app not yet answered), ``OPEN``, ``CLOSING``
+(our close frame sent, waiting for the client's, bounded by ``CLOSE_TIMEOUT_S``),
+``CLOSED``. The app learns of the end through ``websocket.disconnect`` from
+``receive``, always exactly once, after every message the client sent before it.
+Reading pauses while the app has ``MAX_INBOX`` messages unread, so a flooding client
+is held back by TCP instead of by our memory. Liveness: the server's ping timer sends
+a ping frame to every open connection each interval; one that sent nothing back by
+the next tick is dropped (``check_alive``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import enum
+import hashlib
+import logging
+from collections import deque
+from collections.abc import MutableMapping
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Final
+
+from tidings.server.native.frames import (
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    Control,
+    FrameError,
+    FrameParser,
+    Message,
+    close_frame,
+    frame,
+    parse_close,
+    text_frame,
+)
+from tidings.server.native.http import HttpConnection, Request, SharedFrames
+
+if TYPE_CHECKING:
+    from tidings.server.native.server import NativeServer
+
+logger = logging.getLogger(__name__)
+
+_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+CLOSE_TIMEOUT_S: Final = 5.0
+MAX_INBOX: Final = 32
+CLOSE_ABNORMAL: Final = 1006
+# A send is held (``wait_sent``) while the transport has more than this unsent.
+_HIGH_WATER_BYTES: Final = 256 * 1024
+
+_text_frames: Final = SharedFrames(lambda data: frame(0x1, data))
+
+
+class State(enum.Enum):
+    """Where the connection is in its life."""
+
+    CONNECTING = 0
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+def accept_key(key: bytes) -> bytes:
+    """Return ``Sec-WebSocket-Accept`` for a client's ``Sec-WebSocket-Key``."""
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
+
+
+def handshake_problem(request: Request) -> str | None:
+    """Return why ``request`` is not a valid opening handshake, or ``None`` if it is."""
+    if request.method != "GET":
+        return "a WebSocket handshake is a GET"
+    connection = (request.header(b"connection") or b"").lower()
+    if b"upgrade" not in [part.strip() for part in connection.split(b",")]:
+        return "Connection must include upgrade"
+    if request.header(b"sec-websocket-version") != b"13":
+        return "Sec-WebSocket-Version must be 13"
+    key = request.header(b"sec-websocket-key") or b""
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            return "Sec-WebSocket-Key must be 16 bytes, base64"
+    except ValueError:
+        return "Sec-WebSocket-Key must be 16 bytes, base64"
+    return None
+
+
+class NativeWebSocket:
+    """One upgraded connection; see the module docstring."""
+
+    __slots__ = (
+        "_close_code",
+        "_close_timer",
+        "_closed",
+        "_conn",
+        "_disconnect_sent",
+        "_handler",
+        "_inbox",
+        "_parser",
+        "_paused",
+        "_request",
+        "_server",
+        "_waiter",
+        "alive",
+        "state",
+    )
+
+    def __init__(self, conn: HttpConnection, request: Request, server: NativeServer) -> None:
+        self._conn = conn
+        self._request: Request | None = request
+        self._server = server
+        self._parser = FrameParser(server.max_message_bytes)
+        self._inbox: deque[dict[str, Any]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._close_code = CLOSE_ABNORMAL
+        self._disconnect_sent = False
+        self._paused = False
+        self._handler: asyncio.Task[None] | None = None
+        self.state = State.CONNECTING
+        self.alive = True  # heard from since the last ping
+
+    # -- from the HTTP connection ------------------------------------------------------
+
+    def start(self, rest: bytes) -> None:
+        """Run the app on the handshake, then parse ``rest`` (bytes after the head)."""
+        request = self._request
+        assert request is not None
+        problem = handshake_problem(request)
+        if problem is not None:
+            self._refuse(HTTPStatus.BAD_REQUEST, problem)
+            return
+        self._inbox.append({"type": "websocket.connect"})
+        scope = self._conn.websocket_scope(request, self._outbound)
+        self._handler = asyncio.get_running_loop().create_task(self._run_app(scope))
+        if rest:
+            self.receive_data(rest)
+
+    async def _run_app(self, scope: dict[str, Any]) -> None:
+        try:
+            await self._server.app(scope, self.receive, self.send)
+        except Exception:
+            logger.exception("the application failed on a WebSocket connection")
+            if self.state is State.CONNECTING:
+                self._refuse(HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error")
+            else:
+                self._start_close(1011, "internal error")
+        finally:
+            self._handler = None
+        if self.state is State.CONNECTING:
+            self._refuse(HTTPStatus.FORBIDDEN, "the application refused the connection")
+        elif self.state is State.OPEN:
+            self._start_close(1000, "")
+
+    def receive_data(self, data: bytes) -> None:
+        """Parse the client's bytes and act on each frame."""
+        if self.state is State.CLOSED:
+            return
+        self.alive = True
+        parser = self._parser
+        try:
+            parser.receive_data(data)
+        except FrameError as error:
+            self._act_on(parser.events())
+            self._fail(error.code, error.reason)
+            return
+        self._act_on(parser.events())
+
+    def connection_lost(self) -> None:
+        """The TCP connection ended."""
+        self.state = State.CLOSED
+        self._server.websockets.discard(self)
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self._tell_disconnect()
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+
+    def check_alive(self) -> bool:
+        """Send a ping if the client answered the last one; return whether it did."""
+        if self.state is not State.OPEN:
+            return True
+        if not self.alive:
+            logger.debug("WebSocket client did not answer a ping; dropping it")
+            self._conn.abort()
+            return False
+        self.alive = False
+        self._write(frame(OP_PING, b""))
+        return True
+
+    # -- frames ----------------------------------------------------------------------------
+
+    def _act_on(self, events: list[Message | Control]) -> None:
+        for event in events:
+            if isinstance(event, Message):
+                if self.state is State.OPEN:
+                    self._deliver(event)
+                continue
+            if event.opcode == OP_PING:
+                if self.state is State.OPEN:
+                    self._write(frame(OP_PONG, event.payload))
+            elif event.opcode == OP_CLOSE:
+                self._receive_close(event.payload)
+                return
+
+    def _deliver(self, message: Message) -> None:
+        if message.text is not None:
+            self._inbox.append({"type": "websocket.receive", "text": message.text})
+        else:
+            self._inbox.append({"type": "websocket.receive", "bytes": message.data})
+        self._wake()
+        if len(self._inbox) >= MAX_INBOX and not self._paused and self._conn.transport:
+            self._paused = True
+            self._conn.transport.pause_reading()
+
+    def _receive_close(self, payload: bytes) -> None:
+        try:
+            code, _reason = parse_close(payload)
+        except FrameError as error:
+            self._fail(error.code, error.reason)
+            return
+        if self.state is State.OPEN:
+            # Echo the code (RFC 6455 §5.5.1); 1005 means none was given.
+            self._write(close_frame(1000) if code == 1005 else close_frame(code))
+        self._close_code = code
+        self.state = State.CLOSED
+        self._tell_disconnect()
+        self._conn.close()
+
+    def _fail(self, code: int, reason: str) -> None:
+        """The client broke the protocol: close with ``code`` at once."""
+        logger.debug("WebSocket protocol error: %s", reason)
+        if self.state is State.OPEN:
+            self._write(close_frame(code, reason))
+        self._close_code = code
+        self.state = State.CLOSED
+        self._tell_disconnect()
+        self._conn.close()
+
+    def _start_close(self, code: int, reason: str) -> None:
+        """Send our close frame; the client's answer (or a time-out) ends the connection."""
+        if self.state is not State.OPEN:
+            return
+        self.state = State.CLOSING
+        self._close_code = code
+        self._write(close_frame(code, reason))
+        self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self._conn.abort)
+
+    def _write(self, data: bytes) -> None:
+        transport = self._conn.transport
+        if transport is not None and not self._conn.closed:
+            transport.write(data)
+
+    def _refuse(self, status: HTTPStatus, message: str) -> None:
+        self.state = State.CLOSED
+        self._conn._websocket = None  # the refusal is plain HTTP
+        self._conn._refuse(status, message)
+
+    # -- ASGI -------------------------------------------------------------------------------
+
+    async def receive(self) -> dict[str, Any]:
+        """ASGI ``receive``: connect, the client's messages, then one disconnect."""
+        while not self._inbox:
+            if self._disconnect_sent:
+                return {"type": "websocket.disconnect", "code": self._close_code}
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        message = self._inbox.popleft()
+        if self._paused and len(self._inbox) < MAX_INBOX // 2 and self._conn.transport:
+            self._paused = False
+            self._conn.transport.resume_reading()
+        return message
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _tell_disconnect(self) -> None:
+        if not self._disconnect_sent:
+            self._disconnect_sent = True
+            self._inbox.append({"type": "websocket.disconnect", "code": self._close_code})
+            self._wake()
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        """ASGI ``send``: accept, send, close."""
+        kind = message["type"]
+        if kind == "websocket.accept":
+            self._accept(message)
+        elif kind == "websocket.send":
+            if self.state is not State.OPEN:
+                return
+            text = message.get("text")
+            if text is not None:
+                self._write(text_frame(text))
+            else:
+                self._write(frame(0x2, message.get("bytes") or b""))
+            await self._conn.drain()
+        elif kind == "websocket.close":
+            if self.state is State.CONNECTING:
+                self._refuse(HTTPStatus.FORBIDDEN, "the application refused the connection")
+            else:
+                self._start_close(int(message.get("code", 1000)), message.get("reason") or "")
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+
+    def _accept(self, message: MutableMapping[str, Any]) -> None:
+        request = self._request
+        if self.state is not State.CONNECTING or request is None:
+            raise RuntimeError("websocket.accept sent twice")
+        key = request.header(b"sec-websocket-key") or b""
+        lines = [
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n",
+            b"sec-websocket-accept: %b\r\n" % accept_key(key),
+        ]
+        subprotocol = message.get("subprotocol")
+        if subprotocol:
+            lines.append(b"sec-websocket-protocol: %b\r\n" % subprotocol.encode())
+        for name, value in message.get("headers", []):
+            lines.append(b"%b: %b\r\n" % (name, value))
+        lines.append(b"\r\n")
+        self._write(b"".join(lines))
+        self.state = State.OPEN
+        self._request = None  # the handshake's headers are no longer needed
+        self._server.websockets.add(self)
+
+    # -- the direct Outbound ------------------------------------------------------------------
+
+    def _outbound(self) -> NativeWebSocket:
+        return self
+
+    @property
+    def pending_bytes(self) -> int:
+        transport = self._conn.transport
+        return 0 if transport is None else transport.get_write_buffer_size()
+
+    def put(self, chunk: str) -> None:
+        """Write ``chunk`` as one text frame (Outbound)."""
+        if self.state is State.OPEN:
+            transport = self._conn.transport
+            if transport is not None:
+                transport.write(_text_frames.of(chunk))
+
+    def discard_pending(self) -> None:
+        """Written frames belong to the transport now: nothing to drop (Outbound)."""
+
+    def finish(self, goodbye: str, code: int, reason: str) -> None:
+        """Send ``goodbye`` and close with ``code`` (Outbound)."""
+        self.put(goodbye)
+        self._start_close(code, reason)
+
+    def end_silently(self) -> None:
+        """End without a word (Outbound): the client is gone."""
+        if self.state is not State.CLOSED:
+            self._conn.abort()
+
+    async def wait_sent(self) -> None:
+        """Hold the reader while a large reply is still mostly unsent (Outbound)."""
+        while self.pending_bytes > _HIGH_WATER_BYTES and self.state is State.OPEN:
+            await self._conn.drain()
+            if not self._conn._write_paused:
+                return
+
+    async def run(self) -> None:
+        """Return once the connection has closed (Outbound)."""
+        if self.state is State.CLOSED:
+            return
+        if self._closed is None:
+            self._closed = asyncio.get_running_loop().create_future()
+        await self._closed
+
+    async def stop(self, *, client_left: bool) -> None:
+        """Let a closing handshake finish (it is bounded by its own timer) (Outbound)."""
+        if client_left or self.state is State.CLOSED:
+            return
+        await self.run()
