@@ -27,8 +27,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The whole suite on the default (native) server, then every suite that starts a server
+# process again on uvicorn: both backends pass the same tests.
 pytest: $(STAMP)
 	$(BIN)/pytest
+	TIDINGS_TEST_SERVER_BACKEND=uvicorn $(BIN)/pytest tests/e2e tests/client tests/browser
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/fanout.py

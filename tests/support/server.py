@@ -1,7 +1,9 @@
 """A real tidings server process for end-to-end tests, on a free loopback port.
 
-The server is started as ``python -m tidings serve``; readiness is the moment uvicorn
-prints that it is listening (read from its log, not guessed with a sleep).
+The server is started as ``python -m tidings serve``; readiness is the moment it prints
+that it is listening (read from its log, not guessed with a sleep). The server backend
+is the default (native) unless ``TIDINGS_TEST_SERVER_BACKEND`` names another
+(``uvicorn``): ``make test`` runs the suites that start servers once per backend.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-# uvicorn's line, or a --workers worker's own (uvicorn logs none when given a socket).
+# uvicorn's line, or the native server's and a uvicorn --workers worker's own (uvicorn
+# logs none when given a socket).
 READY_MARKERS: Final = ("Uvicorn running on", "listening on http://")
+SERVER_BACKEND_VARIABLE: Final = "TIDINGS_TEST_SERVER_BACKEND"
 START_TIMEOUT_S: Final = 20.0
 STOP_TIMEOUT_S: Final = 20.0
 
@@ -102,6 +106,9 @@ def start_server(
     """Start ``tidings serve`` and return it once it listens."""
     port = port or free_port()
     command = [sys.executable, "-m", "tidings", "serve", "--port", str(port), *arguments]
+    backend = os.environ.get(SERVER_BACKEND_VARIABLE)
+    if backend:
+        command += ["--server-backend", backend]
     if data is not None:
         command += ["--data", str(data)]
     if config is not None:
