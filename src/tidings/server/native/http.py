@@ -49,6 +49,8 @@ MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 MAX_HEAD_BYTES: Final = 64 * 1024
 # Pipelined requests read ahead of the one being served before reading pauses.
 MAX_PIPELINED: Final = 16
+# How long a refused request's connection keeps reading what the client still sends.
+REFUSED_LINGER_S: Final = 2.0
 
 _CHUNKED_END: Final = b"0\r\n\r\n"
 
@@ -152,6 +154,7 @@ class HttpConnection(asyncio.Protocol):
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
         self._websocket: NativeWebSocket | None = None
+        self._refused = False
         self.closed = False
 
     # -- asyncio.Protocol ------------------------------------------------------------
@@ -173,15 +176,20 @@ class HttpConnection(asyncio.Protocol):
         if self._websocket is not None:
             self._websocket.receive_data(data)
             return
+        if self._refused:
+            return  # what follows a refused request is read and dropped (see _refuse)
         self._cancel_keep_alive()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._start_upgrade(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
-            self._refuse(HTTPStatus.BAD_REQUEST, f"malformed HTTP request: {exc}")
-        except _RefusedRequest as refused:
-            self._refuse(refused.status, refused.message)
+            # A callback's refusal reaches here wrapped by httptools.
+            refused = exc.__context__ if isinstance(exc.__context__, _RefusedRequest) else None
+            if refused is None:
+                self._refuse(HTTPStatus.BAD_REQUEST, f"malformed HTTP request: {exc}")
+            else:
+                self._refuse(refused.status, refused.message)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -358,16 +366,34 @@ class HttpConnection(asyncio.Protocol):
         self._websocket.start(rest)
 
     def _refuse(self, status: HTTPStatus, message: str) -> None:
-        """Answer a request that cannot be served and close the connection."""
-        if self.transport is None or self.closed:
+        """Answer a request that cannot be served and end the connection.
+
+        The client may still be sending (a body too large): closing with unread bytes
+        would make the kernel reset the connection, and the client could lose the
+        answer. So the answer goes first, then our side shuts, and the rest of what
+        the client sends is read and dropped until it closes, for at most
+        ``REFUSED_LINGER_S``.
+        """
+        transport = self.transport
+        if transport is None or self.closed or self._refused:
             return
+        self._refused = True
+        self._cancel_keep_alive()
         body = message.encode()
-        self.transport.write(
+        transport.write(
             b"HTTP/1.1 %d %b\r\ncontent-type: text/plain; charset=utf-8\r\n"
             b"content-length: %d\r\nconnection: close\r\n%b\r\n%b"
             % (status.value, status.phrase.encode(), len(body), _clock.date_header(), body)
         )
-        self.close()
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._keep_alive_timer = self._loop.call_later(REFUSED_LINGER_S, self.abort)
+        else:
+            self.close()
+
+    def eof_received(self) -> bool:
+        """The client finished sending: let the transport close (returns ``False``)."""
+        return False
 
     # -- keep-alive and closing ----------------------------------------------------------
 

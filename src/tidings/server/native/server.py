@@ -67,8 +67,11 @@ class NativeServer:
         """Begin the graceful stop (what SIGTERM and SIGINT do)."""
         self._stop.set()
 
-    async def serve(self, listener: socket.socket | None = None) -> None:
-        """Serve until ``request_stop`` (or a signal), then stop gracefully."""
+    async def serve(
+        self, listener: socket.socket | None = None, *, handle_signals: bool = True
+    ) -> None:
+        """Serve until ``request_stop`` (or, with ``handle_signals``, SIGTERM or SIGINT),
+        then stop gracefully."""
         loop = asyncio.get_running_loop()
         settings = self.app.settings
         await self.app.start()
@@ -79,7 +82,8 @@ class NativeServer:
             raise
         host, port = server.sockets[0].getsockname()[:2]
         logger.info("listening on http://%s:%d", host, port)
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+        for signum in signals:
             loop.add_signal_handler(signum, self.request_stop)
         pinger = loop.create_task(self._ping_forever())
         try:
@@ -96,7 +100,7 @@ class NativeServer:
             pinger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pinger
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in signals:
                 loop.remove_signal_handler(signum)
             for conn in list(self.connections):
                 conn.abort()
