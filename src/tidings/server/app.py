@@ -96,8 +96,11 @@ class TidingsApp:
         # A transport left out of ``transports`` has no route: /ws refuses the
         # handshake (403), /sse and /poll answer 404, and clients fall back.
         transports: list[BaseRoute] = []
-        if "ws" in settings.transports:
-            transports.append(WebSocketRoute("/ws", WebSocketTransport(self.context)))
+        # /ws bypasses the router (see __call__): a router's frames would stay on every
+        # idle connection's stack. The route is kept for introspection and mounting.
+        self._websocket = WebSocketTransport(self.context) if "ws" in settings.transports else None
+        if self._websocket is not None:
+            transports.append(WebSocketRoute("/ws", self._websocket))
         if "sse" in settings.transports:
             transports.append(Route("/sse", SseTransport(self.context), methods=["GET", "OPTIONS"]))
         if "poll" in settings.transports:
@@ -126,6 +129,9 @@ class TidingsApp:
             return
         if not self._started:
             await self.start()
+        if self._websocket is not None and scope["type"] == "websocket" and scope["path"] == "/ws":
+            await self._websocket(scope, receive, send)
+            return
         await self._router(scope, receive, send)
 
     # -- lifecycle ---------------------------------------------------------------------

@@ -113,27 +113,15 @@ class WebSocketSession(StreamConnection):
     async def run(self, scope: Scope, receive: Receive) -> None:
         """Serve the connection until it closes. Called once, by the ASGI endpoint."""
         context = self._context
-        message = await receive()
-        if message["type"] != "websocket.connect":
+        accepted, token = await self._handshake(scope, receive)
+        if not accepted:
             return
-        headers = _headers(scope)
-        if not is_origin_allowed(
-            headers.get("origin"),
-            headers.get("host"),
-            scope.get("scheme", "ws"),
-            context.allowed_origins,
-        ):
-            # Closing before accepting makes the server answer the handshake with 403.
-            await self._send({"type": "websocket.close", "code": CLOSE_FORBIDDEN})
-            return
-        await self._send({"type": "websocket.accept"})
         if self._queued is not None:
             self._queued.start()
         registered = False
         try:
             if context.draining:
                 raise ConnectionClosed(4503, "server draining", reconnect=True)
-            token = _handshake_token(scope, headers)
             if token is not None or not context.authenticator.requires_token:
                 self._authenticate(token)
             context.sessions.add(self)
@@ -152,6 +140,28 @@ class WebSocketSession(StreamConnection):
                 context.sessions.remove(self)
             await self._leave_all()
             await self._stop_outbound()
+
+    async def _handshake(self, scope: Scope, receive: Receive) -> tuple[bool, str | None]:
+        """Accept or refuse the handshake; return whether accepted, and its token.
+
+        A function of its own so that the request's headers are not held for the
+        connection's whole life (idle connections cost memory only: DESIGN.md).
+        """
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return False, None
+        headers = _headers(scope)
+        if not is_origin_allowed(
+            headers.get("origin"),
+            headers.get("host"),
+            scope.get("scheme", "ws"),
+            self._context.allowed_origins,
+        ):
+            # Closing before accepting makes the server answer the handshake with 403.
+            await self._send({"type": "websocket.close", "code": CLOSE_FORBIDDEN})
+            return False, None
+        await self._send({"type": "websocket.accept"})
+        return True, _handshake_token(scope, headers)
 
     def _authenticate(self, token: str | None) -> None:
         self.credentials = self._context.authenticator.authenticate(token)

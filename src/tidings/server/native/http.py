@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 import urllib.parse
-from collections import deque
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -53,6 +51,9 @@ MAX_PIPELINED: Final = 16
 REFUSED_LINGER_S: Final = 2.0
 
 _CHUNKED_END: Final = b"0\r\n\r\n"
+# One object shared by every scope: apps read it, and it costs idle connections nothing.
+# (No "state" key either: this server runs no lifespan state, and ASGI makes it optional.)
+_ASGI_VERSION: Final = {"version": "3.0", "spec_version": "2.4"}
 
 
 @dataclass(slots=True)
@@ -131,11 +132,37 @@ _clock: Final = _Clock()
 class HttpConnection(asyncio.Protocol):
     """One client connection; see the module docstring."""
 
+    # Slots: every idle connection pays for this object (DESIGN.md: idle costs memory only).
+    __slots__ = (
+        "_body",
+        "_body_bytes",
+        "_client",
+        "_cycle",
+        "_drained",
+        "_head_bytes",
+        "_headers",
+        "_keep_alive_timer",
+        "_local",
+        "_loop",
+        "_parser",
+        "_refused",
+        "_request",
+        "_requests",
+        "_response",
+        "_server",
+        "_upgrade",
+        "_url",
+        "_websocket",
+        "_write_paused",
+        "closed",
+        "transport",
+    )
+
     def __init__(self, server: NativeServer) -> None:
         self._server = server
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._client: tuple[str, int] | None = None
         self._local: tuple[str, int] | None = None
         # The request being parsed.
@@ -147,7 +174,8 @@ class HttpConnection(asyncio.Protocol):
         self._request: Request | None = None
         self._upgrade: Request | None = None
         # Requests parsed, waiting to be served (the first is being served).
-        self._requests: deque[Request] = deque()
+        # A list, not a deque: an empty deque allocates a block per idle connection.
+        self._requests: list[Request] = []
         self._cycle: asyncio.Task[None] | None = None
         self._response: ResponseWriter | None = None
         self._keep_alive_timer: asyncio.TimerHandle | None = None
@@ -161,10 +189,8 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport, only alike.
+        # (Both uvloop and asyncio set TCP_NODELAY on TCP transports themselves.)
         self.transport = transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         self._client = (str(peer[0]), int(peer[1])) if peer else None
@@ -179,8 +205,11 @@ class HttpConnection(asyncio.Protocol):
         if self._refused:
             return  # what follows a refused request is read and dropped (see _refuse)
         self._cancel_keep_alive()
+        parser = self._parser
+        if parser is None:
+            return
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._start_upgrade(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
@@ -245,6 +274,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
+        assert parser is not None, "only a live parser calls back"
         url = httptools.parse_url(self._url)
         version = parser.get_http_version()
         request = Request(
@@ -273,7 +303,7 @@ class HttpConnection(asyncio.Protocol):
         self._request = None
         request.body = b"".join(self._body)
         self._body = []
-        if self._parser.should_upgrade():
+        if self._parser is not None and self._parser.should_upgrade():
             self._upgrade = request
             return
         self._requests.append(request)
@@ -306,7 +336,7 @@ class HttpConnection(asyncio.Protocol):
         if not response.complete or not request.keep_alive or self._server.stopping:
             self.close()
             return
-        self._requests.popleft()
+        del self._requests[0]
         if len(self._requests) <= MAX_PIPELINED:
             self.transport.resume_reading()
         self._serve_next()
@@ -316,7 +346,7 @@ class HttpConnection(asyncio.Protocol):
         assert response is not None
         return {
             "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "asgi": _ASGI_VERSION,
             "http_version": request.http_version,
             "server": self._local,
             "client": self._client,
@@ -327,7 +357,6 @@ class HttpConnection(asyncio.Protocol):
             "raw_path": request.raw_path,
             "query_string": request.query_string,
             "headers": request.headers,
-            "state": dict(self._server.state),
             "extensions": {DIRECT_OUTBOUND: response.stream_outbound},
         }
 
@@ -336,7 +365,7 @@ class HttpConnection(asyncio.Protocol):
         subprotocols = request.header(b"sec-websocket-protocol") or b""
         return {
             "type": "websocket",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "asgi": _ASGI_VERSION,
             "http_version": request.http_version,
             "server": self._local,
             "client": self._client,
@@ -349,7 +378,6 @@ class HttpConnection(asyncio.Protocol):
             "subprotocols": [
                 part.strip() for part in subprotocols.decode("latin-1").split(",") if part.strip()
             ],
-            "state": dict(self._server.state),
             "extensions": {DIRECT_OUTBOUND: factory},
         }
 
@@ -362,6 +390,10 @@ class HttpConnection(asyncio.Protocol):
             return
         from tidings.server.native.websocket import NativeWebSocket  # noqa: PLC0415 (a cycle)
 
+        # From here on no HTTP is parsed: let the parser's state go.
+        self._parser = None
+        self._headers = []
+        self._url = b""
         self._websocket = NativeWebSocket(self, request, self._server)
         self._websocket.start(rest)
 

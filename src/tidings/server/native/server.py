@@ -21,7 +21,7 @@ import contextlib
 import logging
 import signal
 import socket
-from typing import Any, Final
+from typing import Final
 
 from tidings.server.app import FRAME_OVERHEAD_BYTES, TidingsApp
 from tidings.server.native.http import HttpConnection
@@ -47,7 +47,6 @@ class NativeServer:
         self.connections: set[HttpConnection] = set()
         self._no_connections = asyncio.Event()
         self.websockets: set[NativeWebSocket] = set()
-        self.state: dict[str, Any] = {}
         self.stopping = False
         self._ping_interval_s = ping_interval_s
         self._stop = asyncio.Event()
