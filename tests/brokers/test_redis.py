@@ -245,6 +245,7 @@ class CountingSubscriber:
     def __init__(self, client_id: str, expected: int) -> None:
         self.client_id = client_id
         self.user = ""
+        self.clients = 1
         self.offsets: list[int] = []
         self._expected = expected
         self.complete = asyncio.Event()

@@ -39,6 +39,10 @@ class RecordingSubscriber:
     def user(self) -> str:
         return self._user
 
+    @property
+    def clients(self) -> int:
+        return 1
+
     def deliver(self, publication: EncodedPublication) -> None:
         if self.failing:
             raise RuntimeError("this subscriber fails on purpose")

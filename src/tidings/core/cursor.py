@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import re
@@ -30,6 +31,7 @@ _CHECKSUM_BYTES: Final = 8
 _CURSOR_PATTERN: Final = re.compile(r"[A-Za-z0-9_\-]+")
 
 Positions = Mapping[ChannelName, Position]
+_DECODED_CACHE_SIZE: Final = 4096
 
 
 def _checksum(body: bytes) -> bytes:
@@ -62,6 +64,13 @@ def decode_cursor(token: str) -> dict[ChannelName, Position]:
     Raises:
         BadRequest: the token is not a cursor this server made, or was altered.
     """
+    return dict(_decoded(token))
+
+
+# Pollers hand the same cursor back many times; a decoding is a pure function of the
+# token, so recent ones are kept (only successes: exceptions are not cached).
+@functools.lru_cache(maxsize=_DECODED_CACHE_SIZE)
+def _decoded(token: str) -> tuple[tuple[ChannelName, Position], ...]:
     if len(token) > MAX_CURSOR_LENGTH or _CURSOR_PATTERN.fullmatch(token) is None:
         raise BadRequest(
             f"cursor must be 1-{MAX_CURSOR_LENGTH} characters of A-Z a-z 0-9 _ -; "
@@ -89,7 +98,7 @@ def decode_cursor(token: str) -> dict[ChannelName, Position]:
             raise _corrupted()
         channel, epoch, offset = entry
         positions[parse_channel(channel)] = parse_position(epoch, offset)
-    return positions
+    return tuple(positions.items())
 
 
 def _b64(raw: bytes) -> str:

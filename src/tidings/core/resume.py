@@ -9,6 +9,7 @@ URL's cursor is the one the stream started with.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Final
 
@@ -39,7 +40,7 @@ def parse_channel_list(
     if len(set(channels)) != len(channels):
         duplicate = next(c for c in channels if channels.count(c) > 1)
         raise BadRequest(f"channel {duplicate} is listed twice")
-    check_cursor_capacity(channels)
+    _check_capacity(tuple(channels))
     return channels
 
 
@@ -53,6 +54,12 @@ def check_cursor_capacity(channels: Sequence[ChannelName]) -> None:
     Raises:
         BadRequest: the channels' names are too long, together, for one cursor.
     """
+    _check_capacity(tuple(channels))
+
+
+# A pure check repeated by every poll of the same channels: recent answers are kept.
+@functools.lru_cache(maxsize=1024)
+def _check_capacity(channels: tuple[ChannelName, ...]) -> None:
     encode_cursor(dict.fromkeys(channels, _LARGEST_POSITION))
 
 

@@ -33,6 +33,12 @@ class Subscriber(Protocol):
         """The authenticated user id, ``""`` if anonymous."""
         ...
 
+    @property
+    def clients(self) -> int:
+        """How many clients this subscriber stands for in the node's counts (1 for a
+        connection; a poll watch counts the long polls waiting on it, maybe none)."""
+        ...
+
     def deliver(self, publication: EncodedPublication) -> None:
         """Queue a publication of a subscribed channel."""
         ...
@@ -124,6 +130,11 @@ class SubscriptionRegistry:
         return channel in self._by_channel
 
     def counts(self) -> Iterator[tuple[ChannelName, int]]:
-        """Yield each channel with its number of local subscribers."""
+        """Yield each channel with the number of clients its local subscribers stand for
+        (channels held only by subscribers that stand for none are left out)."""
         for channel, subscriptions in self._by_channel.items():
-            yield channel, len(subscriptions)
+            clients = sum(
+                subscription.subscriber.clients for subscription in subscriptions.values()
+            )
+            if clients:
+                yield channel, clients

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 from starlette.requests import Request
@@ -45,7 +45,7 @@ from tidings.server.status import (
 from tidings.transports.close_codes import CLOSE_GOING_AWAY
 from tidings.transports.context import Limits, TransportContext
 from tidings.transports.http import error_response, json_response
-from tidings.transports.poll import PollTransport
+from tidings.transports.poll import NativePoll, PollTransport
 from tidings.transports.sse import SseTransport
 from tidings.transports.websocket import WebSocketTransport
 
@@ -91,7 +91,7 @@ class TidingsApp:
             allowed_origins=settings.allowed_origins,
         )
         api = ServerApi(self.context, settings.api_key)
-        self._poll = PollTransport(self.context)
+        self._poll = PollTransport(self.context, self.metrics)
         self.status = StatusPublisher(self.hub, self.metrics, self.context.node_id)
         # A transport left out of ``transports`` has no route: /ws refuses the
         # handshake (403), /sse and /poll answer 404, and clients fall back.
@@ -104,8 +104,7 @@ class TidingsApp:
         if "sse" in settings.transports:
             transports.append(Route("/sse", SseTransport(self.context), methods=["GET", "OPTIONS"]))
         if "poll" in settings.transports:
-            poll = self.metrics.counting_polls(self._poll.handle)
-            transports.append(Route("/poll", poll, methods=["GET", "OPTIONS"]))
+            transports.append(Route("/poll", self._poll.handle, methods=["GET", "OPTIONS"]))
         self._router = Router(
             routes=[
                 *transports,
@@ -174,6 +173,7 @@ class TidingsApp:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self._poll.close()
         await self.hub.close()
         self._started = False
         logger.info("tidings node %s stopped", self.context.node_id)
@@ -202,6 +202,14 @@ class TidingsApp:
                 await self.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    # -- for tidings' native server ---------------------------------------------------
+
+    @property
+    def native_poll(self) -> Callable[[NativePoll], None] | None:
+        """Where the native server hands ``GET /poll`` first (``PollTransport.serve_native``),
+        or ``None`` when polling is not served."""
+        return self._poll.serve_native if "poll" in self.settings.transports else None
 
     # -- in-process publishing (for embedding applications) ---------------------------
 

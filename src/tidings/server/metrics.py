@@ -14,7 +14,7 @@ What is counted where:
   come from ``MeteredBroker``, a ``Broker`` that delegates to the real one and times
   each call: no broker and no transport knows about metrics;
 * deliveries are the hub's own counters (``Hub.deliveries``), read at scrape time;
-* polls in flight and poll requests are counted by wrapping the ``/poll`` handler.
+* polls in flight and poll requests are counted by the poll transport (``PollCounters``).
 
 Every metric is described in docs/metrics.md.
 """
@@ -22,9 +22,9 @@ Every metric is described in docs/metrics.md.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -66,8 +66,6 @@ LATENCY_BUCKETS_S: Final = (
     5.0,
 )
 TRANSPORT_LABELS: Final = ("ws", "sse", "poll")
-
-PollHandler = Callable[[Request], Awaitable[Response]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +121,8 @@ class Metrics:
             ["kind"],
             registry=registry,
         )
+        # The labelled children, looked up once instead of per poll.
+        self._poll_kinds = {kind: self.poll_requests.labels(kind) for kind in ("short", "long")}
         registry.register(_NodeCollector(self))
 
     def read_counters_of(self, hub: Hub) -> None:
@@ -162,21 +162,14 @@ class Metrics:
         """Return ``broker`` wrapped so that its calls are counted and timed here."""
         return MeteredBroker(broker, self)
 
-    def counting_polls(self, handler: PollHandler) -> PollHandler:
-        """Wrap the ``/poll`` handler to count polls in flight and answered."""
+    def poll_started(self) -> None:
+        """A poll is in flight (``PollCounters``)."""
+        self.polls_in_flight += 1
 
-        async def counted(request: Request) -> Response:
-            if request.method != "GET":
-                return await handler(request)
-            kind = "short" if request.query_params.get("wait", "0") in ("", "0") else "long"
-            self.polls_in_flight += 1
-            try:
-                return await handler(request)
-            finally:
-                self.polls_in_flight -= 1
-                self.poll_requests.labels(kind).inc()
-
-        return counted
+    def poll_ended(self, kind: Literal["short", "long"]) -> None:
+        """A poll of ``kind`` was answered, or its client left (``PollCounters``)."""
+        self.polls_in_flight -= 1
+        self._poll_kinds[kind].inc()
 
     def observe_fan_out(self, publication: Publication, started_s: float, ended_s: float) -> None:
         """Record one publication handed to local subscribers (wall-clock seconds)."""

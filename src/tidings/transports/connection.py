@@ -58,6 +58,9 @@ class StreamConnection(ABC):
         self._active = False
         self.last_sent_s = time.monotonic()
 
+    # A connection is one client in the node's subscriber counts.
+    clients = 1
+
     @property
     def user(self) -> str:
         """The authenticated user id, ``""`` if anonymous."""

@@ -64,6 +64,26 @@ def bearer_token(authorization: str | None) -> str | None:
     return None
 
 
+TOKEN_COOKIE: Final = "tidings_token"
+
+
+def request_token(
+    authorization: str | None, query_token: str | None, cookie_header: str | None
+) -> str | None:
+    """Return a client transport's connection token: from ``Authorization: Bearer``,
+    else ``?token=``, else the ``tidings_token`` cookie (PROTOCOL.md §4, §5)."""
+    token = bearer_token(authorization)
+    if token is not None:
+        return token
+    if query_token:
+        return query_token
+    for part in (cookie_header or "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == TOKEN_COOKIE and value:
+            return value
+    return None
+
+
 def cors_headers(origin: str | None, allowed: Collection[str]) -> dict[str, str]:
     """Return the CORS headers for a cross-origin request from an allowed origin.
 

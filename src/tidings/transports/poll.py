@@ -1,24 +1,33 @@
 """The polling transport ``GET /poll`` (PROTOCOL.md §5): short and long polling.
 
-HTTP I/O through Starlette. A poll reads each channel's history after the request's
-positions, merges the channels' publications by time (so a busy channel cannot starve
-a quiet one), cuts at ``limit`` and answers with the cursor after the last publication
-included: paging never skips or repeats.
+A poll reads each channel's publications after the request's positions, merges the
+channels' publications by time (so a busy channel cannot starve a quiet one), cuts at
+``limit`` and answers with the cursor after the last publication included: paging never
+skips or repeats.
 
-A long poll that finds nothing new does not spin or tick: it joins the hub as a
-transient subscriber of its channels (from the positions it just read, so a
-publication landing in between is caught by the subscribe's own read) and sleeps on
-one event that fan-out sets. Many long-pollers on one channel cost one wake-up each per
-publication, and one timer each for their ``wait``.
+Where the publications come from: a polled channel is *watched* (``watches.py``): one
+hub subscription per channel keeps its head and latest publications current, so a poll
+that finds nothing new, or only what the watch holds, is answered from memory; any
+other position (behind what the watch keeps, another epoch, a channel not watched yet)
+is read from the broker, which alone tells a gap from a lag, and the channel is
+watched from then on. A long poll that finds nothing new parks on its channels'
+watches: a publication wakes it, or its ``wait`` runs out.
+
+I/O: two doors to the same logic. ``handle`` serves a Starlette request (any ASGI
+server). ``serve_native`` takes a request from tidings' native server: if it can be
+answered from the watches, or parked, it is, synchronously and with no task; otherwise
+it is handed back to be served through ``handle``. Waiters with the same channels and
+positions are woken by one publication into the same answer, encoded once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal, Protocol
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -26,31 +35,87 @@ from starlette.responses import Response
 from tidings.core.channel import ChannelName
 from tidings.core.cursor import encode_cursor
 from tidings.core.origin import is_origin_allowed
-from tidings.core.permission import Credentials, check_subscribe
+from tidings.core.permission import check_subscribe
 from tidings.core.publication import Position, Publication
 from tidings.core.recovery import Replay
 from tidings.core.resume import parse_channel_list, resume_positions
-from tidings.core.wire import EncodedPublication, publication_frames
+from tidings.core.wire import encode_json, publication_frames
 from tidings.errors import RequestError, Unavailable
-from tidings.hub.registry import PresenceEvent
 from tidings.transports.context import TransportContext
 from tidings.transports.http import (
-    bearer_token,
     cors_headers,
     error_response,
     internal_error_response,
-    json_response,
     preflight_response,
     query_int,
     request_error_response,
+    request_token,
 )
+from tidings.transports.watches import PollWatches
 
 logger = logging.getLogger(__name__)
 
 MAX_WAIT_S: Final = 60
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
-TOKEN_COOKIE: Final = "tidings_token"
+# Encoded answers kept for waiters woken into the same answer (bounded memo).
+_ANSWER_MEMO_MAX: Final = 1024
+
+PollKind = Literal["short", "long"]
+
+
+class PollCounters(Protocol):
+    """Where polls are counted (the node's metrics)."""
+
+    def poll_started(self) -> None:
+        """A poll is in flight."""
+        ...
+
+    def poll_ended(self, kind: PollKind) -> None:
+        """A poll of ``kind`` was answered (or its client left)."""
+        ...
+
+
+class NativePoll(Protocol):
+    """One ``GET /poll`` as the native server hands it over."""
+
+    @property
+    def query_string(self) -> bytes:
+        """The request's raw query string."""
+        ...
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of request header ``name`` (lower case), if present."""
+        ...
+
+    def respond(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        """Write the response (``content-length`` and ``date`` are added)."""
+        ...
+
+    def fall_back(self) -> None:
+        """Serve the request through the ASGI app instead (the broker must be read)."""
+        ...
+
+    def on_client_gone(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` if the client goes away before the response is written."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PollQuery:
+    """A parsed poll: what to read, from where, how long to wait, and who asks."""
+
+    channels: list[ChannelName]
+    positions: dict[ChannelName, Position]
+    wait_s: int
+    limit: int
+    token: str | None
+    if_none_match: str | None
+
+    @property
+    def kind(self) -> PollKind:
+        """``short`` for ``wait=0``, else ``long``."""
+        return "long" if self.wait_s else "short"
 
 
 @dataclass(slots=True)
@@ -63,41 +128,45 @@ class PollAnswer:
     recovered: bool
 
 
-class LongPollWaiter:
-    """A transient hub subscriber: collects publications and wakes its poll once."""
+def parse_poll_query(query_string: str, header: Callable[[str], str | None]) -> PollQuery:
+    """Parse a poll's query string and headers.
 
-    __slots__ = ("client_id", "publications", "user", "woken")
-
-    def __init__(self, client_id: str, user: str) -> None:
-        self.client_id = client_id
-        self.user = user
-        self.publications: list[Publication] = []
-        self.woken = asyncio.Event()
-
-    def deliver(self, publication: EncodedPublication) -> None:
-        """Keep the publication and wake the poll (hub fan-out)."""
-        self.publications.append(publication.publication)
-        self.woken.set()
-
-    def deliver_presence(self, event: PresenceEvent) -> None:
-        """Pollers get no presence events."""
-
-    def report_gap(self, channel: ChannelName) -> None:
-        """Answer now: the next poll reads history and reports the gap itself."""
-        self.woken.set()
+    Raises:
+        BadRequest: an invalid channel list, cursor, position, ``wait`` or ``limit``.
+    """
+    pairs = parse_qsl(query_string, keep_blank_values=True)
+    last = dict(pairs)  # a repeated single-valued parameter: the last one counts
+    channels = parse_channel_list([value for name, value in pairs if name == "channel"])
+    positions = resume_positions(
+        channels,
+        cursor=last.get("cursor"),
+        since=[value for name, value in pairs if name == "since"],
+    )
+    wait_s = query_int(last.get("wait"), "wait", 0, MAX_WAIT_S, default=0) or 0
+    limit = query_int(last.get("limit"), "limit", 1, MAX_LIMIT, default=DEFAULT_LIMIT)
+    assert limit is not None
+    token = request_token(header("authorization"), last.get("token"), header("cookie"))
+    return PollQuery(channels, positions, wait_s, limit, token, header("if-none-match"))
 
 
 class PollTransport:
     """The handler of ``/poll``, bound to one node's context."""
 
-    def __init__(self, context: TransportContext) -> None:
+    def __init__(self, context: TransportContext, counters: PollCounters) -> None:
         self._context = context
-        self._waiters: set[LongPollWaiter] = set()
+        self._counters = counters
+        self.watches = PollWatches(context.hub, context.new_client_id)
+        self._memo: dict[tuple[object, ...], tuple[str, bytes]] = {}
 
     def release_all(self) -> None:
         """Answer every waiting long poll now (the node is draining)."""
-        for waiter in self._waiters:
-            waiter.woken.set()
+        self.watches.release_all()
+
+    async def close(self) -> None:
+        """Let go of every watch (the node stops)."""
+        await self.watches.close()
+
+    # -- the ASGI door ---------------------------------------------------------------
 
     async def handle(self, request: Request) -> Response:
         """Serve one poll."""
@@ -109,56 +178,153 @@ class PollTransport:
         if not is_origin_allowed(origin, host, request.url.scheme, context.allowed_origins):
             return error_response("permission_denied", "this origin is not in allowed_origins")
         cors = cors_headers(origin, context.allowed_origins)
+        kind: PollKind = "short"
+        self._counters.poll_started()
         try:
-            response = await self._poll(request)
+            query = parse_poll_query(
+                request.scope["query_string"].decode("latin-1"), request.headers.get
+            )
+            kind = query.kind
+            status, headers, body = await self._poll(query)
+            response = Response(body, status, headers, media_type="application/json")
         except RequestError as error:
             response = request_error_response(error)
         except Exception:
             logger.exception("poll failed")
             response = internal_error_response()
+        finally:
+            self._counters.poll_ended(kind)
         response.headers.update(cors)
+        if response.status_code == 304:
+            del response.headers["content-type"]
         return response
 
-    async def _poll(self, request: Request) -> Response:
-        query = request.query_params
-        channels = parse_channel_list(query.getlist("channel"))
-        positions = resume_positions(
-            channels, cursor=query.get("cursor"), since=query.getlist("since")
-        )
-        wait_s = query_int(query.get("wait"), "wait", 0, MAX_WAIT_S, default=0) or 0
-        limit = query_int(query.get("limit"), "limit", 1, MAX_LIMIT, default=DEFAULT_LIMIT)
-        assert limit is not None
-        credentials = self._context.authenticator.authenticate(_token(request))
-        for channel in channels:
-            options = self._context.namespaces.options_for(channel)
-            check_subscribe(channel, options, credentials)
-        if self._context.draining:
-            raise Unavailable("this node is draining; poll another")
-        answer = await self._read(channels, positions, limit)
-        if wait_s and positions and not answer.publications and answer.recovered:
-            answer = await self._wait(answer, credentials, wait_s, limit)
-        cursor = encode_cursor(answer.positions)
-        etag = f'"{cursor}"'
-        headers = {"ETag": etag, "Cache-Control": "no-cache"}
-        if wait_s == 0 and not answer.publications and _matches(request, cursor):
-            return Response(status_code=304, headers=headers)
-        body = {
-            "publications": publication_frames(answer.publications),
-            "cursor": cursor,
-            "recovered": answer.recovered,
-        }
-        return json_response(body, headers=headers)
+    async def _poll(self, query: PollQuery) -> tuple[int, dict[str, str], bytes]:
+        self._authorize(query)
+        answer = self._answer_now(query)
+        if answer is None:
+            answer = await self._read(query)
+        if query.wait_s and query.positions and not answer.publications and answer.recovered:
+            answer = await self._wait(query, answer)
+        return self._respond(query, answer)
 
-    async def _read(
-        self, channels: list[ChannelName], since: dict[ChannelName, Position], limit: int
-    ) -> PollAnswer:
+    async def _wait(self, query: PollQuery, answer: PollAnswer) -> PollAnswer:
+        # A publication may have landed between the broker read and the watch's start:
+        # the watch holds it, so look again before parking.
+        again = self._answer_now(query)
+        if again is None or again.publications or not again.recovered:
+            return again or answer
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        parked = self.watches.park(query.channels, query.wait_s, wake)
+        try:
+            await woken
+        finally:
+            parked.cancel()
+        return self._answer_now(query) or await self._read(query)
+
+    # -- the native door ---------------------------------------------------------------
+
+    def serve_native(self, poll: NativePoll) -> None:
+        """Answer or park ``poll`` now if the watches allow it, else ``fall_back``."""
+        context = self._context
+        origin = _text(poll.header(b"origin"))
+        cors = cors_headers(origin, context.allowed_origins)
+        try:
+            query = parse_poll_query(
+                poll.query_string.decode("latin-1"), lambda name: _text(poll.header(name.encode()))
+            )
+            if not is_origin_allowed(
+                origin, _text(poll.header(b"host")), "http", context.allowed_origins
+            ):
+                raise _Refused
+            self._authorize(query)
+        except (RequestError, _Refused):
+            poll.fall_back()  # the ASGI door answers with the error, written once there
+            return
+        answer = self._answer_now(query)
+        if answer is None:
+            poll.fall_back()
+            return
+        if not (query.wait_s and query.positions and not answer.publications and answer.recovered):
+            self._counters.poll_started()
+            self._write_native(poll, query, answer, cors)
+            return
+        self._counters.poll_started()
+
+        def wake() -> None:
+            woken = self._answer_now(query)
+            if woken is None:  # a watch was dropped (a gap): the broker must say
+                self._counters.poll_ended("long")
+                poll.fall_back()
+                return
+            self._write_native(poll, query, woken, cors)
+
+        parked = self.watches.park(query.channels, query.wait_s, wake)
+
+        def client_gone() -> None:
+            parked.cancel()
+            self._counters.poll_ended("long")
+
+        poll.on_client_gone(client_gone)
+
+    def _write_native(
+        self, poll: NativePoll, query: PollQuery, answer: PollAnswer, cors: dict[str, str]
+    ) -> None:
+        status, headers, body = self._respond(query, answer)
+        if cors:
+            headers.update(cors)
+        if status != 304:
+            headers["content-type"] = "application/json"
+        self._counters.poll_ended(query.kind)
+        poll.respond(status, headers, body)
+
+    # -- the logic both doors share -------------------------------------------------------
+
+    def _authorize(self, query: PollQuery) -> None:
+        context = self._context
+        credentials = context.authenticator.authenticate(query.token)
+        for channel in query.channels:
+            check_subscribe(channel, context.namespaces.options_for(channel), credentials)
+        if context.draining:
+            raise Unavailable("this node is draining; poll another")
+
+    def _answer_now(self, query: PollQuery) -> PollAnswer | None:
+        """Answer from the watches alone, or ``None`` if any channel needs the broker."""
+        positions: dict[ChannelName, Position] = {}
+        found: list[Publication] = []
+        recovered = bool(query.positions)
+        for channel in query.channels:
+            view = self.watches.view(channel)
+            if view is None:
+                return None
+            position = query.positions.get(channel)
+            if position is None:
+                positions[channel] = view.head  # a channel without a position starts now
+                recovered = False
+                continue
+            replay = view.since(position, query.limit)
+            if replay is None:
+                return None
+            positions[channel] = position
+            found.extend(replay.publications)
+        return PollAnswer(
+            _page(found, positions, query.channels, query.limit), positions, recovered
+        )
+
+    async def _read(self, query: PollQuery) -> PollAnswer:
+        """Read every channel from the broker, and watch each from then on."""
         hub = self._context.hub
         positions: dict[ChannelName, Position] = {}
         found: list[Publication] = []
-        recovered = bool(since)
-        for channel in channels:
-            position = since.get(channel)
-            read = await hub.history(channel, position, limit if position else 0)
+        recovered = bool(query.positions)
+        for channel in query.channels:
+            position = query.positions.get(channel)
+            read = await hub.history(channel, position, query.limit if position else 0)
             if position is None:
                 positions[channel] = read.head  # a channel without a position starts now
                 recovered = False
@@ -168,37 +334,46 @@ class PollTransport:
             else:
                 positions[channel] = read.head
                 recovered = False
-        return PollAnswer(_page(found, positions, channels, limit), positions, recovered)
+        page = _page(found, positions, query.channels, query.limit)
+        for channel in query.channels:
+            await self.watches.ensure(channel, positions[channel])
+        return PollAnswer(page, positions, recovered)
 
-    async def _wait(
-        self, answer: PollAnswer, credentials: Credentials, wait_s: int, limit: int
-    ) -> PollAnswer:
-        hub = self._context.hub
-        waiter = LongPollWaiter(self._context.new_client_id(), credentials.user)
-        channels = list(answer.positions)
-        self._waiters.add(waiter)
-        subscribed: list[ChannelName] = []
-        try:
-            for channel in channels:
-                result = await hub.subscribe(channel, waiter, answer.positions[channel])
-                subscribed.append(channel)
-                if result is not None and result.publications:
-                    waiter.publications.extend(result.publications)
-                    waiter.woken.set()
-                if result is not None and not result.recovered:
-                    # History moved on between the read and the subscribe (evicted or
-                    # a new epoch): answer now and let the client see the gap.
-                    answer.positions[channel] = result.position
-                    answer.recovered = False
-                    waiter.woken.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter.woken.wait(), wait_s)
-        finally:
-            self._waiters.discard(waiter)
-            for channel in subscribed:
-                await hub.unsubscribe(channel, waiter)
-        page = _page(waiter.publications, answer.positions, channels, limit)
-        return PollAnswer(page, answer.positions, answer.recovered)
+    def _respond(self, query: PollQuery, answer: PollAnswer) -> tuple[int, dict[str, str], bytes]:
+        """Return the status, headers and body of ``answer``; an unchanged short poll
+        that names the current cursor in ``If-None-Match`` gets ``304``."""
+        key = (
+            tuple(query.channels),
+            tuple(answer.positions.values()),
+            tuple(p.position for p in answer.publications),
+            answer.recovered,
+        )
+        memo = self._memo.get(key)
+        if memo is None:
+            cursor = encode_cursor(answer.positions)
+            body = encode_json(
+                {
+                    "publications": publication_frames(answer.publications),
+                    "cursor": cursor,
+                    "recovered": answer.recovered,
+                }
+            )
+            if len(self._memo) >= _ANSWER_MEMO_MAX:
+                self._memo.clear()
+            memo = self._memo[key] = (cursor, body)
+        cursor, body = memo
+        headers = {"etag": f'"{cursor}"', "cache-control": "no-cache"}
+        if not query.wait_s and not answer.publications and _matches(query.if_none_match, cursor):
+            return 304, headers, b""
+        return 200, headers, body
+
+
+class _Refused(Exception):
+    """The native door cannot serve this request itself."""
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
 
 
 def _page(
@@ -208,6 +383,8 @@ def _page(
     limit: int,
 ) -> list[Publication]:
     """Merge channels by time, cut at ``limit``, and advance ``positions`` past the page."""
+    if not found:
+        return []
     order = {channel: index for index, channel in enumerate(channels)}
     # Within a channel offsets increase with time; ties across channels keep request order.
     found.sort(key=lambda p: (p.ts, order[p.channel], p.offset))
@@ -223,17 +400,8 @@ def _page(
     return page
 
 
-def _token(request: Request) -> str | None:
-    return (
-        bearer_token(request.headers.get("authorization"))
-        or request.query_params.get("token")
-        or request.cookies.get(TOKEN_COOKIE)
-    )
-
-
-def _matches(request: Request, cursor: str) -> bool:
+def _matches(header: str | None, cursor: str) -> bool:
     """Whether ``If-None-Match`` names ``cursor`` (quoted or bare, weak or strong)."""
-    header = request.headers.get("if-none-match")
     if header is None:
         return False
     tags = {tag.strip().removeprefix("W/").strip('"') for tag in header.split(",")}

@@ -40,18 +40,17 @@ from tidings.hub.registry import PresenceEvent
 from tidings.transports.connection import StreamConnection
 from tidings.transports.context import TransportContext
 from tidings.transports.http import (
-    bearer_token,
     cors_headers,
     error_response,
     preflight_response,
     request_error_response,
+    request_token,
 )
 from tidings.transports.outbound import Outbound, QueuedOutbound, direct_outbound
 
 logger = logging.getLogger(__name__)
 
 SSE_HEARTBEAT_S: Final = 15.0  # PROTOCOL.md §4: a comment after 15 s of silence
-TOKEN_COOKIE: Final = "tidings_token"
 # EventSource reconnect delay: randomised per stream so a restarted node's clients
 # do not all come back in the same instant.
 RETRY_MIN_MS: Final = 1000
@@ -249,18 +248,10 @@ def _parse_request(
 
 
 def _token(scope: Scope, headers: dict[str, str]) -> str | None:
-    token = bearer_token(headers.get("authorization"))
-    if token is not None:
-        return token
     tokens = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
-    if tokens:
-        first: str = tokens[0]
-        return first
-    for part in headers.get("cookie", "").split(";"):
-        name, _, value = part.strip().partition("=")
-        if name == TOKEN_COOKIE and value:
-            return value
-    return None
+    return request_token(
+        headers.get("authorization"), tokens[0] if tokens else None, headers.get("cookie")
+    )
 
 
 def _stream_headers(cors: dict[str, str]) -> list[tuple[bytes, bytes]]:

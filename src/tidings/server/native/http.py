@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -176,7 +176,8 @@ class HttpConnection(asyncio.Protocol):
         # Requests parsed, waiting to be served (the first is being served).
         # A list, not a deque: an empty deque allocates a block per idle connection.
         self._requests: list[Request] = []
-        self._cycle: asyncio.Task[None] | None = None
+        # Serving the oldest request: an ASGI task, or a poll answered without one.
+        self._cycle: asyncio.Task[None] | PollExchange | None = None
         self._response: ResponseWriter | None = None
         self._keep_alive_timer: asyncio.TimerHandle | None = None
         self._write_paused = False
@@ -228,6 +229,8 @@ class HttpConnection(asyncio.Protocol):
             self._websocket.connection_lost()
         if self._response is not None:
             self._response.connection_lost()
+        if isinstance(self._cycle, PollExchange):
+            self._cycle.connection_lost()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
@@ -320,6 +323,15 @@ class HttpConnection(asyncio.Protocol):
             self._arm_keep_alive()
             return
         request = self._requests[0]
+        native_poll = self._server.native_poll
+        if native_poll is not None and request.raw_path == b"/poll" and request.method == "GET":
+            # Answered, parked or handed back at once: most polls need no task at all.
+            exchange = self._cycle = PollExchange(self, request)
+            native_poll(exchange)
+            return
+        self._serve_through_app(request)
+
+    def _serve_through_app(self, request: Request) -> None:
         self._cycle = self._loop.create_task(self._serve(request))
 
     async def _serve(self, request: Request) -> None:
@@ -333,13 +345,37 @@ class HttpConnection(asyncio.Protocol):
                 response.write_error(HTTPStatus.INTERNAL_SERVER_ERROR)
         finally:
             self._response = None
-        if not response.complete or not request.keep_alive or self._server.stopping:
+        self._request_done(request, complete=response.complete)
+
+    def _request_done(self, request: Request, *, complete: bool) -> None:
+        """After a response: serve the next pipelined request, or close."""
+        if not complete or not request.keep_alive or self._server.stopping:
             self.close()
             return
         del self._requests[0]
-        if len(self._requests) <= MAX_PIPELINED:
+        if len(self._requests) <= MAX_PIPELINED and self.transport is not None:
             self.transport.resume_reading()
         self._serve_next()
+
+    def respond_now(
+        self, request: Request, status: int, headers: Mapping[str, str], body: bytes
+    ) -> None:
+        """Write a whole response to ``request`` at once (no ASGI cycle)."""
+        if self.closed or self.transport is None:
+            return
+        lines = [b"HTTP/1.1 %d %b\r\n" % (status, _reason(status))]
+        for name, value in headers.items():
+            lines.append(b"%b: %b\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
+        if status != 304:
+            lines.append(b"content-length: %d\r\n" % len(body))
+        if not request.keep_alive or self._server.stopping:
+            lines.append(b"connection: close\r\n")
+        lines.append(_clock.date_header())
+        lines.append(b"\r\n")
+        if request.method != "HEAD":
+            lines.append(body)
+        self.transport.write(b"".join(lines))
+        self._request_done(request, complete=True)
 
     def _http_scope(self, request: Request) -> dict[str, Any]:
         response = self._response
@@ -457,6 +493,42 @@ class HttpConnection(asyncio.Protocol):
         """Close at once, dropping what is not yet sent."""
         if self.transport is not None:
             self.transport.abort()
+
+
+class PollExchange:
+    """A ``GET /poll`` handed to the app's native poll door (``transports.poll.NativePoll``)."""
+
+    __slots__ = ("_conn", "_gone", "_request")
+
+    def __init__(self, conn: HttpConnection, request: Request) -> None:
+        self._conn = conn
+        self._request = request
+        self._gone: Callable[[], None] | None = None
+
+    @property
+    def query_string(self) -> bytes:
+        return self._request.query_string
+
+    def header(self, name: bytes) -> bytes | None:
+        return self._request.header(name)
+
+    def respond(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self._gone = None
+        self._conn.respond_now(self._request, status, headers, body)
+
+    def fall_back(self) -> None:
+        self._gone = None
+        if not self._conn.closed:
+            self._conn._serve_through_app(self._request)
+
+    def on_client_gone(self, callback: Callable[[], None]) -> None:
+        self._gone = callback
+
+    def connection_lost(self) -> None:
+        """The client left while the poll was parked."""
+        gone, self._gone = self._gone, None
+        if gone is not None:
+            gone()
 
 
 class _RefusedRequest(Exception):
@@ -597,11 +669,11 @@ class ResponseWriter:
         return self._stream
 
 
+_REASONS: Final = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
 def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
+    return _REASONS.get(status, b"")
 
 
 class StreamOutbound:

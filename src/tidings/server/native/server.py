@@ -44,6 +44,7 @@ class NativeServer:
         self.max_message_bytes = (settings.max_data_bytes + FRAME_OVERHEAD_BYTES) * (
             FRAME_LIMIT_FACTOR
         )
+        self.native_poll = app.native_poll
         self.connections: set[HttpConnection] = set()
         self._no_connections = asyncio.Event()
         self.websockets: set[NativeWebSocket] = set()
