@@ -34,7 +34,8 @@ pytest: $(STAMP)
 	TIDINGS_TEST_SERVER_BACKEND=uvicorn $(BIN)/pytest tests/e2e tests/client tests/browser
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/fanout.py
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python benchmarks/compare.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import datetime
 import os
-import shlex
 import signal
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import httpx
 import uvloop
@@ -55,7 +54,6 @@ HOST: Final = "127.0.0.1"
 SERVER_CPU: Final = 0
 GENERATOR_CPU: Final = 1
 BENCHMARKS_DIR: Final = Path(__file__).resolve().parent
-REPO_DIR: Final = BENCHMARKS_DIR.parent
 SUBSCRIBED_TIMEOUT_S: Final = 30.0
 PROFILER_ATTACH_S: Final = 1.0
 RESULTS_HEADING: Final = "# Fan-out benchmark results"
@@ -91,7 +89,23 @@ class Target:
     wrap: loadgen.Wrap
     subscribe: bytes | None
     count_path: str
-    count_of: Callable[[Any], int]
+    count_of: Callable[[httpx.Response], int]
+
+
+class Counting(Protocol):
+    """What ``wait_subscribed`` needs of a server under test: where it counts subscribers."""
+
+    @property
+    def name(self) -> str:
+        """The server's name in messages."""
+
+    @property
+    def count_path(self) -> str:
+        """Where it answers how many subscribers it has."""
+
+    @property
+    def count_of(self) -> Callable[[httpx.Response], int]:
+        """How to read the count from that answer."""
 
 
 def _tidings_argv(port: int) -> list[str]:
@@ -103,6 +117,11 @@ def _naive_argv(port: int) -> list[str]:
     return [sys.executable, script, "--port", str(port), "--log-level", "warning"]
 
 
+def tidings_subscribers(body: Any) -> int:
+    """The channel's subscribers in tidings' ``GET /api/channels`` answer."""
+    return int(body["channels"].get(loadgen.CHANNEL, {}).get("subscribers", 0))
+
+
 TARGETS: Final = {
     "tidings": Target(
         name="tidings",
@@ -112,7 +131,7 @@ TARGETS: Final = {
         wrap=lambda data: b'{"channel":"%s","data":%s}' % (loadgen.CHANNEL.encode(), data),
         subscribe=b'{"id":1,"op":"subscribe","channel":"%s"}' % loadgen.CHANNEL.encode(),
         count_path=f"/api/channels?prefix={loadgen.CHANNEL}",
-        count_of=lambda body: int(body["channels"].get(loadgen.CHANNEL, {}).get("subscribers", 0)),
+        count_of=lambda answer: tidings_subscribers(answer.json()),
     ),
     "naive": Target(
         name="naive",
@@ -122,7 +141,7 @@ TARGETS: Final = {
         wrap=lambda data: data,
         subscribe=None,
         count_path="/subscribers",
-        count_of=lambda body: int(body["subscribers"]),
+        count_of=lambda answer: int(answer.json()["subscribers"]),
     ),
 }
 
@@ -172,7 +191,7 @@ async def run_once(
     target: Target, options: Options, log_dir: Path, run: int
 ) -> dict[str, report.PhaseFigures]:
     """Start ``target``, drive every phase against it, stop it; the figures by phase."""
-    await _wait_for_quiet_cores(options.quiet_wait_s)
+    await wait_for_quiet_cores(options.quiet_wait_s)
     port = free_port()
     log_path = log_dir / f"{target.name}-{run}.log"
     server = start_server(target.name, target.argv(port), port, log_path, SERVER_CPU)
@@ -191,7 +210,7 @@ async def _drive(
         HOST, server.port, options.subscribers, collector, subscribe=target.subscribe
     )
     try:
-        await _wait_subscribed(target, server.port, options.subscribers)
+        await wait_subscribed(target, server.port, options.subscribers)
         publisher = await loadgen.HttpPublisher.open(HOST, server.port, target.publish_path)
         profile = None if options.py_spy is None else _numbered(options.py_spy, run)
         async with _profiled(server.pid, profile):
@@ -240,19 +259,34 @@ def _seq_ranges(options: Options) -> tuple[range, range, range]:
     )
 
 
-async def _wait_subscribed(target: Target, port: int, count: int) -> None:
-    """Wait until the server itself counts ``count`` subscribers."""
-    deadline_s = time.monotonic() + SUBSCRIBED_TIMEOUT_S
+async def wait_subscribed(
+    target: Counting,
+    port: int,
+    count: int,
+    *,
+    timeout_s: float = SUBSCRIBED_TIMEOUT_S,
+    strict: bool = True,
+) -> int:
+    """Wait until the server itself counts ``count`` subscribers; the count it gave last.
+
+    Raises:
+        RuntimeError: it did not within ``timeout_s`` (unless not ``strict``).
+    """
+    deadline_s = time.monotonic() + timeout_s
     url = f"http://{HOST}:{port}{target.count_path}"
     async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline_s:
-            if target.count_of((await client.get(url)).json()) >= count:
-                return
+        while True:
+            counted = target.count_of(await client.get(url))
+            if counted >= count:
+                return counted
+            if time.monotonic() >= deadline_s:
+                if strict:
+                    raise RuntimeError(f"{target.name} counted {counted} of {count} subscribers")
+                return counted
             await asyncio.sleep(0.1)
-    raise RuntimeError(f"{target.name} did not count {count} subscribers")
 
 
-async def _wait_for_quiet_cores(max_wait_s: float) -> None:
+async def wait_for_quiet_cores(max_wait_s: float) -> None:
     """Wait (at most ``max_wait_s``) until nothing else keeps the benchmark's cores busy."""
     deadline_s = time.monotonic() + max_wait_s
     while True:
@@ -359,15 +393,9 @@ def parse_options(argv: list[str] | None = None) -> Options:
     )
 
 
-def _command() -> str:
-    python = os.path.relpath(sys.executable, REPO_DIR)
-    script = os.path.relpath(Path(sys.argv[0]).resolve(), REPO_DIR)
-    return shlex.join([python, script, *sys.argv[1:]])
-
-
 def _setup(options: Options) -> str:
     return (
-        f"Command: `{_command()}` (from the repository root), on "
+        f"Command: `{report.command()}` (from the repository root), on "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}.\n\n"
         f"Workload: one channel, {options.subscribers:,} WebSocket subscribers; "
         f"`rate`: {options.publications:,} publications at {options.rate:g}/s; "

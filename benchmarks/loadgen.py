@@ -1,4 +1,4 @@
-"""The load generator of the fan-out benchmark: WebSocket subscribers and an HTTP publisher.
+"""The load generator of the benchmarks: WebSocket subscribers and HTTP publishers.
 
 What it measures: for each publication, when each subscriber received it. Every
 publication's data carries its sequence number and the generator's wall clock at the
@@ -12,6 +12,10 @@ server frames (never masked, never fragmented at these sizes) and finds the stam
 with one regular expression search costs a few microseconds per frame; the generator's
 own CPU use is reported next to the server's so a reader can check it stayed idle
 enough (see README.md).
+
+Publishers: ``HttpPublisher`` sends one request at a time on a keep-alive connection
+(the rate and burst phases); ``PipelinedPoster`` keeps many in flight on one (what a
+server API can take, in ``compare.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ POST_TIMEOUT_S: Final = 30.0
 # The fixed example key of RFC 6455; the generator does not check the server's answer.
 _WS_KEY: Final = b"dGhlIHNhbXBsZSBub25jZQ=="
 _STAMP: Final = re.compile(rb'"seq":(\d+),"t":(\d+)')
+_CONTENT_LENGTH: Final = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
 _OP_TEXT: Final = 0x1
 _OP_CLOSE: Final = 0x8
 _OP_PING: Final = 0x9
@@ -196,12 +201,20 @@ class Subscriber(asyncio.Protocol):
             self._fail(f"handshake refused: {status!r}")
             return len(data)
         self._upgraded = True
+        self._on_upgraded()
+        return end + 4
+
+    def _on_upgraded(self) -> None:
+        """Subscribe if there is a command for it; otherwise the upgrade made it ready."""
         if self._subscribe is None:
             self.ready.set_result(None)
         else:
-            assert self._transport is not None
-            self._transport.write(client_frame(_OP_TEXT, self._subscribe))
-        return end + 4
+            self.send_text(self._subscribe)
+
+    def send_text(self, payload: bytes) -> None:
+        """Send ``payload`` in one text frame."""
+        assert self._transport is not None
+        self._transport.write(client_frame(_OP_TEXT, payload))
 
     def _read_frames(self, data: bytes, pos: int, now_ns: int) -> int:
         size = len(data)
@@ -296,7 +309,7 @@ class HttpPublisher:
         return cls(reader, writer, head)
 
     async def post(self, body: bytes) -> None:
-        """Send ``body`` and read the whole answer; raise unless it is 200."""
+        """Send ``body`` and read the whole answer; raise unless its status is 2xx."""
         async with asyncio.timeout(POST_TIMEOUT_S):
             await self._post(body)
 
@@ -308,7 +321,8 @@ class HttpPublisher:
             if line.lower().startswith(b"content-length:"):
                 length = int(line.split(b":", 1)[1])
         answer = await self._reader.readexactly(length)
-        if not status.startswith(b"HTTP/1.1 200"):
+        # Nchan answers a publish with 201 Created or 202 Accepted.
+        if not status.startswith(b"HTTP/1.1 2"):
             raise ConnectionError(f"publish failed: {status.strip()!r} {answer[:200]!r}")
 
     async def close(self) -> None:
@@ -337,3 +351,93 @@ async def publish_burst(publisher: HttpPublisher, wrap: Wrap, seqs: range) -> No
     """Publish ``seqs`` back to back: each as soon as the previous one was answered."""
     for seq in seqs:
         await publisher.post(wrap(stamped_data(seq)))
+
+
+class PipelinedPoster(asyncio.Protocol):
+    """POSTs one request again and again on one keep-alive connection, ``depth`` in flight.
+
+    HTTP/1.1 pipelining: the next requests are written before the answers to the
+    previous ones arrive, so the server always has work queued on the connection and
+    the figure is what it can take, not the round trip. Answers are counted, and those
+    whose status is not 2xx counted apart; ``stop`` lets the requests in flight finish.
+    """
+
+    def __init__(self, request: bytes, depth: int) -> None:
+        self._request = request
+        self._depth = depth
+        self._buffer = b""
+        self._in_flight = 0
+        self._stopping = False
+        self._transport: asyncio.Transport | None = None
+        self.answered = 0
+        self.failed = 0
+        self.last_ns = 0
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @classmethod
+    async def open(
+        cls, host: str, port: int, path: str, body: bytes, depth: int
+    ) -> PipelinedPoster:
+        """Connect to ``host:port``; ``start`` then POSTs ``body`` to ``path``."""
+        request = (
+            b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), host.encode(), port, len(body), body)
+        )
+        loop = asyncio.get_running_loop()
+        _, poster = await loop.create_connection(lambda: cls(request, depth), host, port)
+        return poster
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(ConnectionError(f"publisher connection lost: {exc}"))
+
+    def start(self) -> None:
+        """Write the first ``depth`` requests."""
+        assert self._transport is not None
+        self._in_flight = self._depth
+        self._transport.write(self._request * self._depth)
+
+    def stop(self) -> None:
+        """Write no more requests; ``done`` settles when the last answer is read."""
+        self._stopping = True
+        if self._in_flight == 0 and not self.done.done():
+            self.done.set_result(None)
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self._transport is not None:
+            self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._buffer:
+            data = self._buffer + data
+        pos, answered = self._read_answers(data)
+        self._buffer = data[pos:]
+        if not answered:
+            return
+        self.last_ns = time.time_ns()
+        self.answered += answered
+        self._in_flight -= answered
+        if not self._stopping:
+            assert self._transport is not None
+            self._in_flight += answered
+            self._transport.write(self._request * answered)
+        elif self._in_flight == 0 and not self.done.done():
+            self.done.set_result(None)
+
+    def _read_answers(self, data: bytes) -> tuple[int, int]:
+        """Count the complete answers in ``data``; where the first incomplete one starts."""
+        pos, answered = 0, 0
+        while (end := data.find(b"\r\n\r\n", pos)) >= 0:
+            length = _CONTENT_LENGTH.search(data, pos, end + 2)
+            stop = end + 4 + (int(length[1]) if length else 0)
+            if stop > len(data):
+                break
+            if data[pos + 9 : pos + 10] != b"2":  # "HTTP/1.1 2xx"
+                self.failed += 1
+            answered += 1
+            pos = stop
+        return pos, answered

@@ -10,16 +10,19 @@ from __future__ import annotations
 import math
 import os
 import platform
+import shlex
 import statistics
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 LIBRARIES: Final = ("tidings", "uvicorn", "starlette", "websockets", "uvloop", "httptools")
 GENERATOR_BOUND_PCT: Final = 90.0
 OTHERS_TOLERATED_PCT: Final = 10.0
+REPO_DIR: Final = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,28 +61,34 @@ def percentile_ms(sorted_ns: Sequence[int], fraction: float) -> float:
     return sorted_ns[rank - 1] / 1e6
 
 
-@dataclass(frozen=True, slots=True)
-class Column:
-    """A column of the table: its title, how to read a figure, how to print it."""
+F = TypeVar("F")
+
+
+# Not slotted: typing sets ``__orig_class__`` on an instance of ``Column[X](...)``, which
+# a slotted frozen dataclass turns into a TypeError on Python 3.11.
+@dataclass(frozen=True)
+class Column(Generic[F]):
+    """A column of a table: its title, how to read a figure of one run, how to print it."""
 
     title: str
-    read: Callable[[PhaseFigures], float]
+    read: Callable[[F], float]
     style: str
 
 
+PhaseColumn = Column[PhaseFigures]
 FIGURES: Final = (
-    Column("deliveries/s", lambda f: f.deliveries_per_s, ",.0f"),
-    Column("latency p50 ms", lambda f: f.p50_ms, ".2f"),
-    Column("latency p99 ms", lambda f: f.p99_ms, ".2f"),
-    Column("server CPU µs/delivery", lambda f: f.server_cpu_us_per_delivery, ".2f"),
+    PhaseColumn("deliveries/s", lambda f: f.deliveries_per_s, ",.0f"),
+    PhaseColumn("latency p50 ms", lambda f: f.p50_ms, ".2f"),
+    PhaseColumn("latency p99 ms", lambda f: f.p99_ms, ".2f"),
+    PhaseColumn("server CPU µs/delivery", lambda f: f.server_cpu_us_per_delivery, ".2f"),
 )
 CONDITIONS: Final = (
-    Column("publications/s", lambda f: f.publications_per_s, ",.1f"),
-    Column("server CPU %", lambda f: f.server_cpu_pct, ".0f"),
-    Column("generator CPU %", lambda f: f.generator_cpu_pct, ".0f"),
-    Column("generator CPU µs/delivery", lambda f: f.generator_cpu_us_per_delivery, ".2f"),
-    Column("others on server core %", lambda f: f.server_core_other_pct, ".0f"),
-    Column("others on generator core %", lambda f: f.generator_core_other_pct, ".0f"),
+    PhaseColumn("publications/s", lambda f: f.publications_per_s, ",.1f"),
+    PhaseColumn("server CPU %", lambda f: f.server_cpu_pct, ".0f"),
+    PhaseColumn("generator CPU %", lambda f: f.generator_cpu_pct, ".0f"),
+    PhaseColumn("generator CPU µs/delivery", lambda f: f.generator_cpu_us_per_delivery, ".2f"),
+    PhaseColumn("others on server core %", lambda f: f.server_core_other_pct, ".0f"),
+    PhaseColumn("others on generator core %", lambda f: f.generator_core_other_pct, ".0f"),
 )
 
 
@@ -91,28 +100,41 @@ def spread(values: Sequence[float], style: str) -> str:
     return f"{mid:{style}} ({low:{style}}–{high:{style}})"
 
 
+def markdown_table(titles: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown table of ``rows`` under ``titles``."""
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def spread_cells(runs: Sequence[F], columns: Sequence[Column[F]]) -> list[str]:
+    """Each column's figure over ``runs``, as ``spread`` prints it."""
+    return [spread([column.read(run) for run in runs], column.style) for column in columns]
+
+
 def table(
     results: Results,
-    columns: Sequence[Column] = FIGURES,
+    columns: Sequence[PhaseColumn] = FIGURES,
     *,
     with_missing: bool = True,
+    phase_title: str = "phase",
 ) -> str:
     """A Markdown table: one row per server and phase, each figure over the runs."""
-    titles = ["server", "phase", *(column.title for column in columns)]
+    titles = ["server", phase_title, *(column.title for column in columns)]
     titles += ["missing"] if with_missing else []
-    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+    rows = []
     for phase in _phases(results):
         for server, phases in results.items():
             runs = phases.get(phase, [])
             if not runs:
                 continue
-            cells = [spread([column.read(run) for run in runs], column.style) for column in columns]
+            cells = spread_cells(runs, columns)
             if with_missing:
                 cells.append(
                     f"{sum(r.missing for r in runs):,} of {sum(r.expected for r in runs):,}"
                 )
-            lines.append("| " + " | ".join([server, phase, *cells]) + " |")
-    return "\n".join(lines)
+            rows.append([server, phase, *cells])
+    return markdown_table(titles, rows)
 
 
 def _phases(results: Results) -> list[str]:
@@ -146,9 +168,9 @@ def warnings(results: Results) -> list[str]:
     return found
 
 
-def machine() -> list[tuple[str, str]]:
-    """The machine and software the figures come from."""
-    versions = ", ".join(f"{name} {_version(name)}" for name in LIBRARIES)
+def machine(libraries: Sequence[str] = LIBRARIES) -> list[tuple[str, str]]:
+    """The machine and software the figures come from (``libraries``: Python packages)."""
+    versions = ", ".join(f"{name} {_version(name)}" for name in libraries)
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     return [
         ("CPU", _cpu_model()),
@@ -158,6 +180,13 @@ def machine() -> list[tuple[str, str]]:
         ("libraries", versions),
         ("load average at start", load),
     ]
+
+
+def command() -> str:
+    """The command line that is running, relative to the repository root."""
+    python = os.path.relpath(sys.executable, REPO_DIR)
+    script = os.path.relpath(Path(sys.argv[0]).resolve(), REPO_DIR)
+    return shlex.join([python, script, *sys.argv[1:]])
 
 
 def _version(name: str) -> str:

@@ -1,9 +1,11 @@
-"""A server under test: a subprocess pinned to one CPU, and the CPU time it has used.
+"""A server under test: a subprocess pinned to one CPU, and the CPU time and memory it uses.
 
 CPU time is user + system time of the whole process (all threads) from
 ``/proc/<pid>/stat``, so the benchmark can report what the server itself spent on a
 window of work, whatever else runs on the machine. The figures have the kernel's
-clock-tick resolution (``SC_CLK_TCK``, usually 10 ms); windows last seconds.
+clock-tick resolution (``SC_CLK_TCK``, usually 10 ms); windows last seconds. Memory is
+the resident set size from ``/proc/<pid>/status``. For a server whose work is done by
+a child process (nginx's worker), both are read from that child.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -35,6 +38,20 @@ def process_cpu_s(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat.rpartition(")")[2].split()
     return (int(fields[_UTIME_FIELD]) + int(fields[_STIME_FIELD])) / CLOCK_TICKS_PER_S
+
+
+def process_rss_bytes(pid: int) -> int:
+    """Return the resident set size of process ``pid`` in bytes (``VmRSS``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024  # the kernel writes kB
+    raise ValueError(f"no VmRSS for process {pid}")
+
+
+def child_pids(pid: int) -> list[int]:
+    """Return the ids of the children of process ``pid`` (its main thread's children)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in children.split()]
 
 
 def core_busy_s(cpu: int) -> float:
@@ -112,21 +129,30 @@ class CpuReading:
 
 @dataclass
 class ServerProcess:
-    """A running server; ``cpu_s`` reads its CPU time, ``stop`` ends it."""
+    """A running server; ``cpu_s`` reads its CPU time, ``stop`` ends it.
+
+    ``worker_pid`` is set for a server whose started process only supervises the one
+    that serves (nginx's master and its worker): the figures are the worker's.
+    """
 
     name: str
     port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    worker_pid: int | None = None
 
     @property
     def pid(self) -> int:
-        """The server's process id."""
-        return self.process.pid
+        """The id of the process that serves: the worker where there is one."""
+        return self.process.pid if self.worker_pid is None else self.worker_pid
 
     def cpu_s(self) -> float:
-        """User + system CPU seconds the server has used so far."""
-        return process_cpu_s(self.process.pid)
+        """User + system CPU seconds the serving process has used so far."""
+        return process_cpu_s(self.pid)
+
+    def rss_bytes(self) -> int:
+        """The serving process's resident set size now, in bytes."""
+        return process_rss_bytes(self.pid)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines the server wrote, for error messages."""
@@ -146,10 +172,22 @@ class ServerProcess:
             self.process.wait()
 
 
-def start_server(name: str, argv: list[str], port: int, log_path: Path, cpu: int) -> ServerProcess:
-    """Start ``argv`` with output to ``log_path``, pinned to ``cpu`` before it does any work."""
+def start_server(
+    name: str,
+    argv: list[str],
+    port: int,
+    log_path: Path,
+    cpu: int,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> ServerProcess:
+    """Start ``argv`` with output to ``log_path``, pinned to ``cpu`` before it does any work.
+
+    ``env`` adds to (or overrides) this process's environment.
+    """
+    environment = None if env is None else {**os.environ, **env}
     with log_path.open("wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=environment)
     # The child is still starting its interpreter; threads it creates inherit this mask.
     os.sched_setaffinity(process.pid, {cpu})
     return ServerProcess(name, port, process, log_path)

@@ -13,8 +13,8 @@ Why: the four transports pay differently for the same publication (a frame, an e
 a whole HTTP exchange per wake-up, or a request per interval whether anything happened
 or not); DESIGN.md asks that such claims be figures measured side by side in one run.
 
-The clients are hand-written like ``loadgen.py``'s: the WebSocket one is
-``loadgen.Subscriber`` counting what it reads; SSE is a bare ``asyncio.Protocol``
+The clients are those of ``clients.py``, hand-written like ``loadgen.py``'s: the
+WebSocket one is ``loadgen.Subscriber`` counting what it reads; SSE is a bare ``asyncio.Protocol``
 reading the ``text/event-stream``; the pollers speak HTTP/1.1 on one keep-alive
 connection each. Every client counts the bytes it reads and writes on its socket
 (HTTP and WebSocket framing included; TCP/IP headers not).
@@ -26,26 +26,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import os
-import re
-import shlex
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, cast
-from urllib.parse import quote
+from typing import Final
 
 import uvloop
 
 if __package__ in (None, ""):  # run as a script: make the `benchmarks` namespace importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import fanout, loadgen, report
+from benchmarks import clients, fanout, loadgen, report
 from benchmarks.server_process import (
     ServerProcess,
     free_port,
@@ -58,15 +53,11 @@ HOST: Final = fanout.HOST
 SERVER_CPU: Final = fanout.SERVER_CPU
 GENERATOR_CPU: Final = fanout.GENERATOR_CPU
 BENCHMARKS_DIR: Final = Path(__file__).resolve().parent
-REPO_DIR: Final = BENCHMARKS_DIR.parent
 HEADING: Final = "# Transport comparison"
 TRANSPORTS: Final = ("websocket", "sse", "long-poll", "short-poll")
 HISTORY_SIZE: Final = 100  # tidings' default history per channel: what a poll can catch up on
 CONNECT_TIMEOUT_S: Final = 60.0
 CONNECT_CONCURRENCY: Final = 50
-_STAMP: Final = re.compile(rb'"seq":(\d+),"t":(\d+)')
-_CURSOR: Final = re.compile(rb'"cursor":"([^"]+)"')
-_SUBSCRIBE: Final = b'{"id":1,"op":"subscribe","channel":"%s"}' % loadgen.CHANNEL.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,16 +85,6 @@ class Options:
         return round(self.rate * self.warmup_s)
 
 
-class Wire:
-    """Bytes the clients of one transport read from and wrote to their sockets."""
-
-    __slots__ = ("read", "written")
-
-    def __init__(self) -> None:
-        self.read = 0
-        self.written = 0
-
-
 @dataclass(frozen=True, slots=True)
 class TransportFigures:
     """One transport's measured phase: the fan-out figures plus the bytes on the wire."""
@@ -123,241 +104,16 @@ class TransportFigures:
         return self.written_bytes / max(self.figures.deliveries, 1)
 
 
-def _record_stamps(
-    collector: loadgen.Collector, index: int, data: bytes, end: int, now_ns: int
-) -> None:
-    for stamp in _STAMP.finditer(data, 0, end):
-        collector.current.record(index, int(stamp[1]), int(stamp[2]), now_ns)
-
-
-# -- clients -------------------------------------------------------------------------------
-
-
-class Client:
-    """What a phase needs of a client: to be ready, and to be closed."""
-
-    ready: asyncio.Future[None]
-
-    async def stop(self) -> None:
-        """Stop reading and close the connection."""
-
-
-class WebSocketClient(loadgen.Subscriber, Client):
-    """``loadgen.Subscriber`` counting the bytes it reads and the requests it writes."""
-
-    def __init__(self, index: int, collector: loadgen.Collector, wire: Wire, port: int) -> None:
-        request = loadgen.upgrade_request(HOST, port, "/ws")
-        super().__init__(index, collector, request, _SUBSCRIBE)
-        self._wire = wire
-        wire.written += len(request) + len(loadgen.client_frame(0x1, _SUBSCRIBE))
-
-    def data_received(self, data: bytes) -> None:
-        self._wire.read += len(data)
-        super().data_received(data)
-
-    async def stop(self) -> None:
-        self.close()
-
-
-class SseClient(asyncio.Protocol, Client):
-    """``GET /sse?channel=``; each ``pub`` event's stamps are recorded when read."""
-
-    def __init__(self, index: int, collector: loadgen.Collector, wire: Wire, port: int) -> None:
-        self._index = index
-        self._collector = collector
-        self._wire = wire
-        self._request = b"GET /sse?channel=%s HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (
-            loadgen.CHANNEL.encode(),
-            HOST.encode(),
-            port,
-        )
-        self._buffer = b""
-        self._transport: asyncio.Transport | None = None
-        self.ready = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-        self._transport.write(self._request)
-        self._wire.written += len(self._request)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(f"SSE client {self._index}: {exc}"))
-
-    def data_received(self, data: bytes) -> None:
-        now_ns = time.time_ns()
-        self._wire.read += len(data)
-        if self._buffer:
-            data = self._buffer + data
-        end = data.rfind(b"\n\n")  # events end with a blank line; keep a partial one
-        if end < 0:
-            self._buffer = data
-            return
-        self._buffer = data[end + 2 :]
-        if not self.ready.done():
-            if not data.startswith(b"HTTP/1.1 200"):
-                status = data.split(b"\r\n", 1)[0]
-                self.ready.set_exception(ConnectionError(f"SSE refused: {status!r}"))
-                return
-            if b"event: subscribed" in data:
-                self.ready.set_result(None)
-        _record_stamps(self._collector, self._index, data, end, now_ns)
-
-    async def stop(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-
-
-class Poller(Client):
-    """``GET /poll`` on one keep-alive connection: long (``wait``) or short (``interval``)."""
-
-    def __init__(
-        self,
-        index: int,
-        collector: loadgen.Collector,
-        wire: Wire,
-        port: int,
-        *,
-        wait_s: int,
-        interval_s: float,
-        offset_s: float,
-    ) -> None:
-        self._index = index
-        self._collector = collector
-        self._wire = wire
-        self._port = port
-        self._wait_s = wait_s
-        self._interval_s = interval_s
-        self._offset_s = offset_s
-        self._cursor = b""
-        self._etag = b""
-        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.ready = asyncio.get_running_loop().create_future()
-
-    async def start(self) -> None:
-        """Connect, take the channel's cursor with a first poll, then poll in a loop."""
-        await self._poll(0)
-        self.ready.set_result(None)
-        self._task = asyncio.create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._disconnect()
-
-    async def _loop(self) -> None:
-        due_s = time.monotonic() + self._offset_s
-        while True:
-            if self._interval_s > 0:
-                await asyncio.sleep(max(0.0, due_s - time.monotonic()))
-                due_s = max(due_s + self._interval_s, time.monotonic())
-            try:
-                await self._poll(self._wait_s)
-            except (ConnectionError, OSError, asyncio.IncompleteReadError):
-                self._disconnect()  # the server closed an idle keep-alive: reconnect
-
-    def _disconnect(self) -> None:
-        if self._streams is not None:
-            self._streams[1].close()
-            self._streams = None
-
-    async def _poll(self, wait_s: int) -> None:
-        if self._streams is None:
-            self._streams = await asyncio.open_connection(HOST, self._port)
-        reader, writer = self._streams
-        query = b"channel=%s&wait=%d" % (loadgen.CHANNEL.encode(), wait_s)
-        if self._cursor:
-            query += b"&cursor=" + quote(self._cursor).encode()
-        match = b"If-None-Match: %s\r\n" % self._etag if self._etag and not wait_s else b""
-        request = b"GET /poll?%s HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n" % (
-            query,
-            HOST.encode(),
-            self._port,
-            match,
-        )
-        writer.write(request)
-        self._wire.written += len(request)
-        status = await reader.readline()
-        read, length = len(status), 0
-        while (line := await reader.readline()) != b"\r\n":
-            if not line:
-                raise ConnectionError("closed while reading a poll answer")
-            read += len(line)
-            name, _, value = line.partition(b":")
-            name = name.lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"etag":
-                self._etag = value.strip()
-        body = await reader.readexactly(length) if length else b""
-        now_ns = time.time_ns()
-        self._wire.read += read + 2 + len(body)
-        if status.startswith(b"HTTP/1.1 304"):
-            return
-        if not status.startswith(b"HTTP/1.1 200"):
-            raise RuntimeError(f"poll refused: {status.strip()!r} {body[:200]!r}")
-        cursor = _CURSOR.search(body)
-        if cursor is not None:
-            self._cursor = cursor[1]
-        _record_stamps(self._collector, self._index, body, len(body), now_ns)
-
-
-async def open_clients(
-    transport: str,
-    port: int,
-    options: Options,
-    collector: loadgen.Collector,
-    wire: Wire,
-) -> list[Client]:
-    """Open ``options.clients`` clients of ``transport`` and wait until each is ready."""
-    loop = asyncio.get_running_loop()
-    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
-    clients: list[Client] = []
-
-    async def open_one(index: int) -> None:
-        async with gate:
-            client: Client
-            if transport == "websocket":
-                _, client = await loop.create_connection(
-                    lambda: WebSocketClient(index, collector, wire, port), HOST, port
-                )
-            elif transport == "sse":
-                _, client = await loop.create_connection(
-                    lambda: SseClient(index, collector, wire, port), HOST, port
-                )
-            else:
-                short = transport == "short-poll"
-                interval_s = options.short_poll_interval_s if short else 0.0
-                poller = Poller(
-                    index,
-                    collector,
-                    wire,
-                    port,
-                    wait_s=0 if short else options.long_poll_wait_s,
-                    interval_s=interval_s,
-                    offset_s=interval_s * index / options.clients,  # spread the polls out
-                )
-                clients.append(poller)
-                await poller.start()
-                return
-            clients.append(client)
-            await client.ready
-
-    try:
-        async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            await asyncio.gather(*(open_one(index) for index in range(options.clients)))
-    except BaseException:
-        await close_clients(clients)
-        raise
-    return clients
-
-
-async def close_clients(clients: Sequence[Client]) -> None:
-    """Close every client."""
-    await asyncio.gather(*(client.stop() for client in clients), return_exceptions=True)
+def opener(transport: str, options: Options) -> clients.Opener:
+    """How to open one client of ``transport`` (``clients.py`` has them all)."""
+    if transport == "websocket":
+        return clients.websocket()
+    if transport == "sse":
+        return clients.sse(f"/sse?channel={loadgen.CHANNEL}", b"event: subscribed")
+    if transport == "long-poll":
+        return clients.tidings_poll(options.long_poll_wait_s)
+    # Short pollers' schedules are spread evenly over the interval.
+    return clients.tidings_poll(0, options.short_poll_interval_s, options.clients)
 
 
 # -- phases --------------------------------------------------------------------------------
@@ -372,8 +128,16 @@ async def run_transport(
 ) -> TransportFigures:
     """Connect the clients of ``transport``, warm up, measure one phase, close them."""
     collector = loadgen.Collector(options.clients)
-    wire = Wire()
-    clients = await open_clients(transport, server.port, options, collector, wire)
+    wire = clients.Wire()
+    opened = await clients.open_clients(
+        opener(transport, options),
+        server.port,
+        range(options.clients),
+        collector,
+        wire,
+        concurrency=CONNECT_CONCURRENCY,
+        timeout_s=CONNECT_TIMEOUT_S,
+    )
     wrap = fanout.TARGETS["tidings"].wrap
 
     def at_rate(seqs: range) -> Callable[[], Awaitable[None]]:
@@ -391,7 +155,7 @@ async def run_transport(
         )
         return TransportFigures(figures, wire.read - read, wire.written - written)
     finally:
-        await close_clients(clients)
+        await clients.close_clients(opened.clients)
 
 
 async def benchmark(options: Options) -> dict[str, TransportFigures]:
@@ -445,7 +209,7 @@ def figures_table(results: dict[str, TransportFigures]) -> str:
         "of which client→server",
         "missing",
     ]
-    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+    rows = []
     for transport, measured in results.items():
         f = measured.figures
         cells = [
@@ -458,27 +222,19 @@ def figures_table(results: dict[str, TransportFigures]) -> str:
             f"{measured.request_bytes_per_delivery:,.0f}",
             f"{f.missing:,} of {f.expected:,}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return report.markdown_table(titles, rows)
 
 
 def conditions_table(results: dict[str, TransportFigures]) -> str:
     """``report.CONDITIONS`` per transport (publication rate, CPU shares, other load)."""
     nested: report.Results = {"tidings": {t: [m.figures] for t, m in results.items()}}
-    return report.table(nested, report.CONDITIONS, with_missing=False).replace(
-        "| server | phase |", "| server | transport |", 1
-    )
+    return report.table(nested, report.CONDITIONS, with_missing=False, phase_title="transport")
 
 
 def notes(results: dict[str, TransportFigures]) -> list[str]:
     """``report.warnings`` for each transport's phase."""
     return report.warnings({"tidings": {t: [m.figures] for t, m in results.items()}})
-
-
-def _command() -> str:
-    python = os.path.relpath(sys.executable, REPO_DIR)
-    script = os.path.relpath(Path(sys.argv[0]).resolve(), REPO_DIR)
-    return shlex.join([python, script, *sys.argv[1:]])
 
 
 def section(
@@ -494,7 +250,7 @@ def section(
         f"{HEADING}\n\n"
         "Written by `benchmarks/transports.py`; README.md says what each figure means. "
         "One run; each row is one phase against the same server process.\n\n"
-        f"Command: `{_command()}` (from the repository root), on "
+        f"Command: `{report.command()}` (from the repository root), on "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}.\n\n"
         f"Machine: {described}.\n\n"
         f"Workload: one channel, {options.clients:,} clients per transport, "
