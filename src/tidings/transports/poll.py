@@ -23,9 +23,11 @@ positions are woken by one publication into the same answer, encoded once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Final, Literal, Protocol
 from urllib.parse import parse_qsl
 
@@ -60,6 +62,7 @@ DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 # Encoded answers kept for waiters woken into the same answer (bounded memo).
 _ANSWER_MEMO_MAX: Final = 1024
+_PARSED_CACHE_SIZE: Final = 4096
 
 PollKind = Literal["short", "long"]
 
@@ -105,8 +108,8 @@ class NativePoll(Protocol):
 class PollQuery:
     """A parsed poll: what to read, from where, how long to wait, and who asks."""
 
-    channels: list[ChannelName]
-    positions: dict[ChannelName, Position]
+    channels: tuple[ChannelName, ...]
+    positions: Mapping[ChannelName, Position]
     wait_s: int
     limit: int
     token: str | None
@@ -131,9 +134,20 @@ class PollAnswer:
 def parse_poll_query(query_string: str, header: Callable[[str], str | None]) -> PollQuery:
     """Parse a poll's query string and headers.
 
+    The same poll comes back again and again (a short poller with nothing new, every
+    long poller woken by the same publication), so parses are kept: a ``PollQuery`` is
+    immutable, and a parse is a pure function of these four strings.
+
     Raises:
         BadRequest: an invalid channel list, cursor, position, ``wait`` or ``limit``.
     """
+    return _parsed(query_string, header("authorization"), header("cookie"), header("if-none-match"))
+
+
+@functools.lru_cache(maxsize=_PARSED_CACHE_SIZE)
+def _parsed(
+    query_string: str, authorization: str | None, cookie: str | None, if_none_match: str | None
+) -> PollQuery:
     pairs = parse_qsl(query_string, keep_blank_values=True)
     last = dict(pairs)  # a repeated single-valued parameter: the last one counts
     channels = parse_channel_list([value for name, value in pairs if name == "channel"])
@@ -145,8 +159,10 @@ def parse_poll_query(query_string: str, header: Callable[[str], str | None]) -> 
     wait_s = query_int(last.get("wait"), "wait", 0, MAX_WAIT_S, default=0) or 0
     limit = query_int(last.get("limit"), "limit", 1, MAX_LIMIT, default=DEFAULT_LIMIT)
     assert limit is not None
-    token = request_token(header("authorization"), last.get("token"), header("cookie"))
-    return PollQuery(channels, positions, wait_s, limit, token, header("if-none-match"))
+    token = request_token(authorization, last.get("token"), cookie)
+    return PollQuery(
+        tuple(channels), MappingProxyType(positions), wait_s, limit, token, if_none_match
+    )
 
 
 class PollTransport:
@@ -157,6 +173,10 @@ class PollTransport:
         self._counters = counters
         self.watches = PollWatches(context.hub, context.new_client_id)
         self._memo: dict[tuple[object, ...], tuple[str, bytes]] = {}
+        self._replies: dict[
+            tuple[int, str | None],
+            tuple[PollQuery, tuple[Position, ...], tuple[int, dict[str, str], bytes]],
+        ] = {}
 
     def release_all(self) -> None:
         """Answer every waiting long poll now (the node is draining)."""
@@ -233,7 +253,6 @@ class PollTransport:
         """Answer or park ``poll`` now if the watches allow it, else ``fall_back``."""
         context = self._context
         origin = _text(poll.header(b"origin"))
-        cors = cors_headers(origin, context.allowed_origins)
         try:
             query = parse_poll_query(
                 poll.query_string.decode("latin-1"), lambda name: _text(poll.header(name.encode()))
@@ -246,23 +265,24 @@ class PollTransport:
         except (RequestError, _Refused):
             poll.fall_back()  # the ASGI door answers with the error, written once there
             return
-        answer = self._answer_now(query)
-        if answer is None:
-            poll.fall_back()
+        heads = self._heads(query)
+        if heads is None:
+            poll.fall_back()  # a channel not watched yet: the broker is read first
             return
-        if not (query.wait_s and query.positions and not answer.publications and answer.recovered):
+        if query.wait_s and _at_heads(query, heads):
             self._counters.poll_started()
-            self._write_native(poll, query, answer, cors)
-            return
-        self._counters.poll_started()
+            self._park_native(poll, query, origin)
+        elif not self._reply_native(poll, query, origin, heads, started=False):
+            poll.fall_back()  # a position the watches do not hold: the broker is read
 
+    def _park_native(self, poll: NativePoll, query: PollQuery, origin: str | None) -> None:
         def wake() -> None:
-            woken = self._answer_now(query)
-            if woken is None:  # a watch was dropped (a gap): the broker must say
+            heads = self._heads(query)
+            if heads is None or not self._reply_native(poll, query, origin, heads, started=True):
+                # A watch was dropped (a gap), or moved past what it keeps: the broker
+                # must say. (The ASGI door counts the poll again.)
                 self._counters.poll_ended("long")
                 poll.fall_back()
-                return
-            self._write_native(poll, query, woken, cors)
 
         parked = self.watches.park(query.channels, query.wait_s, wake)
 
@@ -272,16 +292,53 @@ class PollTransport:
 
         poll.on_client_gone(client_gone)
 
-    def _write_native(
-        self, poll: NativePoll, query: PollQuery, answer: PollAnswer, cors: dict[str, str]
-    ) -> None:
-        status, headers, body = self._respond(query, answer)
-        if cors:
-            headers.update(cors)
-        if status != 304:
-            headers["content-type"] = "application/json"
+    def _reply_native(
+        self,
+        poll: NativePoll,
+        query: PollQuery,
+        origin: str | None,
+        heads: tuple[Position, ...],
+        *,
+        started: bool,
+    ) -> bool:
+        """Write the answer the watches give, if they hold it; return whether written.
+
+        Polls asking the same thing of the same heads (the long pollers one publication
+        woke) share one reply, made once.
+        """
+        key = (id(query), origin)
+        entry = self._replies.get(key)
+        if entry is not None and entry[0] is query and entry[1] == heads:
+            reply = entry[2]
+        else:
+            answer = self._answer_now(query)
+            if answer is None:
+                return False
+            status, headers, body = self._respond(query, answer)
+            headers = {**headers, **cors_headers(origin, self._context.allowed_origins)}
+            if status != 304:
+                headers["content-type"] = "application/json"
+            reply = (status, headers, body)
+            if len(self._replies) >= _ANSWER_MEMO_MAX:
+                self._replies.clear()
+            # The query is kept in the entry, so its id cannot be reused while it is.
+            self._replies[key] = (query, heads, reply)
+        if not started:
+            self._counters.poll_started()
         self._counters.poll_ended(query.kind)
-        poll.respond(status, headers, body)
+        poll.respond(*reply)
+        return True
+
+    def _heads(self, query: PollQuery) -> tuple[Position, ...] | None:
+        """The heads of the query's channels as the watches know them, or ``None`` if
+        any is not watched."""
+        heads = []
+        for channel in query.channels:
+            view = self.watches.view(channel)
+            if view is None:
+                return None
+            heads.append(view.head)
+        return tuple(heads)
 
     # -- the logic both doors share -------------------------------------------------------
 
@@ -343,7 +400,7 @@ class PollTransport:
         """Return the status, headers and body of ``answer``; an unchanged short poll
         that names the current cursor in ``If-None-Match`` gets ``304``."""
         key = (
-            tuple(query.channels),
+            query.channels,
             tuple(answer.positions.values()),
             tuple(p.position for p in answer.publications),
             answer.recovered,
@@ -368,6 +425,14 @@ class PollTransport:
         return 200, headers, body
 
 
+def _at_heads(query: PollQuery, heads: tuple[Position, ...]) -> bool:
+    """Whether every channel of ``query`` has a position, at its head: nothing is new."""
+    positions = query.positions
+    return len(positions) == len(heads) and all(
+        positions.get(channel) == head for channel, head in zip(query.channels, heads, strict=True)
+    )
+
+
 class _Refused(Exception):
     """The native door cannot serve this request itself."""
 
@@ -379,7 +444,7 @@ def _text(value: bytes | None) -> str | None:
 def _page(
     found: list[Publication],
     positions: dict[ChannelName, Position],
-    channels: list[ChannelName],
+    channels: Sequence[ChannelName],
     limit: int,
 ) -> list[Publication]:
     """Merge channels by time, cut at ``limit``, and advance ``positions`` past the page."""

@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from tidings.core.channel import ChannelName
@@ -36,17 +37,18 @@ logger = logging.getLogger(__name__)
 LINGER_S: Final = 75.0
 # Publications a watch keeps: enough for a poller a few seconds behind a busy channel.
 RECENT_KEEP: Final = 100
+DEADLINE_GRAIN_S: Final = 0.05
 
 
 class Parked:
     """A long poll waiting on one or more watches; ``wake`` runs its callback once."""
 
-    __slots__ = ("_on_wake", "_timer", "_watches", "woken")
+    __slots__ = ("_due", "_on_wake", "_watches", "woken")
 
     def __init__(self, on_wake: Callable[[], None]) -> None:
         self._on_wake = on_wake
         self._watches: list[Watch] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._due: set[Parked] | None = None  # the polls sharing its time-out timer
         self.woken = False
 
     def wake(self) -> None:
@@ -59,12 +61,12 @@ class Parked:
     def cancel(self) -> None:
         """Leave every watch without calling back (the client went away)."""
         self.woken = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         for watch in self._watches:
             watch.waiters.discard(self)
         self._watches = []
+        if self._due is not None:
+            self._due.discard(self)
+            self._due = None
 
 
 class Watch:
@@ -129,6 +131,8 @@ class PollWatches:
         self._creating: dict[ChannelName, asyncio.Future[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._leaving: set[asyncio.Task[bool]] = set()
+        # Parked polls by the grain their wait ends in (see ``park``).
+        self._deadlines: dict[int, set[Parked]] = {}
 
     def view(self, channel: ChannelName) -> ChannelWatch | None:
         """Return the live view of ``channel``, if it is watched (and mark it used)."""
@@ -164,16 +168,33 @@ class PollWatches:
             done.set_result(None)
 
     def park(
-        self, channels: list[ChannelName], wait_s: float, on_wake: Callable[[], None]
+        self, channels: Sequence[ChannelName], wait_s: float, on_wake: Callable[[], None]
     ) -> Parked:
-        """Park a long poll on the watches of ``channels`` (all watched) for ``wait_s``."""
+        """Park a long poll on the watches of ``channels`` (all watched) for ``wait_s``.
+
+        Its time-out shares a timer with the polls parked in the same
+        ``DEADLINE_GRAIN_S`` (rounded up: a poll waits its ``wait`` in full, and at
+        most one grain more): hundreds of pollers re-parking after one publication
+        cost one timer, not hundreds.
+        """
         parked = Parked(on_wake)
         for channel in channels:
             watch = self._watches[channel]
             watch.waiters.add(parked)
             parked._watches.append(watch)
-        parked._timer = asyncio.get_running_loop().call_later(wait_s, parked.wake)
+        loop = asyncio.get_running_loop()
+        deadline = math.ceil((loop.time() + wait_s) / DEADLINE_GRAIN_S)
+        due = self._deadlines.get(deadline)
+        if due is None:
+            due = self._deadlines[deadline] = set()
+            loop.call_at(deadline * DEADLINE_GRAIN_S, self._expire, deadline)
+        due.add(parked)
+        parked._due = due
         return parked
+
+    def _expire(self, deadline: int) -> None:
+        for parked in list(self._deadlines.pop(deadline, ())):
+            parked.wake()
 
     def drop(self, watch: Watch) -> None:
         """Stop using ``watch``; its hub subscription ends soon after."""

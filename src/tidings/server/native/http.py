@@ -109,6 +109,45 @@ def chunk(data: bytes) -> bytes:
 _stream_chunks: Final = SharedFrames(chunk)
 
 
+class WholeResponses:
+    """The bytes of the last whole response written: polls woken by one publication
+    are answered with the same headers and body objects, so their bytes are built
+    once and then found by identity (like ``SharedFrames``)."""
+
+    __slots__ = ("_key", "_wire")
+
+    def __init__(self) -> None:
+        self._key: tuple[object, ...] = ()
+        self._wire = b""
+
+    def of(
+        self, status: int, headers: Mapping[str, str], body: bytes, *, close: bool, head: bool
+    ) -> bytes:
+        """Return the response's bytes (``content-length`` and ``date`` added)."""
+        date = _clock.date_header()
+        key = (status, headers, body, close, head, date)
+        last = self._key
+        if len(last) == len(key) and all(a is b or a == b for a, b in zip(last, key, strict=True)):
+            return self._wire
+        lines = [b"HTTP/1.1 %d %b\r\n" % (status, _reason(status))]
+        for name, value in headers.items():
+            lines.append(b"%b: %b\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
+        if status != 304:
+            lines.append(b"content-length: %d\r\n" % len(body))
+        if close:
+            lines.append(b"connection: close\r\n")
+        lines.append(date)
+        lines.append(b"\r\n")
+        if not head:
+            lines.append(body)
+        self._key = key
+        self._wire = b"".join(lines)
+        return self._wire
+
+
+_whole_responses: Final = WholeResponses()
+
+
 class _Clock:
     """The ``Date`` header, formatted at most once a second."""
 
@@ -363,18 +402,11 @@ class HttpConnection(asyncio.Protocol):
         """Write a whole response to ``request`` at once (no ASGI cycle)."""
         if self.closed or self.transport is None:
             return
-        lines = [b"HTTP/1.1 %d %b\r\n" % (status, _reason(status))]
-        for name, value in headers.items():
-            lines.append(b"%b: %b\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
-        if status != 304:
-            lines.append(b"content-length: %d\r\n" % len(body))
-        if not request.keep_alive or self._server.stopping:
-            lines.append(b"connection: close\r\n")
-        lines.append(_clock.date_header())
-        lines.append(b"\r\n")
-        if request.method != "HEAD":
-            lines.append(body)
-        self.transport.write(b"".join(lines))
+        close = not request.keep_alive or self._server.stopping
+        wire = _whole_responses.of(
+            status, headers, body, close=close, head=request.method == "HEAD"
+        )
+        self.transport.write(wire)
         self._request_done(request, complete=True)
 
     def _http_scope(self, request: Request) -> dict[str, Any]:
