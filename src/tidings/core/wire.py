@@ -78,10 +78,12 @@ def position_fields(position: Position) -> dict[str, Any]:
 class EncodedPublication:
     """A publication and its wire forms, each computed on first use and then shared."""
 
-    __slots__ = ("_json", "_json_text", "_sse_single", "_websocket", "publication")
+    __slots__ = ("_json", "_json_text", "_sse_single", "_websocket", "position", "publication")
 
     def __init__(self, publication: Publication) -> None:
         self.publication = publication
+        # One Position for every recipient, not one per recipient and delivery.
+        self.position = publication.position
         self._websocket: str | None = None
         self._json: bytes | None = None
         self._json_text: str | None = None

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
@@ -115,14 +115,8 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=registry,
         )
-        self.poll_requests = Counter(
-            "tidings_poll_requests",
-            "Poll requests answered, by kind (short: wait=0, long: wait>0).",
-            ["kind"],
-            registry=registry,
-        )
-        # The labelled children, looked up once instead of per poll.
-        self._poll_kinds = {kind: self.poll_requests.labels(kind) for kind in ("short", "long")}
+        # Plain counts, read at scrape time: a poll is a hot path, a Counter takes a lock.
+        self.poll_requests: dict[Literal["short", "long"], int] = {"short": 0, "long": 0}
         registry.register(_NodeCollector(self))
 
     def read_counters_of(self, hub: Hub) -> None:
@@ -169,7 +163,7 @@ class Metrics:
     def poll_ended(self, kind: Literal["short", "long"]) -> None:
         """A poll of ``kind`` was answered, or its client left (``PollCounters``)."""
         self.polls_in_flight -= 1
-        self._poll_kinds[kind].inc()
+        self.poll_requests[kind] += 1
 
     def observe_fan_out(self, publication: Publication, started_s: float, ended_s: float) -> None:
         """Record one publication handed to local subscribers (wall-clock seconds)."""
@@ -203,6 +197,14 @@ class _NodeCollector(Collector):
             "Subscriptions held on this node (a connection holding 3 channels counts 3).",
             value=figures.subscriptions,
         )
+        polls = CounterMetricFamily(
+            "tidings_poll_requests",
+            "Poll requests answered, by kind (short: wait=0, long: wait>0).",
+            labels=["kind"],
+        )
+        for kind, count in self._metrics.poll_requests.items():
+            polls.add_metric([kind], count)
+        yield polls
         yield CounterMetricFamily(
             "tidings_publications",
             "Publications made through this node (server API, WebSocket, in-process).",

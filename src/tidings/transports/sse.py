@@ -82,8 +82,7 @@ class SseSession(StreamConnection):
         self._write_publication(publication)
 
     def _write_publication(self, encoded: EncodedPublication, *, replay: bool = False) -> None:
-        publication = encoded.publication
-        self.positions[publication.channel] = publication.position
+        self.positions[encoded.publication.channel] = encoded.position
         if len(self.positions) == 1:
             event = encoded.sse_single  # shared by every single-channel stream
         else:

@@ -126,8 +126,7 @@ class WholeResponses:
         """Return the response's bytes (``content-length`` and ``date`` added)."""
         date = _clock.date_header()
         key = (status, headers, body, close, head, date)
-        last = self._key
-        if len(last) == len(key) and all(a is b or a == b for a, b in zip(last, key, strict=True)):
+        if key == self._key:  # tuple equality tries identity first: cheap on a hit
             return self._wire
         lines = [b"HTTP/1.1 %d %b\r\n" % (status, _reason(status))]
         for name, value in headers.items():
