@@ -13,7 +13,9 @@ alternate which server goes first), medians with min–max:
    and server CPU µs per request;
 5. ``idle``: server RSS per idle WebSocket connection (``--idle-connections``), and
    whether one process holds ``--hold-connections``;
-6. ``publish``: publications/s through tidings' server API, pipelined.
+6. ``publish``: publications/s through tidings' server API, pipelined;
+7. ``publish-batch``: the same with ``POST /api/broadcast`` into ``--publish-batch``
+   channels per request.
 
 Servers: ``tidings`` (``python -m tidings serve``, memory broker, its default server
 backend), ``tidings-uvicorn`` (``--server-backend uvicorn``, skipped with a note
@@ -65,6 +67,7 @@ SERVER_CPU: Final = fanout.SERVER_CPU
 GENERATOR_CPU: Final = fanout.GENERATOR_CPU
 BENCHMARKS_DIR: Final = Path(__file__).resolve().parent
 SERVERS: Final = ("tidings", "tidings-uvicorn", "nchan", "naive", "socketio")
+WORKLOAD_WIDTH: Final = max(map(len, workloads.WORKLOADS))  # the printed lines line up
 LIBRARIES: Final = (*report.LIBRARIES, "python-socketio", "python-engineio")
 BACKEND_OPTION: Final = "--server-backend"
 # tidings refuses connections past max_connections (10,000 by default); the idle
@@ -151,6 +154,7 @@ def _tidings(name: str, backend: list[str]) -> Contender:
         },
         short_poll=workloads.tidings_short_poll,
         publishes=True,
+        broadcast=workloads.tidings_broadcast,
     )
 
 
@@ -255,7 +259,7 @@ async def run_one(
         if server.worker_pid is None and child_pids(server.pid):
             results.note(f"{contender.name} had child processes: only its own was measured")
         line = await _measure(contender, workload, server, options.plan.sizes, results)
-        print(f"{workload:10} {contender.name:15} {line}", flush=True)
+        print(f"{workload:{WORKLOAD_WIDTH}} {contender.name:15} {line}", flush=True)
     finally:
         try:
             await asyncio.sleep(0.2)  # let the closed clients' sockets actually close
@@ -285,8 +289,8 @@ async def _measure(
         held = await workloads.idle(contender, server, sizes)
         results.idle.setdefault(name, []).append(held)
         return _idle_line(held)
-    published = await workloads.publishing(contender, server, sizes)
-    results.publish.setdefault(name, []).append(published)
+    published = await workloads.publishing(contender, workload, server, sizes)
+    results.publish.setdefault(name, {}).setdefault(workload, []).append(published)
     return _publish_line(published)
 
 
@@ -381,6 +385,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     add("--publish-connections", type=int, help="publishing connections (default 4)")
     add("--publish-depth", type=int, help="pipelined requests per connection (default 64)")
     add("--publish-duration", dest="publish_duration_s", type=float, help="s (default 5)")
+    add("--publish-batch", type=int, help="channels per publish-batch request (default 100)")
     add("--quiet-wait", dest="quiet_wait_s", type=float, help="s to wait for idle cores (30)")
     add(
         "--results",
@@ -398,6 +403,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
         parser.error(f"--servers takes {', '.join(SERVERS)}")
     if sizes.hold_connections <= sizes.idle_connections:
         parser.error("--hold-connections must be more than --idle-connections")
+    if sizes.publish_batch < 1:
+        parser.error("--publish-batch must be at least 1")
     results = args.results or (None if args.quick else str(BENCHMARKS_DIR / "RESULTS.md"))
     plan = Plan(
         workloads=tuple(name for name in workloads.WORKLOADS if name in chosen),

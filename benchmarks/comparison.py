@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
@@ -31,12 +31,15 @@ F = TypeVar("F")
 
 @dataclass
 class Comparison:
-    """Every run's figures: per workload, per server, one entry per run; and notes."""
+    """Every run's figures: per workload, per server, one entry per run; and notes.
+
+    ``fan_out`` and ``publish`` are keyed by server, then by workload.
+    """
 
     fan_out: report.Results = field(default_factory=dict)
     short_poll: dict[str, list[ShortPollFigures]] = field(default_factory=dict)
     idle: dict[str, list[IdleFigures]] = field(default_factory=dict)
-    publish: dict[str, list[PublishFigures]] = field(default_factory=dict)
+    publish: dict[str, dict[str, list[PublishFigures]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def note(self, text: str) -> None:
@@ -90,15 +93,30 @@ def _server_table(
     total: tuple[str, Callable[[F], int]] | None = None,
 ) -> str:
     """One row per server: each column over the runs, then a count summed over them."""
-    titles = ["server", *(column.title for column in columns)]
+    return _table(["server"], [([name], runs) for name, runs in by_server.items()], columns, total)
+
+
+def _table(
+    keys: Sequence[str],
+    by_row: Iterable[tuple[Sequence[str], Sequence[F]]],
+    columns: Sequence[report.Column[F]],
+    total: tuple[str, Callable[[F], int]] | None = None,
+) -> str:
+    """One row per key (its cells under ``keys``): each column over the runs, then a count."""
+    titles = [*keys, *(column.title for column in columns)]
     titles += [total[0]] if total else []
     rows = []
-    for name, runs in by_server.items():
-        cells = [name, *report.spread_cells(runs, columns)]
+    for key, runs in by_row:
+        cells = [*key, *report.spread_cells(runs, columns)]
         if total:
             cells.append(f"{sum(total[1](run) for run in runs):,}")
         rows.append(cells)
     return report.markdown_table(titles, rows)
+
+
+def _batch(runs: Sequence[PublishFigures]) -> str:
+    """The publishing workload as the table names it: ``single`` or ``batch of N``."""
+    return "single" if runs[0].batch == 1 else f"batch of {runs[0].batch:,}"
 
 
 def tables(comparison: Comparison, sizes: Sizes) -> list[tuple[str, str]]:
@@ -131,8 +149,13 @@ def tables(comparison: Comparison, sizes: Sizes) -> list[tuple[str, str]]:
         )
         found.append(("Idle WebSocket connections", held))
     if comparison.publish:
-        published = _server_table(
-            comparison.publish, PUBLISH_COLUMNS, ("failed", lambda f: f.failed)
+        by_row = [
+            ([server, _batch(runs)], runs)
+            for server, by_workload in comparison.publish.items()
+            for runs in by_workload.values()
+        ]
+        published = _table(
+            ["server", "workload"], by_row, PUBLISH_COLUMNS, ("failed", lambda f: f.failed)
         )
         found.append(("Publishing through the server API", published))
     return found
@@ -165,12 +188,13 @@ def warnings(comparison: Comparison, sizes: Sizes) -> list[str]:
             found.append(
                 f"{server} idle: held only {fewest:,} of {sizes.hold_connections:,} connections"
             )
-    for server, published in comparison.publish.items():
-        busy = [r.generator_cpu_pct for r in published]
-        found += _busy(f"{server} publish", "the generator", busy)
-        found += _others(f"{server} publish", [r.server_core_other_pct for r in published])
-        if any(r.failed for r in published):
-            found.append(f"{server} publish: some publishes were not answered 2xx")
+    for server, by_workload in comparison.publish.items():
+        for workload, published in by_workload.items():
+            what = f"{server} {workload}"
+            found += _busy(what, "the generator", [r.generator_cpu_pct for r in published])
+            found += _others(what, [r.server_core_other_pct for r in published])
+            if any(r.failed for r in published):
+                found.append(f"{what}: some requests were not answered 2xx")
     return found
 
 
@@ -216,6 +240,11 @@ class Setup:
 def _workload_lines(setup: Setup) -> list[str]:
     sizes = setup.plan.sizes
     warm = f"{sizes.warmup_s:g} s unmeasured"
+    pipelined = (
+        f"pipelined {sizes.publish_depth} deep on {sizes.publish_connections} keep-alive "
+        f"connections for {sizes.publish_duration_s:g} s after {warm}, no subscribers"
+    )
+    batch = f"{sizes.publish_batch:,}"
     lines = {
         "websocket": f"`websocket`, `sse`: one channel, {sizes.subscribers:,} subscribers, "
         f"{sizes.rate:g} publications/s for {sizes.duration_s:g} s after {warm}",
@@ -232,9 +261,11 @@ def _workload_lines(setup: Setup) -> list[str]:
         f"{sizes.idle_connections:,}), then {sizes.hold_connections:,} in all (tidings with "
         "`TIDINGS_MAX_CONNECTIONS=20000`, its default being 10,000)",
         "publish": f"`publish`: `POST /api/publish` into one channel of the memory broker "
-        f"(history on: the last 100 kept), pipelined {sizes.publish_depth} deep on "
-        f"{sizes.publish_connections} keep-alive connections for "
-        f"{sizes.publish_duration_s:g} s after {warm}, no subscribers",
+        f"(history on: the last 100 kept), {pipelined}",
+        "publish-batch": f"`publish-batch`: `POST /api/broadcast` (PROTOCOL.md §6's batched "
+        f"publish) of the same data into {batch} channels of the memory broker "
+        f"(`{loadgen.CHANNEL}-0`…, history on), {pipelined}; each 2xx answer counts as "
+        f"{batch} publications, and the CPU figures are per publication",
     }
     chosen = {"sse": "websocket"}
     keys = dict.fromkeys(chosen.get(name, name) for name in setup.plan.workloads)

@@ -14,15 +14,18 @@ the servers, repeats the runs and reports them.
 - ``idle``: WebSocket connections that do nothing once subscribed: the server's RSS
   with one open, then with ``idle_connections`` more, then whether it holds
   ``hold_connections`` in all.
-- ``publishing``: the server API alone: pipelined ``POST /api/publish`` on a few
-  keep-alive connections, no subscribers.
+- ``publishing`` (``publish``, ``publish-batch``): the server API alone, no
+  subscribers: pipelined requests on a few keep-alive connections, each one
+  publication (``POST /api/publish``) or one into each of ``publish_batch`` channels
+  (``POST /api/broadcast``, the batched form of PROTOCOL.md §6).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -36,7 +39,8 @@ HOST: Final = fanout.HOST
 SERVER_CPU: Final = fanout.SERVER_CPU
 GENERATOR_CPU: Final = fanout.GENERATOR_CPU
 FAN_OUT: Final = ("websocket", "sse", "long-poll")
-WORKLOADS: Final = (*FAN_OUT, "short-poll", "idle", "publish")
+PUBLISHING: Final = ("publish", "publish-batch")
+WORKLOADS: Final = (*FAN_OUT, "short-poll", "idle", *PUBLISHING)
 CONNECT_TIMEOUT_S: Final = 120.0
 IDLE_CONNECT_TIMEOUT_S: Final = 300.0
 SETTLE_S: Final = 2.0  # after connecting, before reading RSS: let the server finish
@@ -51,13 +55,23 @@ class PollRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class PublishRequest:
+    """The request a publishing workload pipelines, and how many publications it makes."""
+
+    path: str
+    body: bytes
+    publications: int
+
+
+@dataclass(frozen=True, slots=True)
 class Contender:
     """A server under test: how to start it and how each workload reaches it.
 
     ``subscribers`` maps each fan-out workload it takes part in to how its clients
     connect (``idle`` uses the ``websocket`` one); ``short_poll`` primes the short-poll
     workload and gives the request to repeat; ``publishes`` says it takes part in the
-    publishing workload.
+    ``publish`` workload; ``broadcast`` checks once that one request publishes the data
+    into each of the channels and gives that request (``publish-batch``).
     """
 
     name: str
@@ -70,6 +84,7 @@ class Contender:
     subscribers: Mapping[str, clients.Opener]
     short_poll: Callable[[int], Awaitable[PollRequest]] | None = None
     publishes: bool = False
+    broadcast: Callable[[int, Sequence[str], bytes], Awaitable[PublishRequest]] | None = None
 
     def takes_part_in(self, workload: str) -> bool:
         """Whether this server runs ``workload``."""
@@ -77,6 +92,8 @@ class Contender:
             return self.short_poll is not None
         if workload == "publish":
             return self.publishes
+        if workload == "publish-batch":
+            return self.broadcast is not None
         if workload == "idle":
             return "websocket" in self.subscribers
         return workload in self.subscribers
@@ -100,6 +117,7 @@ class Sizes:
     publish_connections: int = 4
     publish_depth: int = 64
     publish_duration_s: float = 5.0
+    publish_batch: int = 100
 
 
 # -- figures -------------------------------------------------------------------------------
@@ -140,16 +158,17 @@ class IdleFigures:
 
 @dataclass(frozen=True, slots=True)
 class PublishFigures:
-    """One run of pipelined publishing."""
+    """One run of pipelined publishing (per publication: per request / ``batch``)."""
 
+    batch: int  # publications per request: 1 for ``publish``
     publications_per_s: float
     server_cpu_us_per_publication: float
     generator_cpu_us_per_publication: float
     server_cpu_pct: float
     generator_cpu_pct: float
     server_core_other_pct: float
-    publications: int
-    failed: int
+    publications: int  # of the answers that were 2xx
+    failed: int  # answers (requests) that were not 2xx
 
 
 # -- fan-out -------------------------------------------------------------------------------
@@ -324,35 +343,74 @@ async def idle(contender: Contender, server: ServerProcess, sizes: Sizes) -> Idl
 # -- publishing ----------------------------------------------------------------------------
 
 
-async def publishing(contender: Contender, server: ServerProcess, sizes: Sizes) -> PublishFigures:
-    """Pipelined publishes on ``publish_connections`` connections; an unmeasured warm-up."""
-    body = contender.wrap(loadgen.stamped_data(0))
-    await _publish_for(contender, server, body, sizes, sizes.warmup_s)
+async def tidings_broadcast(port: int, channels: Sequence[str], data: bytes) -> PublishRequest:
+    """``POST /api/broadcast`` of ``data`` into ``channels``, checked to answer one result each."""
+    body = b'{"channels":%s,"data":%s}' % (
+        json.dumps(list(channels), separators=(",", ":")).encode(),
+        data,
+    )
+    async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}") as http:
+        answer = await http.post(
+            "/api/broadcast", content=body, headers={"Content-Type": "application/json"}
+        )
+    answer.raise_for_status()
+    results = len(answer.json()["results"])
+    if results != len(channels):
+        raise RuntimeError(
+            f"/api/broadcast answered {results} results for {len(channels)} channels"
+        )
+    return PublishRequest("/api/broadcast", body, len(channels))
+
+
+async def publish_request(
+    contender: Contender, workload: str, port: int, sizes: Sizes
+) -> PublishRequest:
+    """What ``workload`` pipelines: one publication, or one into each of ``publish_batch``."""
+    data = loadgen.stamped_data(0)
+    if workload == "publish":
+        return PublishRequest(contender.publish_path, contender.wrap(data), 1)
+    assert contender.broadcast is not None
+    channels = [f"{loadgen.CHANNEL}-{index}" for index in range(sizes.publish_batch)]
+    return await contender.broadcast(port, channels, data)
+
+
+async def publishing(
+    contender: Contender, workload: str, server: ServerProcess, sizes: Sizes
+) -> PublishFigures:
+    """Pipelined requests of ``workload`` on ``publish_connections`` connections.
+
+    An unmeasured warm-up first. Each 2xx answer counts as the request's publications,
+    and the CPU figures are per publication.
+    """
+    request = await publish_request(contender, workload, server.port, sizes)
+    await _publish_for(server, request, sizes, sizes.warmup_s)
     start = CpuReading.take(server.pid, SERVER_CPU, GENERATOR_CPU)
     start_ns = time.time_ns()
-    posters = await _publish_for(contender, server, body, sizes, sizes.publish_duration_s)
+    posters = await _publish_for(server, request, sizes, sizes.publish_duration_s)
     used = CpuReading.take(server.pid, SERVER_CPU, GENERATOR_CPU) - start
-    answered = sum(poster.answered for poster in posters)
+    failed = sum(poster.failed for poster in posters)
+    published = (sum(poster.answered for poster in posters) - failed) * request.publications
     window_s = max(max(poster.last_ns for poster in posters) - start_ns, 1) / 1e9
-    count = max(answered, 1)
+    count = max(published, 1)
     return PublishFigures(
-        publications_per_s=answered / window_s,
+        batch=request.publications,
+        publications_per_s=published / window_s,
         server_cpu_us_per_publication=used.server_s * 1e6 / count,
         generator_cpu_us_per_publication=used.generator_s * 1e6 / count,
         server_cpu_pct=used.percent(used.server_s),
         generator_cpu_pct=used.percent(used.generator_s),
         server_core_other_pct=used.others_pct(used.server_core_s, used.server_s),
-        publications=answered,
-        failed=sum(poster.failed for poster in posters),
+        publications=published,
+        failed=failed,
     )
 
 
 async def _publish_for(
-    contender: Contender, server: ServerProcess, body: bytes, sizes: Sizes, duration_s: float
+    server: ServerProcess, request: PublishRequest, sizes: Sizes, duration_s: float
 ) -> list[loadgen.PipelinedPoster]:
     posters = [
         await loadgen.PipelinedPoster.open(
-            HOST, server.port, contender.publish_path, body, sizes.publish_depth
+            HOST, server.port, request.path, request.body, sizes.publish_depth
         )
         for _ in range(sizes.publish_connections)
     ]
