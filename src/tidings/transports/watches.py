@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -29,6 +28,7 @@ from tidings.core.watch import ChannelWatch
 from tidings.core.wire import EncodedPublication
 from tidings.hub.hub import Hub
 from tidings.hub.registry import PresenceEvent
+from tidings.transports.deadlines import Deadline, Deadlines
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +43,12 @@ DEADLINE_GRAIN_S: Final = 0.05
 class Parked:
     """A long poll waiting on one or more watches; ``wake`` runs its callback once."""
 
-    __slots__ = ("_due", "_on_wake", "_watches", "woken")
+    __slots__ = ("_deadline", "_on_wake", "_watches", "woken")
 
     def __init__(self, on_wake: Callable[[], None]) -> None:
         self._on_wake = on_wake
         self._watches: list[Watch] = []
-        self._due: set[Parked] | None = None  # the polls sharing its time-out timer
+        self._deadline: Deadline | None = None
         self.woken = False
 
     def wake(self) -> None:
@@ -64,9 +64,9 @@ class Parked:
         for watch in self._watches:
             watch.waiters.discard(self)
         self._watches = []
-        if self._due is not None:
-            self._due.discard(self)
-            self._due = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
 
 class Watch:
@@ -131,8 +131,7 @@ class PollWatches:
         self._creating: dict[ChannelName, asyncio.Future[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._leaving: set[asyncio.Task[bool]] = set()
-        # Parked polls by the grain their wait ends in (see ``park``).
-        self._deadlines: dict[int, set[Parked]] = {}
+        self._deadlines = Deadlines(DEADLINE_GRAIN_S)
 
     def view(self, channel: ChannelName) -> ChannelWatch | None:
         """Return the live view of ``channel``, if it is watched (and mark it used)."""
@@ -172,29 +171,17 @@ class PollWatches:
     ) -> Parked:
         """Park a long poll on the watches of ``channels`` (all watched) for ``wait_s``.
 
-        Its time-out shares a timer with the polls parked in the same
-        ``DEADLINE_GRAIN_S`` (rounded up: a poll waits its ``wait`` in full, and at
-        most one grain more): hundreds of pollers re-parking after one publication
-        cost one timer, not hundreds.
+        Its time-out shares a timer with the polls whose waits end in the same
+        ``DEADLINE_GRAIN_S`` (``deadlines.py``): hundreds of pollers re-parking after
+        one publication cost one timer, not hundreds.
         """
         parked = Parked(on_wake)
         for channel in channels:
             watch = self._watches[channel]
             watch.waiters.add(parked)
             parked._watches.append(watch)
-        loop = asyncio.get_running_loop()
-        deadline = math.ceil((loop.time() + wait_s) / DEADLINE_GRAIN_S)
-        due = self._deadlines.get(deadline)
-        if due is None:
-            due = self._deadlines[deadline] = set()
-            loop.call_at(deadline * DEADLINE_GRAIN_S, self._expire, deadline)
-        due.add(parked)
-        parked._due = due
+        parked._deadline = self._deadlines.call_after(wait_s, parked.wake)
         return parked
-
-    def _expire(self, deadline: int) -> None:
-        for parked in list(self._deadlines.pop(deadline, ())):
-            parked.wake()
 
     def drop(self, watch: Watch) -> None:
         """Stop using ``watch``; its hub subscription ends soon after."""

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 
+from tidings.transports.deadlines import Deadline
 from tidings.transports.outbound import DIRECT_OUTBOUND, Outbound
 
 if TYPE_CHECKING:
@@ -217,7 +218,7 @@ class HttpConnection(asyncio.Protocol):
         # Serving the oldest request: an ASGI task, or a poll answered without one.
         self._cycle: asyncio.Task[None] | PollExchange | None = None
         self._response: ResponseWriter | None = None
-        self._keep_alive_timer: asyncio.TimerHandle | None = None
+        self._keep_alive_timer: Deadline | None = None
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
         self._websocket: NativeWebSocket | None = None
@@ -486,7 +487,7 @@ class HttpConnection(asyncio.Protocol):
         )
         if transport.can_write_eof():
             transport.write_eof()
-            self._keep_alive_timer = self._loop.call_later(REFUSED_LINGER_S, self.abort)
+            self._keep_alive_timer = self._server.deadlines.call_after(REFUSED_LINGER_S, self.abort)
         else:
             self.close()
 
@@ -503,7 +504,8 @@ class HttpConnection(asyncio.Protocol):
             self.close()
             return
         self._cancel_keep_alive()
-        self._keep_alive_timer = self._loop.call_later(KEEP_ALIVE_TIMEOUT_S, self.close)
+        # One timer per grain for all idle connections (deadlines.py), not one each.
+        self._keep_alive_timer = self._server.deadlines.call_after(KEEP_ALIVE_TIMEOUT_S, self.close)
 
     def _cancel_keep_alive(self) -> None:
         if self._keep_alive_timer is not None:

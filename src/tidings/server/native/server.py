@@ -26,10 +26,13 @@ from typing import Final
 from tidings.server.app import FRAME_OVERHEAD_BYTES, TidingsApp
 from tidings.server.native.http import HttpConnection
 from tidings.server.native.websocket import NativeWebSocket
+from tidings.transports.deadlines import Deadlines
 
 logger = logging.getLogger(__name__)
 
 LISTEN_BACKLOG: Final = 4096
+# Keep-alive and linger time-outs end up to this much late, sharing timers.
+DEADLINE_GRAIN_S: Final = 0.25
 WS_PING_INTERVAL_S: Final = 20.0
 # Frames the app would refuse (4009) still parse: the app's own limit applies below this.
 FRAME_LIMIT_FACTOR: Final = 4
@@ -45,6 +48,7 @@ class NativeServer:
             FRAME_LIMIT_FACTOR
         )
         self.native_poll = app.native_poll
+        self.deadlines = Deadlines(DEADLINE_GRAIN_S)
         self.connections: set[HttpConnection] = set()
         self._no_connections = asyncio.Event()
         self.websockets: set[NativeWebSocket] = set()
