@@ -20,13 +20,16 @@ from tidings.core.channel import ChannelName, parse_channel
 from tidings.core.commands import MAX_HISTORY_LIMIT, IdempotencyKey, publication_data
 from tidings.core.publication import Position, parse_position_text
 from tidings.core.recovery import Replay
-from tidings.core.wire import position_fields, publication_frames
+from tidings.core.wire import encode_json, position_fields, publication_frames
 from tidings.errors import BadRequest, PermissionDenied, RequestError, Unauthorized
 from tidings.server.auth import is_valid_api_key
 from tidings.transports.close_codes import is_reconnectable
 from tidings.transports.context import TransportContext
 from tidings.transports.http import (
+    INTERNAL_ERROR_MESSAGE,
     bearer_token,
+    decode_json_body,
+    error_parts,
     internal_error_response,
     json_response,
     query_int,
@@ -67,6 +70,8 @@ class DisconnectBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+# ``publish_native``: the authorization header and whole body in; status, headers, body out.
+NativePublish = Callable[[str | None, bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
 
 
 class ServerApi:
@@ -96,9 +101,7 @@ class ServerApi:
 
         async def guarded(request: Request) -> Response:
             try:
-                presented = bearer_token(request.headers.get("authorization"))
-                if not is_valid_api_key(self._api_key, presented):
-                    raise Unauthorized("the server API needs Authorization: Bearer <api key>")
+                self._check_key(request.headers.get("authorization"))
                 return await handler(request)
             except RequestError as error:
                 return request_error_response(error)
@@ -107,6 +110,10 @@ class ServerApi:
                 return internal_error_response()
 
         return guarded
+
+    def _check_key(self, authorization: str | None) -> None:
+        if not is_valid_api_key(self._api_key, bearer_token(authorization)):
+            raise Unauthorized("the server API needs Authorization: Bearer <api key>")
 
     async def _body(self, request: Request, kind: type[T]) -> T:
         return await read_json_body(request, kind, self._max_body)
@@ -117,11 +124,29 @@ class ServerApi:
 
     async def publish(self, request: Request) -> Response:
         """``POST /api/publish`` → ``{"epoch", "offset"}``."""
-        body = await self._body(request, PublishBody)
+        result = await self._publish(await self._body(request, PublishBody))
+        return json_response(_publish_fields(result))
+
+    async def publish_native(
+        self, authorization: str | None, raw: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
+        """``POST /api/publish`` as tidings' native server hands it over (the whole body,
+        no Starlette): the same checks and the same answers, as status, headers, body."""
+        try:
+            self._check_key(authorization)
+            body = decode_json_body(raw, PublishBody, self._max_body)
+            result = await self._publish(body)
+        except RequestError as error:
+            return error_parts(error.code, error.message)
+        except Exception:
+            logger.exception("POST /api/publish failed")
+            return error_parts("internal", INTERNAL_ERROR_MESSAGE)
+        return 200, {"content-type": "application/json"}, encode_json(_publish_fields(result))
+
+    async def _publish(self, body: PublishBody) -> PublishResult:
         channel = parse_channel(body.channel)
         data = self._checked_data(channel, body.data)
-        result = await self._context.hub.publish(channel, data, key=body.key)
-        return json_response(_publish_fields(result))
+        return await self._context.hub.publish(channel, data, key=body.key)
 
     async def broadcast(self, request: Request) -> Response:
         """``POST /api/broadcast`` → ``{"results": [{"channel", "epoch", "offset"}]}``."""

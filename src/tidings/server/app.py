@@ -30,7 +30,7 @@ from tidings.core.wire import encode_json
 from tidings.errors import BadRequest
 from tidings.hub.hub import Hub
 from tidings.hub.sessions import SessionRegistry
-from tidings.server.api import ServerApi
+from tidings.server.api import NativePublish, ServerApi
 from tidings.server.auth import Authenticator
 from tidings.server.config import Settings
 from tidings.server.demo import DemoBackend, prepare_demo
@@ -90,7 +90,7 @@ class TidingsApp:
             ping_interval_s=settings.ping_interval_s,
             allowed_origins=settings.allowed_origins,
         )
-        api = ServerApi(self.context, settings.api_key)
+        self._api = api = ServerApi(self.context, settings.api_key)
         self._poll = PollTransport(self.context, self.metrics)
         self.status = StatusPublisher(self.hub, self.metrics, self.context.node_id)
         # A transport left out of ``transports`` has no route: /ws refuses the
@@ -210,6 +210,12 @@ class TidingsApp:
         """Where the native server hands ``GET /poll`` first (``PollTransport.serve_native``),
         or ``None`` when polling is not served."""
         return self._poll.serve_native if "poll" in self.settings.transports else None
+
+    @property
+    def native_publish(self) -> NativePublish:
+        """Where the native server hands ``POST /api/publish`` (``ServerApi.publish_native``):
+        the authorization header and the whole body in, status, headers and body out."""
+        return self._api.publish_native
 
     # -- in-process publishing (for embedding applications) ---------------------------
 

@@ -41,10 +41,19 @@ def json_response(
     return Response(encode_json(body), status, headers, media_type="application/json")
 
 
+def error_parts(code: ErrorCode, message: str) -> tuple[int, dict[str, str], bytes]:
+    """Return the status, headers and body of ``{"error": {"code", "message"}}``."""
+    headers = {"content-type": "application/json"}
+    if code == "unauthorized":
+        headers["www-authenticate"] = "Bearer"
+    body = encode_json({"error": {"code": code, "message": message}})
+    return HTTP_STATUS[code], headers, body
+
+
 def error_response(code: ErrorCode, message: str) -> Response:
     """Return ``{"error": {"code", "message"}}`` with the code's HTTP status."""
-    headers = {"WWW-Authenticate": "Bearer"} if code == "unauthorized" else None
-    return json_response({"error": {"code": code, "message": message}}, HTTP_STATUS[code], headers)
+    status, headers, body = error_parts(code, message)
+    return Response(body, status, headers)
 
 
 def request_error_response(error: RequestError) -> Response:
@@ -52,9 +61,12 @@ def request_error_response(error: RequestError) -> Response:
     return error_response(error.code, error.message)
 
 
+INTERNAL_ERROR_MESSAGE: Final = "internal server error; the server logged the cause"
+
+
 def internal_error_response() -> Response:
     """Return a 500 that says nothing about internals (the cause is logged by the caller)."""
-    return error_response("internal", "internal server error; the server logged the cause")
+    return error_response("internal", INTERNAL_ERROR_MESSAGE)
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -143,6 +155,18 @@ async def read_json_body(request: Request, kind: type[T], max_bytes: int) -> T:
         body += chunk
         if len(body) > max_bytes:
             raise MessageTooLarge("request body", len(body), max_bytes)
+    return decode_json_body(body, kind, max_bytes)
+
+
+def decode_json_body(body: bytes, kind: type[T], max_bytes: int) -> T:
+    """Decode a whole request body of at most ``max_bytes`` into ``kind``.
+
+    Raises:
+        MessageTooLarge: the body is longer than ``max_bytes``.
+        BadRequest: the body is not JSON, or not of the expected shape.
+    """
+    if len(body) > max_bytes:
+        raise MessageTooLarge("request body", len(body), max_bytes)
     try:
         decoded: T = msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:

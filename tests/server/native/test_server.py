@@ -46,13 +46,16 @@ class Served:
     task: asyncio.Task[None]
 
 
+API_KEY = "native-test-key"
+
+
 @pytest.fixture
 async def served() -> AsyncIterator[Served]:
     # The socket listens before the server starts: early connections wait in the backlog.
     listener = socket.create_server(("127.0.0.1", 0))
     port: int = listener.getsockname()[1]
     server = NativeServer(
-        TidingsApp(Settings(allowed_origins=("https://ok.example",))),
+        TidingsApp(Settings(allowed_origins=("https://ok.example",), api_key=API_KEY)),
         ping_interval_s=PING_INTERVAL_S,
     )
     task = asyncio.create_task(server.serve(listener, handle_signals=False))
@@ -62,6 +65,15 @@ async def served() -> AsyncIterator[Served]:
         server.request_stop()
         await asyncio.wait_for(task, TIMEOUT_S)
         listener.close()
+
+
+def publish_request(channel: str, data: object, *, key: str = API_KEY) -> bytes:
+    body = json.dumps({"channel": channel, "data": data}).encode()
+    return (
+        b"POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+        % (key.encode(), len(body), body)
+    )
 
 
 class RawConnection:
@@ -211,13 +223,34 @@ async def test_expect_100_continue_gets_the_interim_answer_first(served: Served)
     body = json.dumps({"channel": "room:expect", "data": 1}).encode()
     await conn.send(
         b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+        b"Authorization: Bearer %b\r\n"
+        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (API_KEY.encode(), len(body))
     )
     interim = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), TIMEOUT_S)
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
     await conn.send(body)
     status, _, answer = await conn.response()
     assert (status, json.loads(answer)["offset"]) == (200, 1)
+    conn.close()
+
+
+async def test_pipelined_publishes_are_answered_in_order_errors_included(served: Served) -> None:
+    conn = await connect(served.port)
+    requests = [publish_request("room:pipe", n) for n in range(40)]
+    requests[10] = publish_request("room:pipe", "refused", key="wrong key")
+    requests[20] = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"  # a run of publishes ends here
+    requests[30] = publish_request("bad channel!", 1)
+    await conn.send(b"".join(requests))
+    answers = [await conn.response() for _ in requests]
+    statuses = [status for status, _, _ in answers]
+    assert statuses == [401 if n == 10 else 400 if n == 30 else 200 for n in range(40)]
+    offsets = [
+        json.loads(body)["offset"]
+        for n, (_, _, body) in enumerate(answers)
+        if n not in (10, 20, 30)
+    ]
+    assert offsets == list(range(1, 38))  # every publish made once, in request order
+    assert json.loads(answers[10][2])["error"]["code"] == "unauthorized"
     conn.close()
 
 
@@ -250,7 +283,7 @@ async def test_an_sse_stream_is_chunked_one_event_per_chunk_and_ends_when_the_cl
     assert b"event: subscribed" in first
     base = f"http://127.0.0.1:{served.port}"
     async with httpx.AsyncClient(base_url=base) as http:
-        api = ApiClient(http, "no key is configured")
+        api = ApiClient(http, API_KEY)
         for n in range(3):
             await api.publish("room:chunks", n)
         events = [await conn.chunk() for _ in range(3)]
