@@ -184,6 +184,7 @@ class HttpConnection(asyncio.Protocol):
         "_local",
         "_loop",
         "_parser",
+        "_reading_paused",
         "_refused",
         "_request",
         "_requests",
@@ -223,6 +224,7 @@ class HttpConnection(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._websocket: NativeWebSocket | None = None
         self._refused = False
+        self._reading_paused = False
         self.closed = False
 
     # -- asyncio.Protocol ------------------------------------------------------------
@@ -350,6 +352,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self._requests.append(request)
         if len(self._requests) > MAX_PIPELINED and self.transport is not None:
+            self._reading_paused = True
             self.transport.pause_reading()
         if self._cycle is None:
             self._serve_next()
@@ -403,8 +406,7 @@ class HttpConnection(asyncio.Protocol):
         if request is not None:
             self._request_done(request, complete=True)  # the last of the run: close, or go on
             return
-        if len(self._requests) <= MAX_PIPELINED and self.transport is not None:
-            self.transport.resume_reading()
+        self._resume_reading()
         self._cycle = None
         self._serve_next()
 
@@ -430,9 +432,14 @@ class HttpConnection(asyncio.Protocol):
             self.close()
             return
         del self._requests[0]
-        if len(self._requests) <= MAX_PIPELINED and self.transport is not None:
-            self.transport.resume_reading()
+        self._resume_reading()
         self._serve_next()
+
+    def _resume_reading(self) -> None:
+        """Read again once the pipelined backlog is short (paused in on_message_complete)."""
+        if self._reading_paused and len(self._requests) <= MAX_PIPELINED and self.transport:
+            self._reading_paused = False
+            self.transport.resume_reading()
 
     def respond_now(
         self, request: Request, status: int, headers: Mapping[str, str], body: bytes
