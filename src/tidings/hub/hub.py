@@ -267,20 +267,20 @@ class Hub:
             return
         encoded = EncodedPublication(publication)
         offset = publication.offset
+        epoch = publication.epoch
+        delivered = 0
         # A snapshot: a delivery may close a slow consumer, which unsubscribes it.
         for subscription in list(subscriptions.values()):
             pending = subscription.pending
             if pending is not None:
                 pending.append(publication)
                 continue
-            if offset <= subscription.offset and publication.epoch == subscription.epoch:
+            if offset <= subscription.offset and epoch == subscription.epoch:
                 continue  # a redelivery: never write an offset twice
             subscriber = subscription.subscriber
-            continuous = offset == subscription.offset + 1 and (
-                publication.epoch == subscription.epoch
-            )
+            continuous = offset == subscription.offset + 1 and epoch == subscription.epoch
             subscription.offset = offset
-            subscription.epoch = publication.epoch
+            subscription.epoch = epoch
             try:
                 if continuous:
                     subscriber.deliver(encoded)
@@ -299,7 +299,8 @@ class Hub:
                 self.delivery_failures += 1
                 logger.exception("delivery to %s failed", subscriber.client_id)
             else:
-                self.deliveries += 1
+                delivered += 1
+        self.deliveries += delivered
 
     def _announce_remote(self, change: PresenceChange) -> None:
         """Announce a join or leave made on another node to this node's subscribers."""

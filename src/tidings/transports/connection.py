@@ -35,6 +35,7 @@ class StreamConnection(ABC):
     __slots__ = (
         "_active",
         "_allowance",
+        "_bound",
         "_closing",
         "_context",
         "_out",
@@ -53,6 +54,7 @@ class StreamConnection(ABC):
         self._closing: tuple[int, str] | None = None
         # Requested bytes still pending: exempt from the slow-consumer bound.
         self._allowance = 0
+        self._bound = context.limits.outbound_buffer_bytes
         # Whether anything was sent since the last heartbeat tick: a flag, so that a
         # delivery costs no clock read.
         self._active = False
@@ -123,7 +125,7 @@ class StreamConnection(ABC):
             self._active = True
             return
         self._allowance = min(self._allowance, pending)  # part of the requested backlog has left
-        if pending - self._allowance + len(chunk) > self._context.limits.outbound_buffer_bytes:
+        if pending - self._allowance + len(chunk) > self._bound:
             logger.warning("slow consumer %s dropped: %d bytes pending", self.client_id, pending)
             out.discard_pending()
             self.disconnect(CLOSE_SLOW_CONSUMER, "slow consumer", reconnect=True)

@@ -68,13 +68,16 @@ class Request:
     headers: list[tuple[bytes, bytes]]
     keep_alive: bool
     body: bytes = b""
+    _index: dict[bytes, bytes] | None = None  # built on the first look-up
 
     def header(self, name: bytes) -> bytes | None:
         """Return the first value of header ``name`` (lower case), if present."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        index = self._index
+        if index is None:
+            index = self._index = {}
+            for key, value in self.headers:
+                index.setdefault(key, value)
+        return index.get(name)
 
     @property
     def path(self) -> str:

@@ -104,6 +104,7 @@ class NativeWebSocket:
         "_disconnect_sent",
         "_handler",
         "_inbox",
+        "_open_transport",
         "_parser",
         "_paused",
         "_request",
@@ -129,6 +130,7 @@ class NativeWebSocket:
         self._paused = False
         self._handler: asyncio.Task[None] | None = None
         self.state = State.CONNECTING
+        self._open_transport: asyncio.Transport | None = None  # set while OPEN: pushes go here
         self.alive = True  # heard from since the last ping
 
     # -- from the HTTP connection ------------------------------------------------------
@@ -179,7 +181,7 @@ class NativeWebSocket:
 
     def connection_lost(self) -> None:
         """The TCP connection ended."""
-        self.state = State.CLOSED
+        self._enter(State.CLOSED)
         self._server.websockets.discard(self)
         if self._close_timer is not None:
             self._close_timer.cancel()
@@ -198,6 +200,10 @@ class NativeWebSocket:
         self.alive = False
         self._write(frame(OP_PING, b""))
         return True
+
+    def _enter(self, state: State) -> None:
+        self.state = state
+        self._open_transport = self._conn.transport if state is State.OPEN else None
 
     # -- frames ----------------------------------------------------------------------------
 
@@ -234,7 +240,7 @@ class NativeWebSocket:
             # Echo the code (RFC 6455 §5.5.1); 1005 means none was given.
             self._write(close_frame(1000) if code == 1005 else close_frame(code))
         self._close_code = code
-        self.state = State.CLOSED
+        self._enter(State.CLOSED)
         self._tell_disconnect()
         self._conn.close()
 
@@ -244,7 +250,7 @@ class NativeWebSocket:
         if self.state is State.OPEN:
             self._write(close_frame(code, reason))
         self._close_code = code
-        self.state = State.CLOSED
+        self._enter(State.CLOSED)
         self._tell_disconnect()
         self._conn.close()
 
@@ -252,7 +258,7 @@ class NativeWebSocket:
         """Send our close frame; the client's answer (or a time-out) ends the connection."""
         if self.state is not State.OPEN:
             return
-        self.state = State.CLOSING
+        self._enter(State.CLOSING)
         self._close_code = code
         self._write(close_frame(code, reason))
         self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self._conn.abort)
@@ -263,7 +269,7 @@ class NativeWebSocket:
             transport.write(data)
 
     def _refuse(self, status: HTTPStatus, message: str) -> None:
-        self.state = State.CLOSED
+        self._enter(State.CLOSED)
         self._conn._websocket = None  # the refusal is plain HTTP
         self._conn._refuse(status, message)
 
@@ -330,7 +336,7 @@ class NativeWebSocket:
             lines.append(b"%b: %b\r\n" % (name, value))
         lines.append(b"\r\n")
         self._write(b"".join(lines))
-        self.state = State.OPEN
+        self._enter(State.OPEN)
         self._request = None  # the handshake's headers are no longer needed
         self._server.websockets.add(self)
 
@@ -341,15 +347,14 @@ class NativeWebSocket:
 
     @property
     def pending_bytes(self) -> int:
-        transport = self._conn.transport
+        transport = self._open_transport
         return 0 if transport is None else transport.get_write_buffer_size()
 
     def put(self, chunk: str) -> None:
         """Write ``chunk`` as one text frame (Outbound)."""
-        if self.state is State.OPEN:
-            transport = self._conn.transport
-            if transport is not None:
-                transport.write(_text_frames.of(chunk))
+        transport = self._open_transport  # the fan-out path: one attribute, one test
+        if transport is not None:
+            transport.write(_text_frames.of(chunk))
 
     def discard_pending(self) -> None:
         """Written frames belong to the transport now: nothing to drop (Outbound)."""
