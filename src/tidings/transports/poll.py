@@ -428,9 +428,14 @@ class PollTransport:
 def _at_heads(query: PollQuery, heads: tuple[Position, ...]) -> bool:
     """Whether every channel of ``query`` has a position, at its head: nothing is new."""
     positions = query.positions
-    return len(positions) == len(heads) and all(
-        positions.get(channel) == head for channel, head in zip(query.channels, heads, strict=True)
-    )
+    if len(positions) != len(heads):
+        return False
+    for channel, head in zip(query.channels, heads, strict=True):
+        position = positions.get(channel)
+        # Fields, not ==: this runs for every long poll, and == builds two tuples.
+        if position is None or position.offset != head.offset or position.epoch != head.epoch:
+            return False
+    return True
 
 
 class _Refused(Exception):
