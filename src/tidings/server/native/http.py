@@ -1,39 +1,40 @@
 """One client TCP connection of the native server: HTTP/1.1 in, the ASGI app, bytes out.
 
 I/O: an ``asyncio.Protocol`` on the event loop's transport, requests parsed by
-``httptools``. Each complete request runs the ASGI application in one task; pipelined
-requests wait their turn, so responses leave in request order. Response bodies with a
-known length are written as they are; streams (SSE) use chunked encoding. An upgrade
-to WebSocket hands the connection to ``websocket.NativeWebSocket``.
-
-What makes this server worth having beside uvicorn is ``StreamOutbound``: offered to
-the app through the ``tidings.direct_outbound`` scope extension, it writes each SSE
-event straight to the socket as a pre-framed chunk, and the chunk of a publication
-shared by many streams is built once (``SharedFrames``).
+``httptools``. A complete request runs the ASGI application in one task (responses are
+written by ``response.ResponseWriter``), except two kinds served without Starlette:
+``GET /poll``, handed to the app's native poll door, which answers or parks it at once
+with no task; and a run of ``POST /api/publish``, served by one task whose answers
+leave in one write. Pipelined requests wait their turn, so responses leave in request
+order. An upgrade to WebSocket hands the connection to ``websocket.NativeWebSocket``.
 
 Theory of operation
 -------------------
-States of a connection: reading requests (``_cycle`` is ``None`` or a task serving the
-oldest request), upgraded (``_websocket`` set: every byte goes to it), or closed. A
-request's response is complete when the app sent its last body (or a stream outbound
-ended it); then the next pipelined request is served, or the keep-alive timer starts.
-A connection whose response did not complete cleanly is closed, never reused.
+States of a connection: reading requests (``_cycle`` is ``None``, or what serves the
+oldest request: a task or a ``PollExchange``), upgraded (``_websocket`` set: every byte
+goes to it), or closed. A request is done when its response is complete; then the next
+pipelined request is served, or the keep-alive deadline starts. A connection whose
+response did not complete cleanly is closed, never reused. Reading pauses while more
+than ``MAX_PIPELINED`` requests wait, so a pipelining client is held back by TCP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import urllib.parse
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 
+from tidings.server.native.response import (
+    ResponseWriter,
+    clock,
+    whole_responses,
+)
 from tidings.transports.deadlines import Deadline
 from tidings.transports.outbound import DIRECT_OUTBOUND, Outbound
 
@@ -51,7 +52,6 @@ MAX_PIPELINED: Final = 16
 # How long a refused request's connection keeps reading what the client still sends.
 REFUSED_LINGER_S: Final = 2.0
 
-_CHUNKED_END: Final = b"0\r\n\r\n"
 # One object shared by every scope: apps read it, and it costs idle connections nothing.
 # (No "state" key either: this server runs no lifespan state, and ASGI makes it optional.)
 _ASGI_VERSION: Final = {"version": "3.0", "spec_version": "2.4"}
@@ -84,91 +84,6 @@ class Request:
         """The percent-decoded path."""
         path = self.raw_path.decode("ascii", errors="replace")
         return urllib.parse.unquote(path) if "%" in path else path
-
-
-class SharedFrames:
-    """The framed bytes of the last text framed: a publication fans out as one string
-    object to every subscriber, so its frame is built once and then found by identity."""
-
-    __slots__ = ("_frame", "_make", "_text")
-
-    def __init__(self, make: Callable[[bytes], bytes]) -> None:
-        self._make = make
-        self._text: str | None = None
-        self._frame = b""
-
-    def of(self, text: str) -> bytes:
-        """Return the framed bytes of ``text``."""
-        if text is not self._text:
-            self._frame = self._make(text.encode())
-            self._text = text
-        return self._frame
-
-
-def chunk(data: bytes) -> bytes:
-    """Return ``data`` as one chunk of a chunked HTTP/1.1 body."""
-    return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-_stream_chunks: Final = SharedFrames(chunk)
-
-
-class WholeResponses:
-    """The bytes of the last whole response written: polls woken by one publication
-    are answered with the same headers and body objects, so their bytes are built
-    once and then found by identity (like ``SharedFrames``)."""
-
-    __slots__ = ("_key", "_wire")
-
-    def __init__(self) -> None:
-        self._key: tuple[object, ...] = ()
-        self._wire = b""
-
-    def of(
-        self, status: int, headers: Mapping[str, str], body: bytes, *, close: bool, head: bool
-    ) -> bytes:
-        """Return the response's bytes (``content-length`` and ``date`` added)."""
-        date = _clock.date_header()
-        key = (status, headers, body, close, head, date)
-        if key == self._key:  # tuple equality tries identity first: cheap on a hit
-            return self._wire
-        lines = [b"HTTP/1.1 %d %b\r\n" % (status, _reason(status))]
-        for name, value in headers.items():
-            lines.append(b"%b: %b\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
-        if status != 304:
-            lines.append(b"content-length: %d\r\n" % len(body))
-        if close:
-            lines.append(b"connection: close\r\n")
-        lines.append(date)
-        lines.append(b"\r\n")
-        if not head:
-            lines.append(body)
-        self._key = key
-        self._wire = b"".join(lines)
-        return self._wire
-
-
-_whole_responses: Final = WholeResponses()
-
-
-class _Clock:
-    """The ``Date`` header, formatted at most once a second."""
-
-    __slots__ = ("_header", "_second")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._header = b""
-
-    def date_header(self) -> bytes:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._header = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
-        return self._header
-
-
-_clock: Final = _Clock()
 
 
 class HttpConnection(asyncio.Protocol):
@@ -394,7 +309,7 @@ class HttpConnection(asyncio.Protocol):
                     None if authorization is None else authorization.decode("latin-1"), request.body
                 )
                 close = not request.keep_alive or self._server.stopping
-                answers.append(_whole_responses.of(status, headers, body, close=close, head=False))
+                answers.append(whole_responses.of(status, headers, body, close=close, head=False))
                 if close or len(answers) >= MAX_PIPELINED:
                     break
                 del self._requests[0]
@@ -451,9 +366,7 @@ class HttpConnection(asyncio.Protocol):
         if self.closed or self.transport is None:
             return
         close = not request.keep_alive or self._server.stopping
-        wire = _whole_responses.of(
-            status, headers, body, close=close, head=request.method == "HEAD"
-        )
+        wire = whole_responses.of(status, headers, body, close=close, head=request.method == "HEAD")
         self.transport.write(wire)
         self._request_done(request, complete=True)
 
@@ -531,7 +444,7 @@ class HttpConnection(asyncio.Protocol):
         transport.write(
             b"HTTP/1.1 %d %b\r\ncontent-type: text/plain; charset=utf-8\r\n"
             b"content-length: %d\r\nconnection: close\r\n%b\r\n%b"
-            % (status.value, status.phrase.encode(), len(body), _clock.date_header(), body)
+            % (status.value, status.phrase.encode(), len(body), clock.date_header(), body)
         )
         if transport.can_write_eof():
             transport.write_eof()
@@ -623,201 +536,3 @@ class _RefusedRequest(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-class ResponseWriter:
-    """The ASGI ``receive`` and ``send`` of one request, and its stream outbound."""
-
-    __slots__ = (
-        "_chunked",
-        "_conn",
-        "_disconnected",
-        "_head",
-        "_request",
-        "_request_sent",
-        "_stream",
-        "complete",
-        "started",
-    )
-
-    def __init__(self, conn: HttpConnection, request: Request) -> None:
-        self._conn = conn
-        self._request = request
-        self._request_sent = False
-        self._disconnected: asyncio.Future[None] | None = None
-        self._head: tuple[int, list[tuple[bytes, bytes]]] | None = None
-        self._chunked = False
-        self._stream: StreamOutbound | None = None
-        self.started = False  # http.response.start received
-        self.complete = False
-
-    # -- receive -------------------------------------------------------------------------
-
-    async def receive(self) -> dict[str, Any]:
-        """ASGI ``receive``: the body, then ``http.disconnect`` once the response is done
-        or the client left."""
-        if not self._request_sent:
-            self._request_sent = True
-            return {"type": "http.request", "body": self._request.body, "more_body": False}
-        if not self._conn.closed and not self.complete:
-            if self._disconnected is None:
-                self._disconnected = self._conn._loop.create_future()
-            await self._disconnected
-        return {"type": "http.disconnect"}
-
-    def connection_lost(self) -> None:
-        """The client is gone: a waiting ``receive`` returns ``http.disconnect``."""
-        if self._disconnected is not None and not self._disconnected.done():
-            self._disconnected.set_result(None)
-        if self._stream is not None:
-            self._stream.end_silently()
-
-    # -- send ----------------------------------------------------------------------------
-
-    async def send(self, message: MutableMapping[str, Any]) -> None:
-        """ASGI ``send``: ``http.response.start`` then ``http.response.body`` messages."""
-        kind = message["type"]
-        if kind == "http.response.start":
-            if self.started:
-                raise RuntimeError("http.response.start sent twice")
-            self.started = True
-            self._head = (int(message["status"]), list(message.get("headers", [])))
-            return
-        if kind != "http.response.body":
-            raise RuntimeError(f"unexpected ASGI message {kind!r}")
-        if not self.started or self.complete:
-            raise RuntimeError("http.response.body outside a response")
-        if self._conn.closed:
-            raise ConnectionResetError("the client closed the connection")
-        body: bytes = message.get("body", b"")
-        more: bool = message.get("more_body", False)
-        self.write_body(body, more=more)
-        await self._conn.drain()
-
-    def write_body(self, body: bytes, *, more: bool) -> None:
-        """Write a body part, with the head first if it is still held."""
-        transport = self._conn.transport
-        assert transport is not None
-        head = b""
-        if self._head is not None:
-            head = self._head_bytes(len(body), more)
-        if self._request.method == "HEAD":
-            body = b""
-        elif self._chunked:
-            body = (chunk(body) if body else b"") + (b"" if more else _CHUNKED_END)
-        transport.write(head + body if head else body)
-        if not more:
-            self._finish()
-
-    def _head_bytes(self, first_body: int, more: bool) -> bytes:
-        assert self._head is not None
-        status, headers = self._head
-        self._head = None
-        has_length = any(name.lower() == b"content-length" for name, _ in headers)
-        lines = [b"HTTP/1.1 %d %b\r\n" % (status, _reason(status))]
-        for name, value in headers:
-            lines.append(b"%b: %b\r\n" % (name, value))
-        if not has_length and status >= 200 and status not in (204, 304):
-            if more:
-                if self._request.http_version == "1.1":
-                    self._chunked = True
-                    lines.append(b"transfer-encoding: chunked\r\n")
-                else:
-                    self._request.keep_alive = False  # HTTP/1.0: the close ends the body
-            else:
-                lines.append(b"content-length: %d\r\n" % first_body)
-        if not self._request.keep_alive or self._conn._server.stopping:
-            lines.append(b"connection: close\r\n")
-        lines.append(_clock.date_header())
-        lines.append(b"\r\n")
-        return b"".join(lines)
-
-    def _finish(self) -> None:
-        self.complete = True
-        if self._disconnected is not None and not self._disconnected.done():
-            self._disconnected.set_result(None)
-
-    def write_error(self, status: HTTPStatus) -> None:
-        """Answer with ``status`` and a short text body (the app failed before answering)."""
-        body = status.phrase.encode()
-        self._head = (status.value, [(b"content-type", b"text/plain; charset=utf-8")])
-        self.started = True
-        self._request.keep_alive = False
-        self.write_body(body, more=False)
-
-    # -- the direct outbound -----------------------------------------------------------------
-
-    def stream_outbound(self) -> Outbound:
-        """Return the outbound of this response's stream (offered as a scope extension)."""
-        if self._stream is None:
-            self._stream = StreamOutbound(self)
-        return self._stream
-
-
-_REASONS: Final = {status.value: status.phrase.encode() for status in HTTPStatus}
-
-
-def _reason(status: int) -> bytes:
-    return _REASONS.get(status, b"")
-
-
-class StreamOutbound:
-    """An SSE stream's outbound: each chunk written to the socket at once (chunked HTTP).
-
-    The stream's response head must have been sent with ``http.response.start`` before
-    the first ``put``; it leaves with the first chunk.
-    """
-
-    __slots__ = ("_ended", "_response")
-
-    def __init__(self, response: ResponseWriter) -> None:
-        self._response = response
-        self._ended: asyncio.Future[None] | None = None
-
-    @property
-    def pending_bytes(self) -> int:
-        transport = self._response._conn.transport
-        return 0 if transport is None else transport.get_write_buffer_size()
-
-    def put(self, chunk_text: str) -> None:
-        response = self._response
-        if response.complete or response._conn.closed:
-            return
-        if response._head is not None:
-            response.write_body(b"", more=True)  # the head, choosing chunked encoding
-        transport = response._conn.transport
-        assert transport is not None
-        if response._chunked:
-            transport.write(_stream_chunks.of(chunk_text))
-        else:
-            transport.write(chunk_text.encode())
-
-    def discard_pending(self) -> None:
-        """Written bytes are the kernel's and the transport's now: nothing to drop."""
-
-    def finish(self, goodbye: str, code: int, reason: str) -> None:
-        response = self._response
-        self.put(goodbye)
-        if not response.complete and not response._conn.closed:
-            response._request.keep_alive = False
-            response.write_body(b"", more=False)
-        self.end_silently()
-
-    def end_silently(self) -> None:
-        if self._ended is None:
-            self._ended = self._response._conn._loop.create_future()
-        if not self._ended.done():
-            self._ended.set_result(None)
-
-    async def wait_sent(self) -> None:
-        await self._response._conn.drain()
-
-    async def run(self) -> None:
-        if self._ended is None:
-            self._ended = self._response._conn._loop.create_future()
-        if self._response._conn.closed:
-            return
-        await self._ended
-
-    async def stop(self, *, client_left: bool) -> None:
-        """Nothing to flush here: the transport sends what it holds, then closes."""

@@ -44,7 +44,8 @@ from tidings.server.native.frames import (
     parse_close,
     text_frame,
 )
-from tidings.server.native.http import HttpConnection, Request, SharedFrames
+from tidings.server.native.http import HttpConnection, Request
+from tidings.server.native.response import SharedFrames
 
 if TYPE_CHECKING:
     from tidings.server.native.server import NativeServer
