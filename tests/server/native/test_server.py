@@ -21,6 +21,7 @@ from tests.support.api import ApiClient
 from tests.support.wsframes import client_frame, read_server_frame
 from tidings.server.app import TidingsApp
 from tidings.server.config import Settings
+from tidings.server.native import http as native_http
 from tidings.server.native.frames import (
     CLOSE_INVALID_DATA,
     CLOSE_PROTOCOL_ERROR,
@@ -252,6 +253,20 @@ async def test_pipelined_publishes_are_answered_in_order_errors_included(served:
     assert offsets == list(range(1, 38))  # every publish made once, in request order
     assert json.loads(answers[10][2])["error"]["code"] == "unauthorized"
     conn.close()
+
+
+async def test_an_idle_connection_is_closed_and_a_slow_request_gets_408(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(native_http, "KEEP_ALIVE_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(native_http, "REQUEST_TIMEOUT_S", 0.2)
+    idle = await connect(served.port)
+    assert await idle.closed_by_server()  # nothing sent: closed, nothing said
+    slow = await connect(served.port)
+    await slow.send(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # the head never ends
+    status, headers, _ = await slow.response()
+    assert (status, headers["connection"]) == (408, "close")
+    assert await slow.closed_by_server()
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 KEEP_ALIVE_TIMEOUT_S: Final = 5.0
+# A request must arrive whole within this time of its first byte (against slow senders).
+REQUEST_TIMEOUT_S: Final = 60.0
 MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 MAX_HEAD_BYTES: Final = 64 * 1024
 # Pipelined requests read ahead of the one being served before reading pauses.
@@ -101,6 +103,7 @@ class HttpConnection(asyncio.Protocol):
         "_keep_alive_timer",
         "_local",
         "_loop",
+        "_message_started_s",
         "_parser",
         "_reading_paused",
         "_refused",
@@ -142,6 +145,7 @@ class HttpConnection(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._websocket: NativeWebSocket | None = None
         self._refused = False
+        self._message_started_s: float | None = None
         self._reading_paused = False
         self.closed = False
 
@@ -164,7 +168,6 @@ class HttpConnection(asyncio.Protocol):
             return
         if self._refused:
             return  # what follows a refused request is read and dropped (see _refuse)
-        self._cancel_keep_alive()
         parser = self._parser
         if parser is None:
             return
@@ -212,6 +215,7 @@ class HttpConnection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._message_started_s = self._loop.time()
         self._url = b""
         self._headers = []
         self._head_bytes = 0
@@ -263,6 +267,8 @@ class HttpConnection(asyncio.Protocol):
         request = self._request
         assert request is not None, "httptools completes only a begun message"
         self._request = None
+        self._message_started_s = None
+        self._cancel_keep_alive()
         request.body = b"".join(self._body)
         self._body = []
         if self._parser is not None and self._parser.should_upgrade():
@@ -420,6 +426,8 @@ class HttpConnection(asyncio.Protocol):
         from tidings.server.native.websocket import NativeWebSocket  # noqa: PLC0415 (a cycle)
 
         # From here on no HTTP is parsed: let the parser's state go.
+        self._cancel_keep_alive()
+        self._message_started_s = None
         self._parser = None
         self._headers = []
         self._url = b""
@@ -465,8 +473,27 @@ class HttpConnection(asyncio.Protocol):
             self.close()
             return
         self._cancel_keep_alive()
-        # One timer per grain for all idle connections (deadlines.py), not one each.
-        self._keep_alive_timer = self._server.deadlines.call_after(KEEP_ALIVE_TIMEOUT_S, self.close)
+        # One timer per grain for all idle connections (deadlines.py), not one each. It
+        # stays armed while a request arrives, and is cancelled once one is complete.
+        self._keep_alive_timer = self._server.deadlines.call_after(
+            KEEP_ALIVE_TIMEOUT_S, self._idle_too_long
+        )
+
+    def _idle_too_long(self) -> None:
+        """The keep-alive deadline: close an idle connection; give a request that is
+        still arriving until ``REQUEST_TIMEOUT_S`` after its first byte, then 408."""
+        self._keep_alive_timer = None
+        started = self._message_started_s
+        if started is None:
+            self.close()
+            return
+        remaining_s = started + REQUEST_TIMEOUT_S - self._loop.time()
+        if remaining_s > 0:
+            self._keep_alive_timer = self._server.deadlines.call_after(
+                remaining_s, self._idle_too_long
+            )
+        else:
+            self._refuse(HTTPStatus.REQUEST_TIMEOUT, "the request took too long to arrive")
 
     def _cancel_keep_alive(self) -> None:
         if self._keep_alive_timer is not None:
