@@ -118,12 +118,12 @@ class StreamConnection(ABC):
         if self._closing is not None:
             return
         out = self._out
-        pending = out.pending_bytes
         if requested:
             out.put(chunk)
             self._allowance = out.pending_bytes
             self._active = True
             return
+        pending = out.pending_bytes
         self._allowance = min(self._allowance, pending)  # part of the requested backlog has left
         if pending - self._allowance + len(chunk) > self._bound:
             logger.warning("slow consumer %s dropped: %d bytes pending", self.client_id, pending)
