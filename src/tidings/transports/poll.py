@@ -65,7 +65,7 @@ MAX_LIMIT: Final = 1000
 # polls one publication wakes. Only small entries are kept: a large answer (a page of
 # big publications) is made again rather than kept, so no client can fill the memory
 # with answers, whatever it asks for, nor with junk in its query strings.
-PARSE_CACHE_BYTES: Final = 4 * 1024 * 1024
+PARSE_CACHE_BYTES: Final = 2 * 1024 * 1024
 ANSWER_CACHE_BYTES: Final = 4 * 1024 * 1024
 REPLY_CACHE_BYTES: Final = 4 * 1024 * 1024
 MAX_CACHED_ENTRY_BYTES: Final = 256 * 1024
