@@ -39,7 +39,7 @@ async def publish_big_histories(http: httpx.AsyncClient, channels: list[str]) ->
 
 
 async def poll_ok(http: httpx.AsyncClient, params: list[tuple[str, str]]) -> None:
-    response = await http.get("/poll", params=params)
+    response = await http.get("/poll", params=tuple(params))
     assert response.status_code == 200, response.text
 
 
