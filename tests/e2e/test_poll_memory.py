@@ -18,8 +18,11 @@ import httpx
 from tests.e2e.conftest import API_KEY, CONFIG, HTTP_TIMEOUT, serving
 from tests.support.rss import MIB, rss_bytes
 from tests.support.server import ServerProcess
+from tidings.transports.watches import DEFAULT_MAX_WATCHES
 
 GROWTH_BOUND: Final = 32 * MIB
+# Channels per poll of new names: as many short names as one cursor can hold.
+NAMES_PER_POLL: Final = 40
 BIG_CHANNELS: Final = 8
 PUBLICATIONS: Final = 600
 DATA: Final = "x" * 8000
@@ -78,5 +81,25 @@ async def test_polls_of_big_histories_with_junk_parameters_keep_the_node_bounded
                 # Every query string distinct, and long: a parse cache keyed on it fills.
                 junk = f"{i:06d}" + "j" * 12_000
                 await poll_ok(http, [("channel", channels[0]), ("since", head), ("junk", junk)])
+            growth = rss_growth_of(server, before)
+    assert growth < GROWTH_BOUND, f"the node grew by {growth / MIB:.1f} MiB"
+
+
+async def test_polls_of_ever_new_channel_names_keep_the_node_bounded(tmp_path: Path) -> None:
+    config = tmp_path / "tidings.toml"
+    config.write_text(CONFIG)
+    with serving(config) as server:
+        async with httpx.AsyncClient(base_url=server.http_url, timeout=HTTP_TIMEOUT) as http:
+
+            async def poll_new_channels(count: int) -> None:
+                for _ in range(count):
+                    names = [uuid.uuid4().hex[:10] for _ in range(NAMES_PER_POLL)]
+                    await poll_ok(http, [("channel", name) for name in names])
+
+            # The legitimate state: as many channels watched as the cap (the default)
+            # allows, each polled once.
+            await poll_new_channels(DEFAULT_MAX_WATCHES // NAMES_PER_POLL + 1)
+            before = rss_bytes(server.process.pid)
+            await poll_new_channels(3000)  # 120,000 channel names more
             growth = rss_growth_of(server, before)
     assert growth < GROWTH_BOUND, f"the node grew by {growth / MIB:.1f} MiB"

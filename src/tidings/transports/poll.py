@@ -53,7 +53,7 @@ from tidings.transports.http import (
     request_error_response,
     request_token,
 )
-from tidings.transports.watches import PollWatches
+from tidings.transports.watches import DEFAULT_MAX_WATCHES, PollWatches
 
 logger = logging.getLogger(__name__)
 
@@ -195,10 +195,17 @@ def _parse(
 class PollTransport:
     """The handler of ``/poll``, bound to one node's context."""
 
-    def __init__(self, context: TransportContext, counters: PollCounters) -> None:
+    def __init__(
+        self,
+        context: TransportContext,
+        counters: PollCounters,
+        *,
+        max_watches: int = DEFAULT_MAX_WATCHES,
+    ) -> None:
+        """Serve polls in ``context``, watching at most ``max_watches`` channels."""
         self._context = context
         self._counters = counters
-        self.watches = PollWatches(context.hub, context.new_client_id)
+        self.watches = PollWatches(context.hub, context.new_client_id, max_watches)
         self._answers: BoundedCache[tuple[object, ...], tuple[str, bytes]] = BoundedCache(
             ANSWER_CACHE_BYTES, MAX_CACHED_ENTRY_BYTES
         )
