@@ -3,7 +3,9 @@
 A poll reads each channel's publications after the request's positions, merges the
 channels' publications by time (so a busy channel cannot starve a quiet one), cuts at
 ``limit`` and answers with the cursor after the last publication included: paging never
-skips or repeats.
+skips or repeats. The answer also names each channel's position after it and whether
+that channel's resume was recovered (``positions``, PROTOCOL.md 1.1 §5), so clients
+need not read the cursor.
 
 Where the publications come from: a polled channel is *watched* (``watches.py``): one
 hub subscription per channel keeps its head and latest publications current, so a poll
