@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 # What one entry costs beyond what the caller counts: the map's slot, the key tuple,
 # the value's own object headers. An estimate, so that many tiny entries still add up.
-ENTRY_OVERHEAD_BYTES = 200
+ENTRY_OVERHEAD_BYTES: Final = 200
 
 
 class BoundedCache(Generic[K, V]):
