@@ -169,6 +169,39 @@ describe("PositionTracker", () => {
     assert.deepEqual(tracker.receivePage([], false, asked), []);
   });
 
+  test("a 1.1 poll page's positions tell which channel had a gap, and where it is", () => {
+    const tracker = new PositionTracker();
+    tracker.add("room:1", { epoch: "e", offset: 3 });
+    tracker.add("room:2", { epoch: "e", offset: 5 });
+    const asked = { "room:1": { epoch: "e", offset: 3 }, "room:2": { epoch: "e", offset: 5 } };
+    const positions = {
+      "room:1": { epoch: "e", offset: 4, recovered: true },
+      "room:2": { epoch: "e", offset: 9, recovered: false },
+    };
+    const events = tracker.receivePage([pub("room:1", "e", 4)], false, asked, positions);
+    assert.deepEqual(gaps(events), [
+      {
+        type: "gap",
+        channel: "room:2",
+        since: { epoch: "e", offset: 5 },
+        position: { epoch: "e", offset: 9 },
+      },
+    ]);
+    assert.deepEqual(delivered(events), [4]);
+    assert.deepEqual(tracker.positions(), {
+      "room:1": { epoch: "e", offset: 4 },
+      "room:2": { epoch: "e", offset: 9 },
+    });
+  });
+
+  test("a 1.1 poll page starts a channel asked without position where it says", () => {
+    const tracker = new PositionTracker();
+    tracker.add("room:1");
+    const positions = { "room:1": { epoch: "e", offset: 7, recovered: false } };
+    assert.deepEqual(tracker.receivePage([], false, { "room:1": null }, positions), []);
+    assert.deepEqual(tracker.position("room:1"), { epoch: "e", offset: 7 });
+  });
+
   test("invalid channel names are refused", () => {
     assert.throws(() => new PositionTracker().add("room 1"), TidingsError);
     assert.throws(() => checkChannel(""), /invalid channel/);

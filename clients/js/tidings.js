@@ -47,6 +47,7 @@ import {
   pollUrl,
   publicationOf,
   publicationsOf,
+  samePosition,
   sseUrl,
   wsUrl,
 } from "./core.js";
@@ -554,9 +555,16 @@ export class Tidings {
         return { outcome: "refused" };
       }
       attempt.connected = true;
-      this._pollCursor = { cursor: answer.cursor, channels };
+      const positions =
+        answer.positions && typeof answer.positions === "object" ? answer.positions : null;
+      this._pollCursor = { cursor: answer.cursor, channels, positions };
       const publications = publicationsOf(answer.publications);
-      const events = this._tracker.receivePage(publications, answer.recovered === true, asked);
+      const events = this._tracker.receivePage(
+        publications,
+        answer.recovered === true,
+        asked,
+        positions,
+      );
       for (const channel of channels) {
         if (announced.has(channel) || !this._tracker.has(channel)) continue;
         announced.add(channel);
@@ -564,7 +572,9 @@ export class Tidings {
         this._emit("subscribed", {
           channel,
           position: this._tracker.position(channel),
-          recovered: asked[channel] !== null && answer.recovered === true,
+          recovered: positions
+            ? positions[channel]?.recovered === true
+            : asked[channel] !== null && answer.recovered === true,
           transport: this.transport,
         });
       }
@@ -580,12 +590,18 @@ export class Tidings {
 
   _pollRequest(waitS) {
     // The last answer's cursor, while it names every channel that has a position
-    // (channels added since start from now; one resumed from a position needs since=).
+    // (channels added since start from now; one resumed from a position needs since=)
+    // at the position held (a 1.1 answer says which positions its cursor names).
     const channels = this._tracker.channels;
     const positions = this._tracker.positions();
     const saved = this._pollCursor;
     const cursorCovers =
-      saved && Object.keys(positions).every((channel) => saved.channels.includes(channel));
+      saved &&
+      Object.entries(positions).every(
+        ([channel, held]) =>
+          saved.channels.includes(channel) &&
+          (!saved.positions || samePosition(saved.positions[channel], held)),
+      );
     const cursor = cursorCovers ? saved.cursor : null;
     return { channels, ...pollUrl(this.url, channels, positions, cursor, waitS) };
   }

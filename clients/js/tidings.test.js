@@ -269,6 +269,31 @@ describe("fallback", () => {
     assert.deepEqual(seen.gaps, []);
   });
 
+  for (const pollPositions of [true, false]) {
+    const version = pollPositions ? "1.1" : "1.0";
+    test(`a long poll tells a lost history as a gap (${version} server)`, async () => {
+      const server = new FakeServer();
+      server.wsMode = "refuse";
+      server.sseMode = "missing";
+      server.pollPositions = pollPositions;
+      const { tidings, seen } = client(server);
+      tidings.subscribe("room:1");
+      tidings.connect();
+      await next(tidings, "subscribed");
+      server.publish("room:1", 1);
+      await until(() => seen.publications.length === 1);
+      const gap = next(tidings, "gap");
+      server.restart("E2");
+      server.publish("room:1", "after"); // wakes the waiting long poll
+      assert.deepEqual(await gap, {
+        channel: "room:1",
+        since: { epoch: "E1", offset: 1 },
+        // A 1.1 answer says where the channel now is; a 1.0 one cannot.
+        position: pollPositions ? { epoch: "E2", offset: 1 } : null,
+      });
+    });
+  }
+
   test("a subscribe while streaming reopens the stream with both channels", async () => {
     const server = new FakeServer();
     server.wsMode = "refuse";

@@ -73,11 +73,13 @@ class Subscribed(msgspec.Struct, frozen=True):
 
 
 class PollAnswer(msgspec.Struct, frozen=True):
-    """A ``/poll`` answer (PROTOCOL.md §5)."""
+    """A ``/poll`` answer (PROTOCOL.md §5); ``positions`` is the 1.1 field: where the
+    answer leaves each channel (the cursor's positions, which clients do not read)."""
 
     publications: list[PublicationFrame]
     cursor: str
     recovered: bool
+    positions: dict[str, ChannelStart]
 
 
 class PositionAnswer(msgspec.Struct, frozen=True):

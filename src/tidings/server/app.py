@@ -91,7 +91,7 @@ class TidingsApp:
             allowed_origins=settings.allowed_origins,
         )
         self._api = api = ServerApi(self.context, settings.api_key)
-        self._poll = PollTransport(self.context, self.metrics)
+        self._poll = PollTransport(self.context, self.metrics, max_watches=settings.poll_watches)
         self.status = StatusPublisher(self.hub, self.metrics, self.context.node_id)
         # A transport left out of ``transports`` has no route: /ws refuses the
         # handshake (403), /sse and /poll answer 404, and clients fall back.

@@ -49,6 +49,7 @@ class Settings:
     command_rate: float = 100.0
     command_burst: float = 200.0
     dedupe_window_s: float = 300.0
+    poll_watches: int = 10_000
     shutdown_timeout_s: float = 5.0
     transports: tuple[TransportName, ...] = TRANSPORTS
     demo: bool = False
@@ -82,6 +83,13 @@ def _as_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{name} must be a whole number >= 0, got {value!r}")
     return value
+
+
+def _as_count(name: str, value: object) -> int:
+    number = _as_int(name, value)
+    if number < 1:
+        raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+    return number
 
 
 def _as_float(name: str, value: object) -> float:
@@ -152,6 +160,7 @@ _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "command_rate": _as_float,
     "command_burst": _as_float,
     "dedupe_window": parse_duration_s,
+    "poll_watches": _as_count,
     "shutdown_timeout": parse_duration_s,
     "transports": _as_transports,
     "demo": _as_bool,
