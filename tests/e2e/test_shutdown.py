@@ -31,7 +31,8 @@ def going_away(push: Frame) -> Frame:
     """``push`` without its ``delay`` (asserted to be a whole number of ms first)."""
     rest = dict(push)
     delay = rest.pop("delay", None)
-    assert isinstance(delay, int) and delay >= 0, push
+    assert isinstance(delay, int), push
+    assert delay >= 0, push
     return rest
 
 

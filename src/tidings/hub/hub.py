@@ -126,7 +126,8 @@ class Hub:
         try:
             return await self.broker.publish(channel, data, key=key, info=info)
         except BrokerUnavailable as exc:
-            logger.warning("publish refused, the broker is unavailable: %s", exc)
+            # The broker logged the outage once; each refusal is routine meanwhile.
+            logger.debug("publish refused, the broker is unavailable: %s", exc)
             raise Unavailable("the broker is unavailable; not published; retry shortly") from exc
         except BrokerError as exc:
             # The broker may have made it and failed to answer: the client must not

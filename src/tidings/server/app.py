@@ -56,6 +56,9 @@ logger = logging.getLogger(__name__)
 FRAME_OVERHEAD_BYTES: Final = 4096
 # The timer ticks often enough that a heartbeat is at most a second or so late.
 HEARTBEAT_TICK_S: Final = 1.0
+# /ready answers within this even if the broker's own probe hangs: a broker that does
+# not answer in time is not ready (brokers probe with a shorter time-out of their own).
+READY_TIMEOUT_S: Final = 1.5
 
 
 def broker_for(settings: Settings) -> Broker:
@@ -275,7 +278,12 @@ class TidingsApp:
     async def _ready(self, _request: Request) -> Response:
         if self.context.draining:
             return error_response("unavailable", "this node is draining")
-        if not await self.hub.broker.is_ready():
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                ready = await self.hub.broker.is_ready()
+        except TimeoutError:
+            ready = False
+        if not ready:
             return error_response("unavailable", "the broker is not reachable")
         return json_response({"status": "ready"})
 
