@@ -112,10 +112,14 @@ class BrokerUnavailable(BrokerError):
 
 
 class ConnectionClosed(TidingsError):
-    """Ends a session: the transport closes with ``code`` and ``reason``."""
+    """Ends a session: the transport closes with ``code`` and ``reason``; ``delay_ms``
+    is the server's advice of how long to wait before reconnecting (PROTOCOL.md §3)."""
 
-    def __init__(self, code: int, reason: str, *, reconnect: bool = False) -> None:
+    def __init__(
+        self, code: int, reason: str, *, reconnect: bool = False, delay_ms: int | None = None
+    ) -> None:
         super().__init__(f"connection closed with {code}: {reason}")
         self.code = code
         self.reason = reason
         self.reconnect = reconnect
+        self.delay_ms = delay_ms

@@ -9,7 +9,7 @@ is a ``ProtocolViolation``.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import msgspec
 
@@ -56,6 +56,7 @@ class Disconnect(msgspec.Struct, frozen=True):
     reason: str = ""
     reconnect: bool = False
     url: str | None = None
+    delay: Annotated[int, msgspec.Meta(ge=0)] | None = None  # ms before reconnecting (1.1)
 
 
 class ChannelStart(msgspec.Struct, frozen=True):
