@@ -27,11 +27,17 @@ from typing import Any, Final
 import httpx
 import pytest
 
+from tests.support.handler import RecordingHandler
 from tests.support.redis_cluster import RedisServer
 from tests.support.server import ServerProcess, start_server
 from tests.support.tcp_proxy import TcpProxy
+from tidings.brokers.redis import RedisBroker
+from tidings.core.channel import ChannelName
+from tidings.core.namespace import Namespaces, default_namespaces
+from tidings.core.recovery import Replay
+from tidings.errors import BrokerError, BrokerUnavailable
 
-pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
+pytestmark = pytest.mark.chaos
 
 API_KEY: Final = "chaos-api-key"
 HEADERS: Final = {"Authorization": f"Bearer {API_KEY}"}
@@ -44,6 +50,7 @@ AFTERWARDS: Final = 20  # publishes sent once /ready said 503
 # Large enough that a publish hanging as before the fix (5 s) still gets its answer.
 HTTP_TIMEOUT: Final = httpx.Timeout(30.0)
 MAY_HAVE_BEEN: Final = "may have been published; retry with the same key"
+NAMESPACES: Final = Namespaces(default_namespaces())
 
 
 @dataclass(frozen=True)
@@ -154,6 +161,7 @@ def assert_told_the_truth(answers: list[Answer], present: set[int]) -> None:
     )
 
 
+@pytest.mark.e2e
 async def test_a_stopped_redis_makes_ready_503_and_publishes_fail_fast(
     redis: RedisServer,
 ) -> None:
@@ -170,6 +178,7 @@ async def test_a_stopped_redis_makes_ready_503_and_publishes_fail_fast(
     assert_told_the_truth(answers, present)
 
 
+@pytest.mark.e2e
 async def test_a_black_holed_link_makes_ready_503_and_publishes_fail_fast(
     redis: RedisServer,
 ) -> None:
@@ -178,3 +187,76 @@ async def test_a_black_holed_link_makes_ready_503_and_publishes_fail_fast(
             await ready_becomes(http, 200)
             answers, present = await stall_and_count(http, proxy.stall, proxy.resume)
     assert_told_the_truth(answers, present)
+
+
+# -- the broker alone: what a publish to a stopped Redis answers, and what it leaves ----
+
+
+@asynccontextmanager
+async def broker_on(url: str) -> AsyncIterator[RedisBroker]:
+    # No periodic probe: each test decides when the broker learns Redis stopped.
+    broker = RedisBroker(url, NAMESPACES, publish_timeout_s=0.5, probe_interval_s=3600.0)
+    await broker.start(RecordingHandler())
+    try:
+        yield broker
+    finally:
+        await broker.close()
+
+
+async def test_a_publish_sent_to_a_stopped_redis_may_have_been_made_and_is_on_resume(
+    redis: RedisServer,
+) -> None:
+    assert redis.process is not None
+    channel = ChannelName(f"room:{uuid.uuid4().hex[:12]}")
+    async with broker_on(redis.url) as broker:
+        await broker.publish(channel, b'{"n":1}')  # leaves one connection in the pool
+        os.kill(redis.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(BrokerError, match=MAY_HAVE_BEEN) as failed:
+                await broker.publish(channel, b'{"n":2}', key="k2")
+        finally:
+            os.kill(redis.process.pid, signal.SIGCONT)
+        retried = await broker.publish(channel, b'{"n":2}', key="k2")
+        read = await broker.history(channel)
+    assert not isinstance(failed.value, BrokerUnavailable)
+    # Redis ran it once it read it: the retry with the same key found it.
+    assert retried.duplicate
+    assert isinstance(read.recovery, Replay)
+    assert [p.offset for p in read.recovery.publications] == [1, 2]
+
+
+async def test_a_publish_that_never_left_is_never_made(redis: RedisServer) -> None:
+    assert redis.process is not None
+    channel = ChannelName(f"room:{uuid.uuid4().hex[:12]}")
+    async with broker_on(redis.url) as broker:
+        # No command connection yet: the publish waits for one that cannot be set up.
+        os.kill(redis.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(BrokerUnavailable, match="not sent"):
+                await broker.publish(channel, b'{"n":1}')
+        finally:
+            os.kill(redis.process.pid, signal.SIGCONT)
+        after = await broker.publish(channel, b'{"n":2}')
+        read = await broker.history(channel)
+    assert after.position.offset == 1
+    assert isinstance(read.recovery, Replay)
+    assert [p.data for p in read.recovery.publications] == [b'{"n":2}']
+
+
+async def test_once_the_probe_finds_redis_silent_publishes_fail_at_once_unsent(
+    redis: RedisServer,
+) -> None:
+    assert redis.process is not None
+    channel = ChannelName(f"room:{uuid.uuid4().hex[:12]}")
+    async with broker_on(redis.url) as broker:
+        assert await broker.is_ready()
+        os.kill(redis.process.pid, signal.SIGSTOP)
+        try:
+            ready_while_stopped = await broker.is_ready()
+            with pytest.raises(BrokerUnavailable, match="nothing was sent"):
+                await broker.publish(channel, b'{"n":1}')
+        finally:
+            os.kill(redis.process.pid, signal.SIGCONT)
+        ready_again = await broker.is_ready()
+        after = await broker.publish(channel, b'{"n":2}')
+    assert (ready_while_stopped, ready_again, after.position.offset) == (False, True, 1)
