@@ -67,6 +67,15 @@ of the last publication handed to the hub.
   full jitter, resubscribe every channel (buffering from then on), and sync each one.
   ``is_ready`` is false from the loss until every channel is resubscribed.
 
+Readiness and time-outs: a lost link is noticed late on a silent network (a PING
+unanswered for ``PING_INTERVAL_S``), so readiness is an active probe as well: a PING on
+a command connection every ``probe_interval_s`` and on each ``is_ready``, failing after
+``probe_timeout_s``. While the last probe went unanswered Redis is *unresponsive*:
+``is_ready`` is false and every script fails at once with ``BrokerUnavailable``,
+unsent. A publish waits at most ``publish_timeout_s`` for its answer; given up on
+before the runner wrote it to Redis it is dropped, never sent (``BrokerUnavailable``);
+after, it may still run when Redis reads it (``BrokerError`` saying so).
+
 Presence (``redis_presence``): a hash per channel, refreshed by each node on one timer;
 join and leave frames travel on the channel's topic and are told apart from
 publications by how they start.
