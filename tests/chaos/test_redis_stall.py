@@ -43,7 +43,7 @@ API_KEY: Final = "chaos-api-key"
 HEADERS: Final = {"Authorization": f"Bearer {API_KEY}"}
 # Each /ready answers within about a second and a half (READY_TIMEOUT_S): this bounds
 # how many looks the node gets to notice, not how fast it must be.
-READY_POLLS: Final = 40
+READY_POLLS: Final = 20
 READY_POLL_GAP_S: Final = 0.1
 IN_FLIGHT: Final = 20  # publishes sent just as Redis stops answering
 AFTERWARDS: Final = 20  # publishes sent once /ready said 503
