@@ -133,7 +133,8 @@ async def stall_and_count(
         in_flight = [
             asyncio.create_task(publish(http, channel, n)) for n in range(1, IN_FLIGHT + 1)
         ]
-        await ready_becomes(http, 503)
+        looks = await ready_becomes(http, 503)
+        print(f"/ready answered 503 at look {len(looks)}")
         afterwards = await asyncio.gather(
             *(publish(http, channel, n) for n in range(IN_FLIGHT + 1, IN_FLIGHT + AFTERWARDS + 1))
         )
