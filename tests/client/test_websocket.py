@@ -9,10 +9,12 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from tests.client.conftest import fast_backoff, take
 from tidings.client import Backoff, Subscription
+from tidings.client.frames import Disconnect, decode
 from tidings.client.subscription import MAX_SERVER_DELAY_S, _server_delay_s
 from tidings.core.publication import Publication
 from tidings.errors import ConnectionClosed
@@ -130,3 +132,14 @@ def test_a_server_delay_is_followed_up_to_a_bound() -> None:
     assert _server_delay_s(closed(10**9)) == MAX_SERVER_DELAY_S
     assert _server_delay_s(closed(None)) is None
     assert _server_delay_s(ConnectionResetError("gone")) is None
+
+
+@pytest.mark.parametrize(
+    ("delay", "delay_ms"),
+    [("2500", 2500), ("0.4", 1), ("-5", None), ("1e12", 10**12), ("null", None)],
+)
+def test_a_disconnect_delay_is_whole_ms_and_nonsense_is_left_to_the_backoff(
+    delay: str, delay_ms: int | None
+) -> None:
+    raw = '{"push":"disconnect","code":1001,"reason":"","reconnect":true,"delay":' + delay + "}"
+    assert decode("disconnect push", raw, Disconnect).delay_ms == delay_ms

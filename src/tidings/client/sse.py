@@ -171,6 +171,6 @@ class SseConnector:
                 goodbye.reconnect,
             )
             raise ConnectionClosed(
-                goodbye.code, goodbye.reason, reconnect=goodbye.reconnect, delay_ms=goodbye.delay
+                goodbye.code, goodbye.reason, reconnect=goodbye.reconnect, delay_ms=goodbye.delay_ms
             )
         return []
