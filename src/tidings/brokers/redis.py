@@ -147,6 +147,7 @@ DEFAULT_TIMEOUT_S: Final = 5.0
 PING_INTERVAL_S: Final = 5.0
 PROBE_INTERVAL_S: Final = 1.0
 PROBE_TIMEOUT_S: Final = 1.0
+PROBE_RETRY_S: Final = 0.05
 PUBLISH_TIMEOUT_S: Final = 1.5
 RECONNECT_BASE_DELAY_S: Final = 0.05
 RECONNECT_MAX_DELAY_S: Final = 2.0
@@ -671,9 +672,16 @@ class RedisBroker:
     # -- readiness: an active probe ----------------------------------------------------
 
     async def _probe_periodically(self) -> None:
+        loop = asyncio.get_running_loop()
+        pause_s = self._probe_interval_s
         while True:
-            await asyncio.sleep(self._probe_interval_s)
+            await asyncio.sleep(pause_s)
+            began = loop.time()
             await self._probe()
+            # One PING per interval at most; one that waited out its time-out (a silent
+            # Redis, refusing publishes meanwhile) is followed at once, so that the
+            # answer after a stall is heard without waiting another interval.
+            pause_s = max(PROBE_RETRY_S, self._probe_interval_s - (loop.time() - began))
 
     async def _probe(self) -> bool:
         """PING Redis on a command connection; whether it answered in time. Concurrent
@@ -697,7 +705,7 @@ class RedisBroker:
                     "publishes fail at once until it answers",
                     self._display_url,
                     self._probe_timeout_s,
-                    exc or "timed out",
+                    str(exc) or type(exc).__name__,
                 )
             self._responsive = False
             return False
