@@ -153,7 +153,10 @@ class _Reader:
         if (code is None or code == CLOSE_ABNORMAL) and goodbye is not None:
             code, reason = goodbye.code, goodbye.reason  # the close frame was lost
         code = CLOSE_ABNORMAL if code is None else code
-        raise ConnectionClosed(code, reason, reconnect=not is_terminal_close(code))
+        delay_ms = goodbye.delay_ms if goodbye is not None else None
+        raise ConnectionClosed(
+            code, reason, reconnect=not is_terminal_close(code), delay_ms=delay_ms
+        )
 
     def _receive(self, raw: str | bytes) -> list[Event]:
         frame = decode("WebSocket frame", raw, WsFrame)

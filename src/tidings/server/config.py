@@ -10,6 +10,7 @@ never silently leaves a default in force.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -51,6 +52,9 @@ class Settings:
     dedupe_window_s: float = 300.0
     poll_watches: int = 10_000
     shutdown_timeout_s: float = 5.0
+    drain_window_s: float = 3.0
+    drain_rate: float = 1000.0
+    publish_timeout_s: float = 1.5
     transports: tuple[TransportName, ...] = TRANSPORTS
     demo: bool = False
     server_backend: ServerBackend = "native"
@@ -162,6 +166,9 @@ _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "dedupe_window": parse_duration_s,
     "poll_watches": _as_count,
     "shutdown_timeout": parse_duration_s,
+    "drain_window": parse_duration_s,
+    "drain_rate": _as_float,
+    "publish_timeout": parse_duration_s,
     "transports": _as_transports,
     "demo": _as_bool,
     "server_backend": _as_server_backend,
@@ -172,6 +179,8 @@ _FIELD_OF: Final = {
     "outbound_buffer": "outbound_buffer_bytes",
     "dedupe_window": "dedupe_window_s",
     "shutdown_timeout": "shutdown_timeout_s",
+    "drain_window": "drain_window_s",
+    "publish_timeout": "publish_timeout_s",
 }
 _NAMESPACE_KEYS: Final = (
     "policy",
@@ -302,4 +311,12 @@ def load_settings(
         settings = _apply(settings, given, "arguments")
     if settings.ping_interval_s <= 0:
         raise ConfigError(f"ping_interval must be more than 0, got {settings.ping_interval_s:g}")
+    if not 0 < settings.drain_rate < math.inf:
+        raise ConfigError(
+            f"drain_rate must be reconnects per second above 0, got {settings.drain_rate:g}"
+        )
+    if settings.publish_timeout_s <= 0:
+        raise ConfigError(
+            f"publish_timeout must be more than 0, got {settings.publish_timeout_s:g}"
+        )
     return settings
