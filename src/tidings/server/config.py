@@ -24,6 +24,9 @@ from tidings.server.units import parse_duration_s, parse_size_bytes
 
 ENV_PREFIX: Final = "TIDINGS_"
 DEFAULT_NAMESPACE_KEY: Final = "default"
+# Variables of the client commands (tidings subscribe, history...), not node settings:
+# a shell that sets them for those may still run tidings serve.
+CLIENT_VARIABLES: Final = frozenset({"TIDINGS_URL", "TIDINGS_TOKEN"})
 
 TransportName = Literal["ws", "sse", "poll"]
 TRANSPORTS: Final[tuple[TransportName, ...]] = ("ws", "sse", "poll")
@@ -52,6 +55,7 @@ class Settings:
     shutdown_timeout_s: float = 5.0
     transports: tuple[TransportName, ...] = TRANSPORTS
     demo: bool = False
+    access_log: bool = False
     server_backend: ServerBackend = "native"
     namespaces: Mapping[NamespaceName, NamespaceOptions] = field(default_factory=default_namespaces)
 
@@ -155,6 +159,7 @@ _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "shutdown_timeout": parse_duration_s,
     "transports": _as_transports,
     "demo": _as_bool,
+    "access_log": _as_bool,
     "server_backend": _as_server_backend,
 }
 # Settings fields whose configuration name drops the unit suffix.
@@ -244,7 +249,7 @@ def _apply(settings: Settings, values: Mapping[str, object], source: str) -> Set
 def _env_values(environ: Mapping[str, str]) -> dict[str, object]:
     values: dict[str, object] = {}
     for variable, value in environ.items():
-        if not variable.startswith(ENV_PREFIX):
+        if not variable.startswith(ENV_PREFIX) or variable in CLIENT_VARIABLES:
             continue
         path = variable[len(ENV_PREFIX) :].lower().split("__")
         if path[0] == "namespaces" and len(path) == 3:
