@@ -22,7 +22,7 @@ from tidings.core.publication import Position, parse_position_text
 from tidings.core.recovery import Replay
 from tidings.core.wire import encode_json, position_fields, publication_frames
 from tidings.errors import BadRequest, PermissionDenied, RequestError, Unauthorized
-from tidings.server.auth import is_valid_api_key
+from tidings.server.auth import api_key_refusal
 from tidings.transports.close_codes import is_reconnectable
 from tidings.transports.context import TransportContext
 from tidings.transports.http import (
@@ -112,8 +112,9 @@ class ServerApi:
         return guarded
 
     def _check_key(self, authorization: str | None) -> None:
-        if not is_valid_api_key(self._api_key, bearer_token(authorization)):
-            raise Unauthorized("the server API needs Authorization: Bearer <api key>")
+        refusal = api_key_refusal(self._api_key, bearer_token(authorization))
+        if refusal is not None:
+            raise Unauthorized(refusal)
 
     async def _body(self, request: Request, kind: type[T]) -> T:
         return await read_json_body(request, kind, self._max_body)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import enum
 import ctypes.util
+import enum
 import logging
 import multiprocessing
 import os
