@@ -31,6 +31,7 @@ import uvicorn
 
 from tidings.brokers.factory import MissingExtra, UnknownBroker, UnusableDataDirectory
 from tidings.errors import ConfigError, TidingsError
+from tidings.server.access_log import AccessLogMiddleware, TokenRedactingFilter
 from tidings.server.app import FRAME_OVERHEAD_BYTES, TidingsApp
 from tidings.server.config import Settings
 from tidings.server.native.server import run_native
@@ -114,7 +115,7 @@ class _DrainingServer(uvicorn.Server):
 
 def _uvicorn_config(app: TidingsApp, settings: Settings, log_level: str) -> uvicorn.Config:
     return uvicorn.Config(
-        app,
+        AccessLogMiddleware(app) if settings.access_log else app,
         host=settings.host,
         port=settings.port,
         lifespan="on",
@@ -125,6 +126,7 @@ def _uvicorn_config(app: TidingsApp, settings: Settings, log_level: str) -> uvic
         ws_max_size=(settings.max_data_bytes + FRAME_OVERHEAD_BYTES) * UVICORN_FRAME_LIMIT_FACTOR,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s) + 1,
         server_header=False,
+        access_log=False,  # uvicorn's would print ?token= (tidings' own redacts it)
     )
 
 
@@ -142,6 +144,8 @@ def run_node(settings: Settings, log_level: str, listener: socket.socket | None 
         run_native(app, listener)
         return
     server = _DrainingServer(_uvicorn_config(app, settings, log_level), app)
+    # uvicorn logs every WebSocket handshake's path, query string (?token=) included.
+    logging.getLogger("uvicorn.error").addFilter(TokenRedactingFilter())
     server.run(sockets=None if listener is None else [listener])
 
 
