@@ -50,13 +50,14 @@ def _call(server: str, api_key: str | None, call: Callable[[ApiClient], Awaitabl
 
 
 @click.command(
+    short_help="Publish JSON in a channel (server API).",
     epilog="""
 \b
 Examples:
   tidings publish room:45 '{"text": "hello"}'
   tidings publish room:45 '"plain text, quoted as JSON"' --key msg-0001
   TIDINGS_API_KEY=s3cret tidings publish --url http://node:8000 news '{"n": 1}'
-"""
+""",
 )
 @click.argument("channel")
 @click.argument("data")
@@ -80,13 +81,14 @@ def publish(
 
 
 @click.command(
+    short_help="Print a channel's history (server API).",
     epilog="""
 \b
 Examples:
   tidings history room:45                  the latest publications, oldest first
   tidings history room:45 --limit 10
   tidings history room:45 --since Xq3v0b1Zc9E:41
-"""
+""",
 )
 @click.argument("channel")
 @click.option("--since", "since_text", default=None, help="Read after <epoch>:<offset>.")
@@ -124,12 +126,13 @@ def history(
 
 
 @click.command(
+    short_help="List the channels with subscribers (server API).",
     epilog="""
 \b
 Examples:
   tidings channels                  every channel with subscribers on the node
   tidings channels --prefix room:
-"""
+""",
 )
 @click.option("--prefix", default="", help="Only channels whose names start with this.")
 @server_option
@@ -144,11 +147,12 @@ def channels(*, prefix: str, server: str, api_key: str | None, verbose: bool) ->
 
 
 @click.command(
+    short_help="List who is subscribed to a channel (server API).",
     epilog="""
 \b
 Examples:
   tidings presence room:45
-"""
+""",
 )
 @click.argument("channel")
 @server_option

@@ -55,7 +55,7 @@ def config_option(function: click.decorators.FC) -> click.decorators.FC:
     )(function)
 
 
-@click.command(epilog=SERVE_EXAMPLES)
+@click.command(short_help="Run a node.", epilog=SERVE_EXAMPLES)
 @click.option(
     "--host", default=None, help="Address to bind (default 127.0.0.1). Env: TIDINGS_HOST."
 )
@@ -89,7 +89,10 @@ def config_option(function: click.decorators.FC) -> click.decorators.FC:
     "socket) or uvicorn (the plain ASGI path). Env: TIDINGS_SERVER_BACKEND.",
 )
 @click.option(
-    "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
+    "--log-level",
+    default="info",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="How much to log (default info; -v is debug).",
 )
 @click.option(
     "--access-log",
@@ -146,7 +149,9 @@ def serve(
         fail_with(exc)
 
 
-@click.command("check-config", epilog=SERVE_EXAMPLES.split("\n\b\nEvery")[0])
+@click.command(
+    "check-config", short_help="Check the configuration; print the settings a node would use."
+)
 @config_option
 @verbose_option
 def check_config(*, config_file: Path | None, verbose: bool) -> None:

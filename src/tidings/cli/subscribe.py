@@ -28,6 +28,7 @@ from tidings.errors import ConnectionClosed, TidingsError
 
 
 @click.command(
+    short_help="Print channels' publications as they arrive.",
     epilog="""
 \b
 Examples:
@@ -35,7 +36,7 @@ Examples:
   tidings subscribe room:45 news --transport sse
   tidings subscribe room:45 --since Xq3v0b1Zc9E:41      resume after a position
   TIDINGS_TOKEN=$(tidings token --user alice --channels 'room:*') tidings subscribe room:45
-"""
+""",
 )
 @click.argument("channels", nargs=-1, required=True)
 @server_option

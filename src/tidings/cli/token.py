@@ -27,6 +27,7 @@ NO_SECRET = (
 
 
 @click.command(
+    short_help="Print a connection token signed with the node's secret.",
     epilog="""
 \b
 Examples:
@@ -36,7 +37,7 @@ Examples:
 \b
 The secret is the node's jwt_secret, read as tidings serve reads it: --config, then
 TIDINGS_JWT_SECRET.
-"""
+""",
 )
 @click.option("--user", required=True, help="Who the token names (the sub claim).")
 @click.option(
