@@ -34,9 +34,9 @@ def test_a_refusal_is_one_info_line_with_the_reason_and_the_address(
 ) -> None:
     caplog.set_level(logging.INFO)
     refusals = Refusals(FakeClock())
-    refusals.refused("origin", PEER, "https://evil.example")
+    refusals.refused_origin(PEER, "https://evil.example")
     assert refusal_lines(caplog) == [
-        "refused an origin from 203.0.113.7:50123: https://evil.example"
+        "refused an origin from 203.0.113.7:50123: https://evil.example is not in allowed_origins"
     ]
     assert refusals.counts["origin"] == 1
 

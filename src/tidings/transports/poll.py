@@ -196,7 +196,7 @@ class PollTransport:
             return preflight_response(origin, context.allowed_origins)
         host = request.headers.get("host")
         if not is_origin_allowed(origin, host, request.url.scheme, context.allowed_origins):
-            context.refusals.refused("origin", request.scope.get("client"), f"{origin}")
+            context.refusals.refused_origin(request.scope.get("client"), origin)
             return error_response("permission_denied", "this origin is not in allowed_origins")
         cors = cors_headers(origin, context.allowed_origins)
         kind: PollKind = "short"

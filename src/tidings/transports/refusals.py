@@ -95,6 +95,10 @@ class Refusals:
             logger.info("%d similar refusals (%s) suppressed", suppressed, _SAID[reason])
         logger.info("refused %s from %s: %s", _SAID[reason], peer_text(peer), detail)
 
+    def refused_origin(self, peer: Peer, origin: str | None) -> None:
+        """Count and log a browser origin that is not in ``allowed_origins``."""
+        self.refused("origin", peer, f"{origin} is not in allowed_origins")
+
     def refused_request(self, error: RequestError, peer: Peer, *, api: bool = False) -> None:
         """Count and log ``error`` if it is a refusal (a bad request is not).
 

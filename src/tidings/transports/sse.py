@@ -194,7 +194,7 @@ class SseTransport:
         if not is_origin_allowed(
             origin, headers.get("host"), scope["scheme"], context.allowed_origins
         ):
-            context.refusals.refused("origin", scope.get("client"), f"{origin}")
+            context.refusals.refused_origin(scope.get("client"), origin)
             response = error_response("permission_denied", "this origin is not in allowed_origins")
             await response(scope, receive, send)
             return

@@ -160,9 +160,7 @@ class WebSocketSession(StreamConnection):
             self._context.allowed_origins,
         ):
             # Closing before accepting makes the server answer the handshake with 403.
-            self._context.refusals.refused(
-                "origin", scope.get("client"), f"{headers.get('origin')}"
-            )
+            self._context.refusals.refused_origin(scope.get("client"), headers.get("origin"))
             await self._send({"type": "websocket.close", "code": CLOSE_FORBIDDEN})
             return False, None
         await self._send({"type": "websocket.accept"})
