@@ -48,11 +48,13 @@ def test_a_flood_is_logged_up_to_the_burst_then_summed_up(
     clock = FakeClock()
     refusals = Refusals(clock)
     for _ in range(LOG_BURST + 50):
-        refusals.refused("api_key", PEER, "the API key sent is not this server's api_key")
+        refusals.refused(
+            "api_key", PEER, "wrong api key: the key sent is not this server's api_key"
+        )
     assert len(refusal_lines(caplog)) == LOG_BURST
     assert refusals.counts["api_key"] == LOG_BURST + 50  # counted, all of them
     clock.now_s += 1 / LOG_RATE_PER_S
-    refusals.refused("api_key", PEER, "the API key sent is not this server's api_key")
+    refusals.refused("api_key", PEER, "wrong api key: the key sent is not this server's api_key")
     lines = refusal_lines(caplog)
     assert lines[-2] == "50 similar refusals (a server API call) suppressed"
     assert lines[-1].startswith("refused a server API call from 203.0.113.7:50123")

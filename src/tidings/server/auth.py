@@ -91,4 +91,4 @@ def api_key_refusal(configured: str | None, presented: str | None) -> str | None
         return None
     if presented is None:
         return "the server API needs Authorization: Bearer <api key>, and none was sent"
-    return "the API key sent is not this server's api_key"
+    return "wrong api key: the key sent is not this server's api_key"
