@@ -66,6 +66,7 @@ def test_check_config_prints_the_effective_settings_with_secrets_masked(
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert "port = 9001" in lines
+    assert "ping_interval = 25s" in lines  # the names a file or TIDINGS_* variable uses
     assert "api_key = ********" in lines
     assert "jwt_secret = ********" in lines
     assert "broker = redis://:********@127.0.0.1:6379/0" in lines

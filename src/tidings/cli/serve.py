@@ -20,7 +20,7 @@ import click
 from tidings.brokers.factory import check_broker
 from tidings.cli.options import configure_node_logging, fail, fail_with, verbose_option
 from tidings.errors import ConfigError, TidingsError
-from tidings.server.config import Settings, load_settings
+from tidings.server.config import Settings, load_settings, setting_name
 from tidings.server.runner import ExitStatus, run_node, run_workers
 
 SECRET_SETTINGS: Final = frozenset({"api_key", "jwt_secret"})
@@ -190,7 +190,9 @@ def describe_settings(settings: Settings) -> list[str]:
             value = MASK
         elif field.name == "broker" and isinstance(value, str):
             value = _without_password(value)
-        lines.append(f"{field.name} = {_shown(value)}")
+        elif field.name.endswith("_s"):
+            value = f"{value:g}s"
+        lines.append(f"{setting_name(field.name)} = {_shown(value)}")
     for name, options in sorted(settings.namespaces.items(), key=lambda item: item[0] or ""):
         lines.append(
             f"namespaces.{name or 'default'} = policy {options.policy.value}, "

@@ -169,6 +169,15 @@ _FIELD_OF: Final = {
     "dedupe_window": "dedupe_window_s",
     "shutdown_timeout": "shutdown_timeout_s",
 }
+_SETTING_OF_FIELD: Final = {field_name: name for name, field_name in _FIELD_OF.items()}
+
+
+def setting_name(field_name: str) -> str:
+    """Return the configuration name of a ``Settings`` field (``ping_interval_s`` is
+    ``ping_interval``)."""
+    return _SETTING_OF_FIELD.get(field_name, field_name)
+
+
 _NAMESPACE_KEYS: Final = (
     "policy",
     "client_publish",
