@@ -153,14 +153,16 @@ def bind_listener(
     host: str, port: int, *, reuse_port: bool = False, listen: bool = True
 ) -> socket.socket:
     """Return a socket bound to ``host:port`` and, with ``listen``, listening (on the
-    first address ``host`` resolves to).
+    first address ``host`` resolves to: IPv4 unless ``host`` is an IPv6 address).
 
     Raises:
         ListenError: the host does not resolve, or the address cannot be bound.
     """
+    # IPv4 unless the host is an IPv6 address, as uvicorn binds ("localhost" is 127.0.0.1).
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            host, port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as exc:
         raise ListenError(host, port, f"unknown host ({exc.strerror})") from None
