@@ -61,6 +61,13 @@ def test_a_port_in_use_is_one_line_and_exit_status_3(taken_port: int) -> None:
     assert "started" not in done.stderr  # nothing started before the bind failed
 
 
+def test_a_host_that_does_not_resolve_is_one_line_and_exit_status_3() -> None:
+    done = serve("--host", "no-such-host.invalid")
+    assert_one_line(
+        done, ExitStatus.LISTEN, "cannot listen on no-such-host.invalid", "unknown host"
+    )
+
+
 def test_a_port_in_use_with_workers_is_one_line_and_exit_status_3(taken_port: int) -> None:
     done = serve("--port", str(taken_port), "--workers", "2", "--broker", "redis://127.0.0.1:1/0")
     assert_one_line(done, ExitStatus.LISTEN, "in use")
