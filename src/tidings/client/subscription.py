@@ -333,6 +333,7 @@ class Subscription:
             connector = connectors[route.current]
             self.transport = connector.name
             attempt = Attempt()
+            logger.info("connecting to %s over %s", self.server_url, connector.name)
             try:
                 await self._run_session(connector, attempt)
                 failure: Exception = ConnectionResetError(f"the {connector.name} session ended")

@@ -95,7 +95,11 @@ class WebSocketConnector:
             raise TransportRefused("ws", status, "the WebSocket upgrade was refused") from exc
         try:
             reader = _Reader(connection, tracker, attempt)
-            await reader.send_commands()
+            # A server that refuses the handshake's token closes at once (4001): the
+            # close, read below, says so. Failing on the send instead would look like a
+            # network that cuts WebSocket, and send ``auto`` to the next transport.
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await reader.send_commands()
             async with contextlib.aclosing(reader.read()) as batches:
                 async for events in batches:
                     yield events

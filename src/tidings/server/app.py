@@ -100,6 +100,7 @@ class TidingsApp:
             ping_interval_s=settings.ping_interval_s,
             allowed_origins=settings.allowed_origins,
         )
+        self.metrics.read_refusals_of(self.context.refusals)
         self._api = api = ServerApi(self.context, settings.api_key)
         self._poll = PollTransport(self.context, self.metrics, max_watches=settings.poll_watches)
         self.status = StatusPublisher(self.hub, self.metrics, self.context.node_id)

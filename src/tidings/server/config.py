@@ -25,6 +25,9 @@ from tidings.server.units import parse_duration_s, parse_size_bytes
 
 ENV_PREFIX: Final = "TIDINGS_"
 DEFAULT_NAMESPACE_KEY: Final = "default"
+# Variables of the client commands (tidings subscribe, history...), not node settings:
+# a shell that sets them for those may still run tidings serve.
+CLIENT_VARIABLES: Final = frozenset({"TIDINGS_URL", "TIDINGS_TOKEN"})
 
 TransportName = Literal["ws", "sse", "poll"]
 TRANSPORTS: Final[tuple[TransportName, ...]] = ("ws", "sse", "poll")
@@ -57,6 +60,7 @@ class Settings:
     publish_timeout_s: float = 1.5
     transports: tuple[TransportName, ...] = TRANSPORTS
     demo: bool = False
+    access_log: bool = False
     server_backend: ServerBackend = "native"
     namespaces: Mapping[NamespaceName, NamespaceOptions] = field(default_factory=default_namespaces)
 
@@ -171,6 +175,7 @@ _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "publish_timeout": parse_duration_s,
     "transports": _as_transports,
     "demo": _as_bool,
+    "access_log": _as_bool,
     "server_backend": _as_server_backend,
 }
 # Settings fields whose configuration name drops the unit suffix.
@@ -182,6 +187,15 @@ _FIELD_OF: Final = {
     "drain_window": "drain_window_s",
     "publish_timeout": "publish_timeout_s",
 }
+_SETTING_OF_FIELD: Final = {field_name: name for name, field_name in _FIELD_OF.items()}
+
+
+def setting_name(field_name: str) -> str:
+    """Return the configuration name of a ``Settings`` field (``ping_interval_s`` is
+    ``ping_interval``)."""
+    return _SETTING_OF_FIELD.get(field_name, field_name)
+
+
 _NAMESPACE_KEYS: Final = (
     "policy",
     "client_publish",
@@ -262,7 +276,7 @@ def _apply(settings: Settings, values: Mapping[str, object], source: str) -> Set
 def _env_values(environ: Mapping[str, str]) -> dict[str, object]:
     values: dict[str, object] = {}
     for variable, value in environ.items():
-        if not variable.startswith(ENV_PREFIX):
+        if not variable.startswith(ENV_PREFIX) or variable in CLIENT_VARIABLES:
             continue
         path = variable[len(ENV_PREFIX) :].lower().split("__")
         if path[0] == "namespaces" and len(path) == 3:

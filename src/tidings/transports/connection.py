@@ -42,6 +42,7 @@ class StreamConnection(ABC):
         "client_id",
         "credentials",
         "last_sent_s",
+        "peer",
         "subscriptions",
     )
 
@@ -51,6 +52,7 @@ class StreamConnection(ABC):
         self.client_id = context.new_client_id()
         self.credentials: Credentials = ANONYMOUS
         self.subscriptions: set[ChannelName] = set()
+        self.peer: tuple[str, int] | None = None  # the client's address, for the log
         self._closing: tuple[int, str] | None = None
         # Requested bytes still pending: exempt from the slow-consumer bound.
         self._allowance = 0
@@ -128,7 +130,9 @@ class StreamConnection(ABC):
         pending = out.pending_bytes
         self._allowance = min(self._allowance, pending)  # part of the requested backlog has left
         if pending - self._allowance + len(chunk) > self._bound:
-            logger.warning("slow consumer %s dropped: %d bytes pending", self.client_id, pending)
+            self._context.refusals.refused(
+                "slow_consumer", self.peer, f"{pending:,} bytes pending ({self.client_id})"
+            )
             out.discard_pending()
             self.disconnect(CLOSE_SLOW_CONSUMER, "slow consumer", reconnect=True)
             return
@@ -169,6 +173,7 @@ class StreamConnection(ABC):
         if self._closing is not None:
             return
         self._closing = (code, reason)
+        self._context.refusals.disconnected(code)
         goodbye = self._goodbye(code, reason, reconnect, url, delay_ms)
         self._out.finish(goodbye, code, reason)
 

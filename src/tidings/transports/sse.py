@@ -67,6 +67,7 @@ class SseSession(StreamConnection):
         if out is None:
             out = QueuedOutbound(self._write, self._end)
         super().__init__(context, out)
+        self.peer = scope.get("client")
         self._send = send
         self.positions: dict[ChannelName, Position] = {}
         self._live = False
@@ -197,6 +198,7 @@ class SseTransport:
         if not is_origin_allowed(
             origin, headers.get("host"), scope["scheme"], context.allowed_origins
         ):
+            context.refusals.refused_origin(scope.get("client"), origin)
             response = error_response("permission_denied", "this origin is not in allowed_origins")
             await response(scope, receive, send)
             return
@@ -213,6 +215,7 @@ class SseTransport:
                 raise Unavailable("this node is draining; reconnect to another")
             context.sessions.add(session)
         except RequestError as error:
+            context.refusals.refused_request(error, session.peer)
             response = request_error_response(error)
             response.headers.update(cors)
             await response(scope, receive, send)
