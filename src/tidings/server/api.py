@@ -2,12 +2,23 @@
 
 HTTP I/O through Starlette. Bodies are decoded once into typed structs; every error
 becomes one JSON error body through ``http_errors``.
+
+Admission is one function, ``admit_api_request``, for the Starlette routes and the
+native server's ``POST /api/publish`` alike. With an ``api_key`` the key is the door.
+Without one (the API is open, for a node on loopback), a web page must still not be
+able to use the API through its visitor's browser: a cross-site request is refused
+(``Origin``, ``Sec-Fetch-Site``), and so is a ``Host`` that is not a loopback name,
+which is what a DNS-rebound page sends. Every POST must say ``Content-Type:
+application/json``, key or not: a page can send ``text/plain`` cross-site without a
+preflight but not JSON, and a client that works against an open node then works
+unchanged against a keyed one.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
@@ -18,6 +29,7 @@ from starlette.routing import Route
 from tidings.brokers.base import PublishResult
 from tidings.core.channel import ChannelName, parse_channel
 from tidings.core.commands import MAX_HISTORY_LIMIT, IdempotencyKey, publication_data
+from tidings.core.origin import is_cross_site, is_loopback_host
 from tidings.core.publication import Position, parse_position_text
 from tidings.core.recovery import Replay
 from tidings.core.wire import encode_json, position_fields, publication_frames
@@ -70,8 +82,90 @@ class DisconnectBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 Handler = Callable[[Request], Awaitable[Response]]
-# ``publish_native``: the authorization header and whole body in; status, headers, body out.
-NativePublish = Callable[[str | None, bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
+# A request header by lower-case name, as the native server looks it up.
+NativeHeader = Callable[[bytes], bytes | None]
+# ``publish_native``: the request's headers and whole body in; status, headers, body out.
+NativePublish = Callable[[NativeHeader, bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
+
+JSON_MEDIA_TYPE: Final = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRequestHead:
+    """What admission reads of a server API request: its method and a few headers."""
+
+    method: str
+    authorization: str | None = None
+    content_type: str | None = None
+    origin: str | None = None
+    sec_fetch_site: str | None = None
+    host: str | None = None
+    scheme: str = "http"
+
+    @classmethod
+    def of_native(cls, method: str, header: NativeHeader) -> ApiRequestHead:
+        """The head of a request of tidings' native server (plain HTTP)."""
+
+        def text(name: bytes) -> str | None:
+            value = header(name)
+            return None if value is None else value.decode("latin-1")
+
+        return cls(
+            method,
+            authorization=text(b"authorization"),
+            content_type=text(b"content-type"),
+            origin=text(b"origin"),
+            sec_fetch_site=text(b"sec-fetch-site"),
+            host=text(b"host"),
+        )
+
+    @classmethod
+    def of_request(cls, request: Request) -> ApiRequestHead:
+        """The head of a Starlette request."""
+        headers = request.headers
+        return cls(
+            request.method,
+            authorization=headers.get("authorization"),
+            content_type=headers.get("content-type"),
+            origin=headers.get("origin"),
+            sec_fetch_site=headers.get("sec-fetch-site"),
+            host=headers.get("host"),
+            scheme=request.url.scheme,
+        )
+
+
+def admit_api_request(head: ApiRequestHead, api_key: str | None) -> None:
+    """Let a server API request in, or raise why not (see the module docstring).
+
+    Raises:
+        PermissionDenied: no ``api_key`` is set and the request comes from another
+            site's page, or names a ``Host`` that is not a loopback name.
+        Unauthorized: the key is missing or wrong.
+        BadRequest: a POST whose ``Content-Type`` is not ``application/json``.
+    """
+    if api_key is None:
+        if is_cross_site(head.origin, head.sec_fetch_site, head.host, head.scheme):
+            raise PermissionDenied(
+                "the server API has no api_key set and refuses requests from web pages of "
+                "other sites; call it from the backend, or set api_key"
+            )
+        if not is_loopback_host(head.host):
+            raise PermissionDenied(
+                "the server API has no api_key set and answers only requests to a loopback "
+                "Host (127.0.0.1, localhost, [::1]); set api_key to call it by another name"
+            )
+    if not is_valid_api_key(api_key, bearer_token(head.authorization)):
+        raise Unauthorized("the server API needs Authorization: Bearer <api key>")
+    if head.method == "POST" and not _is_json(head.content_type):
+        raise BadRequest(
+            f"the server API takes JSON bodies: send Content-Type: {JSON_MEDIA_TYPE}, "
+            f"got {head.content_type or 'none'}"
+        )
+
+
+def _is_json(content_type: str | None) -> bool:
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    return media_type == JSON_MEDIA_TYPE
 
 
 class ServerApi:
@@ -101,7 +195,7 @@ class ServerApi:
 
         async def guarded(request: Request) -> Response:
             try:
-                self._check_key(request.headers.get("authorization"))
+                admit_api_request(ApiRequestHead.of_request(request), self._api_key)
                 return await handler(request)
             except RequestError as error:
                 return request_error_response(error)
@@ -110,10 +204,6 @@ class ServerApi:
                 return internal_error_response()
 
         return guarded
-
-    def _check_key(self, authorization: str | None) -> None:
-        if not is_valid_api_key(self._api_key, bearer_token(authorization)):
-            raise Unauthorized("the server API needs Authorization: Bearer <api key>")
 
     async def _body(self, request: Request, kind: type[T]) -> T:
         return await read_json_body(request, kind, self._max_body)
@@ -128,12 +218,13 @@ class ServerApi:
         return json_response(_publish_fields(result))
 
     async def publish_native(
-        self, authorization: str | None, raw: bytes
+        self, header: NativeHeader, raw: bytes
     ) -> tuple[int, dict[str, str], bytes]:
-        """``POST /api/publish`` as tidings' native server hands it over (the whole body,
-        no Starlette): the same checks and the same answers, as status, headers, body."""
+        """``POST /api/publish`` as tidings' native server hands it over (its headers and
+        whole body, no Starlette): the same admission and the same answers, as status,
+        headers, body."""
         try:
-            self._check_key(authorization)
+            admit_api_request(ApiRequestHead.of_native("POST", header), self._api_key)
             body = decode_json_body(raw, PublishBody, self._max_body)
             result = await self._publish(body)
         except RequestError as error:
