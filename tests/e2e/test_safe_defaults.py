@@ -365,9 +365,9 @@ async def test_sse_ignores_the_cookie_of_a_page_admitted_by_the_wildcard(
     channel = secret_channel()
     headers = {"Origin": EVIL, **cookie_of(channel)}
     async with sse_stream(browser, {"channel": channel}, headers=headers) as stream:
-        await stream.response.aread()
         response = stream.response
-    assert response.status_code == 401, response.text
+        assert response.status_code == 401  # checked first: a 200 stream never ends
+        await response.aread()
     assert error_code(response) == "unauthorized"
     assert_cors_without_credentials(response)
 
@@ -453,8 +453,9 @@ async def test_sse_and_poll_refuse_more_channels_than_a_connection_may_hold(
     too_many = {"channel": [unique() for _ in range(CHANNEL_LIMIT + 1)]}
     enough = {"channel": too_many["channel"][:CHANNEL_LIMIT]}
     async with sse_stream(local, too_many) as stream:
-        await stream.response.aread()
         refused_stream = stream.response
+        assert refused_stream.status_code == 400  # checked first: a 200 stream never ends
+        await refused_stream.aread()
     refused_polls = [await local.get("/poll", params=too_many) for _ in range(2)]
     assert (await local.get("/poll", params=enough)).status_code == 200
     for response in (refused_stream, *refused_polls):
