@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import subprocess
 import sys
 import uuid
@@ -465,3 +466,32 @@ async def test_sse_and_poll_refuse_more_channels_than_a_connection_may_hold(
         assert f"max_channels_per_connection allows {CHANNEL_LIMIT}" in message
     async with sse_stream(local, enough) as stream:
         assert stream.response.status_code == 200
+
+
+# -- the sqlite data directory is private (item 14) ------------------------------------
+
+
+def test_a_node_creates_its_data_directory_private_and_warns_about_an_open_one(
+    tmp_path: Path,
+) -> None:
+    previous = os.umask(0o002)  # a umask that would let every user read new files
+    try:
+        created = start_server(data=tmp_path / "new")
+        existing = tmp_path / "old"
+        existing.mkdir()
+        existing.chmod(0o755)
+        warned = start_server(data=existing)
+    finally:
+        os.umask(previous)
+    try:
+        modes = {
+            path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "new").iterdir()
+        }
+        assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o700
+        assert "tidings.db" in modes
+        assert set(modes.values()) == {0o600}, modes
+        warnings = [line for line in warned.log if "WARNING" in line and str(existing) in line]
+        assert len(warnings) == 1, warned.log
+    finally:
+        created.kill()
+        warned.kill()
