@@ -23,6 +23,7 @@ from typing import Final
 WILDCARD: Final = "*"
 # Sec-Fetch-Site values of a request made by another site's page (Fetch Metadata).
 _CROSS_SITE_FETCHES: Final = frozenset({"cross-site", "same-site"})
+_LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class OriginAccess(enum.Enum):
@@ -118,8 +119,8 @@ def is_loopback_host(host: str | None) -> bool:
         name, _, port = name.partition(":")
         if not _is_port(":" + port):
             return False
-    if name.rstrip(".") == "localhost":
-        return True
+    if name in _LOOPBACK_NAMES or name.rstrip(".") == "localhost":
+        return True  # the usual names, without parsing an address
     try:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
@@ -90,52 +89,28 @@ NativePublish = Callable[[NativeHeader, bytes], Awaitable[tuple[int, dict[str, s
 JSON_MEDIA_TYPE: Final = "application/json"
 
 
-@dataclass(frozen=True, slots=True)
-class ApiRequestHead:
-    """What admission reads of a server API request: its method and a few headers."""
-
-    method: str
-    authorization: str | None = None
-    content_type: str | None = None
-    origin: str | None = None
-    sec_fetch_site: str | None = None
-    host: str | None = None
-    scheme: str = "http"
-
-    @classmethod
-    def of_native(cls, method: str, header: NativeHeader) -> ApiRequestHead:
-        """The head of a request of tidings' native server (plain HTTP)."""
-
-        def text(name: bytes) -> str | None:
-            value = header(name)
-            return None if value is None else value.decode("latin-1")
-
-        return cls(
-            method,
-            authorization=text(b"authorization"),
-            content_type=text(b"content-type"),
-            origin=text(b"origin"),
-            sec_fetch_site=text(b"sec-fetch-site"),
-            host=text(b"host"),
-        )
-
-    @classmethod
-    def of_request(cls, request: Request) -> ApiRequestHead:
-        """The head of a Starlette request."""
-        headers = request.headers
-        return cls(
-            request.method,
-            authorization=headers.get("authorization"),
-            content_type=headers.get("content-type"),
-            origin=headers.get("origin"),
-            sec_fetch_site=headers.get("sec-fetch-site"),
-            host=headers.get("host"),
-            scheme=request.url.scheme,
-        )
+# A request header by lower-case name, as admission reads it.
+HeaderLookup = Callable[[str], str | None]
 
 
-def admit_api_request(head: ApiRequestHead, api_key: str | None) -> None:
+def native_header_lookup(header: NativeHeader) -> HeaderLookup:
+    """Read the native server's byte headers as text (latin-1, as HTTP has it)."""
+
+    def text(name: str) -> str | None:
+        value = header(name.encode("ascii"))
+        return None if value is None else value.decode("latin-1")
+
+    return text
+
+
+def admit_api_request(method: str, header: HeaderLookup, scheme: str, api_key: str | None) -> None:
     """Let a server API request in, or raise why not (see the module docstring).
+
+    Args:
+        method: the request's method.
+        header: looks up a request header by lower-case name.
+        scheme: ``http`` or ``https``, for telling a same-origin ``Origin``.
+        api_key: the ``api_key`` setting; ``None``, the API is open.
 
     Raises:
         PermissionDenied: no ``api_key`` is set and the request comes from another
@@ -144,23 +119,26 @@ def admit_api_request(head: ApiRequestHead, api_key: str | None) -> None:
         BadRequest: a POST whose ``Content-Type`` is not ``application/json``.
     """
     if api_key is None:
-        if is_cross_site(head.origin, head.sec_fetch_site, head.host, head.scheme):
+        host = header("host")
+        if is_cross_site(header("origin"), header("sec-fetch-site"), host, scheme):
             raise PermissionDenied(
                 "the server API has no api_key set and refuses requests from web pages of "
                 "other sites; call it from the backend, or set api_key"
             )
-        if not is_loopback_host(head.host):
+        if not is_loopback_host(host):
             raise PermissionDenied(
                 "the server API has no api_key set and answers only requests to a loopback "
                 "Host (127.0.0.1, localhost, [::1]); set api_key to call it by another name"
             )
-    if not is_valid_api_key(api_key, bearer_token(head.authorization)):
+    if not is_valid_api_key(api_key, bearer_token(header("authorization"))):
         raise Unauthorized("the server API needs Authorization: Bearer <api key>")
-    if head.method == "POST" and not _is_json(head.content_type):
-        raise BadRequest(
-            f"the server API takes JSON bodies: send Content-Type: {JSON_MEDIA_TYPE}, "
-            f"got {head.content_type or 'none'}"
-        )
+    if method == "POST":
+        content_type = header("content-type")
+        if not _is_json(content_type):
+            raise BadRequest(
+                f"the server API takes JSON bodies: send Content-Type: {JSON_MEDIA_TYPE}, "
+                f"got {content_type or 'none'}"
+            )
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -195,7 +173,9 @@ class ServerApi:
 
         async def guarded(request: Request) -> Response:
             try:
-                admit_api_request(ApiRequestHead.of_request(request), self._api_key)
+                admit_api_request(
+                    request.method, request.headers.get, request.url.scheme, self._api_key
+                )
                 return await handler(request)
             except RequestError as error:
                 return request_error_response(error)
@@ -224,7 +204,7 @@ class ServerApi:
         whole body, no Starlette): the same admission and the same answers, as status,
         headers, body."""
         try:
-            admit_api_request(ApiRequestHead.of_native("POST", header), self._api_key)
+            admit_api_request("POST", native_header_lookup(header), "http", self._api_key)
             body = decode_json_body(raw, PublishBody, self._max_body)
             result = await self._publish(body)
         except RequestError as error:
