@@ -51,6 +51,7 @@ from tidings.brokers.base import (
     PublicationHandler,
     PublishResult,
 )
+from tidings.brokers.data_dir import prepare_private_file
 from tidings.brokers.memory import LocalPresence, random_epoch
 from tidings.clock import Clock, SystemClock
 from tidings.core.channel import ChannelName
@@ -172,7 +173,7 @@ class _Store:
 
     def open(self, new_epoch: str) -> str:
         """Open (creating if needed) the file; return the database's epoch."""
-        self._file.parent.mkdir(parents=True, exist_ok=True)
+        prepare_private_file(self._file)  # 0700 directory, 0600 files
         db = sqlite3.connect(self._file, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")

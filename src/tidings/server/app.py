@@ -157,7 +157,10 @@ class TidingsApp:
             self._status_task = asyncio.create_task(self.status.run())
             self._started = True
             if self.settings.api_key is None:
-                logger.warning("no api_key is set: the server API accepts any caller")
+                logger.warning(
+                    "no api_key is set: the server API is open to callers on this machine "
+                    "(loopback Host, not from other sites' pages)"
+                )
             logger.info("tidings node %s started", self.context.node_id)
 
     async def drain(
@@ -247,7 +250,7 @@ class TidingsApp:
     @property
     def native_publish(self) -> NativePublish:
         """Where the native server hands ``POST /api/publish`` (``ServerApi.publish_native``):
-        the authorization header and the whole body in, status, headers and body out."""
+        the request's headers and whole body in, status, headers and body out."""
         return self._api.publish_native
 
     # -- in-process publishing (for embedding applications) ---------------------------

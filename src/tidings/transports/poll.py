@@ -38,11 +38,11 @@ from starlette.responses import Response
 from tidings.core.bounded_cache import BoundedCache
 from tidings.core.channel import ChannelName
 from tidings.core.cursor import encode_cursor
-from tidings.core.origin import is_origin_allowed
+from tidings.core.origin import origin_access
 from tidings.core.permission import check_subscribe
 from tidings.core.publication import Position, Publication
 from tidings.core.recovery import Replay
-from tidings.core.resume import parse_channel_list, resume_positions
+from tidings.core.resume import check_channel_count, parse_channel_list, resume_positions
 from tidings.core.wire import encode_json, publication_frames
 from tidings.errors import RequestError, Unavailable
 from tidings.transports.context import TransportContext
@@ -148,8 +148,11 @@ class PollAnswer:
         return len(self.recovered_channels) == len(self.positions)
 
 
-def parse_poll_query(query_string: str, header: Callable[[str], str | None]) -> PollQuery:
-    """Parse a poll's query string and headers.
+def parse_poll_query(
+    query_string: str, header: Callable[[str], str | None], *, cookies: bool = True
+) -> PollQuery:
+    """Parse a poll's query string and headers (the ``Cookie`` header only if
+    ``cookies``: see ``OriginAccess.accepts_cookies``).
 
     The same poll comes back again and again (a short poller with nothing new, every
     long poller woken by the same publication), so parses are kept: a ``PollQuery`` is
@@ -158,7 +161,8 @@ def parse_poll_query(query_string: str, header: Callable[[str], str | None]) -> 
     Raises:
         BadRequest: an invalid channel list, cursor, position, ``wait`` or ``limit``.
     """
-    key = (query_string, header("authorization"), header("cookie"), header("if-none-match"))
+    cookie = header("cookie") if cookies else None
+    key = (query_string, header("authorization"), cookie, header("if-none-match"))
     query = _PARSED.get(key)
     if query is None:
         query = _parse(*key)
@@ -233,7 +237,8 @@ class PollTransport:
         if request.method == "OPTIONS":
             return preflight_response(origin, context.allowed_origins)
         host = request.headers.get("host")
-        if not is_origin_allowed(origin, host, request.url.scheme, context.allowed_origins):
+        access = origin_access(origin, host, request.url.scheme, context.allowed_origins)
+        if not access.is_allowed:
             context.refusals.refused_origin(request.scope.get("client"), origin)
             return error_response("permission_denied", "this origin is not in allowed_origins")
         cors = cors_headers(origin, context.allowed_origins)
@@ -241,7 +246,9 @@ class PollTransport:
         self._counters.poll_started()
         try:
             query = parse_poll_query(
-                request.scope["query_string"].decode("latin-1"), request.headers.get
+                request.scope["query_string"].decode("latin-1"),
+                request.headers.get,
+                cookies=access.accepts_cookies,
             )
             kind = query.kind
             status, headers, body = await self._poll(query)
@@ -293,14 +300,15 @@ class PollTransport:
         """Answer or park ``poll`` now if the watches allow it, else ``fall_back``."""
         context = self._context
         origin = _text(poll.header(b"origin"))
+        access = origin_access(origin, _text(poll.header(b"host")), "http", context.allowed_origins)
         try:
-            query = parse_poll_query(
-                poll.query_string.decode("latin-1"), lambda name: _text(poll.header(name.encode()))
-            )
-            if not is_origin_allowed(
-                origin, _text(poll.header(b"host")), "http", context.allowed_origins
-            ):
+            if not access.is_allowed:
                 raise _Refused
+            query = parse_poll_query(
+                poll.query_string.decode("latin-1"),
+                lambda name: _text(poll.header(name.encode())),
+                cookies=access.accepts_cookies,
+            )
             self._authorize(query)
         except (RequestError, _Refused):
             poll.fall_back()  # the ASGI door answers with the error, written once there
@@ -384,6 +392,7 @@ class PollTransport:
 
     def _authorize(self, query: PollQuery) -> None:
         context = self._context
+        check_channel_count(len(query.channels), context.limits.max_channels_per_connection)
         credentials = context.authenticator.authenticate(query.token)
         for channel in query.channels:
             check_subscribe(channel, context.namespaces.options_for(channel), credentials)

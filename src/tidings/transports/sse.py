@@ -29,10 +29,10 @@ from starlette.types import Receive, Scope, Send
 
 from tidings.core.channel import ChannelName
 from tidings.core.cursor import encode_cursor
-from tidings.core.origin import is_origin_allowed
+from tidings.core.origin import origin_access
 from tidings.core.permission import check_subscribe
 from tidings.core.publication import Position, Publication
-from tidings.core.resume import parse_channel_list, resume_positions
+from tidings.core.resume import check_channel_count, parse_channel_list, resume_positions
 from tidings.core.wire import EncodedPublication, encode_json
 from tidings.errors import RequestError, Unavailable
 from tidings.hub.hub import SubscribeResult
@@ -195,9 +195,10 @@ class SseTransport:
         if scope["method"] == "OPTIONS":
             await preflight_response(origin, context.allowed_origins)(scope, receive, send)
             return
-        if not is_origin_allowed(
+        access = origin_access(
             origin, headers.get("host"), scope["scheme"], context.allowed_origins
-        ):
+        )
+        if not access.is_allowed:
             context.refusals.refused_origin(scope.get("client"), origin)
             response = error_response("permission_denied", "this origin is not in allowed_origins")
             await response(scope, receive, send)
@@ -206,7 +207,9 @@ class SseTransport:
         session = SseSession(context, scope, send)
         try:
             channels, since = _parse_request(scope, headers)
-            session.credentials = context.authenticator.authenticate(_token(scope, headers))
+            check_channel_count(len(channels), context.limits.max_channels_per_connection)
+            cookie = headers.get("cookie") if access.accepts_cookies else None
+            session.credentials = context.authenticator.authenticate(_token(scope, headers, cookie))
             for channel in channels:
                 check_subscribe(
                     channel, context.namespaces.options_for(channel), session.credentials
@@ -253,11 +256,9 @@ def _parse_request(
     return channels, since
 
 
-def _token(scope: Scope, headers: dict[str, str]) -> str | None:
+def _token(scope: Scope, headers: dict[str, str], cookie: str | None) -> str | None:
     tokens = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
-    return request_token(
-        headers.get("authorization"), tokens[0] if tokens else None, headers.get("cookie")
-    )
+    return request_token(headers.get("authorization"), tokens[0] if tokens else None, cookie)
 
 
 def _stream_headers(cors: dict[str, str]) -> list[tuple[bytes, bytes]]:
