@@ -133,6 +133,11 @@ class StreamConnection(ABC):
         out.put(chunk)
         self._active = True
 
+    def has_reply_backlog(self) -> bool:
+        """Whether more than the outbound bound waits to be sent: then a reader takes no
+        further command (a stream no further replay) until ``wait_replies_taken``."""
+        return self._out.pending_bytes > self._bound
+
     async def wait_replies_taken(self) -> None:
         """Return once what was sent so far has mostly left (reader backpressure)."""
         if self._closing is None:

@@ -120,6 +120,7 @@ class QueuedOutbound:
         self._queue.append(goodbye)
         self._finish = (code, reason)
         self._wakeup.set()
+        self._taken.set()  # a reader held in ``wait_sent`` goes on: nothing more is sent
 
     def end_silently(self) -> None:
         self._queue.clear()
@@ -129,7 +130,8 @@ class QueuedOutbound:
         self._wakeup.set()
 
     async def wait_sent(self) -> None:
-        while self._queue and self._finish is None and self._writer is not None:
+        writer = self._writer
+        while self._queue and self._finish is None and writer is not None and not writer.done():
             self._taken.clear()
             await self._taken.wait()
 
@@ -157,6 +159,8 @@ class QueuedOutbound:
                 await self._end(code, reason)
         except OSError:
             return  # the client is gone (uvicorn's ClientDisconnected); the reader sees it
+        finally:
+            self._taken.set()  # a reader held in ``wait_sent`` must not wait for a writer gone
 
     async def stop(self, *, client_left: bool) -> None:
         writer = self._writer

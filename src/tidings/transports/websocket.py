@@ -187,6 +187,15 @@ class WebSocketSession(StreamConnection):
             if self.is_closing:
                 continue  # closing: read until the client's close, answer nothing
             await self._handle_frame(text)
+            if self.has_reply_backlog():
+                # Replies count against the outbound bound: past it no further command
+                # is read until they have mostly left, so a client that sends without
+                # reading is held back by TCP instead of by this node's memory
+                # (PROTOCOL.md §2.5). Nothing is lost: every command is answered.
+                logger.debug(
+                    "session %s: replies unsent past the bound; commands wait", self.client_id
+                )
+                await self.wait_replies_taken()
 
     async def _handle_frame(self, text: str) -> None:
         try:
