@@ -107,3 +107,16 @@ def test_a_bad_environment_value_names_the_variable_setting() -> None:
         load_settings(environ={"TIDINGS_MAX_CONNECTIONS": "many"})
     with pytest.raises(ConfigError, match="TIDINGS_NAMESPACES__<NAME>__<SETTING>"):
         load_settings(environ={"TIDINGS_A__B": "1"})
+
+
+def test_connect_deadline_and_unauthenticated_allowance_have_safe_defaults_and_are_set() -> None:
+    defaults = load_settings()
+    assert (defaults.connect_timeout_s, defaults.max_unauthenticated_connections) == (10.0, 1000)
+    assert defaults.max_unauthenticated_connections < defaults.max_connections
+    settings = load_settings(
+        environ={
+            "TIDINGS_CONNECT_TIMEOUT": "3s",
+            "TIDINGS_MAX_UNAUTHENTICATED_CONNECTIONS": "50",
+        }
+    )
+    assert (settings.connect_timeout_s, settings.max_unauthenticated_connections) == (3.0, 50)
