@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import uuid
 from collections.abc import Iterator
 from typing import Final
+from urllib.parse import urlencode
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import API_KEY, CONFIG
-from tests.support.raw_ws import StalledClient, stalled_client
+from tests.support.raw_ws import RECEIVE_BUFFER_BYTES, StalledClient, stalled_client
 from tests.support.rss import KIB, MIB, rss_bytes
 from tests.support.server import ServerProcess, start_server
 from tests.support.wsframes import client_frame
@@ -46,12 +50,13 @@ def debug_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
         process.kill()
 
 
-async def _log_line(server: ServerProcess, text: str, start: int) -> None:
-    """Return once a line of the server's log after line ``start`` contains ``text``."""
-    seen = start
+async def _log_lines(server: ServerProcess, text: str, start: int, count: int = 1) -> None:
+    """Return once ``count`` lines of the server's log after line ``start`` contain ``text``."""
+    seen, found = start, 0
     while True:
         lines = server.log[seen:]
-        if any(text in line for line in lines):
+        found += sum(text in line for line in lines)
+        if found >= count:
             return
         seen += len(lines)
         await asyncio.sleep(0.05)  # the log is read by a thread: look again shortly
@@ -88,7 +93,7 @@ async def test_commands_sent_without_reading_their_replies_keep_the_node_bounded
         flood = asyncio.create_task(
             _flood(client, client_frame(0x1, json.dumps(command).encode()), pid, peak)
         )
-        held = asyncio.create_task(_log_line(debug_node, HELD_LINE, log_start))
+        held = asyncio.create_task(_log_lines(debug_node, HELD_LINE, log_start))
         done, _ = await asyncio.wait(
             {flood, held}, timeout=ABUSE_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
         )
@@ -100,3 +105,65 @@ async def test_commands_sent_without_reading_their_replies_keep_the_node_bounded
     growth = peak[0] - baseline
     assert growth < GROWTH_BOUND_BYTES, f"the node grew by {growth / MIB:.0f} MiB"
     assert held in done, "the node read the whole flood instead of holding the client back"
+
+
+# -- an SSE stream's opening replay (issue #11.5) -------------------------------------
+
+STREAMS: Final = 4
+CHANNELS_PER_STREAM: Final = 32
+HISTORY: Final = 100  # publications per channel, of about 10 KiB: ~32 MiB per stream
+REPLAY_WAITS_LINE: Final = "replay waits for the client to read"
+
+
+async def _open_unread_stream(server: ServerProcess, query: str) -> asyncio.StreamWriter:
+    """Open ``/sse?query`` with a small receive buffer; read until its ``subscribed``
+    event began, then read nothing more."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=RECEIVE_BUFFER_BYTES)
+    writer.write(f"GET /sse?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    await writer.drain()
+    seen = b""
+    async with asyncio.timeout(ABUSE_TIMEOUT_S):
+        while b"event: subscribed" not in seen:
+            data = await reader.read(1024)
+            assert data, f"the stream ended before its subscribed event: {seen!r}"
+            seen += data
+    assert seen.startswith(b"HTTP/1.1 200"), seen
+    return writer
+
+
+async def test_streams_that_do_not_read_their_opening_replay_keep_the_node_bounded(
+    debug_node: ServerProcess,
+) -> None:
+    pid = debug_node.process.pid
+    channels = [f"room:replay-{uuid.uuid4().hex[:8]}-{n}" for n in range(CHANNELS_PER_STREAM)]
+    async with httpx.AsyncClient(base_url=debug_node.http_url, timeout=30.0) as http:
+        for n in range(HISTORY):
+            answer = await http.post(
+                "/api/broadcast",
+                json={"channels": channels, "data": {"n": n, "blob": "x" * 10_000}},
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            )
+            assert answer.status_code == 200, answer.text
+        epochs = {result["channel"]: result["epoch"] for result in answer.json()["results"]}
+    query = urlencode(
+        [("channel", channel) for channel in channels]
+        + [("since", f"{epochs[channel]}:0") for channel in channels]
+    )
+    log_start = len(debug_node.log)
+    baseline = rss_bytes(pid)
+    writers = [await _open_unread_stream(debug_node, query) for _ in range(STREAMS)]
+    try:
+        growth = rss_bytes(pid) - baseline
+        assert growth < GROWTH_BOUND_BYTES, f"the node grew by {growth / MIB:.0f} MiB"
+        # Each stream waits for its client with at most the bound unsent.
+        async with asyncio.timeout(ABUSE_TIMEOUT_S):
+            await _log_lines(debug_node, REPLAY_WAITS_LINE, log_start, STREAMS)
+        growth = rss_bytes(pid) - baseline
+        assert growth < GROWTH_BOUND_BYTES, f"the node grew by {growth / MIB:.0f} MiB"
+    finally:
+        for writer in writers:
+            writer.transport.abort()

@@ -126,9 +126,7 @@ class StreamConnection(ABC):
         pending = out.pending_bytes
         self._allowance = min(self._allowance, pending)  # part of the requested backlog has left
         if pending - self._allowance + len(chunk) > self._bound:
-            logger.warning("slow consumer %s dropped: %d bytes pending", self.client_id, pending)
-            out.discard_pending()
-            self.disconnect(CLOSE_SLOW_CONSUMER, "slow consumer", reconnect=True)
+            self._cut_slow_consumer(pending)
             return
         out.put(chunk)
         self._active = True
@@ -137,6 +135,11 @@ class StreamConnection(ABC):
         """Whether more than the outbound bound waits to be sent: then a reader takes no
         further command (a stream no further replay) until ``wait_replies_taken``."""
         return self._out.pending_bytes > self._bound
+
+    def _cut_slow_consumer(self, pending: int) -> None:
+        logger.warning("slow consumer %s dropped: %d bytes pending", self.client_id, pending)
+        self._out.discard_pending()
+        self.disconnect(CLOSE_SLOW_CONSUMER, "slow consumer", reconnect=True)
 
     async def wait_replies_taken(self) -> None:
         """Return once what was sent so far has mostly left (reader backpressure)."""

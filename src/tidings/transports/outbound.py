@@ -136,10 +136,17 @@ class QueuedOutbound:
             await self._taken.wait()
 
     def start(self) -> None:
-        """Start the writer task (WebSocket: the handler task reads commands meanwhile)."""
-        self._writer = asyncio.create_task(self.run())
+        """Start the writer task (the handler task reads commands, or writes a stream's
+        opening replay, meanwhile); ``run`` then waits for it."""
+        self._writer = asyncio.create_task(self._run_writer())
 
     async def run(self) -> None:
+        if self._writer is None:
+            await self._run_writer()
+        else:
+            await self._writer
+
+    async def _run_writer(self) -> None:
         queue = self._queue
         try:
             while True:
