@@ -16,15 +16,16 @@ import socket
 import uuid
 from collections.abc import Iterator
 from typing import Final
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import API_KEY, CONFIG
+from tests.e2e.conftest import API_KEY, CONFIG, HTTP_TIMEOUT
 from tests.support.raw_ws import RECEIVE_BUFFER_BYTES, StalledClient, stalled_client
 from tests.support.rss import KIB, MIB, rss_bytes
 from tests.support.server import ServerProcess, start_server
+from tests.support.sse import sse_stream
 from tests.support.wsframes import client_frame
 
 FLOOD_BYTES: Final = 24 * MIB
@@ -115,6 +116,25 @@ HISTORY: Final = 100  # publications per channel, of about 10 KiB: ~32 MiB per s
 REPLAY_WAITS_LINE: Final = "replay waits for the client to read"
 
 
+async def _channels_with_history(server: ServerProcess) -> str:
+    """Fill the history of ``CHANNELS_PER_STREAM`` new channels; return the query of a
+    stream replaying all of it."""
+    channels = [f"room:replay-{uuid.uuid4().hex[:8]}-{n}" for n in range(CHANNELS_PER_STREAM)]
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=30.0) as http:
+        for n in range(HISTORY):
+            answer = await http.post(
+                "/api/broadcast",
+                json={"channels": channels, "data": {"n": n, "blob": "x" * 10_000}},
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            )
+            assert answer.status_code == 200, answer.text
+        epochs = {result["channel"]: result["epoch"] for result in answer.json()["results"]}
+    return urlencode(
+        [("channel", channel) for channel in channels]
+        + [("since", f"{epochs[channel]}:0") for channel in channels]
+    )
+
+
 async def _open_unread_stream(server: ServerProcess, query: str) -> asyncio.StreamWriter:
     """Open ``/sse?query`` with a small receive buffer; read until its ``subscribed``
     event began, then read nothing more."""
@@ -139,20 +159,7 @@ async def test_streams_that_do_not_read_their_opening_replay_keep_the_node_bound
     debug_node: ServerProcess,
 ) -> None:
     pid = debug_node.process.pid
-    channels = [f"room:replay-{uuid.uuid4().hex[:8]}-{n}" for n in range(CHANNELS_PER_STREAM)]
-    async with httpx.AsyncClient(base_url=debug_node.http_url, timeout=30.0) as http:
-        for n in range(HISTORY):
-            answer = await http.post(
-                "/api/broadcast",
-                json={"channels": channels, "data": {"n": n, "blob": "x" * 10_000}},
-                headers={"Authorization": f"Bearer {API_KEY}"},
-            )
-            assert answer.status_code == 200, answer.text
-        epochs = {result["channel"]: result["epoch"] for result in answer.json()["results"]}
-    query = urlencode(
-        [("channel", channel) for channel in channels]
-        + [("since", f"{epochs[channel]}:0") for channel in channels]
-    )
+    query = await _channels_with_history(debug_node)
     log_start = len(debug_node.log)
     baseline = rss_bytes(pid)
     writers = [await _open_unread_stream(debug_node, query) for _ in range(STREAMS)]
@@ -167,3 +174,31 @@ async def test_streams_that_do_not_read_their_opening_replay_keep_the_node_bound
     finally:
         for writer in writers:
             writer.transport.abort()
+
+
+async def test_a_replay_larger_than_the_bound_reaches_a_reading_client_whole_and_in_order(
+    debug_node: ServerProcess,
+) -> None:
+    query = await _channels_with_history(debug_node)
+    channels = parse_qs(query)["channel"]
+    async with (
+        httpx.AsyncClient(base_url=debug_node.http_url, timeout=HTTP_TIMEOUT) as http,
+        sse_stream(http, parse_qs(query)) as stream,
+    ):
+        assert (await stream.next_event()).type == "subscribed"
+        live = await http.post(
+            "/api/publish",
+            json={"channel": channels[0], "data": {"live": True}},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
+        assert live.status_code == 200, live.text
+        received = await stream.publications(CHANNELS_PER_STREAM * HISTORY + 1)
+    replayed, last = received[:-1], received[-1]
+    for channel in channels:
+        offsets = [pub["offset"] for pub in replayed if pub["channel"] == channel]
+        assert offsets == list(range(1, HISTORY + 1)), channel
+    assert (last["channel"], last["offset"], last["data"]) == (
+        channels[0],
+        HISTORY + 1,
+        {"live": True},
+    )
