@@ -4,8 +4,9 @@ and during the abuse, on whichever server backend the suite runs with.
 
 A client that sends commands without reading their replies is held back: once its
 replies unsent pass the outbound bound, the node reads no further command of it until
-they leave. The moment it does so it logs (DEBUG) that the client's commands wait:
-the tests await that line, then measure.
+they leave. An SSE stream whose client does not read its opening replay likewise
+waits with at most the bound unsent. The node logs (DEBUG) each time it holds a client
+back so: the tests await those lines, then measure.
 """
 
 from __future__ import annotations
