@@ -9,7 +9,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -127,3 +127,23 @@ async def test_unread_replies_past_the_bound_hold_the_next_command_and_lose_none
     assert [reply["id"] for reply in answered] == list(range(count + 1))
     assert all(reply["error"]["code"] == "bad_request" for reply in answered[:count])
     assert answered[count] == {"id": count, "result": {}}
+
+
+async def test_a_socket_without_a_token_that_sends_no_connect_is_told_why_and_closed_4001(
+    context: TransportContext,
+) -> None:
+    context.authenticator = Authenticator("a-secret-long-enough-for-hs256-signatures!")
+    context.limits = replace(context.limits, connect_timeout_s=0.01)
+    async with session_of(context) as (_, outbound, _):
+        await until(outbound, lambda: outbound.finished is not None)
+        assert len(context.sessions) == 1
+    assert outbound.finished == (4001, "no connect command with a token within 0.01 s")
+    assert replies(outbound) == [
+        {
+            "push": "disconnect",
+            "code": 4001,
+            "reason": "no connect command with a token within 0.01 s",
+            "reconnect": False,
+        }
+    ]
+    assert len(context.sessions) == 0
