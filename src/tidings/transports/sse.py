@@ -84,6 +84,8 @@ class SseSession(StreamConnection):
     def deliver(self, publication: EncodedPublication) -> None:
         """Queue a ``pub`` event with the stream's cursor after it (hub fan-out)."""
         if not self._live:
+            if self.is_closing:
+                return
             # Held while the opening replay is written: bounded like anything pending.
             self._held_bytes += len(publication.publication.data)
             if self._held_bytes > self._bound:
