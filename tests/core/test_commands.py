@@ -7,7 +7,7 @@ import string
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidings.core.commands import (
@@ -23,10 +23,11 @@ from tidings.core.commands import (
     Unsubscribe,
     command_id,
     parse_command,
+    publication_data,
     single_line_json,
 )
 from tidings.core.publication import Position
-from tidings.errors import BadRequest
+from tidings.errors import BadRequest, RequestError
 
 CHANNEL_ALPHABET = string.ascii_letters + string.digits + "_-:.@/="
 
@@ -280,3 +281,93 @@ def test_single_line_json_keeps_escaped_line_breaks_inside_strings() -> None:
 def test_single_line_json_keeps_numbers_it_cannot_represent_verbatim() -> None:
     # Nothing is re-parsed: a number out of a float's range stays as the publisher wrote it.
     assert single_line_json(b"[\n1e400]") == b"[ 1e400]"
+
+
+# -- fuzzing the decode path (issue #11) ------------------------------------------------
+# Whatever a client sends, decoding it the way the WebSocket transport does gives a
+# typed command, a RequestError to reply with, or no id (a close with 4008): never any
+# other exception. Bounded: a few hundred examples per strategy.
+
+FUZZ = settings(max_examples=300, deadline=None)
+FIELDS = ("id", "op", "channel", "since", "data", "key", "limit", "token")
+
+leaf_values = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats()
+    | st.text(max_size=40)
+    | st.sampled_from([*OPS, "", "room:45", "a" * 300, "\x00", "\ud7ff", "E1:5"])
+)
+fuzz_values = st.recursive(
+    leaf_values,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["epoch", "offset", *FIELDS]) | st.text(max_size=6),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=10,
+)
+command_like = st.dictionaries(
+    st.sampled_from(FIELDS) | st.text(max_size=6), fuzz_values, max_size=6
+).map(lambda frame: json.dumps(frame, allow_nan=True))
+
+
+def decode_as_the_transport_does(frame: str | bytes) -> object:
+    """Decode ``frame`` as ``WebSocketSession._handle_frame`` and the commands it runs
+    do, up to (not including) hub calls; return the outcome."""
+    try:
+        command = parse_command(frame)
+    except BadRequest:
+        return command_id(frame)  # an int: an error reply; None: a close with 4008
+    try:
+        if not isinstance(command, Connect | Ping):
+            command.channel_name  # noqa: B018 (validation happens on reading it)
+        if isinstance(command, Subscribe | History) and command.since is not None:
+            command.since.to_position()
+        if isinstance(command, Publish):
+            publication_data(bytes(command.data), 65_536)
+    except RequestError as error:
+        return error
+    return command
+
+
+@FUZZ
+@given(st.binary(max_size=600))
+def test_any_bytes_decode_to_a_command_an_error_or_a_close(frame: bytes) -> None:
+    outcome = decode_as_the_transport_does(frame)
+    assert outcome is None or isinstance(outcome, int | RequestError | Command)
+
+
+@FUZZ
+@given(st.text(max_size=600))
+def test_any_text_decodes_to_a_command_an_error_or_a_close(frame: str) -> None:
+    outcome = decode_as_the_transport_does(frame)
+    assert outcome is None or isinstance(outcome, int | RequestError | Command)
+
+
+@FUZZ
+@given(command_like)
+def test_any_command_shaped_json_decodes_to_a_command_an_error_or_a_close(frame: str) -> None:
+    outcome = decode_as_the_transport_does(frame)
+    assert outcome is None or isinstance(outcome, int | RequestError | Command)
+
+
+@FUZZ
+@given(command_like, st.data())
+def test_a_damaged_command_decodes_to_a_command_an_error_or_a_close(
+    frame: str, data: st.DataObject
+) -> None:
+    raw = bytearray(frame.encode())
+    for _ in range(data.draw(st.integers(1, 4))):
+        if not raw:
+            break
+        at = data.draw(st.integers(0, len(raw) - 1))
+        raw[at] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(raw)))
+    outcome = decode_as_the_transport_does(bytes(raw[:cut]))
+    assert outcome is None or isinstance(outcome, int | RequestError | Command)

@@ -248,3 +248,16 @@ def test_the_environment_overrides_one_namespace_setting_and_keeps_the_files_oth
     settings = load_settings(path, {"TIDINGS_NAMESPACES__ROOM__HISTORY_SIZE": "3"})
     room = settings.namespace_table().options_for(ChannelName("room:1"))
     assert (room.client_publish, room.history.size) == (True, 3)
+
+
+def test_connect_deadline_and_unauthenticated_allowance_have_safe_defaults_and_are_set() -> None:
+    defaults = load_settings()
+    assert (defaults.connect_timeout_s, defaults.max_unauthenticated_connections) == (10.0, 1000)
+    assert defaults.max_unauthenticated_connections < defaults.max_connections
+    settings = load_settings(
+        environ={
+            "TIDINGS_CONNECT_TIMEOUT": "3s",
+            "TIDINGS_MAX_UNAUTHENTICATED_CONNECTIONS": "50",
+        }
+    )
+    assert (settings.connect_timeout_s, settings.max_unauthenticated_connections) == (3.0, 50)

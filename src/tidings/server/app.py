@@ -80,7 +80,9 @@ class TidingsApp:
         settings = settings or Settings()
         demo = prepare_demo(settings) if settings.demo else None
         self.settings = settings = with_status_namespace(demo.settings if demo else settings)
-        self.sessions = SessionRegistry(settings.max_connections)
+        self.sessions = SessionRegistry(
+            settings.max_connections, settings.max_unauthenticated_connections
+        )
         # Metrics time the broker's calls by wrapping it; the hub never knows.
         self.metrics = Metrics(self.sessions)
         self.hub = Hub(self.metrics.metered(broker or broker_for(settings)))
@@ -96,6 +98,7 @@ class TidingsApp:
                 max_channels_per_connection=settings.max_channels_per_connection,
                 command_rate=settings.command_rate,
                 command_burst=settings.command_burst,
+                connect_timeout_s=settings.connect_timeout_s,
             ),
             ping_interval_s=settings.ping_interval_s,
             allowed_origins=settings.allowed_origins,

@@ -51,6 +51,8 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     ping_interval_s: float = 25.0
     max_connections: int = 10_000
+    max_unauthenticated_connections: int = 1_000
+    connect_timeout_s: float = 10.0
     max_channels_per_connection: int = 128
     outbound_buffer_bytes: int = 1024 * 1024
     command_rate: float = 100.0
@@ -229,6 +231,8 @@ _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "allowed_origins": _as_origins,
     "ping_interval": parse_duration_s,
     "max_connections": _as_int,
+    "max_unauthenticated_connections": _as_int,
+    "connect_timeout": parse_duration_s,
     "max_channels_per_connection": _as_int,
     "outbound_buffer": parse_size_bytes,
     "command_rate": _as_float,
@@ -253,6 +257,7 @@ _FIELD_OF: Final = {
     "shutdown_timeout": "shutdown_timeout_s",
     "drain_window": "drain_window_s",
     "publish_timeout": "publish_timeout_s",
+    "connect_timeout": "connect_timeout_s",
 }
 _SETTING_OF_FIELD: Final = {field_name: name for name, field_name in _FIELD_OF.items()}
 

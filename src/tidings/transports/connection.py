@@ -7,9 +7,12 @@ straight to the socket under the native server. Hub fan-out and command replies 
 wait, so a publisher never waits for a client. What waits to be sent is bounded
 (``outbound_buffer``): past it the client is a slow consumer, what can still be
 dropped is dropped and it is disconnected with 4500 and reconnect advice, so it resumes
-later from its position while the server's memory stays bounded (PROTOCOL.md §7). A
-disconnect sends the transport's goodbye after what is already pending, then ends the
-connection.
+later from its position while the server's memory stays bounded (PROTOCOL.md §7). What
+the client asked for (command replies, a stream's opening replay) is not cut but held
+back instead: while more than the bound waits to be sent, the transport reads no
+further command and writes no further replay until it has left
+(``has_reply_backlog``, ``wait_replies_taken``). A disconnect sends the transport's
+goodbye after what is already pending, then ends the connection.
 """
 
 from __future__ import annotations
@@ -113,11 +116,12 @@ class StreamConnection(ABC):
         """Send ``chunk``; a push past the outbound bound makes this a slow consumer.
 
         ``requested`` marks what the client itself asked for: a command's reply, a
-        stream's opening replay. Its size is bounded by configuration (history size
-        times data size), not by the publication rate, and the reader takes no further
-        command until it has mostly left (``wait_replies_taken``), so it is left out
-        of the slow-consumer count: a recovery larger than the buffer still completes
-        instead of being cut, and cut again on every retry.
+        stream's opening replay. One reply's size is bounded by configuration (history
+        size times data size), not by the publication rate, and past the bound (or
+        after a large reply) the transport takes no further command until what is
+        pending has mostly left (``wait_replies_taken``), so it is left out of the
+        slow-consumer count: a recovery larger than the buffer still completes instead
+        of being cut, and cut again on every retry.
         """
         if self._closing is not None:
             return
@@ -130,14 +134,22 @@ class StreamConnection(ABC):
         pending = out.pending_bytes
         self._allowance = min(self._allowance, pending)  # part of the requested backlog has left
         if pending - self._allowance + len(chunk) > self._bound:
-            self._context.refusals.refused(
-                "slow_consumer", self.peer, f"{pending:,} bytes pending ({self.client_id})"
-            )
-            out.discard_pending()
-            self.disconnect(CLOSE_SLOW_CONSUMER, "slow consumer", reconnect=True)
+            self._cut_slow_consumer(pending)
             return
         out.put(chunk)
         self._active = True
+
+    def has_reply_backlog(self) -> bool:
+        """Whether more than the outbound bound waits to be sent: then a reader takes no
+        further command (a stream no further replay) until ``wait_replies_taken``."""
+        return self._out.pending_bytes > self._bound
+
+    def _cut_slow_consumer(self, pending: int) -> None:
+        self._context.refusals.refused(
+            "slow_consumer", self.peer, f"{pending:,} bytes pending ({self.client_id})"
+        )
+        self._out.discard_pending()
+        self.disconnect(CLOSE_SLOW_CONSUMER, "slow consumer", reconnect=True)
 
     async def wait_replies_taken(self) -> None:
         """Return once what was sent so far has mostly left (reader backpressure)."""

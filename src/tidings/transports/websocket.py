@@ -42,6 +42,7 @@ from tidings.transports.close_codes import (
 )
 from tidings.transports.connection import StreamConnection
 from tidings.transports.context import TransportContext
+from tidings.transports.deadlines import Deadline
 from tidings.transports.http import bearer_token
 from tidings.transports.outbound import Outbound, QueuedOutbound, direct_outbound
 
@@ -56,7 +57,7 @@ LARGE_REPLY_CHARS: Final = 64 * 1024
 class WebSocketSession(StreamConnection):
     """One WebSocket client: commands in, replies and pushes out."""
 
-    __slots__ = ("_queued", "_rate", "_send", "connected")
+    __slots__ = ("_connect_deadline", "_queued", "_rate", "_send", "connected")
 
     def __init__(self, context: TransportContext, scope: Scope, send: Send) -> None:
         # The native server writes frames itself; under any other ASGI server a writer
@@ -69,6 +70,7 @@ class WebSocketSession(StreamConnection):
         self.peer = scope.get("client")
         self._send = send
         self.connected = False  # authenticated, by handshake token or connect command
+        self._connect_deadline: Deadline | None = None
         limits = context.limits
         self._rate = TokenBucket(limits.command_rate, limits.command_burst, self.last_sent_s)
 
@@ -129,8 +131,10 @@ class WebSocketSession(StreamConnection):
                 raise ConnectionClosed(4503, "server draining", reconnect=True)
             if token is not None or not context.authenticator.requires_token:
                 self._authenticate(token)
-            context.sessions.add(self)
+            context.sessions.add(self, authenticated=self.connected)
             registered = True
+            if not self.connected:
+                self._await_connect()
             await self._read_loop(receive)
         except ConnectionClosed as closed:
             self.disconnect(closed.code, closed.reason, reconnect=closed.reconnect)
@@ -142,6 +146,8 @@ class WebSocketSession(StreamConnection):
             logger.exception("session %s failed", self.client_id)
             self.disconnect(CLOSE_INTERNAL, "internal error", reconnect=True)
         finally:
+            if self._connect_deadline is not None:
+                self._connect_deadline.cancel()
             if registered:
                 context.sessions.remove(self)
             await self._leave_all()
@@ -174,6 +180,22 @@ class WebSocketSession(StreamConnection):
         self.credentials = self._context.authenticator.authenticate(token)
         self.connected = True
 
+    def _await_connect(self) -> None:
+        """Give a socket that must authenticate ``connect_timeout`` to send its ``connect``:
+        until then it holds a slot of the node's small unauthenticated allowance."""
+        timeout_s = self._context.limits.connect_timeout_s
+        if timeout_s > 0:
+            self._connect_deadline = self._context.deadlines.call_after(
+                timeout_s, self._connect_too_late
+            )
+
+    def _connect_too_late(self) -> None:
+        self._connect_deadline = None
+        if not self.connected:
+            timeout_s = self._context.limits.connect_timeout_s
+            reason = f"no connect command with a token within {timeout_s:g} s"
+            self.disconnect(CLOSE_UNAUTHORIZED, reason, reconnect=False)
+
     async def _read_loop(self, receive: Receive) -> None:
         max_frame = self._context.limits.max_frame_bytes
         while True:
@@ -194,6 +216,15 @@ class WebSocketSession(StreamConnection):
             if self.is_closing:
                 continue  # closing: read until the client's close, answer nothing
             await self._handle_frame(text)
+            if self.has_reply_backlog():
+                # Replies count against the outbound bound: past it no further command
+                # is read until they have mostly left, so a client that sends without
+                # reading is held back by TCP instead of by this node's memory
+                # (PROTOCOL.md §2.5). Nothing is lost: every command is answered.
+                logger.debug(
+                    "session %s: replies unsent past the bound; commands wait", self.client_id
+                )
+                await self.wait_replies_taken()
 
     async def _handle_frame(self, text: str) -> None:
         try:
@@ -257,7 +288,12 @@ class WebSocketSession(StreamConnection):
         if command.token is not None or not self.connected:
             old_user = self.user
             self._authenticate(command.token)
-            self._context.sessions.rename(self, old_user)
+            sessions = self._context.sessions
+            sessions.rename(self, old_user)
+            sessions.mark_authenticated(self)
+            if self._connect_deadline is not None:
+                self._connect_deadline.cancel()
+                self._connect_deadline = None
         return {
             "client": self.client_id,
             "user": self.user,
