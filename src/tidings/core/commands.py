@@ -18,7 +18,10 @@ from tidings.errors import BadRequest, MessageTooLarge
 MAX_HISTORY_LIMIT: Final = 1000
 MAX_KEY_LENGTH: Final = 255
 
-IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH)]
+# No NUL: it marks the client key space (core.dedupe), which no sent key may reach.
+IdempotencyKey = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH, pattern="^[^\x00]*$")
+]
 HistoryLimit = Annotated[int, msgspec.Meta(ge=0, le=MAX_HISTORY_LIMIT)]
 
 

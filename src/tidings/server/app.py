@@ -24,7 +24,7 @@ from tidings.brokers.base import Broker
 from tidings.brokers.factory import create_broker
 from tidings.core.channel import parse_channel
 from tidings.core.commands import publication_data
-from tidings.core.dedupe import DedupeOptions
+from tidings.core.dedupe import CLIENT_KEY_MARK, DedupeOptions
 from tidings.core.publication import Position
 from tidings.core.wire import encode_json
 from tidings.errors import BadRequest
@@ -229,10 +229,13 @@ class TidingsApp:
             The publication's position (the original one for a repeated ``key``).
 
         Raises:
-            BadRequest: the channel name is invalid or ``data`` is not JSON-serialisable.
+            BadRequest: the channel name is invalid, ``data`` is not JSON-serialisable or
+                ``key`` holds a NUL (which marks clients' keys: ``core.dedupe``).
             MessageTooLarge: the encoded data is over the namespace's limit.
         """
         name = parse_channel(channel)
+        if key is not None and CLIENT_KEY_MARK in key:
+            raise BadRequest("an idempotency key must not contain NUL")
         try:
             encoded = encode_json(data)
         except (TypeError, ValueError) as exc:
