@@ -80,6 +80,7 @@ def test_parse_command_decodes_every_op_into_its_frame(frame: str, expected: Com
 def test_every_op_has_a_command_frame() -> None:
     assert set(OPS) == {
         "connect",
+        "refresh",
         "subscribe",
         "unsubscribe",
         "publish",
@@ -89,8 +90,10 @@ def test_every_op_has_a_command_frame() -> None:
     }
     for op in OPS:
         fields = {"id": 1, "op": op, "channel": "a", "data": 1}
-        if op in ("connect", "ping"):
+        if op in ("connect", "refresh", "ping"):
             del fields["channel"]
+        if op == "refresh":
+            fields["token"] = "t.j.w"
         if op != "publish":
             del fields["data"]
         assert parse_command(json.dumps(fields)).id == 1
@@ -163,7 +166,8 @@ def test_parse_command_refuses_an_unknown_op_listing_the_known_ones(op: str) -> 
         parse_command('{"op":' + op + ',"id":1}')
     assert "`$.op`" in caught.value.message
     assert caught.value.message.endswith(
-        "; op must be one of connect, subscribe, unsubscribe, publish, history, presence, ping"
+        "; op must be one of connect, refresh, subscribe, unsubscribe, publish, history, "
+        "presence, ping"
     )
 
 
@@ -175,6 +179,7 @@ def test_parse_command_refuses_an_unknown_op_listing_the_known_ones(op: str) -> 
         ('{"op":"ping","id":1.5}', "Expected `int`, got `float` - at `$.id`"),
         ('{"op":"subscribe","id":1,"channel":45}', "Expected `str`, got `int` - at `$.channel`"),
         ('{"op":"connect","id":1,"token":1}', "- at `$.token`"),
+        ('{"op":"refresh","id":1}', "missing required field `token`"),
         (
             '{"op":"subscribe","id":1,"channel":"a","since":"k3J9:1"}',
             "got `str` - at `$.since`",

@@ -55,6 +55,12 @@ class Connect(_Command, frozen=True, tag="connect"):
     token: str | None = None
 
 
+class Refresh(_Command, frozen=True, tag="refresh"):
+    """Replace the connection's token, before it expires, with a new one of the same user."""
+
+    token: str
+
+
 class Subscribe(_ChannelCommand, frozen=True, tag="subscribe"):
     """Subscribe to a channel, recovering from ``since`` if given."""
 
@@ -87,10 +93,19 @@ class Ping(_Command, frozen=True, tag="ping"):
     """Ask for an empty reply (a client-side liveness check)."""
 
 
-Command = Connect | Subscribe | Unsubscribe | Publish | History | Presence | Ping
+Command = Connect | Refresh | Subscribe | Unsubscribe | Publish | History | Presence | Ping
 
 _decoder: Final = msgspec.json.Decoder(Command)
-OPS: Final = ("connect", "subscribe", "unsubscribe", "publish", "history", "presence", "ping")
+OPS: Final = (
+    "connect",
+    "refresh",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "history",
+    "presence",
+    "ping",
+)
 
 
 class _IdOnly(msgspec.Struct):

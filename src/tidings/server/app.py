@@ -35,6 +35,7 @@ from tidings.server.auth import Authenticator
 from tidings.server.config import Settings
 from tidings.server.demo import DemoBackend, prepare_demo
 from tidings.server.heartbeat import run_heartbeats
+from tidings.server.keys import JwksKeys, load_public_key
 from tidings.server.metrics import Metrics
 from tidings.server.status import (
     STATIC_DIR,
@@ -63,6 +64,17 @@ def broker_for(settings: Settings) -> Broker:
     return create_broker(settings.broker, settings.data, settings.namespace_table(), dedupe)
 
 
+def authenticator_for(settings: Settings, jwks: JwksKeys | None) -> Authenticator:
+    """Return the token verifier the settings describe (keys: ``server/keys.py``)."""
+    path = settings.jwt_public_key
+    return Authenticator(
+        settings.jwt_secret,
+        public_key=None if path is None else load_public_key(path),
+        jwks=jwks,
+        require_exp=settings.jwt_require_exp,
+    )
+
+
 class TidingsApp:
     """A tidings node as an ASGI application."""
 
@@ -75,10 +87,13 @@ class TidingsApp:
         self.metrics = Metrics(self.sessions)
         self.hub = Hub(self.metrics.metered(broker or broker_for(settings)))
         self.metrics.read_counters_of(self.hub)
+        url = settings.jwt_jwks_url
+        self._jwks = None if url is None else JwksKeys(url, settings.jwt_jwks_refresh_s)
+        self._jwks_task: asyncio.Task[None] | None = None
         self.context = TransportContext(
             hub=self.hub,
             sessions=self.sessions,
-            authenticator=Authenticator(settings.jwt_secret),
+            authenticator=authenticator_for(settings, self._jwks),
             namespaces=settings.namespace_table(),
             limits=Limits(
                 outbound_buffer_bytes=settings.outbound_buffer_bytes,
@@ -144,6 +159,9 @@ class TidingsApp:
             tick_s = max(0.05, min(HEARTBEAT_TICK_S, self.settings.ping_interval_s / 4))
             self._heartbeat = asyncio.create_task(run_heartbeats(self.sessions, tick_s))
             self._status_task = asyncio.create_task(self.status.run())
+            if self._jwks is not None:
+                await self._jwks.refresh()  # tokens signed by the issuer verify at once
+                self._jwks_task = asyncio.create_task(self._jwks.run())
             self._started = True
             if self.settings.api_key is None:
                 logger.warning("no api_key is set: the server API accepts any caller")
@@ -171,7 +189,9 @@ class TidingsApp:
         if not self._started:
             return
         await self.drain()
-        for task in (self._heartbeat, self._status_task):
+        if self._jwks is not None:
+            await self._jwks.close()
+        for task in (self._heartbeat, self._status_task, self._jwks_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -10,6 +10,11 @@ dropped is dropped and it is disconnected with 4500 and reconnect advice, so it 
 later from its position while the server's memory stays bounded (PROTOCOL.md §7). A
 disconnect sends the transport's goodbye after what is already pending, then ends the
 connection.
+
+A connection whose token carries ``exp`` is disconnected when it expires (4001, "token
+expired", reconnect advised: the client gets a fresh token and comes back) unless a
+new token replaced it first (the WebSocket ``refresh`` command). Expiries are deadlines
+on the node's one wheel (``TransportContext.expiries``), not a timer per connection.
 """
 
 from __future__ import annotations
@@ -17,16 +22,24 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
+from typing import Final
 
 from tidings.core.channel import ChannelName
 from tidings.core.permission import ANONYMOUS, Credentials
 from tidings.core.wire import EncodedPublication
 from tidings.hub.registry import PresenceEvent
-from tidings.transports.close_codes import CLOSE_PUBLICATIONS_LOST, CLOSE_SLOW_CONSUMER
+from tidings.transports.close_codes import (
+    CLOSE_PUBLICATIONS_LOST,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_UNAUTHORIZED,
+)
 from tidings.transports.context import TransportContext
+from tidings.transports.deadlines import Deadline
 from tidings.transports.outbound import Outbound
 
 logger = logging.getLogger(__name__)
+
+TOKEN_EXPIRED: Final = "token expired"
 
 
 class StreamConnection(ABC):
@@ -38,6 +51,7 @@ class StreamConnection(ABC):
         "_bound",
         "_closing",
         "_context",
+        "_expiry",
         "_out",
         "client_id",
         "credentials",
@@ -52,6 +66,7 @@ class StreamConnection(ABC):
         self.credentials: Credentials = ANONYMOUS
         self.subscriptions: set[ChannelName] = set()
         self._closing: tuple[int, str] | None = None
+        self._expiry: Deadline | None = None
         # Requested bytes still pending: exempt from the slow-consumer bound.
         self._allowance = 0
         self._bound = context.limits.outbound_buffer_bytes
@@ -159,12 +174,34 @@ class StreamConnection(ABC):
         self._closing = (code, reason)
         self._out.finish(self._goodbye(code, reason, reconnect, url), code, reason)
 
+    def watch_expiry(self) -> None:
+        """(Re)start the deadline of ``credentials.expires``; call after each change of
+        credentials. Already expired: disconnect at once."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        expires = self.credentials.expires
+        if expires is None or self._closing is not None:
+            return
+        remaining_s = expires - time.time()
+        if remaining_s <= 0:
+            self._expired()
+        else:
+            self._expiry = self._context.expiries.call_after(remaining_s, self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
+        self.disconnect(CLOSE_UNAUTHORIZED, TOKEN_EXPIRED, reconnect=True)
+
     async def _stop_outbound(self) -> None:
         """At the connection's end: let a goodbye in progress flush (bounded), or stop
         at once if the client ended the connection."""
         await self._out.stop(client_left=self._closing is None)
 
     async def _leave_all(self) -> None:
+        if self._expiry is not None:  # the connection ends: its expiry no longer matters
+            self._expiry.cancel()
+            self._expiry = None
         hub = self._context.hub
         namespaces = self._context.namespaces
         for channel in list(self.subscriptions):

@@ -11,6 +11,10 @@ from tidings.core.namespace import Namespaces
 from tidings.core.permission import Credentials
 from tidings.hub.hub import Hub
 from tidings.hub.sessions import SessionRegistry
+from tidings.transports.deadlines import Deadlines
+
+# Connections whose tokens expire within the same second share one timer.
+EXPIRY_GRAIN_S = 1.0
 
 
 class Authenticator(Protocol):
@@ -49,6 +53,8 @@ class TransportContext:
     ping_interval_s: float
     allowed_origins: tuple[str, ...] = ()
     draining: bool = False
+    # When connection tokens expire (``StreamConnection.watch_expiry``): one shared wheel.
+    expiries: Deadlines = field(default_factory=lambda: Deadlines(EXPIRY_GRAIN_S))
     node_id: str = field(default_factory=lambda: secrets.token_urlsafe(6))
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 

@@ -7,7 +7,9 @@ at once (``outbound.py``). A second task waits for the client to go away. Every
 publication is one ``event: pub`` with one ``data:`` line (publication JSON never
 holds a raw CR or LF: see ``commands.single_line_json``) and an ``id:`` that is the
 cursor of *all* the stream's channels after it, so a browser's automatic
-``Last-Event-ID`` resumes every channel.
+``Last-Event-ID`` resumes every channel. A stream whose token expires ends with
+``event: disconnect`` (4001, "token expired", reconnect: the client comes back with
+a fresh token): ``StreamConnection.watch_expiry``.
 
 Start-up order matters: the ``subscribed`` event's ``id`` is the cursor of the
 positions the stream starts *from* (before any replayed publication), so a client
@@ -221,6 +223,9 @@ class SseTransport:
                     "headers": _stream_headers(cors),
                 }
             )
+            # After the response started: an expiry ends the stream with a
+            # ``disconnect`` event (4001, "token expired"), never before its headers.
+            session.watch_expiry()
             await session.open(channels, since)
             await session.run(receive)
         except Exception:

@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from tidings.core import commands as cmd
 from tidings.core.origin import is_origin_allowed
-from tidings.core.permission import check_publish, check_subscribe
+from tidings.core.permission import Credentials, check_publish, check_subscribe
 from tidings.core.publication import ClientInfo
 from tidings.core.rate import TokenBucket
 from tidings.core.recovery import Replay
@@ -166,6 +166,7 @@ class WebSocketSession(StreamConnection):
     def _authenticate(self, token: str | None) -> None:
         self.credentials = self._context.authenticator.authenticate(token)
         self.connected = True
+        self.watch_expiry()
 
     async def _read_loop(self, receive: Receive) -> None:
         max_frame = self._context.limits.max_frame_bytes
@@ -209,6 +210,8 @@ class WebSocketSession(StreamConnection):
             result = await self._dispatch(command)
         except Unauthorized as error:
             self._reply_error(command.id, error)
+            if isinstance(command, cmd.Refresh) and self.connected:
+                return  # a refused refresh leaves the connection on its current token
             raise ConnectionClosed(CLOSE_UNAUTHORIZED, error.message) from None
         except RequestError as error:
             self._reply_error(command.id, error)
@@ -231,6 +234,8 @@ class WebSocketSession(StreamConnection):
             raise Unauthorized("send a connect command with a token first")
         if isinstance(command, cmd.Subscribe):
             return await self._subscribe(command)
+        if isinstance(command, cmd.Refresh):
+            return self._refresh(command)
         if isinstance(command, cmd.Unsubscribe):
             return await self._unsubscribe(command)
         if isinstance(command, cmd.Publish):
@@ -248,12 +253,25 @@ class WebSocketSession(StreamConnection):
             old_user = self.user
             self._authenticate(command.token)
             self._context.sessions.rename(self, old_user)
-        return {
+        result: dict[str, Any] = {
             "client": self.client_id,
             "user": self.user,
             "ping": self._context.ping_interval_s,
             "version": PROTOCOL_VERSION,
         }
+        return _with_expires(result, self.credentials)
+
+    def _refresh(self, command: cmd.Refresh) -> dict[str, Any]:
+        """Take a new token of the same user; the expiry moves to the new token's."""
+        credentials = self._context.authenticator.authenticate(command.token)
+        if credentials.user != self.user:
+            raise PermissionDenied(
+                f"a refresh token must name this connection's user {self.user!r}, not "
+                f"{credentials.user!r}: connect again to change user"
+            )
+        self.credentials = credentials
+        self.watch_expiry()
+        return _with_expires({}, credentials)
 
     async def _subscribe(self, command: cmd.Subscribe) -> dict[str, Any]:
         channel = command.channel_name
@@ -325,6 +343,14 @@ class WebSocketSession(StreamConnection):
             raise PermissionDenied(f"presence is off in the namespace of {channel}")
         clients = await self._context.hub.presence(channel)
         return {"clients": {client: {"user": user} for client, user in clients.items()}}
+
+
+def _with_expires(result: dict[str, Any], credentials: Credentials) -> dict[str, Any]:
+    """Add ``expires`` (the token's ``exp``, Unix seconds) where the token has one: when
+    the client must have refreshed by."""
+    if credentials.expires is not None:
+        result["expires"] = credentials.expires
+    return result
 
 
 def _headers(scope: Scope) -> dict[str, str]:
