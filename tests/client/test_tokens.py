@@ -10,9 +10,11 @@ number of tokens (so at least that many lifetimes have passed), then a publicati
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Final
 
 import jwt
@@ -156,9 +158,13 @@ async def test_tokens_call_a_sync_or_async_callable_and_refuse_a_non_string() ->
         await Tokens(lambda: 5).fresh()  # type: ignore[arg-type]  # on purpose
 
 
-@pytest.mark.parametrize(
-    ("left_s", "renew_s"), [(3.0, 2.25), (1.0, 0.5), (0.2, 0.0), (3600.0, 3570.0), (-5.0, 0.0)]
-)
+# The same table as the JavaScript client's tests (clients/js/core.test.js).
+RENEWAL_CASES: Final = json.loads(
+    (Path(__file__).parents[2] / "clients" / "js" / "token_renewal_cases.json").read_text()
+)["cases"]
+
+
+@pytest.mark.parametrize(("left_s", "renew_s"), RENEWAL_CASES)
 def test_a_token_is_renewed_a_quarter_of_its_time_before_expiry_within_bounds(
     left_s: float, renew_s: float
 ) -> None:
