@@ -103,7 +103,8 @@ def test_every_op_has_a_command_frame() -> None:
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
     st.text(alphabet=CHANNEL_ALPHABET, min_size=1, max_size=50),
     json_values,
-    st.none() | st.text(min_size=1, max_size=255),
+    # NUL marks clients' key space (core/dedupe.py): a key may not hold it.
+    st.none() | st.text(min_size=1, max_size=255).filter(lambda key: "\x00" not in key),
 )
 def test_parse_command_keeps_publish_data_as_the_exact_json_text(
     command_id_: int, channel: str, value: object, key: str | None
@@ -180,6 +181,7 @@ def test_parse_command_refuses_an_unknown_op_listing_the_known_ones(op: str) -> 
         ('{"op":"subscribe","id":1,"channel":45}', "Expected `str`, got `int` - at `$.channel`"),
         ('{"op":"connect","id":1,"token":1}', "- at `$.token`"),
         ('{"op":"refresh","id":1}', "missing required field `token`"),
+        ('{"op":"publish","id":1,"channel":"a","data":1,"key":"a\\u0000"}', "- at `$.key`"),
         (
             '{"op":"subscribe","id":1,"channel":"a","since":"k3J9:1"}',
             "got `str` - at `$.since`",
