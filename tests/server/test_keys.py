@@ -112,22 +112,28 @@ async def test_jwks_keys_verify_tokens_by_kid(key_set: KeySetServer) -> None:
         auth.authenticate(signed(rsa_key(), "RS256", "k2"))
 
 
-async def test_an_unknown_kid_is_refused_and_the_key_set_fetched_again(
+async def test_a_token_of_a_new_kid_waits_for_the_key_set_fetched_again(
     key_set: KeySetServer,
 ) -> None:
     old, new = rsa_key(), rsa_key()
     key_set.publish(("old", old))
     keys = JwksKeys(key_set.url, refresh_s=300)
     await keys.refresh()
+    auth = Authenticator(None, jwks=keys)
+    token = signed(new, "RS256", "new")
+    assert auth.pending_keys(signed(old, "RS256", "old")) is None  # a held key: no wait
+    assert auth.pending_keys(token) is None  # fetched just now: not again so soon
+    with pytest.raises(Unauthorized, match="key id 'new' is not in"):
+        auth.authenticate(token)
     keys._fetched_at = float("-inf")  # as if the last fetch were long ago
     key_set.publish(("old", old), ("new", new))  # the issuer rotates
-    auth = Authenticator(None, jwks=keys)
-    with pytest.raises(Unauthorized, match="key id 'new' is not in"):
-        auth.authenticate(signed(new, "RS256", "new"))
-    assert keys._refetch is not None
-    await keys._refetch
+    pending = auth.pending_keys(token)
+    assert pending is not None
+    assert auth.pending_keys(token) is not None  # the same fetch, shared
+    await pending
     assert key_set.fetches == 2
-    assert auth.authenticate(signed(new, "RS256", "new")).user == "alice"
+    assert auth.authenticate(token).user == "alice"
+    assert auth.pending_keys(token) is None
     await keys.close()
 
 

@@ -12,6 +12,7 @@ expire); ``channels`` optionally lists channels or patterns.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable
 from typing import Final
 
 import jwt
@@ -112,6 +113,17 @@ class Authenticator:
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"the connection token is invalid: {exc}") from None
         return _credentials(claims)
+
+    def pending_keys(self, token: str | None) -> Awaitable[None] | None:
+        """Return what to await before ``authenticate(token)`` can find the token's key
+        (a JWKS fetch for a ``kid`` not held yet), or ``None``: usually, at no cost."""
+        if self._jwks is None or not token:
+            return None
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError:
+            return None  # authenticate says why
+        return self._jwks.pending_for(kid if isinstance(kid, str) else None)
 
     def _key_for(self, algorithm: object, kid: str | None) -> str | PublicKey | jwt.PyJWK:
         if algorithm == "HS256" and self._secret is not None:

@@ -5,7 +5,8 @@ Set at a URL (``jwt_jwks_url``), fetched with httpx at start and again every
 ``jwt_jwks_refresh``, each token's key chosen by its ``kid``. Verifying a token never
 waits for the network: it uses the keys fetched last. A ``kid`` that set does not hold
 (the issuer rotated its keys) makes the set be fetched again at once, at most every
-``REFETCH_MIN_S``, so the client's next attempt finds the new key.
+``REFETCH_MIN_S``: the transports await that fetch before verifying (``pending_for``),
+so the token that named the new key is accepted, not refused.
 
 I/O: reads the PEM file; the JWKS is fetched over HTTP by ``JwksKeys.refresh``.
 """
@@ -118,6 +119,18 @@ class JwksKeys:
         if self._refetch is not None:
             self._refetch.cancel()
             await asyncio.gather(self._refetch, return_exceptions=True)
+
+    def pending_for(self, kid: str | None) -> asyncio.Future[None] | None:
+        """Return the fetch to await before verifying a token naming ``kid``, or ``None``
+        when there is nothing to wait for (the key is held, or the set was fetched less
+        than ``REFETCH_MIN_S`` ago)."""
+        if kid in self._keys or (kid is None and len(self._keys) == 1):
+            return None
+        self._refetch_soon()
+        if self._refetch is None or self._refetch.done():
+            return None
+        # Shielded: a client leaving while it waits does not cancel everyone's fetch.
+        return asyncio.shield(self._refetch)
 
     def _refetch_soon(self) -> None:
         if self._refetch is not None and not self._refetch.done():

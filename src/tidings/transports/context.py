@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,6 +28,10 @@ class Authenticator(Protocol):
 
     def authenticate(self, token: str | None) -> Credentials:
         """Verify ``token``; raises ``Unauthorized``."""
+        ...
+
+    def pending_keys(self, token: str | None) -> Awaitable[None] | None:
+        """What to await before ``authenticate`` can find the token's key, if anything."""
         ...
 
 

@@ -222,6 +222,10 @@ class PollTransport:
         return response
 
     async def _poll(self, query: PollQuery) -> tuple[int, dict[str, str], bytes]:
+        # A JWKS key not fetched yet (the native door falls back here on its refusal).
+        pending = self._context.authenticator.pending_keys(query.token)
+        if pending is not None:
+            await pending
         credentials = self._authorize(query)
         answer = self._answer_now(query)
         if answer is None:

@@ -202,7 +202,11 @@ class SseTransport:
         session = SseSession(context, scope, send)
         try:
             channels, since = _parse_request(scope, headers)
-            session.credentials = context.authenticator.authenticate(_token(scope, headers))
+            token = _token(scope, headers)
+            pending = context.authenticator.pending_keys(token)  # a JWKS key to fetch
+            if pending is not None:
+                await pending
+            session.credentials = context.authenticator.authenticate(token)
             for channel in channels:
                 check_subscribe(
                     channel, context.namespaces.options_for(channel), session.credentials

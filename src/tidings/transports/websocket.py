@@ -123,6 +123,7 @@ class WebSocketSession(StreamConnection):
             if context.draining:
                 raise ConnectionClosed(4503, "server draining", reconnect=True)
             if token is not None or not context.authenticator.requires_token:
+                await self._keys_for(token)
                 self._authenticate(token)
             context.sessions.add(self)
             registered = True
@@ -162,6 +163,12 @@ class WebSocketSession(StreamConnection):
             return False, None
         await self._send({"type": "websocket.accept"})
         return True, _handshake_token(scope, headers)
+
+    async def _keys_for(self, token: str | None) -> None:
+        # A JWKS key not fetched yet (the issuer rotated): wait for it, then verify.
+        pending = self._context.authenticator.pending_keys(token)
+        if pending is not None:
+            await pending
 
     def _authenticate(self, token: str | None) -> None:
         self.credentials = self._context.authenticator.authenticate(token)
@@ -229,13 +236,13 @@ class WebSocketSession(StreamConnection):
 
     async def _dispatch(self, command: cmd.Command) -> dict[str, Any]:
         if isinstance(command, cmd.Connect):
-            return self._connect(command)
+            return await self._connect(command)
         if not self.connected:
             raise Unauthorized("send a connect command with a token first")
         if isinstance(command, cmd.Subscribe):
             return await self._subscribe(command)
         if isinstance(command, cmd.Refresh):
-            return self._refresh(command)
+            return await self._refresh(command)
         if isinstance(command, cmd.Unsubscribe):
             return await self._unsubscribe(command)
         if isinstance(command, cmd.Publish):
@@ -246,10 +253,11 @@ class WebSocketSession(StreamConnection):
             return await self._presence(command)
         return {}  # ping
 
-    def _connect(self, command: cmd.Connect) -> dict[str, Any]:
+    async def _connect(self, command: cmd.Connect) -> dict[str, Any]:
         if self.subscriptions:
             raise BadRequest("connect must come before any subscribe")
         if command.token is not None or not self.connected:
+            await self._keys_for(command.token)
             old_user = self.user
             self._authenticate(command.token)
             self._context.sessions.rename(self, old_user)
@@ -261,8 +269,9 @@ class WebSocketSession(StreamConnection):
         }
         return _with_expires(result, self.credentials)
 
-    def _refresh(self, command: cmd.Refresh) -> dict[str, Any]:
+    async def _refresh(self, command: cmd.Refresh) -> dict[str, Any]:
         """Take a new token of the same user; the expiry moves to the new token's."""
+        await self._keys_for(command.token)
         credentials = self._context.authenticator.authenticate(command.token)
         if credentials.user != self.user:
             raise PermissionDenied(
