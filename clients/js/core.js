@@ -51,8 +51,9 @@ export function positionText(position) {
   return `${position.epoch}:${position.offset}`;
 }
 
-function samePosition(a, b) {
-  return a.epoch === b.epoch && a.offset === b.offset;
+/** Whether positions `a` and `b` are the same (false when either is missing). */
+export function samePosition(a, b) {
+  return Boolean(a && b) && a.epoch === b.epoch && a.offset === b.offset;
 }
 
 // -- reconnection delays ---------------------------------------------------------
@@ -189,18 +190,24 @@ export class PositionTracker {
   }
 
   /**
-   * Take a poll answer (PROTOCOL.md §5). Its `recovered` flag is for the whole
-   * request and the cursor is opaque, so when it is false the channels that were
-   * asked with a position and got nothing in this page are told a gap (position
-   * unknown: they continue from the cursor); channels that did get publications are
-   * judged by those (a jump is a gap). When some channels were asked without a
-   * position the flag says nothing about the others: a gap then shows as a jump.
+   * Take a poll answer (PROTOCOL.md §5). A 1.1 server's answer has `positions`:
+   * `{channel: {epoch, offset, recovered}}`, where the answer leaves each channel and
+   * whether its resume was recovered; a channel not recovered is told a gap to where
+   * the server moved it (before its first publication here, or its position). Without
+   * `positions` (a 1.0 server) the `recovered` flag is for the whole request and the
+   * cursor is opaque, so when it is false the channels that were asked with a position
+   * and got nothing in this page are told a gap (position unknown: they continue from
+   * the cursor); channels that did get publications are judged by those (a jump is a
+   * gap). When some channels were asked without a position the flag says nothing
+   * about the others: a gap then shows as a jump.
    *
    * @param publications the answer's publications, in order
    * @param recovered the answer's flag
    * @param asked `{channel: position | null}`: what the request gave each channel
+   * @param positions the answer's `positions`, or null (a 1.0 server)
    */
-  receivePage(publications, recovered, asked) {
+  receivePage(publications, recovered, asked, positions = null) {
+    if (positions) return this._receivePositionedPage(publications, positions);
     const events = [];
     const seen = new Set();
     for (const publication of publications) {
@@ -216,6 +223,26 @@ export class PositionTracker {
       this._positions.delete(channel); // the cursor knows where it is; we do not
       events.push({ type: "gap", channel, since: { ...held }, position: null });
     }
+    return events;
+  }
+
+  _receivePositionedPage(publications, positions) {
+    const firsts = new Map();
+    for (const publication of publications) {
+      if (!firsts.has(publication.channel)) firsts.set(publication.channel, publication);
+    }
+    const events = [];
+    for (const [channel, after] of Object.entries(positions)) {
+      if (!this.has(channel) || !isPosition(after)) continue;
+      const first = firsts.get(channel);
+      // Where the server took this channel from: before its first publication here,
+      // or (none here) where the answer leaves it.
+      const start = first
+        ? { epoch: first.epoch, offset: first.offset - 1 }
+        : { epoch: after.epoch, offset: after.offset };
+      events.push(...this.receiveSubscribed(channel, start, after.recovered === true));
+    }
+    for (const publication of publications) events.push(...this.receivePublication(publication));
     return events;
   }
 
@@ -287,6 +314,19 @@ export class TransportRoute {
     }
     return true;
   }
+}
+
+// A server's reconnect delay is followed up to this long (a bound on a server's mistake).
+export const MAX_SERVER_DELAY_MS = 300000;
+
+/**
+ * The reconnect delay a `disconnect` (push or SSE event) gave, in ms (PROTOCOL.md §3,
+ * 1.1: a draining node spreads its clients' reconnects so), bounded by
+ * MAX_SERVER_DELAY_MS; `null` when it gave none (or nonsense): the backoff decides.
+ */
+export function serverDelayMs(delay) {
+  if (typeof delay !== "number" || !Number.isFinite(delay) || delay < 0) return null;
+  return Math.min(delay, MAX_SERVER_DELAY_MS);
 }
 
 /** What to do after a WebSocket closed with `code` ("reconnect", "stop", "unauthorized"). */
@@ -403,7 +443,7 @@ export function publicationOf(frame) {
  * Parse one WebSocket text frame into
  * `{kind: "reply", id, result}` | `{kind: "reply", id, error}` |
  * `{kind: "pub", publication}` | `{kind: "join"|"leave", channel, client, user}` |
- * `{kind: "ping"}` | `{kind: "disconnect", code, reason, reconnect, url}`.
+ * `{kind: "ping"}` | `{kind: "disconnect", code, reason, reconnect, url, delay}`.
  * Throws a TidingsError (`protocol`) for anything else.
  */
 export function parseWsFrame(text) {
@@ -442,6 +482,7 @@ export function parseWsFrame(text) {
         reason: frame.reason ?? "",
         reconnect: frame.reconnect !== false,
         url: frame.url ?? null,
+        delay: serverDelayMs(frame.delay),
       };
     default:
       break;

@@ -6,6 +6,7 @@ import { describe, test } from "node:test";
 
 import {
   Backoff,
+  MAX_SERVER_DELAY_MS,
   PositionTracker,
   SseParser,
   TidingsError,
@@ -20,6 +21,7 @@ import {
   pollUrl,
   renewInMs,
   resumeParams,
+  serverDelayMs,
   sseUrl,
   tokenExpiresAtMs,
   wsUrl,
@@ -171,6 +173,39 @@ describe("PositionTracker", () => {
     assert.deepEqual(tracker.receivePage([], false, asked), []);
   });
 
+  test("a 1.1 poll page's positions tell which channel had a gap, and where it is", () => {
+    const tracker = new PositionTracker();
+    tracker.add("room:1", { epoch: "e", offset: 3 });
+    tracker.add("room:2", { epoch: "e", offset: 5 });
+    const asked = { "room:1": { epoch: "e", offset: 3 }, "room:2": { epoch: "e", offset: 5 } };
+    const positions = {
+      "room:1": { epoch: "e", offset: 4, recovered: true },
+      "room:2": { epoch: "e", offset: 9, recovered: false },
+    };
+    const events = tracker.receivePage([pub("room:1", "e", 4)], false, asked, positions);
+    assert.deepEqual(gaps(events), [
+      {
+        type: "gap",
+        channel: "room:2",
+        since: { epoch: "e", offset: 5 },
+        position: { epoch: "e", offset: 9 },
+      },
+    ]);
+    assert.deepEqual(delivered(events), [4]);
+    assert.deepEqual(tracker.positions(), {
+      "room:1": { epoch: "e", offset: 4 },
+      "room:2": { epoch: "e", offset: 9 },
+    });
+  });
+
+  test("a 1.1 poll page starts a channel asked without position where it says", () => {
+    const tracker = new PositionTracker();
+    tracker.add("room:1");
+    const positions = { "room:1": { epoch: "e", offset: 7, recovered: false } };
+    assert.deepEqual(tracker.receivePage([], false, { "room:1": null }, positions), []);
+    assert.deepEqual(tracker.position("room:1"), { epoch: "e", offset: 7 });
+  });
+
   test("invalid channel names are refused", () => {
     assert.throws(() => new PositionTracker().add("room 1"), TidingsError);
     assert.throws(() => checkChannel(""), /invalid channel/);
@@ -307,7 +342,19 @@ describe("WebSocket frames", () => {
     });
     const goodbye = parseWsFrame('{"push":"disconnect","code":1001,"reason":"bye","reconnect":true}');
     assert.equal(goodbye.reconnect, true);
+    assert.equal(goodbye.delay, null);
+    const drained = parseWsFrame('{"push":"disconnect","code":1001,"reconnect":true,"delay":2500}');
+    assert.equal(drained.delay, 2500);
     assert.equal(parseWsFrame('{"push":"join","channel":"c","client":"k","user":"u"}').kind, "join");
+  });
+
+  test("a server's reconnect delay is followed up to a bound, and nonsense is ignored", () => {
+    assert.equal(serverDelayMs(0), 0);
+    assert.equal(serverDelayMs(1500), 1500);
+    assert.equal(serverDelayMs(1e12), MAX_SERVER_DELAY_MS);
+    for (const nonsense of [undefined, null, -1, "5", Number.NaN, Number.POSITIVE_INFINITY]) {
+      assert.equal(serverDelayMs(nonsense), null);
+    }
   });
 
   test("what is not a frame is a protocol error", () => {

@@ -27,6 +27,7 @@ export class FakeServer {
     this.connects = []; // every connect command: its token
     this.wsMode = "serve"; // "serve" | "refuse" (handshake fails) | "silent" (never opens)
     this.sseMode = "serve"; // "serve" | "missing" (a 404 that is not tidings)
+    this.pollPositions = true; // poll answers carry 1.1 `positions` (false: a 1.0 server)
     this.pingS = 25;
     this.validTokens = null; // a Set of accepted tokens, or null: anonymous only
     this.failSubscribes = []; // error codes the next subscribes are refused with
@@ -120,13 +121,16 @@ export class FakeServer {
       let recovered = channels.every((c) => positions[c]);
       const publications = [];
       const after = {};
+      const positioned = {};
       for (const channel of channels) {
         const read = this.since(channel, positions[channel]);
         if (!read.recovered) recovered = false;
         publications.push(...read.publications);
         after[channel] = { epoch: read.epoch, offset: read.offset };
+        positioned[channel] = { ...after[channel], recovered: read.recovered };
       }
-      return { publications, cursor: btoa(JSON.stringify(after)), recovered };
+      const body = { publications, cursor: btoa(JSON.stringify(after)), recovered };
+      return this.pollPositions ? { ...body, positions: positioned } : body;
     };
     const first = answer();
     if (!wait || first.publications.length || !first.recovered) return jsonResponse(first);
@@ -303,9 +307,9 @@ class FakeWebSocket {
     if (this.subscriptions.has(publication.channel)) this.push({ push: "pub", ...publication });
   }
 
-  serverClose(code, reason, reconnect) {
+  serverClose(code, reason, reconnect, delay = undefined) {
     if (this.readyState !== 1) return;
-    this.push({ push: "disconnect", code, reason, reconnect });
+    this.push({ push: "disconnect", code, reason, reconnect, delay });
     this._closed(code, reason);
   }
 

@@ -11,7 +11,8 @@
 // One loop (`_run`) runs sessions one after another, each over one transport:
 // WebSocket, else Server-Sent Events, else long polling (`transports` option). A
 // session ends with an outcome that decides what comes next (see core.js
-// TransportRoute): "reconnect" (backoff with full jitter, then again; before any
+// TransportRoute): "reconnect" (backoff with full jitter, or the `delay` the server's
+// `disconnect` gave, then again; before any
 // transport has worked, the next transport at once), "refused" (this transport is not
 // served here: the next one at once), "unreachable" (the server is down: back to the
 // first transport after the backoff), "unauthorized" (ask the token callback for a
@@ -55,6 +56,8 @@ import {
   publicationOf,
   publicationsOf,
   renewInMs,
+  samePosition,
+  serverDelayMs,
   sseUrl,
   wsUrl,
 } from "./core.js";
@@ -254,7 +257,8 @@ export class Tidings {
         continue; // the next transport, at once
       }
       this._setState("disconnected");
-      await this._wait(this._backoff.nextDelayMs());
+      // A draining server's delay spreads its clients' reconnects: it replaces the backoff.
+      await this._wait(end.delayMs ?? this._backoff.nextDelayMs());
     }
   }
 
@@ -461,7 +465,7 @@ export class Tidings {
         const error = new TidingsError(action === "unauthorized" ? "unauthorized" : "closed", reason, {
           closeCode: code,
         });
-        finish({ outcome: action, error });
+        finish({ outcome: action, error, delayMs: goodbye?.delay ?? null });
       };
       ws.onerror = () => {}; // a close event follows
     });
@@ -565,7 +569,7 @@ export class Tidings {
         error: new TidingsError("closed", goodbye.reason ?? "", { closeCode: goodbye.code }),
       };
     }
-    return { outcome: "reconnect" };
+    return { outcome: "reconnect", delayMs: serverDelayMs(goodbye?.delay) };
   }
 
   // -- polling ---------------------------------------------------------------------
@@ -594,9 +598,16 @@ export class Tidings {
         return { outcome: "refused" };
       }
       attempt.connected = true;
-      this._pollCursor = { cursor: answer.cursor, channels };
+      const positions =
+        answer.positions && typeof answer.positions === "object" ? answer.positions : null;
+      this._pollCursor = { cursor: answer.cursor, channels, positions };
       const publications = publicationsOf(answer.publications);
-      const events = this._tracker.receivePage(publications, answer.recovered === true, asked);
+      const events = this._tracker.receivePage(
+        publications,
+        answer.recovered === true,
+        asked,
+        positions,
+      );
       for (const channel of channels) {
         if (announced.has(channel) || !this._tracker.has(channel)) continue;
         announced.add(channel);
@@ -604,7 +615,9 @@ export class Tidings {
         this._emit("subscribed", {
           channel,
           position: this._tracker.position(channel),
-          recovered: asked[channel] !== null && answer.recovered === true,
+          recovered: positions
+            ? positions[channel]?.recovered === true
+            : asked[channel] !== null && answer.recovered === true,
           transport: this.transport,
         });
       }
@@ -620,12 +633,18 @@ export class Tidings {
 
   _pollRequest(waitS) {
     // The last answer's cursor, while it names every channel that has a position
-    // (channels added since start from now; one resumed from a position needs since=).
+    // (channels added since start from now; one resumed from a position needs since=)
+    // at the position held (a 1.1 answer says which positions its cursor names).
     const channels = this._tracker.channels;
     const positions = this._tracker.positions();
     const saved = this._pollCursor;
     const cursorCovers =
-      saved && Object.keys(positions).every((channel) => saved.channels.includes(channel));
+      saved &&
+      Object.entries(positions).every(
+        ([channel, held]) =>
+          saved.channels.includes(channel) &&
+          (!saved.positions || samePosition(saved.positions[channel], held)),
+      );
     const cursor = cursorCovers ? saved.cursor : null;
     return { channels, ...pollUrl(this.url, channels, positions, cursor, waitS) };
   }

@@ -195,6 +195,32 @@ describe("WebSocket", () => {
   });
 });
 
+describe("drains", () => {
+  // A backoff of a minute: only the server's delay can bring the client back in time.
+  const slowBackoff = { backoff: { baseMs: 60000, capMs: 60000, random: () => 1 } };
+
+  test("a WebSocket disconnect's delay replaces the backoff", async () => {
+    const server = new FakeServer();
+    const { tidings } = client(server, slowBackoff);
+    tidings.subscribe("room:1");
+    tidings.connect();
+    await next(tidings, "subscribed");
+    server.sockets[0].serverClose(1001, "server shutting down", true, 0);
+    await until(() => server.sockets.length === 2, "a reconnect after the server's delay");
+  });
+
+  test("an SSE disconnect event's delay replaces the backoff", async () => {
+    const server = new FakeServer();
+    const { tidings } = client(server, { ...slowBackoff, transports: ["sse"] });
+    tidings.subscribe("room:1");
+    tidings.connect();
+    await next(tidings, "subscribed");
+    const [stream] = server.streams;
+    stream.end({ code: 1001, reason: "server shutting down", reconnect: true, delay: 0 });
+    await until(() => server.streams.size === 1 && !server.streams.has(stream), "a new stream");
+  });
+});
+
 describe("tokens", () => {
   test("a refused token is refreshed once through the callback", async () => {
     const server = new FakeServer();
@@ -318,6 +344,31 @@ describe("fallback", () => {
     assert.ok(last.get("cursor"));
     assert.deepEqual(seen.gaps, []);
   });
+
+  for (const pollPositions of [true, false]) {
+    const version = pollPositions ? "1.1" : "1.0";
+    test(`a long poll tells a lost history as a gap (${version} server)`, async () => {
+      const server = new FakeServer();
+      server.wsMode = "refuse";
+      server.sseMode = "missing";
+      server.pollPositions = pollPositions;
+      const { tidings, seen } = client(server);
+      tidings.subscribe("room:1");
+      tidings.connect();
+      await next(tidings, "subscribed");
+      server.publish("room:1", 1);
+      await until(() => seen.publications.length === 1);
+      const gap = next(tidings, "gap");
+      server.restart("E2");
+      server.publish("room:1", "after"); // wakes the waiting long poll
+      assert.deepEqual(await gap, {
+        channel: "room:1",
+        since: { epoch: "E1", offset: 1 },
+        // A 1.1 answer says where the channel now is; a 1.0 one cannot.
+        position: pollPositions ? { epoch: "E2", offset: 1 } : null,
+      });
+    });
+  }
 
   test("a subscribe while streaming reopens the stream with both channels", async () => {
     const server = new FakeServer();

@@ -147,6 +147,47 @@ async def test_each_transport_reports_a_gap_when_history_was_evicted(
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_each_transport_tells_the_gap_of_one_channel_and_replays_the_other(
+    node: Node, api: ApiClient, transport: TransportName
+) -> None:
+    kept, lost = f"room:kept-{transport}", f"small:lost-{transport}"  # small: history 5
+    await publish_numbers(api, kept, range(1, 3))
+    await publish_numbers(api, lost, range(1, 11))
+    kept_head = (await api.history(kept)).position
+    lost_head = (await api.history(lost)).position
+    since = {kept: Position(kept_head.epoch, 0), lost: Position(lost_head.epoch, 2)}
+    async with node.subscribe(kept, lost, transport=transport, since=since) as subscription:
+        events = await take(subscription, 3)
+    gaps = [e for e in events if isinstance(e, GapNotice)]
+    assert gaps == [GapNotice(ChannelName(lost), since[lost], lost_head)]
+    assert [(e.channel, e.offset) for e in events if isinstance(e, Publication)] == [
+        (kept, 1),
+        (kept, 2),
+    ]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_each_transport_starts_a_channel_given_no_position_from_now_without_a_gap(
+    node: Node, api: ApiClient, transport: TransportName
+) -> None:
+    given, new = f"room:given-{transport}", f"room:new-{transport}"
+    await publish_numbers(api, given, range(1, 3))
+    await publish_numbers(api, new, range(1, 4))
+    head = (await api.history(given)).position
+    since = {given: Position(head.epoch, 1)}
+    # ``new`` first: its start is settled before ``given``'s replay can arrive, so the
+    # live publication below is made after it.
+    async with node.subscribe(new, given, transport=transport, since=since) as subscription:
+        [replayed] = await take_publications(subscription, 1)
+        await publish_numbers(api, new, range(4, 5))
+        [live] = await take_publications(subscription, 1)
+    assert (replayed.channel, replayed.offset) == (given, 2)
+    assert (live.channel, live.offset) == (new, 4)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_each_transport_replays_from_a_position_still_in_history(
     node: Node, api: ApiClient, transport: TransportName
 ) -> None:

@@ -194,3 +194,47 @@ def test_channel_log_restored_with_a_repeated_key_forgets_older_keys_after_the_w
         log.restore(p, now_ms=200)
     # b was published 150 ms ago, outside the 100 ms window: it must publish again
     assert appended(log.append(b"2", now_ms=200, key="b")).offset == 4
+
+
+# -- expiry of idle channels (the brokers' sweep) ----------------------------------------
+
+
+def test_expire_says_bare_only_once_history_and_keys_are_past_their_time() -> None:
+    log = new_log(ttl_ms=10_000, window_ms=20_000)
+    log.append(b"1", now_ms=1_000, key="k")
+    assert log.expire(now_ms=5_000) is False  # both still within their time
+    assert log.expire(now_ms=11_001) is False  # history expired; the key is remembered
+    assert log.latest(now_ms=11_001) == ()
+    assert log.expire(now_ms=21_001) is True
+    assert log.head == Position(EPOCH, 1)
+
+
+def test_expire_of_a_log_that_keeps_no_history_waits_for_its_keys_only() -> None:
+    log = new_log(size=0, window_ms=1_000)
+    log.append(b"1", now_ms=0)
+    assert log.expire(now_ms=0) is True
+    log.append(b"2", now_ms=0, key="k")
+    assert log.expire(now_ms=500) is False
+    assert log.expire(now_ms=1_001) is True
+
+
+@given(
+    head=st.integers(min_value=1, max_value=20),
+    epoch=st.sampled_from([EPOCH, "other"]),
+    offset=st.integers(min_value=0, max_value=25),
+    limit=st.none() | st.integers(min_value=1, max_value=5),
+)
+def test_a_bare_log_and_its_epoch_and_head_alone_answer_every_position_alike(
+    head: int, epoch: str, offset: int, limit: int | None
+) -> None:
+    log = new_log(ttl_ms=1_000, window_ms=1_000)
+    for n in range(head):
+        log.append(b"%d" % n, now_ms=0, key=f"k{n}")
+    now_ms = 5_000
+    assert log.expire(now_ms)
+    kept = ChannelLog(
+        CHANNEL, log.epoch, HistoryOptions(100, 1_000), DedupeOptions(), head_offset=log.head_offset
+    )
+    position = Position(epoch, offset)
+    assert kept.since(position, now_ms, limit) == log.since(position, now_ms, limit)
+    assert kept.head == log.head

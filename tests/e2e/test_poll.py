@@ -41,7 +41,7 @@ async def poll(
     response = await http.get("/poll", params=params, headers=headers)
     assert response.status_code == 200, response.text
     answer: dict[str, Any] = response.json()
-    assert set(answer) == {"publications", "cursor", "recovered"}, answer
+    assert set(answer) == {"publications", "cursor", "recovered", "positions"}, answer
     assert response.headers["etag"] == f'"{answer["cursor"]}"'
     return answer
 
@@ -134,7 +134,9 @@ async def test_long_poll_time_out_answers_an_empty_list_and_the_same_cursor(
     channel = unique()
     start = await start_cursor(http, channel)
     answer = await poll(http, {"channel": channel, "cursor": start, "wait": "1"})
-    assert answer == {"publications": [], "cursor": start, "recovered": True}
+    assert answer["publications"] == []
+    assert answer["cursor"] == start
+    assert answer["recovered"] is True
 
 
 async def test_many_long_pollers_on_one_channel_are_all_woken_by_one_publication(
@@ -173,7 +175,9 @@ async def test_sigterm_answers_a_waiting_long_poll(server: ServerProcess) -> Non
         stopping = asyncio.create_task(asyncio.to_thread(server.stop, signal.SIGTERM))
         answer = await asyncio.wait_for(waiting, ANSWER_BOUND_S)
         exit_code = await stopping
-    assert answer == {"publications": [], "cursor": start, "recovered": True}
+    assert answer["publications"] == []
+    assert answer["cursor"] == start
+    assert answer["recovered"] is True
     assert exit_code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after shutdown
 
 
@@ -252,6 +256,64 @@ async def test_poll_from_an_evicted_position_says_recovered_false_with_the_curre
     assert gap["recovered"] is False
     assert offsets(after) == [11]  # the cursor was the head, 10
     assert after["recovered"] is True
+
+
+# -- positions (1.1): where the answer leaves each channel, and whether it was recovered
+
+
+def positions_of(answer: dict[str, Any]) -> dict[str, tuple[str, int, bool]]:
+    """``positions`` as ``{channel: (epoch, offset, recovered)}``."""
+    positions: dict[str, dict[str, Any]] = answer["positions"]
+    for position in positions.values():
+        assert set(position) == {"epoch", "offset", "recovered"}, position
+    return {c: (p["epoch"], p["offset"], p["recovered"]) for c, p in positions.items()}
+
+
+@pytest.mark.parametrize("wait", ["0", "5"])
+async def test_positions_tell_the_recovered_channel_from_the_gap_channel(
+    http: httpx.AsyncClient, api: ApiClient, wait: str
+) -> None:
+    kept, lost = unique(), unique("small")  # small: history_size 5
+    epoch = (await api.publish(kept, {"n": 1}))["epoch"]
+    await api.publish(kept, {"n": 2})
+    await api.publish_many(lost, 10)  # lost keeps 6..10
+    params = {"channel": [kept, lost], "since": [f"{epoch}:0", f"{epoch}:2"], "wait": wait}
+    answer = await poll(http, params)
+    assert offsets(answer, kept) == [1, 2]
+    assert offsets(answer, lost) == []
+    assert answer["recovered"] is False  # not every channel was
+    assert positions_of(answer) == {kept: (epoch, 2, True), lost: (epoch, 10, False)}
+
+
+async def test_positions_of_a_quiet_channel_stay_put_through_since_and_cursor(
+    http: httpx.AsyncClient, api: ApiClient
+) -> None:
+    busy, quiet = unique(), unique()
+    epoch = (await api.publish(busy, {"n": 1}))["epoch"]
+    await api.publish(quiet, {"n": 1})
+    since = {"channel": [busy, quiet], "since": [f"{epoch}:0", f"{epoch}:1"]}
+    first = await poll(http, since)
+    await api.publish(busy, {"n": 2})
+    by_cursor = await poll(http, {"channel": [busy, quiet], "cursor": first["cursor"]})
+    # Asked again the same way: answered from the node's watches (the native fast path).
+    again = await poll(http, {"channel": [busy, quiet], "cursor": by_cursor["cursor"]})
+    assert positions_of(first) == {busy: (epoch, 1, True), quiet: (epoch, 1, True)}
+    assert offsets(by_cursor) == [2]
+    assert positions_of(by_cursor) == {busy: (epoch, 2, True), quiet: (epoch, 1, True)}
+    assert positions_of(again) == positions_of(by_cursor)
+    assert again["recovered"] is True
+
+
+async def test_positions_say_a_channel_asked_without_a_position_was_not_recovered(
+    http: httpx.AsyncClient, api: ApiClient
+) -> None:
+    given, new = unique(), unique()
+    epoch = (await api.publish(given, {"n": 1}))["epoch"]
+    await api.publish_many(new, 3)
+    cursor = (await poll(http, {"channel": given, "since": f"{epoch}:0"}))["cursor"]
+    answer = await poll(http, {"channel": [given, new], "cursor": cursor})
+    assert answer["recovered"] is False
+    assert positions_of(answer) == {given: (epoch, 1, True), new: (epoch, 3, False)}
 
 
 # -- ETag

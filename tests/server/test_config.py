@@ -87,6 +87,7 @@ def test_the_default_namespace_is_configured_under_the_name_default(tmp_path: Pa
         ("[namespaces.room]\nhistory = 5", "unknown settings ['history']"),
         ("[namespaces.room]\nhistory_ttl = 0", "history_ttl must be more than 0"),
         ("port = ", "not valid TOML"),
+        ("poll_watches = 0", "poll_watches must be a whole number >= 1"),
     ],
 )
 def test_bad_configuration_is_refused_with_a_message_naming_the_setting(
@@ -95,6 +96,11 @@ def test_bad_configuration_is_refused_with_a_message_naming_the_setting(
     with pytest.raises(ConfigError) as raised:
         load_settings(write(tmp_path, text))
     assert message in str(raised.value)
+
+
+def test_poll_watches_caps_the_watched_channels_from_file_or_environment() -> None:
+    assert load_settings().poll_watches == 10_000
+    assert load_settings(environ={"TIDINGS_POLL_WATCHES": "500"}).poll_watches == 500
 
 
 def test_a_missing_config_file_is_a_config_error(tmp_path: Path) -> None:

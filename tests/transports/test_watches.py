@@ -99,3 +99,43 @@ async def test_a_gap_drops_the_watch_and_wakes_its_polls(hub: Hub, watches: Poll
     assert watches.view(ROOM) is None  # the next poll reads the broker
     await asyncio.wait_for(watches.wait_left(), WAIT_S)  # the unsubscribe is its own task
     assert not hub.has_subscribers(ROOM)
+
+
+# -- the cap ------------------------------------------------------------------------------
+
+
+def room(n: int) -> ChannelName:
+    return ChannelName(f"room:{n}")
+
+
+async def test_past_the_cap_the_least_recently_used_watch_is_let_go(hub: Hub) -> None:
+    ids = itertools.count(1)
+    watches = PollWatches(hub, lambda: f"watch.{next(ids)}", max_watches=3)
+    for n in range(3):
+        await watches.ensure(room(n), None)
+    assert watches.view(room(0)) is not None  # room:0 used again: room:1 is now the oldest
+    await watches.ensure(room(3), None)
+    await watches.wait_left()
+    assert len(watches) == 3
+    assert watches.view(room(1)) is None
+    assert not hub.has_subscribers(room(1))
+    assert all(watches.view(room(n)) is not None for n in (0, 2, 3))
+
+
+async def test_a_watch_a_long_poll_waits_on_is_never_let_go_for_a_new_one(hub: Hub) -> None:
+    ids = itertools.count(1)
+    watches = PollWatches(hub, lambda: f"watch.{next(ids)}", max_watches=2)
+    await watches.ensure(room(0), None)
+    await watches.ensure(room(1), None)
+    woken: list[str] = []
+    watches.park([room(0)], WAIT_S, lambda: woken.append("0"))
+    watches.park([room(1)], WAIT_S, lambda: woken.append("1"))
+    await watches.ensure(room(2), None)
+    assert woken == []
+    assert watches.view(room(2)) is None  # not watched: answered from the broker
+    assert len(watches) == 2
+
+
+def test_a_cap_below_one_is_refused(hub: Hub) -> None:
+    with pytest.raises(ValueError, match="max_watches"):
+        PollWatches(hub, str, max_watches=0)

@@ -20,13 +20,20 @@ REDIS_CLUSTER_SCHEME: Final = "redis-cluster://"
 
 
 def create_broker(
-    broker: str | None, data: str | Path | None, namespaces: Namespaces, dedupe: DedupeOptions
+    broker: str | None,
+    data: str | Path | None,
+    namespaces: Namespaces,
+    dedupe: DedupeOptions,
+    *,
+    publish_timeout_s: float | None = None,
 ) -> Broker:
     """Return the broker named by ``broker`` (a URL) or, without one, by ``data``.
 
     ``redis://host:port/db`` (also ``rediss://``, ``unix://``) is the Redis broker,
     ``redis-cluster://host:port`` the Redis Cluster one; ``memory`` or nothing is the
     memory broker, or the sqlite broker keeping its files in ``data`` if given.
+    ``publish_timeout_s`` bounds a remote broker's publish (see ``RedisBroker``); the
+    local ones wait on no network.
 
     Raises:
         ConfigError: an unknown broker URL, or ``data`` given with a remote broker.
@@ -43,7 +50,9 @@ def create_broker(
     if broker.startswith(REDIS_SCHEMES) or broker.startswith(REDIS_CLUSTER_SCHEME):
         from tidings.brokers.redis import RedisBroker  # noqa: PLC0415  (see module docstring)
 
-        return RedisBroker(broker, namespaces, dedupe=dedupe)
+        if publish_timeout_s is None:
+            return RedisBroker(broker, namespaces, dedupe=dedupe)
+        return RedisBroker(broker, namespaces, dedupe=dedupe, publish_timeout_s=publish_timeout_s)
     raise ConfigError(
         f"broker {broker!r} is not one tidings knows: use memory, redis://host:port/db "
         "or redis-cluster://host:port"

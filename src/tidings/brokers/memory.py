@@ -1,17 +1,27 @@
 """The embedded default broker: channels live in this process's memory.
 
-No I/O. Each channel is a ``ChannelLog``; a publish is sequenced, retained and handed
-to the hub in one synchronous step, which is what makes it atomic here. All channels
-share one epoch drawn at start, so a restart (which loses every history) is seen by
-resuming clients as an epoch change: ``recovered: false``, never a wrong offset.
-Presence is a dict per channel (``LocalPresence``): one node, so no remote changes.
+No I/O; one timer task. Each channel is a ``ChannelLog``; a publish is sequenced,
+retained and handed to the hub in one synchronous step, which is what makes it atomic
+here. All channels share one epoch drawn at start, so a restart (which loses every
+history) is seen by resuming clients as an epoch change: ``recovered: false``, never a
+wrong offset. Presence is a dict per channel (``LocalPresence``): one node, so no
+remote changes.
+
+Idle channels cost almost nothing: every ``sweep_interval_s`` one sweep (a single timer
+for the broker, not one per channel) expires history and idempotency keys past their
+time, and a channel left with neither (``ChannelLog.expire`` says bare) is kept as its
+head offset alone, in ``_heads``: all that recovery needs, as the epoch is shared. A
+publish brings its log back from that offset.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Callable
+from typing import Final
 
 from tidings.brokers.base import (
     HistoryRead,
@@ -25,9 +35,14 @@ from tidings.core.channel_log import Appended, ChannelLog
 from tidings.core.dedupe import DedupeOptions
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import ClientInfo, Position
-from tidings.core.recovery import Replay
+from tidings.core.recovery import Replay, decide_recovery
 
 logger = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S: Final = 60.0
+# Channels swept between two yields to the event loop: a sweep of a million channels
+# must not hold the loop for its whole length.
+SWEEP_CHUNK: Final = 1000
 
 
 def random_epoch() -> str:
@@ -70,12 +85,18 @@ class MemoryBroker:
         clock: Clock | None = None,
         dedupe: DedupeOptions | None = None,
         epoch_factory: Callable[[], str] = random_epoch,
+        sweep_interval_s: float = SWEEP_INTERVAL_S,
     ) -> None:
         self._namespaces = namespaces
         self._clock = clock or SystemClock()
         self._dedupe = dedupe or DedupeOptions()
         self._epoch = epoch_factory()
         self._logs: dict[ChannelName, ChannelLog] = {}
+        # Swept channels: their head offset is all that is left of them (the module
+        # docstring); a channel is in ``_logs`` or here, never both.
+        self._heads: dict[ChannelName, int] = {}
+        self._sweep_interval_s = sweep_interval_s
+        self._sweeper: asyncio.Task[None] | None = None
         self._subscribed: set[ChannelName] = set()
         self._on_publication: PublicationHandler | None = None
         self._presence = LocalPresence()
@@ -89,17 +110,55 @@ class MemoryBroker:
         ``on_presence`` is never called: on one node, every change is the hub's own.
         """
         self._on_publication = on_publication
+        if self._sweeper is None and not self._closed:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
     async def close(self) -> None:
         """Stop delivering publications; the broker is not ready from now on."""
         self._on_publication = None
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    async def sweep(self) -> int:
+        """Expire history and keys past their time in every channel; keep the channels
+        left bare as their head offset alone. Return how many were reduced so."""
+        return self._sweep_channels(list(self._logs), self._clock.now_ms())
+
+    def _sweep_channels(self, channels: list[ChannelName], now_ms: int) -> int:
+        swept = 0
+        for channel in channels:
+            log = self._logs.get(channel)
+            if log is not None and log.expire(now_ms):
+                del self._logs[channel]
+                self._heads[channel] = log.head_offset
+                swept += 1
+        return swept
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval_s)
+            try:
+                channels = list(self._logs)
+                now_ms = self._clock.now_ms()
+                swept = 0
+                for start in range(0, len(channels), SWEEP_CHUNK):
+                    swept += self._sweep_channels(channels[start : start + SWEEP_CHUNK], now_ms)
+                    await asyncio.sleep(0)
+                if swept:
+                    logger.debug("swept %d idle channels down to their heads", swept)
+            except Exception:  # a bug here must not end the sweeps, nor the node
+                logger.exception("sweeping idle channels failed")
 
     def _log(self, channel: ChannelName) -> ChannelLog:
         log = self._logs.get(channel)
         if log is None:
             options = self._namespaces.options_for(channel)
-            log = ChannelLog(channel, self._epoch, options.history, self._dedupe)
+            head_offset = self._heads.pop(channel, 0)
+            log = ChannelLog(channel, self._epoch, options.history, self._dedupe, head_offset)
             self._logs[channel] = log
         return log
 
@@ -129,13 +188,13 @@ class MemoryBroker:
         """Read ``channel``'s head and history (``Broker.history``)."""
         log = self._logs.get(channel)
         if log is None:
-            # Reading must not create state: an idle channel costs nothing.
-            head = Position(self._epoch, 0)
+            # Reading must not create state: an unknown or swept channel has no history,
+            # only a head (offset 0 for one never published to).
+            head_offset = self._heads.get(channel, 0)
+            head = Position(self._epoch, head_offset)
             if since is None:
                 return HistoryRead(head, Replay(()))
-            log = ChannelLog(
-                channel, self._epoch, self._namespaces.options_for(channel).history, self._dedupe
-            )
+            return HistoryRead(head, decide_recovery(since, self._epoch, head_offset, (), limit))
         now_ms = self._clock.now_ms()
         recovery = log.since(since, now_ms, limit) if since else Replay(log.latest(now_ms, limit))
         return HistoryRead(log.head, recovery)

@@ -21,6 +21,13 @@ second instance on the same file cannot overwrite rows (offsets are a primary ke
 conflicting publishes fail instead.
 
 Presence is not stored: it lives in memory (``LocalPresence``), as it ends with the node.
+
+Idle channels leave memory: every ``sweep_interval_s`` one sweep (a single timer for the
+broker) expires history and idempotency keys past their time in the loaded channels,
+and unloads those left with neither and nothing pending: their epoch and head offset,
+all that recovery needs, are in the file, read again on next touch. The sweep also
+trims their expired rows from the file, which otherwise happens only when a channel is
+written again.
 """
 
 from __future__ import annotations
@@ -59,7 +66,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DB_FILE_NAME: Final = "tidings.db"
+# ``is_ready`` asks the writer thread: a file stuck behind a stalled disk is not ready.
+PROBE_TIMEOUT_S: Final = 1.0
 SCHEMA_VERSION: Final = 1
+SWEEP_INTERVAL_S: Final = 60.0
 
 # Theory of operation: the group commit.
 #
@@ -252,6 +262,21 @@ class _Store:
                 db.execute("ROLLBACK")
             raise
 
+    def trim(self, heads: Sequence[tuple[ChannelName, int]], now_ms: int) -> None:
+        """Delete the rows of channels whose history expired up to their head, and the
+        dedupe keys past the window, in one transaction (the sweep of idle channels)."""
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Up to the head the sweep saw: a publication made since has a higher offset.
+            db.executemany(_DELETE_PUBLICATIONS_UP_TO, heads)
+            db.execute(_EXPIRE_KEYS, (now_ms - self._dedupe.window_ms,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
 
 _SCHEMA: Final = (
     "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
@@ -311,6 +336,7 @@ _TRIM_PUBLICATIONS: Final = """
          ORDER BY "offset" LIMIT 1), ?2))
 """
 _EXPIRE_KEYS: Final = "DELETE FROM dedupe_keys WHERE ts < ?"
+_DELETE_PUBLICATIONS_UP_TO: Final = 'DELETE FROM publications WHERE channel = ? AND "offset" <= ?'
 
 
 def _row(publication: Publication) -> tuple[object, ...]:
@@ -402,6 +428,7 @@ class SqliteBroker:
         clock: Clock | None = None,
         dedupe: DedupeOptions | None = None,
         epoch_factory: Callable[[], str] = random_epoch,
+        sweep_interval_s: float = SWEEP_INTERVAL_S,
     ) -> None:
         """Prepare a broker storing in directory ``path`` (created if missing) on ``start``."""
         self._file = Path(path) / DB_FILE_NAME
@@ -420,6 +447,8 @@ class SqliteBroker:
         self._open_batch: _Batch | None = None
         self._in_flight: _Batch | None = None
         self._presence = LocalPresence()
+        self._sweep_interval_s = sweep_interval_s
+        self._sweeper: asyncio.Task[None] | None = None
         self.commits = 0
 
     async def start(
@@ -448,6 +477,7 @@ class SqliteBroker:
                 raise
             self._writer = writer
             logger.info("sqlite broker opened %s", self._file)
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         self._on_publication = on_publication
 
     async def close(self) -> None:
@@ -458,6 +488,11 @@ class SqliteBroker:
         # From here on no publish is accepted, so the flush below waits for the last batch.
         self._closing = closing = asyncio.get_running_loop().create_future()
         writer = self._writer
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         try:
             if writer is not None:
                 await self._flush()
@@ -540,8 +575,17 @@ class SqliteBroker:
         self._subscribed.discard(channel)
 
     async def is_ready(self) -> bool:
-        """Whether the file is open."""
-        return self._writer is not None and self._closing is None
+        """Whether the file is open and the writer thread takes a job within
+        ``PROBE_TIMEOUT_S`` (it is not stuck behind a stalled disk)."""
+        writer = self._writer
+        if writer is None or self._closing is not None:
+            return False
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                await asyncio.shield(writer.submit(lambda: None))
+        except TimeoutError:
+            return False
+        return True
 
     async def presence_join(self, channel: ChannelName, client_id: str, user: str) -> None:
         """List ``client_id`` in ``channel`` (``Broker.presence_join``), in memory."""
@@ -554,6 +598,42 @@ class SqliteBroker:
     async def presence(self, channel: ChannelName) -> dict[str, str]:
         """Return ``channel``'s ``{client_id: user}`` (``Broker.presence``)."""
         return self._presence.clients(channel)
+
+    async def sweep(self) -> int:
+        """Expire history and keys past their time in the loaded channels; unload those
+        left with neither and nothing pending, and trim their rows from the file.
+        Return how many were unloaded.
+
+        Raises:
+            BrokerError: the broker is not open, or trimming the file failed (the
+                channels are unloaded all the same: the file is the truth).
+        """
+        writer = self._check_open()
+        now_ms = self._clock.now_ms()
+        unloaded: list[tuple[ChannelName, int]] = []
+        for channel, state in list(self._channels.items()):
+            log = state.log
+            if state.committed_offset != log.head_offset or channel in self._loading:
+                continue  # a publication is on its way to the file
+            state.earlier_keys.expire(now_ms)
+            if log.expire(now_ms) and not state.earlier_keys:
+                del self._channels[channel]
+                unloaded.append((channel, log.head_offset))
+        if unloaded:
+            await _run(writer, partial(self._store.trim, unloaded, now_ms), "trimming history")
+        return len(unloaded)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval_s)
+            try:
+                swept = await self.sweep()
+                if swept:
+                    logger.debug("unloaded %d idle channels of %s", swept, self._file)
+            except BrokerError as error:
+                logger.warning("sweeping idle channels failed: %s", error)
+            except Exception:  # a bug here must not end the sweeps, nor the node
+                logger.exception("sweeping idle channels failed")
 
     def _check_open(self) -> _Writer:
         if self._writer is None or self._closing is not None:

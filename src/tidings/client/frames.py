@@ -9,6 +9,7 @@ is a ``ProtocolViolation``.
 
 from __future__ import annotations
 
+import math
 from typing import TypeVar
 
 import msgspec
@@ -64,6 +65,16 @@ class Disconnect(msgspec.Struct, frozen=True):
     reason: str = ""
     reconnect: bool = False
     url: str | None = None
+    delay: float | None = None  # ms to wait before reconnecting (1.1)
+
+    @property
+    def delay_ms(self) -> int | None:
+        """The reconnect delay in whole ms; ``None`` if absent or nonsense (negative, not
+        finite): a server's odd advice must not stop a client, the backoff decides."""
+        delay = self.delay
+        if delay is None or not 0 <= delay < math.inf:
+            return None
+        return math.ceil(delay)
 
 
 class ChannelStart(msgspec.Struct, frozen=True):
@@ -81,11 +92,13 @@ class Subscribed(msgspec.Struct, frozen=True):
 
 
 class PollAnswer(msgspec.Struct, frozen=True):
-    """A ``/poll`` answer (PROTOCOL.md §5)."""
+    """A ``/poll`` answer (PROTOCOL.md §5); ``positions`` is the 1.1 field: where the
+    answer leaves each channel (the cursor's positions, which clients do not read)."""
 
     publications: list[PublicationFrame]
     cursor: str
     recovered: bool
+    positions: dict[str, ChannelStart]
 
 
 class PositionAnswer(msgspec.Struct, frozen=True):

@@ -6,10 +6,10 @@ polling asks with ``wait=0`` every ``interval_s``, sending the last cursor as
 ``If-None-Match`` so that "nothing new" is a cheap ``304``. Either polls again at once
 when an answer was full (``limit`` publications: more remain).
 
-Every answer's cursor is decoded (``tidings.core.cursor``, the server's own format:
-the client ships in the same package) to learn each channel's position after the
-answer: that is how the tracker tells which channel a ``recovered: false`` answer
-moved, and what positions a later switch to another transport hands over.
+Every answer says where it leaves each channel (``positions``, PROTOCOL.md 1.1 §5):
+that is how the tracker tells which channel a ``recovered: false`` answer moved, and
+what positions a later switch to another transport hands over. The cursor stays
+opaque: it is handed back as long as the positions it came with are the tracker's.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from tidings.client.frames import PollAnswer, decode, to_publications
 from tidings.client.http import check_answer
 from tidings.client.positions import PositionTracker, channel_params
 from tidings.client.tokens import Tokens
-from tidings.core.cursor import decode_cursor
-from tidings.errors import BadRequest
+from tidings.core.channel import ChannelName
+from tidings.core.publication import Position
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,15 @@ NOT_MODIFIED: Final = 304
 class PollConnector:
     """Polls of one server's ``/poll``: long (``wait_s`` > 0) or short (``wait_s`` = 0)."""
 
-    __slots__ = ("_cursor", "_http", "_interval_s", "_limit", "_tokens", "_wait_s")
+    __slots__ = (
+        "_cursor",
+        "_cursor_positions",
+        "_http",
+        "_interval_s",
+        "_limit",
+        "_tokens",
+        "_wait_s",
+    )
 
     def __init__(
         self,
@@ -75,6 +83,8 @@ class PollConnector:
         self._limit = limit
         self._cursor: str | None = None
         self._tokens = tokens or Tokens(None)
+        # The positions the last answer gave along with ``_cursor``: what it names.
+        self._cursor_positions: dict[ChannelName, Position] = {}
 
     @property
     def name(self) -> TransportName:
@@ -98,7 +108,9 @@ class PollConnector:
         while True:
             params = channel_params(tracker.channels)
             headers: dict[str, str] = {"Authorization": f"Bearer {token}"} if token else {}
-            cursor = tracker.resume_cursor(self._cursor)
+            # The last cursor, while it names exactly the tracker's positions (a tracker
+            # never moves back, so it may hold more than an answer gave).
+            cursor = self._cursor if self._cursor_positions == tracker.positions else None
             if cursor is not None:
                 params.append(("cursor", cursor))
                 if not self._wait_s:
@@ -124,14 +136,18 @@ class PollConnector:
                 await asyncio.sleep(self._interval_s)
 
     def _receive(self, answer: PollAnswer, tracker: PositionTracker) -> list[Event]:
-        try:
-            after = decode_cursor(answer.cursor)
-        except BadRequest:
+        after = {
+            ChannelName(channel): Position(position.epoch, position.offset)
+            for channel, position in answer.positions.items()
+        }
+        if set(after) != set(tracker.channels):
             raise ProtocolViolation(
-                "the poll answer's cursor is not one this client reads"
-            ) from None
+                f"the poll answer gives positions of {sorted(after)}; "
+                f"it was asked for {sorted(tracker.channels)}"
+            )
         events = tracker.receive_page(
             to_publications(answer.publications), after, recovered=answer.recovered
         )
         self._cursor = answer.cursor
+        self._cursor_positions = after
         return events

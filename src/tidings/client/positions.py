@@ -43,12 +43,17 @@ new subscription, and the server sends exactly what follows.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Final
 
 from tidings.client.events import Event, GapNotice
 from tidings.core.channel import ChannelName
-from tidings.core.cursor import decode_cursor, encode_cursor
+from tidings.core.cursor import decode_cursor
 from tidings.core.publication import Position, Publication
 from tidings.errors import BadRequest
+
+# Where a channel without a position resumes from, when others have one: an epoch that
+# no server draws (epochs are random; this one names itself), so never recovered.
+UNKNOWN_POSITION: Final = Position("unknown-position", 0)
 
 
 class PositionTracker:
@@ -161,7 +166,7 @@ class PositionTracker:
 
         Args:
             publications: the answer's publications, in the server's order.
-            after: the positions its cursor holds (each channel's position after them).
+            after: its ``positions`` (each channel's position after the publications).
             recovered: the answer's flag: false when some channel's position was not
                 recovered (or some channel had none).
 
@@ -199,7 +204,9 @@ class PositionTracker:
         A cursor is opaque to clients by PROTOCOL.md §1; this client ships in the same
         package as the server and decodes it (``tidings.core.cursor``) to learn its
         positions. A tidings server of another version could change the layout: then
-        ``None``, and the caller resumes with ``since_params`` instead.
+        ``None``, and the caller resumes with ``since_params`` instead. (SSE needs this:
+        its events carry cursors, not positions. Poll answers carry ``positions``, so
+        polling compares those instead and never decodes.)
         """
         if cursor is None:
             return None
@@ -213,15 +220,17 @@ class PositionTracker:
         """Return the query parameters resuming every channel from its position.
 
         ``since=<epoch>:<offset>`` once per ``channel=``, in the same order (PROTOCOL.md
-        §4, §5), when every channel has a position; when only some have one, a cursor
-        of those (the rest start from now: the protocol has no ``since`` for "none"),
-        built with ``tidings.core.cursor``, the same coupling as ``resume_cursor``.
+        §4, §5), when any channel has a position. A channel without one gets a position
+        of an epoch no server has (``UNKNOWN_POSITION``): the server answers it as not
+        recovered, with the channel's current position, which is "start from now" (the
+        protocol has no ``since`` for "none"; the JavaScript client does the same).
         """
         if not self._positions:
             return []
-        if self.has_all_positions():
-            return [("since", str(self._positions[channel])) for channel in self.channels]
-        return [("cursor", encode_cursor(self._positions))]
+        return [
+            ("since", str(self._positions.get(channel, UNKNOWN_POSITION)))
+            for channel in self.channels
+        ]
 
     # -- moves ---------------------------------------------------------------------------
 

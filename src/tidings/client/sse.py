@@ -181,5 +181,7 @@ class SseConnector:
                 goodbye.reason,
                 goodbye.reconnect,
             )
-            raise ConnectionClosed(goodbye.code, goodbye.reason, reconnect=goodbye.reconnect)
+            raise ConnectionClosed(
+                goodbye.code, goodbye.reason, reconnect=goodbye.reconnect, delay_ms=goodbye.delay_ms
+            )
         return []

@@ -175,7 +175,10 @@ class _Reader:
         # The server's own advice wins over the code's range: a 4001 "token expired"
         # says reconnect (with a fresh token).
         advised = goodbye is not None and goodbye.code == code and goodbye.reconnect
-        raise ConnectionClosed(code, reason, reconnect=advised or not is_terminal_close(code))
+        delay_ms = goodbye.delay_ms if goodbye is not None else None
+        raise ConnectionClosed(
+            code, reason, reconnect=advised or not is_terminal_close(code), delay_ms=delay_ms
+        )
 
     def _receive(self, raw: str | bytes) -> list[Event]:
         frame = decode("WebSocket frame", raw, WsFrame)

@@ -5,6 +5,13 @@ per channel. ``append`` is the whole publish rule: a repeated idempotency key yi
 original position; anything else becomes the next offset, retained in history. Brokers
 that sequence elsewhere (a Lua script in Redis) implement the same rule there and are
 held to it by the broker contract tests.
+
+Idle channels: history and keys expire by time, but a log only looks at the time when
+it is used. A broker's periodic sweep calls ``expire``; a log it says is *bare* (no
+publication retained, no key remembered) holds nothing recovery needs beyond its epoch
+and head offset, so the broker may keep just those and drop the log: a client at the
+head is then recovered with nothing to replay, and an older position is a gap, exactly
+as the bare log would have answered.
 """
 
 from __future__ import annotations
@@ -84,6 +91,17 @@ class ChannelLog:
         if publication.key is not None:
             remembered = dedupe_key(publication.key, publication.info)
             self._dedupe.remember(remembered, publication.offset, publication.ts)
+
+    def expire(self, now_ms: int) -> bool:
+        """Drop the publications and keys that are too old at ``now_ms``.
+
+        Returns:
+            Whether the log is now bare: only its epoch and head offset matter (see the
+            module docstring).
+        """
+        self._history.expire(now_ms)
+        self._dedupe.expire(now_ms)
+        return not self._history and not self._dedupe
 
     def since(self, position: Position, now_ms: int, limit: int | None = None) -> Recovery:
         """Decide what a client at ``position`` gets (``decide_recovery``)."""

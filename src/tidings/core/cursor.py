@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import json
 import re
 from collections.abc import Mapping
 from typing import Final
 
+from tidings.core.bounded_cache import BoundedCache
 from tidings.core.channel import ChannelName, parse_channel
 from tidings.core.publication import Position, parse_position
 from tidings.errors import BadRequest
@@ -31,7 +31,13 @@ _CHECKSUM_BYTES: Final = 8
 _CURSOR_PATTERN: Final = re.compile(r"[A-Za-z0-9_\-]+")
 
 Positions = Mapping[ChannelName, Position]
-_DECODED_CACHE_SIZE: Final = 4096
+_DECODED_CACHE_BYTES: Final = 2 * 1024 * 1024
+_DECODED_BYTES_PER_POSITION: Final = 256
+
+
+_DECODED: Final[BoundedCache[str, tuple[tuple[ChannelName, Position], ...]]] = BoundedCache(
+    _DECODED_CACHE_BYTES, 64 * 1024
+)
 
 
 def _checksum(body: bytes) -> bytes:
@@ -64,13 +70,18 @@ def decode_cursor(token: str) -> dict[ChannelName, Position]:
     Raises:
         BadRequest: the token is not a cursor this server made, or was altered.
     """
-    return dict(_decoded(token))
+    # Pollers hand the same cursor back many times; a decoding is a pure function of
+    # the token, so recent ones are kept (only successes), within a byte budget: anyone
+    # can make valid cursors (the checksum is no secret), as many distinct ones as they
+    # like.
+    decoded = _DECODED.get(token)
+    if decoded is None:
+        decoded = _decode(token)
+        _DECODED.put(token, decoded, len(token) + _DECODED_BYTES_PER_POSITION * len(decoded))
+    return dict(decoded)
 
 
-# Pollers hand the same cursor back many times; a decoding is a pure function of the
-# token, so recent ones are kept (only successes: exceptions are not cached).
-@functools.lru_cache(maxsize=_DECODED_CACHE_SIZE)
-def _decoded(token: str) -> tuple[tuple[ChannelName, Position], ...]:
+def _decode(token: str) -> tuple[tuple[ChannelName, Position], ...]:
     if len(token) > MAX_CURSOR_LENGTH or _CURSOR_PATTERN.fullmatch(token) is None:
         raise BadRequest(
             f"cursor must be 1-{MAX_CURSOR_LENGTH} characters of A-Z a-z 0-9 _ -; "

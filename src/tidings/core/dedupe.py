@@ -58,7 +58,7 @@ class DedupeWindow:
 
     def lookup(self, key: str, now_ms: int) -> int | None:
         """Return the offset ``key`` was published at, if within the window."""
-        self._expire(now_ms)
+        self.expire(now_ms)
         seen = self._keys.get(key)
         return None if seen is None else seen[0]
 
@@ -70,7 +70,8 @@ class DedupeWindow:
         while len(self._keys) > self._options.max_keys:
             del self._keys[next(iter(self._keys))]
 
-    def _expire(self, now_ms: int) -> None:
+    def expire(self, now_ms: int) -> None:
+        """Forget the keys older than the window."""
         keys = self._keys
         oldest_allowed = now_ms - self._options.window_ms
         while keys:

@@ -10,6 +10,7 @@ never silently leaves a default in force.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -55,7 +56,11 @@ class Settings:
     command_rate: float = 100.0
     command_burst: float = 200.0
     dedupe_window_s: float = 300.0
+    poll_watches: int = 10_000
     shutdown_timeout_s: float = 5.0
+    drain_window_s: float = 3.0
+    drain_rate: float = 1000.0
+    publish_timeout_s: float = 1.5
     transports: tuple[TransportName, ...] = TRANSPORTS
     demo: bool = False
     server_backend: ServerBackend = "native"
@@ -88,6 +93,13 @@ def _as_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{name} must be a whole number >= 0, got {value!r}")
     return value
+
+
+def _as_count(name: str, value: object) -> int:
+    number = _as_int(name, value)
+    if number < 1:
+        raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+    return number
 
 
 def _as_float(name: str, value: object) -> float:
@@ -162,7 +174,11 @@ _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "command_rate": _as_float,
     "command_burst": _as_float,
     "dedupe_window": parse_duration_s,
+    "poll_watches": _as_count,
     "shutdown_timeout": parse_duration_s,
+    "drain_window": parse_duration_s,
+    "drain_rate": _as_float,
+    "publish_timeout": parse_duration_s,
     "transports": _as_transports,
     "demo": _as_bool,
     "server_backend": _as_server_backend,
@@ -174,6 +190,8 @@ _FIELD_OF: Final = {
     "dedupe_window": "dedupe_window_s",
     "shutdown_timeout": "shutdown_timeout_s",
     "jwt_jwks_refresh": "jwt_jwks_refresh_s",
+    "drain_window": "drain_window_s",
+    "publish_timeout": "publish_timeout_s",
 }
 _NAMESPACE_KEYS: Final = (
     "policy",
@@ -304,6 +322,14 @@ def load_settings(
         settings = _apply(settings, given, "arguments")
     if settings.ping_interval_s <= 0:
         raise ConfigError(f"ping_interval must be more than 0, got {settings.ping_interval_s:g}")
+    if not 0 < settings.drain_rate < math.inf:
+        raise ConfigError(
+            f"drain_rate must be reconnects per second above 0, got {settings.drain_rate:g}"
+        )
+    if settings.publish_timeout_s <= 0:
+        raise ConfigError(
+            f"publish_timeout must be more than 0, got {settings.publish_timeout_s:g}"
+        )
     _check_token_keys(settings)
     return settings
 

@@ -2,7 +2,9 @@
 sharing a port (SO_REUSEPORT).
 
 Process and socket I/O. On SIGTERM/SIGINT a node first drains its clients (each gets a
-``disconnect`` with reconnect advice and a 1001 close), then uvicorn closes sockets.
+``disconnect`` with reconnect advice and its own reconnect ``delay``, then a 1001 close;
+the disconnects spread over ``drain_window``: ``TidingsApp.drain``), then uvicorn closes
+sockets.
 Several worker processes on one port only make sense with a broker they all share
 (Redis): with the memory or sqlite broker each would hold different channels.
 """

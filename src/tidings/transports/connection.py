@@ -106,7 +106,9 @@ class StreamConnection(ABC):
         )
 
     @abstractmethod
-    def _goodbye(self, code: int, reason: str, reconnect: bool, url: str | None) -> str:
+    def _goodbye(
+        self, code: int, reason: str, reconnect: bool, url: str | None, delay_ms: int | None
+    ) -> str:
         """Return the transport's ``disconnect`` message."""
 
     @abstractmethod
@@ -166,13 +168,24 @@ class StreamConnection(ABC):
             self._enqueue(self._heartbeat_chunk())
 
     def disconnect(
-        self, code: int, reason: str, *, reconnect: bool, url: str | None = None
+        self,
+        code: int,
+        reason: str,
+        *,
+        reconnect: bool,
+        url: str | None = None,
+        delay_ms: int | None = None,
     ) -> None:
-        """Send the transport's ``disconnect`` after what is pending, then end with ``code``."""
+        """Send the transport's ``disconnect`` after what is pending, then end with ``code``.
+
+        ``delay_ms`` (PROTOCOL.md §3, 1.1) tells the client how long to wait before it
+        reconnects: a drain gives each client its own (``core.drain``).
+        """
         if self._closing is not None:
             return
         self._closing = (code, reason)
-        self._out.finish(self._goodbye(code, reason, reconnect, url), code, reason)
+        goodbye = self._goodbye(code, reason, reconnect, url, delay_ms)
+        self._out.finish(goodbye, code, reason)
 
     def watch_expiry(self) -> None:
         """(Re)start the deadline of ``credentials.expires``; call after each change of

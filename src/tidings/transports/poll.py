@@ -3,7 +3,9 @@
 A poll reads each channel's publications after the request's positions, merges the
 channels' publications by time (so a busy channel cannot starve a quiet one), cuts at
 ``limit`` and answers with the cursor after the last publication included: paging never
-skips or repeats.
+skips or repeats. The answer also names each channel's position after it and whether
+that channel's resume was recovered (``positions``, PROTOCOL.md 1.1 §5), so clients
+need not read the cursor.
 
 Where the publications come from: a polled channel is *watched* (``watches.py``): one
 hub subscription per channel keeps its head and latest publications current, so a poll
@@ -24,7 +26,6 @@ positions are woken by one publication into the same answer, encoded once.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +37,7 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tidings.core.bounded_cache import BoundedCache
 from tidings.core.channel import ChannelName
 from tidings.core.cursor import encode_cursor
 from tidings.core.origin import is_origin_allowed
@@ -55,16 +57,25 @@ from tidings.transports.http import (
     request_error_response,
     request_token,
 )
-from tidings.transports.watches import PollWatches
+from tidings.transports.watches import DEFAULT_MAX_WATCHES, PollWatches
 
 logger = logging.getLogger(__name__)
 
 MAX_WAIT_S: Final = 60
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
-# Encoded answers kept for waiters woken into the same answer (bounded memo).
-_ANSWER_MEMO_MAX: Final = 1024
-_PARSED_CACHE_SIZE: Final = 4096
+# The memos of the poll path are bounded in bytes (``core.bounded_cache``): parsed
+# queries, encoded answers, and the replies the native door shares between the long
+# polls one publication wakes. Only small entries are kept: a large answer (a page of
+# big publications) is made again rather than kept, so no client can fill the memory
+# with answers, whatever it asks for, nor with junk in its query strings.
+PARSE_CACHE_BYTES: Final = 2 * 1024 * 1024
+ANSWER_CACHE_BYTES: Final = 4 * 1024 * 1024
+REPLY_CACHE_BYTES: Final = 4 * 1024 * 1024
+MAX_CACHED_ENTRY_BYTES: Final = 256 * 1024
+# What a parsed query holds per channel beyond its name (a position, dict slots).
+_PARSED_BYTES_PER_CHANNEL: Final = 256
+_ANSWER_BYTES_PER_ITEM: Final = 128
 
 PollKind = Literal["short", "long"]
 
@@ -125,12 +136,18 @@ class PollQuery:
 
 @dataclass(slots=True)
 class PollAnswer:
-    """What one poll returns: publications, the positions after them, and whether every
-    requested position was recovered."""
+    """What one poll returns: publications, the positions after them, and which
+    channels' requested positions were recovered (a channel asked without a position
+    is not)."""
 
     publications: list[Publication]
     positions: dict[ChannelName, Position]
-    recovered: bool
+    recovered_channels: frozenset[ChannelName]
+
+    @property
+    def recovered(self) -> bool:
+        """The answer's top-level flag (PROTOCOL.md §5): every channel was recovered."""
+        return len(self.recovered_channels) == len(self.positions)
 
 
 def parse_poll_query(query_string: str, header: Callable[[str], str | None]) -> PollQuery:
@@ -143,11 +160,23 @@ def parse_poll_query(query_string: str, header: Callable[[str], str | None]) -> 
     Raises:
         BadRequest: an invalid channel list, cursor, position, ``wait`` or ``limit``.
     """
-    return _parsed(query_string, header("authorization"), header("cookie"), header("if-none-match"))
+    key = (query_string, header("authorization"), header("cookie"), header("if-none-match"))
+    query = _PARSED.get(key)
+    if query is None:
+        query = _parse(*key)
+        # Counted in bytes: junk parameters make a key longer, so it costs more and is
+        # evicted sooner (or not kept at all), never more memory.
+        cost = sum(len(part) for part in key if part is not None)
+        _PARSED.put(key, query, cost + _PARSED_BYTES_PER_CHANNEL * len(query.channels))
+    return query
 
 
-@functools.lru_cache(maxsize=_PARSED_CACHE_SIZE)
-def _parsed(
+_PARSED: Final[BoundedCache[tuple[str, str | None, str | None, str | None], PollQuery]] = (
+    BoundedCache(PARSE_CACHE_BYTES, MAX_CACHED_ENTRY_BYTES)
+)
+
+
+def _parse(
     query_string: str, authorization: str | None, cookie: str | None, if_none_match: str | None
 ) -> PollQuery:
     pairs = parse_qsl(query_string, keep_blank_values=True)
@@ -170,15 +199,24 @@ def _parsed(
 class PollTransport:
     """The handler of ``/poll``, bound to one node's context."""
 
-    def __init__(self, context: TransportContext, counters: PollCounters) -> None:
+    def __init__(
+        self,
+        context: TransportContext,
+        counters: PollCounters,
+        *,
+        max_watches: int = DEFAULT_MAX_WATCHES,
+    ) -> None:
+        """Serve polls in ``context``, watching at most ``max_watches`` channels."""
         self._context = context
         self._counters = counters
-        self.watches = PollWatches(context.hub, context.new_client_id)
-        self._memo: dict[tuple[object, ...], tuple[str, bytes]] = {}
-        self._replies: dict[
+        self.watches = PollWatches(context.hub, context.new_client_id, max_watches)
+        self._answers: BoundedCache[tuple[object, ...], tuple[str, bytes]] = BoundedCache(
+            ANSWER_CACHE_BYTES, MAX_CACHED_ENTRY_BYTES
+        )
+        self._replies: BoundedCache[
             tuple[int, str | None],
             tuple[PollQuery, tuple[Position, ...], tuple[int, dict[str, str], bytes]],
-        ] = {}
+        ] = BoundedCache(REPLY_CACHE_BYTES, MAX_CACHED_ENTRY_BYTES)
 
     def release_all(self) -> None:
         """Answer every waiting long poll now (the node is draining)."""
@@ -327,10 +365,10 @@ class PollTransport:
             if status != 304:
                 headers["content-type"] = "application/json"
             reply = (status, headers, body)
-            if len(self._replies) >= _ANSWER_MEMO_MAX:
-                self._replies.clear()
             # The query is kept in the entry, so its id cannot be reused while it is.
-            self._replies[key] = (query, heads, reply)
+            self._replies.put(
+                key, (query, heads, reply), len(body) + _ANSWER_BYTES_PER_ITEM * len(heads)
+            )
         if not started:
             self._counters.poll_started()
         self._counters.poll_ended(query.kind)
@@ -363,7 +401,7 @@ class PollTransport:
         """Answer from the watches alone, or ``None`` if any channel needs the broker."""
         positions: dict[ChannelName, Position] = {}
         found: list[Publication] = []
-        recovered = bool(query.positions)
+        recovered: list[ChannelName] = []
         for channel in query.channels:
             view = self.watches.view(channel)
             if view is None:
@@ -371,15 +409,15 @@ class PollTransport:
             position = query.positions.get(channel)
             if position is None:
                 positions[channel] = view.head  # a channel without a position starts now
-                recovered = False
                 continue
             replay = view.since(position, query.limit)
             if replay is None:
                 return None
             positions[channel] = position
+            recovered.append(channel)
             found.extend(replay.publications)
         return PollAnswer(
-            _page(found, positions, query.channels, query.limit), positions, recovered
+            _page(found, positions, query.channels, query.limit), positions, frozenset(recovered)
         )
 
     async def _read(self, query: PollQuery) -> PollAnswer:
@@ -387,23 +425,22 @@ class PollTransport:
         hub = self._context.hub
         positions: dict[ChannelName, Position] = {}
         found: list[Publication] = []
-        recovered = bool(query.positions)
+        recovered: list[ChannelName] = []
         for channel in query.channels:
             position = query.positions.get(channel)
             read = await hub.history(channel, position, query.limit if position else 0)
             if position is None:
                 positions[channel] = read.head  # a channel without a position starts now
-                recovered = False
             elif isinstance(read.recovery, Replay):
                 positions[channel] = position
+                recovered.append(channel)
                 found.extend(read.recovery.publications)
             else:
                 positions[channel] = read.head
-                recovered = False
         page = _page(found, positions, query.channels, query.limit)
         for channel in query.channels:
             await self.watches.ensure(channel, positions[channel])
-        return PollAnswer(page, positions, recovered)
+        return PollAnswer(page, positions, frozenset(recovered))
 
     def _respond(self, query: PollQuery, answer: PollAnswer) -> tuple[int, dict[str, str], bytes]:
         """Return the status, headers and body of ``answer``; an unchanged short poll
@@ -412,21 +449,13 @@ class PollTransport:
             query.channels,
             tuple(answer.positions.values()),
             tuple(p.position for p in answer.publications),
-            answer.recovered,
+            answer.recovered_channels,
         )
-        memo = self._memo.get(key)
+        memo = self._answers.get(key)
         if memo is None:
-            cursor = encode_cursor(answer.positions)
-            body = encode_json(
-                {
-                    "publications": publication_frames(answer.publications),
-                    "cursor": cursor,
-                    "recovered": answer.recovered,
-                }
-            )
-            if len(self._memo) >= _ANSWER_MEMO_MAX:
-                self._memo.clear()
-            memo = self._memo[key] = (cursor, body)
+            memo = _encode_answer(answer)
+            items = len(answer.positions) + len(answer.publications)
+            self._answers.put(key, memo, len(memo[1]) + _ANSWER_BYTES_PER_ITEM * items)
         cursor, body = memo
         headers = {"etag": f'"{cursor}"', "cache-control": "no-cache"}
         if not query.wait_s and not answer.publications and _matches(query.if_none_match, cursor):
@@ -439,6 +468,30 @@ def _held_s(query: PollQuery, credentials: Credentials) -> float:
     if credentials.expires is None:
         return query.wait_s
     return max(0.0, min(query.wait_s, credentials.expires - time.time()))
+
+
+def _encode_answer(answer: PollAnswer) -> tuple[str, bytes]:
+    """Return the cursor and the JSON body of ``answer`` (PROTOCOL.md §5)."""
+    cursor = encode_cursor(answer.positions)
+    recovered = answer.recovered_channels
+    body = encode_json(
+        {
+            "publications": publication_frames(answer.publications),
+            "cursor": cursor,
+            "recovered": answer.recovered,
+            # 1.1: where the answer leaves each channel, and whether its resume was
+            # recovered, so a client never needs to read the cursor.
+            "positions": {
+                channel: {
+                    "epoch": position.epoch,
+                    "offset": position.offset,
+                    "recovered": channel in recovered,
+                }
+                for channel, position in answer.positions.items()
+            },
+        }
+    )
+    return cursor, body
 
 
 def _at_heads(query: PollQuery, heads: tuple[Position, ...]) -> bool:

@@ -102,10 +102,14 @@ class SseSession(StreamConnection):
     def _heartbeat_chunk(self) -> str:
         return ": ping\n\n"
 
-    def _goodbye(self, code: int, reason: str, reconnect: bool, url: str | None) -> str:
+    def _goodbye(
+        self, code: int, reason: str, reconnect: bool, url: str | None, delay_ms: int | None
+    ) -> str:
         data: dict[str, object] = {"code": code, "reason": reason, "reconnect": reconnect}
         if url is not None:
             data["url"] = url
+        if delay_ms is not None:
+            data["delay"] = delay_ms
         return f"event: disconnect\ndata: {encode_json(data).decode()}\n\n"
 
     async def _write(self, chunks: list[str]) -> None:

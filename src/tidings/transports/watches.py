@@ -11,6 +11,14 @@ list that a publication walks, not as one hub subscriber more.
 
 A watch whose channel loses continuity (the hub's ``report_gap``) is dropped at once;
 its parked polls are woken and answer through the broker, which reports the gap.
+
+Watches are capped (``max_watches``, the ``poll_watches`` setting): every poll of a new
+channel name would otherwise add one, for ``LINGER_S``, however many names a client
+makes up. Past the cap, the least recently used watch that no long poll waits on is
+let go. When every watch in reach has waiters, the new channel is not watched: its
+polls are answered from the broker, and a long poll of it answers at once instead of
+waiting (it cannot park without a watch) — degraded, but bounded, and it never wakes
+a waiting poll to make room (which would wake another, and so on).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -38,6 +47,9 @@ LINGER_S: Final = 75.0
 # Publications a watch keeps: enough for a poller a few seconds behind a busy channel.
 RECENT_KEEP: Final = 100
 DEADLINE_GRAIN_S: Final = 0.05
+DEFAULT_MAX_WATCHES: Final = 10_000
+# How many of the least recently used watches are looked at for one without waiters.
+EVICTION_SCAN: Final = 64
 
 
 class Parked:
@@ -124,10 +136,24 @@ class Watch:
 class PollWatches:
     """The watches of one node's polled channels; see the module docstring."""
 
-    def __init__(self, hub: Hub, new_client_id: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        new_client_id: Callable[[], str],
+        max_watches: int = DEFAULT_MAX_WATCHES,
+    ) -> None:
+        """Watch channels through ``hub``, at most ``max_watches`` at once.
+
+        Raises:
+            ValueError: ``max_watches`` is less than 1.
+        """
+        if max_watches < 1:
+            raise ValueError(f"max_watches must be at least 1, got {max_watches}")
         self._hub = hub
         self._new_client_id = new_client_id
-        self._watches: dict[ChannelName, Watch] = {}
+        self._max_watches = max_watches
+        # Least recently used first: ``view`` moves a watch to the end.
+        self._watches: OrderedDict[ChannelName, Watch] = OrderedDict()
         self._creating: dict[ChannelName, asyncio.Future[None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._leaving: set[asyncio.Task[bool]] = set()
@@ -139,10 +165,15 @@ class PollWatches:
         if watch is None or watch.view is None:
             return None
         watch.last_used_s = time.monotonic()
+        self._watches.move_to_end(channel)
         return watch.view
 
+    def __len__(self) -> int:
+        return len(self._watches)
+
     async def ensure(self, channel: ChannelName, since: Position | None) -> None:
-        """Watch ``channel`` from now on, seeded from ``since`` where history has it.
+        """Watch ``channel`` from now on, seeded from ``since`` where history has it,
+        unless the cap is reached and no watch can be let go (see the module docstring).
 
         Raises:
             Unavailable: the broker failed; nothing is watched.
@@ -152,6 +183,8 @@ class PollWatches:
         creating = self._creating.get(channel)
         if creating is not None:
             await asyncio.shield(creating)
+            return
+        if len(self._watches) + len(self._creating) >= self._max_watches and not self._evict():
             return
         done = self._creating[channel] = asyncio.get_running_loop().create_future()
         watch = Watch(self, channel, self._new_client_id())
@@ -165,6 +198,15 @@ class PollWatches:
         finally:
             del self._creating[channel]
             done.set_result(None)
+
+    def _evict(self) -> bool:
+        """Let go of the least recently used watch no long poll waits on; return whether
+        one was found among the ``EVICTION_SCAN`` least recently used."""
+        for _, watch in zip(range(EVICTION_SCAN), self._watches.values(), strict=False):
+            if not watch.waiters:
+                self.drop(watch)
+                return True
+        return False
 
     def park(
         self, channels: Sequence[ChannelName], wait_s: float, on_wake: Callable[[], None]

@@ -88,7 +88,9 @@ class WebSocketSession(StreamConnection):
     def _heartbeat_chunk(self) -> str:
         return _PING_PUSH  # PROTOCOL.md §3: browsers cannot see ping frames
 
-    def _goodbye(self, code: int, reason: str, reconnect: bool, url: str | None) -> str:
+    def _goodbye(
+        self, code: int, reason: str, reconnect: bool, url: str | None, delay_ms: int | None
+    ) -> str:
         push: dict[str, object] = {
             "push": "disconnect",
             "code": code,
@@ -97,6 +99,8 @@ class WebSocketSession(StreamConnection):
         }
         if url is not None:
             push["url"] = url
+        if delay_ms is not None:
+            push["delay"] = delay_ms
         return encode_json(push).decode()
 
     async def _write(self, chunks: list[str]) -> None:
