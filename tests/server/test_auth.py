@@ -36,6 +36,11 @@ def test_a_valid_token_names_its_user_and_channels() -> None:
     assert credentials.expires is not None
 
 
+def test_a_fractional_exp_is_rounded_up() -> None:
+    exp = int(time.time()) + 60.25
+    assert Authenticator(SECRET).authenticate(token({"sub": "a", "exp": exp})).expires == exp + 0.75
+
+
 def test_a_token_without_exp_is_refused_saying_why() -> None:
     with pytest.raises(Unauthorized, match="no exp claim"):
         Authenticator(SECRET).authenticate(token({"sub": "alice"}))

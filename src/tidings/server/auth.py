@@ -12,6 +12,7 @@ expire); ``channels`` optionally lists channels or patterns.
 from __future__ import annotations
 
 import hmac
+import math
 from collections.abc import Awaitable
 from typing import Final
 
@@ -154,8 +155,9 @@ def _credentials(claims: dict[str, object]) -> Credentials:
     if not isinstance(sub, str):
         raise Unauthorized("the token's sub claim must be a string")
     exp = claims.get("exp")
-    # PyJWT has checked that exp, where present, is a number.
-    expires = int(exp) if isinstance(exp, int | float) else None
+    # PyJWT has checked that exp, where present, is a number; a fractional one is
+    # rounded up, so a connection is never ended while its token is still valid.
+    expires = math.ceil(exp) if isinstance(exp, int | float) else None
     channels = claims.get("channels")
     if channels is None:
         return Credentials(sub, expires=expires)
