@@ -137,6 +137,24 @@ async def test_a_token_of_a_new_kid_waits_for_the_key_set_fetched_again(
     await keys.close()
 
 
+async def test_malformed_and_foreign_entries_of_a_key_set_are_skipped(
+    key_set: KeySetServer,
+) -> None:
+    private = ec_key()
+    key_set.publish(("good", private))
+    key_set.document["keys"] += [
+        {"kty": "RSA", "kid": "broken", "n": "!!", "e": "AQAB"},
+        {"kty": "oct", "kid": "secret", "k": "c2VjcmV0"},  # a symmetric key: never used
+        {"kid": "no-type"},
+        "not an object",
+    ]
+    keys = JwksKeys(key_set.url, refresh_s=300)
+    await keys.refresh()
+    auth = Authenticator(None, jwks=keys)
+    assert auth.authenticate(signed(private, "ES256", "good")).user == "alice"
+    assert set(keys._keys) == {"good"}
+
+
 async def test_a_failed_fetch_keeps_the_keys_held(key_set: KeySetServer) -> None:
     private = ec_key()
     key_set.publish(("k", private))

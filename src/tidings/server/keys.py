@@ -152,7 +152,7 @@ def _parse_key_set(document: object, url: str) -> dict[str | None, jwt.PyJWK]:
             continue
         try:
             key = jwt.PyJWK(entry)
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, ValueError, KeyError, TypeError) as exc:  # a malformed entry
             logger.warning("JWKS %s: skipping key %r: %s", url, entry.get("kid"), exc)
             continue
         if key.algorithm_name in PUBLIC_KEY_ALGORITHMS:
