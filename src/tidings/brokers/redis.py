@@ -133,7 +133,7 @@ from tidings.brokers.redis_scripts import (
 )
 from tidings.clock import Clock, SystemClock
 from tidings.core.channel import ChannelName
-from tidings.core.dedupe import DedupeOptions
+from tidings.core.dedupe import DedupeOptions, dedupe_key
 from tidings.core.history import HistoryOptions
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import ClientInfo, Position, Publication
@@ -739,7 +739,7 @@ class RedisBroker:
             self._epoch_factory(),
             encode_body(data, now_ms, key, info),
             now_ms,
-            key or "",
+            "" if key is None else dedupe_key(key, info),
             history.size,
             history.ttl_ms,
             max(1, self._dedupe.window_ms),

@@ -56,7 +56,7 @@ from tidings.brokers.memory import LocalPresence, random_epoch
 from tidings.clock import Clock, SystemClock
 from tidings.core.channel import ChannelName
 from tidings.core.channel_log import ChannelLog, Duplicate
-from tidings.core.dedupe import DedupeOptions, DedupeWindow
+from tidings.core.dedupe import DedupeOptions, DedupeWindow, dedupe_key
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Gap, GapReason, Replay, decide_recovery
@@ -242,7 +242,11 @@ class _Store:
             )
             db.executemany(
                 _INSERT_KEY,
-                [(p.channel, p.offset, p.key, p.ts) for p in publications if p.key is not None],
+                [
+                    (p.channel, p.offset, dedupe_key(p.key, p.info), p.ts)
+                    for p in publications
+                    if p.key is not None
+                ],
             )
             db.executemany(_UPSERT_CHANNEL, [(c, p.epoch, p.offset) for c, p in heads.items()])
             db.executemany(
@@ -531,7 +535,7 @@ class SqliteBroker:
         assert state is not None
         now_ms = self._clock.now_ms()
         if key is not None:
-            earlier = state.earlier_keys.lookup(key, now_ms)
+            earlier = state.earlier_keys.lookup(dedupe_key(key, info), now_ms)
             if earlier is not None:
                 return PublishResult(Position(state.log.epoch, earlier), duplicate=True)
         outcome = state.log.append(data, now_ms, key, info)

@@ -24,6 +24,8 @@ from tidings.core.history import HistoryOptions
 from tidings.core.namespace import NamespaceOptions, Namespaces, Policy, default_namespaces
 from tidings.core.origin import is_loopback_host
 from tidings.errors import ConfigError
+from tidings.server.auth import check_hs256_secret
+from tidings.server.keys import load_public_key
 from tidings.server.units import parse_duration_s, parse_size_bytes
 
 ENV_PREFIX: Final = "TIDINGS_"
@@ -48,6 +50,10 @@ class Settings:
     broker: str | None = None
     api_key: str | None = None
     jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_jwks_refresh_s: float = 300.0
+    jwt_require_exp: bool = True
     allowed_origins: tuple[str, ...] = ()
     ping_interval_s: float = 25.0
     max_connections: int = 10_000
@@ -228,6 +234,10 @@ _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "broker": _as_optional_str,
     "api_key": _as_api_key,
     "jwt_secret": _as_secret,
+    "jwt_public_key": _as_optional_str,
+    "jwt_jwks_url": _as_optional_str,
+    "jwt_jwks_refresh": parse_duration_s,
+    "jwt_require_exp": _as_bool,
     "allowed_origins": _as_origins,
     "ping_interval": parse_duration_s,
     "max_connections": _as_int,
@@ -255,6 +265,7 @@ _FIELD_OF: Final = {
     "outbound_buffer": "outbound_buffer_bytes",
     "dedupe_window": "dedupe_window_s",
     "shutdown_timeout": "shutdown_timeout_s",
+    "jwt_jwks_refresh": "jwt_jwks_refresh_s",
     "drain_window": "drain_window_s",
     "publish_timeout": "publish_timeout_s",
     "connect_timeout": "connect_timeout_s",
@@ -434,4 +445,21 @@ def load_settings(
         settings = _apply(settings, given, "arguments", tables)
     settings = replace(settings, namespaces=_build_namespaces(tables))
     _check_open_api(settings)
+    _check_token_keys(settings)
     return settings
+
+
+def _check_token_keys(settings: Settings) -> None:
+    """Refuse at start what would refuse every token later: a short HS256 secret, an
+    unreadable public key, two public key sources, a JWKS URL that is not HTTP."""
+    if settings.jwt_secret is not None:
+        check_hs256_secret(settings.jwt_secret)
+    if settings.jwt_public_key is not None:
+        if settings.jwt_jwks_url is not None:
+            raise ConfigError("set jwt_public_key or jwt_jwks_url, not both")
+        load_public_key(settings.jwt_public_key)
+    url = settings.jwt_jwks_url
+    if url is not None and not url.startswith(("https://", "http://")):
+        raise ConfigError(f"jwt_jwks_url must be an http(s) URL, got {url!r}")
+    if settings.jwt_jwks_refresh_s <= 0:
+        raise ConfigError("jwt_jwks_refresh must be more than 0")

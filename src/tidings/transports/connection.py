@@ -13,6 +13,11 @@ back instead: while more than the bound waits to be sent, the transport reads no
 further command and writes no further replay until it has left
 (``has_reply_backlog``, ``wait_replies_taken``). A disconnect sends the transport's
 goodbye after what is already pending, then ends the connection.
+
+A connection whose token carries ``exp`` is disconnected when it expires (4001, "token
+expired", reconnect advised: the client gets a fresh token and comes back) unless a
+new token replaced it first (the WebSocket ``refresh`` command). Expiries are deadlines
+on the node's one wheel (``TransportContext.deadlines``), not a timer per connection.
 """
 
 from __future__ import annotations
@@ -20,16 +25,24 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
+from typing import Final
 
 from tidings.core.channel import ChannelName
 from tidings.core.permission import ANONYMOUS, Credentials
 from tidings.core.wire import EncodedPublication
 from tidings.hub.registry import PresenceEvent
-from tidings.transports.close_codes import CLOSE_PUBLICATIONS_LOST, CLOSE_SLOW_CONSUMER
+from tidings.transports.close_codes import (
+    CLOSE_PUBLICATIONS_LOST,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_UNAUTHORIZED,
+)
 from tidings.transports.context import TransportContext
+from tidings.transports.deadlines import Deadline
 from tidings.transports.outbound import Outbound
 
 logger = logging.getLogger(__name__)
+
+TOKEN_EXPIRED: Final = "token expired"
 
 
 class StreamConnection(ABC):
@@ -41,6 +54,7 @@ class StreamConnection(ABC):
         "_bound",
         "_closing",
         "_context",
+        "_expiry",
         "_out",
         "client_id",
         "credentials",
@@ -57,6 +71,7 @@ class StreamConnection(ABC):
         self.subscriptions: set[ChannelName] = set()
         self.peer: tuple[str, int] | None = None  # the client's address, for the log
         self._closing: tuple[int, str] | None = None
+        self._expiry: Deadline | None = None
         # Requested bytes still pending: exempt from the slow-consumer bound.
         self._allowance = 0
         self._bound = context.limits.outbound_buffer_bytes
@@ -189,12 +204,34 @@ class StreamConnection(ABC):
         goodbye = self._goodbye(code, reason, reconnect, url, delay_ms)
         self._out.finish(goodbye, code, reason)
 
+    def watch_expiry(self) -> None:
+        """(Re)start the deadline of ``credentials.expires``; call after each change of
+        credentials. Already expired: disconnect at once."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        expires = self.credentials.expires
+        if expires is None or self._closing is not None:
+            return
+        remaining_s = expires - time.time()
+        if remaining_s <= 0:
+            self._expired()
+        else:
+            self._expiry = self._context.deadlines.call_after(remaining_s, self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
+        self.disconnect(CLOSE_UNAUTHORIZED, TOKEN_EXPIRED, reconnect=True)
+
     async def _stop_outbound(self) -> None:
         """At the connection's end: let a goodbye in progress flush (bounded), or stop
         at once if the client ended the connection."""
         await self._out.stop(client_left=self._closing is None)
 
     async def _leave_all(self) -> None:
+        if self._expiry is not None:  # the connection ends: its expiry no longer matters
+            self._expiry.cancel()
+            self._expiry = None
         hub = self._context.hub
         namespaces = self._context.namespaces
         for channel in list(self.subscriptions):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -15,7 +16,8 @@ from tidings.hub.sessions import SessionRegistry
 from tidings.transports.deadlines import Deadlines
 from tidings.transports.refusals import Refusals
 
-# Connection deadlines (the ``connect`` command's) fire at most this late.
+# Connection deadlines (the ``connect`` command's, tokens' expiries) fire at most this late:
+# those due within the same second share one timer.
 DEADLINE_GRAIN_S: Final = 1.0
 
 
@@ -29,6 +31,10 @@ class Authenticator(Protocol):
 
     def authenticate(self, token: str | None) -> Credentials:
         """Verify ``token``; raises ``Unauthorized``."""
+        ...
+
+    def pending_keys(self, token: str | None) -> Awaitable[None] | None:
+        """What to await before ``authenticate`` can find the token's key, if anything."""
         ...
 
 

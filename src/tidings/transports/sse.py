@@ -7,7 +7,9 @@ once (``outbound.py``). A second task waits for the client to go away. Every
 publication is one ``event: pub`` with one ``data:`` line (publication JSON never
 holds a raw CR or LF: see ``commands.single_line_json``) and an ``id:`` that is the
 cursor of *all* the stream's channels after it, so a browser's automatic
-``Last-Event-ID`` resumes every channel.
+``Last-Event-ID`` resumes every channel. A stream whose token expires ends with
+``event: disconnect`` (4001, "token expired", reconnect: the client comes back with
+a fresh token): ``StreamConnection.watch_expiry``.
 
 Start-up order matters: the ``subscribed`` event's ``id`` is the cursor of the
 positions the stream starts *from* (before any replayed publication), so a client
@@ -233,7 +235,11 @@ class SseTransport:
             channels, since = _parse_request(scope, headers)
             check_channel_count(len(channels), context.limits.max_channels_per_connection)
             cookie = headers.get("cookie") if access.accepts_cookies else None
-            session.credentials = context.authenticator.authenticate(_token(scope, headers, cookie))
+            token = _token(scope, headers, cookie)
+            pending = context.authenticator.pending_keys(token)  # a JWKS key to fetch
+            if pending is not None:
+                await pending
+            session.credentials = context.authenticator.authenticate(token)
             for channel in channels:
                 check_subscribe(
                     channel, context.namespaces.options_for(channel), session.credentials
@@ -255,6 +261,9 @@ class SseTransport:
                     "headers": _stream_headers(cors),
                 }
             )
+            # After the response started: an expiry ends the stream with a
+            # ``disconnect`` event (4001, "token expired"), never before its headers.
+            session.watch_expiry()
             await session.open(channels, since)
             await session.run(receive)
         except Exception:

@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from tidings.core import commands as cmd
 from tidings.core.origin import is_origin_allowed
-from tidings.core.permission import check_publish, check_subscribe
+from tidings.core.permission import Credentials, check_publish, check_subscribe
 from tidings.core.publication import ClientInfo
 from tidings.core.rate import TokenBucket
 from tidings.core.recovery import Replay
@@ -130,6 +130,7 @@ class WebSocketSession(StreamConnection):
             if context.draining:
                 raise ConnectionClosed(4503, "server draining", reconnect=True)
             if token is not None or not context.authenticator.requires_token:
+                await self._keys_for(token)
                 self._authenticate(token)
             context.sessions.add(self, authenticated=self.connected)
             registered = True
@@ -176,9 +177,16 @@ class WebSocketSession(StreamConnection):
         await self._send({"type": "websocket.accept"})
         return True, _handshake_token(scope, headers)
 
+    async def _keys_for(self, token: str | None) -> None:
+        # A JWKS key not fetched yet (the issuer rotated): wait for it, then verify.
+        pending = self._context.authenticator.pending_keys(token)
+        if pending is not None:
+            await pending
+
     def _authenticate(self, token: str | None) -> None:
         self.credentials = self._context.authenticator.authenticate(token)
         self.connected = True
+        self.watch_expiry()
 
     def _await_connect(self) -> None:
         """Give a socket that must authenticate ``connect_timeout`` to send its ``connect``:
@@ -249,6 +257,8 @@ class WebSocketSession(StreamConnection):
         except Unauthorized as error:
             self._context.refusals.refused_request(error, self.peer)
             self._reply_error(command.id, error)
+            if isinstance(command, cmd.Refresh) and self.connected:
+                return  # a refused refresh leaves the connection on its current token
             raise ConnectionClosed(CLOSE_UNAUTHORIZED, error.message) from None
         except RequestError as error:
             self._context.refusals.refused_request(error, self.peer)
@@ -267,11 +277,13 @@ class WebSocketSession(StreamConnection):
 
     async def _dispatch(self, command: cmd.Command) -> dict[str, Any]:
         if isinstance(command, cmd.Connect):
-            return self._connect(command)
+            return await self._connect(command)
         if not self.connected:
             raise Unauthorized("send a connect command with a token first")
         if isinstance(command, cmd.Subscribe):
             return await self._subscribe(command)
+        if isinstance(command, cmd.Refresh):
+            return await self._refresh(command)
         if isinstance(command, cmd.Unsubscribe):
             return await self._unsubscribe(command)
         if isinstance(command, cmd.Publish):
@@ -282,10 +294,11 @@ class WebSocketSession(StreamConnection):
             return await self._presence(command)
         return {}  # ping
 
-    def _connect(self, command: cmd.Connect) -> dict[str, Any]:
+    async def _connect(self, command: cmd.Connect) -> dict[str, Any]:
         if self.subscriptions:
             raise BadRequest("connect must come before any subscribe")
         if command.token is not None or not self.connected:
+            await self._keys_for(command.token)
             old_user = self.user
             self._authenticate(command.token)
             sessions = self._context.sessions
@@ -294,12 +307,26 @@ class WebSocketSession(StreamConnection):
             if self._connect_deadline is not None:
                 self._connect_deadline.cancel()
                 self._connect_deadline = None
-        return {
+        result: dict[str, Any] = {
             "client": self.client_id,
             "user": self.user,
             "ping": self._context.ping_interval_s,
             "version": PROTOCOL_VERSION,
         }
+        return _with_expires(result, self.credentials)
+
+    async def _refresh(self, command: cmd.Refresh) -> dict[str, Any]:
+        """Take a new token of the same user; the expiry moves to the new token's."""
+        await self._keys_for(command.token)
+        credentials = self._context.authenticator.authenticate(command.token)
+        if credentials.user != self.user:
+            raise PermissionDenied(
+                f"a refresh token must name this connection's user {self.user!r}, not "
+                f"{credentials.user!r}: connect again to change user"
+            )
+        self.credentials = credentials
+        self.watch_expiry()
+        return _with_expires({}, credentials)
 
     async def _subscribe(self, command: cmd.Subscribe) -> dict[str, Any]:
         channel = command.channel_name
@@ -371,6 +398,14 @@ class WebSocketSession(StreamConnection):
             raise PermissionDenied(f"presence is off in the namespace of {channel}")
         clients = await self._context.hub.presence(channel)
         return {"clients": {client: {"user": user} for client, user in clients.items()}}
+
+
+def _with_expires(result: dict[str, Any], credentials: Credentials) -> dict[str, Any]:
+    """Add ``expires`` (the token's ``exp``, Unix seconds) where the token has one: when
+    the client must have refreshed by."""
+    if credentials.expires is not None:
+        result["expires"] = credentials.expires
+    return result
 
 
 def _headers(scope: Scope) -> dict[str, str]:
