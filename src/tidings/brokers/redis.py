@@ -661,6 +661,11 @@ class RedisBroker:
         """
         history = self._namespaces.options_for(channel).history
         now_ms = self._clock.now_ms()
+        topic = topic_of(self._target.prefix, self._db, channel)
+        # A head behind what this node delivered was rolled back in place: the script
+        # moves it to a new epoch (see redis_scripts).
+        state = self._states.get(topic)
+        floor = None if state is None else state.last
         args = (
             self._epoch_factory(),
             encode_body(data, now_ms, key, info),
@@ -670,9 +675,11 @@ class RedisBroker:
             history.ttl_ms,
             max(1, self._dedupe.window_ms),
             self._dedupe.max_keys,
-            topic_of(self._target.prefix, self._db, channel),
+            topic,
             self._publish_command,
             channel,
+            "" if floor is None else floor.epoch,
+            0 if floor is None else floor.offset,
         )
         reply = await self._run(PUBLISH, channel, args, f"publishing in {channel}")
         epoch, offset, duplicate = reply
@@ -1027,7 +1034,8 @@ class RedisBroker:
         channel = state.channel
         if gap.reason is GapReason.EPOCH_CHANGED:
             logger.warning(
-                "Redis lost the history of %s: epoch %s replaced %s",
+                "Redis lost or rolled back %s (restarted, failed over, slot moved): "
+                "epoch %s replaced %s",
                 channel,
                 head.epoch,
                 since.epoch,
