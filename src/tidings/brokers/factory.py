@@ -20,13 +20,19 @@ REDIS_CLUSTER_SCHEME: Final = "redis-cluster://"
 
 
 def create_broker(
-    broker: str | None, data: str | Path | None, namespaces: Namespaces, dedupe: DedupeOptions
+    broker: str | None,
+    data: str | Path | None,
+    namespaces: Namespaces,
+    dedupe: DedupeOptions,
+    *,
+    sqlite_durability: str = "full",
 ) -> Broker:
     """Return the broker named by ``broker`` (a URL) or, without one, by ``data``.
 
     ``redis://host:port/db`` (also ``rediss://``, ``unix://``) is the Redis broker,
     ``redis-cluster://host:port`` the Redis Cluster one; ``memory`` or nothing is the
-    memory broker, or the sqlite broker keeping its files in ``data`` if given.
+    memory broker, or the sqlite broker keeping its files in ``data`` if given, with
+    ``sqlite_durability`` (``full`` or ``fast``, see ``brokers.sqlite``).
 
     Raises:
         ConfigError: an unknown broker URL, or ``data`` given with a remote broker.
@@ -34,9 +40,17 @@ def create_broker(
     if broker in (None, "", "memory"):
         if data is None:
             return MemoryBroker(namespaces, dedupe=dedupe)
-        from tidings.brokers.sqlite import SqliteBroker  # noqa: PLC0415  (see module docstring)
+        from tidings.brokers.sqlite import (  # noqa: PLC0415  (see module docstring)
+            DURABILITIES,
+            SqliteBroker,
+        )
 
-        return SqliteBroker(data, namespaces, dedupe=dedupe)
+        for durability in DURABILITIES:
+            if durability == sqlite_durability:
+                return SqliteBroker(data, namespaces, dedupe=dedupe, durability=durability)
+        raise ConfigError(
+            f"sqlite_durability must be one of {list(DURABILITIES)}, got {sqlite_durability!r}"
+        )
     assert broker is not None
     if data is not None:
         raise ConfigError("data (the sqlite directory) applies only to the embedded broker")

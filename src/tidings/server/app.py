@@ -60,7 +60,13 @@ HEARTBEAT_TICK_S: Final = 1.0
 def broker_for(settings: Settings) -> Broker:
     """Return the broker the settings name: sqlite with ``data``, else memory."""
     dedupe = DedupeOptions(window_ms=int(settings.dedupe_window_s * 1000))
-    return create_broker(settings.broker, settings.data, settings.namespace_table(), dedupe)
+    return create_broker(
+        settings.broker,
+        settings.data,
+        settings.namespace_table(),
+        dedupe,
+        sqlite_durability=settings.sqlite_durability,
+    )
 
 
 class TidingsApp:
