@@ -211,6 +211,9 @@ class _Store:
             epoch = _meta(db, "epoch")
             assert epoch is not None, "inserted above"
             db.execute("COMMIT")
+            # Into the main file too: a power loss may take the WAL of a fast session,
+            # but never what a checkpoint wrote (and synced) before it.
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             if durability == "fast":
                 db.execute("PRAGMA synchronous=NORMAL")
                 self._unsynced = True
