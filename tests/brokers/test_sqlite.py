@@ -463,12 +463,12 @@ def lose_power(directory: Path, survivor: Path) -> None:
 
 async def test_default_durability_fsyncs_every_commit(directory: Path, clock: FakeClock) -> None:
     async with running(directory, clock) as broker:
-        writer = broker._writer  # noqa: SLF001  (the broker's own connection, in its thread)
-        store = broker._store  # noqa: SLF001
+        writer = broker._writer  # the broker's own connection, in its thread
+        store = broker._store
         assert writer is not None
 
         def level() -> int:
-            connection = store._connection()  # noqa: SLF001
+            connection = store._connection()
             return int(connection.execute("PRAGMA synchronous").fetchone()[0])
 
         synchronous = await writer.submit(level)
