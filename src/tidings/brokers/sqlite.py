@@ -441,6 +441,7 @@ class SqliteBroker:
 
     Attributes:
         commits: how many write transactions committed (one per batch of publications).
+        file: the database file.
     """
 
     def __init__(
@@ -466,7 +467,7 @@ class SqliteBroker:
                 f"sqlite durability must be one of {list(DURABILITIES)}, got {durability!r}"
             )
         self._durability: Durability = durability
-        self._file = Path(path) / DB_FILE_NAME
+        self._file = self.file = Path(path) / DB_FILE_NAME
         self._namespaces = namespaces
         self._clock = clock or SystemClock()
         self._dedupe = dedupe or DedupeOptions()
