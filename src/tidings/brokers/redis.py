@@ -31,11 +31,28 @@ Choices, and why:
 Lost data. If Redis loses a channel (restart without persistence, FLUSHALL, eviction of
 its head), the next script to touch it finds no head and starts a new epoch from a
 candidate the caller drew (``epoch_factory``), deleting any stream left over, so offsets
-restart at 1 under an epoch no client holds: resuming clients are told ``Gap``. If Redis
-is *rolled back* (restarted from an older snapshot), a node that had delivered offsets
-past the restored head notices when it fills the gap after reconnecting and renames
-what Redis holds of the channel to a new epoch (``redis_scripts.RESET``), so those
-offsets are never handed out again under the old one; see docs/brokers/redis.md.
+restart at 1 under an epoch no client holds: resuming clients are told ``Gap``.
+
+Rollbacks: Redis back *older* than it was (restarted from an RDB or an AOF ``everysec``
+after a power cut, a replica promoted before it had the last writes), whatever the
+length of the rollback. Which channels rolled back, and how far, no node can know: a
+node knows only the channels it touched, and the publications of the others may have
+been given out by any node. So the decision is Redis's own, in every script: each head
+records the ``run_id`` of the Redis process that wrote it, and a process finding a head
+of another process moves that channel to a new epoch first (``redis_scripts``: same
+offsets and history, renamed). No position is given out twice, and the clients of the
+channel are told: this node sees publications of the new epoch, which the hub reports
+as a gap (4504, then ``recovered: false``). The price: after *any* restart or failover
+of Redis (or a slot migration in a cluster), resuming clients of the channels touched
+since are told ``recovered: false``, even when nothing was lost; history stays readable.
+Two cheaper ideas were rejected as unsound: a node remembering each channel's highest
+position catches only the channels it touched (another node's publishes at reused
+positions go through, and this node then drops them as repeats); checking Redis's
+``run_id`` on reconnect misses the publish sent on a connection opened to the new
+process before the check, and a replica promoted behind the same address. A rollback
+that keeps the Redis process (``DEBUG RELOAD``) keeps its ``run_id``: the publish script
+catches it for the channels this node is subscribed to (its last position is a floor),
+and syncing catches it when a node's last offset is past the head (``_jump``, ``RESET``).
 
 Theory of operation: subscriptions and delivery
 -----------------------------------------------
