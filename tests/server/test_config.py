@@ -107,3 +107,11 @@ def test_a_bad_environment_value_names_the_variable_setting() -> None:
         load_settings(environ={"TIDINGS_MAX_CONNECTIONS": "many"})
     with pytest.raises(ConfigError, match="TIDINGS_NAMESPACES__<NAME>__<SETTING>"):
         load_settings(environ={"TIDINGS_A__B": "1"})
+
+
+def test_sqlite_durability_is_full_unless_set_to_fast() -> None:
+    assert load_settings().sqlite_durability == "full"
+    fast = load_settings(environ={"TIDINGS_SQLITE_DURABILITY": "fast"})
+    assert fast.sqlite_durability == "fast"
+    with pytest.raises(ConfigError, match="sqlite_durability"):
+        load_settings(environ={"TIDINGS_SQLITE_DURABILITY": "sometimes"})
