@@ -32,8 +32,14 @@ hold an *older* head, whose next offsets were given out already, for other data.
 renames the channel to a new epoch (the candidate, as for a lost head; same offsets,
 same stream) before anything else touches it, and stamps the head as its own. No
 position of the old epoch is given out again, whatever the length of the rollback, and
-every client resuming from one is told ``recovered: false``. The check costs one
-``INFO server`` per script, about 4 us of Redis time (``benchmarks/brokers.py``). A
+every client resuming from one is told ``recovered: false``. The ``run_id`` is the last
+argument of those scripts (``RedisScript.stamps``): on one Redis, the runner reads it
+with ``INFO server`` on each connection when it connects (again at every reconnect,
+before the connection carries a script), so a script carries the ``run_id`` of the
+process it is sent to, for free; a restart or a failover breaks every connection. In a
+cluster, redis-py routes and redirects the calls, so the argument is empty and the
+script asks ``INFO server`` itself, which roughly doubles Redis's CPU per publish
+(``benchmarks/RESULTS.md``). A
 head without ``run`` (written by an earlier tidings) is adopted as it is. A rollback
 that keeps the process (``DEBUG RELOAD``) is caught only by a node that had seen a
 later position: the publish script takes the node's own last position as a floor.
@@ -43,6 +49,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -64,7 +72,10 @@ MAX_CLUSTER_CALLS_IN_FLIGHT: Final = 64
 # Each script's KEYS, in this order: head, history, key-offsets, key-times.
 _ENSURE_HEAD: Final = """
 local head = KEYS[1]
-local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local run = ARGV[#ARGV]
+if run == '' then
+  run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+end
 local stored = redis.call('HMGET', head, 'epoch', 'run')
 local epoch = stored[1]
 local created = false
@@ -200,15 +211,17 @@ class RedisScript:
     name: str
     source: str
     sha: str
+    stamps: bool = False  # takes the Redis process's run_id as its last argument
 
     @classmethod
-    def of(cls, name: str, source: str) -> RedisScript:
-        """Return the script ``source`` named ``name`` (for logs)."""
-        return cls(name, source, hashlib.sha1(source.encode()).hexdigest())
+    def of(cls, name: str, source: str, *, stamps: bool = False) -> RedisScript:
+        """Return the script ``source`` named ``name`` (for logs); with ``stamps``, the
+        runner appends the ``run_id`` of the Redis process it runs in (or ``""``)."""
+        return cls(name, source, hashlib.sha1(source.encode()).hexdigest(), stamps)
 
 
-PUBLISH: Final = RedisScript.of("publish", PUBLISH_SOURCE)
-READ: Final = RedisScript.of("read", READ_SOURCE)
+PUBLISH: Final = RedisScript.of("publish", PUBLISH_SOURCE, stamps=True)
+READ: Final = RedisScript.of("read", READ_SOURCE, stamps=True)
 RESET: Final = RedisScript.of("reset", RESET_SOURCE)
 
 
@@ -351,6 +364,11 @@ class ScriptRunner:
 
     def __init__(self, client: Redis | RedisCluster) -> None:
         self._client = client
+        # The run_id of the Redis process at the other end of each pooled connection,
+        # learnt when it connects (see the module docstring, "Rollbacks").
+        self._run_ids: weakref.WeakKeyDictionary[AbstractConnection, bytes] = (
+            weakref.WeakKeyDictionary()
+        )
         self._queue: list[_Call] = []
         self._flush_scheduled = False
         self._batches: set[asyncio.Task[None]] = set()
@@ -366,6 +384,8 @@ class ScriptRunner:
         """
         client = self._client
         if isinstance(client, RedisCluster):
+            if script.stamps:
+                args = (*args, "")  # the script reads INFO itself: see the module docstring
             async with self._cluster_slots:
                 try:
                     return await client.evalsha(script.sha, len(keys), *keys, *args)
@@ -408,10 +428,11 @@ class ScriptRunner:
         try:
             connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated
             try:
-                unknown = await _exchange(connection, calls, by_sha=True)
+                run_id = await self._run_id(connection)
+                unknown = await _exchange(connection, calls, run_id, by_sha=True)
                 if unknown:
                     # NOSCRIPT: those did not run. EVAL runs them and caches the script.
-                    await _exchange(connection, unknown, by_sha=False)
+                    await _exchange(connection, unknown, run_id, by_sha=False)
             finally:
                 await pool.release(connection)
         except BaseException as exc:  # handed to every caller still waiting
@@ -425,9 +446,27 @@ class ScriptRunner:
             if not isinstance(exc, Exception):
                 raise
 
+    async def _run_id(self, connection: AbstractConnection) -> bytes:
+        run_id = self._run_ids.get(connection)
+        if run_id is None:
+            connection.register_connect_callback(self._learn_run_id)  # type: ignore[no-untyped-call]  # unannotated in redis-py
+            await self._learn_run_id(connection)
+            run_id = self._run_ids[connection]
+        return run_id
+
+    async def _learn_run_id(self, connection: AbstractConnection) -> None:
+        """Read the run_id of the Redis process ``connection`` is connected to. Called
+        by redis-py after every (re)connect, before the connection carries anything."""
+        await connection.send_command("INFO", "server", check_health=False)
+        info = await connection.read_response()
+        found = re.search(rb"run_id:([0-9a-f]+)", info if isinstance(info, bytes) else b"")
+        if found is None:
+            raise ResponseError(f"INFO server has no run_id: {info!r:.200}")
+        self._run_ids[connection] = found.group(1)
+
 
 async def _exchange(
-    connection: AbstractConnection, calls: Sequence[_Call], *, by_sha: bool
+    connection: AbstractConnection, calls: Sequence[_Call], run_id: bytes, *, by_sha: bool
 ) -> list[_Call]:
     """Send ``calls`` in one write (a pipeline) and settle each call with its reply, in
     order; return the calls Redis did not run because it did not know the script.
@@ -435,8 +474,12 @@ async def _exchange(
     Commands are packed here rather than by redis-py: its generic packing was most of
     the client's time per publish (``benchmarks/brokers.py``).
     """
+    if not connection.is_connected:
+        # redis-py would reconnect while sending, to a process whose run_id the packed
+        # calls do not carry: fail them instead (a publish may always fail).
+        raise ConnectionError("the connection to Redis was lost")
     await connection.send_packed_command(
-        b"".join(_pack(call, by_sha=by_sha) for call in calls), check_health=False
+        b"".join(_pack(call, run_id, by_sha=by_sha) for call in calls), check_health=False
     )
     unknown = []
     for call in calls:
@@ -454,7 +497,7 @@ async def _exchange(
     return unknown
 
 
-def _pack(call: _Call, *, by_sha: bool) -> bytes:
+def _pack(call: _Call, run_id: bytes, *, by_sha: bool) -> bytes:
     """Return ``call`` as an EVALSHA (or EVAL) command in RESP."""
     script = call.script
     parts = [
@@ -464,6 +507,8 @@ def _pack(call: _Call, *, by_sha: bool) -> bytes:
         *(key.encode() for key in call.keys),
         *(_argument(value) for value in call.args),
     ]
+    if script.stamps:
+        parts.append(run_id)
     return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
