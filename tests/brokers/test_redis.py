@@ -29,6 +29,7 @@ from tests.support.redis_cluster import (
     LocalRedisCluster,
     RedisServer,
     redis_cli,
+    start_cluster,
     redis_cluster,  # noqa: F401  (a fixture used here)
 )
 from tests.support.services import REDIS_HOST, REDIS_PORT, require_service
@@ -557,6 +558,44 @@ async def test_redis_back_from_an_older_snapshot_never_gives_a_position_twice(
     # Node A tells its hub of the new epoch (the hub makes its clients resume, and they
     # hear recovered: false): every publication after the old ones is of the new epoch.
     assert {p.epoch for p in handler.publications[5:]} == {after.epoch}
+
+
+async def test_a_replica_promoted_without_the_last_writes_never_gives_a_position_twice(
+    tmp_path: Path,
+) -> None:
+    cluster = start_cluster(tmp_path / "cluster", replicas=1)
+    channel = unique_channel()
+    slot = key_slot(ChannelKeys.of("tidings", channel).head.encode())
+    try:
+        async with running(cluster.url) as broker:
+            for n in range(3):
+                await broker.publish(channel, data(n))
+            replica = cluster.cut_off_replica_of(cluster.owner_of(slot))
+            given = [(await broker.publish(channel, data(n))).position for n in (3, 4)]
+            await asyncio.to_thread(cluster.kill_master_of, slot, replica)
+
+            after = await _publish_when_back(broker, channel, 5)
+    finally:
+        cluster.stop()
+    assert after.epoch != given[-1].epoch
+
+
+async def test_trusted_restarts_keep_the_epochs(dedicated: RedisServer) -> None:
+    channel = unique_channel()
+    async with running(dedicated.url + "?trust_restarts=yes") as broker:
+        before = await broker.publish(channel, data(1))
+        dedicated.cli("SAVE")
+        dedicated.stop()
+        dedicated.start()
+        after = await _publish_when_back(broker, channel, 2)
+    assert after == Position(before.position.epoch, 2)
+
+
+def test_trust_restarts_is_yes_or_no() -> None:
+    assert RedisTarget.parse("redis://h:1/0?trust_restarts=yes").trust_restarts
+    assert not RedisTarget.parse("redis://h:1/0").trust_restarts
+    with pytest.raises(ConfigError, match="trust_restarts"):
+        RedisTarget.parse("redis://h:1/0?trust_restarts=maybe")
 
 
 async def test_redis_rolled_back_in_place_is_caught_by_the_node_that_saw_later(

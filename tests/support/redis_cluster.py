@@ -233,6 +233,26 @@ class LocalRedisCluster:
         """The server listening on ``port``."""
         return next(server for server in self.servers if server.port == port)
 
+    def replicas_in_sync(self) -> bool:
+        """Whether every replica's link to its master is up."""
+        roles = [redis_cli(port, "INFO", "replication", timeout_s=1.0) for port in self.ports]
+        replicas = [role for role in roles if "role:slave" in role]
+        masters = [role for role in roles if "role:master" in role]
+        return (
+            len(replicas) + len(masters) == len(self.ports)
+            and all("master_link_status:up" in role for role in replicas)
+            and len(replicas) > 0
+        )
+
+    def cut_off_replica_of(self, port: int) -> RedisServer:
+        """Freeze a replica of the master on ``port`` and drop its replication link, so
+        it misses every write from now on (as a lagging replica does); return it."""
+        replica = self.replica_of(port)
+        replica.freeze()
+        # Frozen, it would still read later what the link had already carried: cut it.
+        redis_cli(port, "CLIENT", "KILL", "TYPE", "replica")
+        return replica
+
     def replica_of(self, port: int) -> RedisServer:
         """A replica of the master on ``port``."""
         master_id = redis_cli(port, "CLUSTER", "MYID").strip()
@@ -242,14 +262,18 @@ class LocalRedisCluster:
                 return self.server_on(int(fields[1].split(":")[1].split("@")[0]))
         raise RuntimeError(f"the master on {port} has no replica")
 
-    def kill_master_of(self, slot: int, thaw: RedisServer | None = None) -> int:
-        """SIGKILL the master serving ``slot`` (then thaw ``thaw``, a frozen replica) and
-        wait until one of its replicas took over (every running node agrees, the cluster
-        ok again); return the new master."""
+    def kill_master_of(self, slot: int, successor: RedisServer | None = None) -> int:
+        """SIGKILL the master serving ``slot`` and wait until one of its replicas took
+        over (every running node agrees, the cluster ok again); return the new master.
+
+        With ``successor`` (a replica of it, maybe frozen), thaw it and have it take over
+        at once (``CLUSTER FAILOVER TAKEOVER``), rather than after the failure detection
+        and election, whose timing a loaded machine stretches."""
         old = self.owner_of(slot)
         self.server_on(old).stop()
-        if thaw is not None:
-            thaw.thaw()
+        if successor is not None:
+            successor.thaw()
+            successor.cli("CLUSTER", "FAILOVER", "TAKEOVER")
 
         def taken_over() -> bool:
             running = [server.port for server in self.running()]
@@ -291,6 +315,8 @@ def start_cluster(
         if created.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}")
         wait_until("the cluster is ok on every node", cluster.is_ok)
+        if replicas:
+            wait_until("every replica replicates its master", cluster.replicas_in_sync)
     except BaseException:
         for server in servers:
             server.stop()

@@ -45,6 +45,10 @@ channel are told: this node sees publications of the new epoch, which the hub re
 as a gap (4504, then ``recovered: false``). The price: after *any* restart or failover
 of Redis (or a slot migration in a cluster), resuming clients of the channels touched
 since are told ``recovered: false``, even when nothing was lost; history stays readable.
+A deployment whose Redis never comes back older (AOF ``appendfsync always``, and no
+failover to a replica that may lag) may say so with ``?trust_restarts=yes`` on every
+node's URL: the heads are then stamped alike by every process, and a restart keeps the
+epochs.
 Two cheaper ideas were rejected as unsound: a node remembering each channel's highest
 position catches only the channels it touched (another node's publishes at reused
 positions go through, and this node then drops them as repeats); checking Redis's
@@ -171,23 +175,32 @@ class RedisTarget:
     url: str  # what redis-py reads: the broker URL without our own options
     cluster: bool
     prefix: str
+    trust_restarts: bool = False
 
     @classmethod
     def parse(cls, url: str) -> RedisTarget:
         """Read a ``redis://``, ``rediss://``, ``unix://`` or ``redis-cluster://`` URL.
 
-        The query option ``prefix`` (default ``tidings``) is ours and starts every key
-        and topic; the others go to redis-py (``socket_timeout``, ``max_connections``...).
+        The query options ``prefix`` (default ``tidings``), which starts every key and
+        topic, and ``trust_restarts`` (``yes`` or ``no``, the default: see the module
+        docstring, "Rollbacks") are ours; the others go to redis-py (``socket_timeout``,
+        ``max_connections``...).
 
         Raises:
-            ConfigError: the prefix contains ``{`` or ``}`` (they would break hash tags).
+            ConfigError: the prefix contains ``{`` or ``}`` (they would break hash tags),
+                or ``trust_restarts`` is neither ``yes`` nor ``no``.
         """
         parts = urlsplit(url)
         prefix = DEFAULT_PREFIX
+        trust_restarts = False
         kept = []
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             if name == "prefix":
                 prefix = value
+            elif name == "trust_restarts":
+                if value not in ("yes", "no"):
+                    raise ConfigError(f"trust_restarts must be yes or no, got {value!r}")
+                trust_restarts = value == "yes"
             elif name == "decode_responses":
                 continue  # the broker reads bytes
             else:
@@ -197,7 +210,7 @@ class RedisTarget:
         cluster = parts.scheme == CLUSTER_SCHEME
         scheme = "redis" if cluster else parts.scheme
         rebuilt = urlunsplit((scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment))
-        return cls(rebuilt, cluster, prefix)
+        return cls(rebuilt, cluster, prefix, trust_restarts)
 
 
 def _pubsub_kwargs(kwargs: dict[str, Any], client_name: str) -> dict[str, Any]:
@@ -594,7 +607,7 @@ class RedisBroker:
             self._db = int(pool.connection_kwargs.get("db") or 0)
             client = Redis.from_pool(pool)  # closing the client closes the pool
         self._client = client
-        self._scripts = ScriptRunner(client)
+        self._scripts = ScriptRunner(client, trust_restarts=target.trust_restarts)
         self._presence.start()
         try:
             await self._connect()
