@@ -29,8 +29,8 @@ from tests.support.redis_cluster import (
     LocalRedisCluster,
     RedisServer,
     redis_cli,
-    start_cluster,
     redis_cluster,  # noqa: F401  (a fixture used here)
+    start_cluster,
 )
 from tests.support.services import REDIS_HOST, REDIS_PORT, require_service
 from tidings.brokers.base import PresenceChange
