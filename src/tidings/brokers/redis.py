@@ -49,11 +49,13 @@ A deployment whose Redis never comes back older (AOF ``appendfsync always``, and
 failover to a replica that may lag) may say so with ``?trust_restarts=yes`` on every
 node's URL: the heads are then stamped alike by every process, and a restart keeps the
 epochs.
-Two cheaper ideas were rejected as unsound: a node remembering each channel's highest
-position catches only the channels it touched (another node's publishes at reused
-positions go through, and this node then drops them as repeats); checking Redis's
-``run_id`` on reconnect misses the publish sent on a connection opened to the new
-process before the check, and a replica promoted behind the same address. A rollback
+
+Two ideas were rejected as unsound: a node remembering each channel's highest position
+catches only the channels it touched (another node's publishes at reused positions go
+through, and this node then drops them as repeats); a node checking Redis's ``run_id``
+when it notices a reconnect misses the publishes it sends, on connections it opened to
+the new process, before it noticed. Hence the ``run_id`` learnt per connection, as it
+opens, and carried by every script sent on it (``redis_scripts.ScriptRunner``). A rollback
 that keeps the Redis process (``DEBUG RELOAD``) keeps its ``run_id``: the publish script
 catches it for the channels this node is subscribed to (its last position is a floor),
 and syncing catches it when a node's last offset is past the head (``_jump``, ``RESET``).
