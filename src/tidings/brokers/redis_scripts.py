@@ -472,7 +472,10 @@ class ScriptRunner:
         info = await connection.read_response()
         found = re.search(rb"run_id:([0-9a-f]+)", info if isinstance(info, bytes) else b"")
         if found is None:
-            raise ResponseError(f"INFO server has no run_id: {info!r:.200}")
+            raise ResponseError(
+                "INFO server names no run_id, which tidings needs to detect a Redis that "
+                "came back older; if this server never does, add ?trust_restarts=yes"
+            )
         self._run_ids[connection] = found.group(1)
 
 
