@@ -560,6 +560,31 @@ async def test_redis_back_from_an_older_snapshot_never_gives_a_position_twice(
     assert {p.epoch for p in handler.publications[5:]} == {after.epoch}
 
 
+async def test_redis_back_from_an_aof_that_lost_its_last_second_never_gives_a_position_twice(
+    tmp_path: Path,
+) -> None:
+    extra = ["--appendonly", "yes", "--appendfsync", "everysec"]
+    server = RedisServer(tmp_path / "redis", extra=extra).start()
+    channel = unique_channel()
+    try:
+        async with running(server.url) as broker:
+            for n in range(3):
+                await broker.publish(channel, data(n))
+            # Redis writes the AOF before it answers; everysec fsyncs it a second later.
+            [aof] = (tmp_path / "redis" / "appendonlydir").glob("*.incr.aof")
+            synced = aof.stat().st_size
+            given = [(await broker.publish(channel, data(n))).position for n in (3, 4)]
+            server.stop()
+            with aof.open("r+b") as file:  # a power cut: the unsynced tail is gone
+                file.truncate(synced)
+            server.start()
+
+            after = await _publish_when_back(broker, channel, 5)
+    finally:
+        server.stop()
+    assert after.epoch != given[-1].epoch
+
+
 async def test_a_replica_promoted_without_the_last_writes_never_gives_a_position_twice(
     tmp_path: Path,
 ) -> None:
