@@ -1,5 +1,7 @@
-"""Fixtures of the fault tests: the namespaces their nodes serve, and the ``chaos`` marker
-on every test here (``pytest -m chaos`` runs them alone; they run in the normal suite too)."""
+"""Fixtures of the fault tests: the API key and namespaces their nodes serve.
+
+Every module here is marked ``chaos`` (``pytest -m chaos`` runs them alone; they run in
+the normal suite too)."""
 
 from __future__ import annotations
 
@@ -12,13 +14,6 @@ CONFIG = """
 [namespaces.room]
 history_size = 1000
 """
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/chaos/" in item.nodeid:
-            item.add_marker(pytest.mark.chaos)
-            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture

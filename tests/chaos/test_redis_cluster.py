@@ -30,6 +30,8 @@ from tidings.brokers.redis_scripts import DEFAULT_PREFIX, ChannelKeys
 from tidings.client import ApiClient
 from tidings.core.channel import ChannelName
 
+pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
+
 BEFORE_FAULT = 20
 UNREPLICATED = 10
 DURING_FAULT = 20

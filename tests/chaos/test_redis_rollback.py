@@ -22,6 +22,8 @@ from tests.support.redis_cluster import RedisServer
 from tests.support.server import ServerProcess, start_server
 from tidings.client import ApiClient
 
+pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
+
 BEFORE_SNAPSHOT = 20
 AFTER_SNAPSHOT = 20
 AFTER_RESTART = 20

@@ -24,6 +24,8 @@ from tests.support.server import start_server
 from tidings.brokers.sqlite import DB_FILE_NAME
 from tidings.client import ApiClient
 
+pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
+
 BEFORE_CHECKPOINT = 20
 AFTER_CHECKPOINT = 20
 
