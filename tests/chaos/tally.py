@@ -5,7 +5,8 @@ A ``Ledger`` records every publication a publisher was answered 200 for (its num
 (``tidings.client.subscribe``) recording what it received and each ``GapNotice``
 (``recovered: false``). ``tally`` then classifies, per listener, every acknowledged
 publication as *delivered* (received, with its data), *announced* (not received, but a
-gap notice came after it was acknowledged: the client knows to refetch), *replaced*
+gap notice came after it was acknowledged, or named a position at or past it in its
+epoch: either way the client knows to refetch it), *replaced*
 (the listener received other data at its position) or *lost* (none of these: a silent
 loss). The ledger also counts positions *reissued*: given to two publications.
 
@@ -62,11 +63,13 @@ class Listener:
     received: dict[int, Position] = field(default_factory=dict)
     at: dict[Position, int] = field(default_factory=dict)
     gaps: list[float] = field(default_factory=list)
+    gap_positions: list[Position] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def receive(self, event: Publication | GapNotice) -> None:
         if isinstance(event, GapNotice):
             self.gaps.append(time.monotonic())
+            self.gap_positions.append(event.position)
         else:
             n = int(json.loads(event.data)["n"])
             self.received.setdefault(n, event.position)
@@ -89,7 +92,11 @@ def tally(ledger: Ledger, listener: Listener) -> Counts:
             replaced += 1
         elif n in listener.received:
             delivered += 1
-        elif any(gap >= acked_at for gap in listener.gaps):
+        elif any(gap >= acked_at for gap in listener.gaps) or any(
+            # Made before the client resumed, though its 200 came back after.
+            told.epoch == position.epoch and told.offset >= position.offset
+            for told in listener.gap_positions
+        ):
             announced += 1
         else:
             lost += 1
