@@ -261,3 +261,11 @@ def test_connect_deadline_and_unauthenticated_allowance_have_safe_defaults_and_a
         }
     )
     assert (settings.connect_timeout_s, settings.max_unauthenticated_connections) == (3.0, 50)
+
+
+def test_sqlite_durability_is_full_unless_set_to_fast() -> None:
+    assert load_settings().sqlite_durability == "full"
+    fast = load_settings(environ={"TIDINGS_SQLITE_DURABILITY": "fast"})
+    assert fast.sqlite_durability == "fast"
+    with pytest.raises(ConfigError, match="sqlite_durability"):
+        load_settings(environ={"TIDINGS_SQLITE_DURABILITY": "sometimes"})

@@ -71,6 +71,7 @@ def broker_for(settings: Settings) -> Broker:
         settings.namespace_table(),
         dedupe,
         publish_timeout_s=settings.publish_timeout_s,
+        sqlite_durability=settings.sqlite_durability,
     )
 
 

@@ -47,6 +47,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     data: str | None = None
+    sqlite_durability: str = "full"
     broker: str | None = None
     api_key: str | None = None
     jwt_secret: str | None = None
@@ -180,6 +181,12 @@ def _as_transports(name: str, value: object) -> tuple[TransportName, ...]:
     return tuple(transport for transport in TRANSPORTS if transport in value)
 
 
+def _as_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return str(value)
+
+
 def _as_server_backend(name: str, value: object) -> ServerBackend:
     for backend in SERVER_BACKENDS:
         if value == backend:
@@ -231,6 +238,7 @@ _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "host": _as_str,
     "port": _as_int,
     "data": _as_optional_str,
+    "sqlite_durability": lambda name, value: _as_choice(name, value, ("full", "fast")),
     "broker": _as_optional_str,
     "api_key": _as_api_key,
     "jwt_secret": _as_secret,
