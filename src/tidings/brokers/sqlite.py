@@ -52,7 +52,7 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -277,9 +277,7 @@ class _Store:
         for publication in publications:
             heads[publication.channel] = publication
         sizes = {c: self._namespaces.options_for(c).history for c in heads}
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             db.executemany(
                 _INSERT_PUBLICATION,
                 [_row(p) for p in publications if sizes[p.channel].size > 0],
@@ -301,21 +299,23 @@ class _Store:
                 ],
             )
             db.execute(_EXPIRE_KEYS, (now_ms - self._dedupe.window_ms,))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
 
     def trim(self, heads: Sequence[tuple[ChannelName, int]], now_ms: int) -> None:
         """Delete the rows of channels whose history expired up to their head, and the
         dedupe keys past the window, in one transaction (the sweep of idle channels)."""
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             # Up to the head the sweep saw: a publication made since has a higher offset.
             db.executemany(_DELETE_PUBLICATIONS_UP_TO, heads)
             db.execute(_EXPIRE_KEYS, (now_ms - self._dedupe.window_ms,))
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run the block in one write transaction: committed if it returns, rolled back
+        if it raises (the caller's publications are then answered with the error)."""
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
