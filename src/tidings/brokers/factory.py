@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from tidings.brokers.base import Broker
+from tidings.brokers.data_dir import create_private_directory
 from tidings.brokers.memory import MemoryBroker
 from tidings.core.dedupe import DedupeOptions
 from tidings.core.namespace import Namespaces
@@ -123,7 +124,7 @@ def check_data_directory(data: str | Path) -> Path:
     if path.exists() and not path.is_dir():
         raise UnusableDataDirectory(path, "it is not a directory")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        create_private_directory(path)  # the sqlite broker keeps every history here
     except OSError as exc:
         raise UnusableDataDirectory(path, (exc.strerror or str(exc)).lower()) from None
     if not os.access(path, os.W_OK | os.X_OK):
