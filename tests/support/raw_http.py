@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import os
+import socket
 import struct
 from typing import Final
 
@@ -99,8 +100,18 @@ class RawConnection:
         self.writer.close()
 
 
-async def connect(port: int) -> RawConnection:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def connect(port: int, *, receive_buffer: int | None = None) -> RawConnection:
+    """Connect to ``port`` on loopback; ``receive_buffer`` makes the client's kernel
+    buffer that small, so that the server's buffers fill soon when it does not read."""
+    if receive_buffer is None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return RawConnection(reader, writer)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # Set before connecting: the window the client advertises is fixed at the handshake.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
     return RawConnection(reader, writer)
 
 
@@ -117,8 +128,8 @@ def upgrade(
     return request, key
 
 
-async def open_websocket(port: int) -> RawConnection:
-    conn = await connect(port)
+async def open_websocket(port: int, *, receive_buffer: int | None = None) -> RawConnection:
+    conn = await connect(port, receive_buffer=receive_buffer)
     request, key = upgrade()
     await conn.send(request)
     status, headers, _ = await conn.response()

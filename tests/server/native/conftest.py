@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -27,14 +28,15 @@ class Served:
     task: asyncio.Task[None]
 
 
-@pytest.fixture
-async def served() -> AsyncIterator[Served]:
+@asynccontextmanager
+async def serving(ping_interval_s: float = PING_INTERVAL_S) -> AsyncIterator[Served]:
+    """A native server on a free loopback port, stopped gracefully on exit."""
     # The socket listens before the server starts: early connections wait in the backlog.
     listener = socket.create_server(("127.0.0.1", 0))
     port: int = listener.getsockname()[1]
     server = NativeServer(
         TidingsApp(Settings(allowed_origins=("https://ok.example",), api_key=API_KEY)),
-        ping_interval_s=PING_INTERVAL_S,
+        ping_interval_s=ping_interval_s,
     )
     task = asyncio.create_task(server.serve(listener, handle_signals=False))
     try:
@@ -43,3 +45,10 @@ async def served() -> AsyncIterator[Served]:
         server.request_stop()
         await asyncio.wait_for(task, TIMEOUT_S)
         listener.close()
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    """A native server that pings every WebSocket every 0.2 s."""
+    async with serving() as server:
+        yield server
