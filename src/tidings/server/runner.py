@@ -15,6 +15,7 @@ import ctypes.util
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import socket
 from collections.abc import Iterator
@@ -70,7 +71,40 @@ class _DrainingServer(uvicorn.Server):
                 self._captured_signals.clear()
 
 
+class TokenRedaction(logging.Filter):
+    """Rewrite ``token=<jwt>`` in a log record's arguments as ``token=[redacted]``.
+
+    uvicorn logs each request's path with its query string (its access log, and the
+    accepted WebSocket handshakes): a connection token given as ``?token=`` would be
+    written to the log, where anyone who reads the log could use it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(isinstance(arg, str) for arg in args):
+            record.args = tuple(
+                _TOKEN_PARAMETER.sub(r"\1token=[redacted]", arg) if isinstance(arg, str) else arg
+                for arg in args
+            )
+        return True
+
+
+_TOKEN_PARAMETER: Final = re.compile(r"([?&])token=[^&\s\"]*")
+# The uvicorn loggers that write request paths with their query strings.
+_PATH_LOGGERS: Final = ("uvicorn.access", "uvicorn.error")
+
+
 def _uvicorn_config(app: TidingsApp, settings: Settings, log_level: str) -> uvicorn.Config:
+    config = _plain_uvicorn_config(app, settings, log_level)
+    # After the config exists: creating it configures uvicorn's loggers afresh.
+    for name in _PATH_LOGGERS:
+        path_logger = logging.getLogger(name)
+        if not any(isinstance(f, TokenRedaction) for f in path_logger.filters):
+            path_logger.addFilter(TokenRedaction())
+    return config
+
+
+def _plain_uvicorn_config(app: TidingsApp, settings: Settings, log_level: str) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=settings.host,
