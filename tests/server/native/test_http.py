@@ -137,6 +137,25 @@ async def test_a_refusal_waits_behind_a_request_in_flight(served: Served, api: A
     assert [p["data"] for p in json.loads(answers[0][2])["publications"]] == ["wakes it"]
 
 
+async def test_a_request_held_back_behind_a_long_poll_is_served_once_it_is_answered(
+    served: Served, api: ApiClient
+) -> None:
+    channel = "room:held"
+    position = await api.publish(channel, "before")
+    since = f"{position['epoch']}:{position['offset']}"
+    conn = await connect(served.port)
+    # Reading pauses inside the publish's body (over 64 KiB waiting behind the long poll).
+    conn.writer.write(
+        b"GET /poll?channel=%b&since=%b&wait=30 HTTP/1.1\r\nHost: x\r\n\r\n%b"
+        % (channel.encode(), since.encode(), publish_request(channel, "y" * 1_000_000))
+    )
+    await api.publish(channel, "wakes it")
+    answers = [await conn.response() for _ in range(2)]
+    assert [status for status, _, _ in answers] == [200, 413]  # the publish is read, served
+    assert json.loads(answers[1][2])["error"]["code"] == "message_too_large"
+    conn.close()
+
+
 # -- HEAD -------------------------------------------------------------------------------
 
 

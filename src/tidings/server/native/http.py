@@ -389,6 +389,7 @@ class HttpConnection(asyncio.Protocol):
             return
         if not self._requests:
             self._cycle = None
+            self.update_reading()  # a request still arriving may have paused it
             if self._refusal is not None:
                 self._write_refusal(self._refusal)
             else:
@@ -575,7 +576,7 @@ class HttpConnection(asyncio.Protocol):
         """
         transport = self.transport
         self._refusal = None
-        if transport is None or self.closed or self._refused:
+        if transport is None or self.closed or self._refused or transport.is_closing():
             return
         self._refused = True
         self._cancel_keep_alive()
