@@ -20,7 +20,7 @@ import pytest
 
 from tests.e2e.conftest import API_KEY, CONFIG, api_client, unique
 from tests.support.rss import MIB, rss_bytes
-from tests.support.server import SERVER_BACKEND_VARIABLE, ServerProcess, start_server
+from tests.support.server import ServerProcess, start_server
 from tests.support.wsframes import client_frame
 from tidings.server.native.frames import OP_PING
 
@@ -33,14 +33,6 @@ CHUNK_BYTES: Final = 256 * 1024
 # Tiny client buffers: the node's own buffers fill after a few kilobytes.
 RECEIVE_BUFFER_BYTES: Final = 4096
 TIMEOUT_S: Final = 10.0
-
-# uvicorn answers pings and pipelined requests while its own write buffer is full;
-# measured: +125 MiB (pings) and +1 GiB (polls) under this abuse. Not fixed there yet.
-UVICORN_READS_ON = pytest.mark.skipif(
-    os.environ.get(SERVER_BACKEND_VARIABLE) == "uvicorn",
-    reason="uvicorn keeps reading while its writes are paused (issue #11 item 2, native only)",
-)
-POLL_DATA_BYTES: Final = 48 * 1024
 
 
 @pytest.fixture
@@ -102,7 +94,6 @@ def growth_past(process: ServerProcess, before: int) -> int:
     return rss_bytes(process.process.pid) - before
 
 
-@UVICORN_READS_ON
 async def test_websocket_pings_never_read_back_do_not_grow_the_node(
     node: ServerProcess,
 ) -> None:
@@ -123,7 +114,6 @@ async def polls_answered(http: httpx.AsyncClient) -> int:
     )
 
 
-@UVICORN_READS_ON
 async def test_pipelined_polls_never_read_do_not_grow_the_node(node: ServerProcess) -> None:
     channel = unique()
     async with api_client(node) as api:

@@ -23,10 +23,14 @@ from types import FrameType
 from typing import Final
 
 import uvicorn
+from uvicorn._types import ASGIReceiveEvent
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from tidings.errors import ConfigError
 from tidings.server.app import FRAME_OVERHEAD_BYTES, TidingsApp
 from tidings.server.config import Settings
+from tidings.server.native.http import MAX_PIPELINED
 from tidings.server.native.server import run_native
 
 logger = logging.getLogger(__name__)
@@ -94,6 +98,44 @@ _TOKEN_PARAMETER: Final = re.compile(r"([?&])token=[^&\s\"]*")
 _PATH_LOGGERS: Final = ("uvicorn.access", "uvicorn.error")
 
 
+class _BoundedPipelineProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol, with pipelined requests bounded (PROTOCOL.md §2.5).
+
+    uvicorn resumes reading after every response, however many pipelined requests it
+    already holds: a client that pipelines and never reads grew a node by a gibibyte.
+    Here reading stays paused while more than ``MAX_PIPELINED`` requests wait.
+    """
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if len(self.pipeline) > MAX_PIPELINED and not self.transport.is_closing():
+            self.flow.pause_reading()
+
+
+class _PausingWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, reading nothing while its writes are paused.
+
+    uvicorn went on reading a client that reads nothing back: every ping it sent was
+    answered into the write buffer (+125 MiB from one client). Here reading pauses
+    with writing, as on the native server, so TCP holds such a client back.
+    """
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if not self.read_paused:  # its own pause: a full queue of messages
+            self.transport.resume_reading()
+
+    async def receive(self) -> ASGIReceiveEvent:
+        message = await super().receive()
+        if not self.writable.is_set():
+            self.transport.pause_reading()  # the queue drained, but writing is still paused
+        return message
+
+
 def _uvicorn_config(app: TidingsApp, settings: Settings, log_level: str) -> uvicorn.Config:
     config = _plain_uvicorn_config(app, settings, log_level)
     # After the config exists: creating it configures uvicorn's loggers afresh.
@@ -111,7 +153,8 @@ def _plain_uvicorn_config(app: TidingsApp, settings: Settings, log_level: str) -
         port=settings.port,
         lifespan="on",
         log_level=log_level,
-        ws="websockets-sansio",
+        http=_BoundedPipelineProtocol,
+        ws=_PausingWebSocketProtocol,
         ws_ping_interval=WS_PING_INTERVAL_S,
         ws_ping_timeout=WS_PING_TIMEOUT_S,
         ws_max_size=(settings.max_data_bytes + FRAME_OVERHEAD_BYTES) * UVICORN_FRAME_LIMIT_FACTOR,
