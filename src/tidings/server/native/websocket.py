@@ -158,8 +158,9 @@ class NativeWebSocket:
         self._close_code = CLOSE_ABNORMAL
         self._disconnect_sent = False
         self._paused = False
-        # Frames written while the transport's buffer is full, and the one pong owed.
-        self._held: list[bytes] = []
+        # Frames written while the transport's buffer is full (made on the first: most
+        # connections never need it), and the one pong owed.
+        self._held: list[bytes] | None = None
         self._held_bytes = 0
         self._pong: bytes | None = None
         self._handler: asyncio.Task[None] | None = None
@@ -253,7 +254,7 @@ class NativeWebSocket:
         if pong is not None and self.state is State.OPEN:
             transport.write(frame(OP_PONG, pong))
         if self._held:
-            held, self._held = self._held, []
+            held, self._held = self._held, None
             self._held_bytes = 0
             transport.write(b"".join(held))
         if self.state is State.OPEN and not self._conn._write_paused:
@@ -337,6 +338,8 @@ class NativeWebSocket:
             transport.write(data)
 
     def _hold(self, data: bytes) -> None:
+        if self._held is None:
+            self._held = []
         self._held.append(data)
         self._held_bytes += len(data)
 
@@ -437,7 +440,7 @@ class NativeWebSocket:
     def discard_pending(self) -> None:
         """Drop the frames held while writing is paused (Outbound): a slow consumer's
         goodbye then comes next. What the transport holds already cannot be taken back."""
-        self._held = []
+        self._held = None
         self._held_bytes = 0
 
     def finish(self, goodbye: str, code: int, reason: str) -> None:
