@@ -271,6 +271,20 @@ async def test_a_body_over_the_limit_gets_413_in_the_json_error_shape(
     conn.close()
 
 
+async def test_a_body_announced_over_the_limit_is_refused_before_the_100_continue(
+    served: Served,
+) -> None:
+    conn = await connect(served.port)
+    await conn.send(
+        b"POST /api/publish HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"Content-Length: 9000000\r\n\r\n"
+    )
+    status, headers, body = await conn.response()  # no interim 100 first
+    assert (status, headers["connection"]) == (413, "close")
+    assert json.loads(body)["error"]["code"] == "message_too_large"
+    conn.close()
+
+
 # -- logging -------------------------------------------------------------------------------
 
 

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 
+from tidings.core.digits import parse_digits
 from tidings.core.wire import encode_json
 from tidings.errors import ErrorCode
 from tidings.server.native.response import (
@@ -343,6 +344,12 @@ class HttpConnection(asyncio.Protocol):
         if hosts > 1 or (hosts == 0 and version != "1.0"):
             # RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in HTTP/1.0.
             raise _RefusedRequest(HTTPStatus.BAD_REQUEST, "give exactly one Host header")
+        length = request.header(b"content-length")  # digits: the parser checked them
+        if length is not None and (parse_digits(length.decode("latin-1")) or 0) > MAX_BODY_BYTES:
+            # Refused before its body is read (and before any 100 Continue is sent).
+            raise _RefusedRequest(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_BODY_BYTES:,} bytes"
+            )
         expect = request.header(b"expect")
         # Only when nothing is being answered: the interim answer must not cut into an
         # earlier request's response (the client sends the body anyway).
