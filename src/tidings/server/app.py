@@ -17,7 +17,6 @@ from typing import Any, Final
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router, WebSocketRoute
-from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from tidings.brokers.base import Broker
@@ -39,7 +38,7 @@ from tidings.server.heartbeat import run_heartbeats
 from tidings.server.keys import JwksKeys, load_public_key
 from tidings.server.metrics import Metrics
 from tidings.server.status import (
-    STATIC_DIR,
+    StaticAssets,
     StatusPublisher,
     status_page,
     with_status_namespace,
@@ -142,7 +141,7 @@ class TidingsApp:
                 Route("/ready", self._ready, methods=["GET"]),
                 Route("/metrics", self.metrics.endpoint, methods=["GET"]),
                 Route("/status", status_page(self.status.channel), methods=["GET"]),
-                Mount("/static", StaticFiles(directory=STATIC_DIR, follow_symlink=True)),
+                Mount("/static", StaticAssets()),
                 *api.routes(),
                 *(DemoBackend(self.context, demo).routes() if demo else []),
             ]
