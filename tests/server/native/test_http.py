@@ -185,7 +185,8 @@ async def test_expect_100_continue_is_answered_in_any_case_and_with_trailing_spa
     body = json.dumps({"channel": "room:expect", "data": 1}).encode()
     await conn.send(
         b"POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\n"
-        b"Expect: %b\r\nContent-Length: %d\r\n\r\n" % (API_KEY.encode(), expect, len(body))
+        b"Content-Type: application/json\r\nExpect: %b\r\nContent-Length: %d\r\n\r\n"
+        % (API_KEY.encode(), expect, len(body))
     )
     interim = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), TIMEOUT_S)
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
