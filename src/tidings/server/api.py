@@ -290,7 +290,7 @@ class ServerApi:
         except BrokerError as exc:
             logger.warning("disconnecting %r on the other nodes failed: %s", body.user, exc)
             raise Unavailable(
-                f"disconnected {disconnected} connections on this node, but the broker "
+                f"closed {disconnected} of the user's connections on this node, but the broker "
                 "could not tell the other nodes; retry"
             ) from exc
         return json_response({"disconnected": disconnected, "nodes": nodes})
