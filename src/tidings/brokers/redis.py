@@ -657,7 +657,7 @@ class RedisBroker:
         try:
             await self._connect()
             await self._listen_for_commands()
-        except _REDIS_ERRORS as exc:
+        except (*_REDIS_ERRORS, BrokerError) as exc:
             logger.warning(
                 "Redis at %s is not reachable (%s); retrying in the background",
                 self._display_url,
