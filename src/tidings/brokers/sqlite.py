@@ -60,12 +60,14 @@ from typing import Final, Literal, TypeVar
 
 from tidings.brokers.base import (
     HistoryRead,
+    NodeCommand,
+    NodeCommandHandler,
     PresenceHandler,
     PublicationHandler,
     PublishResult,
 )
 from tidings.brokers.data_dir import prepare_private_file
-from tidings.brokers.memory import LocalPresence, random_epoch
+from tidings.brokers.memory import LocalNodeControl, LocalPresence, random_epoch
 from tidings.clock import Clock, SystemClock
 from tidings.core.channel import ChannelName
 from tidings.core.channel_log import ChannelLog, Duplicate
@@ -515,6 +517,7 @@ class SqliteBroker:
         self._open_batch: _Batch | None = None
         self._in_flight: _Batch | None = None
         self._presence = LocalPresence()
+        self._control = LocalNodeControl()
         self._sweep_interval_s = sweep_interval_s
         self._sweeper: asyncio.Task[None] | None = None
         self.commits = 0
@@ -673,6 +676,14 @@ class SqliteBroker:
     async def presence(self, channel: ChannelName) -> dict[str, str]:
         """Return ``channel``'s ``{client_id: user}`` (``Broker.presence``)."""
         return self._presence.clients(channel)
+
+    def listen(self, on_command: NodeCommandHandler) -> None:
+        """Hand node commands to ``on_command`` (``NodeControl.listen``)."""
+        self._control.listen(on_command)
+
+    async def send_to_nodes(self, command: NodeCommand) -> int:
+        """Handle ``command`` on this node, the only one (``NodeControl.send_to_nodes``)."""
+        return self._control.send(command)
 
     async def sweep(self) -> int:
         """Expire history and keys past their time in the loaded channels; unload those
