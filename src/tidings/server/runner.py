@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from types import FrameType
 from typing import Final
 
@@ -296,8 +297,14 @@ def run_workers(settings: Settings, log_level: str, workers: int) -> int:
     # is taken; each worker binds its own socket with SO_REUSEPORT.
     bind_listener(settings.host, settings.port, reuse_port=True, listen=False).close()
     context = multiprocessing.get_context("spawn")
+    # Each worker is a node of its own (presence, node-to-node commands and client ids
+    # tell nodes apart by id): worker n is ``<node_id>-<n>``.
     processes = [
-        context.Process(target=_worker, args=(settings, log_level), name=f"tidings-worker-{n}")
+        context.Process(
+            target=_worker,
+            args=(replace(settings, node_id=f"{settings.node_id}-{n}"), log_level),
+            name=f"tidings-worker-{n}",
+        )
         for n in range(workers)
     ]
     for process in processes:
