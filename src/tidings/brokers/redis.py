@@ -158,6 +158,7 @@ from tidings.brokers.redis_scripts import (
 )
 from tidings.brokers.redis_target import RedisTarget, without_credentials
 from tidings.clock import Clock, SystemClock
+from tidings.core.backoff import Backoff
 from tidings.core.channel import ChannelName
 from tidings.core.dedupe import DedupeOptions, dedupe_key
 from tidings.core.history import HistoryOptions
@@ -856,7 +857,7 @@ class RedisBroker:
             )
 
     async def _sync(self, state: _ChannelState) -> None:
-        delay = _Backoff(self._reconnect_max_delay_s)
+        delay = self._backoff()
         try:
             while state.sync_needed and self._states.get(state.topic) is state:
                 if not state.confirmed:
@@ -874,7 +875,7 @@ class RedisBroker:
                         exc,
                         exc_info=not expected,
                     )
-                    await asyncio.sleep(delay.next_s())
+                    await asyncio.sleep(delay.next_delay_s())
         finally:
             state.sync_task = None
 
@@ -963,6 +964,15 @@ class RedisBroker:
         self._healthy = False
         self._start_recovery()
 
+    def _backoff(self) -> Backoff:
+        """Delays between retries of a reconnect or a sync: exponential, full jitter, so
+        the nodes of a restarted Redis spread their retries."""
+        return Backoff(
+            base_s=RECONNECT_BASE_DELAY_S,
+            cap_s=self._reconnect_max_delay_s,
+            uniform=random.uniform,
+        )
+
     def _start_recovery(self) -> None:
         self._recovery_needed = True
         if self._recovery is None and not self._closed:
@@ -971,7 +981,7 @@ class RedisBroker:
             )
 
     async def _recover(self) -> None:
-        delay = _Backoff(self._reconnect_max_delay_s)
+        delay = self._backoff()
         try:
             while not self._closed:
                 self._recovery_needed = False
@@ -979,7 +989,7 @@ class RedisBroker:
                     count = await self._resubscribe()
                 except Exception as exc:  # the task boundary: whatever failed, try again
                     self._recovery_needed = True
-                    wait_s = delay.next_s()
+                    wait_s = delay.next_delay_s()
                     expected = isinstance(exc, (*_REDIS_ERRORS, BrokerError))
                     logger.log(
                         logging.WARNING if expected else logging.ERROR,
@@ -1023,22 +1033,6 @@ class RedisBroker:
             if self._states.get(state.topic) is state and state.confirmed:
                 self._request_sync(state)
         return len(states)
-
-
-class _Backoff:
-    """Exponential backoff with full jitter: the n-th wait is uniform in
-    ``[0, min(cap, base * 2**n)]``, so reconnecting nodes spread over the window."""
-
-    __slots__ = ("_attempt", "_cap_s")
-
-    def __init__(self, cap_s: float) -> None:
-        self._cap_s = cap_s
-        self._attempt = 0
-
-    def next_s(self) -> float:
-        ceiling = min(self._cap_s, RECONNECT_BASE_DELAY_S * 2 ** min(self._attempt, 32))
-        self._attempt += 1
-        return random.uniform(0.0, ceiling)
 
 
 def _retained(
