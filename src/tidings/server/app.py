@@ -53,8 +53,6 @@ from tidings.transports.websocket import WebSocketTransport
 
 logger = logging.getLogger(__name__)
 
-# Room in a WebSocket frame for everything but data: op, id, channel, key.
-FRAME_OVERHEAD_BYTES: Final = 4096
 # The timer ticks often enough that a heartbeat is at most a second or so late.
 HEARTBEAT_TICK_S: Final = 1.0
 # /ready answers within this even if the broker's own probe hangs: a broker that does
@@ -117,7 +115,7 @@ class TidingsApp:
             namespaces=settings.namespace_table(),
             limits=Limits(
                 outbound_buffer_bytes=settings.outbound_buffer_bytes,
-                max_frame_bytes=settings.max_data_bytes + FRAME_OVERHEAD_BYTES,
+                max_frame_bytes=settings.max_frame_bytes,
                 max_channels_per_connection=settings.max_channels_per_connection,
                 command_rate=settings.command_rate,
                 command_burst=settings.command_burst,
