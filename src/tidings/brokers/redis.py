@@ -121,9 +121,8 @@ from typing import Any, Final
 
 import msgspec
 from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import ConnectionPool
-from redis.exceptions import RedisClusterException, RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from tidings.brokers.base import (
@@ -136,13 +135,14 @@ from tidings.brokers.base import (
 )
 from tidings.brokers.memory import random_epoch
 from tidings.brokers.redis_control import RedisNodeControl, control_topic
-from tidings.brokers.redis_link import NO_RETRY, PubSubLink, pubsub_kwargs, text_of
+from tidings.brokers.redis_link import NO_RETRY, REDIS_ERRORS, PubSubLink, PubSubLinks, text_of
 from tidings.brokers.redis_presence import (
     PRESENCE_LIFETIME_S,
     PRESENCE_REFRESH_S,
     RedisPresence,
     is_presence_frame,
 )
+from tidings.brokers.redis_probe import RedisProbe
 from tidings.brokers.redis_scripts import (
     PUBLISH,
     READ,
@@ -172,12 +172,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S: Final = 5.0
 PROBE_INTERVAL_S: Final = 1.0
 PROBE_TIMEOUT_S: Final = 1.0
-PROBE_RETRY_S: Final = 0.05
 PUBLISH_TIMEOUT_S: Final = 1.5
 RECONNECT_BASE_DELAY_S: Final = 0.05
 RECONNECT_MAX_DELAY_S: Final = 2.0
-# What Redis, the network or redis-py's cluster client raise when Redis fails.
-_REDIS_ERRORS: Final = (RedisError, RedisClusterException, OSError)
 
 
 # -- the broker ----------------------------------------------------------------------------
@@ -266,17 +263,19 @@ class RedisBroker:
         self._control = RedisNodeControl(self.node_id)
         self._control_link: PubSubLink | None = None  # where Redis confirmed the control topic
         self._states: dict[str, _ChannelState] = {}
-        self._links: dict[str, PubSubLink] = {}
-        self._opening: dict[str, asyncio.Task[PubSubLink]] = {}
+        self._links = PubSubLinks(
+            self.pubsub_client_name,
+            self._display_url,
+            on_message=self._on_message,
+            on_lost=self._link_lost,
+        )
         self._recovery: asyncio.Task[None] | None = None
         self._recovery_needed = False
         self._healthy = False
         self._publish_timeout_s = publish_timeout_s
-        self._probe_interval_s = probe_interval_s
-        self._probe_timeout_s = probe_timeout_s
-        self._responsive = True  # Redis answered the last probe in time
-        self._probing: asyncio.Task[bool] | None = None
-        self._prober: asyncio.Task[None] | None = None
+        self._probe = RedisProbe(
+            self._display_url, interval_s=probe_interval_s, timeout_s=probe_timeout_s
+        )
         self._closed = False
         self._debug = logger.isEnabledFor(logging.DEBUG)
 
@@ -319,13 +318,11 @@ class RedisBroker:
         self._client = client
         self._scripts = ScriptRunner(client, trust_restarts=target.trust_restarts)
         self._presence.start()
-        self._prober = asyncio.get_running_loop().create_task(
-            self._probe_periodically(), name="tidings redis probe"
-        )
+        self._probe.start(client)
         try:
             await self._connect()
             await self._listen_for_commands()
-        except (*_REDIS_ERRORS, BrokerError) as exc:
+        except (*REDIS_ERRORS, BrokerError) as exc:
             logger.warning(
                 "Redis at %s is not reachable (%s); retrying in the background",
                 self._display_url,
@@ -356,18 +353,13 @@ class RedisBroker:
         self._on_publication = None
         self._on_presence = None
         await self._presence.close()
-        tasks = [
-            t
-            for t in (self._recovery, self._prober, self._probing, *self._opening.values())
-            if t is not None
-        ]
+        await self._probe.close()
+        tasks = [] if self._recovery is None else [self._recovery]
         tasks += [s.sync_task for s in self._states.values() if s.sync_task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        links = list(self._links.values())
-        self._links.clear()
-        await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
+        await self._links.close()
         for state in self._states.values():
             if not state.ready.done():
                 state.ready.cancel()
@@ -383,55 +375,7 @@ class RedisBroker:
         within it), and every subscribed channel is subscribed there."""
         if self._closed or not self._healthy or self._client is None:
             return False
-        return await self._probe()
-
-    # -- readiness: an active probe ----------------------------------------------------
-
-    async def _probe_periodically(self) -> None:
-        loop = asyncio.get_running_loop()
-        pause_s = self._probe_interval_s
-        while True:
-            await asyncio.sleep(pause_s)
-            began = loop.time()
-            await self._probe()
-            # One PING per interval at most; one that waited out its time-out (a silent
-            # Redis, refusing publishes meanwhile) is followed at once, so that the
-            # answer after a stall is heard without waiting another interval.
-            pause_s = max(PROBE_RETRY_S, self._probe_interval_s - (loop.time() - began))
-
-    async def _probe(self) -> bool:
-        """PING Redis on a command connection; whether it answered in time. Concurrent
-        callers share one PING."""
-        if self._probing is None:
-            self._probing = asyncio.get_running_loop().create_task(
-                self._ping(), name="tidings redis ping"
-            )
-        return await asyncio.shield(self._probing)
-
-    async def _ping(self) -> bool:
-        client = self._client
-        assert client is not None, "started"
-        try:
-            async with asyncio.timeout(self._probe_timeout_s):
-                await client.ping()
-        except (*_REDIS_ERRORS, TimeoutError) as exc:
-            if self._responsive:
-                logger.warning(
-                    "Redis at %s did not answer a PING within %g s (%s): not ready, "
-                    "publishes fail at once until it answers",
-                    self._display_url,
-                    self._probe_timeout_s,
-                    str(exc) or type(exc).__name__,
-                )
-            self._responsive = False
-            return False
-        else:
-            if not self._responsive:
-                logger.info("Redis at %s answers again", self._display_url)
-            self._responsive = True
-            return True
-        finally:
-            self._probing = None
+        return await self._probe.probe()
 
     # -- publishing and history ------------------------------------------------------------
 
@@ -547,14 +491,14 @@ class RedisBroker:
         """
         if self._closed or self._scripts is None:
             raise BrokerUnavailable(f"{what} failed: the Redis broker is not started")
-        if not self._responsive:
+        if not self._probe.responsive:
             raise BrokerUnavailable(
                 f"{what} failed: Redis at {self._display_url} did not answer a PING within "
-                f"{self._probe_timeout_s:g} s; nothing was sent"
+                f"{self._probe.timeout_s:g} s; nothing was sent"
             )
         try:
             return await self._scripts.run(script, keys, args, timeout_s=timeout_s)
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise BrokerError(f"{what} failed: {exc}") from exc
 
     # -- presence ----------------------------------------------------------------------------
@@ -613,10 +557,10 @@ class RedisBroker:
         what = "telling the other nodes"
         if self._closed or client is None:
             raise BrokerUnavailable(f"{what} failed: the Redis broker is not started")
-        if not self._responsive:
+        if not self._probe.responsive:
             raise BrokerUnavailable(
                 f"{what} failed: Redis at {self._display_url} did not answer a PING within "
-                f"{self._probe_timeout_s:g} s; nothing was sent"
+                f"{self._probe.timeout_s:g} s; nothing was sent"
             )
         payload = self._control.encode(command)
         try:
@@ -625,7 +569,7 @@ class RedisBroker:
                     receivers = await client.spublish(self._control_topic, payload)
                 else:
                     receivers = await client.publish(self._control_topic, payload)
-        except (*_REDIS_ERRORS, TimeoutError) as exc:
+        except (*REDIS_ERRORS, TimeoutError) as exc:
             raise BrokerError(f"{what} failed: {exc!r}") from exc
         link = self._control_link
         own = 1 if link is not None and link.is_open else 0  # Redis counted this node too
@@ -684,7 +628,7 @@ class RedisBroker:
             if not isinstance(exc, Exception):
                 state.ready.cancel()
                 raise
-            if isinstance(exc, _REDIS_ERRORS):
+            if isinstance(exc, REDIS_ERRORS):
                 error = BrokerError(f"subscribing {channel} failed: {exc}")
                 error.__cause__ = exc
                 state.ready.set_exception(error)
@@ -729,7 +673,7 @@ class RedisBroker:
             state.leaving = link.request("unsubscribe", topic, lambda: self._drop(state))
         try:
             await asyncio.shield(state.leaving)
-        except _REDIS_ERRORS:
+        except REDIS_ERRORS:
             self._drop(state)  # the link is gone (or refused): nothing more comes from it
 
     def _drop(self, state: _ChannelState) -> None:
@@ -744,48 +688,7 @@ class RedisBroker:
         """Return the open link to the server holding ``topic``, opening it if needed."""
         client = self._client
         assert client is not None, "started"
-        node: ClusterNode | None = None
-        name = ""
-        if isinstance(client, RedisCluster):
-            node = client.get_node_from_key(topic)
-            if node is None:
-                raise BrokerError(f"no Redis Cluster node serves {topic}")
-            name = node.name
-        link = self._links.get(name)
-        if link is not None and link.is_open:
-            return link
-        opening = self._opening.get(name)
-        if opening is None:
-            opening = asyncio.get_running_loop().create_task(self._open_link(name, node))
-            self._opening[name] = opening
-        return await asyncio.shield(opening)
-
-    async def _open_link(self, name: str, node: ClusterNode | None) -> PubSubLink:
-        try:
-            if node is None:
-                assert isinstance(self._client, Redis)
-                pool = self._client.connection_pool
-                kwargs = pubsub_kwargs(pool.connection_kwargs, self.pubsub_client_name)
-                connection = pool.connection_class(**kwargs)
-            else:
-                kwargs = pubsub_kwargs(node.connection_kwargs, self.pubsub_client_name)
-                connection = node.connection_class(**kwargs)
-            link = PubSubLink(
-                name,
-                name or self._display_url,
-                connection,
-                sharded=node is not None,
-                on_message=self._on_message,
-                on_lost=self._link_lost,
-            )
-            await link.open()
-            if self._closed:
-                await link.close()
-                raise BrokerError("the Redis broker was closed")
-            self._links[name] = link
-            return link
-        finally:
-            del self._opening[name]
+        return await self._links.for_topic(client, topic)
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -954,9 +857,8 @@ class RedisBroker:
     # -- recovery ------------------------------------------------------------------------
 
     def _link_lost(self, link: PubSubLink, reason: str) -> None:
-        if self._closed or self._links.get(link.key) is not link:
+        if self._closed or not self._links.forget(link):
             return
-        del self._links[link.key]
         logger.warning("lost the Redis pub/sub connection to %s: %s", link.name, reason)
         for state in self._states.values():
             if state.link is link:
@@ -990,7 +892,7 @@ class RedisBroker:
                 except Exception as exc:  # the task boundary: whatever failed, try again
                     self._recovery_needed = True
                     wait_s = delay.next_delay_s()
-                    expected = isinstance(exc, (*_REDIS_ERRORS, BrokerError))
+                    expected = isinstance(exc, (*REDIS_ERRORS, BrokerError))
                     logger.log(
                         logging.WARNING if expected else logging.ERROR,
                         "reconnecting to Redis at %s failed (%s); next try in %.2f s",

@@ -21,11 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
+
+from tidings.errors import BrokerError
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +38,8 @@ MAX_TOPICS_PER_COMMAND: Final = 5_000
 # redis-py's retries off: a failed publish is reported, a lost link reconnected by the
 # broker, never silently repeated.
 NO_RETRY: Final = Retry(NoBackoff(), 0)
+# What Redis, the network or redis-py's cluster client raise when Redis fails.
+REDIS_ERRORS: Final = (RedisError, RedisClusterException, OSError)
 
 
 def pubsub_kwargs(kwargs: dict[str, Any], client_name: str) -> dict[str, Any]:
@@ -305,3 +311,95 @@ class PubSubLink:
         if self._sharded:
             # MOVED and the like: the slot map is stale; reconnecting refreshes it.
             self._lose(f"Redis refused a command: {error}")
+
+
+class PubSubLinks:
+    """The broker's pub/sub links: one open link per server, opened on first need and
+    shared by every topic that server holds; a lost link is forgotten, and the next
+    need opens a new one."""
+
+    def __init__(
+        self,
+        client_name: str,
+        display_url: str,
+        *,
+        on_message: Callable[[PubSubLink, str, bytes], None],
+        on_lost: Callable[[PubSubLink, str], None],
+    ) -> None:
+        self._client_name = client_name  # the CLIENT SETNAME of every link
+        self._display_url = display_url
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._links: dict[str, PubSubLink] = {}
+        self._opening: dict[str, asyncio.Task[PubSubLink]] = {}
+        self._closed = False
+
+    async def for_topic(self, client: Redis | RedisCluster, topic: str) -> PubSubLink:
+        """Return the open link to the server holding ``topic``, opening it if needed.
+
+        Raises:
+            BrokerError: no cluster node serves ``topic``, or the links were closed.
+            RedisError, OSError: the connection failed.
+        """
+        node: ClusterNode | None = None
+        name = ""
+        if isinstance(client, RedisCluster):
+            node = client.get_node_from_key(topic)
+            if node is None:
+                raise BrokerError(f"no Redis Cluster node serves {topic}")
+            name = node.name
+        link = self._links.get(name)
+        if link is not None and link.is_open:
+            return link
+        opening = self._opening.get(name)
+        if opening is None:
+            opening = asyncio.get_running_loop().create_task(self._open(client, name, node))
+            self._opening[name] = opening
+        return await asyncio.shield(opening)
+
+    def forget(self, link: PubSubLink) -> bool:
+        """Forget a lost ``link``; return whether it was its server's current link."""
+        if self._closed or self._links.get(link.key) is not link:
+            return False
+        del self._links[link.key]
+        return True
+
+    async def close(self) -> None:
+        """Stop opening links and close the open ones; idempotent."""
+        self._closed = True
+        opening = list(self._opening.values())
+        for task in opening:
+            task.cancel()
+        await asyncio.gather(*opening, return_exceptions=True)
+        links = list(self._links.values())
+        self._links.clear()
+        await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
+
+    async def _open(
+        self, client: Redis | RedisCluster, name: str, node: ClusterNode | None
+    ) -> PubSubLink:
+        try:
+            if node is None:
+                assert isinstance(client, Redis)
+                pool = client.connection_pool
+                kwargs = pubsub_kwargs(pool.connection_kwargs, self._client_name)
+                connection = pool.connection_class(**kwargs)
+            else:
+                kwargs = pubsub_kwargs(node.connection_kwargs, self._client_name)
+                connection = node.connection_class(**kwargs)
+            link = PubSubLink(
+                name,
+                name or self._display_url,
+                connection,
+                sharded=node is not None,
+                on_message=self._on_message,
+                on_lost=self._on_lost,
+            )
+            await link.open()
+            if self._closed:
+                await link.close()
+                raise BrokerError("the Redis broker was closed")
+            self._links[name] = link
+            return link
+        finally:
+            del self._opening[name]
