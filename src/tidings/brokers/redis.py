@@ -167,6 +167,9 @@ from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Gap, GapReason, Replay, decide_recovery, latest
 from tidings.errors import BrokerError, BrokerUnavailable
 
+# RedisTarget is redis_target's, offered here too: callers read broker URLs with it.
+__all__ = ["RedisBroker", "RedisTarget"]
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S: Final = 5.0
