@@ -38,6 +38,7 @@ from tidings.server.demo import DemoBackend, prepare_demo
 from tidings.server.heartbeat import run_heartbeats
 from tidings.server.keys import JwksKeys, load_public_key
 from tidings.server.metrics import Metrics
+from tidings.server.native.routes import NativeRoutes
 from tidings.server.status import (
     StaticAssets,
     StatusPublisher,
@@ -283,6 +284,16 @@ class TidingsApp:
         """Where the native server hands ``POST /api/publish`` (``ServerApi.publish_native``):
         the request's headers and whole body in, status, headers and body out."""
         return self._api.publish_native
+
+    @property
+    def native_routes(self) -> NativeRoutes:
+        """What the native server serves without Starlette (``native.routes``): polls
+        at their door, runs of publishes in one task; the rest goes through the app."""
+        poll = self.native_poll
+        return NativeRoutes(
+            doors={} if poll is None else {("GET", b"/poll"): poll},
+            batched={("POST", b"/api/publish"): self.native_publish},
+        )
 
     # -- in-process publishing (for embedding applications) ---------------------------
 

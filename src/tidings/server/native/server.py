@@ -49,7 +49,7 @@ class NativeServer:
         self.access_log = AccessLog() if settings.access_log else None
         self.asgi: ASGIApp = AccessLogMiddleware(app, self.access_log) if self.access_log else app
         self.max_message_bytes = settings.max_ws_message_bytes
-        self.native_poll = app.native_poll
+        self.routes = app.native_routes
         self.deadlines = Deadlines(DEADLINE_GRAIN_S)
         self.connections: set[HttpConnection] = set()
         self._no_connections = asyncio.Event()
