@@ -122,8 +122,6 @@ from typing import Any, Final
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import ConnectionPool
-from redis.maint_notifications import MaintNotificationsConfig
 
 from tidings.brokers.base import (
     HistoryRead,
@@ -135,7 +133,7 @@ from tidings.brokers.base import (
 )
 from tidings.brokers.memory import random_epoch
 from tidings.brokers.redis_control import RedisNodeControl, control_topic
-from tidings.brokers.redis_link import NO_RETRY, REDIS_ERRORS, PubSubLink, PubSubLinks, text_of
+from tidings.brokers.redis_link import REDIS_ERRORS, PubSubLink, PubSubLinks, text_of
 from tidings.brokers.redis_presence import (
     PRESENCE_LIFETIME_S,
     PRESENCE_REFRESH_S,
@@ -156,7 +154,7 @@ from tidings.brokers.redis_scripts import (
     encode_body,
     topic_of,
 )
-from tidings.brokers.redis_target import RedisTarget, without_credentials
+from tidings.brokers.redis_target import RedisTarget, make_client, without_credentials
 from tidings.clock import Clock, SystemClock
 from tidings.core.backoff import Backoff
 from tidings.core.channel import ChannelName
@@ -172,7 +170,6 @@ __all__ = ["RedisBroker", "RedisTarget"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_S: Final = 5.0
 PROBE_INTERVAL_S: Final = 1.0
 PROBE_TIMEOUT_S: Final = 1.0
 PUBLISH_TIMEOUT_S: Final = 1.5
@@ -302,24 +299,9 @@ class RedisBroker:
         self._on_presence = on_presence
         if self._client is not None:
             return
-        target = self._target
-        defaults: dict[str, Any] = {
-            "socket_connect_timeout": DEFAULT_TIMEOUT_S,
-            "socket_timeout": DEFAULT_TIMEOUT_S,
-            "retry": NO_RETRY,  # a failed publish is reported, never silently repeated
-            # Off: with them on, redis-py skips its check of pooled connections, and a
-            # connection Redis closed (a restart) would fail the next command.
-            "maint_notifications_config": MaintNotificationsConfig(enabled=False),
-        }
-        client: Redis | RedisCluster
-        if target.cluster:
-            client = RedisCluster.from_url(target.url, **defaults)
-        else:
-            pool = ConnectionPool.from_url(target.url, **defaults)
-            self._db = int(pool.connection_kwargs.get("db") or 0)
-            client = Redis.from_pool(pool)  # closing the client closes the pool
+        client, self._db = make_client(self._target)
         self._client = client
-        self._scripts = ScriptRunner(client, trust_restarts=target.trust_restarts)
+        self._scripts = ScriptRunner(client, trust_restarts=self._target.trust_restarts)
         self._presence.start()
         self._probe.start(client)
         try:
