@@ -1,8 +1,12 @@
-"""Reconnection delays (client/backoff.py): exponential ceilings, full jitter, reset."""
+"""Reconnection delays (client/backoff.py): exponential ceilings, full jitter, reset.
+
+The rule is core/backoff.py (tests/core/test_backoff.py); these pin the client's defaults.
+"""
 
 from __future__ import annotations
 
 from tidings.client import Backoff
+from tidings.core import backoff as core_backoff
 
 
 def test_delays_are_drawn_below_a_doubling_ceiling_up_to_the_cap() -> None:
@@ -32,3 +36,10 @@ def test_a_long_outage_stays_at_the_cap_without_overflow() -> None:
     for _ in range(2000):
         delay = backoff.next_delay_s()
     assert delay == 15.0
+
+
+def test_the_client_default_is_core_backoff_from_200_ms_to_15_s() -> None:
+    backoff = Backoff()
+    assert isinstance(backoff, core_backoff.Backoff)
+    assert (backoff.base_s, backoff.cap_s) == (0.2, 15.0)
+    assert all(0.0 <= backoff.next_delay_s() <= 0.2 * 2**n for n in range(8))

@@ -19,6 +19,8 @@ from tests.support.server import ServerProcess
 from tests.support.ws import Frame, WsClient, ws_client
 
 MAX_FRAME_BYTES: Final = 65_536 + 4096  # the largest max_data_size plus the envelope
+# What either server backend reads of one WebSocket message (Settings.max_ws_message_bytes).
+MAX_MESSAGE_BYTES: Final = 4 * MAX_FRAME_BYTES
 SLOW_CONSUMER_PUBLICATIONS: Final = 200
 SLOW_CONSUMER_DATA_BYTES: Final = 50_000
 
@@ -365,6 +367,26 @@ async def test_frame_over_the_size_limit_in_utf8_bytes_closes_with_4009(
         await client.send_raw(frame)
         push = await client.next_push()
     assert (push.get("push"), push.get("code")) == ("disconnect", 4009), push
+
+
+async def test_a_message_up_to_the_message_limit_is_read_and_refused_with_4009(
+    node: ServerProcess,
+) -> None:
+    # Read whole by either backend (not cut with 1009): the session refuses it itself.
+    frame = json.dumps({"op": "ping", "id": 1, "pad": "x" * (MAX_MESSAGE_BYTES - 100)})
+    assert MAX_FRAME_BYTES < len(frame) <= MAX_MESSAGE_BYTES
+    async with ws_client(node.ws_url) as client:
+        await client.send_raw(frame)
+        push, code = await goodbye_of(client)
+    assert (push.get("push"), push.get("code")) == ("disconnect", 4009), push
+    assert code == 4009
+
+
+async def test_a_message_over_the_message_limit_is_cut_with_1009(node: ServerProcess) -> None:
+    frame = json.dumps({"op": "ping", "id": 1, "pad": "x" * MAX_MESSAGE_BYTES})
+    async with ws_client(node.ws_url) as client:
+        await client.send_raw(frame)
+        assert await client.wait_closed() == 1009
 
 
 # -- limits ---------------------------------------------------------------------------------

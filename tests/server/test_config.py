@@ -54,6 +54,23 @@ def test_a_toml_file_configures_settings_and_namespaces(tmp_path: Path) -> None:
     assert room.max_data_bytes == 1024
 
 
+def test_websocket_limits_follow_the_largest_namespace_data_size(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [namespaces.small]
+        max_data_size = "1KiB"
+        [namespaces.large]
+        max_data_size = "1MiB"
+        """,
+    )
+    settings = load_settings(path, environ={})
+    assert settings.max_data_bytes == 1024 * 1024
+    # PROTOCOL.md §3: the largest data plus 4 KiB of envelope; 1009 past four times that.
+    assert settings.max_frame_bytes == 1024 * 1024 + 4096
+    assert settings.max_ws_message_bytes == 4 * (1024 * 1024 + 4096)
+
+
 def test_environment_overrides_the_file_and_arguments_override_both(tmp_path: Path) -> None:
     path = write(tmp_path, 'port = 9000\napi_key = "from-file"\n')
     environ = {

@@ -85,19 +85,20 @@ of the last publication handed to the hub.
   fill. If the epoch changed, the new epoch's publications are delivered from offset
   1; if history no longer holds the missing ones, the node resumes from the oldest
   retained and logs it (the hub sees the skip).
-* A lost link (EOF, error, no answer to a PING within ``PING_INTERVAL_S``) marks its
-  channels unconfirmed and starts the recovery: reconnect with exponential backoff and
-  full jitter, resubscribe every channel (buffering from then on), and sync each one.
-  ``is_ready`` is false from the loss until every channel is resubscribed.
+* A lost link (EOF, error, no answer to a PING within ``redis_link.PING_INTERVAL_S``)
+  marks its channels unconfirmed and starts the recovery: reconnect with exponential
+  backoff and full jitter, resubscribe every channel (buffering from then on), and sync
+  each one. ``is_ready`` is false from the loss until every channel is resubscribed.
 
 Readiness and time-outs: a lost link is noticed late on a silent network (a PING
-unanswered for ``PING_INTERVAL_S``), so readiness is an active probe as well: a PING on
-a command connection every ``probe_interval_s`` and on each ``is_ready``, failing after
-``probe_timeout_s``. While the last probe went unanswered Redis is *unresponsive*:
-``is_ready`` is false and every script fails at once with ``BrokerUnavailable``,
-unsent. A publish waits at most ``publish_timeout_s`` for its answer; given up on
-before the runner wrote it to Redis it is dropped, never sent (``BrokerUnavailable``);
-after, it may still run when Redis reads it (``BrokerError`` saying so).
+unanswered for ``redis_link.PING_INTERVAL_S``), so readiness is an active probe as well:
+a PING on a command connection every ``probe_interval_s`` and on each ``is_ready``,
+failing after ``probe_timeout_s``. While the last probe went unanswered Redis is
+*unresponsive*: ``is_ready`` is false and every script fails at once with
+``BrokerUnavailable``, unsent. A publish waits at most ``publish_timeout_s`` for its
+answer; given up on before the runner wrote it to Redis it is dropped, never sent
+(``BrokerUnavailable``); after, it may still run when Redis reads it (``BrokerError``
+saying so).
 
 Presence (``redis_presence``): a hash per channel, refreshed by each node on one timer;
 join and leave frames travel on the channel's topic and are told apart from
@@ -112,24 +113,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import secrets
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.crc import key_slot
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
-from redis.maint_notifications import MaintNotificationsConfig
+from redis.asyncio.cluster import RedisCluster
 
 from tidings.brokers.base import (
     HistoryRead,
@@ -141,14 +133,15 @@ from tidings.brokers.base import (
 )
 from tidings.brokers.memory import random_epoch
 from tidings.brokers.redis_control import RedisNodeControl, control_topic
+from tidings.brokers.redis_link import REDIS_ERRORS, PubSubLink, PubSubLinks, text_of
 from tidings.brokers.redis_presence import (
     PRESENCE_LIFETIME_S,
     PRESENCE_REFRESH_S,
     RedisPresence,
     is_presence_frame,
 )
+from tidings.brokers.redis_probe import RedisProbe
 from tidings.brokers.redis_scripts import (
-    DEFAULT_PREFIX,
     PUBLISH,
     READ,
     RESET,
@@ -161,355 +154,27 @@ from tidings.brokers.redis_scripts import (
     encode_body,
     topic_of,
 )
+from tidings.brokers.redis_target import RedisTarget, make_client, without_credentials
 from tidings.clock import Clock, SystemClock
+from tidings.core.backoff import Backoff
 from tidings.core.channel import ChannelName
 from tidings.core.dedupe import DedupeOptions, dedupe_key
 from tidings.core.history import HistoryOptions
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Gap, GapReason, Replay, decide_recovery, latest
-from tidings.errors import BrokerError, BrokerUnavailable, ConfigError
+from tidings.errors import BrokerError, BrokerUnavailable
+
+# RedisTarget is redis_target's, offered here too: callers read broker URLs with it.
+__all__ = ["RedisBroker", "RedisTarget"]
 
 logger = logging.getLogger(__name__)
 
-CLUSTER_SCHEME: Final = "redis-cluster"
-DEFAULT_TIMEOUT_S: Final = 5.0
-PING_INTERVAL_S: Final = 5.0
 PROBE_INTERVAL_S: Final = 1.0
 PROBE_TIMEOUT_S: Final = 1.0
-PROBE_RETRY_S: Final = 0.05
 PUBLISH_TIMEOUT_S: Final = 1.5
 RECONNECT_BASE_DELAY_S: Final = 0.05
 RECONNECT_MAX_DELAY_S: Final = 2.0
-MAX_TOPICS_PER_COMMAND: Final = 5_000
-_NO_RETRY: Final = Retry(NoBackoff(), 0)
-# What Redis, the network or redis-py's cluster client raise when Redis fails.
-_REDIS_ERRORS: Final = (RedisError, RedisClusterException, OSError)
-
-
-# -- configuration ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RedisTarget:
-    """Where and how to reach Redis, from a broker URL."""
-
-    url: str  # what redis-py reads: the broker URL without our own options
-    cluster: bool
-    prefix: str
-    trust_restarts: bool = False
-
-    @classmethod
-    def parse(cls, url: str) -> RedisTarget:
-        """Read a ``redis://``, ``rediss://``, ``unix://`` or ``redis-cluster://`` URL.
-
-        The query options ``prefix`` (default ``tidings``), which starts every key and
-        topic, and ``trust_restarts`` (``yes`` or ``no``, the default: see the module
-        docstring, "Rollbacks") are ours; the others go to redis-py (``socket_timeout``,
-        ``max_connections``...).
-
-        Raises:
-            ConfigError: the prefix contains ``{`` or ``}`` (they would break hash tags),
-                or ``trust_restarts`` is neither ``yes`` nor ``no``.
-        """
-        parts = urlsplit(url)
-        prefix = DEFAULT_PREFIX
-        trust_restarts = False
-        kept = []
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name == "prefix":
-                prefix = value
-            elif name == "trust_restarts":
-                if value not in ("yes", "no"):
-                    raise ConfigError(f"trust_restarts must be yes or no, got {value!r}")
-                trust_restarts = value == "yes"
-            elif name == "decode_responses":
-                continue  # the broker reads bytes
-            else:
-                kept.append((name, value))
-        if not prefix or "{" in prefix or "}" in prefix:
-            raise ConfigError(f"prefix must be non-empty and without braces, got {prefix!r}")
-        cluster = parts.scheme == CLUSTER_SCHEME
-        scheme = "redis" if cluster else parts.scheme
-        rebuilt = urlunsplit((scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment))
-        return cls(rebuilt, cluster, prefix, trust_restarts)
-
-
-def _pubsub_kwargs(kwargs: dict[str, Any], client_name: str) -> dict[str, Any]:
-    """Connection settings for a pub/sub link: the client's, in RESP2 (pushes are
-    replies), without redis-py's own retries (the broker reconnects) or maintenance
-    notification handlers (RESP3 only)."""
-    kept = {
-        name: value
-        for name, value in kwargs.items()
-        if not name.startswith(("maint_notifications", "orig_", "oss_cluster_maint"))
-    }
-    kept.update(protocol=2, retry=_NO_RETRY, client_name=client_name, health_check_interval=0)
-    return kept
-
-
-def _without_credentials(url: str) -> str:
-    """``url`` without user and password, for logs."""
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-# -- pub/sub links -----------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Command:
-    """A (un)subscribe or PING sent on a link, and the replies it still awaits."""
-
-    kind: str  # "subscribe" | "unsubscribe" | "ping"
-    topics: list[str]
-    waiters: list[tuple[asyncio.Future[None], Callable[[], None]] | None]
-    replies: int = 0
-
-
-@dataclass(slots=True)
-class _Op:
-    kind: str
-    topic: str
-    waiter: tuple[asyncio.Future[None], Callable[[], None]] | None
-
-
-class _Link:
-    """One pub/sub connection to one Redis server (one per shard in a cluster).
-
-    Single use: once lost or closed it stays closed; the broker opens a new one. Reads
-    run in one task, writes in another; replies to (un)subscribes and PINGs come back
-    in the order the commands were sent, which is how they are matched.
-    """
-
-    def __init__(
-        self,
-        key: str,
-        name: str,
-        connection: AbstractConnection,
-        *,
-        sharded: bool,
-        on_message: Callable[[_Link, str, bytes], None],
-        on_lost: Callable[[_Link, str], None],
-    ) -> None:
-        self.key = key  # the broker's key for it: a cluster node's name, "" for one Redis
-        self.name = name
-        self._connection = connection
-        self._sharded = sharded
-        self._on_message = on_message
-        self._on_lost = on_lost
-        self._verbs = ("SSUBSCRIBE", "SUNSUBSCRIBE") if sharded else ("SUBSCRIBE", "UNSUBSCRIBE")
-        self._queue: list[_Op] = []
-        self._wake = asyncio.Event()
-        self._sent: deque[_Command] = deque()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._ping_unanswered = False
-        self.is_open = False
-        self._closed = False
-
-    async def open(self) -> None:
-        """Connect and start reading and writing.
-
-        Raises:
-            RedisError, OSError: the connection failed.
-        """
-        await self._connection.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
-        self.is_open = True
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._read(), name=f"tidings redis read {self.name}"),
-            loop.create_task(self._write(), name=f"tidings redis write {self.name}"),
-        ]
-
-    def request(
-        self, kind: str, topic: str, on_confirmed: Callable[[], None]
-    ) -> asyncio.Future[None]:
-        """Queue a ``subscribe`` or ``unsubscribe`` of ``topic``. The future completes once
-        Redis confirmed it, right after ``on_confirmed`` was called: before any message
-        that follows the confirmation is handled."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if not self.is_open:
-            future.set_exception(ConnectionError(f"the pub/sub link to {self.name} is closed"))
-        else:
-            self._queue.append(_Op(kind, topic, (future, on_confirmed)))
-            self._wake.set()
-        return future
-
-    def unsubscribe_nowait(self, topic: str) -> None:
-        """Queue an unsubscribe of ``topic`` that nobody waits for."""
-        if self.is_open:
-            self._queue.append(_Op("unsubscribe", topic, None))
-            self._wake.set()
-
-    async def close(self) -> None:
-        """Close the connection without telling the broker; idempotent."""
-        self._shut(ConnectionError(f"the pub/sub link to {self.name} was closed"))
-        for task in self._tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._connection.disconnect(nowait=True)
-
-    def _shut(self, error: Exception) -> bool:
-        if self._closed:
-            return False
-        self._closed = True
-        self.is_open = False
-        pending = [op.waiter for op in self._queue] + [
-            waiter for command in self._sent for waiter in command.waiters[command.replies :]
-        ]
-        self._queue.clear()
-        self._sent.clear()
-        for waiter in pending:
-            if waiter is not None and not waiter[0].done():
-                waiter[0].set_exception(error)
-        return True
-
-    def _lose(self, reason: str) -> None:
-        """The connection failed: close it and tell the broker, once."""
-        if not self._shut(ConnectionError(f"lost the pub/sub link to {self.name}: {reason}")):
-            return
-        for task in self._tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
-        loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._connection.disconnect(nowait=True)))
-        self._on_lost(self, reason)
-
-    # -- writing ---------------------------------------------------------------------
-
-    async def _write(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_ping = loop.time() + PING_INTERVAL_S
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(max(0.0, next_ping - loop.time())):
-                        await self._wake.wait()
-                except TimeoutError:
-                    if self._ping_unanswered:
-                        self._lose(f"no answer to PING within {PING_INTERVAL_S:g} s")
-                        return
-                    self._ping_unanswered = True
-                    self._queue.append(_Op("ping", "", None))
-                    next_ping = loop.time() + PING_INTERVAL_S
-                self._wake.clear()
-                operations, self._queue = self._queue, []
-                if not operations:
-                    continue
-                commands = self._commands(operations)
-                # Registered before sending: the replies may be read before send returns.
-                self._sent.extend(commands)
-                packed = self._connection.pack_commands(
-                    [self._arguments(command) for command in commands]
-                )
-                await self._connection.send_packed_command(packed, check_health=False)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the task boundary: any failure loses the link
-            self._lose(f"writing failed: {exc!r}")
-
-    def _arguments(self, command: _Command) -> tuple[str, ...]:
-        if command.kind == "ping":
-            return ("PING",)
-        verb = self._verbs[0] if command.kind == "subscribe" else self._verbs[1]
-        return (verb, *command.topics)
-
-    def _commands(self, operations: list[_Op]) -> list[_Command]:
-        """Group queued operations into as few commands as order allows: a topic
-        appearing twice (unsubscribe then subscribe) splits the groups, so its
-        operations stay in order; in a cluster, one command holds one slot's topics."""
-        commands: list[_Command] = []
-        groups: dict[tuple[str, int], _Command] = {}  # open commands, already in the list
-        seen: set[str] = set()
-        for op in operations:
-            if op.kind == "ping":
-                commands.append(_Command("ping", [""], [None]))
-                groups.clear()
-                seen.clear()
-                continue
-            if op.topic in seen:
-                groups.clear()
-                seen.clear()
-            seen.add(op.topic)
-            group_key = (op.kind, key_slot(op.topic.encode()) if self._sharded else 0)
-            group = groups.get(group_key)
-            if group is None or len(group.topics) >= MAX_TOPICS_PER_COMMAND:
-                group = groups[group_key] = _Command(op.kind, [], [])
-                commands.append(group)
-            group.topics.append(op.topic)
-            group.waiters.append(op.waiter)
-        return commands
-
-    # -- reading ---------------------------------------------------------------------
-
-    async def _read(self) -> None:
-        connection = self._connection
-        try:
-            while not self._closed:
-                try:
-                    reply = await connection.read_response(timeout=math.inf)
-                except ResponseError as error:
-                    self._fail_first(error)
-                    continue
-                self._receive(reply)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the task boundary: any failure loses the link
-            self._lose(f"reading failed: {exc!r}")
-
-    def _receive(self, reply: Any) -> None:
-        if isinstance(reply, list) and len(reply) == 3:
-            kind = reply[0]
-            if kind in (b"message", b"smessage"):
-                self._on_message(self, _text(reply[1]), reply[2])
-                return
-            if kind in (b"subscribe", b"ssubscribe"):
-                self._confirm("subscribe", _text(reply[1]))
-                return
-            if kind in (b"unsubscribe", b"sunsubscribe"):
-                self._confirm("unsubscribe", _text(reply[1]))
-                return
-        if reply == b"PONG" or (isinstance(reply, list) and reply and reply[0] == b"pong"):
-            self._ping_unanswered = False
-            self._confirm("ping", "")
-            return
-        logger.warning("unexpected reply on the pub/sub link to %s: %r", self.name, reply)
-
-    def _confirm(self, kind: str, topic: str) -> None:
-        command = self._sent[0] if self._sent else None
-        if command is None or command.kind != kind or command.topics[command.replies] != topic:
-            if kind == "unsubscribe":
-                # Redis dropped the subscription itself: in a cluster, its slot moved.
-                self._lose(f"Redis unsubscribed {topic} (a slot moved?)")
-            else:
-                logger.warning("unmatched %s reply for %s on %s", kind, topic, self.name)
-            return
-        waiter = command.waiters[command.replies]
-        command.replies += 1
-        if command.replies == len(command.topics):
-            self._sent.popleft()
-        if waiter is not None:
-            future, on_confirmed = waiter
-            if not future.done():
-                on_confirmed()
-                future.set_result(None)
-
-    def _fail_first(self, error: ResponseError) -> None:
-        command = self._sent.popleft() if self._sent else None
-        if command is not None:
-            for waiter in command.waiters[command.replies :]:
-                if waiter is not None and not waiter[0].done():
-                    waiter[0].set_exception(error)
-        logger.warning("Redis refused a pub/sub command on %s: %s", self.name, error)
-        if self._sharded:
-            # MOVED and the like: the slot map is stale; reconnecting refreshes it.
-            self._lose(f"Redis refused a command: {error}")
 
 
 # -- the broker ----------------------------------------------------------------------------
@@ -522,7 +187,7 @@ class _ChannelState:
     channel: ChannelName
     topic: str
     ready: asyncio.Future[None]
-    link: _Link | None = None
+    link: PubSubLink | None = None
     subscribed: bool = False  # ``subscribe`` completed
     confirmed: bool = False  # Redis confirmed the subscription on ``link``
     last: Position | None = None  # the last publication handed to the hub
@@ -573,7 +238,7 @@ class RedisBroker:
                 is not shorter than the lifetime.
         """
         self._target = RedisTarget.parse(url)
-        self._display_url = _without_credentials(url)
+        self._display_url = without_credentials(url)
         self._namespaces = namespaces
         self._clock = clock or SystemClock()
         self._dedupe = dedupe or DedupeOptions()
@@ -596,19 +261,21 @@ class RedisBroker:
             node=self.node_id,
         )
         self._control = RedisNodeControl(self.node_id)
-        self._control_link: _Link | None = None  # where Redis confirmed the control topic
+        self._control_link: PubSubLink | None = None  # where Redis confirmed the control topic
         self._states: dict[str, _ChannelState] = {}
-        self._links: dict[str, _Link] = {}
-        self._opening: dict[str, asyncio.Task[_Link]] = {}
+        self._links = PubSubLinks(
+            self.pubsub_client_name,
+            self._display_url,
+            on_message=self._on_message,
+            on_lost=self._link_lost,
+        )
         self._recovery: asyncio.Task[None] | None = None
         self._recovery_needed = False
         self._healthy = False
         self._publish_timeout_s = publish_timeout_s
-        self._probe_interval_s = probe_interval_s
-        self._probe_timeout_s = probe_timeout_s
-        self._responsive = True  # Redis answered the last probe in time
-        self._probing: asyncio.Task[bool] | None = None
-        self._prober: asyncio.Task[None] | None = None
+        self._probe = RedisProbe(
+            self._display_url, interval_s=probe_interval_s, timeout_s=probe_timeout_s
+        )
         self._closed = False
         self._debug = logger.isEnabledFor(logging.DEBUG)
 
@@ -632,32 +299,15 @@ class RedisBroker:
         self._on_presence = on_presence
         if self._client is not None:
             return
-        target = self._target
-        defaults: dict[str, Any] = {
-            "socket_connect_timeout": DEFAULT_TIMEOUT_S,
-            "socket_timeout": DEFAULT_TIMEOUT_S,
-            "retry": _NO_RETRY,  # a failed publish is reported, never silently repeated
-            # Off: with them on, redis-py skips its check of pooled connections, and a
-            # connection Redis closed (a restart) would fail the next command.
-            "maint_notifications_config": MaintNotificationsConfig(enabled=False),
-        }
-        client: Redis | RedisCluster
-        if target.cluster:
-            client = RedisCluster.from_url(target.url, **defaults)
-        else:
-            pool = ConnectionPool.from_url(target.url, **defaults)
-            self._db = int(pool.connection_kwargs.get("db") or 0)
-            client = Redis.from_pool(pool)  # closing the client closes the pool
+        client, self._db = make_client(self._target)
         self._client = client
-        self._scripts = ScriptRunner(client, trust_restarts=target.trust_restarts)
+        self._scripts = ScriptRunner(client, trust_restarts=self._target.trust_restarts)
         self._presence.start()
-        self._prober = asyncio.get_running_loop().create_task(
-            self._probe_periodically(), name="tidings redis probe"
-        )
+        self._probe.start(client)
         try:
             await self._connect()
             await self._listen_for_commands()
-        except (*_REDIS_ERRORS, BrokerError) as exc:
+        except (*REDIS_ERRORS, BrokerError) as exc:
             logger.warning(
                 "Redis at %s is not reachable (%s); retrying in the background",
                 self._display_url,
@@ -688,18 +338,13 @@ class RedisBroker:
         self._on_publication = None
         self._on_presence = None
         await self._presence.close()
-        tasks = [
-            t
-            for t in (self._recovery, self._prober, self._probing, *self._opening.values())
-            if t is not None
-        ]
+        await self._probe.close()
+        tasks = [] if self._recovery is None else [self._recovery]
         tasks += [s.sync_task for s in self._states.values() if s.sync_task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        links = list(self._links.values())
-        self._links.clear()
-        await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
+        await self._links.close()
         for state in self._states.values():
             if not state.ready.done():
                 state.ready.cancel()
@@ -715,55 +360,7 @@ class RedisBroker:
         within it), and every subscribed channel is subscribed there."""
         if self._closed or not self._healthy or self._client is None:
             return False
-        return await self._probe()
-
-    # -- readiness: an active probe ----------------------------------------------------
-
-    async def _probe_periodically(self) -> None:
-        loop = asyncio.get_running_loop()
-        pause_s = self._probe_interval_s
-        while True:
-            await asyncio.sleep(pause_s)
-            began = loop.time()
-            await self._probe()
-            # One PING per interval at most; one that waited out its time-out (a silent
-            # Redis, refusing publishes meanwhile) is followed at once, so that the
-            # answer after a stall is heard without waiting another interval.
-            pause_s = max(PROBE_RETRY_S, self._probe_interval_s - (loop.time() - began))
-
-    async def _probe(self) -> bool:
-        """PING Redis on a command connection; whether it answered in time. Concurrent
-        callers share one PING."""
-        if self._probing is None:
-            self._probing = asyncio.get_running_loop().create_task(
-                self._ping(), name="tidings redis ping"
-            )
-        return await asyncio.shield(self._probing)
-
-    async def _ping(self) -> bool:
-        client = self._client
-        assert client is not None, "started"
-        try:
-            async with asyncio.timeout(self._probe_timeout_s):
-                await client.ping()
-        except (*_REDIS_ERRORS, TimeoutError) as exc:
-            if self._responsive:
-                logger.warning(
-                    "Redis at %s did not answer a PING within %g s (%s): not ready, "
-                    "publishes fail at once until it answers",
-                    self._display_url,
-                    self._probe_timeout_s,
-                    str(exc) or type(exc).__name__,
-                )
-            self._responsive = False
-            return False
-        else:
-            if not self._responsive:
-                logger.info("Redis at %s answers again", self._display_url)
-            self._responsive = True
-            return True
-        finally:
-            self._probing = None
+        return await self._probe.probe()
 
     # -- publishing and history ------------------------------------------------------------
 
@@ -817,7 +414,7 @@ class RedisBroker:
                 f"{exc.timeout_s:g} s; it may have been published; retry with the same key"
             ) from exc
         epoch, offset, duplicate = reply
-        return PublishResult(Position(_text(epoch), int(offset)), duplicate=bool(duplicate))
+        return PublishResult(Position(text_of(epoch), int(offset)), duplicate=bool(duplicate))
 
     async def history(
         self, channel: ChannelName, since: Position | None = None, limit: int | None = None
@@ -837,7 +434,7 @@ class RedisBroker:
         reply = await self._run(
             READ, channel, (*args, max(1, wanted)), f"reading the history of {channel}"
         )
-        epoch, head_offset = _text(reply[0]), int(reply[1])
+        epoch, head_offset = text_of(reply[0]), int(reply[1])
         entries = reply[2] if mode == "after" else list(reversed(reply[2]))
         try:
             publications = [
@@ -879,14 +476,14 @@ class RedisBroker:
         """
         if self._closed or self._scripts is None:
             raise BrokerUnavailable(f"{what} failed: the Redis broker is not started")
-        if not self._responsive:
+        if not self._probe.responsive:
             raise BrokerUnavailable(
                 f"{what} failed: Redis at {self._display_url} did not answer a PING within "
-                f"{self._probe_timeout_s:g} s; nothing was sent"
+                f"{self._probe.timeout_s:g} s; nothing was sent"
             )
         try:
             return await self._scripts.run(script, keys, args, timeout_s=timeout_s)
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise BrokerError(f"{what} failed: {exc}") from exc
 
     # -- presence ----------------------------------------------------------------------------
@@ -945,10 +542,10 @@ class RedisBroker:
         what = "telling the other nodes"
         if self._closed or client is None:
             raise BrokerUnavailable(f"{what} failed: the Redis broker is not started")
-        if not self._responsive:
+        if not self._probe.responsive:
             raise BrokerUnavailable(
                 f"{what} failed: Redis at {self._display_url} did not answer a PING within "
-                f"{self._probe_timeout_s:g} s; nothing was sent"
+                f"{self._probe.timeout_s:g} s; nothing was sent"
             )
         payload = self._control.encode(command)
         try:
@@ -957,7 +554,7 @@ class RedisBroker:
                     receivers = await client.spublish(self._control_topic, payload)
                 else:
                     receivers = await client.publish(self._control_topic, payload)
-        except (*_REDIS_ERRORS, TimeoutError) as exc:
+        except (*REDIS_ERRORS, TimeoutError) as exc:
             raise BrokerError(f"{what} failed: {exc!r}") from exc
         link = self._control_link
         own = 1 if link is not None and link.is_open else 0  # Redis counted this node too
@@ -1016,7 +613,7 @@ class RedisBroker:
             if not isinstance(exc, Exception):
                 state.ready.cancel()
                 raise
-            if isinstance(exc, _REDIS_ERRORS):
+            if isinstance(exc, REDIS_ERRORS):
                 error = BrokerError(f"subscribing {channel} failed: {exc}")
                 error.__cause__ = exc
                 state.ready.set_exception(error)
@@ -1036,7 +633,7 @@ class RedisBroker:
         state.confirmed = False
         await link.request("subscribe", state.topic, lambda: self._confirmed(state, link))
 
-    def _confirmed(self, state: _ChannelState, link: _Link) -> None:
+    def _confirmed(self, state: _ChannelState, link: PubSubLink) -> None:
         if self._states.get(state.topic) is state and state.link is link:
             state.confirmed = True
 
@@ -1061,7 +658,7 @@ class RedisBroker:
             state.leaving = link.request("unsubscribe", topic, lambda: self._drop(state))
         try:
             await asyncio.shield(state.leaving)
-        except _REDIS_ERRORS:
+        except REDIS_ERRORS:
             self._drop(state)  # the link is gone (or refused): nothing more comes from it
 
     def _drop(self, state: _ChannelState) -> None:
@@ -1072,56 +669,15 @@ class RedisBroker:
         if state.sync_task is not None:
             state.sync_task.cancel()
 
-    async def _link_for(self, topic: str) -> _Link:
+    async def _link_for(self, topic: str) -> PubSubLink:
         """Return the open link to the server holding ``topic``, opening it if needed."""
         client = self._client
         assert client is not None, "started"
-        node: ClusterNode | None = None
-        name = ""
-        if isinstance(client, RedisCluster):
-            node = client.get_node_from_key(topic)
-            if node is None:
-                raise BrokerError(f"no Redis Cluster node serves {topic}")
-            name = node.name
-        link = self._links.get(name)
-        if link is not None and link.is_open:
-            return link
-        opening = self._opening.get(name)
-        if opening is None:
-            opening = asyncio.get_running_loop().create_task(self._open_link(name, node))
-            self._opening[name] = opening
-        return await asyncio.shield(opening)
-
-    async def _open_link(self, name: str, node: ClusterNode | None) -> _Link:
-        try:
-            if node is None:
-                assert isinstance(self._client, Redis)
-                pool = self._client.connection_pool
-                kwargs = _pubsub_kwargs(pool.connection_kwargs, self.pubsub_client_name)
-                connection = pool.connection_class(**kwargs)
-            else:
-                kwargs = _pubsub_kwargs(node.connection_kwargs, self.pubsub_client_name)
-                connection = node.connection_class(**kwargs)
-            link = _Link(
-                name,
-                name or self._display_url,
-                connection,
-                sharded=node is not None,
-                on_message=self._on_message,
-                on_lost=self._link_lost,
-            )
-            await link.open()
-            if self._closed:
-                await link.close()
-                raise BrokerError("the Redis broker was closed")
-            self._links[name] = link
-            return link
-        finally:
-            del self._opening[name]
+        return await self._links.for_topic(client, topic)
 
     # -- receiving -------------------------------------------------------------------------
 
-    def _on_message(self, link: _Link, topic: str, payload: bytes) -> None:
+    def _on_message(self, link: PubSubLink, topic: str, payload: bytes) -> None:
         state = self._states.get(topic)
         if state is None or state.link is not link or not state.confirmed:
             if state is None and link is self._control_link and topic == self._control_topic:
@@ -1189,7 +745,7 @@ class RedisBroker:
             )
 
     async def _sync(self, state: _ChannelState) -> None:
-        delay = _Backoff(self._reconnect_max_delay_s)
+        delay = self._backoff()
         try:
             while state.sync_needed and self._states.get(state.topic) is state:
                 if not state.confirmed:
@@ -1207,7 +763,7 @@ class RedisBroker:
                         exc,
                         exc_info=not expected,
                     )
-                    await asyncio.sleep(delay.next_s())
+                    await asyncio.sleep(delay.next_delay_s())
         finally:
             state.sync_task = None
 
@@ -1259,7 +815,7 @@ class RedisBroker:
             reply = await self._run(
                 RESET, channel, (since.epoch, since.offset, self._epoch_factory()), "resetting"
             )
-            epoch = _text(reply[0])
+            epoch = text_of(reply[0])
             logger.warning(
                 "Redis rolled %s back from %s to offset %d; new epoch %s",
                 channel,
@@ -1285,16 +841,24 @@ class RedisBroker:
 
     # -- recovery ------------------------------------------------------------------------
 
-    def _link_lost(self, link: _Link, reason: str) -> None:
-        if self._closed or self._links.get(link.key) is not link:
+    def _link_lost(self, link: PubSubLink, reason: str) -> None:
+        if self._closed or not self._links.forget(link):
             return
-        del self._links[link.key]
         logger.warning("lost the Redis pub/sub connection to %s: %s", link.name, reason)
         for state in self._states.values():
             if state.link is link:
                 state.confirmed = False
         self._healthy = False
         self._start_recovery()
+
+    def _backoff(self) -> Backoff:
+        """Delays between retries of a reconnect or a sync: exponential, full jitter, so
+        the nodes of a restarted Redis spread their retries."""
+        return Backoff(
+            base_s=RECONNECT_BASE_DELAY_S,
+            cap_s=self._reconnect_max_delay_s,
+            uniform=random.uniform,
+        )
 
     def _start_recovery(self) -> None:
         self._recovery_needed = True
@@ -1304,7 +868,7 @@ class RedisBroker:
             )
 
     async def _recover(self) -> None:
-        delay = _Backoff(self._reconnect_max_delay_s)
+        delay = self._backoff()
         try:
             while not self._closed:
                 self._recovery_needed = False
@@ -1312,8 +876,8 @@ class RedisBroker:
                     count = await self._resubscribe()
                 except Exception as exc:  # the task boundary: whatever failed, try again
                     self._recovery_needed = True
-                    wait_s = delay.next_s()
-                    expected = isinstance(exc, (*_REDIS_ERRORS, BrokerError))
+                    wait_s = delay.next_delay_s()
+                    expected = isinstance(exc, (*REDIS_ERRORS, BrokerError))
                     logger.log(
                         logging.WARNING if expected else logging.ERROR,
                         "reconnecting to Redis at %s failed (%s); next try in %.2f s",
@@ -1356,22 +920,6 @@ class RedisBroker:
             if self._states.get(state.topic) is state and state.confirmed:
                 self._request_sync(state)
         return len(states)
-
-
-class _Backoff:
-    """Exponential backoff with full jitter: the n-th wait is uniform in
-    ``[0, min(cap, base * 2**n)]``, so reconnecting nodes spread over the window."""
-
-    __slots__ = ("_attempt", "_cap_s")
-
-    def __init__(self, cap_s: float) -> None:
-        self._cap_s = cap_s
-        self._attempt = 0
-
-    def next_s(self) -> float:
-        ceiling = min(self._cap_s, RECONNECT_BASE_DELAY_S * 2 ** min(self._attempt, 32))
-        self._attempt += 1
-        return random.uniform(0.0, ceiling)
 
 
 def _retained(

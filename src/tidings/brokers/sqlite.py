@@ -7,7 +7,8 @@ offset, the retained publications, the keys still inside the dedupe window), so 
 is read from memory. Publications are written to disk in batches (group commit) and a
 publish returns only once its row is committed: offsets, epochs, history and
 idempotency keys outlive the process, and a client resuming after a restart is given
-exactly what it missed.
+exactly what it missed. The file itself (schema, SQL, loads and writes) is
+``sqlite_store``; this module sequences, batches and delivers.
 
 Durability (``durability``). With ``"full"``, the default, SQLite runs
 ``synchronous=FULL``: each group commit fsyncs the WAL before its publishers are
@@ -52,11 +53,10 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Final, Literal, TypeVar
+from typing import Final, TypeVar
 
 from tidings.brokers.base import (
     HistoryRead,
@@ -66,8 +66,8 @@ from tidings.brokers.base import (
     PublicationHandler,
     PublishResult,
 )
-from tidings.brokers.data_dir import prepare_private_file
 from tidings.brokers.memory import LocalNodeControl, LocalPresence, random_epoch
+from tidings.brokers.sqlite_store import DURABILITIES, Durability, SqliteStore, StoredChannel
 from tidings.clock import Clock, SystemClock
 from tidings.core.channel import ChannelName
 from tidings.core.channel_log import ChannelLog, Duplicate
@@ -77,6 +77,9 @@ from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Gap, GapReason, Replay, decide_recovery
 from tidings.errors import BrokerError, ConfigError
 
+# DURABILITIES and Durability are the store's, offered here too: callers configure the broker.
+__all__ = ["DB_FILE_NAME", "DURABILITIES", "Durability", "SqliteBroker"]
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -84,13 +87,8 @@ T = TypeVar("T")
 DB_FILE_NAME: Final = "tidings.db"
 # ``is_ready`` asks the writer thread: a file stuck behind a stalled disk is not ready.
 PROBE_TIMEOUT_S: Final = 1.0
-SCHEMA_VERSION: Final = 1
 SWEEP_INTERVAL_S: Final = 60.0
 
-Durability = Literal["full", "fast"]
-DURABILITIES: Final[tuple[Durability, ...]] = ("full", "fast")
-# The ``meta`` row that is "1" while a fast session has the file open (see the docstring).
-_UNSYNCED: Final = "unsynced"
 
 # Theory of operation: the group commit.
 #
@@ -125,17 +123,6 @@ _UNSYNCED: Final = "unsynced"
 # Loading: a channel is loaded only while it is not in memory, hence while it has no
 # publication pending, so what the writer thread reads is its whole state. Loads and
 # writes run in one thread in submission order.
-
-
-@dataclass(frozen=True, slots=True)
-class _Stored:
-    """What the file holds of one channel."""
-
-    epoch: str
-    head_offset: int
-    retained: tuple[Publication, ...]
-    # (key, offset, ts) of keyed publications older than ``retained``, oldest first.
-    earlier_keys: tuple[tuple[str, int, int], ...]
 
 
 class _Channel:
@@ -182,250 +169,6 @@ class _Batch:
     def __init__(self, done: asyncio.Future[None]) -> None:
         self.done = done
         self.publications: list[Publication] = []
-
-
-class _Store:
-    """The database file: schema, loads and batched writes. Used only by the writer thread."""
-
-    def __init__(self, file: Path, namespaces: Namespaces, dedupe: DedupeOptions) -> None:
-        self._file = file
-        self._namespaces = namespaces
-        self._dedupe = dedupe
-        self._db: sqlite3.Connection | None = None
-        self._unsynced = False  # this session marked the file unsynced
-
-    def open(self, new_epoch: str, durability: Durability) -> tuple[str, bool]:
-        """Open (creating if needed) the file; return the database's epoch, and whether
-        it is a new one because a fast session had not closed the file cleanly."""
-        prepare_private_file(self._file)  # 0700 directory, 0600 files
-        db = sqlite3.connect(self._file, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            # The unsynced mark below must be on disk before any publication is.
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("BEGIN IMMEDIATE")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                for statement in _SCHEMA:
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
-                raise BrokerError(
-                    f"{self._file} has schema version {version}; "
-                    f"this tidings reads version {SCHEMA_VERSION}"
-                )
-            db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('epoch', ?)", (new_epoch,))
-            renewed = _meta(db, _UNSYNCED) == "1"
-            if renewed:
-                # Acknowledged publications may be lost: never give their positions again.
-                db.execute("UPDATE channels SET epoch = ?", (new_epoch,))
-                db.execute("UPDATE meta SET value = ? WHERE name = 'epoch'", (new_epoch,))
-            _set_meta(db, _UNSYNCED, "1" if durability == "fast" else "0")
-            epoch = _meta(db, "epoch")
-            assert epoch is not None, "inserted above"
-            db.execute("COMMIT")
-            # Into the main file too: a power loss may take the WAL of a fast session,
-            # but never what a checkpoint wrote (and synced) before it.
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            if durability == "fast":
-                db.execute("PRAGMA synchronous=NORMAL")
-                self._unsynced = True
-        except BaseException:
-            db.close()
-            raise
-        self._db = db
-        return epoch, renewed
-
-    def close(self) -> None:
-        """Clear the unsynced mark (durably) and close the file; idempotent."""
-        db = self._db
-        if db is not None:
-            self._db = None
-            try:
-                if self._unsynced:
-                    db.execute("PRAGMA synchronous=FULL")
-                    _set_meta(db, _UNSYNCED, "0")
-            except sqlite3.Error as exc:  # the mark stays: the next open renews epochs, safely
-                logger.warning("clearing the unsynced mark of %s failed: %s", self._file, exc)
-            finally:
-                db.close()
-
-    def _connection(self) -> sqlite3.Connection:
-        assert self._db is not None, "the store is used only while open"
-        return self._db
-
-    def load(self, channel: ChannelName, now_ms: int) -> _Stored | None:
-        """Read ``channel``'s epoch, head, retained publications and recent keys."""
-        db = self._connection()
-        row = db.execute(
-            "SELECT epoch, head_offset FROM channels WHERE name = ?", (channel,)
-        ).fetchone()
-        if row is None:
-            return None
-        epoch, head = row
-        size = self._namespaces.options_for(channel).history.size
-        rows = db.execute(_SELECT_RETAINED, (channel, head - size, head)).fetchall()
-        retained = _consecutive_tail([_publication(channel, epoch, row) for row in rows], head)
-        first_retained = retained[0].offset if retained else head + 1
-        keys = db.execute(
-            _SELECT_EARLIER_KEYS,
-            (channel, first_retained, now_ms - self._dedupe.window_ms, self._dedupe.max_keys),
-        ).fetchall()
-        return _Stored(epoch, head, retained, tuple(reversed(keys)))
-
-    def write(self, publications: Sequence[Publication], now_ms: int) -> None:
-        """Store ``publications``, move their channels' heads and trim, in one transaction."""
-        heads: dict[ChannelName, Publication] = {}
-        for publication in publications:
-            heads[publication.channel] = publication
-        sizes = {c: self._namespaces.options_for(c).history for c in heads}
-        with self._transaction() as db:
-            db.executemany(
-                _INSERT_PUBLICATION,
-                [_row(p) for p in publications if sizes[p.channel].size > 0],
-            )
-            db.executemany(
-                _INSERT_KEY,
-                [
-                    (p.channel, p.offset, dedupe_key(p.key, p.info), p.ts)
-                    for p in publications
-                    if p.key is not None
-                ],
-            )
-            db.executemany(_UPSERT_CHANNEL, [(c, p.epoch, p.offset) for c, p in heads.items()])
-            db.executemany(
-                _TRIM_PUBLICATIONS,
-                [
-                    (c, p.offset - sizes[c].size + 1, now_ms - sizes[c].ttl_ms)
-                    for c, p in heads.items()
-                ],
-            )
-            db.execute(_EXPIRE_KEYS, (now_ms - self._dedupe.window_ms,))
-
-    def trim(self, heads: Sequence[tuple[ChannelName, int]], now_ms: int) -> None:
-        """Delete the rows of channels whose history expired up to their head, and the
-        dedupe keys past the window, in one transaction (the sweep of idle channels)."""
-        with self._transaction() as db:
-            # Up to the head the sweep saw: a publication made since has a higher offset.
-            db.executemany(_DELETE_PUBLICATIONS_UP_TO, heads)
-            db.execute(_EXPIRE_KEYS, (now_ms - self._dedupe.window_ms,))
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """Run the block in one write transaction: committed if it returns, rolled back
-        if it raises (the caller's publications are then answered with the error)."""
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-
-
-def _meta(db: sqlite3.Connection, name: str) -> str | None:
-    row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-    return None if row is None else str(row[0])
-
-
-def _set_meta(db: sqlite3.Connection, name: str, value: str) -> None:
-    db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
-
-
-_SCHEMA: Final = (
-    "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
-    """CREATE TABLE channels (
-        name TEXT PRIMARY KEY,
-        epoch TEXT NOT NULL,
-        head_offset INTEGER NOT NULL
-    ) WITHOUT ROWID""",
-    # A rowid table: data may be large, which WITHOUT ROWID tables handle poorly.
-    """CREATE TABLE publications (
-        channel TEXT NOT NULL,
-        "offset" INTEGER NOT NULL,
-        data BLOB NOT NULL,
-        ts INTEGER NOT NULL,
-        key TEXT,
-        info_client TEXT,
-        info_user TEXT,
-        PRIMARY KEY (channel, "offset")
-    )""",
-    # Every keyed publication's key, kept for the dedupe window even once the publication
-    # itself is trimmed from history.
-    """CREATE TABLE dedupe_keys (
-        channel TEXT NOT NULL,
-        "offset" INTEGER NOT NULL,
-        key TEXT NOT NULL,
-        ts INTEGER NOT NULL,
-        PRIMARY KEY (channel, "offset")
-    ) WITHOUT ROWID""",
-    "CREATE INDEX dedupe_keys_by_ts ON dedupe_keys (ts)",
-)
-
-_SELECT_RETAINED: Final = """
-    SELECT "offset", data, ts, key, info_client, info_user FROM publications
-    WHERE channel = ? AND "offset" > ? AND "offset" <= ? ORDER BY "offset"
-"""
-_SELECT_EARLIER_KEYS: Final = """
-    SELECT key, "offset", ts FROM dedupe_keys
-    WHERE channel = ? AND "offset" < ? AND ts >= ? ORDER BY "offset" DESC LIMIT ?
-"""
-# Plain INSERT: an offset stored twice is a bug (or a second broker on the file), and
-# failing the transaction is the safe answer.
-_INSERT_PUBLICATION: Final = """
-    INSERT INTO publications (channel, "offset", data, ts, key, info_client, info_user)
-    VALUES (?, ?, ?, ?, ?, ?, ?)
-"""
-_INSERT_KEY: Final = 'INSERT INTO dedupe_keys (channel, "offset", key, ts) VALUES (?, ?, ?, ?)'
-_UPSERT_CHANNEL: Final = """
-    INSERT INTO channels (name, epoch, head_offset) VALUES (?, ?, ?)
-    ON CONFLICT (name) DO UPDATE SET head_offset = excluded.head_offset
-"""
-# Evict from the front, as ChannelHistory does: everything before the first offset kept
-# by size (?2) and before the first publication young enough for the ttl (?3). The
-# subquery walks from the oldest row, so it costs what it evicts.
-_TRIM_PUBLICATIONS: Final = """
-    DELETE FROM publications WHERE channel = ?1 AND "offset" < MAX(?2, COALESCE(
-        (SELECT "offset" FROM publications WHERE channel = ?1 AND ts >= ?3
-         ORDER BY "offset" LIMIT 1), ?2))
-"""
-_EXPIRE_KEYS: Final = "DELETE FROM dedupe_keys WHERE ts < ?"
-_DELETE_PUBLICATIONS_UP_TO: Final = 'DELETE FROM publications WHERE channel = ? AND "offset" <= ?'
-
-
-def _row(publication: Publication) -> tuple[object, ...]:
-    info = publication.info
-    return (
-        publication.channel,
-        publication.offset,
-        publication.data,
-        publication.ts,
-        publication.key,
-        None if info is None else info.client,
-        None if info is None else info.user,
-    )
-
-
-_PublicationRow = tuple[int, bytes, int, str | None, str | None, str | None]
-
-
-def _publication(channel: ChannelName, epoch: str, row: _PublicationRow) -> Publication:
-    offset, data, ts, key, client, user = row
-    info = None if client is None or user is None else ClientInfo(client, user)
-    return Publication(channel, epoch, offset, data, ts, key, info)
-
-
-def _consecutive_tail(publications: list[Publication], head: int) -> tuple[Publication, ...]:
-    """Keep the run of consecutive offsets that ends at ``head``: history must be
-    gap-free, so a row missing from the file ends what can be replayed."""
-    start = len(publications)
-    expected = head
-    while start > 0 and publications[start - 1].offset == expected:
-        start -= 1
-        expected -= 1
-    return tuple(publications[start:])
 
 
 class _Writer:
@@ -506,12 +249,12 @@ class SqliteBroker:
         self._clock = clock or SystemClock()
         self._dedupe = dedupe or DedupeOptions()
         self._epoch_factory = epoch_factory
-        self._store = _Store(self._file, namespaces, self._dedupe)
+        self._store = SqliteStore(self._file, namespaces, self._dedupe)
         self._writer: _Writer | None = None
         self._closing: asyncio.Future[None] | None = None
         self._epoch = ""  # the database's epoch, read on start
         self._channels: dict[ChannelName, _Channel] = {}
-        self._loading: dict[ChannelName, asyncio.Future[_Stored | None]] = {}
+        self._loading: dict[ChannelName, asyncio.Future[StoredChannel | None]] = {}
         self._subscribed: set[ChannelName] = set()
         self._on_publication: PublicationHandler | None = None
         self._open_batch: _Batch | None = None
@@ -752,7 +495,7 @@ class SqliteBroker:
                 state = self._channels[channel] = _Channel(log, DedupeWindow(self._dedupe))
         return state
 
-    def _loaded(self, channel: ChannelName, loading: asyncio.Future[_Stored | None]) -> None:
+    def _loaded(self, channel: ChannelName, loading: asyncio.Future[StoredChannel | None]) -> None:
         """Install a loaded channel, once, as soon as the load completes."""
         if self._loading.get(channel) is loading:
             del self._loading[channel]

@@ -1,4 +1,8 @@
-"""Reconnection delays: exponential backoff with full jitter. Pure (randomness is injected)."""
+"""Reconnection delays: ``core.backoff`` with the client's defaults and ``random`` drawing.
+
+The rule itself (exponential ceilings, full jitter) lives in ``tidings.core.backoff``,
+shared with the brokers' reconnects; this adds what an application wants by default.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,11 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tidings.core import backoff
+
 
 @dataclass(slots=True)
-class Backoff:
+class Backoff(backoff.Backoff):
     """The ``n``-th retry waits a uniform random time in ``[0, min(cap, base * 2**n)]``.
 
     Full jitter spreads a reconnect storm (every client of a restarted node) over the
@@ -19,13 +25,3 @@ class Backoff:
     cap_s: float = 15.0
     uniform: Callable[[float, float], float] = random.uniform
     attempt: int = 0
-
-    def next_delay_s(self) -> float:
-        """Return the delay before the next retry and count the attempt."""
-        ceiling = min(self.cap_s, self.base_s * 2 ** min(self.attempt, 32))
-        self.attempt += 1
-        return self.uniform(0.0, ceiling)
-
-    def reset(self) -> None:
-        """Forget past failures (after a successful connection)."""
-        self.attempt = 0

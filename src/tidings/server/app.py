@@ -38,6 +38,7 @@ from tidings.server.demo import DemoBackend, prepare_demo
 from tidings.server.heartbeat import run_heartbeats
 from tidings.server.keys import JwksKeys, load_public_key
 from tidings.server.metrics import Metrics
+from tidings.server.native.routes import NativeRoutes
 from tidings.server.status import (
     StaticAssets,
     StatusPublisher,
@@ -53,8 +54,6 @@ from tidings.transports.websocket import WebSocketTransport
 
 logger = logging.getLogger(__name__)
 
-# Room in a WebSocket frame for everything but data: op, id, channel, key.
-FRAME_OVERHEAD_BYTES: Final = 4096
 # The timer ticks often enough that a heartbeat is at most a second or so late.
 HEARTBEAT_TICK_S: Final = 1.0
 # /ready answers within this even if the broker's own probe hangs: a broker that does
@@ -117,7 +116,7 @@ class TidingsApp:
             namespaces=settings.namespace_table(),
             limits=Limits(
                 outbound_buffer_bytes=settings.outbound_buffer_bytes,
-                max_frame_bytes=settings.max_data_bytes + FRAME_OVERHEAD_BYTES,
+                max_frame_bytes=settings.max_frame_bytes,
                 max_channels_per_connection=settings.max_channels_per_connection,
                 command_rate=settings.command_rate,
                 command_burst=settings.command_burst,
@@ -285,6 +284,16 @@ class TidingsApp:
         """Where the native server hands ``POST /api/publish`` (``ServerApi.publish_native``):
         the request's headers and whole body in, status, headers and body out."""
         return self._api.publish_native
+
+    @property
+    def native_routes(self) -> NativeRoutes:
+        """What the native server serves without Starlette (``native.routes``): polls
+        at their door, runs of publishes in one task; the rest goes through the app."""
+        poll = self.native_poll
+        return NativeRoutes(
+            doors={} if poll is None else {("GET", b"/poll"): poll},
+            batched={("POST", b"/api/publish"): self.native_publish},
+        )
 
     # -- in-process publishing (for embedding applications) ---------------------------
 

@@ -45,6 +45,11 @@ SERVER_BACKENDS: Final[tuple[ServerBackend, ...]] = ("native", "uvicorn")
 
 NODE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::", "[::]"})
+# Room in a WebSocket frame for everything but data: op, id, channel, key (PROTOCOL.md §3).
+FRAME_OVERHEAD_BYTES: Final = 4096
+# Either server backend reads a WebSocket message up to this many frame limits before
+# cutting it (1009): a frame the app refuses (4009, PROTOCOL.md §3) still parses.
+WS_MESSAGE_LIMIT_FACTOR: Final = 4
 
 
 def new_node_id() -> str:
@@ -120,6 +125,18 @@ class Settings:
     def max_data_bytes(self) -> int:
         """The largest ``data`` any namespace accepts (bounds a WebSocket frame)."""
         return max(options.max_data_bytes for options in self.namespaces.values())
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """The largest WebSocket frame a session accepts: the largest ``data`` plus room
+        for the envelope (PROTOCOL.md §3); a larger one closes the connection with 4009."""
+        return self.max_data_bytes + FRAME_OVERHEAD_BYTES
+
+    @property
+    def max_ws_message_bytes(self) -> int:
+        """The largest WebSocket message either server backend reads (native and uvicorn
+        alike); past it the connection is closed with 1009."""
+        return self.max_frame_bytes * WS_MESSAGE_LIMIT_FACTOR
 
 
 def check_node_id(name: str, value: str) -> str:

@@ -39,7 +39,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from tidings.brokers.factory import MissingExtra, UnknownBroker, UnusableDataDirectory
 from tidings.errors import ConfigError, TidingsError
 from tidings.server.access_log import AccessLogMiddleware, TokenRedactingFilter
-from tidings.server.app import FRAME_OVERHEAD_BYTES, TidingsApp
+from tidings.server.app import TidingsApp
 from tidings.server.config import Settings
 from tidings.server.native.http import MAX_PIPELINED
 from tidings.server.native.server import run_native
@@ -48,8 +48,6 @@ logger = logging.getLogger(__name__)
 
 WS_PING_INTERVAL_S: Final = 20.0
 WS_PING_TIMEOUT_S: Final = 20.0
-# uvicorn cuts frames past its own limit with 1009; ours (4009) applies below it.
-UVICORN_FRAME_LIMIT_FACTOR: Final = 4
 LISTEN_BACKLOG: Final = 4096
 _PR_SET_PDEATHSIG: Final = 1  # from <linux/prctl.h>
 
@@ -203,7 +201,7 @@ def _plain_uvicorn_config(app: TidingsApp, settings: Settings, log_level: str) -
         ws=_PausingWebSocketProtocol,
         ws_ping_interval=WS_PING_INTERVAL_S,
         ws_ping_timeout=WS_PING_TIMEOUT_S,
-        ws_max_size=(settings.max_data_bytes + FRAME_OVERHEAD_BYTES) * UVICORN_FRAME_LIMIT_FACTOR,
+        ws_max_size=settings.max_ws_message_bytes,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s) + 1,
         server_header=False,
         access_log=False,  # uvicorn's would print ?token= (tidings' own redacts it)

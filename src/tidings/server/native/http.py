@@ -2,9 +2,10 @@
 
 I/O: an ``asyncio.Protocol`` on the event loop's transport, requests parsed by
 ``httptools``. A complete request runs the ASGI application in one task (responses are
-written by ``response.ResponseWriter``), except two kinds served without Starlette:
-``GET /poll``, handed to the app's native poll door, which answers or parks it at once
-with no task; and a run of ``POST /api/publish``, served by one task whose answers
+written by ``response.ResponseWriter``), except two kinds the application's route
+table (``routes.NativeRoutes``) sends past Starlette: a request with a *door*
+(``GET /poll``), which answers or parks it at once with no task; and a run of requests
+for a *batched* handler (``POST /api/publish``), served by one task whose answers
 leave in one write. Pipelined requests wait their turn, so responses leave in request
 order. An upgrade to WebSocket hands the connection to ``websocket.NativeWebSocket``.
 
@@ -59,6 +60,8 @@ from tidings.transports.deadlines import Deadline
 from tidings.transports.outbound import DIRECT_OUTBOUND, Outbound
 
 if TYPE_CHECKING:
+    from tidings.server.api import NativePublish
+    from tidings.server.native.port import ConnectionPort
     from tidings.server.native.server import NativeServer
     from tidings.server.native.websocket import NativeWebSocket
 
@@ -411,33 +414,40 @@ class HttpConnection(asyncio.Protocol):
             return
         self.update_reading()
         request = self._requests[0]
-        native_poll = self._server.native_poll
-        if native_poll is not None and request.raw_path == b"/poll" and request.method == "GET":
+        routes = self._server.routes
+        door = routes.door_for(request.method, request.raw_path)
+        if door is not None:
             # Answered, parked or handed back at once: most polls need no task at all.
             exchange = self._cycle = PollExchange(self, request)
-            native_poll(exchange)
+            door(exchange)
             return
-        if _is_publish(request):
-            self._cycle = self._loop.create_task(self._serve_publishes())
+        batched = routes.batched_for(request.method, request.raw_path)
+        if batched is not None:
+            self._cycle = self._loop.create_task(self._serve_batched(batched))
             return
-        self._serve_through_app(request)
+        self.serve_through_app(request)
 
     def _dequeue(self) -> None:
         """Forget the request just answered."""
         self._queued_bytes -= self._requests[0].size
         del self._requests[0]
 
-    async def _serve_publishes(self) -> None:
-        """Serve the run of ``POST /api/publish`` at the head of the queue in one task,
-        without Starlette, and write their answers together: a pipelining publisher's
-        requests cost one task and one write per run, not one each."""
-        publish = self._server.app.native_publish
+    async def _serve_batched(self, handler: NativePublish) -> None:
+        """Serve the run of requests for ``handler`` (``POST /api/publish``) at the head of
+        the queue in one task, without Starlette, and write their answers together: a
+        pipelining publisher's requests cost one task and one write per run, not one each."""
+        routes = self._server.routes
         answers: list[bytes] = []
         request: Request | None = None
         try:
-            while self._requests and _is_publish(self._requests[0]) and not self.closed:
+            while (
+                self._requests
+                and routes.batched_for(self._requests[0].method, self._requests[0].raw_path)
+                is handler
+                and not self.closed
+            ):
                 request = self._requests[0]
-                status, headers, body = await publish(request.header, request.body, self._client)
+                status, headers, body = await handler(request.header, request.body, self._client)
                 close = not request.keep_alive or self._server.stopping
                 answers.append(whole_responses.of(status, headers, body, close=close, head=False))
                 self._log_access(request, status)
@@ -458,7 +468,8 @@ class HttpConnection(asyncio.Protocol):
         self._cycle = None
         self._serve_next()
 
-    def _serve_through_app(self, request: Request) -> None:
+    def serve_through_app(self, request: Request) -> None:
+        """Serve ``request`` with the ASGI application (a door handing it back)."""
         self._cycle = self._loop.create_task(self._serve(request))
 
     async def _serve(self, request: Request) -> None:
@@ -665,6 +676,27 @@ class HttpConnection(asyncio.Protocol):
         """Whether no request is in flight and the connection is plain HTTP."""
         return self._cycle is None and self._websocket is None
 
+    # -- the rest of the port its helpers see (port.ConnectionPort) ----------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    @property
+    def is_write_paused(self) -> bool:
+        return self._write_paused
+
+    @property
+    def is_stopping(self) -> bool:
+        return self._server.stopping
+
+    def refuse_upgrade(
+        self, status: HTTPStatus, message: str, headers: Mapping[str, str] | None
+    ) -> None:
+        """Answer a refused WebSocket handshake in plain HTTP, then close."""
+        self._websocket = None  # the refusal is plain HTTP
+        self._refuse(status, message, headers)
+
     def close(self) -> None:
         """Close after what is written has been sent."""
         if self.transport is not None and not self.transport.is_closing():
@@ -676,16 +708,12 @@ class HttpConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-def _is_publish(request: Request) -> bool:
-    return request.method == "POST" and request.raw_path == b"/api/publish"
-
-
 class PollExchange:
     """A ``GET /poll`` handed to the app's native poll door (``transports.poll.NativePoll``)."""
 
     __slots__ = ("_conn", "_gone", "_request")
 
-    def __init__(self, conn: HttpConnection, request: Request) -> None:
+    def __init__(self, conn: ConnectionPort, request: Request) -> None:
         self._conn = conn
         self._request = request
         self._gone: Callable[[], None] | None = None
@@ -704,7 +732,7 @@ class PollExchange:
     def fall_back(self) -> None:
         self._gone = None
         if not self._conn.closed:
-            self._conn._serve_through_app(self._request)
+            self._conn.serve_through_app(self._request)
 
     def on_client_gone(self, callback: Callable[[], None]) -> None:
         self._gone = callback

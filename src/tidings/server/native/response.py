@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Final
 from tidings.transports.outbound import Outbound
 
 if TYPE_CHECKING:
-    from tidings.server.native.http import HttpConnection, Request
+    from tidings.server.native.http import Request
+    from tidings.server.native.port import ConnectionPort
 
 _CHUNKED_END: Final = b"0\r\n\r\n"
 
@@ -125,7 +126,7 @@ class ResponseWriter:
         "started",
     )
 
-    def __init__(self, conn: HttpConnection, request: Request) -> None:
+    def __init__(self, conn: ConnectionPort, request: Request) -> None:
         self._conn = conn
         self._request = request
         self._request_sent = False
@@ -146,7 +147,7 @@ class ResponseWriter:
             return {"type": "http.request", "body": self._request.body, "more_body": False}
         if not self._conn.closed and not self.complete:
             if self._disconnected is None:
-                self._disconnected = self._conn._loop.create_future()
+                self._disconnected = self._conn.loop.create_future()
             await self._disconnected
         return {"type": "http.disconnect"}
 
@@ -211,7 +212,7 @@ class ResponseWriter:
                     self._request.keep_alive = False  # HTTP/1.0: the close ends the body
             else:
                 lines.append(b"content-length: %d\r\n" % first_body)
-        if not self._request.keep_alive or self._conn._server.stopping:
+        if not self._request.keep_alive or self._conn.is_stopping:
             lines.append(b"connection: close\r\n")
         lines.append(clock.date_header())
         lines.append(b"\r\n")
@@ -235,7 +236,7 @@ class ResponseWriter:
     def stream_outbound(self) -> Outbound:
         """Return the outbound of this response's stream (offered as a scope extension)."""
         if self._stream is None:
-            self._stream = StreamOutbound(self)
+            self._stream = StreamOutbound(self, self._conn)
         return self._stream
 
 
@@ -253,26 +254,27 @@ class StreamOutbound:
     the first ``put``; it leaves with the first chunk.
     """
 
-    __slots__ = ("_ended", "_response")
+    __slots__ = ("_conn", "_ended", "_response")
 
-    def __init__(self, response: ResponseWriter) -> None:
+    def __init__(self, response: ResponseWriter, conn: ConnectionPort) -> None:
         self._response = response
+        self._conn = conn
         self._ended: asyncio.Future[None] | None = None
 
     @property
     def pending_bytes(self) -> int:
-        transport = self._response._conn.transport
+        transport = self._conn.transport
         return 0 if transport is None else transport.get_write_buffer_size()
 
     def put(self, chunk_text: str) -> None:
         response = self._response
-        if response.complete or response._conn.closed:
+        if response.complete or self._conn.closed:
             return
         if response._head is not None:
             response.write_body(b"", more=True)  # the head, choosing chunked encoding
         if response._request.method == "HEAD":
             return  # headers only (RFC 9110 §9.3.2)
-        transport = response._conn.transport
+        transport = self._conn.transport
         assert transport is not None
         if response._chunked:
             transport.write(_stream_chunks.of(chunk_text))
@@ -285,24 +287,24 @@ class StreamOutbound:
     def finish(self, goodbye: str, code: int, reason: str) -> None:
         response = self._response
         self.put(goodbye)
-        if not response.complete and not response._conn.closed:
+        if not response.complete and not self._conn.closed:
             response._request.keep_alive = False
             response.write_body(b"", more=False)
         self.end_silently()
 
     def end_silently(self) -> None:
         if self._ended is None:
-            self._ended = self._response._conn._loop.create_future()
+            self._ended = self._conn.loop.create_future()
         if not self._ended.done():
             self._ended.set_result(None)
 
     async def wait_sent(self) -> None:
-        await self._response._conn.drain()
+        await self._conn.drain()
 
     async def run(self) -> None:
         if self._ended is None:
-            self._ended = self._response._conn._loop.create_future()
-        if self._response._conn.closed:
+            self._ended = self._conn.loop.create_future()
+        if self._conn.closed:
             return
         await self._ended
 

@@ -26,7 +26,7 @@ from typing import Final
 from starlette.types import ASGIApp
 
 from tidings.server.access_log import AccessLog, AccessLogMiddleware
-from tidings.server.app import FRAME_OVERHEAD_BYTES, TidingsApp
+from tidings.server.app import TidingsApp
 from tidings.server.native.http import HttpConnection
 from tidings.server.native.websocket import NativeWebSocket
 from tidings.transports.deadlines import Deadlines
@@ -37,8 +37,6 @@ LISTEN_BACKLOG: Final = 4096
 # Keep-alive and linger time-outs end up to this much late, sharing timers.
 DEADLINE_GRAIN_S: Final = 0.25
 WS_PING_INTERVAL_S: Final = 20.0
-# Frames the app would refuse (4009) still parse: the app's own limit applies below this.
-FRAME_LIMIT_FACTOR: Final = 4
 
 
 class NativeServer:
@@ -50,10 +48,8 @@ class NativeServer:
         # What requests run through: the app, or the app inside the access log.
         self.access_log = AccessLog() if settings.access_log else None
         self.asgi: ASGIApp = AccessLogMiddleware(app, self.access_log) if self.access_log else app
-        self.max_message_bytes = (settings.max_data_bytes + FRAME_OVERHEAD_BYTES) * (
-            FRAME_LIMIT_FACTOR
-        )
-        self.native_poll = app.native_poll
+        self.max_message_bytes = settings.max_ws_message_bytes
+        self.routes = app.native_routes
         self.deadlines = Deadlines(DEADLINE_GRAIN_S)
         self.connections: set[HttpConnection] = set()
         self._no_connections = asyncio.Event()

@@ -51,7 +51,8 @@ from tidings.server.native.frames import (
     parse_close,
     text_frame,
 )
-from tidings.server.native.http import HttpConnection, Request
+from tidings.server.native.http import Request
+from tidings.server.native.port import ConnectionPort
 from tidings.server.native.response import SharedFrames
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ class NativeWebSocket:
         "state",
     )
 
-    def __init__(self, conn: HttpConnection, request: Request, server: NativeServer) -> None:
+    def __init__(self, conn: ConnectionPort, request: Request, server: NativeServer) -> None:
         self._conn = conn
         self._request: Request | None = request
         self._server = server
@@ -257,12 +258,12 @@ class NativeWebSocket:
             held, self._held = self._held, None
             self._held_bytes = 0
             transport.write(b"".join(held))
-        if self.state is State.OPEN and not self._conn._write_paused:
+        if self.state is State.OPEN and not self._conn.is_write_paused:
             self._open_transport = transport
 
     def _enter(self, state: State) -> None:
         self.state = state
-        open_ = state is State.OPEN and not self._conn._write_paused
+        open_ = state is State.OPEN and not self._conn.is_write_paused
         self._open_transport = self._conn.transport if open_ else None
 
     # -- frames ----------------------------------------------------------------------------
@@ -276,7 +277,7 @@ class NativeWebSocket:
             if event.opcode == OP_PING:
                 if self.state is not State.OPEN:
                     continue
-                if self._conn._write_paused:
+                if self._conn.is_write_paused:
                     self._pong = event.payload  # one pong, to the latest ping (§5.5.3)
                 else:
                     self._write(frame(OP_PONG, event.payload))
@@ -332,7 +333,7 @@ class NativeWebSocket:
         transport = conn.transport
         if transport is None or conn.closed:
             return
-        if conn._write_paused:
+        if conn.is_write_paused:
             self._hold(data)
         else:
             transport.write(data)
@@ -347,8 +348,7 @@ class NativeWebSocket:
         self, status: HTTPStatus, message: str, headers: Mapping[str, str] | None = None
     ) -> None:
         self._enter(State.CLOSED)
-        self._conn._websocket = None  # the refusal is plain HTTP
-        self._conn._refuse(status, message, headers)
+        self._conn.refuse_upgrade(status, message, headers)
 
     # -- ASGI -------------------------------------------------------------------------------
 
@@ -457,7 +457,7 @@ class NativeWebSocket:
         """Hold the reader while a large reply is still mostly unsent (Outbound)."""
         while self.pending_bytes > _HIGH_WATER_BYTES and self.state is State.OPEN:
             await self._conn.drain()
-            if not self._conn._write_paused:
+            if not self._conn.is_write_paused:
                 return
 
     async def run(self) -> None:
