@@ -281,9 +281,11 @@ class Hub:
         encoded = EncodedPublication(publication)
         position = publication.position
         # Live subscriptions mostly hold the same Position object (the one the previous
-        # fan-out gave them all), so the rule is decided once per distinct object.
+        # fan-out gave them all), so the rule is decided once per distinct object, and
+        # its outcome kept as two booleans (an enum member lookup costs ~0.1 µs on 3.11,
+        # per subscriber).
         decided_for: Position | None = None
-        outcome = CatchUp.DELIVER
+        redelivery = continuous = False
         delivered = 0
         # A snapshot: a delivery may close a slow consumer, which unsubscribes it.
         for subscription in list(subscriptions.values()):
@@ -294,13 +296,15 @@ class Hub:
             held = subscription.position
             if held is not decided_for:
                 outcome = decide_catch_up(held, position)
+                redelivery = outcome is CatchUp.ALREADY_HAD
+                continuous = outcome is CatchUp.DELIVER
                 decided_for = held
-            if outcome is CatchUp.ALREADY_HAD:
-                continue  # a redelivery: never write an offset twice
+            if redelivery:
+                continue  # never write an offset twice
             subscriber = subscription.subscriber
             subscription.position = position
             try:
-                if outcome is CatchUp.DELIVER:
+                if continuous:
                     subscriber.deliver(encoded)
                 else:
                     # Brokers fill their own gaps; one that could not (history shorter
