@@ -56,6 +56,23 @@ export function samePosition(a, b) {
   return Boolean(a && b) && a.epoch === b.epoch && a.offset === b.offset;
 }
 
+/**
+ * The live catch-up rule: what a publication at `position` is to whoever holds `held`
+ * (null: nothing yet), having left the epochs in `left` (a Set or Map of epochs).
+ * "deliver": the next one (or nothing held); "already_had": at or below the held offset
+ * of the held epoch, or of an epoch left; "hole": ahead of the next one in the held
+ * epoch; "gap": another epoch. The server's rule (src/tidings/core/catchup.py), copied;
+ * both are checked against clients/catchup_cases.json.
+ */
+export function catchUp(held, position, left = new Set()) {
+  if (!held) return "deliver";
+  if (position.epoch === held.epoch) {
+    if (position.offset <= held.offset) return "already_had";
+    return position.offset === held.offset + 1 ? "deliver" : "hole";
+  }
+  return left.has(position.epoch) ? "already_had" : "gap";
+}
+
 // -- reconnection delays ---------------------------------------------------------
 
 /**
@@ -171,20 +188,13 @@ export class PositionTracker {
     if (!this.has(channel)) return [];
     const position = { epoch: publication.epoch, offset: publication.offset };
     const held = this._positions.get(channel);
-    if (!held) {
-      this._hold(channel, position);
-      return [{ type: "publication", publication }];
-    }
-    if (publication.epoch === held.epoch) {
-      if (publication.offset <= held.offset) return [];
-      if (publication.offset === held.offset + 1) {
-        this._hold(channel, position);
-        return [{ type: "publication", publication }];
-      }
-    } else if (this._highest.get(channel).has(publication.epoch)) {
-      return []; // an epoch this channel left: its history is gone
-    }
-    const events = this._move(channel, { epoch: publication.epoch, offset: publication.offset - 1 });
+    // Every epoch the channel held counts as left: the held one is judged by offset.
+    const outcome = catchUp(held, position, this._highest.get(channel));
+    if (outcome === "already_had") return [];
+    const events =
+      outcome === "deliver" // else a hole or another epoch: told, then let through
+        ? []
+        : this._move(channel, { epoch: publication.epoch, offset: publication.offset - 1 });
     this._hold(channel, position);
     return [...events, { type: "publication", publication }];
   }

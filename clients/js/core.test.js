@@ -12,6 +12,7 @@ import {
   TidingsError,
   TransportRoute,
   baseUrl,
+  catchUp,
   checkChannel,
   closeAction,
   httpAction,
@@ -59,6 +60,49 @@ describe("Backoff", () => {
     const backoff = new Backoff({ baseMs: 100, capMs: 1000, random: () => 1 });
     backoff.attempt = 5000;
     assert.equal(backoff.nextDelayMs(), 1000);
+  });
+});
+
+// The table the server's rule is tested against too (tests/core/test_catchup.py).
+const CATCHUP_CASES = JSON.parse(
+  readFileSync(new URL("../catchup_cases.json", import.meta.url)),
+).cases;
+const position = ([epoch, offset]) => ({ epoch, offset });
+
+describe("the live catch-up rule", () => {
+  test("catchUp gives the server's outcome for every shared case", () => {
+    for (const c of CATCHUP_CASES) {
+      const held = c.held && position(c.held);
+      assert.equal(catchUp(held, position(c.publication), new Set(c.left)), c.outcome, c.why);
+    }
+  });
+
+  test("the tracker delivers, drops, or tells a gap by the shared cases", () => {
+    for (const c of CATCHUP_CASES) {
+      const tracker = new PositionTracker();
+      tracker.add("room:1");
+      for (const epoch of [...c.left].sort()) {
+        tracker.receiveSubscribed("room:1", { epoch, offset: 1 }, false);
+      }
+      if (c.held) tracker.receiveSubscribed("room:1", position(c.held), false);
+      const [epoch, offset] = c.publication;
+      const publication = pub("room:1", epoch, offset);
+      const events = tracker.receivePublication(publication);
+      const told = { type: "publication", publication };
+      if (c.outcome === "already_had") {
+        assert.deepEqual(events, [], c.why);
+        assert.deepEqual(tracker.position("room:1"), c.held && position(c.held), c.why);
+        continue;
+      }
+      const gap = {
+        type: "gap",
+        channel: "room:1",
+        since: c.held && position(c.held),
+        position: { epoch, offset: offset - 1 },
+      };
+      assert.deepEqual(events, c.outcome === "deliver" ? [told] : [gap, told], c.why);
+      assert.deepEqual(tracker.position("room:1"), { epoch, offset }, c.why);
+    }
   });
 });
 

@@ -10,8 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.catchup_cases import CATCHUP_CASES, CatchUpCase
 from tidings.client.events import Event, GapNotice
 from tidings.client.positions import PositionTracker
+from tidings.core.catchup import CatchUp
 from tidings.core.channel import ChannelName
 from tidings.core.cursor import encode_cursor
 from tidings.core.publication import Position, Publication
@@ -323,3 +325,34 @@ def test_tracker_refuses_misuse(
 ) -> None:
     with pytest.raises(ValueError, match=r"channel|since"):
         PositionTracker(channels, since)
+
+
+def tracker_holding(held: Position | None, left: frozenset[str]) -> PositionTracker:
+    """A tracker of channel A at ``held``, having left the epochs ``left`` on the way."""
+    assert held is not None or not left, "a channel leaves epochs only once it holds one"
+    tracker = PositionTracker([A])
+    for epoch in sorted(left):
+        tracker.receive_subscribed(A, Position(epoch, 1), recovered=False)
+    if held is not None:
+        tracker.receive_subscribed(A, held, recovered=False)
+        assert tracker.positions == {A: held}
+    return tracker
+
+
+@pytest.mark.parametrize("case", CATCHUP_CASES, ids=lambda case: case.why)
+def test_a_live_publication_is_judged_by_the_servers_rule(case: CatchUpCase) -> None:
+    """The shared table (clients/catchup_cases.json; the JS client's tests read it too)."""
+    tracker = tracker_holding(case.held, case.left)
+    publication = pub(A, case.publication.offset, case.publication.epoch)
+    events = tracker.receive_publication(publication)
+    if case.outcome is CatchUp.ALREADY_HAD:
+        assert events == []
+        assert tracker.positions.get(A) == case.held
+        return
+    if case.outcome is CatchUp.DELIVER:
+        assert events == [publication]
+    else:  # a hole or a gap: told, then let through
+        assert case.held is not None
+        before = Position(publication.epoch, publication.offset - 1)
+        assert events == [GapNotice(A, case.held, before), publication]
+    assert tracker.positions == {A: publication.position}

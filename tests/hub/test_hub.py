@@ -290,6 +290,24 @@ async def test_a_live_publication_past_a_hole_is_reported_as_a_gap_not_delivered
     assert subscriber.gaps == [ROOM, ROOM]
 
 
+async def test_one_fan_out_judges_each_subscription_by_its_own_position(
+    hub: Hub, broker: RecordingBroker
+) -> None:
+    """a and b move together; c joins later, behind them: one publication is a repeat to
+    some, the next one to another, or a hole (core.catchup, decided per position)."""
+    a, b, c = (RecordingSubscriber(name) for name in ("a", "b", "c"))
+    await hub.subscribe(ROOM, a)
+    await hub.subscribe(ROOM, b)
+    await publish_many(hub, 1)
+    assert broker.handler is not None
+    broker.handler(Publication(ROOM, "E1", 3, b"3", 0))  # a hole for a and b: gaps
+    await hub.subscribe(ROOM, c)  # at the broker's head, E1:1
+    broker.handler(Publication(ROOM, "E1", 2, b"2", 0))  # had by a and b; next for c
+    broker.handler(Publication(ROOM, "E1", 4, b"4", 0))  # next for a and b; a hole for c
+    assert (a.offsets, b.offsets, c.offsets) == ([1, 4], [1, 4], [2])
+    assert (a.gaps, b.gaps, c.gaps) == ([ROOM], [ROOM], [ROOM])
+
+
 async def test_local_subscribers_lists_a_channels_subscribers_on_this_node_in_order(
     hub: Hub,
 ) -> None:

@@ -157,6 +157,7 @@ from tidings.brokers.redis_scripts import (
 from tidings.brokers.redis_target import RedisTarget, make_client, without_credentials
 from tidings.clock import Clock, SystemClock
 from tidings.core.backoff import Backoff
+from tidings.core.catchup import CatchUp, decide_catch_up
 from tidings.core.channel import ChannelName
 from tidings.core.dedupe import DedupeOptions, dedupe_key
 from tidings.core.history import HistoryOptions
@@ -712,18 +713,18 @@ class RedisBroker:
     def _accept(self, state: _ChannelState, publication: Publication) -> bool:
         """Deliver ``publication`` if it follows ``state.last``; drop a repeat. Return
         False (delivering nothing) when publications before it are missing."""
-        last = state.last
-        if last is not None:
-            if publication.epoch == last.epoch:
-                if publication.offset <= last.offset:
-                    return True
-                if publication.offset != last.offset + 1:
-                    return False
-            elif publication.epoch == state.retired_epoch:
-                return True
-            elif publication.offset != 1:
-                state.last = Position(publication.epoch, 0)
+        retired = state.retired_epoch
+        outcome = decide_catch_up(
+            state.last, publication.position, () if retired is None else (retired,)
+        )
+        if outcome is CatchUp.GAP:
+            # Another epoch: the old one's history is gone. Hold the new one from its
+            # start, where offset 1 follows and any other is a hole to read.
+            state.last = Position(publication.epoch, 0)
+            if publication.offset != 1:
                 return False
+        elif outcome is not CatchUp.DELIVER:
+            return outcome is CatchUp.ALREADY_HAD
         state.last = publication.position
         handler = self._on_publication
         if handler is not None:

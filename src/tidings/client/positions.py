@@ -27,10 +27,11 @@ Invariants, per channel:
    where it is. Together with 1, no ``(epoch, offset)`` is let through twice, whatever
    the server sends.
 3. **In order, nothing skipped silently.** A publication is let through when it is
-   the held offset + 1 of the held epoch. Anything else ahead of the held position (a
-   jump, an epoch change) is let through *after* a ``GapNotice`` from the held
-   position to the one just before it. The server never skips without saying so
-   (PROTOCOL.md §2.3), so this is a defence, and the application still hears of it.
+   the held offset + 1 of the held epoch (the server's rule, ``tidings.core.catchup``).
+   Anything else ahead of the held position (a jump, an epoch change) is let through
+   *after* a ``GapNotice`` from the held position to the one just before it. The
+   server never skips without saying so (PROTOCOL.md §2.3), so this is a defence, and
+   the application still hears of it.
 4. **Gaps are told.** A subscribe answered ``recovered: false`` for a channel whose
    position was given yields a ``GapNotice`` and moves to the server's position.
    Without a position there is nothing to recover: the channel starts where the
@@ -46,6 +47,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 from tidings.client.events import Event, GapNotice
+from tidings.core.catchup import CatchUp, decide_catch_up
 from tidings.core.channel import ChannelName
 from tidings.core.cursor import decode_cursor
 from tidings.core.publication import Position, Publication
@@ -140,18 +142,13 @@ class PositionTracker:
         if channel not in self.channels:
             return []
         held = self._positions.get(channel)
-        if held is None:
-            self._hold(channel, publication.position)
-            return [publication]
-        if publication.epoch == held.epoch:
-            if publication.offset <= held.offset:
-                return []
-            if publication.offset == held.offset + 1:
-                self._hold(channel, publication.position)
-                return [publication]
-        elif publication.epoch in self._highest[channel]:
-            return []  # an epoch this channel left: its history is gone
-        events = self._move(channel, Position(publication.epoch, publication.offset - 1))
+        # Every epoch the channel held counts as left: the held one is judged by offset.
+        outcome = decide_catch_up(held, publication.position, self._highest.get(channel, ()))
+        if outcome is CatchUp.ALREADY_HAD:
+            return []
+        events: list[Event] = []
+        if outcome is not CatchUp.DELIVER:  # a hole or another epoch: told, then let through
+            events = self._move(channel, Position(publication.epoch, publication.offset - 1))
         self._hold(channel, publication.position)
         return [*events, publication]
 

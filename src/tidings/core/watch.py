@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 
+from tidings.core.catchup import CatchUp, decide_catch_up
 from tidings.core.publication import Position, Publication
 from tidings.core.recovery import Replay, decide_recovery
 
@@ -43,7 +44,7 @@ class ChannelWatch:
             ValueError: it does not follow the head (the caller must drop the watch).
         """
         head = self.head
-        if publication.epoch != head.epoch or publication.offset != head.offset + 1:
+        if decide_catch_up(head, publication.position) is not CatchUp.DELIVER:
             raise ValueError(f"{publication.position} does not follow {head}")
         self._recent.append(publication)
         self.head = publication.position

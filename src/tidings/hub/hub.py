@@ -23,9 +23,9 @@ already holds. In fan-out, a live subscription also drops any offset at or below
 one it has (a broker redelivery), so a connection never sees an offset twice.
 
 A live publication that does not follow the subscription's position (a skipped
-offset, another epoch: the broker lost publications it could not refill) is not
-delivered as if it followed: the subscriber is told to ``report_gap``, and its client
-resumes from its position and hears ``recovered: false``.
+offset, another epoch: the broker lost publications it could not refill; the rule is
+``core.catchup``'s) is not delivered as if it followed: the subscriber is told to
+``report_gap``, and its client resumes from its position and hears ``recovered: false``.
 
 Fan-out encodes a publication once per wire format (``EncodedPublication``) and hands
 the same object to every subscriber; a failing subscriber is logged, counted and
@@ -48,6 +48,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tidings.brokers.base import Broker, HistoryRead, PresenceChange, PublishResult
+from tidings.core.catchup import CatchUp, decide_catch_up
 from tidings.core.channel import ChannelName
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Replay
@@ -199,29 +200,28 @@ class Hub:
         publications = (
             list(recovery.publications) if isinstance(recovery, Replay) and recovered else []
         )
-        epoch = read.head.epoch
-        offset = publications[-1].offset if publications else read.head.offset
+        held = publications[-1].position if publications else read.head
         if since is not None and not recovered:
             logger.debug("gap on %s after %s: %s", subscription.channel, since, recovery)
         for publication in subscription.pending or ():
-            if publication.epoch != epoch or publication.offset <= offset:
-                continue  # already in the history read
-            if publication.offset != offset + 1:
+            outcome = decide_catch_up(held, publication.position)
+            if outcome is CatchUp.ALREADY_HAD or outcome is CatchUp.GAP:
+                continue  # in the history read, or of an epoch other than the read's
+            if outcome is CatchUp.HOLE:
                 # The broker skipped offsets between the read and the live stream; the
                 # client must not be handed a silent hole.
                 recovered = False
                 logger.warning(
                     "offsets %d..%d of %s missing between history and live",
-                    offset + 1,
+                    held.offset + 1,
                     publication.offset - 1,
                     subscription.channel,
                 )
             publications.append(publication)
-            offset = publication.offset
+            held = publication.position
         subscription.pending = None
-        subscription.epoch = epoch
-        subscription.offset = offset
-        return SubscribeResult(Position(epoch, offset), recovered, tuple(publications))
+        subscription.position = held
+        return SubscribeResult(held, recovered, tuple(publications))
 
     async def unsubscribe(
         self, channel: ChannelName, subscriber: Subscriber, *, presence: bool = False
@@ -279,8 +279,13 @@ class Hub:
         if not subscriptions:
             return
         encoded = EncodedPublication(publication)
-        offset = publication.offset
-        epoch = publication.epoch
+        position = publication.position
+        # Live subscriptions mostly hold the same Position object (the one the previous
+        # fan-out gave them all), so the rule is decided once per distinct object, and
+        # its outcome kept as two booleans (an enum member lookup costs ~0.1 µs on 3.11,
+        # per subscriber).
+        decided_for: Position | None = None
+        redelivery = continuous = False
         delivered = 0
         # A snapshot: a delivery may close a slow consumer, which unsubscribes it.
         for subscription in list(subscriptions.values()):
@@ -288,12 +293,16 @@ class Hub:
             if pending is not None:
                 pending.append(publication)
                 continue
-            if offset <= subscription.offset and epoch == subscription.epoch:
-                continue  # a redelivery: never write an offset twice
+            held = subscription.position
+            if held is not decided_for:
+                outcome = decide_catch_up(held, position)
+                redelivery = outcome is CatchUp.ALREADY_HAD
+                continuous = outcome is CatchUp.DELIVER
+                decided_for = held
+            if redelivery:
+                continue  # never write an offset twice
             subscriber = subscription.subscriber
-            continuous = offset == subscription.offset + 1 and epoch == subscription.epoch
-            subscription.offset = offset
-            subscription.epoch = epoch
+            subscription.position = position
             try:
                 if continuous:
                     subscriber.deliver(encoded)

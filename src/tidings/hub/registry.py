@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from tidings.core.channel import ChannelName
-from tidings.core.publication import Publication
+from tidings.core.publication import Position, Publication
 from tidings.core.wire import EncodedPublication, encode_json
 
 
@@ -83,13 +83,12 @@ class PresenceEvent:
 class Subscription:
     """One subscriber's hold on one channel and the position it has been given."""
 
-    __slots__ = ("channel", "epoch", "offset", "pending", "subscriber")
+    __slots__ = ("channel", "pending", "position", "subscriber")
 
     def __init__(self, channel: ChannelName, subscriber: Subscriber) -> None:
         self.channel = channel
         self.subscriber = subscriber
-        self.epoch = ""
-        self.offset = 0
+        self.position = Position("", 0)  # set when it goes live
         # Live publications that arrived while the subscribe read history; None once live.
         self.pending: list[Publication] | None = []
 

@@ -38,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tidings.core.bounded_cache import BoundedCache
+from tidings.core.catchup import CatchUp, decide_catch_up
 from tidings.core.channel import ChannelName
 from tidings.core.cursor import encode_cursor
 from tidings.core.origin import origin_access
@@ -541,7 +542,7 @@ def _page(
     page: list[Publication] = []
     for publication in found:
         held = positions[publication.channel]
-        if publication.epoch != held.epoch or publication.offset != held.offset + 1:
+        if decide_catch_up(held, publication.position) is not CatchUp.DELIVER:
             continue  # not the next one of its channel (a repeat, or past a cut)
         if len(page) == limit:
             break
