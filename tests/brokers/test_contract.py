@@ -31,8 +31,14 @@ from tests.support.redis_cluster import (
     shared_cluster,
     wait_until,
 )
-from tidings.brokers.base import Broker, DisconnectUser, NodeControl, PresenceChange
-from tidings.brokers.memory import MemoryBroker
+from tidings.brokers.base import (
+    Broker,
+    DisconnectUser,
+    NodeControl,
+    PresenceChange,
+    PresenceStore,
+)
+from tidings.brokers.memory import MemoryBroker, presence_store_of
 from tidings.brokers.redis import RedisBroker
 from tidings.brokers.redis_scripts import DEFAULT_PREFIX, ChannelKeys
 from tidings.brokers.sqlite import DB_FILE_NAME, Durability, SqliteBroker
@@ -126,7 +132,9 @@ async def broker(
 ) -> AsyncIterator[Broker]:
     factory: BrokerFactory = request.param
     broker = factory(BrokerSetup(NAMESPACES, clock, DedupeOptions(DEDUPE_WINDOW_MS), tmp_path))
-    await broker.start(handler, presence_changes.append)
+    # As the hub does: listen to the broker's presence store, then start the broker.
+    presence_store_of(broker).listen(presence_changes.append)
+    await broker.start(handler)
     try:
         yield broker
     finally:
@@ -475,39 +483,65 @@ async def test_is_ready_while_started(broker: Broker) -> None:
     assert await broker.is_ready()
 
 
-# Presence
+# Presence: the ``PresenceStore`` of each broker (``brokers.base.PresenceStore``)
 
 
-async def test_presence_of_a_channel_nobody_joined_is_empty(broker: Broker) -> None:
-    assert await broker.presence(unique_channel()) == {}
+@pytest.fixture
+def presence(broker: Broker) -> PresenceStore:
+    return presence_store_of(broker)
 
 
-async def test_presence_lists_joined_clients_until_they_leave(broker: Broker) -> None:
+async def test_the_presence_store_is_the_brokers_own_and_the_same_on_every_call(
+    broker: Broker, presence: PresenceStore
+) -> None:
+    assert isinstance(presence, PresenceStore)
+    assert presence_store_of(broker) is presence
+
+
+async def test_presence_of_a_channel_nobody_joined_is_empty(presence: PresenceStore) -> None:
+    assert await presence.presence(unique_channel()) == {}
+
+
+async def test_presence_lists_joined_clients_until_they_leave(presence: PresenceStore) -> None:
     channel, other = unique_channel(), unique_channel()
 
-    await broker.presence_join(channel, "n1.1", "alice")
-    await broker.presence_join(channel, "n1.2", "")
-    await broker.presence_join(other, "n1.3", "carol")
-    both = await broker.presence(channel)
-    await broker.presence_leave(channel, "n1.1")
-    await broker.presence_leave(channel, "n1.1")  # idempotent
-    one = await broker.presence(channel)
-    await broker.presence_leave(channel, "n1.2")
+    await presence.join(channel, "n1.1", "alice")
+    await presence.join(channel, "n1.2", "")
+    await presence.join(other, "n1.3", "carol")
+    both = await presence.presence(channel)
+    await presence.leave(channel, "n1.1")
+    await presence.leave(channel, "n1.1")  # idempotent
+    one = await presence.presence(channel)
+    await presence.leave(channel, "n1.2")
 
     assert both == {"n1.1": "alice", "n1.2": ""}
     assert one == {"n1.2": ""}
-    assert await broker.presence(channel) == {}
-    assert await broker.presence(other) == {"n1.3": "carol"}
+    assert await presence.presence(channel) == {}
+    assert await presence.presence(other) == {"n1.3": "carol"}
+
+
+async def test_a_join_again_lists_the_client_once_with_its_last_user(
+    presence: PresenceStore,
+) -> None:
+    channel = unique_channel()
+
+    await presence.join(channel, "n1.1", "alice")
+    await presence.join(channel, "n1.1", "alicia")
+
+    assert await presence.presence(channel) == {"n1.1": "alicia"}
 
 
 async def test_a_node_is_not_handed_back_its_own_presence_changes(
-    broker: Broker, handler: RecordingHandler, presence_changes: list[PresenceChange]
+    broker: Broker,
+    presence: PresenceStore,
+    handler: RecordingHandler,
+    presence_changes: list[PresenceChange],
 ) -> None:
     channel = unique_channel()
     await broker.subscribe(channel)
 
-    await broker.presence_join(channel, "n1.1", "alice")
-    await broker.presence_leave(channel, "n1.1")
+    await presence.join(channel, "n1.1", "alice")
+    await presence.leave(channel, "n1.1")
     await broker.publish(channel, data(1))
     await handler.wait_for(1)  # a change carried with publications would be here by now
 

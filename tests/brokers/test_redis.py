@@ -713,7 +713,8 @@ async def presence_node(
     broker = RedisBroker(
         url, NAMESPACES, clock=clock, presence_lifetime_s=LIFETIME_S, presence_refresh_s=refresh_s
     )
-    await broker.start(handler or RecordingHandler(), changes.append)
+    broker.presence_store.listen(changes.append)
+    await broker.start(handler or RecordingHandler())
     try:
         yield broker
     finally:
@@ -734,12 +735,12 @@ async def test_joins_and_leaves_reach_the_other_nodes_once_and_not_their_own(
         await node_a.subscribe(channel)
         await node_b.subscribe(channel)
 
-        await node_a.presence_join(channel, "a.1", "alice")
-        listed = await node_b.presence(channel)
-        await node_a.presence_leave(channel, "a.1")
+        await node_a.presence_store.join(channel, "a.1", "alice")
+        listed = await node_b.presence_store.presence(channel)
+        await node_a.presence_store.leave(channel, "a.1")
         await node_a.publish(channel, data(1))  # on the same topic, after the frames
         await handler_b.wait_for(1)
-        left = await node_b.presence(channel)
+        left = await node_b.presence_store.presence(channel)
     assert listed == {"a.1": "alice"}
     assert left == {}
     assert changes_b == [
@@ -760,12 +761,12 @@ async def test_entries_of_a_node_that_stopped_refreshing_expire_after_the_lifeti
         presence_node(shared_url, [], clock) as alive,
         redis_client(shared_url) as admin,
     ):
-        await dead.presence_join(channel, "d.1", "dora")
-        await alive.presence_join(channel, "l.1", "lena")
+        await dead.presence_store.join(channel, "d.1", "dora")
+        await alive.presence_store.join(channel, "l.1", "lena")
         clock.advance(LIFETIME_MS - 1)
-        before = await alive.presence(channel)
+        before = await alive.presence_store.presence(channel)
         clock.advance(1)
-        after = await alive.presence(channel)
+        after = await alive.presence_store.presence(channel)
         fields = await admin.hkeys(key)
         ttl = await admin.pttl(key)
     # Nobody refreshed within the test (refresh every 10 s of real time), so both
@@ -785,9 +786,9 @@ async def test_a_node_refreshes_its_entries_so_they_outlive_the_lifetime(
         presence_node(shared_url, [], clock, refresh_s=0.02) as node,
         redis_client(shared_url) as admin,
     ):
-        await node.presence_join(channel, "n.1", "nina")
-        await node.presence_join(channel, "n.2", "noor")
-        await node.presence_leave(channel, "n.2")
+        await node.presence_store.join(channel, "n.1", "nina")
+        await node.presence_store.join(channel, "n.2", "noor")
+        await node.presence_store.leave(channel, "n.2")
         clock.advance(LIFETIME_MS - 1)
         renewed_until = clock.now_ms() + LIFETIME_MS
 
@@ -797,7 +798,7 @@ async def test_a_node_refreshes_its_entries_so_they_outlive_the_lifetime(
 
         await eventually(renewed, "the node renewed its entry")
         clock.advance(LIFETIME_MS - 1)  # past the first lifetime, within the renewed one
-        listed = await node.presence(channel)
+        listed = await node.presence_store.presence(channel)
     assert listed == {"n.1": "nina"}  # and the left client was not brought back
 
 

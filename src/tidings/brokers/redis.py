@@ -135,7 +135,6 @@ from tidings.brokers.base import (
     HistoryRead,
     NodeCommand,
     NodeCommandHandler,
-    PresenceHandler,
     PublicationHandler,
     PublishResult,
 )
@@ -586,11 +585,12 @@ class RedisBroker:
         self._db = 0
         self._publish_command = "SPUBLISH" if self._target.cluster else "PUBLISH"
         self._on_publication: PublicationHandler | None = None
-        self._on_presence: PresenceHandler | None = None
         self._presence = RedisPresence(
             self._target.prefix,
             self._clock,
             self._run_keys,
+            lambda channel: topic_of(self._target.prefix, self._db, channel),
+            self._publish_command,
             lifetime_s=presence_lifetime_s,
             refresh_s=presence_refresh_s,
             node=self.node_id,
@@ -614,11 +614,10 @@ class RedisBroker:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def start(
-        self, on_publication: PublicationHandler, on_presence: PresenceHandler | None = None
-    ) -> None:
+    async def start(self, on_publication: PublicationHandler) -> None:
         """Connect and start delivering publications of subscribed channels, and presence
-        changes of other nodes, and refreshing this node's presence entries.
+        changes of other nodes (to ``presence_store``'s listener), and refreshing this
+        node's presence entries.
 
         If Redis cannot be reached now, the broker keeps trying in the background and
         is not ready until it succeeds.
@@ -629,7 +628,6 @@ class RedisBroker:
         if self._closed:
             raise BrokerError("the Redis broker was closed; make a new one")
         self._on_publication = on_publication
-        self._on_presence = on_presence
         if self._client is not None:
             return
         target = self._target
@@ -686,7 +684,6 @@ class RedisBroker:
         self._closed = True
         self._healthy = False
         self._on_publication = None
-        self._on_presence = None
         await self._presence.close()
         tasks = [
             t
@@ -891,32 +888,10 @@ class RedisBroker:
 
     # -- presence ----------------------------------------------------------------------------
 
-    async def presence_join(self, channel: ChannelName, client_id: str, user: str) -> None:
-        """Write ``client_id``'s presence entry and tell other nodes (``Broker.presence_join``).
-
-        Raises:
-            BrokerError: Redis failed; an entry written anyway expires.
-        """
-        topic = topic_of(self._target.prefix, self._db, channel)
-        await self._presence.join(channel, client_id, user, topic, self._publish_command)
-
-    async def presence_leave(self, channel: ChannelName, client_id: str) -> None:
-        """Delete ``client_id``'s presence entry and tell other nodes (``Broker.presence_leave``).
-
-        Raises:
-            BrokerError: Redis failed; the entry left behind expires (it is no longer
-                refreshed).
-        """
-        topic = topic_of(self._target.prefix, self._db, channel)
-        await self._presence.leave(channel, client_id, topic, self._publish_command)
-
-    async def presence(self, channel: ChannelName) -> dict[str, str]:
-        """Return the unexpired presence entries of ``channel``, on every node.
-
-        Raises:
-            BrokerError: Redis failed.
-        """
-        return await self._presence.clients(channel)
+    @property
+    def presence_store(self) -> RedisPresence:
+        """Presence shared by every node on this Redis (``HasPresenceStore``)."""
+        return self._presence
 
     # -- node commands (``NodeControl``, ``redis_control``) ---------------------------------
 
@@ -1128,7 +1103,7 @@ class RedisBroker:
                 self._control.receive(payload)
             return  # not (or no longer, or not yet) subscribed: see the theory of operation
         if is_presence_frame(payload):
-            self._receive_presence(payload)
+            self._presence.receive(payload)
             return
         try:
             publication = decode_live(payload)
@@ -1142,16 +1117,6 @@ class RedisBroker:
         elif not self._accept(state, publication):
             state.buffer = [publication]
             self._request_sync(state)
-
-    def _receive_presence(self, payload: bytes) -> None:
-        change = self._presence.receive(payload)
-        handler = self._on_presence
-        if change is None or handler is None:
-            return
-        try:
-            handler(change)
-        except Exception:  # a faulty handler must not stop delivery
-            logger.exception("presence handler failed on %s", change.channel)
 
     def _accept(self, state: _ChannelState, publication: Publication) -> bool:
         """Deliver ``publication`` if it follows ``state.last``; drop a repeat. Return

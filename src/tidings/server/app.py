@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from tidings.brokers.base import Broker, NodeCommand, NodeControl
 from tidings.brokers.factory import create_broker
-from tidings.brokers.memory import LocalNodeControl
+from tidings.brokers.memory import LocalNodeControl, presence_store_of
 from tidings.core.channel import parse_channel
 from tidings.core.commands import publication_data
 from tidings.core.dedupe import CLIENT_KEY_MARK, DedupeOptions
@@ -100,7 +100,9 @@ class TidingsApp:
         # Metrics time the broker's calls by wrapping it; the hub never knows.
         self.metrics = Metrics(self.sessions)
         broker = broker or broker_for(settings)
-        self.hub = Hub(self.metrics.metered(broker))
+        # Presence is the broker's own store (its connections), taken before metering
+        # wraps the broker; one that keeps none serves this node alone.
+        self.hub = Hub(self.metrics.metered(broker), presence_store_of(broker))
         # Commands between nodes (``POST /api/disconnect``); a broker of an embedding
         # application that carries none serves this node alone.
         self.control: NodeControl = (
