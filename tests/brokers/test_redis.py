@@ -34,10 +34,12 @@ from tests.support.redis_cluster import (
 )
 from tests.support.services import REDIS_HOST, REDIS_PORT, require_service
 from tidings.brokers.base import DisconnectUser, PresenceChange
+from tidings.brokers.factory import create_broker
 from tidings.brokers.redis import RedisBroker, RedisTarget
 from tidings.brokers.redis_presence import PRESENCE_REFRESH_S, presence_key_of
 from tidings.brokers.redis_scripts import ChannelKeys, topic_of
 from tidings.core.channel import ChannelName, NamespaceName
+from tidings.core.dedupe import DedupeOptions
 from tidings.core.history import HistoryOptions
 from tidings.core.namespace import NamespaceOptions, Namespaces
 from tidings.core.publication import Position, Publication
@@ -659,6 +661,63 @@ def test_url_prefix_is_ours_and_the_rest_goes_to_redis() -> None:
     assert target == RedisTarget("redis://h:7000?socket_timeout=2", True, "app1")
     with pytest.raises(ConfigError):
         RedisTarget.parse("redis://h:6379/0?prefix=a{b}")
+
+
+def test_prefix_and_trust_restarts_may_come_from_the_file_and_the_url_wins() -> None:
+    file = {"prefix": "tidings-test-file", "trust_restarts": True}
+
+    from_file = RedisTarget.parse("redis://h:1/0", file)
+    url_wins = RedisTarget.parse("redis://h:1/0?prefix=from-url&trust_restarts=no", file)
+    from_environment = RedisTarget.parse("redis://h:1/0", {"trust_restarts": "yes"})
+
+    assert (from_file.prefix, from_file.trust_restarts) == ("tidings-test-file", True)
+    assert (url_wins.prefix, url_wins.trust_restarts) == ("from-url", False)
+    assert from_environment.trust_restarts
+
+
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        ({"prefx": "a"}, "brokers.redis: unknown setting 'prefx'; known: ['prefix'"),
+        ({"prefix": 7}, "brokers.redis.prefix must be a string, got 7"),
+        ({"prefix": "a{b}"}, "prefix must be non-empty and without braces"),
+        ({"trust_restarts": "maybe"}, "brokers.redis.trust_restarts must be true or false"),
+    ],
+)
+def test_settings_of_the_file_the_broker_does_not_read_are_refused_in_one_line(
+    options: dict[str, object], complaint: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        RedisTarget.parse("redis://h:1/0", options)
+    assert complaint in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+async def test_the_factory_hands_the_redis_broker_its_table_of_the_file(shared_url: str) -> None:
+    channel = unique_channel()
+    namespaces, dedupe = NAMESPACES, DedupeOptions()
+    tables = {"redis": {"prefix": "tidings-test-file"}}
+    url = shared_url.split("?", maxsplit=1)[0]  # without the suite's own prefix
+    from_file = create_broker(url, None, namespaces, dedupe, options=tables)
+    url_wins = create_broker(
+        url + "?prefix=tidings-test-url",
+        None,
+        namespaces,
+        dedupe,
+        options=tables,
+    )
+    async with redis_client(shared_url) as admin:
+        for broker in (from_file, url_wins):
+            await broker.start(RecordingHandler())
+            try:
+                await broker.publish(channel, data(1))
+            finally:
+                await broker.close()
+        stored = [
+            await admin.exists(ChannelKeys.of(prefix, channel).history)
+            for prefix in ("tidings-test-file", "tidings-test-url", "tidings")
+        ]
+    assert stored == [1, 1, 0]
 
 
 async def test_history_of_a_channel_never_published_makes_a_head_that_expires(

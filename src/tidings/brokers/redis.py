@@ -47,8 +47,8 @@ of Redis (or a slot migration in a cluster), resuming clients of the channels to
 since are told ``recovered: false``, even when nothing was lost; history stays readable.
 A deployment whose Redis never comes back older (AOF ``appendfsync always``, and no
 failover to a replica that may lag) may say so with ``?trust_restarts=yes`` on every
-node's URL: the heads are then stamped alike by every process, and a restart keeps the
-epochs.
+node's URL (or ``trust_restarts = true`` in ``[brokers.redis]``): the heads are then
+stamped alike by every process, and a restart keeps the epochs.
 
 Two ideas were rejected as unsound: a node remembering each channel's highest position
 catches only the channels it touched (another node's publishes at reused positions go
@@ -116,7 +116,7 @@ import math
 import random
 import secrets
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -199,21 +199,21 @@ class RedisTarget:
     trust_restarts: bool = False
 
     @classmethod
-    def parse(cls, url: str) -> RedisTarget:
-        """Read a ``redis://``, ``rediss://``, ``unix://`` or ``redis-cluster://`` URL.
+    def parse(cls, url: str, options: Mapping[str, object] | None = None) -> RedisTarget:
+        """Read a ``redis://``, ``rediss://``, ``unix://`` or ``redis-cluster://`` URL,
+        and the broker's table of the configuration file (``options``).
 
-        The query options ``prefix`` (default ``tidings``), which starts every key and
-        topic, and ``trust_restarts`` (``yes`` or ``no``, the default: see the module
-        docstring, "Rollbacks") are ours; the others go to redis-py (``socket_timeout``,
-        ``max_connections``...).
+        Our settings, ``prefix`` (default ``tidings``), which starts every key and topic,
+        and ``trust_restarts`` (default no: see the module docstring, "Rollbacks"), may
+        be in either; the URL's query wins. The URL's other query options go to redis-py
+        (``socket_timeout``, ``max_connections``...).
 
         Raises:
             ConfigError: the prefix contains ``{`` or ``}`` (they would break hash tags),
-                or ``trust_restarts`` is neither ``yes`` nor ``no``.
+                ``trust_restarts`` is not yes or no, or ``options`` has another key.
         """
+        prefix, trust_restarts = _file_settings(options or {})
         parts = urlsplit(url)
-        prefix = DEFAULT_PREFIX
-        trust_restarts = False
         kept = []
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             if name == "prefix":
@@ -232,6 +232,33 @@ class RedisTarget:
         scheme = "redis" if cluster else parts.scheme
         rebuilt = urlunsplit((scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment))
         return cls(rebuilt, cluster, prefix, trust_restarts)
+
+
+# The settings of ``[brokers.redis]``; the URL's query may set them too.
+FILE_SETTINGS: Final = ("prefix", "trust_restarts")
+
+
+def _file_settings(options: Mapping[str, object]) -> tuple[str, bool]:
+    """Return ``prefix`` and ``trust_restarts`` from the ``[brokers.redis]`` table.
+
+    Raises:
+        ConfigError: a key that is not one of ``FILE_SETTINGS``, or a value of the
+            wrong type.
+    """
+    for name in options:
+        if name not in FILE_SETTINGS:
+            raise ConfigError(
+                f"brokers.redis: unknown setting {name!r}; known: {list(FILE_SETTINGS)}"
+            )
+    prefix = options.get("prefix", DEFAULT_PREFIX)
+    if not isinstance(prefix, str):
+        raise ConfigError(f"brokers.redis.prefix must be a string, got {prefix!r}")
+    trust = options.get("trust_restarts", False)
+    if isinstance(trust, str) and trust.lower() in ("yes", "true", "no", "false"):
+        trust = trust.lower() in ("yes", "true")  # from the environment, as text
+    if not isinstance(trust, bool):
+        raise ConfigError(f"brokers.redis.trust_restarts must be true or false, got {trust!r}")
+    return prefix, trust
 
 
 def _pubsub_kwargs(kwargs: dict[str, Any], client_name: str) -> dict[str, Any]:
@@ -555,8 +582,12 @@ class RedisBroker:
         probe_interval_s: float = PROBE_INTERVAL_S,
         probe_timeout_s: float = PROBE_TIMEOUT_S,
         node_id: str | None = None,
+        options: Mapping[str, object] | None = None,
     ) -> None:
         """Prepare a broker for ``url``; nothing connects before ``start``.
+
+        ``options`` is the ``[brokers.redis]`` table of the configuration file
+        (``prefix``, ``trust_restarts``); the URL's query parameters win over it.
 
         ``node_id`` names this node in presence entries and node commands (random if
         not given); every node sharing the Redis must have its own.
@@ -568,10 +599,10 @@ class RedisBroker:
         longer than ``publish_timeout_s`` for its answer (see "Readiness and time-outs").
 
         Raises:
-            ConfigError: the URL is not one this broker reads, or the presence refresh
-                is not shorter than the lifetime.
+            ConfigError: the URL or ``options`` is not one this broker reads, or the
+                presence refresh is not shorter than the lifetime.
         """
-        self._target = RedisTarget.parse(url)
+        self._target = RedisTarget.parse(url, options)
         self._display_url = _without_credentials(url)
         self._namespaces = namespaces
         self._clock = clock or SystemClock()

@@ -73,6 +73,7 @@ def broker_for(settings: Settings) -> Broker:
         publish_timeout_s=settings.publish_timeout_s,
         sqlite_durability=settings.sqlite_durability,
         node_id=settings.node_id,
+        options=settings.brokers,
     )
 
 
