@@ -1,9 +1,12 @@
-"""The broker contract: every broker keeps the guarantees of ``brokers.base.Broker``.
+"""The broker contract: every broker keeps the guarantees of ``brokers.base.Broker``,
+and its presence store those of ``brokers.base.PresenceStore``.
 
 One suite, parametrized over every broker. A new broker joins by adding its factory to
 ``BROKER_FACTORIES`` and passes unmodified. Channel names are unique per test, so a
 broker backed by a shared service (Redis, NATS, PostgreSQL) needs no cleanup between
-tests; deliveries are awaited, never assumed synchronous with ``publish``.
+tests; deliveries are awaited, never assumed synchronous with ``publish``. A second
+node on the same backend is the factory called again with the same setup (the tests
+across nodes skip a single-node store, ``LocalPresence``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import pytest
 from redis.crc import key_slot
 
 from tests.support.clock import FakeClock
-from tests.support.handler import RecordingCommands, RecordingHandler
+from tests.support.handler import Recording, RecordingCommands, RecordingHandler
 from tests.support.redis_cluster import (
     LocalRedisCluster,
     RedisServer,
@@ -38,7 +41,7 @@ from tidings.brokers.base import (
     PresenceChange,
     PresenceStore,
 )
-from tidings.brokers.memory import MemoryBroker, presence_store_of
+from tidings.brokers.memory import LocalPresence, MemoryBroker, presence_store_of
 from tidings.brokers.redis import RedisBroker
 from tidings.brokers.redis_scripts import DEFAULT_PREFIX, ChannelKeys
 from tidings.brokers.sqlite import DB_FILE_NAME, Durability, SqliteBroker
@@ -123,15 +126,24 @@ def presence_changes() -> list[PresenceChange]:
 
 
 @pytest.fixture(params=BROKER_FACTORIES)
+def broker_factory(request: pytest.FixtureRequest) -> BrokerFactory:
+    factory: BrokerFactory = request.param
+    return factory
+
+
+@pytest.fixture
+def broker_setup(clock: FakeClock, tmp_path: Path) -> BrokerSetup:
+    return BrokerSetup(NAMESPACES, clock, DedupeOptions(DEDUPE_WINDOW_MS), tmp_path)
+
+
+@pytest.fixture
 async def broker(
-    request: pytest.FixtureRequest,
-    clock: FakeClock,
+    broker_factory: BrokerFactory,
+    broker_setup: BrokerSetup,
     handler: RecordingHandler,
     presence_changes: list[PresenceChange],
-    tmp_path: Path,
 ) -> AsyncIterator[Broker]:
-    factory: BrokerFactory = request.param
-    broker = factory(BrokerSetup(NAMESPACES, clock, DedupeOptions(DEDUPE_WINDOW_MS), tmp_path))
+    broker = broker_factory(broker_setup)
     # As the hub does: listen to the broker's presence store, then start the broker.
     presence_store_of(broker).listen(presence_changes.append)
     await broker.start(handler)
@@ -546,6 +558,49 @@ async def test_a_node_is_not_handed_back_its_own_presence_changes(
     await handler.wait_for(1)  # a change carried with publications would be here by now
 
     assert presence_changes == []
+
+
+@pytest.fixture
+def another_node(broker_factory: BrokerFactory, broker_setup: BrokerSetup) -> Broker:
+    """A second node on the broker's backend, not started: its factory called again."""
+    return broker_factory(broker_setup)
+
+
+async def test_presence_changes_reach_another_node_once_in_order_and_its_reads_are_fresh(
+    broker: Broker,
+    another_node: Broker,
+    presence: PresenceStore,
+    handler: RecordingHandler,
+    presence_changes: list[PresenceChange],
+) -> None:
+    if isinstance(presence, LocalPresence):
+        pytest.skip("a single-node store: there is no other node to tell")
+    channel = unique_channel()
+    other = another_node
+    heard: Recording[PresenceChange] = Recording()
+    presence_store_of(other).listen(heard)
+    await other.start(RecordingHandler())
+    try:
+        await other.subscribe(channel)
+        await broker.subscribe(channel)  # where its own changes would come back, if any
+        await presence.join(channel, "n1.1", "alice")
+        while_joined = await presence_store_of(other).presence(channel)
+        await presence.leave(channel, "n1.1")
+        after_leaving = await presence_store_of(other).presence(channel)
+        changes = await heard.wait_for(2)
+        await broker.publish(channel, data(1))  # own changes would have come by now
+        await handler.wait_for(1)
+    finally:
+        await other.close()
+
+    assert while_joined == {"n1.1": "alice"}
+    assert after_leaving == {}
+    assert changes == [
+        PresenceChange("join", channel, "n1.1", "alice"),
+        PresenceChange("leave", channel, "n1.1", "alice"),
+    ]
+    assert heard.items == changes  # each once
+    assert presence_changes == []  # and never to the node that made it
 
 
 # A store that comes back older
