@@ -11,6 +11,15 @@ Each backend module is imported only when chosen, so a backend's optional depend
 reported with the ``pip install`` line that adds it. The only I/O is checking that the
 sqlite broker's directory can be used (``check_data_directory``), so that a node
 refuses to start with one clear line instead of failing once it has started.
+
+Adding a broker takes one module and two lines. The module holds a class made as
+``Class(url, namespaces, *, dedupe, publish_timeout_s, node_id, options)`` (checking
+its URL and ``options`` without I/O) that implements ``base.Broker``; if its nodes share
+presence, a ``presence_store`` property returning its ``base.PresenceStore`` (without
+one, each node keeps presence to itself); if they share commands, ``base.NodeControl``'s
+``listen`` and ``send_to_nodes``. The lines: its ``BrokerKind`` in ``BROKER_SCHEMES``
+(one per URL scheme), and its factory in the contract suite's ``BROKER_FACTORIES``
+(tests/brokers/test_contract.py), which then holds it to every guarantee.
 """
 
 from __future__ import annotations
