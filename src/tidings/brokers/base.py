@@ -157,9 +157,9 @@ class PresenceStore(Protocol):
       announced by its hub, so they are never handed back to it.
     * **Dead nodes expire**: the entries of a node that stopped without leaving
       (killed, cut off) drop out of ``presence`` after the store's presence lifetime
-      (30 s for Redis), without a leave event. Entries of a live node never expire:
-      it renews them. A single-node store keeps presence in memory: it ends with the
-      node, and there is no other node to hear changes.
+      (30 s for Redis), without a leave event. Entries of a live node that reaches
+      the backend never expire: it renews them. A single-node store keeps presence
+      in memory: it ends with the node, and there is no other node to hear changes.
     """
 
     def listen(self, on_change: PresenceHandler) -> None:
