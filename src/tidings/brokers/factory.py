@@ -62,9 +62,17 @@ class BrokerKind:
     class_name: str
     extra: str
     dependency: str  # the top-level module the extra installs
+    forms: tuple[str, ...] = ()  # its URL forms, as an unknown broker's error lists them
 
 
-_REDIS: Final = BrokerKind("redis", "tidings.brokers.redis", "RedisBroker", "redis", "redis")
+_REDIS: Final = BrokerKind(
+    "redis",
+    "tidings.brokers.redis",
+    "RedisBroker",
+    "redis",
+    "redis",
+    ("redis://host:port/db", "redis-cluster://host:port"),
+)
 # URL scheme -> broker. Add a broker here, not with another ``if``.
 BROKER_SCHEMES: Final[dict[str, BrokerKind]] = {
     "redis": _REDIS,
@@ -72,7 +80,8 @@ BROKER_SCHEMES: Final[dict[str, BrokerKind]] = {
     "unix": _REDIS,
     "redis-cluster": _REDIS,
 }
-_KNOWN_FORMS: Final = "memory, redis://host:port/db or redis-cluster://host:port"
+_FORMS: Final = ["memory", *dict.fromkeys(f for k in BROKER_SCHEMES.values() for f in k.forms)]
+_KNOWN_FORMS: Final = f"{', '.join(_FORMS[:-1])} or {_FORMS[-1]}"
 # The embedded brokers, chosen without a URL; their settings are top-level ones.
 _LOCAL_NAMES: Final = ("memory", "sqlite")
 
