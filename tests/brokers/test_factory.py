@@ -34,6 +34,7 @@ def test_a_missing_extra_names_its_pip_install(monkeypatch: pytest.MonkeyPatch) 
     # package: hide them all, as on a machine where redis was never installed.
     for name in [name for name in sys.modules if name == "redis" or name.startswith("redis.")]:
         monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "redis", None)  # also when no earlier test imported it
     with pytest.raises(MissingExtra) as error:
         check_broker("redis://127.0.0.1:6379/0", None)
     assert "pip install 'tidings[redis]'" in str(error.value)
