@@ -1,9 +1,12 @@
-"""The broker contract: every broker keeps the guarantees of ``brokers.base.Broker``.
+"""The broker contract: every broker keeps the guarantees of ``brokers.base.Broker``,
+and its presence store those of ``brokers.base.PresenceStore``.
 
 One suite, parametrized over every broker. A new broker joins by adding its factory to
 ``BROKER_FACTORIES`` and passes unmodified. Channel names are unique per test, so a
 broker backed by a shared service (Redis, NATS, PostgreSQL) needs no cleanup between
-tests; deliveries are awaited, never assumed synchronous with ``publish``.
+tests; deliveries are awaited, never assumed synchronous with ``publish``. A second
+node on the same backend is the factory called again with the same setup (the tests
+across nodes skip a single-node store, ``LocalPresence``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import pytest
 from redis.crc import key_slot
 
 from tests.support.clock import FakeClock
-from tests.support.handler import RecordingCommands, RecordingHandler
+from tests.support.handler import Recording, RecordingCommands, RecordingHandler
 from tests.support.redis_cluster import (
     LocalRedisCluster,
     RedisServer,
@@ -31,8 +34,14 @@ from tests.support.redis_cluster import (
     shared_cluster,
     wait_until,
 )
-from tidings.brokers.base import Broker, DisconnectUser, NodeControl, PresenceChange
-from tidings.brokers.memory import MemoryBroker
+from tidings.brokers.base import (
+    Broker,
+    DisconnectUser,
+    NodeControl,
+    PresenceChange,
+    PresenceStore,
+)
+from tidings.brokers.memory import LocalPresence, MemoryBroker, presence_store_of
 from tidings.brokers.redis import RedisBroker
 from tidings.brokers.redis_scripts import DEFAULT_PREFIX, ChannelKeys
 from tidings.brokers.sqlite import DB_FILE_NAME, Durability, SqliteBroker
@@ -117,16 +126,27 @@ def presence_changes() -> list[PresenceChange]:
 
 
 @pytest.fixture(params=BROKER_FACTORIES)
+def broker_factory(request: pytest.FixtureRequest) -> BrokerFactory:
+    factory: BrokerFactory = request.param
+    return factory
+
+
+@pytest.fixture
+def broker_setup(clock: FakeClock, tmp_path: Path) -> BrokerSetup:
+    return BrokerSetup(NAMESPACES, clock, DedupeOptions(DEDUPE_WINDOW_MS), tmp_path)
+
+
+@pytest.fixture
 async def broker(
-    request: pytest.FixtureRequest,
-    clock: FakeClock,
+    broker_factory: BrokerFactory,
+    broker_setup: BrokerSetup,
     handler: RecordingHandler,
     presence_changes: list[PresenceChange],
-    tmp_path: Path,
 ) -> AsyncIterator[Broker]:
-    factory: BrokerFactory = request.param
-    broker = factory(BrokerSetup(NAMESPACES, clock, DedupeOptions(DEDUPE_WINDOW_MS), tmp_path))
-    await broker.start(handler, presence_changes.append)
+    broker = broker_factory(broker_setup)
+    # As the hub does: listen to the broker's presence store, then start the broker.
+    presence_store_of(broker).listen(presence_changes.append)
+    await broker.start(handler)
     try:
         yield broker
     finally:
@@ -475,43 +495,112 @@ async def test_is_ready_while_started(broker: Broker) -> None:
     assert await broker.is_ready()
 
 
-# Presence
+# Presence: the ``PresenceStore`` of each broker (``brokers.base.PresenceStore``)
 
 
-async def test_presence_of_a_channel_nobody_joined_is_empty(broker: Broker) -> None:
-    assert await broker.presence(unique_channel()) == {}
+@pytest.fixture
+def presence(broker: Broker) -> PresenceStore:
+    return presence_store_of(broker)
 
 
-async def test_presence_lists_joined_clients_until_they_leave(broker: Broker) -> None:
+async def test_the_presence_store_is_the_brokers_own_and_the_same_on_every_call(
+    broker: Broker, presence: PresenceStore
+) -> None:
+    assert isinstance(presence, PresenceStore)
+    assert presence_store_of(broker) is presence
+
+
+async def test_presence_of_a_channel_nobody_joined_is_empty(presence: PresenceStore) -> None:
+    assert await presence.presence(unique_channel()) == {}
+
+
+async def test_presence_lists_joined_clients_until_they_leave(presence: PresenceStore) -> None:
     channel, other = unique_channel(), unique_channel()
 
-    await broker.presence_join(channel, "n1.1", "alice")
-    await broker.presence_join(channel, "n1.2", "")
-    await broker.presence_join(other, "n1.3", "carol")
-    both = await broker.presence(channel)
-    await broker.presence_leave(channel, "n1.1")
-    await broker.presence_leave(channel, "n1.1")  # idempotent
-    one = await broker.presence(channel)
-    await broker.presence_leave(channel, "n1.2")
+    await presence.join(channel, "n1.1", "alice")
+    await presence.join(channel, "n1.2", "")
+    await presence.join(other, "n1.3", "carol")
+    both = await presence.presence(channel)
+    await presence.leave(channel, "n1.1")
+    await presence.leave(channel, "n1.1")  # idempotent
+    one = await presence.presence(channel)
+    await presence.leave(channel, "n1.2")
 
     assert both == {"n1.1": "alice", "n1.2": ""}
     assert one == {"n1.2": ""}
-    assert await broker.presence(channel) == {}
-    assert await broker.presence(other) == {"n1.3": "carol"}
+    assert await presence.presence(channel) == {}
+    assert await presence.presence(other) == {"n1.3": "carol"}
+
+
+async def test_a_join_again_lists_the_client_once_with_its_last_user(
+    presence: PresenceStore,
+) -> None:
+    channel = unique_channel()
+
+    await presence.join(channel, "n1.1", "alice")
+    await presence.join(channel, "n1.1", "alicia")
+
+    assert await presence.presence(channel) == {"n1.1": "alicia"}
 
 
 async def test_a_node_is_not_handed_back_its_own_presence_changes(
-    broker: Broker, handler: RecordingHandler, presence_changes: list[PresenceChange]
+    broker: Broker,
+    presence: PresenceStore,
+    handler: RecordingHandler,
+    presence_changes: list[PresenceChange],
 ) -> None:
     channel = unique_channel()
     await broker.subscribe(channel)
 
-    await broker.presence_join(channel, "n1.1", "alice")
-    await broker.presence_leave(channel, "n1.1")
+    await presence.join(channel, "n1.1", "alice")
+    await presence.leave(channel, "n1.1")
     await broker.publish(channel, data(1))
     await handler.wait_for(1)  # a change carried with publications would be here by now
 
     assert presence_changes == []
+
+
+@pytest.fixture
+def another_node(broker_factory: BrokerFactory, broker_setup: BrokerSetup) -> Broker:
+    """A second node on the broker's backend, not started: its factory called again."""
+    return broker_factory(broker_setup)
+
+
+async def test_presence_changes_reach_another_node_once_in_order_and_its_reads_are_fresh(
+    broker: Broker,
+    another_node: Broker,
+    presence: PresenceStore,
+    handler: RecordingHandler,
+    presence_changes: list[PresenceChange],
+) -> None:
+    if isinstance(presence, LocalPresence):
+        pytest.skip("a single-node store: there is no other node to tell")
+    channel = unique_channel()
+    other = another_node
+    heard: Recording[PresenceChange] = Recording()
+    presence_store_of(other).listen(heard)
+    await other.start(RecordingHandler())
+    try:
+        await other.subscribe(channel)
+        await broker.subscribe(channel)  # where its own changes would come back, if any
+        await presence.join(channel, "n1.1", "alice")
+        while_joined = await presence_store_of(other).presence(channel)
+        await presence.leave(channel, "n1.1")
+        after_leaving = await presence_store_of(other).presence(channel)
+        changes = await heard.wait_for(2)
+        await broker.publish(channel, data(1))  # own changes would have come by now
+        await handler.wait_for(1)
+    finally:
+        await other.close()
+
+    assert while_joined == {"n1.1": "alice"}
+    assert after_leaving == {}
+    assert changes == [
+        PresenceChange("join", channel, "n1.1", "alice"),
+        PresenceChange("leave", channel, "n1.1", "alice"),
+    ]
+    assert heard.items == changes  # each once
+    assert presence_changes == []  # and never to the node that made it
 
 
 # A store that comes back older

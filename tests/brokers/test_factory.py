@@ -14,7 +14,10 @@ from tidings.brokers.factory import (
     UnusableDataDirectory,
     check_broker,
     check_data_directory,
+    create_broker,
 )
+from tidings.core.dedupe import DedupeOptions
+from tidings.core.namespace import Namespaces
 from tidings.errors import ConfigError
 
 
@@ -31,6 +34,7 @@ def test_a_missing_extra_names_its_pip_install(monkeypatch: pytest.MonkeyPatch) 
     # package: hide them all, as on a machine where redis was never installed.
     for name in [name for name in sys.modules if name == "redis" or name.startswith("redis.")]:
         monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "redis", None)  # also when no earlier test imported it
     with pytest.raises(MissingExtra) as error:
         check_broker("redis://127.0.0.1:6379/0", None)
     assert "pip install 'tidings[redis]'" in str(error.value)
@@ -60,3 +64,36 @@ def test_a_data_path_that_is_a_file_is_unusable(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(UnusableDataDirectory, match="not a directory"):
         check_data_directory(tmp_path / "file")
+
+
+def test_a_table_naming_no_broker_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError) as error:
+        check_broker("redis://127.0.0.1:6379/0", None, {"redis": {}, "rdis": {"prefix": "a"}})
+    assert str(error.value) == (
+        "brokers.rdis: no broker is called 'rdis'; known: ['memory', 'redis', 'sqlite']"
+    )
+
+
+def test_the_chosen_brokers_table_is_checked_by_the_broker_before_it_starts() -> None:
+    with pytest.raises(ConfigError, match=r"brokers\.redis: unknown setting 'prefx'"):
+        check_broker("redis://127.0.0.1:6379/0", None, {"redis": {"prefx": "a"}})
+    check_broker("redis://127.0.0.1:6379/0", None, {"redis": {"prefix": "a"}})
+
+
+def test_another_brokers_table_is_left_for_when_that_broker_is_chosen(tmp_path: Path) -> None:
+    check_broker(None, tmp_path, {"redis": {"prefix": "a"}})
+
+
+@pytest.mark.parametrize(("data", "name"), [(None, "memory"), ("data", "sqlite")])
+def test_an_embedded_broker_takes_no_table_of_its_own(
+    tmp_path: Path, data: str | None, name: str
+) -> None:
+    directory = None if data is None else tmp_path / data
+    with pytest.raises(ConfigError, match=rf"brokers\.{name}\.durability: the {name} broker"):
+        create_broker(
+            None,
+            directory,
+            Namespaces(),
+            DedupeOptions(),
+            options={name: {"durability": "fast"}},
+        )

@@ -34,10 +34,12 @@ from tests.support.redis_cluster import (
 )
 from tests.support.services import REDIS_HOST, REDIS_PORT, require_service
 from tidings.brokers.base import DisconnectUser, PresenceChange
+from tidings.brokers.factory import create_broker
 from tidings.brokers.redis import RedisBroker, RedisTarget
 from tidings.brokers.redis_presence import PRESENCE_REFRESH_S, presence_key_of
 from tidings.brokers.redis_scripts import ChannelKeys, topic_of
 from tidings.core.channel import ChannelName, NamespaceName
+from tidings.core.dedupe import DedupeOptions
 from tidings.core.history import HistoryOptions
 from tidings.core.namespace import NamespaceOptions, Namespaces
 from tidings.core.publication import Position, Publication
@@ -661,6 +663,63 @@ def test_url_prefix_is_ours_and_the_rest_goes_to_redis() -> None:
         RedisTarget.parse("redis://h:6379/0?prefix=a{b}")
 
 
+def test_prefix_and_trust_restarts_may_come_from_the_file_and_the_url_wins() -> None:
+    file = {"prefix": "tidings-test-file", "trust_restarts": True}
+
+    from_file = RedisTarget.parse("redis://h:1/0", file)
+    url_wins = RedisTarget.parse("redis://h:1/0?prefix=from-url&trust_restarts=no", file)
+    from_environment = RedisTarget.parse("redis://h:1/0", {"trust_restarts": "yes"})
+
+    assert (from_file.prefix, from_file.trust_restarts) == ("tidings-test-file", True)
+    assert (url_wins.prefix, url_wins.trust_restarts) == ("from-url", False)
+    assert from_environment.trust_restarts
+
+
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        ({"prefx": "a"}, "brokers.redis: unknown setting 'prefx'; known: ['prefix'"),
+        ({"prefix": 7}, "brokers.redis.prefix must be a string, got 7"),
+        ({"prefix": "a{b}"}, "prefix must be non-empty and without braces"),
+        ({"trust_restarts": "maybe"}, "brokers.redis.trust_restarts must be true or false"),
+    ],
+)
+def test_settings_of_the_file_the_broker_does_not_read_are_refused_in_one_line(
+    options: dict[str, object], complaint: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        RedisTarget.parse("redis://h:1/0", options)
+    assert complaint in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+async def test_the_factory_hands_the_redis_broker_its_table_of_the_file(shared_url: str) -> None:
+    channel = unique_channel()
+    namespaces, dedupe = NAMESPACES, DedupeOptions()
+    tables = {"redis": {"prefix": "tidings-test-file"}}
+    url = shared_url.split("?", maxsplit=1)[0]  # without the suite's own prefix
+    from_file = create_broker(url, None, namespaces, dedupe, options=tables)
+    url_wins = create_broker(
+        url + "?prefix=tidings-test-url",
+        None,
+        namespaces,
+        dedupe,
+        options=tables,
+    )
+    async with redis_client(shared_url) as admin:
+        for broker in (from_file, url_wins):
+            await broker.start(RecordingHandler())
+            try:
+                await broker.publish(channel, data(1))
+            finally:
+                await broker.close()
+        stored = [
+            await admin.exists(ChannelKeys.of(prefix, channel).history)
+            for prefix in ("tidings-test-file", "tidings-test-url", "tidings")
+        ]
+    assert stored == [1, 1, 0]
+
+
 async def test_history_of_a_channel_never_published_makes_a_head_that_expires(
     shared_url: str,
 ) -> None:
@@ -713,7 +772,8 @@ async def presence_node(
     broker = RedisBroker(
         url, NAMESPACES, clock=clock, presence_lifetime_s=LIFETIME_S, presence_refresh_s=refresh_s
     )
-    await broker.start(handler or RecordingHandler(), changes.append)
+    broker.presence_store.listen(changes.append)
+    await broker.start(handler or RecordingHandler())
     try:
         yield broker
     finally:
@@ -734,12 +794,12 @@ async def test_joins_and_leaves_reach_the_other_nodes_once_and_not_their_own(
         await node_a.subscribe(channel)
         await node_b.subscribe(channel)
 
-        await node_a.presence_join(channel, "a.1", "alice")
-        listed = await node_b.presence(channel)
-        await node_a.presence_leave(channel, "a.1")
+        await node_a.presence_store.join(channel, "a.1", "alice")
+        listed = await node_b.presence_store.presence(channel)
+        await node_a.presence_store.leave(channel, "a.1")
         await node_a.publish(channel, data(1))  # on the same topic, after the frames
         await handler_b.wait_for(1)
-        left = await node_b.presence(channel)
+        left = await node_b.presence_store.presence(channel)
     assert listed == {"a.1": "alice"}
     assert left == {}
     assert changes_b == [
@@ -760,12 +820,12 @@ async def test_entries_of_a_node_that_stopped_refreshing_expire_after_the_lifeti
         presence_node(shared_url, [], clock) as alive,
         redis_client(shared_url) as admin,
     ):
-        await dead.presence_join(channel, "d.1", "dora")
-        await alive.presence_join(channel, "l.1", "lena")
+        await dead.presence_store.join(channel, "d.1", "dora")
+        await alive.presence_store.join(channel, "l.1", "lena")
         clock.advance(LIFETIME_MS - 1)
-        before = await alive.presence(channel)
+        before = await alive.presence_store.presence(channel)
         clock.advance(1)
-        after = await alive.presence(channel)
+        after = await alive.presence_store.presence(channel)
         fields = await admin.hkeys(key)
         ttl = await admin.pttl(key)
     # Nobody refreshed within the test (refresh every 10 s of real time), so both
@@ -785,9 +845,9 @@ async def test_a_node_refreshes_its_entries_so_they_outlive_the_lifetime(
         presence_node(shared_url, [], clock, refresh_s=0.02) as node,
         redis_client(shared_url) as admin,
     ):
-        await node.presence_join(channel, "n.1", "nina")
-        await node.presence_join(channel, "n.2", "noor")
-        await node.presence_leave(channel, "n.2")
+        await node.presence_store.join(channel, "n.1", "nina")
+        await node.presence_store.join(channel, "n.2", "noor")
+        await node.presence_store.leave(channel, "n.2")
         clock.advance(LIFETIME_MS - 1)
         renewed_until = clock.now_ms() + LIFETIME_MS
 
@@ -797,7 +857,7 @@ async def test_a_node_refreshes_its_entries_so_they_outlive_the_lifetime(
 
         await eventually(renewed, "the node renewed its entry")
         clock.advance(LIFETIME_MS - 1)  # past the first lifetime, within the renewed one
-        listed = await node.presence(channel)
+        listed = await node.presence_store.presence(channel)
     assert listed == {"n.1": "nina"}  # and the left client was not brought back
 
 

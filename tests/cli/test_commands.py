@@ -95,6 +95,25 @@ def test_check_config_fails_on_an_unknown_broker() -> None:
     assert "kafka://x" in result.output
 
 
+def test_check_config_refuses_a_broker_setting_the_broker_does_not_read(tmp_path: Path) -> None:
+    config = tmp_path / "tidings.toml"
+    config.write_text('broker = "redis://127.0.0.1:6379/0"\n[brokers.redis]\nprefx = "a"\n')
+    result = invoke(["check-config", "--config", str(config)])
+    assert result.exit_code == ExitStatus.CONFIG
+    assert "brokers.redis: unknown setting 'prefx'; known: ['prefix', 'trust_restarts']" in (
+        result.output
+    )
+    assert "Traceback" not in result.output
+
+
+def test_check_config_prints_a_brokers_settings_of_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "tidings.toml"
+    config.write_text('broker = "redis://127.0.0.1:6379/0"\n[brokers.redis]\nprefix = "a"\n')
+    result = invoke(["check-config", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "brokers.redis.prefix = a" in result.output.splitlines()
+
+
 def test_client_variables_do_not_stop_check_config() -> None:
     environment = {"TIDINGS_URL": "http://node:8000", "TIDINGS_TOKEN": "a.b.c"}
     result = invoke(["check-config"], environment)

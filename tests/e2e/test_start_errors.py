@@ -104,3 +104,16 @@ def test_a_data_directory_that_cannot_be_created_is_refused(tmp_path: Path) -> N
 def test_an_invalid_setting_is_one_line_and_exit_status_1() -> None:
     done = serve(env={"TIDINGS_PORTT": "9000"})
     assert_one_line(done, ExitStatus.CONFIG, "unknown setting 'portt'")
+
+
+def test_a_broker_setting_of_the_file_the_broker_does_not_read_is_one_line(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "tidings.toml"
+    config.write_text('broker = "redis://127.0.0.1:1/0"\n[brokers.redis]\nprefx = "app1"\n')
+    done = serve("--config", str(config))
+    assert_one_line(
+        done,
+        ExitStatus.CONFIG,
+        "brokers.redis: unknown setting 'prefx'; known: ['prefix', 'trust_restarts']",
+    )

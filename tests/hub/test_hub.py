@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.support.recording import RecordingBroker, RecordingSubscriber
+from tests.support.recording import RecordingBroker, RecordingPresence, RecordingSubscriber
 from tidings.brokers.base import PresenceChange
 from tidings.brokers.memory import MemoryBroker
 from tidings.core.channel import ChannelName
@@ -24,8 +24,13 @@ async def broker() -> RecordingBroker:
 
 
 @pytest.fixture
-async def hub(broker: RecordingBroker) -> Hub:
-    hub = Hub(broker)
+def presence() -> RecordingPresence:
+    return RecordingPresence()
+
+
+@pytest.fixture
+async def hub(broker: RecordingBroker, presence: RecordingPresence) -> Hub:
+    hub = Hub(broker, presence)
     await hub.start()
     return hub
 
@@ -215,13 +220,13 @@ async def test_subscribing_without_presence_lists_nobody_and_announces_nothing(h
 
 
 async def test_presence_changes_of_other_nodes_are_announced_to_local_subscribers(
-    hub: Hub, broker: RecordingBroker
+    hub: Hub, presence: RecordingPresence
 ) -> None:
     alice = RecordingSubscriber("c1", "alice")
     await hub.subscribe(ROOM, alice, presence=True)
-    broker.tell_presence(PresenceChange("join", ROOM, "n2.7", "carol"))
-    broker.tell_presence(PresenceChange("leave", ROOM, "n2.7", "carol"))
-    broker.tell_presence(PresenceChange("join", ChannelName("room:2"), "n2.8", "dave"))
+    presence.tell_presence(PresenceChange("join", ROOM, "n2.7", "carol"))
+    presence.tell_presence(PresenceChange("leave", ROOM, "n2.7", "carol"))
+    presence.tell_presence(PresenceChange("join", ChannelName("room:2"), "n2.8", "dave"))
     assert [(e.kind, e.channel, e.client, e.user) for e in alice.presence] == [
         ("join", ROOM, "n2.7", "carol"),
         ("leave", ROOM, "n2.7", "carol"),
@@ -229,11 +234,11 @@ async def test_presence_changes_of_other_nodes_are_announced_to_local_subscriber
 
 
 async def test_a_failed_presence_join_leaves_nothing_subscribed_or_listed(
-    hub: Hub, broker: RecordingBroker
+    hub: Hub, presence: RecordingPresence
 ) -> None:
     alice = RecordingSubscriber("c1", "alice")
     await hub.subscribe(ROOM, alice, presence=True)
-    broker.fail_presence = True
+    presence.fail_changes = True
     with pytest.raises(Unavailable):
         await hub.subscribe(ROOM, RecordingSubscriber("c2", "bob"), presence=True)
     assert hub.channels() == {ROOM: 1}
@@ -242,22 +247,22 @@ async def test_a_failed_presence_join_leaves_nothing_subscribed_or_listed(
 
 
 async def test_an_unsubscribe_completes_when_the_broker_fails_to_record_the_leave(
-    hub: Hub, broker: RecordingBroker
+    hub: Hub, presence: RecordingPresence
 ) -> None:
     alice = RecordingSubscriber("c1", "alice")
     bob = RecordingSubscriber("c2", "bob")
     await hub.subscribe(ROOM, alice, presence=True)
     await hub.subscribe(ROOM, bob, presence=True)
-    broker.fail_presence = True
+    presence.fail_changes = True
     assert await hub.unsubscribe(ROOM, bob, presence=True) is True
     assert [(e.kind, e.user) for e in alice.presence] == [("join", "bob"), ("leave", "bob")]
     assert hub.channels() == {ROOM: 1}
 
 
 async def test_presence_reaches_clients_as_unavailable_when_the_broker_fails(
-    hub: Hub, broker: RecordingBroker
+    hub: Hub, presence: RecordingPresence
 ) -> None:
-    broker.broken = BrokerError("connection refused")
+    presence.broken = BrokerError("connection refused")
     with pytest.raises(Unavailable):
         await hub.presence(ROOM)
 
@@ -322,3 +327,13 @@ async def test_local_subscribers_lists_a_channels_subscribers_on_this_node_in_or
     assert hub.local_subscribers(ChannelName("room:none")) == ()
     # The counts of /api/channels come from the same subscriptions.
     assert hub.channels() == {ROOM: 1, ChannelName("room:2"): 1}
+
+
+async def test_a_hub_keeps_presence_in_its_brokers_own_store_unless_given_one() -> None:
+    memory = MemoryBroker(Namespaces())
+    hub = Hub(memory)
+    await hub.start()
+    await hub.subscribe(ROOM, RecordingSubscriber("c1", "alice"), presence=True)
+    assert hub.presence_store is memory.presence_store
+    assert await memory.presence_store.presence(ROOM) == {"c1": "alice"}
+    await hub.close()

@@ -327,3 +327,26 @@ def test_the_advertised_url_is_the_public_url_or_derived_from_host_and_port() ->
 def test_a_public_url_peers_could_not_use_is_refused(url: str, complaint: str) -> None:
     with pytest.raises(ConfigError, match=f"public_url.*{complaint}|{complaint}"):
         load_settings(environ={"TIDINGS_PUBLIC_URL": url})
+
+
+def test_a_brokers_table_is_read_from_the_file_and_the_environment_overrides_one_key(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, '[brokers.redis]\nprefix = "app1"\ntrust_restarts = true\n')
+    settings = load_settings(path, {"TIDINGS_BROKERS__REDIS__PREFIX": "app2"})
+    assert settings.brokers == {"redis": {"prefix": "app2", "trust_restarts": True}}
+    assert Settings().brokers == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ('brokers = "redis"\n', "brokers must be a table of broker tables"),
+        ('[brokers]\nredis = "x"\n', "brokers.redis must be a table"),
+    ],
+)
+def test_a_brokers_setting_that_is_not_a_table_of_tables_is_refused(
+    tmp_path: Path, text: str, complaint: str
+) -> None:
+    with pytest.raises(ConfigError, match=complaint):
+        load_settings(write(tmp_path, text))

@@ -1,5 +1,5 @@
-"""Fakes for hub tests: a subscriber that records what it is given, and a broker wrapper
-that records and can hold calls."""
+"""Fakes for hub tests: a subscriber that records what it is given, a broker wrapper
+that records and can hold calls, and a presence store that fails on demand."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tidings.brokers.base import (
     PublicationHandler,
     PublishResult,
 )
-from tidings.brokers.memory import MemoryBroker
+from tidings.brokers.memory import LocalPresence, MemoryBroker
 from tidings.core.channel import ChannelName
 from tidings.core.publication import ClientInfo, Position
 from tidings.core.wire import EncodedPublication
@@ -61,8 +61,7 @@ class RecordingSubscriber:
 
 
 class RecordingBroker:
-    """A memory broker that counts (un)subscribes and can hold ``history`` reads at a gate;
-    ``tell_presence`` plays a presence change made on another node."""
+    """A memory broker that counts (un)subscribes and can hold ``history`` reads at a gate."""
 
     def __init__(self, inner: MemoryBroker) -> None:
         self.inner = inner
@@ -73,15 +72,10 @@ class RecordingBroker:
         self.fail_subscribe = False
         self.broken: BrokerError | None = None  # raised by publish and history when set
         self.handler: PublicationHandler | None = None
-        self.presence_handler: PresenceHandler | None = None
-        self.fail_presence = False
 
-    async def start(
-        self, on_publication: PublicationHandler, on_presence: PresenceHandler | None = None
-    ) -> None:
+    async def start(self, on_publication: PublicationHandler) -> None:
         self.handler = on_publication
-        self.presence_handler = on_presence
-        await self.inner.start(on_publication, on_presence)
+        await self.inner.start(on_publication)
 
     async def close(self) -> None:
         await self.inner.close()
@@ -122,15 +116,29 @@ class RecordingBroker:
     async def is_ready(self) -> bool:
         return True
 
-    async def presence_join(self, channel: ChannelName, client_id: str, user: str) -> None:
-        if self.fail_presence:
-            raise BrokerError("the broker is down")
-        await self.inner.presence_join(channel, client_id, user)
 
-    async def presence_leave(self, channel: ChannelName, client_id: str) -> None:
-        if self.fail_presence:
+class RecordingPresence:
+    """A ``LocalPresence`` that fails on demand; ``tell_presence`` plays a presence
+    change made on another node."""
+
+    def __init__(self) -> None:
+        self.inner = LocalPresence()
+        self.handler: PresenceHandler | None = None
+        self.fail_changes = False  # join and leave raise when set
+        self.broken: BrokerError | None = None  # raised by presence when set
+
+    def listen(self, on_change: PresenceHandler) -> None:
+        self.handler = on_change
+
+    async def join(self, channel: ChannelName, client_id: str, user: str) -> None:
+        if self.fail_changes:
             raise BrokerError("the broker is down")
-        await self.inner.presence_leave(channel, client_id)
+        await self.inner.join(channel, client_id, user)
+
+    async def leave(self, channel: ChannelName, client_id: str) -> None:
+        if self.fail_changes:
+            raise BrokerError("the broker is down")
+        await self.inner.leave(channel, client_id)
 
     async def presence(self, channel: ChannelName) -> dict[str, str]:
         if self.broken is not None:
@@ -139,8 +147,8 @@ class RecordingBroker:
 
     def tell_presence(self, change: PresenceChange) -> None:
         """Hand the hub ``change`` as if another node had made it."""
-        assert self.presence_handler is not None, "started"
-        self.presence_handler(change)
+        assert self.handler is not None, "listened to"
+        self.handler(change)
 
 
 class RecordingOutbound:

@@ -1,8 +1,13 @@
-"""The ``Broker`` protocol every Hop 2 backend implements, the ``NodeControl`` role
-(commands between nodes), and the values they take and return.
+"""The roles a backend plays, each a protocol: ``Broker`` (publish, subscribe, history),
+``PresenceStore`` (who is in a channel, on every node) and ``NodeControl`` (commands
+between nodes); and the values they take and return.
 
 No I/O here. A broker owns the truth about channels: it sequences publications, keeps
 history and carries each publication to the nodes whose hubs subscribed its channel.
+Presence and node commands are roles of their own because backends differ most there
+(a Redis hash with expiring entries, a PostgreSQL table, a NATS key-value bucket): a
+broker that plays them exposes them (``presence_store``, ``NodeControl``'s methods), and
+the hub and the server take each role separately.
 """
 
 from __future__ import annotations
@@ -70,14 +75,13 @@ class Broker(Protocol):
       subscribe first, then read history, and merge by offset.
     """
 
-    async def start(
-        self, on_publication: PublicationHandler, on_presence: PresenceHandler | None = None
-    ) -> None:
-        """Connect and start delivering publications of subscribed channels to the handler,
-        and presence changes made on other nodes in subscribed channels to ``on_presence``.
+    async def start(self, on_publication: PublicationHandler) -> None:
+        """Connect and start delivering publications of subscribed channels to the handler
+        (and, for a broker with a ``presence_store``, presence changes of other nodes to
+        its listener).
 
-        Handlers are called on the event loop, must not block and must not raise;
-        if one does, the broker logs the error and goes on delivering.
+        The handler is called on the event loop, must not block and must not raise;
+        if it does, the broker logs the error and goes on delivering.
         """
         ...
 
@@ -129,28 +133,53 @@ class Broker(Protocol):
         """
         ...
 
-    # -- presence: who holds a channel, on every node -----------------------------------
-    #
-    # * **Everywhere**: ``presence`` lists the clients joined on every node sharing the
-    #   broker, not only this one's; a client is listed from its ``presence_join``
-    #   returning until its ``presence_leave`` returns.
-    # * **Remote changes only**: ``on_presence`` hears the joins and leaves made on
-    #   *other* nodes in channels this node is subscribed to, each once; the node's own
-    #   are announced by its hub, so they are never handed back to it.
-    # * **Dead nodes expire**: the entries of a node that stopped without leaving (killed,
-    #   cut off) drop out of ``presence`` after the broker's presence lifetime, without
-    #   a leave event. Single-node brokers keep presence in memory: it ends with them.
 
-    async def presence_join(self, channel: ChannelName, client_id: str, user: str) -> None:
-        """List ``client_id`` (of ``user``) in ``channel``'s presence and tell other nodes.
+# -- presence: who holds a channel, on every node --------------------------------------------
+
+
+@runtime_checkable
+class PresenceStore(Protocol):
+    """Who is in each channel, on every node sharing the backend. Guarantees every
+    implementation keeps (the presence part of the broker contract tests holds each
+    one to them):
+
+    * **Join and leave**: a client is listed in ``presence(channel)`` from its
+      ``join`` returning until its ``leave`` returns; a ``join`` that raised may or may
+      not have listed it (the caller leaves it to be sure). ``leave`` of a client not
+      listed does nothing. One client id is listed once, with the user of its last join.
+    * **Everywhere, read fresh**: ``presence(channel)`` asks the backend at the time
+      of the call and lists the clients joined on every node, not only this one's; it
+      is never a cache older than the call (a join returned before the call, on any
+      node, is in the answer, save for the expiry below).
+    * **Remote changes only, each once**: the handler given to ``listen`` hears the
+      joins and leaves made on *other* nodes in channels this node's broker is
+      subscribed to, each once, in the order that node made them; the node's own are
+      announced by its hub, so they are never handed back to it.
+    * **Dead nodes expire**: the entries of a node that stopped without leaving
+      (killed, cut off) drop out of ``presence`` after the store's presence lifetime
+      (30 s for Redis), without a leave event. Entries of a live node that reaches
+      the backend never expire: it renews them. A single-node store keeps presence
+      in memory: it ends with the node, and there is no other node to hear changes.
+    """
+
+    def listen(self, on_change: PresenceHandler) -> None:
+        """Hand each presence change made on another node to ``on_change`` from now on.
+
+        The handler is called on the event loop, must not block and must not raise;
+        if it does, the store logs the error and goes on.
+        """
+        ...
+
+    async def join(self, channel: ChannelName, client_id: str, user: str) -> None:
+        """List ``client_id`` (of ``user``) in ``channel`` and tell other nodes.
 
         Raises:
             BrokerError: the backend failed; the client may or may not be listed.
         """
         ...
 
-    async def presence_leave(self, channel: ChannelName, client_id: str) -> None:
-        """Remove ``client_id`` from ``channel``'s presence and tell other nodes; idempotent.
+    async def leave(self, channel: ChannelName, client_id: str) -> None:
+        """Remove ``client_id`` from ``channel`` and tell other nodes; idempotent.
 
         Raises:
             BrokerError: the backend failed; an entry left behind expires.
@@ -163,6 +192,16 @@ class Broker(Protocol):
         Raises:
             BrokerError: the backend failed.
         """
+        ...
+
+
+@runtime_checkable
+class HasPresenceStore(Protocol):
+    """A broker that keeps presence itself (it shares the broker's connections)."""
+
+    @property
+    def presence_store(self) -> PresenceStore:
+        """This broker's presence; the same object on every call."""
         ...
 
 

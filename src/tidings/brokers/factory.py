@@ -1,16 +1,32 @@
-"""Choosing a broker from configuration, by the scheme of its URL.
+"""Choosing a broker from configuration, by the scheme of its URL, and handing it its
+own settings.
+
+A broker's settings come from its URL's query (``?prefix=``) and from its table in the
+configuration file (``[brokers.redis]``, passed as ``options``); the URL wins where both
+set one. The broker class validates them when it is made, refusing an unknown key with
+one line, and does no I/O then, so ``check_broker`` can make one to check them.
 
 Each backend module is imported only when chosen, so a backend's optional dependency
 (redis, nats, asyncpg) is needed only by the nodes that use it; a missing one is
 reported with the ``pip install`` line that adds it. The only I/O is checking that the
 sqlite broker's directory can be used (``check_data_directory``), so that a node
 refuses to start with one clear line instead of failing once it has started.
+
+Adding a broker takes one module and two lines. The module holds a class made as
+``Class(url, namespaces, *, dedupe, publish_timeout_s, node_id, options)`` (checking
+its URL and ``options`` without I/O) that implements ``base.Broker``; if its nodes share
+presence, a ``presence_store`` property returning its ``base.PresenceStore`` (without
+one, each node keeps presence to itself); if they share commands, ``base.NodeControl``'s
+``listen`` and ``send_to_nodes``. The lines: its ``BrokerKind`` in ``BROKER_SCHEMES``
+(one per URL scheme), and its factory in the contract suite's ``BROKER_FACTORIES``
+(tests/brokers/test_contract.py), which then holds it to every guarantee.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -32,21 +48,31 @@ class _RemoteBroker(Protocol):
         dedupe: DedupeOptions,
         publish_timeout_s: float = ...,
         node_id: str | None = ...,
+        options: Mapping[str, object] | None = ...,
     ) -> Broker: ...
 
 
 @dataclass(frozen=True, slots=True)
 class BrokerKind:
-    """A broker reachable by URL: where its class lives and the extra that installs
-    its dependency."""
+    """A broker reachable by URL: its name (of its ``[brokers.<name>]`` table), where its
+    class lives and the extra that installs its dependency."""
 
+    name: str
     module: str
     class_name: str
     extra: str
     dependency: str  # the top-level module the extra installs
+    forms: tuple[str, ...] = ()  # its URL forms, as an unknown broker's error lists them
 
 
-_REDIS: Final = BrokerKind("tidings.brokers.redis", "RedisBroker", "redis", "redis")
+_REDIS: Final = BrokerKind(
+    "redis",
+    "tidings.brokers.redis",
+    "RedisBroker",
+    "redis",
+    "redis",
+    ("redis://host:port/db", "redis-cluster://host:port"),
+)
 # URL scheme -> broker. Add a broker here, not with another ``if``.
 BROKER_SCHEMES: Final[dict[str, BrokerKind]] = {
     "redis": _REDIS,
@@ -54,7 +80,12 @@ BROKER_SCHEMES: Final[dict[str, BrokerKind]] = {
     "unix": _REDIS,
     "redis-cluster": _REDIS,
 }
-_KNOWN_FORMS: Final = "memory, redis://host:port/db or redis-cluster://host:port"
+_FORMS: Final = ["memory", *dict.fromkeys(f for k in BROKER_SCHEMES.values() for f in k.forms)]
+_KNOWN_FORMS: Final = f"{', '.join(_FORMS[:-1])} or {_FORMS[-1]}"
+# The embedded brokers, chosen without a URL; their settings are top-level ones.
+_LOCAL_NAMES: Final = ("memory", "sqlite")
+
+BrokerTables = Mapping[str, Mapping[str, object]]
 
 
 class UnknownBroker(ConfigError):
@@ -133,21 +164,47 @@ def check_data_directory(data: str | Path) -> Path:
     return path
 
 
-def check_broker(broker: str | None, data: str | Path | None) -> None:
-    """Check that ``create_broker`` can make this broker, without making it.
+def _options_for(name: str, options: BrokerTables | None) -> Mapping[str, object]:
+    """Return the ``[brokers.<name>]`` table of ``options``, refusing a table that names
+    no broker (a typo would otherwise be ignored)."""
+    options = options or {}
+    known = sorted({*_LOCAL_NAMES, *(kind.name for kind in BROKER_SCHEMES.values())})
+    for table_name in options:
+        if table_name not in known:
+            raise ConfigError(
+                f"brokers.{table_name}: no broker is called {table_name!r}; known: {known}"
+            )
+    table = options.get(name, {})
+    if name in _LOCAL_NAMES and table:
+        raise ConfigError(
+            f"brokers.{name}.{next(iter(table))}: the {name} broker has no settings of its "
+            "own (sqlite_durability is a top-level setting)"
+        )
+    return table
+
+
+def check_broker(
+    broker: str | None, data: str | Path | None, options: BrokerTables | None = None
+) -> None:
+    """Check that ``create_broker`` can make this broker, with its settings in
+    ``options``, without starting it.
 
     Raises:
         UnknownBroker, MissingExtra, UnusableDataDirectory, ConfigError: see
             ``create_broker``.
     """
     if broker in (None, "", "memory"):
+        _options_for("memory" if data is None else "sqlite", options)
         if data is not None:
             check_data_directory(data)
         return
     assert broker is not None
     if data is not None:
         raise ConfigError("data (the sqlite directory) applies only to the embedded broker")
-    _broker_class(broker)
+    broker_class = _broker_class(broker)
+    table = _options_for(BROKER_SCHEMES[_scheme(broker)].name, options)
+    # Making a broker checks its URL and settings and does no I/O (module docstring).
+    broker_class(broker, Namespaces(), dedupe=DedupeOptions(), options=table)
 
 
 def create_broker(
@@ -159,6 +216,7 @@ def create_broker(
     publish_timeout_s: float | None = None,
     sqlite_durability: str = "full",
     node_id: str | None = None,
+    options: BrokerTables | None = None,
 ) -> Broker:
     """Return the broker named by ``broker`` (a URL) or, without one, by ``data``.
 
@@ -168,15 +226,18 @@ def create_broker(
     ``sqlite_durability`` (``full`` or ``fast``, see ``brokers.sqlite``).
     ``publish_timeout_s`` bounds a remote broker's publish (see ``RedisBroker``); the
     local ones wait on no network. ``node_id`` names this node to a remote broker's
-    other nodes (random if ``None``).
+    other nodes (random if ``None``). ``options`` holds each broker's table of
+    settings by broker name (``{"redis": {"prefix": "app"}}``); the chosen one's is
+    handed to it, and its URL's query parameters win over it.
 
     Raises:
         UnknownBroker: a broker URL of no known scheme.
         MissingExtra: the broker's optional dependency is not installed.
         UnusableDataDirectory: ``data`` cannot be created or written in.
-        ConfigError: ``data`` given with a remote broker.
+        ConfigError: ``data`` given with a remote broker, a table of a broker tidings
+            does not know, or settings the broker refuses.
     """
-    check_broker(broker, data)
+    check_broker(broker, data, options)
     if broker in (None, "", "memory"):
         if data is None:
             return MemoryBroker(namespaces, dedupe=dedupe)
@@ -193,8 +254,15 @@ def create_broker(
         )
     assert broker is not None
     broker_class = _broker_class(broker)
+    kind = BROKER_SCHEMES[_scheme(broker)]
+    table = _options_for(kind.name, options)
     if publish_timeout_s is None:
-        return broker_class(broker, namespaces, dedupe=dedupe, node_id=node_id)
+        return broker_class(broker, namespaces, dedupe=dedupe, node_id=node_id, options=table)
     return broker_class(
-        broker, namespaces, dedupe=dedupe, publish_timeout_s=publish_timeout_s, node_id=node_id
+        broker,
+        namespaces,
+        dedupe=dedupe,
+        publish_timeout_s=publish_timeout_s,
+        node_id=node_id,
+        options=table,
     )

@@ -25,10 +25,12 @@ from collections.abc import Callable
 from typing import Final
 
 from tidings.brokers.base import (
+    HasPresenceStore,
     HistoryRead,
     NodeCommand,
     NodeCommandHandler,
     PresenceHandler,
+    PresenceStore,
     PublicationHandler,
     PublishResult,
 )
@@ -54,18 +56,23 @@ def random_epoch() -> str:
 
 
 class LocalPresence:
-    """Presence of a single-node broker: ``{channel: {client_id: user}}`` in memory."""
+    """``PresenceStore`` of a single-node broker: ``{channel: {client_id: user}}`` in
+    memory. The one node is every node, so there are no remote changes to hear and no
+    dead node's entries to expire."""
 
     __slots__ = ("_by_channel",)
 
     def __init__(self) -> None:
         self._by_channel: dict[ChannelName, dict[str, str]] = {}
 
-    def join(self, channel: ChannelName, client_id: str, user: str) -> None:
+    def listen(self, on_change: PresenceHandler) -> None:
+        """Never calls ``on_change``: every change is this node's own."""
+
+    async def join(self, channel: ChannelName, client_id: str, user: str) -> None:
         """List ``client_id`` in ``channel``."""
         self._by_channel.setdefault(channel, {})[client_id] = user
 
-    def leave(self, channel: ChannelName, client_id: str) -> None:
+    async def leave(self, channel: ChannelName, client_id: str) -> None:
         """Remove ``client_id`` from ``channel``; forget the channel once empty."""
         clients = self._by_channel.get(channel)
         if clients is not None:
@@ -73,9 +80,17 @@ class LocalPresence:
             if not clients:
                 del self._by_channel[channel]
 
-    def clients(self, channel: ChannelName) -> dict[str, str]:
+    async def presence(self, channel: ChannelName) -> dict[str, str]:
         """Return a copy of ``channel``'s ``{client_id: user}``."""
         return dict(self._by_channel.get(channel, {}))
+
+
+def presence_store_of(broker: object) -> PresenceStore:
+    """Return ``broker``'s own presence store, or, for a broker that keeps none (an
+    embedding application's), a new one for this node alone."""
+    if isinstance(broker, HasPresenceStore):
+        return broker.presence_store
+    return LocalPresence()
 
 
 class LocalNodeControl:
@@ -133,13 +148,8 @@ class MemoryBroker:
         self._control = LocalNodeControl()
         self._closed = False
 
-    async def start(
-        self, on_publication: PublicationHandler, on_presence: PresenceHandler | None = None
-    ) -> None:
-        """Start handing publications of subscribed channels to ``on_publication``.
-
-        ``on_presence`` is never called: on one node, every change is the hub's own.
-        """
+    async def start(self, on_publication: PublicationHandler) -> None:
+        """Start handing publications of subscribed channels to ``on_publication``."""
         self._on_publication = on_publication
         if self._sweeper is None and not self._closed:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
@@ -242,17 +252,10 @@ class MemoryBroker:
         """Ready until closed: there is nothing to reach."""
         return not self._closed
 
-    async def presence_join(self, channel: ChannelName, client_id: str, user: str) -> None:
-        """List ``client_id`` in ``channel`` (``Broker.presence_join``)."""
-        self._presence.join(channel, client_id, user)
-
-    async def presence_leave(self, channel: ChannelName, client_id: str) -> None:
-        """Remove ``client_id`` from ``channel`` (``Broker.presence_leave``)."""
-        self._presence.leave(channel, client_id)
-
-    async def presence(self, channel: ChannelName) -> dict[str, str]:
-        """Return ``channel``'s ``{client_id: user}`` (``Broker.presence``)."""
-        return self._presence.clients(channel)
+    @property
+    def presence_store(self) -> LocalPresence:
+        """This node's presence, in memory (``HasPresenceStore``)."""
+        return self._presence
 
     def listen(self, on_command: NodeCommandHandler) -> None:
         """Hand node commands to ``on_command`` (``NodeControl.listen``)."""

@@ -47,8 +47,8 @@ of Redis (or a slot migration in a cluster), resuming clients of the channels to
 since are told ``recovered: false``, even when nothing was lost; history stays readable.
 A deployment whose Redis never comes back older (AOF ``appendfsync always``, and no
 failover to a replica that may lag) may say so with ``?trust_restarts=yes`` on every
-node's URL: the heads are then stamped alike by every process, and a restart keeps the
-epochs.
+node's URL (or ``trust_restarts = true`` in ``[brokers.redis]``): the heads are then
+stamped alike by every process, and a restart keeps the epochs.
 
 Two ideas were rejected as unsound: a node remembering each channel's highest position
 catches only the channels it touched (another node's publishes at reused positions go
@@ -115,7 +115,7 @@ import asyncio
 import logging
 import random
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -127,7 +127,6 @@ from tidings.brokers.base import (
     HistoryRead,
     NodeCommand,
     NodeCommandHandler,
-    PresenceHandler,
     PublicationHandler,
     PublishResult,
 )
@@ -222,8 +221,12 @@ class RedisBroker:
         probe_interval_s: float = PROBE_INTERVAL_S,
         probe_timeout_s: float = PROBE_TIMEOUT_S,
         node_id: str | None = None,
+        options: Mapping[str, object] | None = None,
     ) -> None:
         """Prepare a broker for ``url``; nothing connects before ``start``.
+
+        ``options`` is the ``[brokers.redis]`` table of the configuration file
+        (``prefix``, ``trust_restarts``); the URL's query parameters win over it.
 
         ``node_id`` names this node in presence entries and node commands (random if
         not given); every node sharing the Redis must have its own.
@@ -235,10 +238,10 @@ class RedisBroker:
         longer than ``publish_timeout_s`` for its answer (see "Readiness and time-outs").
 
         Raises:
-            ConfigError: the URL is not one this broker reads, or the presence refresh
-                is not shorter than the lifetime.
+            ConfigError: the URL or ``options`` is not one this broker reads, or the
+                presence refresh is not shorter than the lifetime.
         """
-        self._target = RedisTarget.parse(url)
+        self._target = RedisTarget.parse(url, options)
         self._display_url = without_credentials(url)
         self._namespaces = namespaces
         self._clock = clock or SystemClock()
@@ -252,11 +255,12 @@ class RedisBroker:
         self._db = 0
         self._publish_command = "SPUBLISH" if self._target.cluster else "PUBLISH"
         self._on_publication: PublicationHandler | None = None
-        self._on_presence: PresenceHandler | None = None
         self._presence = RedisPresence(
             self._target.prefix,
             self._clock,
             self._run_keys,
+            lambda channel: topic_of(self._target.prefix, self._db, channel),
+            self._publish_command,
             lifetime_s=presence_lifetime_s,
             refresh_s=presence_refresh_s,
             node=self.node_id,
@@ -282,11 +286,10 @@ class RedisBroker:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def start(
-        self, on_publication: PublicationHandler, on_presence: PresenceHandler | None = None
-    ) -> None:
+    async def start(self, on_publication: PublicationHandler) -> None:
         """Connect and start delivering publications of subscribed channels, and presence
-        changes of other nodes, and refreshing this node's presence entries.
+        changes of other nodes (to ``presence_store``'s listener), and refreshing this
+        node's presence entries.
 
         If Redis cannot be reached now, the broker keeps trying in the background and
         is not ready until it succeeds.
@@ -297,7 +300,6 @@ class RedisBroker:
         if self._closed:
             raise BrokerError("the Redis broker was closed; make a new one")
         self._on_publication = on_publication
-        self._on_presence = on_presence
         if self._client is not None:
             return
         client, self._db = make_client(self._target)
@@ -337,7 +339,6 @@ class RedisBroker:
         self._closed = True
         self._healthy = False
         self._on_publication = None
-        self._on_presence = None
         await self._presence.close()
         await self._probe.close()
         tasks = [] if self._recovery is None else [self._recovery]
@@ -489,32 +490,10 @@ class RedisBroker:
 
     # -- presence ----------------------------------------------------------------------------
 
-    async def presence_join(self, channel: ChannelName, client_id: str, user: str) -> None:
-        """Write ``client_id``'s presence entry and tell other nodes (``Broker.presence_join``).
-
-        Raises:
-            BrokerError: Redis failed; an entry written anyway expires.
-        """
-        topic = topic_of(self._target.prefix, self._db, channel)
-        await self._presence.join(channel, client_id, user, topic, self._publish_command)
-
-    async def presence_leave(self, channel: ChannelName, client_id: str) -> None:
-        """Delete ``client_id``'s presence entry and tell other nodes (``Broker.presence_leave``).
-
-        Raises:
-            BrokerError: Redis failed; the entry left behind expires (it is no longer
-                refreshed).
-        """
-        topic = topic_of(self._target.prefix, self._db, channel)
-        await self._presence.leave(channel, client_id, topic, self._publish_command)
-
-    async def presence(self, channel: ChannelName) -> dict[str, str]:
-        """Return the unexpired presence entries of ``channel``, on every node.
-
-        Raises:
-            BrokerError: Redis failed.
-        """
-        return await self._presence.clients(channel)
+    @property
+    def presence_store(self) -> RedisPresence:
+        """Presence shared by every node on this Redis (``HasPresenceStore``)."""
+        return self._presence
 
     # -- node commands (``NodeControl``, ``redis_control``) ---------------------------------
 
@@ -685,7 +664,7 @@ class RedisBroker:
                 self._control.receive(payload)
             return  # not (or no longer, or not yet) subscribed: see the theory of operation
         if is_presence_frame(payload):
-            self._receive_presence(payload)
+            self._presence.receive(payload)
             return
         try:
             publication = decode_live(payload)
@@ -699,16 +678,6 @@ class RedisBroker:
         elif not self._accept(state, publication):
             state.buffer = [publication]
             self._request_sync(state)
-
-    def _receive_presence(self, payload: bytes) -> None:
-        change = self._presence.receive(payload)
-        handler = self._on_presence
-        if change is None or handler is None:
-            return
-        try:
-            handler(change)
-        except Exception:  # a faulty handler must not stop delivery
-            logger.exception("presence handler failed on %s", change.channel)
 
     def _accept(self, state: _ChannelState, publication: Publication) -> bool:
         """Deliver ``publication`` if it follows ``state.last``; drop a repeat. Return

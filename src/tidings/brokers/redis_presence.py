@@ -1,5 +1,6 @@
-"""Presence for the Redis broker: who holds a channel on every node, and join/leave
-events between nodes. Network I/O through the broker's ``ScriptRunner``.
+"""Presence for the Redis broker (its ``PresenceStore``): who holds a channel on every
+node, and join/leave events between nodes. Network I/O through the broker's
+``ScriptRunner``; frames arrive through the broker's pub/sub link (``receive``).
 
 Each channel ``C`` with present clients has a hash (same hash tag as the channel's other
 keys, so one slot in a cluster, and one script can write it and publish on the topic)::
@@ -34,7 +35,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from tidings.brokers.base import PresenceChange
+from tidings.brokers.base import PresenceChange, PresenceHandler
 from tidings.brokers.redis_scripts import RedisScript
 from tidings.clock import Clock
 from tidings.core.channel import ChannelName
@@ -134,7 +135,7 @@ def is_presence_frame(payload: bytes) -> bool:
 
 
 class RedisPresence:
-    """This node's side of presence in Redis; see the module docstring.
+    """This node's side of presence in Redis, a ``PresenceStore``; see the module docstring.
 
     Attributes:
         node: this node's id, written in its entries and frames.
@@ -145,13 +146,17 @@ class RedisPresence:
         prefix: str,
         clock: Clock,
         run: ScriptCall,
+        topic_of: Callable[[ChannelName], str],
+        publish_verb: str,
         *,
         lifetime_s: float = PRESENCE_LIFETIME_S,
         refresh_s: float = PRESENCE_REFRESH_S,
         node: str | None = None,
     ) -> None:
         """Prepare presence for keys under ``prefix``; ``run`` runs a script on Redis;
-        ``node`` is this node's id (random if not given; must differ between nodes).
+        frames go to ``topic_of(channel)`` with ``publish_verb`` (``PUBLISH`` or, in a
+        cluster, ``SPUBLISH``); ``node`` is this node's id (random if not given; must
+        differ between nodes).
 
         Raises:
             ConfigError: ``refresh_s`` is not positive and shorter than ``lifetime_s``.
@@ -165,6 +170,9 @@ class RedisPresence:
         self._prefix = prefix
         self._clock = clock
         self._run = run
+        self._topic_of = topic_of
+        self._verb = publish_verb
+        self._on_change: PresenceHandler | None = None
         self._lifetime_ms = max(1, round(lifetime_s * 1000))
         self._refresh_s = refresh_s
         self._joined: dict[ChannelName, dict[str, str]] = {}  # this node's entries
@@ -189,28 +197,45 @@ class RedisPresence:
         """Redis may have lost the entries (reconnected): write them all again next time."""
         self._restore = True
 
-    async def join(
-        self, channel: ChannelName, client_id: str, user: str, topic: str, verb: str
-    ) -> None:
-        """Write ``client_id``'s entry and publish a join frame on ``topic`` with ``verb``."""
+    def listen(self, on_change: PresenceHandler) -> None:
+        """Hand the changes other nodes make to ``on_change`` (``PresenceStore.listen``)."""
+        self._on_change = on_change
+
+    async def join(self, channel: ChannelName, client_id: str, user: str) -> None:
+        """Write ``client_id``'s entry and publish a join frame on the channel's topic.
+
+        Raises:
+            BrokerError: Redis failed; an entry written anyway expires.
+        """
         self._joined.setdefault(channel, {})[client_id] = user
         frame = _encode(_Frame("join", channel, client_id, user, self.node))
-        args = (client_id, self._entry(user), self._lifetime_ms, frame, topic, verb)
+        topic = self._topic_of(channel)
+        args = (client_id, self._entry(user), self._lifetime_ms, frame, topic, self._verb)
         await self._run(JOIN, self._keys(channel), args, f"joining {client_id} to {channel}")
 
-    async def leave(self, channel: ChannelName, client_id: str, topic: str, verb: str) -> None:
-        """Delete ``client_id``'s entry and, if it was there, publish a leave frame."""
+    async def leave(self, channel: ChannelName, client_id: str) -> None:
+        """Delete ``client_id``'s entry and, if it was there, publish a leave frame.
+
+        Raises:
+            BrokerError: Redis failed; the entry left behind expires (it is no longer
+                refreshed).
+        """
         clients = self._joined.get(channel)
         if clients is None or (user := clients.pop(client_id, None)) is None:
             return
         if not clients:
             del self._joined[channel]
         frame = _encode(_Frame("leave", channel, client_id, user, self.node))
-        args = (client_id, frame, topic, verb)
+        args = (client_id, frame, self._topic_of(channel), self._verb)
         await self._run(LEAVE, self._keys(channel), args, f"removing {client_id} from {channel}")
 
-    async def clients(self, channel: ChannelName) -> dict[str, str]:
-        """Return ``{client_id: user}`` of the unexpired entries, dropping the others."""
+    async def presence(self, channel: ChannelName) -> dict[str, str]:
+        """Return ``{client_id: user}`` of the unexpired entries, on every node, dropping
+        the others.
+
+        Raises:
+            BrokerError: Redis failed.
+        """
         reply = await self._run(
             LIST, self._keys(channel), (self._clock.now_ms(),), f"reading presence of {channel}"
         )
@@ -224,16 +249,23 @@ class RedisPresence:
             found[client.decode() if isinstance(client, bytes) else str(client)] = entry.user
         return found
 
-    def receive(self, payload: bytes) -> PresenceChange | None:
-        """Decode a presence frame; ``None`` if this node made it (or it is unreadable)."""
+    def receive(self, payload: bytes) -> None:
+        """Hand a presence frame of another node to the listener; ignore this node's own
+        (its hub announced them) and unreadable ones."""
         try:
             frame = _decode_frame(payload)
         except msgspec.ValidationError:
             logger.error("unreadable presence frame: %r", payload[:200])
-            return None
-        if frame.node == self.node:
-            return None
-        return PresenceChange(frame.presence, ChannelName(frame.channel), frame.client, frame.user)
+            return
+        handler = self._on_change
+        if frame.node == self.node or handler is None:
+            return
+        channel = ChannelName(frame.channel)
+        change = PresenceChange(frame.presence, channel, frame.client, frame.user)
+        try:
+            handler(change)
+        except Exception:  # a faulty handler must not stop delivery
+            logger.exception("presence handler failed on %s", change.channel)
 
     async def refresh(self) -> None:
         """Renew this node's entries: one script per channel, sent together.

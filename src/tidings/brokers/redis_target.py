@@ -3,6 +3,7 @@ redis-py client for it (``make_client``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -30,21 +31,21 @@ class RedisTarget:
     trust_restarts: bool = False
 
     @classmethod
-    def parse(cls, url: str) -> RedisTarget:
-        """Read a ``redis://``, ``rediss://``, ``unix://`` or ``redis-cluster://`` URL.
+    def parse(cls, url: str, options: Mapping[str, object] | None = None) -> RedisTarget:
+        """Read a ``redis://``, ``rediss://``, ``unix://`` or ``redis-cluster://`` URL,
+        and the broker's table of the configuration file (``options``).
 
-        The query options ``prefix`` (default ``tidings``), which starts every key and
-        topic, and ``trust_restarts`` (``yes`` or ``no``, the default: see "Rollbacks"
-        in the docstring of ``redis``) are ours; the others go to redis-py (``socket_timeout``,
-        ``max_connections``...).
+        Our settings, ``prefix`` (default ``tidings``), which starts every key and topic,
+        and ``trust_restarts`` (default no: see the module docstring, "Rollbacks"), may
+        be in either; the URL's query wins. The URL's other query options go to redis-py
+        (``socket_timeout``, ``max_connections``...).
 
         Raises:
             ConfigError: the prefix contains ``{`` or ``}`` (they would break hash tags),
-                or ``trust_restarts`` is neither ``yes`` nor ``no``.
+                ``trust_restarts`` is not yes or no, or ``options`` has another key.
         """
+        prefix, trust_restarts = _file_settings(options or {})
         parts = urlsplit(url)
-        prefix = DEFAULT_PREFIX
-        trust_restarts = False
         kept = []
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             if name == "prefix":
@@ -63,6 +64,33 @@ class RedisTarget:
         scheme = "redis" if cluster else parts.scheme
         rebuilt = urlunsplit((scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment))
         return cls(rebuilt, cluster, prefix, trust_restarts)
+
+
+# The settings of ``[brokers.redis]``; the URL's query may set them too.
+FILE_SETTINGS: Final = ("prefix", "trust_restarts")
+
+
+def _file_settings(options: Mapping[str, object]) -> tuple[str, bool]:
+    """Return ``prefix`` and ``trust_restarts`` from the ``[brokers.redis]`` table.
+
+    Raises:
+        ConfigError: a key that is not one of ``FILE_SETTINGS``, or a value of the
+            wrong type.
+    """
+    for name in options:
+        if name not in FILE_SETTINGS:
+            raise ConfigError(
+                f"brokers.redis: unknown setting {name!r}; known: {list(FILE_SETTINGS)}"
+            )
+    prefix = options.get("prefix", DEFAULT_PREFIX)
+    if not isinstance(prefix, str):
+        raise ConfigError(f"brokers.redis.prefix must be a string, got {prefix!r}")
+    trust = options.get("trust_restarts", False)
+    if isinstance(trust, str) and trust.lower() in ("yes", "true", "no", "false"):
+        trust = trust.lower() in ("yes", "true")  # from the environment, as text
+    if not isinstance(trust, bool):
+        raise ConfigError(f"brokers.redis.trust_restarts must be true or false, got {trust!r}")
+    return prefix, trust
 
 
 def without_credentials(url: str) -> str:

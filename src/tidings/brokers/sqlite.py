@@ -62,7 +62,6 @@ from tidings.brokers.base import (
     HistoryRead,
     NodeCommand,
     NodeCommandHandler,
-    PresenceHandler,
     PublicationHandler,
     PublishResult,
 )
@@ -265,12 +264,8 @@ class SqliteBroker:
         self._sweeper: asyncio.Task[None] | None = None
         self.commits = 0
 
-    async def start(
-        self, on_publication: PublicationHandler, on_presence: PresenceHandler | None = None
-    ) -> None:
+    async def start(self, on_publication: PublicationHandler) -> None:
         """Open the file and start handing publications of subscribed channels to the handler.
-
-        ``on_presence`` is never called: on one node, every change is the hub's own.
 
         Raises:
             BrokerError: the file cannot be opened, or the broker was closed.
@@ -408,17 +403,10 @@ class SqliteBroker:
             return False
         return True
 
-    async def presence_join(self, channel: ChannelName, client_id: str, user: str) -> None:
-        """List ``client_id`` in ``channel`` (``Broker.presence_join``), in memory."""
-        self._presence.join(channel, client_id, user)
-
-    async def presence_leave(self, channel: ChannelName, client_id: str) -> None:
-        """Remove ``client_id`` from ``channel`` (``Broker.presence_leave``)."""
-        self._presence.leave(channel, client_id)
-
-    async def presence(self, channel: ChannelName) -> dict[str, str]:
-        """Return ``channel``'s ``{client_id: user}`` (``Broker.presence``)."""
-        return self._presence.clients(channel)
+    @property
+    def presence_store(self) -> LocalPresence:
+        """This node's presence, in memory (``HasPresenceStore``)."""
+        return self._presence
 
     def listen(self, on_command: NodeCommandHandler) -> None:
         """Hand node commands to ``on_command`` (``NodeControl.listen``)."""

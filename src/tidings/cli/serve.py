@@ -141,7 +141,7 @@ def serve(
             raise ConfigError(f"--workers must be at least 1, got {workers}")
         if settings.demo and workers > 1:
             raise ConfigError("--demo runs in one process: its token secret is per process")
-        check_broker(settings.broker, settings.data)
+        check_broker(settings.broker, settings.data, settings.brokers)
         if workers > 1:
             sys.exit(run_workers(settings, log_level, workers))
         run_node(settings, log_level)
@@ -166,7 +166,7 @@ def check_config(*, config_file: Path | None, verbose: bool) -> None:
     configure_node_logging("debug" if verbose else "warning")
     try:
         settings = load_settings(config_file, os.environ)
-        check_broker(settings.broker, None)
+        check_broker(settings.broker, None, settings.brokers)
     except TidingsError as exc:
         fail_with(exc)
     if (
@@ -183,7 +183,7 @@ def describe_settings(settings: Settings) -> list[str]:
     """Return ``name = value`` lines of every setting, secrets masked."""
     lines = []
     for field in dataclasses.fields(settings):
-        if field.name == "namespaces":
+        if field.name in ("namespaces", "brokers"):
             continue
         value = getattr(settings, field.name)
         if field.name in SECRET_SETTINGS and value is not None:
@@ -193,6 +193,8 @@ def describe_settings(settings: Settings) -> list[str]:
         elif field.name.endswith("_s"):
             value = f"{value:g}s"
         lines.append(f"{setting_name(field.name)} = {_shown(value)}")
+    for broker, table in sorted(settings.brokers.items()):
+        lines += [f"brokers.{broker}.{key} = {_shown(value)}" for key, value in table.items()]
     for name, options in sorted(settings.namespaces.items(), key=lambda item: item[0] or ""):
         lines.append(
             f"namespaces.{name or 'default'} = policy {options.policy.value}, "

@@ -31,12 +31,14 @@ Fan-out encodes a publication once per wire format (``EncodedPublication``) and 
 the same object to every subscriber; a failing subscriber is logged, counted and
 skipped, and the others still receive the publication.
 
-Presence, where the namespace enables it: a subscribe joins the client at the broker
-before going live (the result must still be the next write, so the join cannot come
-after it) and announces the join to this node's other subscribers; an unsubscribe
-announces the leave and then leaves at the broker. The broker lists clients of every
-node and hands the hub only the changes other nodes made, which it announces the same
-way; so each change is announced once on every node. A client is never told of itself.
+Presence, where the namespace enables it, is kept by a ``PresenceStore`` apart from the
+broker (the broker's own, ``presence_store_of``, unless one is given): a subscribe joins
+the client in the store before going live (the result must still be the next write, so
+the join cannot come after it) and announces the join to this node's other
+subscribers; an unsubscribe announces the leave and then leaves in the store. The store
+lists clients of every node and hands the hub only the changes other nodes made, which
+it announces the same way; so each change is announced once on every node. A client is
+never told of itself.
 """
 
 from __future__ import annotations
@@ -47,7 +49,14 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tidings.brokers.base import Broker, HistoryRead, PresenceChange, PublishResult
+from tidings.brokers.base import (
+    Broker,
+    HistoryRead,
+    PresenceChange,
+    PresenceStore,
+    PublishResult,
+)
+from tidings.brokers.memory import presence_store_of
 from tidings.core.catchup import CatchUp, decide_catch_up
 from tidings.core.channel import ChannelName
 from tidings.core.publication import ClientInfo, Position, Publication
@@ -71,7 +80,8 @@ class SubscribeResult:
 
 @contextlib.contextmanager
 def _broker_failures_unavailable() -> Iterator[None]:
-    """Turn a broker failure into the ``unavailable`` a client can act on (retry later)."""
+    """Turn a broker (or presence store) failure into the ``unavailable`` a client can act
+    on (retry later)."""
     try:
         yield
     except BrokerError as exc:
@@ -93,8 +103,9 @@ class _BrokerLink:
 class Hub:
     """One per process: see the module docstring."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, presence: PresenceStore | None = None) -> None:
         self.broker = broker
+        self.presence_store = presence if presence is not None else presence_store_of(broker)
         self._registry = SubscriptionRegistry()
         self._links: dict[ChannelName, _BrokerLink] = {}
         self.deliveries = 0
@@ -102,7 +113,8 @@ class Hub:
 
     async def start(self) -> None:
         """Start the broker, delivering its publications and remote presence changes here."""
-        await self.broker.start(self._fan_out, self._announce_remote)
+        self.presence_store.listen(self._announce_remote)
+        await self.broker.start(self._fan_out)
 
     async def close(self) -> None:
         """Close the broker."""
@@ -180,12 +192,12 @@ class Hub:
                 read = await self.broker.history(channel, since)
                 if presence:
                     joined = True  # from the call on: it may be listed, even if it fails
-                    await self.broker.presence_join(channel, subscriber.client_id, subscriber.user)
+                    await self.presence_store.join(channel, subscriber.client_id, subscriber.user)
             result = self._go_live(subscription, since, read)
         except BaseException:
             self._registry.remove(channel, subscriber)
             if joined:
-                await self._leave_at_broker(channel, subscriber)
+                await self._leave_presence(channel, subscriber)
             await self._reconcile(channel)
             raise
         if presence:
@@ -231,16 +243,16 @@ class Hub:
             return False
         if presence:
             self._announce(PresenceEvent("leave", channel, subscriber.client_id, subscriber.user))
-            await self._leave_at_broker(channel, subscriber)
+            await self._leave_presence(channel, subscriber)
         await self._reconcile(channel)
         return True
 
-    async def _leave_at_broker(self, channel: ChannelName, subscriber: Subscriber) -> None:
-        """Remove ``subscriber`` from the broker's presence of ``channel``. A failure is
+    async def _leave_presence(self, channel: ChannelName, subscriber: Subscriber) -> None:
+        """Remove ``subscriber`` from the presence of ``channel``. A failure is
         only logged: the client is gone either way, and its entry, no longer renewed,
         expires."""
         try:
-            await self.broker.presence_leave(channel, subscriber.client_id)
+            await self.presence_store.leave(channel, subscriber.client_id)
         except BrokerError as exc:
             logger.warning(
                 "%s left %s but the broker failed: %s", subscriber.client_id, channel, exc
@@ -347,7 +359,7 @@ class Hub:
             Unavailable: the broker failed.
         """
         with _broker_failures_unavailable():
-            return await self.broker.presence(channel)
+            return await self.presence_store.presence(channel)
 
     def has_subscribers(self, channel: ChannelName) -> bool:
         """Whether any client of this node is subscribed to ``channel``."""

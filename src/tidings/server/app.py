@@ -19,9 +19,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
-from tidings.brokers.base import Broker, NodeCommand, NodeControl
+from tidings.brokers.base import Broker, NodeCommand, NodeControl, PresenceStore
 from tidings.brokers.factory import create_broker
-from tidings.brokers.memory import LocalNodeControl
+from tidings.brokers.memory import LocalNodeControl, presence_store_of
 from tidings.core.channel import parse_channel
 from tidings.core.commands import publication_data
 from tidings.core.dedupe import CLIENT_KEY_MARK, DedupeOptions
@@ -72,6 +72,7 @@ def broker_for(settings: Settings) -> Broker:
         publish_timeout_s=settings.publish_timeout_s,
         sqlite_durability=settings.sqlite_durability,
         node_id=settings.node_id,
+        options=settings.brokers,
     )
 
 
@@ -89,7 +90,15 @@ def authenticator_for(settings: Settings, jwks: JwksKeys | None) -> Authenticato
 class TidingsApp:
     """A tidings node as an ASGI application."""
 
-    def __init__(self, settings: Settings | None = None, broker: Broker | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        broker: Broker | None = None,
+        presence: PresenceStore | None = None,
+    ) -> None:
+        """Make a node of ``settings``, on ``broker`` (the one the settings name if
+        ``None``), keeping presence in ``presence`` (the broker's own store if ``None``,
+        or, for a broker that keeps none, one for this node alone)."""
         settings = settings or Settings()
         demo = prepare_demo(settings) if settings.demo else None
         self.settings = settings = with_status_namespace(demo.settings if demo else settings)
@@ -99,7 +108,9 @@ class TidingsApp:
         # Metrics time the broker's calls by wrapping it; the hub never knows.
         self.metrics = Metrics(self.sessions)
         broker = broker or broker_for(settings)
-        self.hub = Hub(self.metrics.metered(broker))
+        # Presence is the broker's own store (its connections), taken before metering
+        # wraps the broker; one that keeps none serves this node alone.
+        self.hub = Hub(self.metrics.metered(broker), presence or presence_store_of(broker))
         # Commands between nodes (``POST /api/disconnect``); a broker of an embedding
         # application that carries none serves this node alone.
         self.control: NodeControl = (

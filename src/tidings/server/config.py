@@ -99,6 +99,9 @@ class Settings:
     # The base URL clients and other nodes reach this node at; None: ``advertised_url``
     # derives it from host and port.
     public_url: str | None = None
+    # A broker's own settings by broker name (``[brokers.redis]``), merged key by key
+    # across sources; the chosen broker validates its table (``brokers.factory``).
+    brokers: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_limits(self)
@@ -439,13 +442,34 @@ def _apply(
                     raise ConfigError(f"{source}: namespaces.{ns_name} must be a table")
                 tables.setdefault(ns_name, {}).update(table)
             continue
+        if name == "brokers":
+            changes["brokers"] = _merge_broker_tables(
+                changes.get("brokers", settings.brokers), value, source
+            )
+            continue
         parser = _PARSERS.get(name)
         if parser is None:
             raise ConfigError(
-                f"{source}: unknown setting {name!r}; known: {sorted([*_PARSERS, 'namespaces'])}"
+                f"{source}: unknown setting {name!r}; "
+                f"known: {sorted([*_PARSERS, 'namespaces', 'brokers'])}"
             )
         changes[_FIELD_OF.get(name, name)] = parser(name, value)
     return replace(settings, **changes)
+
+
+def _merge_broker_tables(
+    tables: Mapping[str, Mapping[str, object]], value: object, source: str
+) -> dict[str, dict[str, object]]:
+    """Return ``tables`` with ``value``'s broker tables merged in, key by key (its keys
+    win). What the keys mean is the chosen broker's to check, when it is made."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: brokers must be a table of broker tables")
+    merged = {name: dict(table) for name, table in tables.items()}
+    for broker_name, table in value.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{source}: brokers.{broker_name} must be a table")
+        merged.setdefault(broker_name, {}).update(table)
+    return merged
 
 
 def _build_namespaces(tables: NamespaceTables) -> dict[NamespaceName, NamespaceOptions]:
@@ -476,15 +500,16 @@ def _env_values(environ: Mapping[str, str]) -> dict[str, object]:
         if not variable.startswith(ENV_PREFIX) or variable in CLIENT_VARIABLES:
             continue
         path = variable[len(ENV_PREFIX) :].lower().split("__")
-        if path[0] == "namespaces" and len(path) == 3:
-            tables = values.setdefault("namespaces", {})
+        if path[0] in ("namespaces", "brokers") and len(path) == 3:
+            tables = values.setdefault(path[0], {})
             assert isinstance(tables, dict)
             tables.setdefault(path[1], {})[path[2]] = value
         elif len(path) == 1:
             values[path[0]] = value
         else:
             raise ConfigError(
-                f"{variable}: nested names take the form TIDINGS_NAMESPACES__<NAME>__<SETTING>"
+                f"{variable}: nested names take the form TIDINGS_NAMESPACES__<NAME>__<SETTING> "
+                "or TIDINGS_BROKERS__<BROKER>__<SETTING>"
             )
     return values
 

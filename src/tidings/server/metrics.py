@@ -41,7 +41,6 @@ from starlette.responses import Response
 from tidings.brokers.base import (
     Broker,
     HistoryRead,
-    PresenceHandler,
     PublicationHandler,
     PublishResult,
 )
@@ -285,9 +284,7 @@ class MeteredBroker:
         self.inner = broker
         self._metrics = metrics
 
-    async def start(
-        self, on_publication: PublicationHandler, on_presence: PresenceHandler | None = None
-    ) -> None:
+    async def start(self, on_publication: PublicationHandler) -> None:
         """Start the broker, timing each publication's fan-out (see ``Broker.start``)."""
         metrics = self._metrics
 
@@ -298,7 +295,7 @@ class MeteredBroker:
             finally:
                 metrics.observe_fan_out(publication, started_s, time.time())
 
-        await self.inner.start(handle, on_presence)
+        await self.inner.start(handle)
 
     async def close(self) -> None:
         """Close the broker."""
@@ -340,15 +337,3 @@ class MeteredBroker:
     async def is_ready(self) -> bool:
         """Whether the broker is reachable."""
         return await self.inner.is_ready()
-
-    async def presence_join(self, channel: ChannelName, client_id: str, user: str) -> None:
-        """List a client in ``channel``'s presence (``Broker.presence_join``)."""
-        await self.inner.presence_join(channel, client_id, user)
-
-    async def presence_leave(self, channel: ChannelName, client_id: str) -> None:
-        """Remove a client from ``channel``'s presence (``Broker.presence_leave``)."""
-        await self.inner.presence_leave(channel, client_id)
-
-    async def presence(self, channel: ChannelName) -> dict[str, str]:
-        """Return ``channel``'s presence on every node (``Broker.presence``)."""
-        return await self.inner.presence(channel)
