@@ -26,6 +26,7 @@ from tidings.core.channel import parse_channel
 from tidings.core.commands import publication_data
 from tidings.core.dedupe import CLIENT_KEY_MARK, DedupeOptions
 from tidings.core.drain import plan_drain
+from tidings.core.placement import LOCAL_PLACEMENT, Placement
 from tidings.core.publication import Position
 from tidings.core.wire import encode_json
 from tidings.errors import BadRequest
@@ -90,7 +91,15 @@ def authenticator_for(settings: Settings, jwks: JwksKeys | None) -> Authenticato
 class TidingsApp:
     """A tidings node as an ASGI application."""
 
-    def __init__(self, settings: Settings | None = None, broker: Broker | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        broker: Broker | None = None,
+        *,
+        placement: Placement = LOCAL_PLACEMENT,
+    ) -> None:
+        """Build a node of ``settings`` on ``broker`` (else the one the settings name);
+        ``placement`` says which channels it serves (all of them, but in hashing mode)."""
         settings = settings or Settings()
         demo = prepare_demo(settings) if settings.demo else None
         self.settings = settings = with_status_namespace(demo.settings if demo else settings)
@@ -126,6 +135,7 @@ class TidingsApp:
             ping_interval_s=settings.ping_interval_s,
             allowed_origins=settings.allowed_origins,
             node_id=settings.node_id,
+            placement=placement,
         )
         self.control.listen(self._on_node_command)
         self.metrics.read_refusals_of(self.context.refusals)

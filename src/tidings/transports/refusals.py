@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Final, Literal
 
 from tidings.core.rate import TokenBucket
-from tidings.errors import ErrorCode, RequestError
+from tidings.errors import ErrorCode, OriginRefused, RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,9 @@ class Refusals:
         ``api``: the error answered a server API call, where ``unauthorized`` is about
         the API key, not a connection token.
         """
+        if isinstance(error, OriginRefused):
+            self.refused_origin(peer, error.origin)
+            return
         reason = _REASON_OF_CODE.get(error.code)
         if reason is not None:
             self.refused("api_key" if api and reason == "token" else reason, peer, error.message)
