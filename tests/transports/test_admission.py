@@ -154,9 +154,8 @@ def test_a_moved_channel_is_a_307_to_the_same_request_on_its_owner_and_not_a_ref
     assert sum(context.refusals.counts.values()) == 0
 
 
-async def test_an_sse_request_for_a_moved_channel_is_answered_307_before_any_stream(
-    context: TransportContext,
-) -> None:
+async def sse_answer(context: TransportContext, query: bytes) -> list[dict[str, Any]]:
+    """What ``/sse?<query>`` sends when it is refused (it must not wait for the client)."""
     sent: list[dict[str, Any]] = []
 
     async def send(message: Any) -> None:
@@ -171,13 +170,32 @@ async def test_an_sse_request_for_a_moved_channel_is_answered_307_before_any_str
         "method": "GET",
         "scheme": "http",
         "path": "/sse",
-        "query_string": b"channel=room:1&channel=doc:9",
+        "query_string": query,
         "headers": [],
         "client": PEER,
     }
     async with asyncio.timeout(10):
         await SseTransport(context)(scope, receive, send)
+    return sent
+
+
+async def test_an_sse_request_for_a_moved_channel_is_answered_307_before_any_stream(
+    context: TransportContext,
+) -> None:
+    sent = await sse_answer(context, b"channel=room:1&channel=doc:9")
     start = sent[0]
     assert start["status"] == 307
     assert (b"location", f"{OWNER}/sse?channel=room:1&channel=doc:9".encode()) in start["headers"]
     assert len(context.sessions) == 0
+
+
+async def test_an_sse_stream_past_the_connection_limit_is_a_429_logged_once(
+    context: TransportContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tidings.transports.refusals")
+    context.sessions = SessionRegistry(0)
+    sent = await sse_answer(context, b"channel=room:1")
+    assert sent[0]["status"] == 429
+    assert json.loads(sent[1]["body"])["error"]["code"] == "too_many_requests"
+    assert context.refusals.counts["limit"] == 1
+    assert len(refusal_lines(caplog)) == 1

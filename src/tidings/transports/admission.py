@@ -15,8 +15,8 @@ route and the native server's fast path), so no transport or backend skips one:
 5. placement: a channel owned by another node is ``ChannelMoved``;
 6. draining: a node that is stopping takes no new stream, poll or connection.
 
-The connection limit and the unauthenticated allowance are the session registry's
-(``hub.sessions``), which a WebSocket joins once its handshake is admitted.
+7. the node's connection limit, and its smaller allowance of WebSockets that have not
+   authenticated yet (``admit_session``; kept by ``hub.sessions``).
 
 A refusal is an exception (a ``RequestError``); each transport turns it into its
 answer with ``http_refusal`` or ``websocket_refusal``/``websocket_close``, which log it
@@ -36,6 +36,7 @@ from tidings.core.origin import OriginAccess, origin_access
 from tidings.core.permission import Credentials
 from tidings.core.resume import check_channel_count
 from tidings.errors import OriginRefused, RequestError, Unavailable
+from tidings.hub.sessions import Session
 from tidings.transports.close_codes import close_for, error_reply
 from tidings.transports.context import TransportContext
 from tidings.transports.http import request_error_parts
@@ -92,6 +93,15 @@ class Admission:
         """
         if self._context.draining:
             raise Unavailable(_DRAINING["websocket"])
+
+    def admit_session(self, session: Session, *, authenticated: bool = True) -> None:
+        """Register a WebSocket or an SSE stream among the node's sessions.
+
+        Raises:
+            TooManyRequests: the node holds ``max_connections`` sessions already, or (for
+                one not ``authenticated`` yet) its unauthenticated allowance is full.
+        """
+        self._context.sessions.add(session, authenticated=authenticated)
 
     def admit_subscribe(
         self, channel: ChannelName, credentials: Credentials, held: set[ChannelName]

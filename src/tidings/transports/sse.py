@@ -230,6 +230,8 @@ class SseTransport:
             cookie = headers.get("cookie") if access.accepts_cookies else None
             token = _token(scope, headers, cookie)
             session.credentials = await admission.admit_request("sse", channels, token)
+            if scope["method"] != "HEAD":  # a HEAD opens no stream
+                admission.admit_session(session)
         except RequestError as error:
             status, error_headers, body = admission.http_refusal(
                 error, session.peer, request_target(scope)
@@ -246,7 +248,6 @@ class SseTransport:
             await send({"type": "http.response.body", "body": b"", "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        context.sessions.add(session)
         try:
             await send(
                 {

@@ -137,8 +137,7 @@ class WebSocketSession(StreamConnection):
             self._admission.admit_connection()
             if token is not None or not context.authenticator.requires_token:
                 await self._authenticate(token)
-            # The node's connection limit and its unauthenticated allowance.
-            context.sessions.add(self, authenticated=self.connected)
+            self._admission.admit_session(self, authenticated=self.connected)
             registered = True
             if not self.connected:
                 self._await_connect()
