@@ -11,6 +11,7 @@ Pure: no I/O. Who is at fault decides the branch::
     │   ├── NotFound                not_found          404
     │   ├── MessageTooLarge         message_too_large  413
     │   ├── TooManyRequests         too_many_requests  429
+    │   │   └── RateLimited             ... commands over a WebSocket's command_rate
     │   ├── Unavailable             unavailable        503
     │   └── ChannelMoved            moved              307 (HTTP), a reply (WebSocket)
     ├── ConfigError             the operator's configuration is wrong (also a ValueError)
@@ -100,6 +101,14 @@ class TooManyRequests(RequestError):
     """A rate or connection limit was reached."""
 
     code = "too_many_requests"
+
+
+class RateLimited(TooManyRequests):
+    """A WebSocket sent commands faster than ``command_rate`` (per second) allows."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__(f"more than {rate:g} commands per second; slow down")
+        self.rate = rate
 
 
 class Unavailable(RequestError):

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Final, Literal
 
 from tidings.core.rate import TokenBucket
-from tidings.errors import ErrorCode, OriginRefused, RequestError
+from tidings.errors import ErrorCode, OriginRefused, RateLimited, RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Refusals:
         if isinstance(error, OriginRefused):
             self.refused_origin(peer, error.origin)
             return
-        reason = _REASON_OF_CODE.get(error.code)
+        reason = "rate_limit" if isinstance(error, RateLimited) else _REASON_OF_CODE.get(error.code)
         if reason is not None:
             self.refused("api_key" if api and reason == "token" else reason, peer, error.message)
 

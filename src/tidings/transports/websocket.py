@@ -26,19 +26,17 @@ from tidings.errors import (
     BadRequest,
     ConnectionClosed,
     PermissionDenied,
+    RateLimited,
     RequestError,
-    TooManyRequests,
     Unauthorized,
 )
 from tidings.hub.registry import PresenceEvent
 from tidings.transports.admission import Admission
 from tidings.transports.close_codes import (
-    CLOSE_FORBIDDEN,
     CLOSE_INTERNAL,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_PROTOCOL_VIOLATION,
     CLOSE_UNAUTHORIZED,
-    error_reply,
 )
 from tidings.transports.connection import StreamConnection
 from tidings.transports.context import TransportContext
@@ -174,8 +172,8 @@ class WebSocketSession(StreamConnection):
             )
         except RequestError as error:
             # Closing before accepting makes the server answer the handshake with 403.
-            self._admission.websocket_close(error, self.peer)
-            await self._send({"type": "websocket.close", "code": CLOSE_FORBIDDEN})
+            code, _ = self._admission.websocket_close(error, self.peer)
+            await self._send({"type": "websocket.close", "code": code})
             return False, None
         await self._send({"type": "websocket.accept"})
         return True, _handshake_token(scope, headers)
@@ -241,14 +239,10 @@ class WebSocketSession(StreamConnection):
                     CLOSE_PROTOCOL_VIOLATION,
                     "a frame must be a JSON object with an integer id and an op",
                 ) from None
-            self._reply_error(command_id, error)
+            self._refuse(command_id, error)  # a bad request: answered, not logged
             return
         if not self._rate.take(time.monotonic()):
-            rate = self._context.limits.command_rate
-            limited = TooManyRequests(f"more than {rate:g} commands per second; slow down")
-            # Logged as over the rate, not as a limit: see ``Refusals``.
-            self._context.refusals.refused("rate_limit", self.peer, limited.message)
-            self._reply_error(command.id, limited)
+            self._refuse(command.id, RateLimited(self._context.limits.command_rate))
             return
         try:
             result = await self._dispatch(command)
@@ -270,9 +264,6 @@ class WebSocketSession(StreamConnection):
         self._enqueue(
             self._admission.websocket_refusal(command_id, error, self.peer), requested=True
         )
-
-    def _reply_error(self, command_id: int, error: RequestError) -> None:
-        self._enqueue(error_reply(command_id, error), requested=True)
 
     # -- commands ----------------------------------------------------------------------
 
