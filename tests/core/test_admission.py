@@ -7,32 +7,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.placement import OWNER_URL, ElsewherePlacement
 from tidings.core.admission import check_channels, check_placement, check_subscription
 from tidings.core.channel import ChannelName, NamespaceName
 from tidings.core.namespace import NamespaceOptions, Namespaces, Policy
 from tidings.core.permission import ANONYMOUS, Credentials
 from tidings.core.placement import (
-    HERE,
     LOCAL_PLACEMENT,
-    Here,
-    Moved,
     owner_location,
     owner_websocket_url,
 )
 from tidings.errors import BadRequest, ChannelMoved, PermissionDenied, TooManyRequests
 
 PUBLIC = NamespaceOptions()
-OWNER = "https://node-b.example:8443"
-
-
-class OneChannelElsewhere:
-    """A placement that serves every channel here but ``channel``."""
-
-    def __init__(self, channel: str) -> None:
-        self.channel = channel
-
-    def place(self, channel: ChannelName) -> Here | Moved:
-        return Moved(OWNER) if channel == self.channel else HERE
+OWNER = OWNER_URL
 
 
 def test_a_subscription_within_the_rules_is_admitted() -> None:
@@ -71,7 +59,7 @@ def test_the_local_placement_serves_every_channel_here() -> None:
 
 
 def test_a_channel_owned_elsewhere_is_moved_with_its_owners_url() -> None:
-    placement = OneChannelElsewhere("doc:9")
+    placement = ElsewherePlacement("doc:9")
     with pytest.raises(ChannelMoved) as raised:
         check_placement([ChannelName("room:1"), ChannelName("doc:9")], placement)
     assert (raised.value.code, raised.value.channel, raised.value.owner_url) == (

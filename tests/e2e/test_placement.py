@@ -20,30 +20,19 @@ from contextlib import asynccontextmanager
 import httpx
 import uvicorn
 
+from tests.support.placement import OWNER_URL as OWNER
+from tests.support.placement import ElsewherePlacement
 from tests.support.server import SERVER_BACKEND_VARIABLE
 from tests.support.ws import ws_client
-from tidings.core.channel import ChannelName
-from tidings.core.placement import HERE, Here, Moved
 from tidings.server.app import TidingsApp
 from tidings.server.config import Settings
 from tidings.server.native.server import NativeServer
 
-OWNER = "http://node-b.example:8000"
 MOVED = "doc:9"
 
 
-class SwitchablePlacement:
-    """Serves every channel here except those in ``elsewhere``, owned by ``OWNER``."""
-
-    def __init__(self, *elsewhere: str) -> None:
-        self.elsewhere = set(elsewhere)
-
-    def place(self, channel: ChannelName) -> Here | Moved:
-        return Moved(OWNER) if channel in self.elsewhere else HERE
-
-
 @asynccontextmanager
-async def served(placement: SwitchablePlacement) -> AsyncIterator[str]:
+async def served(placement: ElsewherePlacement) -> AsyncIterator[str]:
     """Serve a node with ``placement`` on a real socket; yield its base URL."""
     app = TidingsApp(Settings(), placement=placement)
     listener = socket.create_server(("127.0.0.1", 0))
@@ -69,7 +58,10 @@ async def served(placement: SwitchablePlacement) -> AsyncIterator[str]:
 
 
 async def test_sse_for_a_channel_owned_elsewhere_is_redirected_to_the_same_request() -> None:
-    async with served(SwitchablePlacement(MOVED)) as base, httpx.AsyncClient() as client:
+    async with (
+        served(ElsewherePlacement(MOVED)) as base,
+        httpx.AsyncClient() as client,
+    ):
         response = await client.get(f"{base}/sse", params={"channel": ["room:1", MOVED]})
     assert response.status_code == 307
     assert response.headers["location"] == f"{OWNER}/sse?channel=room%3A1&channel=doc%3A9"
@@ -77,7 +69,10 @@ async def test_sse_for_a_channel_owned_elsewhere_is_redirected_to_the_same_reque
 
 
 async def test_a_poll_for_a_channel_owned_elsewhere_is_redirected_to_the_same_request() -> None:
-    async with served(SwitchablePlacement(MOVED)) as base, httpx.AsyncClient() as client:
+    async with (
+        served(ElsewherePlacement(MOVED)) as base,
+        httpx.AsyncClient() as client,
+    ):
         here = await client.get(f"{base}/poll", params={"channel": "room:1"})
         moved = await client.get(f"{base}/poll", params={"channel": MOVED, "wait": "5"})
     assert here.status_code == 200
@@ -86,7 +81,7 @@ async def test_a_poll_for_a_channel_owned_elsewhere_is_redirected_to_the_same_re
 
 
 async def test_a_watched_channel_that_moves_is_redirected_by_the_fast_path_too() -> None:
-    placement = SwitchablePlacement()
+    placement = ElsewherePlacement()
     async with served(placement) as base, httpx.AsyncClient() as client:
         # The first poll reads the broker and watches the channel: the native server
         # answers the next ones from the watch, without the ASGI app.
@@ -102,7 +97,7 @@ async def test_a_watched_channel_that_moves_is_redirected_by_the_fast_path_too()
 
 async def test_a_websocket_subscribe_to_a_channel_owned_elsewhere_is_moved() -> None:
     async with (
-        served(SwitchablePlacement(MOVED)) as base,
+        served(ElsewherePlacement(MOVED)) as base,
         ws_client(base.replace("http", "ws", 1) + "/ws") as ws,
     ):
         moved = await ws.request("subscribe", channel=MOVED)
@@ -110,6 +105,6 @@ async def test_a_websocket_subscribe_to_a_channel_owned_elsewhere_is_moved() -> 
     assert moved["error"] == {
         "code": "moved",
         "message": f"channel {MOVED} is served by another node: {OWNER}",
-        "url": "ws://node-b.example:8000/ws",
+        "url": "wss://node-b.example:8443/ws",
     }
     assert "result" in here

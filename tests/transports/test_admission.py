@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 
-from tidings.brokers.memory import MemoryBroker
+from tests.support.placement import OWNER_URL, ElsewherePlacement
+from tests.support.transport import memory_context
 from tidings.core.channel import ChannelName
-from tidings.core.namespace import Namespaces
 from tidings.core.permission import ANONYMOUS, Credentials
-from tidings.core.placement import HERE, Here, Moved
 from tidings.errors import (
     BadRequest,
     ChannelMoved,
@@ -24,22 +23,15 @@ from tidings.errors import (
     Unauthorized,
     Unavailable,
 )
-from tidings.hub.hub import Hub
 from tidings.hub.sessions import SessionRegistry
-from tidings.server.auth import Authenticator
 from tidings.transports.admission import Admission
 from tidings.transports.context import Limits, TransportContext
 from tidings.transports.sse import SseTransport
 
-OWNER = "https://node-b.example:8443"
+OWNER = OWNER_URL
 PEER = ("203.0.113.7", 50123)
 ROOM = ChannelName("room:1")
 DOC = ChannelName("doc:9")
-
-
-class OneChannelElsewhere:
-    def place(self, channel: ChannelName) -> Here | Moved:
-        return Moved(OWNER) if channel == DOC else HERE
 
 
 class KeyFetchingAuthenticator:
@@ -65,17 +57,10 @@ class KeyFetchingAuthenticator:
 
 @pytest.fixture
 async def context() -> TransportContext:
-    hub = Hub(MemoryBroker(Namespaces()))
-    await hub.start()
-    return TransportContext(
-        hub=hub,
-        sessions=SessionRegistry(100),
-        authenticator=Authenticator(None),
-        namespaces=Namespaces(),
-        limits=Limits(max_channels_per_connection=2),
-        ping_interval_s=25.0,
+    return await memory_context(
+        Limits(max_channels_per_connection=2),
         allowed_origins=("https://app.example",),
-        placement=OneChannelElsewhere(),
+        placement=ElsewherePlacement(DOC),
     )
 
 

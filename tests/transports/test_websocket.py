@@ -19,13 +19,9 @@ from typing import Any
 import jwt
 import pytest
 
+from tests.support.placement import OWNER_URL, ElsewherePlacement
 from tests.support.recording import RecordingOutbound
-from tidings.brokers.memory import MemoryBroker
-from tidings.core.channel import ChannelName
-from tidings.core.namespace import Namespaces
-from tidings.core.placement import HERE, Here, Moved
-from tidings.hub.hub import Hub
-from tidings.hub.sessions import SessionRegistry
+from tests.support.transport import memory_context
 from tidings.server.auth import Authenticator
 from tidings.transports.context import Limits, TransportContext
 from tidings.transports.outbound import DIRECT_OUTBOUND
@@ -73,15 +69,8 @@ def replies(outbound: RecordingOutbound) -> list[dict[str, Any]]:
 
 @pytest.fixture
 async def context() -> TransportContext:
-    hub = Hub(MemoryBroker(Namespaces()))
-    await hub.start()
-    return TransportContext(
-        hub=hub,
-        sessions=SessionRegistry(100),
-        authenticator=Authenticator(None),
-        namespaces=Namespaces(),
-        limits=Limits(outbound_buffer_bytes=BOUND_BYTES, command_rate=1e9, command_burst=1e9),
-        ping_interval_s=25.0,
+    return await memory_context(
+        Limits(outbound_buffer_bytes=BOUND_BYTES, command_rate=1e9, command_burst=1e9)
     )
 
 
@@ -159,17 +148,6 @@ async def test_a_socket_without_a_token_that_sends_no_connect_is_told_why_and_cl
 # -- the command protocol, without sockets (issue #10) -----------------------------------
 
 SECRET = "a-secret-long-enough-for-hs256-signatures!"
-OWNER = "https://node-b.example:8443"
-
-
-class OneChannelElsewhere:
-    """A placement that serves every channel here but ``channel``, owned by ``OWNER``."""
-
-    def __init__(self, channel: str) -> None:
-        self.channel = channel
-
-    def place(self, channel: ChannelName) -> Here | Moved:
-        return Moved(OWNER) if channel == self.channel else HERE
 
 
 def token_of(user: str) -> str:
@@ -294,7 +272,7 @@ async def test_a_forbidden_subscribe_is_refused_and_logged_once(
 async def test_a_subscribe_to_a_channel_owned_elsewhere_is_moved_with_the_owners_ws_url(
     context: TransportContext,
 ) -> None:
-    context.placement = OneChannelElsewhere("doc:9")
+    context.placement = ElsewherePlacement("doc:9")
     async with session_of(context) as (client, outbound, _):
         moved = await answer(client, outbound, {"id": 1, "op": "subscribe", "channel": "doc:9"})
         here = await answer(client, outbound, {"id": 2, "op": "subscribe", "channel": "doc:1"})
@@ -302,7 +280,7 @@ async def test_a_subscribe_to_a_channel_owned_elsewhere_is_moved_with_the_owners
         "id": 1,
         "error": {
             "code": "moved",
-            "message": f"channel doc:9 is served by another node: {OWNER}",
+            "message": f"channel doc:9 is served by another node: {OWNER_URL}",
             "url": "wss://node-b.example:8443/ws",
         },
     }
