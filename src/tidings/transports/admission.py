@@ -13,15 +13,16 @@ route and the native server's fast path), so no transport or backend skips one:
 4. permission for each channel; on a WebSocket, each ``subscribe`` against what the
    connection holds;
 5. placement: a channel owned by another node is ``ChannelMoved``;
-6. draining: a node that is stopping takes no new stream, poll or connection.
-
+6. draining: a node that is stopping takes no new stream, poll or connection;
 7. the node's connection limit, and its smaller allowance of WebSockets that have not
    authenticated yet (``admit_session``; kept by ``hub.sessions``).
 
 A refusal is an exception (a ``RequestError``); each transport turns it into its
 answer with ``http_refusal`` or ``websocket_refusal``/``websocket_close``, which log it
 once (``Refusals``) and translate it with the one table of its kind
-(``http.request_error_parts``, ``close_codes``).
+(``http.request_error_parts``, ``close_codes``). A command over a WebSocket's rate is
+answered through the same path (``RateLimited``). The native poll door never answers a
+refusal itself: it hands the request to the ASGI door, which answers and logs it.
 """
 
 from __future__ import annotations
