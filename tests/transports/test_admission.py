@@ -25,6 +25,7 @@ from tidings.errors import (
 )
 from tidings.hub.sessions import SessionRegistry
 from tidings.transports.admission import Admission
+from tidings.transports.close_codes import WebSocketClose
 from tidings.transports.context import Limits, TransportContext
 from tidings.transports.sse import SseTransport
 
@@ -135,7 +136,9 @@ def test_a_moved_channel_is_a_307_to_the_same_request_on_its_owner_and_not_a_ref
     }
     reply = json.loads(admission.websocket_refusal(7, error, PEER))
     assert reply["error"]["url"] == "wss://node-b.example:8443/ws"
-    assert admission.websocket_close(error, PEER) == (4503, True)
+    assert admission.websocket_close(error, PEER) == WebSocketClose(
+        4503, error.message, True, "wss://node-b.example:8443/ws"
+    )
     assert sum(context.refusals.counts.values()) == 0
 
 

@@ -38,7 +38,7 @@ from tidings.core.permission import Credentials
 from tidings.core.resume import check_channel_count
 from tidings.errors import OriginRefused, RequestError, Unavailable
 from tidings.hub.sessions import Session
-from tidings.transports.close_codes import close_for, error_reply
+from tidings.transports.close_codes import WebSocketClose, close_of, error_reply
 from tidings.transports.context import TransportContext
 from tidings.transports.http import request_error_parts
 from tidings.transports.refusals import Peer
@@ -187,8 +187,7 @@ class Admission:
         self._context.refusals.refused_request(error, peer)
         return error_reply(command_id, error)
 
-    def websocket_close(self, error: RequestError, peer: Peer) -> tuple[int, bool]:
-        """Log ``error`` if it is a refusal; return the close code that ends the
-        connection for it, and whether the client should reconnect."""
+    def websocket_close(self, error: RequestError, peer: Peer) -> WebSocketClose:
+        """Log ``error`` if it is a refusal; return how it ends the connection."""
         self._context.refusals.refused_request(error, peer)
-        return close_for(error)
+        return close_of(error)

@@ -3,6 +3,7 @@ WebSocket transport: the table mapping them to close codes, and the error reply.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 from tidings.core.placement import owner_websocket_url
@@ -47,6 +48,24 @@ def close_for(error: RequestError) -> tuple[int, bool]:
     """Return the close code for an error that ends a connection, and whether to reconnect."""
     code = _CLOSE_FOR_ERROR[error.code]
     return code, is_reconnectable(code)
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketClose:
+    """How an error ends a WebSocket: the close code and reason, whether the client
+    should reconnect, and where to (``url``: a ``moved`` error's owner, PROTOCOL.md §9)."""
+
+    code: int
+    reason: str
+    reconnect: bool
+    url: str | None = None
+
+
+def close_of(error: RequestError) -> WebSocketClose:
+    """Return how ``error`` ends a connection (``close_for``, with the reason and url)."""
+    code, reconnect = close_for(error)
+    url = owner_websocket_url(error.owner_url) if isinstance(error, ChannelMoved) else None
+    return WebSocketClose(code, error.message, reconnect, url)
 
 
 def error_reply(command_id: int, error: RequestError) -> str:

@@ -143,8 +143,8 @@ class WebSocketSession(StreamConnection):
         except ConnectionClosed as closed:
             self.disconnect(closed.code, closed.reason, reconnect=closed.reconnect)
         except RequestError as error:
-            code, reconnect = self._admission.websocket_close(error, self.peer)
-            self.disconnect(code, error.message, reconnect=reconnect)
+            close = self._admission.websocket_close(error, self.peer)
+            self.disconnect(close.code, close.reason, reconnect=close.reconnect, url=close.url)
         except Exception:
             logger.exception("session %s failed", self.client_id)
             self.disconnect(CLOSE_INTERNAL, "internal error", reconnect=True)
@@ -172,8 +172,8 @@ class WebSocketSession(StreamConnection):
             )
         except RequestError as error:
             # Closing before accepting makes the server answer the handshake with 403.
-            code, _ = self._admission.websocket_close(error, self.peer)
-            await self._send({"type": "websocket.close", "code": code})
+            close = self._admission.websocket_close(error, self.peer)
+            await self._send({"type": "websocket.close", "code": close.code})
             return False, None
         await self._send({"type": "websocket.accept"})
         return True, _handshake_token(scope, headers)
