@@ -1,7 +1,8 @@
 """Refusals: what a node turned away, told once each in its log and counted for /metrics.
 
-I/O: logging only. Every transport and the server API call ``Refusals.refused`` where
-they refuse someone: an origin not allowed, a token rejected (4001), a subscription
+I/O: logging only. The client transports' admission (``admission.py``, where each of
+their refusals is translated into its answer) and the server API call it where they
+refuse someone: an origin not allowed, a token rejected (4001), a subscription
 or publication forbidden, a server API call without the right key, a slow consumer
 cut, commands over the rate, a request over a limit. Each becomes one INFO line with
 the reason, the client's address and what was wrong (never a token or a key: the
