@@ -7,10 +7,13 @@ Pure: no I/O. Who is at fault decides the branch::
     │   ├── BadRequest              bad_request        400
     │   ├── Unauthorized            unauthorized       401
     │   ├── PermissionDenied        permission_denied  403
+    │   │   └── OriginRefused           ... a browser origin not in allowed_origins
     │   ├── NotFound                not_found          404
     │   ├── MessageTooLarge         message_too_large  413
     │   ├── TooManyRequests         too_many_requests  429
-    │   └── Unavailable             unavailable        503
+    │   │   └── RateLimited             ... commands over a WebSocket's command_rate
+    │   ├── Unavailable             unavailable        503
+    │   └── ChannelMoved            moved              307 (HTTP), a reply (WebSocket)
     ├── ConfigError             the operator's configuration is wrong (also a ValueError)
     ├── BrokerError             a broker backend failed (raised ``from`` the backend's error)
     │   └── BrokerUnavailable       ... and the operation was never sent to it: not done
@@ -33,6 +36,7 @@ ErrorCode = Literal[
     "too_many_requests",
     "unavailable",
     "internal",
+    "moved",
 ]
 
 
@@ -68,6 +72,14 @@ class PermissionDenied(RequestError):
     code = "permission_denied"
 
 
+class OriginRefused(PermissionDenied):
+    """A browser page whose ``Origin`` is not in ``allowed_origins`` (PROTOCOL.md §8)."""
+
+    def __init__(self, origin: str | None) -> None:
+        super().__init__("this origin is not in allowed_origins")
+        self.origin = origin
+
+
 class NotFound(RequestError):
     """The thing asked for does not exist."""
 
@@ -91,10 +103,31 @@ class TooManyRequests(RequestError):
     code = "too_many_requests"
 
 
+class RateLimited(TooManyRequests):
+    """A WebSocket sent commands faster than ``command_rate`` (per second) allows."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__(f"more than {rate:g} commands per second; slow down")
+        self.rate = rate
+
+
 class Unavailable(RequestError):
     """The server cannot serve this now (broker down, draining); try again later."""
 
     code = "unavailable"
+
+
+class ChannelMoved(RequestError):
+    """The channel is owned by another node (PROTOCOL.md §9), whose base URL is
+    ``owner_url``: each transport points the client there (the owner's ``/ws`` URL in a
+    WebSocket reply, a ``307`` to the same request on the owner over HTTP)."""
+
+    code = "moved"
+
+    def __init__(self, channel: str, owner_url: str) -> None:
+        super().__init__(f"channel {channel} is served by another node: {owner_url}")
+        self.channel = channel
+        self.owner_url = owner_url
 
 
 class ConfigError(TidingsError, ValueError):

@@ -26,6 +26,7 @@ from tidings.core.channel import parse_channel
 from tidings.core.commands import publication_data
 from tidings.core.dedupe import CLIENT_KEY_MARK, DedupeOptions
 from tidings.core.drain import plan_drain
+from tidings.core.placement import LOCAL_PLACEMENT, Placement
 from tidings.core.publication import Position
 from tidings.core.wire import encode_json
 from tidings.errors import BadRequest
@@ -95,10 +96,13 @@ class TidingsApp:
         settings: Settings | None = None,
         broker: Broker | None = None,
         presence: PresenceStore | None = None,
+        *,
+        placement: Placement = LOCAL_PLACEMENT,
     ) -> None:
         """Make a node of ``settings``, on ``broker`` (the one the settings name if
         ``None``), keeping presence in ``presence`` (the broker's own store if ``None``,
-        or, for a broker that keeps none, one for this node alone)."""
+        or, for a broker that keeps none, one for this node alone); ``placement`` says
+        which channels it serves (all of them, but in hashing mode)."""
         settings = settings or Settings()
         demo = prepare_demo(settings) if settings.demo else None
         self.settings = settings = with_status_namespace(demo.settings if demo else settings)
@@ -136,6 +140,7 @@ class TidingsApp:
             ping_interval_s=settings.ping_interval_s,
             allowed_origins=settings.allowed_origins,
             node_id=settings.node_id,
+            placement=placement,
         )
         self.control.listen(self._on_node_command)
         self.metrics.read_refusals_of(self.context.refusals)

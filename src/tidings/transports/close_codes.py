@@ -1,10 +1,14 @@
-"""WebSocket close codes (PROTOCOL.md §3) and the one table mapping errors to them. Pure."""
+"""WebSocket close codes (PROTOCOL.md §3), and the one translation of errors for the
+WebSocket transport: the table mapping them to close codes, and the error reply. Pure."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
-from tidings.errors import ErrorCode, RequestError
+from tidings.core.placement import owner_websocket_url
+from tidings.core.wire import encode_json
+from tidings.errors import ChannelMoved, ErrorCode, RequestError
 
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
@@ -31,6 +35,7 @@ _CLOSE_FOR_ERROR: Final[dict[ErrorCode, int]] = {
     "unavailable": CLOSE_MOVED,
     "not_found": CLOSE_FORBIDDEN,
     "internal": CLOSE_INTERNAL,
+    "moved": CLOSE_MOVED,
 }
 
 
@@ -43,3 +48,30 @@ def close_for(error: RequestError) -> tuple[int, bool]:
     """Return the close code for an error that ends a connection, and whether to reconnect."""
     code = _CLOSE_FOR_ERROR[error.code]
     return code, is_reconnectable(code)
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketClose:
+    """How an error ends a WebSocket: the close code and reason, whether the client
+    should reconnect, and where to (``url``: a ``moved`` error's owner, PROTOCOL.md §9)."""
+
+    code: int
+    reason: str
+    reconnect: bool
+    url: str | None = None
+
+
+def close_of(error: RequestError) -> WebSocketClose:
+    """Return how ``error`` ends a connection (``close_for``, with the reason and url)."""
+    code, reconnect = close_for(error)
+    url = owner_websocket_url(error.owner_url) if isinstance(error, ChannelMoved) else None
+    return WebSocketClose(code, error.message, reconnect, url)
+
+
+def error_reply(command_id: int, error: RequestError) -> str:
+    """Return the reply of a command that failed with ``error`` (PROTOCOL.md §2): its
+    ``code`` and ``message``, and for ``moved`` the owner's ``/ws`` URL (§9)."""
+    body: dict[str, object] = {"code": error.code, "message": error.message}
+    if isinstance(error, ChannelMoved):
+        body["url"] = owner_websocket_url(error.owner_url)
+    return encode_json({"id": command_id, "error": body}).decode()

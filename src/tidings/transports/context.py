@@ -1,5 +1,6 @@
-"""What every transport is given: the hub, the session registry, auth, limits, and the
-node's shared deadlines (one timer per grain). No I/O of its own."""
+"""What every transport is given: the hub, the session registry, auth, limits, where
+channels are served, and the node's shared deadlines (one timer per grain). No I/O of
+its own."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Final, Protocol
 
 from tidings.core.namespace import Namespaces
 from tidings.core.permission import Credentials
+from tidings.core.placement import LOCAL_PLACEMENT, Placement
 from tidings.hub.hub import Hub
 from tidings.hub.sessions import SessionRegistry
 from tidings.transports.deadlines import Deadlines
@@ -63,6 +65,8 @@ class TransportContext:
     ping_interval_s: float
     allowed_origins: tuple[str, ...] = ()
     draining: bool = False
+    # Which channels this node serves (PROTOCOL.md §9); all of them but in hashing mode.
+    placement: Placement = LOCAL_PLACEMENT
     refusals: Refusals = field(default_factory=Refusals)
     deadlines: Deadlines = field(default_factory=lambda: Deadlines(DEADLINE_GRAIN_S))
     node_id: str = field(default_factory=lambda: secrets.token_urlsafe(6))

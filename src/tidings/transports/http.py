@@ -12,11 +12,13 @@ from typing import Final, TypeVar
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from tidings.core.digits import parse_digits
 from tidings.core.origin import WILDCARD
+from tidings.core.placement import owner_location
 from tidings.core.wire import encode_json
-from tidings.errors import BadRequest, ErrorCode, MessageTooLarge, RequestError
+from tidings.errors import BadRequest, ChannelMoved, ErrorCode, MessageTooLarge, RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ HTTP_STATUS: Final[dict[ErrorCode, int]] = {
     "too_many_requests": 429,
     "unavailable": 503,
     "internal": 500,
+    # PROTOCOL.md §9: the same request, on the channel's owner (``Location``).
+    "moved": 307,
 }
 
 
@@ -58,9 +62,25 @@ def error_response(code: ErrorCode, message: str) -> Response:
     return Response(body, status, headers)
 
 
-def request_error_response(error: RequestError) -> Response:
-    """Return the response for a request error."""
-    return error_response(error.code, error.message)
+def request_error_parts(error: RequestError, target: str = "") -> tuple[int, dict[str, str], bytes]:
+    """Return the status, headers and body answering ``error``: the one translation of
+    errors for the HTTP transports (the statuses are ``HTTP_STATUS``).
+
+    ``target`` is the request's path and query (``/sse?channel=doc:9``): a channel owned
+    by another node is answered ``307`` with ``Location`` set to it on the owner.
+    """
+    if not isinstance(error, ChannelMoved):
+        return error_parts(error.code, error.message)
+    url = owner_location(error.owner_url, target)
+    body = encode_json({"error": {"code": error.code, "message": error.message, "url": url}})
+    headers = {"content-type": "application/json", "location": url}
+    return HTTP_STATUS[error.code], headers, body
+
+
+def request_error_response(error: RequestError, target: str = "") -> Response:
+    """Return the response for a request error (see ``request_error_parts``)."""
+    status, headers, body = request_error_parts(error, target)
+    return Response(body, status, headers)
 
 
 INTERNAL_ERROR_MESSAGE: Final = "internal server error; the server logged the cause"
@@ -69,6 +89,14 @@ INTERNAL_ERROR_MESSAGE: Final = "internal server error; the server logged the ca
 def internal_error_response() -> Response:
     """Return a 500 that says nothing about internals (the cause is logged by the caller)."""
     return error_response("internal", INTERNAL_ERROR_MESSAGE)
+
+
+def request_target(scope: Scope) -> str:
+    """The request's path and query (``/sse?channel=doc:9``): what the same request on
+    another node needs (a ``307`` to the channel's owner)."""
+    query: str = scope.get("query_string", b"").decode("latin-1")
+    path: str = scope["path"]
+    return f"{path}?{query}" if query else path
 
 
 def bearer_token(authorization: str | None) -> str | None:

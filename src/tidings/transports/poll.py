@@ -41,21 +41,20 @@ from tidings.core.bounded_cache import BoundedCache
 from tidings.core.catchup import CatchUp, decide_catch_up
 from tidings.core.channel import ChannelName
 from tidings.core.cursor import encode_cursor
-from tidings.core.origin import origin_access
-from tidings.core.permission import Credentials, check_subscribe
+from tidings.core.permission import Credentials
 from tidings.core.publication import Position, Publication
 from tidings.core.recovery import Replay
-from tidings.core.resume import check_channel_count, parse_channel_list, resume_positions
+from tidings.core.resume import parse_channel_list, resume_positions
 from tidings.core.wire import encode_json, publication_frames
-from tidings.errors import RequestError, Unavailable
+from tidings.errors import RequestError
+from tidings.transports.admission import Admission
 from tidings.transports.context import TransportContext
 from tidings.transports.http import (
     cors_headers,
-    error_response,
     internal_error_response,
     preflight_response,
     query_int,
-    request_error_response,
+    request_target,
     request_token,
 )
 from tidings.transports.watches import DEFAULT_MAX_WATCHES, PollWatches
@@ -213,6 +212,7 @@ class PollTransport:
     ) -> None:
         """Serve polls in ``context``, watching at most ``max_watches`` channels."""
         self._context = context
+        self._admission = Admission(context)
         self._counters = counters
         self.watches = PollWatches(context.hub, context.new_client_id, max_watches)
         self._answers: BoundedCache[tuple[object, ...], tuple[str, bytes]] = BoundedCache(
@@ -239,11 +239,11 @@ class PollTransport:
         origin = request.headers.get("origin")
         if request.method == "OPTIONS":
             return preflight_response(origin, context.allowed_origins)
-        host = request.headers.get("host")
-        access = origin_access(origin, host, request.url.scheme, context.allowed_origins)
-        if not access.is_allowed:
-            context.refusals.refused_origin(request.scope.get("client"), origin)
-            return error_response("permission_denied", "this origin is not in allowed_origins")
+        admission = self._admission
+        try:
+            access = admission.check_origin(origin, request.headers.get("host"), request.url.scheme)
+        except RequestError as error:
+            return self._refusal(request, error)  # no CORS headers: the page may not read it
         cors = cors_headers(origin, context.allowed_origins)
         kind: PollKind = "short"
         self._counters.poll_started()
@@ -254,11 +254,11 @@ class PollTransport:
                 cookies=access.accepts_cookies,
             )
             kind = query.kind
-            status, headers, body = await self._poll(query)
+            credentials = await admission.admit_request("poll", query.channels, query.token)
+            status, headers, body = await self._poll(query, credentials)
             response = Response(body, status, headers, media_type="application/json")
         except RequestError as error:
-            context.refusals.refused_request(error, request.scope.get("client"))
-            response = request_error_response(error)
+            response = self._refusal(request, error)
         except Exception:
             logger.exception("poll failed")
             response = internal_error_response()
@@ -269,12 +269,17 @@ class PollTransport:
             del response.headers["content-type"]
         return response
 
-    async def _poll(self, query: PollQuery) -> tuple[int, dict[str, str], bytes]:
-        # A JWKS key not fetched yet (the native door falls back here on its refusal).
-        pending = self._context.authenticator.pending_keys(query.token)
-        if pending is not None:
-            await pending
-        credentials = self._authorize(query)
+    def _refusal(self, request: Request, error: RequestError) -> Response:
+        """The answer to a poll refused (or failed) with ``error``, logged once here: the
+        native door hands its refusals to this door rather than answer them itself."""
+        status, headers, body = self._admission.http_refusal(
+            error, request.scope.get("client"), request_target(request.scope)
+        )
+        return Response(body, status, headers)
+
+    async def _poll(
+        self, query: PollQuery, credentials: Credentials
+    ) -> tuple[int, dict[str, str], bytes]:
         answer = self._answer_now(query)
         if answer is None:
             answer = await self._read(query)
@@ -305,20 +310,21 @@ class PollTransport:
 
     def serve_native(self, poll: NativePoll) -> None:
         """Answer or park ``poll`` now if the watches allow it, else ``fall_back``."""
-        context = self._context
+        admission = self._admission
         origin = _text(poll.header(b"origin"))
-        access = origin_access(origin, _text(poll.header(b"host")), "http", context.allowed_origins)
         try:
-            if not access.is_allowed:
-                raise _Refused
+            access = admission.check_origin(origin, _text(poll.header(b"host")), "http")
             query = parse_poll_query(
                 poll.query_string.decode("latin-1"),
                 lambda name: _text(poll.header(name.encode())),
                 cookies=access.accepts_cookies,
             )
-            credentials = self._authorize(query)
-        except (RequestError, _Refused):
-            poll.fall_back()  # the ASGI door answers with the error, written once there
+            # Admitted as the ASGI door admits, but without waiting for a signing key.
+            credentials = admission.admit_request_now("poll", query.channels, query.token)
+        except RequestError:
+            # The ASGI door answers with the error (and logs it), once, there; a token
+            # whose key is not fetched yet is admitted there after the fetch.
+            poll.fall_back()
             return
         heads = self._heads(query)
         if heads is None:
@@ -398,16 +404,6 @@ class PollTransport:
         return tuple(heads)
 
     # -- the logic both doors share -------------------------------------------------------
-
-    def _authorize(self, query: PollQuery) -> Credentials:
-        context = self._context
-        check_channel_count(len(query.channels), context.limits.max_channels_per_connection)
-        credentials = context.authenticator.authenticate(query.token)
-        for channel in query.channels:
-            check_subscribe(channel, context.namespaces.options_for(channel), credentials)
-        if context.draining:
-            raise Unavailable("this node is draining; poll another")
-        return credentials
 
     def _answer_now(self, query: PollQuery) -> PollAnswer | None:
         """Answer from the watches alone, or ``None`` if any channel needs the broker."""
@@ -517,10 +513,6 @@ def _at_heads(query: PollQuery, heads: tuple[Position, ...]) -> bool:
         if position is None or position.offset != head.offset or position.epoch != head.epoch:
             return False
     return True
-
-
-class _Refused(Exception):
-    """The native door cannot serve this request itself."""
 
 
 def _text(value: bytes | None) -> str | None:

@@ -1,7 +1,8 @@
 """Refusals: what a node turned away, told once each in its log and counted for /metrics.
 
-I/O: logging only. Every transport and the server API call ``Refusals.refused`` where
-they refuse someone: an origin not allowed, a token rejected (4001), a subscription
+I/O: logging only. The client transports' admission (``admission.py``, where each of
+their refusals is translated into its answer) and the server API call it where they
+refuse someone: an origin not allowed, a token rejected (4001), a subscription
 or publication forbidden, a server API call without the right key, a slow consumer
 cut, commands over the rate, a request over a limit. Each becomes one INFO line with
 the reason, the client's address and what was wrong (never a token or a key: the
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from typing import Final, Literal
 
 from tidings.core.rate import TokenBucket
-from tidings.errors import ErrorCode, RequestError
+from tidings.errors import ErrorCode, OriginRefused, RateLimited, RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,10 @@ class Refusals:
         ``api``: the error answered a server API call, where ``unauthorized`` is about
         the API key, not a connection token.
         """
-        reason = _REASON_OF_CODE.get(error.code)
+        if isinstance(error, OriginRefused):
+            self.refused_origin(peer, error.origin)
+            return
+        reason = "rate_limit" if isinstance(error, RateLimited) else _REASON_OF_CODE.get(error.code)
         if reason is not None:
             self.refused("api_key" if api and reason == "token" else reason, peer, error.message)
 

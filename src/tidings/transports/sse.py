@@ -32,25 +32,24 @@ import random
 from typing import Final
 from urllib.parse import parse_qs
 
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from tidings.core.channel import ChannelName
 from tidings.core.cursor import encode_cursor
-from tidings.core.origin import origin_access
-from tidings.core.permission import check_subscribe
 from tidings.core.publication import Position, Publication
-from tidings.core.resume import check_channel_count, parse_channel_list, resume_positions
+from tidings.core.resume import parse_channel_list, resume_positions
 from tidings.core.wire import EncodedPublication, encode_json
-from tidings.errors import RequestError, Unavailable
+from tidings.errors import RequestError
 from tidings.hub.hub import SubscribeResult
 from tidings.hub.registry import PresenceEvent
+from tidings.transports.admission import Admission
 from tidings.transports.connection import StreamConnection
 from tidings.transports.context import TransportContext
 from tidings.transports.http import (
     cors_headers,
-    error_response,
     preflight_response,
-    request_error_response,
+    request_target,
     request_token,
 )
 from tidings.transports.outbound import Outbound, QueuedOutbound, direct_outbound
@@ -209,10 +208,11 @@ def _start(result: SubscribeResult) -> Position:
 class SseTransport:
     """The ASGI application serving ``/sse``."""
 
-    __slots__ = ("_context",)
+    __slots__ = ("_admission", "_context")
 
     def __init__(self, context: TransportContext) -> None:
         self._context = context
+        self._admission = Admission(context)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         context = self._context
@@ -221,37 +221,26 @@ class SseTransport:
         if scope["method"] == "OPTIONS":
             await preflight_response(origin, context.allowed_origins)(scope, receive, send)
             return
-        access = origin_access(
-            origin, headers.get("host"), scope["scheme"], context.allowed_origins
-        )
-        if not access.is_allowed:
-            context.refusals.refused_origin(scope.get("client"), origin)
-            response = error_response("permission_denied", "this origin is not in allowed_origins")
-            await response(scope, receive, send)
-            return
-        cors = cors_headers(origin, context.allowed_origins)
         session = SseSession(context, scope, send)
+        admission = self._admission
         try:
+            access = admission.check_origin(origin, headers.get("host"), scope["scheme"])
             channels, since = _parse_request(scope, headers)
-            check_channel_count(len(channels), context.limits.max_channels_per_connection)
+            admission.check_channel_count(channels)
             cookie = headers.get("cookie") if access.accepts_cookies else None
             token = _token(scope, headers, cookie)
-            pending = context.authenticator.pending_keys(token)  # a JWKS key to fetch
-            if pending is not None:
-                await pending
-            session.credentials = context.authenticator.authenticate(token)
-            for channel in channels:
-                check_subscribe(
-                    channel, context.namespaces.options_for(channel), session.credentials
-                )
-            if context.draining:
-                raise Unavailable("this node is draining; reconnect to another")
+            session.credentials = await admission.admit_request("sse", channels, token)
+            if scope["method"] != "HEAD":  # a HEAD opens no stream
+                admission.admit_session(session)
         except RequestError as error:
-            context.refusals.refused_request(error, session.peer)
-            response = request_error_response(error)
-            response.headers.update(cors)
-            await response(scope, receive, send)
+            status, error_headers, body = admission.http_refusal(
+                error, session.peer, request_target(scope)
+            )
+            # (None for a refused origin: its page may not read the answer.)
+            error_headers.update(cors_headers(origin, context.allowed_origins))
+            await Response(body, status, error_headers)(scope, receive, send)
             return
+        cors = cors_headers(origin, context.allowed_origins)
         if scope["method"] == "HEAD":
             # The stream's headers only (RFC 9110 §9.3.2): no subscription, no body.
             start = {"type": "http.response.start", "status": 200, "headers": _stream_headers(cors)}
@@ -259,7 +248,6 @@ class SseTransport:
             await send({"type": "http.response.body", "body": b"", "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        context.sessions.add(session)
         try:
             await send(
                 {

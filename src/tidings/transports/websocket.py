@@ -17,7 +17,6 @@ from urllib.parse import parse_qs
 from starlette.types import Receive, Scope, Send
 
 from tidings.core import commands as cmd
-from tidings.core.origin import is_origin_allowed
 from tidings.core.permission import Credentials, check_publish, check_subscribe
 from tidings.core.publication import ClientInfo
 from tidings.core.rate import TokenBucket
@@ -27,18 +26,17 @@ from tidings.errors import (
     BadRequest,
     ConnectionClosed,
     PermissionDenied,
+    RateLimited,
     RequestError,
-    TooManyRequests,
     Unauthorized,
 )
 from tidings.hub.registry import PresenceEvent
+from tidings.transports.admission import Admission
 from tidings.transports.close_codes import (
-    CLOSE_FORBIDDEN,
     CLOSE_INTERNAL,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_PROTOCOL_VIOLATION,
     CLOSE_UNAUTHORIZED,
-    close_for,
 )
 from tidings.transports.connection import StreamConnection
 from tidings.transports.context import TransportContext
@@ -57,9 +55,15 @@ LARGE_REPLY_CHARS: Final = 64 * 1024
 class WebSocketSession(StreamConnection):
     """One WebSocket client: commands in, replies and pushes out."""
 
-    __slots__ = ("_connect_deadline", "_queued", "_rate", "_send", "connected")
+    __slots__ = ("_admission", "_connect_deadline", "_queued", "_rate", "_send", "connected")
 
-    def __init__(self, context: TransportContext, scope: Scope, send: Send) -> None:
+    def __init__(
+        self,
+        context: TransportContext,
+        scope: Scope,
+        send: Send,
+        admission: Admission | None = None,
+    ) -> None:
         # The native server writes frames itself; under any other ASGI server a writer
         # task drains a queue through ``send``.
         out: Outbound | None = direct_outbound(scope)
@@ -69,6 +73,7 @@ class WebSocketSession(StreamConnection):
         super().__init__(context, out)
         self.peer = scope.get("client")
         self._send = send
+        self._admission = admission or Admission(context)
         self.connected = False  # authenticated, by handshake token or connect command
         self._connect_deadline: Deadline | None = None
         limits = context.limits
@@ -127,12 +132,10 @@ class WebSocketSession(StreamConnection):
             self._queued.start()
         registered = False
         try:
-            if context.draining:
-                raise ConnectionClosed(4503, "server draining", reconnect=True)
+            self._admission.admit_connection()
             if token is not None or not context.authenticator.requires_token:
-                await self._keys_for(token)
-                self._authenticate(token)
-            context.sessions.add(self, authenticated=self.connected)
+                await self._authenticate(token)
+            self._admission.admit_session(self, authenticated=self.connected)
             registered = True
             if not self.connected:
                 self._await_connect()
@@ -140,9 +143,8 @@ class WebSocketSession(StreamConnection):
         except ConnectionClosed as closed:
             self.disconnect(closed.code, closed.reason, reconnect=closed.reconnect)
         except RequestError as error:
-            context.refusals.refused_request(error, self.peer)
-            code, reconnect = close_for(error)
-            self.disconnect(code, error.message, reconnect=reconnect)
+            close = self._admission.websocket_close(error, self.peer)
+            self.disconnect(close.code, close.reason, reconnect=close.reconnect, url=close.url)
         except Exception:
             logger.exception("session %s failed", self.client_id)
             self.disconnect(CLOSE_INTERNAL, "internal error", reconnect=True)
@@ -164,27 +166,20 @@ class WebSocketSession(StreamConnection):
         if message["type"] != "websocket.connect":
             return False, None
         headers = _headers(scope)
-        if not is_origin_allowed(
-            headers.get("origin"),
-            headers.get("host"),
-            scope.get("scheme", "ws"),
-            self._context.allowed_origins,
-        ):
+        try:
+            self._admission.check_origin(
+                headers.get("origin"), headers.get("host"), scope.get("scheme", "ws")
+            )
+        except RequestError as error:
             # Closing before accepting makes the server answer the handshake with 403.
-            self._context.refusals.refused_origin(scope.get("client"), headers.get("origin"))
-            await self._send({"type": "websocket.close", "code": CLOSE_FORBIDDEN})
+            close = self._admission.websocket_close(error, self.peer)
+            await self._send({"type": "websocket.close", "code": close.code})
             return False, None
         await self._send({"type": "websocket.accept"})
         return True, _handshake_token(scope, headers)
 
-    async def _keys_for(self, token: str | None) -> None:
-        # A JWKS key not fetched yet (the issuer rotated): wait for it, then verify.
-        pending = self._context.authenticator.pending_keys(token)
-        if pending is not None:
-            await pending
-
-    def _authenticate(self, token: str | None) -> None:
-        self.credentials = self._context.authenticator.authenticate(token)
+    async def _authenticate(self, token: str | None) -> None:
+        self.credentials = await self._admission.authenticate(token)
         self.connected = True
         self.watch_expiry()
 
@@ -244,34 +239,31 @@ class WebSocketSession(StreamConnection):
                     CLOSE_PROTOCOL_VIOLATION,
                     "a frame must be a JSON object with an integer id and an op",
                 ) from None
-            self._reply_error(command_id, error)
+            self._refuse(command_id, error)  # a bad request: answered, not logged
             return
         if not self._rate.take(time.monotonic()):
-            rate = self._context.limits.command_rate
-            limited = TooManyRequests(f"more than {rate:g} commands per second; slow down")
-            self._context.refusals.refused("rate_limit", self.peer, limited.message)
-            self._reply_error(command.id, limited)
+            self._refuse(command.id, RateLimited(self._context.limits.command_rate))
             return
         try:
             result = await self._dispatch(command)
-        except Unauthorized as error:
-            self._context.refusals.refused_request(error, self.peer)
-            self._reply_error(command.id, error)
-            if isinstance(command, cmd.Refresh) and self.connected:
-                return  # a refused refresh leaves the connection on its current token
-            raise ConnectionClosed(CLOSE_UNAUTHORIZED, error.message) from None
         except RequestError as error:
-            self._context.refusals.refused_request(error, self.peer)
-            self._reply_error(command.id, error)
+            self._refuse(command.id, error)
+            if isinstance(error, Unauthorized) and not (
+                isinstance(command, cmd.Refresh) and self.connected
+            ):
+                # Only a refused refresh leaves the connection on its current token.
+                raise ConnectionClosed(CLOSE_UNAUTHORIZED, error.message) from None
             return
         reply = encode_json({"id": command.id, "result": result}).decode()
         self._enqueue(reply, requested=True)
         if len(reply) > LARGE_REPLY_CHARS:
             await self.wait_replies_taken()  # no next command until this one is on its way
 
-    def _reply_error(self, command_id: int, error: RequestError) -> None:
-        reply = {"id": command_id, "error": {"code": error.code, "message": error.message}}
-        self._enqueue(encode_json(reply).decode(), requested=True)
+    def _refuse(self, command_id: int, error: RequestError) -> None:
+        """Answer a failed command; a refusal is logged (once, by ``Admission``)."""
+        self._enqueue(
+            self._admission.websocket_refusal(command_id, error, self.peer), requested=True
+        )
 
     # -- commands ----------------------------------------------------------------------
 
@@ -298,9 +290,8 @@ class WebSocketSession(StreamConnection):
         if self.subscriptions:
             raise BadRequest("connect must come before any subscribe")
         if command.token is not None or not self.connected:
-            await self._keys_for(command.token)
             old_user = self.user
-            self._authenticate(command.token)
+            await self._authenticate(command.token)
             sessions = self._context.sessions
             sessions.rename(self, old_user)
             sessions.mark_authenticated(self)
@@ -317,8 +308,7 @@ class WebSocketSession(StreamConnection):
 
     async def _refresh(self, command: cmd.Refresh) -> dict[str, Any]:
         """Take a new token of the same user; the expiry moves to the new token's."""
-        await self._keys_for(command.token)
-        credentials = self._context.authenticator.authenticate(command.token)
+        credentials = await self._admission.authenticate(command.token)
         if credentials.user != self.user:
             raise PermissionDenied(
                 f"a refresh token must name this connection's user {self.user!r}, not "
@@ -330,13 +320,7 @@ class WebSocketSession(StreamConnection):
 
     async def _subscribe(self, command: cmd.Subscribe) -> dict[str, Any]:
         channel = command.channel_name
-        options = self._context.namespaces.options_for(channel)
-        check_subscribe(channel, options, self.credentials)
-        if channel in self.subscriptions:
-            raise BadRequest(f"already subscribed to {channel}")
-        limit = self._context.limits.max_channels_per_connection
-        if len(self.subscriptions) >= limit:
-            raise TooManyRequests(f"a connection may hold at most {limit} subscriptions")
+        options = self._admission.admit_subscribe(channel, self.credentials, self.subscriptions)
         since = None if command.since is None else command.since.to_position()
         self.subscriptions.add(channel)
         try:
@@ -424,10 +408,12 @@ def _handshake_token(scope: Scope, headers: dict[str, str]) -> str | None:
 class WebSocketTransport:
     """The ASGI application serving ``/ws``: one ``WebSocketSession`` per connection."""
 
-    __slots__ = ("_context",)
+    __slots__ = ("_admission", "_context")
 
     def __init__(self, context: TransportContext) -> None:
         self._context = context
+        self._admission = Admission(context)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await WebSocketSession(self._context, scope, send).run(scope, receive)
+        session = WebSocketSession(self._context, scope, send, self._admission)
+        await session.run(scope, receive)
