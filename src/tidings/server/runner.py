@@ -89,6 +89,7 @@ def _uvicorn_config(app: TidingsApp, settings: Settings, log_level: str) -> uvic
 def run_node(settings: Settings, log_level: str, listener: socket.socket | None = None) -> None:
     """Serve one node in this process until SIGTERM/SIGINT, on the configured backend."""
     app = TidingsApp(settings)
+    logger.info("%s", app.about.startup_line(settings.host, settings.port))
     if settings.server_backend == "native":
         run_native(app, listener)
         return
