@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
+from http import HTTPStatus
 from importlib import metadata
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
@@ -37,6 +38,7 @@ DOCS: Final = (
     ("docs/protocol.md", "the wire protocol"),
     ("docs/configuration.md", "every setting"),
 )
+TYPESCRIPT_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
 ORIGIN_REFUSED: Final = "this origin is not in the node's allowed_origins"
 
 
@@ -207,15 +209,19 @@ class OriginCheckedStatic:
             await error_response("permission_denied", ORIGIN_REFUSED)(scope, receive, send)
             return
         cors = cors_headers(origin, self._allowed)
-        if not cors:
+        # mimetypes guesses .ts as a video stream or a Qt translation file.
+        declarations = scope["path"].endswith(".d.ts")
+        if not cors and not declarations:
             await self._app(scope, receive, send)
             return
 
-        async def send_with_cors(message: Message) -> None:
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 response_headers = MutableHeaders(scope=message)
                 for name, value in cors.items():
                     response_headers[name] = value
+                if declarations and message["status"] == HTTPStatus.OK:
+                    response_headers["Content-Type"] = TYPESCRIPT_CONTENT_TYPE
             await send(message)
 
-        await self._app(scope, receive, send_with_cors)
+        await self._app(scope, receive, send_with_headers)
