@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 
-from playwright.async_api import expect
+from playwright.async_api import ViewportSize, expect
 
 from tests.browser.conftest import ARTIFACTS, PAGE_TIMEOUT_MS, DemoServers, PageFactory
 from tests.browser.test_demo import join, messages, say
@@ -16,7 +16,7 @@ from tests.support.server import ServerProcess
 expect.set_options(timeout=PAGE_TIMEOUT_MS)
 
 OWN = re.compile(r"\bown\b")
-PHONE = {"width": 390, "height": 844}
+PHONE = ViewportSize(width=390, height=844)
 
 
 async def test_ones_own_messages_look_different(
@@ -92,7 +92,7 @@ async def test_on_a_phone_the_messages_come_first(
     assert room["y"] < rooms["y"], (room, rooms)
     assert room["width"] <= PHONE["width"]
 
-    await page.set_viewport_size({"width": 1280, "height": 800})
+    await page.set_viewport_size(ViewportSize(width=1280, height=800))
     room = await page.locator("#chat .room").bounding_box()
     rooms = await page.locator("#rooms").bounding_box()
     assert room is not None
