@@ -316,6 +316,19 @@ export class TransportRoute {
   }
 }
 
+// A server's reconnect delay is followed up to this long (a bound on a server's mistake).
+export const MAX_SERVER_DELAY_MS = 300000;
+
+/**
+ * The reconnect delay a `disconnect` (push or SSE event) gave, in ms (PROTOCOL.md §3,
+ * 1.1: a draining node spreads its clients' reconnects so), bounded by
+ * MAX_SERVER_DELAY_MS; `null` when it gave none (or nonsense): the backoff decides.
+ */
+export function serverDelayMs(delay) {
+  if (typeof delay !== "number" || !Number.isFinite(delay) || delay < 0) return null;
+  return Math.min(delay, MAX_SERVER_DELAY_MS);
+}
+
 /** What to do after a WebSocket closed with `code` ("reconnect", "stop", "unauthorized"). */
 export function closeAction(code) {
   if (code === 4001) return "unauthorized";
@@ -430,7 +443,7 @@ export function publicationOf(frame) {
  * Parse one WebSocket text frame into
  * `{kind: "reply", id, result}` | `{kind: "reply", id, error}` |
  * `{kind: "pub", publication}` | `{kind: "join"|"leave", channel, client, user}` |
- * `{kind: "ping"}` | `{kind: "disconnect", code, reason, reconnect, url}`.
+ * `{kind: "ping"}` | `{kind: "disconnect", code, reason, reconnect, url, delay}`.
  * Throws a TidingsError (`protocol`) for anything else.
  */
 export function parseWsFrame(text) {
@@ -469,6 +482,7 @@ export function parseWsFrame(text) {
         reason: frame.reason ?? "",
         reconnect: frame.reconnect !== false,
         url: frame.url ?? null,
+        delay: serverDelayMs(frame.delay),
       };
     default:
       break;

@@ -5,6 +5,7 @@ import { describe, test } from "node:test";
 
 import {
   Backoff,
+  MAX_SERVER_DELAY_MS,
   PositionTracker,
   SseParser,
   TidingsError,
@@ -18,6 +19,7 @@ import {
   parseWsFrame,
   pollUrl,
   resumeParams,
+  serverDelayMs,
   sseUrl,
   tokenExpiresAtMs,
   wsUrl,
@@ -338,7 +340,19 @@ describe("WebSocket frames", () => {
     });
     const goodbye = parseWsFrame('{"push":"disconnect","code":1001,"reason":"bye","reconnect":true}');
     assert.equal(goodbye.reconnect, true);
+    assert.equal(goodbye.delay, null);
+    const drained = parseWsFrame('{"push":"disconnect","code":1001,"reconnect":true,"delay":2500}');
+    assert.equal(drained.delay, 2500);
     assert.equal(parseWsFrame('{"push":"join","channel":"c","client":"k","user":"u"}').kind, "join");
+  });
+
+  test("a server's reconnect delay is followed up to a bound, and nonsense is ignored", () => {
+    assert.equal(serverDelayMs(0), 0);
+    assert.equal(serverDelayMs(1500), 1500);
+    assert.equal(serverDelayMs(1e12), MAX_SERVER_DELAY_MS);
+    for (const nonsense of [undefined, null, -1, "5", Number.NaN, Number.POSITIVE_INFINITY]) {
+      assert.equal(serverDelayMs(nonsense), null);
+    }
   });
 
   test("what is not a frame is a protocol error", () => {

@@ -290,9 +290,9 @@ class FakeWebSocket {
     if (this.subscriptions.has(publication.channel)) this.push({ push: "pub", ...publication });
   }
 
-  serverClose(code, reason, reconnect) {
+  serverClose(code, reason, reconnect, delay = undefined) {
     if (this.readyState !== 1) return;
-    this.push({ push: "disconnect", code, reason, reconnect });
+    this.push({ push: "disconnect", code, reason, reconnect, delay });
     this._closed(code, reason);
   }
 

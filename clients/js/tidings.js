@@ -11,7 +11,8 @@
 // One loop (`_run`) runs sessions one after another, each over one transport:
 // WebSocket, else Server-Sent Events, else long polling (`transports` option). A
 // session ends with an outcome that decides what comes next (see core.js
-// TransportRoute): "reconnect" (backoff with full jitter, then again; before any
+// TransportRoute): "reconnect" (backoff with full jitter, or the `delay` the server's
+// `disconnect` gave, then again; before any
 // transport has worked, the next transport at once), "refused" (this transport is not
 // served here: the next one at once), "unreachable" (the server is down: back to the
 // first transport after the backoff), "unauthorized" (ask the token callback for a
@@ -48,6 +49,7 @@ import {
   publicationOf,
   publicationsOf,
   samePosition,
+  serverDelayMs,
   sseUrl,
   wsUrl,
 } from "./core.js";
@@ -263,7 +265,8 @@ export class Tidings {
         continue; // the next transport, at once
       }
       this._setState("disconnected");
-      await this._wait(this._backoff.nextDelayMs());
+      // A draining server's delay spreads its clients' reconnects: it replaces the backoff.
+      await this._wait(end.delayMs ?? this._backoff.nextDelayMs());
     }
   }
 
@@ -440,7 +443,7 @@ export class Tidings {
         const error = new TidingsError(action === "unauthorized" ? "unauthorized" : "closed", reason, {
           closeCode: code,
         });
-        finish({ outcome: action, error });
+        finish({ outcome: action, error, delayMs: goodbye?.delay ?? null });
       };
       ws.onerror = () => {}; // a close event follows
     });
@@ -544,7 +547,7 @@ export class Tidings {
         error: new TidingsError("closed", goodbye.reason ?? "", { closeCode: goodbye.code }),
       };
     }
-    return { outcome: "reconnect" };
+    return { outcome: "reconnect", delayMs: serverDelayMs(goodbye?.delay) };
   }
 
   // -- polling ---------------------------------------------------------------------

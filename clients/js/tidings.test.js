@@ -195,6 +195,32 @@ describe("WebSocket", () => {
   });
 });
 
+describe("drains", () => {
+  // A backoff of a minute: only the server's delay can bring the client back in time.
+  const slowBackoff = { backoff: { baseMs: 60000, capMs: 60000, random: () => 1 } };
+
+  test("a WebSocket disconnect's delay replaces the backoff", async () => {
+    const server = new FakeServer();
+    const { tidings } = client(server, slowBackoff);
+    tidings.subscribe("room:1");
+    tidings.connect();
+    await next(tidings, "subscribed");
+    server.sockets[0].serverClose(1001, "server shutting down", true, 0);
+    await until(() => server.sockets.length === 2, "a reconnect after the server's delay");
+  });
+
+  test("an SSE disconnect event's delay replaces the backoff", async () => {
+    const server = new FakeServer();
+    const { tidings } = client(server, { ...slowBackoff, transports: ["sse"] });
+    tidings.subscribe("room:1");
+    tidings.connect();
+    await next(tidings, "subscribed");
+    const [stream] = server.streams;
+    stream.end({ code: 1001, reason: "server shutting down", reconnect: true, delay: 0 });
+    await until(() => server.streams.size === 1 && !server.streams.has(stream), "a new stream");
+  });
+});
+
 describe("tokens", () => {
   test("a refused token is refreshed once through the callback", async () => {
     const server = new FakeServer();

@@ -13,6 +13,7 @@ Pure: no I/O. Who is at fault decides the branch::
     │   └── Unavailable             unavailable        503
     ├── ConfigError             the operator's configuration is wrong (also a ValueError)
     ├── BrokerError             a broker backend failed (raised ``from`` the backend's error)
+    │   └── BrokerUnavailable       ... and the operation was never sent to it: not done
     └── ConnectionClosed        ends a session with a close code and a reason
 
 A ``RequestError`` message is safe to send back to the peer: it says what was wrong and
@@ -101,14 +102,24 @@ class ConfigError(TidingsError, ValueError):
 
 
 class BrokerError(TidingsError):
-    """A broker backend failed; the cause is chained."""
+    """A broker backend failed; the cause is chained. A write may or may not have been
+    made (the backend may have done it and failed to answer)."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The backend does not answer now, and the operation was never sent to it: a write
+    failing with this was not made, and will not be made later."""
 
 
 class ConnectionClosed(TidingsError):
-    """Ends a session: the transport closes with ``code`` and ``reason``."""
+    """Ends a session: the transport closes with ``code`` and ``reason``; ``delay_ms``
+    is the server's advice of how long to wait before reconnecting (PROTOCOL.md §3)."""
 
-    def __init__(self, code: int, reason: str, *, reconnect: bool = False) -> None:
+    def __init__(
+        self, code: int, reason: str, *, reconnect: bool = False, delay_ms: int | None = None
+    ) -> None:
         super().__init__(f"connection closed with {code}: {reason}")
         self.code = code
         self.reason = reason
         self.reconnect = reconnect
+        self.delay_ms = delay_ms

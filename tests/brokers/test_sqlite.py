@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -380,6 +381,26 @@ async def test_is_ready_only_while_open(directory: Path, clock: FakeClock) -> No
     await broker.close()
 
     assert (ready_before, ready_open, await broker.is_ready()) == (False, True, False)
+
+
+async def test_not_ready_while_the_writer_thread_is_stuck(
+    directory: Path, clock: FakeClock
+) -> None:
+    broker = SqliteBroker(directory, NAMESPACES, clock=clock)
+    await broker.start(RecordingHandler())
+    stuck = threading.Event()
+    writer = broker._writer  # a job that blocks the thread, as a stalled fsync would
+    assert writer is not None
+    blocked = writer.submit(stuck.wait)
+    try:
+        ready_while_stuck = await broker.is_ready()
+    finally:
+        stuck.set()
+    await blocked
+    ready_after = await broker.is_ready()
+    await broker.close()
+
+    assert (ready_while_stuck, ready_after) == (False, True)
 
 
 async def test_close_is_idempotent(directory: Path, clock: FakeClock) -> None:

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tests.client.conftest import API_KEY, Node, fast_backoff, numbers, take_publications
 from tidings.client import ApiClient, Backoff, Subscription, TransportChoice, TransportRefused
 from tidings.core.publication import Position, Publication
+from tidings.errors import ConnectionClosed
 from tidings.server.app import TidingsApp
 from tidings.server.config import Settings
 
@@ -51,10 +52,12 @@ class RefusingProxy:
 
 
 @asynccontextmanager
-async def proxied_server(refused: Iterable[str]) -> AsyncIterator[str]:
+async def proxied_server(
+    refused: Iterable[str], settings: Settings | None = None
+) -> AsyncIterator[str]:
     """Serve a tidings app behind ``RefusingProxy`` with uvicorn on a real socket; yield
     its address. The socket listens before uvicorn starts, so nothing waits for it."""
-    app = TidingsApp(Settings(api_key=API_KEY))
+    app = TidingsApp(settings or Settings(api_key=API_KEY))
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     config = uvicorn.Config(
@@ -114,6 +117,19 @@ async def test_a_fixed_transport_that_is_refused_stops_with_transport_refused() 
             await receive_three(url, transport="ws")
     assert refused.value.status == 403
     assert refused.value.transport == "ws"
+
+
+async def test_auto_stays_on_websocket_when_tidings_refuses_the_token() -> None:
+    # 4001 is tidings' own refusal, not the network's: another transport would be
+    # refused the same, so the subscription stops instead of moving on.
+    settings = Settings(api_key=API_KEY, jwt_secret="the-node-secret")
+    async with proxied_server((), settings) as url:
+        sub = Subscription(url, ["room:x"], token="not-a-jwt", backoff=fast_backoff())
+        with pytest.raises(ConnectionClosed) as closed:
+            async with sub:
+                await anext(sub)
+    assert closed.value.code == 4001
+    assert sub.transport == "ws"
 
 
 class CountingDelays:

@@ -87,6 +87,8 @@ async def test_subscribe_reports_a_gap_on_stderr(node: Node, api: ApiClient) -> 
     arguments = ["--server", node.http_url, "--since", str(since), "--transport", "sse"]
     async with cli_subscribe(channel, *arguments) as process:
         notice = await read_line(process.stderr)
+        while notice.startswith("tidings: "):  # what the client is doing: connecting
+            notice = await read_line(process.stderr)
         assert await interrupt(process) == 0
     assert notice.startswith(f"gap in {channel}: publications after {since} were lost")
     assert str(head) in notice
@@ -99,6 +101,20 @@ async def test_subscribe_to_a_forbidden_channel_fails_with_the_servers_reason(no
             _, stderr = await process.communicate()
     assert process.returncode == 1
     assert b"permission_denied" in stderr
+
+
+@pytest.mark.e2e
+async def test_subscribe_says_on_stderr_that_it_connects_and_why_it_reconnects(
+    idle_node: Node,
+) -> None:
+    # Nothing listens on the node's port yet: the client says so instead of staying silent.
+    async with cli_subscribe("room:cli-says", "--url", idle_node.http_url) as process:
+        connecting = await read_line(process.stderr)
+        ended = await read_line(process.stderr)
+        assert await interrupt(process) == 0
+    assert connecting == f"tidings: connecting to {idle_node.http_url} over ws\n"
+    assert ended.startswith(f"tidings: ws connection to {idle_node.http_url} ended (")
+    assert "reconnecting in" in ended
 
 
 def test_subscribe_help_lists_the_transports() -> None:

@@ -13,6 +13,7 @@ from tidings.client.positions import PositionTracker
 from tidings.client.sse import EventStreamDecoder, ServerSentEvent, SseConnector
 from tidings.core.channel import ChannelName
 from tidings.core.publication import Position
+from tidings.errors import ConnectionClosed
 
 
 def decode(lines: list[str]) -> list[ServerSentEvent]:
@@ -95,3 +96,37 @@ async def test_a_stream_silent_past_the_read_timeout_raises_read_timeout() -> No
     assert attempt.connected
     assert attempt.subscribed
     assert tracker.positions == {"room:x": Position("e", 0)}
+
+
+async def test_a_disconnect_event_hands_its_delay_to_the_subscription() -> None:
+    goodbye = (
+        b"event: disconnect\n"
+        b'data: {"code":1001,"reason":"server shutting down","reconnect":true,"delay":2500}\n\n'
+    )
+
+    async def draining_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = SUBSCRIBED + goodbye
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+            + b"%x\r\n%s\r\n" % (len(body), body)
+            + b"0\r\n\r\n"
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(draining_stream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            connector = SseConnector(http, read_timeout_s=5.0)
+            with pytest.raises(ConnectionClosed) as closed:
+                async for _ in connector.session(
+                    PositionTracker([ChannelName("room:x")]), Attempt()
+                ):
+                    pass
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (closed.value.code, closed.value.reconnect, closed.value.delay_ms) == (1001, True, 2500)

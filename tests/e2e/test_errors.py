@@ -478,6 +478,8 @@ async def test_slow_consumer_is_cut_with_4500_while_others_get_everything(
                 received += await reader.publications(1)
             # Only now does the stalled client read what the server sent it.
             code = await slow.read_until_closed()
+            async with httpx.AsyncClient(base_url=server.http_url) as http:
+                metrics = (await http.get("/metrics")).text
     assert [p["offset"] for p in received] == list(range(1, SLOW_CONSUMER_PUBLICATIONS + 1))
     pubs = [frame for frame in slow.frames if frame.get("push") == "pub"]
     # It got a gap-free prefix, then the goodbye: it resumes from its position later.
@@ -490,4 +492,6 @@ async def test_slow_consumer_is_cut_with_4500_while_others_get_everything(
         "reconnect": True,
     }
     assert code == 4500
-    assert any("slow consumer" in line for line in server.log)
+    assert 'tidings_refusals_total{reason="slow_consumer"} 1.0' in metrics
+    assert 'tidings_disconnects_total{code="4500"} 1.0' in metrics
+    assert any("refused a slow consumer from 127.0.0.1:" in line for line in server.log)

@@ -18,6 +18,7 @@ from tests.support.ws import ws_client
 from tidings.core.channel import ChannelName
 from tidings.server.app import TidingsApp
 from tidings.server.config import Settings
+from tidings.server.metrics import TIDINGS_VERSION
 
 DOCS: Final = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 METRIC_NAMES: Final = (
@@ -32,6 +33,12 @@ METRIC_NAMES: Final = (
     "tidings_history_read_seconds",
     "tidings_publish_to_fanout_seconds",
     "tidings_fanout_seconds",
+    "tidings_refusals",
+    "tidings_disconnects",
+    "tidings_build_info",
+    "process_resident_memory_bytes",
+    "process_open_fds",
+    "process_max_fds",
 )
 OBSERVE_INTERVAL_S: Final = 0.01  # spacing between looks at /metrics, never a wait
 
@@ -79,6 +86,18 @@ async def test_metrics_are_in_prometheus_text_format_with_every_documented_metri
     documented = DOCS.read_text()
     for name in METRIC_NAMES:
         assert f"`{name}" in documented, f"{name} is not described in docs/metrics.md"
+
+
+async def test_refusals_and_closes_are_counted_by_reason_and_code(app: TidingsApp) -> None:
+    async with http_of(app) as http:
+        before = await scrape(http)
+        app.context.refusals.refused("rate_limit", ("127.0.0.1", 5000), "slow down")
+        app.context.refusals.disconnected(4500)
+        after = await scrape(http)
+    assert value(before, "tidings_refusals_total", reason="rate_limit") == 0
+    assert value(after, "tidings_refusals_total", reason="rate_limit") == 1
+    assert value(after, "tidings_disconnects_total", code="4500") == 1
+    assert value(after, "tidings_build_info", version=TIDINGS_VERSION) == 1
 
 
 async def test_publications_are_counted_once_and_their_latency_observed(app: TidingsApp) -> None:

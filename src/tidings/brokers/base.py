@@ -119,7 +119,13 @@ class Broker(Protocol):
         ...
 
     async def is_ready(self) -> bool:
-        """Whether the backend is reachable and publications can be made now."""
+        """Whether the backend is reachable and publications can be made now.
+
+        Answer the truth of *now*, and quickly: a remote backend is asked (a probe with
+        a short time-out, about a second) rather than presumed up because its
+        connection has not failed yet; a backend that does not answer in time is not
+        ready. ``/ready`` bounds the call anyway (``READY_TIMEOUT_S``).
+        """
         ...
 
     # -- presence: who holds a channel, on every node -----------------------------------

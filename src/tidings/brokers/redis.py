@@ -67,6 +67,15 @@ of the last publication handed to the hub.
   full jitter, resubscribe every channel (buffering from then on), and sync each one.
   ``is_ready`` is false from the loss until every channel is resubscribed.
 
+Readiness and time-outs: a lost link is noticed late on a silent network (a PING
+unanswered for ``PING_INTERVAL_S``), so readiness is an active probe as well: a PING on
+a command connection every ``probe_interval_s`` and on each ``is_ready``, failing after
+``probe_timeout_s``. While the last probe went unanswered Redis is *unresponsive*:
+``is_ready`` is false and every script fails at once with ``BrokerUnavailable``,
+unsent. A publish waits at most ``publish_timeout_s`` for its answer; given up on
+before the runner wrote it to Redis it is dropped, never sent (``BrokerUnavailable``);
+after, it may still run when Redis reads it (``BrokerError`` saying so).
+
 Presence (``redis_presence``): a hash per channel, refreshed by each node on one timer;
 join and leave frames travel on the channel's topic and are told apart from
 publications by how they start.
@@ -116,6 +125,7 @@ from tidings.brokers.redis_scripts import (
     ChannelKeys,
     RedisScript,
     ScriptRunner,
+    ScriptUnanswered,
     decode_live,
     decode_stored,
     encode_body,
@@ -128,14 +138,17 @@ from tidings.core.history import HistoryOptions
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Gap, GapReason, Replay, decide_recovery, latest
-from tidings.errors import BrokerError, ConfigError
+from tidings.errors import BrokerError, BrokerUnavailable, ConfigError
 
 logger = logging.getLogger(__name__)
 
 CLUSTER_SCHEME: Final = "redis-cluster"
 DEFAULT_TIMEOUT_S: Final = 5.0
 PING_INTERVAL_S: Final = 5.0
-READY_PING_TIMEOUT_S: Final = 2.0
+PROBE_INTERVAL_S: Final = 1.0
+PROBE_TIMEOUT_S: Final = 1.0
+PROBE_RETRY_S: Final = 0.05
+PUBLISH_TIMEOUT_S: Final = 1.5
 RECONNECT_BASE_DELAY_S: Final = 0.05
 RECONNECT_MAX_DELAY_S: Final = 2.0
 MAX_TOPICS_PER_COMMAND: Final = 5_000
@@ -500,11 +513,17 @@ class RedisBroker:
         reconnect_max_delay_s: float = RECONNECT_MAX_DELAY_S,
         presence_lifetime_s: float = PRESENCE_LIFETIME_S,
         presence_refresh_s: float = PRESENCE_REFRESH_S,
+        publish_timeout_s: float = PUBLISH_TIMEOUT_S,
+        probe_interval_s: float = PROBE_INTERVAL_S,
+        probe_timeout_s: float = PROBE_TIMEOUT_S,
     ) -> None:
         """Prepare a broker for ``url``; nothing connects before ``start``.
 
         A client's presence entry outlives its node by at most ``presence_lifetime_s``;
-        each node renews its entries every ``presence_refresh_s``.
+        each node renews its entries every ``presence_refresh_s``. Redis is PINGed
+        every ``probe_interval_s`` (and on each ``is_ready``); without an answer within
+        ``probe_timeout_s`` it is *unresponsive* until one comes. A publish gets no
+        longer than ``publish_timeout_s`` for its answer (see "Readiness and time-outs").
 
         Raises:
             ConfigError: the URL is not one this broker reads, or the presence refresh
@@ -537,6 +556,12 @@ class RedisBroker:
         self._recovery: asyncio.Task[None] | None = None
         self._recovery_needed = False
         self._healthy = False
+        self._publish_timeout_s = publish_timeout_s
+        self._probe_interval_s = probe_interval_s
+        self._probe_timeout_s = probe_timeout_s
+        self._responsive = True  # Redis answered the last probe in time
+        self._probing: asyncio.Task[bool] | None = None
+        self._prober: asyncio.Task[None] | None = None
         self._closed = False
         self._debug = logger.isEnabledFor(logging.DEBUG)
 
@@ -579,6 +604,9 @@ class RedisBroker:
         self._client = client
         self._scripts = ScriptRunner(client)
         self._presence.start()
+        self._prober = asyncio.get_running_loop().create_task(
+            self._probe_periodically(), name="tidings redis probe"
+        )
         try:
             await self._connect()
         except _REDIS_ERRORS as exc:
@@ -612,7 +640,11 @@ class RedisBroker:
         self._on_publication = None
         self._on_presence = None
         await self._presence.close()
-        tasks = [t for t in (self._recovery, *self._opening.values()) if t is not None]
+        tasks = [
+            t
+            for t in (self._recovery, self._prober, self._probing, *self._opening.values())
+            if t is not None
+        ]
         tasks += [s.sync_task for s in self._states.values() if s.sync_task is not None]
         for task in tasks:
             task.cancel()
@@ -631,17 +663,59 @@ class RedisBroker:
         logger.info("Redis broker closed")
 
     async def is_ready(self) -> bool:
-        """Whether Redis is reachable and every subscribed channel is subscribed there."""
+        """Whether Redis answers a PING now, within the probe time-out (so this returns
+        within it), and every subscribed channel is subscribed there."""
         if self._closed or not self._healthy or self._client is None:
             return False
-        if isinstance(self._client, RedisCluster) and not self._links:
-            # No pub/sub link whose liveness would tell: ask.
-            try:
-                async with asyncio.timeout(READY_PING_TIMEOUT_S):
-                    await self._client.ping()
-            except (*_REDIS_ERRORS, TimeoutError):
-                return False
-        return True
+        return await self._probe()
+
+    # -- readiness: an active probe ----------------------------------------------------
+
+    async def _probe_periodically(self) -> None:
+        loop = asyncio.get_running_loop()
+        pause_s = self._probe_interval_s
+        while True:
+            await asyncio.sleep(pause_s)
+            began = loop.time()
+            await self._probe()
+            # One PING per interval at most; one that waited out its time-out (a silent
+            # Redis, refusing publishes meanwhile) is followed at once, so that the
+            # answer after a stall is heard without waiting another interval.
+            pause_s = max(PROBE_RETRY_S, self._probe_interval_s - (loop.time() - began))
+
+    async def _probe(self) -> bool:
+        """PING Redis on a command connection; whether it answered in time. Concurrent
+        callers share one PING."""
+        if self._probing is None:
+            self._probing = asyncio.get_running_loop().create_task(
+                self._ping(), name="tidings redis ping"
+            )
+        return await asyncio.shield(self._probing)
+
+    async def _ping(self) -> bool:
+        client = self._client
+        assert client is not None, "started"
+        try:
+            async with asyncio.timeout(self._probe_timeout_s):
+                await client.ping()
+        except (*_REDIS_ERRORS, TimeoutError) as exc:
+            if self._responsive:
+                logger.warning(
+                    "Redis at %s did not answer a PING within %g s (%s): not ready, "
+                    "publishes fail at once until it answers",
+                    self._display_url,
+                    self._probe_timeout_s,
+                    str(exc) or type(exc).__name__,
+                )
+            self._responsive = False
+            return False
+        else:
+            if not self._responsive:
+                logger.info("Redis at %s answers again", self._display_url)
+            self._responsive = True
+            return True
+        finally:
+            self._probing = None
 
     # -- publishing and history ------------------------------------------------------------
 
@@ -674,7 +748,19 @@ class RedisBroker:
             self._publish_command,
             channel,
         )
-        reply = await self._run(PUBLISH, channel, args, f"publishing in {channel}")
+        what = f"publishing in {channel}"
+        try:
+            reply = await self._run(PUBLISH, channel, args, what, self._publish_timeout_s)
+        except ScriptUnanswered as exc:
+            if not exc.sent:
+                raise BrokerUnavailable(
+                    f"{what} failed: Redis at {self._display_url} did not answer within "
+                    f"{exc.timeout_s:g} s; it was not sent and will not be published"
+                ) from exc
+            raise BrokerError(
+                f"{what} failed: Redis at {self._display_url} did not answer within "
+                f"{exc.timeout_s:g} s; it may have been published; retry with the same key"
+            ) from exc
         epoch, offset, duplicate = reply
         return PublishResult(Position(_text(epoch), int(offset)), duplicate=bool(duplicate))
 
@@ -716,9 +802,10 @@ class RedisBroker:
         channel: ChannelName,
         args: Sequence[str | bytes | int],
         what: str,
+        timeout_s: float | None = None,
     ) -> Any:
         keys = ChannelKeys.of(self._target.prefix, channel).as_tuple()
-        return await self._run_keys(script, keys, args, what)
+        return await self._run_keys(script, keys, args, what, timeout_s)
 
     async def _run_keys(
         self,
@@ -726,11 +813,24 @@ class RedisBroker:
         keys: tuple[str, ...],
         args: Sequence[str | bytes | int],
         what: str,
+        timeout_s: float | None = None,
     ) -> Any:
+        """Run ``script``; fail at once, sending nothing, while Redis is unresponsive.
+
+        Raises:
+            BrokerUnavailable: Redis did not answer the last probe; nothing was sent.
+            BrokerError: Redis failed.
+            ScriptUnanswered: no answer within ``timeout_s``.
+        """
         if self._closed or self._scripts is None:
-            raise BrokerError(f"{what} failed: the Redis broker is not started")
+            raise BrokerUnavailable(f"{what} failed: the Redis broker is not started")
+        if not self._responsive:
+            raise BrokerUnavailable(
+                f"{what} failed: Redis at {self._display_url} did not answer a PING within "
+                f"{self._probe_timeout_s:g} s; nothing was sent"
+            )
         try:
-            return await self._scripts.run(script, keys, args)
+            return await self._scripts.run(script, keys, args, timeout_s=timeout_s)
         except _REDIS_ERRORS as exc:
             raise BrokerError(f"{what} failed: {exc}") from exc
 

@@ -299,12 +299,25 @@ def decode_live(payload: bytes) -> Publication:
 # -- running scripts -----------------------------------------------------------------------
 
 
+class ScriptUnanswered(Exception):
+    """Redis did not answer a script within the caller's time-out. ``sent`` says whether
+    the script was written to Redis (it may have run, or may run once Redis reads it);
+    when not, it was dropped and will never be sent."""
+
+    def __init__(self, timeout_s: float, *, sent: bool) -> None:
+        state = "it was sent and may have run" if sent else "it was not sent"
+        super().__init__(f"no answer within {timeout_s:g} s; {state}")
+        self.timeout_s = timeout_s
+        self.sent = sent
+
+
 @dataclass(slots=True)
 class _Call:
     script: RedisScript
     keys: tuple[str, ...]
     args: tuple[str | bytes | int, ...]
     future: asyncio.Future[Any]
+    sent: bool = False  # written to a connection: from here on it may run
 
 
 class ScriptRunner:
@@ -326,27 +339,48 @@ class ScriptRunner:
         self._cluster_slots = asyncio.Semaphore(MAX_CLUSTER_CALLS_IN_FLIGHT)
 
     async def run(
-        self, script: RedisScript, keys: Sequence[str], args: Sequence[str | bytes | int]
+        self,
+        script: RedisScript,
+        keys: Sequence[str],
+        args: Sequence[str | bytes | int],
+        *,
+        timeout_s: float | None = None,
     ) -> Any:
-        """Run ``script`` and return its reply.
+        """Run ``script`` and return its reply, giving up after ``timeout_s`` if given.
 
         Raises:
             RedisError, OSError: Redis failed or could not be reached.
+            ScriptUnanswered: no reply within ``timeout_s``. A call given up on before
+                it was written to Redis is dropped: it is never sent.
         """
         client = self._client
+        scope = asyncio.timeout(timeout_s)
         if isinstance(client, RedisCluster):
-            async with self._cluster_slots:
-                try:
-                    return await client.evalsha(script.sha, len(keys), *keys, *args)
-                except NoScriptError:
-                    return await client.eval(script.source, len(keys), *keys, *args)
+            try:
+                async with scope, self._cluster_slots:
+                    try:
+                        return await client.evalsha(script.sha, len(keys), *keys, *args)
+                    except NoScriptError:
+                        return await client.eval(script.source, len(keys), *keys, *args)
+            except TimeoutError:
+                if timeout_s is None or not scope.expired():
+                    raise
+                # redis-py does not say whether the command left: assume it did.
+                raise ScriptUnanswered(timeout_s, sent=True) from None
         loop = asyncio.get_running_loop()
         call = _Call(script, tuple(keys), tuple(args), loop.create_future())
         self._queue.append(call)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-        return await call.future
+        try:
+            async with scope:
+                # On time-out, awaiting cancels the future: a batch not yet sent skips it.
+                return await call.future
+        except TimeoutError:
+            if timeout_s is None or not scope.expired():
+                raise
+            raise ScriptUnanswered(timeout_s, sent=call.sent) from None
 
     async def close(self) -> None:
         """Stop the pipelines in flight; their callers get ``CancelledError``."""
@@ -377,7 +411,13 @@ class ScriptRunner:
         try:
             connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated
             try:
-                unknown = await _exchange(connection, calls, by_sha=True)
+                # A caller that gave up while the connection was made is not sent: its
+                # answer said so (``ScriptUnanswered.sent``).
+                calls = [call for call in calls if not call.future.done()]
+                for call in calls:
+                    call.sent = True
+                unknown = await _exchange(connection, calls, by_sha=True) if calls else []
+                unknown = [call for call in unknown if not call.future.done()]
                 if unknown:
                     # NOSCRIPT: those did not run. EVAL runs them and caches the script.
                     await _exchange(connection, unknown, by_sha=False)

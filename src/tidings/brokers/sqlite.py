@@ -66,6 +66,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DB_FILE_NAME: Final = "tidings.db"
+# ``is_ready`` asks the writer thread: a file stuck behind a stalled disk is not ready.
+PROBE_TIMEOUT_S: Final = 1.0
 SCHEMA_VERSION: Final = 1
 SWEEP_INTERVAL_S: Final = 60.0
 
@@ -569,8 +571,17 @@ class SqliteBroker:
         self._subscribed.discard(channel)
 
     async def is_ready(self) -> bool:
-        """Whether the file is open."""
-        return self._writer is not None and self._closing is None
+        """Whether the file is open and the writer thread takes a job within
+        ``PROBE_TIMEOUT_S`` (it is not stuck behind a stalled disk)."""
+        writer = self._writer
+        if writer is None or self._closing is not None:
+            return False
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                await asyncio.shield(writer.submit(lambda: None))
+        except TimeoutError:
+            return False
+        return True
 
     async def presence_join(self, channel: ChannelName, client_id: str, user: str) -> None:
         """List ``client_id`` in ``channel`` (``Broker.presence_join``), in memory."""

@@ -9,6 +9,7 @@ is a ``ProtocolViolation``.
 
 from __future__ import annotations
 
+import math
 from typing import TypeVar
 
 import msgspec
@@ -56,6 +57,16 @@ class Disconnect(msgspec.Struct, frozen=True):
     reason: str = ""
     reconnect: bool = False
     url: str | None = None
+    delay: float | None = None  # ms to wait before reconnecting (1.1)
+
+    @property
+    def delay_ms(self) -> int | None:
+        """The reconnect delay in whole ms; ``None`` if absent or nonsense (negative, not
+        finite): a server's odd advice must not stop a client, the backoff decides."""
+        delay = self.delay
+        if delay is None or not 0 <= delay < math.inf:
+            return None
+        return math.ceil(delay)
 
 
 class ChannelStart(msgspec.Struct, frozen=True):

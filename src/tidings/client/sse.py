@@ -170,5 +170,7 @@ class SseConnector:
                 goodbye.reason,
                 goodbye.reconnect,
             )
-            raise ConnectionClosed(goodbye.code, goodbye.reason, reconnect=goodbye.reconnect)
+            raise ConnectionClosed(
+                goodbye.code, goodbye.reason, reconnect=goodbye.reconnect, delay_ms=goodbye.delay_ms
+            )
         return []

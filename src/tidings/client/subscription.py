@@ -16,8 +16,9 @@ The producer runs connections one after another. Each ends by an exception, whic
   events queued before it.
 * RECONNECT: the network failed, the link went silent, or the server asked the
   client to come back (1001, 1012, 4500–4999, 429/500/503). Wait a backoff delay
-  (exponential, full jitter; reset once a connection subscribed), then connect again
-  from the tracker's positions.
+  (exponential, full jitter; reset once a connection subscribed), or the ``delay`` the
+  server's ``disconnect`` gave (a draining node spreads its clients' reconnects so),
+  then connect again from the tracker's positions.
 * UNREACHABLE: no TCP connection could be made (refused, unknown host, connect
   timeout): the server is down, for every transport alike. Reconnect as above.
 * REFUSED: the transport's handshake was answered by something that is not tidings
@@ -83,6 +84,8 @@ TransportChoice = Literal["auto", "ws", "sse", "longpoll", "poll"]
 Since = Mapping[ChannelName, Position] | Mapping[str, Position]
 AUTO_TRANSPORTS: Final[tuple[TransportName, ...]] = ("ws", "sse", "longpoll")
 EVENT_QUEUE_SIZE: Final = 1024
+# A server's reconnect delay is followed up to this long (a bound on a server's mistake).
+MAX_SERVER_DELAY_S: Final = 300.0
 
 # No TCP connection to the server at all: it is down or unreachable, whatever the path,
 # so this says nothing about which transport the network lets through.
@@ -125,6 +128,14 @@ def _outcome(exc: Exception) -> _Outcome:
     if isinstance(exc, _NETWORK_ERRORS):
         return _Outcome.RECONNECT
     return _Outcome.STOP
+
+
+def _server_delay_s(failure: Exception) -> float | None:
+    """The reconnect delay the server gave with its ``disconnect`` (a drain spreads its
+    clients' reconnects so), bounded by ``MAX_SERVER_DELAY_S``; ``None`` without one."""
+    if isinstance(failure, ConnectionClosed) and failure.delay_ms is not None:
+        return min(failure.delay_ms / 1000, MAX_SERVER_DELAY_S)
+    return None
 
 
 @dataclass(slots=True)
@@ -322,6 +333,7 @@ class Subscription:
             connector = connectors[route.current]
             self.transport = connector.name
             attempt = Attempt()
+            logger.info("connecting to %s over %s", self.server_url, connector.name)
             try:
                 await self._run_session(connector, attempt)
                 failure: Exception = ConnectionResetError(f"the {connector.name} session ended")
@@ -337,7 +349,9 @@ class Subscription:
                     "transport %s failed (%s); trying %s", connector.name, failure, route.current
                 )
                 continue
-            delay_s = self._backoff.next_delay_s()
+            delay_s = _server_delay_s(failure)
+            if delay_s is None:
+                delay_s = self._backoff.next_delay_s()
             logger.info(
                 "%s connection to %s ended (%s); reconnecting in %.2f s",
                 connector.name,

@@ -95,7 +95,11 @@ class WebSocketConnector:
             raise TransportRefused("ws", status, "the WebSocket upgrade was refused") from exc
         try:
             reader = _Reader(connection, tracker, attempt)
-            await reader.send_commands()
+            # A server that refuses the handshake's token closes at once (4001): the
+            # close, read below, says so. Failing on the send instead would look like a
+            # network that cuts WebSocket, and send ``auto`` to the next transport.
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await reader.send_commands()
             async with contextlib.aclosing(reader.read()) as batches:
                 async for events in batches:
                     yield events
@@ -153,7 +157,10 @@ class _Reader:
         if (code is None or code == CLOSE_ABNORMAL) and goodbye is not None:
             code, reason = goodbye.code, goodbye.reason  # the close frame was lost
         code = CLOSE_ABNORMAL if code is None else code
-        raise ConnectionClosed(code, reason, reconnect=not is_terminal_close(code))
+        delay_ms = goodbye.delay_ms if goodbye is not None else None
+        raise ConnectionClosed(
+            code, reason, reconnect=not is_terminal_close(code), delay_ms=delay_ms
+        )
 
     def _receive(self, raw: str | bytes) -> list[Event]:
         frame = decode("WebSocket frame", raw, WsFrame)

@@ -52,7 +52,7 @@ from tidings.core.channel import ChannelName
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Replay
 from tidings.core.wire import EncodedPublication
-from tidings.errors import BrokerError, Unavailable
+from tidings.errors import BrokerError, BrokerUnavailable, Unavailable
 from tidings.hub.registry import PresenceEvent, Subscriber, Subscription, SubscriptionRegistry
 
 logger = logging.getLogger(__name__)
@@ -120,11 +120,24 @@ class Hub:
         """Publish through the broker; local subscribers receive it through fan-out.
 
         Raises:
-            Unavailable: the broker failed (the publication may or may not be made:
-                retry with the same key).
+            Unavailable: the broker failed. Its message says whether the publication
+                may have been made (retry with the same key) or surely was not.
         """
-        with _broker_failures_unavailable():
+        try:
             return await self.broker.publish(channel, data, key=key, info=info)
+        except BrokerUnavailable as exc:
+            # The broker logged the outage once; each refusal is routine meanwhile.
+            logger.debug("publish refused, the broker is unavailable: %s", exc)
+            raise Unavailable("the broker is unavailable; not published; retry shortly") from exc
+        except BrokerError as exc:
+            # The broker may have made it and failed to answer: the client must not
+            # take the 503 for "not published" (PROTOCOL.md §2.4: a retry with the same
+            # key is answered with the original position if it was).
+            logger.warning("broker failure while publishing: %s", exc)
+            raise Unavailable(
+                "the broker did not confirm the publication: it may have been published; "
+                "retry with the same key"
+            ) from exc
 
     async def history(
         self, channel: ChannelName, since: Position | None = None, limit: int | None = None

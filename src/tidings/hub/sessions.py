@@ -27,8 +27,11 @@ class Session(Protocol):
         """The authenticated user id, ``""`` if anonymous."""
         ...
 
-    def disconnect(self, code: int, reason: str, *, reconnect: bool) -> None:
-        """Tell the client why, then close its connection with ``code``."""
+    def disconnect(
+        self, code: int, reason: str, *, reconnect: bool, delay_ms: int | None = None
+    ) -> None:
+        """Tell the client why (and, with ``delay_ms``, how long to wait before it comes
+        back), then close its connection with ``code``."""
         ...
 
     def heartbeat(self, now_s: float) -> None:

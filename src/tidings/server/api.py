@@ -22,7 +22,7 @@ from tidings.core.publication import Position, parse_position_text
 from tidings.core.recovery import Replay
 from tidings.core.wire import encode_json, position_fields, publication_frames
 from tidings.errors import BadRequest, PermissionDenied, RequestError, Unauthorized
-from tidings.server.auth import is_valid_api_key
+from tidings.server.auth import api_key_refusal
 from tidings.transports.close_codes import is_reconnectable
 from tidings.transports.context import TransportContext
 from tidings.transports.http import (
@@ -71,7 +71,9 @@ class DisconnectBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 Handler = Callable[[Request], Awaitable[Response]]
 # ``publish_native``: the authorization header and whole body in; status, headers, body out.
-NativePublish = Callable[[str | None, bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
+NativePublish = Callable[
+    [str | None, bytes, tuple[str, int] | None], Awaitable[tuple[int, dict[str, str], bytes]]
+]
 
 
 class ServerApi:
@@ -104,6 +106,7 @@ class ServerApi:
                 self._check_key(request.headers.get("authorization"))
                 return await handler(request)
             except RequestError as error:
+                self._context.refusals.refused_request(error, request.scope.get("client"), api=True)
                 return request_error_response(error)
             except Exception:
                 logger.exception("%s %s failed", request.method, request.url.path)
@@ -112,8 +115,9 @@ class ServerApi:
         return guarded
 
     def _check_key(self, authorization: str | None) -> None:
-        if not is_valid_api_key(self._api_key, bearer_token(authorization)):
-            raise Unauthorized("the server API needs Authorization: Bearer <api key>")
+        refusal = api_key_refusal(self._api_key, bearer_token(authorization))
+        if refusal is not None:
+            raise Unauthorized(refusal)
 
     async def _body(self, request: Request, kind: type[T]) -> T:
         return await read_json_body(request, kind, self._max_body)
@@ -128,7 +132,7 @@ class ServerApi:
         return json_response(_publish_fields(result))
 
     async def publish_native(
-        self, authorization: str | None, raw: bytes
+        self, authorization: str | None, raw: bytes, peer: tuple[str, int] | None = None
     ) -> tuple[int, dict[str, str], bytes]:
         """``POST /api/publish`` as tidings' native server hands it over (the whole body,
         no Starlette): the same checks and the same answers, as status, headers, body."""
@@ -137,6 +141,7 @@ class ServerApi:
             body = decode_json_body(raw, PublishBody, self._max_body)
             result = await self._publish(body)
         except RequestError as error:
+            self._context.refusals.refused_request(error, peer, api=True)
             return error_parts(error.code, error.message)
         except Exception:
             logger.exception("POST /api/publish failed")

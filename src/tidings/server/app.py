@@ -25,6 +25,7 @@ from tidings.brokers.factory import create_broker
 from tidings.core.channel import parse_channel
 from tidings.core.commands import publication_data
 from tidings.core.dedupe import DedupeOptions
+from tidings.core.drain import plan_drain
 from tidings.core.publication import Position
 from tidings.core.wire import encode_json
 from tidings.errors import BadRequest
@@ -56,12 +57,21 @@ logger = logging.getLogger(__name__)
 FRAME_OVERHEAD_BYTES: Final = 4096
 # The timer ticks often enough that a heartbeat is at most a second or so late.
 HEARTBEAT_TICK_S: Final = 1.0
+# /ready answers within this even if the broker's own probe hangs: a broker that does
+# not answer in time is not ready (brokers probe with a shorter time-out of their own).
+READY_TIMEOUT_S: Final = 1.5
 
 
 def broker_for(settings: Settings) -> Broker:
     """Return the broker the settings name: sqlite with ``data``, else memory."""
     dedupe = DedupeOptions(window_ms=int(settings.dedupe_window_s * 1000))
-    return create_broker(settings.broker, settings.data, settings.namespace_table(), dedupe)
+    return create_broker(
+        settings.broker,
+        settings.data,
+        settings.namespace_table(),
+        dedupe,
+        publish_timeout_s=settings.publish_timeout_s,
+    )
 
 
 class TidingsApp:
@@ -91,6 +101,7 @@ class TidingsApp:
             ping_interval_s=settings.ping_interval_s,
             allowed_origins=settings.allowed_origins,
         )
+        self.metrics.read_refusals_of(self.context.refusals)
         self._api = api = ServerApi(self.context, settings.api_key)
         self._poll = PollTransport(self.context, self.metrics, max_watches=settings.poll_watches)
         self.about = About.of(settings, self.context.node_id)
@@ -161,14 +172,33 @@ class TidingsApp:
     async def drain(
         self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down"
     ) -> None:
-        """Tell every client to reconnect elsewhere, close them, and wait (bounded) until
-        they are gone. New connections are refused from now on."""
+        """Tell every client to reconnect elsewhere, close them, and wait (bounded by
+        ``shutdown_timeout``) until they are gone. New connections are refused from now on.
+
+        The disconnects are spread over at most ``drain_window`` (half of
+        ``shutdown_timeout`` at most, leaving the rest for goodbyes to flush), and each
+        carries the delay that puts its client's reconnect in a slot of a schedule of
+        at most ``drain_rate`` reconnects per second (``core.drain``).
+        """
         self.context.draining = True
         self._poll.release_all()
-        for session in self.sessions:
-            session.disconnect(code, reason, reconnect=True)
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        window_s = min(settings.drain_window_s, settings.shutdown_timeout_s / 2)
+        sessions = list(self.sessions)
+        plan = plan_drain(len(sessions), int(window_s * 1000), settings.drain_rate)
+        if sessions:
+            logger.info("draining %d connections over %.1f s at most", len(sessions), window_s)
+        for session, step in zip(sessions, plan, strict=True):
+            now_ms = (loop.time() - began) * 1000
+            if step.disconnect_at_ms > now_ms:
+                await asyncio.sleep((step.disconnect_at_ms - now_ms) / 1000)
+                now_ms = (loop.time() - began) * 1000
+            session.disconnect(code, reason, reconnect=True, delay_ms=step.delay_ms(now_ms))
+        left_s = max(0.0, began + settings.shutdown_timeout_s - loop.time())
         try:
-            await asyncio.wait_for(self.sessions.wait_empty(), self.settings.shutdown_timeout_s)
+            await asyncio.wait_for(self.sessions.wait_empty(), left_s)
         except TimeoutError:
             if self.sessions:  # the last may leave just as the time-out fires
                 logger.warning(
@@ -258,7 +288,12 @@ class TidingsApp:
     async def _ready(self, _request: Request) -> Response:
         if self.context.draining:
             return error_response("unavailable", "this node is draining")
-        if not await self.hub.broker.is_ready():
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                ready = await self.hub.broker.is_ready()
+        except TimeoutError:
+            ready = False
+        if not ready:
             return error_response("unavailable", "the broker is not reachable")
         return json_response({"status": "ready"})
 

@@ -82,3 +82,13 @@ def is_valid_api_key(configured: str | None, presented: str | None) -> bool:
     if configured is None:
         return True
     return presented is not None and hmac.compare_digest(configured.encode(), presented.encode())
+
+
+def api_key_refusal(configured: str | None, presented: str | None) -> str | None:
+    """Return why a server API call with ``presented`` is refused, or ``None`` if it is
+    not: a missing key and a wrong one are told apart (the caller's fix differs)."""
+    if is_valid_api_key(configured, presented):
+        return None
+    if presented is None:
+        return "the server API needs Authorization: Bearer <api key>, and none was sent"
+    return "wrong api key: the key sent is not this server's api_key"

@@ -10,6 +10,7 @@ never silently leaves a default in force.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,9 @@ from tidings.server.units import parse_duration_s, parse_size_bytes
 
 ENV_PREFIX: Final = "TIDINGS_"
 DEFAULT_NAMESPACE_KEY: Final = "default"
+# Variables of the client commands (tidings subscribe, history...), not node settings:
+# a shell that sets them for those may still run tidings serve.
+CLIENT_VARIABLES: Final = frozenset({"TIDINGS_URL", "TIDINGS_TOKEN"})
 
 TransportName = Literal["ws", "sse", "poll"]
 TRANSPORTS: Final[tuple[TransportName, ...]] = ("ws", "sse", "poll")
@@ -51,8 +55,12 @@ class Settings:
     dedupe_window_s: float = 300.0
     poll_watches: int = 10_000
     shutdown_timeout_s: float = 5.0
+    drain_window_s: float = 3.0
+    drain_rate: float = 1000.0
+    publish_timeout_s: float = 1.5
     transports: tuple[TransportName, ...] = TRANSPORTS
     demo: bool = False
+    access_log: bool = False
     server_backend: ServerBackend = "native"
     namespaces: Mapping[NamespaceName, NamespaceOptions] = field(default_factory=default_namespaces)
 
@@ -162,8 +170,12 @@ _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "dedupe_window": parse_duration_s,
     "poll_watches": _as_count,
     "shutdown_timeout": parse_duration_s,
+    "drain_window": parse_duration_s,
+    "drain_rate": _as_float,
+    "publish_timeout": parse_duration_s,
     "transports": _as_transports,
     "demo": _as_bool,
+    "access_log": _as_bool,
     "server_backend": _as_server_backend,
 }
 # Settings fields whose configuration name drops the unit suffix.
@@ -172,7 +184,18 @@ _FIELD_OF: Final = {
     "outbound_buffer": "outbound_buffer_bytes",
     "dedupe_window": "dedupe_window_s",
     "shutdown_timeout": "shutdown_timeout_s",
+    "drain_window": "drain_window_s",
+    "publish_timeout": "publish_timeout_s",
 }
+_SETTING_OF_FIELD: Final = {field_name: name for name, field_name in _FIELD_OF.items()}
+
+
+def setting_name(field_name: str) -> str:
+    """Return the configuration name of a ``Settings`` field (``ping_interval_s`` is
+    ``ping_interval``)."""
+    return _SETTING_OF_FIELD.get(field_name, field_name)
+
+
 _NAMESPACE_KEYS: Final = (
     "policy",
     "client_publish",
@@ -253,7 +276,7 @@ def _apply(settings: Settings, values: Mapping[str, object], source: str) -> Set
 def _env_values(environ: Mapping[str, str]) -> dict[str, object]:
     values: dict[str, object] = {}
     for variable, value in environ.items():
-        if not variable.startswith(ENV_PREFIX):
+        if not variable.startswith(ENV_PREFIX) or variable in CLIENT_VARIABLES:
             continue
         path = variable[len(ENV_PREFIX) :].lower().split("__")
         if path[0] == "namespaces" and len(path) == 3:
@@ -302,4 +325,12 @@ def load_settings(
         settings = _apply(settings, given, "arguments")
     if settings.ping_interval_s <= 0:
         raise ConfigError(f"ping_interval must be more than 0, got {settings.ping_interval_s:g}")
+    if not 0 < settings.drain_rate < math.inf:
+        raise ConfigError(
+            f"drain_rate must be reconnects per second above 0, got {settings.drain_rate:g}"
+        )
+    if settings.publish_timeout_s <= 0:
+        raise ConfigError(
+            f"publish_timeout must be more than 0, got {settings.publish_timeout_s:g}"
+        )
     return settings

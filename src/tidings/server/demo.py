@@ -117,6 +117,11 @@ class DemoBackend:
         secret = setup.settings.jwt_secret
         assert secret is not None, "prepare_demo always leaves a secret"
         self._secret = secret
+        if self._mints_tokens:
+            logger.warning(
+                "demo: POST /demo/token signs a connection token for any name (anyone may "
+                "be anyone); do not expose this node"
+            )
         self._max_body = (
             max(options.max_data_bytes for _, options in context.namespaces.items())
             + MAX_BODY_OVERHEAD_BYTES

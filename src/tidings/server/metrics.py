@@ -14,7 +14,12 @@ What is counted where:
   come from ``MeteredBroker``, a ``Broker`` that delegates to the real one and times
   each call: no broker and no transport knows about metrics;
 * deliveries are the hub's own counters (``Hub.deliveries``), read at scrape time;
-* polls in flight and poll requests are counted by the poll transport (``PollCounters``).
+* polls in flight and poll requests are counted by the poll transport (``PollCounters``);
+* refusals by reason and server-initiated closes by code are the transports' own
+  counters (``Refusals``), read at scrape time;
+* the process's memory, CPU and open files (against its limit: the real connection
+  limit) are prometheus-client's ``ProcessCollector``; ``tidings_build_info`` names
+  the version.
 
 Every metric is described in docs/metrics.md.
 """
@@ -24,9 +29,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from typing import Final, Literal
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
@@ -43,6 +49,7 @@ from tidings.core.channel import ChannelName
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.hub.hub import Hub
 from tidings.hub.sessions import SessionRegistry
+from tidings.transports.refusals import REFUSAL_REASONS, Refusals
 from tidings.transports.sse import SseSession
 from tidings.transports.websocket import WebSocketSession
 
@@ -68,6 +75,16 @@ LATENCY_BUCKETS_S: Final = (
 TRANSPORT_LABELS: Final = ("ws", "sse", "poll")
 
 
+def _tidings_version() -> str:
+    try:
+        return version("tidings")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown"
+
+
+TIDINGS_VERSION: Final = _tidings_version()
+
+
 @dataclass(frozen=True, slots=True)
 class NodeFigures:
     """A snapshot of what the node is doing, as the status page and /metrics show it."""
@@ -85,6 +102,7 @@ class Metrics:
 
     def __init__(self, sessions: SessionRegistry) -> None:
         self._hub: Hub | None = None
+        self._refusals: Refusals | None = None
         self._sessions = sessions
         self.publications = 0
         self.polls_in_flight = 0
@@ -118,11 +136,23 @@ class Metrics:
         # Plain counts, read at scrape time: a poll is a hot path, a Counter takes a lock.
         self.poll_requests: dict[Literal["short", "long"], int] = {"short": 0, "long": 0}
         registry.register(_NodeCollector(self))
+        ProcessCollector(registry=registry)
 
     def read_counters_of(self, hub: Hub) -> None:
         """Read channels and deliveries from ``hub`` (made after ``Metrics``: it takes
         the metered broker)."""
         self._hub = hub
+
+    def read_refusals_of(self, refusals: Refusals) -> None:
+        """Read refusals and server-initiated closes from the transports' ``refusals``."""
+        self._refusals = refusals
+
+    def refusal_counts(self) -> tuple[dict[str, int], dict[int, int]]:
+        """Refusals by reason, and connections the node closed by close code."""
+        refusals = self._refusals
+        if refusals is None:
+            return dict.fromkeys(REFUSAL_REASONS, 0), {}
+        return {str(reason): n for reason, n in refusals.counts.items()}, dict(refusals.disconnects)
 
     def figures(self) -> NodeFigures:
         """Return what the node is doing now."""
@@ -220,6 +250,32 @@ class _NodeCollector(Collector):
             "Deliveries that failed with an error in the subscriber (a tidings bug).",
             value=figures.delivery_failures,
         )
+        by_reason, by_code = self._metrics.refusal_counts()
+        refusals = CounterMetricFamily(
+            "tidings_refusals",
+            "Requests, connections and commands refused, by reason (token and api_key: "
+            "authentication failures; slow_consumer: cuts; rate_limit: commands over the "
+            "rate).",
+            labels=["reason"],
+        )
+        for reason, count in by_reason.items():
+            refusals.add_metric([reason], count)
+        yield refusals
+        disconnects = CounterMetricFamily(
+            "tidings_disconnects",
+            "Connections this node closed, by close code (PROTOCOL.md §3).",
+            labels=["code"],
+        )
+        for code, count in sorted(by_code.items()):
+            disconnects.add_metric([str(code)], count)
+        yield disconnects
+        info = GaugeMetricFamily(
+            "tidings_build_info",
+            "The tidings version this node runs (always 1).",
+            labels=["version"],
+        )
+        info.add_metric([TIDINGS_VERSION], 1)
+        yield info
 
 
 class MeteredBroker:

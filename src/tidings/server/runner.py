@@ -2,9 +2,15 @@
 sharing a port (SO_REUSEPORT).
 
 Process and socket I/O. On SIGTERM/SIGINT a node first drains its clients (each gets a
-``disconnect`` with reconnect advice and a 1001 close), then uvicorn closes sockets.
+``disconnect`` with reconnect advice and its own reconnect ``delay``, then a 1001 close;
+the disconnects spread over ``drain_window``: ``TidingsApp.drain``), then uvicorn closes
+sockets.
 Several worker processes on one port only make sense with a broker they all share
 (Redis): with the memory or sqlite broker each would hold different channels.
+
+The listening socket is bound before anything starts (the broker, the app's "node
+started"), so an address already in use ends the command with one line
+(``ListenError``), on either backend.
 """
 
 from __future__ import annotations
@@ -12,18 +18,22 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import enum
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import sys
 from collections.abc import Iterator
 from types import FrameType
 from typing import Final
 
 import uvicorn
 
-from tidings.errors import ConfigError
+from tidings.brokers.factory import MissingExtra, UnknownBroker, UnusableDataDirectory
+from tidings.errors import ConfigError, TidingsError
+from tidings.server.access_log import AccessLogMiddleware, TokenRedactingFilter
 from tidings.server.app import FRAME_OVERHEAD_BYTES, TidingsApp
 from tidings.server.config import Settings
 from tidings.server.native.server import run_native
@@ -38,6 +48,41 @@ LISTEN_BACKLOG: Final = 4096
 _PR_SET_PDEATHSIG: Final = 1  # from <linux/prctl.h>
 
 
+class ExitStatus(enum.IntEnum):
+    """How ``tidings serve`` ends (docs/configuration.md, "Exit statuses")."""
+
+    OK = 0
+    CONFIG = 1  # an invalid setting (click's status for an error it reports)
+    USAGE = 2  # an unknown option or argument (click's)
+    LISTEN = 3  # the address cannot be bound: uvicorn's STARTUP_FAILURE
+    MISSING_EXTRA = 4
+    UNKNOWN_BROKER = 5
+    DATA_DIRECTORY = 6
+
+
+def exit_status_of(error: TidingsError) -> ExitStatus:
+    """Return the exit status of a node that could not start because of ``error``."""
+    for kind, status in (
+        (ListenError, ExitStatus.LISTEN),
+        (MissingExtra, ExitStatus.MISSING_EXTRA),
+        (UnknownBroker, ExitStatus.UNKNOWN_BROKER),
+        (UnusableDataDirectory, ExitStatus.DATA_DIRECTORY),
+    ):
+        if isinstance(error, kind):
+            return status
+    return ExitStatus.CONFIG
+
+
+class ListenError(TidingsError):
+    """The node cannot listen on its address (in use, not this machine's, not allowed)."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")
+        self.host = host
+        self.port = port
+        self.reason = reason
+
+
 class _DrainingServer(uvicorn.Server):
     """uvicorn, but on SIGTERM/SIGINT tidings tells clients first (disconnect push, 1001)."""
 
@@ -49,7 +94,7 @@ class _DrainingServer(uvicorn.Server):
         await super().startup(sockets)
         if sockets:  # uvicorn says nothing when given sockets; supervisors want a line
             host, port = sockets[0].getsockname()[:2]
-            logger.info("worker %d listening on http://%s:%d", os.getpid(), host, port)
+            logger.info("listening on http://%s:%d (process %d)", host, port, os.getpid())
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self._tidings.drain()
@@ -72,7 +117,7 @@ class _DrainingServer(uvicorn.Server):
 
 def _uvicorn_config(app: TidingsApp, settings: Settings, log_level: str) -> uvicorn.Config:
     return uvicorn.Config(
-        app,
+        AccessLogMiddleware(app) if settings.access_log else app,
         host=settings.host,
         port=settings.port,
         lifespan="on",
@@ -83,28 +128,59 @@ def _uvicorn_config(app: TidingsApp, settings: Settings, log_level: str) -> uvic
         ws_max_size=(settings.max_data_bytes + FRAME_OVERHEAD_BYTES) * UVICORN_FRAME_LIMIT_FACTOR,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s) + 1,
         server_header=False,
+        access_log=False,  # uvicorn's would print ?token= (tidings' own redacts it)
     )
 
 
 def run_node(settings: Settings, log_level: str, listener: socket.socket | None = None) -> None:
-    """Serve one node in this process until SIGTERM/SIGINT, on the configured backend."""
+    """Serve one node in this process until SIGTERM/SIGINT, on the configured backend.
+
+    Raises:
+        ListenError: the address cannot be bound (checked before anything starts).
+        ConfigError: the broker cannot be made (see ``create_broker``).
+    """
+    if listener is None:
+        listener = bind_listener(settings.host, settings.port)
     app = TidingsApp(settings)
     logger.info("%s", app.about.startup_line(settings.host, settings.port))
     if settings.server_backend == "native":
         run_native(app, listener)
         return
     server = _DrainingServer(_uvicorn_config(app, settings, log_level), app)
+    # uvicorn logs every WebSocket handshake's path, query string (?token=) included.
+    logging.getLogger("uvicorn.error").addFilter(TokenRedactingFilter())
     server.run(sockets=None if listener is None else [listener])
 
 
-def _reuse_port_listener(host: str, port: int) -> socket.socket:
+def bind_listener(
+    host: str, port: int, *, reuse_port: bool = False, listen: bool = True
+) -> socket.socket:
+    """Return a socket bound to ``host:port`` and, with ``listen``, listening (on the
+    first address ``host`` resolves to: IPv4 unless ``host`` is an IPv6 address).
+
+    Raises:
+        ListenError: the host does not resolve, or the address cannot be bound.
+    """
+    # IPv4 unless the host is an IPv6 address, as uvicorn binds ("localhost" is 127.0.0.1).
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Each worker binds its own socket to the port; the kernel spreads connections.
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    listener.bind((host, port))
-    listener.listen(LISTEN_BACKLOG)
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise ListenError(host, port, f"unknown host ({exc.strerror})") from None
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            # Each worker binds its own socket to the port; the kernel spreads connections.
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listener.bind(address)
+        if listen:
+            listener.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        listener.close()
+        raise ListenError(host, port, (exc.strerror or str(exc)).lower()) from None
     return listener
 
 
@@ -121,7 +197,11 @@ def _worker(settings: Settings, log_level: str) -> None:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    run_node(settings, log_level, _reuse_port_listener(settings.host, settings.port))
+    try:
+        run_node(settings, log_level, bind_listener(settings.host, settings.port, reuse_port=True))
+    except TidingsError as exc:  # one line, as the single-process command gives
+        logger.error("%s", exc)
+        sys.exit(exit_status_of(exc))
 
 
 def run_workers(settings: Settings, log_level: str, workers: int) -> int:
@@ -129,12 +209,16 @@ def run_workers(settings: Settings, log_level: str, workers: int) -> int:
 
     Raises:
         ConfigError: several workers with a broker they cannot share.
+        ListenError: the address cannot be bound.
     """
     if settings.broker in (None, "", "memory"):
         raise ConfigError(
             "--workers > 1 needs a shared broker (--broker redis://...): with the memory or "
             "sqlite broker each worker would hold its own channels"
         )
+    # Bound (not listening, so it takes no connection) to fail here, once, if the port
+    # is taken; each worker binds its own socket with SO_REUSEPORT.
+    bind_listener(settings.host, settings.port, reuse_port=True, listen=False).close()
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(target=_worker, args=(settings, log_level), name=f"tidings-worker-{n}")

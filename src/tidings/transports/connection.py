@@ -42,6 +42,7 @@ class StreamConnection(ABC):
         "client_id",
         "credentials",
         "last_sent_s",
+        "peer",
         "subscriptions",
     )
 
@@ -51,6 +52,7 @@ class StreamConnection(ABC):
         self.client_id = context.new_client_id()
         self.credentials: Credentials = ANONYMOUS
         self.subscriptions: set[ChannelName] = set()
+        self.peer: tuple[str, int] | None = None  # the client's address, for the log
         self._closing: tuple[int, str] | None = None
         # Requested bytes still pending: exempt from the slow-consumer bound.
         self._allowance = 0
@@ -91,7 +93,9 @@ class StreamConnection(ABC):
         )
 
     @abstractmethod
-    def _goodbye(self, code: int, reason: str, reconnect: bool, url: str | None) -> str:
+    def _goodbye(
+        self, code: int, reason: str, reconnect: bool, url: str | None, delay_ms: int | None
+    ) -> str:
         """Return the transport's ``disconnect`` message."""
 
     @abstractmethod
@@ -126,7 +130,9 @@ class StreamConnection(ABC):
         pending = out.pending_bytes
         self._allowance = min(self._allowance, pending)  # part of the requested backlog has left
         if pending - self._allowance + len(chunk) > self._bound:
-            logger.warning("slow consumer %s dropped: %d bytes pending", self.client_id, pending)
+            self._context.refusals.refused(
+                "slow_consumer", self.peer, f"{pending:,} bytes pending ({self.client_id})"
+            )
             out.discard_pending()
             self.disconnect(CLOSE_SLOW_CONSUMER, "slow consumer", reconnect=True)
             return
@@ -151,13 +157,25 @@ class StreamConnection(ABC):
             self._enqueue(self._heartbeat_chunk())
 
     def disconnect(
-        self, code: int, reason: str, *, reconnect: bool, url: str | None = None
+        self,
+        code: int,
+        reason: str,
+        *,
+        reconnect: bool,
+        url: str | None = None,
+        delay_ms: int | None = None,
     ) -> None:
-        """Send the transport's ``disconnect`` after what is pending, then end with ``code``."""
+        """Send the transport's ``disconnect`` after what is pending, then end with ``code``.
+
+        ``delay_ms`` (PROTOCOL.md §3, 1.1) tells the client how long to wait before it
+        reconnects: a drain gives each client its own (``core.drain``).
+        """
         if self._closing is not None:
             return
         self._closing = (code, reason)
-        self._out.finish(self._goodbye(code, reason, reconnect, url), code, reason)
+        self._context.refusals.disconnected(code)
+        goodbye = self._goodbye(code, reason, reconnect, url, delay_ms)
+        self._out.finish(goodbye, code, reason)
 
     async def _stop_outbound(self) -> None:
         """At the connection's end: let a goodbye in progress flush (bounded), or stop

@@ -11,6 +11,7 @@ from tidings.core.namespace import Namespaces
 from tidings.core.permission import Credentials
 from tidings.hub.hub import Hub
 from tidings.hub.sessions import SessionRegistry
+from tidings.transports.refusals import Refusals
 
 
 class Authenticator(Protocol):
@@ -49,6 +50,7 @@ class TransportContext:
     ping_interval_s: float
     allowed_origins: tuple[str, ...] = ()
     draining: bool = False
+    refusals: Refusals = field(default_factory=Refusals)
     node_id: str = field(default_factory=lambda: secrets.token_urlsafe(6))
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 

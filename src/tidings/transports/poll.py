@@ -234,6 +234,7 @@ class PollTransport:
             return preflight_response(origin, context.allowed_origins)
         host = request.headers.get("host")
         if not is_origin_allowed(origin, host, request.url.scheme, context.allowed_origins):
+            context.refusals.refused_origin(request.scope.get("client"), origin)
             return error_response("permission_denied", "this origin is not in allowed_origins")
         cors = cors_headers(origin, context.allowed_origins)
         kind: PollKind = "short"
@@ -246,6 +247,7 @@ class PollTransport:
             status, headers, body = await self._poll(query)
             response = Response(body, status, headers, media_type="application/json")
         except RequestError as error:
+            context.refusals.refused_request(error, request.scope.get("client"))
             response = request_error_response(error)
         except Exception:
             logger.exception("poll failed")

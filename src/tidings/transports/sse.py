@@ -67,6 +67,7 @@ class SseSession(StreamConnection):
         if out is None:
             out = QueuedOutbound(self._write, self._end)
         super().__init__(context, out)
+        self.peer = scope.get("client")
         self._send = send
         self.positions: dict[ChannelName, Position] = {}
         self._live = False
@@ -100,10 +101,14 @@ class SseSession(StreamConnection):
     def _heartbeat_chunk(self) -> str:
         return ": ping\n\n"
 
-    def _goodbye(self, code: int, reason: str, reconnect: bool, url: str | None) -> str:
+    def _goodbye(
+        self, code: int, reason: str, reconnect: bool, url: str | None, delay_ms: int | None
+    ) -> str:
         data: dict[str, object] = {"code": code, "reason": reason, "reconnect": reconnect}
         if url is not None:
             data["url"] = url
+        if delay_ms is not None:
+            data["delay"] = delay_ms
         return f"event: disconnect\ndata: {encode_json(data).decode()}\n\n"
 
     async def _write(self, chunks: list[str]) -> None:
@@ -193,6 +198,7 @@ class SseTransport:
         if not is_origin_allowed(
             origin, headers.get("host"), scope["scheme"], context.allowed_origins
         ):
+            context.refusals.refused_origin(scope.get("client"), origin)
             response = error_response("permission_denied", "this origin is not in allowed_origins")
             await response(scope, receive, send)
             return
@@ -209,6 +215,7 @@ class SseTransport:
                 raise Unavailable("this node is draining; reconnect to another")
             context.sessions.add(session)
         except RequestError as error:
+            context.refusals.refused_request(error, session.peer)
             response = request_error_response(error)
             response.headers.update(cors)
             await response(scope, receive, send)

@@ -66,6 +66,7 @@ class WebSocketSession(StreamConnection):
         if out is None:
             out = self._queued = QueuedOutbound(self._write, self._end)
         super().__init__(context, out)
+        self.peer = scope.get("client")
         self._send = send
         self.connected = False  # authenticated, by handshake token or connect command
         limits = context.limits
@@ -88,7 +89,9 @@ class WebSocketSession(StreamConnection):
     def _heartbeat_chunk(self) -> str:
         return _PING_PUSH  # PROTOCOL.md §3: browsers cannot see ping frames
 
-    def _goodbye(self, code: int, reason: str, reconnect: bool, url: str | None) -> str:
+    def _goodbye(
+        self, code: int, reason: str, reconnect: bool, url: str | None, delay_ms: int | None
+    ) -> str:
         push: dict[str, object] = {
             "push": "disconnect",
             "code": code,
@@ -97,6 +100,8 @@ class WebSocketSession(StreamConnection):
         }
         if url is not None:
             push["url"] = url
+        if delay_ms is not None:
+            push["delay"] = delay_ms
         return encode_json(push).decode()
 
     async def _write(self, chunks: list[str]) -> None:
@@ -130,6 +135,7 @@ class WebSocketSession(StreamConnection):
         except ConnectionClosed as closed:
             self.disconnect(closed.code, closed.reason, reconnect=closed.reconnect)
         except RequestError as error:
+            context.refusals.refused_request(error, self.peer)
             code, reconnect = close_for(error)
             self.disconnect(code, error.message, reconnect=reconnect)
         except Exception:
@@ -158,6 +164,7 @@ class WebSocketSession(StreamConnection):
             self._context.allowed_origins,
         ):
             # Closing before accepting makes the server answer the handshake with 403.
+            self._context.refusals.refused_origin(scope.get("client"), headers.get("origin"))
             await self._send({"type": "websocket.close", "code": CLOSE_FORBIDDEN})
             return False, None
         await self._send({"type": "websocket.accept"})
@@ -203,14 +210,17 @@ class WebSocketSession(StreamConnection):
         if not self._rate.take(time.monotonic()):
             rate = self._context.limits.command_rate
             limited = TooManyRequests(f"more than {rate:g} commands per second; slow down")
+            self._context.refusals.refused("rate_limit", self.peer, limited.message)
             self._reply_error(command.id, limited)
             return
         try:
             result = await self._dispatch(command)
         except Unauthorized as error:
+            self._context.refusals.refused_request(error, self.peer)
             self._reply_error(command.id, error)
             raise ConnectionClosed(CLOSE_UNAUTHORIZED, error.message) from None
         except RequestError as error:
+            self._context.refusals.refused_request(error, self.peer)
             self._reply_error(command.id, error)
             return
         reply = encode_json({"id": command.id, "result": result}).decode()

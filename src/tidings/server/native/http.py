@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ class Request:
     headers: list[tuple[bytes, bytes]]
     keep_alive: bool
     body: bytes = b""
+    received_s: float = 0.0  # time.perf_counter() when its head was parsed (access log)
     _index: dict[bytes, bytes] | None = None  # built on the first look-up
 
     def header(self, name: bytes) -> bytes | None:
@@ -250,6 +252,7 @@ class HttpConnection(asyncio.Protocol):
             query_string=url.query or b"",
             headers=self._headers,
             keep_alive=version != "1.0" and parser.should_keep_alive(),
+            received_s=time.perf_counter(),
         )
         self._request = request
         if request.header(b"expect") == b"100-continue" and self.transport is not None:
@@ -312,10 +315,13 @@ class HttpConnection(asyncio.Protocol):
                 request = self._requests[0]
                 authorization = request.header(b"authorization")
                 status, headers, body = await publish(
-                    None if authorization is None else authorization.decode("latin-1"), request.body
+                    None if authorization is None else authorization.decode("latin-1"),
+                    request.body,
+                    self._client,
                 )
                 close = not request.keep_alive or self._server.stopping
                 answers.append(whole_responses.of(status, headers, body, close=close, head=False))
+                self._log_access(request, status)
                 if close or len(answers) >= MAX_PIPELINED:
                     break
                 del self._requests[0]
@@ -341,7 +347,7 @@ class HttpConnection(asyncio.Protocol):
         assert self.transport is not None
         response = self._response = ResponseWriter(self, request)
         try:
-            await self._server.app(self._http_scope(request), response.receive, response.send)
+            await self._server.asgi(self._http_scope(request), response.receive, response.send)
         except Exception:
             logger.exception("the application failed on %s %s", request.method, request.path)
             if not response.started:
@@ -374,7 +380,17 @@ class HttpConnection(asyncio.Protocol):
         close = not request.keep_alive or self._server.stopping
         wire = whole_responses.of(status, headers, body, close=close, head=request.method == "HEAD")
         self.transport.write(wire)
+        self._log_access(request, status)
         self._request_done(request, complete=True)
+
+    def _log_access(self, request: Request, status: int) -> None:
+        """Log a request answered without the ASGI app (which logs its own), if asked."""
+        log = self._server.access_log
+        if log is not None:
+            log.request(
+                self._client, request.method, request.path, request.query_string,
+                status=status, started_s=request.received_s,
+            )  # fmt: skip
 
     def _http_scope(self, request: Request) -> dict[str, Any]:
         response = self._response

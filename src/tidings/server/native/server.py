@@ -23,6 +23,9 @@ import signal
 import socket
 from typing import Final
 
+from starlette.types import ASGIApp
+
+from tidings.server.access_log import AccessLog, AccessLogMiddleware
 from tidings.server.app import FRAME_OVERHEAD_BYTES, TidingsApp
 from tidings.server.native.http import HttpConnection
 from tidings.server.native.websocket import NativeWebSocket
@@ -44,6 +47,9 @@ class NativeServer:
     def __init__(self, app: TidingsApp, *, ping_interval_s: float = WS_PING_INTERVAL_S) -> None:
         self.app = app
         settings = app.settings
+        # What requests run through: the app, or the app inside the access log.
+        self.access_log = AccessLog() if settings.access_log else None
+        self.asgi: ASGIApp = AccessLogMiddleware(app, self.access_log) if self.access_log else app
         self.max_message_bytes = (settings.max_data_bytes + FRAME_OVERHEAD_BYTES) * (
             FRAME_LIMIT_FACTOR
         )

@@ -152,7 +152,7 @@ class NativeWebSocket:
 
     async def _run_app(self, scope: dict[str, Any]) -> None:
         try:
-            await self._server.app(scope, self.receive, self.send)
+            await self._server.asgi(scope, self.receive, self.send)
         except Exception:
             logger.exception("the application failed on a WebSocket connection")
             if self.state is State.CONNECTING:
