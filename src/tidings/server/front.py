@@ -13,7 +13,6 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from http import HTTPStatus
-from importlib import metadata
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidings.core.origin import is_origin_allowed
 from tidings.server.config import Settings
+from tidings.server.metrics import TIDINGS_VERSION
 from tidings.transports.http import cors_headers, error_response, json_response
 
 logger = logging.getLogger(__name__)
@@ -40,14 +40,6 @@ DOCS: Final = (
 )
 TYPESCRIPT_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
 ORIGIN_REFUSED: Final = "this origin is not in the node's allowed_origins"
-
-
-def tidings_version() -> str:
-    """Return the installed tidings version (``unknown`` from a bare source tree)."""
-    try:
-        return metadata.version("tidings")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def broker_label(settings: Settings) -> str:
@@ -79,7 +71,7 @@ class About:
     def of(cls, settings: Settings, node_id: str) -> About:
         """Return the facts of a node with these settings."""
         return cls(
-            tidings_version(), broker_label(settings), node_id, settings.demo, time.monotonic()
+            TIDINGS_VERSION, broker_label(settings), node_id, settings.demo, time.monotonic()
         )
 
     def uptime_s(self) -> int:
@@ -95,7 +87,7 @@ class About:
 
     def startup_line(self, host: str, port: int) -> str:
         """The one INFO line naming the version, broker, address and pages."""
-        root = f"http://{host}:{port}/"
+        root = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
         pages = " ".join(f"{root}{path}" for name, path in self.links().items() if name != "types")
         return f"tidings {self.version}, broker {self.broker}, at {root}; pages: {pages}"
 
