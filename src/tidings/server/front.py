@@ -8,7 +8,6 @@ HTTP I/O through Starlette; the facts (version, broker, links) are computed once
 from __future__ import annotations
 
 import html
-import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
@@ -25,8 +24,6 @@ from tidings.core.origin import is_origin_allowed
 from tidings.server.config import Settings
 from tidings.server.metrics import TIDINGS_VERSION
 from tidings.transports.http import cors_headers, error_response, json_response
-
-logger = logging.getLogger(__name__)
 
 # Where the documentation lives: paths in the tidings repository (a node needs no
 # network to say where to read; the reader's clone or the repository's web page has them).
