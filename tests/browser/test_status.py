@@ -75,3 +75,22 @@ async def test_the_status_page_of_a_node_without_demo_requests_nothing_that_fail
         await context.close()
         server.kill()
     assert failures == []
+
+
+async def test_the_status_page_of_a_node_requiring_tokens_says_how_to_open_it(
+    browser: Browser,
+) -> None:
+    server = await asyncio.to_thread(
+        start_server, env={"TIDINGS_JWT_SECRET": "a-secret-long-enough-for-hs256-tokens-1234"}
+    )
+    context = await browser.new_context()
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    page = await context.new_page()
+    try:
+        await page.goto(f"{server.http_url}/status")
+        await expect(page.locator("#state")).to_have_attribute("data-state", "failed")
+        await expect(page.locator("#error")).to_contain_text("requires a token")
+        await expect(page.locator("#error")).to_contain_text("/status?token=")
+    finally:
+        await context.close()
+        server.kill()

@@ -94,5 +94,12 @@ client.on("state", ({ state, transport }) => {
   document.getElementById("transport").textContent = transport ?? "–";
 });
 client.on("publication", (publication) => show(publication.data));
+client.on("error", (error) => {
+  const unauthorized = error.code === "unauthorized" || error.closeCode === 4001;
+  document.getElementById("error").textContent = unauthorized
+    ? "This node requires a token: open /status?token=<a token that may subscribe to " +
+      `${channel}> (docs/metrics.md).`
+    : `${error.code}: ${error.message}`;
+});
 client.subscribe(channel);
 client.connect();
