@@ -31,7 +31,7 @@ typecheck: $(STAMP)
 # process again on uvicorn: both backends pass the same tests.
 pytest: $(STAMP)
 	$(BIN)/pytest
-	TIDINGS_TEST_SERVER_BACKEND=uvicorn $(BIN)/pytest tests/e2e tests/client tests/browser
+	TIDINGS_TEST_SERVER_BACKEND=uvicorn $(BIN)/pytest tests/e2e tests/client tests/browser tests/chaos
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

@@ -1,4 +1,4 @@
-"""Broker benchmark: the memory broker and the Redis broker side by side, in one run.
+"""Broker benchmark: the memory, sqlite and Redis brokers side by side, in one run.
 
 What it measures, per broker:
 
@@ -16,6 +16,15 @@ an alternative in the same run. What Redis costs over memory is the price of man
 nodes; this shows it. Each broker's throughput runs alternate (``--runs``) so drift in
 the machine's load is shared; figures are the median with [min, max].
 
+The sqlite broker runs twice, with ``durability = "full"`` (the default: the WAL is
+fsynced at every group commit, before publishers are answered) and ``"fast"`` (written,
+fsynced at checkpoints only): the difference is the price of an acknowledgement that
+survives a power loss. Each sqlite broker writes to a fresh directory under
+``--sqlite-dir`` (default: a temporary directory, on the disk that holds it).
+
+For Redis the table also gives Redis's own CPU time per publish script (``INFO
+commandstats``, EVALSHA and EVAL), which the rollback check of ``redis_scripts`` adds to.
+
 Run: ``.venv/bin/python benchmarks/brokers.py`` (a Redis at 127.0.0.1:6379; database 15
 is flushed first). ``--cluster redis-cluster://host:port`` adds a Redis Cluster column.
 """
@@ -28,11 +37,12 @@ import math
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 import redis
 import uvloop
@@ -43,6 +53,7 @@ if __package__ in (None, ""):  # run as a script: make `tidings` importable from
 from tidings.brokers.base import Broker
 from tidings.brokers.memory import MemoryBroker
 from tidings.brokers.redis import RedisBroker, RedisTarget
+from tidings.brokers.sqlite import SqliteBroker
 from tidings.core.channel import ChannelName, NamespaceName
 from tidings.core.history import HistoryOptions
 from tidings.core.namespace import NamespaceOptions, Namespaces
@@ -67,6 +78,7 @@ class Options:
     rate: float
     latency_publications: int
     runs: int
+    sqlite_dir: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +100,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--rate", type=float, default=1_000.0, help="latency: publications/s")
     parser.add_argument("--latency-publications", type=int, default=3_000)
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument("--sqlite-dir", default=None, help="where the sqlite brokers write")
     args = parser.parse_args(argv)
     return Options(
         redis=args.redis,
@@ -98,12 +111,22 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         rate=args.rate,
         latency_publications=args.latency_publications,
         runs=args.runs,
+        sqlite_dir=args.sqlite_dir,
     )
 
 
 def subjects(options: Options) -> list[Subject]:
+    def sqlite(durability: Literal["full", "fast"]) -> Callable[[], Broker]:
+        def make() -> Broker:
+            directory = tempfile.mkdtemp(prefix=f"bench-{durability}-", dir=options.sqlite_dir)
+            return SqliteBroker(directory, NAMESPACES, durability=durability)
+
+        return make
+
     found = [
         Subject("memory", lambda: MemoryBroker(NAMESPACES), shared=False),
+        Subject("sqlite full", sqlite("full"), shared=False),
+        Subject("sqlite fast", sqlite("fast"), shared=False),
         Subject("redis", lambda: RedisBroker(options.redis, NAMESPACES), shared=True),
     ]
     if options.cluster is not None:
@@ -200,16 +223,31 @@ def flush(url: str) -> None:
         client.flushdb()
 
 
+def script_time(url: str) -> tuple[float, int]:
+    """Redis's CPU µs and calls of EVALSHA and EVAL so far (``INFO commandstats``)."""
+    with redis.Redis.from_url(RedisTarget.parse(url).url) as client:
+        stats = client.info("commandstats")
+    entries = [stats.get(f"cmdstat_{name}") or {} for name in ("evalsha", "eval")]
+    return sum(float(e.get("usec", 0)) for e in entries), sum(
+        int(e.get("calls", 0)) for e in entries
+    )
+
+
 async def measure(options: Options) -> None:
     tested = subjects(options)
     flush(options.redis)
     rates: dict[tuple[str, int], list[float]] = {}
     cpu_us: dict[tuple[str, int], list[float]] = {}
     latencies: dict[str, list[tuple[float, float]]] = {}
+    redis_us: list[float] = []
     for run in range(options.runs):
         for concurrency in options.concurrency:
             for subject in tested:  # alternate the brokers: drift is shared
+                before = script_time(options.redis) if subject.name == "redis" else None
                 rate, cpu = await publish_rate(subject, options, concurrency, run)
+                if before is not None:
+                    after = script_time(options.redis)
+                    redis_us.append((after[0] - before[0]) / max(1, after[1] - before[1]))
                 rates.setdefault((subject.name, concurrency), []).append(rate)
                 cpu_us.setdefault((subject.name, concurrency), []).append(cpu)
         for subject in tested:
@@ -218,6 +256,7 @@ async def measure(options: Options) -> None:
                 (percentile(times, 0.50), percentile(times, 0.99))
             )
     print_table(options, tested, rates, cpu_us, latencies)
+    print(f"\nRedis CPU per publish script: {summary(redis_us, '.1f')} µs")
 
 
 def print_table(
@@ -245,7 +284,7 @@ def print_table(
     ]
     for index, label in ((0, "p50"), (1, "p99")):
         rows.append(
-            [f"delivery latency {label} ms (memory: in-process; redis: node to node)"]
+            [f"delivery latency {label} ms (memory, sqlite: in-process; redis: node to node)"]
             + [summary([pair[index] for pair in latencies[s.name]], ".3f") for s in tested]
         )
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]

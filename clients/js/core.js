@@ -570,6 +570,21 @@ export function isTokenExpiring(token, nowMs, marginMs = 30000) {
   return expiresAt !== null && expiresAt - nowMs <= marginMs;
 }
 
+// Renew this long before `exp`: a quarter of what remains, within these bounds
+// (the Python client's tokens.py has the same rule; token_renewal_cases.json).
+const RENEW_MARGIN_MIN_MS = 500;
+const RENEW_MARGIN_MAX_MS = 30000;
+
+/**
+ * How long from `nowMs` to renew a token that expires at `expiresS` (Unix seconds, the
+ * `expires` of a connect or refresh reply): never less than nothing.
+ */
+export function renewInMs(expiresS, nowMs) {
+  const leftMs = expiresS * 1000 - nowMs;
+  const marginMs = Math.min(RENEW_MARGIN_MAX_MS, Math.max(RENEW_MARGIN_MIN_MS, leftMs / 4));
+  return Math.max(0, leftMs - marginMs);
+}
+
 /** A random idempotency key for a publish (retries reuse it). */
 export function newKey(random = Math.random) {
   let key = "";

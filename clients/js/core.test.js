@@ -1,6 +1,7 @@
 // Unit tests of the pure rules (core.js): run with `node --test clients/js/`.
 
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { describe, test } from "node:test";
 
 import {
@@ -18,6 +19,7 @@ import {
   newKey,
   parseWsFrame,
   pollUrl,
+  renewInMs,
   resumeParams,
   serverDelayMs,
   sseUrl,
@@ -405,6 +407,14 @@ describe("tokens and keys", () => {
     assert.equal(isTokenExpiring(token, 50000, 30000), false);
     assert.equal(isTokenExpiring(token, 75000, 30000), true);
     assert.equal(isTokenExpiring(jwt({}), 1e15), false);
+  });
+
+  test("a connection renews its token a quarter of its time before expiry, within bounds", () => {
+    // The same table as the Python client's tests (tests/client/test_tokens.py).
+    const { cases } = JSON.parse(readFileSync(new URL("./token_renewal_cases.json", import.meta.url)));
+    for (const [leftS, renewS] of cases) {
+      assert.ok(Math.abs(renewInMs(1000 + leftS, 1000000) - renewS * 1000) < 1e-6, `${leftS} s left`);
+    }
   });
 
   test("idempotency keys are 20 URL-safe characters", () => {

@@ -31,6 +31,9 @@ export class FakeServer {
     this.pingS = 25;
     this.validTokens = null; // a Set of accepted tokens, or null: anonymous only
     this.failSubscribes = []; // error codes the next subscribes are refused with
+    this.expiresS = null; // () => the `expires` of a connect or refresh reply, or null
+    this.refreshes = []; // every refresh command: its token
+    this.refuseRefreshes = false;
     const server = this;
     this.WebSocket = class extends FakeWebSocket {
       constructor(url) {
@@ -246,7 +249,21 @@ class FakeWebSocket {
           this.serverClose(4001, "unauthorized", false);
           return;
         }
-        reply({ client: `c${server.sockets.length}`, user: "", ping: server.pingS, version: "1" });
+        reply({
+          client: `c${server.sockets.length}`,
+          user: "",
+          ping: server.pingS,
+          version: "1",
+          ...(server.expiresS ? { expires: server.expiresS() } : {}),
+        });
+        return;
+      case "refresh":
+        server.refreshes.push(command.token);
+        if (server.refuseRefreshes || !server.isAuthorized(command.token)) {
+          fail("unauthorized", "refresh refused");
+          return;
+        }
+        reply(server.expiresS ? { expires: server.expiresS() } : {});
         return;
       case "subscribe": {
         if (command.channel.startsWith("secret:")) {

@@ -23,6 +23,13 @@
 // decides gaps, so switching transport resumes from the same positions: WebSocket
 // `since`, SSE and polling `since=` per channel (polling keeps its cursor).
 //
+// Tokens: with a token callback, a WebSocket renews its token before it expires: the
+// connect reply's `expires` (Unix seconds) schedules a `refresh` command carrying a
+// fresh token from the callback, and each refresh reply's `expires` the next one. A
+// refused refresh is reported (`error`) and left alone: the server closes at expiry
+// with 4001 "token expired", and the client reconnects with a fresh token (as it does
+// when an SSE stream or a poll ends at expiry).
+//
 // Liveness: the WebSocket expects some frame at least every `ping` seconds (the
 // server sends `{"push": "ping"}` after that much silence); SSE is read with fetch,
 // not EventSource, so the `: ping` comments sent every 15 s are seen (EventSource
@@ -48,6 +55,7 @@ import {
   pollUrl,
   publicationOf,
   publicationsOf,
+  renewInMs,
   samePosition,
   serverDelayMs,
   sseUrl,
@@ -67,6 +75,7 @@ const DEFAULTS = Object.freeze({
   pollIntervalMs: 1000,
 });
 const POLL_LIMIT = 100; // the server's default page size
+const MAX_TIMER_MS = 2 ** 31 - 1; // setTimeout fires at once past this
 // A subscribe refused with one of these may succeed later: reconnect and try again.
 // Any other refusal (permission_denied, bad_request, too_many_requests: the limit of
 // subscriptions per connection) drops the channel and tells the application.
@@ -96,8 +105,9 @@ export class Tidings {
    *   - transports: the transports to try in order (default ["ws", "sse", "longpoll"];
    *     also "poll" for short polling every `pollIntervalMs`)
    *   - token: a JWT string, or `async ({refresh}) => jwt`, called before connecting
-   *     when there is no token yet, when it expires within 30 s, and once after the
-   *     server refused it (`refresh: true`)
+   *     when there is no token yet, when it expires within 30 s, once after the
+   *     server refused it or closed at its expiry (`refresh: true`), and over
+   *     WebSocket shortly before it expires (sent with the `refresh` command)
    *   - backoff: `{baseMs: 200, capMs: 15000}` reconnection delays (full jitter)
    *   - connectTimeoutMs, commandTimeoutMs, heartbeatGraceMs, longPollWaitS,
    *     pollIntervalMs; WebSocket, fetch (to run outside a browser, or in tests)
@@ -313,10 +323,12 @@ export class Tidings {
       let lastHeardMs = Date.now();
       const startedMs = lastHeardMs;
 
+      let renewal = null; // the timer of the next token refresh
       const finish = (end) => {
         if (ended) return;
         ended = true;
         clearInterval(watchdog);
+        clearTimeout(renewal);
         for (const entry of pending.values()) {
           entry.reject(new TidingsError("disconnected", "the connection closed before the reply"));
         }
@@ -357,6 +369,33 @@ export class Tidings {
           finish({ outcome: "reconnect" }); // a dead link: no frame, not even a ping
         }
       };
+      const renewBefore = (expires) => {
+        clearTimeout(renewal);
+        if (typeof this._settings.token !== "function" || typeof expires !== "number") return;
+        const delayMs = renewInMs(expires, Date.now());
+        // A far expiry is looked at again later rather than overflowing the timer.
+        renewal = setTimeout(
+          () => (delayMs > MAX_TIMER_MS ? renewBefore(expires) : renew()),
+          Math.min(delayMs, MAX_TIMER_MS),
+        );
+      };
+      const renew = async () => {
+        let fresh;
+        try {
+          this._refreshToken = true;
+          fresh = await this._currentToken();
+        } catch (error) {
+          this._emit("error", error); // the close at expiry follows, then a reconnect
+          return;
+        }
+        if (ended || !fresh) return;
+        send(
+          "refresh",
+          { token: fresh },
+          (result) => renewBefore(result.expires),
+          (error) => error.code !== "disconnected" && this._emit("error", error),
+        );
+      };
       // One timer per connection, a few ticks per heartbeat interval (re-armed once the
       // connect reply says the interval).
       let watchdog = setInterval(check, Math.min(250, this._settings.connectTimeoutMs / 4));
@@ -391,6 +430,7 @@ export class Tidings {
             watchdog = setInterval(check, Math.max(10, Math.min(1000, pingMs / 4)));
             this.clientId = result.client ?? null;
             this.user = result.user ?? null;
+            renewBefore(result.expires);
             this._setState("connected");
             for (const channel of this._tracker.channels) subscribe(channel);
             if (!this._tracker.channels.length) attempt.subscribed = true;

@@ -246,6 +246,56 @@ describe("tokens", () => {
     assert.equal(seen.errors[0].code, "unauthorized");
   });
 
+  test("a WebSocket renews its token with refresh before it expires, staying connected", async () => {
+    const server = new FakeServer();
+    server.validTokens = null;
+    server.isAuthorized = () => true;
+    server.expiresS = () => Date.now() / 1000 + 0.8; // renewed 0.5 s before: after 0.3 s
+    const calls = [];
+    const token = async ({ refresh }) => {
+      calls.push(refresh);
+      return `t${calls.length}`;
+    };
+    const { tidings } = client(server, { token });
+    tidings.connect();
+    await until(() => server.refreshes.length >= 2, "two refreshes");
+    assert.deepEqual(server.connects, ["t1"]); // one connection throughout
+    assert.deepEqual(server.refreshes.slice(0, 2), ["t2", "t3"]);
+    assert.deepEqual(calls.slice(0, 3), [false, true, true]);
+    assert.equal(tidings.state, "connected");
+  });
+
+  test("a refused refresh is reported and the expiry close reconnects with a fresh token", async () => {
+    const server = new FakeServer();
+    server.isAuthorized = () => true;
+    server.refuseRefreshes = true;
+    server.expiresS = () => Date.now() / 1000 + 0.8;
+    let calls = 0;
+    const { tidings, seen } = client(server, { token: async () => `t${++calls}` });
+    tidings.connect();
+    await until(() => seen.errors.length === 1, "the refused refresh");
+    assert.equal(seen.errors[0].code, "unauthorized");
+    server.expiresS = null;
+    server.sockets[0].serverClose(4001, "token expired", true); // the server at expiry
+    await until(
+      () => server.connects.length === 2 && tidings.state === "connected",
+      "a second connection",
+    );
+    assert.deepEqual(server.connects, ["t1", "t3"]); // t2 went with the refused refresh
+  });
+
+  test("without a token callback nothing is refreshed", async () => {
+    const server = new FakeServer();
+    server.validTokens = new Set(["fixed"]);
+    server.expiresS = () => Date.now() / 1000 + 0.6;
+    const { tidings } = client(server, { token: "fixed" });
+    tidings.connect();
+    await next(tidings, "state", (s) => s.state === "connected");
+    server.sockets[0].serverClose(4001, "token expired", true);
+    await next(tidings, "state", (s) => s.state === "failed");
+    assert.deepEqual(server.refreshes, []);
+  });
+
   test("the token goes as a bearer header over HTTP", async () => {
     const server = new FakeServer();
     server.validTokens = new Set(["t"]);

@@ -9,25 +9,40 @@ tests; deliveries are awaited, never assumed synchronous with ``publish``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+import shutil
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
+from redis.crc import key_slot
 
 from tests.support.clock import FakeClock
 from tests.support.handler import RecordingHandler
-from tests.support.redis_cluster import make_redis_broker, make_redis_cluster_broker
+from tests.support.redis_cluster import (
+    LocalRedisCluster,
+    RedisServer,
+    make_redis_broker,
+    make_redis_cluster_broker,
+    shared_cluster,
+    wait_until,
+)
 from tidings.brokers.base import Broker, PresenceChange
 from tidings.brokers.memory import MemoryBroker
-from tidings.brokers.sqlite import SqliteBroker
+from tidings.brokers.redis import RedisBroker
+from tidings.brokers.redis_scripts import DEFAULT_PREFIX, ChannelKeys
+from tidings.brokers.sqlite import DB_FILE_NAME, Durability, SqliteBroker
 from tidings.core.channel import ChannelName, NamespaceName
 from tidings.core.dedupe import DedupeOptions
 from tidings.core.history import HistoryOptions
 from tidings.core.namespace import NamespaceOptions, Namespaces
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Gap, GapReason, Replay
+from tidings.errors import BrokerError
 
 HOUR_MS = 3_600_000
 SMALL_HISTORY = 3
@@ -67,9 +82,20 @@ def make_sqlite_broker(setup: BrokerSetup) -> Broker:
     )
 
 
+def make_fast_sqlite_broker(setup: BrokerSetup) -> Broker:
+    return SqliteBroker(
+        setup.directory / "data",
+        setup.namespaces,
+        clock=setup.clock,
+        dedupe=setup.dedupe,
+        durability="fast",
+    )
+
+
 BROKER_FACTORIES = [
     pytest.param(make_memory_broker, id="memory"),
     pytest.param(make_sqlite_broker, id="sqlite"),
+    pytest.param(make_fast_sqlite_broker, id="sqlite-fast"),
     pytest.param(make_redis_broker, id="redis"),
     pytest.param(make_redis_cluster_broker, id="redis-cluster"),
 ]
@@ -486,3 +512,204 @@ async def test_a_node_is_not_handed_back_its_own_presence_changes(
     await handler.wait_for(1)  # a change carried with publications would be here by now
 
     assert presence_changes == []
+
+
+# A store that comes back older
+#
+# Each broker's store can come back older than it was: the memory broker restarts with
+# nothing, a sqlite file loses its unsynced WAL in a power loss, a Redis restarts from an
+# RDB saved a moment earlier. Whatever it lost, no position it gave out may be given
+# again for other data: either the channel moves to a new epoch (a reader resuming is
+# told ``Gap``) or publishing is refused until positions are verified. Each broker joins
+# with its own way of making its store come back older (``StoreRollback``).
+
+
+class StoreRollback(Protocol):
+    """How a broker's store is made to come back older than it was."""
+
+    def make(self, setup: BrokerSetup) -> Broker:
+        """Return a broker (not started) on a store of this test's own."""
+        ...
+
+    async def snapshot(self, broker: Broker) -> None:
+        """Fix the state the store will come back to."""
+        ...
+
+    async def come_back_older(self, broker: Broker, setup: BrokerSetup) -> Broker:
+        """Lose what followed the snapshot; return the broker to go on with, started."""
+        ...
+
+
+class MemoryRollback:
+    """The process restarts: everything is lost."""
+
+    def make(self, setup: BrokerSetup) -> Broker:
+        return make_memory_broker(setup)
+
+    async def snapshot(self, broker: Broker) -> None:
+        return None
+
+    async def come_back_older(self, broker: Broker, setup: BrokerSetup) -> Broker:
+        await broker.close()
+        restarted = self.make(setup)
+        await restarted.start(RecordingHandler())
+        return restarted
+
+
+@dataclass
+class SqliteRollback:
+    """A power loss: the node dies, and what was not fsynced is gone (the WAL since the
+    last checkpoint under ``fast``; nothing under ``full``, which fsyncs every commit)."""
+
+    durability: Durability
+
+    def make(self, setup: BrokerSetup) -> Broker:
+        return SqliteBroker(
+            setup.directory / "data",
+            setup.namespaces,
+            clock=setup.clock,
+            dedupe=setup.dedupe,
+            durability=self.durability,
+        )
+
+    async def snapshot(self, broker: Broker) -> None:
+        await asyncio.to_thread(self._checkpoint, broker)
+
+    def _checkpoint(self, broker: Broker) -> None:
+        assert isinstance(broker, SqliteBroker)
+        with contextlib.closing(sqlite3.connect(broker.file)) as db:
+            db.execute("PRAGMA wal_checkpoint(FULL)")
+
+    async def come_back_older(self, broker: Broker, setup: BrokerSetup) -> Broker:
+        assert isinstance(broker, SqliteBroker)
+        survivor = setup.directory / "survivor"
+        survivor.mkdir()
+        kept = [""] if self.durability == "fast" else ["", "-wal"]
+        for suffix in kept:  # copied while the node still runs: as it was when it died
+            shutil.copyfile(f"{broker.file}{suffix}", survivor / f"{DB_FILE_NAME}{suffix}")
+        await broker.close()
+        restarted = SqliteBroker(
+            survivor,
+            setup.namespaces,
+            clock=setup.clock,
+            dedupe=setup.dedupe,
+            durability=self.durability,
+        )
+        await restarted.start(RecordingHandler())
+        return restarted
+
+
+@dataclass
+class RedisRollback:
+    """Redis restarts from an RDB saved a moment earlier; the node stays up."""
+
+    directory: Path
+    server: RedisServer | None = None
+
+    def make(self, setup: BrokerSetup) -> Broker:
+        self.server = RedisServer(self.directory / "redis").start()
+        return RedisBroker(
+            self.server.url, setup.namespaces, clock=setup.clock, dedupe=setup.dedupe
+        )
+
+    async def snapshot(self, broker: Broker) -> None:
+        assert self.server is not None
+        await asyncio.to_thread(self.server.cli, "SAVE")
+
+    async def come_back_older(self, broker: Broker, setup: BrokerSetup) -> Broker:
+        assert self.server is not None
+        await asyncio.to_thread(self.server.stop)
+        await asyncio.to_thread(self.server.start)
+        return broker
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+@dataclass
+class RedisClusterRollback:
+    """The master holding the channel restarts from an RDB saved a moment earlier."""
+
+    channel: ChannelName
+    cluster: LocalRedisCluster | None = None
+
+    def make(self, setup: BrokerSetup) -> Broker:
+        self.cluster = shared_cluster()
+        return make_redis_cluster_broker(setup)
+
+    def _owner(self) -> RedisServer:
+        assert self.cluster is not None
+        slot = key_slot(ChannelKeys.of(DEFAULT_PREFIX, self.channel).head.encode())
+        port = self.cluster.owner_of(slot)
+        return next(s for s in self.cluster.servers if s.port == port)
+
+    async def snapshot(self, broker: Broker) -> None:
+        await asyncio.to_thread(self._owner().cli, "SAVE")
+
+    async def come_back_older(self, broker: Broker, setup: BrokerSetup) -> Broker:
+        cluster, owner = self.cluster, self._owner()
+        assert cluster is not None
+        await asyncio.to_thread(owner.stop)
+        await asyncio.to_thread(owner.start)
+        await asyncio.to_thread(wait_until, "the cluster is ok again", cluster.is_ok)
+        return broker
+
+    def stop(self) -> None:
+        return None
+
+
+ROLLBACKS = ["memory", "sqlite", "sqlite-fast", "redis", "redis-cluster"]
+
+
+async def _publish_when_back(broker: Broker, channel: ChannelName, n: int) -> Position:
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                return (await broker.publish(channel, data(n))).position
+            except BrokerError:  # the store is still coming back: refused, not made
+                await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("kind", ROLLBACKS)
+async def test_a_store_back_older_never_gives_a_position_again_for_other_data(
+    kind: str, clock: FakeClock, tmp_path: Path
+) -> None:
+    channel = unique_channel()
+    rollback: StoreRollback
+    if kind == "memory":
+        rollback = MemoryRollback()
+    elif kind in ("sqlite", "sqlite-fast"):
+        rollback = SqliteRollback("fast" if kind == "sqlite-fast" else "full")
+    elif kind == "redis":
+        rollback = RedisRollback(tmp_path)
+    else:
+        rollback = RedisClusterRollback(channel)
+    setup = BrokerSetup(NAMESPACES, clock, DedupeOptions(DEDUPE_WINDOW_MS), tmp_path)
+    broker = rollback.make(setup)
+    await broker.start(RecordingHandler())
+    given: dict[Position, bytes] = {}
+    try:
+        for n in range(3):
+            given[(await broker.publish(channel, data(n))).position] = data(n)
+        await rollback.snapshot(broker)
+        for n in range(3, 6):
+            given[(await broker.publish(channel, data(n))).position] = data(n)
+        broker = await rollback.come_back_older(broker, setup)
+
+        after = {await _publish_when_back(broker, channel, n): data(n) for n in range(6, 9)}
+        reads = [await broker.history(channel, position) for position in list(given)]
+    finally:
+        await broker.close()
+        if isinstance(rollback, RedisRollback | RedisClusterRollback):
+            rollback.stop()
+
+    reissued = [p for p, d in after.items() if given.get(p, d) != d]
+    assert reissued == []
+    for read in reads:
+        # A reader resuming from any earlier position is either told of the gap or given
+        # exactly what was published after it: never other data at a position it knew.
+        if isinstance(read.recovery, Replay):
+            replayed = {p.position: p.data for p in read.recovery.publications}
+            assert all(given.get(p, d) == d for p, d in replayed.items())
+            assert all(after.get(p, d) == d for p, d in replayed.items())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
@@ -13,14 +14,14 @@ import pytest
 
 from tests.support.clock import FakeClock
 from tests.support.handler import RecordingHandler
-from tidings.brokers.sqlite import DB_FILE_NAME, SqliteBroker
+from tidings.brokers.sqlite import DB_FILE_NAME, Durability, SqliteBroker
 from tidings.core.channel import ChannelName, NamespaceName
 from tidings.core.dedupe import DedupeOptions
 from tidings.core.history import HistoryOptions
 from tidings.core.namespace import NamespaceOptions, Namespaces
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Gap, GapReason, Replay
-from tidings.errors import BrokerError
+from tidings.errors import BrokerError, ConfigError
 
 HOUR_MS = 3_600_000
 SMALL_HISTORY = 3
@@ -55,11 +56,18 @@ def directory(tmp_path: Path) -> Path:
 
 @contextlib.asynccontextmanager
 async def running(
-    directory: Path, clock: FakeClock, handler: RecordingHandler | None = None
+    directory: Path,
+    clock: FakeClock,
+    handler: RecordingHandler | None = None,
+    durability: Durability = "full",
 ) -> AsyncIterator[SqliteBroker]:
     """Start a broker on ``directory``; close it on the way out (a restart when reused)."""
     broker = SqliteBroker(
-        directory, NAMESPACES, clock=clock, dedupe=DedupeOptions(DEDUPE_WINDOW_MS)
+        directory,
+        NAMESPACES,
+        clock=clock,
+        dedupe=DedupeOptions(DEDUPE_WINDOW_MS),
+        durability=durability,
     )
     await broker.start(handler or RecordingHandler())
     try:
@@ -461,3 +469,83 @@ async def test_a_reader_arriving_just_after_a_load_completes_sees_the_loaded_cha
         assert (await reading).head.offset == 3
     finally:
         await second.close()
+
+
+# Durability
+
+
+def lose_power(directory: Path, survivor: Path) -> None:
+    """Copy what a power loss under ``durability = "fast"`` leaves of ``directory`` into
+    ``survivor``: the main file as the last checkpoint wrote it, not the WAL (written
+    but never fsynced in that setting)."""
+    survivor.mkdir(parents=True)
+    shutil.copyfile(directory / DB_FILE_NAME, survivor / DB_FILE_NAME)
+
+
+async def test_default_durability_fsyncs_every_commit(directory: Path, clock: FakeClock) -> None:
+    async with running(directory, clock) as broker:
+        writer = broker._writer  # the broker's own connection, in its thread
+        store = broker._store
+        assert writer is not None
+
+        def level() -> int:
+            connection = store._connection()
+            return int(connection.execute("PRAGMA synchronous").fetchone()[0])
+
+        synchronous = await writer.submit(level)
+    assert synchronous == 2  # FULL: the WAL is fsynced at every commit, before the answer
+
+
+async def test_fast_durability_after_a_power_loss_moves_every_channel_to_a_new_epoch(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    directory, survivor = tmp_path / "data", tmp_path / "survivor"
+    async with running(directory, clock, durability="fast") as broker:
+        first = await broker.publish(ROOM, data(1))
+        other = await broker.publish(SMALL, data(1))
+        query(directory, "PRAGMA wal_checkpoint(FULL)")  # as SQLite does every 1,000 pages
+        lost = [await broker.publish(ROOM, data(n)) for n in (2, 3)]
+        lose_power(directory, survivor)
+
+    async with running(survivor, clock, durability="fast") as restarted:
+        from_lost = await restarted.history(ROOM, lost[-1].position)
+        from_first = await restarted.history(ROOM, first.position)
+        from_other = await restarted.history(SMALL, other.position)
+        again = await restarted.publish(ROOM, data(4))
+    assert again.position.epoch != first.position.epoch  # offset 2 is never given twice
+    assert from_lost.recovery == Gap(GapReason.EPOCH_CHANGED)
+    assert from_first.recovery == Gap(GapReason.EPOCH_CHANGED)
+    assert from_other.recovery == Gap(GapReason.EPOCH_CHANGED)
+    assert from_first.head == Position(again.position.epoch, 1)  # offset 1 kept, renamed
+
+
+async def test_fast_durability_keeps_epochs_across_a_clean_restart(
+    directory: Path, clock: FakeClock
+) -> None:
+    async with running(directory, clock, durability="fast") as broker:
+        result = await broker.publish(ROOM, data(1))
+    async with running(directory, clock, durability="fast") as restarted:
+        read = await restarted.history(ROOM, result.position)
+    assert read.recovery == Replay(())
+    assert read.head == result.position
+
+
+async def test_an_unclean_fast_stop_renews_epochs_even_when_reopened_durable(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    directory, survivor = tmp_path / "data", tmp_path / "survivor"
+    async with running(directory, clock, durability="fast") as broker:
+        result = await broker.publish(ROOM, data(1))
+        query(directory, "PRAGMA wal_checkpoint(FULL)")
+        lose_power(directory, survivor)
+    async with running(survivor, clock) as restarted:
+        read = await restarted.history(ROOM, result.position)
+    async with running(survivor, clock) as again:
+        read_again = await again.history(ROOM, read.head)
+    assert read.recovery == Gap(GapReason.EPOCH_CHANGED)
+    assert read_again.recovery == Replay(())  # renewed once, not at every open
+
+
+def test_an_unknown_durability_is_refused(directory: Path) -> None:
+    with pytest.raises(ConfigError, match="durability"):
+        SqliteBroker(directory, NAMESPACES, durability="sometimes")  # type: ignore[arg-type]  # the wrong value is the point

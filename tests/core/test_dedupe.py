@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidings.core.dedupe import DedupeOptions, DedupeWindow
+from tidings.core.dedupe import DedupeOptions, DedupeWindow, dedupe_key
+from tidings.core.publication import ClientInfo
 
 
 def test_dedupe_options_default_to_a_300_second_window() -> None:
@@ -98,3 +99,23 @@ def test_dedupe_finds_a_key_only_within_the_window_and_the_newest_max_keys(
             window.remember(key, len(remembered) + 1, now)
             remembered.append((key, len(remembered) + 1, now))
         assert len(window) <= max_keys
+
+
+def test_a_server_key_is_remembered_as_it_is() -> None:
+    assert dedupe_key("order-7", None) == "order-7"
+
+
+keys = st.text(min_size=1, max_size=20).filter(lambda key: "\x00" not in key)
+
+
+@given(user=st.text(max_size=10), key=keys, server_key=keys)
+def test_a_clients_key_never_meets_a_server_key(user: str, key: str, server_key: str) -> None:
+    assert dedupe_key(key, ClientInfo("c1", user)) != dedupe_key(server_key, None)
+
+
+@given(a=st.tuples(st.text(max_size=10), keys), b=st.tuples(st.text(max_size=10), keys))
+def test_client_keys_meet_only_for_the_same_user_and_key(
+    a: tuple[str, str], b: tuple[str, str]
+) -> None:
+    same = dedupe_key(a[1], ClientInfo("c1", a[0])) == dedupe_key(b[1], ClientInfo("c2", b[0]))
+    assert same == (a == b)

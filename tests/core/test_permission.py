@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from tidings.core.channel import ChannelName
 from tidings.core.namespace import NamespaceOptions, Policy
-from tidings.core.permission import ANONYMOUS, Credentials, check_publish, check_subscribe
+from tidings.core.permission import (
+    ANONYMOUS,
+    Credentials,
+    check_publish,
+    check_subscribe,
+    is_pattern_match,
+)
 from tidings.errors import PermissionDenied
 
 PUBLIC = NamespaceOptions(policy=Policy.PUBLIC)
@@ -72,8 +78,11 @@ def test_token_namespace_refuses_a_channel_the_token_does_not_list(
     assert caught.value.message == "channel room:45 may be subscribed only if the token lists it"
 
 
-@given(tails)
-def test_token_pattern_room_star_allows_every_room_channel(tail: str) -> None:
+segments = st.text(alphabet=NAME_ALPHABET, min_size=1, max_size=30)
+
+
+@given(segments)
+def test_token_pattern_room_star_allows_every_room_channel_of_one_segment(tail: str) -> None:
     who = Credentials(channels=("room:*",))
     channel = ChannelName(f"room:{tail}")
     assert who.lists(channel)
@@ -90,6 +99,36 @@ def test_token_pattern_room_star_refuses_channels_of_other_namespaces(
     assert not who.lists(channel)
     with pytest.raises(PermissionDenied):
         check_subscribe(channel, TOKEN, who)
+
+
+@given(segments, segments)
+def test_token_pattern_star_does_not_cross_a_colon(first: str, second: str) -> None:
+    who = Credentials(channels=("room:*",))
+    assert not who.lists(ChannelName(f"room:{first}:{second}"))
+    assert Credentials(channels=("room:*:*",)).lists(ChannelName(f"room:{first}:{second}"))
+    assert Credentials(channels=("room:*:admin",)).lists(ChannelName(f"room:{first}:admin"))
+
+
+@given(segments)
+def test_token_pattern_star_inside_a_segment_matches_any_run_of_it(tail: str) -> None:
+    assert is_pattern_match("doc:v*", f"doc:v{tail}")
+    assert is_pattern_match("*:45", f"{tail}:45")
+    assert not is_pattern_match("doc:v*", f"doc:w{tail}")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "channel"),
+    [("room:?", "room:1"), ("room:[ab]", "room:a"), ("room:[!b]", "room:a"), ("r?om:1", "room:1")],
+)
+def test_token_pattern_question_mark_and_brackets_are_literal(pattern: str, channel: str) -> None:
+    assert not is_pattern_match(pattern, channel)
+    assert is_pattern_match(pattern, pattern)
+
+
+@given(st.text(alphabet=NAME_ALPHABET + ":?[]!", min_size=1, max_size=30))
+def test_a_pattern_without_star_lists_only_itself(pattern: str) -> None:
+    assert is_pattern_match(pattern, pattern)
+    assert not is_pattern_match(pattern, pattern + "x")
 
 
 @pytest.mark.parametrize("name", ["room", "roomy:1", "Room:1", "xroom:1"])

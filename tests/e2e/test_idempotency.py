@@ -7,11 +7,17 @@ order, so if the very next one it gets is the sentinel, no repeat was delivered.
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import api_client
+import pytest
+
+from tests.e2e.conftest import JWT_SECRET, api_client, make_token, serving
 from tests.support.api import ApiClient
 from tests.support.server import ServerProcess
+from tests.support.services import REDIS_HOST, REDIS_PORT, require_service
 from tests.support.ws import ws_client
 
 
@@ -64,15 +70,78 @@ async def test_websocket_publish_with_a_repeated_key_answers_the_original_positi
     ]
 
 
-async def test_a_key_used_over_the_api_is_also_a_repeat_over_websocket(
-    node: ServerProcess,
+def with_token(process: ServerProcess, user: str) -> str:
+    """The node's ``/ws`` URL carrying a token of ``user``."""
+    return f"{process.ws_url}?token={make_token(user)}"
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def keyed_node(
+    request: pytest.FixtureRequest, config_file: Path, tmp_path: Path
+) -> Iterator[ServerProcess]:
+    """A node requiring tokens, on each broker whose key spaces are tested."""
+    env = {"TIDINGS_JWT_SECRET": JWT_SECRET}
+    data = tmp_path / "data" if request.param == "sqlite" else None
+    if request.param == "redis":
+        require_service(REDIS_HOST, REDIS_PORT, "Redis")
+        # A prefix of its own: other tests share this Redis, so nothing is flushed.
+        prefix = f"tidings-keyspaces-{secrets.token_hex(4)}"
+        env["TIDINGS_BROKER"] = f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={prefix}"
+    with serving(config_file, env, data=data) as process:
+        yield process
+
+
+async def test_client_and_server_keys_never_dedupe_against_each_other(
+    keyed_node: ServerProcess,
 ) -> None:
-    async with api_client(node) as api, ws_client(node.ws_url) as client:
-        original = await post(
-            api, "/api/publish", {"channel": "room:both", "data": 1, "key": "shared"}
+    """#11.12: a client publishing first with the backend's key must not make the
+    backend's publication vanish; each side's retry still repeats its own."""
+    channel = "room:keyspaces"
+    body = {"channel": channel, "key": "order-7"}
+    async with (
+        api_client(keyed_node) as api,
+        ws_client(with_token(keyed_node, "alice")) as alice,
+    ):
+        by_client = await alice.result("publish", **body, data={"from": "alice"})
+        by_server = await post(api, "/api/publish", {**body, "data": {"from": "server"}})
+        server_retry = await post(api, "/api/publish", {**body, "data": {"from": "retry"}})
+        history = await api.http.get(
+            "/api/history", params={"channel": channel}, headers=api.headers
         )
-        repeated = await client.result("publish", channel="room:both", data=2, key="shared")
-    assert repeated == original
+    assert by_server["offset"] == by_client["offset"] + 1
+    assert server_retry == by_server
+    assert [p["data"] for p in history.json()["publications"]] == [
+        {"from": "alice"},
+        {"from": "server"},
+    ]
+
+
+async def test_a_clients_key_repeats_for_its_user_across_connections_but_not_for_others(
+    keyed_node: ServerProcess,
+) -> None:
+    channel = "room:userkeys"
+    fields: dict[str, Any] = {"channel": channel, "key": "msg-1"}
+    async with ws_client(with_token(keyed_node, "alice")) as alice:
+        original = await alice.result("publish", **fields, data=1)
+    # A reconnect of the same user: its retry repeats its own earlier publish.
+    async with ws_client(with_token(keyed_node, "alice")) as alice_again:
+        retried = await alice_again.result("publish", **fields, data=2)
+    async with ws_client(with_token(keyed_node, "bob")) as bob:
+        by_bob = await bob.result("publish", **fields, data=3)
+    assert retried == original
+    assert by_bob["offset"] == original["offset"] + 1
+
+
+async def test_a_key_holding_nul_is_refused(node: ServerProcess) -> None:
+    async with api_client(node) as api, ws_client(node.ws_url) as client:
+        reply = await client.request("publish", channel="room:nul", data=1, key="a\x00b")
+        response = await api.http.post(
+            "/api/publish",
+            json={"channel": "room:nul", "data": 1, "key": "\x00"},
+            headers=api.headers,
+        )
+    assert reply["error"]["code"] == "bad_request"
+    assert response.status_code == 400
 
 
 async def test_the_same_key_in_another_channel_is_a_new_publication(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
 from tests.e2e.conftest import API_KEY, api_client, serving
 from tests.support.server import ServerProcess, start_server
@@ -131,3 +132,24 @@ async def test_memory_broker_restart_changes_the_epoch_so_resume_is_not_recovere
     # The new history starts over, in the new epoch, and is delivered live.
     assert after == {"epoch": resumed["epoch"], "offset": 1}
     assert (live["epoch"], live["offset"]) == (resumed["epoch"], 1)
+
+
+async def test_sqlite_keeps_client_and_server_key_spaces_apart_across_a_restart(
+    config_file: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    fields: dict[str, Any] = {"channel": "room:spaces", "key": "k-1"}
+    with serving(config_file, data=data) as first:
+        async with ws_client(first.ws_url) as client:
+            by_client = await client.result("publish", **fields, data=1)
+        second = restart(first, config_file, data)
+    try:
+        async with api_client(second) as api, ws_client(second.ws_url) as client:
+            by_server = await api.http.post(
+                "/api/publish", json={**fields, "data": 2}, headers=api.headers
+            )
+            client_retry = await client.result("publish", **fields, data=3)
+    finally:
+        second.kill()
+    assert by_server.json()["offset"] == by_client["offset"] + 1
+    assert client_retry == by_client

@@ -9,7 +9,7 @@ import pytest
 from tidings.core.channel import ChannelName, NamespaceName
 from tidings.core.namespace import Policy
 from tidings.errors import ConfigError
-from tidings.server.config import load_settings
+from tidings.server.config import Settings, load_settings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -113,3 +113,159 @@ def test_a_bad_environment_value_names_the_variable_setting() -> None:
         load_settings(environ={"TIDINGS_MAX_CONNECTIONS": "many"})
     with pytest.raises(ConfigError, match="TIDINGS_NAMESPACES__<NAME>__<SETTING>"):
         load_settings(environ={"TIDINGS_A__B": "1"})
+
+
+# -- secrets: empty is a mistake, not "unset" (issue #11, item 9) ----------------------
+
+
+@pytest.mark.parametrize("name", ["api_key", "jwt_secret"])
+def test_an_empty_secret_in_the_environment_is_a_config_error(name: str) -> None:
+    with pytest.raises(ConfigError, match=f"{name} is empty"):
+        load_settings(environ={f"TIDINGS_{name.upper()}": ""})
+
+
+@pytest.mark.parametrize("name", ["api_key", "jwt_secret"])
+def test_an_empty_or_blank_secret_in_the_file_is_a_config_error(tmp_path: Path, name: str) -> None:
+    for value in ('""', '"   "'):
+        with pytest.raises(ConfigError, match=f"{name} is empty"):
+            load_settings(write(tmp_path, f"{name} = {value}\n"))
+
+
+def test_an_api_key_with_surrounding_whitespace_is_refused_as_no_caller_could_send_it() -> None:
+    with pytest.raises(ConfigError, match="api_key starts or ends with whitespace"):
+        load_settings(environ={"TIDINGS_API_KEY": "key\n"})
+
+
+# -- limits that would refuse every client (item 15) -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("COMMAND_RATE", "0", "command_rate must be more than 0, got 0"),
+        ("COMMAND_RATE", "-5", "command_rate must be a number >= 0"),
+        ("COMMAND_BURST", "0.5", "command_burst must be at least 1, got 0.5"),
+        ("MAX_CONNECTIONS", "0", "max_connections must be at least 1, got 0"),
+        ("MAX_CHANNELS_PER_CONNECTION", "0", "max_channels_per_connection must be at least 1"),
+        ("OUTBOUND_BUFFER", "0", "outbound_buffer must be at least 1, got 0"),
+        ("PING_INTERVAL", "0", "ping_interval must be more than 0, got 0"),
+        ("PORT", "70000", "port must be from 0 to 65535, got 70000"),
+        (
+            "NAMESPACES__ROOM__MAX_DATA_SIZE",
+            "0",
+            "namespaces.room.max_data_size must be at least 1",
+        ),
+    ],
+)
+def test_a_limit_no_client_could_live_with_is_refused_at_load(
+    variable: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={f"TIDINGS_{variable}": value})
+    assert message in str(raised.value)
+
+
+def test_settings_built_in_code_are_checked_too() -> None:
+    # An embedding application builds Settings itself, bypassing load_settings.
+    with pytest.raises(ConfigError, match="command_rate must be more than 0"):
+        Settings(command_rate=0)
+
+
+def test_fractional_rates_and_the_smallest_limits_are_accepted() -> None:
+    settings = load_settings(
+        environ={
+            "TIDINGS_COMMAND_RATE": "0.5",
+            "TIDINGS_COMMAND_BURST": "1",
+            "TIDINGS_MAX_CONNECTIONS": "1",
+            "TIDINGS_MAX_CHANNELS_PER_CONNECTION": "1",
+        }
+    )
+    assert (settings.command_rate, settings.command_burst) == (0.5, 1)
+
+
+# -- an open server API stays on this machine unless said otherwise (item 8) ----------
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "192.0.2.7", "tidings.example.com"])
+def test_an_open_api_bound_beyond_loopback_is_refused_at_load(host: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"TIDINGS_HOST": host})
+    message = str(raised.value)
+    assert "no api_key is set" in message
+    assert "allow_open_api" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1"])
+def test_an_open_api_on_loopback_is_accepted(host: str) -> None:
+    assert load_settings(environ={"TIDINGS_HOST": host}).api_key is None
+
+
+def test_an_open_api_beyond_loopback_starts_with_a_key_or_when_allowed_explicitly(
+    tmp_path: Path,
+) -> None:
+    keyed = load_settings(environ={"TIDINGS_HOST": "0.0.0.0", "TIDINGS_API_KEY": "k"})
+    assert keyed.api_key == "k"
+    allowed = load_settings(write(tmp_path, 'host = "0.0.0.0"\nallow_open_api = true\n'))
+    assert (allowed.host, allowed.allow_open_api, allowed.api_key) == ("0.0.0.0", True, None)
+
+
+# -- namespaces do not depend on the order they are read in (item 11) ------------------
+
+_ROOM_PUBLISH = ("TIDINGS_NAMESPACES__ROOM__CLIENT_PUBLISH", "true")
+_DEFAULT_TOKEN = ("TIDINGS_NAMESPACES__DEFAULT__POLICY", "token")
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [dict([_ROOM_PUBLISH, _DEFAULT_TOKEN]), dict([_DEFAULT_TOKEN, _ROOM_PUBLISH])],
+    ids=["room-first", "default-first"],
+)
+def test_a_namespace_takes_the_default_namespace_options_whatever_the_environment_order(
+    environ: dict[str, str],
+) -> None:
+    table = load_settings(environ=environ).namespace_table()
+    room = table.options_for(ChannelName("room:1"))
+    assert (room.policy, room.client_publish) == (Policy.TOKEN, True)
+    assert table.options_for(ChannelName("news")).policy is Policy.TOKEN
+    # A built-in namespace keeps its own policy.
+    assert table.options_for(ChannelName("user:1")).policy is Policy.USER
+
+
+def test_a_namespace_of_the_file_takes_a_default_set_later_in_the_environment(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "[namespaces.room]\nclient_publish = true\n")
+    settings = load_settings(path, {"TIDINGS_NAMESPACES__DEFAULT__HISTORY_SIZE": "7"})
+    room = settings.namespace_table().options_for(ChannelName("room:1"))
+    assert (room.client_publish, room.history.size) == (True, 7)
+
+
+def test_the_environment_overrides_one_namespace_setting_and_keeps_the_files_others(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "[namespaces.room]\nclient_publish = true\nhistory_size = 9\n")
+    settings = load_settings(path, {"TIDINGS_NAMESPACES__ROOM__HISTORY_SIZE": "3"})
+    room = settings.namespace_table().options_for(ChannelName("room:1"))
+    assert (room.client_publish, room.history.size) == (True, 3)
+
+
+def test_connect_deadline_and_unauthenticated_allowance_have_safe_defaults_and_are_set() -> None:
+    defaults = load_settings()
+    assert (defaults.connect_timeout_s, defaults.max_unauthenticated_connections) == (10.0, 1000)
+    assert defaults.max_unauthenticated_connections < defaults.max_connections
+    settings = load_settings(
+        environ={
+            "TIDINGS_CONNECT_TIMEOUT": "3s",
+            "TIDINGS_MAX_UNAUTHENTICATED_CONNECTIONS": "50",
+        }
+    )
+    assert (settings.connect_timeout_s, settings.max_unauthenticated_connections) == (3.0, 50)
+
+
+def test_sqlite_durability_is_full_unless_set_to_fast() -> None:
+    assert load_settings().sqlite_durability == "full"
+    fast = load_settings(environ={"TIDINGS_SQLITE_DURABILITY": "fast"})
+    assert fast.sqlite_durability == "fast"
+    with pytest.raises(ConfigError, match="sqlite_durability"):
+        load_settings(environ={"TIDINGS_SQLITE_DURABILITY": "sometimes"})

@@ -58,8 +58,8 @@ def test_the_demo_turns_on_publishing_and_presence_in_rooms_and_makes_a_secret()
 
 
 def test_a_configured_secret_is_kept_and_no_token_is_minted() -> None:
-    setup = prepare_demo(Settings(jwt_secret="the-application-secret"))
-    assert setup.settings.jwt_secret == "the-application-secret"
+    setup = prepare_demo(Settings(jwt_secret="the-application-secret-long-enough-for-hs256"))
+    assert setup.settings.jwt_secret == "the-application-secret-long-enough-for-hs256"
     assert not setup.mints_tokens
 
 
@@ -90,7 +90,7 @@ async def test_a_name_that_cannot_be_a_channel_is_refused(
 
 
 async def test_no_token_is_minted_on_a_node_with_its_own_secret() -> None:
-    app = TidingsApp(Settings(demo=True, jwt_secret="the-application-secret"))
+    app = TidingsApp(Settings(demo=True, jwt_secret="the-application-secret-long-enough-for-hs256"))
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:

@@ -141,3 +141,60 @@ class RecordingBroker:
         """Hand the hub ``change`` as if another node had made it."""
         assert self.presence_handler is not None, "started"
         self.presence_handler(change)
+
+
+class RecordingOutbound:
+    """A connection's ``Outbound`` that keeps every chunk put and sends nothing until the
+    test says so: ``pending_bytes`` grows with each ``put`` until ``take_all``. A reader
+    held in ``wait_sent`` sets ``held``; ``changed`` is set by every put and hold."""
+
+    def __init__(self) -> None:
+        self.chunks: list[str] = []
+        self.finished: tuple[int, str] | None = None
+        self.held = asyncio.Event()
+        self.changed = asyncio.Event()
+        self._pending = 0
+        self._taken = asyncio.Event()
+        self._ended = asyncio.Event()
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending
+
+    def put(self, chunk: str) -> None:
+        if self.finished is None:
+            self.chunks.append(chunk)
+            self._pending += len(chunk)
+            self.changed.set()
+
+    def discard_pending(self) -> None:
+        self._pending = 0
+
+    def finish(self, goodbye: str, code: int, reason: str) -> None:
+        if self.finished is None:
+            self.put(goodbye)
+            self.finished = (code, reason)
+            self._ended.set()
+            self._taken.set()
+
+    def end_silently(self) -> None:
+        self._ended.set()
+
+    async def wait_sent(self) -> None:
+        self.held.set()
+        self.changed.set()
+        while self._pending and self.finished is None:
+            self._taken.clear()
+            await self._taken.wait()
+
+    def take_all(self) -> None:
+        """Play the client reading everything: nothing is pending any more."""
+        self._pending = 0
+        self.held.clear()
+        self._taken.set()
+
+    async def run(self) -> None:
+        await self._ended.wait()
+
+    async def stop(self, *, client_left: bool) -> None:
+        self._ended.set()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -40,6 +41,8 @@ STOP_TIMEOUT_S: Final = 10.0
 POLL_INTERVAL_S: Final = 0.05
 CLUSTER_MASTERS: Final = 3
 CLUSTER_BUS_OFFSET: Final = 10_000
+CLUSTER_NODE_TIMEOUT_MS: Final = 2_000  # how long a silent master stays a master
+FAILOVER_TIMEOUT_S: Final = 30.0
 ALL_SLOTS: Final = 16_384
 
 
@@ -141,10 +144,20 @@ class RedisServer:
         """Run one ``redis-cli`` command against this server."""
         return redis_cli(self.port, *command)
 
+    def freeze(self) -> None:
+        """SIGSTOP the server: it neither answers nor replicates until ``thaw``."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT a frozen server."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
 
 @dataclass
 class LocalRedisCluster:
-    """A Redis Cluster of ``CLUSTER_MASTERS`` masters and no replicas."""
+    """A Redis Cluster of ``CLUSTER_MASTERS`` masters, and replicas if asked."""
 
     servers: list[RedisServer]
     directory: Path | None = None  # removed on stop, if given
@@ -156,12 +169,16 @@ class LocalRedisCluster:
 
     @property
     def ports(self) -> list[int]:
-        """The masters' ports."""
+        """The servers' ports (masters first, when started by ``start_cluster``)."""
         return [server.port for server in self.servers]
 
+    def running(self) -> list[RedisServer]:
+        """The servers not stopped."""
+        return [s for s in self.servers if s.process is not None and s.process.poll() is None]
+
     def is_ok(self) -> bool:
-        """Whether every node says the cluster is ok, with all slots assigned."""
-        for port in self.ports:
+        """Whether every running node says the cluster is ok, with all slots assigned."""
+        for port in [server.port for server in self.running()]:
             info = redis_cli(port, "CLUSTER", "INFO", timeout_s=1.0)
             if "cluster_state:ok" not in info:
                 return False
@@ -180,9 +197,10 @@ class LocalRedisCluster:
 
     def owner_of(self, slot: int, asked: int | None = None) -> int:
         """The port of the master serving ``slot``, as the node on port ``asked`` sees it."""
-        for line in redis_cli(asked or self.ports[0], "CLUSTER", "NODES").splitlines():
+        asked = asked or self.running()[0].port
+        for line in redis_cli(asked, "CLUSTER", "NODES").splitlines():
             fields = line.split()
-            if "master" not in fields[2]:
+            if "master" not in fields[2] or "fail" in fields[2]:
                 continue
             for served in fields[8:]:
                 first, _, last = served.partition("-")
@@ -211,22 +229,82 @@ class LocalRedisCluster:
     def _agree(self, slot: int, target: int) -> bool:
         return all(self.owner_of(slot, port) == target for port in self.ports)
 
+    def server_on(self, port: int) -> RedisServer:
+        """The server listening on ``port``."""
+        return next(server for server in self.servers if server.port == port)
 
-def start_cluster(directory: Path, masters: int = CLUSTER_MASTERS) -> LocalRedisCluster:
-    """Start ``masters`` cluster-enabled servers, join them, and wait for ``cluster_state:ok``."""
+    def replicas_in_sync(self) -> bool:
+        """Whether every replica's link to its master is up."""
+        roles = [redis_cli(port, "INFO", "replication", timeout_s=1.0) for port in self.ports]
+        replicas = [role for role in roles if "role:slave" in role]
+        masters = [role for role in roles if "role:master" in role]
+        return (
+            len(replicas) + len(masters) == len(self.ports)
+            and all("master_link_status:up" in role for role in replicas)
+            and len(replicas) > 0
+        )
+
+    def cut_off_replica_of(self, port: int) -> RedisServer:
+        """Freeze a replica of the master on ``port`` and drop its replication link, so
+        it misses every write from now on (as a lagging replica does); return it."""
+        replica = self.replica_of(port)
+        replica.freeze()
+        # Frozen, it would still read later what the link had already carried: cut it.
+        redis_cli(port, "CLIENT", "KILL", "TYPE", "replica")
+        return replica
+
+    def replica_of(self, port: int) -> RedisServer:
+        """A replica of the master on ``port``."""
+        master_id = redis_cli(port, "CLUSTER", "MYID").strip()
+        for line in redis_cli(port, "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "slave" in fields[2] and fields[3] == master_id:
+                return self.server_on(int(fields[1].split(":")[1].split("@")[0]))
+        raise RuntimeError(f"the master on {port} has no replica")
+
+    def kill_master_of(self, slot: int, successor: RedisServer | None = None) -> int:
+        """SIGKILL the master serving ``slot`` and wait until one of its replicas took
+        over (every running node agrees, the cluster ok again); return the new master.
+
+        With ``successor`` (a replica of it, maybe frozen), thaw it and have it take over
+        at once (``CLUSTER FAILOVER TAKEOVER``), rather than after the failure detection
+        and election, whose timing a loaded machine stretches."""
+        old = self.owner_of(slot)
+        self.server_on(old).stop()
+        if successor is not None:
+            successor.thaw()
+            successor.cli("CLUSTER", "FAILOVER", "TAKEOVER")
+
+        def taken_over() -> bool:
+            running = [server.port for server in self.running()]
+            try:
+                owners = {self.owner_of(slot, port) for port in running}
+            except RuntimeError:
+                return False  # the slot is not served while the failover is under way
+            return len(owners) == 1 and old not in owners and self.is_ok()
+
+        wait_until(f"a replica took slot {slot} over from {old}", taken_over, FAILOVER_TIMEOUT_S)
+        return self.owner_of(slot)
+
+
+def start_cluster(
+    directory: Path, masters: int = CLUSTER_MASTERS, replicas: int = 0
+) -> LocalRedisCluster:
+    """Start ``masters`` cluster-enabled servers (and ``replicas`` per master), join them,
+    and wait for ``cluster_state:ok``."""
     servers = []
     try:
-        for _ in range(masters):
+        for _ in range(masters * (1 + replicas)):
             port = free_port(with_cluster_bus=True)
             extra = [
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", f"nodes-{port}.conf",
-                "--cluster-node-timeout", "2000",
+                "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
             ]  # fmt: skip
             servers.append(RedisServer(directory / str(port), port, extra).start())
         cluster = LocalRedisCluster(servers)
         nodes = [f"127.0.0.1:{port}" for port in cluster.ports]
-        options = ["--cluster-replicas", "0", "--cluster-yes"]
+        options = ["--cluster-replicas", str(replicas), "--cluster-yes"]
         created = subprocess.run(
             [require_binary("redis-cli"), "--cluster", "create", *nodes, *options],
             capture_output=True,
@@ -237,6 +315,8 @@ def start_cluster(directory: Path, masters: int = CLUSTER_MASTERS) -> LocalRedis
         if created.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}")
         wait_until("the cluster is ok on every node", cluster.is_ok)
+        if replicas:
+            wait_until("every replica replicates its master", cluster.replicas_in_sync)
     except BaseException:
         for server in servers:
             server.stop()

@@ -155,12 +155,14 @@ def create_broker(
     dedupe: DedupeOptions,
     *,
     publish_timeout_s: float | None = None,
+    sqlite_durability: str = "full",
 ) -> Broker:
     """Return the broker named by ``broker`` (a URL) or, without one, by ``data``.
 
     ``redis://host:port/db`` (also ``rediss://``, ``unix://``) is the Redis broker,
     ``redis-cluster://host:port`` the Redis Cluster one; ``memory`` or nothing is the
-    memory broker, or the sqlite broker keeping its files in ``data`` if given.
+    memory broker, or the sqlite broker keeping its files in ``data`` if given, with
+    ``sqlite_durability`` (``full`` or ``fast``, see ``brokers.sqlite``).
     ``publish_timeout_s`` bounds a remote broker's publish (see ``RedisBroker``); the
     local ones wait on no network.
 
@@ -174,9 +176,17 @@ def create_broker(
     if broker in (None, "", "memory"):
         if data is None:
             return MemoryBroker(namespaces, dedupe=dedupe)
-        from tidings.brokers.sqlite import SqliteBroker  # noqa: PLC0415  (see module docstring)
+        from tidings.brokers.sqlite import (  # noqa: PLC0415  (see module docstring)
+            DURABILITIES,
+            SqliteBroker,
+        )
 
-        return SqliteBroker(data, namespaces, dedupe=dedupe)
+        for durability in DURABILITIES:
+            if durability == sqlite_durability:
+                return SqliteBroker(data, namespaces, dedupe=dedupe, durability=durability)
+        raise ConfigError(
+            f"sqlite_durability must be one of {list(DURABILITIES)}, got {sqlite_durability!r}"
+        )
     assert broker is not None
     broker_class = _broker_class(broker)
     if publish_timeout_s is None:

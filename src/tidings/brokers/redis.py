@@ -31,11 +31,34 @@ Choices, and why:
 Lost data. If Redis loses a channel (restart without persistence, FLUSHALL, eviction of
 its head), the next script to touch it finds no head and starts a new epoch from a
 candidate the caller drew (``epoch_factory``), deleting any stream left over, so offsets
-restart at 1 under an epoch no client holds: resuming clients are told ``Gap``. If Redis
-is *rolled back* (restarted from an older snapshot), a node that had delivered offsets
-past the restored head notices when it fills the gap after reconnecting and renames
-what Redis holds of the channel to a new epoch (``redis_scripts.RESET``), so those
-offsets are never handed out again under the old one; see docs/brokers/redis.md.
+restart at 1 under an epoch no client holds: resuming clients are told ``Gap``.
+
+Rollbacks: Redis back *older* than it was (restarted from an RDB or an AOF ``everysec``
+after a power cut, a replica promoted before it had the last writes), whatever the
+length of the rollback. Which channels rolled back, and how far, no node can know: a
+node knows only the channels it touched, and the publications of the others may have
+been given out by any node. So the decision is Redis's own, in every script: each head
+records the ``run_id`` of the Redis process that wrote it, and a process finding a head
+of another process moves that channel to a new epoch first (``redis_scripts``: same
+offsets and history, renamed). No position is given out twice, and the clients of the
+channel are told: this node sees publications of the new epoch, which the hub reports
+as a gap (4504, then ``recovered: false``). The price: after *any* restart or failover
+of Redis (or a slot migration in a cluster), resuming clients of the channels touched
+since are told ``recovered: false``, even when nothing was lost; history stays readable.
+A deployment whose Redis never comes back older (AOF ``appendfsync always``, and no
+failover to a replica that may lag) may say so with ``?trust_restarts=yes`` on every
+node's URL: the heads are then stamped alike by every process, and a restart keeps the
+epochs.
+
+Two ideas were rejected as unsound: a node remembering each channel's highest position
+catches only the channels it touched (another node's publishes at reused positions go
+through, and this node then drops them as repeats); a node checking Redis's ``run_id``
+when it notices a reconnect misses the publishes it sends, on connections it opened to
+the new process, before it noticed. Hence the ``run_id`` learnt per connection, as it
+opens, and carried by every script sent on it (``redis_scripts.ScriptRunner``). A rollback
+that keeps the Redis process (``DEBUG RELOAD``) keeps its ``run_id``: the publish script
+catches it for the channels this node is subscribed to (its last position is a floor),
+and syncing catches it when a node's last offset is past the head (``_jump``, ``RESET``).
 
 Theory of operation: subscriptions and delivery
 -----------------------------------------------
@@ -133,7 +156,7 @@ from tidings.brokers.redis_scripts import (
 )
 from tidings.clock import Clock, SystemClock
 from tidings.core.channel import ChannelName
-from tidings.core.dedupe import DedupeOptions
+from tidings.core.dedupe import DedupeOptions, dedupe_key
 from tidings.core.history import HistoryOptions
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import ClientInfo, Position, Publication
@@ -167,23 +190,32 @@ class RedisTarget:
     url: str  # what redis-py reads: the broker URL without our own options
     cluster: bool
     prefix: str
+    trust_restarts: bool = False
 
     @classmethod
     def parse(cls, url: str) -> RedisTarget:
         """Read a ``redis://``, ``rediss://``, ``unix://`` or ``redis-cluster://`` URL.
 
-        The query option ``prefix`` (default ``tidings``) is ours and starts every key
-        and topic; the others go to redis-py (``socket_timeout``, ``max_connections``...).
+        The query options ``prefix`` (default ``tidings``), which starts every key and
+        topic, and ``trust_restarts`` (``yes`` or ``no``, the default: see the module
+        docstring, "Rollbacks") are ours; the others go to redis-py (``socket_timeout``,
+        ``max_connections``...).
 
         Raises:
-            ConfigError: the prefix contains ``{`` or ``}`` (they would break hash tags).
+            ConfigError: the prefix contains ``{`` or ``}`` (they would break hash tags),
+                or ``trust_restarts`` is neither ``yes`` nor ``no``.
         """
         parts = urlsplit(url)
         prefix = DEFAULT_PREFIX
+        trust_restarts = False
         kept = []
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             if name == "prefix":
                 prefix = value
+            elif name == "trust_restarts":
+                if value not in ("yes", "no"):
+                    raise ConfigError(f"trust_restarts must be yes or no, got {value!r}")
+                trust_restarts = value == "yes"
             elif name == "decode_responses":
                 continue  # the broker reads bytes
             else:
@@ -193,7 +225,7 @@ class RedisTarget:
         cluster = parts.scheme == CLUSTER_SCHEME
         scheme = "redis" if cluster else parts.scheme
         rebuilt = urlunsplit((scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment))
-        return cls(rebuilt, cluster, prefix)
+        return cls(rebuilt, cluster, prefix, trust_restarts)
 
 
 def _pubsub_kwargs(kwargs: dict[str, Any], client_name: str) -> dict[str, Any]:
@@ -602,7 +634,7 @@ class RedisBroker:
             self._db = int(pool.connection_kwargs.get("db") or 0)
             client = Redis.from_pool(pool)  # closing the client closes the pool
         self._client = client
-        self._scripts = ScriptRunner(client)
+        self._scripts = ScriptRunner(client, trust_restarts=target.trust_restarts)
         self._presence.start()
         self._prober = asyncio.get_running_loop().create_task(
             self._probe_periodically(), name="tidings redis probe"
@@ -735,18 +767,25 @@ class RedisBroker:
         """
         history = self._namespaces.options_for(channel).history
         now_ms = self._clock.now_ms()
+        topic = topic_of(self._target.prefix, self._db, channel)
+        # A head behind what this node delivered was rolled back in place: the script
+        # moves it to a new epoch (see redis_scripts).
+        state = self._states.get(topic)
+        floor = None if state is None else state.last
         args = (
             self._epoch_factory(),
             encode_body(data, now_ms, key, info),
             now_ms,
-            key or "",
+            "" if key is None else dedupe_key(key, info),
             history.size,
             history.ttl_ms,
             max(1, self._dedupe.window_ms),
             self._dedupe.max_keys,
-            topic_of(self._target.prefix, self._db, channel),
+            topic,
             self._publish_command,
             channel,
+            "" if floor is None else floor.epoch,
+            0 if floor is None else floor.offset,
         )
         what = f"publishing in {channel}"
         try:
@@ -1127,7 +1166,8 @@ class RedisBroker:
         channel = state.channel
         if gap.reason is GapReason.EPOCH_CHANGED:
             logger.warning(
-                "Redis lost the history of %s: epoch %s replaced %s",
+                "Redis lost or rolled back %s (restarted, failed over, slot moved): "
+                "epoch %s replaced %s",
                 channel,
                 head.epoch,
                 since.epoch,

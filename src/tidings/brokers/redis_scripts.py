@@ -22,12 +22,37 @@ Every script first makes sure the channel has a head: a missing head means Redis
 the channel (or never had it), so the script starts a new epoch from the candidate the
 caller passed (Lua has no good randomness) and drops whatever stream and keys were left,
 so offsets restart at 1 under an epoch no client has seen.
+
+Rollbacks. The head also holds ``run``, the ``run_id`` (``INFO server``) of the Redis
+process that last wrote it. A Redis process that finds a head written by another
+process (it restarted and loaded an RDB or AOF, a replica was promoted, a slot was
+migrated to it) cannot know whether the head is the latest: an RDB a moment old, or an
+AOF ``everysec`` after a power cut, or a replica that had not received the last writes,
+hold an *older* head, whose next offsets were given out already, for other data. So it
+renames the channel to a new epoch (the candidate, as for a lost head; same offsets,
+same stream) before anything else touches it, and stamps the head as its own. No
+position of the old epoch is given out again, whatever the length of the rollback, and
+every client resuming from one is told ``recovered: false``. The ``run_id`` is the last
+argument of those scripts (``RedisScript.stamps``): on one Redis, the runner reads it
+with ``INFO server`` on each connection when it connects (again at every reconnect,
+before the connection carries a script), so a script carries the ``run_id`` of the
+process it is sent to, for free; a restart or a failover breaks every connection. In a
+cluster, redis-py routes and redirects the calls, so the argument is empty and the
+script asks ``INFO server`` itself: about 12 us more of Redis CPU per publish, against
+1.4 us on one Redis (``benchmarks/RESULTS.md``). A head without ``run`` (written by an
+earlier tidings) is adopted as it is. Under ``trust_restarts`` every head is stamped
+``TRUSTED_STAMP``, whatever the process: the operator vouches that Redis never comes
+back older. A rollback that keeps the process (``DEBUG RELOAD``) is caught only by a
+node that had seen a later position: the publish script takes the node's own last
+position as a floor.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -42,6 +67,8 @@ from tidings.core.channel import ChannelName
 from tidings.core.publication import ClientInfo, Publication
 
 DEFAULT_PREFIX: Final = "tidings"
+# The stamp of every head under ``trust_restarts``: never another process's run_id.
+TRUSTED_STAMP: Final = b"trusted"
 MAX_CALLS_PER_PIPELINE: Final = 256
 MAX_PIPELINES_IN_FLIGHT: Final = 8
 MAX_CLUSTER_CALLS_IN_FLIGHT: Final = 64
@@ -49,22 +76,41 @@ MAX_CLUSTER_CALLS_IN_FLIGHT: Final = 64
 # Each script's KEYS, in this order: head, history, key-offsets, key-times.
 _ENSURE_HEAD: Final = """
 local head = KEYS[1]
-local epoch = redis.call('HGET', head, 'epoch')
+local run = ARGV[#ARGV]
+if run == '' then
+  run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+end
+local stored = redis.call('HMGET', head, 'epoch', 'run')
+local epoch = stored[1]
 local created = false
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-  redis.call('HSET', head, 'epoch', epoch, 'offset', 0)
+  redis.call('HSET', head, 'epoch', epoch, 'offset', 0, 'run', run)
   created = true
+elseif stored[2] ~= run then
+  if stored[2] then
+    -- written by another Redis process: maybe older than what was given out
+    epoch = ARGV[1]
+    redis.call('HSET', head, 'epoch', epoch, 'run', run)
+  else
+    redis.call('HSET', head, 'run', run)
+  end
 end
 """
 
 # ARGV: candidate epoch, body, ts, key ('' for none), history size, history ttl ms,
-# dedupe window ms, dedupe max keys, topic, PUBLISH or SPUBLISH, channel.
+# dedupe window ms, dedupe max keys, topic, PUBLISH or SPUBLISH, channel, and the
+# floor: the epoch and offset of the last publication the calling node delivered
+# ('' and 0 for none). A head of that epoch behind the floor was rolled back in place.
 # Returns {epoch, offset, 1 if the key was a duplicate else 0}.
 PUBLISH_SOURCE: Final = (
     _ENSURE_HEAD
     + """
+if ARGV[12] == epoch and tonumber(redis.call('HGET', head, 'offset')) < tonumber(ARGV[13]) then
+  epoch = ARGV[1]
+  redis.call('HSET', head, 'epoch', epoch)
+end
 local body, ts, key = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local size, ttl_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
 local window_ms, max_keys = tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -169,15 +215,17 @@ class RedisScript:
     name: str
     source: str
     sha: str
+    stamps: bool = False  # takes the Redis process's run_id as its last argument
 
     @classmethod
-    def of(cls, name: str, source: str) -> RedisScript:
-        """Return the script ``source`` named ``name`` (for logs)."""
-        return cls(name, source, hashlib.sha1(source.encode()).hexdigest())
+    def of(cls, name: str, source: str, *, stamps: bool = False) -> RedisScript:
+        """Return the script ``source`` named ``name`` (for logs); with ``stamps``, the
+        runner appends the ``run_id`` of the Redis process it runs in (or ``""``)."""
+        return cls(name, source, hashlib.sha1(source.encode()).hexdigest(), stamps)
 
 
-PUBLISH: Final = RedisScript.of("publish", PUBLISH_SOURCE)
-READ: Final = RedisScript.of("read", READ_SOURCE)
+PUBLISH: Final = RedisScript.of("publish", PUBLISH_SOURCE, stamps=True)
+READ: Final = RedisScript.of("read", READ_SOURCE, stamps=True)
 RESET: Final = RedisScript.of("reset", RESET_SOURCE)
 
 
@@ -331,8 +379,17 @@ class ScriptRunner:
     ``MAX_CLUSTER_CALLS_IN_FLIGHT`` at once (below redis-py's per-node connection limit).
     """
 
-    def __init__(self, client: Redis | RedisCluster) -> None:
+    def __init__(self, client: Redis | RedisCluster, *, trust_restarts: bool = False) -> None:
+        """Run scripts on ``client``. With ``trust_restarts`` the scripts are given one
+        stamp for every Redis process, so no head is ever found foreign (the operator
+        vouches that Redis never comes back older)."""
         self._client = client
+        self._trusted: bytes | None = TRUSTED_STAMP if trust_restarts else None
+        # The run_id of the Redis process at the other end of each pooled connection,
+        # learnt when it connects (see the module docstring, "Rollbacks").
+        self._run_ids: weakref.WeakKeyDictionary[AbstractConnection, bytes] = (
+            weakref.WeakKeyDictionary()
+        )
         self._queue: list[_Call] = []
         self._flush_scheduled = False
         self._batches: set[asyncio.Task[None]] = set()
@@ -356,6 +413,9 @@ class ScriptRunner:
         client = self._client
         scope = asyncio.timeout(timeout_s)
         if isinstance(client, RedisCluster):
+            if script.stamps:
+                # The script reads INFO itself: see the module docstring.
+                args = (*args, self._trusted or b"")
             try:
                 async with scope, self._cluster_slots:
                     try:
@@ -411,16 +471,17 @@ class ScriptRunner:
         try:
             connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated
             try:
+                run_id = await self._run_id(connection)
                 # A caller that gave up while the connection was made is not sent: its
                 # answer said so (``ScriptUnanswered.sent``).
                 calls = [call for call in calls if not call.future.done()]
                 for call in calls:
                     call.sent = True
-                unknown = await _exchange(connection, calls, by_sha=True) if calls else []
+                unknown = await _exchange(connection, calls, run_id, by_sha=True) if calls else []
                 unknown = [call for call in unknown if not call.future.done()]
                 if unknown:
                     # NOSCRIPT: those did not run. EVAL runs them and caches the script.
-                    await _exchange(connection, unknown, by_sha=False)
+                    await _exchange(connection, unknown, run_id, by_sha=False)
             finally:
                 await pool.release(connection)
         except BaseException as exc:  # handed to every caller still waiting
@@ -434,9 +495,32 @@ class ScriptRunner:
             if not isinstance(exc, Exception):
                 raise
 
+    async def _run_id(self, connection: AbstractConnection) -> bytes:
+        if self._trusted is not None:
+            return self._trusted
+        run_id = self._run_ids.get(connection)
+        if run_id is None:
+            connection.register_connect_callback(self._learn_run_id)  # type: ignore[no-untyped-call]  # unannotated in redis-py
+            await self._learn_run_id(connection)
+            run_id = self._run_ids[connection]
+        return run_id
+
+    async def _learn_run_id(self, connection: AbstractConnection) -> None:
+        """Read the run_id of the Redis process ``connection`` is connected to. Called
+        by redis-py after every (re)connect, before the connection carries anything."""
+        await connection.send_command("INFO", "server", check_health=False)
+        info = await connection.read_response()
+        found = re.search(rb"run_id:([0-9a-f]+)", info if isinstance(info, bytes) else b"")
+        if found is None:
+            raise ResponseError(
+                "INFO server names no run_id, which tidings needs to detect a Redis that "
+                "came back older; if this server never does, add ?trust_restarts=yes"
+            )
+        self._run_ids[connection] = found.group(1)
+
 
 async def _exchange(
-    connection: AbstractConnection, calls: Sequence[_Call], *, by_sha: bool
+    connection: AbstractConnection, calls: Sequence[_Call], run_id: bytes, *, by_sha: bool
 ) -> list[_Call]:
     """Send ``calls`` in one write (a pipeline) and settle each call with its reply, in
     order; return the calls Redis did not run because it did not know the script.
@@ -444,8 +528,12 @@ async def _exchange(
     Commands are packed here rather than by redis-py: its generic packing was most of
     the client's time per publish (``benchmarks/brokers.py``).
     """
+    if not connection.is_connected:
+        # redis-py would reconnect while sending, to a process whose run_id the packed
+        # calls do not carry: fail them instead (a publish may always fail).
+        raise ConnectionError("the connection to Redis was lost")
     await connection.send_packed_command(
-        b"".join(_pack(call, by_sha=by_sha) for call in calls), check_health=False
+        b"".join(_pack(call, run_id, by_sha=by_sha) for call in calls), check_health=False
     )
     unknown = []
     for call in calls:
@@ -463,7 +551,7 @@ async def _exchange(
     return unknown
 
 
-def _pack(call: _Call, *, by_sha: bool) -> bytes:
+def _pack(call: _Call, run_id: bytes, *, by_sha: bool) -> bytes:
     """Return ``call`` as an EVALSHA (or EVAL) command in RESP."""
     script = call.script
     parts = [
@@ -473,6 +561,8 @@ def _pack(call: _Call, *, by_sha: bool) -> bytes:
         *(key.encode() for key in call.keys),
         *(_argument(value) for value in call.args),
     ]
+    if script.stamps:
+        parts.append(run_id)
     return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 

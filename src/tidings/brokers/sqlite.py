@@ -9,6 +9,19 @@ publish returns only once its row is committed: offsets, epochs, history and
 idempotency keys outlive the process, and a client resuming after a restart is given
 exactly what it missed.
 
+Durability (``durability``). With ``"full"``, the default, SQLite runs
+``synchronous=FULL``: each group commit fsyncs the WAL before its publishers are
+answered, so an acknowledged publication survives a crash and a power loss. With
+``"fast"`` (``synchronous=NORMAL``) the WAL is fsynced only at checkpoints: a power loss
+may lose the last acknowledged publications, whose positions the channel would then
+give out again for other data. So a fast session marks the file *unsynced* (a row of
+``meta``, written durably at open and cleared durably at a clean close); a file found
+marked at open was not closed cleanly, and every channel moves to a new epoch (same
+offsets, same rows, like a rename): clients resuming from a position of before the
+crash are told ``recovered: false`` instead of being handed other data as what followed
+it. A crash of the process alone loses nothing (the OS still holds the WAL), but cannot
+be told apart from a power loss, so it is treated the same.
+
 Epochs. Each channel's epoch is stored with it. A channel created in a database starts
 with the database's epoch, drawn once (``epoch_factory``) when the file is created, so a
 reader of a channel that does not exist yet is told the epoch the channel will have and
@@ -43,7 +56,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final, Literal, TypeVar
 
 from tidings.brokers.base import (
     HistoryRead,
@@ -51,15 +64,16 @@ from tidings.brokers.base import (
     PublicationHandler,
     PublishResult,
 )
+from tidings.brokers.data_dir import prepare_private_file
 from tidings.brokers.memory import LocalPresence, random_epoch
 from tidings.clock import Clock, SystemClock
 from tidings.core.channel import ChannelName
 from tidings.core.channel_log import ChannelLog, Duplicate
-from tidings.core.dedupe import DedupeOptions, DedupeWindow
+from tidings.core.dedupe import DedupeOptions, DedupeWindow, dedupe_key
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Gap, GapReason, Replay, decide_recovery
-from tidings.errors import BrokerError
+from tidings.errors import BrokerError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +84,11 @@ DB_FILE_NAME: Final = "tidings.db"
 PROBE_TIMEOUT_S: Final = 1.0
 SCHEMA_VERSION: Final = 1
 SWEEP_INTERVAL_S: Final = 60.0
+
+Durability = Literal["full", "fast"]
+DURABILITIES: Final[tuple[Durability, ...]] = ("full", "fast")
+# The ``meta`` row that is "1" while a fast session has the file open (see the docstring).
+_UNSYNCED: Final = "unsynced"
 
 # Theory of operation: the group commit.
 #
@@ -83,8 +102,10 @@ SWEEP_INTERVAL_S: Final = 60.0
 # so publishes made in one iteration share one transaction.
 #
 # What is durable when: a publication is durable once its batch's COMMIT returned
-# (WAL with synchronous=NORMAL: it survives a crash of this process; a power loss may
-# roll back the last transactions before a checkpoint). Until then nobody sees it:
+# (``durability="full"``: the WAL was fsynced, it survives a power loss; ``"fast"``:
+# it survives a crash of this process, and a power loss may roll back the last
+# transactions before a checkpoint, which the unsynced mark turns into new epochs at
+# the next open). Until then nobody sees it:
 # ``publish`` has not returned, history is clipped to ``committed_offset``, a duplicate
 # of its key waits for the commit, and it is not delivered. So no client ever holds an
 # offset that a crash could reissue with other data.
@@ -169,14 +190,17 @@ class _Store:
         self._namespaces = namespaces
         self._dedupe = dedupe
         self._db: sqlite3.Connection | None = None
+        self._unsynced = False  # this session marked the file unsynced
 
-    def open(self, new_epoch: str) -> str:
-        """Open (creating if needed) the file; return the database's epoch."""
-        self._file.parent.mkdir(parents=True, exist_ok=True)
+    def open(self, new_epoch: str, durability: Durability) -> tuple[str, bool]:
+        """Open (creating if needed) the file; return the database's epoch, and whether
+        it is a new one because a fast session had not closed the file cleanly."""
+        prepare_private_file(self._file)  # 0700 directory, 0600 files
         db = sqlite3.connect(self._file, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            # The unsynced mark below must be on disk before any publication is.
+            db.execute("PRAGMA synchronous=FULL")
             db.execute("BEGIN IMMEDIATE")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
@@ -189,19 +213,40 @@ class _Store:
                     f"this tidings reads version {SCHEMA_VERSION}"
                 )
             db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('epoch', ?)", (new_epoch,))
-            epoch: str = db.execute("SELECT value FROM meta WHERE name = 'epoch'").fetchone()[0]
+            renewed = _meta(db, _UNSYNCED) == "1"
+            if renewed:
+                # Acknowledged publications may be lost: never give their positions again.
+                db.execute("UPDATE channels SET epoch = ?", (new_epoch,))
+                db.execute("UPDATE meta SET value = ? WHERE name = 'epoch'", (new_epoch,))
+            _set_meta(db, _UNSYNCED, "1" if durability == "fast" else "0")
+            epoch = _meta(db, "epoch")
+            assert epoch is not None, "inserted above"
             db.execute("COMMIT")
+            # Into the main file too: a power loss may take the WAL of a fast session,
+            # but never what a checkpoint wrote (and synced) before it.
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if durability == "fast":
+                db.execute("PRAGMA synchronous=NORMAL")
+                self._unsynced = True
         except BaseException:
             db.close()
             raise
         self._db = db
-        return epoch
+        return epoch, renewed
 
     def close(self) -> None:
-        """Close the file; idempotent."""
-        if self._db is not None:
-            self._db.close()
+        """Clear the unsynced mark (durably) and close the file; idempotent."""
+        db = self._db
+        if db is not None:
             self._db = None
+            try:
+                if self._unsynced:
+                    db.execute("PRAGMA synchronous=FULL")
+                    _set_meta(db, _UNSYNCED, "0")
+            except sqlite3.Error as exc:  # the mark stays: the next open renews epochs, safely
+                logger.warning("clearing the unsynced mark of %s failed: %s", self._file, exc)
+            finally:
+                db.close()
 
     def _connection(self) -> sqlite3.Connection:
         assert self._db is not None, "the store is used only while open"
@@ -241,7 +286,11 @@ class _Store:
             )
             db.executemany(
                 _INSERT_KEY,
-                [(p.channel, p.offset, p.key, p.ts) for p in publications if p.key is not None],
+                [
+                    (p.channel, p.offset, dedupe_key(p.key, p.info), p.ts)
+                    for p in publications
+                    if p.key is not None
+                ],
             )
             db.executemany(_UPSERT_CHANNEL, [(c, p.epoch, p.offset) for c, p in heads.items()])
             db.executemany(
@@ -272,6 +321,15 @@ class _Store:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+
+def _meta(db: sqlite3.Connection, name: str) -> str | None:
+    row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _set_meta(db: sqlite3.Connection, name: str, value: str) -> None:
+    db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
 
 
 _SCHEMA: Final = (
@@ -414,6 +472,7 @@ class SqliteBroker:
 
     Attributes:
         commits: how many write transactions committed (one per batch of publications).
+        file: the database file.
     """
 
     def __init__(
@@ -425,9 +484,22 @@ class SqliteBroker:
         dedupe: DedupeOptions | None = None,
         epoch_factory: Callable[[], str] = random_epoch,
         sweep_interval_s: float = SWEEP_INTERVAL_S,
+        durability: Durability = "full",
     ) -> None:
-        """Prepare a broker storing in directory ``path`` (created if missing) on ``start``."""
-        self._file = Path(path) / DB_FILE_NAME
+        """Prepare a broker storing in directory ``path`` (created if missing) on ``start``.
+
+        ``durability`` is ``"full"`` (a publish returns once fsynced) or ``"fast"`` (once
+        written; see the module docstring).
+
+        Raises:
+            ConfigError: ``durability`` is neither.
+        """
+        if durability not in DURABILITIES:
+            raise ConfigError(
+                f"sqlite durability must be one of {list(DURABILITIES)}, got {durability!r}"
+            )
+        self._durability: Durability = durability
+        self._file = self.file = Path(path) / DB_FILE_NAME
         self._namespaces = namespaces
         self._clock = clock or SystemClock()
         self._dedupe = dedupe or DedupeOptions()
@@ -462,9 +534,9 @@ class SqliteBroker:
         if self._writer is None:
             writer = _Writer(f"tidings-sqlite {self._file}")
             try:
-                self._epoch = await _run(
+                self._epoch, renewed = await _run(
                     writer,
-                    partial(self._store.open, self._epoch_factory()),
+                    partial(self._store.open, self._epoch_factory(), self._durability),
                     f"opening {self._file}",
                 )
             except BaseException:
@@ -472,7 +544,14 @@ class SqliteBroker:
                 writer.stop()
                 raise
             self._writer = writer
-            logger.info("sqlite broker opened %s", self._file)
+            if renewed:
+                logger.warning(
+                    "%s was not closed cleanly under durability fast: its last publications "
+                    "may be lost, so every channel starts a new epoch (%s)",
+                    self._file,
+                    self._epoch,
+                )
+            logger.info("sqlite broker opened %s (durability %s)", self._file, self._durability)
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         self._on_publication = on_publication
 
@@ -530,7 +609,7 @@ class SqliteBroker:
         assert state is not None
         now_ms = self._clock.now_ms()
         if key is not None:
-            earlier = state.earlier_keys.lookup(key, now_ms)
+            earlier = state.earlier_keys.lookup(dedupe_key(key, info), now_ms)
             if earlier is not None:
                 return PublishResult(Position(state.log.epoch, earlier), duplicate=True)
         outcome = state.log.append(data, now_ms, key, info)

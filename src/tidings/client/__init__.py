@@ -17,6 +17,7 @@ from tidings.client.subscription import (
     WebSocketSubscription,
     subscribe,
 )
+from tidings.client.tokens import Token, TokenSource
 
 __all__ = [
     "ApiClient",
@@ -28,6 +29,8 @@ __all__ = [
     "ProtocolViolation",
     "Since",
     "Subscription",
+    "Token",
+    "TokenSource",
     "TransportChoice",
     "TransportName",
     "TransportRefused",

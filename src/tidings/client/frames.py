@@ -32,12 +32,20 @@ class WsFrame(msgspec.Struct, frozen=True):
 
 
 class ConnectResult(msgspec.Struct, frozen=True):
-    """The result of ``connect``: who we are and the ``ping`` interval in seconds."""
+    """The result of ``connect``: who we are, the ``ping`` interval in seconds, and
+    when the token expires (``exp``, Unix seconds), if it does."""
 
     client: str
     user: str
     ping: float
     version: str
+    expires: int | None = None
+
+
+class RefreshResult(msgspec.Struct, frozen=True):
+    """The result of ``refresh``: when the new token expires, if it does."""
+
+    expires: int | None = None
 
 
 class SubscribeResult(msgspec.Struct, frozen=True):

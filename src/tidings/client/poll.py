@@ -27,6 +27,7 @@ from tidings.client.events import Event
 from tidings.client.frames import PollAnswer, decode, to_publications
 from tidings.client.http import check_answer
 from tidings.client.positions import PositionTracker, channel_params
+from tidings.client.tokens import Tokens
 from tidings.core.channel import ChannelName
 from tidings.core.publication import Position
 
@@ -43,7 +44,15 @@ NOT_MODIFIED: Final = 304
 class PollConnector:
     """Polls of one server's ``/poll``: long (``wait_s`` > 0) or short (``wait_s`` = 0)."""
 
-    __slots__ = ("_cursor", "_cursor_positions", "_http", "_interval_s", "_limit", "_wait_s")
+    __slots__ = (
+        "_cursor",
+        "_cursor_positions",
+        "_http",
+        "_interval_s",
+        "_limit",
+        "_tokens",
+        "_wait_s",
+    )
 
     def __init__(
         self,
@@ -52,10 +61,11 @@ class PollConnector:
         wait_s: int = LONG_POLL_WAIT_S,
         interval_s: float = 1.0,
         limit: int = POLL_LIMIT,
+        tokens: Tokens | None = None,
     ) -> None:
-        """Poll through ``http`` (its ``base_url`` is the server, its headers carry any
-        token): long polls holding ``wait_s`` (1–60), or short polls (``wait_s=0``)
-        every ``interval_s``.
+        """Poll through ``http`` (its ``base_url`` is the server), with a token of
+        ``tokens`` fetched for each run of polls: long polls holding ``wait_s`` (1–60),
+        or short polls (``wait_s=0``) every ``interval_s``.
 
         Raises:
             ValueError: ``wait_s`` not in 0–60, ``limit`` not in 1–1000, or a negative
@@ -72,6 +82,7 @@ class PollConnector:
         self._interval_s = interval_s
         self._limit = limit
         self._cursor: str | None = None
+        self._tokens = tokens or Tokens(None)
         # The positions the last answer gave along with ``_cursor``: what it names.
         self._cursor_positions: dict[ChannelName, Position] = {}
 
@@ -91,9 +102,12 @@ class PollConnector:
             httpx.TransportError: the network failed.
         """
         timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=self._wait_s + ANSWER_MARGIN_S)
+        # One token per run: once it expires the server refuses a poll (401), and the
+        # subscription starts another run with a fresh one.
+        token = await self._tokens.fresh()
         while True:
             params = channel_params(tracker.channels)
-            headers: dict[str, str] = {}
+            headers: dict[str, str] = {"Authorization": f"Bearer {token}"} if token else {}
             # The last cursor, while it names exactly the tracker's positions (a tracker
             # never moves back, so it may hold more than an answer gave).
             cursor = self._cursor if self._cursor_positions == tracker.positions else None

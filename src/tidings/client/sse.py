@@ -26,6 +26,7 @@ from tidings.client.events import Event
 from tidings.client.frames import Disconnect, Subscribed, decode, to_publication
 from tidings.client.http import check_answer
 from tidings.client.positions import PositionTracker, channel_params
+from tidings.client.tokens import Tokens
 from tidings.core.channel import ChannelName
 from tidings.core.publication import Position
 from tidings.core.wire import PublicationFrame
@@ -90,14 +91,21 @@ class EventStreamDecoder:
 class SseConnector:
     """Streams of one server's ``/sse``."""
 
-    __slots__ = ("_http", "_last_event_id", "_read_timeout_s")
+    __slots__ = ("_http", "_last_event_id", "_read_timeout_s", "_tokens")
 
-    def __init__(self, http: httpx.AsyncClient, *, read_timeout_s: float = READ_TIMEOUT_S) -> None:
-        """Stream through ``http`` (its ``base_url`` is the server, its headers carry
-        any token)."""
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        read_timeout_s: float = READ_TIMEOUT_S,
+        tokens: Tokens | None = None,
+    ) -> None:
+        """Stream through ``http`` (its ``base_url`` is the server), with a token of
+        ``tokens`` fetched for each stream."""
         self._http = http
         self._read_timeout_s = read_timeout_s
         self._last_event_id: str | None = None
+        self._tokens = tokens or Tokens(None)
 
     @property
     def name(self) -> Literal["sse"]:
@@ -119,6 +127,9 @@ class SseConnector:
         """
         params = channel_params(tracker.channels)
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        token = await self._tokens.fresh()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         cursor = tracker.resume_cursor(self._last_event_id)
         if cursor is not None:
             headers["Last-Event-ID"] = cursor

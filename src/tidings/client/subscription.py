@@ -44,6 +44,13 @@ resumes exactly after what the application received, even when it stopped readin
 with events still queued. A full queue blocks the producer, which stops reading: the
 server then sees a slow consumer and closes with 4500, and the client resumes.
 
+Tokens (tokens.py): with a token callable, each connection presents a fresh token,
+and a token that expired is one more reason to reconnect: a close 4001 with
+``reconnect: true`` (the server's "token expired"), or ``unauthorized`` from a
+connection that had got through (a poll run whose token ran out). A token refused on
+a connection that never got through stops the subscription: the callable's tokens
+are not accepted, and retrying would not change that.
+
 ``close`` cancels the producer (its connection closes as the task unwinds) and ends
 the iteration, on whichever task the application iterates.
 """
@@ -72,10 +79,11 @@ from tidings.client.http import base_url
 from tidings.client.poll import LONG_POLL_WAIT_S, PollConnector
 from tidings.client.positions import PositionTracker
 from tidings.client.sse import SseConnector
+from tidings.client.tokens import Token, Tokens
 from tidings.client.websocket import WebSocketConnector
 from tidings.core.channel import ChannelName, parse_channel
 from tidings.core.publication import Position, Publication
-from tidings.errors import ConnectionClosed, RequestError
+from tidings.errors import ConnectionClosed, RequestError, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +204,7 @@ class Subscription:
         channels: Sequence[str],
         *,
         transport: TransportChoice = "auto",
-        token: str | None = None,
+        token: Token | None = None,
         since: Since | None = None,
         poll_interval_s: float = 1.0,
         long_poll_wait_s: int = LONG_POLL_WAIT_S,
@@ -210,7 +218,10 @@ class Subscription:
             channels: the channels, at least one.
             transport: ``"ws"``, ``"sse"``, ``"longpoll"``, ``"poll"`` (short polling
                 every ``poll_interval_s``), or ``"auto"``: ws, else sse, else longpoll.
-            token: a connection JWT, sent as ``Authorization: Bearer``.
+            token: a connection JWT, sent as ``Authorization: Bearer``; or a callable
+                (sync or async) returning a fresh one, called before each connection
+                and, over WebSocket, shortly before the token's ``exp`` (the client
+                then sends ``refresh``).
             since: positions to resume channels after (``positions`` of an earlier
                 subscription); channels without one start from now.
             poll_interval_s: the delay between short polls.
@@ -243,7 +254,7 @@ class Subscription:
         )
         self.transport: TransportName = self._candidates[0]
         """The transport in use (or being tried)."""
-        self._token = token
+        self._tokens = Tokens(token)
         self._poll_interval_s = poll_interval_s
         self._long_poll_wait_s = long_poll_wait_s
         self._backoff = backoff or Backoff()
@@ -340,6 +351,8 @@ class Subscription:
             except Exception as exc:  # every ending is sorted below; STOP re-raises it
                 failure = exc
             outcome = _outcome(failure)
+            if outcome is _Outcome.STOP and self._is_token_expiry(failure, attempt):
+                outcome = _Outcome.RECONNECT  # a fresh token comes with the next connection
             if outcome is _Outcome.STOP or (outcome is _Outcome.REFUSED and not route.auto):
                 raise failure  # a fixed transport that is refused for good cannot work
             if attempt.subscribed:
@@ -361,6 +374,11 @@ class Subscription:
             )
             await asyncio.sleep(delay_s)
 
+    def _is_token_expiry(self, failure: Exception, attempt: Attempt) -> bool:
+        """Whether ``failure`` is a token that ran out on a connection that had got
+        through, which a fresh token from the callable mends."""
+        return self._tokens.is_renewable and attempt.connected and isinstance(failure, Unauthorized)
+
     async def _run_session(self, connector: Connector, attempt: Attempt) -> None:
         """Queue the events of one connection until it ends (by raising)."""
         # aclosing: a cancel (``close``) while an event is being queued still closes
@@ -381,17 +399,19 @@ class Subscription:
     def _connectors(self) -> list[Connector]:
         http = self._http_client()
         made: dict[TransportName, Connector] = {
-            "ws": WebSocketConnector(_ws_url(self.server_url), self._token),
-            "sse": SseConnector(http),
-            "longpoll": PollConnector(http, wait_s=self._long_poll_wait_s),
-            "poll": PollConnector(http, wait_s=0, interval_s=self._poll_interval_s),
+            "ws": WebSocketConnector(_ws_url(self.server_url), self._tokens),
+            "sse": SseConnector(http, tokens=self._tokens),
+            "longpoll": PollConnector(http, wait_s=self._long_poll_wait_s, tokens=self._tokens),
+            "poll": PollConnector(
+                http, wait_s=0, interval_s=self._poll_interval_s, tokens=self._tokens
+            ),
         }
         return [made[name] for name in self._candidates]
 
     def _http_client(self) -> httpx.AsyncClient:
         if self._http is None:
-            headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
-            self._http = httpx.AsyncClient(base_url=self.server_url, headers=headers)
+            # No Authorization here: each stream or run of polls sets its own token.
+            self._http = httpx.AsyncClient(base_url=self.server_url)
         return self._http
 
 
@@ -399,7 +419,7 @@ def subscribe(
     server_url: str,
     *channels: str,
     transport: TransportChoice = "auto",
-    token: str | None = None,
+    token: Token | None = None,
     since: Since | None = None,
     poll_interval_s: float = 1.0,
     long_poll_wait_s: int = LONG_POLL_WAIT_S,
@@ -434,7 +454,7 @@ class WebSocketSubscription(Subscription):
         url: str,
         channels: Sequence[str],
         *,
-        token: str | None = None,
+        token: Token | None = None,
         since: Since | None = None,
         backoff: Backoff | None = None,
     ) -> None:

@@ -9,6 +9,12 @@ frames to the tracker in arrival order keeps every channel in order.
 A link that stays silent for twice the announced ping interval is dead (the server
 sends ``{"push": "ping"}`` after each ``ping`` seconds of silence): it raises
 ``TimeoutError`` and the subscription reconnects.
+
+Token renewal (tokens.py): when ``connect`` (or ``refresh``) answers ``expires`` and
+the application gave a token callable, a timer task of the connection fetches a new
+token shortly before then and sends ``refresh``. A refused refresh is logged and left
+alone: the server then closes at expiry with 4001 and ``reconnect: true``, and the
+subscription reconnects with a fresh token.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import AsyncGenerator
 from typing import Final, Literal
 
@@ -34,6 +41,7 @@ from tidings.client.events import Event
 from tidings.client.frames import (
     ConnectResult,
     Disconnect,
+    RefreshResult,
     SubscribeResult,
     WsFrame,
     decode,
@@ -41,6 +49,7 @@ from tidings.client.frames import (
     to_publications,
 )
 from tidings.client.positions import PositionTracker
+from tidings.client.tokens import Tokens, renew_in_s
 from tidings.core.channel import ChannelName
 from tidings.core.publication import Position
 from tidings.core.wire import PublicationFrame, encode_json
@@ -58,12 +67,13 @@ CLOSE_ABNORMAL: Final = 1006
 class WebSocketConnector:
     """Connections to one server's ``/ws``."""
 
-    __slots__ = ("_token", "url")
+    __slots__ = ("_tokens", "url")
 
-    def __init__(self, url: str, token: str | None = None) -> None:
-        """Connect to ``url`` (``ws://host:port/ws``), with ``token`` as a bearer token."""
+    def __init__(self, url: str, token: str | Tokens | None = None) -> None:
+        """Connect to ``url`` (``ws://host:port/ws``), with ``token`` (or one of ``Tokens``,
+        fetched for each connection) as a bearer token."""
         self.url = url
-        self._token = token
+        self._tokens = token if isinstance(token, Tokens) else Tokens(token)
 
     @property
     def name(self) -> Literal["ws"]:
@@ -81,7 +91,8 @@ class WebSocketConnector:
             RequestError: the server refused ``connect`` or a ``subscribe``.
             TimeoutError: the link went silent.
         """
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
+        token = await self._tokens.fresh()
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
             connection = await connect(
                 self.url,
@@ -93,8 +104,8 @@ class WebSocketConnector:
         except websockets.InvalidStatus as exc:
             status = exc.response.status_code
             raise TransportRefused("ws", status, "the WebSocket upgrade was refused") from exc
+        reader = _Reader(connection, tracker, attempt, self._tokens)
         try:
-            reader = _Reader(connection, tracker, attempt)
             # A server that refuses the handshake's token closes at once (4001): the
             # close, read below, says so. Failing on the send instead would look like a
             # network that cuts WebSocket, and send ``auto`` to the next transport.
@@ -104,6 +115,7 @@ class WebSocketConnector:
                 async for events in batches:
                     yield events
         finally:
+            await reader.stop_renewal()
             await connection.close()
 
 
@@ -111,9 +123,16 @@ class _Reader:
     """The commands and frames of one connection."""
 
     def __init__(
-        self, connection: ClientConnection, tracker: PositionTracker, attempt: Attempt
+        self,
+        connection: ClientConnection,
+        tracker: PositionTracker,
+        attempt: Attempt,
+        tokens: Tokens,
     ) -> None:
         self._connection = connection
+        self._tokens = tokens
+        self._renewal: asyncio.Task[None] | None = None
+        self._refresh_ids: set[int] = set()
         self._tracker = tracker
         self._attempt = attempt
         self._ids = itertools.count(1)
@@ -157,9 +176,12 @@ class _Reader:
         if (code is None or code == CLOSE_ABNORMAL) and goodbye is not None:
             code, reason = goodbye.code, goodbye.reason  # the close frame was lost
         code = CLOSE_ABNORMAL if code is None else code
+        # The server's own advice wins over the code's range: a 4001 "token expired"
+        # says reconnect (with a fresh token).
+        advised = goodbye is not None and goodbye.code == code and goodbye.reconnect
         delay_ms = goodbye.delay_ms if goodbye is not None else None
         raise ConnectionClosed(
-            code, reason, reconnect=not is_terminal_close(code), delay_ms=delay_ms
+            code, reason, reconnect=advised or not is_terminal_close(code), delay_ms=delay_ms
         )
 
     def _receive(self, raw: str | bytes) -> list[Event]:
@@ -183,6 +205,16 @@ class _Reader:
         return []  # ping, presence: nothing for the application
 
     def _receive_reply(self, frame: WsFrame) -> list[Event]:
+        if frame.id in self._refresh_ids:
+            self._refresh_ids.discard(frame.id or 0)
+            if frame.error is not None:
+                # The connection stays on its token until the server closes at its
+                # expiry (4001, reconnect): the reconnect fetches a fresh one.
+                logger.warning("token refresh refused: %s", frame.error.message)
+            elif frame.result is not None:
+                refreshed = decode("refresh result", frame.result, RefreshResult)
+                self._renew_before(refreshed.expires)
+            return []
         if frame.error is not None:
             raise error_for(frame.error.code, frame.error.message)
         if not frame.result:
@@ -190,6 +222,7 @@ class _Reader:
         if frame.id == self._connect_id:
             result = decode("connect result", frame.result, ConnectResult)
             self._silence_s = max(result.ping, 0.1) * SILENT_PINGS
+            self._renew_before(result.expires)
             return []
         channel = self._pending.pop(frame.id or 0, None)
         if channel is None:
@@ -206,3 +239,34 @@ class _Reader:
         if not self._pending:
             self._attempt.subscribed = True
         return events
+
+    # -- token renewal -----------------------------------------------------------------
+
+    def _renew_before(self, expires: int | None) -> None:
+        """Schedule a ``refresh`` shortly before ``expires``, if a new token can be had."""
+        if expires is None or not self._tokens.is_renewable:
+            return
+        if self._renewal is not None:
+            self._renewal.cancel()
+        delay_s = renew_in_s(expires, time.time())
+        self._renewal = asyncio.get_running_loop().create_task(self._renew(delay_s))
+
+    async def _renew(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        try:
+            token = await self._tokens.fresh()
+        except Exception as exc:  # the application's callable: the close at expiry follows
+            logger.warning("the token callable failed: %r", exc)
+            return
+        command_id = next(self._ids)
+        self._refresh_ids.add(command_id)
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await self._send({"op": "refresh", "id": command_id, "token": token})
+
+    async def stop_renewal(self) -> None:
+        """Cancel a pending renewal (the connection ends)."""
+        if self._renewal is not None:
+            self._renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewal
+            self._renewal = None

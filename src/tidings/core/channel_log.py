@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tidings.core.channel import ChannelName
-from tidings.core.dedupe import DedupeOptions, DedupeWindow
+from tidings.core.dedupe import DedupeOptions, DedupeWindow, dedupe_key
 from tidings.core.history import ChannelHistory, HistoryOptions
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Recovery
@@ -74,7 +74,7 @@ class ChannelLog:
             nothing).
         """
         if key is not None:
-            offset = self._dedupe.lookup(key, now_ms)
+            offset = self._dedupe.lookup(dedupe_key(key, info), now_ms)
             if offset is not None:
                 return Duplicate(Position(self.epoch, offset))
         publication = Publication(
@@ -89,7 +89,8 @@ class ChannelLog:
         self.head_offset = publication.offset
         self._history.retain(publication, now_ms)
         if publication.key is not None:
-            self._dedupe.remember(publication.key, publication.offset, publication.ts)
+            remembered = dedupe_key(publication.key, publication.info)
+            self._dedupe.remember(remembered, publication.offset, publication.ts)
 
     def expire(self, now_ms: int) -> bool:
         """Drop the publications and keys that are too old at ``now_ms``.

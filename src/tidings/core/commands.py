@@ -18,7 +18,10 @@ from tidings.errors import BadRequest, MessageTooLarge
 MAX_HISTORY_LIMIT: Final = 1000
 MAX_KEY_LENGTH: Final = 255
 
-IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH)]
+# No NUL: it marks the client key space (core.dedupe), which no sent key may reach.
+IdempotencyKey = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH, pattern="^[^\x00]*$")
+]
 HistoryLimit = Annotated[int, msgspec.Meta(ge=0, le=MAX_HISTORY_LIMIT)]
 
 
@@ -50,6 +53,12 @@ class Connect(_Command, frozen=True, tag="connect"):
     """Authenticate the connection (optional first command)."""
 
     token: str | None = None
+
+
+class Refresh(_Command, frozen=True, tag="refresh"):
+    """Replace the connection's token, before it expires, with a new one of the same user."""
+
+    token: str
 
 
 class Subscribe(_ChannelCommand, frozen=True, tag="subscribe"):
@@ -84,10 +93,19 @@ class Ping(_Command, frozen=True, tag="ping"):
     """Ask for an empty reply (a client-side liveness check)."""
 
 
-Command = Connect | Subscribe | Unsubscribe | Publish | History | Presence | Ping
+Command = Connect | Refresh | Subscribe | Unsubscribe | Publish | History | Presence | Ping
 
 _decoder: Final = msgspec.json.Decoder(Command)
-OPS: Final = ("connect", "subscribe", "unsubscribe", "publish", "history", "presence", "ping")
+OPS: Final = (
+    "connect",
+    "refresh",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "history",
+    "presence",
+    "ping",
+)
 
 
 class _IdOnly(msgspec.Struct):

@@ -5,11 +5,25 @@ published again; the window remembers the offset the key was first published at.
 Keys are remembered in arrival order, so expiry only ever looks at the front. The
 window is also bounded by count, so a publisher sending unique keys at a high rate
 cannot grow it without limit; the oldest keys go first.
+
+Key spaces: clients and the application's backend choose keys independently, so a
+client must not be able to make a server publication vanish by publishing first with
+the key the backend will use. A key is remembered under ``dedupe_key``: a server
+publication (no ``info``) under the key itself, a client's under its user's own space.
+A client's retry still repeats its own earlier publish, from any connection of the same
+user (anonymous clients share one space: they cannot be told apart).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
+
+from tidings.core.publication import ClientInfo
+
+# No key a publisher sends may hold this character (commands.IdempotencyKey), so a
+# client's key space, which starts with it, never meets the server's.
+CLIENT_KEY_MARK: Final = "\x00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +32,18 @@ class DedupeOptions:
 
     window_ms: int = 300_000
     max_keys: int = 100_000
+
+
+def dedupe_key(key: str, info: ClientInfo | None) -> str:
+    """Return what ``key`` is remembered under, given who published (see the module docstring).
+
+    Server keys are kept as they are (so keys stored by earlier versions still match);
+    a client's key is prefixed with the mark and its user, length first so that no two
+    (user, key) pairs give the same string.
+    """
+    if info is None:
+        return key
+    return f"{CLIENT_KEY_MARK}{len(info.user)}:{info.user}{key}"
 
 
 class DedupeWindow:

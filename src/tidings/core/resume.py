@@ -44,6 +44,22 @@ def parse_channel_list(
     return channels
 
 
+def check_channel_count(count: int, limit: int) -> None:
+    """Refuse a stream or poll of more channels than one connection may hold.
+
+    Args:
+        count: the channels the request names.
+        limit: the ``max_channels_per_connection`` setting (a WebSocket's bound too).
+
+    Raises:
+        BadRequest: ``count`` is over ``limit``; the message names the setting.
+    """
+    if count > limit:
+        raise BadRequest(
+            f"{count} channels given; max_channels_per_connection allows {limit} per request"
+        )
+
+
 def check_cursor_capacity(channels: Sequence[ChannelName]) -> None:
     """Refuse, up front, channels whose cursor could one day outgrow its 4 KiB bound.
 

@@ -2,6 +2,16 @@
 
 HTTP I/O through Starlette. Bodies are decoded once into typed structs; every error
 becomes one JSON error body through ``http_errors``.
+
+Admission is one function, ``admit_api_request``, for the Starlette routes and the
+native server's ``POST /api/publish`` alike. With an ``api_key`` the key is the door.
+Without one (the API is open, for a node on loopback), a web page must still not be
+able to use the API through its visitor's browser: a cross-site request is refused
+(``Origin``, ``Sec-Fetch-Site``), and so is a ``Host`` that is not a loopback name,
+which is what a DNS-rebound page sends. Every POST must say ``Content-Type:
+application/json``, key or not: a page can send ``text/plain`` cross-site without a
+preflight but not JSON, and a client that works against an open node then works
+unchanged against a keyed one.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from starlette.routing import Route
 from tidings.brokers.base import PublishResult
 from tidings.core.channel import ChannelName, parse_channel
 from tidings.core.commands import MAX_HISTORY_LIMIT, IdempotencyKey, publication_data
+from tidings.core.origin import is_cross_site, is_loopback_host
 from tidings.core.publication import Position, parse_position_text
 from tidings.core.recovery import Replay
 from tidings.core.wire import encode_json, position_fields, publication_frames
@@ -70,10 +81,72 @@ class DisconnectBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 Handler = Callable[[Request], Awaitable[Response]]
-# ``publish_native``: the authorization header and whole body in; status, headers, body out.
+# A request header by lower-case name, as the native server looks it up.
+NativeHeader = Callable[[bytes], bytes | None]
+# ``publish_native``: headers, whole body and peer address in; status, headers, body out.
 NativePublish = Callable[
-    [str | None, bytes, tuple[str, int] | None], Awaitable[tuple[int, dict[str, str], bytes]]
+    [NativeHeader, bytes, tuple[str, int] | None], Awaitable[tuple[int, dict[str, str], bytes]]
 ]
+
+JSON_MEDIA_TYPE: Final = "application/json"
+
+
+# A request header by lower-case name, as admission reads it.
+HeaderLookup = Callable[[str], str | None]
+
+
+def native_header_lookup(header: NativeHeader) -> HeaderLookup:
+    """Read the native server's byte headers as text (latin-1, as HTTP has it)."""
+
+    def text(name: str) -> str | None:
+        value = header(name.encode("ascii"))
+        return None if value is None else value.decode("latin-1")
+
+    return text
+
+
+def admit_api_request(method: str, header: HeaderLookup, scheme: str, api_key: str | None) -> None:
+    """Let a server API request in, or raise why not (see the module docstring).
+
+    Args:
+        method: the request's method.
+        header: looks up a request header by lower-case name.
+        scheme: ``http`` or ``https``, for telling a same-origin ``Origin``.
+        api_key: the ``api_key`` setting; ``None``, the API is open.
+
+    Raises:
+        PermissionDenied: no ``api_key`` is set and the request comes from another
+            site's page, or names a ``Host`` that is not a loopback name.
+        Unauthorized: the key is missing or wrong.
+        BadRequest: a POST whose ``Content-Type`` is not ``application/json``.
+    """
+    if api_key is None:
+        host = header("host")
+        if is_cross_site(header("origin"), header("sec-fetch-site"), host, scheme):
+            raise PermissionDenied(
+                "the server API has no api_key set and refuses requests from web pages of "
+                "other sites; call it from the backend, or set api_key"
+            )
+        if not is_loopback_host(host):
+            raise PermissionDenied(
+                "the server API has no api_key set and answers only requests to a loopback "
+                "Host (127.0.0.1, localhost, [::1]); set api_key to call it by another name"
+            )
+    refusal = api_key_refusal(api_key, bearer_token(header("authorization")))
+    if refusal is not None:
+        raise Unauthorized(refusal)
+    if method == "POST":
+        content_type = header("content-type")
+        if not _is_json(content_type):
+            raise BadRequest(
+                f"the server API takes JSON bodies: send Content-Type: {JSON_MEDIA_TYPE}, "
+                f"got {content_type or 'none'}"
+            )
+
+
+def _is_json(content_type: str | None) -> bool:
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    return media_type == JSON_MEDIA_TYPE
 
 
 class ServerApi:
@@ -103,7 +176,9 @@ class ServerApi:
 
         async def guarded(request: Request) -> Response:
             try:
-                self._check_key(request.headers.get("authorization"))
+                admit_api_request(
+                    request.method, request.headers.get, request.url.scheme, self._api_key
+                )
                 return await handler(request)
             except RequestError as error:
                 self._context.refusals.refused_request(error, request.scope.get("client"), api=True)
@@ -113,11 +188,6 @@ class ServerApi:
                 return internal_error_response()
 
         return guarded
-
-    def _check_key(self, authorization: str | None) -> None:
-        refusal = api_key_refusal(self._api_key, bearer_token(authorization))
-        if refusal is not None:
-            raise Unauthorized(refusal)
 
     async def _body(self, request: Request, kind: type[T]) -> T:
         return await read_json_body(request, kind, self._max_body)
@@ -132,12 +202,13 @@ class ServerApi:
         return json_response(_publish_fields(result))
 
     async def publish_native(
-        self, authorization: str | None, raw: bytes, peer: tuple[str, int] | None = None
+        self, header: NativeHeader, raw: bytes, peer: tuple[str, int] | None = None
     ) -> tuple[int, dict[str, str], bytes]:
-        """``POST /api/publish`` as tidings' native server hands it over (the whole body,
-        no Starlette): the same checks and the same answers, as status, headers, body."""
+        """``POST /api/publish`` as tidings' native server hands it over (its headers and
+        whole body, no Starlette): the same admission and the same answers, as status,
+        headers, body."""
         try:
-            self._check_key(authorization)
+            admit_api_request("POST", native_header_lookup(header), "http", self._api_key)
             body = decode_json_body(raw, PublishBody, self._max_body)
             result = await self._publish(body)
         except RequestError as error:

@@ -24,7 +24,7 @@ from tidings.brokers.base import Broker
 from tidings.brokers.factory import create_broker
 from tidings.core.channel import parse_channel
 from tidings.core.commands import publication_data
-from tidings.core.dedupe import DedupeOptions
+from tidings.core.dedupe import CLIENT_KEY_MARK, DedupeOptions
 from tidings.core.drain import plan_drain
 from tidings.core.publication import Position
 from tidings.core.wire import encode_json
@@ -37,6 +37,7 @@ from tidings.server.config import Settings
 from tidings.server.demo import DemoBackend, prepare_demo
 from tidings.server.front import About, OriginCheckedStatic, front_page, health_response
 from tidings.server.heartbeat import run_heartbeats
+from tidings.server.keys import JwksKeys, load_public_key
 from tidings.server.metrics import Metrics
 from tidings.server.status import (
     STATIC_DIR,
@@ -71,6 +72,18 @@ def broker_for(settings: Settings) -> Broker:
         settings.namespace_table(),
         dedupe,
         publish_timeout_s=settings.publish_timeout_s,
+        sqlite_durability=settings.sqlite_durability,
+    )
+
+
+def authenticator_for(settings: Settings, jwks: JwksKeys | None) -> Authenticator:
+    """Return the token verifier the settings describe (keys: ``server/keys.py``)."""
+    path = settings.jwt_public_key
+    return Authenticator(
+        settings.jwt_secret,
+        public_key=None if path is None else load_public_key(path),
+        jwks=jwks,
+        require_exp=settings.jwt_require_exp,
     )
 
 
@@ -81,15 +94,20 @@ class TidingsApp:
         settings = settings or Settings()
         demo = prepare_demo(settings) if settings.demo else None
         self.settings = settings = with_status_namespace(demo.settings if demo else settings)
-        self.sessions = SessionRegistry(settings.max_connections)
+        self.sessions = SessionRegistry(
+            settings.max_connections, settings.max_unauthenticated_connections
+        )
         # Metrics time the broker's calls by wrapping it; the hub never knows.
         self.metrics = Metrics(self.sessions)
         self.hub = Hub(self.metrics.metered(broker or broker_for(settings)))
         self.metrics.read_counters_of(self.hub)
+        url = settings.jwt_jwks_url
+        self._jwks = None if url is None else JwksKeys(url, settings.jwt_jwks_refresh_s)
+        self._jwks_task: asyncio.Task[None] | None = None
         self.context = TransportContext(
             hub=self.hub,
             sessions=self.sessions,
-            authenticator=Authenticator(settings.jwt_secret),
+            authenticator=authenticator_for(settings, self._jwks),
             namespaces=settings.namespace_table(),
             limits=Limits(
                 outbound_buffer_bytes=settings.outbound_buffer_bytes,
@@ -97,6 +115,7 @@ class TidingsApp:
                 max_channels_per_connection=settings.max_channels_per_connection,
                 command_rate=settings.command_rate,
                 command_burst=settings.command_burst,
+                connect_timeout_s=settings.connect_timeout_s,
             ),
             ping_interval_s=settings.ping_interval_s,
             allowed_origins=settings.allowed_origins,
@@ -164,9 +183,15 @@ class TidingsApp:
             tick_s = max(0.05, min(HEARTBEAT_TICK_S, self.settings.ping_interval_s / 4))
             self._heartbeat = asyncio.create_task(run_heartbeats(self.sessions, tick_s))
             self._status_task = asyncio.create_task(self.status.run())
+            if self._jwks is not None:
+                await self._jwks.refresh()  # tokens signed by the issuer verify at once
+                self._jwks_task = asyncio.create_task(self._jwks.run())
             self._started = True
             if self.settings.api_key is None:
-                logger.warning("no api_key is set: the server API accepts any caller")
+                logger.warning(
+                    "no api_key is set: the server API is open to callers on this machine "
+                    "(loopback Host, not from other sites' pages)"
+                )
             logger.info("tidings node %s started", self.context.node_id)
 
     async def drain(
@@ -210,7 +235,9 @@ class TidingsApp:
         if not self._started:
             return
         await self.drain()
-        for task in (self._heartbeat, self._status_task):
+        if self._jwks is not None:
+            await self._jwks.close()
+        for task in (self._heartbeat, self._status_task, self._jwks_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -256,7 +283,7 @@ class TidingsApp:
     @property
     def native_publish(self) -> NativePublish:
         """Where the native server hands ``POST /api/publish`` (``ServerApi.publish_native``):
-        the authorization header and the whole body in, status, headers and body out."""
+        the request's headers and whole body in, status, headers and body out."""
         return self._api.publish_native
 
     # -- in-process publishing (for embedding applications) ---------------------------
@@ -268,10 +295,13 @@ class TidingsApp:
             The publication's position (the original one for a repeated ``key``).
 
         Raises:
-            BadRequest: the channel name is invalid or ``data`` is not JSON-serialisable.
+            BadRequest: the channel name is invalid, ``data`` is not JSON-serialisable or
+                ``key`` holds a NUL (which marks clients' keys: ``core.dedupe``).
             MessageTooLarge: the encoded data is over the namespace's limit.
         """
         name = parse_channel(channel)
+        if key is not None and CLIENT_KEY_MARK in key:
+            raise BadRequest("an idempotency key must not contain NUL")
         try:
             encoded = encode_json(data)
         except (TypeError, ValueError) as exc:

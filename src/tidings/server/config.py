@@ -4,8 +4,10 @@ Parsing only (reads the file it is given). Each setting has one name used everyw
 ``api_key`` in the file is ``TIDINGS_API_KEY`` in the environment and ``--api-key`` on
 the command line. Later sources win: defaults < file < environment < arguments.
 Namespaces are tables of the file (``[namespaces.room]``) or, in the environment,
-``TIDINGS_NAMESPACES__ROOM__CLIENT_PUBLISH=true``. Unknown names are errors, so a typo
-never silently leaves a default in force.
+``TIDINGS_NAMESPACES__ROOM__CLIENT_PUBLISH=true``; they are built once every source is
+merged, so a namespace's options never depend on the order they were read in. Unknown
+names are errors, so a typo never silently leaves a default in force; so are values that
+would make the node refuse every client (a zero rate), and an empty secret.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from typing import Any, Final, Literal
 from tidings.core.channel import DEFAULT_NAMESPACE, NamespaceName
 from tidings.core.history import HistoryOptions
 from tidings.core.namespace import NamespaceOptions, Namespaces, Policy, default_namespaces
+from tidings.core.origin import is_loopback_host
 from tidings.errors import ConfigError
+from tidings.server.auth import check_hs256_secret
+from tidings.server.keys import load_public_key
 from tidings.server.units import parse_duration_s, parse_size_bytes
 
 ENV_PREFIX: Final = "TIDINGS_"
@@ -42,12 +47,19 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     data: str | None = None
+    sqlite_durability: str = "full"
     broker: str | None = None
     api_key: str | None = None
     jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_jwks_refresh_s: float = 300.0
+    jwt_require_exp: bool = True
     allowed_origins: tuple[str, ...] = ()
     ping_interval_s: float = 25.0
     max_connections: int = 10_000
+    max_unauthenticated_connections: int = 1_000
+    connect_timeout_s: float = 10.0
     max_channels_per_connection: int = 128
     outbound_buffer_bytes: int = 1024 * 1024
     command_rate: float = 100.0
@@ -63,6 +75,10 @@ class Settings:
     access_log: bool = False
     server_backend: ServerBackend = "native"
     namespaces: Mapping[NamespaceName, NamespaceOptions] = field(default_factory=default_namespaces)
+    allow_open_api: bool = False
+
+    def __post_init__(self) -> None:
+        _check_limits(self)
 
     def namespace_table(self) -> Namespaces:
         """Return the namespace lookup of these settings."""
@@ -83,6 +99,25 @@ def _as_str(name: str, value: object) -> str:
 def _as_optional_str(name: str, value: object) -> str | None:
     text = _as_str(name, value)
     return text or None
+
+
+def _as_secret(name: str, value: object) -> str:
+    """A key or secret: set to something, or not set at all (an empty one is a mistake)."""
+    text = _as_str(name, value)
+    if not text.strip():
+        raise ConfigError(
+            f"{name} is empty: set it to a secret value, or leave it out entirely "
+            f"(an empty {name} is not read as unset)"
+        )
+    return text
+
+
+def _as_api_key(name: str, value: object) -> str:
+    key = _as_secret(name, value)
+    if key != key.strip():
+        # A presented bearer token is stripped (transports/http.py): it could never match.
+        raise ConfigError(f"{name} starts or ends with whitespace, which no caller can send")
+    return key
 
 
 def _as_int(name: str, value: object) -> int:
@@ -146,6 +181,12 @@ def _as_transports(name: str, value: object) -> tuple[TransportName, ...]:
     return tuple(transport for transport in TRANSPORTS if transport in value)
 
 
+def _as_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return str(value)
+
+
 def _as_server_backend(name: str, value: object) -> ServerBackend:
     for backend in SERVER_BACKENDS:
         if value == backend:
@@ -153,16 +194,63 @@ def _as_server_backend(name: str, value: object) -> ServerBackend:
     raise ConfigError(f"{name} must be one of {list(SERVER_BACKENDS)}, got {value!r}")
 
 
+# Limits below which a node refuses or cuts every client (a zero command rate answered
+# every WebSocket handshake with 500): (name, Settings field, smallest value allowed).
+_AT_LEAST: Final = (
+    ("port", "port", 0),
+    ("max_connections", "max_connections", 1),
+    ("max_channels_per_connection", "max_channels_per_connection", 1),
+    ("outbound_buffer", "outbound_buffer_bytes", 1),
+    ("command_burst", "command_burst", 1),
+)
+# Limits that must be more than 0 (any fraction will do).
+_MORE_THAN_ZERO: Final = (
+    ("command_rate", "command_rate"),
+    ("ping_interval", "ping_interval_s"),
+    ("publish_timeout", "publish_timeout_s"),
+)
+MAX_PORT: Final = 65_535
+
+
+def _check_limits(settings: Settings) -> None:
+    """Refuse limits no node can serve with (``Settings`` runs this as it is built)."""
+    for name, attribute, low in _AT_LEAST:
+        value = getattr(settings, attribute)
+        if value < low:
+            raise ConfigError(f"{name} must be at least {low}, got {value:g}")
+    for name, attribute in _MORE_THAN_ZERO:
+        value = getattr(settings, attribute)
+        if not value > 0:
+            raise ConfigError(f"{name} must be more than 0, got {value:g}")
+    if not 0 < settings.drain_rate < math.inf:
+        raise ConfigError(
+            f"drain_rate must be reconnects per second above 0, got {settings.drain_rate:g}"
+        )
+    if settings.port > MAX_PORT:
+        raise ConfigError(f"port must be from 0 to {MAX_PORT}, got {settings.port}")
+    for name, options in settings.namespaces.items():
+        if options.max_data_bytes < 1:
+            key = name or DEFAULT_NAMESPACE_KEY
+            raise ConfigError(f"namespaces.{key}.max_data_size must be at least 1 byte, got 0")
+
+
 _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "host": _as_str,
     "port": _as_int,
     "data": _as_optional_str,
+    "sqlite_durability": lambda name, value: _as_choice(name, value, ("full", "fast")),
     "broker": _as_optional_str,
-    "api_key": _as_optional_str,
-    "jwt_secret": _as_optional_str,
+    "api_key": _as_api_key,
+    "jwt_secret": _as_secret,
+    "jwt_public_key": _as_optional_str,
+    "jwt_jwks_url": _as_optional_str,
+    "jwt_jwks_refresh": parse_duration_s,
+    "jwt_require_exp": _as_bool,
     "allowed_origins": _as_origins,
     "ping_interval": parse_duration_s,
     "max_connections": _as_int,
+    "max_unauthenticated_connections": _as_int,
+    "connect_timeout": parse_duration_s,
     "max_channels_per_connection": _as_int,
     "outbound_buffer": parse_size_bytes,
     "command_rate": _as_float,
@@ -177,6 +265,7 @@ _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "demo": _as_bool,
     "access_log": _as_bool,
     "server_backend": _as_server_backend,
+    "allow_open_api": _as_bool,
 }
 # Settings fields whose configuration name drops the unit suffix.
 _FIELD_OF: Final = {
@@ -184,8 +273,10 @@ _FIELD_OF: Final = {
     "outbound_buffer": "outbound_buffer_bytes",
     "dedupe_window": "dedupe_window_s",
     "shutdown_timeout": "shutdown_timeout_s",
+    "jwt_jwks_refresh": "jwt_jwks_refresh_s",
     "drain_window": "drain_window_s",
     "publish_timeout": "publish_timeout_s",
+    "connect_timeout": "connect_timeout_s",
 }
 _SETTING_OF_FIELD: Final = {field_name: name for name, field_name in _FIELD_OF.items()}
 
@@ -246,9 +337,15 @@ def _namespace_options(
     return replace(options, history=history)
 
 
-def _apply(settings: Settings, values: Mapping[str, object], source: str) -> Settings:
+NamespaceTables = dict[str, dict[str, object]]
+
+
+def _apply(
+    settings: Settings, values: Mapping[str, object], source: str, tables: NamespaceTables
+) -> Settings:
+    """Apply one source's settings; merge its namespace tables into ``tables`` (a later
+    source's value of a namespace setting wins), to be built once all are read."""
     changes: dict[str, Any] = {}
-    namespaces = dict(settings.namespaces)
     for name, value in values.items():
         if name == "namespaces":
             if not isinstance(value, Mapping):
@@ -256,13 +353,7 @@ def _apply(settings: Settings, values: Mapping[str, object], source: str) -> Set
             for ns_name, table in value.items():
                 if not isinstance(table, Mapping):
                     raise ConfigError(f"{source}: namespaces.{ns_name} must be a table")
-                key = (
-                    DEFAULT_NAMESPACE
-                    if ns_name == DEFAULT_NAMESPACE_KEY
-                    else NamespaceName(ns_name)
-                )
-                base = namespaces.get(key, namespaces[DEFAULT_NAMESPACE])
-                namespaces[key] = _namespace_options(ns_name, table, base)
+                tables.setdefault(ns_name, {}).update(table)
             continue
         parser = _PARSERS.get(name)
         if parser is None:
@@ -270,7 +361,29 @@ def _apply(settings: Settings, values: Mapping[str, object], source: str) -> Set
                 f"{source}: unknown setting {name!r}; known: {sorted([*_PARSERS, 'namespaces'])}"
             )
         changes[_FIELD_OF.get(name, name)] = parser(name, value)
-    return replace(settings, namespaces=namespaces, **changes)
+    return replace(settings, **changes)
+
+
+def _build_namespaces(tables: NamespaceTables) -> dict[NamespaceName, NamespaceOptions]:
+    """Build every namespace from the merged tables of all sources.
+
+    The default namespace first: every other namespace starts from it (or, for a
+    built-in one such as ``user``, from its built-in options), whatever order the
+    tables or environment variables came in.
+    """
+    namespaces = default_namespaces()
+    default_table = tables.get(DEFAULT_NAMESPACE_KEY)
+    if default_table is not None:
+        namespaces[DEFAULT_NAMESPACE] = _namespace_options(
+            DEFAULT_NAMESPACE_KEY, default_table, namespaces[DEFAULT_NAMESPACE]
+        )
+    for ns_name, table in tables.items():
+        if ns_name == DEFAULT_NAMESPACE_KEY:
+            continue
+        key = NamespaceName(ns_name)
+        base = namespaces.get(key, namespaces[DEFAULT_NAMESPACE])
+        namespaces[key] = _namespace_options(ns_name, table, base)
+    return namespaces
 
 
 def _env_values(environ: Mapping[str, str]) -> dict[str, object]:
@@ -292,6 +405,17 @@ def _env_values(environ: Mapping[str, str]) -> dict[str, object]:
     return values
 
 
+def _check_open_api(settings: Settings) -> None:
+    """Refuse to serve the server API without a key beyond this machine, unless asked."""
+    is_open = settings.api_key is None and not settings.allow_open_api
+    if is_open and not is_loopback_host(settings.host):
+        raise ConfigError(
+            f"host {settings.host!r} is not a loopback address and no api_key is set: "
+            "anyone who reaches the node could publish and disconnect users; set api_key "
+            "(TIDINGS_API_KEY), or allow_open_api = true to serve the API open on purpose"
+        )
+
+
 def load_settings(
     config_file: Path | None = None,
     environ: Mapping[str, str] | None = None,
@@ -305,10 +429,14 @@ def load_settings(
         arguments: settings given on the command line (``None`` values are ignored).
 
     Raises:
-        ConfigError: a file that cannot be read or parsed, an unknown setting, or a
-            value of the wrong form; the message names the setting and what is accepted.
+        ConfigError: a file that cannot be read or parsed, an unknown setting, a value
+            of the wrong form or out of range (a zero ``command_rate``), an empty
+            ``api_key`` or ``jwt_secret``, or an open server API (no ``api_key``) bound
+            beyond loopback without ``allow_open_api``; the message names the setting
+            and what is accepted.
     """
     settings = Settings()
+    tables: NamespaceTables = {}
     if config_file is not None:
         try:
             with config_file.open("rb") as file:
@@ -317,20 +445,29 @@ def load_settings(
             raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
-        settings = _apply(settings, table, str(config_file))
+        settings = _apply(settings, table, str(config_file), tables)
     if environ is not None:
-        settings = _apply(settings, _env_values(environ), "environment")
+        settings = _apply(settings, _env_values(environ), "environment", tables)
     if arguments:
         given = {name: value for name, value in arguments.items() if value is not None}
-        settings = _apply(settings, given, "arguments")
-    if settings.ping_interval_s <= 0:
-        raise ConfigError(f"ping_interval must be more than 0, got {settings.ping_interval_s:g}")
-    if not 0 < settings.drain_rate < math.inf:
-        raise ConfigError(
-            f"drain_rate must be reconnects per second above 0, got {settings.drain_rate:g}"
-        )
-    if settings.publish_timeout_s <= 0:
-        raise ConfigError(
-            f"publish_timeout must be more than 0, got {settings.publish_timeout_s:g}"
-        )
+        settings = _apply(settings, given, "arguments", tables)
+    settings = replace(settings, namespaces=_build_namespaces(tables))
+    _check_open_api(settings)
+    _check_token_keys(settings)
     return settings
+
+
+def _check_token_keys(settings: Settings) -> None:
+    """Refuse at start what would refuse every token later: a short HS256 secret, an
+    unreadable public key, two public key sources, a JWKS URL that is not HTTP."""
+    if settings.jwt_secret is not None:
+        check_hs256_secret(settings.jwt_secret)
+    if settings.jwt_public_key is not None:
+        if settings.jwt_jwks_url is not None:
+            raise ConfigError("set jwt_public_key or jwt_jwks_url, not both")
+        load_public_key(settings.jwt_public_key)
+    url = settings.jwt_jwks_url
+    if url is not None and not url.startswith(("https://", "http://")):
+        raise ConfigError(f"jwt_jwks_url must be an http(s) URL, got {url!r}")
+    if settings.jwt_jwks_refresh_s <= 0:
+        raise ConfigError("jwt_jwks_refresh must be more than 0")

@@ -7,9 +7,17 @@ straight to the socket under the native server. Hub fan-out and command replies 
 wait, so a publisher never waits for a client. What waits to be sent is bounded
 (``outbound_buffer``): past it the client is a slow consumer, what can still be
 dropped is dropped and it is disconnected with 4500 and reconnect advice, so it resumes
-later from its position while the server's memory stays bounded (PROTOCOL.md §7). A
-disconnect sends the transport's goodbye after what is already pending, then ends the
-connection.
+later from its position while the server's memory stays bounded (PROTOCOL.md §7). What
+the client asked for (command replies, a stream's opening replay) is not cut but held
+back instead: while more than the bound waits to be sent, the transport reads no
+further command and writes no further replay until it has left
+(``has_reply_backlog``, ``wait_replies_taken``). A disconnect sends the transport's
+goodbye after what is already pending, then ends the connection.
+
+A connection whose token carries ``exp`` is disconnected when it expires (4001, "token
+expired", reconnect advised: the client gets a fresh token and comes back) unless a
+new token replaced it first (the WebSocket ``refresh`` command). Expiries are deadlines
+on the node's one wheel (``TransportContext.deadlines``), not a timer per connection.
 """
 
 from __future__ import annotations
@@ -17,16 +25,24 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
+from typing import Final
 
 from tidings.core.channel import ChannelName
 from tidings.core.permission import ANONYMOUS, Credentials
 from tidings.core.wire import EncodedPublication
 from tidings.hub.registry import PresenceEvent
-from tidings.transports.close_codes import CLOSE_PUBLICATIONS_LOST, CLOSE_SLOW_CONSUMER
+from tidings.transports.close_codes import (
+    CLOSE_PUBLICATIONS_LOST,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_UNAUTHORIZED,
+)
 from tidings.transports.context import TransportContext
+from tidings.transports.deadlines import Deadline
 from tidings.transports.outbound import Outbound
 
 logger = logging.getLogger(__name__)
+
+TOKEN_EXPIRED: Final = "token expired"
 
 
 class StreamConnection(ABC):
@@ -38,6 +54,7 @@ class StreamConnection(ABC):
         "_bound",
         "_closing",
         "_context",
+        "_expiry",
         "_out",
         "client_id",
         "credentials",
@@ -54,6 +71,7 @@ class StreamConnection(ABC):
         self.subscriptions: set[ChannelName] = set()
         self.peer: tuple[str, int] | None = None  # the client's address, for the log
         self._closing: tuple[int, str] | None = None
+        self._expiry: Deadline | None = None
         # Requested bytes still pending: exempt from the slow-consumer bound.
         self._allowance = 0
         self._bound = context.limits.outbound_buffer_bytes
@@ -113,11 +131,12 @@ class StreamConnection(ABC):
         """Send ``chunk``; a push past the outbound bound makes this a slow consumer.
 
         ``requested`` marks what the client itself asked for: a command's reply, a
-        stream's opening replay. Its size is bounded by configuration (history size
-        times data size), not by the publication rate, and the reader takes no further
-        command until it has mostly left (``wait_replies_taken``), so it is left out
-        of the slow-consumer count: a recovery larger than the buffer still completes
-        instead of being cut, and cut again on every retry.
+        stream's opening replay. One reply's size is bounded by configuration (history
+        size times data size), not by the publication rate, and past the bound (or
+        after a large reply) the transport takes no further command until what is
+        pending has mostly left (``wait_replies_taken``), so it is left out of the
+        slow-consumer count: a recovery larger than the buffer still completes instead
+        of being cut, and cut again on every retry.
         """
         if self._closing is not None:
             return
@@ -130,14 +149,22 @@ class StreamConnection(ABC):
         pending = out.pending_bytes
         self._allowance = min(self._allowance, pending)  # part of the requested backlog has left
         if pending - self._allowance + len(chunk) > self._bound:
-            self._context.refusals.refused(
-                "slow_consumer", self.peer, f"{pending:,} bytes pending ({self.client_id})"
-            )
-            out.discard_pending()
-            self.disconnect(CLOSE_SLOW_CONSUMER, "slow consumer", reconnect=True)
+            self._cut_slow_consumer(pending)
             return
         out.put(chunk)
         self._active = True
+
+    def has_reply_backlog(self) -> bool:
+        """Whether more than the outbound bound waits to be sent: then a reader takes no
+        further command (a stream no further replay) until ``wait_replies_taken``."""
+        return self._out.pending_bytes > self._bound
+
+    def _cut_slow_consumer(self, pending: int) -> None:
+        self._context.refusals.refused(
+            "slow_consumer", self.peer, f"{pending:,} bytes pending ({self.client_id})"
+        )
+        self._out.discard_pending()
+        self.disconnect(CLOSE_SLOW_CONSUMER, "slow consumer", reconnect=True)
 
     async def wait_replies_taken(self) -> None:
         """Return once what was sent so far has mostly left (reader backpressure)."""
@@ -177,12 +204,34 @@ class StreamConnection(ABC):
         goodbye = self._goodbye(code, reason, reconnect, url, delay_ms)
         self._out.finish(goodbye, code, reason)
 
+    def watch_expiry(self) -> None:
+        """(Re)start the deadline of ``credentials.expires``; call after each change of
+        credentials. Already expired: disconnect at once."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        expires = self.credentials.expires
+        if expires is None or self._closing is not None:
+            return
+        remaining_s = expires - time.time()
+        if remaining_s <= 0:
+            self._expired()
+        else:
+            self._expiry = self._context.deadlines.call_after(remaining_s, self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
+        self.disconnect(CLOSE_UNAUTHORIZED, TOKEN_EXPIRED, reconnect=True)
+
     async def _stop_outbound(self) -> None:
         """At the connection's end: let a goodbye in progress flush (bounded), or stop
         at once if the client ended the connection."""
         await self._out.stop(client_left=self._closing is None)
 
     async def _leave_all(self) -> None:
+        if self._expiry is not None:  # the connection ends: its expiry no longer matters
+            self._expiry.cancel()
+            self._expiry = None
         hub = self._context.hub
         namespaces = self._context.namespaces
         for channel in list(self.subscriptions):

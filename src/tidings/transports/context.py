@@ -1,17 +1,24 @@
-"""What every transport is given: the hub, the session registry, auth and limits. No I/O."""
+"""What every transport is given: the hub, the session registry, auth, limits, and the
+node's shared deadlines (one timer per grain). No I/O of its own."""
 
 from __future__ import annotations
 
 import itertools
 import secrets
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from tidings.core.namespace import Namespaces
 from tidings.core.permission import Credentials
 from tidings.hub.hub import Hub
 from tidings.hub.sessions import SessionRegistry
+from tidings.transports.deadlines import Deadlines
 from tidings.transports.refusals import Refusals
+
+# Connection deadlines (the ``connect`` command's, tokens' expiries) fire at most this late:
+# those due within the same second share one timer.
+DEADLINE_GRAIN_S: Final = 1.0
 
 
 class Authenticator(Protocol):
@@ -26,6 +33,10 @@ class Authenticator(Protocol):
         """Verify ``token``; raises ``Unauthorized``."""
         ...
 
+    def pending_keys(self, token: str | None) -> Awaitable[None] | None:
+        """What to await before ``authenticate`` can find the token's key, if anything."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -36,6 +47,8 @@ class Limits:
     max_channels_per_connection: int = 128
     command_rate: float = 100.0
     command_burst: float = 200.0
+    # How long a WebSocket that must authenticate may wait for its ``connect``; 0: forever.
+    connect_timeout_s: float = 10.0
 
 
 @dataclass(slots=True)
@@ -51,6 +64,7 @@ class TransportContext:
     allowed_origins: tuple[str, ...] = ()
     draining: bool = False
     refusals: Refusals = field(default_factory=Refusals)
+    deadlines: Deadlines = field(default_factory=lambda: Deadlines(DEADLINE_GRAIN_S))
     node_id: str = field(default_factory=lambda: secrets.token_urlsafe(6))
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 

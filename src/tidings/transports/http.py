@@ -13,6 +13,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tidings.core.origin import WILDCARD
 from tidings.core.wire import encode_json
 from tidings.errors import BadRequest, ErrorCode, MessageTooLarge, RequestError
 
@@ -99,17 +100,24 @@ def request_token(
 def cors_headers(origin: str | None, allowed: Collection[str]) -> dict[str, str]:
     """Return the CORS headers for a cross-origin request from an allowed origin.
 
-    Credentials (cookies, Authorization) are allowed, so the origin is echoed rather
-    than ``*``, and caches are told the answer varies by origin.
+    An origin listed by name may send credentials (cookies), so it is echoed with
+    ``Access-Control-Allow-Credentials``; one admitted by ``*`` alone gets ``*`` and no
+    credentials (PROTOCOL.md §8): a browser then withholds the response of a request
+    that carried its user's cookies. Caches are told the answer varies by origin.
     """
-    if origin is None or not ("*" in allowed or origin in allowed):
+    if origin is None:
         return {}
-    return {
-        "Access-Control-Allow-Origin": origin,
-        "Access-Control-Allow-Credentials": "true",
-        "Access-Control-Expose-Headers": "ETag",
-        "Vary": "Origin",
-    }
+    if origin in allowed:
+        headers = {
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Credentials": "true",
+        }
+    elif WILDCARD in allowed:
+        headers = {"Access-Control-Allow-Origin": WILDCARD}
+    else:
+        return {}
+    headers.update({"Access-Control-Expose-Headers": "ETag", "Vary": "Origin"})
+    return headers
 
 
 def preflight_response(origin: str | None, allowed: Collection[str]) -> Response:

@@ -120,6 +120,7 @@ class QueuedOutbound:
         self._queue.append(goodbye)
         self._finish = (code, reason)
         self._wakeup.set()
+        self._taken.set()  # a reader held in ``wait_sent`` goes on: nothing more is sent
 
     def end_silently(self) -> None:
         self._queue.clear()
@@ -129,15 +130,23 @@ class QueuedOutbound:
         self._wakeup.set()
 
     async def wait_sent(self) -> None:
-        while self._queue and self._finish is None and self._writer is not None:
+        writer = self._writer
+        while self._queue and self._finish is None and writer is not None and not writer.done():
             self._taken.clear()
             await self._taken.wait()
 
     def start(self) -> None:
-        """Start the writer task (WebSocket: the handler task reads commands meanwhile)."""
-        self._writer = asyncio.create_task(self.run())
+        """Start the writer task (the handler task reads commands, or writes a stream's
+        opening replay, meanwhile); ``run`` then waits for it."""
+        self._writer = asyncio.create_task(self._run_writer())
 
     async def run(self) -> None:
+        if self._writer is None:
+            await self._run_writer()
+        else:
+            await self._writer
+
+    async def _run_writer(self) -> None:
         queue = self._queue
         try:
             while True:
@@ -157,6 +166,8 @@ class QueuedOutbound:
                 await self._end(code, reason)
         except OSError:
             return  # the client is gone (uvicorn's ClientDisconnected); the reader sees it
+        finally:
+            self._taken.set()  # a reader held in ``wait_sent`` must not wait for a writer gone
 
     async def stop(self, *, client_left: bool) -> None:
         writer = self._writer

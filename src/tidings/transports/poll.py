@@ -13,7 +13,8 @@ that finds nothing new, or only what the watch holds, is answered from memory; a
 other position (behind what the watch keeps, another epoch, a channel not watched yet)
 is read from the broker, which alone tells a gap from a lag, and the channel is
 watched from then on. A long poll that finds nothing new parks on its channels'
-watches: a publication wakes it, or its ``wait`` runs out.
+watches: a publication wakes it, or its ``wait`` runs out, or its token expires (then
+it is answered as on time-out, and the next poll, with the expired token, is refused).
 
 I/O: two doors to the same logic. ``handle`` serves a Starlette request (any ASGI
 server). ``serve_native`` takes a request from tidings' native server: if it can be
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -38,11 +40,11 @@ from starlette.responses import Response
 from tidings.core.bounded_cache import BoundedCache
 from tidings.core.channel import ChannelName
 from tidings.core.cursor import encode_cursor
-from tidings.core.origin import is_origin_allowed
-from tidings.core.permission import check_subscribe
+from tidings.core.origin import origin_access
+from tidings.core.permission import Credentials, check_subscribe
 from tidings.core.publication import Position, Publication
 from tidings.core.recovery import Replay
-from tidings.core.resume import parse_channel_list, resume_positions
+from tidings.core.resume import check_channel_count, parse_channel_list, resume_positions
 from tidings.core.wire import encode_json, publication_frames
 from tidings.errors import RequestError, Unavailable
 from tidings.transports.context import TransportContext
@@ -148,8 +150,11 @@ class PollAnswer:
         return len(self.recovered_channels) == len(self.positions)
 
 
-def parse_poll_query(query_string: str, header: Callable[[str], str | None]) -> PollQuery:
-    """Parse a poll's query string and headers.
+def parse_poll_query(
+    query_string: str, header: Callable[[str], str | None], *, cookies: bool = True
+) -> PollQuery:
+    """Parse a poll's query string and headers (the ``Cookie`` header only if
+    ``cookies``: see ``OriginAccess.accepts_cookies``).
 
     The same poll comes back again and again (a short poller with nothing new, every
     long poller woken by the same publication), so parses are kept: a ``PollQuery`` is
@@ -158,7 +163,8 @@ def parse_poll_query(query_string: str, header: Callable[[str], str | None]) -> 
     Raises:
         BadRequest: an invalid channel list, cursor, position, ``wait`` or ``limit``.
     """
-    key = (query_string, header("authorization"), header("cookie"), header("if-none-match"))
+    cookie = header("cookie") if cookies else None
+    key = (query_string, header("authorization"), cookie, header("if-none-match"))
     query = _PARSED.get(key)
     if query is None:
         query = _parse(*key)
@@ -233,7 +239,8 @@ class PollTransport:
         if request.method == "OPTIONS":
             return preflight_response(origin, context.allowed_origins)
         host = request.headers.get("host")
-        if not is_origin_allowed(origin, host, request.url.scheme, context.allowed_origins):
+        access = origin_access(origin, host, request.url.scheme, context.allowed_origins)
+        if not access.is_allowed:
             context.refusals.refused_origin(request.scope.get("client"), origin)
             return error_response("permission_denied", "this origin is not in allowed_origins")
         cors = cors_headers(origin, context.allowed_origins)
@@ -241,7 +248,9 @@ class PollTransport:
         self._counters.poll_started()
         try:
             query = parse_poll_query(
-                request.scope["query_string"].decode("latin-1"), request.headers.get
+                request.scope["query_string"].decode("latin-1"),
+                request.headers.get,
+                cookies=access.accepts_cookies,
             )
             kind = query.kind
             status, headers, body = await self._poll(query)
@@ -260,15 +269,19 @@ class PollTransport:
         return response
 
     async def _poll(self, query: PollQuery) -> tuple[int, dict[str, str], bytes]:
-        self._authorize(query)
+        # A JWKS key not fetched yet (the native door falls back here on its refusal).
+        pending = self._context.authenticator.pending_keys(query.token)
+        if pending is not None:
+            await pending
+        credentials = self._authorize(query)
         answer = self._answer_now(query)
         if answer is None:
             answer = await self._read(query)
         if query.wait_s and query.positions and not answer.publications and answer.recovered:
-            answer = await self._wait(query, answer)
+            answer = await self._wait(query, answer, _held_s(query, credentials))
         return self._respond(query, answer)
 
-    async def _wait(self, query: PollQuery, answer: PollAnswer) -> PollAnswer:
+    async def _wait(self, query: PollQuery, answer: PollAnswer, held_s: float) -> PollAnswer:
         # A publication may have landed between the broker read and the watch's start:
         # the watch holds it, so look again before parking.
         again = self._answer_now(query)
@@ -280,7 +293,7 @@ class PollTransport:
             if not woken.done():
                 woken.set_result(None)
 
-        parked = self.watches.park(query.channels, query.wait_s, wake)
+        parked = self.watches.park(query.channels, held_s, wake)
         try:
             await woken
         finally:
@@ -293,15 +306,16 @@ class PollTransport:
         """Answer or park ``poll`` now if the watches allow it, else ``fall_back``."""
         context = self._context
         origin = _text(poll.header(b"origin"))
+        access = origin_access(origin, _text(poll.header(b"host")), "http", context.allowed_origins)
         try:
-            query = parse_poll_query(
-                poll.query_string.decode("latin-1"), lambda name: _text(poll.header(name.encode()))
-            )
-            if not is_origin_allowed(
-                origin, _text(poll.header(b"host")), "http", context.allowed_origins
-            ):
+            if not access.is_allowed:
                 raise _Refused
-            self._authorize(query)
+            query = parse_poll_query(
+                poll.query_string.decode("latin-1"),
+                lambda name: _text(poll.header(name.encode())),
+                cookies=access.accepts_cookies,
+            )
+            credentials = self._authorize(query)
         except (RequestError, _Refused):
             poll.fall_back()  # the ASGI door answers with the error, written once there
             return
@@ -311,11 +325,13 @@ class PollTransport:
             return
         if query.wait_s and _at_heads(query, heads):
             self._counters.poll_started()
-            self._park_native(poll, query, origin)
+            self._park_native(poll, query, origin, _held_s(query, credentials))
         elif not self._reply_native(poll, query, origin, heads, started=False):
             poll.fall_back()  # a position the watches do not hold: the broker is read
 
-    def _park_native(self, poll: NativePoll, query: PollQuery, origin: str | None) -> None:
+    def _park_native(
+        self, poll: NativePoll, query: PollQuery, origin: str | None, held_s: float
+    ) -> None:
         def wake() -> None:
             heads = self._heads(query)
             if heads is None or not self._reply_native(poll, query, origin, heads, started=True):
@@ -324,7 +340,7 @@ class PollTransport:
                 self._counters.poll_ended("long")
                 poll.fall_back()
 
-        parked = self.watches.park(query.channels, query.wait_s, wake)
+        parked = self.watches.park(query.channels, held_s, wake)
 
         def client_gone() -> None:
             parked.cancel()
@@ -382,13 +398,15 @@ class PollTransport:
 
     # -- the logic both doors share -------------------------------------------------------
 
-    def _authorize(self, query: PollQuery) -> None:
+    def _authorize(self, query: PollQuery) -> Credentials:
         context = self._context
+        check_channel_count(len(query.channels), context.limits.max_channels_per_connection)
         credentials = context.authenticator.authenticate(query.token)
         for channel in query.channels:
             check_subscribe(channel, context.namespaces.options_for(channel), credentials)
         if context.draining:
             raise Unavailable("this node is draining; poll another")
+        return credentials
 
     def _answer_now(self, query: PollQuery) -> PollAnswer | None:
         """Answer from the watches alone, or ``None`` if any channel needs the broker."""
@@ -454,6 +472,13 @@ class PollTransport:
         if not query.wait_s and not answer.publications and _matches(query.if_none_match, cursor):
             return 304, headers, b""
         return 200, headers, body
+
+
+def _held_s(query: PollQuery, credentials: Credentials) -> float:
+    """How long a long poll may be held: its ``wait``, cut at its token's expiry."""
+    if credentials.expires is None:
+        return query.wait_s
+    return max(0.0, min(query.wait_s, credentials.expires - time.time()))
 
 
 def _encode_answer(answer: PollAnswer) -> tuple[str, bytes]:

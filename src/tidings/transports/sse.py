@@ -1,19 +1,26 @@
 """The Server-Sent Events transport ``GET /sse`` (PROTOCOL.md §4), as an ASGI endpoint.
 
-I/O: one streaming HTTP response per client. Under a plain ASGI server the handler
-task drains the connection's queue through ``send`` (events coalesce into one body
-chunk per wake-up); under tidings' native server each event is written to the socket
-at once (``outbound.py``). A second task waits for the client to go away. Every
+I/O: one streaming HTTP response per client. Under a plain ASGI server a writer task
+drains the connection's queue through ``send`` (events coalesce into one body chunk
+per wake-up); under tidings' native server each event is written to the socket at
+once (``outbound.py``). A second task waits for the client to go away. Every
 publication is one ``event: pub`` with one ``data:`` line (publication JSON never
 holds a raw CR or LF: see ``commands.single_line_json``) and an ``id:`` that is the
 cursor of *all* the stream's channels after it, so a browser's automatic
-``Last-Event-ID`` resumes every channel.
+``Last-Event-ID`` resumes every channel. A stream whose token expires ends with
+``event: disconnect`` (4001, "token expired", reconnect: the client comes back with
+a fresh token): ``StreamConnection.watch_expiry``.
 
 Start-up order matters: the ``subscribed`` event's ``id`` is the cursor of the
 positions the stream starts *from* (before any replayed publication), so a client
 cut off during the replay resumes the replay instead of skipping it. Live
 publications that arrive while later channels are still subscribing are held and
 written after the ``subscribed`` event and the replays.
+
+The replays are written in pieces: whenever more than the outbound bound waits to be
+sent, the stream waits for it to leave before writing more, so a client that does not
+read holds at most the bound, not every channel's history. What arrives meanwhile is
+held within the same bound; past it the stream is cut as a slow consumer.
 """
 
 from __future__ import annotations
@@ -29,10 +36,10 @@ from starlette.types import Receive, Scope, Send
 
 from tidings.core.channel import ChannelName
 from tidings.core.cursor import encode_cursor
-from tidings.core.origin import is_origin_allowed
+from tidings.core.origin import origin_access
 from tidings.core.permission import check_subscribe
 from tidings.core.publication import Position, Publication
-from tidings.core.resume import parse_channel_list, resume_positions
+from tidings.core.resume import check_channel_count, parse_channel_list, resume_positions
 from tidings.core.wire import EncodedPublication, encode_json
 from tidings.errors import RequestError, Unavailable
 from tidings.hub.hub import SubscribeResult
@@ -60,24 +67,33 @@ RETRY_MAX_MS: Final = 3000
 class SseSession(StreamConnection):
     """One SSE stream: its channels' positions and the events it writes."""
 
-    __slots__ = ("_held", "_live", "_send", "positions")
+    __slots__ = ("_held", "_held_bytes", "_live", "_queued", "_send", "positions")
 
     def __init__(self, context: TransportContext, scope: Scope, send: Send) -> None:
         out: Outbound | None = direct_outbound(scope)
+        self._queued: QueuedOutbound | None = None
         if out is None:
-            out = QueuedOutbound(self._write, self._end)
+            out = self._queued = QueuedOutbound(self._write, self._end)
         super().__init__(context, out)
         self.peer = scope.get("client")
         self._send = send
         self.positions: dict[ChannelName, Position] = {}
         self._live = False
         self._held: list[EncodedPublication] = []
+        self._held_bytes = 0
 
     # -- StreamConnection ----------------------------------------------------------------
 
     def deliver(self, publication: EncodedPublication) -> None:
         """Queue a ``pub`` event with the stream's cursor after it (hub fan-out)."""
         if not self._live:
+            if self.is_closing:
+                return
+            # Held while the opening replay is written: bounded like anything pending.
+            self._held_bytes += len(publication.publication.data)
+            if self._held_bytes > self._bound:
+                self._cut_slow_consumer(self._held_bytes)
+                return
             self._held.append(publication)
             return
         self._write_publication(publication)
@@ -141,6 +157,8 @@ class SseSession(StreamConnection):
             for channel, result in results.items()
         }
         retry_ms = random.randint(RETRY_MIN_MS, RETRY_MAX_MS)
+        if self._queued is not None:
+            self._queued.start()  # it drains the replay while it is written
         self._enqueue(
             requested=True,
             chunk=f"retry: {retry_ms}\nid: {encode_cursor(self.positions)}\nevent: subscribed\n"
@@ -149,7 +167,15 @@ class SseSession(StreamConnection):
         for result in results.values():
             for publication in result.publications:
                 self._write_publication(EncodedPublication(publication), replay=True)
+                if self.has_reply_backlog():
+                    # The replay is written in pieces: never more than the outbound
+                    # bound waits to be sent (PROTOCOL.md §2.5).
+                    logger.debug("stream %s: replay waits for the client to read", self.client_id)
+                    await self.wait_replies_taken()
+                    if self.is_closing or self.has_reply_backlog():
+                        return  # cut, or nothing leaves any more: the client is gone
         self._live = True
+        self._held_bytes = 0
         held, self._held = self._held, []
         for encoded in held:  # the hub sent these after each channel's result: all new
             self._write_publication(encoded)
@@ -195,9 +221,10 @@ class SseTransport:
         if scope["method"] == "OPTIONS":
             await preflight_response(origin, context.allowed_origins)(scope, receive, send)
             return
-        if not is_origin_allowed(
+        access = origin_access(
             origin, headers.get("host"), scope["scheme"], context.allowed_origins
-        ):
+        )
+        if not access.is_allowed:
             context.refusals.refused_origin(scope.get("client"), origin)
             response = error_response("permission_denied", "this origin is not in allowed_origins")
             await response(scope, receive, send)
@@ -206,7 +233,13 @@ class SseTransport:
         session = SseSession(context, scope, send)
         try:
             channels, since = _parse_request(scope, headers)
-            session.credentials = context.authenticator.authenticate(_token(scope, headers))
+            check_channel_count(len(channels), context.limits.max_channels_per_connection)
+            cookie = headers.get("cookie") if access.accepts_cookies else None
+            token = _token(scope, headers, cookie)
+            pending = context.authenticator.pending_keys(token)  # a JWKS key to fetch
+            if pending is not None:
+                await pending
+            session.credentials = context.authenticator.authenticate(token)
             for channel in channels:
                 check_subscribe(
                     channel, context.namespaces.options_for(channel), session.credentials
@@ -228,6 +261,9 @@ class SseTransport:
                     "headers": _stream_headers(cors),
                 }
             )
+            # After the response started: an expiry ends the stream with a
+            # ``disconnect`` event (4001, "token expired"), never before its headers.
+            session.watch_expiry()
             await session.open(channels, since)
             await session.run(receive)
         except Exception:
@@ -236,6 +272,7 @@ class SseTransport:
         finally:
             context.sessions.remove(session)
             await session._leave_all()
+            await session._stop_outbound()
 
 
 def _parse_request(
@@ -253,11 +290,9 @@ def _parse_request(
     return channels, since
 
 
-def _token(scope: Scope, headers: dict[str, str]) -> str | None:
+def _token(scope: Scope, headers: dict[str, str], cookie: str | None) -> str | None:
     tokens = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
-    return request_token(
-        headers.get("authorization"), tokens[0] if tokens else None, headers.get("cookie")
-    )
+    return request_token(headers.get("authorization"), tokens[0] if tokens else None, cookie)
 
 
 def _stream_headers(cors: dict[str, str]) -> list[tuple[bytes, bytes]]:

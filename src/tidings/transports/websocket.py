@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from tidings.core import commands as cmd
 from tidings.core.origin import is_origin_allowed
-from tidings.core.permission import check_publish, check_subscribe
+from tidings.core.permission import Credentials, check_publish, check_subscribe
 from tidings.core.publication import ClientInfo
 from tidings.core.rate import TokenBucket
 from tidings.core.recovery import Replay
@@ -42,6 +42,7 @@ from tidings.transports.close_codes import (
 )
 from tidings.transports.connection import StreamConnection
 from tidings.transports.context import TransportContext
+from tidings.transports.deadlines import Deadline
 from tidings.transports.http import bearer_token
 from tidings.transports.outbound import Outbound, QueuedOutbound, direct_outbound
 
@@ -56,7 +57,7 @@ LARGE_REPLY_CHARS: Final = 64 * 1024
 class WebSocketSession(StreamConnection):
     """One WebSocket client: commands in, replies and pushes out."""
 
-    __slots__ = ("_queued", "_rate", "_send", "connected")
+    __slots__ = ("_connect_deadline", "_queued", "_rate", "_send", "connected")
 
     def __init__(self, context: TransportContext, scope: Scope, send: Send) -> None:
         # The native server writes frames itself; under any other ASGI server a writer
@@ -69,6 +70,7 @@ class WebSocketSession(StreamConnection):
         self.peer = scope.get("client")
         self._send = send
         self.connected = False  # authenticated, by handshake token or connect command
+        self._connect_deadline: Deadline | None = None
         limits = context.limits
         self._rate = TokenBucket(limits.command_rate, limits.command_burst, self.last_sent_s)
 
@@ -128,9 +130,12 @@ class WebSocketSession(StreamConnection):
             if context.draining:
                 raise ConnectionClosed(4503, "server draining", reconnect=True)
             if token is not None or not context.authenticator.requires_token:
+                await self._keys_for(token)
                 self._authenticate(token)
-            context.sessions.add(self)
+            context.sessions.add(self, authenticated=self.connected)
             registered = True
+            if not self.connected:
+                self._await_connect()
             await self._read_loop(receive)
         except ConnectionClosed as closed:
             self.disconnect(closed.code, closed.reason, reconnect=closed.reconnect)
@@ -142,6 +147,8 @@ class WebSocketSession(StreamConnection):
             logger.exception("session %s failed", self.client_id)
             self.disconnect(CLOSE_INTERNAL, "internal error", reconnect=True)
         finally:
+            if self._connect_deadline is not None:
+                self._connect_deadline.cancel()
             if registered:
                 context.sessions.remove(self)
             await self._leave_all()
@@ -170,9 +177,32 @@ class WebSocketSession(StreamConnection):
         await self._send({"type": "websocket.accept"})
         return True, _handshake_token(scope, headers)
 
+    async def _keys_for(self, token: str | None) -> None:
+        # A JWKS key not fetched yet (the issuer rotated): wait for it, then verify.
+        pending = self._context.authenticator.pending_keys(token)
+        if pending is not None:
+            await pending
+
     def _authenticate(self, token: str | None) -> None:
         self.credentials = self._context.authenticator.authenticate(token)
         self.connected = True
+        self.watch_expiry()
+
+    def _await_connect(self) -> None:
+        """Give a socket that must authenticate ``connect_timeout`` to send its ``connect``:
+        until then it holds a slot of the node's small unauthenticated allowance."""
+        timeout_s = self._context.limits.connect_timeout_s
+        if timeout_s > 0:
+            self._connect_deadline = self._context.deadlines.call_after(
+                timeout_s, self._connect_too_late
+            )
+
+    def _connect_too_late(self) -> None:
+        self._connect_deadline = None
+        if not self.connected:
+            timeout_s = self._context.limits.connect_timeout_s
+            reason = f"no connect command with a token within {timeout_s:g} s"
+            self.disconnect(CLOSE_UNAUTHORIZED, reason, reconnect=False)
 
     async def _read_loop(self, receive: Receive) -> None:
         max_frame = self._context.limits.max_frame_bytes
@@ -194,6 +224,15 @@ class WebSocketSession(StreamConnection):
             if self.is_closing:
                 continue  # closing: read until the client's close, answer nothing
             await self._handle_frame(text)
+            if self.has_reply_backlog():
+                # Replies count against the outbound bound: past it no further command
+                # is read until they have mostly left, so a client that sends without
+                # reading is held back by TCP instead of by this node's memory
+                # (PROTOCOL.md §2.5). Nothing is lost: every command is answered.
+                logger.debug(
+                    "session %s: replies unsent past the bound; commands wait", self.client_id
+                )
+                await self.wait_replies_taken()
 
     async def _handle_frame(self, text: str) -> None:
         try:
@@ -218,6 +257,8 @@ class WebSocketSession(StreamConnection):
         except Unauthorized as error:
             self._context.refusals.refused_request(error, self.peer)
             self._reply_error(command.id, error)
+            if isinstance(command, cmd.Refresh) and self.connected:
+                return  # a refused refresh leaves the connection on its current token
             raise ConnectionClosed(CLOSE_UNAUTHORIZED, error.message) from None
         except RequestError as error:
             self._context.refusals.refused_request(error, self.peer)
@@ -236,11 +277,13 @@ class WebSocketSession(StreamConnection):
 
     async def _dispatch(self, command: cmd.Command) -> dict[str, Any]:
         if isinstance(command, cmd.Connect):
-            return self._connect(command)
+            return await self._connect(command)
         if not self.connected:
             raise Unauthorized("send a connect command with a token first")
         if isinstance(command, cmd.Subscribe):
             return await self._subscribe(command)
+        if isinstance(command, cmd.Refresh):
+            return await self._refresh(command)
         if isinstance(command, cmd.Unsubscribe):
             return await self._unsubscribe(command)
         if isinstance(command, cmd.Publish):
@@ -251,19 +294,39 @@ class WebSocketSession(StreamConnection):
             return await self._presence(command)
         return {}  # ping
 
-    def _connect(self, command: cmd.Connect) -> dict[str, Any]:
+    async def _connect(self, command: cmd.Connect) -> dict[str, Any]:
         if self.subscriptions:
             raise BadRequest("connect must come before any subscribe")
         if command.token is not None or not self.connected:
+            await self._keys_for(command.token)
             old_user = self.user
             self._authenticate(command.token)
-            self._context.sessions.rename(self, old_user)
-        return {
+            sessions = self._context.sessions
+            sessions.rename(self, old_user)
+            sessions.mark_authenticated(self)
+            if self._connect_deadline is not None:
+                self._connect_deadline.cancel()
+                self._connect_deadline = None
+        result: dict[str, Any] = {
             "client": self.client_id,
             "user": self.user,
             "ping": self._context.ping_interval_s,
             "version": PROTOCOL_VERSION,
         }
+        return _with_expires(result, self.credentials)
+
+    async def _refresh(self, command: cmd.Refresh) -> dict[str, Any]:
+        """Take a new token of the same user; the expiry moves to the new token's."""
+        await self._keys_for(command.token)
+        credentials = self._context.authenticator.authenticate(command.token)
+        if credentials.user != self.user:
+            raise PermissionDenied(
+                f"a refresh token must name this connection's user {self.user!r}, not "
+                f"{credentials.user!r}: connect again to change user"
+            )
+        self.credentials = credentials
+        self.watch_expiry()
+        return _with_expires({}, credentials)
 
     async def _subscribe(self, command: cmd.Subscribe) -> dict[str, Any]:
         channel = command.channel_name
@@ -335,6 +398,14 @@ class WebSocketSession(StreamConnection):
             raise PermissionDenied(f"presence is off in the namespace of {channel}")
         clients = await self._context.hub.presence(channel)
         return {"clients": {client: {"user": user} for client, user in clients.items()}}
+
+
+def _with_expires(result: dict[str, Any], credentials: Credentials) -> dict[str, Any]:
+    """Add ``expires`` (the token's ``exp``, Unix seconds) where the token has one: when
+    the client must have refreshed by."""
+    if credentials.expires is not None:
+        result["expires"] = credentials.expires
+    return result
 
 
 def _headers(scope: Scope) -> dict[str, str]:

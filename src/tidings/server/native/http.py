@@ -313,12 +313,7 @@ class HttpConnection(asyncio.Protocol):
         try:
             while self._requests and _is_publish(self._requests[0]) and not self.closed:
                 request = self._requests[0]
-                authorization = request.header(b"authorization")
-                status, headers, body = await publish(
-                    None if authorization is None else authorization.decode("latin-1"),
-                    request.body,
-                    self._client,
-                )
+                status, headers, body = await publish(request.header, request.body, self._client)
                 close = not request.keep_alive or self._server.stopping
                 answers.append(whole_responses.of(status, headers, body, close=close, head=False))
                 self._log_access(request, status)
