@@ -79,8 +79,10 @@ export interface BackoffOptions {
   random?: () => number;
 }
 
-/** A token, or a function returning one (called again with `refresh: true` after the
- * server refused the last one). `null`: connect without a token. */
+/** A token, or a function returning one: called before connecting when there is none
+ * or it expires within 30 s, with `refresh: true` after the server refused or expired
+ * the last one, and over WebSocket shortly before it expires (the `refresh` command).
+ * `null`: connect without a token. */
 export type TokenOption =
   | string
   | null
