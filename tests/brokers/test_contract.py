@@ -22,7 +22,7 @@ import pytest
 from redis.crc import key_slot
 
 from tests.support.clock import FakeClock
-from tests.support.handler import RecordingHandler
+from tests.support.handler import RecordingCommands, RecordingHandler
 from tests.support.redis_cluster import (
     LocalRedisCluster,
     RedisServer,
@@ -31,7 +31,7 @@ from tests.support.redis_cluster import (
     shared_cluster,
     wait_until,
 )
-from tidings.brokers.base import Broker, PresenceChange
+from tidings.brokers.base import Broker, DisconnectUser, NodeControl, PresenceChange
 from tidings.brokers.memory import MemoryBroker
 from tidings.brokers.redis import RedisBroker
 from tidings.brokers.redis_scripts import DEFAULT_PREFIX, ChannelKeys
@@ -713,3 +713,36 @@ async def test_a_store_back_older_never_gives_a_position_again_for_other_data(
             replayed = {p.position: p.data for p in read.recovery.publications}
             assert all(given.get(p, d) == d for p, d in replayed.items())
             assert all(after.get(p, d) == d for p, d in replayed.items())
+
+
+# Node commands (``NodeControl``): every broker carries them; the one-node brokers alone.
+
+
+async def test_a_node_command_is_handled_on_the_sending_node(broker: Broker) -> None:
+    assert isinstance(broker, NodeControl)
+    commands = RecordingCommands()
+    broker.listen(commands)
+    command = DisconnectUser("alice", 4003, "banned")
+
+    nodes = await broker.send_to_nodes(command)
+
+    assert commands.commands == [command]  # handled here before the call returned
+    if isinstance(broker, RedisBroker):
+        assert nodes >= 1  # the shared Redis may hold other tests' nodes
+    else:
+        assert nodes == 1  # one process: this node is every node
+
+
+async def test_a_failing_node_command_handler_does_not_fail_the_sender(broker: Broker) -> None:
+    assert isinstance(broker, NodeControl)
+    handled: list[DisconnectUser] = []
+
+    def failing(command: DisconnectUser) -> None:
+        handled.append(command)
+        raise RuntimeError("a faulty handler")
+
+    broker.listen(failing)
+    command = DisconnectUser("bob", 4500, "come back")
+
+    assert await broker.send_to_nodes(command) >= 1
+    assert handled == [command]

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from tests.support.clock import FakeClock
-from tests.support.handler import RecordingHandler
+from tests.support.handler import RecordingCommands, RecordingHandler
 from tests.support.redis_cluster import (
     SHARED_REDIS_URL,
     LocalRedisCluster,
@@ -33,7 +33,7 @@ from tests.support.redis_cluster import (
     start_cluster,
 )
 from tests.support.services import REDIS_HOST, REDIS_PORT, require_service
-from tidings.brokers.base import PresenceChange
+from tidings.brokers.base import DisconnectUser, PresenceChange
 from tidings.brokers.redis import RedisBroker, RedisTarget
 from tidings.brokers.redis_presence import PRESENCE_REFRESH_S, presence_key_of
 from tidings.brokers.redis_scripts import ChannelKeys, topic_of
@@ -811,3 +811,85 @@ def test_the_presence_hash_shares_the_channel_slot() -> None:
     names = [presence_key_of("tidings", channel), topic_of("tidings", 0, channel)]
 
     assert len({key_slot(name.encode()) for name in names}) == 1
+
+
+# Node commands between nodes
+
+
+def own_prefix(url: str) -> str:
+    """``url`` with a prefix of this test's own: its control topic reaches its nodes only
+    (the shared Redis serves other tests, maybe other checkouts, at once)."""
+    base, _, query = url.partition("?")
+    kept = "&".join(part for part in query.split("&") if part and not part.startswith("prefix="))
+    prefix = f"prefix=tidings-test-{secrets.token_hex(4)}"
+    return f"{base}?{kept}&{prefix}" if kept else f"{base}?{prefix}"
+
+
+@asynccontextmanager
+async def commanded(url: str, commands: RecordingCommands) -> AsyncIterator[RedisBroker]:
+    async with running(url) as broker:
+        broker.listen(commands)
+        yield broker
+
+
+async def test_a_node_command_reaches_every_node_once_the_sender_included(
+    shared_url: str,
+) -> None:
+    url = own_prefix(shared_url)
+    a, b, c = RecordingCommands(), RecordingCommands(), RecordingCommands()
+    first = DisconnectUser("alice", 4003, "banned")
+    second = DisconnectUser("bob", 4500, "come back later")
+    async with commanded(url, a) as node_a, commanded(url, b) as node_b, commanded(url, c):
+        nodes = await node_a.send_to_nodes(first)
+        handled_at_once = list(a.commands)
+        await b.wait_for(1)
+        await c.wait_for(1)
+        # B sends after it received the first: Redis hands A its own echo of the first
+        # before the second, so once A has the second, it has ignored its echo.
+        assert await node_b.send_to_nodes(second) == 3
+        await a.wait_for(2)
+        await c.wait_for(2)
+    assert nodes == 3
+    assert handled_at_once == [first]
+    assert a.commands == b.commands == c.commands == [first, second]
+
+
+async def test_databases_do_not_hear_each_others_node_commands(shared_url: str) -> None:
+    url = own_prefix(shared_url)
+    other_db = url.replace("/0?", "/1?", 1)
+    assert other_db != url
+    here, there = RecordingCommands(), RecordingCommands()
+    async with (
+        commanded(url, here),
+        running(url) as peer,
+        commanded(other_db, there) as elsewhere,
+    ):
+        assert await elsewhere.send_to_nodes(DisconnectUser("eve", 4003, "elsewhere")) == 1
+        # Sent after the other database's: had "here" heard that one, it would have
+        # heard it first.
+        assert await peer.send_to_nodes(DisconnectUser("bob", 4003, "banned")) == 2
+        await here.wait_for(1)
+    assert [command.user for command in here.commands] == ["bob"]
+    assert [command.user for command in there.commands] == ["eve"]
+
+
+async def test_a_node_hears_node_commands_again_after_it_reconnected(
+    deployment: Deployment,
+) -> None:
+    a, b = RecordingCommands(), RecordingCommands()
+    async with (
+        commanded(deployment.node_a_url, a) as node_a,
+        commanded(deployment.url, b) as node_b,
+    ):
+        await deployment.lose_node_a(node_a)
+        with pytest.raises(BrokerError):
+            await node_a.send_to_nodes(DisconnectUser("alice", 4003, "while away"))
+        deployment.let_node_a_back()
+        await eventually(node_a.is_ready, "the broker reconnected")
+
+        command = DisconnectUser("bob", 4003, "banned")
+        assert await node_b.send_to_nodes(command) == 2
+        await a.wait_for(2)
+    # The first A handled itself though Redis could not carry it; B never heard it.
+    assert [c.user for c in a.commands] == ["alice", "bob"]
+    assert b.commands == [command]

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from redis.crc import key_slot
 
-from tests.chaos.conftest import API_KEY
+from tests.chaos.conftest import API_KEY, nodes_on
 from tests.chaos.tally import Ledger, Publisher, listen, print_summary, settle, tally
 from tests.support.redis_cluster import LocalRedisCluster, start_cluster
-from tests.support.server import ServerProcess, start_server
+from tests.support.server import ServerProcess
 from tidings.brokers.redis_scripts import DEFAULT_PREFIX, ChannelKeys
 from tidings.client import ApiClient
 from tidings.core.channel import ChannelName
@@ -48,15 +48,8 @@ def cluster(tmp_path: Path) -> Iterator[LocalRedisCluster]:
 
 @pytest.fixture
 def nodes(cluster: LocalRedisCluster, config_file: Path) -> Iterator[list[ServerProcess]]:
-    env = {"TIDINGS_API_KEY": API_KEY, "TIDINGS_BROKER": cluster.url}
-    started: list[ServerProcess] = []
-    try:
-        for _ in range(2):
-            started.append(start_server(config=config_file, env=env))
+    with nodes_on(cluster.url, 2, config_file) as started:
         yield started
-    finally:
-        for node in started:
-            node.kill()
 
 
 def slot_of(channel: str) -> int:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.conftest import API_KEY
+from tests.chaos.conftest import API_KEY, nodes_on
 from tests.chaos.tally import Ledger, Publisher, listen, print_summary, settle, tally
 from tests.support.redis_cluster import RedisServer
-from tests.support.server import ServerProcess, start_server
+from tests.support.server import ServerProcess
 from tidings.client import ApiClient
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
@@ -30,25 +30,9 @@ AFTER_RESTART = 20
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def nodes(redis: RedisServer, config_file: Path) -> Iterator[list[ServerProcess]]:
-    env = {"TIDINGS_API_KEY": API_KEY, "TIDINGS_BROKER": redis.url}
-    started: list[ServerProcess] = []
-    try:
-        for _ in range(2):
-            started.append(start_server(config=config_file, env=env))
+    with nodes_on(redis.url, 2, config_file) as started:
         yield started
-    finally:
-        for node in started:
-            node.kill()
 
 
 async def test_redis_restored_from_an_older_rdb_loses_nothing_silently(

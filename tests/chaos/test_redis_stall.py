@@ -21,12 +21,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import httpx
 import pytest
 
+from tests.chaos.conftest import API_KEY
 from tests.support.handler import RecordingHandler
 from tests.support.redis_cluster import RedisServer
 from tests.support.server import ServerProcess, start_server
@@ -39,7 +39,6 @@ from tidings.errors import BrokerError, BrokerUnavailable
 
 pytestmark = pytest.mark.chaos
 
-API_KEY: Final = "chaos-api-key"
 HEADERS: Final = {"Authorization": f"Bearer {API_KEY}"}
 # Each /ready answers within about a second and a half (READY_TIMEOUT_S): this bounds
 # how many looks the node gets to notice, not how fast it must be.
@@ -64,17 +63,6 @@ class Answer:
     @property
     def message(self) -> str:
         return str(self.body.get("error", {}).get("message", ""))
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        if server.process is not None and server.process.poll() is None:
-            os.kill(server.process.pid, signal.SIGCONT)
-        server.stop()
 
 
 @contextmanager

@@ -59,7 +59,7 @@ def test_check_config_prints_the_effective_settings_with_secrets_masked(
     config = tmp_path / "tidings.toml"
     config.write_text('port = 9001\napi_key = "file-key"\n[namespaces.room]\npresence = true\n')
     environment = {
-        "TIDINGS_JWT_SECRET": "env-secret",
+        "TIDINGS_JWT_SECRET": "env-secret-long-enough-for-hs256-tokens",
         "TIDINGS_BROKER": "redis://:hunter2@127.0.0.1:6379/0",
     }
     result = invoke(["check-config", "--config", str(config)], environment)
@@ -71,7 +71,7 @@ def test_check_config_prints_the_effective_settings_with_secrets_masked(
     assert "jwt_secret = ********" in lines
     assert "broker = redis://:********@127.0.0.1:6379/0" in lines
     assert any(line.startswith("namespaces.room = ") and "presence true" in line for line in lines)
-    for secret in ("file-key", "env-secret", "hunter2"):
+    for secret in ("file-key", "env-secret-long-enough-for-hs256-tokens", "hunter2"):
         assert secret not in result.output
 
 

@@ -122,7 +122,7 @@ async def test_a_fixed_transport_that_is_refused_stops_with_transport_refused() 
 async def test_auto_stays_on_websocket_when_tidings_refuses_the_token() -> None:
     # 4001 is tidings' own refusal, not the network's: another transport would be
     # refused the same, so the subscription stops instead of moving on.
-    settings = Settings(api_key=API_KEY, jwt_secret="the-node-secret")
+    settings = Settings(api_key=API_KEY, jwt_secret="the-node-secret-long-enough-for-hs256")
     async with proxied_server((), settings) as url:
         sub = Subscription(url, ["room:x"], token="not-a-jwt", backoff=fast_backoff())
         with pytest.raises(ConnectionClosed) as closed:

@@ -180,7 +180,7 @@ async def test_disconnect_closes_every_connection_of_the_user_and_only_theirs(
         answer = await post(api, "/api/disconnect", {"user": "alice", "reason": "banned"})
         goodbyes = [(await c.next_push(), await c.wait_closed()) for c in (phone, laptop)]
         assert await bob.result("ping") == {}
-    assert answer == {"disconnected": 2}
+    assert answer == {"disconnected": 2, "nodes": 1}
     expected = {"push": "disconnect", "code": 4003, "reason": "banned", "reconnect": False}
     assert goodbyes == [(expected, 4003), (expected, 4003)]
 
@@ -195,9 +195,9 @@ async def test_disconnect_with_a_reconnect_code_tells_the_client_to_come_back(
         push = await client.next_push()
         code = await client.wait_closed()
         nobody = await post(api, "/api/disconnect", {"user": "carol"})
-    assert answer == {"disconnected": 1}
+    assert answer == {"disconnected": 1, "nodes": 1}
     assert (push["code"], push["reconnect"], code) == (4500, True, 4500)
-    assert nobody == {"disconnected": 0}
+    assert nobody == {"disconnected": 0, "nodes": 1}
 
 
 async def test_health_and_ready_answer_200(node: ServerProcess) -> None:

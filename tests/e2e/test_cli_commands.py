@@ -60,7 +60,9 @@ async def test_a_token_from_the_cli_is_accepted_by_a_node_with_that_secret(
 
 
 async def test_a_token_signed_with_another_secret_is_refused(auth_node: ServerProcess) -> None:
-    done = await tidings("token", "--user", "mallory", env={"TIDINGS_JWT_SECRET": "not-it"})
+    other_secret = "another-secret-long-enough-for-hs256-but-not-the-nodes"
+    done = await tidings("token", "--user", "mallory", env={"TIDINGS_JWT_SECRET": other_secret})
+    assert done.returncode == 0, done.stderr
     async with ws_client(f"{auth_node.ws_url}?token={done.stdout.strip()}") as client:
         assert await client.wait_closed() == 4001
 

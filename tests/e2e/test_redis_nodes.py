@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 
-from tests.e2e.conftest import API_KEY
+from tests.e2e.conftest import API_KEY, JWT_SECRET, goodbye_of, make_token
 from tests.support.redis_cluster import (
     RedisServer,
     redis_cluster,  # noqa: F401  (a fixture used here)
@@ -50,8 +50,10 @@ def unique_channel() -> str:
 
 
 @contextmanager
-def nodes(count: int, broker: str, directory: Path) -> Iterator[list[ServerProcess]]:
-    """Run ``count`` nodes sharing ``broker``; kill them all on exit."""
+def nodes(
+    count: int, broker: str, directory: Path, env: dict[str, str] | None = None
+) -> Iterator[list[ServerProcess]]:
+    """Run ``count`` nodes sharing ``broker`` (with ``env`` too); kill them all on exit."""
     config = directory / "tidings.toml"
     config.write_text(CONFIG)
     servers: list[ServerProcess] = []
@@ -60,7 +62,7 @@ def nodes(count: int, broker: str, directory: Path) -> Iterator[list[ServerProce
             servers.append(
                 start_server(
                     config=config,
-                    env={"TIDINGS_API_KEY": API_KEY},
+                    env={"TIDINGS_API_KEY": API_KEY, **(env or {})},
                     extra=["--broker", broker],
                 )
             )
@@ -231,3 +233,42 @@ async def test_nodes_recover_from_a_redis_restart(tmp_path: Path, persistence: s
         assert after[0]["epoch"] != held["epoch"]
         assert resumed["recovered"] is False
         assert (resumed["epoch"], resumed["offset"]) == (after[-1]["epoch"], 2)
+
+
+async def disconnect(http: httpx.AsyncClient, node: ServerProcess, user: str) -> Frame:
+    response = await http.post(
+        f"{node.http_url}/api/disconnect",
+        json={"user": user, "reason": "banned"},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert response.status_code == 200, response.text
+    answer: Frame = response.json()
+    return answer
+
+
+async def test_a_disconnect_sent_to_one_node_closes_the_user_on_every_node(
+    tmp_path: Path,
+) -> None:
+    env = {"TIDINGS_JWT_SECRET": JWT_SECRET}
+    as_mallory = {"Authorization": f"Bearer {make_token('mallory')}"}
+    as_bob = {"Authorization": f"Bearer {make_token('bob')}"}
+    with nodes(3, fresh_database(13), tmp_path, env) as servers:
+        async with AsyncExitStack() as stack, httpx.AsyncClient() as http:
+            mallory = [
+                await stack.enter_async_context(ws_client(node.ws_url, headers=as_mallory))
+                for node in servers
+            ]
+            bob = await stack.enter_async_context(ws_client(servers[2].ws_url, headers=as_bob))
+            for client in (*mallory, bob):
+                await client.result("ping")  # each handshake is authenticated and registered
+
+            answer = await disconnect(http, servers[1], "mallory")
+            goodbyes = [await goodbye_of(client) for client in mallory]
+            still_there = await bob.result("ping")
+            nobody = await disconnect(http, servers[0], "nobody")
+    # This node closed its one connection of the user; all three nodes were told.
+    assert answer == {"disconnected": 1, "nodes": 3}
+    expected = {"push": "disconnect", "code": 4003, "reason": "banned", "reconnect": False}
+    assert goodbyes == [(expected, 4003)] * 3
+    assert still_there == {}
+    assert nobody == {"disconnected": 0, "nodes": 3}

@@ -288,3 +288,19 @@ async def test_a_live_publication_past_a_hole_is_reported_as_a_gap_not_delivered
     broker.handler(new_epoch)
     assert subscriber.offsets == [1]
     assert subscriber.gaps == [ROOM, ROOM]
+
+
+async def test_local_subscribers_lists_a_channels_subscribers_on_this_node_in_order(
+    hub: Hub,
+) -> None:
+    first, second, elsewhere = (RecordingSubscriber(name) for name in ("a", "b", "c"))
+    await hub.subscribe(ROOM, first)
+    await hub.subscribe(ROOM, second)
+    await hub.subscribe(ChannelName("room:2"), elsewhere)
+    both = hub.local_subscribers(ROOM)
+    await hub.unsubscribe(ROOM, first)
+    assert both == (first, second)
+    assert hub.local_subscribers(ROOM) == (second,)
+    assert hub.local_subscribers(ChannelName("room:none")) == ()
+    # The counts of /api/channels come from the same subscriptions.
+    assert hub.channels() == {ROOM: 1, ChannelName("room:2"): 1}

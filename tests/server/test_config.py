@@ -269,3 +269,44 @@ def test_sqlite_durability_is_full_unless_set_to_fast() -> None:
     assert fast.sqlite_durability == "fast"
     with pytest.raises(ConfigError, match="sqlite_durability"):
         load_settings(environ={"TIDINGS_SQLITE_DURABILITY": "sometimes"})
+
+
+def test_a_node_is_named_at_random_unless_node_id_is_set(tmp_path: Path) -> None:
+    first, second = load_settings(), load_settings()
+    named = load_settings(write(tmp_path, 'node_id = "east-1"'))
+    by_environment = load_settings(environ={"TIDINGS_NODE_ID": "west_2"})
+    assert first.node_id != second.node_id
+    assert Settings().node_id != Settings().node_id
+    assert (named.node_id, by_environment.node_id) == ("east-1", "west_2")
+
+
+@pytest.mark.parametrize("node_id", ["", "a b", "east.1", "n:1", "x" * 65])
+def test_a_node_id_that_could_not_name_a_node_is_refused(node_id: str) -> None:
+    with pytest.raises(ConfigError, match="node_id"):
+        load_settings(environ={"TIDINGS_NODE_ID": node_id})
+
+
+def test_the_advertised_url_is_the_public_url_or_derived_from_host_and_port() -> None:
+    assert Settings().advertised_url == "http://127.0.0.1:8000"
+    assert Settings(host="::1", port=9000).advertised_url == "http://[::1]:9000"
+    assert Settings(host="0.0.0.0", port=80).advertised_url == "http://127.0.0.1:80"
+    public = load_settings(environ={"TIDINGS_PUBLIC_URL": "https://rt.example.com/tidings/"})
+    assert public.public_url == "https://rt.example.com/tidings/"
+    assert public.advertised_url == "https://rt.example.com/tidings"
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("ftp://rt.example.com", "http:// or https://"),
+        ("rt.example.com:8000", "http:// or https://"),
+        ("http://", "http:// or https://"),
+        ("https://rt.example.com/?node=1", "no query"),
+        ("https://rt.example.com/#top", "no query or fragment"),
+        ("https://user:secret@rt.example.com", "credentials"),
+        ("http://rt.example.com:99999", "not a valid URL"),
+    ],
+)
+def test_a_public_url_peers_could_not_use_is_refused(url: str, complaint: str) -> None:
+    with pytest.raises(ConfigError, match=f"public_url.*{complaint}|{complaint}"):
+        load_settings(environ={"TIDINGS_PUBLIC_URL": url})

@@ -1,4 +1,5 @@
-"""The ``Broker`` protocol every Hop 2 backend implements, and the values it returns.
+"""The ``Broker`` protocol every Hop 2 backend implements, the ``NodeControl`` role
+(commands between nodes), and the values they take and return.
 
 No I/O here. A broker owns the truth about channels: it sequences publications, keeps
 history and carries each publication to the nodes whose hubs subscribed its channel.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from tidings.core.channel import ChannelName
 from tidings.core.publication import ClientInfo, Position, Publication
@@ -161,5 +162,58 @@ class Broker(Protocol):
 
         Raises:
             BrokerError: the backend failed.
+        """
+        ...
+
+
+# -- node control: commands between the nodes sharing a broker ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DisconnectUser:
+    """Disconnect every connection of ``user`` with ``code`` and ``reason``."""
+
+    user: str
+    code: int
+    reason: str
+
+
+# What one node tells every node. A union as commands are added (a ring change next).
+NodeCommand = DisconnectUser
+NodeCommandHandler = Callable[[NodeCommand], None]
+
+
+@runtime_checkable
+class NodeControl(Protocol):
+    """Carries commands from one node to every node sharing the broker. Guarantees:
+
+    * **Every live node, the sender included**: a command sent reaches each node whose
+      broker is started and connected when it is sent, this one too. The sender's own
+      handler runs before ``send_to_nodes`` first awaits, so the caller can tell what
+      it did here from what it left to the others.
+    * **Best-effort, at most once**: a node that is down, reconnecting or cut off when
+      a command is sent never gets it (commands are not stored or replayed); no node
+      gets one twice. Commands must therefore be worth sending again, not counted.
+    * **No order** between commands of different senders; one sender's arrive in order.
+    * Single-node brokers (memory, sqlite) are local only: the one node is every node.
+    """
+
+    def listen(self, on_command: NodeCommandHandler) -> None:
+        """Hand each command, from any node, to ``on_command`` from now on.
+
+        The handler is called on the event loop, must not block and must not raise;
+        if it does, the broker logs the error and goes on.
+        """
+        ...
+
+    async def send_to_nodes(self, command: NodeCommand) -> int:
+        """Send ``command`` to every live node, this one included.
+
+        Returns:
+            How many nodes it was handed to, this one included, as far as the broker
+            can tell at the time (1 for a single-node broker).
+
+        Raises:
+            BrokerError: the other nodes could not be told; this node's handler ran.
         """
         ...

@@ -23,6 +23,23 @@ FILE_MODE: Final = 0o600
 _OTHERS: Final = stat.S_IRWXG | stat.S_IRWXO
 
 
+def create_private_directory(directory: Path) -> bool:
+    """Create ``directory`` (and missing parents) with mode ``0700``.
+
+    Returns:
+        False if it existed already (left as it is).
+
+    Raises:
+        OSError: it cannot be created.
+    """
+    try:
+        directory.mkdir(mode=DIRECTORY_MODE, parents=True)
+    except FileExistsError:
+        return False
+    directory.chmod(DIRECTORY_MODE)  # mkdir's mode is cut by the umask; this is not
+    return True
+
+
 def prepare_private_file(file: Path) -> None:
     """Create ``file``'s directory (``0700``) and ``file`` itself (``0600``), if missing.
 
@@ -30,9 +47,7 @@ def prepare_private_file(file: Path) -> None:
         OSError: the directory or file cannot be created.
     """
     directory = file.parent
-    try:
-        directory.mkdir(mode=DIRECTORY_MODE, parents=True)
-    except FileExistsError:
+    if not create_private_directory(directory):
         mode = directory.stat().st_mode
         if mode & _OTHERS:
             logger.warning(
@@ -41,8 +56,6 @@ def prepare_private_file(file: Path) -> None:
                 directory,
                 stat.S_IMODE(mode),
             )
-    else:
-        directory.chmod(DIRECTORY_MODE)  # mkdir's mode is cut by the umask; this is not
     # An empty file is an empty SQLite database; created here, it gets our mode.
     with contextlib.suppress(FileExistsError):
         os.close(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from tidings.brokers.base import Broker
+from tidings.brokers.data_dir import create_private_directory
 from tidings.brokers.memory import MemoryBroker
 from tidings.core.dedupe import DedupeOptions
 from tidings.core.namespace import Namespaces
@@ -30,6 +31,7 @@ class _RemoteBroker(Protocol):
         *,
         dedupe: DedupeOptions,
         publish_timeout_s: float = ...,
+        node_id: str | None = ...,
     ) -> Broker: ...
 
 
@@ -123,7 +125,7 @@ def check_data_directory(data: str | Path) -> Path:
     if path.exists() and not path.is_dir():
         raise UnusableDataDirectory(path, "it is not a directory")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        create_private_directory(path)  # the sqlite broker keeps every history here
     except OSError as exc:
         raise UnusableDataDirectory(path, (exc.strerror or str(exc)).lower()) from None
     if not os.access(path, os.W_OK | os.X_OK):
@@ -156,6 +158,7 @@ def create_broker(
     *,
     publish_timeout_s: float | None = None,
     sqlite_durability: str = "full",
+    node_id: str | None = None,
 ) -> Broker:
     """Return the broker named by ``broker`` (a URL) or, without one, by ``data``.
 
@@ -164,7 +167,8 @@ def create_broker(
     memory broker, or the sqlite broker keeping its files in ``data`` if given, with
     ``sqlite_durability`` (``full`` or ``fast``, see ``brokers.sqlite``).
     ``publish_timeout_s`` bounds a remote broker's publish (see ``RedisBroker``); the
-    local ones wait on no network.
+    local ones wait on no network. ``node_id`` names this node to a remote broker's
+    other nodes (random if ``None``).
 
     Raises:
         UnknownBroker: a broker URL of no known scheme.
@@ -190,5 +194,7 @@ def create_broker(
     assert broker is not None
     broker_class = _broker_class(broker)
     if publish_timeout_s is None:
-        return broker_class(broker, namespaces, dedupe=dedupe)
-    return broker_class(broker, namespaces, dedupe=dedupe, publish_timeout_s=publish_timeout_s)
+        return broker_class(broker, namespaces, dedupe=dedupe, node_id=node_id)
+    return broker_class(
+        broker, namespaces, dedupe=dedupe, publish_timeout_s=publish_timeout_s, node_id=node_id
+    )

@@ -5,7 +5,8 @@ retained and handed to the hub in one synchronous step, which is what makes it a
 here. All channels share one epoch drawn at start, so a restart (which loses every
 history) is seen by resuming clients as an epoch change: ``recovered: false``, never a
 wrong offset. Presence is a dict per channel (``LocalPresence``): one node, so no
-remote changes.
+remote changes; node commands (``LocalNodeControl``) reach this node alone, which is
+every node.
 
 Idle channels cost almost nothing: every ``sweep_interval_s`` one sweep (a single timer
 for the broker, not one per channel) expires history and idempotency keys past their
@@ -25,6 +26,8 @@ from typing import Final
 
 from tidings.brokers.base import (
     HistoryRead,
+    NodeCommand,
+    NodeCommandHandler,
     PresenceHandler,
     PublicationHandler,
     PublishResult,
@@ -75,6 +78,33 @@ class LocalPresence:
         return dict(self._by_channel.get(channel, {}))
 
 
+class LocalNodeControl:
+    """``NodeControl`` of a single-node broker: a command sent is handled here, at once."""
+
+    __slots__ = ("_on_command",)
+
+    def __init__(self) -> None:
+        self._on_command: NodeCommandHandler | None = None
+
+    def listen(self, on_command: NodeCommandHandler) -> None:
+        """Hand each command sent from now on to ``on_command``."""
+        self._on_command = on_command
+
+    async def send_to_nodes(self, command: NodeCommand) -> int:
+        """Handle ``command`` here (``NodeControl.send_to_nodes``)."""
+        return self.send(command)
+
+    def send(self, command: NodeCommand) -> int:
+        """Handle ``command`` here, without awaiting; return 1, the one node."""
+        handler = self._on_command
+        if handler is not None:
+            try:
+                handler(command)
+            except Exception:  # the sender must not fail for a faulty handler
+                logger.exception("node command handler failed on %r", command)
+        return 1
+
+
 class MemoryBroker:
     """A single-process broker; see the module docstring."""
 
@@ -100,6 +130,7 @@ class MemoryBroker:
         self._subscribed: set[ChannelName] = set()
         self._on_publication: PublicationHandler | None = None
         self._presence = LocalPresence()
+        self._control = LocalNodeControl()
         self._closed = False
 
     async def start(
@@ -222,3 +253,11 @@ class MemoryBroker:
     async def presence(self, channel: ChannelName) -> dict[str, str]:
         """Return ``channel``'s ``{client_id: user}`` (``Broker.presence``)."""
         return self._presence.clients(channel)
+
+    def listen(self, on_command: NodeCommandHandler) -> None:
+        """Hand node commands to ``on_command`` (``NodeControl.listen``)."""
+        self._control.listen(on_command)
+
+    async def send_to_nodes(self, command: NodeCommand) -> int:
+        """Handle ``command`` on this node, the only one (``NodeControl.send_to_nodes``)."""
+        return self._control.send(command)

@@ -102,6 +102,10 @@ after, it may still run when Redis reads it (``BrokerError`` saying so).
 Presence (``redis_presence``): a hash per channel, refreshed by each node on one timer;
 join and leave frames travel on the channel's topic and are told apart from
 publications by how they start.
+
+Node commands (``redis_control``): one control topic, subscribed on the same link as
+the channels (on its shard's link in a cluster) from start on, and again after every
+recovery before the broker is ready.
 """
 
 from __future__ import annotations
@@ -129,11 +133,14 @@ from redis.maint_notifications import MaintNotificationsConfig
 
 from tidings.brokers.base import (
     HistoryRead,
+    NodeCommand,
+    NodeCommandHandler,
     PresenceHandler,
     PublicationHandler,
     PublishResult,
 )
 from tidings.brokers.memory import random_epoch
+from tidings.brokers.redis_control import RedisNodeControl, control_topic
 from tidings.brokers.redis_presence import (
     PRESENCE_LIFETIME_S,
     PRESENCE_REFRESH_S,
@@ -548,8 +555,12 @@ class RedisBroker:
         publish_timeout_s: float = PUBLISH_TIMEOUT_S,
         probe_interval_s: float = PROBE_INTERVAL_S,
         probe_timeout_s: float = PROBE_TIMEOUT_S,
+        node_id: str | None = None,
     ) -> None:
         """Prepare a broker for ``url``; nothing connects before ``start``.
+
+        ``node_id`` names this node in presence entries and node commands (random if
+        not given); every node sharing the Redis must have its own.
 
         A client's presence entry outlives its node by at most ``presence_lifetime_s``;
         each node renews its entries every ``presence_refresh_s``. Redis is PINGed
@@ -568,7 +579,8 @@ class RedisBroker:
         self._dedupe = dedupe or DedupeOptions()
         self._epoch_factory = epoch_factory
         self._reconnect_max_delay_s = reconnect_max_delay_s
-        self.pubsub_client_name = f"tidings-pubsub-{secrets.token_hex(4)}"
+        self.node_id = node_id or secrets.token_hex(8)
+        self.pubsub_client_name = f"tidings-pubsub-{self.node_id}"
         self._client: Redis | RedisCluster | None = None
         self._scripts: ScriptRunner | None = None
         self._db = 0
@@ -581,7 +593,10 @@ class RedisBroker:
             self._run_keys,
             lifetime_s=presence_lifetime_s,
             refresh_s=presence_refresh_s,
+            node=self.node_id,
         )
+        self._control = RedisNodeControl(self.node_id)
+        self._control_link: _Link | None = None  # where Redis confirmed the control topic
         self._states: dict[str, _ChannelState] = {}
         self._links: dict[str, _Link] = {}
         self._opening: dict[str, asyncio.Task[_Link]] = {}
@@ -641,7 +656,8 @@ class RedisBroker:
         )
         try:
             await self._connect()
-        except _REDIS_ERRORS as exc:
+            await self._listen_for_commands()
+        except (*_REDIS_ERRORS, BrokerError) as exc:
             logger.warning(
                 "Redis at %s is not reachable (%s); retrying in the background",
                 self._display_url,
@@ -902,6 +918,68 @@ class RedisBroker:
         """
         return await self._presence.clients(channel)
 
+    # -- node commands (``NodeControl``, ``redis_control``) ---------------------------------
+
+    @property
+    def _control_topic(self) -> str:
+        return control_topic(self._target.prefix, self._db)
+
+    def listen(self, on_command: NodeCommandHandler) -> None:
+        """Hand node commands, this node's and others', to ``on_command``
+        (``NodeControl.listen``)."""
+        self._control.listen(on_command)
+
+    async def send_to_nodes(self, command: NodeCommand) -> int:
+        """Handle ``command`` here, then publish it to the other nodes
+        (``NodeControl.send_to_nodes``).
+
+        Returns:
+            1 (this node) plus the other nodes subscribed to the control topic, as
+            Redis counted them when it published.
+
+        Raises:
+            BrokerError: Redis failed or is unreachable; only this node handled it.
+        """
+        self._control.handle(command)
+        client = self._client
+        what = "telling the other nodes"
+        if self._closed or client is None:
+            raise BrokerUnavailable(f"{what} failed: the Redis broker is not started")
+        if not self._responsive:
+            raise BrokerUnavailable(
+                f"{what} failed: Redis at {self._display_url} did not answer a PING within "
+                f"{self._probe_timeout_s:g} s; nothing was sent"
+            )
+        payload = self._control.encode(command)
+        try:
+            async with asyncio.timeout(self._publish_timeout_s):
+                if self._target.cluster:
+                    receivers = await client.spublish(self._control_topic, payload)
+                else:
+                    receivers = await client.publish(self._control_topic, payload)
+        except (*_REDIS_ERRORS, TimeoutError) as exc:
+            raise BrokerError(f"{what} failed: {exc!r}") from exc
+        link = self._control_link
+        own = 1 if link is not None and link.is_open else 0  # Redis counted this node too
+        return 1 + max(0, int(receivers) - own)
+
+    async def _listen_for_commands(self) -> None:
+        """Subscribe the control topic, unless its link still holds it.
+
+        Raises:
+            RedisError, OSError, BrokerError: Redis failed; the recovery tries again.
+        """
+        held = self._control_link
+        if held is not None and held.is_open:
+            return
+        topic = self._control_topic
+        link = await self._link_for(topic)
+
+        def confirmed() -> None:
+            self._control_link = link
+
+        await link.request("subscribe", topic, confirmed)
+
     # -- subscriptions -------------------------------------------------------------------
 
     async def subscribe(self, channel: ChannelName) -> None:
@@ -1046,6 +1124,8 @@ class RedisBroker:
     def _on_message(self, link: _Link, topic: str, payload: bytes) -> None:
         state = self._states.get(topic)
         if state is None or state.link is not link or not state.confirmed:
+            if state is None and link is self._control_link and topic == self._control_topic:
+                self._control.receive(payload)
             return  # not (or no longer, or not yet) subscribed: see the theory of operation
         if is_presence_frame(payload):
             self._receive_presence(payload)
@@ -1259,6 +1339,7 @@ class RedisBroker:
     async def _resubscribe(self) -> int:
         """Reconnect, resubscribe every channel whose link was lost, then sync them."""
         await self._connect(refresh=True)
+        await self._listen_for_commands()
         for state in [s for s in self._states.values() if s.leaving is not None]:
             self._drop(state)  # was unsubscribing when the link was lost: done
         states = [s for s in self._states.values() if s.subscribed and not s.confirmed]

@@ -137,7 +137,7 @@ class RedisPresence:
     """This node's side of presence in Redis; see the module docstring.
 
     Attributes:
-        node: this node's random id, written in its entries and frames.
+        node: this node's id, written in its entries and frames.
     """
 
     def __init__(
@@ -148,8 +148,10 @@ class RedisPresence:
         *,
         lifetime_s: float = PRESENCE_LIFETIME_S,
         refresh_s: float = PRESENCE_REFRESH_S,
+        node: str | None = None,
     ) -> None:
-        """Prepare presence for keys under ``prefix``; ``run`` runs a script on Redis.
+        """Prepare presence for keys under ``prefix``; ``run`` runs a script on Redis;
+        ``node`` is this node's id (random if not given; must differ between nodes).
 
         Raises:
             ConfigError: ``refresh_s`` is not positive and shorter than ``lifetime_s``.
@@ -159,7 +161,7 @@ class RedisPresence:
                 f"presence refresh must be positive and below its lifetime ({lifetime_s:g} s), "
                 f"got {refresh_s:g} s"
             )
-        self.node = secrets.token_hex(8)
+        self.node = node or secrets.token_hex(8)
         self._prefix = prefix
         self._clock = clock
         self._run = run

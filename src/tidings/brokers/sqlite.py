@@ -52,7 +52,7 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -60,12 +60,14 @@ from typing import Final, Literal, TypeVar
 
 from tidings.brokers.base import (
     HistoryRead,
+    NodeCommand,
+    NodeCommandHandler,
     PresenceHandler,
     PublicationHandler,
     PublishResult,
 )
 from tidings.brokers.data_dir import prepare_private_file
-from tidings.brokers.memory import LocalPresence, random_epoch
+from tidings.brokers.memory import LocalNodeControl, LocalPresence, random_epoch
 from tidings.clock import Clock, SystemClock
 from tidings.core.channel import ChannelName
 from tidings.core.channel_log import ChannelLog, Duplicate
@@ -277,9 +279,7 @@ class _Store:
         for publication in publications:
             heads[publication.channel] = publication
         sizes = {c: self._namespaces.options_for(c).history for c in heads}
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             db.executemany(
                 _INSERT_PUBLICATION,
                 [_row(p) for p in publications if sizes[p.channel].size > 0],
@@ -301,21 +301,23 @@ class _Store:
                 ],
             )
             db.execute(_EXPIRE_KEYS, (now_ms - self._dedupe.window_ms,))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
 
     def trim(self, heads: Sequence[tuple[ChannelName, int]], now_ms: int) -> None:
         """Delete the rows of channels whose history expired up to their head, and the
         dedupe keys past the window, in one transaction (the sweep of idle channels)."""
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             # Up to the head the sweep saw: a publication made since has a higher offset.
             db.executemany(_DELETE_PUBLICATIONS_UP_TO, heads)
             db.execute(_EXPIRE_KEYS, (now_ms - self._dedupe.window_ms,))
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run the block in one write transaction: committed if it returns, rolled back
+        if it raises (the caller's publications are then answered with the error)."""
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -515,6 +517,7 @@ class SqliteBroker:
         self._open_batch: _Batch | None = None
         self._in_flight: _Batch | None = None
         self._presence = LocalPresence()
+        self._control = LocalNodeControl()
         self._sweep_interval_s = sweep_interval_s
         self._sweeper: asyncio.Task[None] | None = None
         self.commits = 0
@@ -673,6 +676,14 @@ class SqliteBroker:
     async def presence(self, channel: ChannelName) -> dict[str, str]:
         """Return ``channel``'s ``{client_id: user}`` (``Broker.presence``)."""
         return self._presence.clients(channel)
+
+    def listen(self, on_command: NodeCommandHandler) -> None:
+        """Hand node commands to ``on_command`` (``NodeControl.listen``)."""
+        self._control.listen(on_command)
+
+    async def send_to_nodes(self, command: NodeCommand) -> int:
+        """Handle ``command`` on this node, the only one (``NodeControl.send_to_nodes``)."""
+        return self._control.send(command)
 
     async def sweep(self) -> int:
         """Expire history and keys past their time in the loaded channels; unload those

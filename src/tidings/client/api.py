@@ -180,7 +180,8 @@ class ApiClient:
         return {ChannelName(name): count.subscribers for name, count in answer.channels.items()}
 
     async def disconnect(self, user: str, code: int = 4003, reason: str | None = None) -> int:
-        """Disconnect every connection of ``user`` with ``code``; return how many.
+        """Disconnect every connection of ``user`` with ``code``, on every node; return how
+        many the node called closed itself (the others act just after; docs/server-api.md).
 
         4000–4499 tell clients not to reconnect, 4500–4999 to reconnect.
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from tidings.core.channel import ChannelName
+from tidings.core.digits import parse_digits
 from tidings.errors import BadRequest
 
 EPOCH_PATTERN: Final = re.compile(r"[A-Za-z0-9_\-]{1,32}")
@@ -77,6 +78,7 @@ def parse_position_text(text: str) -> Position:
         BadRequest: the text is not of that form.
     """
     epoch, separator, offset_text = text.rpartition(":")
-    if not separator or not offset_text.isdigit() or not offset_text.isascii():
+    offset = parse_digits(offset_text) if separator else None
+    if offset is None:
         raise BadRequest(f"since must be <epoch>:<offset>, got {text[:80]!r}")
-    return parse_position(epoch, int(offset_text))
+    return parse_position(epoch, offset)

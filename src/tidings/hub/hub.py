@@ -344,6 +344,11 @@ class Hub:
         """Whether any client of this node is subscribed to ``channel``."""
         return self._registry.has_subscribers(channel)
 
+    def local_subscribers(self, channel: ChannelName) -> tuple[Subscriber, ...]:
+        """Return this node's subscribers of ``channel`` (those still recovering too),
+        in the order they subscribed; empty if it has none."""
+        return tuple(self._registry.subscriptions(channel) or ())
+
     def channels(self, prefix: str = "") -> dict[ChannelName, int]:
         """Return this node's channels starting with ``prefix`` and their subscriber counts."""
         return {

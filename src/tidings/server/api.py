@@ -25,14 +25,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tidings.brokers.base import PublishResult
+from tidings.brokers.base import DisconnectUser, NodeControl, PublishResult
 from tidings.core.channel import ChannelName, parse_channel
 from tidings.core.commands import MAX_HISTORY_LIMIT, IdempotencyKey, publication_data
 from tidings.core.origin import is_cross_site, is_loopback_host
 from tidings.core.publication import Position, parse_position_text
 from tidings.core.recovery import Replay
 from tidings.core.wire import encode_json, position_fields, publication_frames
-from tidings.errors import BadRequest, PermissionDenied, RequestError, Unauthorized
+from tidings.errors import (
+    BadRequest,
+    BrokerError,
+    PermissionDenied,
+    RequestError,
+    Unauthorized,
+    Unavailable,
+)
+from tidings.hub.sessions import SessionRegistry
 from tidings.server.auth import api_key_refusal
 from tidings.transports.close_codes import is_reconnectable
 from tidings.transports.context import TransportContext
@@ -152,9 +160,12 @@ def _is_json(content_type: str | None) -> bool:
 class ServerApi:
     """The handlers of the server API, bound to one node's context."""
 
-    def __init__(self, context: TransportContext, api_key: str | None) -> None:
+    def __init__(
+        self, context: TransportContext, api_key: str | None, control: NodeControl
+    ) -> None:
         self._context = context
         self._api_key = api_key
+        self._control = control
         self._max_body = (
             max(options.max_data_bytes for _, options in context.namespaces.items())
             + MAX_BODY_BYTES_OVERHEAD
@@ -266,12 +277,32 @@ class ServerApi:
         return json_response({"channels": {c: {"subscribers": n} for c, n in counts.items()}})
 
     async def disconnect(self, request: Request) -> Response:
-        """``POST /api/disconnect`` → ``{"disconnected": n}``."""
+        """``POST /api/disconnect`` → ``{"disconnected": n, "nodes": m}``: the user's
+        connections on this node, closed now, and the nodes told to close theirs (this
+        one included), which they do on their own time (docs/server-api.md)."""
         body = await self._body(request, DisconnectBody)
-        sessions = self._context.sessions.of_user(body.user)
-        for session in sessions:
-            session.disconnect(body.code, body.reason, reconnect=is_reconnectable(body.code))
-        return json_response({"disconnected": len(sessions)})
+        # Counted first: this node's part runs inside send_to_nodes, before it awaits.
+        disconnected = len(self._context.sessions.of_user(body.user))
+        try:
+            nodes = await self._control.send_to_nodes(
+                DisconnectUser(body.user, body.code, body.reason)
+            )
+        except BrokerError as exc:
+            logger.warning("disconnecting %r on the other nodes failed: %s", body.user, exc)
+            raise Unavailable(
+                f"closed {disconnected} of the user's connections on this node, but the broker "
+                "could not tell the other nodes; retry"
+            ) from exc
+        return json_response({"disconnected": disconnected, "nodes": nodes})
+
+
+def disconnect_user(sessions: SessionRegistry, command: DisconnectUser) -> int:
+    """Close ``command.user``'s sessions on this node (a node command's handler);
+    return how many."""
+    found = sessions.of_user(command.user)
+    for session in found:
+        session.disconnect(command.code, command.reason, reconnect=is_reconnectable(command.code))
+    return len(found)
 
 
 def _publish_fields(result: PublishResult) -> dict[str, Any]:

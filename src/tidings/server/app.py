@@ -17,11 +17,11 @@ from typing import Any, Final
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router, WebSocketRoute
-from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from tidings.brokers.base import Broker
+from tidings.brokers.base import Broker, NodeCommand, NodeControl
 from tidings.brokers.factory import create_broker
+from tidings.brokers.memory import LocalNodeControl
 from tidings.core.channel import parse_channel
 from tidings.core.commands import publication_data
 from tidings.core.dedupe import CLIENT_KEY_MARK, DedupeOptions
@@ -31,7 +31,7 @@ from tidings.core.wire import encode_json
 from tidings.errors import BadRequest
 from tidings.hub.hub import Hub
 from tidings.hub.sessions import SessionRegistry
-from tidings.server.api import NativePublish, ServerApi
+from tidings.server.api import NativePublish, ServerApi, disconnect_user
 from tidings.server.auth import Authenticator
 from tidings.server.config import Settings
 from tidings.server.demo import DemoBackend, prepare_demo
@@ -40,7 +40,7 @@ from tidings.server.heartbeat import run_heartbeats
 from tidings.server.keys import JwksKeys, load_public_key
 from tidings.server.metrics import Metrics
 from tidings.server.status import (
-    STATIC_DIR,
+    StaticAssets,
     StatusPublisher,
     status_page,
     with_status_namespace,
@@ -73,6 +73,7 @@ def broker_for(settings: Settings) -> Broker:
         dedupe,
         publish_timeout_s=settings.publish_timeout_s,
         sqlite_durability=settings.sqlite_durability,
+        node_id=settings.node_id,
     )
 
 
@@ -99,7 +100,13 @@ class TidingsApp:
         )
         # Metrics time the broker's calls by wrapping it; the hub never knows.
         self.metrics = Metrics(self.sessions)
-        self.hub = Hub(self.metrics.metered(broker or broker_for(settings)))
+        broker = broker or broker_for(settings)
+        self.hub = Hub(self.metrics.metered(broker))
+        # Commands between nodes (``POST /api/disconnect``); a broker of an embedding
+        # application that carries none serves this node alone.
+        self.control: NodeControl = (
+            broker if isinstance(broker, NodeControl) else LocalNodeControl()
+        )
         self.metrics.read_counters_of(self.hub)
         url = settings.jwt_jwks_url
         self._jwks = None if url is None else JwksKeys(url, settings.jwt_jwks_refresh_s)
@@ -119,9 +126,11 @@ class TidingsApp:
             ),
             ping_interval_s=settings.ping_interval_s,
             allowed_origins=settings.allowed_origins,
+            node_id=settings.node_id,
         )
+        self.control.listen(self._on_node_command)
         self.metrics.read_refusals_of(self.context.refusals)
-        self._api = api = ServerApi(self.context, settings.api_key)
+        self._api = api = ServerApi(self.context, settings.api_key, self.control)
         self._poll = PollTransport(self.context, self.metrics, max_watches=settings.poll_watches)
         self.about = About.of(settings, self.context.node_id)
         self.status = StatusPublisher(self.hub, self.metrics, self.context.node_id)
@@ -145,13 +154,7 @@ class TidingsApp:
                 Route("/metrics", self.metrics.endpoint, methods=["GET"]),
                 Route("/", front_page(self.about), methods=["GET"]),
                 Route("/status", status_page(self.status.channel, self.about), methods=["GET"]),
-                Mount(
-                    "/static",
-                    OriginCheckedStatic(
-                        StaticFiles(directory=STATIC_DIR, follow_symlink=True),
-                        settings.allowed_origins,
-                    ),
-                ),
+                Mount("/static", OriginCheckedStatic(StaticAssets(), settings.allowed_origins)),
                 *api.routes(),
                 *(DemoBackend(self.context, demo).routes() if demo else []),
             ]
@@ -309,6 +312,13 @@ class TidingsApp:
         limit = self.context.namespaces.options_for(name).max_data_bytes
         result = await self.hub.publish(name, publication_data(encoded, limit), key=key)
         return result.position
+
+    # -- commands from other nodes (and this one) ---------------------------------------
+
+    def _on_node_command(self, command: NodeCommand) -> None:
+        disconnected = disconnect_user(self.sessions, command)
+        if disconnected:
+            logger.info("disconnected %d connections of %r", disconnected, command.user)
 
     # -- health ------------------------------------------------------------------------
 

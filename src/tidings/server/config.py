@@ -13,11 +13,14 @@ would make the node refuse every client (a zero rate), and an empty secret.
 from __future__ import annotations
 
 import math
+import re
+import secrets
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 from tidings.core.channel import DEFAULT_NAMESPACE, NamespaceName
 from tidings.core.history import HistoryOptions
@@ -38,6 +41,15 @@ TransportName = Literal["ws", "sse", "poll"]
 TRANSPORTS: Final[tuple[TransportName, ...]] = ("ws", "sse", "poll")
 ServerBackend = Literal["native", "uvicorn"]
 SERVER_BACKENDS: Final[tuple[ServerBackend, ...]] = ("native", "uvicorn")
+
+
+NODE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::", "[::]"})
+
+
+def new_node_id() -> str:
+    """Return a random node id (what a node is called when ``node_id`` is not set)."""
+    return secrets.token_hex(6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +88,29 @@ class Settings:
     server_backend: ServerBackend = "native"
     namespaces: Mapping[NamespaceName, NamespaceOptions] = field(default_factory=default_namespaces)
     allow_open_api: bool = False
+    # This node's id among the nodes sharing a broker: in client ids, presence entries,
+    # node commands and its status channel. Random per start unless set.
+    node_id: str = field(default_factory=new_node_id)
+    # The base URL clients and other nodes reach this node at; None: ``advertised_url``
+    # derives it from host and port.
+    public_url: str | None = None
 
     def __post_init__(self) -> None:
         _check_limits(self)
+        check_node_id("node_id", self.node_id)
+        if self.public_url is not None:
+            check_public_url("public_url", self.public_url)
+
+    @property
+    def advertised_url(self) -> str:
+        """The base URL of this node: ``public_url``, or ``http://host:port`` (a wildcard
+        host, which no peer can dial, as ``127.0.0.1``)."""
+        if self.public_url is not None:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in WILDCARD_HOSTS else self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address
+        return f"http://{host}:{self.port}"
 
     def namespace_table(self) -> Namespaces:
         """Return the namespace lookup of these settings."""
@@ -88,6 +120,39 @@ class Settings:
     def max_data_bytes(self) -> int:
         """The largest ``data`` any namespace accepts (bounds a WebSocket frame)."""
         return max(options.max_data_bytes for options in self.namespaces.values())
+
+
+def check_node_id(name: str, value: str) -> str:
+    """Return ``value`` if it can name a node: 1-64 of A-Z a-z 0-9 _ - (it appears in
+    client ids, channel names and Redis client names).
+
+    Raises:
+        ConfigError: it cannot.
+    """
+    if NODE_ID_PATTERN.fullmatch(value) is None:
+        raise ConfigError(f"{name} must be 1 to 64 of A-Z a-z 0-9 _ -, got {value!r}")
+    return value
+
+
+def check_public_url(name: str, value: str) -> str:
+    """Return ``value`` if it is a base URL peers can reach: http or https, with a host,
+    and no query, fragment or credentials.
+
+    Raises:
+        ConfigError: it is not.
+    """
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        raise ConfigError(f"{name} is not a valid URL, got {value!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must be an http:// or https:// URL with a host, got {value!r}")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ConfigError(f"{name} must have no query or fragment, got {value!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{name} must not hold credentials, got {value!r}")
+    return value
 
 
 def _as_str(name: str, value: object) -> str:
@@ -266,6 +331,8 @@ _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "access_log": _as_bool,
     "server_backend": _as_server_backend,
     "allow_open_api": _as_bool,
+    "node_id": lambda name, value: check_node_id(name, _as_str(name, value)),
+    "public_url": lambda name, value: check_public_url(name, _as_str(name, value)),
 }
 # Settings fields whose configuration name drops the unit suffix.
 _FIELD_OF: Final = {

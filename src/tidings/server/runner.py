@@ -22,6 +22,7 @@ import enum
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import sys
@@ -30,12 +31,16 @@ from types import FrameType
 from typing import Final
 
 import uvicorn
+from uvicorn._types import ASGIReceiveEvent
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from tidings.brokers.factory import MissingExtra, UnknownBroker, UnusableDataDirectory
 from tidings.errors import ConfigError, TidingsError
 from tidings.server.access_log import AccessLogMiddleware, TokenRedactingFilter
 from tidings.server.app import FRAME_OVERHEAD_BYTES, TidingsApp
 from tidings.server.config import Settings
+from tidings.server.native.http import MAX_PIPELINED
 from tidings.server.native.server import run_native
 
 logger = logging.getLogger(__name__)
@@ -115,14 +120,86 @@ class _DrainingServer(uvicorn.Server):
                 self._captured_signals.clear()
 
 
+class TokenRedaction(logging.Filter):
+    """Rewrite ``token=<jwt>`` in a log record's arguments as ``token=[redacted]``.
+
+    uvicorn logs each request's path with its query string (its access log, and the
+    accepted WebSocket handshakes): a connection token given as ``?token=`` would be
+    written to the log, where anyone who reads the log could use it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(isinstance(arg, str) for arg in args):
+            record.args = tuple(
+                _TOKEN_PARAMETER.sub(r"\1token=[redacted]", arg) if isinstance(arg, str) else arg
+                for arg in args
+            )
+        return True
+
+
+_TOKEN_PARAMETER: Final = re.compile(r"([?&])token=[^&\s\"]*")
+# The uvicorn loggers that write request paths with their query strings.
+_PATH_LOGGERS: Final = ("uvicorn.access", "uvicorn.error")
+
+
+class _BoundedPipelineProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol, with pipelined requests bounded (PROTOCOL.md §2.5).
+
+    uvicorn resumes reading after every response, however many pipelined requests it
+    already holds: a client that pipelines and never reads grew a node by a gibibyte.
+    Here reading stays paused while more than ``MAX_PIPELINED`` requests wait.
+    """
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if len(self.pipeline) > MAX_PIPELINED and not self.transport.is_closing():
+            self.flow.pause_reading()
+
+
+class _PausingWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, reading nothing while its writes are paused.
+
+    uvicorn went on reading a client that reads nothing back: every ping it sent was
+    answered into the write buffer (+125 MiB from one client). Here reading pauses
+    with writing, as on the native server, so TCP holds such a client back.
+    """
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if not self.read_paused:  # its own pause: a full queue of messages
+            self.transport.resume_reading()
+
+    async def receive(self) -> ASGIReceiveEvent:
+        message = await super().receive()
+        if not self.writable.is_set():
+            self.transport.pause_reading()  # the queue drained, but writing is still paused
+        return message
+
+
 def _uvicorn_config(app: TidingsApp, settings: Settings, log_level: str) -> uvicorn.Config:
+    config = _plain_uvicorn_config(app, settings, log_level)
+    # After the config exists: creating it configures uvicorn's loggers afresh.
+    for name in _PATH_LOGGERS:
+        path_logger = logging.getLogger(name)
+        if not any(isinstance(f, TokenRedaction) for f in path_logger.filters):
+            path_logger.addFilter(TokenRedaction())
+    return config
+
+
+def _plain_uvicorn_config(app: TidingsApp, settings: Settings, log_level: str) -> uvicorn.Config:
     return uvicorn.Config(
         AccessLogMiddleware(app) if settings.access_log else app,
         host=settings.host,
         port=settings.port,
         lifespan="on",
         log_level=log_level,
-        ws="websockets-sansio",
+        http=_BoundedPipelineProtocol,
+        ws=_PausingWebSocketProtocol,
         ws_ping_interval=WS_PING_INTERVAL_S,
         ws_ping_timeout=WS_PING_TIMEOUT_S,
         ws_max_size=(settings.max_data_bytes + FRAME_OVERHEAD_BYTES) * UVICORN_FRAME_LIMIT_FACTOR,

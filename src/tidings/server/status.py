@@ -19,14 +19,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from tidings.core.channel import ChannelName, NamespaceName
 from tidings.core.history import HistoryOptions
 from tidings.core.namespace import NamespaceOptions
 from tidings.core.wire import encode_json
-from tidings.errors import TidingsError
+from tidings.errors import ErrorCode, TidingsError
 from tidings.hub.hub import Hub
 from tidings.server.config import Settings
 from tidings.server.front import About
@@ -152,3 +155,25 @@ def status_page(channel: ChannelName, about: About) -> Callable[[Request], Await
         return HTMLResponse(text, headers={"Cache-Control": "no-cache"})
 
     return page
+
+
+class StaticAssets:
+    """The files served under ``/static`` (the JavaScript client, the status page's).
+
+    Starlette's ``StaticFiles`` raises ``HTTPException`` for a missing file; a bare
+    ``Router`` has no handler for it, so it would reach the server as a failure (500
+    and a traceback). A missing file is a 404 in the error shape of PROTOCOL.md §7.
+    """
+
+    def __init__(self) -> None:
+        self._files = StaticFiles(directory=STATIC_DIR, follow_symlink=True)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._files(scope, receive, send)
+        except HTTPException as exc:
+            code: ErrorCode = "not_found" if exc.status_code == 404 else "bad_request"
+            message = "no such file under /static" if code == "not_found" else exc.detail
+            body = encode_json({"error": {"code": code, "message": message}})
+            headers = {**(exc.headers or {}), "content-type": "application/json"}
+            await Response(body, exc.status_code, headers)(scope, receive, send)

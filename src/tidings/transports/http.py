@@ -13,6 +13,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tidings.core.digits import parse_digits
 from tidings.core.origin import WILDCARD
 from tidings.core.wire import encode_json
 from tidings.errors import BadRequest, ErrorCode, MessageTooLarge, RequestError
@@ -145,9 +146,10 @@ def query_int(
     """
     if text is None:
         return default
-    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+    value = parse_digits(text)
+    if value is None or not low <= value <= high:
         raise BadRequest(f"{name} must be a whole number from {low} to {high}")
-    return int(text)
+    return value
 
 
 async def read_json_body(request: Request, kind: type[T], max_bytes: int) -> T:

@@ -246,13 +246,20 @@ class SseTransport:
                 )
             if context.draining:
                 raise Unavailable("this node is draining; reconnect to another")
-            context.sessions.add(session)
         except RequestError as error:
             context.refusals.refused_request(error, session.peer)
             response = request_error_response(error)
             response.headers.update(cors)
             await response(scope, receive, send)
             return
+        if scope["method"] == "HEAD":
+            # The stream's headers only (RFC 9110 §9.3.2): no subscription, no body.
+            start = {"type": "http.response.start", "status": 200, "headers": _stream_headers(cors)}
+            await send(start)
+            await send({"type": "http.response.body", "body": b"", "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        context.sessions.add(session)
         try:
             await send(
                 {

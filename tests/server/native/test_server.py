@@ -6,21 +6,24 @@ which runs on this server by default."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
-import socket
 import struct
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
 
+from tests.server.native.conftest import Served
 from tests.support.api import ApiClient
-from tests.support.wsframes import client_frame, read_server_frame
-from tidings.server.app import TidingsApp
-from tidings.server.config import Settings
+from tests.support.raw_http import (
+    API_KEY,
+    TIMEOUT_S,
+    command,
+    connect,
+    open_websocket,
+    publish_request,
+    upgrade,
+)
+from tests.support.wsframes import client_frame
 from tidings.server.native import http as native_http
 from tidings.server.native.frames import (
     CLOSE_INVALID_DATA,
@@ -31,154 +34,6 @@ from tidings.server.native.frames import (
     OP_PONG,
     OP_TEXT,
 )
-from tidings.server.native.server import NativeServer
-from tidings.server.native.websocket import accept_key
-
-TIMEOUT_S = 10.0
-PING_INTERVAL_S = 0.2
-
-
-@dataclass
-class Served:
-    """A native server listening on ``port``."""
-
-    port: int
-    server: NativeServer
-    task: asyncio.Task[None]
-
-
-API_KEY = "native-test-key"
-
-
-@pytest.fixture
-async def served() -> AsyncIterator[Served]:
-    # The socket listens before the server starts: early connections wait in the backlog.
-    listener = socket.create_server(("127.0.0.1", 0))
-    port: int = listener.getsockname()[1]
-    server = NativeServer(
-        TidingsApp(Settings(allowed_origins=("https://ok.example",), api_key=API_KEY)),
-        ping_interval_s=PING_INTERVAL_S,
-    )
-    task = asyncio.create_task(server.serve(listener, handle_signals=False))
-    try:
-        yield Served(port, server, task)
-    finally:
-        server.request_stop()
-        await asyncio.wait_for(task, TIMEOUT_S)
-        listener.close()
-
-
-def publish_request(channel: str, data: object, *, key: str = API_KEY) -> bytes:
-    body = json.dumps({"channel": channel, "data": data}).encode()
-    return (
-        b"POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\n"
-        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
-        % (key.encode(), len(body), body)
-    )
-
-
-class RawConnection:
-    """A TCP connection that writes bytes as given and reads responses and frames."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def response(self) -> tuple[int, dict[str, str], bytes]:
-        """Read one response: status, headers (lower-case names), whole body."""
-        async with asyncio.timeout(TIMEOUT_S):
-            head = await self.reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            status = int(lines[0].split(" ")[1])
-            headers = {}
-            for line in lines[1:]:
-                if line:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
-            if "content-length" in headers:
-                body = await self.reader.readexactly(int(headers["content-length"]))
-            elif headers.get("transfer-encoding") == "chunked":
-                body = await self.chunk()
-            else:
-                body = b""
-            return status, headers, body
-
-    async def chunk(self) -> bytes:
-        """Read one chunk of a chunked body."""
-        size = int((await self.reader.readuntil(b"\r\n")).strip(), 16)
-        data = await self.reader.readexactly(size + 2)
-        return data[:-2]
-
-    async def frame(self) -> tuple[int, bool, bytes]:
-        """Read one server frame: opcode, fin, payload."""
-        async with asyncio.timeout(TIMEOUT_S):
-            head = await self.reader.readexactly(2)
-            length = head[1] & 0x7F
-            extra = b""
-            if length == 126:
-                extra = await self.reader.readexactly(2)
-                length = struct.unpack("!H", extra)[0]
-            elif length == 127:
-                extra = await self.reader.readexactly(8)
-                length = struct.unpack("!Q", extra)[0]
-            payload = await self.reader.readexactly(length)
-            return read_server_frame(head + extra + payload)
-
-    async def text(self) -> dict[str, object]:
-        """Read frames until a text frame; return its JSON."""
-        while True:
-            opcode, _fin, payload = await self.frame()
-            if opcode == OP_TEXT:
-                parsed: dict[str, object] = json.loads(payload)
-                return parsed
-
-    async def closed_by_server(self) -> bool:
-        """Whether the server ends the connection (EOF) within the time-out."""
-        async with asyncio.timeout(TIMEOUT_S):
-            while await self.reader.read(65_536):
-                pass
-        self.writer.close()
-        return True
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-async def connect(port: int) -> RawConnection:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    return RawConnection(reader, writer)
-
-
-def upgrade(
-    path: str = "/ws", *, version: bytes = b"13", extra: bytes = b""
-) -> tuple[bytes, bytes]:
-    """An opening handshake and its key."""
-    key = base64.b64encode(os.urandom(16))
-    request = (
-        b"GET %b HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: %b\r\nSec-WebSocket-Version: %b\r\n%b\r\n"
-        % (path.encode(), key, version, extra)
-    )
-    return request, key
-
-
-async def open_websocket(port: int) -> RawConnection:
-    conn = await connect(port)
-    request, key = upgrade()
-    await conn.send(request)
-    status, headers, _ = await conn.response()
-    assert status == 101
-    assert headers["sec-websocket-accept"] == accept_key(key).decode()
-    return conn
-
-
-def command(op: str, command_id: int, **fields: object) -> bytes:
-    return json.dumps({"op": op, "id": command_id, **fields}).encode()
-
 
 # -- HTTP --------------------------------------------------------------------------------
 
@@ -274,7 +129,11 @@ async def test_an_idle_connection_is_closed_and_a_slow_request_gets_408(
     [
         (b"NOT HTTP AT ALL\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
-        (b"POST /api/publish HTTP/1.1\r\nContent-Length: 9000000\r\n\r\n" + b"x" * 9_000_000, 413),
+        (
+            b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 9000000\r\n\r\n"
+            + b"x" * 9_000_000,
+            413,
+        ),
     ],
 )
 async def test_requests_it_cannot_serve_get_a_status_and_a_close(
@@ -355,7 +214,7 @@ async def test_a_framing_violation_closes_with_its_code(
 @pytest.mark.parametrize(
     ("extra", "version", "status"),
     [
-        (b"", b"8", 400),  # an old protocol version
+        (b"", b"8", 426),  # an old protocol version
         (b"Origin: https://evil.example\r\n", b"13", 403),  # PROTOCOL.md §8
     ],
 )

@@ -14,14 +14,30 @@ States of a connection: reading requests (``_cycle`` is ``None``, or what serves
 oldest request: a task or a ``PollExchange``), upgraded (``_websocket`` set: every byte
 goes to it), or closed. A request is done when its response is complete; then the next
 pipelined request is served, or the keep-alive deadline starts. A connection whose
-response did not complete cleanly is closed, never reused. Reading pauses while more
-than ``MAX_PIPELINED`` requests wait, so a pipelining client is held back by TCP.
+response did not complete cleanly is closed, never reused.
+
+Answers leave in request order, refusals included (RFC 9112 §9.3.2). When the parser
+meets bytes it cannot take (a malformed request, a head or body over its limit), the
+requests read whole before them are still served and answered; the refusal is written
+after the last of them, and the connection then closes (``_refusal``). The refused
+request itself is never run. Bytes after a request that ends the connection
+(``Connection: close``, HTTP/1.0) are dropped unanswered: nothing after it is a request
+(RFC 9112 §9.6).
+
+Memory stays bounded whatever the client does (PROTOCOL.md §2.5). Reading pauses
+(``update_reading``) while the transport's write buffer is full (the client does not
+read its answers), while more than ``MAX_PIPELINED`` requests wait, and while more than
+``MAX_WAITING_BYTES`` of input wait behind a request in flight (an SSE stream or a long
+poll holds its connection's later requests): the client is held back by TCP, not by our
+memory. While writing is paused no further pipelined request is started either: its
+answer would only pile up in the buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -31,6 +47,9 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 
+from tidings.core.digits import parse_digits
+from tidings.core.wire import encode_json
+from tidings.errors import ErrorCode
 from tidings.server.native.response import (
     ResponseWriter,
     clock,
@@ -50,8 +69,15 @@ KEEP_ALIVE_TIMEOUT_S: Final = 5.0
 REQUEST_TIMEOUT_S: Final = 60.0
 MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 MAX_HEAD_BYTES: Final = 64 * 1024
+# The request target: room for a poll of 64 channels of 255 characters and a cursor.
+MAX_TARGET_BYTES: Final = 32 * 1024
 # Pipelined requests read ahead of the one being served before reading pauses.
 MAX_PIPELINED: Final = 16
+# Input read ahead (heads and bodies) behind the request being served before reading
+# pauses: an SSE stream or a long poll must not hold megabytes of pipelined bodies.
+MAX_WAITING_BYTES: Final = 64 * 1024
+# The methods this server implements; any other is answered 501 (RFC 9110 §9.1).
+METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 # How long a refused request's connection keeps reading what the client still sends.
 REFUSED_LINGER_S: Final = 2.0
 
@@ -72,6 +98,7 @@ class Request:
     keep_alive: bool
     body: bytes = b""
     received_s: float = 0.0  # time.perf_counter() when its head was parsed (access log)
+    size: int = 0  # bytes of head and body as read: what this request holds while it waits
     _index: dict[bytes, bytes] | None = None  # built on the first look-up
 
     def header(self, name: bytes) -> bytes | None:
@@ -82,6 +109,11 @@ class Request:
             for key, value in self.headers:
                 index.setdefault(key, value)
         return index.get(name)
+
+    def header_values(self, name: bytes) -> list[bytes]:
+        """Return every value of header ``name`` (lower case), in order: a list field
+        may be split over several lines (RFC 9110 §5.3)."""
+        return [value for key, value in self.headers if key == name]
 
     @property
     def path(self) -> str:
@@ -107,7 +139,9 @@ class HttpConnection(asyncio.Protocol):
         "_loop",
         "_message_started_s",
         "_parser",
+        "_queued_bytes",
         "_reading_paused",
+        "_refusal",
         "_refused",
         "_request",
         "_requests",
@@ -136,9 +170,10 @@ class HttpConnection(asyncio.Protocol):
         self._body_bytes = 0
         self._request: Request | None = None
         self._upgrade: Request | None = None
-        # Requests parsed, waiting to be served (the first is being served).
+        # Requests parsed, waiting to be served (the first is being served), and their size.
         # A list, not a deque: an empty deque allocates a block per idle connection.
         self._requests: list[Request] = []
+        self._queued_bytes = 0
         # Serving the oldest request: an ASGI task, or a poll answered without one.
         self._cycle: asyncio.Task[None] | PollExchange | None = None
         self._response: ResponseWriter | None = None
@@ -146,7 +181,10 @@ class HttpConnection(asyncio.Protocol):
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
         self._websocket: NativeWebSocket | None = None
-        self._refused = False
+        # The answer to input the parser refused, written once the requests before it
+        # are answered; from then on nothing more is parsed.
+        self._refusal: _RefusedRequest | None = None
+        self._refused = False  # the refusal is written: what follows is read and dropped
         self._message_started_s: float | None = None
         self._reading_paused = False
         self.closed = False
@@ -168,22 +206,29 @@ class HttpConnection(asyncio.Protocol):
         if self._websocket is not None:
             self._websocket.receive_data(data)
             return
-        if self._refused:
-            return  # what follows a refused request is read and dropped (see _refuse)
         parser = self._parser
-        if parser is None:
-            return
+        if parser is None or self._refusal is not None or self._refused:
+            return  # what follows a refused or last request is read and dropped
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._start_upgrade(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
-            # A callback's refusal reaches here wrapped by httptools.
-            refused = exc.__context__ if isinstance(exc.__context__, _RefusedRequest) else None
-            if refused is None:
-                self._refuse(HTTPStatus.BAD_REQUEST, f"malformed HTTP request: {exc}")
-            else:
-                self._refuse(refused.status, refused.message)
+            self._parser_failed(exc, data)
+
+    def _parser_failed(self, exc: httptools.HttpParserError, data: bytes) -> None:
+        """Refuse what the parser could not take, after the requests read before it."""
+        # A callback's refusal reaches here wrapped by httptools.
+        refused = exc.__context__ if isinstance(exc.__context__, _RefusedRequest) else None
+        if refused is not None:
+            self._refuse(refused.status, refused.message)
+        elif self._requests and not self._requests[-1].keep_alive:
+            # Bytes after a request that ends the connection: not a request (RFC 9112 §9.6).
+            self._parser = None
+        elif isinstance(exc, httptools.HttpParserInvalidMethodError) and _is_unknown_method(data):
+            self._refuse(HTTPStatus.NOT_IMPLEMENTED, "this server implements no such method")
+        else:
+            self._refuse(HTTPStatus.BAD_REQUEST, f"malformed HTTP request: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -199,12 +244,21 @@ class HttpConnection(asyncio.Protocol):
             self._drained.set_result(None)
 
     def pause_writing(self) -> None:
+        # The client is not reading what it asked for: stop reading what it asks next.
         self._write_paused = True
+        self.update_reading()
+        if self._websocket is not None:
+            self._websocket.writing_paused()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._websocket is not None:
+            self._websocket.writing_resumed()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+        self.update_reading()
+        if self._cycle is None and self._requests and self._websocket is None:
+            self._serve_next()  # held back while writing was paused
 
     async def drain(self) -> None:
         """Return once the transport takes writes again (or the connection is gone)."""
@@ -213,6 +267,30 @@ class HttpConnection(asyncio.Protocol):
         if self._drained is None or self._drained.done():
             self._drained = self._loop.create_future()
         await self._drained
+
+    def update_reading(self) -> None:
+        """Pause or resume reading the client's bytes; see the module docstring."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        websocket = self._websocket
+        if websocket is not None:
+            pause = self._write_paused or websocket.inbox_full
+        else:
+            waiting = self._head_bytes + self._body_bytes if self._request or self._url else 0
+            if self._requests:
+                waiting += self._queued_bytes - self._requests[0].size
+            pause = (
+                self._write_paused
+                or len(self._requests) > MAX_PIPELINED
+                or (self._cycle is not None and waiting > MAX_WAITING_BYTES)
+            )
+        if pause != self._reading_paused:
+            self._reading_paused = pause
+            if pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
 
     # -- httptools callbacks -----------------------------------------------------------
 
@@ -226,10 +304,16 @@ class HttpConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > MAX_TARGET_BYTES:
+            raise _RefusedRequest(
+                HTTPStatus.REQUEST_URI_TOO_LONG,
+                f"request target over {MAX_TARGET_BYTES:,} bytes",
+            )
         self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        # Whitespace around a field value is not part of it (RFC 9112 §5).
+        self._headers.append((name.lower(), value.strip(b" \t")))
         self._count_head(len(name) + len(value))
 
     def _count_head(self, size: int) -> None:
@@ -255,7 +339,25 @@ class HttpConnection(asyncio.Protocol):
             received_s=time.perf_counter(),
         )
         self._request = request
-        if request.header(b"expect") == b"100-continue" and self.transport is not None:
+        if request.method not in METHODS:
+            raise _RefusedRequest(
+                HTTPStatus.NOT_IMPLEMENTED, "this server implements no such method"
+            )
+        hosts = len(request.header_values(b"host"))
+        if hosts > 1 or (hosts == 0 and version != "1.0"):
+            # RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in HTTP/1.0.
+            raise _RefusedRequest(HTTPStatus.BAD_REQUEST, "give exactly one Host header")
+        length = request.header(b"content-length")  # digits: the parser checked them
+        if length is not None and (parse_digits(length.decode("latin-1")) or 0) > MAX_BODY_BYTES:
+            # Refused before its body is read (and before any 100 Continue is sent).
+            raise _RefusedRequest(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_BODY_BYTES:,} bytes"
+            )
+        expect = request.header(b"expect")
+        # Only when nothing is being answered: the interim answer must not cut into an
+        # earlier request's response (the client sends the body anyway).
+        idle = not self._requests and self._cycle is None
+        if expect is not None and expect.lower() == b"100-continue" and idle and self.transport:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -265,6 +367,8 @@ class HttpConnection(asyncio.Protocol):
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_BODY_BYTES:,} bytes"
             )
         self._body.append(body)
+        if self._cycle is not None:
+            self.update_reading()
 
     def on_message_complete(self) -> None:
         request = self._request
@@ -273,24 +377,39 @@ class HttpConnection(asyncio.Protocol):
         self._message_started_s = None
         self._cancel_keep_alive()
         request.body = b"".join(self._body)
+        request.size = self._head_bytes + self._body_bytes
         self._body = []
+        self._url = b""
+        self._head_bytes = self._body_bytes = 0
         if self._parser is not None and self._parser.should_upgrade():
             self._upgrade = request
             return
         self._requests.append(request)
-        if len(self._requests) > MAX_PIPELINED and self.transport is not None:
-            self._reading_paused = True
-            self.transport.pause_reading()
+        self._queued_bytes += request.size
         if self._cycle is None:
             self._serve_next()
+        else:
+            self.update_reading()
 
     # -- serving requests --------------------------------------------------------------
 
     def _serve_next(self) -> None:
-        if self.closed or not self._requests:
+        if self.closed:
             self._cycle = None
-            self._arm_keep_alive()
             return
+        if not self._requests:
+            self._cycle = None
+            self.update_reading()  # a request still arriving may have paused it
+            if self._refusal is not None:
+                self._write_refusal(self._refusal)
+            else:
+                self._arm_keep_alive()
+            return
+        if self._write_paused:
+            # The client is not reading: its next answer waits (resume_writing serves it).
+            self._cycle = None
+            return
+        self.update_reading()
         request = self._requests[0]
         native_poll = self._server.native_poll
         if native_poll is not None and request.raw_path == b"/poll" and request.method == "GET":
@@ -302,6 +421,11 @@ class HttpConnection(asyncio.Protocol):
             self._cycle = self._loop.create_task(self._serve_publishes())
             return
         self._serve_through_app(request)
+
+    def _dequeue(self) -> None:
+        """Forget the request just answered."""
+        self._queued_bytes -= self._requests[0].size
+        del self._requests[0]
 
     async def _serve_publishes(self) -> None:
         """Serve the run of ``POST /api/publish`` at the head of the queue in one task,
@@ -319,7 +443,7 @@ class HttpConnection(asyncio.Protocol):
                 self._log_access(request, status)
                 if close or len(answers) >= MAX_PIPELINED:
                     break
-                del self._requests[0]
+                self._dequeue()
                 request = None
         except Exception:
             logger.exception("the native publish failed")
@@ -331,7 +455,6 @@ class HttpConnection(asyncio.Protocol):
         if request is not None:
             self._request_done(request, complete=True)  # the last of the run: close, or go on
             return
-        self._resume_reading()
         self._cycle = None
         self._serve_next()
 
@@ -344,9 +467,14 @@ class HttpConnection(asyncio.Protocol):
         try:
             await self._server.asgi(self._http_scope(request), response.receive, response.send)
         except Exception:
-            logger.exception("the application failed on %s %s", request.method, request.path)
-            if not response.started:
-                response.write_error(HTTPStatus.INTERNAL_SERVER_ERROR)
+            if self.closed:
+                # The client left before its answer was written (an abandoned long
+                # poll): routine, not a failure of ours.
+                logger.debug("client left before %s %r was answered", request.method, request.path)
+            else:
+                logger.exception("the application failed on %s %r", request.method, request.path)
+                if not response.started:
+                    response.write_error(HTTPStatus.INTERNAL_SERVER_ERROR)
         finally:
             self._response = None
         self._request_done(request, complete=response.complete)
@@ -356,15 +484,8 @@ class HttpConnection(asyncio.Protocol):
         if not complete or not request.keep_alive or self._server.stopping:
             self.close()
             return
-        del self._requests[0]
-        self._resume_reading()
+        self._dequeue()
         self._serve_next()
-
-    def _resume_reading(self) -> None:
-        """Read again once the pipelined backlog is short (paused in on_message_complete)."""
-        if self._reading_paused and len(self._requests) <= MAX_PIPELINED and self.transport:
-            self._reading_paused = False
-            self.transport.resume_reading()
 
     def respond_now(
         self, request: Request, status: int, headers: Mapping[str, str], body: bytes
@@ -431,8 +552,11 @@ class HttpConnection(asyncio.Protocol):
         request = self._upgrade
         self._upgrade = None
         upgrade = (request.header(b"upgrade") or b"").lower() if request is not None else b""
-        if request is None or upgrade != b"websocket" or self._cycle is not None:
+        if request is None or upgrade != b"websocket":
             self._refuse(HTTPStatus.BAD_REQUEST, "only an upgrade to websocket is served")
+            return
+        if self._cycle is not None or self._requests:
+            self._refuse(HTTPStatus.BAD_REQUEST, "an upgrade must not be pipelined")
             return
         from tidings.server.native.websocket import NativeWebSocket  # noqa: PLC0415 (a cycle)
 
@@ -445,8 +569,22 @@ class HttpConnection(asyncio.Protocol):
         self._websocket = NativeWebSocket(self, request, self._server)
         self._websocket.start(rest)
 
-    def _refuse(self, status: HTTPStatus, message: str) -> None:
-        """Answer a request that cannot be served and end the connection.
+    def _refuse(
+        self, status: HTTPStatus, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Answer input that cannot be served, after the requests read before it, and
+        end the connection. Nothing more is parsed from here on."""
+        if self.closed or self._refusal is not None or self._refused:
+            return
+        self._refusal = refusal = _RefusedRequest(status, message, headers)
+        self._parser = None
+        self._request = None
+        if self._cycle is None and not self._requests:
+            self._write_refusal(refusal)
+        # Else _serve_next writes it once the last request before it is answered.
+
+    def _write_refusal(self, refusal: _RefusedRequest) -> None:
+        """Write a refusal and shut our side.
 
         The client may still be sending (a body too large): closing with unread bytes
         would make the kernel reset the connection, and the client could lose the
@@ -455,16 +593,27 @@ class HttpConnection(asyncio.Protocol):
         ``REFUSED_LINGER_S``.
         """
         transport = self.transport
-        if transport is None or self.closed or self._refused:
+        self._refusal = None
+        if transport is None or self.closed or self._refused or transport.is_closing():
             return
         self._refused = True
         self._cancel_keep_alive()
-        body = message.encode()
-        transport.write(
-            b"HTTP/1.1 %d %b\r\ncontent-type: text/plain; charset=utf-8\r\n"
-            b"content-length: %d\r\nconnection: close\r\n%b\r\n%b"
-            % (status.value, status.phrase.encode(), len(body), clock.date_header(), body)
+        status = refusal.status
+        body = encode_json(
+            {"error": {"code": _ERROR_CODES.get(status, "bad_request"), "message": refusal.message}}
         )
+        extra = b"".join(
+            b"%b: %b\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in refusal.headers.items()
+        )
+        transport.write(
+            b"HTTP/1.1 %d %b\r\ncontent-type: application/json\r\n%b"
+            b"content-length: %d\r\nconnection: close\r\n%b\r\n%b"
+            % (status.value, status.phrase.encode(), extra, len(body), clock.date_header(), body)
+        )
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()  # read and drop, so that the close is not a reset
         if transport.can_write_eof():
             transport.write_eof()
             self._keep_alive_timer = self._server.deadlines.call_after(REFUSED_LINGER_S, self.abort)
@@ -570,7 +719,32 @@ class PollExchange:
 class _RefusedRequest(Exception):
     """Raised from a parser callback: the request is refused with ``status``."""
 
-    def __init__(self, status: HTTPStatus, message: str) -> None:
+    def __init__(
+        self, status: HTTPStatus, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers: Mapping[str, str] = headers or {}
+
+
+# The PROTOCOL.md §7 code of each refusal's status (any other: bad_request).
+_ERROR_CODES: Final[dict[int, ErrorCode]] = {
+    HTTPStatus.FORBIDDEN: "permission_denied",
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "message_too_large",
+    HTTPStatus.INTERNAL_SERVER_ERROR: "internal",
+}
+# A request line (RFC 9112 §3): a method token, a target, a version.
+_REQUEST_LINE: Final = re.compile(
+    rb"(?:\A|\n)([!#$%&'*+.^_`|~0-9A-Za-z-]+) [^ \r\n]+ HTTP/1\.[01]\r?\n"
+)
+
+
+def _is_unknown_method(data: bytes) -> bool:
+    """Whether the parser, failing on ``data`` for its method, met a request line with a
+    method it does not know (501) rather than garbage (400): the last request line in
+    ``data`` is then the failing one, as every method before it parsed."""
+    method = None
+    for match in _REQUEST_LINE.finditer(data):
+        method = match.group(1)
+    return method is not None and method.decode("ascii") not in METHODS

@@ -270,6 +270,8 @@ class StreamOutbound:
             return
         if response._head is not None:
             response.write_body(b"", more=True)  # the head, choosing chunked encoding
+        if response._request.method == "HEAD":
+            return  # headers only (RFC 9110 §9.3.2)
         transport = response._conn.transport
         assert transport is not None
         if response._chunked:

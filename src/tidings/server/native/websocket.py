@@ -14,10 +14,16 @@ States: ``CONNECTING`` (handshake read, app not yet answered), ``OPEN``, ``CLOSI
 (our close frame sent, waiting for the client's, bounded by ``CLOSE_TIMEOUT_S``),
 ``CLOSED``. The app learns of the end through ``websocket.disconnect`` from
 ``receive``, always exactly once, after every message the client sent before it.
-Reading pauses while the app has ``MAX_INBOX`` messages unread, so a flooding client
-is held back by TCP instead of by our memory. Liveness: the server's ping timer sends
-a ping frame to every open connection each interval; one that sent nothing back by
-the next tick is dropped (``check_alive``).
+Reading pauses while the app has ``MAX_INBOX`` messages unread, or while the client
+does not read what we write (the transport paused writing), so a flooding client is
+held back by TCP instead of by our memory; pings received meanwhile are answered by
+one pong, to the latest (RFC 6455 §5.5.3). While writing is paused, frames are held
+here (``_held``) instead of in the transport: when the client is cut as a slow
+consumer, what it has not been sent yet is dropped and its goodbye (the ``disconnect``
+push and the close frame) is next in line, behind only what the transport and the
+kernel already hold. Liveness: the server's ping timer sends a ping frame to every
+open connection each interval; one that sent nothing back by the next tick is dropped
+(``check_alive``).
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ import base64
 import enum
 import hashlib
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 
@@ -76,21 +83,40 @@ def accept_key(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key + _GUID).digest())
 
 
-def handshake_problem(request: Request) -> str | None:
-    """Return why ``request`` is not a valid opening handshake, or ``None`` if it is."""
+@dataclass(frozen=True, slots=True)
+class HandshakeRefusal:
+    """Why a request is not a valid opening handshake, as the HTTP answer to give."""
+
+    message: str
+    status: HTTPStatus = HTTPStatus.BAD_REQUEST
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def handshake_problem(request: Request) -> HandshakeRefusal | None:
+    """Return why ``request`` is not a valid opening handshake (RFC 6455 §4.2.1), or
+    ``None`` if it is."""
     if request.method != "GET":
-        return "a WebSocket handshake is a GET"
-    connection = (request.header(b"connection") or b"").lower()
+        return HandshakeRefusal("a WebSocket handshake is a GET")
+    if request.http_version == "1.0":
+        return HandshakeRefusal("a WebSocket handshake needs HTTP/1.1")
+    # Connection is a list, and may be split over several header lines.
+    connection = b",".join(request.header_values(b"connection")).lower()
     if b"upgrade" not in [part.strip() for part in connection.split(b",")]:
-        return "Connection must include upgrade"
-    if request.header(b"sec-websocket-version") != b"13":
-        return "Sec-WebSocket-Version must be 13"
-    key = request.header(b"sec-websocket-key") or b""
+        return HandshakeRefusal("Connection must include upgrade")
+    if request.header_values(b"sec-websocket-version") != [b"13"]:
+        return HandshakeRefusal(
+            "Sec-WebSocket-Version must be 13",
+            HTTPStatus.UPGRADE_REQUIRED,
+            {"sec-websocket-version": "13"},
+        )
+    keys = request.header_values(b"sec-websocket-key")
+    if len(keys) != 1:
+        return HandshakeRefusal("give exactly one Sec-WebSocket-Key")
     try:
-        if len(base64.b64decode(key, validate=True)) != 16:
-            return "Sec-WebSocket-Key must be 16 bytes, base64"
+        if len(base64.b64decode(keys[0], validate=True)) != 16:
+            return HandshakeRefusal("Sec-WebSocket-Key must be 16 bytes, base64")
     except ValueError:
-        return "Sec-WebSocket-Key must be 16 bytes, base64"
+        return HandshakeRefusal("Sec-WebSocket-Key must be 16 bytes, base64")
     return None
 
 
@@ -104,10 +130,13 @@ class NativeWebSocket:
         "_conn",
         "_disconnect_sent",
         "_handler",
+        "_held",
+        "_held_bytes",
         "_inbox",
         "_open_transport",
         "_parser",
         "_paused",
+        "_pong",
         "_request",
         "_server",
         "_waiter",
@@ -129,6 +158,11 @@ class NativeWebSocket:
         self._close_code = CLOSE_ABNORMAL
         self._disconnect_sent = False
         self._paused = False
+        # Frames written while the transport's buffer is full (made on the first: most
+        # connections never need it), and the one pong owed.
+        self._held: list[bytes] | None = None
+        self._held_bytes = 0
+        self._pong: bytes | None = None
         self._handler: asyncio.Task[None] | None = None
         self.state = State.CONNECTING
         self._open_transport: asyncio.Transport | None = None  # set while OPEN: pushes go here
@@ -142,7 +176,7 @@ class NativeWebSocket:
         assert request is not None
         problem = handshake_problem(request)
         if problem is not None:
-            self._refuse(HTTPStatus.BAD_REQUEST, problem)
+            self._refuse(problem.status, problem.message, problem.headers)
             return
         self._inbox.append({"type": "websocket.connect"})
         scope = self._conn.websocket_scope(request, self._outbound)
@@ -202,9 +236,34 @@ class NativeWebSocket:
         self._write(frame(OP_PING, b""))
         return True
 
+    @property
+    def inbox_full(self) -> bool:
+        """Whether the app has so many messages unread that reading pauses."""
+        return self._paused
+
+    def writing_paused(self) -> None:
+        """The transport's buffer is full: hold frames here from now on."""
+        self._open_transport = None
+
+    def writing_resumed(self) -> None:
+        """The transport takes writes again: send the pong owed, then what was held."""
+        transport = self._conn.transport
+        if transport is None or self._conn.closed or transport.is_closing():
+            return  # closed meanwhile (a protocol error, an abort): nothing more to say
+        pong, self._pong = self._pong, None
+        if pong is not None and self.state is State.OPEN:
+            transport.write(frame(OP_PONG, pong))
+        if self._held:
+            held, self._held = self._held, None
+            self._held_bytes = 0
+            transport.write(b"".join(held))
+        if self.state is State.OPEN and not self._conn._write_paused:
+            self._open_transport = transport
+
     def _enter(self, state: State) -> None:
         self.state = state
-        self._open_transport = self._conn.transport if state is State.OPEN else None
+        open_ = state is State.OPEN and not self._conn._write_paused
+        self._open_transport = self._conn.transport if open_ else None
 
     # -- frames ----------------------------------------------------------------------------
 
@@ -215,7 +274,11 @@ class NativeWebSocket:
                     self._deliver(event)
                 continue
             if event.opcode == OP_PING:
-                if self.state is State.OPEN:
+                if self.state is not State.OPEN:
+                    continue
+                if self._conn._write_paused:
+                    self._pong = event.payload  # one pong, to the latest ping (§5.5.3)
+                else:
                     self._write(frame(OP_PONG, event.payload))
             elif event.opcode == OP_CLOSE:
                 self._receive_close(event.payload)
@@ -227,9 +290,9 @@ class NativeWebSocket:
         else:
             self._inbox.append({"type": "websocket.receive", "bytes": message.data})
         self._wake()
-        if len(self._inbox) >= MAX_INBOX and not self._paused and self._conn.transport:
+        if len(self._inbox) >= MAX_INBOX and not self._paused:
             self._paused = True
-            self._conn.transport.pause_reading()
+            self._conn.update_reading()
 
     def _receive_close(self, payload: bytes) -> None:
         try:
@@ -265,14 +328,27 @@ class NativeWebSocket:
         self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self._conn.abort)
 
     def _write(self, data: bytes) -> None:
-        transport = self._conn.transport
-        if transport is not None and not self._conn.closed:
+        conn = self._conn
+        transport = conn.transport
+        if transport is None or conn.closed:
+            return
+        if conn._write_paused:
+            self._hold(data)
+        else:
             transport.write(data)
 
-    def _refuse(self, status: HTTPStatus, message: str) -> None:
+    def _hold(self, data: bytes) -> None:
+        if self._held is None:
+            self._held = []
+        self._held.append(data)
+        self._held_bytes += len(data)
+
+    def _refuse(
+        self, status: HTTPStatus, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         self._enter(State.CLOSED)
         self._conn._websocket = None  # the refusal is plain HTTP
-        self._conn._refuse(status, message)
+        self._conn._refuse(status, message, headers)
 
     # -- ASGI -------------------------------------------------------------------------------
 
@@ -284,9 +360,9 @@ class NativeWebSocket:
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
         message = self._inbox.pop(0)
-        if self._paused and len(self._inbox) < MAX_INBOX // 2 and self._conn.transport:
+        if self._paused and len(self._inbox) < MAX_INBOX // 2:
             self._paused = False
-            self._conn.transport.resume_reading()
+            self._conn.update_reading()
         return message
 
     def _wake(self) -> None:
@@ -348,17 +424,24 @@ class NativeWebSocket:
 
     @property
     def pending_bytes(self) -> int:
-        transport = self._open_transport
-        return 0 if transport is None else transport.get_write_buffer_size()
+        transport = self._conn.transport
+        if transport is None or self.state is not State.OPEN:
+            return 0
+        return transport.get_write_buffer_size() + self._held_bytes
 
     def put(self, chunk: str) -> None:
         """Write ``chunk`` as one text frame (Outbound)."""
         transport = self._open_transport  # the fan-out path: one attribute, one test
         if transport is not None:
             transport.write(_text_frames.of(chunk))
+        elif self.state is State.OPEN:
+            self._hold(_text_frames.of(chunk))  # writing is paused
 
     def discard_pending(self) -> None:
-        """Written frames belong to the transport now: nothing to drop (Outbound)."""
+        """Drop the frames held while writing is paused (Outbound): a slow consumer's
+        goodbye then comes next. What the transport holds already cannot be taken back."""
+        self._held = None
+        self._held_bytes = 0
 
     def finish(self, goodbye: str, code: int, reason: str) -> None:
         """Send ``goodbye`` and close with ``code`` (Outbound)."""
