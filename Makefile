@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck pytest bench clean
+.PHONY: serve test lint typecheck pytest bench clean js-pack
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/compare.py
+
+# The JavaScript client as an npm tarball (it is not on the npm registry):
+# dist/tidings-client-<version>.tgz, for `npm install ./dist/tidings-client-<version>.tgz`.
+js-pack:
+	mkdir -p dist
+	cd clients/js && npm pack --pack-destination ../../dist
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -94,7 +94,8 @@ const RETRYABLE_CODES = ["unavailable", "internal"];
  * - `state`: `{state, transport}`, state one of `idle`, `connecting`, `connected`,
  *   `disconnected` (waiting to reconnect), `failed` (the server said stop), `closed`;
  * - `error`: a TidingsError (`code`, `message`, and `channel` when one channel was
- *   refused); the client goes on unless its state becomes `failed`.
+ *   refused); the client goes on unless its state becomes `failed`. A page whose
+ *   origin the node refuses gets one `error` with code `origin_refused`, then `failed`.
  */
 export class Tidings {
   /**
@@ -110,6 +111,8 @@ export class Tidings {
    *   - backoff: `{baseMs: 200, capMs: 15000}` reconnection delays (full jitter)
    *   - connectTimeoutMs, commandTimeoutMs, heartbeatGraceMs, longPollWaitS,
    *     pollIntervalMs; WebSocket, fetch (to run outside a browser, or in tests)
+   * @throws TidingsError `unsupported` when "ws" is among the transports and there is
+   *   no WebSocket (Node 20: pass `WebSocket` from the `ws` package)
    */
   constructor(url, options = {}) {
     const settings = { ...DEFAULTS, ...options };
@@ -122,6 +125,16 @@ export class Tidings {
     this._transports = [...settings.transports];
     new TransportRoute(this._transports); // validates the names now
     this._WebSocket = settings.WebSocket ?? globalThis.WebSocket;
+    if (this._transports.includes("ws") && typeof this._WebSocket !== "function") {
+      // Node 20 has no global WebSocket: say so now rather than fall back to SSE without
+      // a word (and lose publish, history and presence, which need the WebSocket).
+      throw new TidingsError(
+        "unsupported",
+        "this runtime has no WebSocket: pass one (in Node: " +
+          "`import { WebSocket } from \"ws\"; new Tidings(url, { WebSocket })`), " +
+          'or leave "ws" out of `transports` (e.g. ["sse", "longpoll"])',
+      );
+    }
     this._fetch = settings.fetch ?? globalThis.fetch?.bind(globalThis);
     this._tracker = new PositionTracker();
     this._backoff = new Backoff(settings.backoff);
@@ -234,6 +247,11 @@ export class Tidings {
       }
       this._session = null;
       if (this._closed) return;
+      if (!attempt.connected && (end.outcome === "reconnect" || end.outcome === "unreachable")) {
+        const refusal = await this._originRefusal();
+        if (this._closed) return;
+        if (refusal) end = { outcome: "stop", error: refusal };
+      }
       if (attempt.connected) refreshed = false;
       if (attempt.subscribed) this._backoff.reset();
       if (end.outcome === "restart") {
@@ -757,6 +775,39 @@ export class Tidings {
     this._tracker.remove(channel);
     error.channel = channel;
     this._emit("error", error);
+  }
+
+  /**
+   * After a cross-origin transport failed before connecting: a TidingsError
+   * `origin_refused` when the node refuses this page's origin, else null.
+   *
+   * A browser hides why such a connection failed: a WebSocket handshake refused with
+   * 403 and a fetch blocked for want of CORS headers (the node sends none to an origin
+   * it refuses) both look like a network error, as does a node that is down. So the
+   * client asks `GET /health`, a simple request any origin may read: a node answers a
+   * page's request with `origin_allowed`. No answer (the node is down, or a proxy
+   * without CORS headers answered) says nothing, and the client goes on as before; an
+   * answer `origin_allowed: false` is definite, and no transport can work from this
+   * page until the node's `allowed_origins` changes: the client stops and says so.
+   */
+  async _originRefusal() {
+    const page = globalThis.location?.origin;
+    if (!page || !this._fetch || new URL(this.url).origin === page) return null;
+    try {
+      const response = await this._fetch(new URL("health", this.url).href, {
+        cache: "no-store",
+        credentials: "omit",
+      });
+      const body = await response.json();
+      if (body?.origin_allowed !== false) return null;
+    } catch {
+      return null;
+    }
+    return new TidingsError(
+      "origin_refused",
+      `origin ${page} is not in the node's allowed_origins (${this.url}): ` +
+        "add it there (docs/configuration.md), or serve this page from the node",
+    );
   }
 
   async _currentToken() {

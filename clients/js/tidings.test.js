@@ -438,3 +438,42 @@ describe("lifecycle", () => {
     assert.throws(() => new Tidings("http://h/", { transports: ["smoke"] }), /unknown transport/);
   });
 });
+
+describe("a runtime without WebSocket (Node 20)", () => {
+  // Node 20 has no global WebSocket (Node 22 has): take it away whatever runs the tests.
+  const saved = Object.getOwnPropertyDescriptor(globalThis, "WebSocket");
+  const withoutWebSocket = (body) => {
+    delete globalThis.WebSocket;
+    try {
+      body();
+    } finally {
+      if (saved) Object.defineProperty(globalThis, "WebSocket", saved);
+    }
+  };
+
+  test("asking for the WebSocket transport throws, naming the ws package", () => {
+    withoutWebSocket(() => {
+      assert.throws(() => new Tidings("http://h/"), (error) => {
+        assert.equal(error.name, "TidingsError");
+        assert.equal(error.code, "unsupported");
+        assert.match(error.message, /no WebSocket/);
+        assert.match(error.message, /"ws"/);
+        return true;
+      });
+      assert.throws(() => new Tidings("http://h/", { transports: ["ws"] }), { code: "unsupported" });
+    });
+  });
+
+  test("a WebSocket class passed in is used, and HTTP transports need none", async () => {
+    const server = new FakeServer();
+    withoutWebSocket(() => {
+      assert.doesNotThrow(() => new Tidings("http://h/", { transports: ["sse", "longpoll"] }));
+    });
+    const { tidings, seen } = client(server, { WebSocket: server.WebSocket });
+    tidings.subscribe("room:1");
+    tidings.connect();
+    await until(() => tidings.state === "connected", "connected");
+    assert.equal(tidings.transport, "ws");
+    assert.deepEqual(seen.errors, []);
+  });
+});

@@ -10,8 +10,11 @@ opens is screenshotted into ``test-artifacts/browser/`` when the test ends, pass
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -144,3 +147,26 @@ async def demo_server(demo_servers: DemoServers) -> ServerProcess:
 def api_headers() -> dict[str, str]:
     """The server API's ``Authorization`` header for the browser tests' servers."""
     return {"Authorization": f"Bearer {API_KEY}"}
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # the test says what it fetched when it fails (open_page's console lines)
+
+
+@pytest.fixture
+def second_origin(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A tiny static HTTP server on a free loopback port: another origin than any node.
+    Yields its URL (``http://127.0.0.1:<port>``) and the folder it serves."""
+    root = tmp_path / "site"
+    root.mkdir()
+    handler = functools.partial(_QuietFiles, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

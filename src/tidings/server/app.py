@@ -36,6 +36,7 @@ from tidings.server.api import NativePublish, ServerApi, disconnect_user
 from tidings.server.auth import Authenticator
 from tidings.server.config import Settings
 from tidings.server.demo import DemoBackend, prepare_demo
+from tidings.server.front import About, OriginCheckedStatic, front_page, health_response
 from tidings.server.heartbeat import run_heartbeats
 from tidings.server.keys import JwksKeys, load_public_key
 from tidings.server.metrics import Metrics
@@ -146,6 +147,7 @@ class TidingsApp:
         self.metrics.read_refusals_of(self.context.refusals)
         self._api = api = ServerApi(self.context, settings.api_key, self.control)
         self._poll = PollTransport(self.context, self.metrics, max_watches=settings.poll_watches)
+        self.about = About.of(settings, self.context.node_id)
         self.status = StatusPublisher(self.hub, self.metrics, self.context.node_id)
         # A transport left out of ``transports`` has no route: /ws refuses the
         # handshake (403), /sse and /poll answer 404, and clients fall back.
@@ -165,8 +167,9 @@ class TidingsApp:
                 Route("/health", self._health, methods=["GET"]),
                 Route("/ready", self._ready, methods=["GET"]),
                 Route("/metrics", self.metrics.endpoint, methods=["GET"]),
-                Route("/status", status_page(self.status.channel), methods=["GET"]),
-                Mount("/static", StaticAssets()),
+                Route("/", front_page(self.about), methods=["GET"]),
+                Route("/status", status_page(self.status.channel, self.about), methods=["GET"]),
+                Mount("/static", OriginCheckedStatic(StaticAssets(), settings.allowed_origins)),
                 *api.routes(),
                 *(DemoBackend(self.context, demo).routes() if demo else []),
             ]
@@ -344,8 +347,8 @@ class TidingsApp:
 
     # -- health ------------------------------------------------------------------------
 
-    async def _health(self, _request: Request) -> Response:
-        return json_response({"status": "ok"})
+    async def _health(self, request: Request) -> Response:
+        return health_response(request, self.settings.allowed_origins)
 
     async def _ready(self, _request: Request) -> Response:
         if self.context.draining:

@@ -218,6 +218,8 @@ def run_node(settings: Settings, log_level: str, listener: socket.socket | None 
     if listener is None:
         listener = bind_listener(settings.host, settings.port)
     app = TidingsApp(settings)
+    host, port = listener.getsockname()[:2]
+    logger.info("%s", app.about.startup_line(host, port))
     if settings.server_backend == "native":
         run_native(app, listener)
         return

@@ -11,6 +11,7 @@ timer tick per second and nothing else.
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,7 @@ from tidings.core.wire import encode_json
 from tidings.errors import ErrorCode, TidingsError
 from tidings.hub.hub import Hub
 from tidings.server.config import Settings
+from tidings.server.front import About
 from tidings.server.metrics import Metrics, NodeFigures
 
 logger = logging.getLogger(__name__)
@@ -130,11 +132,27 @@ def _page() -> str:
     return _page_template
 
 
-def status_page(channel: ChannelName) -> Callable[[Request], Awaitable[Response]]:
-    """Return the handler of ``GET /status`` for a node whose status goes to ``channel``."""
+def status_page(channel: ChannelName, about: About) -> Callable[[Request], Awaitable[Response]]:
+    """Return the handler of ``GET /status`` for a node whose status goes to ``channel``.
+
+    The page is told what it shows besides the figures (version, broker, node, uptime)
+    and whether the node mints demo tokens, so that it never asks a ``/demo/token``
+    that is not there.
+    """
 
     async def page(_request: Request) -> Response:
-        return HTMLResponse(_page().replace(_CHANNEL_PLACEHOLDER, channel))
+        facts = {
+            _CHANNEL_PLACEHOLDER: channel,
+            "__TIDINGS_VERSION__": about.version,
+            "__TIDINGS_BROKER__": about.broker,
+            "__TIDINGS_NODE__": about.node_id,
+            "__TIDINGS_UPTIME_S__": str(about.uptime_s()),
+            "__TIDINGS_DEMO__": "on" if about.demo else "off",
+        }
+        text = _page()
+        for placeholder, value in facts.items():
+            text = text.replace(placeholder, html.escape(value))
+        return HTMLResponse(text, headers={"Cache-Control": "no-cache"})
 
     return page
 

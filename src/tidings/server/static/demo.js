@@ -29,7 +29,10 @@ const ui = {
   notice: $("#notice"),
   messages: $("#messages"),
   send: $("#send"),
+  sendButton: $("#send-button"),
   text: $("#text"),
+  linkStatus: $("#link-status"),
+  empty: $("#empty"),
   sendError: $("#send-error"),
   online: $("#online"),
   onlineCount: $("#online-count"),
@@ -86,11 +89,40 @@ const onWebSocket = () => client.transport === "ws" && client.state === "connect
 
 // -- rendering -----------------------------------------------------------------------
 
+// What the room says about the link while it is not up, by the client's state.
+const LINK_TEXT = {
+  idle: "Connecting…",
+  connecting: "Connecting…",
+  disconnected: "Reconnecting…",
+  failed: "Disconnected: the server ended the session. Reload the page to try again.",
+  closed: "Disconnected.",
+};
+let everConnected = false;
+
 function showLink({ state, transport }) {
   ui.state.textContent = state;
   ui.state.dataset.state = state;
   ui.transport.textContent = transport ?? "–";
   ui.transport.dataset.transport = transport ?? "";
+  const up = state === "connected";
+  if (up) everConnected = true;
+  // Once connected, any later "connecting" is a reconnection too.
+  const text = state === "connecting" && everConnected ? "Reconnecting…" : LINK_TEXT[state];
+  ui.linkStatus.textContent = up ? "" : text;
+  ui.linkStatus.hidden = up;
+  ui.linkStatus.dataset.state = state;
+  // A message typed while the link is down would be lost or sent late: Send waits.
+  ui.sendButton.disabled = !up;
+  // Who is online is unknown while away: the list stays, marked as possibly stale.
+  ui.online.classList.toggle("stale", !up);
+  ui.online.dataset.stale = String(!up);
+  if (up) refreshPresence();
+}
+
+function showEmpty() {
+  const empty = ui.messages.children.length === 0;
+  ui.empty.textContent = empty ? `No messages in ${ui.roomTitle.textContent} yet. Say hello!` : "";
+  ui.empty.hidden = !empty;
 }
 
 function renderMessage(publication) {
@@ -98,9 +130,12 @@ function renderMessage(publication) {
   item.className = "message";
   item.dataset.position = `${publication.epoch}:${publication.offset}`;
   const data = publication.data ?? {};
+  const author = publication.info?.user || data.user || "server";
+  // One's own messages (published with this page's token) look different.
+  item.classList.toggle("own", publication.info?.user === user);
   const who = document.createElement("span");
   who.className = "who";
-  who.textContent = publication.info?.user || data.user || "server";
+  who.textContent = author;
   const text = document.createElement("span");
   text.className = "text";
   text.textContent = typeof data.text === "string" ? data.text : JSON.stringify(data);
@@ -112,6 +147,7 @@ function renderMessage(publication) {
     ui.messages.scrollTop + ui.messages.clientHeight >= ui.messages.scrollHeight - 4;
   ui.messages.append(item);
   if (atBottom) ui.messages.scrollTop = ui.messages.scrollHeight;
+  showEmpty();
 }
 
 function renderRooms() {
@@ -171,6 +207,7 @@ async function enterRoom(name, notice = "") {
   renderOnline();
   ui.roomTitle.textContent = `#${name}`;
   ui.messages.replaceChildren();
+  ui.empty.hidden = true; // until the history says whether the room is empty
   const url = new URL(location.href);
   url.searchParams.set("room", name);
   history.replaceState(null, "", url);
@@ -179,6 +216,7 @@ async function enterRoom(name, notice = "") {
   const read = await backend("demo/history", { query: { channel: room, limit: "50" } });
   if (room !== shown) return; // another room was chosen meanwhile
   for (const publication of read.publications) renderMessage(publication);
+  showEmpty();
   client.subscribe(room, { since: { epoch: read.epoch, offset: read.offset } });
 }
 
@@ -287,7 +325,7 @@ ui.roomForm.addEventListener("submit", (event) => {
 ui.send.addEventListener("submit", async (event) => {
   event.preventDefault();
   const text = ui.text.value.trim();
-  if (!text) return;
+  if (!text || ui.sendButton.disabled) return;
   ui.sendError.textContent = "";
   ui.text.value = "";
   try {

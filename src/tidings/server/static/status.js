@@ -6,7 +6,13 @@ import { Tidings } from "./tidings.js";
 const POINTS = 60; // a minute of history per chart
 const params = new URLSearchParams(location.search);
 const base = new URL(".", location.href);
-const channel = document.querySelector('meta[name="tidings-status-channel"]').content;
+const meta = (name) => document.querySelector(`meta[name="tidings-${name}"]`).content;
+const channel = meta("status-channel");
+// Demo tokens exist only on a node started with --demo: no request for one elsewhere.
+const mintsTokens = meta("demo") === "on";
+// Uptime: the server's figure when the page was served, plus the page's own clock since
+// (no comparison of the two machines' clocks).
+const uptimeAtLoadS = Number(meta("uptime-s")) || 0;
 const FORCED = { ws: ["ws"], sse: ["sse"], longpoll: ["longpoll"], poll: ["poll"] };
 
 const figures = {
@@ -23,6 +29,7 @@ async function token() {
   if (params.get("token")) return params.get("token");
   // A node started with --demo (and no jwt_secret) mints tokens; any other node that
   // requires tokens needs ?token= in this page's address.
+  if (!mintsTokens) return null;
   const response = await fetch(new URL("demo/token", base), {
     method: "POST",
     headers: { "content-type": "application/json" },
@@ -31,8 +38,16 @@ async function token() {
   return response.ok ? (await response.json()).token : null;
 }
 
+function niceMax(value) {
+  // The y scale's top: 1, 2 or 5 times a power of ten, at least the highest value.
+  if (value <= 1) return 1;
+  const power = 10 ** Math.floor(Math.log10(value));
+  return [1, 2, 5, 10].map((m) => m * power).find((top) => top >= value);
+}
+
 function draw(card, values) {
-  const max = Math.max(1, ...values);
+  const max = niceMax(Math.max(...values));
+  card.querySelector(".y-max").textContent = String(max);
   const points = values.map((value, i) => `${POINTS - values.length + i},${1 - value / max}`);
   card.querySelector("polyline").setAttribute("points", points.join(" "));
 }
@@ -51,6 +66,21 @@ function show(status) {
   document.getElementById("deliveries-total").textContent = String(status.deliveries);
 }
 
+function showUptime() {
+  let s = uptimeAtLoadS + Math.floor(performance.now() / 1000);
+  const parts = [];
+  for (const [unit, size] of [["d", 86400], ["h", 3600], ["min", 60]]) {
+    if (s >= size) {
+      parts.push(`${Math.floor(s / size)} ${unit}`);
+      s %= size;
+    }
+  }
+  parts.push(`${s} s`);
+  document.getElementById("uptime").textContent = parts.slice(0, 2).join(" ");
+}
+
+showUptime();
+setInterval(showUptime, 1000);
 document.getElementById("channel").textContent = channel;
 const client = new Tidings(base, {
   transports: FORCED[params.get("transport")] ?? ["ws", "sse", "longpoll"],
@@ -64,5 +94,12 @@ client.on("state", ({ state, transport }) => {
   document.getElementById("transport").textContent = transport ?? "–";
 });
 client.on("publication", (publication) => show(publication.data));
+client.on("error", (error) => {
+  const unauthorized = error.code === "unauthorized" || error.closeCode === 4001;
+  document.getElementById("error").textContent = unauthorized
+    ? "This node requires a token: open /status?token=<a token that may subscribe to " +
+      `${channel}> (docs/metrics.md).`
+    : `${error.code}: ${error.message}`;
+});
 client.subscribe(channel);
 client.connect();
