@@ -120,7 +120,28 @@ class LocalNodeControl:
         return 1
 
 
-class MemoryBroker:
+class LocalNode:
+    """Presence and node commands of a broker whose node is the only one (memory,
+    sqlite): both stay in this process. A subclass sets ``_presence`` and ``_control``."""
+
+    _presence: LocalPresence
+    _control: LocalNodeControl
+
+    @property
+    def presence_store(self) -> LocalPresence:
+        """This node's presence, in memory (``HasPresenceStore``)."""
+        return self._presence
+
+    def listen(self, on_command: NodeCommandHandler) -> None:
+        """Hand node commands to ``on_command`` (``NodeControl.listen``)."""
+        self._control.listen(on_command)
+
+    async def send_to_nodes(self, command: NodeCommand) -> int:
+        """Handle ``command`` on this node, the only one (``NodeControl.send_to_nodes``)."""
+        return self._control.send(command)
+
+
+class MemoryBroker(LocalNode):
     """A single-process broker; see the module docstring."""
 
     def __init__(
@@ -251,16 +272,3 @@ class MemoryBroker:
     async def is_ready(self) -> bool:
         """Ready until closed: there is nothing to reach."""
         return not self._closed
-
-    @property
-    def presence_store(self) -> LocalPresence:
-        """This node's presence, in memory (``HasPresenceStore``)."""
-        return self._presence
-
-    def listen(self, on_command: NodeCommandHandler) -> None:
-        """Hand node commands to ``on_command`` (``NodeControl.listen``)."""
-        self._control.listen(on_command)
-
-    async def send_to_nodes(self, command: NodeCommand) -> int:
-        """Handle ``command`` on this node, the only one (``NodeControl.send_to_nodes``)."""
-        return self._control.send(command)

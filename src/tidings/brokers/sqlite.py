@@ -60,12 +60,10 @@ from typing import Final, TypeVar
 
 from tidings.brokers.base import (
     HistoryRead,
-    NodeCommand,
-    NodeCommandHandler,
     PublicationHandler,
     PublishResult,
 )
-from tidings.brokers.memory import LocalNodeControl, LocalPresence, random_epoch
+from tidings.brokers.memory import LocalNode, LocalNodeControl, LocalPresence, random_epoch
 from tidings.brokers.sqlite_store import DURABILITIES, Durability, SqliteStore, StoredChannel
 from tidings.clock import Clock, SystemClock
 from tidings.core.channel import ChannelName
@@ -211,7 +209,7 @@ async def _run(writer: _Writer, fn: Callable[[], T], what: str) -> T:
         raise BrokerError(f"{what} failed: {exc}") from exc
 
 
-class SqliteBroker:
+class SqliteBroker(LocalNode):
     """A single-node broker keeping its channels in a SQLite file; see the module docstring.
 
     Attributes:
@@ -402,19 +400,6 @@ class SqliteBroker:
         except TimeoutError:
             return False
         return True
-
-    @property
-    def presence_store(self) -> LocalPresence:
-        """This node's presence, in memory (``HasPresenceStore``)."""
-        return self._presence
-
-    def listen(self, on_command: NodeCommandHandler) -> None:
-        """Hand node commands to ``on_command`` (``NodeControl.listen``)."""
-        self._control.listen(on_command)
-
-    async def send_to_nodes(self, command: NodeCommand) -> int:
-        """Handle ``command`` on this node, the only one (``NodeControl.send_to_nodes``)."""
-        return self._control.send(command)
 
     async def sweep(self) -> int:
         """Expire history and keys past their time in the loaded channels; unload those
