@@ -157,26 +157,36 @@ class _BoundedPipelineProtocol(HttpToolsProtocol):
 
 
 class _PausingWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol, reading nothing while its writes are paused.
+    """uvicorn's WebSocket protocol, reading no further ping while its pongs wait.
 
     uvicorn went on reading a client that reads nothing back: every ping it sent was
-    answered into the write buffer (+125 MiB from one client). Here reading pauses
-    with writing, as on the native server, so TCP holds such a client back.
+    answered into the write buffer (+125 MiB from one client). Here a ping received
+    while writes are paused pauses reading until writing resumes, as on the native
+    server, so TCP holds such a client back. Paused writes alone do not pause reading:
+    the app bounds what it sends (a session's replies count against the outbound
+    bound, past which it reads no further command), and it must go on reading until
+    then, or it would wait for commands that never come while the client waits for it.
     """
 
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self.transport.pause_reading()
+    _pong_waits = False  # a ping came while writes were paused: reading pauses
+
+    def handle_ping(self) -> None:
+        super().handle_ping()
+        if not self.writable.is_set() and not self._pong_waits:
+            self._pong_waits = True
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        if not self.read_paused:  # its own pause: a full queue of messages
-            self.transport.resume_reading()
+        if self._pong_waits:
+            self._pong_waits = False
+            if not self.read_paused:  # its own pause: a full queue of messages
+                self.transport.resume_reading()
 
     async def receive(self) -> ASGIReceiveEvent:
         message = await super().receive()
-        if not self.writable.is_set():
-            self.transport.pause_reading()  # the queue drained, but writing is still paused
+        if self._pong_waits:
+            self.transport.pause_reading()  # the queue drained, but a pong still waits
         return message
 
 

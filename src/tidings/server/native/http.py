@@ -27,7 +27,8 @@ request itself is never run. Bytes after a request that ends the connection
 
 Memory stays bounded whatever the client does (PROTOCOL.md §2.5). Reading pauses
 (``update_reading``) while the transport's write buffer is full (the client does not
-read its answers), while more than ``MAX_PIPELINED`` requests wait, and while more than
+read its answers; on an upgraded connection only while a pong is owed, see
+``websocket.py``), while more than ``MAX_PIPELINED`` requests wait, and while more than
 ``MAX_WAITING_BYTES`` of input wait behind a request in flight (an SSE stream or a long
 poll holds its connection's later requests): the client is held back by TCP, not by our
 memory. While writing is paused no further pipelined request is started either: its
@@ -247,7 +248,8 @@ class HttpConnection(asyncio.Protocol):
             self._drained.set_result(None)
 
     def pause_writing(self) -> None:
-        # The client is not reading what it asked for: stop reading what it asks next.
+        # The client is not reading what it asked for: stop reading what it asks next
+        # (an upgraded connection: see update_reading).
         self._write_paused = True
         self.update_reading()
         if self._websocket is not None:
@@ -278,7 +280,12 @@ class HttpConnection(asyncio.Protocol):
             return
         websocket = self._websocket
         if websocket is not None:
-            pause = self._write_paused or websocket.inbox_full
+            # Not merely because writing is paused: a WebSocket holds its frames itself
+            # and its app bounds them (its replies count against the outbound bound,
+            # past which it reads no further command), so the app must go on reading
+            # until then. Only pings, which the connection answers itself, hold reading
+            # while writing is paused (websocket.py).
+            pause = websocket.inbox_full or (self._write_paused and websocket.owes_pong)
         else:
             waiting = self._head_bytes + self._body_bytes if self._request or self._url else 0
             if self._requests:

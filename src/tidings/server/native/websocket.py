@@ -14,10 +14,16 @@ States: ``CONNECTING`` (handshake read, app not yet answered), ``OPEN``, ``CLOSI
 (our close frame sent, waiting for the client's, bounded by ``CLOSE_TIMEOUT_S``),
 ``CLOSED``. The app learns of the end through ``websocket.disconnect`` from
 ``receive``, always exactly once, after every message the client sent before it.
-Reading pauses while the app has ``MAX_INBOX`` messages unread, or while the client
-does not read what we write (the transport paused writing), so a flooding client is
-held back by TCP instead of by our memory; pings received meanwhile are answered by
-one pong, to the latest (RFC 6455 §5.5.3). While writing is paused, frames are held
+Reading pauses while the app has ``MAX_INBOX`` messages unread, so a flooding client
+is held back by TCP instead of by our memory. A client that does not read what we
+write (the transport paused writing) is not held back for that alone: the app bounds
+what it writes (tidings' sessions count their replies against the outbound bound and
+read no further command past it; a plain ASGI ``send`` waits for the transport), and
+it must go on reading until it gets there, or it would wait for input that never
+comes while the client waits for it. Pings are the one thing answered here, not by
+the app: one received while writing is paused is owed one pong, to the latest (RFC
+6455 §5.5.3), and reading pauses until writing resumes and the pong is sent, so a
+ping flood is held back by TCP too. While writing is paused, frames are held
 here (``_held``) instead of in the transport: when the client is cut as a slow
 consumer, what it has not been sent yet is dropped and its goodbye (the ``disconnect``
 push and the close frame) is next in line, behind only what the transport and the
@@ -242,6 +248,12 @@ class NativeWebSocket:
         """Whether the app has so many messages unread that reading pauses."""
         return self._paused
 
+    @property
+    def owes_pong(self) -> bool:
+        """Whether a ping came while writing was paused: reading pauses until its pong
+        is sent (see the module docstring)."""
+        return self._pong is not None
+
     def writing_paused(self) -> None:
         """The transport's buffer is full: hold frames here from now on."""
         self._open_transport = None
@@ -278,7 +290,10 @@ class NativeWebSocket:
                 if self.state is not State.OPEN:
                     continue
                 if self._conn.is_write_paused:
+                    owed = self._pong is not None
                     self._pong = event.payload  # one pong, to the latest ping (§5.5.3)
+                    if not owed:
+                        self._conn.update_reading()  # no further ping until it is sent
                 else:
                     self._write(frame(OP_PONG, event.payload))
             elif event.opcode == OP_CLOSE:
