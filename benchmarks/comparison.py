@@ -262,7 +262,7 @@ def _workload_lines(setup: Setup) -> list[str]:
         "`TIDINGS_MAX_CONNECTIONS=20000`, its default being 10,000)",
         "publish": f"`publish`: `POST /api/publish` into one channel of the memory broker "
         f"(history on: the last 100 kept), {pipelined}",
-        "publish-batch": f"`publish-batch`: `POST /api/broadcast` (PROTOCOL.md §6's batched "
+        "publish-batch": f"`publish-batch`: `POST /api/broadcast` (docs/protocol.md §6's batched "
         f"publish) of the same data into {batch} channels of the memory broker "
         f"(`{loadgen.CHANNEL}-0`…, history on), {pipelined}; each 2xx answer counts as "
         f"{batch} publications, and the CPU figures are per publication",

@@ -17,7 +17,7 @@ the servers, repeats the runs and reports them.
 - ``publishing`` (``publish``, ``publish-batch``): the server API alone, no
   subscribers: pipelined requests on a few keep-alive connections, each one
   publication (``POST /api/publish``) or one into each of ``publish_batch`` channels
-  (``POST /api/broadcast``, the batched form of PROTOCOL.md §6).
+  (``POST /api/broadcast``, the batched form of docs/protocol.md §6).
 """
 
 from __future__ import annotations

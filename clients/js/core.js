@@ -5,27 +5,27 @@
 // rule here is unit-tested with node's built-in runner (core.test.js). tidings.js
 // does the I/O and feeds what the server sends into these functions.
 //
-// Words are those of PROTOCOL.md: channel, publication, epoch, offset, position
+// Words are those of docs/protocol.md: channel, publication, epoch, offset, position
 // ({epoch, offset}: the last publication a client has in a channel), cursor (opaque).
 
 /** The transports a client can use, in the order `auto` tries them. */
 export const TRANSPORTS = Object.freeze(["ws", "sse", "longpoll", "poll"]);
 export const AUTO_TRANSPORTS = Object.freeze(["ws", "sse", "longpoll"]);
 
-/** Seconds the server waits between SSE heartbeats (PROTOCOL.md §4). */
+/** Seconds the server waits between SSE heartbeats (docs/protocol.md §4). */
 export const SSE_HEARTBEAT_S = 15;
 /** Seconds a long poll may be held by the server (1..60). */
 export const LONG_POLL_WAIT_S = 25;
 
 // A position for a channel the client knows nothing of yet. SSE and polling take
-// positions as `since=` once per channel, all or none (PROTOCOL.md §4, §5); the
+// positions as `since=` once per channel, all or none (docs/protocol.md §4, §5); the
 // server answers a position it cannot recover with the channel's current one
 // (`recovered: false`), which is "start from now" — what the client wants here.
 const UNKNOWN_POSITION_TEXT = "unknown-position:0";
 
 const CHANNEL_PATTERN = /^[A-Za-z0-9_\-:.@/=]{1,255}$/;
 
-/** An error with a PROTOCOL.md §7 `code` (or a client code: `disconnected`, ...). */
+/** An error with a docs/protocol.md §7 `code` (or a client code: `disconnected`, ...). */
 export class TidingsError extends Error {
   constructor(code, message, details = {}) {
     super(message);
@@ -35,7 +35,7 @@ export class TidingsError extends Error {
   }
 }
 
-/** Throw unless `name` is a valid channel name (PROTOCOL.md §1). */
+/** Throw unless `name` is a valid channel name (docs/protocol.md §1). */
 export function checkChannel(name) {
   if (typeof name !== "string" || !CHANNEL_PATTERN.test(name)) {
     throw new TidingsError(
@@ -200,7 +200,7 @@ export class PositionTracker {
   }
 
   /**
-   * Take a poll answer (PROTOCOL.md §5). A 1.1 server's answer has `positions`:
+   * Take a poll answer (docs/protocol.md §5). A 1.1 server's answer has `positions`:
    * `{channel: {epoch, offset, recovered}}`, where the answer leaves each channel and
    * whether its resume was recovered; a channel not recovered is told a gap to where
    * the server moved it (before its first publication here, or its position). Without
@@ -330,7 +330,7 @@ export class TransportRoute {
 export const MAX_SERVER_DELAY_MS = 300000;
 
 /**
- * The reconnect delay a `disconnect` (push or SSE event) gave, in ms (PROTOCOL.md §3,
+ * The reconnect delay a `disconnect` (push or SSE event) gave, in ms (docs/protocol.md §3,
  * 1.1: a draining node spreads its clients' reconnects so), bounded by
  * MAX_SERVER_DELAY_MS; `null` when it gave none (or nonsense): the backoff decides.
  */
@@ -342,7 +342,7 @@ export function serverDelayMs(delay) {
 /** What to do after a WebSocket closed with `code` ("reconnect", "stop", "unauthorized"). */
 export function closeAction(code) {
   if (code === 4001) return "unauthorized";
-  if (code >= 4000 && code <= 4499) return "stop"; // PROTOCOL.md §3: terminal
+  if (code >= 4000 && code <= 4499) return "stop"; // docs/protocol.md §3: terminal
   return "reconnect"; // 1000, 1001, 1006 (network), 1012, 4500-4999
 }
 
@@ -435,7 +435,7 @@ function isPublication(value) {
   return isPosition(value) && typeof value.channel === "string" && "data" in value;
 }
 
-/** Keep only the fields of a publication (PROTOCOL.md §1). */
+/** Keep only the fields of a publication (docs/protocol.md §1). */
 export function publicationOf(frame) {
   const publication = {
     channel: frame.channel,

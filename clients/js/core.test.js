@@ -303,7 +303,7 @@ describe("TransportRoute", () => {
 });
 
 describe("close codes and HTTP answers", () => {
-  test("close codes follow PROTOCOL.md §3", () => {
+  test("close codes follow docs/protocol.md §3", () => {
     assert.equal(closeAction(1001), "reconnect");
     assert.equal(closeAction(1012), "reconnect");
     assert.equal(closeAction(1006), "reconnect");

@@ -3,7 +3,7 @@
 Pure: no I/O. Who is at fault decides the branch::
 
     TidingsError
-    ├── RequestError            the peer sent something wrong; carries a PROTOCOL.md §7 code
+    ├── RequestError            the peer sent something wrong; carries a docs/protocol.md §7 code
     │   ├── BadRequest              bad_request        400
     │   ├── Unauthorized            unauthorized       401
     │   ├── PermissionDenied        permission_denied  403
@@ -73,7 +73,7 @@ class PermissionDenied(RequestError):
 
 
 class OriginRefused(PermissionDenied):
-    """A browser page whose ``Origin`` is not in ``allowed_origins`` (PROTOCOL.md §8)."""
+    """A browser page whose ``Origin`` is not in ``allowed_origins`` (docs/protocol.md §8)."""
 
     def __init__(self, origin: str | None) -> None:
         super().__init__("this origin is not in allowed_origins")
@@ -118,7 +118,7 @@ class Unavailable(RequestError):
 
 
 class ChannelMoved(RequestError):
-    """The channel is owned by another node (PROTOCOL.md §9), whose base URL is
+    """The channel is owned by another node (docs/protocol.md §9), whose base URL is
     ``owner_url``: each transport points the client there (the owner's ``/ws`` URL in a
     WebSocket reply, a ``307`` to the same request on the owner over HTTP)."""
 
@@ -146,7 +146,7 @@ class BrokerUnavailable(BrokerError):
 
 class ConnectionClosed(TidingsError):
     """Ends a session: the transport closes with ``code`` and ``reason``; ``delay_ms``
-    is the server's advice of how long to wait before reconnecting (PROTOCOL.md §3)."""
+    is the server's advice of how long to wait before reconnecting (docs/protocol.md §3)."""
 
     def __init__(
         self, code: int, reason: str, *, reconnect: bool = False, delay_ms: int | None = None

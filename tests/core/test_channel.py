@@ -1,4 +1,4 @@
-"""Channel names and namespaces (core/channel.py, PROTOCOL.md §1)."""
+"""Channel names and namespaces (core/channel.py, docs/protocol.md §1)."""
 
 from __future__ import annotations
 

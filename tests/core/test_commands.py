@@ -1,4 +1,4 @@
-"""Client commands (core/commands.py, PROTOCOL.md §3): typed frames, or a BadRequest."""
+"""Client commands (core/commands.py, docs/protocol.md §3): typed frames, or a BadRequest."""
 
 from __future__ import annotations
 

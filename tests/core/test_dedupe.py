@@ -1,4 +1,4 @@
-"""The idempotency window of one channel (core/dedupe.py, PROTOCOL.md §2.4)."""
+"""The idempotency window of one channel (core/dedupe.py, docs/protocol.md §2.4)."""
 
 from __future__ import annotations
 

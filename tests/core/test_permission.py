@@ -1,4 +1,4 @@
-"""Who may subscribe and publish (core/permission.py, PROTOCOL.md §8)."""
+"""Who may subscribe and publish (core/permission.py, docs/protocol.md §8)."""
 
 from __future__ import annotations
 

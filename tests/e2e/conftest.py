@@ -120,7 +120,7 @@ def make_token(
     channels: list[str] | None = None,
     secret: str = JWT_SECRET,
 ) -> str:
-    """Return an HS256 connection token (PROTOCOL.md §8)."""
+    """Return an HS256 connection token (docs/protocol.md §8)."""
     claims: dict[str, object] = {"sub": sub, "exp": int(time.time() + expires_in_s)}
     if channels is not None:
         claims["channels"] = channels

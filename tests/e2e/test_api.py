@@ -1,4 +1,4 @@
-"""The server API (PROTOCOL.md §6) as the application's backend uses it, observed both in
+"""The server API (docs/protocol.md §6) as the application's backend uses it, observed both in
 its answers and in what WebSocket clients receive."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Authentication, permissions and origins (PROTOCOL.md §3, §8) against a server that
+"""Authentication, permissions and origins (docs/protocol.md §3, §8) against a server that
 requires HS256 connection tokens, and one that accepts only anonymous connections."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Switching transport mid-channel loses nothing and repeats nothing (PROTOCOL.md §1, §2).
+"""Switching transport mid-channel loses nothing and repeats nothing (docs/protocol.md §1, §2).
 
 Each case reads part of a channel over one transport (four publications are made
 while it is connected; it takes three, the fourth is in flight when it leaves), then

@@ -1,6 +1,6 @@
 """A drain without a stampede (issue #12.4): a node holding 1,000 WebSocket clients that is
 sent SIGTERM spreads its disconnects over the drain window and gives each client a
-``delay`` (PROTOCOL.md §3, 1.1) so that the reconnects it asks for never run ahead of
+``delay`` (docs/protocol.md §3, 1.1) so that the reconnects it asks for never run ahead of
 ``drain_rate`` per second.
 
 The clients are light: sans-I/O ``websockets`` protocols over asyncio streams, all in

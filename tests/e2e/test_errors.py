@@ -1,4 +1,4 @@
-"""Errors and limits (PROTOCOL.md §7): each error path answers its exact code and HTTP
+"""Errors and limits (docs/protocol.md §7): each error path answers its exact code and HTTP
 status with a message saying what was wrong, frames that cannot be answered close the
 connection with the right code, and no client — hostile or slow — harms another."""
 

@@ -1,4 +1,4 @@
-"""Idempotent publish (PROTOCOL.md §2.4): a repeated key in the same channel publishes
+"""Idempotent publish (docs/protocol.md §2.4): a repeated key in the same channel publishes
 nothing and answers the original position, over the server API and over WebSocket.
 
 "Delivered once" is observed without waiting for something not to happen: after the

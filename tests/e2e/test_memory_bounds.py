@@ -1,4 +1,4 @@
-"""A node's memory stays bounded whatever a client does (PROTOCOL.md §2.5, issue #11):
+"""A node's memory stays bounded whatever a client does (docs/protocol.md §2.5, issue #11):
 measured as the resident memory of a real ``tidings serve`` process (``/proc``) before
 and during the abuse, on whichever server backend the suite runs with.
 

@@ -1,4 +1,4 @@
-"""Order and no duplicates under load (PROTOCOL.md §2.1, §2.2): every subscriber of a
+"""Order and no duplicates under load (docs/protocol.md §2.1, §2.2): every subscriber of a
 channel receives offsets 1..N exactly once, in order, whoever publishes and however
 concurrently."""
 

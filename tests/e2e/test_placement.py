@@ -3,7 +3,7 @@ on the backend the suite runs on (native by default, uvicorn with
 ``TIDINGS_TEST_SERVER_BACKEND=uvicorn``): a channel another node owns is answered
 ``307`` with ``Location`` on SSE and polling (both doors of the native server: its fast
 path for a watched channel included), and ``moved`` with the owner's ``/ws`` URL on a
-WebSocket ``subscribe`` (PROTOCOL.md §9).
+WebSocket ``subscribe`` (docs/protocol.md §9).
 
 A ``tidings serve`` process cannot take a fake placement, so the app is built here, in
 this process, and served as ``tidings serve`` would serve it.

@@ -1,4 +1,4 @@
-"""Short and long polling against a real server (PROTOCOL.md §5, §7, §8).
+"""Short and long polling against a real server (docs/protocol.md §5, §7, §8).
 
 Most tests share one server per module and use channels of their own; tests that stop
 the server start their own. A long poll is known to be waiting when ``/api/channels``
@@ -60,7 +60,7 @@ def offsets(answer: dict[str, Any], channel: str | None = None) -> list[int]:
 
 
 def error_code(response: httpx.Response) -> str:
-    """The ``code`` of a JSON error answer (PROTOCOL.md §7)."""
+    """The ``code`` of a JSON error answer (docs/protocol.md §7)."""
     assert response.headers["content-type"].startswith("application/json")
     body: dict[str, Any] = response.json()
     assert set(body) == {"error"}, body
@@ -425,7 +425,7 @@ async def test_token_policy_channel_without_token_is_forbidden(http: httpx.Async
     assert error_code(response) == "permission_denied"
 
 
-# -- origins (PROTOCOL.md §8)
+# -- origins (docs/protocol.md §8)
 
 
 async def test_listed_origin_may_poll_and_read_the_etag(http: httpx.AsyncClient) -> None:

@@ -1,5 +1,5 @@
 """Polling keeps a node's memory bounded, whatever polls a client sends (issue #11, items
-4 and 6; PROTOCOL.md §2.5).
+4 and 6; docs/protocol.md §2.5).
 
 Each test starts its own server, measures its resident memory (``tests/support/rss.py``)
 once the legitimate state is made (histories published, a few polls answered), then

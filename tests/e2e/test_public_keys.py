@@ -1,4 +1,4 @@
-"""RS256 and ES256 tokens on a real node (PROTOCOL.md §8): a PEM public key file
+"""RS256 and ES256 tokens on a real node (docs/protocol.md §8): a PEM public key file
 (``jwt_public_key``), and a JWKS URL (``jwt_jwks_url``) served by the test, fetched by
 the node at start, the key chosen by ``kid``. HS256 tokens are refused where no secret
 is configured; a short ``jwt_secret`` stops the node at start with one line."""

@@ -1,4 +1,4 @@
-"""Resuming with a position (PROTOCOL.md §2.3): exactly the missed publications, in order,
+"""Resuming with a position (docs/protocol.md §2.3): exactly the missed publications, in order,
 before any live one — or ``recovered: false`` with the current position, never a silent
 skip. Also the ``history`` command, which reads the same history."""
 

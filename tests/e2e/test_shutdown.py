@@ -1,4 +1,4 @@
-"""Graceful shutdown and heartbeats (PROTOCOL.md §3): on SIGTERM or SIGINT every client is
+"""Graceful shutdown and heartbeats (docs/protocol.md §3): on SIGTERM or SIGINT every client is
 told to reconnect (``disconnect`` push, close 1001), new connections are turned away while
 the node drains, and the process ends; an idle client receives ``{"push": "ping"}``."""
 

@@ -1,4 +1,4 @@
-"""Server-Sent Events against a real server (PROTOCOL.md §4, §7, §8).
+"""Server-Sent Events against a real server (docs/protocol.md §4, §7, §8).
 
 Streams are read with ``tests.support.sse``, a parser that follows the HTML standard
 line by line and keeps the raw lines, so these tests check both what a browser's
@@ -43,7 +43,7 @@ from tidings.errors import BadRequest
 
 CURSOR_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,4096}")
 EPOCH_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
-# PROTOCOL.md §4: a ping after 15 s of silence. The heartbeat test waits for it with
+# docs/protocol.md §4: a ping after 15 s of silence. The heartbeat test waits for it with
 # this bound; it is the one slow test here (select the rest with -k "not slow").
 PING_BOUND_S: Final = 20.0
 
@@ -58,7 +58,7 @@ async def subscribed_event(stream: SseStream) -> dict[str, Any]:
 
 
 def assert_framed_as_one_pub_event(event: SseEvent) -> None:
-    """PROTOCOL.md §4: ``id``, ``event: pub`` and exactly one ``data:`` line, nothing else."""
+    """docs/protocol.md §4: ``id``, ``event: pub`` and exactly one ``data:`` line, nothing else."""
     assert event.type == "pub"
     assert len(event.field_lines("data")) == 1, event.lines
     assert len(event.field_lines("event")) == 1, event.lines
@@ -68,7 +68,7 @@ def assert_framed_as_one_pub_event(event: SseEvent) -> None:
 
 
 def error_of(response: httpx.Response) -> dict[str, Any]:
-    """The ``error`` object of a JSON error answer (PROTOCOL.md §7)."""
+    """The ``error`` object of a JSON error answer (docs/protocol.md §7)."""
     assert response.headers["content-type"].startswith("application/json")
     body: dict[str, Any] = response.json()
     assert set(body) == {"error"}, body
@@ -598,7 +598,7 @@ async def test_sigterm_sends_disconnect_with_reconnect_before_the_stream_ends(
     assert exit_code in (0, -signal.SIGTERM)
 
 
-# -- origins (PROTOCOL.md §8)
+# -- origins (docs/protocol.md §8)
 
 
 async def test_listed_origin_gets_access_control_allow_origin(http: httpx.AsyncClient) -> None:

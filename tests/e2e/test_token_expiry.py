@@ -1,4 +1,4 @@
-"""Connection tokens expire on live connections (#11.13, PROTOCOL.md §8): a WebSocket is
+"""Connection tokens expire on live connections (#11.13, docs/protocol.md §8): a WebSocket is
 told ``disconnect`` 4001 "token expired" (reconnect: true) and closed unless it sent a
 ``refresh`` first; an SSE stream ends with ``event: disconnect``; a long poll is answered
 at its token's expiry and the next poll is refused. Tokens without ``exp`` are refused.

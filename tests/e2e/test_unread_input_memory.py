@@ -1,4 +1,4 @@
-"""A client that sends and never reads does not grow a node's memory (PROTOCOL.md §2.5,
+"""A client that sends and never reads does not grow a node's memory (docs/protocol.md §2.5,
 issue #11 items 2 and 3): WebSocket pings whose pongs it never reads, pipelined polls
 whose answers it never reads, and megabytes of pipelined bodies behind an SSE stream.
 The node stops reading such a client, so TCP holds it back; what the node holds is

@@ -66,7 +66,7 @@ def test_websocket_limits_follow_the_largest_namespace_data_size(tmp_path: Path)
     )
     settings = load_settings(path, environ={})
     assert settings.max_data_bytes == 1024 * 1024
-    # PROTOCOL.md §3: the largest data plus 4 KiB of envelope; 1009 past four times that.
+    # docs/protocol.md §3: the largest data plus 4 KiB of envelope; 1009 past four times that.
     assert settings.max_frame_bytes == 1024 * 1024 + 4096
     assert settings.max_ws_message_bytes == 4 * (1024 * 1024 + 4096)
 

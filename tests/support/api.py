@@ -1,4 +1,4 @@
-"""The server API (PROTOCOL.md §6) as end-to-end tests call it, over httpx.
+"""The server API (docs/protocol.md §6) as end-to-end tests call it, over httpx.
 
 Publishing is how tests make publications; ``/api/channels`` is how they observe that
 the server holds a subscriber (a long poll waiting, a stream subscribed) before they

@@ -1,4 +1,4 @@
-"""A WebSocket client that stops reading when told to: the slow consumer of PROTOCOL.md §7,
+"""A WebSocket client that stops reading when told to: the slow consumer of docs/protocol.md §7,
 made on purpose.
 
 Socket I/O over asyncio streams; frames are parsed by the sans-I/O ``ClientProtocol`` of

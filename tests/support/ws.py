@@ -1,4 +1,4 @@
-"""A plain WebSocket test client speaking PROTOCOL.md §3 frame by frame.
+"""A plain WebSocket test client speaking docs/protocol.md §3 frame by frame.
 
 Replies are matched to commands by ``id``; pushes are queued in arrival order so a
 test can await exactly the next one. Built on ``websockets`` directly (not on

@@ -1,6 +1,6 @@
 """The WebSocket session (transports/websocket.py) in-process, on a real hub and memory
 broker, with a ``RecordingOutbound`` in place of a socket: how replies are bounded
-(PROTOCOL.md §2.5), the ``connect`` deadline and the allowance of unauthenticated
+(docs/protocol.md §2.5), the ``connect`` deadline and the allowance of unauthenticated
 sockets (issue #11); the command protocol (connect before subscribe, the rate, the
 channel limit, reply shapes) and admission's answers (a forbidden or moved channel, a
 draining node), each refusal logged once (issue #10)."""

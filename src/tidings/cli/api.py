@@ -1,5 +1,5 @@
 """``tidings publish``, ``history``, ``channels`` and ``presence``: the server API
-(PROTOCOL.md §6) from the shell, through the Python client's ``ApiClient``.
+(docs/protocol.md §6) from the shell, through the Python client's ``ApiClient``.
 
 I/O: HTTP calls to a node; answers are printed to stdout (JSON, or one line per item),
 errors as one line on stderr with exit status 1.

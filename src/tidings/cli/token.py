@@ -1,4 +1,4 @@
-"""``tidings token``: sign a connection token (PROTOCOL.md §8) with the node's secret.
+"""``tidings token``: sign a connection token (docs/protocol.md §8) with the node's secret.
 
 I/O: reads the configuration as ``tidings serve`` does (file, then ``TIDINGS_*``), and
 prints the token. Always HS256 with ``jwt_secret``, always with an ``exp`` (``--ttl``).

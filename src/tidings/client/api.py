@@ -1,4 +1,4 @@
-"""The server API (PROTOCOL.md §6) for the application's backend: publish, broadcast,
+"""The server API (docs/protocol.md §6) for the application's backend: publish, broadcast,
 history, presence, channels, disconnect.
 
 HTTP I/O over httpx. Every error answer becomes the ``RequestError`` subclass of its

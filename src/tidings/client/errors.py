@@ -1,7 +1,7 @@
 """What the client raises, and the one table turning the server's answers into exceptions.
 
 Pure: no I/O. The server reports errors as ``{"error": {"code", "message"}}``
-(PROTOCOL.md §7), over HTTP with the code's status and over WebSocket inside a reply;
+(docs/protocol.md §7), over HTTP with the code's status and over WebSocket inside a reply;
 ``error_for`` maps a code to the ``tidings.errors.RequestError`` subclass of the same
 name, so an application catches ``PermissionDenied`` whichever transport or call it
 used. The client adds three exceptions of its own::
@@ -60,7 +60,7 @@ class TransportRefused(TidingsError):
 
 
 class ProtocolViolation(TidingsError):
-    """The server sent something this client cannot read (not PROTOCOL.md version 1)."""
+    """The server sent something this client cannot read (not docs/protocol.md version 1)."""
 
     def __init__(self, what: str) -> None:
         super().__init__(f"the server broke the protocol: {what}")
@@ -102,7 +102,7 @@ RETRYABLE_CODES: Final = frozenset({"too_many_requests", "unavailable", "interna
 
 
 class ErrorBody(msgspec.Struct, frozen=True):
-    """``{"code", "message"}`` of an error (PROTOCOL.md §7)."""
+    """``{"code", "message"}`` of an error (docs/protocol.md §7)."""
 
     code: str
     message: str
@@ -113,7 +113,7 @@ class _ErrorAnswer(msgspec.Struct, frozen=True):
 
 
 def error_for(code: str, message: str, status: int | None = None) -> RequestError:
-    """Return the exception for a server error ``code`` (PROTOCOL.md §7).
+    """Return the exception for a server error ``code`` (docs/protocol.md §7).
 
     An unknown code (a newer server) is read from the HTTP ``status`` when there is one.
     """
@@ -140,7 +140,7 @@ def is_retryable(error: RequestError) -> bool:
 def is_terminal_close(code: int) -> bool:
     """Whether a WebSocket close (or SSE ``disconnect``) with ``code`` forbids reconnecting.
 
-    PROTOCOL.md §3: 4000–4499 are terminal. Every other code is reconnected after: 1001
+    docs/protocol.md §3: 4000–4499 are terminal. Every other code is reconnected after: 1001
     and 1012 (going away, restarting), 4500–4999 (by definition), 1006 (the network cut
     the connection), and the rest, which a server does not send on purpose.
     """

@@ -1,6 +1,6 @@
 """The server's JSON as the client reads it: typed frames, decoded once, at the edge.
 
-Pure. Every answer, reply and push of PROTOCOL.md version 1 that the client reads is a
+Pure. Every answer, reply and push of docs/protocol.md version 1 that the client reads is a
 ``msgspec.Struct`` here; a publication's ``data`` stays the server's JSON text
 (``msgspec.Raw``), so a ``Publication`` carries exactly the bytes that were published.
 Unknown fields are ignored (a newer server may add some); a missing or mistyped one
@@ -92,7 +92,7 @@ class Subscribed(msgspec.Struct, frozen=True):
 
 
 class PollAnswer(msgspec.Struct, frozen=True):
-    """A ``/poll`` answer (PROTOCOL.md §5); ``positions`` is the 1.1 field: where the
+    """A ``/poll`` answer (docs/protocol.md §5); ``positions`` is the 1.1 field: where the
     answer leaves each channel (the cursor's positions, which clients do not read)."""
 
     publications: list[PublicationFrame]

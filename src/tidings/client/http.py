@@ -2,7 +2,7 @@
 address, and reading answers that are not the one asked for.
 
 I/O: reads the body of a failed response through httpx. The one rule: a body that is a
-tidings error (``{"error": {"code", "message"}}``, PROTOCOL.md §7) is the server
+tidings error (``{"error": {"code", "message"}}``, docs/protocol.md §7) is the server
 speaking, and becomes the ``RequestError`` of its code; anything else on a transport's
 handshake (a proxy's page, a 404 of a server without that route) is
 ``TransportRefused``, which lets ``transport="auto"`` try the next transport.

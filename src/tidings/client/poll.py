@@ -1,4 +1,4 @@
-"""The client's ``longpoll`` and ``poll`` transports: ``GET /poll`` in a loop (PROTOCOL.md §5).
+"""The client's ``longpoll`` and ``poll`` transports: ``GET /poll`` in a loop (docs/protocol.md §5).
 
 HTTP I/O over httpx. Long polling asks with ``wait`` (the server holds the request
 until a publication arrives or ``wait`` seconds pass) and polls again at once; short
@@ -6,7 +6,7 @@ polling asks with ``wait=0`` every ``interval_s``, sending the last cursor as
 ``If-None-Match`` so that "nothing new" is a cheap ``304``. Either polls again at once
 when an answer was full (``limit`` publications: more remain).
 
-Every answer says where it leaves each channel (``positions``, PROTOCOL.md 1.1 §5):
+Every answer says where it leaves each channel (``positions``, docs/protocol.md 1.1 §5):
 that is how the tracker tells which channel a ``recovered: false`` answer moved, and
 what positions a later switch to another transport hands over. The cursor stays
 opaque: it is handed back as long as the positions it came with are the tracker's.

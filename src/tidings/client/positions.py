@@ -21,7 +21,7 @@ Invariants, per channel:
    dropped (a replay overlapping what arrived live, a redelivery after a reconnect),
    and so is any publication of an epoch the channel has left.
 2. **Never backwards within an epoch.** Offsets of an epoch name one publication each
-   for good (PROTOCOL.md §1), so a position the server gives that is behind what the
+   for good (docs/protocol.md §1), so a position the server gives that is behind what the
    tracker already holds in that epoch moves nothing (a node that has not loaded, or
    not replicated, the channel yet): the channel stays, and the next resume asks from
    where it is. Together with 1, no ``(epoch, offset)`` is let through twice, whatever
@@ -30,7 +30,7 @@ Invariants, per channel:
    the held offset + 1 of the held epoch (the server's rule, ``tidings.core.catchup``).
    Anything else ahead of the held position (a jump, an epoch change) is let through
    *after* a ``GapNotice`` from the held position to the one just before it. The
-   server never skips without saying so (PROTOCOL.md §2.3), so this is a defence, and
+   server never skips without saying so (docs/protocol.md §2.3), so this is a defence, and
    the application still hears of it.
 4. **Gaps are told.** A subscribe answered ``recovered: false`` for a channel whose
    position was given yields a ``GapNotice`` and moves to the server's position.
@@ -159,7 +159,7 @@ class PositionTracker:
         *,
         recovered: bool,
     ) -> list[Event]:
-        """Take a poll answer (PROTOCOL.md §5).
+        """Take a poll answer (docs/protocol.md §5).
 
         Args:
             publications: the answer's publications, in the server's order.
@@ -198,7 +198,7 @@ class PositionTracker:
     def resume_cursor(self, cursor: str | None) -> str | None:
         """Return ``cursor`` (the server's last one) if it names exactly our positions.
 
-        A cursor is opaque to clients by PROTOCOL.md §1; this client ships in the same
+        A cursor is opaque to clients by docs/protocol.md §1; this client ships in the same
         package as the server and decodes it (``tidings.core.cursor``) to learn its
         positions. A tidings server of another version could change the layout: then
         ``None``, and the caller resumes with ``since_params`` instead. (SSE needs this:
@@ -216,7 +216,7 @@ class PositionTracker:
     def since_params(self) -> list[tuple[str, str]]:
         """Return the query parameters resuming every channel from its position.
 
-        ``since=<epoch>:<offset>`` once per ``channel=``, in the same order (PROTOCOL.md
+        ``since=<epoch>:<offset>`` once per ``channel=``, in the same order (docs/protocol.md
         §4, §5), when any channel has a position. A channel without one gets a position
         of an epoch no server has (``UNKNOWN_POSITION``): the server answers it as not
         recovered, with the channel's current position, which is "start from now" (the
@@ -253,5 +253,5 @@ class PositionTracker:
 
 
 def channel_params(channels: Iterable[ChannelName]) -> list[tuple[str, str]]:
-    """Return ``channel=`` once per channel, in order (PROTOCOL.md §4, §5)."""
+    """Return ``channel=`` once per channel, in order (docs/protocol.md §4, §5)."""
     return [("channel", channel) for channel in channels]

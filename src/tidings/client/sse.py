@@ -1,4 +1,4 @@
-"""The client's ``sse`` transport: one Server-Sent Events stream of ``/sse`` (PROTOCOL.md §4).
+"""The client's ``sse`` transport: one Server-Sent Events stream of ``/sse`` (docs/protocol.md §4).
 
 HTTP I/O over httpx streaming; ``EventStreamDecoder`` (pure) turns lines into events
 as the HTML standard's event-stream interpretation does (comments skipped, ``data``
@@ -34,7 +34,7 @@ from tidings.errors import ConnectionClosed
 
 logger = logging.getLogger(__name__)
 
-SERVER_HEARTBEAT_S: Final = 15.0  # PROTOCOL.md §4: ": ping" after 15 s of silence
+SERVER_HEARTBEAT_S: Final = 15.0  # docs/protocol.md §4: ": ping" after 15 s of silence
 READ_TIMEOUT_S: Final = 2 * SERVER_HEARTBEAT_S
 CONNECT_TIMEOUT_S: Final = 10.0
 

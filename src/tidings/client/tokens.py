@@ -2,7 +2,7 @@
 application gives (sync or async) that returns a fresh token each time it is called.
 
 No I/O of its own (the callable may do some). With a callable the client renews the
-token by itself (PROTOCOL.md §8, ``exp``): it calls it before every connection, and
+token by itself (docs/protocol.md §8, ``exp``): it calls it before every connection, and
 over WebSocket again shortly before the token expires, sending the new token with the
 ``refresh`` command; SSE and polls, which cannot be refreshed in place, reconnect with
 a fresh token when the server ends them at expiry. A fixed token is sent as it is,

@@ -1,4 +1,4 @@
-"""The client's ``ws`` transport: one WebSocket connection to ``/ws`` (PROTOCOL.md §3).
+"""The client's ``ws`` transport: one WebSocket connection to ``/ws`` (docs/protocol.md §3).
 
 I/O over ``websockets``. A connection sends ``connect`` (to learn the server's ``ping``
 interval), then one ``subscribe`` per channel with ``since`` from the tracker, and
@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 
 OPEN_TIMEOUT_S: Final = 10.0
 CLOSE_TIMEOUT_S: Final = 2.0
-# A silent link is dead after this many announced ping intervals (PROTOCOL.md §3 ping).
+# A silent link is dead after this many announced ping intervals (docs/protocol.md §3 ping).
 SILENT_PINGS: Final = 2
 CLOSE_ABNORMAL: Final = 1006
 

@@ -5,7 +5,7 @@ command and for the channels an SSE stream or a poll names: each channel must be
 allowed by its namespace or the token (``core.permission``), the connection must stay
 within ``max_channels_per_connection``, and the channel must be served on this node
 (``core.placement``): a channel owned elsewhere is ``ChannelMoved`` with its owner's
-base URL, which each transport turns into its own answer (PROTOCOL.md §9).
+base URL, which each transport turns into its own answer (docs/protocol.md §9).
 """
 
 from __future__ import annotations

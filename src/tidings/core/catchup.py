@@ -8,7 +8,7 @@ that arrives is judged against it, always by the same rule:
   is held yet, so there is nothing to compare with.
 * ``ALREADY_HAD``: at or below the held offset of the held epoch (a redelivery, a
   replay overlapping the live stream), or of an epoch the holder has *left*: offsets of
-  an epoch name one publication each for good (PROTOCOL.md §1), and a left epoch's
+  an epoch name one publication each for good (docs/protocol.md §1), and a left epoch's
   history is gone, so delivering it could only go back in time. Drop it.
 * ``HOLE``: ahead of the next one, in the held epoch: publications in between are
   missing, and the channel's history may still hold them. Read history first (a

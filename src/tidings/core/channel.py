@@ -1,4 +1,4 @@
-"""Channel names and namespaces (PROTOCOL.md §1). Pure."""
+"""Channel names and namespaces (docs/protocol.md §1). Pure."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Client commands of the WebSocket protocol (PROTOCOL.md §3), decoded into typed frames.
+"""Client commands of the WebSocket protocol (docs/protocol.md §3), decoded into typed frames.
 
 Pure. JSON is decoded once, here at the edge, into frozen structs: a transport never
 touches an untyped dict. ``data`` stays the client's JSON text (``msgspec.Raw``) so it
@@ -147,7 +147,7 @@ def single_line_json(data: bytes) -> bytes:
     """Return ``data`` (valid JSON text) with no raw CR or LF.
 
     A raw CR or LF in valid JSON can only be whitespace between tokens (strings must
-    escape them), and SSE needs every publication on one ``data:`` line (PROTOCOL.md
+    escape them), and SSE needs every publication on one ``data:`` line (docs/protocol.md
     §4), so each becomes a space: the value is unchanged and nothing is re-parsed.
     """
     if b"\n" in data or b"\r" in data:

@@ -1,13 +1,13 @@
 """Cursors: opaque, URL-safe tokens holding the positions of a subscription's channels.
 
-Pure. PROTOCOL.md §1: a cursor is ``[A-Za-z0-9_-]+``, at most 4 KiB, and clients never
+Pure. docs/protocol.md §1: a cursor is ``[A-Za-z0-9_-]+``, at most 4 KiB, and clients never
 parse it. Layout before base64url (no padding)::
 
     version (1 byte) | JSON [[channel, epoch, offset], ...] | blake2b-64 of the above
 
 The checksum is what makes a corrupted cursor (a truncated URL, a flipped character) a
 ``bad_request`` instead of a silently wrong position: a misread cursor would make the
-server skip or repeat publications, which PROTOCOL.md §2 forbids.
+server skip or repeat publications, which docs/protocol.md §2 forbids.
 """
 
 from __future__ import annotations

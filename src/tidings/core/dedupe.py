@@ -1,4 +1,4 @@
-"""The idempotency window of one channel (PROTOCOL.md §2.4). Pure.
+"""The idempotency window of one channel (docs/protocol.md §2.4). Pure.
 
 A publish carrying a ``key`` seen in the same channel within the window is not
 published again; the window remembers the offset the key was first published at.

@@ -12,7 +12,7 @@ of the cluster has to absorb at once. Two levers, both used:
   lists them) is disconnected at ``d_k = floor(k * spacing)`` with
   ``spacing = min(window / n, 1000 / rate)``: at the reconnect rate when the window
   allows it, faster when it does not, so every disconnect is sent within the window;
-* each ``disconnect`` carries a ``delay`` (PROTOCOL.md §3, 1.1): the client waits that
+* each ``disconnect`` carries a ``delay`` (docs/protocol.md §3, 1.1): the client waits that
   long before reconnecting. Client ``k``'s reconnect *slot* is
   ``r_k = max(d_k, ceil(k * 1000 / rate))``, and its delay is the time from the moment
   the disconnect is actually sent to its slot (``DrainStep.delay_ms``), so a node that

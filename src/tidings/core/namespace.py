@@ -1,4 +1,4 @@
-"""Namespaces and their options (PROTOCOL.md §1, DESIGN.md configuration). Pure.
+"""Namespaces and their options (docs/protocol.md §1, DESIGN.md configuration). Pure.
 
 A channel's namespace is the part of its name before the first ``:``; its options say
 how long history is kept, who may subscribe, whether clients may publish and whether
@@ -22,7 +22,7 @@ DEFAULT_MAX_DATA_BYTES: Final = 65_536
 
 
 class Policy(enum.Enum):
-    """Who may subscribe to a namespace's channels (PROTOCOL.md §8)."""
+    """Who may subscribe to a namespace's channels (docs/protocol.md §8)."""
 
     PUBLIC = "public"  # anyone
     USER = "user"  # only <namespace>:<own user id>

@@ -1,4 +1,4 @@
-"""Which browser origins may use a node, and with what authority (PROTOCOL.md §8). Pure.
+"""Which browser origins may use a node, and with what authority (docs/protocol.md §8). Pure.
 
 Three questions, each answered once here for every transport and both server backends:
 may a page of this ``Origin`` connect to ``/ws``, ``/sse`` and ``/poll``, and may its

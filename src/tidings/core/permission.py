@@ -1,4 +1,4 @@
-"""Who may subscribe to and publish in a channel (PROTOCOL.md §8). Pure.
+"""Who may subscribe to and publish in a channel (docs/protocol.md §8). Pure.
 
 Rules, in order, for subscribing:
 

@@ -1,4 +1,4 @@
-"""Where a channel is served: on this node, or on its owner elsewhere (PROTOCOL.md §9).
+"""Where a channel is served: on this node, or on its owner elsewhere (docs/protocol.md §9).
 
 Pure. ``Placement`` is the plug point the consistent-hashing mode implements (the ring
 knows each routing key's owner); every other mode serves every channel on every node,

@@ -30,7 +30,7 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class ClientInfo:
-    """Who published a publication from a client connection (PROTOCOL.md §1 ``info``)."""
+    """Who published a publication from a client connection (docs/protocol.md §1 ``info``)."""
 
     client: str
     user: str

@@ -1,4 +1,4 @@
-"""A token bucket: the per-connection command rate limit (PROTOCOL.md §7). Pure.
+"""A token bucket: the per-connection command rate limit (docs/protocol.md §7). Pure.
 
 Time arrives as ``now_s`` (a monotonic clock in seconds) so the rule is testable.
 """

@@ -1,7 +1,7 @@
 """The recovery decision: given a client's position and a channel's history, replay or gap.
 
 Pure. This is the one place that decides whether a resuming client can be given exactly
-the publications it missed (PROTOCOL.md §2.3). Every transport and every broker asks it,
+the publications it missed (docs/protocol.md §2.3). Every transport and every broker asks it,
 so the rule is written once:
 
 * a position of another epoch: the history it refers to is gone          -> ``Gap``

@@ -1,6 +1,6 @@
 """Where a stream or poll starts: the channels asked for and the positions to resume from.
 
-Pure. SSE and polling accept positions three ways (PROTOCOL.md §4, §5): a cursor (the
+Pure. SSE and polling accept positions three ways (docs/protocol.md §4, §5): a cursor (the
 browser's ``Last-Event-ID`` or ``?cursor=``), or ``since=<epoch>:<offset>`` given once
 per ``channel=`` in the same order (how a client coming from another transport resumes).
 ``Last-Event-ID`` wins over the URL's cursor: the browser keeps it current, while the

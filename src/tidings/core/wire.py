@@ -91,7 +91,7 @@ class EncodedPublication:
 
     @property
     def websocket(self) -> str:
-        """The text of the WebSocket ``pub`` push (PROTOCOL.md §3)."""
+        """The text of the WebSocket ``pub`` push (docs/protocol.md §3)."""
         if self._websocket is None:
             p = self.publication
             info = None if p.info is None else InfoFrame(p.info.client, p.info.user)
@@ -116,7 +116,7 @@ class EncodedPublication:
         return self._json_text
 
     def sse_event(self, cursor: str) -> str:
-        """The SSE ``pub`` event whose ``id`` is ``cursor`` (PROTOCOL.md §4)."""
+        """The SSE ``pub`` event whose ``id`` is ``cursor`` (docs/protocol.md §4)."""
         return f"id: {cursor}\nevent: pub\ndata: {self.json_text}\n\n"
 
     @property

@@ -144,7 +144,7 @@ class Hub:
             raise Unavailable("the broker is unavailable; not published; retry shortly") from exc
         except BrokerError as exc:
             # The broker may have made it and failed to answer: the client must not
-            # take the 503 for "not published" (PROTOCOL.md §2.4: a retry with the same
+            # take the 503 for "not published" (docs/protocol.md §2.4: a retry with the same
             # key is answered with the original position if it was).
             logger.warning("broker failure while publishing: %s", exc)
             raise Unavailable(

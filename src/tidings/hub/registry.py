@@ -67,7 +67,7 @@ class PresenceEvent:
 
     @property
     def websocket(self) -> str:
-        """The text of the WebSocket ``join``/``leave`` push (PROTOCOL.md §3)."""
+        """The text of the WebSocket ``join``/``leave`` push (docs/protocol.md §3)."""
         if self._websocket is None:
             self._websocket = encode_json(
                 {

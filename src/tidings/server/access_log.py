@@ -26,7 +26,7 @@ from tidings.transports.refusals import Peer, peer_text
 logger = logging.getLogger("tidings.access")
 
 REDACTED: Final = "[redacted]"
-# Query parameters that carry credentials (PROTOCOL.md §4, §5: ?token=).
+# Query parameters that carry credentials (docs/protocol.md §4, §5: ?token=).
 SECRET_PARAMETERS: Final = frozenset({"token"})
 _TOKEN_IN_TEXT: Final = re.compile(r"(?<![A-Za-z0-9_])(token=)[^&\s\"']+")
 

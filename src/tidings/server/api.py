@@ -1,4 +1,4 @@
-"""The server API (PROTOCOL.md §6): the application's backend publishes and manages here.
+"""The server API (docs/protocol.md §6): the application's backend publishes and manages here.
 
 HTTP I/O through Starlette. Bodies are decoded once into typed structs; every error
 becomes one JSON error body through ``http_errors``.

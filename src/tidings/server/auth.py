@@ -1,4 +1,4 @@
-"""Connection authentication: verifying JWTs into ``Credentials`` (PROTOCOL.md §8).
+"""Connection authentication: verifying JWTs into ``Credentials`` (docs/protocol.md §8).
 
 No I/O here (PyJWT verifies signatures and expiry against the wall clock; public keys
 come from ``keys.py``). A token is signed with HS256 and the node's ``jwt_secret``, or

@@ -45,10 +45,10 @@ SERVER_BACKENDS: Final[tuple[ServerBackend, ...]] = ("native", "uvicorn")
 
 NODE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::", "[::]"})
-# Room in a WebSocket frame for everything but data: op, id, channel, key (PROTOCOL.md §3).
+# Room in a WebSocket frame for everything but data: op, id, channel, key (docs/protocol.md §3).
 FRAME_OVERHEAD_BYTES: Final = 4096
 # Either server backend reads a WebSocket message up to this many frame limits before
-# cutting it (1009): a frame the app refuses (4009, PROTOCOL.md §3) still parses.
+# cutting it (1009): a frame the app refuses (4009, docs/protocol.md §3) still parses.
 WS_MESSAGE_LIMIT_FACTOR: Final = 4
 
 
@@ -132,7 +132,7 @@ class Settings:
     @property
     def max_frame_bytes(self) -> int:
         """The largest WebSocket frame a session accepts: the largest ``data`` plus room
-        for the envelope (PROTOCOL.md §3); a larger one closes the connection with 4009."""
+        for the envelope (docs/protocol.md §3); a larger one closes the connection with 4009."""
         return self.max_data_bytes + FRAME_OVERHEAD_BYTES
 
     @property

@@ -180,7 +180,7 @@ def health_response(request: Request, allowed: Collection[str]) -> Response:
 
 
 class OriginCheckedStatic:
-    """An ASGI wrapper serving static files with the transports' origin rule (PROTOCOL.md
+    """An ASGI wrapper serving static files with the transports' origin rule (docs/protocol.md
     §8): a page from an allowed origin gets CORS headers (so it may ``import`` the
     client), a page from any other origin a 403 that says why; no ``Origin``, no check."""
 

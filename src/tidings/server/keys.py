@@ -1,4 +1,4 @@
-"""Public keys that verify RS256 and ES256 connection tokens (PROTOCOL.md §8).
+"""Public keys that verify RS256 and ES256 connection tokens (docs/protocol.md §8).
 
 Two sources: one PEM file (``jwt_public_key``), read once at start; or a JSON Web Key
 Set at a URL (``jwt_jwks_url``), fetched with httpx at start and again every

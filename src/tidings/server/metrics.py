@@ -262,7 +262,7 @@ class _NodeCollector(Collector):
         yield refusals
         disconnects = CounterMetricFamily(
             "tidings_disconnects",
-            "Connections this node closed, by close code (PROTOCOL.md §3).",
+            "Connections this node closed, by close code (docs/protocol.md §3).",
             labels=["code"],
         )
         for code, count in sorted(by_code.items()):

@@ -143,7 +143,7 @@ _PATH_LOGGERS: Final = ("uvicorn.access", "uvicorn.error")
 
 
 class _BoundedPipelineProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol, with pipelined requests bounded (PROTOCOL.md §2.5).
+    """uvicorn's HTTP/1.1 protocol, with pipelined requests bounded (docs/protocol.md §2.5).
 
     uvicorn resumes reading after every response, however many pipelined requests it
     already holds: a client that pipelines and never reads grew a node by a gibibyte.

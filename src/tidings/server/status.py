@@ -162,7 +162,7 @@ class StaticAssets:
 
     Starlette's ``StaticFiles`` raises ``HTTPException`` for a missing file; a bare
     ``Router`` has no handler for it, so it would reach the server as a failure (500
-    and a traceback). A missing file is a 404 in the error shape of PROTOCOL.md §7.
+    and a traceback). A missing file is a 404 in the error shape of docs/protocol.md §7.
     """
 
     def __init__(self) -> None:

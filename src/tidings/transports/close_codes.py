@@ -1,4 +1,4 @@
-"""WebSocket close codes (PROTOCOL.md §3), and the one translation of errors for the
+"""WebSocket close codes (docs/protocol.md §3), and the one translation of errors for the
 WebSocket transport: the table mapping them to close codes, and the error reply. Pure."""
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def close_for(error: RequestError) -> tuple[int, bool]:
 @dataclass(frozen=True, slots=True)
 class WebSocketClose:
     """How an error ends a WebSocket: the close code and reason, whether the client
-    should reconnect, and where to (``url``: a ``moved`` error's owner, PROTOCOL.md §9)."""
+    should reconnect, and where to (``url``: a ``moved`` error's owner, docs/protocol.md §9)."""
 
     code: int
     reason: str
@@ -69,7 +69,7 @@ def close_of(error: RequestError) -> WebSocketClose:
 
 
 def error_reply(command_id: int, error: RequestError) -> str:
-    """Return the reply of a command that failed with ``error`` (PROTOCOL.md §2): its
+    """Return the reply of a command that failed with ``error`` (docs/protocol.md §2): its
     ``code`` and ``message``, and for ``moved`` the owner's ``/ws`` URL (§9)."""
     body: dict[str, object] = {"code": error.code, "message": error.message}
     if isinstance(error, ChannelMoved):

@@ -7,7 +7,7 @@ straight to the socket under the native server. Hub fan-out and command replies 
 wait, so a publisher never waits for a client. What waits to be sent is bounded
 (``outbound_buffer``): past it the client is a slow consumer, what can still be
 dropped is dropped and it is disconnected with 4500 and reconnect advice, so it resumes
-later from its position while the server's memory stays bounded (PROTOCOL.md §7). What
+later from its position while the server's memory stays bounded (docs/protocol.md §7). What
 the client asked for (command replies, a stream's opening replay) is not cut but held
 back instead: while more than the bound waits to be sent, the transport reads no
 further command and writes no further replay until it has left
@@ -194,7 +194,7 @@ class StreamConnection(ABC):
     ) -> None:
         """Send the transport's ``disconnect`` after what is pending, then end with ``code``.
 
-        ``delay_ms`` (PROTOCOL.md §3, 1.1) tells the client how long to wait before it
+        ``delay_ms`` (docs/protocol.md §3, 1.1) tells the client how long to wait before it
         reconnects: a drain gives each client its own (``core.drain``).
         """
         if self._closing is not None:

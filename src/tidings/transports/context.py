@@ -42,7 +42,7 @@ class Authenticator(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Per-connection limits (PROTOCOL.md §7)."""
+    """Per-connection limits (docs/protocol.md §7)."""
 
     outbound_buffer_bytes: int = 1024 * 1024
     max_frame_bytes: int = 65_536 + 4096
@@ -65,7 +65,7 @@ class TransportContext:
     ping_interval_s: float
     allowed_origins: tuple[str, ...] = ()
     draining: bool = False
-    # Which channels this node serves (PROTOCOL.md §9); all of them but in hashing mode.
+    # Which channels this node serves (docs/protocol.md §9); all of them but in hashing mode.
     placement: Placement = LOCAL_PLACEMENT
     refusals: Refusals = field(default_factory=Refusals)
     deadlines: Deadlines = field(default_factory=lambda: Deadlines(DEADLINE_GRAIN_S))

@@ -1,5 +1,5 @@
 """What HTTP transports and the server API share: the one table mapping errors to
-statuses and JSON bodies (PROTOCOL.md §7), request credentials, and CORS (§8).
+statuses and JSON bodies (docs/protocol.md §7), request credentials, and CORS (§8).
 
 No I/O: builds responses and reads request headers."""
 
@@ -35,7 +35,7 @@ HTTP_STATUS: Final[dict[ErrorCode, int]] = {
     "too_many_requests": 429,
     "unavailable": 503,
     "internal": 500,
-    # PROTOCOL.md §9: the same request, on the channel's owner (``Location``).
+    # docs/protocol.md §9: the same request, on the channel's owner (``Location``).
     "moved": 307,
 }
 
@@ -113,7 +113,7 @@ def request_token(
     authorization: str | None, query_token: str | None, cookie_header: str | None
 ) -> str | None:
     """Return a client transport's connection token: from ``Authorization: Bearer``,
-    else ``?token=``, else the ``tidings_token`` cookie (PROTOCOL.md §4, §5)."""
+    else ``?token=``, else the ``tidings_token`` cookie (docs/protocol.md §4, §5)."""
     token = bearer_token(authorization)
     if token is not None:
         return token
@@ -131,7 +131,7 @@ def cors_headers(origin: str | None, allowed: Collection[str]) -> dict[str, str]
 
     An origin listed by name may send credentials (cookies), so it is echoed with
     ``Access-Control-Allow-Credentials``; one admitted by ``*`` alone gets ``*`` and no
-    credentials (PROTOCOL.md §8): a browser then withholds the response of a request
+    credentials (docs/protocol.md §8): a browser then withholds the response of a request
     that carried its user's cookies. Caches are told the answer varies by origin.
     """
     if origin is None:

@@ -1,10 +1,10 @@
-"""The polling transport ``GET /poll`` (PROTOCOL.md §5): short and long polling.
+"""The polling transport ``GET /poll`` (docs/protocol.md §5): short and long polling.
 
 A poll reads each channel's publications after the request's positions, merges the
 channels' publications by time (so a busy channel cannot starve a quiet one), cuts at
 ``limit`` and answers with the cursor after the last publication included: paging never
 skips or repeats. The answer also names each channel's position after it and whether
-that channel's resume was recovered (``positions``, PROTOCOL.md 1.1 §5), so clients
+that channel's resume was recovered (``positions``, docs/protocol.md 1.1 §5), so clients
 need not read the cursor.
 
 Where the publications come from: a polled channel is *watched* (``watches.py``): one
@@ -146,7 +146,7 @@ class PollAnswer:
 
     @property
     def recovered(self) -> bool:
-        """The answer's top-level flag (PROTOCOL.md §5): every channel was recovered."""
+        """The answer's top-level flag (docs/protocol.md §5): every channel was recovered."""
         return len(self.recovered_channels) == len(self.positions)
 
 
@@ -479,7 +479,7 @@ def _held_s(query: PollQuery, credentials: Credentials) -> float:
 
 
 def _encode_answer(answer: PollAnswer) -> tuple[str, bytes]:
-    """Return the cursor and the JSON body of ``answer`` (PROTOCOL.md §5)."""
+    """Return the cursor and the JSON body of ``answer`` (docs/protocol.md §5)."""
     cursor = encode_cursor(answer.positions)
     recovered = answer.recovered_channels
     body = encode_json(

@@ -1,4 +1,4 @@
-"""The Server-Sent Events transport ``GET /sse`` (PROTOCOL.md §4), as an ASGI endpoint.
+"""The Server-Sent Events transport ``GET /sse`` (docs/protocol.md §4), as an ASGI endpoint.
 
 I/O: one streaming HTTP response per client. Under a plain ASGI server a writer task
 drains the connection's queue through ``send`` (events coalesce into one body chunk
@@ -56,7 +56,7 @@ from tidings.transports.outbound import Outbound, QueuedOutbound, direct_outboun
 
 logger = logging.getLogger(__name__)
 
-SSE_HEARTBEAT_S: Final = 15.0  # PROTOCOL.md §4: a comment after 15 s of silence
+SSE_HEARTBEAT_S: Final = 15.0  # docs/protocol.md §4: a comment after 15 s of silence
 # EventSource reconnect delay: randomised per stream so a restarted node's clients
 # do not all come back in the same instant.
 RETRY_MIN_MS: Final = 1000
@@ -168,7 +168,7 @@ class SseSession(StreamConnection):
                 self._write_publication(EncodedPublication(publication), replay=True)
                 if self.has_reply_backlog():
                     # The replay is written in pieces: never more than the outbound
-                    # bound waits to be sent (PROTOCOL.md §2.5).
+                    # bound waits to be sent (docs/protocol.md §2.5).
                     logger.debug("stream %s: replay waits for the client to read", self.client_id)
                     await self.wait_replies_taken()
                     if self.is_closing or self.has_reply_backlog():

@@ -1,4 +1,4 @@
-"""The WebSocket transport ``/ws`` (PROTOCOL.md §3), as an ASGI endpoint.
+"""The WebSocket transport ``/ws`` (docs/protocol.md §3), as an ASGI endpoint.
 
 I/O: reads frames from the ASGI ``receive`` callable. Replies and pushes go to the
 connection's ``Outbound``: under a plain ASGI server a queue that a second task drains
@@ -94,7 +94,7 @@ class WebSocketSession(StreamConnection):
         return self._context.ping_interval_s
 
     def _heartbeat_chunk(self) -> str:
-        return _PING_PUSH  # PROTOCOL.md §3: browsers cannot see ping frames
+        return _PING_PUSH  # docs/protocol.md §3: browsers cannot see ping frames
 
     def _goodbye(
         self, code: int, reason: str, reconnect: bool, url: str | None, delay_ms: int | None
@@ -223,7 +223,7 @@ class WebSocketSession(StreamConnection):
                 # Replies count against the outbound bound: past it no further command
                 # is read until they have mostly left, so a client that sends without
                 # reading is held back by TCP instead of by this node's memory
-                # (PROTOCOL.md §2.5). Nothing is lost: every command is answered.
+                # (docs/protocol.md §2.5). Nothing is lost: every command is answered.
                 logger.debug(
                     "session %s: replies unsent past the bound; commands wait", self.client_id
                 )

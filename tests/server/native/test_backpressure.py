@@ -1,4 +1,4 @@
-"""The native server and a client that does not read (PROTOCOL.md §2.5, §7; issue #11
+"""The native server and a client that does not read (docs/protocol.md §2.5, §7; issue #11
 item 2, issue #12 item 5): pings flooded meanwhile are answered by one pong, and a slow
 consumer cut off hears why (the ``disconnect`` push and the 4500 close) right after
 what the kernel already holds, not behind the megabyte it fell behind by."""

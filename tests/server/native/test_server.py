@@ -215,7 +215,7 @@ async def test_a_framing_violation_closes_with_its_code(
     ("extra", "version", "status"),
     [
         (b"", b"8", 426),  # an old protocol version
-        (b"Origin: https://evil.example\r\n", b"13", 403),  # PROTOCOL.md §8
+        (b"Origin: https://evil.example\r\n", b"13", 403),  # docs/protocol.md §8
     ],
 )
 async def test_a_handshake_it_refuses_gets_an_http_status(

@@ -25,7 +25,7 @@ request itself is never run. Bytes after a request that ends the connection
 (``Connection: close``, HTTP/1.0) are dropped unanswered: nothing after it is a request
 (RFC 9112 §9.6).
 
-Memory stays bounded whatever the client does (PROTOCOL.md §2.5). Reading pauses
+Memory stays bounded whatever the client does (docs/protocol.md §2.5). Reading pauses
 (``update_reading``) while the transport's write buffer is full (the client does not
 read its answers; on an upgraded connection only while a pong is owed, see
 ``websocket.py``), while more than ``MAX_PIPELINED`` requests wait, and while more than
@@ -763,7 +763,7 @@ class _RefusedRequest(Exception):
         self.headers: Mapping[str, str] = headers or {}
 
 
-# The PROTOCOL.md §7 code of each refusal's status (any other: bad_request).
+# The docs/protocol.md §7 code of each refusal's status (any other: bad_request).
 _ERROR_CODES: Final[dict[int, ErrorCode]] = {
     HTTPStatus.FORBIDDEN: "permission_denied",
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "message_too_large",
