@@ -41,7 +41,7 @@ from tidings.brokers.base import (
     PresenceChange,
     PresenceStore,
 )
-from tidings.brokers.memory import LocalPresence, MemoryBroker, presence_store_of
+from tidings.brokers.memory import MemoryBroker, presence_store_of
 from tidings.brokers.redis import RedisBroker
 from tidings.brokers.redis_scripts import DEFAULT_PREFIX, ChannelKeys
 from tidings.brokers.sqlite import DB_FILE_NAME, Durability, SqliteBroker
@@ -105,6 +105,11 @@ BROKER_FACTORIES = [
     pytest.param(make_memory_broker, id="memory"),
     pytest.param(make_sqlite_broker, id="sqlite"),
     pytest.param(make_fast_sqlite_broker, id="sqlite-fast"),
+    pytest.param(make_redis_broker, id="redis"),
+    pytest.param(make_redis_cluster_broker, id="redis-cluster"),
+]
+# Brokers whose nodes share one backend: what one node does, another hears.
+SHARED_BROKER_FACTORIES = [
     pytest.param(make_redis_broker, id="redis"),
     pytest.param(make_redis_cluster_broker, id="redis-cluster"),
 ]
@@ -566,6 +571,7 @@ def another_node(broker_factory: BrokerFactory, broker_setup: BrokerSetup) -> Br
     return broker_factory(broker_setup)
 
 
+@pytest.mark.parametrize("broker_factory", SHARED_BROKER_FACTORIES, indirect=True)
 async def test_presence_changes_reach_another_node_once_in_order_and_its_reads_are_fresh(
     broker: Broker,
     another_node: Broker,
@@ -573,8 +579,6 @@ async def test_presence_changes_reach_another_node_once_in_order_and_its_reads_a
     handler: RecordingHandler,
     presence_changes: list[PresenceChange],
 ) -> None:
-    if isinstance(presence, LocalPresence):
-        pytest.skip("a single-node store: there is no other node to tell")
     channel = unique_channel()
     other = another_node
     heard: Recording[PresenceChange] = Recording()
