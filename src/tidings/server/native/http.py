@@ -39,11 +39,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -51,7 +48,13 @@ import httptools
 
 from tidings.core.digits import parse_digits
 from tidings.core.wire import encode_json
-from tidings.errors import ErrorCode
+from tidings.server.native.request import (
+    METHODS,
+    REFUSAL_CODES,
+    RefusedRequest,
+    Request,
+    is_unknown_method,
+)
 from tidings.server.native.response import (
     ResponseWriter,
     clock,
@@ -80,50 +83,12 @@ MAX_PIPELINED: Final = 16
 # Input read ahead (heads and bodies) behind the request being served before reading
 # pauses: an SSE stream or a long poll must not hold megabytes of pipelined bodies.
 MAX_WAITING_BYTES: Final = 64 * 1024
-# The methods this server implements; any other is answered 501 (RFC 9110 §9.1).
-METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 # How long a refused request's connection keeps reading what the client still sends.
 REFUSED_LINGER_S: Final = 2.0
 
 # One object shared by every scope: apps read it, and it costs idle connections nothing.
 # (No "state" key either: this server runs no lifespan state, and ASGI makes it optional.)
 _ASGI_VERSION: Final = {"version": "3.0", "spec_version": "2.4"}
-
-
-@dataclass(slots=True)
-class Request:
-    """A parsed request head and its whole body."""
-
-    method: str
-    http_version: str
-    raw_path: bytes
-    query_string: bytes
-    headers: list[tuple[bytes, bytes]]
-    keep_alive: bool
-    body: bytes = b""
-    received_s: float = 0.0  # time.perf_counter() when its head was parsed (access log)
-    size: int = 0  # bytes of head and body as read: what this request holds while it waits
-    _index: dict[bytes, bytes] | None = None  # built on the first look-up
-
-    def header(self, name: bytes) -> bytes | None:
-        """Return the first value of header ``name`` (lower case), if present."""
-        index = self._index
-        if index is None:
-            index = self._index = {}
-            for key, value in self.headers:
-                index.setdefault(key, value)
-        return index.get(name)
-
-    def header_values(self, name: bytes) -> list[bytes]:
-        """Return every value of header ``name`` (lower case), in order: a list field
-        may be split over several lines (RFC 9110 §5.3)."""
-        return [value for key, value in self.headers if key == name]
-
-    @property
-    def path(self) -> str:
-        """The percent-decoded path."""
-        path = self.raw_path.decode("ascii", errors="replace")
-        return urllib.parse.unquote(path) if "%" in path else path
 
 
 class HttpConnection(asyncio.Protocol):
@@ -187,7 +152,7 @@ class HttpConnection(asyncio.Protocol):
         self._websocket: NativeWebSocket | None = None
         # The answer to input the parser refused, written once the requests before it
         # are answered; from then on nothing more is parsed.
-        self._refusal: _RefusedRequest | None = None
+        self._refusal: RefusedRequest | None = None
         self._refused = False  # the refusal is written: what follows is read and dropped
         self._message_started_s: float | None = None
         self._reading_paused = False
@@ -223,13 +188,13 @@ class HttpConnection(asyncio.Protocol):
     def _parser_failed(self, exc: httptools.HttpParserError, data: bytes) -> None:
         """Refuse what the parser could not take, after the requests read before it."""
         # A callback's refusal reaches here wrapped by httptools.
-        refused = exc.__context__ if isinstance(exc.__context__, _RefusedRequest) else None
+        refused = exc.__context__ if isinstance(exc.__context__, RefusedRequest) else None
         if refused is not None:
             self._refuse(refused.status, refused.message)
         elif self._requests and not self._requests[-1].keep_alive:
             # Bytes after a request that ends the connection: not a request (RFC 9112 §9.6).
             self._parser = None
-        elif isinstance(exc, httptools.HttpParserInvalidMethodError) and _is_unknown_method(data):
+        elif isinstance(exc, httptools.HttpParserInvalidMethodError) and is_unknown_method(data):
             self._refuse(HTTPStatus.NOT_IMPLEMENTED, "this server implements no such method")
         else:
             self._refuse(HTTPStatus.BAD_REQUEST, f"malformed HTTP request: {exc}")
@@ -315,7 +280,7 @@ class HttpConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > MAX_TARGET_BYTES:
-            raise _RefusedRequest(
+            raise RefusedRequest(
                 HTTPStatus.REQUEST_URI_TOO_LONG,
                 f"request target over {MAX_TARGET_BYTES:,} bytes",
             )
@@ -329,7 +294,7 @@ class HttpConnection(asyncio.Protocol):
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
         if self._head_bytes > MAX_HEAD_BYTES:
-            raise _RefusedRequest(
+            raise RefusedRequest(
                 HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
                 f"request head over {MAX_HEAD_BYTES:,} bytes",
             )
@@ -350,17 +315,17 @@ class HttpConnection(asyncio.Protocol):
         )
         self._request = request
         if request.method not in METHODS:
-            raise _RefusedRequest(
+            raise RefusedRequest(
                 HTTPStatus.NOT_IMPLEMENTED, "this server implements no such method"
             )
         hosts = len(request.header_values(b"host"))
         if hosts > 1 or (hosts == 0 and version != "1.0"):
             # RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in HTTP/1.0.
-            raise _RefusedRequest(HTTPStatus.BAD_REQUEST, "give exactly one Host header")
+            raise RefusedRequest(HTTPStatus.BAD_REQUEST, "give exactly one Host header")
         length = request.header(b"content-length")  # digits: the parser checked them
         if length is not None and (parse_digits(length.decode("latin-1")) or 0) > MAX_BODY_BYTES:
             # Refused before its body is read (and before any 100 Continue is sent).
-            raise _RefusedRequest(
+            raise RefusedRequest(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_BODY_BYTES:,} bytes"
             )
         expect = request.header(b"expect")
@@ -373,7 +338,7 @@ class HttpConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
         if self._body_bytes > MAX_BODY_BYTES:
-            raise _RefusedRequest(
+            raise RefusedRequest(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_BODY_BYTES:,} bytes"
             )
         self._body.append(body)
@@ -594,14 +559,14 @@ class HttpConnection(asyncio.Protocol):
         end the connection. Nothing more is parsed from here on."""
         if self.closed or self._refusal is not None or self._refused:
             return
-        self._refusal = refusal = _RefusedRequest(status, message, headers)
+        self._refusal = refusal = RefusedRequest(status, message, headers)
         self._parser = None
         self._request = None
         if self._cycle is None and not self._requests:
             self._write_refusal(refusal)
         # Else _serve_next writes it once the last request before it is answered.
 
-    def _write_refusal(self, refusal: _RefusedRequest) -> None:
+    def _write_refusal(self, refusal: RefusedRequest) -> None:
         """Write a refusal and shut our side.
 
         The client may still be sending (a body too large): closing with unread bytes
@@ -618,7 +583,12 @@ class HttpConnection(asyncio.Protocol):
         self._cancel_keep_alive()
         status = refusal.status
         body = encode_json(
-            {"error": {"code": _ERROR_CODES.get(status, "bad_request"), "message": refusal.message}}
+            {
+                "error": {
+                    "code": REFUSAL_CODES.get(status, "bad_request"),
+                    "message": refusal.message,
+                }
+            }
         )
         extra = b"".join(
             b"%b: %b\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
@@ -749,37 +719,3 @@ class PollExchange:
         gone, self._gone = self._gone, None
         if gone is not None:
             gone()
-
-
-class _RefusedRequest(Exception):
-    """Raised from a parser callback: the request is refused with ``status``."""
-
-    def __init__(
-        self, status: HTTPStatus, message: str, headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers: Mapping[str, str] = headers or {}
-
-
-# The docs/protocol.md §7 code of each refusal's status (any other: bad_request).
-_ERROR_CODES: Final[dict[int, ErrorCode]] = {
-    HTTPStatus.FORBIDDEN: "permission_denied",
-    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "message_too_large",
-    HTTPStatus.INTERNAL_SERVER_ERROR: "internal",
-}
-# A request line (RFC 9112 §3): a method token, a target, a version.
-_REQUEST_LINE: Final = re.compile(
-    rb"(?:\A|\n)([!#$%&'*+.^_`|~0-9A-Za-z-]+) [^ \r\n]+ HTTP/1\.[01]\r?\n"
-)
-
-
-def _is_unknown_method(data: bytes) -> bool:
-    """Whether the parser, failing on ``data`` for its method, met a request line with a
-    method it does not know (501) rather than garbage (400): the last request line in
-    ``data`` is then the failing one, as every method before it parsed."""
-    method = None
-    for match in _REQUEST_LINE.finditer(data):
-        method = match.group(1)
-    return method is not None and method.decode("ascii") not in METHODS

@@ -13,7 +13,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from tidings.server.native.http import Request
+    from tidings.server.native.request import Request
     from tidings.transports.outbound import Outbound
 
 

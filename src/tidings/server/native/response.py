@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Final
 from tidings.transports.outbound import Outbound
 
 if TYPE_CHECKING:
-    from tidings.server.native.http import Request
     from tidings.server.native.port import ConnectionPort
+    from tidings.server.native.request import Request
 
 _CHUNKED_END: Final = b"0\r\n\r\n"
 

@@ -57,8 +57,8 @@ from tidings.server.native.frames import (
     parse_close,
     text_frame,
 )
-from tidings.server.native.http import Request
 from tidings.server.native.port import ConnectionPort
+from tidings.server.native.request import Request
 from tidings.server.native.response import SharedFrames
 
 if TYPE_CHECKING:
