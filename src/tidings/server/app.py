@@ -29,7 +29,7 @@ from tidings.core.drain import plan_drain
 from tidings.core.placement import LOCAL_PLACEMENT, Placement
 from tidings.core.publication import Position
 from tidings.core.wire import encode_json
-from tidings.errors import BadRequest
+from tidings.errors import BadRequest, TidingsError
 from tidings.hub.hub import Hub
 from tidings.hub.sessions import SessionRegistry
 from tidings.server.api import NativePublish, ServerApi, disconnect_user
@@ -47,6 +47,8 @@ from tidings.server.status import (
     status_page,
     with_status_namespace,
 )
+from tidings.sources.registry import create_sources
+from tidings.sources.runner import SourceRunner
 from tidings.transports.close_codes import CLOSE_GOING_AWAY
 from tidings.transports.context import Limits, TransportContext
 from tidings.transports.http import error_response, json_response
@@ -143,6 +145,10 @@ class TidingsApp:
             node_id=settings.node_id,
             placement=placement,
         )
+        # Publications fed from outside (``[[sources]]``), run once the broker is started.
+        self.sources = SourceRunner(
+            create_sources(settings.sources), self.hub, self.context.namespaces
+        )
         self.control.listen(self._on_node_command)
         self.metrics.read_refusals_of(self.context.refusals)
         self._api = api = ServerApi(self.context, settings.api_key, self.control)
@@ -193,11 +199,21 @@ class TidingsApp:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the broker and the heartbeat timer; idempotent."""
+        """Start the broker, the sources (each checked first) and the heartbeat timer;
+        idempotent.
+
+        Raises:
+            ConfigError: a source's check failed (a missing table, column or topic).
+        """
         async with self._start_lock:
             if self._started:
                 return
             await self.hub.start()
+            try:
+                await self.sources.start()  # checks each first: a missing table stops here
+            except BaseException:
+                await self.hub.close()
+                raise
             tick_s = max(0.05, min(HEARTBEAT_TICK_S, self.settings.ping_interval_s / 4))
             self._heartbeat = asyncio.create_task(run_heartbeats(self.sessions, tick_s))
             self._status_task = asyncio.create_task(self.status.run())
@@ -249,7 +265,8 @@ class TidingsApp:
                 )
 
     async def stop(self) -> None:
-        """Drain connections, stop the heartbeat and close the broker; idempotent."""
+        """Drain connections, stop the heartbeat and the sources, and close the broker;
+        idempotent."""
         if not self._started:
             return
         await self.drain()
@@ -261,6 +278,7 @@ class TidingsApp:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self._poll.close()
+        await self.sources.stop()
         await self.hub.close()
         self._started = False
         logger.info("tidings node %s stopped", self.context.node_id)
@@ -280,6 +298,10 @@ class TidingsApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.start()
+                except TidingsError as exc:  # a user's mistake: one line, no traceback
+                    logger.error("startup failed: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 except Exception as exc:
                     logger.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})

@@ -5,7 +5,9 @@ Parsing only (reads the file it is given). Each setting has one name used everyw
 the command line. Later sources win: defaults < file < environment < arguments.
 Namespaces are tables of the file (``[namespaces.room]``) or, in the environment,
 ``TIDINGS_NAMESPACES__ROOM__CLIENT_PUBLISH=true``; they are built once every source is
-merged, so a namespace's options never depend on the order they were read in. Unknown
+merged, so a namespace's options never depend on the order they were read in. The
+publication sources of ``tidings.sources`` come from the file only, as an array of
+tables (``[[sources]]``); a kind's own keys are its class's to check. Unknown
 names are errors, so a typo never silently leaves a default in force; so are values that
 would make the node refuse every client (a zero rate), and an empty secret.
 """
@@ -30,6 +32,7 @@ from tidings.errors import ConfigError
 from tidings.server.auth import check_hs256_secret
 from tidings.server.keys import load_public_key
 from tidings.server.units import parse_duration_s, parse_size_bytes
+from tidings.sources.registry import SourceSettings, source_kind
 
 ENV_PREFIX: Final = "TIDINGS_"
 DEFAULT_NAMESPACE_KEY: Final = "default"
@@ -44,6 +47,9 @@ SERVER_BACKENDS: Final[tuple[ServerBackend, ...]] = ("native", "uvicorn")
 
 
 NODE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A source's name appears in idempotency keys, metric labels, lock files and (PostgreSQL)
+# a LISTEN channel and trigger name, which must stay under 63 bytes.
+SOURCE_NAME_PATTERN: Final = re.compile(r"[a-z0-9_]{1,40}")
 WILDCARD_HOSTS: Final = frozenset({"", "0.0.0.0", "::", "[::]"})
 # Room in a WebSocket frame for everything but data: op, id, channel, key (docs/protocol.md §3).
 FRAME_OVERHEAD_BYTES: Final = 4096
@@ -102,6 +108,8 @@ class Settings:
     # A broker's own settings by broker name (``[brokers.redis]``), merged key by key
     # across sources; the chosen broker validates its table (``brokers.factory``).
     brokers: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    # The ``[[sources]]`` tables: publications fed from outside (``tidings.sources``).
+    sources: tuple[SourceSettings, ...] = ()
 
     def __post_init__(self) -> None:
         _check_limits(self)
@@ -447,11 +455,14 @@ def _apply(
                 changes.get("brokers", settings.brokers), value, source
             )
             continue
+        if name == "sources":
+            changes["sources"] = parse_sources(value, source)
+            continue
         parser = _PARSERS.get(name)
         if parser is None:
             raise ConfigError(
                 f"{source}: unknown setting {name!r}; "
-                f"known: {sorted([*_PARSERS, 'namespaces', 'brokers'])}"
+                f"known: {sorted([*_PARSERS, 'namespaces', 'brokers', 'sources'])}"
             )
         changes[_FIELD_OF.get(name, name)] = parser(name, value)
     return replace(settings, **changes)
@@ -470,6 +481,33 @@ def _merge_broker_tables(
             raise ConfigError(f"{source}: brokers.{broker_name} must be a table")
         merged.setdefault(broker_name, {}).update(table)
     return merged
+
+
+def parse_sources(value: object, source: str) -> tuple[SourceSettings, ...]:
+    """Return the ``[[sources]]`` array of tables: each a ``name`` (unique), a known
+    ``kind``, and the kind's own keys (checked when the source is made).
+
+    Raises:
+        ConfigError: not an array of tables, a missing or repeated name, an unknown kind.
+    """
+    if not isinstance(value, list) or not all(isinstance(table, Mapping) for table in value):
+        raise ConfigError(
+            f"{source}: sources must be an array of tables ([[sources]] in the config file)"
+        )
+    parsed: list[SourceSettings] = []
+    for number, table in enumerate(value, 1):
+        name = table.get("name")
+        if not isinstance(name, str) or SOURCE_NAME_PATTERN.fullmatch(name) is None:
+            raise ConfigError(
+                f"{source}: source #{number} needs a name of 1 to 40 of a-z 0-9 _, got {name!r}"
+            )
+        if any(earlier.name == name for earlier in parsed):
+            raise ConfigError(f"{source}: two sources are named {name!r}")
+        kind = table.get("kind")
+        source_kind(name, kind)
+        options = {key: item for key, item in table.items() if key not in ("name", "kind")}
+        parsed.append(SourceSettings(name, str(kind), options))
+    return tuple(parsed)
 
 
 def _build_namespaces(tables: NamespaceTables) -> dict[NamespaceName, NamespaceOptions]:

@@ -17,6 +17,8 @@ What is counted where:
 * polls in flight and poll requests are counted by the poll transport (``PollCounters``);
 * refusals by reason and server-initiated closes by code are the transports' own
   counters (``Refusals``), read at scrape time;
+* publications and skipped records of sources are the sources' own counters
+  (``sources.base.SOURCE_COUNTERS``, one per process), read at scrape time;
 * the process's memory, CPU and open files (against its limit: the real connection
   limit) are prometheus-client's ``ProcessCollector``; ``tidings_build_info`` names
   the version.
@@ -48,6 +50,7 @@ from tidings.core.channel import ChannelName
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.hub.hub import Hub
 from tidings.hub.sessions import SessionRegistry
+from tidings.sources.base import SOURCE_COUNTERS
 from tidings.transports.refusals import REFUSAL_REASONS, Refusals
 from tidings.transports.sse import SseSession
 from tidings.transports.websocket import WebSocketSession
@@ -268,6 +271,7 @@ class _NodeCollector(Collector):
         for code, count in sorted(by_code.items()):
             disconnects.add_metric([str(code)], count)
         yield disconnects
+        yield from _source_metrics()
         info = GaugeMetricFamily(
             "tidings_build_info",
             "The tidings version this node runs (always 1).",
@@ -275,6 +279,29 @@ class _NodeCollector(Collector):
         )
         info.add_metric([TIDINGS_VERSION], 1)
         yield info
+
+
+def _source_metrics() -> Iterator[Metric]:
+    """The counts of the sources run in this process (``tidings.sources``)."""
+    published_by_source, skipped_by_reason = SOURCE_COUNTERS.snapshot()
+    published = CounterMetricFamily(
+        "tidings_source_published",
+        "New publications made by each source ([[sources]]); a repeat its idempotency "
+        "key caught is not counted.",
+        labels=["source"],
+    )
+    for source, count in sorted(published_by_source.items()):
+        published.add_metric([source], count)
+    yield published
+    skipped = CounterMetricFamily(
+        "tidings_source_skipped",
+        "Records a source skipped, by reason (null_column, invalid_channel, too_large, "
+        "invalid_data).",
+        labels=["source", "reason"],
+    )
+    for (source, reason), count in sorted(skipped_by_reason.items()):
+        skipped.add_metric([source, reason], count)
+    yield skipped
 
 
 class MeteredBroker:
