@@ -11,6 +11,7 @@ import click
 
 from tidings.cli.api import channels, history, presence, publish
 from tidings.cli.serve import check_config, serve
+from tidings.cli.sources import sources
 from tidings.cli.subscribe import subscribe
 from tidings.cli.token import token
 
@@ -33,5 +34,15 @@ def main() -> None:
     """tidings: a real-time update server (WebSocket, SSE, polling)."""
 
 
-for command in (serve, check_config, token, publish, subscribe, history, channels, presence):
+for command in (
+    serve,
+    check_config,
+    token,
+    publish,
+    subscribe,
+    history,
+    channels,
+    presence,
+    sources,
+):
     main.add_command(command)

@@ -22,6 +22,7 @@ from tidings.cli.options import configure_node_logging, fail, fail_with, verbose
 from tidings.errors import ConfigError, TidingsError
 from tidings.server.config import Settings, load_settings, setting_name
 from tidings.server.runner import ExitStatus, run_node, run_workers
+from tidings.sources.registry import create_sources
 
 SECRET_SETTINGS: Final = frozenset({"api_key", "jwt_secret"})
 MASK: Final = "********"
@@ -167,6 +168,7 @@ def check_config(*, config_file: Path | None, verbose: bool) -> None:
     try:
         settings = load_settings(config_file, os.environ)
         check_broker(settings.broker, None, settings.brokers)
+        create_sources(settings.sources)  # each kind checks its own settings
     except TidingsError as exc:
         fail_with(exc)
     if (
@@ -183,7 +185,7 @@ def describe_settings(settings: Settings) -> list[str]:
     """Return ``name = value`` lines of every setting, secrets masked."""
     lines = []
     for field in dataclasses.fields(settings):
-        if field.name in ("namespaces", "brokers"):
+        if field.name in ("namespaces", "brokers", "sources"):
             continue
         value = getattr(settings, field.name)
         if field.name in SECRET_SETTINGS and value is not None:
@@ -195,6 +197,11 @@ def describe_settings(settings: Settings) -> list[str]:
         lines.append(f"{setting_name(field.name)} = {_shown(value)}")
     for broker, table in sorted(settings.brokers.items()):
         lines += [f"brokers.{broker}.{key} = {_shown(value)}" for key, value in table.items()]
+    for source in settings.sources:
+        lines.append(f"sources.{source.name}.kind = {source.kind}")
+        for key, value in source.options.items():
+            shown = _without_password(value) if isinstance(value, str) and key == "dsn" else value
+            lines.append(f"sources.{source.name}.{key} = {_shown(shown)}")
     for name, options in sorted(settings.namespaces.items(), key=lambda item: item[0] or ""):
         lines.append(
             f"namespaces.{name or 'default'} = policy {options.policy.value}, "

@@ -217,7 +217,7 @@ class TableSource:
                 await db.connect()
             except db.errors as exc:
                 raise ConfigError(
-                    f"source {self.name!r}: cannot connect to its database: {_first_line(exc)}"
+                    f"source {self.name!r}: cannot connect to its database: {first_line(exc)}"
                 ) from None
             names = await db.column_names()
             wanted = [(settings.relation.cursor, "cursor")]
@@ -262,7 +262,7 @@ class TableSource:
                 logger.warning(
                     "source %s: database failed (%s); connecting again in %.1f s",
                     self.name,
-                    _first_line(exc),
+                    first_line(exc),
                     delay_s,
                 )
             finally:
@@ -349,6 +349,48 @@ def _cursor_value(source: str, cursor: str, row: Row) -> int:
     return value
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """Return the first line of ``error``'s message (a driver's can run to several)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerInstall:
+    """The SQL that makes inserts wake a table source, and where to run it."""
+
+    sql: str
+    dsn: str
+    shown_dsn: str  # without its password
+
+    async def run(self) -> None:
+        """Run the SQL in one transaction."""
+        from tidings.sources.table_postgres import run_sql  # noqa: PLC0415
+
+        await run_sql(self.dsn, self.sql)
+
+
+def trigger_install(source: TableSource) -> TriggerInstall:
+    """Return the trigger ``source`` would be woken by (``tidings sources install-trigger``).
+
+    Raises:
+        ConfigError: the source reads SQLite (which has no notifications: it polls) or a
+            ``select`` (a trigger needs the table).
+    """
+    settings = source.settings
+    if not settings.is_postgres:
+        raise ConfigError(
+            f"source {source.name!r} reads SQLite, which cannot notify other processes: "
+            "it polls every poll_interval"
+        )
+    table = settings.relation.table
+    if table is None:
+        raise ConfigError(
+            f"source {source.name!r} reads a select: install a trigger on the table it "
+            "reads yourself, or set table instead"
+        )
+    from tidings.sources.table_postgres import trigger_sql, without_password  # noqa: PLC0415
+
+    return TriggerInstall(
+        trigger_sql(source.name, table), settings.dsn, without_password(settings.dsn)
+    )
