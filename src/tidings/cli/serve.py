@@ -8,6 +8,7 @@ traceback.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import sys
@@ -23,6 +24,7 @@ from tidings.errors import ConfigError, TidingsError
 from tidings.server.config import Settings, load_settings, setting_name
 from tidings.server.runner import ExitStatus, run_node, run_workers
 from tidings.sources.registry import create_sources
+from tidings.sources.runner import check_sources
 
 SECRET_SETTINGS: Final = frozenset({"api_key", "jwt_secret"})
 MASK: Final = "********"
@@ -143,6 +145,8 @@ def serve(
         if settings.demo and workers > 1:
             raise ConfigError("--demo runs in one process: its token secret is per process")
         check_broker(settings.broker, settings.data, settings.brokers)
+        # Before anything starts, so that a missing table is the command's only line.
+        asyncio.run(check_sources(create_sources(settings.sources)))
         if workers > 1:
             sys.exit(run_workers(settings, log_level, workers))
         run_node(settings, log_level)

@@ -28,6 +28,16 @@ RESTART_BASE_S: Final = 0.5
 RESTART_CAP_S: Final = 30.0
 
 
+async def check_sources(sources: Sequence[Source]) -> None:
+    """Check each source (``Source.check``), in order.
+
+    Raises:
+        ConfigError: the first source whose check failed.
+    """
+    for source in sources:
+        await source.check()
+
+
 class SourceRunner:
     """The sources of one node."""
 
@@ -48,8 +58,7 @@ class SourceRunner:
         Raises:
             ConfigError: a source's ``check`` failed (nothing was started).
         """
-        for source in self._sources:
-            await source.check()
+        await check_sources(self._sources)
         for source in self._sources:
             publisher = NodePublisher(source.name, self._hub, self._namespaces)
             task = asyncio.create_task(self._run(source, publisher), name=f"source {source.name}")

@@ -1,24 +1,31 @@
 """The table source's SQLite session (stdlib ``sqlite3``, run in a worker thread).
 
-Disk I/O, never on the event loop: every call runs in a thread (``asyncio.to_thread``),
-one at a time. The lock that lets one node run the source is an exclusive ``flock`` on
-a file beside the database (``<database>.tidings-source-<name>.lock``): the OS releases
-it when the holding process dies, however it dies, so another process on the machine
-takes the source over at its next try. SQLite has no notifications between processes,
-so the source polls (``poll_interval``).
+Disk I/O, never on the event loop: every call runs in the session's own thread, one
+after the other, so that closing (even when the source is cancelled mid-read) waits for
+the statement in progress instead of closing the connection under it. The lock that
+lets one node run the source is an exclusive ``flock`` on a file beside the database
+(``<database>.tidings-source-<name>.lock``): the OS releases it when the holding
+process dies, however it dies, so another process on the machine takes the source over
+at its next try. SQLite has no notifications between processes, so the source polls
+(``poll_interval``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import fcntl
 import os
 import sqlite3
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from tidings.errors import ConfigError
 from tidings.sources.table_db import CURSOR_TABLE, Relation, Row, quote_identifier, relation_sql
+
+T = TypeVar("T")
 
 SQLITE_PREFIX: Final = "sqlite:///"
 BUSY_TIMEOUT_S: Final = 10.0
@@ -59,6 +66,11 @@ class SqliteTableDatabase:
         self._relation = relation
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, "tidings-source-sqlite")
+
+    async def _call(self, function: Callable[[], T]) -> T:
+        """Run ``function`` in the session's thread, after every call before it."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, function)
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -72,19 +84,22 @@ class SqliteTableDatabase:
                 f"source {self._relation.source!r}: database file {str(self._path)!r} "
                 "does not exist"
             )
-        self._db = await asyncio.to_thread(
-            sqlite3.connect,
-            self._path,
-            timeout=BUSY_TIMEOUT_S,
-            isolation_level=None,  # autocommit: each statement is its own transaction
-            check_same_thread=False,  # used from worker threads, one call at a time
+        self._db = await self._call(
+            partial(
+                sqlite3.connect,
+                self._path,
+                timeout=BUSY_TIMEOUT_S,
+                isolation_level=None,  # autocommit: each statement is its own transaction
+                check_same_thread=False,  # opened in the session's thread, closed by it too
+            )
         )
 
     async def close(self) -> None:
         """See ``TableDatabase.close``: closes the database and releases the lock."""
         db, self._db = self._db, None
         if db is not None:
-            await asyncio.to_thread(db.close)
+            await self._call(db.close)  # after the statement in progress, if any
+        self._thread.shutdown(wait=False)  # a session is not opened again
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             os.close(fd)  # releases the flock
@@ -93,7 +108,7 @@ class SqliteTableDatabase:
         """See ``TableDatabase.column_names``."""
         query = f"SELECT * FROM {relation_sql(self._relation)} LIMIT 0"
         try:
-            cursor = await asyncio.to_thread(self._connection().execute, query)
+            cursor = await self._call(partial(self._connection().execute, query))
         except sqlite3.OperationalError as exc:
             reason = str(exc)
             if reason.startswith("no such table"):
@@ -128,7 +143,7 @@ class SqliteTableDatabase:
 
     async def prepare(self) -> None:
         """See ``TableDatabase.prepare`` (no listening: SQLite is polled)."""
-        await asyncio.to_thread(self._connection().execute, _CREATE_CURSOR_TABLE)
+        await self._call(partial(self._connection().execute, _CREATE_CURSOR_TABLE))
 
     async def load_cursor(self) -> int | None:
         """See ``TableDatabase.load_cursor``."""
@@ -138,12 +153,12 @@ class SqliteTableDatabase:
             row = self._connection().execute(query, (self._relation.source,)).fetchone()
             return None if row is None else int(row[0])
 
-        return await asyncio.to_thread(load)
+        return await self._call(load)
 
     async def save_cursor(self, value: int) -> None:
         """See ``TableDatabase.save_cursor`` (autocommit: committed on return)."""
-        await asyncio.to_thread(
-            self._connection().execute, _SAVE_CURSOR, (self._relation.source, value)
+        await self._call(
+            partial(self._connection().execute, _SAVE_CURSOR, (self._relation.source, value))
         )
 
     async def read_after(self, last: int | None, limit: int) -> list[Row]:
@@ -159,7 +174,7 @@ class SqliteTableDatabase:
             names = [column[0] for column in cursor.description or ()]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
-        return await asyncio.to_thread(read)
+        return await self._call(read)
 
     async def wait(self, timeout_s: float) -> None:
         """See ``TableDatabase.wait``: nothing wakes an SQLite source but time."""
