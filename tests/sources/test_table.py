@@ -6,6 +6,7 @@ column fails the check; one node at a time runs a source."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Final
@@ -14,10 +15,12 @@ import msgspec
 import pytest
 
 from tests.sources.conftest import AppDatabase
+from tidings.brokers.base import PublishResult
 from tidings.core.channel import ChannelName
 from tidings.core.namespace import NamespaceOptions, default_namespaces
+from tidings.core.publication import Position
 from tidings.core.recovery import Replay
-from tidings.errors import ConfigError
+from tidings.errors import BrokerError, ConfigError
 from tidings.server.app import TidingsApp
 from tidings.server.config import Settings
 from tidings.sources.registry import SourceSettings, create_source
@@ -209,3 +212,38 @@ async def test_only_the_lock_holder_publishes_and_another_node_takes_over(
             await eventually(all_first_plus(waiting, third, count=1), "the row after takeover")
     finally:
         await holder.stop()
+
+
+class FlakyPublisher:
+    """A ``SourcePublisher`` whose broker fails the first ``failures`` publishes."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.keys: list[str] = []  # every attempt's key, failed or not
+        self.published: list[tuple[str, bytes]] = []
+
+    async def publish(self, channel: ChannelName, data: bytes, *, key: str) -> PublishResult:
+        self.keys.append(key)
+        if self.failures:
+            self.failures -= 1
+            raise BrokerError("the broker is down")
+        self.published.append((channel, data))
+        return PublishResult(Position("e", len(self.published)))
+
+
+async def test_a_broker_failure_is_retried_with_the_same_key_before_moving_on(
+    sqlite_db: AppDatabase,
+) -> None:
+    rows = sqlite_db.insert([(1, "a"), (1, "b")])
+    source = create_source(source_settings(sqlite_db))
+    publisher = FlakyPublisher(failures=3)
+    task = asyncio.create_task(source.run(publisher))
+    try:
+        await eventually(lambda: sqlite_db.saved_cursor() == rows[1], "the cursor")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    name = sqlite_db.table
+    assert publisher.keys == [f"source:{name}:{rows[0]}"] * 4 + [f"source:{name}:{rows[1]}"]
+    assert [msgspec.json.decode(data)["body"] for _, data in publisher.published] == ["a", "b"]

@@ -86,7 +86,7 @@ def create_source(settings: SourceSettings) -> Source:
             raise ConfigError(
                 f"source {settings.name!r}: kind {settings.kind!r} is not in this tidings build"
             ) from None
-        if kind.extra is None or missing.startswith("tidings"):
+        if kind.extra is None or missing.split(".")[0] == "tidings":
             raise
         raise SourceMissingExtra(settings.name, settings.kind, kind.extra, missing) from None
     kind_class = cast(SourceKindClass, getattr(module, kind.class_name))
