@@ -42,8 +42,9 @@ Examples:
 Every setting can also come from a TOML file (--config) or a TIDINGS_* variable;
 arguments win over the environment, which wins over the file (docs/configuration.md).
 \b
-Exit statuses: 0 stopped, 1 invalid setting, 2 bad usage, 3 address in use or not
-bindable, 4 broker extra not installed, 5 unknown broker, 6 unusable --data directory.
+Exit statuses: 0 stopped, 1 invalid setting (or a source's table or column missing),
+2 bad usage, 3 address in use or not bindable, 4 broker or source extra not installed,
+5 unknown broker, 6 unusable --data directory.
 """
 
 

@@ -43,6 +43,7 @@ from tidings.server.app import TidingsApp
 from tidings.server.config import Settings
 from tidings.server.native.http import MAX_PIPELINED
 from tidings.server.native.server import run_native
+from tidings.sources.registry import SourceMissingExtra
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class ExitStatus(enum.IntEnum):
     CONFIG = 1  # an invalid setting (click's status for an error it reports)
     USAGE = 2  # an unknown option or argument (click's)
     LISTEN = 3  # the address cannot be bound: uvicorn's STARTUP_FAILURE
-    MISSING_EXTRA = 4
+    MISSING_EXTRA = 4  # a broker's or a source's
     UNKNOWN_BROKER = 5
     DATA_DIRECTORY = 6
 
@@ -69,6 +70,7 @@ def exit_status_of(error: TidingsError) -> ExitStatus:
     for kind, status in (
         (ListenError, ExitStatus.LISTEN),
         (MissingExtra, ExitStatus.MISSING_EXTRA),
+        (SourceMissingExtra, ExitStatus.MISSING_EXTRA),
         (UnknownBroker, ExitStatus.UNKNOWN_BROKER),
         (UnusableDataDirectory, ExitStatus.DATA_DIRECTORY),
     ):
