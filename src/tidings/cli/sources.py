@@ -23,8 +23,17 @@ from tidings.sources.table import TableSource, first_line, trigger_install
 
 
 @click.group(short_help="Set up the sources of a node's configuration ([[sources]]).")
-def sources() -> None:
-    """Set up what the sources of the configuration ([[sources]]) need in their databases."""
+@verbose_option
+@click.pass_context
+def sources(context: click.Context, *, verbose: bool) -> None:
+    """Set up what the sources of the configuration ([[sources]]) need in their databases.
+
+    \b
+    Examples:
+      tidings sources install-trigger chat --config tidings.toml
+      tidings sources -v install-trigger chat --config tidings.toml --yes
+    """
+    context.obj = verbose  # -v before the subcommand counts as after it
 
 
 @sources.command("install-trigger")
@@ -32,7 +41,10 @@ def sources() -> None:
 @config_option
 @click.option("--yes", is_flag=True, default=False, help="Run the SQL without asking.")
 @verbose_option
-def install_trigger(*, name: str, config_file: Path | None, yes: bool, verbose: bool) -> None:
+@click.pass_context
+def install_trigger(
+    context: click.Context, *, name: str, config_file: Path | None, yes: bool, verbose: bool
+) -> None:
     """Install the trigger that wakes table source NAME on every insert (PostgreSQL).
 
     Prints the SQL first (a statement-level trigger that NOTIFYs the source), then runs
@@ -44,7 +56,7 @@ def install_trigger(*, name: str, config_file: Path | None, yes: bool, verbose: 
       tidings sources install-trigger chat --config tidings.toml
       tidings sources install-trigger chat --config tidings.toml --yes
     """
-    configure_client_logging(verbose)
+    configure_client_logging(verbose or bool(context.obj))
     try:
         settings = load_settings(config_file, os.environ)
         found = [item for item in settings.sources if item.name == name]
