@@ -169,6 +169,11 @@ class PostgresTableDatabase:
 
     async def read_after(self, last: int | None, limit: int) -> list[Row]:
         """See ``TableDatabase.read_after``."""
+        # Forget the wake-ups kept so far: this read sees every row their commits made.
+        # Only those that arrive while it runs are kept, so they stay bounded by what one
+        # batch takes however long a catch-up lasts.
+        async for _notify in self._connection().notifies(timeout=0):
+            pass
         column = quote_identifier(self._relation.cursor)
         where = "" if last is None else f"WHERE {column} > %(last)s "
         query = (
