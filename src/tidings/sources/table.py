@@ -7,7 +7,8 @@ operation:
   <batch>``: the cursor column must be an integer that only grows (an ``id``). Each row
   is published in the channel its ``channel`` template names (``room:{room_id}``), its
   ``columns`` (all by default) as a JSON object, with the idempotency key
-  ``source:<name>:<cursor value>``, in cursor order, one after the other.
+  ``source:<name>:<cursor value>``: each channel's rows one after the other, in cursor
+  order, and the channels of a batch concurrently.
 * **The cursor** is kept in the source's own database (``tidings_source_cursors``), saved
   after the publications of each batch are acknowledged by the broker. A crash between a
   publish and the save makes the next run read those rows again; their keys are then
@@ -256,7 +257,7 @@ class TableSource:
                     last,
                 )
                 backoff.reset()
-                await self._follow(db, publisher, last, backoff)
+                await self._follow(db, publisher, last)
             except db.errors as exc:
                 delay_s = backoff.next_delay_s()
                 logger.warning(
@@ -280,57 +281,78 @@ class TableSource:
             logger.info("source %s: took over", self.name)
 
     async def _follow(
-        self, db: TableDatabase, publisher: SourcePublisher, last: int | None, backoff: Backoff
+        self, db: TableDatabase, publisher: SourcePublisher, last: int | None
     ) -> None:
         settings = self.settings
         while True:
             rows = await db.read_after(last, settings.batch)
-            for row in rows:
-                value = _cursor_value(self.name, settings.relation.cursor, row)
-                await self._publish(row, value, publisher, backoff)
-                last = value
             if rows:
-                assert last is not None
+                last = await self._publish_batch(rows, publisher)
                 await db.save_cursor(last)  # after the broker acknowledged every row
             if len(rows) < settings.batch:
                 await db.wait(settings.poll_interval_s)
 
-    async def _publish(
-        self, row: Row, value: int, publisher: SourcePublisher, backoff: Backoff
-    ) -> None:
-        """Publish one row; skip it (logged, counted) if it can never be published."""
+    async def _publish_batch(self, rows: list[Row], publisher: SourcePublisher) -> int:
+        """Publish a batch of rows, or skip them; return the batch's last cursor value.
+
+        Each channel's rows are published one after the other, in cursor order; the
+        channels of a batch are published concurrently, so that a broker's round trip
+        is waited for once per channel and batch, not once per row.
+        """
+        chains: dict[str, list[tuple[int, bytes]]] = {}
+        value = 0
+        for row in rows:
+            value = _cursor_value(self.name, self.settings.relation.cursor, row)
+            publication = self._publication_of(row, value)
+            if publication is not None:
+                channel, data = publication
+                chains.setdefault(channel, []).append((value, data))
+        async with asyncio.TaskGroup() as group:
+            for channel, chain in chains.items():
+                group.create_task(self._publish_chain(ChannelName(channel), chain, publisher))
+        return value
+
+    def _publication_of(self, row: Row, value: int) -> tuple[str, bytes] | None:
+        """Return the channel and data of ``row``, or skip it (logged, counted)."""
         settings = self.settings
         channel = settings.channel.render(row)
         if channel is None:
             nulls = [field for field in settings.channel.fields if row.get(field) is None]
             self._skip(value, SKIP_NULL_COLUMN, f"channel column {', '.join(nulls)} is NULL")
-            return
+            return None
         shown = row if settings.columns is None else {c: row[c] for c in settings.columns}
         try:
-            data = msgspec.json.encode(shown)
+            return channel, msgspec.json.encode(shown)
         except (TypeError, ValueError, msgspec.EncodeError) as exc:
             self._skip(value, SKIP_INVALID_DATA, f"its columns are not JSON data: {exc}")
-            return
-        key = f"source:{self.name}:{value}"
-        while True:
-            try:
-                await publisher.publish(ChannelName(channel), data, key=key)
-            except SourceRowRefused as exc:
-                self._skip(value, exc.reason, exc.message)
-                return
-            except BrokerError as exc:
-                delay_s = backoff.next_delay_s()
-                logger.warning(
-                    "source %s: publishing row %s failed (%s); retrying in %.1f s",
-                    self.name,
-                    value,
-                    exc,
-                    delay_s,
-                )
-                await asyncio.sleep(delay_s)
-                continue
-            backoff.reset()
-            return
+            return None
+
+    async def _publish_chain(
+        self, channel: ChannelName, chain: list[tuple[int, bytes]], publisher: SourcePublisher
+    ) -> None:
+        """Publish one channel's rows in order; a row refused for good is skipped, a
+        broker failure retried with the same key (the rows after it wait)."""
+        backoff = Backoff(base_s=RETRY_BASE_S, cap_s=RETRY_CAP_S, uniform=random.uniform)
+        for value, data in chain:
+            key = f"source:{self.name}:{value}"
+            while True:
+                try:
+                    await publisher.publish(channel, data, key=key)
+                except SourceRowRefused as exc:
+                    self._skip(value, exc.reason, exc.message)
+                except BrokerError as exc:
+                    delay_s = backoff.next_delay_s()
+                    logger.warning(
+                        "source %s: publishing row %s failed (%s); retrying in %.1f s",
+                        self.name,
+                        value,
+                        exc,
+                        delay_s,
+                    )
+                    await asyncio.sleep(delay_s)
+                    continue
+                backoff.reset()
+                break
 
     def _skip(self, value: int, reason: str, why: str) -> None:
         cursor = self.settings.relation.cursor
