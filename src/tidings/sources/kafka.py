@@ -231,6 +231,13 @@ class KafkaSource:
 
     async def run(self, publisher: SourcePublisher) -> None:
         """Consume and publish until cancelled; reconnect after a Kafka failure."""
+        logger.info(
+            "kafka source %s: consuming %s from %s in group %s",
+            self._name,
+            ", ".join(self.settings.topics),
+            ",".join(self.settings.bootstrap_servers),
+            self.settings.group_id,
+        )
         backoff = self.retry_backoff()
         while True:
             consumption = _Consumption(self, publisher, self._consumer())
@@ -293,11 +300,10 @@ class _Consumption(ConsumerRebalanceListener):  # type: ignore[misc]
                 if batch:
                     await self._publish_batch(batch)
         finally:
-            try:
-                async with asyncio.timeout(COMMIT_TIMEOUT_S):
-                    await self._commit_stored()
-            finally:
-                await self._consumer.stop()
+            # Cancelled or failed: what was stored is committed, or published again (with
+            # the same keys) by whoever consumes the partition next.
+            await self._commit_in_time(self._owned)
+            await self._consumer.stop()
 
     # -- the rebalance listener (called by aiokafka's coordinator task) ---------------------
 
@@ -305,12 +311,8 @@ class _Consumption(ConsumerRebalanceListener):  # type: ignore[misc]
         """Stop publishing the partitions, commit what was stored of them, forget them."""
         revoking, self._owned = self._owned, frozenset()
         self._generation += 1
-        async with asyncio.timeout(COMMIT_TIMEOUT_S), self._lock:
-            # The lock waits for the batch in progress, whose tasks stop at the next record.
-            await self._commit(
-                {tp: offset for tp, offset in self._stored.items() if tp in revoking}
-            )
-            self._stored.clear()  # committed or not, they may be another node's now
+        await self._commit_in_time(revoking)
+        self._stored.clear()  # committed or not, they may be another node's now
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         """Own these partitions from now on (the consumer resumes at their commits)."""
@@ -389,6 +391,22 @@ class _Consumption(ConsumerRebalanceListener):  # type: ignore[misc]
         )
         count_skipped(self._name, skip.reason)
 
+    async def _commit_in_time(self, partitions: frozenset[TopicPartition]) -> None:
+        """Commit what was stored of ``partitions`` once the batch in progress is done
+        (its tasks stop at their next record), giving up after ``COMMIT_TIMEOUT_S``."""
+        try:
+            async with asyncio.timeout(COMMIT_TIMEOUT_S), self._lock:
+                await self._commit(
+                    {tp: offset for tp, offset in self._stored.items() if tp in partitions}
+                )
+        except TimeoutError:
+            logger.warning(
+                "kafka source %s: offsets not committed within %.0f s; their records will "
+                "be published again, with the same keys",
+                self._name,
+                COMMIT_TIMEOUT_S,
+            )
+
     async def _commit_owned(self) -> None:
         """Commit what was stored of the partitions this consumer still owns."""
         offsets = {tp: offset for tp, offset in self._stored.items() if tp in self._owned}
@@ -396,10 +414,6 @@ class _Consumption(ConsumerRebalanceListener):  # type: ignore[misc]
             for tp, offset in offsets.items():
                 if self._stored.get(tp) == offset:
                     del self._stored[tp]
-
-    async def _commit_stored(self) -> None:
-        async with self._lock:
-            await self._commit_owned()
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> bool:
         if not offsets:
