@@ -104,10 +104,10 @@ class RecordingPublisher(BrokerPublisher):
         return await super().publish(channel, data, key=key)
 
 
-def _source(tansu: Tansu, name: str = "orders", **settings: object) -> KafkaSource:
+def _source(servers: str, name: str = "orders", **settings: object) -> KafkaSource:
     table: dict[str, object] = {
         "kind": "kafka",
-        "bootstrap_servers": tansu.bootstrap_servers,
+        "bootstrap_servers": servers,
         "topics": [TOPIC],
         "group_id": GROUP,
         "channel": "chat:{key}",
@@ -165,7 +165,7 @@ async def test_records_reach_their_channels_in_partition_order(
         for room in ("a", "b")
     ]
     await produce(servers, TOPIC, records)
-    source = _source(tansu, channel="{header.ns}:{value.room}", data="value.body")
+    source = _source(servers, channel="{header.ns}:{value.room}", data="value.body")
     async with (
         _running(source, BrokerPublisher(broker, NAMESPACES)),
         commit_reader(servers, GROUP) as commits,
@@ -204,7 +204,7 @@ async def test_bad_records_are_skipped_logged_and_counted_and_the_partition_goes
     await produce(servers, TOPIC, records)
     caplog.set_level(logging.WARNING, logger="tidings.sources.kafka")
     async with (
-        _running(_source(tansu), BrokerPublisher(broker, NAMESPACES)),
+        _running(_source(servers), BrokerPublisher(broker, NAMESPACES)),
         commit_reader(servers, GROUP) as commits,
     ):
         await wait_until(partial(_committed, commits, 1, len(records)), "all committed")
@@ -233,7 +233,10 @@ async def test_offsets_are_committed_only_after_the_publication_is_stored(
     await produce(servers, TOPIC, [Produce(_json({"n": n}), key=b"r") for n in range(3)])
     publisher = RecordingPublisher(broker)
     publisher.failing.add(f"{TOPIC}:0:1")  # the broker fails on the second record
-    async with _running(_source(tansu), publisher), commit_reader(servers, GROUP) as commits:
+    async with (
+        _running(_source(servers), publisher),
+        commit_reader(servers, GROUP) as commits,
+    ):
         await asyncio.wait_for(publisher.failed.wait(), 30)
         await wait_until(lambda: _retried(publisher, f"{TOPIC}:0:1"), "a retry")
         # Stuck on the second record: nothing past the first is committed.
@@ -262,12 +265,12 @@ async def test_rebalance_hands_partitions_over_without_publishing_a_record_twice
     async with (
         commit_reader(servers, GROUP) as commits,
         trickle.running(),
-        _running(_source(tansu, "first"), publisher),
+        _running(_source(servers, "first"), publisher),
     ):
         await wait_until(lambda: _published(counts, "first", 100), "the first publishing")
         # The second joins while records keep coming: the first's partitions are revoked
         # mid-stream and some are handed over.
-        async with _running(_source(tansu, "second"), publisher):
+        async with _running(_source(servers, "second"), publisher):
             await wait_until(lambda: _published(counts, "second", 100), "the second too")
             produced = await trickle.stop()
             await wait_until(partial(_committed, commits, 3, produced), "all committed")
@@ -321,13 +324,45 @@ class _Trickle:
         return rounds * len(self.ROOMS)
 
 
+# -- Kafka failures ----------------------------------------------------------------------------
+
+
+async def test_source_started_before_kafka_consumes_once_kafka_answers(
+    broker: MemoryBroker, counts: Counts, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    table: Mapping[str, object] = {
+        "bootstrap_servers": f"127.0.0.1:{port}",
+        "topics": TOPIC,
+        "group_id": GROUP,
+        "channel": "chat:{key}",
+        "session_timeout": "1s",
+    }
+    source = KafkaSource(
+        "orders", KafkaSource.from_settings("orders", table).settings, uniform=_short
+    )
+    caplog.set_level(logging.WARNING, logger="tidings.sources.kafka")
+    async with _running(source, BrokerPublisher(broker, NAMESPACES)):
+        await wait_until(lambda: _logged(caplog, "consuming again in"), "a failure logged")
+        with running_tansu(port) as tansu:
+            await create_topic(tansu.bootstrap_servers, TOPIC, 1)
+            await produce(tansu.bootstrap_servers, TOPIC, [Produce(_json({"n": 1}), key=b"r")])
+            await wait_until(lambda: _published(counts, "orders", 1), "the record published")
+    assert await _history(broker, "chat:r") == [{"n": 1}]
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return any(text in record.getMessage() for record in caplog.records)
+
+
 # -- check -------------------------------------------------------------------------------------
 
 
 async def test_check_names_the_topics_kafka_lacks(tansu: Tansu) -> None:
-    await create_topic(tansu.bootstrap_servers, TOPIC, 1)
-    await _source(tansu).check()
-    source = _source(tansu, topics=[TOPIC, "invoices", "refunds"])
+    servers = tansu.bootstrap_servers
+    await create_topic(servers, TOPIC, 1)
+    await _source(servers).check()
+    source = _source(servers, topics=[TOPIC, "invoices", "refunds"])
     with pytest.raises(ConfigError, match="has no topic invoices, refunds; create it"):
         await source.check()
 

@@ -89,10 +89,10 @@ def _wait_ready(tansu: Tansu) -> None:
 
 
 @contextmanager
-def running_tansu() -> Iterator[Tansu]:
-    """Start Tansu (memory storage) on a free port; kill it on exit."""
+def running_tansu(port: int | None = None) -> Iterator[Tansu]:
+    """Start Tansu (memory storage) on ``port`` (a free one by default); kill it on exit."""
     binary = require_tansu()
-    port = free_port()
+    port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     process = subprocess.Popen(
         [
