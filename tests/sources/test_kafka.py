@@ -88,19 +88,26 @@ def counts(monkeypatch: pytest.MonkeyPatch) -> Counts:
 
 class RecordingPublisher(BrokerPublisher):
     """Publishes through the broker, recording each key asked for; fails with
-    ``BrokerError`` the publications whose key is in ``failing``."""
+    ``BrokerError`` the publications whose key is in ``failing``, and holds the one
+    whose key is ``held`` (``holding`` is set) until ``released`` is."""
 
     def __init__(self, memory: MemoryBroker) -> None:
         super().__init__(memory, NAMESPACES)
         self.keys: Counter[str] = Counter()
         self.failing: set[str] = set()
         self.failed = asyncio.Event()
+        self.held: str | None = None
+        self.holding = asyncio.Event()
+        self.released = asyncio.Event()
 
     async def publish(self, channel: ChannelName, data: bytes, *, key: str) -> PublishResult:
         self.keys[key] += 1
         if key in self.failing:
             self.failed.set()
             raise BrokerError(f"{key} is made to fail")
+        if key == self.held:
+            self.holding.set()
+            await self.released.wait()
         return await super().publish(channel, data, key=key)
 
 
@@ -281,6 +288,40 @@ async def test_rebalance_hands_partitions_over_without_publishing_a_record_twice
     for room in _Trickle.ROOMS:
         history = await _history(broker, f"chat:{room}")
         assert history == [{"n": n} for n in range(produced // len(_Trickle.ROOMS))]
+
+
+async def test_revocation_mid_batch_commits_what_was_stored_before_handing_over(
+    tansu: Tansu, broker: MemoryBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    servers = tansu.bootstrap_servers
+    await create_topic(servers, TOPIC, 3)
+    rooms = [f"r{n}" for n in range(6)]
+    backlog = [
+        Produce(_json({"n": n}), key=room.encode(), partition=index % 3)
+        for n in range(250)
+        for index, room in enumerate(rooms)
+    ]
+    await produce(servers, TOPIC, backlog)
+    publisher = RecordingPublisher(broker)
+    publisher.held = f"{TOPIC}:0:100"  # the first source stops mid-batch on this record
+    caplog.set_level(logging.INFO, logger="tidings.sources.kafka")
+    async with (
+        commit_reader(servers, GROUP) as commits,
+        _running(_source(servers, "first"), publisher),
+    ):
+        await asyncio.wait_for(publisher.holding.wait(), 30)
+        async with _running(_source(servers, "second"), publisher):
+            # The second's joining revokes the first's partitions while it is held.
+            await wait_until(lambda: _logged(caplog, "first: handing over"), "a revocation")
+            publisher.released.set()
+            await wait_until(partial(_committed, commits, 3, len(backlog)), "all committed")
+
+    # The records the first had stored before the revocation were committed by it: no
+    # one asked for them again.
+    assert set(publisher.keys.values()) == {1}
+    assert len(publisher.keys) == len(backlog)
+    for room in rooms:
+        assert await _history(broker, f"chat:{room}") == [{"n": n} for n in range(250)]
 
 
 async def _published(counts: Counts, source: str, at_least: int) -> bool:

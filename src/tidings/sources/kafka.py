@@ -311,6 +311,8 @@ class _Consumption(ConsumerRebalanceListener):  # type: ignore[misc]
         """Stop publishing the partitions, commit what was stored of them, forget them."""
         revoking, self._owned = self._owned, frozenset()
         self._generation += 1
+        if revoking:
+            logger.info("kafka source %s: handing over %s", self._name, _partitions(revoking))
         await self._commit_in_time(revoking)
         self._stored.clear()  # committed or not, they may be another node's now
 
@@ -318,11 +320,7 @@ class _Consumption(ConsumerRebalanceListener):  # type: ignore[misc]
         """Own these partitions from now on (the consumer resumes at their commits)."""
         self._owned = frozenset(assigned)
         self._generation += 1
-        logger.info(
-            "kafka source %s: consuming %s",
-            self._name,
-            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(self._owned)) or "nothing",
-        )
+        logger.info("kafka source %s: consuming %s", self._name, _partitions(self._owned))
 
     # -- publishing and committing -----------------------------------------------------------
 
@@ -428,6 +426,10 @@ class _Consumption(ConsumerRebalanceListener):  # type: ignore[misc]
             logger.warning("kafka source %s: offsets not committed: %s", self._name, error)
             return False
         return True
+
+
+def _partitions(partitions: Iterable[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(partitions)) or "nothing"
 
 
 def _record(consumed: ConsumerRecord) -> KafkaRecord:
