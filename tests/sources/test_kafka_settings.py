@@ -38,7 +38,7 @@ def test_minimal_table_takes_the_defaults() -> None:
 
 def test_full_table_is_read() -> None:
     settings = _parse(
-        bootstrap_servers=["k1:9092", "k2:9092"],
+        bootstrap_servers=["k1:9092", "[::1]:9093", "k3"],
         topics="orders",
         group_id="chat-feed",
         channel="room:{value.room_id}",
@@ -46,7 +46,7 @@ def test_full_table_is_read() -> None:
         auto_offset_reset="latest",
         session_timeout="30s",
     )
-    assert settings.bootstrap_servers == ("k1:9092", "k2:9092")
+    assert settings.bootstrap_servers == ("k1:9092", "[::1]:9093", "k3")
     assert settings.topics == ("orders",)
     assert settings.group_id == "chat-feed"
     assert settings.mapping.data.path == ("payload",)
@@ -54,7 +54,12 @@ def test_full_table_is_read() -> None:
     assert settings.session_timeout_s == 30.0
 
 
-@given(st.lists(st.from_regex(r"[a-z0-9.\-]{1,12}:[0-9]{1,5}", fullmatch=True), min_size=1))
+SERVERS = st.builds(
+    "{}:{}".format, st.from_regex(r"[a-z0-9.\-]{1,12}", fullmatch=True), st.integers(1, 65535)
+)
+
+
+@given(st.lists(SERVERS, min_size=1))
 def test_bootstrap_servers_as_a_list_or_a_comma_separated_string_agree(servers: list[str]) -> None:
     from_list = _parse(bootstrap_servers=servers).bootstrap_servers
     from_text = _parse(bootstrap_servers=", ".join(servers)).bootstrap_servers
@@ -71,6 +76,12 @@ def test_bootstrap_servers_as_a_list_or_a_comma_separated_string_agree(servers: 
         ({"topics": ["orders", ""]}, r"topics must be a list of non-empty strings"),
         ({"topics": 3}, r"topics must be a list of strings"),
         ({"bootstrap_servers": "k1:9092,,"}, r"bootstrap_servers must be a list of non-empty"),
+        (
+            {"bootstrap_servers": "k1:port"},
+            r"bootstrap_servers: 'k1:port' is not host or host:port",
+        ),
+        ({"bootstrap_servers": ["k1:70000"]}, r"'k1:70000' is not host or host:port"),
+        ({"bootstrap_servers": "::1"}, r"'::1' is not host or host:port"),
         ({"group_id": ""}, r"group_id must be a non-empty string"),
         ({"channel": "room:{value}"}, r"sources\.orders\.channel: \{value\} .* not a placeholder"),
         ({"data": "key"}, r"sources\.orders\.data: 'key' is not value or value\.FIELD"),

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -80,6 +81,7 @@ _SETTINGS: Final = (
     "auto_offset_reset",
     "session_timeout",
 )
+_SERVER: Final = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+)(?::(?P<port>\d{1,5}))?")
 # The framework's keys, read by it before a source sees the table.
 _FRAMEWORK_KEYS: Final = ("kind", "name")
 
@@ -123,8 +125,11 @@ class KafkaSettings:
             ChannelTemplate.parse(_text(table, where, "channel"), where=f"{where}.channel"),
             DataSelection.parse(_text(table, where, "data", "value"), where=f"{where}.data"),
         )
+        servers = _names(table, where, "bootstrap_servers", split=",")
+        for server in servers:
+            _check_server(f"{where}.bootstrap_servers", server)
         return cls(
-            bootstrap_servers=_names(table, where, "bootstrap_servers", split=","),
+            bootstrap_servers=servers,
             topics=_names(table, where, "topics"),
             group_id=_text(table, where, "group_id", f"tidings-{name}"),
             mapping=mapping,
@@ -140,6 +145,13 @@ def _text(table: Mapping[str, object], where: str, key: str, default: str | None
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{where}.{key} must be a non-empty string, got {value!r}")
     return value.strip()
+
+
+def _check_server(where: str, server: str) -> None:
+    """Refuse what is not ``host`` or ``host:port`` (IPv6 in brackets: ``[::1]:9092``)."""
+    match = _SERVER.fullmatch(server)
+    if match is None or (match["port"] is not None and not 0 < int(match["port"]) < 65536):
+        raise ConfigError(f"{where}: {server!r} is not host or host:port")
 
 
 def _names(
