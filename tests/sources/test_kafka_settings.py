@@ -1,4 +1,4 @@
-"""A Kafka source's ``[[sources]]`` table (tidings.sources.kafka.KafkaSettings): what it
+"""A Kafka source's ``[[sources]]`` table (tidings.sources.kafka_settings): what it
 accepts, its defaults, and the one line each mistake gets. No Kafka needed."""
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tidings.errors import ConfigError
-from tidings.sources.kafka import KafkaSettings, KafkaSource
+from tidings.sources.base import Source
+from tidings.sources.kafka import KafkaSource
+from tidings.sources.kafka_settings import KafkaSettings
 
 MINIMAL: Mapping[str, object] = {
     "kind": "kafka",
@@ -26,7 +28,10 @@ def _parse(**changes: object) -> KafkaSettings:
 
 
 def test_minimal_table_takes_the_defaults() -> None:
-    settings = KafkaSource.from_settings("orders", MINIMAL).settings
+    source: Source = KafkaSource.from_settings("orders", MINIMAL)  # mypy checks the protocol
+    assert source.name == "orders"
+    assert isinstance(source, KafkaSource)
+    settings = source.settings
     assert settings.bootstrap_servers == ("k1:9092",)
     assert settings.topics == ("orders",)
     assert settings.group_id == "tidings-orders"
