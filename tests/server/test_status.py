@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.recording import RecordingSubscriber
 from tidings.core.channel import ChannelName, NamespaceName
+from tidings.core.channel_heat import ChannelRate
 from tidings.core.namespace import NamespaceOptions, Policy
 from tidings.server.app import TidingsApp
 from tidings.server.config import Settings, load_settings
@@ -49,7 +50,22 @@ def test_status_data_gives_rates_since_the_previous_figures() -> None:
         "deliveries": 100,
         "publications_per_s": 10.0,
         "deliveries_per_s": 30.0,
+        "hot_channels": [],
     }
+
+
+def test_status_data_lists_the_hot_channels_given() -> None:
+    hot = ChannelRate(ChannelName("room:1"), 2.0, 0.0, 400.0, 0.0)
+    data = json.loads(status_data(figures(30, 100), None, elapsed_s=1.0, hot=[hot]))
+    assert data["hot_channels"] == [
+        {
+            "channel": "room:1",
+            "publications_per_s": 2.0,
+            "publications_error_per_s": 0.0,
+            "deliveries_per_s": 400.0,
+            "deliveries_error_per_s": 0.0,
+        }
+    ]
 
 
 def test_status_data_without_previous_figures_has_zero_rates() -> None:
