@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Final
@@ -51,7 +52,8 @@ class LoadAgent:
             )
         except OSError as exc:
             raise ConfigError(
-                f"cannot listen on agent_port {self.host}:{self.port}: {exc.strerror or exc}"
+                f"cannot listen on agent_port {self.host}:{self.port}: "
+                f"{os.strerror(exc.errno).lower() if exc.errno else exc}"
             ) from None
         logger.info("answering HAProxy agent checks on %s:%d", self.host, self.port)
 
