@@ -47,12 +47,11 @@ def test_channel_without_subscribers_has_zero_deliveries_while_nothing_was_evict
     assert heat.top(1)[0].deliveries_per_s == 0.0
 
 
-def test_channel_not_counted_in_a_full_summary_has_unknown_rate() -> None:
-    heat = ChannelHeat(capacity=2)
-    heat.record(ChannelName("a:1"), 5)
-    heat.record(ChannelName("a:2"), 5)
-    for _ in range(3):
-        heat.record(ROOM, 0)  # publications evict, deliveries never counted
+def test_channel_not_counted_in_a_purged_summary_has_unknown_rate() -> None:
+    heat = ChannelHeat(capacity=1)
+    for n in range(5):
+        heat.record(ChannelName(f"a:{n}"), 5 + n)  # the fifth purges the deliveries
+    heat.record(ROOM, 0)
     heat.close_window(1.0)
     room = next(rate for rate in heat.top(4) if rate.channel == ROOM)
     assert room.deliveries_per_s is None
@@ -93,7 +92,7 @@ def test_rates_stay_bounded_by_capacity_and_never_underestimate(
         delivered[channel] = delivered.get(channel, 0) + deliveries
     heat.close_window(2.0)
     rates = heat.top(10**6)
-    assert len(rates) <= 2 * capacity
+    assert len(rates) <= 8 * capacity
     for rate in rates:
         if rate.publications_per_s is not None:
             assert rate.publications_per_s * 2.0 >= published[rate.channel]

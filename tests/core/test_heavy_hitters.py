@@ -1,4 +1,4 @@
-"""The Space-Saving summary (core/heavy_hitters.py): bounded whatever the stream, every
+"""The heavy-hitters summary (core/heavy_hitters.py): bounded whatever the stream, every
 heavy key reported, and counts that bound true weights from above within the error."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidings.core.heavy_hitters import SpaceSaving
+from tidings.core.heavy_hitters import HeavyHitters
 
 capacities = st.integers(min_value=1, max_value=12)
 # Few distinct keys make heavy ones; weights make the weighted (deliveries) case.
@@ -23,8 +23,8 @@ streams = st.lists(
 
 def _summarise(
     capacity: int, stream: list[tuple[str, int]]
-) -> tuple[SpaceSaving[str], Counter[str]]:
-    summary: SpaceSaving[str] = SpaceSaving(capacity)
+) -> tuple[HeavyHitters[str], Counter[str]]:
+    summary: HeavyHitters[str] = HeavyHitters(capacity)
     truth: Counter[str] = Counter()
     for key, weight in stream:
         summary.add(key, weight)
@@ -33,22 +33,23 @@ def _summarise(
 
 
 @given(capacities, streams)
-def test_summary_never_monitors_more_than_its_capacity(
+def test_summary_never_counts_more_than_four_times_what_it_keeps(
     capacity: int, stream: list[tuple[str, int]]
 ) -> None:
-    summary: SpaceSaving[str] = SpaceSaving(capacity)
+    summary: HeavyHitters[str] = HeavyHitters(capacity)
     for key, weight in stream:
         summary.add(key, weight)
-        assert len(summary) <= capacity
+        assert len(summary) <= 4 * capacity
 
 
 @given(capacities, streams)
-def test_counts_sum_to_the_total_weight_recorded(
+def test_counts_and_what_purges_took_sum_to_the_total_weight(
     capacity: int, stream: list[tuple[str, int]]
 ) -> None:
     summary, truth = _summarise(capacity, stream)
     assert summary.total == sum(truth.values())
-    assert sum(estimate.count for estimate in summary.top(capacity)) == summary.total
+    counted = sum(estimate.guaranteed for estimate in summary.top(4 * capacity))
+    assert counted + summary.purged == summary.total
 
 
 @given(capacities, streams)
@@ -56,9 +57,9 @@ def test_every_key_heavier_than_total_over_capacity_is_reported(
     capacity: int, stream: list[tuple[str, int]]
 ) -> None:
     summary, truth = _summarise(capacity, stream)
-    reported = {estimate.key for estimate in summary.top(capacity)}
+    reported = {estimate.key for estimate in summary.top(4 * capacity)}
     for key, weight in truth.items():
-        if weight > summary.total / capacity:
+        if weight > summary.total / (capacity + 1):
             assert key in reported
 
 
@@ -67,18 +68,29 @@ def test_count_overestimates_true_weight_by_at_most_the_recorded_error(
     capacity: int, stream: list[tuple[str, int]]
 ) -> None:
     summary, truth = _summarise(capacity, stream)
-    for estimate in summary.top(capacity):
+    assert summary.offset <= summary.total / (capacity + 1)
+    for estimate in summary.top(4 * capacity):
         assert estimate.guaranteed <= truth[estimate.key] <= estimate.count
-        assert estimate.error <= summary.total / capacity
+        assert estimate.error == summary.offset
+    for key, weight in truth.items():  # one not counted weighs at most the offset
+        if summary.estimate(key) is None:
+            assert weight <= summary.offset
 
 
 def test_zero_weight_is_not_recorded() -> None:
-    summary: SpaceSaving[str] = SpaceSaving(2)
+    summary: HeavyHitters[str] = HeavyHitters(2)
     summary.add("quiet", 0)
     assert len(summary) == 0
     assert summary.total == 0
 
 
-def test_capacity_below_one_is_refused() -> None:
-    with pytest.raises(ValueError, match="capacity must be at least 1"):
-        SpaceSaving(0)
+def test_top_lists_the_heaviest_first() -> None:
+    summary: HeavyHitters[str] = HeavyHitters(4)
+    for key, weight in (("a", 3), ("b", 10), ("c", 1), ("b", 1)):
+        summary.add(key, weight)
+    assert [(e.key, e.count, e.error) for e in summary.top(2)] == [("b", 11, 0), ("a", 3, 0)]
+
+
+def test_keep_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="keep must be at least 1"):
+        HeavyHitters(0)

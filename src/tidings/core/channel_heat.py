@@ -1,6 +1,6 @@
 """Hot channels: this node's busiest channels by publications/s and deliveries/s. Pure.
 
-Two Space-Saving summaries (``core.heavy_hitters``) count, per channel, the publications
+Two heavy-hitters summaries (``core.heavy_hitters``) count, per channel, the publications
 that reached this node's fan-out and the deliveries they made (one per local
 subscriber): bounded space whatever the number of channels. Counting is by windows: the
 caller closes a window every few seconds with the time it lasted, the counts become
@@ -17,16 +17,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tidings.core.channel import ChannelName
-from tidings.core.heavy_hitters import Estimate, SpaceSaving
+from tidings.core.heavy_hitters import Estimate, HeavyHitters
 
 
 @dataclass(frozen=True, slots=True)
 class ChannelRate:
     """A channel's rates over the last window.
 
-    A rate may be over by at most its ``*_error_per_s`` (Space-Saving's error: the
-    channel came into the summary late). ``None``: the channel is not among those
-    counted for that figure, which is then at most the least counted one.
+    A rate is an upper bound, over by at most its ``*_error_per_s`` (the summary's
+    offset: what it may have forgotten of the channel). ``None``: the channel is not
+    among those counted for that figure, which is then at most its error.
     """
 
     channel: ChannelName
@@ -40,7 +40,8 @@ class ChannelHeat:
     """Counts a window's publications and deliveries by channel; rates of the last one.
 
     Args:
-        capacity: the channels each summary counts at most (memory is bounded by it).
+        capacity: the channels each summary keeps after a purge (it counts four
+            times as many at most: memory is bounded by it).
         deliveries_threshold_per_s: deliveries per second at which a channel is hot
             (``close_window`` returns its crossing); ``None``: never.
     """
@@ -50,8 +51,8 @@ class ChannelHeat:
     def __init__(self, capacity: int, deliveries_threshold_per_s: float | None = None) -> None:
         self.capacity = capacity
         self.threshold = deliveries_threshold_per_s
-        self._publications: SpaceSaving[ChannelName] = SpaceSaving(capacity)
-        self._deliveries: SpaceSaving[ChannelName] = SpaceSaving(capacity)
+        self._publications: HeavyHitters[ChannelName] = HeavyHitters(capacity)
+        self._deliveries: HeavyHitters[ChannelName] = HeavyHitters(capacity)
         self._rates: tuple[ChannelRate, ...] = ()
         self._hot: frozenset[ChannelName] = frozenset()
 
@@ -65,8 +66,8 @@ class ChannelHeat:
         """End the window, which lasted ``elapsed_s`` (> 0); its rates are read until the
         next one ends. Return the channels that became hot in it, busiest first."""
         publications, deliveries = self._publications, self._deliveries
-        self._publications = SpaceSaving(self.capacity)
-        self._deliveries = SpaceSaving(self.capacity)
+        self._publications = HeavyHitters(self.capacity)
+        self._deliveries = HeavyHitters(self.capacity)
         rates = [
             _rate_of(channel, publications, deliveries, elapsed_s)
             for channel in {*publications.keys(), *deliveries.keys()}
@@ -93,27 +94,27 @@ class ChannelHeat:
 
 def _rate_of(
     channel: ChannelName,
-    publications: SpaceSaving[ChannelName],
-    deliveries: SpaceSaving[ChannelName],
+    publications: HeavyHitters[ChannelName],
+    deliveries: HeavyHitters[ChannelName],
     elapsed_s: float,
 ) -> ChannelRate:
     published = publications.estimate(channel)
     delivered = deliveries.estimate(channel)
 
     def per_s(
-        estimate: Estimate[ChannelName] | None, summary: SpaceSaving[ChannelName]
+        estimate: Estimate[ChannelName] | None, summary: HeavyHitters[ChannelName]
     ) -> float | None:
         if estimate is not None:
             return estimate.count / elapsed_s
-        # Not counted: zero if the summary never had to evict, unknown (small) if it did.
-        return 0.0 if len(summary) < summary.capacity else None
+        # Not counted: zero if the summary never purged, unknown (small) if it did.
+        return 0.0 if summary.offset == 0 else None
 
     return ChannelRate(
         channel=channel,
         publications_per_s=per_s(published, publications),
-        publications_error_per_s=published.error / elapsed_s if published else 0.0,
+        publications_error_per_s=publications.offset / elapsed_s,
         deliveries_per_s=per_s(delivered, deliveries),
-        deliveries_error_per_s=delivered.error / elapsed_s if delivered else 0.0,
+        deliveries_error_per_s=deliveries.offset / elapsed_s,
     )
 
 

@@ -1,41 +1,39 @@
-"""The heaviest keys of a weighted stream in bounded space: the Space-Saving summary. Pure.
+"""The heaviest keys of a weighted stream in bounded space (Misra-Gries, batched). Pure.
 
-Space-Saving (Metwally, Agrawal and El Abbadi, 2005) monitors at most ``capacity`` keys.
-A monitored key's weight is added to its count. A key not monitored, arriving when the
-summary is full, replaces the key of least count ``m``: it takes the count ``m + weight``
-and records ``m`` as its error (what it may have inherited rather than earned).
+A ``HeavyHitters(k)`` counts at most ``4k`` keys. A key's weight is added to its count,
+a new key enters with its weight. When a new key would make ``4k + 1``, the summary is
+*purged*: the ``(k+1)``-th largest count ``c`` is subtracted from every count, the keys
+left at zero or below are dropped (at most ``k`` remain), and ``c`` is added to the
+``offset``. This is the Misra-Gries "Frequent" algorithm with its decrements batched,
+as Apache DataSketches' frequent-items sketch does: a purge costs one sort of ``4k``
+counts and one pass, in C mostly, once per ``3k`` new keys at least, so a record is
+one dict update plus a small amortised share of a purge: cheap enough for fan-out.
 
-Invariants, with ``N`` the total weight recorded and ``k`` the capacity (the property
-tests in tests/core/test_heavy_hitters.py state them):
+Invariants, with ``N`` the total weight recorded (the property tests in
+tests/core/test_heavy_hitters.py state them):
 
-* at most ``k`` keys are monitored, whatever the stream;
-* the counts sum to ``N`` exactly (an eviction hands its count on);
-* a monitored key's true weight ``w`` satisfies ``count - error <= w <= count``;
-* the least count is at most ``N / k``, so every error is too, and every key of true
-  weight above ``N / k`` is monitored (one outside has ``w <= least count``).
-
-The least count is found with a min-heap holding exactly one entry per monitored key,
-which may be stale (lower than the key's count: increments do not touch the heap). A
-stale minimum is pushed back with its current count and the next one tried; each push
-back pays for increments made since, so an update costs amortised O(log k) and an
-increment of a monitored key, the common case of a skewed stream, one dict update.
+* at most ``4k`` keys are counted, whatever the stream;
+* a counted key's true weight ``w`` satisfies ``count <= w <= count + offset``: purges
+  only subtract, and what a key lost (while counted, or before, when dropped: then it
+  had at most the offset of that time) is at most the offset;
+* ``offset <= N / (k + 1)``: a purge subtracting ``c`` takes ``c`` from each of at least
+  ``k + 1`` counts, and no more than ``N`` can ever be taken in all;
+* so every key heavier than ``N / (k + 1)`` is counted (one that is not weighs at most
+  the offset), and counts plus all that purges took sum to ``N``.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-# Keys are strings (channel names): a heap entry tie on count compares keys.
-K = TypeVar("K", bound=str)
+K = TypeVar("K")
 
 
 @dataclass(frozen=True, slots=True)
 class Estimate(Generic[K]):
-    """A monitored key's count, an upper bound of its true weight, and its error:
-    the true weight is at least ``count - error``."""
+    """A counted key's weight: at most ``count``, at least ``count - error``."""
 
     key: K
     count: int
@@ -47,20 +45,22 @@ class Estimate(Generic[K]):
         return self.count - self.error
 
 
-class SpaceSaving(Generic[K]):
-    """A Space-Saving summary of at most ``capacity`` keys (see the module docstring)."""
+class HeavyHitters(Generic[K]):
+    """Counts the heaviest keys of a stream in at most ``4k`` entries (see the module
+    docstring); ``k`` is ``keep``."""
 
-    __slots__ = ("_counts", "_errors", "_heap", "capacity", "total")
+    __slots__ = ("_counts", "_limit", "keep", "offset", "purged", "total")
 
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be at least 1, got {capacity}")
-        self.capacity = capacity
+    def __init__(self, keep: int) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, got {keep}")
+        self.keep = keep
+        # Purging down to ``keep`` from four times as many pays one sort per 3k new keys.
+        self._limit = 4 * keep
         self.total = 0
+        self.offset = 0  # the most any key's count is under its true weight
+        self.purged = 0  # the weight purges took, all keys together
         self._counts: dict[K, int] = {}
-        self._errors: dict[K, int] = {}
-        # (count when pushed, key); one entry per monitored key, possibly stale.
-        self._heap: list[tuple[int, K]] = []
 
     def __len__(self) -> int:
         return len(self._counts)
@@ -75,42 +75,30 @@ class SpaceSaving(Generic[K]):
         if count is not None:
             counts[key] = count + weight
             return
-        if len(counts) < self.capacity:
-            counts[key] = weight
-            self._errors[key] = 0
-            heapq.heappush(self._heap, (weight, key))
-            return
-        least, evicted = self._pop_least()
-        del counts[evicted]
-        del self._errors[evicted]
-        counts[key] = least + weight
-        self._errors[key] = least
-        heapq.heappush(self._heap, (least + weight, key))
+        counts[key] = weight
+        if len(counts) > self._limit:
+            self._purge()
 
-    def _pop_least(self) -> tuple[int, K]:
-        """Remove the heap entry of the key of least count; return that count and key."""
-        heap, counts = self._heap, self._counts
-        while True:
-            pushed, key = heap[0]
-            count = counts[key]
-            if count == pushed:
-                heapq.heappop(heap)
-                return count, key
-            heapq.heapreplace(heap, (count, key))  # stale: put it back where it belongs
+    def _purge(self) -> None:
+        counts = self._counts
+        cut = sorted(counts.values(), reverse=True)[self.keep]  # the (k+1)-th largest
+        self.purged += sum(min(count, cut) for count in counts.values())
+        self._counts = {key: count - cut for key, count in counts.items() if count > cut}
+        self.offset += cut
 
     def keys(self) -> Iterator[K]:
-        """Iterate over the monitored keys."""
+        """Iterate over the counted keys."""
         return iter(self._counts)
 
     def estimate(self, key: K) -> Estimate[K] | None:
-        """Return ``key``'s estimate, or ``None`` if it is not monitored (then its true
-        weight is at most the least count)."""
+        """Return ``key``'s estimate, or ``None`` if it is not counted (then its true
+        weight is at most ``offset``: zero while nothing was ever purged)."""
         count = self._counts.get(key)
         if count is None:
             return None
-        return Estimate(key, count, self._errors[key])
+        return Estimate(key, count + self.offset, self.offset)
 
     def top(self, n: int) -> list[Estimate[K]]:
-        """Return the ``n`` monitored keys of highest count, highest first."""
-        best = heapq.nlargest(n, self._counts.items(), key=lambda item: item[1])
-        return [Estimate(key, count, self._errors[key]) for key, count in best]
+        """Return the ``n`` counted keys of highest count, highest first."""
+        best = sorted(self._counts.items(), key=lambda item: item[1], reverse=True)[:n]
+        return [Estimate(key, count + self.offset, self.offset) for key, count in best]
