@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # run as a script: make the `benchmarks` namespac
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import report
+
 from tidings.brokers.memory import MemoryBroker
 from tidings.core.channel import ChannelName
 from tidings.core.channel_heat import ChannelHeat
@@ -49,6 +50,7 @@ from tidings.server.hot_channels import HOT_CHANNEL_CAPACITY
 from tidings.server.metrics import Metrics
 
 RESULTS_HEADING: Final = "# Hot-channel tracking cost"
+RESULTS_PATH: Final = Path(__file__).resolve().parent / "RESULTS.md"
 DATA: Final = b'{"text":"a publication of a typical size, some sixty bytes long"}'
 
 
@@ -206,7 +208,7 @@ async def main(rounds: int, write: bool) -> None:
     )
     print(text)
     if write:
-        report.write_section(Path(__file__).resolve().parent / "RESULTS.md", RESULTS_HEADING, text)
+        report.write_section(RESULTS_PATH, RESULTS_HEADING, text)
 
 
 if __name__ == "__main__":

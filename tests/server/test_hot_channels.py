@@ -122,7 +122,8 @@ async def test_node_with_hot_channels_off_counts_nothing_and_says_so() -> None:
     node = TidingsApp(Settings(api_key=API_KEY, hot_channels=False))
     await node.start()
     try:
-        assert node.hub.heat is None and node.hot_channels is None
+        assert node.hub.heat is None
+        assert node.hot_channels is None
         async with http_of(node) as http:
             response = await http.get("/api/channels?top=3", headers=AUTH)
             metrics = (await http.get("/metrics")).text
