@@ -63,7 +63,7 @@ class Workload:
 
 
 WORKLOADS: Final = (
-    Workload("celebrity", 1, 5_000, 2_000),
+    Workload("celebrity", 1, 5_000, 1_000),
     Workload("rooms", 1_000, 10, 20_000),
     Workload("users", 20_000, 1, 40_000),
 )

@@ -49,7 +49,7 @@ class HeavyHitters(Generic[K]):
     """Counts the heaviest keys of a stream in at most ``4k`` entries (see the module
     docstring); ``k`` is ``keep``."""
 
-    __slots__ = ("_counts", "_limit", "keep", "offset", "purged", "total")
+    __slots__ = ("_counts", "_limit", "keep", "offset", "total")
 
     def __init__(self, keep: int) -> None:
         if keep < 1:
@@ -59,7 +59,6 @@ class HeavyHitters(Generic[K]):
         self._limit = 4 * keep
         self.total = 0
         self.offset = 0  # the most any key's count is under its true weight
-        self.purged = 0  # the weight purges took, all keys together
         self._counts: dict[K, int] = {}
 
     def __len__(self) -> int:
@@ -82,9 +81,13 @@ class HeavyHitters(Generic[K]):
     def _purge(self) -> None:
         counts = self._counts
         cut = sorted(counts.values(), reverse=True)[self.keep]  # the (k+1)-th largest
-        self.purged += sum(min(count, cut) for count in counts.values())
         self._counts = {key: count - cut for key, count in counts.items() if count > cut}
         self.offset += cut
+
+    @property
+    def purged(self) -> int:
+        """The weight purges took, all keys together (what the counts no longer hold)."""
+        return self.total - sum(self._counts.values())
 
     def keys(self) -> Iterator[K]:
         """Iterate over the counted keys."""
