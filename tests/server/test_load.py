@@ -76,3 +76,8 @@ async def test_agent_port_in_use_is_one_clear_error() -> None:
 def test_agent_port_out_of_range_is_refused() -> None:
     with pytest.raises(ConfigError, match="agent_port must be from 1 to 65535"):
         Settings(agent_port=70_000)
+
+
+def test_agent_port_cannot_be_the_nodes_own_port() -> None:
+    with pytest.raises(ConfigError, match="agent_port must differ from port"):
+        Settings(port=8000, agent_port=8000)

@@ -326,6 +326,11 @@ def _check_limits(settings: Settings) -> None:
             f"agent_port must be from 1 to {MAX_PORT} (leave it out to turn the agent "
             f"check off), got {settings.agent_port}"
         )
+    if settings.agent_port is not None and settings.agent_port == settings.port:
+        raise ConfigError(
+            f"agent_port must differ from port ({settings.port}): HAProxy's agent check "
+            "needs a port of its own"
+        )
     for name, options in settings.namespaces.items():
         if options.max_data_bytes < 1:
             key = name or DEFAULT_NAMESPACE_KEY

@@ -61,6 +61,7 @@ class HotChannelWindows:
 
     async def run(self) -> None:
         """Close a window every ``window_s`` until cancelled."""
+        self._opened_s = time.monotonic()  # the first window opens as the node starts
         while True:
             await asyncio.sleep(self.window_s)
             try:
