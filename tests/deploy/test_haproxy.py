@@ -19,7 +19,7 @@ import secrets
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,10 +98,10 @@ async def server_states(stats_socket: Path) -> dict[str, str]:
     return {row["svname"]: row["status"] for row in rows if row["svname"] in NODE_NAMES}
 
 
-async def until(condition: object, what: str) -> None:
-    """Poll ``condition`` (an async callable returning bool) until it holds."""
+async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll ``condition`` until it holds, or fail after ``DEADLINE_S``."""
     deadline = time.monotonic() + DEADLINE_S
-    while not await condition():  # type: ignore[operator]  # an async predicate
+    while not await condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting until {what}")
         await asyncio.sleep(0.05)

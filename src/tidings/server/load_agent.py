@@ -1,10 +1,11 @@
 """HAProxy's agent check: a small TCP port answering one line of this node's load.
 
 I/O: an asyncio server on ``agent_port``. Each connection is answered at once with
-``core.load.agent_reply`` and closed; nothing is read (HAProxy may send an
-``agent-send`` string, which is not needed). While the node drains, the answer is
-``drain``; ``TidingsApp.drain`` waits (a little) until HAProxy has heard it before it
-moves clients, so their reconnects are not balanced back to this node.
+``core.load.agent_reply``; what the checker sends (an ``agent-send`` string, which
+tidings does not need) is read and dropped until it closes (at most 2 s). While the
+node drains, the answer is ``drain``; ``TidingsApp.drain`` waits (a little) until
+HAProxy has read it before it moves clients, so their reconnects are not balanced back
+to this node.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ logger = logging.getLogger(__name__)
 # A node whose agent was asked nothing for this long is not behind HAProxy (or not
 # any more): draining it does not wait for a check that will not come.
 AGENT_WATCHED_S: Final = 30.0
+# How long a checker may keep the connection after its answer, and what is read of it.
+AGENT_LINGER_S: Final = 2.0
+READ_CHUNK_BYTES: Final = 4096
 
 
 class LoadAgent:
@@ -57,15 +61,23 @@ class LoadAgent:
             ) from None
         logger.info("answering HAProxy agent checks on %s:%d", self.host, self.port)
 
-    async def _answer(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         load = self._load()
         self._last_check_s = time.monotonic()
         try:
             writer.write(agent_reply(load))
+            writer.write_eof()
+            # Read to the checker's close: an ``agent-send`` string left unread would
+            # make our close a reset, which may cost HAProxy the reply.
+            async with asyncio.timeout(AGENT_LINGER_S):
+                while await reader.read(READ_CHUNK_BYTES):
+                    pass
+        except (OSError, TimeoutError):
+            pass  # the checker left first, or lingers: it will ask again
+        finally:
             writer.close()
-            await writer.wait_closed()
-        except OSError:
-            return  # the checker left first: it will ask again
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
         if load.draining:
             self._drain_heard.set()
 
