@@ -4,6 +4,7 @@ crossing. Windows are closed by the test, not by waiting for the timer."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -116,6 +117,24 @@ async def test_hot_channel_is_warned_of_once_per_crossing(
     warnings = [r for r in caplog.records if "hot channel room:hot" in r.getMessage()]
     assert len(warnings) == 2  # the first window and the one after it cooled down
     assert "200 deliveries/s" in warnings[0].getMessage()
+
+
+async def test_node_closes_its_windows_by_itself() -> None:
+    node = TidingsApp(Settings(api_key=API_KEY, hot_channel_window_s=0.05))
+    await node.start()
+    try:
+        await subscribe(node, "room:timed", 2)
+        async with http_of(node) as http:
+            deadline = time.monotonic() + 10.0
+            listed: dict[str, object] = {}
+            while "room:timed" not in listed:
+                assert time.monotonic() < deadline, "no window closed with room:timed in it"
+                await node.publish("room:timed", "tick")
+                response = await http.get("/api/channels?top=5", headers=AUTH)
+                listed = response.json()["channels"]
+                await asyncio.sleep(0.01)  # spacing between looks, never a wait for a result
+    finally:
+        await node.stop()
 
 
 async def test_node_with_hot_channels_off_counts_nothing_and_says_so() -> None:

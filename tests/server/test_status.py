@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -104,6 +105,20 @@ async def test_the_figures_are_published_to_whoever_watches(app: TidingsApp) -> 
     assert data["publications"] == 1
     assert data["channels"] == 1  # the status channel itself
     assert data["connections"] == {"ws": 0, "sse": 0, "poll": 0}
+
+
+async def test_the_published_figures_list_the_hot_channels(app: TidingsApp) -> None:
+    watcher = RecordingSubscriber("status-page")
+    await app.hub.subscribe(app.status.channel, watcher)
+    await app.hub.subscribe(ChannelName("room:busy"), RecordingSubscriber("reader"))
+    for n in range(3):
+        await app.publish("room:busy", n)
+    windows = app.hot_channels
+    assert windows is not None
+    windows.close_window(time.monotonic())
+    assert await app.status.tick() is True
+    data = json.loads(watcher.delivered[-1].publication.data)
+    assert [hot["channel"] for hot in data["hot_channels"]] == ["room:busy"]
 
 
 async def test_the_status_page_names_this_nodes_channel() -> None:
