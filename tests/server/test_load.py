@@ -17,7 +17,7 @@ from tidings.server.config import Settings
 
 @pytest.fixture
 async def app() -> AsyncIterator[TidingsApp]:
-    node = TidingsApp(Settings(agent_port=free_port(), max_connections=400))
+    node = TidingsApp(Settings(agent_port=free_port(), max_connections=400, shutdown_timeout_s=1.0))
     await node.start()
     try:
         yield node
