@@ -36,6 +36,8 @@ METRIC_NAMES: Final = (
     "tidings_refusals",
     "tidings_disconnects",
     "tidings_build_info",
+    "tidings_hot_channel_deliveries_per_second",
+    "tidings_hot_channel_publications_per_second",
     "process_resident_memory_bytes",
     "process_open_fds",
     "process_max_fds",

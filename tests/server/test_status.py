@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -10,6 +11,7 @@ import pytest
 
 from tests.support.recording import RecordingSubscriber
 from tidings.core.channel import ChannelName, NamespaceName
+from tidings.core.channel_heat import ChannelRate
 from tidings.core.namespace import NamespaceOptions, Policy
 from tidings.server.app import TidingsApp
 from tidings.server.config import Settings, load_settings
@@ -49,7 +51,22 @@ def test_status_data_gives_rates_since_the_previous_figures() -> None:
         "deliveries": 100,
         "publications_per_s": 10.0,
         "deliveries_per_s": 30.0,
+        "hot_channels": [],
     }
+
+
+def test_status_data_lists_the_hot_channels_given() -> None:
+    hot = ChannelRate(ChannelName("room:1"), 2.0, 0.0, 400.0, 0.0)
+    data = json.loads(status_data(figures(30, 100), None, elapsed_s=1.0, hot=[hot]))
+    assert data["hot_channels"] == [
+        {
+            "channel": "room:1",
+            "publications_per_s": 2.0,
+            "publications_error_per_s": 0.0,
+            "deliveries_per_s": 400.0,
+            "deliveries_error_per_s": 0.0,
+        }
+    ]
 
 
 def test_status_data_without_previous_figures_has_zero_rates() -> None:
@@ -88,6 +105,20 @@ async def test_the_figures_are_published_to_whoever_watches(app: TidingsApp) -> 
     assert data["publications"] == 1
     assert data["channels"] == 1  # the status channel itself
     assert data["connections"] == {"ws": 0, "sse": 0, "poll": 0}
+
+
+async def test_the_published_figures_list_the_hot_channels(app: TidingsApp) -> None:
+    watcher = RecordingSubscriber("status-page")
+    await app.hub.subscribe(app.status.channel, watcher)
+    await app.hub.subscribe(ChannelName("room:busy"), RecordingSubscriber("reader"))
+    for n in range(3):
+        await app.publish("room:busy", n)
+    windows = app.hot_channels
+    assert windows is not None
+    windows.close_window(time.monotonic())
+    assert await app.status.tick() is True
+    data = json.loads(watcher.delivered[-1].publication.data)
+    assert [hot["channel"] for hot in data["hot_channels"]] == ["room:busy"]
 
 
 async def test_the_status_page_names_this_nodes_channel() -> None:

@@ -29,7 +29,9 @@ offset, another epoch: the broker lost publications it could not refill; the rul
 
 Fan-out encodes a publication once per wire format (``EncodedPublication``) and hands
 the same object to every subscriber; a failing subscriber is logged, counted and
-skipped, and the others still receive the publication.
+skipped, and the others still receive the publication. With a ``ChannelHeat``, each
+publication is then counted once with its number of deliveries (hot channels): one
+call per publication, nothing per subscriber.
 
 Presence, where the namespace enables it, is kept by a ``PresenceStore`` apart from the
 broker (the broker's own, ``presence_store_of``, unless one is given): a subscribe joins
@@ -59,6 +61,7 @@ from tidings.brokers.base import (
 from tidings.brokers.memory import presence_store_of
 from tidings.core.catchup import CatchUp, decide_catch_up
 from tidings.core.channel import ChannelName
+from tidings.core.channel_heat import ChannelHeat
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Replay
 from tidings.core.wire import EncodedPublication
@@ -103,8 +106,17 @@ class _BrokerLink:
 class Hub:
     """One per process: see the module docstring."""
 
-    def __init__(self, broker: Broker, presence: PresenceStore | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        presence: PresenceStore | None = None,
+        *,
+        heat: ChannelHeat | None = None,
+    ) -> None:
+        """Make the hub of ``broker``; ``presence`` as the module docstring says; ``heat``
+        counts publications and deliveries by channel (hot channels), if given."""
         self.broker = broker
+        self.heat = heat
         self.presence_store = presence if presence is not None else presence_store_of(broker)
         self._registry = SubscriptionRegistry()
         self._links: dict[ChannelName, _BrokerLink] = {}
@@ -289,6 +301,8 @@ class Hub:
         """Deliver a publication from the broker to every local subscriber of its channel."""
         subscriptions = self._registry.subscriptions(publication.channel)
         if not subscriptions:
+            if self.heat is not None:
+                self.heat.record(publication.channel, 0)
             return
         encoded = EncodedPublication(publication)
         position = publication.position
@@ -335,6 +349,8 @@ class Hub:
             else:
                 delivered += 1
         self.deliveries += delivered
+        if self.heat is not None:
+            self.heat.record(publication.channel, delivered)
 
     def _announce_remote(self, change: PresenceChange) -> None:
         """Announce a join or leave made on another node to this node's subscribers."""

@@ -42,6 +42,7 @@ from tidings.errors import (
 )
 from tidings.hub.sessions import SessionRegistry
 from tidings.server.auth import api_key_refusal
+from tidings.server.hot_channels import rate_fields
 from tidings.transports.close_codes import is_reconnectable
 from tidings.transports.context import TransportContext
 from tidings.transports.http import (
@@ -271,10 +272,27 @@ class ServerApi:
         return json_response({"clients": {c: {"user": u} for c, u in clients.items()}})
 
     async def channels(self, request: Request) -> Response:
-        """``GET /api/channels?prefix=`` → ``{"channels": {name: {"subscribers": n}}}``."""
-        prefix = request.query_params.get("prefix", "")
-        counts = self._context.hub.channels(prefix)
-        return json_response({"channels": {c: {"subscribers": n} for c, n in counts.items()}})
+        """``GET /api/channels?prefix=`` → ``{"channels": {name: {"subscribers": n}}}``;
+        with ``top=N``, this node's ``N`` busiest channels instead, busiest first, with
+        their rates over the last window (docs/server-api.md)."""
+        query = request.query_params
+        hub = self._context.hub
+        if "top" not in query:
+            counts = hub.channels(query.get("prefix", ""))
+            return json_response({"channels": {c: {"subscribers": n} for c, n in counts.items()}})
+        heat = hub.heat
+        if heat is None:
+            raise BadRequest("hot channels are not tracked on this node (hot_channels = false)")
+        top = query_int(query.get("top"), "top", 1, heat.capacity, default=1)
+        counts = hub.channels()
+        return json_response(
+            {
+                "channels": {
+                    rate.channel: {"subscribers": counts.get(rate.channel, 0), **rate_fields(rate)}
+                    for rate in heat.top(top or 1)
+                }
+            }
+        )
 
     async def disconnect(self, request: Request) -> Response:
         """``POST /api/disconnect`` → ``{"disconnected": n, "nodes": m}``: the user's

@@ -26,6 +26,7 @@ from tidings.core.channel import parse_channel
 from tidings.core.commands import publication_data
 from tidings.core.dedupe import CLIENT_KEY_MARK, DedupeOptions
 from tidings.core.drain import plan_drain
+from tidings.core.load import NodeLoad
 from tidings.core.placement import LOCAL_PLACEMENT, Placement
 from tidings.core.publication import Position
 from tidings.core.wire import encode_json
@@ -38,7 +39,9 @@ from tidings.server.config import Settings
 from tidings.server.demo import DemoBackend, prepare_demo
 from tidings.server.front import About, OriginCheckedStatic, front_page, health_response
 from tidings.server.heartbeat import run_heartbeats
+from tidings.server.hot_channels import HotChannelWindows, channel_heat_for
 from tidings.server.keys import JwksKeys, load_public_key
+from tidings.server.load_agent import LoadAgent
 from tidings.server.metrics import Metrics
 from tidings.server.native.routes import NativeRoutes
 from tidings.server.status import (
@@ -63,6 +66,9 @@ HEARTBEAT_TICK_S: Final = 1.0
 # /ready answers within this even if the broker's own probe hangs: a broker that does
 # not answer in time is not ready (brokers probe with a shorter time-out of their own).
 READY_TIMEOUT_S: Final = 1.5
+# A draining node with an agent port waits up to this for HAProxy to hear "drain" before
+# it moves its clients (HAProxy's agent-inter is 2 s unless configured).
+AGENT_DRAIN_WAIT_S: Final = 3.0
 
 
 def broker_for(settings: Settings) -> Broker:
@@ -117,7 +123,16 @@ class TidingsApp:
         broker = broker or broker_for(settings)
         # Presence is the broker's own store (its connections), taken before metering
         # wraps the broker; one that keeps none serves this node alone.
-        self.hub = Hub(self.metrics.metered(broker), presence or presence_store_of(broker))
+        heat = channel_heat_for(settings)
+        self.hub = Hub(
+            self.metrics.metered(broker), presence or presence_store_of(broker), heat=heat
+        )
+        self._hot_windows = (
+            None if heat is None else HotChannelWindows(heat, settings.hot_channel_window_s)
+        )
+        self._hot_task: asyncio.Task[None] | None = None
+        port = settings.agent_port
+        self._agent = None if port is None else LoadAgent(self.load, settings.host, port)
         # Commands between nodes (``POST /api/disconnect``); a broker of an embedding
         # application that carries none serves this node alone.
         self.control: NodeControl = (
@@ -172,6 +187,7 @@ class TidingsApp:
                 *transports,
                 Route("/health", self._health, methods=["GET"]),
                 Route("/ready", self._ready, methods=["GET"]),
+                Route("/load", self._load, methods=["GET"]),
                 Route("/metrics", self.metrics.endpoint, methods=["GET"]),
                 Route("/", front_page(self.about), methods=["GET"]),
                 Route("/status", status_page(self.status.channel, self.about), methods=["GET"]),
@@ -208,15 +224,21 @@ class TidingsApp:
         async with self._start_lock:
             if self._started:
                 return
+            if self._agent is not None:
+                await self._agent.start()
             await self.hub.start()
             try:
                 await self.sources.start()  # checks each first: a missing table stops here
             except BaseException:
                 await self.hub.close()
+                if self._agent is not None:
+                    await self._agent.close()
                 raise
             tick_s = max(0.05, min(HEARTBEAT_TICK_S, self.settings.ping_interval_s / 4))
             self._heartbeat = asyncio.create_task(run_heartbeats(self.sessions, tick_s))
             self._status_task = asyncio.create_task(self.status.run())
+            if self._hot_windows is not None:
+                self._hot_task = asyncio.create_task(self._hot_windows.run())
             if self._jwks is not None:
                 await self._jwks.refresh()  # tokens signed by the issuer verify at once
                 self._jwks_task = asyncio.create_task(self._jwks.run())
@@ -242,6 +264,12 @@ class TidingsApp:
         self.context.draining = True
         self._poll.release_all()
         settings = self.settings
+        if self._agent is not None:
+            # Clients told to reconnect now must not be balanced back here: let HAProxy
+            # hear "drain" first (its next agent check).
+            wait_s = min(AGENT_DRAIN_WAIT_S, settings.shutdown_timeout_s / 2)
+            if not await self._agent.wait_drain_heard(wait_s):
+                logger.debug("draining before HAProxy's agent check heard it")
         loop = asyncio.get_running_loop()
         began = loop.time()
         window_s = min(settings.drain_window_s, settings.shutdown_timeout_s / 2)
@@ -272,13 +300,15 @@ class TidingsApp:
         await self.drain()
         if self._jwks is not None:
             await self._jwks.close()
-        for task in (self._heartbeat, self._status_task, self._jwks_task):
+        for task in (self._heartbeat, self._status_task, self._jwks_task, self._hot_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self._poll.close()
         await self.sources.stop()
+        if self._agent is not None:
+            await self._agent.close()
         await self.hub.close()
         self._started = False
         logger.info("tidings node %s stopped", self.context.node_id)
@@ -367,7 +397,19 @@ class TidingsApp:
         if disconnected:
             logger.info("disconnected %d connections of %r", disconnected, command.user)
 
-    # -- health ------------------------------------------------------------------------
+    @property
+    def hot_channels(self) -> HotChannelWindows | None:
+        """The hot-channel windows of this node (``None``: ``hot_channels`` is off)."""
+        return self._hot_windows
+
+    # -- health and load ---------------------------------------------------------------
+
+    def load(self) -> NodeLoad:
+        """Return this node's load, as ``GET /load`` and the agent check report it."""
+        return NodeLoad(len(self.sessions), self.settings.max_connections, self.context.draining)
+
+    async def _load(self, _request: Request) -> Response:
+        return json_response(self.load().fields())
 
     async def _health(self, request: Request) -> Response:
         return health_response(request, self.settings.allowed_origins)

@@ -93,6 +93,13 @@ class Settings:
     drain_window_s: float = 3.0
     drain_rate: float = 1000.0
     publish_timeout_s: float = 1.5
+    # Hot channels (``core.channel_heat``): counted in the fan-out unless off; a warning
+    # when one reaches the deliveries/s threshold (0: never); rates over each window.
+    hot_channels: bool = True
+    hot_channel_deliveries_per_s: float = 10_000.0
+    hot_channel_window_s: float = 10.0
+    # HAProxy's agent check answers on this TCP port (``server.load``); None: off.
+    agent_port: int | None = None
     transports: tuple[TransportName, ...] = TRANSPORTS
     demo: bool = False
     access_log: bool = False
@@ -301,6 +308,7 @@ _MORE_THAN_ZERO: Final = (
     ("command_rate", "command_rate"),
     ("ping_interval", "ping_interval_s"),
     ("publish_timeout", "publish_timeout_s"),
+    ("hot_channel_window", "hot_channel_window_s"),
 )
 MAX_PORT: Final = 65_535
 
@@ -321,6 +329,16 @@ def _check_limits(settings: Settings) -> None:
         )
     if settings.port > MAX_PORT:
         raise ConfigError(f"port must be from 0 to {MAX_PORT}, got {settings.port}")
+    if settings.agent_port is not None and not 1 <= settings.agent_port <= MAX_PORT:
+        raise ConfigError(
+            f"agent_port must be from 1 to {MAX_PORT} (leave it out to turn the agent "
+            f"check off), got {settings.agent_port}"
+        )
+    if settings.agent_port is not None and settings.agent_port == settings.port:
+        raise ConfigError(
+            f"agent_port must differ from port ({settings.port}): HAProxy's agent check "
+            "needs a port of its own"
+        )
     for name, options in settings.namespaces.items():
         if options.max_data_bytes < 1:
             key = name or DEFAULT_NAMESPACE_KEY
@@ -354,6 +372,10 @@ _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "drain_window": parse_duration_s,
     "drain_rate": _as_float,
     "publish_timeout": parse_duration_s,
+    "hot_channels": _as_bool,
+    "hot_channel_deliveries_per_s": _as_float,
+    "hot_channel_window": parse_duration_s,
+    "agent_port": _as_int,
     "transports": _as_transports,
     "demo": _as_bool,
     "access_log": _as_bool,
@@ -372,6 +394,7 @@ _FIELD_OF: Final = {
     "drain_window": "drain_window_s",
     "publish_timeout": "publish_timeout_s",
     "connect_timeout": "connect_timeout_s",
+    "hot_channel_window": "hot_channel_window_s",
 }
 _SETTING_OF_FIELD: Final = {field_name: name for name, field_name in _FIELD_OF.items()}
 

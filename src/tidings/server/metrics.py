@@ -14,6 +14,8 @@ What is counted where:
   come from ``MeteredBroker``, a ``Broker`` that delegates to the real one and times
   each call: no broker and no transport knows about metrics;
 * deliveries are the hub's own counters (``Hub.deliveries``), read at scrape time;
+* hot channels are the hub's ``ChannelHeat``: the rates of its last window, for the
+  ``HOT_CHANNELS_METRIC_TOP`` busiest channels only (a label per channel, bounded);
 * polls in flight and poll requests are counted by the poll transport (``PollCounters``);
 * refusals by reason and server-initiated closes by code are the transports' own
   counters (``Refusals``), read at scrape time;
@@ -50,6 +52,7 @@ from tidings.core.channel import ChannelName
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.hub.hub import Hub
 from tidings.hub.sessions import SessionRegistry
+from tidings.server.hot_channels import HOT_CHANNELS_METRIC_TOP
 from tidings.sources.base import SOURCE_COUNTERS
 from tidings.transports.refusals import REFUSAL_REASONS, Refusals
 from tidings.transports.sse import SseSession
@@ -144,6 +147,11 @@ class Metrics:
         """Read channels and deliveries from ``hub`` (made after ``Metrics``: it takes
         the metered broker)."""
         self._hub = hub
+
+    @property
+    def hub(self) -> Hub | None:
+        """The hub whose counters are read, once ``read_counters_of`` named it."""
+        return self._hub
 
     def read_refusals_of(self, refusals: Refusals) -> None:
         """Read refusals and server-initiated closes from the transports' ``refusals``."""
@@ -272,6 +280,7 @@ class _NodeCollector(Collector):
             disconnects.add_metric([str(code)], count)
         yield disconnects
         yield from _source_metrics()
+        yield from self._hot_channels()
         info = GaugeMetricFamily(
             "tidings_build_info",
             "The tidings version this node runs (always 1).",
@@ -279,6 +288,30 @@ class _NodeCollector(Collector):
         )
         info.add_metric([TIDINGS_VERSION], 1)
         yield info
+
+    def _hot_channels(self) -> Iterator[Metric]:
+        hub = self._metrics.hub
+        heat = hub.heat if hub is not None else None
+        if heat is None:
+            return
+        deliveries = GaugeMetricFamily(
+            "tidings_hot_channel_deliveries_per_second",
+            f"Deliveries per second to this node's subscribers of its {HOT_CHANNELS_METRIC_TOP} "
+            "busiest channels, over the last hot_channel_window.",
+            labels=["channel"],
+        )
+        publications = GaugeMetricFamily(
+            "tidings_hot_channel_publications_per_second",
+            "Publications per second reaching this node's fan-out in those channels.",
+            labels=["channel"],
+        )
+        for rate in heat.top(HOT_CHANNELS_METRIC_TOP):
+            if rate.deliveries_per_s is not None:
+                deliveries.add_metric([rate.channel], rate.deliveries_per_s)
+            if rate.publications_per_s is not None:
+                publications.add_metric([rate.channel], rate.publications_per_s)
+        yield deliveries
+        yield publications
 
 
 def _source_metrics() -> Iterator[Metric]:
@@ -295,7 +328,8 @@ def _source_metrics() -> Iterator[Metric]:
     yield published
     skipped = CounterMetricFamily(
         "tidings_source_skipped",
-        "Records a source skipped, by reason (null_column, invalid_channel, too_large, "
+        "Records a source skipped, by reason (a table's null_column, a Kafka record's "
+        "not_json, no_channel or no_data; any source's invalid_channel, too_large or "
         "invalid_data).",
         labels=["source", "reason"],
     )

@@ -14,7 +14,7 @@ import asyncio
 import html
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Final
@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from tidings.core.channel import ChannelName, NamespaceName
+from tidings.core.channel_heat import ChannelRate
 from tidings.core.history import HistoryOptions
 from tidings.core.namespace import NamespaceOptions
 from tidings.core.wire import encode_json
@@ -33,6 +34,7 @@ from tidings.errors import ErrorCode, TidingsError
 from tidings.hub.hub import Hub
 from tidings.server.config import Settings
 from tidings.server.front import About
+from tidings.server.hot_channels import HOT_CHANNELS_STATUS_TOP, rate_fields
 from tidings.server.metrics import Metrics, NodeFigures
 
 logger = logging.getLogger(__name__)
@@ -63,8 +65,14 @@ def with_status_namespace(settings: Settings) -> Settings:
     return replace(settings, namespaces={**settings.namespaces, STATUS_NAMESPACE: options})
 
 
-def status_data(figures: NodeFigures, previous: NodeFigures | None, elapsed_s: float) -> bytes:
-    """Return the JSON of one status publication (rates since ``previous``)."""
+def status_data(
+    figures: NodeFigures,
+    previous: NodeFigures | None,
+    elapsed_s: float,
+    hot: Sequence[ChannelRate] = (),
+) -> bytes:
+    """Return the JSON of one status publication (rates since ``previous``; ``hot``:
+    the busiest channels of the last hot-channel window)."""
 
     def rate(now: int, before: int) -> float:
         return round((now - before) / elapsed_s, 2) if elapsed_s > 0 else 0.0
@@ -79,6 +87,7 @@ def status_data(figures: NodeFigures, previous: NodeFigures | None, elapsed_s: f
             "deliveries": figures.deliveries,
             "publications_per_s": rate(figures.publications, before.publications),
             "deliveries_per_s": rate(figures.deliveries, before.deliveries),
+            "hot_channels": [{"channel": r.channel, **rate_fields(r)} for r in hot],
         }
     )
 
@@ -113,7 +122,9 @@ class StatusPublisher:
         self._previous, self._previous_s = figures, now_s
         if not self._hub.has_subscribers(self.channel):  # no local subscriber of the channel
             return False
-        data = status_data(figures, previous, now_s - previous_s)
+        heat = self._hub.heat
+        hot = heat.top(HOT_CHANNELS_STATUS_TOP) if heat is not None else ()
+        data = status_data(figures, previous, now_s - previous_s, hot)
         try:
             await self._hub.publish(self.channel, data)
         except TidingsError as exc:

@@ -64,6 +64,30 @@ function show(status) {
   }
   document.getElementById("publications-total").textContent = String(status.publications);
   document.getElementById("deliveries-total").textContent = String(status.deliveries);
+  showHotChannels(status.hot_channels ?? []);
+}
+
+function showHotChannels(hot) {
+  // Rates are null for a figure the node's bounded counter did not keep (docs/scaling.md).
+  const rate = (value) => (value === null ? "small" : String(value));
+  const rows = hot.map((entry) => {
+    const row = document.createElement("tr");
+    for (const text of [entry.channel, rate(entry.deliveries_per_s), rate(entry.publications_per_s)]) {
+      const cell = document.createElement("td");
+      cell.textContent = text; // channel names are the clients' text: never markup
+      row.append(cell);
+    }
+    return row;
+  });
+  if (rows.length === 0) {
+    const row = document.createElement("tr");
+    const cell = document.createElement("td");
+    cell.colSpan = 3;
+    cell.textContent = "none yet (rates appear when a counting window closes)";
+    row.append(cell);
+    rows.push(row);
+  }
+  document.querySelector("#hot-channels tbody").replaceChildren(...rows);
 }
 
 function showUptime() {

@@ -1,0 +1,241 @@
+"""Hot-channel tracking cost: the hub's fan-out with ``hot_channels`` on and off, in one run.
+
+What it measures: a node's hub on the memory broker, publishing through ``Hub.publish``
+(the path of the server API) to subscribers that queue each publication's WebSocket
+text as a connection's outbound buffer would. Per workload it reports the fan-out's CPU
+time per publication (the thread's CPU clock around exactly the hub's fan-out, as the
+broker calls it: unlike wall time, not inflated when the machine's other processes
+take the core) with tracking off and on, the difference as a share of fan-out, and the cost of
+``ChannelHeat.record`` alone over the same stream of channels (timed in a tight loop,
+caches warm: a lower bound, and the precise figure when the difference drowns in the
+spread of the rounds).
+
+Workloads: ``celebrity`` (one channel, many subscribers: tracking is one call per
+publication against thousands of deliveries), ``rooms`` (1,000 channels of 10: more
+channels than the summary keeps, so most publications evict), ``users`` (20,000
+channels of one subscriber, uniform: the worst case, one delivery per publication and
+an eviction nearly every time).
+
+The subscribers write to no socket: in a node, each delivery also costs a socket write
+(a few microseconds), so the shares here are upper bounds of the share in a server.
+
+Why: hot-channel tracking sits on the fan-out path; DESIGN.md wants its cost as a
+figure. Rounds alternate off and on so drift in the machine's load is shared.
+
+Run: ``.venv/bin/python benchmarks/hot_channels.py`` (``--help`` for the options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` namespace importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import report
+
+from tidings.brokers.base import PublicationHandler
+from tidings.brokers.memory import MemoryBroker
+from tidings.core.channel import ChannelName
+from tidings.core.channel_heat import ChannelHeat
+from tidings.core.namespace import Namespaces, default_namespaces
+from tidings.core.publication import Publication
+from tidings.core.wire import EncodedPublication
+from tidings.hub.hub import Hub
+from tidings.hub.registry import PresenceEvent
+from tidings.server.hot_channels import HOT_CHANNEL_CAPACITY
+
+RESULTS_HEADING: Final = "# Hot-channel tracking cost"
+RESULTS_PATH: Final = Path(__file__).resolve().parent / "RESULTS.md"
+DATA: Final = b'{"text":"a publication of a typical size, some sixty bytes long"}'
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    name: str
+    channels: int
+    subscribers_per_channel: int
+    publications: int
+
+
+WORKLOADS: Final = (
+    Workload("celebrity", 1, 5_000, 1_000),
+    Workload("rooms", 1_000, 10, 20_000),
+    Workload("users", 20_000, 1, 40_000),
+)
+
+
+class QueueingSubscriber:
+    """A subscriber whose delivery does what a connection's does first: take the
+    publication's WebSocket text (encoded once, shared) and queue it."""
+
+    def __init__(self, client_id: str) -> None:
+        self._client_id = client_id
+        self.queued: list[str] = []
+
+    @property
+    def client_id(self) -> str:
+        return self._client_id
+
+    @property
+    def user(self) -> str:
+        return ""
+
+    @property
+    def clients(self) -> int:
+        return 1
+
+    def deliver(self, publication: EncodedPublication) -> None:
+        queued = self.queued
+        queued.append(publication.websocket)
+        if len(queued) > 64:  # the connection's writer drained it
+            queued.clear()
+
+    def deliver_presence(self, event: PresenceEvent) -> None:
+        del event
+
+    def report_gap(self, channel: ChannelName) -> None:
+        raise AssertionError(f"the memory broker lost nothing, yet a gap on {channel}")
+
+
+class CpuTimedBroker(MemoryBroker):
+    """The memory broker, adding up the CPU time of each fan-out it calls."""
+
+    fan_out_ns = 0
+
+    async def start(self, on_publication: PublicationHandler) -> None:
+        def timed(publication: Publication) -> None:
+            started_ns = time.thread_time_ns()
+            on_publication(publication)
+            self.fan_out_ns += time.thread_time_ns() - started_ns
+
+        await super().start(timed)
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    fan_out_us: float  # per publication
+    publish_cpu_us: float  # per publication, the whole publish path
+
+
+def stream_of(workload: Workload, seed: int) -> list[ChannelName]:
+    names = [ChannelName(f"room:{n}") for n in range(workload.channels)]
+    pick = random.Random(seed)
+    return [pick.choice(names) for _ in range(workload.publications)]
+
+
+async def one_round(workload: Workload, stream: Sequence[ChannelName], tracking: bool) -> Round:
+    namespaces = Namespaces(default_namespaces())
+    heat = ChannelHeat(HOT_CHANNEL_CAPACITY, 10_000.0) if tracking else None
+    broker = CpuTimedBroker(namespaces)
+    hub = Hub(broker, heat=heat)
+    await hub.start()
+    try:
+        for n in range(workload.channels):
+            channel = ChannelName(f"room:{n}")
+            for s in range(workload.subscribers_per_channel):
+                await hub.subscribe(channel, QueueingSubscriber(f"{n}.{s}"))
+        started_cpu_s = time.process_time()
+        for channel in stream:
+            await hub.publish(channel, DATA)
+        publish_cpu_s = time.process_time() - started_cpu_s
+        fan_out_s = broker.fan_out_ns / 1e9
+    finally:
+        await hub.close()
+    count = len(stream)
+    return Round(fan_out_s / count * 1e6, publish_cpu_s / count * 1e6)
+
+
+def record_cost_ns(workload: Workload, stream: Sequence[ChannelName]) -> float:
+    """``ChannelHeat.record`` alone over ``stream``, per call (best of 5)."""
+    deliveries = workload.subscribers_per_channel
+    best = float("inf")
+    for _ in range(5):
+        heat = ChannelHeat(HOT_CHANNEL_CAPACITY, 10_000.0)
+        record = heat.record
+        started = time.perf_counter_ns()
+        for channel in stream:
+            record(channel, deliveries)
+        best = min(best, (time.perf_counter_ns() - started) / len(stream))
+    return best
+
+
+async def measure(workload: Workload, rounds: int) -> list[str]:
+    stream = stream_of(workload, seed=len(workload.name))
+    off: list[Round] = []
+    on: list[Round] = []
+    for n in range(rounds):
+        order = (False, True) if n % 2 == 0 else (True, False)
+        for tracking in order:
+            (on if tracking else off).append(await one_round(workload, stream, tracking))
+    fan_off = statistics.median(r.fan_out_us for r in off)
+    fan_on = statistics.median(r.fan_out_us for r in on)
+    record_ns = record_cost_ns(workload, stream)
+    return [
+        workload.name,
+        f"{workload.channels:,} × {workload.subscribers_per_channel:,}",
+        report.spread([r.fan_out_us for r in off], ".2f"),
+        report.spread([r.fan_out_us for r in on], ".2f"),
+        f"{(fan_on - fan_off) / fan_off:+.1%}",
+        f"{record_ns:.0f}",
+        f"{record_ns / 1000 / fan_off:.2%}",
+        f"{statistics.median(r.publish_cpu_us for r in off):.1f} / "
+        f"{statistics.median(r.publish_cpu_us for r in on):.1f}",
+    ]
+
+
+async def main(rounds: int, write: bool) -> None:
+    rows = []
+    for workload in WORKLOADS:
+        rows.append(await measure(workload, rounds))
+        print(" | ".join(rows[-1]), flush=True)
+    table = report.markdown_table(
+        (
+            "workload",
+            "channels × subscribers",
+            "fan-out CPU µs/publication, off",
+            "on",
+            "difference",
+            "record() ns",
+            "record() share of fan-out (off)",
+            "publish path CPU µs, off / on",
+        ),
+        rows,
+    )
+    described = report.markdown_table(
+        ("", ""), [(name, value) for name, value in report.machine(("msgspec",))]
+    )
+    text = (
+        f"{RESULTS_HEADING}\n\n"
+        f"`{report.command()}`: {rounds} rounds per workload, alternating off and on; each "
+        "fan-out figure is the median with the minimum and maximum in brackets. "
+        "`difference` is the tracking's cost in place (CPU time, so the machine's other "
+        "processes inflate it less than wall time). `record()` is the counting alone in a "
+        "tight loop over the same channels (best of 5), its caches warm: a lower bound, "
+        "exact for the celebrity case where the difference is lost in the spread. The "
+        "subscribers write to no socket: in a node each delivery also costs a socket "
+        "write, so these shares are upper bounds of a server's.\n\n"
+        f"{table}\n\n## Machine (hot channels)\n\n{described}\n"
+    )
+    print(text)
+    if write:
+        report.write_section(RESULTS_PATH, RESULTS_HEADING, text)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per workload and setting")
+    parser.add_argument(
+        "--no-write", action="store_true", help="print the figures, leave RESULTS.md alone"
+    )
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.rounds, not arguments.no_write))

@@ -1,0 +1,88 @@
+"""Hot channels on a running node: the counting windows, the warning, the JSON fields.
+
+I/O: one asyncio task per node closes a counting window of ``core.channel_heat`` every
+``hot_channel_window`` and logs a WARNING for each channel that became hot in it (its
+deliveries/s reached ``hot_channel_deliveries_per_s``): once per crossing, whatever the
+publication rate. The counting itself is the hub's, in its fan-out. ``GET /metrics``,
+``GET /api/channels?top=N`` and the status page read the rates of the last window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Final
+
+from tidings.core.channel_heat import ChannelHeat, ChannelRate
+from tidings.server.config import Settings
+
+logger = logging.getLogger(__name__)
+
+# Channels each summary counts: memory is a few hundred entries whatever the traffic,
+# and any channel carrying over 1/100 of the window's traffic is surely among them.
+HOT_CHANNEL_CAPACITY: Final = 100
+# Channels /metrics labels: few enough for any Prometheus (bounded label cardinality).
+HOT_CHANNELS_METRIC_TOP: Final = 10
+# Channels the status page shows.
+HOT_CHANNELS_STATUS_TOP: Final = 5
+
+
+def channel_heat_for(settings: Settings) -> ChannelHeat | None:
+    """Return the hot-channel counter the settings ask for (``None``: ``hot_channels``
+    is off)."""
+    if not settings.hot_channels:
+        return None
+    threshold = settings.hot_channel_deliveries_per_s
+    return ChannelHeat(HOT_CHANNEL_CAPACITY, threshold if threshold > 0 else None)
+
+
+def rate_fields(rate: ChannelRate) -> dict[str, float | None]:
+    """The JSON fields of one hot channel (``/api/channels?top=N``, the status page)."""
+
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 2)
+
+    return {
+        "publications_per_s": rounded(rate.publications_per_s),
+        "publications_error_per_s": rounded(rate.publications_error_per_s),
+        "deliveries_per_s": rounded(rate.deliveries_per_s),
+        "deliveries_error_per_s": rounded(rate.deliveries_error_per_s),
+    }
+
+
+class HotChannelWindows:
+    """Closes ``heat``'s counting window every ``window_s`` and warns of hot channels."""
+
+    def __init__(self, heat: ChannelHeat, window_s: float) -> None:
+        self.heat = heat
+        self.window_s = window_s
+        self._opened_s = time.monotonic()
+
+    async def run(self) -> None:
+        """Close a window every ``window_s`` until cancelled."""
+        self._opened_s = time.monotonic()  # the first window opens as the node starts
+        while True:
+            await asyncio.sleep(self.window_s)
+            try:
+                self.close_window(time.monotonic())
+            except Exception:  # a task boundary: log, and count on
+                logger.exception("closing the hot-channel window failed")
+
+    def close_window(self, now_s: float) -> list[ChannelRate]:
+        """End the window at ``now_s`` (monotonic); warn of the channels that became hot
+        in it, and return them."""
+        elapsed_s = max(now_s - self._opened_s, 1e-3)
+        self._opened_s = now_s
+        crossings = self.heat.close_window(elapsed_s)
+        for rate in crossings:
+            logger.warning(
+                "hot channel %s: %.0f deliveries/s to this node's subscribers "
+                "(%.1f publications/s), at or over hot_channel_deliveries_per_s = %g; "
+                "see docs/scaling.md",
+                rate.channel,
+                rate.deliveries_per_s or 0.0,
+                rate.publications_per_s or 0.0,
+                self.heat.threshold or 0.0,
+            )
+        return crossings
