@@ -1,14 +1,15 @@
 """A subscription: channels' publications over any transport, reconnecting and resuming.
 
-I/O: runs one background task (the *producer*) per subscription; the application
-iterates on its own task. This module owns the reconnect policy and the choice of
-transport; each transport is a ``Connector`` (websocket.py, sse.py, poll.py) and every
-one of them feeds the same ``PositionTracker``.
+I/O: runs one background task (the *producer*) per subscription, and under it one
+task per node serving some of its channels; the application iterates on its own task.
+This module owns the reconnect policy and the choice of transport; each transport is a
+``Connector`` (websocket.py, sse.py, poll.py) and every one of them feeds the
+``PositionTracker`` of the channels it carries.
 
 Theory of operation
 -------------------
-The producer runs connections one after another. Each ends by an exception, which
-``_outcome`` sorts into four kinds:
+Each group (see owner routing below) runs connections one after another. Each ends by
+an exception, which ``_outcome`` sorts into four kinds:
 
 * STOP: the server said not to come back (close 4000–4499, ``disconnect`` with
   ``reconnect: false``, an HTTP 400/401/403/404/413 error of the server) or spoke
@@ -36,6 +37,14 @@ last transport fails, and whenever the server is UNREACHABLE before a transport 
 kept, it waits a backoff delay and starts again from the top: a client started while
 the server is down ends up on WebSocket once the server is back.
 
+Owner routing (routing.py, docs/protocol.md §9): the channels are kept in groups, one
+per node serving them, each running the loop above on connections of its own; at
+first one group holds every channel at ``server_url``. A ``Redirected`` (a ``moved``
+reply, a ``307``) sends the channels it names to new groups at their owners, with
+their positions, and the channels that stay reconnect at once; a ``disconnect`` 4503
+with ``url`` sends the whole group there after the usual randomised delay. Groups run
+in one task group: a STOP of any ends the subscription.
+
 Events reach the application through a bounded queue. The producer's tracker is
 ahead of the application by what is queued, so ``positions`` is the application's
 view: the position of the last event it was given in each channel, or where that
@@ -59,6 +68,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import enum
 import logging
 import socket
@@ -73,11 +83,12 @@ import websockets
 
 from tidings.client.backoff import Backoff
 from tidings.client.connector import Attempt, Connector, TransportName
-from tidings.client.errors import TransportRefused, is_retryable
+from tidings.client.errors import Redirected, TransportRefused, is_retryable
 from tidings.client.events import Event, GapNotice
 from tidings.client.http import base_url
 from tidings.client.poll import LONG_POLL_WAIT_S, PollConnector
 from tidings.client.positions import PositionTracker
+from tidings.client.routing import ChannelGroup, Redirects, owners_after_redirect, split_group
 from tidings.client.sse import SseConnector
 from tidings.client.tokens import Token, Tokens
 from tidings.client.websocket import WebSocketConnector
@@ -247,7 +258,11 @@ class Subscription:
         positions = {
             parse_channel(channel): position for channel, position in (since or {}).items()
         }
-        self._tracker = PositionTracker(self.channels, positions)
+        # Channels by the node that serves them (routing.py): all at ``server_url`` at
+        # first; owner routing moves some to groups of their own.
+        self._groups = [ChannelGroup(self.server_url, PositionTracker(self.channels, positions))]
+        self._redirects = Redirects()
+        self._tasks: asyncio.TaskGroup | None = None
         self._choice: TransportChoice = transport
         self._candidates: tuple[TransportName, ...] = (
             AUTO_TRANSPORTS if transport == "auto" else (transport,)
@@ -261,7 +276,6 @@ class Subscription:
         self._delivered: dict[ChannelName, Position] = {}
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(EVENT_QUEUE_SIZE)
         self._producer: asyncio.Task[None] | None = None
-        self._http: httpx.AsyncClient | None = None
         self._finished = False  # the iteration is over: closed, or the producer stopped
 
     # -- what the application sees -----------------------------------------------------
@@ -274,7 +288,10 @@ class Subscription:
         got nothing of yet, the position it started from (``since``, or the server's
         when it subscribed). Channels not subscribed yet have none.
         """
-        return {**self._tracker.origins, **self._delivered}
+        origins: dict[ChannelName, Position] = {}
+        for group in self._groups:
+            origins.update(group.tracker.origins)
+        return {**origins, **self._delivered}
 
     async def __aenter__(self) -> Self:
         self._start()
@@ -315,9 +332,6 @@ class Subscription:
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await producer
-        http, self._http = self._http, None
-        if http is not None:
-            await http.aclose()
         while not self._queue.empty():
             self._queue.get_nowait()
         self._queue.put_nowait(_END)  # wakes an iteration waiting on another task
@@ -330,60 +344,114 @@ class Subscription:
 
     async def _produce(self) -> None:
         try:
-            await self._run_connections()
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                for group in self._groups:
+                    tasks.create_task(self._run_group(group))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a task boundary: the application gets the exception
+        except BaseExceptionGroup as failures:  # a task boundary: the application gets it
+            exc = _first_leaf(failures)
             logger.info("subscription to %s stopped: %r", self.server_url, exc)
             await self._queue.put(_Failure(exc))
 
-    async def _run_connections(self) -> None:
-        connectors = {connector.name: connector for connector in self._connectors()}
-        route = _Route(self._candidates, auto=self._choice == "auto")
-        while True:
-            connector = connectors[route.current]
-            self.transport = connector.name
-            attempt = Attempt()
-            logger.info("connecting to %s over %s", self.server_url, connector.name)
-            try:
-                await self._run_session(connector, attempt)
-                failure: Exception = ConnectionResetError(f"the {connector.name} session ended")
-            except Exception as exc:  # every ending is sorted below; STOP re-raises it
-                failure = exc
-            outcome = _outcome(failure)
-            if outcome is _Outcome.STOP and self._is_token_expiry(failure, attempt):
-                outcome = _Outcome.RECONNECT  # a fresh token comes with the next connection
-            if outcome is _Outcome.STOP or (outcome is _Outcome.REFUSED and not route.auto):
-                raise failure  # a fixed transport that is refused for good cannot work
-            if attempt.subscribed:
-                self._backoff.reset()
-            if not route.receive_failure(outcome, connected=attempt.connected):
-                logger.warning(
-                    "transport %s failed (%s); trying %s", connector.name, failure, route.current
+    async def _run_group(self, group: ChannelGroup) -> None:
+        """Run the connections of ``group`` one after another, until its channels are
+        all served elsewhere (routing.py) or a STOP."""
+        # No Authorization here: each stream or run of polls sets its own token.
+        async with httpx.AsyncClient(base_url=group.url) as http:
+            connectors = {connector.name: connector for connector in self._connectors(group, http)}
+            route = _Route(self._candidates, auto=self._choice == "auto")
+            backoff = copy.copy(self._backoff)
+            backoff.reset()
+            while True:
+                connector = connectors[route.current]
+                self.transport = connector.name
+                attempt = Attempt()
+                logger.info("connecting to %s over %s", group.url, connector.name)
+                try:
+                    await self._run_session(connector, group.tracker, attempt)
+                    failure: Exception = ConnectionResetError(f"the {connector.name} session ended")
+                except Exception as exc:  # every ending is sorted below; STOP re-raises it
+                    failure = exc
+                if attempt.subscribed:
+                    self._redirects.receive_served(group.tracker.channels)
+                    backoff.reset()
+                if isinstance(failure, Redirected):
+                    moves = failure.moves
+                    if not moves and failure.url is not None:
+                        moves = await owners_after_redirect(http, group, failure.url)
+                    if not self._follow(group, moves):
+                        return
+                    continue  # the channels that stay reconnect at once
+                delay_s = await self._after_failure(failure, attempt, route, backoff)
+                if delay_s is None:
+                    continue
+                logger.info(
+                    "%s connection to %s ended (%s); reconnecting in %.2f s",
+                    connector.name,
+                    group.url,
+                    failure,
+                    delay_s,
                 )
-                continue
-            delay_s = _server_delay_s(failure)
-            if delay_s is None:
-                delay_s = self._backoff.next_delay_s()
-            logger.info(
-                "%s connection to %s ended (%s); reconnecting in %.2f s",
-                connector.name,
-                self.server_url,
-                failure,
-                delay_s,
-            )
-            await asyncio.sleep(delay_s)
+                await asyncio.sleep(delay_s)
+                url = failure.url if isinstance(failure, ConnectionClosed) else None
+                if url is not None:
+                    # 4503 with ``url`` (docs/protocol.md §9): the connection's own key
+                    # moved; its channels resume on the owner.
+                    self._follow(group, dict.fromkeys(group.tracker.channels, url))
+                    return
+
+    async def _after_failure(
+        self, failure: Exception, attempt: Attempt, route: _Route, backoff: Backoff
+    ) -> float | None:
+        """Sort a connection's end: raise it (STOP), or return how long to wait before
+        the next connection (``None``: try the next transport at once)."""
+        outcome = _outcome(failure)
+        if outcome is _Outcome.STOP and self._is_token_expiry(failure, attempt):
+            outcome = _Outcome.RECONNECT  # a fresh token comes with the next connection
+        if outcome is _Outcome.STOP or (outcome is _Outcome.REFUSED and not route.auto):
+            raise failure  # a fixed transport that is refused for good cannot work
+        if not route.receive_failure(outcome, connected=attempt.connected):
+            logger.warning("transport failed (%s); trying %s", failure, route.current)
+            return None
+        delay_s = _server_delay_s(failure)
+        return backoff.next_delay_s() if delay_s is None else delay_s
+
+    def _follow(self, group: ChannelGroup, moves: Mapping[ChannelName, str]) -> bool:
+        """Send the channels ``moves`` names to their owners, each in a new group with
+        connections of its own; return whether any channel stays in ``group``.
+
+        Raises:
+            TooManyRedirects: a channel was redirected too often in a row (routing.py).
+        """
+        for channel in group.tracker.channels:
+            if channel in moves:
+                self._redirects.receive_moved(channel, moves[channel])
+        kept, moved = split_group(group, moves)
+        self._groups.remove(group)
+        if kept is not None:
+            group.tracker = kept.tracker
+            self._groups.append(group)
+        for new in moved:
+            logger.info("%s served by %s", ", ".join(new.tracker.channels), new.url)
+            self._groups.append(new)
+            assert self._tasks is not None  # groups run inside the producer's task group
+            self._tasks.create_task(self._run_group(new))
+        return kept is not None
 
     def _is_token_expiry(self, failure: Exception, attempt: Attempt) -> bool:
         """Whether ``failure`` is a token that ran out on a connection that had got
         through, which a fresh token from the callable mends."""
         return self._tokens.is_renewable and attempt.connected and isinstance(failure, Unauthorized)
 
-    async def _run_session(self, connector: Connector, attempt: Attempt) -> None:
+    async def _run_session(
+        self, connector: Connector, tracker: PositionTracker, attempt: Attempt
+    ) -> None:
         """Queue the events of one connection until it ends (by raising)."""
         # aclosing: a cancel (``close``) while an event is being queued still closes
         # the connection now, not whenever the generator is collected.
-        async with contextlib.aclosing(connector.session(self._tracker, attempt)) as batches:
+        async with contextlib.aclosing(connector.session(tracker, attempt)) as batches:
             async for events in batches:
                 for event in events:
                     if isinstance(event, GapNotice):
@@ -396,10 +464,9 @@ class Subscription:
                         )
                     await self._queue.put(event)
 
-    def _connectors(self) -> list[Connector]:
-        http = self._http_client()
+    def _connectors(self, group: ChannelGroup, http: httpx.AsyncClient) -> list[Connector]:
         made: dict[TransportName, Connector] = {
-            "ws": WebSocketConnector(_ws_url(self.server_url), self._tokens),
+            "ws": WebSocketConnector(_ws_url(group.url), self._tokens),
             "sse": SseConnector(http, tokens=self._tokens),
             "longpoll": PollConnector(http, wait_s=self._long_poll_wait_s, tokens=self._tokens),
             "poll": PollConnector(
@@ -407,12 +474,6 @@ class Subscription:
             ),
         }
         return [made[name] for name in self._candidates]
-
-    def _http_client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            # No Authorization here: each stream or run of polls sets its own token.
-            self._http = httpx.AsyncClient(base_url=self.server_url)
-        return self._http
 
 
 def subscribe(
@@ -467,3 +528,14 @@ def _ws_url(http_url: str) -> str:
     parts = urlsplit(http_url)
     scheme = "wss" if parts.scheme == "https" else "ws"
     return urlunsplit((scheme, parts.netloc, f"{parts.path}/ws", "", ""))
+
+
+def _first_leaf(failures: BaseExceptionGroup[BaseException]) -> Exception:
+    """The first exception of a task group's failures (one group stopped; the task group
+    cancelled the others)."""
+    for failure in failures.exceptions:
+        if isinstance(failure, BaseExceptionGroup):
+            return _first_leaf(failure)
+        if isinstance(failure, Exception):
+            return failure
+    raise failures

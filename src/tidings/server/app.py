@@ -26,7 +26,7 @@ from tidings.core.channel import parse_channel
 from tidings.core.commands import publication_data
 from tidings.core.dedupe import CLIENT_KEY_MARK, DedupeOptions
 from tidings.core.drain import plan_drain
-from tidings.core.placement import LOCAL_PLACEMENT, Placement
+from tidings.core.placement import Placement
 from tidings.core.publication import Position
 from tidings.core.wire import encode_json
 from tidings.errors import BadRequest
@@ -41,6 +41,7 @@ from tidings.server.heartbeat import run_heartbeats
 from tidings.server.keys import JwksKeys, load_public_key
 from tidings.server.metrics import Metrics
 from tidings.server.native.routes import NativeRoutes
+from tidings.server.routing import RouteEndpoint, placement_of
 from tidings.server.status import (
     StaticAssets,
     StatusPublisher,
@@ -98,15 +99,17 @@ class TidingsApp:
         broker: Broker | None = None,
         presence: PresenceStore | None = None,
         *,
-        placement: Placement = LOCAL_PLACEMENT,
+        placement: Placement | None = None,
     ) -> None:
         """Make a node of ``settings``, on ``broker`` (the one the settings name if
         ``None``), keeping presence in ``presence`` (the broker's own store if ``None``,
         or, for a broker that keeps none, one for this node alone); ``placement`` says
-        which channels it serves (all of them, but in hashing mode)."""
+        which channels it serves (the one ``ring_nodes`` describe if ``None``: all of
+        them, but in hashing mode)."""
         settings = settings or Settings()
         demo = prepare_demo(settings) if settings.demo else None
         self.settings = settings = with_status_namespace(demo.settings if demo else settings)
+        placement = placement_of(settings) if placement is None else placement
         self.sessions = SessionRegistry(
             settings.max_connections, settings.max_unauthenticated_connections
         )
@@ -166,6 +169,7 @@ class TidingsApp:
                 *transports,
                 Route("/health", self._health, methods=["GET"]),
                 Route("/ready", self._ready, methods=["GET"]),
+                Route("/route", RouteEndpoint(placement, settings), methods=["GET"]),
                 Route("/metrics", self.metrics.endpoint, methods=["GET"]),
                 Route("/", front_page(self.about), methods=["GET"]),
                 Route("/status", status_page(self.status.channel, self.about), methods=["GET"]),
