@@ -169,7 +169,7 @@ class TidingsApp:
                 *transports,
                 Route("/health", self._health, methods=["GET"]),
                 Route("/ready", self._ready, methods=["GET"]),
-                Route("/route", RouteEndpoint(placement, settings), methods=["GET"]),
+                Route("/route", RouteEndpoint(placement, settings).answer, methods=["GET"]),
                 Route("/metrics", self.metrics.endpoint, methods=["GET"]),
                 Route("/", front_page(self.about), methods=["GET"]),
                 Route("/status", status_page(self.status.channel, self.about), methods=["GET"]),

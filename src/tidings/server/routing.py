@@ -49,7 +49,7 @@ class RouteEndpoint:
         self._own_url = settings.advertised_url
         self._allowed_origins = settings.allowed_origins
 
-    async def __call__(self, request: Request) -> Response:
+    async def answer(self, request: Request) -> Response:
         """Answer the owner of the request's key or channel (400 if it names neither or
         both, a key of over 255 characters, or an invalid channel)."""
         cors = cors_headers(request.headers.get("origin"), self._allowed_origins)
