@@ -12,9 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Final
 
 import pytest
 
@@ -27,76 +24,24 @@ from tests.client.conftest import (
     take,
     take_publications,
 )
+from tests.support.ring_nodes import RingPair, start_pair
 from tests.support.served import served
-from tests.support.server import ServerProcess, free_port, start_server
-from tidings.client import ApiClient, GapNotice, Subscription, TransportName
-from tidings.client.errors import TooManyRedirects
+from tidings.client import GapNotice, Subscription, TooManyRedirects, TransportName
 from tidings.core.channel import ChannelName
 from tidings.core.publication import Position, Publication
-from tidings.core.ring import HashRing, ModuloHash, Ownership
 from tidings.server.app import TidingsApp
 from tidings.server.config import Settings
 from tidings.transports.close_codes import CLOSE_MOVED
-
-NODES: Final = ("a", "b")
-
-
-@dataclass
-class RingPair:
-    """Two nodes of one ring, ``a`` and ``b``."""
-
-    servers: dict[str, ServerProcess]
-    ownership: dict[str, Ownership]  # what each node believes
-
-    def url(self, node: str) -> str:
-        return self.servers[node].http_url
-
-    def api(self, node: str) -> ApiClient:
-        return ApiClient(self.url(node), API_KEY)
-
-    def channel(self, prefix: str, **owners: str) -> str:
-        """The first ``<prefix><n>`` that each node's ownership gives to the node named."""
-        n = 0
-        while True:
-            channel = f"{prefix}{n}"
-            if all(self.ownership[node].owner(channel) == owner for node, owner in owners.items()):
-                return channel
-            n += 1
-
-
-def start_pair(directory: Path, placements: dict[str, str]) -> RingPair:
-    """Start nodes ``a`` and ``b``, each with its own ``placement`` over the same nodes."""
-    ports = {node: free_port() for node in NODES}
-    nodes_table = "\n".join(f'{node} = "http://127.0.0.1:{port}"' for node, port in ports.items())
-    servers: dict[str, ServerProcess] = {}
-    try:
-        for node in NODES:
-            config = directory / f"{node}.toml"
-            config.write_text(
-                f'shutdown_timeout = "1s"\nplacement = "{placements[node]}"\n'
-                f"[ring_nodes]\n{nodes_table}\n[namespaces.room]\nhistory_size = 100\n"
-            )
-            env = {"TIDINGS_API_KEY": API_KEY, "TIDINGS_NODE_ID": node}
-            servers[node] = start_server(port=ports[node], config=config, env=env)
-    except BaseException:
-        for server in servers.values():
-            server.kill()
-        raise
-    ownership: dict[str, Ownership] = {
-        node: HashRing(NODES) if placements[node] == "ring" else ModuloHash(NODES) for node in NODES
-    }
-    return RingPair(servers, ownership)
 
 
 @pytest.fixture(scope="module")
 def ring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RingPair]:
     """Two nodes that agree: both route by the ring."""
-    pair = start_pair(tmp_path_factory.mktemp("ring"), {"a": "ring", "b": "ring"})
+    pair = start_pair(tmp_path_factory.mktemp("ring"), {"a": "ring", "b": "ring"}, API_KEY)
     try:
         yield pair
     finally:
-        for server in pair.servers.values():
-            server.kill()
+        pair.kill()
 
 
 def subscription(
@@ -155,12 +100,11 @@ async def test_channels_of_different_owners_are_each_served_by_their_own(
 @pytest.fixture(scope="module")
 def disagreeing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RingPair]:
     """Two nodes that disagree about owners: ``a`` routes by the ring, ``b`` by modulo."""
-    pair = start_pair(tmp_path_factory.mktemp("disagree"), {"a": "ring", "b": "modulo"})
+    pair = start_pair(tmp_path_factory.mktemp("disagree"), {"a": "ring", "b": "modulo"}, API_KEY)
     try:
         yield pair
     finally:
-        for server in pair.servers.values():
-            server.kill()
+        pair.kill()
 
 
 @pytest.mark.parametrize("transport", ["ws", "sse", "poll"])
