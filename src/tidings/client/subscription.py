@@ -9,7 +9,7 @@ This module owns the reconnect policy and the choice of transport; each transpor
 Theory of operation
 -------------------
 Each group (see owner routing below) runs connections one after another. Each ends by
-an exception, which ``_outcome`` sorts into four kinds:
+an exception, which ``reconnect.outcome_of`` sorts into four kinds:
 
 * STOP: the server said not to come back (close 4000–4499, ``disconnect`` with
   ``reconnect: false``, an HTTP 400/401/403/404/413 error of the server) or spoke
@@ -26,16 +26,16 @@ an exception, which ``_outcome`` sorts into four kinds:
   (``TransportRefused``: a proxy's 403 or 404 on ``/ws``). A fixed transport stops:
   it cannot work on this network. (A proxy's 5xx, 408 or 429 is a RECONNECT.)
 
-``transport="auto"`` (``_Route``) walks ws → sse → longpoll. It moves down, without
-waiting, when a transport is REFUSED, or when a connection ended before anything of
-the server's came through it while no transport has worked yet (a middlebox that
-resets WebSocket upgrades, or accepts them and passes nothing; a proxy that buffers
-event streams). Once something came through a transport it is *kept*: later failures
-reconnect on it, as a server restart must not push a client onto long polling for
-good. After the
-last transport fails, and whenever the server is UNREACHABLE before a transport was
-kept, it waits a backoff delay and starts again from the top: a client started while
-the server is down ends up on WebSocket once the server is back.
+``transport="auto"`` (``reconnect.TransportRoute``) walks ws → sse → longpoll. It
+moves down, without waiting, when a transport is REFUSED, or when a connection ended
+before anything of the server's came through it while no transport has worked yet (a
+middlebox that resets WebSocket upgrades, or accepts them and passes nothing; a proxy
+that buffers event streams). Once something came through a transport it is *kept*:
+later failures reconnect on it, as a server restart must not push a client onto long
+polling for good. After the last transport fails, and whenever the server is
+UNREACHABLE before a transport was kept, it waits a backoff delay and starts again
+from the top: a client started while the server is down ends up on WebSocket once
+the server is back.
 
 Owner routing (routing.py, docs/protocol.md §9): the channels are kept in groups, one
 per node serving them, each running the loop above on connections of its own; at
@@ -69,9 +69,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import enum
 import logging
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -79,22 +77,22 @@ from typing import Final, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import websockets
 
 from tidings.client.backoff import Backoff
 from tidings.client.connector import Attempt, Connector, TransportName
-from tidings.client.errors import Redirected, TransportRefused, is_retryable
+from tidings.client.errors import Redirected
 from tidings.client.events import Event, GapNotice
 from tidings.client.http import base_url
 from tidings.client.poll import LONG_POLL_WAIT_S, PollConnector
 from tidings.client.positions import PositionTracker
+from tidings.client.reconnect import Outcome, TransportRoute, outcome_of, server_delay_s
 from tidings.client.routing import ChannelGroup, Redirects, owners_after_redirect, split_group
 from tidings.client.sse import SseConnector
 from tidings.client.tokens import Token, Tokens
 from tidings.client.websocket import WebSocketConnector
 from tidings.core.channel import ChannelName, parse_channel
 from tidings.core.publication import Position, Publication
-from tidings.errors import ConnectionClosed, RequestError, Unauthorized
+from tidings.errors import ConnectionClosed, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -103,91 +101,6 @@ TransportChoice = Literal["auto", "ws", "sse", "longpoll", "poll"]
 Since = Mapping[ChannelName, Position] | Mapping[str, Position]
 AUTO_TRANSPORTS: Final[tuple[TransportName, ...]] = ("ws", "sse", "longpoll")
 EVENT_QUEUE_SIZE: Final = 1024
-# A server's reconnect delay is followed up to this long (a bound on a server's mistake).
-MAX_SERVER_DELAY_S: Final = 300.0
-
-# No TCP connection to the server at all: it is down or unreachable, whatever the path,
-# so this says nothing about which transport the network lets through.
-_UNREACHABLE_ERRORS: Final = (
-    ConnectionRefusedError,
-    socket.gaierror,
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-)
-# Failures of the network or of one connection: another connection may succeed.
-_NETWORK_ERRORS: Final = (
-    OSError,  # reset, unreachable; ConnectionResetError for an ended SSE stream
-    TimeoutError,  # a silent WebSocket, or an upgrade that never completed
-    httpx.TransportError,  # httpx's read (a silent SSE stream) and protocol errors
-    websockets.ConnectionClosed,
-    websockets.InvalidHandshake,  # an upgrade cut short; InvalidStatus is turned into
-    # TransportRefused by the connector
-)
-
-
-class _Outcome(enum.Enum):
-    STOP = "stop"
-    RECONNECT = "reconnect"
-    UNREACHABLE = "unreachable"
-    REFUSED = "refused"
-
-
-def _outcome(exc: Exception) -> _Outcome:
-    """Sort what ended a connection (see the module docstring)."""
-    if isinstance(exc, TransportRefused):
-        # A 5xx or 429 of a proxy may pass (its backend restarting): like a dropped
-        # connection, it moves ``auto`` down only while no transport is kept.
-        return _Outcome.RECONNECT if exc.is_retryable else _Outcome.REFUSED
-    if isinstance(exc, _UNREACHABLE_ERRORS):
-        return _Outcome.UNREACHABLE
-    if isinstance(exc, ConnectionClosed):
-        return _Outcome.RECONNECT if exc.reconnect else _Outcome.STOP
-    if isinstance(exc, RequestError):
-        return _Outcome.RECONNECT if is_retryable(exc) else _Outcome.STOP
-    if isinstance(exc, _NETWORK_ERRORS):
-        return _Outcome.RECONNECT
-    return _Outcome.STOP
-
-
-def _server_delay_s(failure: Exception) -> float | None:
-    """The reconnect delay the server gave with its ``disconnect`` (a drain spreads its
-    clients' reconnects so), bounded by ``MAX_SERVER_DELAY_S``; ``None`` without one."""
-    if isinstance(failure, ConnectionClosed) and failure.delay_ms is not None:
-        return min(failure.delay_ms / 1000, MAX_SERVER_DELAY_S)
-    return None
-
-
-@dataclass(slots=True)
-class _Route:
-    """Which transport comes next: the ``auto`` rules of the module docstring. No I/O."""
-
-    candidates: tuple[TransportName, ...]
-    auto: bool
-    index: int = 0
-    kept: bool = False
-
-    @property
-    def current(self) -> TransportName:
-        """The transport to connect with."""
-        return self.candidates[self.index]
-
-    def receive_failure(self, outcome: _Outcome, *, connected: bool) -> bool:
-        """Take a connection's end (not a STOP); return whether to wait a backoff delay
-        before the next connection (``False``: try the next transport at once)."""
-        if not self.auto:
-            return True
-        if connected and not self.kept:
-            logger.info("transport %s works; keeping it", self.current)
-            self.kept = True
-        if outcome is _Outcome.REFUSED or (outcome is _Outcome.RECONNECT and not self.kept):
-            self.kept = False
-            self.index += 1
-            if self.index < len(self.candidates):
-                return False
-            self.index = 0
-        elif outcome is _Outcome.UNREACHABLE and not self.kept:
-            self.index = 0  # the server is down: when it is back, start from the top
-        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,7 +274,7 @@ class Subscription:
         # No Authorization here: each stream or run of polls sets its own token.
         async with httpx.AsyncClient(base_url=group.url) as http:
             connectors = {connector.name: connector for connector in self._connectors(group, http)}
-            route = _Route(self._candidates, auto=self._choice == "auto")
+            route = TransportRoute(self._candidates, auto=self._choice == "auto")
             backoff = copy.copy(self._backoff)
             backoff.reset()
             while True:
@@ -403,19 +316,19 @@ class Subscription:
                     return
 
     async def _after_failure(
-        self, failure: Exception, attempt: Attempt, route: _Route, backoff: Backoff
+        self, failure: Exception, attempt: Attempt, route: TransportRoute, backoff: Backoff
     ) -> float | None:
         """Sort a connection's end: raise it (STOP), or return how long to wait before
         the next connection (``None``: try the next transport at once)."""
-        outcome = _outcome(failure)
-        if outcome is _Outcome.STOP and self._is_token_expiry(failure, attempt):
-            outcome = _Outcome.RECONNECT  # a fresh token comes with the next connection
-        if outcome is _Outcome.STOP or (outcome is _Outcome.REFUSED and not route.auto):
+        outcome = outcome_of(failure)
+        if outcome is Outcome.STOP and self._is_token_expiry(failure, attempt):
+            outcome = Outcome.RECONNECT  # a fresh token comes with the next connection
+        if outcome is Outcome.STOP or (outcome is Outcome.REFUSED and not route.auto):
             raise failure  # a fixed transport that is refused for good cannot work
         if not route.receive_failure(outcome, connected=attempt.connected):
             logger.warning("transport failed (%s); trying %s", failure, route.current)
             return None
-        delay_s = _server_delay_s(failure)
+        delay_s = server_delay_s(failure)
         return backoff.next_delay_s() if delay_s is None else delay_s
 
     def _follow(self, group: ChannelGroup, moves: Mapping[ChannelName, str]) -> bool:
