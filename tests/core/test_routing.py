@@ -10,7 +10,7 @@ from tidings.core.channel import ChannelName, NamespaceName
 from tidings.core.namespace import NamespaceOptions, Namespaces, Policy
 from tidings.core.placement import HERE, Moved
 from tidings.core.ring import HashRing, ModuloHash
-from tidings.core.routing import RingPlacement, routing_key, user_key
+from tidings.core.routing import FollowingPlacement, RingPlacement, routing_key, user_key
 
 NAMESPACES = Namespaces({NamespaceName("inbox"): NamespaceOptions(policy=Policy.USER)})
 URLS = {"a": "http://a.example:8000/", "b": "http://b.example:8000", "c": "https://c.example"}
@@ -62,3 +62,20 @@ def test_modulo_hashing_routes_the_same_way() -> None:
 def test_a_node_without_a_url_is_refused() -> None:
     with pytest.raises(ValueError, match=r"nodes \['c'\] have no URL"):
         RingPlacement(HashRing(["a", "c"]), "a", {"a": URLS["a"]}, NAMESPACES)
+
+
+def test_a_following_placement_routes_by_the_latest_ring_it_was_given() -> None:
+    placement = FollowingPlacement("a", "http://a.example:8000/", NAMESPACES)
+    channel = next(
+        ChannelName(f"doc:{n}") for n in range(100) if HashRing(URLS).owner(f"doc:{n}") == "b"
+    )
+    # No ring yet: served here, and /route names this node.
+    assert placement.place(channel) == HERE
+    assert placement.owner_url("doc:1") == "http://a.example:8000"
+    placement.receive_ring(URLS)
+    assert placement.place(channel) == Moved("http://b.example:8000")
+    assert placement.channel_owner_url(channel) == "http://b.example:8000"
+    placement.receive_ring({"a": URLS["a"]})  # b left
+    assert placement.place(channel) == HERE
+    placement.receive_ring({})
+    assert placement.owner_url("doc:1") == "http://a.example:8000"

@@ -380,6 +380,20 @@ def test_a_static_ring_is_read_from_a_table_or_the_environment(tmp_path: Path) -
         ({"TIDINGS_RING_NODES": "a b=http://a:1"}, "ring_nodes key must be 1 to 64"),
         ({"TIDINGS_PLACEMENT": "consistent"}, r"placement must be one of \['ring', 'modulo'\]"),
         ({"TIDINGS_RING_VNODES": "0"}, "ring_vnodes must be a whole number >= 1"),
+        (
+            {
+                "TIDINGS_RING_NODES": "a=http://a:1",
+                "TIDINGS_NODE_ID": "a",
+                "TIDINGS_RING_ETCD": "http://e:2379",
+            },
+            "ring_nodes .* or ring_etcd .*, not both",
+        ),
+        (
+            {"TIDINGS_RING_ETCD": "http://e:2379", "TIDINGS_RING_TTL": "1s"},
+            "ring_ttl must be at least 2s",
+        ),
+        ({"TIDINGS_RING_ETCD": "e:2379"}, "ring_etcd must be an http"),
+        ({"TIDINGS_RING_PREFIX": "tidings"}, "ring_prefix must be an etcd key prefix"),
     ],
 )
 def test_a_ring_no_node_could_serve_is_refused(environ: dict[str, str], complaint: str) -> None:

@@ -28,6 +28,7 @@ from tidings.core.dedupe import CLIENT_KEY_MARK, DedupeOptions
 from tidings.core.drain import plan_drain
 from tidings.core.placement import Placement
 from tidings.core.publication import Position
+from tidings.core.routing import FollowingPlacement
 from tidings.core.wire import encode_json
 from tidings.errors import BadRequest
 from tidings.hub.hub import Hub
@@ -41,7 +42,7 @@ from tidings.server.heartbeat import run_heartbeats
 from tidings.server.keys import JwksKeys, load_public_key
 from tidings.server.metrics import Metrics
 from tidings.server.native.routes import NativeRoutes
-from tidings.server.routing import RouteEndpoint, placement_of
+from tidings.server.routing import RingMember, RouteEndpoint, placement_of
 from tidings.server.status import (
     StaticAssets,
     StatusPublisher,
@@ -110,6 +111,10 @@ class TidingsApp:
         demo = prepare_demo(settings) if settings.demo else None
         self.settings = settings = with_status_namespace(demo.settings if demo else settings)
         placement = placement_of(settings) if placement is None else placement
+        # The ring in etcd (``ring_etcd``): joined at start, left when the node drains.
+        self._ring_member = (
+            RingMember(settings, placement) if isinstance(placement, FollowingPlacement) else None
+        )
         self.sessions = SessionRegistry(
             settings.max_connections, settings.max_unauthenticated_connections
         )
@@ -202,6 +207,8 @@ class TidingsApp:
             if self._started:
                 return
             await self.hub.start()
+            if self._ring_member is not None:
+                await self._ring_member.join()
             tick_s = max(0.05, min(HEARTBEAT_TICK_S, self.settings.ping_interval_s / 4))
             self._heartbeat = asyncio.create_task(run_heartbeats(self.sessions, tick_s))
             self._status_task = asyncio.create_task(self.status.run())
@@ -228,6 +235,10 @@ class TidingsApp:
         at most ``drain_rate`` reconnects per second (``core.drain``).
         """
         self.context.draining = True
+        if self._ring_member is not None:
+            # Out of the ring first: its keys go to the other nodes, where the clients
+            # told to reconnect below are sent.
+            await self._ring_member.leave()
         self._poll.release_all()
         settings = self.settings
         loop = asyncio.get_running_loop()
@@ -265,6 +276,8 @@ class TidingsApp:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self._poll.close()
+        if self._ring_member is not None:
+            await self._ring_member.close()
         await self.hub.close()
         self._started = False
         logger.info("tidings node %s stopped", self.context.node_id)

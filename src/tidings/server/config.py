@@ -109,6 +109,11 @@ class Settings:
     ring_nodes: Mapping[str, str] = field(default_factory=dict)
     placement: OwnershipKind = "ring"
     ring_vnodes: int = DEFAULT_VNODES
+    # Or the ring's membership in etcd (brokers/ring/membership.py): its client URL, the
+    # key prefix the ring's nodes share, and how long a silent node stays a member.
+    ring_etcd: str | None = None
+    ring_prefix: str = "/tidings/ring"
+    ring_ttl_s: float = 10.0
 
     def __post_init__(self) -> None:
         _check_limits(self)
@@ -197,6 +202,13 @@ def _as_ring_nodes(name: str, value: object) -> dict[str, str]:
         )
         for node, url in value.items()
     }
+
+
+def _as_ring_prefix(name: str, value: object) -> str:
+    text = _as_str(name, value)
+    if not text.startswith("/") or len(text) < 2:
+        raise ConfigError(f"{name} must be an etcd key prefix such as /tidings/ring, got {text!r}")
+    return text
 
 
 def _as_ownership(name: str, value: object) -> OwnershipKind:
@@ -387,9 +399,13 @@ _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "ring_nodes": _as_ring_nodes,
     "placement": _as_ownership,
     "ring_vnodes": _as_count,
+    "ring_etcd": lambda name, value: check_public_url(name, _as_str(name, value)),
+    "ring_prefix": _as_ring_prefix,
+    "ring_ttl": parse_duration_s,
 }
 # Settings fields whose configuration name drops the unit suffix.
 _FIELD_OF: Final = {
+    "ring_ttl": "ring_ttl_s",
     "ping_interval": "ping_interval_s",
     "outbound_buffer": "outbound_buffer_bytes",
     "dedupe_window": "dedupe_window_s",
@@ -608,6 +624,12 @@ def check_ring(settings: Settings) -> None:
         ConfigError: ``ring_nodes`` is set and does not name ``node_id``.
     """
     nodes = settings.ring_nodes
+    if nodes and settings.ring_etcd is not None:
+        raise ConfigError(
+            "set ring_nodes (a static ring) or ring_etcd (membership in etcd), not both"
+        )
+    if settings.ring_etcd is not None and settings.ring_ttl_s < 2:
+        raise ConfigError(f"ring_ttl must be at least 2s, got {settings.ring_ttl_s:g}s")
     if nodes and settings.node_id not in nodes:
         raise ConfigError(
             f"node_id {settings.node_id!r} is not in ring_nodes {sorted(nodes)}: "
