@@ -135,7 +135,9 @@ class EtcdGateway:
         try:
             response = await self._http.post(path, json=body)
         except httpx.HTTPError as exc:
-            raise EtcdError(f"etcd {path}: {exc!r}") from exc
+            raise EtcdError(
+                f"etcd at {self._http.base_url} did not answer {path}: {exc!r}"
+            ) from exc
         if response.status_code != 200:
             raise EtcdError(f"etcd {path} answered {response.status_code}: {response.text[:200]}")
         return response.content
