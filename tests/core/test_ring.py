@@ -11,6 +11,7 @@ deviations; a ring that moved keys like modulo hashing (N/(N+1)) would miss them
 from __future__ import annotations
 
 import hashlib
+import random
 
 import pytest
 from hypothesis import given, settings
@@ -44,10 +45,10 @@ def test_a_point_is_the_keys_blake2b_digest_read_as_a_64_bit_number() -> None:
 @SMALL
 @given(nodes=node_sets, order=st.randoms(use_true_random=False))
 def test_ownership_does_not_depend_on_the_order_nodes_are_given(
-    nodes: list[str], order: object
+    nodes: list[str], order: random.Random
 ) -> None:
     shuffled = list(nodes)
-    order.shuffle(shuffled)  # type: ignore[attr-defined]  # a random.Random
+    order.shuffle(shuffled)
     ring, again = HashRing(nodes), HashRing(shuffled)
     modulo, modulo_again = ModuloHash(nodes), ModuloHash(shuffled)
     for key in KEYS[::50]:
