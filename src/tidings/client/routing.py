@@ -18,6 +18,7 @@ stops with ``TooManyRedirects``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -30,6 +31,9 @@ from tidings.client.frames import decode
 from tidings.client.http import node_base, request_error
 from tidings.client.positions import PositionTracker
 from tidings.core.channel import ChannelName
+from tidings.errors import TidingsError
+
+logger = logging.getLogger(__name__)
 
 MAX_REDIRECTS: Final = 5
 
@@ -101,19 +105,23 @@ async def owners_after_redirect(
     it serves stay, the others go to their owners; if it claims them all, they all
     follow ``location`` (the redirect counts bound that).
 
-    Raises:
-        RequestError: ``/route`` answered with an error.
-        httpx.TransportError: the network failed.
+    A ``/route`` that does not answer (the network, an error, a node without it) is
+    no reason to stop: the whole group then follows ``location`` too.
     """
     channels = group.tracker.channels
+    everything = dict.fromkeys(channels, location)
     if len(channels) == 1:
-        return {channels[0]: location}
+        return everything
     moves: dict[ChannelName, str] = {}
-    for channel in channels:
-        response = await http.get("/route", params={"channel": channel})
-        if response.status_code != 200:
-            raise request_error(response)
-        owner = node_base(decode("route answer", response.content, RouteAnswer).url)
-        if owner != group.url:
-            moves[channel] = owner
-    return moves or dict.fromkeys(channels, location)
+    try:
+        for channel in channels:
+            response = await http.get("/route", params={"channel": channel})
+            if response.status_code != 200:
+                raise request_error(response)
+            owner = node_base(decode("route answer", response.content, RouteAnswer).url)
+            if owner != group.url:
+                moves[channel] = owner
+    except (httpx.HTTPError, TidingsError) as exc:
+        logger.info("GET /route of %s failed (%r); following the redirect", group.url, exc)
+        return everything
+    return moves or everything

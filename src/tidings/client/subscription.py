@@ -297,7 +297,7 @@ class Subscription:
                     if not self._follow(group, moves):
                         return
                     continue  # the channels that stay reconnect at once
-                delay_s = await self._after_failure(failure, attempt, route, backoff)
+                delay_s = self._after_failure(failure, attempt, route, backoff)
                 if delay_s is None:
                     continue
                 logger.info(
@@ -315,7 +315,7 @@ class Subscription:
                     self._follow(group, dict.fromkeys(group.tracker.channels, url))
                     return
 
-    async def _after_failure(
+    def _after_failure(
         self, failure: Exception, attempt: Attempt, route: TransportRoute, backoff: Backoff
     ) -> float | None:
         """Sort a connection's end: raise it (STOP), or return how long to wait before
