@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
@@ -14,11 +15,24 @@ from typing import Final
 import pytest
 
 from tests.support.ring_nodes import RingPair, start_pair
-from tests.support.services import require_binary
+from tests.support.services import missing, require_binary
 
 SCRIPT: Final = Path(__file__).with_name("owner_routing.mjs")
 API_KEY: Final = "js-owner-routing-api-key"
 LINE_TIMEOUT_S: Final = 15.0
+
+
+def websocket_flags(node: str) -> list[str] | None:
+    """The node options that give this node a global WebSocket (none from Node 22 on,
+    ``--experimental-websocket`` in Node 20 and 21); ``None`` if it has none."""
+    probe = "process.exit(typeof WebSocket === 'function' ? 0 : 1)"
+    for flags in ([], ["--experimental-websocket"]):
+        completed = subprocess.run(
+            [node, *flags, "-e", probe], capture_output=True, timeout=30, check=False
+        )
+        if completed.returncode == 0:
+            return flags
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +49,9 @@ async def test_the_js_client_is_sent_to_the_owner_and_resumes_there(
     ring: RingPair, transport: str
 ) -> None:
     node = require_binary("node")
+    flags = websocket_flags(node) if transport == "ws" else []
+    if flags is None:
+        missing(f"{node} has no WebSocket (Node 20 or later has, with --experimental-websocket)")
     channel = ring.channel(f"room:js-{transport}-", a="b", b="b")
     async with ring.api("b") as owner:
         head = (await owner.history(channel)).position
@@ -42,7 +59,7 @@ async def test_the_js_client_is_sent_to_the_owner_and_resumes_there(
         since = json.dumps({"epoch": head.epoch, "offset": head.offset})
         client = await asyncio.create_subprocess_exec(
             node,
-            "--experimental-websocket",
+            *flags,
             "--no-warnings",
             str(SCRIPT),
             ring.url("a") + "/",
