@@ -183,3 +183,25 @@ async def test_an_unreachable_etcd_is_an_etcd_error() -> None:
             await member(RingChanges(), etcd, "/x", "a", []).join()
     finally:
         await etcd.aclose()
+
+
+async def test_a_node_that_lost_its_lease_joins_the_ring_again(
+    changes: RingChanges, gateway: EtcdGateway, prefix: str
+) -> None:
+    seen: list[RingState] = []
+    node = member(changes, gateway, prefix, "a", seen)
+    await node.join()
+    try:
+        lease = node._lease
+        assert lease is not None
+        await gateway.revoke(lease)  # as if etcd had not heard from it for its whole lease
+        # Its member key goes with the lease; the node, alive, renews, finds the lease
+        # gone, and joins again. (No ring change need follow: nobody else watched.)
+        async with asyncio.timeout(CONDITION_TIMEOUT_S):
+            while node._lease == lease:  # noqa: ASYNC110  (a poll: the renewal has no event)
+                await asyncio.sleep(0.05)
+        ring, _ = await node.read_ring()
+        assert ring.nodes == {"a": "http://a.example:8000"}
+        assert await gateway.get(f"{prefix}/members/a") is not None
+    finally:
+        await node.leave()

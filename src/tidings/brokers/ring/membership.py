@@ -180,9 +180,10 @@ class Membership:
                 await task
 
     async def _enter(self) -> None:
-        self._lease = await self._etcd.grant(self._ttl_s)
-        await self._etcd.put(self._members + self.node_id, self.url.encode(), lease=self._lease)
+        lease = await self._etcd.grant(self._ttl_s)
+        await self._etcd.put(self._members + self.node_id, self.url.encode(), lease=lease)
         await self._change(lambda ring: ring.with_node(self.node_id, self.url), needed=self._absent)
+        self._lease = lease  # a member from now on
 
     def _absent(self, ring: RingState) -> bool:
         return ring.nodes.get(self.node_id) != self.url
