@@ -375,6 +375,41 @@ export function baseUrl(url, pageUrl) {
   return base.href;
 }
 
+/**
+ * The base URL (ending in "/") of the node `url` points to, as a server names an owner
+ * (docs/protocol.md §9): its `/ws` URL in a `moved` reply or a `disconnect`, the same
+ * request on it in a 307's `Location`. The query and a final transport path go.
+ */
+export function nodeBase(url, pageUrl) {
+  const parsed = new URL(url, pageUrl);
+  parsed.pathname = parsed.pathname.replace(/\/(ws|sse|poll)\/?$/, "/");
+  return baseUrl(parsed.href);
+}
+
+// docs/protocol.md §9: a channel redirected more often than this in a row without any
+// node serving it is given up (nodes that disagree about its owner).
+export const MAX_REDIRECTS = 5;
+
+/** Counts each channel's redirects since a node last served it (MAX_REDIRECTS). */
+export class Redirects {
+  constructor(limit = MAX_REDIRECTS) {
+    this.limit = limit;
+    this.counts = new Map();
+  }
+
+  /** A node subscribed `channel`: its count starts again. */
+  receiveServed(channel) {
+    this.counts.delete(channel);
+  }
+
+  /** `channel` was sent on; returns false once that is more than `limit` in a row. */
+  receiveMoved(channel) {
+    const count = (this.counts.get(channel) ?? 0) + 1;
+    this.counts.set(channel, count);
+    return count <= this.limit;
+  }
+}
+
 /** `ws(s)://.../ws` for a base URL. */
 export function wsUrl(base) {
   const url = new URL("ws", base);
@@ -468,9 +503,12 @@ export function parseWsFrame(text) {
   }
   if (Number.isInteger(frame.id)) {
     if (frame.error && typeof frame.error === "object") {
+      // `url`: where a `moved` channel is served (docs/protocol.md §9).
+      const url = typeof frame.error.url === "string" ? { url: frame.error.url } : {};
       const error = new TidingsError(
         String(frame.error.code ?? "internal"),
         String(frame.error.message ?? ""),
+        url,
       );
       return { kind: "reply", id: frame.id, error };
     }

@@ -6,6 +6,7 @@ import { describe, test } from "node:test";
 
 import {
   Backoff,
+  MAX_REDIRECTS,
   MAX_SERVER_DELAY_MS,
   PositionTracker,
   SseParser,
@@ -18,8 +19,10 @@ import {
   httpAction,
   isTokenExpiring,
   newKey,
+  nodeBase,
   parseWsFrame,
   pollUrl,
+  Redirects,
   renewInMs,
   resumeParams,
   serverDelayMs,
@@ -348,6 +351,13 @@ describe("URLs", () => {
     assert.deepEqual(asked, { "room:1": null, "room:2": { epoch: "e", offset: 4 } });
   });
 
+  test("a node's base URL is read from its /ws URL or from a redirect's Location", () => {
+    assert.equal(nodeBase("wss://b.example:8443/ws"), "https://b.example:8443/");
+    assert.equal(nodeBase("http://b:1/rt/sse?channel=doc%3A9&since=e:1"), "http://b:1/rt/");
+    assert.equal(nodeBase("http://b:1/rt/poll"), "http://b:1/rt/");
+    assert.equal(nodeBase("http://b:1"), "http://b:1/");
+  });
+
   test("without any position nothing is resumed", () => {
     assert.deepEqual(resumeParams(["a"], {})[0], []);
   });
@@ -464,5 +474,16 @@ describe("tokens and keys", () => {
   test("idempotency keys are 20 URL-safe characters", () => {
     assert.match(newKey(), /^[A-Za-z0-9]{20}$/);
     assert.notEqual(newKey(), newKey());
+  });
+});
+
+describe("Redirects", () => {
+  test("a channel may be redirected five times in a row, and again after it was served", () => {
+    const redirects = new Redirects();
+    for (let hop = 1; hop <= MAX_REDIRECTS; hop += 1) assert.equal(redirects.receiveMoved("a"), true);
+    assert.equal(redirects.receiveMoved("a"), false);
+    assert.equal(redirects.receiveMoved("b"), true); // counted per channel
+    redirects.receiveServed("a");
+    assert.equal(redirects.receiveMoved("a"), true);
   });
 });

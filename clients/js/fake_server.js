@@ -17,7 +17,9 @@ function parseSince(text) {
 }
 
 export class FakeServer {
-  constructor() {
+  constructor(base = "http://server.test/") {
+    this.base = base; // this node's base URL (owner routing)
+    this.owners = new Map(); // channel -> the base URL of the node serving it instead
     this.epoch = "E1";
     this.logs = new Map(); // channel -> publications of the current epoch
     this.sockets = []; // every FakeWebSocket made, open or not
@@ -96,6 +98,20 @@ export class FakeServer {
     const headers = init.headers ?? {};
     this.requests.push({ url: parsed, headers });
     const token = (headers.authorization ?? "").replace(/^Bearer /, "") || null;
+    if (parsed.pathname.endsWith("/route")) {
+      const owner = this.owners.get(parsed.searchParams.get("channel"));
+      return jsonResponse({ url: owner ?? this.base });
+    }
+    const moved = parsed.searchParams.getAll("channel").find((c) => this.owners.has(c));
+    if (moved && /\/(sse|poll)$/.test(parsed.pathname)) {
+      // docs/protocol.md §9: the same request on the owner of one of its channels.
+      const endpoint = parsed.pathname.slice(parsed.pathname.lastIndexOf("/") + 1);
+      const location = new URL(endpoint + parsed.search, this.owners.get(moved)).href;
+      return new Response(JSON.stringify({ error: { code: "moved", message: "elsewhere" } }), {
+        status: 307,
+        headers: { location, "content-type": "application/json" },
+      });
+    }
     if (parsed.pathname.endsWith("/sse")) {
       if (this.sseMode === "missing") return new Response("Not Found", { status: 404 });
     }
@@ -266,6 +282,12 @@ class FakeWebSocket {
         reply(server.expiresS ? { expires: server.expiresS() } : {});
         return;
       case "subscribe": {
+        const owner = server.owners.get(command.channel);
+        if (owner) {
+          const url = new URL("ws", owner).href.replace(/^http/, "ws");
+          this.push({ id: command.id, error: { code: "moved", message: "elsewhere", url } });
+          return;
+        }
         if (command.channel.startsWith("secret:")) {
           fail("permission_denied", "not yours");
           return;
@@ -307,9 +329,9 @@ class FakeWebSocket {
     if (this.subscriptions.has(publication.channel)) this.push({ push: "pub", ...publication });
   }
 
-  serverClose(code, reason, reconnect, delay = undefined) {
+  serverClose(code, reason, reconnect, delay = undefined, url = undefined) {
     if (this.readyState !== 1) return;
-    this.push({ push: "disconnect", code, reason, reconnect, delay });
+    this.push({ push: "disconnect", code, reason, reconnect, delay, url });
     this._closed(code, reason);
   }
 

@@ -120,10 +120,13 @@ export class TidingsError extends Error {
   constructor(code: string, message: string, details?: Record<string, unknown>);
   readonly name: "TidingsError";
   /** e.g. `unauthorized`, `permission_denied`, `closed`, `timeout`, `unsupported`,
-   * `disconnected`, `origin_refused`, or a server error code. */
+   * `disconnected`, `origin_refused`, `too_many_redirects` (a channel sent from node
+   * to node more than 5 times in a row), or a server error code. */
   code: string;
   /** The channel refused, when one channel was. */
   channel?: string;
+  /** Where a `moved` channel is served (docs/protocol.md §9). */
+  url?: string;
   /** The WebSocket close code, when the server closed the connection. */
   closeCode?: number;
   /** The HTTP status, when an HTTP transport was answered with an error. */

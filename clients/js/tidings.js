@@ -23,6 +23,20 @@
 // decides gaps, so switching transport resumes from the same positions: WebSocket
 // `since`, SSE and polling `since=` per channel (polling keeps its cursor).
 //
+// Owner routing (docs/protocol.md §9): a node that does not serve a channel says where
+// it is served: a WebSocket `subscribe` answered `moved` with the owner's URL; a 307 to
+// an SSE stream or a poll (fetched with `redirect: "manual"`: a browser hides the
+// Location of such an answer, so the client asks the node `GET /route?channel=` for
+// each channel of the request, and follows Location only where it can read it); a
+// `disconnect` with `url` (4503: the connection's own key moved). A moved channel
+// leaves this client's tracker with its position for an internal client of the same
+// options at the owner (one per node: `_clientAt`), whose events reach this client's
+// listeners; `positions()`, `unsubscribe` and `close()` reach them too. A 4503 moves
+// the whole connection to `url` after the usual randomised delay. No channel is
+// redirected more than MAX_REDIRECTS times in a row without a node serving it: past
+// that it is dropped with an `error` (`too_many_redirects`, its `channel`), like any
+// refused channel.
+//
 // Tokens: with a token callback, a WebSocket renews its token before it expires: the
 // connect reply's `expires` (Unix seconds) schedules a `refresh` command carrying a
 // fresh token from the callback, and each refresh reply's `expires` the next one. A
@@ -40,7 +54,9 @@ import {
   AUTO_TRANSPORTS,
   Backoff,
   LONG_POLL_WAIT_S,
+  MAX_REDIRECTS,
   PositionTracker,
+  Redirects,
   SSE_HEARTBEAT_S,
   SseParser,
   TidingsError,
@@ -51,6 +67,7 @@ import {
   httpAction,
   isTokenExpiring,
   newKey,
+  nodeBase,
   parseWsFrame,
   pollUrl,
   publicationOf,
@@ -80,6 +97,8 @@ const MAX_TIMER_MS = 2 ** 31 - 1; // setTimeout fires at once past this
 // Any other refusal (permission_denied, bad_request, too_many_requests: the limit of
 // subscriptions per connection) drops the channel and tells the application.
 const RETRYABLE_CODES = ["unavailable", "internal"];
+// What a client at another node (owner routing) tells the application through this one.
+const FORWARDED_EVENTS = ["publication", "gap", "subscribed", "join", "leave", "error"];
 
 /**
  * A connection to a tidings server, over the first transport that works.
@@ -146,6 +165,11 @@ export class Tidings {
     this._closed = false;
     this._wake = null; // resolves the current wait (backoff, idle session)
     this._pollCursor = null; // the last poll answer's cursor and the channels it covers
+    // Owner routing: the client the application made, clients at other nodes for the
+    // channels they serve, and each channel's redirects in a row (kept by the root).
+    this._root = this;
+    this._children = [];
+    this._redirects = new Redirects();
   }
 
   // -- the application's side ----------------------------------------------------
@@ -170,21 +194,26 @@ export class Tidings {
    */
   subscribe(channel, { since = null } = {}) {
     checkChannel(channel);
-    if (this._tracker.has(channel)) return;
+    if (this._holder(channel)) return;
     this._tracker.add(channel, since);
     this._session?.subscribe(channel);
   }
 
   /** Stop receiving `channel`'s publications. */
   unsubscribe(channel) {
-    if (!this._tracker.has(channel)) return;
+    const holder = this._holder(channel);
+    if (holder !== this) {
+      holder?.unsubscribe(channel);
+      return;
+    }
     this._tracker.remove(channel);
     this._session?.unsubscribe(channel);
   }
 
   /** `{channel: {epoch, offset}}`: where the application is in each channel. */
   positions() {
-    return this._tracker.positions();
+    const held = this._children.map((child) => child.positions());
+    return Object.assign({}, ...held, this._tracker.positions());
   }
 
   /**
@@ -221,6 +250,7 @@ export class Tidings {
   close() {
     if (this._closed) return;
     this._closed = true;
+    for (const child of this._children) child.close();
     this._session?.abort("closed");
     this._wake?.(); // a backoff wait
     this._setState("closed");
@@ -258,6 +288,11 @@ export class Tidings {
         restarting = this.state === "connected";
         continue;
       }
+      if (end.outcome === "moved") {
+        await this._followRedirect(end);
+        restarting = this.state === "connected";
+        continue; // the channels that stay, at once
+      }
       if (end.outcome === "unauthorized") {
         if (typeof this._settings.token === "function" && !refreshed) {
           refreshed = true;
@@ -277,6 +312,8 @@ export class Tidings {
       this._setState("disconnected");
       // A draining server's delay spreads its clients' reconnects: it replaces the backoff.
       await this._wait(end.delayMs ?? this._backoff.nextDelayMs());
+      // docs/protocol.md §9: a connection whose key moved comes back at the owner.
+      if (end.url) this.url = nodeBase(end.url, this.url);
     }
   }
 
@@ -352,7 +389,9 @@ export class Tidings {
           since ? { channel, since } : { channel },
           (result) => this._receiveSubscribed(channel, result, publicationsOf(result.publications), "ws", attempt),
           (error) => {
-            if (RETRYABLE_CODES.includes(error.code)) {
+            if (error.code === "moved" && error.url) {
+              this._move([[channel, nodeBase(error.url, this.url)]]);
+            } else if (RETRYABLE_CODES.includes(error.code)) {
               this._emit("error", Object.assign(error, { channel }));
               finish({ outcome: "reconnect", error }); // subscribe everything again, later
             } else {
@@ -483,7 +522,8 @@ export class Tidings {
         const error = new TidingsError(action === "unauthorized" ? "unauthorized" : "closed", reason, {
           closeCode: code,
         });
-        finish({ outcome: action, error, delayMs: goodbye?.delay ?? null });
+        const url = action === "reconnect" ? (goodbye?.url ?? null) : null;
+        finish({ outcome: action, error, delayMs: goodbye?.delay ?? null, url });
       };
       ws.onerror = () => {}; // a close event follows
     });
@@ -587,7 +627,7 @@ export class Tidings {
         error: new TidingsError("closed", goodbye.reason ?? "", { closeCode: goodbye.code }),
       };
     }
-    return { outcome: "reconnect", delayMs: serverDelayMs(goodbye?.delay) };
+    return { outcome: "reconnect", delayMs: serverDelayMs(goodbye?.delay), url: goodbye?.url ?? null };
   }
 
   // -- polling ---------------------------------------------------------------------
@@ -630,6 +670,7 @@ export class Tidings {
         if (announced.has(channel) || !this._tracker.has(channel)) continue;
         announced.add(channel);
         attempt.subscribed = true;
+        this._root._redirects.receiveServed(channel);
         this._emit("subscribed", {
           channel,
           position: this._tracker.position(channel),
@@ -706,10 +747,17 @@ export class Tidings {
     if (token) headers.authorization = `Bearer ${token}`;
     let response;
     try {
-      response = await this._fetch(url, { headers, signal: controller.signal, cache: "no-store" });
+      // Redirects are the client's to follow (owner routing, see the top of this file).
+      const init = { headers, signal: controller.signal, cache: "no-store", redirect: "manual" };
+      response = await this._fetch(url, init);
     } catch (error) {
       clearTimeout(timer);
       return { end: { outcome: aborted.outcome ?? "unreachable", error } };
+    }
+    if (response.type === "opaqueredirect" || response.status === 307) {
+      clearTimeout(timer);
+      const location = response.headers.get("location"); // null in a browser
+      return { end: { outcome: aborted.outcome ?? "moved", channels: made.channels, location } };
     }
     if (!response.ok) {
       clearTimeout(timer);
@@ -759,6 +807,7 @@ export class Tidings {
       this._emitAll(this._tracker.receivePublication(publication));
     }
     attempt.subscribed = true;
+    this._root._redirects.receiveServed(channel);
     this._setState("connected");
     this._emit("subscribed", {
       channel,
@@ -766,6 +815,94 @@ export class Tidings {
       recovered,
       transport,
     });
+  }
+
+  // -- owner routing ------------------------------------------------------------------
+
+  /** The client (this one or one at another node) that holds `channel`, or null. */
+  _holder(channel) {
+    if (this._tracker.has(channel)) return this;
+    return this._children.find((child) => child._tracker.has(channel)) ?? null;
+  }
+
+  /**
+   * After a 307 to a stream or a poll of `channels`: ask this node where each one is
+   * served (`GET /route`) and move those served elsewhere; if it claims them all (or
+   * does not answer), follow `location` where it could be read, else wait a backoff
+   * delay. Either way each channel's redirect count grows (MAX_REDIRECTS).
+   */
+  async _followRedirect({ channels, location }) {
+    const held = channels.filter((channel) => this._tracker.has(channel));
+    const moves = [];
+    for (const channel of held) {
+      const owner = await this._routeOf(channel);
+      if (owner !== null && owner !== this.url) moves.push([channel, owner]);
+    }
+    if (!moves.length && location) {
+      for (const channel of held) moves.push([channel, nodeBase(location, this.url)]);
+    }
+    if (moves.length) {
+      this._move(moves);
+      return;
+    }
+    for (const channel of held) {
+      if (!this._root._redirects.receiveMoved(channel)) this._giveUp(channel, this.url);
+    }
+    this._setState("disconnected");
+    await this._wait(this._backoff.nextDelayMs());
+  }
+
+  /** The base URL of `channel`'s owner by this node's `GET /route`; null without an answer. */
+  async _routeOf(channel) {
+    const url = new URL("route", this.url);
+    url.searchParams.set("channel", channel);
+    try {
+      const response = await this._fetch(url.href, { cache: "no-store" });
+      const body = await response.json();
+      return response.ok && typeof body?.url === "string" ? nodeBase(body.url, this.url) : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Hand each `[channel, url]` to the client at `url`, with the channel's position. */
+  _move(moves) {
+    const root = this._root;
+    for (const [channel, url] of moves) {
+      if (!this._tracker.has(channel)) continue;
+      const since = this._tracker.position(channel);
+      this._tracker.remove(channel);
+      if (!root._redirects.receiveMoved(channel)) {
+        this._giveUp(channel, url);
+        continue;
+      }
+      root._clientAt(url).subscribe(channel, { since });
+    }
+  }
+
+  _giveUp(channel, url) {
+    this._tracker.remove(channel);
+    const error = new TidingsError(
+      "too_many_redirects",
+      `channel ${channel} was redirected ${MAX_REDIRECTS} times in a row without being ` +
+        `served (last to ${url}); the nodes disagree about its owner`,
+      { channel },
+    );
+    this._root._emit("error", error);
+  }
+
+  /** The root's client at node `url`: itself, or one made for it with the same options. */
+  _clientAt(url) {
+    if (url === this.url) return this;
+    let child = this._children.find((candidate) => candidate.url === url);
+    if (!child) {
+      child = new Tidings(url, this._settings);
+      child._root = this;
+      for (const type of FORWARDED_EVENTS) child.on(type, (value) => this._emit(type, value));
+      this._children.push(child);
+      child.connect();
+    }
+    return child;
   }
 
   _refuseChannel(channel, error) {

@@ -477,3 +477,92 @@ describe("a runtime without WebSocket (Node 20)", () => {
     assert.deepEqual(seen.errors, []);
   });
 });
+
+describe("owner routing", () => {
+  /** Two fake nodes on one network: the client reaches each by its host. */
+  function ring() {
+    const a = new FakeServer("http://a.test/");
+    const b = new FakeServer("http://b.test/");
+    b.epoch = "EB";
+    const at = (url) => (new URL(url).host === "b.test" ? b : a);
+    const network = {
+      WebSocket: class {
+        constructor(url) {
+          return new (at(url).WebSocket)(url);
+        }
+      },
+      fetch: (url, init) => at(url).fetch(url, init),
+    };
+    return { a, b, network };
+  }
+
+  function clientAt(network, options = {}) {
+    const tidings = new Tidings("http://a.test/", {
+      ...network,
+      backoff: { baseMs: 1, capMs: 5 },
+      ...options,
+    });
+    const seen = { publications: [], errors: [] };
+    tidings.on("publication", (p) => seen.publications.push(p));
+    tidings.on("error", (e) => seen.errors.push(e));
+    clients.push(tidings);
+    return { tidings, seen };
+  }
+
+  for (const transport of ["ws", "sse", "longpoll"]) {
+    test(`${transport}: a channel served by another node is received from it, resumed`, async () => {
+      const { a, b, network } = ring();
+      a.owners.set("doc:9", "http://b.test/");
+      b.publish("doc:9", "before");
+      b.publish("doc:9", "missed");
+      const { tidings, seen } = clientAt(network, { transports: [transport] });
+      tidings.subscribe("doc:9", { since: { epoch: "EB", offset: 1 } });
+      tidings.subscribe("room:1"); // served by a, where it stays
+      tidings.connect();
+      await until(() => seen.publications.length === 1, "the missed publication");
+      b.publish("doc:9", "live");
+      a.publish("room:1", "here");
+      await until(() => seen.publications.length === 3, "live publications of both nodes");
+      assert.deepEqual(
+        seen.publications.map((p) => `${p.channel}:${p.data}`).sort(),
+        ["doc:9:live", "doc:9:missed", "room:1:here"],
+      );
+      assert.deepEqual(tidings.positions()["doc:9"], { epoch: "EB", offset: 3 });
+      assert.equal(tidings.positions()["room:1"].offset, 1);
+      assert.deepEqual(seen.errors, []);
+      if (transport !== "ws") {
+        // The 307 named no channel: the client asked a where each one is served.
+        assert.ok(a.requests.some((r) => r.url.pathname === "/route"));
+      }
+    });
+  }
+
+  test("a connection closed with 4503 and a url reconnects there with its positions", async () => {
+    const { a, b, network } = ring();
+    a.publish("user:1", "at a");
+    const { tidings, seen } = clientAt(network, { transports: ["ws"] });
+    tidings.subscribe("user:1", { since: { epoch: "E1", offset: 0 } });
+    tidings.connect();
+    await until(() => seen.publications.length === 1, "the publication at a");
+    a.sockets[0].serverClose(4503, "moved", true, 0, "ws://b.test/ws");
+    await until(() => b.sockets.some((s) => s.subscriptions.has("user:1")), "a subscribe at b");
+    const resumed = b.sockets.flatMap((s) => s.sent).find((c) => c.op === "subscribe");
+    assert.deepEqual(resumed.since, { epoch: "E1", offset: 1 });
+    assert.equal(tidings.url, "http://b.test/");
+  });
+
+  for (const transport of ["ws", "sse"]) {
+    test(`${transport}: nodes that send a channel back and forth are given up after five`, async () => {
+      const { a, b, network } = ring();
+      a.owners.set("doc:9", "http://b.test/");
+      b.owners.set("doc:9", "http://a.test/");
+      const { tidings, seen } = clientAt(network, { transports: [transport] });
+      tidings.subscribe("doc:9");
+      tidings.connect();
+      await until(() => seen.errors.length === 1, "the error");
+      assert.equal(seen.errors[0].code, "too_many_redirects");
+      assert.equal(seen.errors[0].channel, "doc:9");
+      assert.deepEqual(tidings.positions(), {});
+    });
+  }
+});

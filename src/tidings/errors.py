@@ -146,13 +146,21 @@ class BrokerUnavailable(BrokerError):
 
 class ConnectionClosed(TidingsError):
     """Ends a session: the transport closes with ``code`` and ``reason``; ``delay_ms``
-    is the server's advice of how long to wait before reconnecting (docs/protocol.md §3)."""
+    is the server's advice of how long to wait before reconnecting (docs/protocol.md §3),
+    and ``url`` where to reconnect to (a moved connection, 4503, §9)."""
 
     def __init__(
-        self, code: int, reason: str, *, reconnect: bool = False, delay_ms: int | None = None
+        self,
+        code: int,
+        reason: str,
+        *,
+        reconnect: bool = False,
+        delay_ms: int | None = None,
+        url: str | None = None,
     ) -> None:
         super().__init__(f"connection closed with {code}: {reason}")
         self.code = code
         self.reason = reason
         self.reconnect = reconnect
         self.delay_ms = delay_ms
+        self.url = url

@@ -356,3 +356,19 @@ def test_a_live_publication_is_judged_by_the_servers_rule(case: CatchUpCase) -> 
         before = Position(publication.epoch, publication.offset - 1)
         assert events == [GapNotice(A, case.held, before), publication]
     assert tracker.positions == {A: publication.position}
+
+
+def test_a_part_of_a_tracker_holds_exactly_what_it_held_of_those_channels() -> None:
+    tracker = PositionTracker(CHANNELS, {A: Position(E1, 3)})
+    tracker.receive_subscribed(B, Position(E1, 7), recovered=False)
+    tracker.receive_publication(pub(A, 4))
+    tracker.receive_publication(pub(A, 1, E2))  # A moves to epoch two, leaving epoch one
+    moving = tracker.part([A, C])
+    assert moving.channels == (A, C)
+    assert moving.positions == {A: Position(E2, 1)}
+    assert moving.origins == {A: Position(E1, 3)}
+    # Epoch one was left: its publications are dropped by the part as by the whole.
+    assert moving.receive_publication(pub(A, 5)) == []
+    assert tracker.part([B]).positions == {B: Position(E1, 7)}
+    with pytest.raises(ValueError, match="not tracked here"):
+        tracker.part([ChannelName("room:z")])

@@ -29,7 +29,9 @@ from tidings.client import (
     TransportRefused,
     WebSocketSubscription,
 )
-from tidings.client.subscription import _Outcome, _outcome, _Route
+from tidings.client.reconnect import Outcome as _Outcome
+from tidings.client.reconnect import TransportRoute as _Route
+from tidings.client.reconnect import outcome_of as _outcome
 from tidings.core.channel import ChannelName
 from tidings.core.publication import Position, Publication
 from tidings.errors import ConnectionClosed, PermissionDenied, Unavailable

@@ -15,7 +15,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from tests.client.conftest import fast_backoff, take
 from tidings.client import Backoff, Subscription
 from tidings.client.frames import Disconnect, decode
-from tidings.client.subscription import MAX_SERVER_DELAY_S, _server_delay_s
+from tidings.client.reconnect import MAX_SERVER_DELAY_S
+from tidings.client.reconnect import server_delay_s as _server_delay_s
 from tidings.core.publication import Publication
 from tidings.errors import ConnectionClosed
 

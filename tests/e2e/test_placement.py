@@ -11,50 +11,23 @@ this process, and served as ``tidings serve`` would serve it.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import httpx
-import uvicorn
 
 from tests.support.placement import OWNER_URL as OWNER
 from tests.support.placement import ElsewherePlacement
-from tests.support.server import SERVER_BACKEND_VARIABLE
+from tests.support.served import served as serve_app
 from tests.support.ws import ws_client
 from tidings.server.app import TidingsApp
 from tidings.server.config import Settings
-from tidings.server.native.server import NativeServer
 
 MOVED = "doc:9"
 
 
-@asynccontextmanager
-async def served(placement: ElsewherePlacement) -> AsyncIterator[str]:
+def served(placement: ElsewherePlacement) -> AbstractAsyncContextManager[str]:
     """Serve a node with ``placement`` on a real socket; yield its base URL."""
-    app = TidingsApp(Settings(), placement=placement)
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    if os.environ.get(SERVER_BACKEND_VARIABLE) == "uvicorn":
-        config = uvicorn.Config(app, lifespan="on", log_level="warning", ws="websockets-sansio")
-        server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve(sockets=[listener]))
-
-        def request_stop() -> None:
-            server.should_exit = True
-    else:
-        native = NativeServer(app)
-        serving = asyncio.create_task(native.serve(listener, handle_signals=False))
-        request_stop = native.request_stop
-    try:
-        # The socket listens already: requests wait in its backlog until the node is up.
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        request_stop()
-        await serving
-        listener.close()
+    return serve_app(TidingsApp(Settings(), placement=placement))
 
 
 async def test_sse_for_a_channel_owned_elsewhere_is_redirected_to_the_same_request() -> None:

@@ -350,3 +350,52 @@ def test_a_brokers_setting_that_is_not_a_table_of_tables_is_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=complaint):
         load_settings(write(tmp_path, text))
+
+
+def test_a_static_ring_is_read_from_a_table_or_the_environment(tmp_path: Path) -> None:
+    text = (
+        'node_id = "a"\nplacement = "modulo"\nring_vnodes = 40\n'
+        '[ring_nodes]\na = "http://10.0.0.1:8000"\nb = "https://b.example"\n'
+    )
+    settings = load_settings(write(tmp_path, text))
+    assert settings.ring_nodes == {"a": "http://10.0.0.1:8000", "b": "https://b.example"}
+    assert (settings.placement, settings.ring_vnodes) == ("modulo", 40)
+    environment = load_settings(
+        environ={"TIDINGS_NODE_ID": "b", "TIDINGS_RING_NODES": "a=http://a:1, b=http://b:2"}
+    )
+    assert environment.ring_nodes == {"a": "http://a:1", "b": "http://b:2"}
+    assert (Settings().ring_nodes, Settings().placement, Settings().ring_vnodes) == (
+        {},
+        "ring",
+        160,
+    )
+
+
+@pytest.mark.parametrize(
+    ("environ", "complaint"),
+    [
+        ({"TIDINGS_RING_NODES": "a=http://a:1", "TIDINGS_NODE_ID": "c"}, "not in ring_nodes"),
+        ({"TIDINGS_RING_NODES": "a"}, "node_id=url pairs"),
+        ({"TIDINGS_RING_NODES": "a=ftp://a"}, r"ring_nodes\.a must be an http"),
+        ({"TIDINGS_RING_NODES": "a b=http://a:1"}, "ring_nodes key must be 1 to 64"),
+        ({"TIDINGS_PLACEMENT": "consistent"}, r"placement must be one of \['ring', 'modulo'\]"),
+        ({"TIDINGS_RING_VNODES": "0"}, "ring_vnodes must be a whole number >= 1"),
+        (
+            {
+                "TIDINGS_RING_NODES": "a=http://a:1",
+                "TIDINGS_NODE_ID": "a",
+                "TIDINGS_RING_ETCD": "http://e:2379",
+            },
+            "ring_nodes .* or ring_etcd .*, not both",
+        ),
+        (
+            {"TIDINGS_RING_ETCD": "http://e:2379", "TIDINGS_RING_TTL": "1s"},
+            "ring_ttl must be at least 2s",
+        ),
+        ({"TIDINGS_RING_ETCD": "e:2379"}, "ring_etcd must be an http"),
+        ({"TIDINGS_RING_PREFIX": "tidings"}, "ring_prefix must be an etcd key prefix"),
+    ],
+)
+def test_a_ring_no_node_could_serve_is_refused(environ: dict[str, str], complaint: str) -> None:
+    with pytest.raises(ConfigError, match=complaint):
+        load_settings(environ=environ)

@@ -8,7 +8,12 @@ for the application's backend. See docs/client.md.
 from tidings.client.api import ApiClient, History
 from tidings.client.backoff import Backoff
 from tidings.client.connector import TransportName
-from tidings.client.errors import InternalServerError, ProtocolViolation, TransportRefused
+from tidings.client.errors import (
+    InternalServerError,
+    ProtocolViolation,
+    TooManyRedirects,
+    TransportRefused,
+)
 from tidings.client.events import Event, GapNotice
 from tidings.client.subscription import (
     Since,
@@ -31,6 +36,7 @@ __all__ = [
     "Subscription",
     "Token",
     "TokenSource",
+    "TooManyRedirects",
     "TransportChoice",
     "TransportName",
     "TransportRefused",

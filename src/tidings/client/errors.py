@@ -11,15 +11,21 @@ used. The client adds three exceptions of its own::
     │   └── InternalServerError   internal   500 (the server failed; it logged why)
     ├── TransportRefused          a handshake answered by something that is not a
     │                             tidings endpoint (a proxy's 403 on /ws, an HTML page)
-    └── ProtocolViolation         the server sent something this client cannot read
+    ├── ProtocolViolation         the server sent something this client cannot read
+    ├── TooManyRedirects          owner routing sent a channel on more than 5 times in a
+    │                             row without it being served (docs/protocol.md §9)
+    └── Redirected                (internal: a connection's channels are served by
+                                  another node; the subscription follows it)
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 import msgspec
 
+from tidings.core.channel import ChannelName
 from tidings.errors import (
     BadRequest,
     MessageTooLarge,
@@ -67,6 +73,40 @@ class ProtocolViolation(TidingsError):
         self.what = what
 
 
+class Redirected(TidingsError):
+    """The server sent channels of a connection to another node (docs/protocol.md §9):
+    a WebSocket ``moved`` reply, or a ``307`` to an SSE stream or a poll.
+
+    Raised by a connector and taken by the subscription, which follows it; never seen
+    by the application. ``moves`` maps each channel known to be served elsewhere to its
+    owner's base URL (WebSocket replies name the channel); ``url`` is where a ``307``
+    sent the whole request (the same request on the owner of one of its channels, not
+    saying which one).
+    """
+
+    def __init__(
+        self, moves: Mapping[ChannelName, str] | None = None, url: str | None = None
+    ) -> None:
+        self.moves = dict(moves or {})
+        self.url = url
+        described = ", ".join(f"{channel} to {owner}" for channel, owner in self.moves.items())
+        super().__init__(f"redirected: {described or url}")
+
+
+class TooManyRedirects(TidingsError):
+    """Owner routing sent a channel from node to node more than ``limit`` times in a row
+    without any node serving it: the nodes disagree about who owns it."""
+
+    def __init__(self, channel: str, limit: int, url: str) -> None:
+        super().__init__(
+            f"channel {channel} was redirected {limit} times in a row without being served "
+            f"(last to {url}); the nodes disagree about its owner"
+        )
+        self.channel = channel
+        self.limit = limit
+        self.url = url
+
+
 class _MessageTooLarge(MessageTooLarge):
     """``MessageTooLarge`` built from the server's message (its fields are unknown here)."""
 
@@ -102,10 +142,12 @@ RETRYABLE_CODES: Final = frozenset({"too_many_requests", "unavailable", "interna
 
 
 class ErrorBody(msgspec.Struct, frozen=True):
-    """``{"code", "message"}`` of an error (docs/protocol.md §7)."""
+    """``{"code", "message"}`` of an error (docs/protocol.md §7); ``url`` with ``moved``
+    (§9)."""
 
     code: str
     message: str
+    url: str | None = None
 
 
 class _ErrorAnswer(msgspec.Struct, frozen=True):

@@ -15,10 +15,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from tidings.client.errors import TransportRefused, decode_error, error_for
+from tidings.client.errors import (
+    ProtocolViolation,
+    Redirected,
+    TransportRefused,
+    decode_error,
+    error_for,
+)
 from tidings.errors import RequestError
 
 _DETAIL_CHARS: Final = 120
+TEMPORARY_REDIRECT: Final = 307
 
 
 def request_error(response: httpx.Response) -> RequestError:
@@ -34,12 +41,16 @@ async def check_answer(response: httpx.Response, transport: str, media_type: str
     """Return if ``response`` is a 200 of ``media_type``; raise why it is not.
 
     Raises:
+        Redirected: a ``307`` to the same request on another node (docs/protocol.md §9).
         RequestError: the server answered with a tidings error.
         TransportRefused: something else answered.
     """
     content_type = response.headers.get("content-type", "")
     if response.status_code == 200 and content_type.startswith(media_type):
         return
+    location = response.headers.get("location")
+    if response.status_code == TEMPORARY_REDIRECT and location:
+        raise Redirected(url=node_base(location))
     await response.aread()
     decoded = decode_error(response.content)
     if decoded is not None:
@@ -53,6 +64,28 @@ async def check_answer(response: httpx.Response, transport: str, media_type: str
 def _detail(response: httpx.Response) -> str:
     text = response.text.strip().replace("\n", " ")
     return text[:_DETAIL_CHARS] or response.reason_phrase
+
+
+TRANSPORT_PATHS: Final = ("/ws", "/sse", "/poll")
+
+
+def node_base(url: str) -> str:
+    """Return the base URL of the node ``url`` points to, as the server names an owner
+    (docs/protocol.md §9): its ``/ws`` URL in a ``moved`` reply or a ``disconnect``, the
+    same request on it in a ``307``'s ``Location``. The query and a final transport path
+    are dropped; ``ws(s)`` is read as ``http(s)``.
+
+    Raises:
+        ProtocolViolation: not an absolute http(s) or ws(s) URL.
+    """
+    try:
+        base = base_url(url)
+    except ValueError:
+        raise ProtocolViolation(f"a redirect to {url!r}, which is not a URL of a node") from None
+    for path in TRANSPORT_PATHS:
+        if base.endswith(path):
+            return base.removesuffix(path)
+    return base
 
 
 def base_url(url: str) -> str:

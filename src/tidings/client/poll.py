@@ -98,6 +98,7 @@ class PollConnector:
 
         Raises:
             TransportRefused: something other than a tidings poll answer came back.
+            Redirected: a ``307``: the channels are served by another node.
             RequestError: the server refused the poll (its error code).
             httpx.TransportError: the network failed.
         """

@@ -106,6 +106,23 @@ class PositionTracker:
         """Whether every channel has a position (a resume can name them all)."""
         return len(self._positions) == len(self.channels)
 
+    def part(self, channels: Sequence[ChannelName]) -> PositionTracker:
+        """Return a tracker of ``channels`` (some of ours) holding exactly what this one
+        holds of them: how a subscription splits when owner routing (docs/protocol.md §9)
+        sends some channels to another node and keeps the rest.
+
+        Raises:
+            ValueError: no channel, a repeat, or a channel this tracker does not track.
+        """
+        unknown = sorted(set(channels) - set(self.channels))
+        if unknown:
+            raise ValueError(f"not tracked here: {unknown}")
+        part = PositionTracker(channels)
+        part._positions = {c: p for c, p in self._positions.items() if c in channels}
+        part._origins = {c: p for c, p in self._origins.items() if c in channels}
+        part._highest = {c: dict(h) for c, h in self._highest.items() if c in channels}
+        return part
+
     # -- inputs ----------------------------------------------------------------------------
 
     def receive_subscribed(

@@ -24,7 +24,7 @@ import httpx
 from tidings.client.connector import Attempt
 from tidings.client.events import Event
 from tidings.client.frames import Disconnect, Subscribed, decode, to_publication
-from tidings.client.http import check_answer
+from tidings.client.http import check_answer, node_base
 from tidings.client.positions import PositionTracker, channel_params
 from tidings.client.tokens import Tokens
 from tidings.core.channel import ChannelName
@@ -119,6 +119,7 @@ class SseConnector:
 
         Raises:
             TransportRefused: something other than a tidings stream answered.
+            Redirected: a ``307``: the stream is served by another node.
             RequestError: the server refused the stream (its error code).
             ConnectionClosed: the server sent ``disconnect``; ``reconnect`` says whether
                 to come back.
@@ -182,6 +183,10 @@ class SseConnector:
                 goodbye.reconnect,
             )
             raise ConnectionClosed(
-                goodbye.code, goodbye.reason, reconnect=goodbye.reconnect, delay_ms=goodbye.delay_ms
+                goodbye.code,
+                goodbye.reason,
+                reconnect=goodbye.reconnect,
+                delay_ms=goodbye.delay_ms,
+                url=None if goodbye.url is None else node_base(goodbye.url),
             )
         return []

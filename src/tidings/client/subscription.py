@@ -1,14 +1,15 @@
 """A subscription: channels' publications over any transport, reconnecting and resuming.
 
-I/O: runs one background task (the *producer*) per subscription; the application
-iterates on its own task. This module owns the reconnect policy and the choice of
-transport; each transport is a ``Connector`` (websocket.py, sse.py, poll.py) and every
-one of them feeds the same ``PositionTracker``.
+I/O: runs one background task (the *producer*) per subscription, and under it one
+task per node serving some of its channels; the application iterates on its own task.
+This module owns the reconnect policy and the choice of transport; each transport is a
+``Connector`` (websocket.py, sse.py, poll.py) and every one of them feeds the
+``PositionTracker`` of the channels it carries.
 
 Theory of operation
 -------------------
-The producer runs connections one after another. Each ends by an exception, which
-``_outcome`` sorts into four kinds:
+Each group (see owner routing below) runs connections one after another. Each ends by
+an exception, which ``reconnect.outcome_of`` sorts into four kinds:
 
 * STOP: the server said not to come back (close 4000–4499, ``disconnect`` with
   ``reconnect: false``, an HTTP 400/401/403/404/413 error of the server) or spoke
@@ -25,16 +26,24 @@ The producer runs connections one after another. Each ends by an exception, whic
   (``TransportRefused``: a proxy's 403 or 404 on ``/ws``). A fixed transport stops:
   it cannot work on this network. (A proxy's 5xx, 408 or 429 is a RECONNECT.)
 
-``transport="auto"`` (``_Route``) walks ws → sse → longpoll. It moves down, without
-waiting, when a transport is REFUSED, or when a connection ended before anything of
-the server's came through it while no transport has worked yet (a middlebox that
-resets WebSocket upgrades, or accepts them and passes nothing; a proxy that buffers
-event streams). Once something came through a transport it is *kept*: later failures
-reconnect on it, as a server restart must not push a client onto long polling for
-good. After the
-last transport fails, and whenever the server is UNREACHABLE before a transport was
-kept, it waits a backoff delay and starts again from the top: a client started while
-the server is down ends up on WebSocket once the server is back.
+``transport="auto"`` (``reconnect.TransportRoute``) walks ws → sse → longpoll. It
+moves down, without waiting, when a transport is REFUSED, or when a connection ended
+before anything of the server's came through it while no transport has worked yet (a
+middlebox that resets WebSocket upgrades, or accepts them and passes nothing; a proxy
+that buffers event streams). Once something came through a transport it is *kept*:
+later failures reconnect on it, as a server restart must not push a client onto long
+polling for good. After the last transport fails, and whenever the server is
+UNREACHABLE before a transport was kept, it waits a backoff delay and starts again
+from the top: a client started while the server is down ends up on WebSocket once
+the server is back.
+
+Owner routing (routing.py, docs/protocol.md §9): the channels are kept in groups, one
+per node serving them, each running the loop above on connections of its own; at
+first one group holds every channel at ``server_url``. A ``Redirected`` (a ``moved``
+reply, a ``307``) sends the channels it names to new groups at their owners, with
+their positions, and the channels that stay reconnect at once; a ``disconnect`` 4503
+with ``url`` sends the whole group there after the usual randomised delay. Groups run
+in one task group: a STOP of any ends the subscription.
 
 Events reach the application through a bounded queue. The producer's tracker is
 ahead of the application by what is queued, so ``positions`` is the application's
@@ -59,9 +68,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
+import copy
 import logging
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -69,21 +77,22 @@ from typing import Final, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import websockets
 
 from tidings.client.backoff import Backoff
 from tidings.client.connector import Attempt, Connector, TransportName
-from tidings.client.errors import TransportRefused, is_retryable
+from tidings.client.errors import Redirected
 from tidings.client.events import Event, GapNotice
 from tidings.client.http import base_url
 from tidings.client.poll import LONG_POLL_WAIT_S, PollConnector
 from tidings.client.positions import PositionTracker
+from tidings.client.reconnect import Outcome, TransportRoute, outcome_of, server_delay_s
+from tidings.client.routing import ChannelGroup, Redirects, owners_after_redirect, split_group
 from tidings.client.sse import SseConnector
 from tidings.client.tokens import Token, Tokens
 from tidings.client.websocket import WebSocketConnector
 from tidings.core.channel import ChannelName, parse_channel
 from tidings.core.publication import Position, Publication
-from tidings.errors import ConnectionClosed, RequestError, Unauthorized
+from tidings.errors import ConnectionClosed, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -92,91 +101,6 @@ TransportChoice = Literal["auto", "ws", "sse", "longpoll", "poll"]
 Since = Mapping[ChannelName, Position] | Mapping[str, Position]
 AUTO_TRANSPORTS: Final[tuple[TransportName, ...]] = ("ws", "sse", "longpoll")
 EVENT_QUEUE_SIZE: Final = 1024
-# A server's reconnect delay is followed up to this long (a bound on a server's mistake).
-MAX_SERVER_DELAY_S: Final = 300.0
-
-# No TCP connection to the server at all: it is down or unreachable, whatever the path,
-# so this says nothing about which transport the network lets through.
-_UNREACHABLE_ERRORS: Final = (
-    ConnectionRefusedError,
-    socket.gaierror,
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-)
-# Failures of the network or of one connection: another connection may succeed.
-_NETWORK_ERRORS: Final = (
-    OSError,  # reset, unreachable; ConnectionResetError for an ended SSE stream
-    TimeoutError,  # a silent WebSocket, or an upgrade that never completed
-    httpx.TransportError,  # httpx's read (a silent SSE stream) and protocol errors
-    websockets.ConnectionClosed,
-    websockets.InvalidHandshake,  # an upgrade cut short; InvalidStatus is turned into
-    # TransportRefused by the connector
-)
-
-
-class _Outcome(enum.Enum):
-    STOP = "stop"
-    RECONNECT = "reconnect"
-    UNREACHABLE = "unreachable"
-    REFUSED = "refused"
-
-
-def _outcome(exc: Exception) -> _Outcome:
-    """Sort what ended a connection (see the module docstring)."""
-    if isinstance(exc, TransportRefused):
-        # A 5xx or 429 of a proxy may pass (its backend restarting): like a dropped
-        # connection, it moves ``auto`` down only while no transport is kept.
-        return _Outcome.RECONNECT if exc.is_retryable else _Outcome.REFUSED
-    if isinstance(exc, _UNREACHABLE_ERRORS):
-        return _Outcome.UNREACHABLE
-    if isinstance(exc, ConnectionClosed):
-        return _Outcome.RECONNECT if exc.reconnect else _Outcome.STOP
-    if isinstance(exc, RequestError):
-        return _Outcome.RECONNECT if is_retryable(exc) else _Outcome.STOP
-    if isinstance(exc, _NETWORK_ERRORS):
-        return _Outcome.RECONNECT
-    return _Outcome.STOP
-
-
-def _server_delay_s(failure: Exception) -> float | None:
-    """The reconnect delay the server gave with its ``disconnect`` (a drain spreads its
-    clients' reconnects so), bounded by ``MAX_SERVER_DELAY_S``; ``None`` without one."""
-    if isinstance(failure, ConnectionClosed) and failure.delay_ms is not None:
-        return min(failure.delay_ms / 1000, MAX_SERVER_DELAY_S)
-    return None
-
-
-@dataclass(slots=True)
-class _Route:
-    """Which transport comes next: the ``auto`` rules of the module docstring. No I/O."""
-
-    candidates: tuple[TransportName, ...]
-    auto: bool
-    index: int = 0
-    kept: bool = False
-
-    @property
-    def current(self) -> TransportName:
-        """The transport to connect with."""
-        return self.candidates[self.index]
-
-    def receive_failure(self, outcome: _Outcome, *, connected: bool) -> bool:
-        """Take a connection's end (not a STOP); return whether to wait a backoff delay
-        before the next connection (``False``: try the next transport at once)."""
-        if not self.auto:
-            return True
-        if connected and not self.kept:
-            logger.info("transport %s works; keeping it", self.current)
-            self.kept = True
-        if outcome is _Outcome.REFUSED or (outcome is _Outcome.RECONNECT and not self.kept):
-            self.kept = False
-            self.index += 1
-            if self.index < len(self.candidates):
-                return False
-            self.index = 0
-        elif outcome is _Outcome.UNREACHABLE and not self.kept:
-            self.index = 0  # the server is down: when it is back, start from the top
-        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +171,11 @@ class Subscription:
         positions = {
             parse_channel(channel): position for channel, position in (since or {}).items()
         }
-        self._tracker = PositionTracker(self.channels, positions)
+        # Channels by the node that serves them (routing.py): all at ``server_url`` at
+        # first; owner routing moves some to groups of their own.
+        self._groups = [ChannelGroup(self.server_url, PositionTracker(self.channels, positions))]
+        self._redirects = Redirects()
+        self._tasks: asyncio.TaskGroup | None = None
         self._choice: TransportChoice = transport
         self._candidates: tuple[TransportName, ...] = (
             AUTO_TRANSPORTS if transport == "auto" else (transport,)
@@ -261,7 +189,6 @@ class Subscription:
         self._delivered: dict[ChannelName, Position] = {}
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(EVENT_QUEUE_SIZE)
         self._producer: asyncio.Task[None] | None = None
-        self._http: httpx.AsyncClient | None = None
         self._finished = False  # the iteration is over: closed, or the producer stopped
 
     # -- what the application sees -----------------------------------------------------
@@ -274,7 +201,10 @@ class Subscription:
         got nothing of yet, the position it started from (``since``, or the server's
         when it subscribed). Channels not subscribed yet have none.
         """
-        return {**self._tracker.origins, **self._delivered}
+        origins: dict[ChannelName, Position] = {}
+        for group in self._groups:
+            origins.update(group.tracker.origins)
+        return {**origins, **self._delivered}
 
     async def __aenter__(self) -> Self:
         self._start()
@@ -315,9 +245,6 @@ class Subscription:
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await producer
-        http, self._http = self._http, None
-        if http is not None:
-            await http.aclose()
         while not self._queue.empty():
             self._queue.get_nowait()
         self._queue.put_nowait(_END)  # wakes an iteration waiting on another task
@@ -330,60 +257,114 @@ class Subscription:
 
     async def _produce(self) -> None:
         try:
-            await self._run_connections()
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                for group in self._groups:
+                    tasks.create_task(self._run_group(group))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a task boundary: the application gets the exception
+        except BaseExceptionGroup as failures:  # a task boundary: the application gets it
+            exc = _first_leaf(failures)
             logger.info("subscription to %s stopped: %r", self.server_url, exc)
             await self._queue.put(_Failure(exc))
 
-    async def _run_connections(self) -> None:
-        connectors = {connector.name: connector for connector in self._connectors()}
-        route = _Route(self._candidates, auto=self._choice == "auto")
-        while True:
-            connector = connectors[route.current]
-            self.transport = connector.name
-            attempt = Attempt()
-            logger.info("connecting to %s over %s", self.server_url, connector.name)
-            try:
-                await self._run_session(connector, attempt)
-                failure: Exception = ConnectionResetError(f"the {connector.name} session ended")
-            except Exception as exc:  # every ending is sorted below; STOP re-raises it
-                failure = exc
-            outcome = _outcome(failure)
-            if outcome is _Outcome.STOP and self._is_token_expiry(failure, attempt):
-                outcome = _Outcome.RECONNECT  # a fresh token comes with the next connection
-            if outcome is _Outcome.STOP or (outcome is _Outcome.REFUSED and not route.auto):
-                raise failure  # a fixed transport that is refused for good cannot work
-            if attempt.subscribed:
-                self._backoff.reset()
-            if not route.receive_failure(outcome, connected=attempt.connected):
-                logger.warning(
-                    "transport %s failed (%s); trying %s", connector.name, failure, route.current
+    async def _run_group(self, group: ChannelGroup) -> None:
+        """Run the connections of ``group`` one after another, until its channels are
+        all served elsewhere (routing.py) or a STOP."""
+        # No Authorization here: each stream or run of polls sets its own token.
+        async with httpx.AsyncClient(base_url=group.url) as http:
+            connectors = {connector.name: connector for connector in self._connectors(group, http)}
+            route = TransportRoute(self._candidates, auto=self._choice == "auto")
+            backoff = copy.copy(self._backoff)
+            backoff.reset()
+            while True:
+                connector = connectors[route.current]
+                self.transport = connector.name
+                attempt = Attempt()
+                logger.info("connecting to %s over %s", group.url, connector.name)
+                try:
+                    await self._run_session(connector, group.tracker, attempt)
+                    failure: Exception = ConnectionResetError(f"the {connector.name} session ended")
+                except Exception as exc:  # every ending is sorted below; STOP re-raises it
+                    failure = exc
+                if attempt.subscribed:
+                    self._redirects.receive_served(group.tracker.channels)
+                    backoff.reset()
+                if isinstance(failure, Redirected):
+                    moves = failure.moves
+                    if not moves and failure.url is not None:
+                        moves = await owners_after_redirect(http, group, failure.url)
+                    if not self._follow(group, moves):
+                        return
+                    continue  # the channels that stay reconnect at once
+                delay_s = self._after_failure(failure, attempt, route, backoff)
+                if delay_s is None:
+                    continue
+                logger.info(
+                    "%s connection to %s ended (%s); reconnecting in %.2f s",
+                    connector.name,
+                    group.url,
+                    failure,
+                    delay_s,
                 )
-                continue
-            delay_s = _server_delay_s(failure)
-            if delay_s is None:
-                delay_s = self._backoff.next_delay_s()
-            logger.info(
-                "%s connection to %s ended (%s); reconnecting in %.2f s",
-                connector.name,
-                self.server_url,
-                failure,
-                delay_s,
-            )
-            await asyncio.sleep(delay_s)
+                await asyncio.sleep(delay_s)
+                url = failure.url if isinstance(failure, ConnectionClosed) else None
+                if url is not None:
+                    # 4503 with ``url`` (docs/protocol.md §9): the connection's own key
+                    # moved; its channels resume on the owner.
+                    self._follow(group, dict.fromkeys(group.tracker.channels, url))
+                    return
+
+    def _after_failure(
+        self, failure: Exception, attempt: Attempt, route: TransportRoute, backoff: Backoff
+    ) -> float | None:
+        """Sort a connection's end: raise it (STOP), or return how long to wait before
+        the next connection (``None``: try the next transport at once)."""
+        outcome = outcome_of(failure)
+        if outcome is Outcome.STOP and self._is_token_expiry(failure, attempt):
+            outcome = Outcome.RECONNECT  # a fresh token comes with the next connection
+        if outcome is Outcome.STOP or (outcome is Outcome.REFUSED and not route.auto):
+            raise failure  # a fixed transport that is refused for good cannot work
+        if not route.receive_failure(outcome, connected=attempt.connected):
+            logger.warning("transport failed (%s); trying %s", failure, route.current)
+            return None
+        delay_s = server_delay_s(failure)
+        return backoff.next_delay_s() if delay_s is None else delay_s
+
+    def _follow(self, group: ChannelGroup, moves: Mapping[ChannelName, str]) -> bool:
+        """Send the channels ``moves`` names to their owners, each in a new group with
+        connections of its own; return whether any channel stays in ``group``.
+
+        Raises:
+            TooManyRedirects: a channel was redirected too often in a row (routing.py).
+        """
+        for channel in group.tracker.channels:
+            if channel in moves:
+                self._redirects.receive_moved(channel, moves[channel])
+        kept, moved = split_group(group, moves)
+        self._groups.remove(group)
+        if kept is not None:
+            group.tracker = kept.tracker
+            self._groups.append(group)
+        for new in moved:
+            logger.info("%s served by %s", ", ".join(new.tracker.channels), new.url)
+            self._groups.append(new)
+            assert self._tasks is not None  # groups run inside the producer's task group
+            self._tasks.create_task(self._run_group(new))
+        return kept is not None
 
     def _is_token_expiry(self, failure: Exception, attempt: Attempt) -> bool:
         """Whether ``failure`` is a token that ran out on a connection that had got
         through, which a fresh token from the callable mends."""
         return self._tokens.is_renewable and attempt.connected and isinstance(failure, Unauthorized)
 
-    async def _run_session(self, connector: Connector, attempt: Attempt) -> None:
+    async def _run_session(
+        self, connector: Connector, tracker: PositionTracker, attempt: Attempt
+    ) -> None:
         """Queue the events of one connection until it ends (by raising)."""
         # aclosing: a cancel (``close``) while an event is being queued still closes
         # the connection now, not whenever the generator is collected.
-        async with contextlib.aclosing(connector.session(self._tracker, attempt)) as batches:
+        async with contextlib.aclosing(connector.session(tracker, attempt)) as batches:
             async for events in batches:
                 for event in events:
                     if isinstance(event, GapNotice):
@@ -396,10 +377,9 @@ class Subscription:
                         )
                     await self._queue.put(event)
 
-    def _connectors(self) -> list[Connector]:
-        http = self._http_client()
+    def _connectors(self, group: ChannelGroup, http: httpx.AsyncClient) -> list[Connector]:
         made: dict[TransportName, Connector] = {
-            "ws": WebSocketConnector(_ws_url(self.server_url), self._tokens),
+            "ws": WebSocketConnector(_ws_url(group.url), self._tokens),
             "sse": SseConnector(http, tokens=self._tokens),
             "longpoll": PollConnector(http, wait_s=self._long_poll_wait_s, tokens=self._tokens),
             "poll": PollConnector(
@@ -407,12 +387,6 @@ class Subscription:
             ),
         }
         return [made[name] for name in self._candidates]
-
-    def _http_client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            # No Authorization here: each stream or run of polls sets its own token.
-            self._http = httpx.AsyncClient(base_url=self.server_url)
-        return self._http
 
 
 def subscribe(
@@ -467,3 +441,14 @@ def _ws_url(http_url: str) -> str:
     parts = urlsplit(http_url)
     scheme = "wss" if parts.scheme == "https" else "ws"
     return urlunsplit((scheme, parts.netloc, f"{parts.path}/ws", "", ""))
+
+
+def _first_leaf(failures: BaseExceptionGroup[BaseException]) -> Exception:
+    """The first exception of a task group's failures (one group stopped; the task group
+    cancelled the others)."""
+    for failure in failures.exceptions:
+        if isinstance(failure, BaseExceptionGroup):
+            return _first_leaf(failure)
+        if isinstance(failure, Exception):
+            return failure
+    raise failures

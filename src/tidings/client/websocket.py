@@ -33,6 +33,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from tidings.client.connector import Attempt
 from tidings.client.errors import (
     ProtocolViolation,
+    Redirected,
     TransportRefused,
     error_for,
     is_terminal_close,
@@ -48,6 +49,7 @@ from tidings.client.frames import (
     to_publication,
     to_publications,
 )
+from tidings.client.http import node_base
 from tidings.client.positions import PositionTracker
 from tidings.client.tokens import Tokens, renew_in_s
 from tidings.core.channel import ChannelName
@@ -89,6 +91,7 @@ class WebSocketConnector:
             TransportRefused: the handshake was answered with an HTTP status.
             ConnectionClosed: the server closed; ``reconnect`` says whether to come back.
             RequestError: the server refused ``connect`` or a ``subscribe``.
+            Redirected: ``subscribe`` was answered ``moved`` for some channels.
             TimeoutError: the link went silent.
         """
         token = await self._tokens.fresh()
@@ -140,6 +143,8 @@ class _Reader:
         self._pending: dict[int, ChannelName] = {}
         self._silence_s = OPEN_TIMEOUT_S  # until the server says its ping interval
         self._goodbye: Disconnect | None = None
+        # Channels a ``subscribe`` was answered ``moved`` for: the owner's base URL.
+        self._moved: dict[ChannelName, str] = {}
 
     async def send_commands(self) -> None:
         """Send ``connect`` and one ``subscribe`` per channel, without waiting for replies."""
@@ -180,8 +185,13 @@ class _Reader:
         # says reconnect (with a fresh token).
         advised = goodbye is not None and goodbye.code == code and goodbye.reconnect
         delay_ms = goodbye.delay_ms if goodbye is not None else None
+        url = goodbye.url if goodbye is not None and goodbye.code == code else None
         raise ConnectionClosed(
-            code, reason, reconnect=advised or not is_terminal_close(code), delay_ms=delay_ms
+            code,
+            reason,
+            reconnect=advised or not is_terminal_close(code),
+            delay_ms=delay_ms,
+            url=None if url is None else node_base(url),
         )
 
     def _receive(self, raw: str | bytes) -> list[Event]:
@@ -216,6 +226,14 @@ class _Reader:
                 self._renew_before(refreshed.expires)
             return []
         if frame.error is not None:
+            channel = self._pending.get(frame.id or 0)
+            if frame.error.code == "moved" and frame.error.url and channel is not None:
+                # docs/protocol.md §9: the channel is served elsewhere; the others
+                # stay here. Once every subscribe is answered, the subscription
+                # takes the moved ones to their owners.
+                del self._pending[frame.id or 0]
+                self._moved[channel] = node_base(frame.error.url)
+                return self._after_replies()
             raise error_for(frame.error.code, frame.error.message)
         if not frame.result:
             raise ProtocolViolation(f"reply {frame.id} has neither result nor error")
@@ -236,9 +254,20 @@ class _Reader:
         )
         for publication in to_publications(subscribed.publications):
             events.extend(tracker.receive_publication(publication))
-        if not self._pending:
-            self._attempt.subscribed = True
-        return events
+        return events + self._after_replies()
+
+    def _after_replies(self) -> list[Event]:
+        """Once every subscribe is answered: subscribed, or redirected for those moved.
+
+        Raises:
+            Redirected: some channels are served by other nodes.
+        """
+        if self._pending:
+            return []
+        if self._moved:
+            raise Redirected(self._moved)
+        self._attempt.subscribed = True
+        return []
 
     # -- token renewal -----------------------------------------------------------------
 

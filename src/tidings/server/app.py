@@ -27,8 +27,9 @@ from tidings.core.commands import publication_data
 from tidings.core.dedupe import CLIENT_KEY_MARK, DedupeOptions
 from tidings.core.drain import plan_drain
 from tidings.core.load import NodeLoad
-from tidings.core.placement import LOCAL_PLACEMENT, Placement
+from tidings.core.placement import Placement
 from tidings.core.publication import Position
+from tidings.core.routing import FollowingPlacement
 from tidings.core.wire import encode_json
 from tidings.errors import BadRequest, TidingsError
 from tidings.hub.hub import Hub
@@ -44,6 +45,7 @@ from tidings.server.keys import JwksKeys, load_public_key
 from tidings.server.load_agent import LoadAgent
 from tidings.server.metrics import Metrics
 from tidings.server.native.routes import NativeRoutes
+from tidings.server.routing import RingMember, RouteEndpoint, placement_of
 from tidings.server.status import (
     StaticAssets,
     StatusPublisher,
@@ -106,15 +108,21 @@ class TidingsApp:
         broker: Broker | None = None,
         presence: PresenceStore | None = None,
         *,
-        placement: Placement = LOCAL_PLACEMENT,
+        placement: Placement | None = None,
     ) -> None:
         """Make a node of ``settings``, on ``broker`` (the one the settings name if
         ``None``), keeping presence in ``presence`` (the broker's own store if ``None``,
         or, for a broker that keeps none, one for this node alone); ``placement`` says
-        which channels it serves (all of them, but in hashing mode)."""
+        which channels it serves (the one ``ring_nodes`` describe if ``None``: all of
+        them, but in hashing mode)."""
         settings = settings or Settings()
         demo = prepare_demo(settings) if settings.demo else None
         self.settings = settings = with_status_namespace(demo.settings if demo else settings)
+        placement = placement_of(settings) if placement is None else placement
+        # The ring in etcd (``ring_etcd``): joined at start, left when the node drains.
+        self._ring_member = (
+            RingMember(settings, placement) if isinstance(placement, FollowingPlacement) else None
+        )
         self.sessions = SessionRegistry(
             settings.max_connections, settings.max_unauthenticated_connections
         )
@@ -188,6 +196,7 @@ class TidingsApp:
                 Route("/health", self._health, methods=["GET"]),
                 Route("/ready", self._ready, methods=["GET"]),
                 Route("/load", self._load, methods=["GET"]),
+                Route("/route", RouteEndpoint(placement, settings).answer, methods=["GET"]),
                 Route("/metrics", self.metrics.endpoint, methods=["GET"]),
                 Route("/", front_page(self.about), methods=["GET"]),
                 Route("/status", status_page(self.status.channel, self.about), methods=["GET"]),
@@ -234,6 +243,8 @@ class TidingsApp:
                 if self._agent is not None:
                     await self._agent.close()
                 raise
+            if self._ring_member is not None:
+                await self._ring_member.join()
             tick_s = max(0.05, min(HEARTBEAT_TICK_S, self.settings.ping_interval_s / 4))
             self._heartbeat = asyncio.create_task(run_heartbeats(self.sessions, tick_s))
             self._status_task = asyncio.create_task(self.status.run())
@@ -262,6 +273,10 @@ class TidingsApp:
         at most ``drain_rate`` reconnects per second (``core.drain``).
         """
         self.context.draining = True
+        if self._ring_member is not None:
+            # Out of the ring first: its keys go to the other nodes, where the clients
+            # told to reconnect below are sent.
+            await self._ring_member.leave()
         self._poll.release_all()
         settings = self.settings
         if self._agent is not None:
@@ -309,6 +324,8 @@ class TidingsApp:
         await self.sources.stop()
         if self._agent is not None:
             await self._agent.close()
+        if self._ring_member is not None:
+            await self._ring_member.close()
         await self.hub.close()
         self._started = False
         logger.info("tidings node %s stopped", self.context.node_id)

@@ -28,6 +28,7 @@ from tidings.core.channel import DEFAULT_NAMESPACE, NamespaceName
 from tidings.core.history import HistoryOptions
 from tidings.core.namespace import NamespaceOptions, Namespaces, Policy, default_namespaces
 from tidings.core.origin import is_loopback_host
+from tidings.core.ring import DEFAULT_VNODES, OWNERSHIP_KINDS, OwnershipKind
 from tidings.errors import ConfigError
 from tidings.server.auth import check_hs256_secret
 from tidings.server.keys import load_public_key
@@ -117,6 +118,17 @@ class Settings:
     brokers: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     # The ``[[sources]]`` tables: publications fed from outside (``tidings.sources``).
     sources: tuple[SourceSettings, ...] = ()
+    # Owner routing (docs/modes/hashing.md): each node id of the ring and its base URL;
+    # empty: every channel is served on every node. ``placement`` chooses how keys are
+    # shared among them (the ring, or modulo hashing to compare it with).
+    ring_nodes: Mapping[str, str] = field(default_factory=dict)
+    placement: OwnershipKind = "ring"
+    ring_vnodes: int = DEFAULT_VNODES
+    # Or the ring's membership in etcd (brokers/ring/membership.py): its client URL, the
+    # key prefix the ring's nodes share, and how long a silent node stays a member.
+    ring_etcd: str | None = None
+    ring_prefix: str = "/tidings/ring"
+    ring_ttl_s: float = 10.0
 
     def __post_init__(self) -> None:
         _check_limits(self)
@@ -188,6 +200,37 @@ def check_public_url(name: str, value: str) -> str:
     if parts.username is not None or parts.password is not None:
         raise ConfigError(f"{name} must not hold credentials, got {value!r}")
     return value
+
+
+def _as_ring_nodes(name: str, value: object) -> dict[str, str]:
+    """``{node_id = "base URL"}`` (a TOML table), or ``id=url,id=url`` (the environment)."""
+    if isinstance(value, str):
+        pairs = [part.strip().partition("=") for part in value.split(",") if part.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise ConfigError(f"{name} must be node_id=url pairs separated by commas")
+        value = {node.strip(): url.strip() for node, _, url in pairs}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f'{name} must be a table such as {{a = "http://10.0.0.1:8000"}}')
+    return {
+        check_node_id(f"{name} key", _as_str(name, node)): check_public_url(
+            f"{name}.{node}", _as_str(f"{name}.{node}", url)
+        )
+        for node, url in value.items()
+    }
+
+
+def _as_ring_prefix(name: str, value: object) -> str:
+    text = _as_str(name, value)
+    if not text.startswith("/") or len(text) < 2:
+        raise ConfigError(f"{name} must be an etcd key prefix such as /tidings/ring, got {text!r}")
+    return text
+
+
+def _as_ownership(name: str, value: object) -> OwnershipKind:
+    for kind in OWNERSHIP_KINDS:
+        if value == kind:
+            return kind
+    raise ConfigError(f"{name} must be one of {list(OWNERSHIP_KINDS)}, got {value!r}")
 
 
 def _as_str(name: str, value: object) -> str:
@@ -383,9 +426,16 @@ _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "allow_open_api": _as_bool,
     "node_id": lambda name, value: check_node_id(name, _as_str(name, value)),
     "public_url": lambda name, value: check_public_url(name, _as_str(name, value)),
+    "ring_nodes": _as_ring_nodes,
+    "placement": _as_ownership,
+    "ring_vnodes": _as_count,
+    "ring_etcd": lambda name, value: check_public_url(name, _as_str(name, value)),
+    "ring_prefix": _as_ring_prefix,
+    "ring_ttl": parse_duration_s,
 }
 # Settings fields whose configuration name drops the unit suffix.
 _FIELD_OF: Final = {
+    "ring_ttl": "ring_ttl_s",
     "ping_interval": "ping_interval_s",
     "outbound_buffer": "outbound_buffer_bytes",
     "dedupe_window": "dedupe_window_s",
@@ -624,7 +674,28 @@ def load_settings(
     settings = replace(settings, namespaces=_build_namespaces(tables))
     _check_open_api(settings)
     _check_token_keys(settings)
+    check_ring(settings)
     return settings
+
+
+def check_ring(settings: Settings) -> None:
+    """Refuse a ring this node is not part of (it would send every client away).
+
+    Raises:
+        ConfigError: ``ring_nodes`` is set and does not name ``node_id``.
+    """
+    nodes = settings.ring_nodes
+    if nodes and settings.ring_etcd is not None:
+        raise ConfigError(
+            "set ring_nodes (a static ring) or ring_etcd (membership in etcd), not both"
+        )
+    if settings.ring_etcd is not None and settings.ring_ttl_s < 2:
+        raise ConfigError(f"ring_ttl must be at least 2s, got {settings.ring_ttl_s:g}s")
+    if nodes and settings.node_id not in nodes:
+        raise ConfigError(
+            f"node_id {settings.node_id!r} is not in ring_nodes {sorted(nodes)}: "
+            "set node_id to this node's entry"
+        )
 
 
 def _check_token_keys(settings: Settings) -> None:

@@ -1,0 +1,138 @@
+"""A node's owner routing (docs/protocol.md §9): its placement from the settings, its
+membership of the ring in etcd, and ``GET /route``, which tells any client the base URL
+of a key's or channel's owner.
+
+HTTP I/O through Starlette for ``/route``, and etcd's through ``RingMember``; building
+the placement is pure. A node with ``ring_nodes`` set routes by that static ring (or
+modulo hashing) over those nodes, as node ``node_id``; one with ``ring_etcd`` joins the
+ring kept in etcd and routes by each version of it; a node with neither serves every
+channel itself, and ``/route`` names this node's own advertised URL for every key.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Final
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tidings.brokers.ring.etcd import EtcdGateway
+from tidings.brokers.ring.membership import Membership, RingState
+from tidings.core.channel import parse_channel
+from tidings.core.placement import LOCAL_PLACEMENT, Placement
+from tidings.core.ring import ownership_of
+from tidings.core.routing import FollowingPlacement, OwnerRouting, RingPlacement
+from tidings.errors import BadRequest, RequestError
+from tidings.server.config import Settings, check_ring
+from tidings.transports.http import cors_headers, json_response, request_error_response
+
+logger = logging.getLogger(__name__)
+
+MAX_KEY_LENGTH: Final = 255
+
+
+def placement_of(settings: Settings) -> Placement:
+    """Return the placement ``settings`` describe: a ``RingPlacement`` over
+    ``ring_nodes``, a ``FollowingPlacement`` of the ring in etcd (``ring_etcd``; fed by
+    ``RingMember``), or ``LOCAL_PLACEMENT`` without either.
+
+    Raises:
+        ConfigError: ``ring_nodes`` does not name this node, or both are set.
+    """
+    check_ring(settings)
+    if settings.ring_etcd is not None:
+        return FollowingPlacement(
+            settings.node_id,
+            settings.advertised_url,
+            settings.namespace_table(),
+            kind=settings.placement,
+            vnodes=settings.ring_vnodes,
+        )
+    if not settings.ring_nodes:
+        return LOCAL_PLACEMENT
+    ownership = ownership_of(settings.placement, settings.ring_nodes, settings.ring_vnodes)
+    return RingPlacement(
+        ownership, settings.node_id, settings.ring_nodes, settings.namespace_table()
+    )
+
+
+class RouteEndpoint:
+    """``GET /route?key=<key>`` or ``?channel=<name>``: ``{"url": "<owner base URL>"}``."""
+
+    def __init__(self, placement: Placement, settings: Settings) -> None:
+        self._ring: OwnerRouting | None = (
+            placement if isinstance(placement, RingPlacement | FollowingPlacement) else None
+        )
+        self._own_url = settings.advertised_url
+        self._allowed_origins = settings.allowed_origins
+
+    async def answer(self, request: Request) -> Response:
+        """Answer the owner of the request's key or channel (400 if it names neither or
+        both, a key of over 255 characters, or an invalid channel)."""
+        cors = cors_headers(request.headers.get("origin"), self._allowed_origins)
+        try:
+            url = self._owner_url(
+                request.query_params.getlist("key"), request.query_params.getlist("channel")
+            )
+        except RequestError as exc:
+            response = request_error_response(exc)
+            response.headers.update(cors)
+            return response
+        return json_response({"url": url}, headers=cors)
+
+    def _owner_url(self, keys: list[str], channels: list[str]) -> str:
+        if len(keys) + len(channels) != 1:
+            raise BadRequest("give exactly one key or one channel")
+        if keys:
+            key = keys[0]
+            if not 1 <= len(key) <= MAX_KEY_LENGTH:
+                raise BadRequest(f"key must be 1 to {MAX_KEY_LENGTH} characters")
+            return self._own_url if self._ring is None else self._ring.owner_url(key)
+        channel = parse_channel(channels[0])
+        return self._own_url if self._ring is None else self._ring.channel_owner_url(channel)
+
+
+class RingMember:
+    """This node's membership of the ring in etcd (``ring_etcd``) for the node's
+    lifecycle: join at start, leave when it drains. Each version of the ring reaches the
+    ``FollowingPlacement``, so admission and ``/route`` follow it at once."""
+
+    def __init__(self, settings: Settings, placement: FollowingPlacement) -> None:
+        assert settings.ring_etcd is not None  # the app makes one only then
+        self._gateway = EtcdGateway(settings.ring_etcd)
+        self._placement = placement
+        self._membership = Membership(
+            self._gateway,
+            settings.node_id,
+            settings.advertised_url,
+            prefix=settings.ring_prefix,
+            ttl_s=math.ceil(settings.ring_ttl_s),
+            on_ring=self._on_ring,
+        )
+        self._joined = False
+
+    def _on_ring(self, state: RingState) -> None:
+        self._placement.receive_ring(state.nodes)
+        logger.info("ring version %d: %s", state.version, ", ".join(sorted(state.nodes)))
+
+    async def join(self) -> None:
+        """Join the ring.
+
+        Raises:
+            EtcdError: etcd could not be reached.
+        """
+        await self._membership.join()
+        self._joined = True
+
+    async def leave(self) -> None:
+        """Leave the ring (idempotent), so its keys go to the other nodes at once."""
+        if self._joined:
+            self._joined = False
+            await self._membership.leave()
+
+    async def close(self) -> None:
+        """Leave, and close the connections to etcd."""
+        await self.leave()
+        await self._gateway.aclose()
