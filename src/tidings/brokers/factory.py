@@ -7,7 +7,7 @@ set one. The broker class validates them when it is made, refusing an unknown ke
 one line, and does no I/O then, so ``check_broker`` can make one to check them.
 
 Each backend module is imported only when chosen, so a backend's optional dependency
-(redis, nats, asyncpg) is needed only by the nodes that use it; a missing one is
+(redis, psycopg) is needed only by the nodes that use it; a missing one is
 reported with the ``pip install`` line that adds it. The only I/O is checking that the
 sqlite broker's directory can be used (``check_data_directory``), so that a node
 refuses to start with one clear line instead of failing once it has started.
@@ -73,12 +73,22 @@ _REDIS: Final = BrokerKind(
     "redis",
     ("redis://host:port/db", "redis-cluster://host:port"),
 )
+_POSTGRES: Final = BrokerKind(
+    "postgres",
+    "tidings.brokers.postgres",
+    "PostgresBroker",
+    "postgres",
+    "psycopg",
+    ("postgres://user@host:port/db",),
+)
 # URL scheme -> broker. Add a broker here, not with another ``if``.
 BROKER_SCHEMES: Final[dict[str, BrokerKind]] = {
     "redis": _REDIS,
     "rediss": _REDIS,
     "unix": _REDIS,
     "redis-cluster": _REDIS,
+    "postgres": _POSTGRES,
+    "postgresql": _POSTGRES,
 }
 _FORMS: Final = ["memory", *dict.fromkeys(f for k in BROKER_SCHEMES.values() for f in k.forms)]
 _KNOWN_FORMS: Final = f"{', '.join(_FORMS[:-1])} or {_FORMS[-1]}"
@@ -221,7 +231,8 @@ def create_broker(
     """Return the broker named by ``broker`` (a URL) or, without one, by ``data``.
 
     ``redis://host:port/db`` (also ``rediss://``, ``unix://``) is the Redis broker,
-    ``redis-cluster://host:port`` the Redis Cluster one; ``memory`` or nothing is the
+    ``redis-cluster://host:port`` the Redis Cluster one, ``postgres://user@host:port/db``
+    (also ``postgresql://``) the PostgreSQL one; ``memory`` or nothing is the
     memory broker, or the sqlite broker keeping its files in ``data`` if given, with
     ``sqlite_durability`` (``full`` or ``fast``, see ``brokers.sqlite``).
     ``publish_timeout_s`` bounds a remote broker's publish (see ``RedisBroker``); the
