@@ -293,7 +293,7 @@ class PostgresBroker:
         except SchemaTooNew:
             await self.close()
             raise
-        except (psycopg.Error, OSError) as exc:
+        except (psycopg.Error, OSError, TimeoutError) as exc:
             logger.warning(
                 "PostgreSQL at %s is not reachable (%s); retrying in the background",
                 self._display_url,
@@ -313,7 +313,8 @@ class PostgresBroker:
     async def _migrate(self) -> None:
         if self._migrated:
             return
-        conn = await AsyncConnection.connect(self._target.conninfo, autocommit=True)
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            conn = await AsyncConnection.connect(self._target.conninfo, autocommit=True)
         async with conn:
             await migrate(conn, self._target.schema)
             await self._presence.renew_node(conn)
@@ -532,7 +533,12 @@ class PostgresBroker:
             await asyncio.sleep(backoff.next_delay_s())
 
     async def _listen(self, backoff: Backoff) -> None:
-        conn = await AsyncConnection.connect(self._target.conninfo, autocommit=True)
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            conn = await AsyncConnection.connect(
+                self._target.conninfo,
+                autocommit=True,
+                application_name=f"tidings-listen-{self.node_id}",  # see pg_stat_activity
+            )
         async with conn:
             for topic in self._topics.values():
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(topic)))
