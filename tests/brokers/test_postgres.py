@@ -24,7 +24,8 @@ from tests.support.postgres import (
     require_postgres,
     unique_schema,
 )
-from tidings.brokers.postgres import NOTICE_LIMIT, PostgresBroker, SchemaTooNew
+from tidings.brokers.postgres import PostgresBroker, SchemaTooNew
+from tidings.brokers.postgres_rows import NOTICE_LIMIT
 from tidings.brokers.postgres_schema import SCHEMA_VERSION, migrate
 from tidings.brokers.postgres_trim import trim
 from tidings.core.channel import ChannelName, NamespaceName
