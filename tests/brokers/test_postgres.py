@@ -16,7 +16,7 @@ import pytest
 from psycopg import sql
 
 from tests.support.clock import FakeClock
-from tests.support.handler import RecordingHandler
+from tests.support.handler import RecordingCommands, RecordingHandler
 from tests.support.postgres import (
     POSTGRES_URL,
     LocalPostgres,
@@ -24,6 +24,7 @@ from tests.support.postgres import (
     require_postgres,
     unique_schema,
 )
+from tidings.brokers.base import DisconnectUser
 from tidings.brokers.postgres import PostgresBroker, SchemaTooNew
 from tidings.brokers.postgres_rows import NOTICE_LIMIT
 from tidings.brokers.postgres_schema import SCHEMA_VERSION, migrate
@@ -175,6 +176,52 @@ async def test_nodes_starting_at_once_on_a_new_schema_both_serve_one_sequence(
     assert sorted(r.position.offset for r in results) == list(range(1, 41))
 
 
+async def test_nodes_publishing_at_once_into_many_channels_never_deadlock_nor_skip(
+    make_broker: BrokerMaker,
+) -> None:
+    # Each node sends waiting publishes in batches, one transaction each: batches lock
+    # channel rows in one order, so two nodes' batches never wait on each other in a cycle.
+    first, second = make_broker(), make_broker()
+    await first.start(RecordingHandler())
+    await second.start(RecordingHandler())
+    names = [channel() for _ in range(8)]
+
+    results = await asyncio.gather(
+        *(
+            node.publish(names[(n * 7 + i) % len(names)], data(n))
+            for n in range(150)
+            for i, node in enumerate((first, second))
+        )
+    )
+
+    by_channel: dict[str, list[int]] = {}
+    for n, result in enumerate(results):
+        name = names[((n // 2) * 7 + n % 2) % len(names)]
+        by_channel.setdefault(name, []).append(result.position.offset)
+    assert all(
+        sorted(offsets) == list(range(1, len(offsets) + 1)) for offsets in by_channel.values()
+    )
+    assert sum(len(offsets) for offsets in by_channel.values()) == 300
+
+
+async def test_nodes_reading_a_new_channel_at_once_are_given_one_epoch(
+    make_broker: BrokerMaker,
+) -> None:
+    first, second = make_broker(), make_broker()
+    await first.start(RecordingHandler())
+    await second.start(RecordingHandler())
+    fresh = [channel() for _ in range(30)]
+
+    reads = await asyncio.gather(
+        *(node.history(name) for name in fresh for node in (first, second, first, second))
+    )
+    published = [await first.publish(name, data(1)) for name in fresh]
+
+    heads = [reads[i : i + 4] for i in range(0, len(reads), 4)]
+    for name_reads, result in zip(heads, published, strict=True):
+        assert {read.head for read in name_reads} == {Position(result.position.epoch, 0)}
+
+
 # -- delivery ------------------------------------------------------------------------------
 
 
@@ -248,6 +295,29 @@ async def test_a_node_delivers_what_was_published_while_it_was_not_listening(
     assert [p.offset for p in delivered] == list(range(1, 12))
     assert [p.data for p in delivered] == [data(n) for n in range(1, 12)]
     assert len(handler.publications) == 11
+
+
+@pytest.mark.parametrize("notify", ["true", "false"])
+async def test_a_node_command_reaches_the_other_node_once_and_counts_both(
+    make_broker: BrokerMaker, notify: str
+) -> None:
+    sender, other = make_broker(), make_broker(notify=notify, poll_interval="0.05")
+    heard_here, heard_there = RecordingCommands(), RecordingCommands()
+    sender.listen(heard_here)
+    other.listen(heard_there)
+    await sender.start(RecordingHandler())
+    await other.start(RecordingHandler())
+    command = DisconnectUser("mallory", 4003, "banned")
+
+    nodes = await sender.send_to_nodes(command)
+    there = await heard_there.wait_for(1)
+    await sender.send_to_nodes(DisconnectUser("next", 4003, "banned"))  # comes after
+    await heard_there.wait_for(2)
+
+    assert nodes == 2
+    assert heard_here.commands[:1] == [command]
+    assert there == [command]
+    assert [c.user for c in heard_there.commands] == ["mallory", "next"]  # each once
 
 
 # -- the trim ------------------------------------------------------------------------------

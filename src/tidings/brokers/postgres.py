@@ -47,7 +47,7 @@ from typing import Final
 
 import psycopg
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from tidings.brokers.base import (
     HistoryRead,
@@ -57,6 +57,12 @@ from tidings.brokers.base import (
     PublishResult,
 )
 from tidings.brokers.memory import random_epoch
+from tidings.brokers.postgres_batch import (
+    WRITERS,
+    PublishBatcher,
+    PublishNotSent,
+    PublishUnanswered,
+)
 from tidings.brokers.postgres_follower import CONNECT_TIMEOUT_S, PostgresFollower
 from tidings.brokers.postgres_presence import (
     PRESENCE_LIFETIME_S,
@@ -97,6 +103,7 @@ _HEAD: Final = """
     SELECT epoch, head FROM made UNION ALL
     SELECT epoch, head FROM {schema}.channels WHERE channel = %(channel)s
 """
+_HEAD_AGAIN: Final = "SELECT epoch, head FROM {schema}.channels WHERE channel = %(channel)s"
 _AFTER: Final = (
     "SELECT c.epoch, c.head, "
     + COLUMNS
@@ -166,7 +173,8 @@ class PostgresBroker:
         schema = self._target.schema
         self._topics = {kind: f"{schema}.{kind}" for kind in ("publication", "presence", "control")}
         self._statements = {
-            template: in_schema(template, schema) for template in (_PUBLISH, _HEAD, _AFTER, _LATEST)
+            template: in_schema(template, schema)
+            for template in (_PUBLISH, _HEAD, _HEAD_AGAIN, _AFTER, _LATEST)
         }
         self._pool: AsyncConnectionPool | None = None
         self._follower = PostgresFollower(
@@ -187,6 +195,11 @@ class PostgresBroker:
             lifetime_s=presence_lifetime_s,
         )
         self._control = RedisNodeControl(self.node_id)
+        self._batcher = PublishBatcher(
+            self._pool_or_fail,
+            self._statements[_PUBLISH],
+            writers=min(WRITERS, self._target.pool_size),
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._migrated = False
         self._closed = False
@@ -216,6 +229,7 @@ class PostgresBroker:
             timeout=CONNECT_TIMEOUT_S,  # a call waits this long for a connection, then fails
         )
         await self._pool.open(wait=False)
+        self._batcher.start()
         try:
             await self._migrate()
         except SchemaTooNew:
@@ -259,6 +273,7 @@ class PostgresBroker:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._batcher.close()
         if self._pool is not None:
             with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
                 async with asyncio.timeout(PROBE_TIMEOUT_S):
@@ -321,21 +336,27 @@ class PostgresBroker:
             notice_body(channel, now_ms, key, info, data),
         )
         what = f"publishing in {channel}"
-        pool = self._pool_or_fail()
+        self._pool_or_fail()  # refused at once when not started
         try:
-            async with asyncio.timeout(self._publish_timeout_s):
-                async with pool.connection() as conn:
-                    cursor = await conn.execute(self._statements[_PUBLISH], params)
-                    row = await cursor.fetchone()
-        except TimeoutError as exc:
+            row = await self._batcher.publish(channel, params, self._publish_timeout_s)
+        except PublishNotSent as exc:
+            raise BrokerUnavailable(
+                f"{what} failed: PostgreSQL at {self._display_url} could not take it within "
+                f"{self._publish_timeout_s:g} s; it was not sent and will not be published"
+            ) from exc
+        except PublishUnanswered as exc:
             raise BrokerError(
                 f"{what} failed: PostgreSQL at {self._display_url} did not answer within "
                 f"{self._publish_timeout_s:g} s; it may have been published; "
                 "retry with the same key"
             ) from exc
+        except PoolTimeout as exc:
+            raise BrokerUnavailable(
+                f"{what} failed: no connection to PostgreSQL at {self._display_url}; "
+                "it was not sent and will not be published"
+            ) from exc
         except (psycopg.Error, OSError) as exc:
             raise BrokerError(f"{what} failed: {exc}") from exc
-        assert row is not None  # the function always returns its row
         epoch, offset, duplicate = row
         return PublishResult(Position(str(epoch), int(str(offset))), duplicate=bool(duplicate))
 
@@ -384,7 +405,12 @@ class PostgresBroker:
             "now": self._clock.now_ms(),
         }
         row = await (await conn.execute(self._statements[_HEAD], params)).fetchone()
-        assert row is not None  # made, or there already
+        if row is None:
+            # Another node made the row while this statement ran: its snapshot, taken
+            # before, does not show the row its insert waited for. A new one does.
+            row = await (await conn.execute(self._statements[_HEAD_AGAIN], params)).fetchone()
+        if row is None:
+            raise BrokerError(f"the row of {channel} vanished while it was read")
         return Position(str(row[0]), int(str(row[1])))
 
     async def _read_head(self, channel: ChannelName) -> Position:
