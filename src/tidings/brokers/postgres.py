@@ -3,11 +3,13 @@
 Network I/O with psycopg 3 (``psycopg_pool`` for commands, one more connection per node
 for LISTEN). PostgreSQL is the truth: the tables live in a schema of their own, created
 and upgraded by the nodes (``postgres_schema``). Each publish is one call of the
-schema's ``publish`` function, one transaction: it upserts the channel's row (which
-locks it, so publishers of a channel queue there, on whatever node), checks the
+schema's ``publish`` function: it upserts the channel's row (which locks it until
+commit, so publishers of a channel queue there, on whatever node), checks the
 idempotency key under that lock, moves the head by one, stores the publication and the
-key, and NOTIFYs it, sent at commit. So offsets are gap-free per channel with any number
-of nodes publishing, and a publish returns only once its transaction committed.
+key, and NOTIFYs it, sent at commit. The publishes waiting on a node go together, in
+one transaction per batch (``postgres_batch``: group commit). So offsets are gap-free
+per channel with any number of nodes publishing, and a publish returns only once its
+transaction committed.
 
 * **Epochs**: a channel's epoch is drawn by the node that first makes its row (by a
   publish, or a read of a channel never published to, so that its ``(epoch, 0)`` stays
