@@ -63,6 +63,7 @@ class BrokerKind:
     extra: str
     dependency: str  # the top-level module the extra installs
     forms: tuple[str, ...] = ()  # its URL forms, as an unknown broker's error lists them
+    more_dependencies: tuple[str, ...] = ()  # other top-level modules the extra installs
 
 
 _REDIS: Final = BrokerKind(
@@ -80,6 +81,7 @@ _POSTGRES: Final = BrokerKind(
     "postgres",
     "psycopg",
     ("postgres://user@host:port/db",),
+    ("psycopg_pool",),
 )
 # URL scheme -> broker. Add a broker here, not with another ``if``.
 BROKER_SCHEMES: Final[dict[str, BrokerKind]] = {
@@ -146,7 +148,10 @@ def _broker_class(url: str) -> _RemoteBroker:
         module = importlib.import_module(kind.module)
     except ImportError as exc:
         # Only the extra's own package is a user's mistake; any other ImportError is a bug.
-        if exc.name is None or exc.name.split(".")[0] != kind.dependency:
+        if exc.name is None or exc.name.split(".")[0] not in (
+            kind.dependency,
+            *kind.more_dependencies,
+        ):
             raise
         raise MissingExtra(url, kind.extra, kind.dependency) from None
     broker_class: _RemoteBroker = getattr(module, kind.class_name)
