@@ -1,4 +1,4 @@
-"""Broker benchmark: the memory, sqlite and Redis brokers side by side, in one run.
+"""Broker benchmark: the memory, sqlite, Redis and PostgreSQL brokers side by side, in one run.
 
 What it measures, per broker:
 
@@ -7,8 +7,9 @@ What it measures, per broker:
   ``--channels`` channels; publications per second.
 * **delivery latency**: one publication every ``1/--rate`` seconds, timed from the call
   to ``publish`` to the moment the subscribed broker hands it to its handler, p50 and
-  p99. For Redis that is *cross-node*: two broker instances (two nodes) on one Redis,
-  publishing on one, receiving on the other. The memory broker has one node only: its
+  p99. For Redis and PostgreSQL that is *cross-node*: two broker instances (two nodes)
+  on one Redis (one database), publishing on one, receiving on the other (PostgreSQL:
+  through LISTEN/NOTIFY). The memory broker has one node only: its
   figure is the in-process hand-off, the floor any broker is compared with.
 
 Why: DESIGN.md asks every claim about speed to be a figure measured side by side with
@@ -26,7 +27,9 @@ For Redis the table also gives Redis's own CPU time per publish script (``INFO
 commandstats``, EVALSHA and EVAL), which the rollback check of ``redis_scripts`` adds to.
 
 Run: ``.venv/bin/python benchmarks/brokers.py`` (a Redis at 127.0.0.1:6379; database 15
-is flushed first). ``--cluster redis-cluster://host:port`` adds a Redis Cluster column.
+is flushed first; a PostgreSQL at 127.0.0.1:5432, database ``test``, whose schema
+``tidings_bench`` is dropped first). ``--cluster redis-cluster://host:port`` adds a
+Redis Cluster column; ``--postgres ''`` leaves PostgreSQL out.
 """
 
 from __future__ import annotations
@@ -44,14 +47,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+import psycopg
 import redis
 import uvloop
+from psycopg import sql
 
 if __package__ in (None, ""):  # run as a script: make `tidings` importable from src/
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from tidings.brokers.base import Broker
 from tidings.brokers.memory import MemoryBroker
+from tidings.brokers.postgres import PostgresBroker
+from tidings.brokers.postgres_target import PostgresTarget
 from tidings.brokers.redis import RedisBroker, RedisTarget
 from tidings.brokers.sqlite import SqliteBroker
 from tidings.core.channel import ChannelName, NamespaceName
@@ -60,6 +67,7 @@ from tidings.core.namespace import NamespaceOptions, Namespaces
 from tidings.core.publication import Publication
 
 DEFAULT_REDIS: Final = "redis://127.0.0.1:6379/15?prefix=tidings-bench"
+DEFAULT_POSTGRES: Final = "postgres://postgres@127.0.0.1:5432/test?schema=tidings_bench"
 NAMESPACES: Final = Namespaces(
     {NamespaceName("bench"): NamespaceOptions(history=HistoryOptions(100, 3_600_000))}
 )
@@ -72,6 +80,7 @@ class Options:
 
     redis: str
     cluster: str | None
+    postgres: str
     publications: int
     concurrency: tuple[int, ...]
     channels: int
@@ -94,6 +103,9 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--redis", default=DEFAULT_REDIS, help="Redis URL (its db is flushed)")
     parser.add_argument("--cluster", default=None, help="also a redis-cluster:// URL")
+    parser.add_argument(
+        "--postgres", default=DEFAULT_POSTGRES, help="PostgreSQL URL (its schema is dropped)"
+    )
     parser.add_argument("--publications", type=int, default=20_000, help="per throughput run")
     parser.add_argument("--concurrency", default="1,16,128", help="publishers at once")
     parser.add_argument("--channels", type=int, default=64, help="channels published to")
@@ -105,6 +117,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     return Options(
         redis=args.redis,
         cluster=args.cluster,
+        postgres=args.postgres,
         publications=args.publications,
         concurrency=tuple(int(n) for n in args.concurrency.split(",")),
         channels=args.channels,
@@ -132,6 +145,9 @@ def subjects(options: Options) -> list[Subject]:
     if options.cluster is not None:
         cluster = options.cluster
         found.append(Subject("redis-cluster", lambda: RedisBroker(cluster, NAMESPACES), True))
+    if options.postgres:
+        postgres = options.postgres
+        found.append(Subject("postgres", lambda: PostgresBroker(postgres, NAMESPACES), True))
     return found
 
 
@@ -223,6 +239,15 @@ def flush(url: str) -> None:
         client.flushdb()
 
 
+def drop_postgres_schema(url: str) -> None:
+    """Start the PostgreSQL broker on an empty schema: drop the one the URL names."""
+    target = PostgresTarget.parse(url)
+    with psycopg.connect(target.conninfo, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(target.schema))
+        )
+
+
 def script_time(url: str) -> tuple[float, int]:
     """Redis's CPU µs and calls of EVALSHA and EVAL so far (``INFO commandstats``)."""
     with redis.Redis.from_url(RedisTarget.parse(url).url) as client:
@@ -236,6 +261,8 @@ def script_time(url: str) -> tuple[float, int]:
 async def measure(options: Options) -> None:
     tested = subjects(options)
     flush(options.redis)
+    if options.postgres:
+        drop_postgres_schema(options.postgres)
     rates: dict[tuple[str, int], list[float]] = {}
     cpu_us: dict[tuple[str, int], list[float]] = {}
     latencies: dict[str, list[tuple[float, float]]] = {}
@@ -284,7 +311,10 @@ def print_table(
     ]
     for index, label in ((0, "p50"), (1, "p99")):
         rows.append(
-            [f"delivery latency {label} ms (memory, sqlite: in-process; redis: node to node)"]
+            [
+                f"delivery latency {label} ms (memory, sqlite: in-process; "
+                "redis, postgres: node to node)"
+            ]
             + [summary([pair[index] for pair in latencies[s.name]], ".3f") for s in tested]
         )
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]

@@ -41,6 +41,20 @@ def test_a_missing_extra_names_its_pip_install(monkeypatch: pytest.MonkeyPatch) 
     assert error.value.extra == "redis"
 
 
+@pytest.mark.parametrize("missing", ["psycopg", "psycopg_pool"])
+def test_a_missing_postgres_extra_names_its_pip_install(
+    monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    for name in [name for name in sys.modules if name.startswith("tidings.brokers.postgres")]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in [name for name in sys.modules if name == missing or name.startswith(missing + ".")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, missing, None)
+    with pytest.raises(MissingExtra) as error:
+        check_broker("postgres://127.0.0.1:5432/app", None)
+    assert "pip install 'tidings[postgres]'" in str(error.value)
+
+
 def test_another_import_error_is_not_taken_for_a_missing_extra(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -70,7 +84,7 @@ def test_a_table_naming_no_broker_is_refused_in_one_line() -> None:
     with pytest.raises(ConfigError) as error:
         check_broker("redis://127.0.0.1:6379/0", None, {"redis": {}, "rdis": {"prefix": "a"}})
     assert str(error.value) == (
-        "brokers.rdis: no broker is called 'rdis'; known: ['memory', 'redis', 'sqlite']"
+        "brokers.rdis: no broker is called 'rdis'; known: ['memory', 'postgres', 'redis', 'sqlite']"
     )
 
 

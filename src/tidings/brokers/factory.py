@@ -7,7 +7,7 @@ set one. The broker class validates them when it is made, refusing an unknown ke
 one line, and does no I/O then, so ``check_broker`` can make one to check them.
 
 Each backend module is imported only when chosen, so a backend's optional dependency
-(redis, nats, asyncpg) is needed only by the nodes that use it; a missing one is
+(redis, psycopg) is needed only by the nodes that use it; a missing one is
 reported with the ``pip install`` line that adds it. The only I/O is checking that the
 sqlite broker's directory can be used (``check_data_directory``), so that a node
 refuses to start with one clear line instead of failing once it has started.
@@ -63,6 +63,7 @@ class BrokerKind:
     extra: str
     dependency: str  # the top-level module the extra installs
     forms: tuple[str, ...] = ()  # its URL forms, as an unknown broker's error lists them
+    more_dependencies: tuple[str, ...] = ()  # other top-level modules the extra installs
 
 
 _REDIS: Final = BrokerKind(
@@ -73,12 +74,23 @@ _REDIS: Final = BrokerKind(
     "redis",
     ("redis://host:port/db", "redis-cluster://host:port"),
 )
+_POSTGRES: Final = BrokerKind(
+    "postgres",
+    "tidings.brokers.postgres",
+    "PostgresBroker",
+    "postgres",
+    "psycopg",
+    ("postgres://user@host:port/db",),
+    ("psycopg_pool",),
+)
 # URL scheme -> broker. Add a broker here, not with another ``if``.
 BROKER_SCHEMES: Final[dict[str, BrokerKind]] = {
     "redis": _REDIS,
     "rediss": _REDIS,
     "unix": _REDIS,
     "redis-cluster": _REDIS,
+    "postgres": _POSTGRES,
+    "postgresql": _POSTGRES,
 }
 _FORMS: Final = ["memory", *dict.fromkeys(f for k in BROKER_SCHEMES.values() for f in k.forms)]
 _KNOWN_FORMS: Final = f"{', '.join(_FORMS[:-1])} or {_FORMS[-1]}"
@@ -136,7 +148,10 @@ def _broker_class(url: str) -> _RemoteBroker:
         module = importlib.import_module(kind.module)
     except ImportError as exc:
         # Only the extra's own package is a user's mistake; any other ImportError is a bug.
-        if exc.name is None or exc.name.split(".")[0] != kind.dependency:
+        if exc.name is None or exc.name.split(".")[0] not in (
+            kind.dependency,
+            *kind.more_dependencies,
+        ):
             raise
         raise MissingExtra(url, kind.extra, kind.dependency) from None
     broker_class: _RemoteBroker = getattr(module, kind.class_name)
@@ -221,7 +236,8 @@ def create_broker(
     """Return the broker named by ``broker`` (a URL) or, without one, by ``data``.
 
     ``redis://host:port/db`` (also ``rediss://``, ``unix://``) is the Redis broker,
-    ``redis-cluster://host:port`` the Redis Cluster one; ``memory`` or nothing is the
+    ``redis-cluster://host:port`` the Redis Cluster one, ``postgres://user@host:port/db``
+    (also ``postgresql://``) the PostgreSQL one; ``memory`` or nothing is the
     memory broker, or the sqlite broker keeping its files in ``data`` if given, with
     ``sqlite_durability`` (``full`` or ``fast``, see ``brokers.sqlite``).
     ``publish_timeout_s`` bounds a remote broker's publish (see ``RedisBroker``); the
