@@ -55,7 +55,7 @@ catches only the channels it touched (another node's publishes at reused positio
 through, and this node then drops them as repeats); a node checking Redis's ``run_id``
 when it notices a reconnect misses the publishes it sends, on connections it opened to
 the new process, before it noticed. Hence the ``run_id`` learnt per connection, as it
-opens, and carried by every script sent on it (``redis_scripts.ScriptRunner``). A rollback
+opens, and carried by every script sent on it (``redis_runner``). A rollback
 that keeps the Redis process (``DEBUG RELOAD``) keeps its ``run_id``: the publish script
 catches it for the channels this node is subscribed to (its last position is a floor),
 and syncing catches it when a node's last offset is past the head

@@ -19,14 +19,13 @@ from redis.asyncio.cluster import RedisCluster
 from tidings.brokers.base import HistoryRead, PublishResult
 from tidings.brokers.redis_link import REDIS_ERRORS, text_of
 from tidings.brokers.redis_probe import RedisProbe
+from tidings.brokers.redis_runner import ScriptRunner, ScriptUnanswered
 from tidings.brokers.redis_scripts import (
     PUBLISH,
     READ,
     RESET,
     ChannelKeys,
     RedisScript,
-    ScriptRunner,
-    ScriptUnanswered,
     decode_stored,
     encode_body,
 )
@@ -72,7 +71,9 @@ class RedisStore:
 
     def start(self, client: Redis | RedisCluster) -> None:
         """Send the scripts through ``client`` from now on."""
-        self._scripts = ScriptRunner(client, trust_restarts=self._target.trust_restarts)
+        self._scripts = ScriptRunner(
+            client, trust_restarts=self._target.trust_restarts, batch=self._target.batch
+        )
 
     async def close(self) -> None:
         """Stop the scripts in flight (their callers get ``CancelledError``); later calls
