@@ -40,6 +40,7 @@ from typing import Any, Final
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
+from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
     ClusterDownError,
@@ -57,6 +58,8 @@ from tidings.brokers.redis_scripts import TRUSTED_STAMP, RedisScript
 MAX_CALLS_PER_PIPELINE: Final = 256
 MAX_PIPELINES_IN_FLIGHT: Final = 8
 MAX_UNBATCHED_IN_FLIGHT: Final = 64
+# Publishes merged into one script call at most: Redis runs nothing else meanwhile.
+MAX_CALLS_PER_SCRIPT: Final = 64
 # Errors with which a cluster node refuses a script before running it.
 _NOT_RUN_HERE: Final = (AskError, TryAgainError, ClusterDownError)
 
@@ -261,10 +264,13 @@ class ScriptRunner:
         calls = [call for call in calls if not call.future.done()]
         for call in calls:
             call.sent = True
+        cluster = isinstance(self._client, RedisCluster)
+        commands = _commands(calls, cluster)
         unknown, elsewhere = (
-            await _exchange(connection, calls, run_id, by_sha=True) if calls else ([], [])
+            await _exchange(connection, commands, run_id, by_sha=True) if calls else ([], [])
         )
-        unknown = [call for call in unknown if not call.future.done()]
+        unknown = [[c for c in command if not c.future.done()] for command in unknown]
+        unknown = [command for command in unknown if command]
         if unknown:
             # NOSCRIPT: those did not run. EVAL runs them and caches the script.
             _, moved = await _exchange(connection, unknown, run_id, by_sha=False)
@@ -341,12 +347,35 @@ def _fail(calls: Sequence[_Call], exc: BaseException) -> None:
             call.future.cancel()
 
 
+def _commands(calls: Sequence[_Call], cluster: bool) -> list[list[_Call]]:
+    """Group ``calls`` into commands, in order: calls of a script that takes several at
+    once share one (up to ``MAX_CALLS_PER_SCRIPT``; in a cluster only those of one slot,
+    whose keys one node holds); any other call is a command alone."""
+    commands: list[list[_Call]] = []
+    open_by_kind: dict[tuple[str, int], list[_Call]] = {}
+    for call in calls:
+        if not call.script.replies_per_call:
+            commands.append([call])
+            continue
+        kind = (call.script.sha, key_slot(call.keys[0].encode()) if cluster else 0)
+        command = open_by_kind.get(kind)
+        if command is None or len(command) >= MAX_CALLS_PER_SCRIPT:
+            command = open_by_kind[kind] = []
+            commands.append(command)
+        command.append(call)
+    return commands
+
+
 async def _exchange(
-    connection: AbstractConnection, calls: Sequence[_Call], run_id: bytes, *, by_sha: bool
-) -> tuple[list[_Call], list[_Call]]:
-    """Send ``calls`` in one write (a pipeline) and settle each call with its reply, in
-    order; return the calls Redis did not run because it did not know the script, and
-    those a cluster node did not run because they belong elsewhere (or not now).
+    connection: AbstractConnection,
+    commands: Sequence[list[_Call]],
+    run_id: bytes,
+    *,
+    by_sha: bool,
+) -> tuple[list[list[_Call]], list[_Call]]:
+    """Send ``commands`` in one write (a pipeline) and settle each call with its reply,
+    in order; return the commands Redis did not run because it did not know the script,
+    and the calls a cluster node did not run because they belong elsewhere (or not now).
 
     Commands are packed here rather than by redis-py: its generic packing was most of
     the client's time per publish (``benchmarks/brokers.py``).
@@ -356,25 +385,29 @@ async def _exchange(
         # calls do not carry: fail them instead (a publish may always fail).
         raise ConnectionError("the connection to Redis was lost")
     await connection.send_packed_command(
-        b"".join([_pack(call, run_id, by_sha=by_sha) for call in calls]), check_health=False
+        b"".join([_pack(command, run_id, by_sha=by_sha) for command in commands]),
+        check_health=False,
     )
-    unknown: list[_Call] = []
+    unknown: list[list[_Call]] = []
     elsewhere: list[_Call] = []
-    for call in calls:
+    for command in commands:
         try:
             reply = await connection.read_response()
         except NoScriptError:
-            unknown.append(call)
+            unknown.append(command)
             continue
         except _NOT_RUN_HERE:
-            elsewhere.append(call)
+            elsewhere += command
             continue
-        except ResponseError as error:  # this call failed; the connection is fine
+        except ResponseError as error:  # these calls failed; the connection is fine
+            _fail(command, error)
+            continue
+        width = command[0].script.replies_per_call
+        for index, call in enumerate(command):
             if not call.future.done():
-                call.future.set_exception(error)
-            continue
-        if not call.future.done():
-            call.future.set_result(reply)
+                call.future.set_result(
+                    reply[index * width : (index + 1) * width] if width else reply
+                )
     return unknown, elsewhere
 
 
@@ -382,26 +415,38 @@ async def _exchange(
 _heads: dict[tuple[str, bool, int, int], bytes] = {}
 
 
-def _pack(call: _Call, run_id: bytes, *, by_sha: bool) -> bytes:
-    """Return ``call`` as an EVALSHA (or EVAL) command in RESP."""
-    script = call.script
-    keys, args = call.keys, call.args
-    shape = (script.sha, by_sha, len(keys), len(args))
+def _pack(command: Sequence[_Call], run_id: bytes, *, by_sha: bool) -> bytes:
+    """Return ``command`` (one call, or several of a script that takes several at once)
+    as an EVALSHA (or EVAL) command in RESP."""
+    script = command[0].script
+    key_count = sum(len(call.keys) for call in command)
+    arg_count = sum(len(call.args) for call in command)
+    shape = (script.sha, by_sha, key_count, arg_count)
     head = _heads.get(shape)
     if head is None:
-        count = 3 + len(keys) + len(args) + (1 if script.stamps else 0)
+        count = 3 + key_count + arg_count + (1 if script.stamps else 0)
         fixed = [
             b"EVALSHA" if by_sha else b"EVAL",
             (script.sha if by_sha else script.source).encode(),
-            b"%d" % len(keys),
+            b"%d" % key_count,
         ]
+        if len(_heads) >= _MAX_CACHED_BULKS:
+            _heads.clear()
         head = _heads[shape] = b"*%d\r\n" % count + b"".join(map(_bulk, fixed))
     packed = [head]
-    packed += map(_cached_bulk, keys)
-    packed += [_bulk(value) if isinstance(value, bytes) else _cached_bulk(value) for value in args]
+    for call in command:
+        packed += map(_cached_bulk, call.keys)
+    for call in command:
+        packed += [
+            _bulk(value) if isinstance(value, bytes) else _cached_bulk(value) for value in call.args
+        ]
     if script.stamps:
         packed.append(_bulk(run_id))
     return b"".join(packed)
+
+
+def _bulk(part: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(part), part)
 
 
 # Keys, topics, channel names and settings recur from call to call: their RESP is kept,
@@ -417,7 +462,3 @@ def _cached_bulk(value: str | int) -> bytes:
             _bulks.clear()
         packed = _bulks[value] = _bulk(value.encode() if isinstance(value, str) else b"%d" % value)
     return packed
-
-
-def _bulk(part: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(part), part)

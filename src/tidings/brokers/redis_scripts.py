@@ -91,63 +91,94 @@ elseif stored[2] ~= run then
 end
 """
 
-# ARGV: candidate epoch, body, ts, key ('' for none), history size, history ttl ms,
-# dedupe window ms, dedupe max keys, topic, PUBLISH or SPUBLISH, channel, and the
-# floor: the epoch and offset of the last publication the calling node delivered
-# ('' and 0 for none). A head of that epoch behind the floor was rolled back in place.
-# Returns {epoch, offset, 1 if the key was a duplicate else 0}.
-PUBLISH_SOURCE: Final = (
-    _ENSURE_HEAD
-    + """
-if ARGV[12] == epoch and tonumber(redis.call('HGET', head, 'offset')) < tonumber(ARGV[13]) then
-  epoch = ARGV[1]
-  redis.call('HSET', head, 'epoch', epoch)
+# One or more publications, each with 4 KEYS (as every script) and 13 ARGV: candidate
+# epoch, body, ts, key ('' for none), history size, history ttl ms, dedupe window ms,
+# dedupe max keys, topic, PUBLISH or SPUBLISH, channel, and the floor: the epoch and
+# offset of the last publication the calling node delivered ('' and 0 for none); a head
+# of that epoch behind the floor was rolled back in place. Then the stamp, once.
+# Returns {epoch, offset, 1 if the key was a duplicate else 0} for each, in order, flat.
+# Several in one call share the cost of a script call (the runner merges the publishes
+# of a pipeline: ``PUBLISH.keys_per_call``); each is as atomic as one alone, and they
+# are made in the order given.
+PUBLISH_SOURCE: Final = """
+local run = ARGV[#ARGV]
+if run == '' then
+  run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
 end
-local body, ts, key = ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local size, ttl_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
-local window_ms, max_keys = tonumber(ARGV[7]), tonumber(ARGV[8])
-local key_offsets, key_times = KEYS[3], KEYS[4]
-if key ~= '' then
-  local seen = redis.call('ZSCORE', key_times, key)
-  if seen and tonumber(seen) >= ts - window_ms then
-    local original = redis.call('HGET', key_offsets, key)
-    if original then
-      return {epoch, tonumber(original), 1}
+local function publish(K, A)
+  local head = KEYS[K + 1]
+  local stored = redis.call('HMGET', head, 'epoch', 'run', 'offset')
+  local epoch = stored[1]
+  local last = tonumber(stored[3] or '0')
+  if not epoch then
+    epoch = ARGV[A + 1]
+    redis.call('DEL', KEYS[K + 2], KEYS[K + 3], KEYS[K + 4])
+    redis.call('HSET', head, 'epoch', epoch, 'offset', 0, 'run', run)
+    last = 0
+  elseif stored[2] ~= run then
+    if stored[2] then
+      -- written by another Redis process: maybe older than what was given out
+      epoch = ARGV[A + 1]
+      redis.call('HSET', head, 'epoch', epoch, 'run', run)
+    else
+      redis.call('HSET', head, 'run', run)
     end
   end
-end
-local offset = redis.call('HINCRBY', head, 'offset', 1)
-if offset == 1 then
-  -- a head created by a reader expires unless published to; now it must stay
-  redis.call('PERSIST', head)
-end
-if size > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 'p', body)
-  redis.call('PEXPIRE', KEYS[2], ttl_ms)
-end
-if key ~= '' then
-  redis.call('HSET', key_offsets, key, offset)
-  redis.call('ZADD', key_times, ts, key)
-  local old = redis.call('ZRANGEBYSCORE', key_times, '-inf', '(' .. (ts - window_ms),
-                         'LIMIT', 0, 100)
-  if #old > 0 then
-    redis.call('HDEL', key_offsets, unpack(old))
-    redis.call('ZREM', key_times, unpack(old))
+  if ARGV[A + 12] == epoch and last < tonumber(ARGV[A + 13]) then
+    epoch = ARGV[A + 1]
+    redis.call('HSET', head, 'epoch', epoch)
   end
-  local excess = redis.call('ZCARD', key_times) - max_keys
-  if excess > 0 then
-    local oldest = redis.call('ZRANGE', key_times, 0, math.min(excess, 100) - 1)
-    redis.call('HDEL', key_offsets, unpack(oldest))
-    redis.call('ZREM', key_times, unpack(oldest))
+  local body, ts, key = ARGV[A + 2], tonumber(ARGV[A + 3]), ARGV[A + 4]
+  local size, ttl_ms = tonumber(ARGV[A + 5]), tonumber(ARGV[A + 6])
+  local window_ms, max_keys = tonumber(ARGV[A + 7]), tonumber(ARGV[A + 8])
+  local key_offsets, key_times = KEYS[K + 3], KEYS[K + 4]
+  if key ~= '' then
+    local seen = redis.call('ZSCORE', key_times, key)
+    if seen and tonumber(seen) >= ts - window_ms then
+      local original = redis.call('HGET', key_offsets, key)
+      if original then
+        return epoch, tonumber(original), 1
+      end
+    end
   end
-  redis.call('PEXPIRE', key_offsets, window_ms)
-  redis.call('PEXPIRE', key_times, window_ms)
+  local offset = redis.call('HINCRBY', head, 'offset', 1)
+  if offset == 1 then
+    -- a head created by a reader expires unless published to; now it must stay
+    redis.call('PERSIST', head)
+  end
+  if size > 0 then
+    redis.call('XADD', KEYS[K + 2], 'MAXLEN', size, offset .. '-0', 'p', body)
+    redis.call('PEXPIRE', KEYS[K + 2], ttl_ms)
+  end
+  if key ~= '' then
+    redis.call('HSET', key_offsets, key, offset)
+    redis.call('ZADD', key_times, ts, key)
+    local old = redis.call('ZRANGEBYSCORE', key_times, '-inf', '(' .. (ts - window_ms),
+                           'LIMIT', 0, 100)
+    if #old > 0 then
+      redis.call('HDEL', key_offsets, unpack(old))
+      redis.call('ZREM', key_times, unpack(old))
+    end
+    local excess = redis.call('ZCARD', key_times) - max_keys
+    if excess > 0 then
+      local oldest = redis.call('ZRANGE', key_times, 0, math.min(excess, 100) - 1)
+      redis.call('HDEL', key_offsets, unpack(oldest))
+      redis.call('ZREM', key_times, unpack(oldest))
+    end
+    redis.call('PEXPIRE', key_offsets, window_ms)
+    redis.call('PEXPIRE', key_times, window_ms)
+  end
+  redis.call(ARGV[A + 10], ARGV[A + 9], '{"channel":"' .. ARGV[A + 11] .. '","epoch":"'
+             .. epoch .. '","offset":' .. offset .. ',' .. string.sub(body, 2))
+  return epoch, offset, 0
 end
-redis.call(ARGV[10], ARGV[9], '{"channel":"' .. ARGV[11] .. '","epoch":"' .. epoch
-           .. '","offset":' .. offset .. ',' .. string.sub(body, 2))
-return {epoch, offset, 0}
+local replies = {}
+for i = 0, #KEYS / 4 - 1 do
+  local epoch, offset, duplicate = publish(i * 4, i * 13)
+  replies[i * 3 + 1], replies[i * 3 + 2], replies[i * 3 + 3] = epoch, offset, duplicate
+end
+return replies
 """
-)
 
 # ARGV: candidate epoch, ttl ms of a head created here, mode ('head', 'after' or
 # 'latest'), since epoch, since offset, count (>= 1).
@@ -208,15 +239,22 @@ class RedisScript:
     source: str
     sha: str
     stamps: bool = False  # takes the Redis process's run_id as its last argument
+    # Calls that may share one script call, their KEYS and ARGV one after the other
+    # (the stamp once, last): how many replies each has in the flat reply; 0 if none.
+    replies_per_call: int = 0
 
     @classmethod
-    def of(cls, name: str, source: str, *, stamps: bool = False) -> RedisScript:
+    def of(
+        cls, name: str, source: str, *, stamps: bool = False, replies_per_call: int = 0
+    ) -> RedisScript:
         """Return the script ``source`` named ``name`` (for logs); with ``stamps``, the
-        runner appends the ``run_id`` of the Redis process it runs in (or ``""``)."""
-        return cls(name, source, hashlib.sha1(source.encode()).hexdigest(), stamps)
+        runner appends the ``run_id`` of the Redis process it runs in (or ``""``). With
+        ``replies_per_call``, calls of it may be merged into one (see the field)."""
+        sha = hashlib.sha1(source.encode()).hexdigest()
+        return cls(name, source, sha, stamps, replies_per_call)
 
 
-PUBLISH: Final = RedisScript.of("publish", PUBLISH_SOURCE, stamps=True)
+PUBLISH: Final = RedisScript.of("publish", PUBLISH_SOURCE, stamps=True, replies_per_call=3)
 READ: Final = RedisScript.of("read", READ_SOURCE, stamps=True)
 RESET: Final = RedisScript.of("reset", RESET_SOURCE)
 
