@@ -1,11 +1,13 @@
 """The pub/sub broker: many stateless nodes share channels through Redis (or Redis Cluster).
 
-Network I/O with ``redis.asyncio``. Redis is the truth: each publish is one Lua script
-(``redis_scripts.PUBLISH``, run with EVALSHA, falling back to EVAL when Redis forgot it)
-that checks the idempotency key, takes the channel's next offset, appends the
+Network I/O with ``redis.asyncio``. Redis is the truth: each publish is made by a Lua
+script (``redis_scripts.PUBLISH``, run with EVALSHA, falling back to EVAL when Redis
+forgot it) that checks the idempotency key, takes the channel's next offset, appends the
 publication to the channel's history stream and PUBLISHes it to the channel's topic, as
 one atomic step. So publishers on any number of nodes yield one gap-free order, and the
-order on the topic is the offset order. Every node subscribed to the channel gets one
+order on the topic is the offset order. Publishes started in the same event-loop turn
+share one pipeline and one script call (``redis_runner``: auto-batching; ``batch = false``
+turns it off). Every node subscribed to the channel gets one
 Redis message per publication, however many local subscribers it fans it out to.
 
 Choices, and why:
@@ -106,7 +108,6 @@ from tidings.brokers.base import (
     PublicationHandler,
     PublishResult,
 )
-from tidings.brokers.memory import random_epoch
 from tidings.brokers.redis_channels import RedisChannels
 from tidings.brokers.redis_control import RedisNodeControl, control_topic
 from tidings.brokers.redis_link import REDIS_ERRORS, PubSubLink, PubSubLinks
@@ -157,7 +158,7 @@ class RedisBroker:
         *,
         clock: Clock | None = None,
         dedupe: DedupeOptions | None = None,
-        epoch_factory: Callable[[], str] = random_epoch,
+        epoch_factory: Callable[[], str] | None = None,
         reconnect_max_delay_s: float = RECONNECT_MAX_DELAY_S,
         presence_lifetime_s: float = PRESENCE_LIFETIME_S,
         presence_refresh_s: float = PRESENCE_REFRESH_S,
@@ -173,7 +174,9 @@ class RedisBroker:
         (``prefix``, ``trust_restarts``); the URL's query parameters win over it.
 
         ``node_id`` names this node in presence entries and node commands (random if
-        not given); every node sharing the Redis must have its own.
+        not given); every node sharing the Redis must have its own. ``epoch_factory``
+        draws the epoch of a channel Redis lost (``redis_store.EpochCandidates`` if not
+        given).
 
         A client's presence entry outlives its node by at most ``presence_lifetime_s``;
         each node renews its entries every ``presence_refresh_s``. Redis is PINGed

@@ -33,18 +33,18 @@ renames the channel to a new epoch (the candidate, as for a lost head; same offs
 same stream) before anything else touches it, and stamps the head as its own. No
 position of the old epoch is given out again, whatever the length of the rollback, and
 every client resuming from one is told ``recovered: false``. The ``run_id`` is the last
-argument of those scripts (``RedisScript.stamps``): on one Redis, the runner reads it
-with ``INFO server`` on each connection when it connects (again at every reconnect,
-before the connection carries a script), so a script carries the ``run_id`` of the
-process it is sent to, for free; a restart or a failover breaks every connection. In a
-cluster, redis-py routes and redirects the calls, so the argument is empty and the
-script asks ``INFO server`` itself: about 12 us more of Redis CPU per publish, against
-1.4 us on one Redis (``benchmarks/RESULTS.md``). A head without ``run`` (written by an
-earlier tidings) is adopted as it is. Under ``trust_restarts`` every head is stamped
-``TRUSTED_STAMP``, whatever the process: the operator vouches that Redis never comes
-back older. A rollback that keeps the process (``DEBUG RELOAD``) is caught only by a
-node that had seen a later position: the publish script takes the node's own last
-position as a floor.
+argument of those scripts (``RedisScript.stamps``): the runner (``redis_runner``) reads
+it with ``INFO server`` on each connection when it connects (again at every reconnect,
+before the connection carries a script), on one Redis and on each cluster node alike,
+so a script carries the ``run_id`` of the process it is sent to, for free; a restart or
+a failover breaks every connection. A call a cluster node redirects is resent through
+redis-py's cluster client, which picks the node: its argument is empty and the script
+asks ``INFO server`` itself (about 12 us more of Redis CPU, ``benchmarks/RESULTS.md``).
+A head without ``run`` (written by an earlier tidings) is adopted as it is. Under
+``trust_restarts`` every head is stamped ``TRUSTED_STAMP``, whatever the process: the
+operator vouches that Redis never comes back older. A rollback that keeps the process
+(``DEBUG RELOAD``) is caught only by a node that had seen a later position: the publish
+script takes the node's own last position as a floor.
 """
 
 from __future__ import annotations
