@@ -35,7 +35,7 @@ import re
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -109,6 +109,8 @@ class ScriptRunner:
         vouches that Redis never comes back older). ``batch`` false sends each script
         on its own (see the module docstring)."""
         self._client = client
+        # Asked once: isinstance against redis-py's cluster class is slow (a protocol).
+        self._cluster = isinstance(client, RedisCluster)
         self._trusted: bytes | None = TRUSTED_STAMP if trust_restarts else None
         self._calls_per_pipeline = MAX_CALLS_PER_PIPELINE if batch else 1
         self._pipelines_in_flight = MAX_PIPELINES_IN_FLIGHT if batch else MAX_UNBATCHED_IN_FLIGHT
@@ -180,8 +182,8 @@ class ScriptRunner:
             self._start_pipelines(server)
 
     def _server_of(self, call: _Call) -> _Server:
-        client = self._client
-        if isinstance(client, RedisCluster):
+        if self._cluster:
+            client = cast(RedisCluster, self._client)  # checked once, in __init__
             try:
                 node = client.nodes_manager.get_node_from_slot(client.keyslot(call.keys[0]))
             except (RedisClusterException, IndexError, KeyError):
@@ -214,7 +216,7 @@ class ScriptRunner:
 
     async def _run_pipeline(self, server: _Server, calls: list[_Call]) -> None:
         try:
-            if isinstance(self._client, RedisCluster):
+            if self._cluster:
                 if server.node is None:
                     await self._run_each_through_cluster(calls)
                 else:
@@ -264,8 +266,7 @@ class ScriptRunner:
         calls = [call for call in calls if not call.future.done()]
         for call in calls:
             call.sent = True
-        cluster = isinstance(self._client, RedisCluster)
-        commands = _commands(calls, cluster)
+        commands = _commands(calls, self._cluster)
         unknown, elsewhere = (
             await _exchange(connection, commands, run_id, by_sha=True) if calls else ([], [])
         )
