@@ -192,6 +192,8 @@ class ScriptRunner:
             server = self._servers.get(name)
             if server is None:
                 server = self._servers[name] = _Server(node, [])
+            else:
+                server.node = node  # the client may have replaced it (topology read again)
             return server
         server = self._servers.get("")
         if server is None:
