@@ -30,6 +30,8 @@ Run: ``.venv/bin/python benchmarks/brokers.py`` (a Redis at 127.0.0.1:6379; data
 is flushed first; a PostgreSQL at 127.0.0.1:5432, database ``test``, whose schema
 ``tidings_bench`` is dropped first). ``--cluster redis-cluster://host:port`` adds a
 Redis Cluster column; ``--postgres ''`` leaves PostgreSQL out.
+``--redis-batching`` runs ``redis_batching`` instead: the Redis broker batched and not,
+on one Redis and on clusters of 1 and 3 shards, on servers it starts itself.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ import redis
 import uvloop
 from psycopg import sql
 
-if __package__ in (None, ""):  # run as a script: make `tidings` importable from src/
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+if __package__ in (None, ""):  # run as a script: make `tidings` and `benchmarks` importable
+    sys.path[:0] = [str(Path(__file__).resolve().parent.parent / s) for s in ("src", "")]
+
+from benchmarks import redis_batching
 
 from tidings.brokers.base import Broker
 from tidings.brokers.memory import MemoryBroker
@@ -324,6 +328,10 @@ def print_table(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the benchmark and print its table."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if "--redis-batching" in arguments:
+        redis_batching.main([a for a in arguments if a != "--redis-batching"])
+        return
     uvloop.run(measure(parse_options(argv)))
 
 

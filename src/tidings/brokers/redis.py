@@ -1,11 +1,13 @@
 """The pub/sub broker: many stateless nodes share channels through Redis (or Redis Cluster).
 
-Network I/O with ``redis.asyncio``. Redis is the truth: each publish is one Lua script
-(``redis_scripts.PUBLISH``, run with EVALSHA, falling back to EVAL when Redis forgot it)
-that checks the idempotency key, takes the channel's next offset, appends the
+Network I/O with ``redis.asyncio``. Redis is the truth: each publish is made by a Lua
+script (``redis_scripts.PUBLISH``, run with EVALSHA, falling back to EVAL when Redis
+forgot it) that checks the idempotency key, takes the channel's next offset, appends the
 publication to the channel's history stream and PUBLISHes it to the channel's topic, as
 one atomic step. So publishers on any number of nodes yield one gap-free order, and the
-order on the topic is the offset order. Every node subscribed to the channel gets one
+order on the topic is the offset order. Publishes started in the same event-loop turn
+share one pipeline and one script call (``redis_runner``: auto-batching; ``batch = false``
+turns it off). Every node subscribed to the channel gets one
 Redis message per publication, however many local subscribers it fans it out to.
 
 Choices, and why:
@@ -55,40 +57,18 @@ catches only the channels it touched (another node's publishes at reused positio
 through, and this node then drops them as repeats); a node checking Redis's ``run_id``
 when it notices a reconnect misses the publishes it sends, on connections it opened to
 the new process, before it noticed. Hence the ``run_id`` learnt per connection, as it
-opens, and carried by every script sent on it (``redis_scripts.ScriptRunner``). A rollback
+opens, and carried by every script sent on it (``redis_runner``). A rollback
 that keeps the Redis process (``DEBUG RELOAD``) keeps its ``run_id``: the publish script
 catches it for the channels this node is subscribed to (its last position is a floor),
-and syncing catches it when a node's last offset is past the head (``_jump``, ``RESET``).
+and syncing catches it when a node's last offset is past the head
+(``redis_channels``, ``RESET``).
 
-Theory of operation: subscriptions and delivery
------------------------------------------------
-Each subscribed channel has a ``_ChannelState``: its topic, the pub/sub link it is
-subscribed on, whether Redis *confirmed* that subscription, and ``last``, the position
-of the last publication handed to the hub.
-
-* ``subscribe`` queues a SUBSCRIBE (SSUBSCRIBE in a cluster) on the link; the link's
-  writer sends everything queued since its last write as one command (one per slot in
-  a cluster, all in one write), so a reconnect storm of thousands of channels costs a
-  handful of commands. ``subscribe`` returns only after Redis confirmed it and after
-  reading the channel's head into ``last``: a publication made after it returns has a
-  larger offset and arrives live; anything up to ``last`` is in history, which the hub
-  reads next. Messages that reach the link before the confirmation belong to an
-  earlier subscription and are dropped. ``unsubscribe`` likewise returns once Redis
-  confirmed it, delivering until then what Redis sent before its confirmation: what
-  was published before the call arrives, nothing published after it returns.
-* A live publication is delivered if it is ``last``'s successor; at or below ``last``
-  it is a repeat and dropped; past it (or in a new epoch, past offset 1) publications
-  were missed: the channel starts *syncing*.
-* Syncing: live publications queue in ``buffer`` while history after ``last`` is read
-  and delivered, then the buffer is drained by the same rule (which may start another
-  round). So the hub sees each offset once, in order, with no hole that history could
-  fill. If the epoch changed, the new epoch's publications are delivered from offset
-  1; if history no longer holds the missing ones, the node resumes from the oldest
-  retained and logs it (the hub sees the skip).
-* A lost link (EOF, error, no answer to a PING within ``redis_link.PING_INTERVAL_S``)
-  marks its channels unconfirmed and starts the recovery: reconnect with exponential
-  backoff and full jitter, resubscribe every channel (buffering from then on), and sync
-  each one. ``is_ready`` is false from the loss until every channel is resubscribed.
+Subscriptions and delivery (``redis_channels``, whose theory of operation says how):
+each subscribed channel's live publications are handed on in offset order, and what was
+missed is read from history. A lost link (EOF, error, no answer to a PING within
+``redis_link.PING_INTERVAL_S``) starts the recovery: reconnect with exponential backoff
+and full jitter, resubscribe every channel, and sync each one. ``is_ready`` is false
+from the loss until every channel is resubscribed.
 
 Readiness and time-outs: a lost link is noticed late on a silent network (a PING
 unanswered for ``redis_link.PING_INTERVAL_S``), so readiness is an active probe as well:
@@ -115,11 +95,9 @@ import asyncio
 import logging
 import random
 import secrets
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from typing import Final
 
-import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
@@ -130,39 +108,24 @@ from tidings.brokers.base import (
     PublicationHandler,
     PublishResult,
 )
-from tidings.brokers.memory import random_epoch
+from tidings.brokers.redis_channels import RedisChannels
 from tidings.brokers.redis_control import RedisNodeControl, control_topic
-from tidings.brokers.redis_link import REDIS_ERRORS, PubSubLink, PubSubLinks, text_of
+from tidings.brokers.redis_link import REDIS_ERRORS, PubSubLink, PubSubLinks
 from tidings.brokers.redis_presence import (
     PRESENCE_LIFETIME_S,
     PRESENCE_REFRESH_S,
     RedisPresence,
-    is_presence_frame,
 )
 from tidings.brokers.redis_probe import RedisProbe
-from tidings.brokers.redis_scripts import (
-    PUBLISH,
-    READ,
-    RESET,
-    ChannelKeys,
-    RedisScript,
-    ScriptRunner,
-    ScriptUnanswered,
-    decode_live,
-    decode_stored,
-    encode_body,
-    topic_of,
-)
+from tidings.brokers.redis_scripts import topic_of
+from tidings.brokers.redis_store import RedisStore
 from tidings.brokers.redis_target import RedisTarget, make_client, without_credentials
 from tidings.clock import Clock, SystemClock
 from tidings.core.backoff import Backoff
-from tidings.core.catchup import CatchUp, decide_catch_up
 from tidings.core.channel import ChannelName
-from tidings.core.dedupe import DedupeOptions, dedupe_key
-from tidings.core.history import HistoryOptions
+from tidings.core.dedupe import DedupeOptions
 from tidings.core.namespace import Namespaces
-from tidings.core.publication import ClientInfo, Position, Publication
-from tidings.core.recovery import Gap, GapReason, Replay, decide_recovery, latest
+from tidings.core.publication import ClientInfo, Position
 from tidings.errors import BrokerError, BrokerUnavailable
 
 # RedisTarget is redis_target's, offered here too: callers read broker URLs with it.
@@ -180,24 +143,6 @@ RECONNECT_MAX_DELAY_S: Final = 2.0
 # -- the broker ----------------------------------------------------------------------------
 
 
-@dataclass(slots=True, eq=False)
-class _ChannelState:
-    """This node's subscription to one channel; see the theory of operation."""
-
-    channel: ChannelName
-    topic: str
-    ready: asyncio.Future[None]
-    link: PubSubLink | None = None
-    subscribed: bool = False  # ``subscribe`` completed
-    confirmed: bool = False  # Redis confirmed the subscription on ``link``
-    last: Position | None = None  # the last publication handed to the hub
-    buffer: list[Publication] | None = None  # live publications held while syncing
-    sync_needed: bool = False
-    sync_task: asyncio.Task[None] | None = None
-    retired_epoch: str | None = None  # an epoch this node moved away from (rollback)
-    leaving: asyncio.Future[None] | None = None  # an unsubscribe awaiting Redis
-
-
 class RedisBroker:
     """A broker shared by many nodes through Redis; see the module docstring.
 
@@ -213,7 +158,7 @@ class RedisBroker:
         *,
         clock: Clock | None = None,
         dedupe: DedupeOptions | None = None,
-        epoch_factory: Callable[[], str] = random_epoch,
+        epoch_factory: Callable[[], str] | None = None,
         reconnect_max_delay_s: float = RECONNECT_MAX_DELAY_S,
         presence_lifetime_s: float = PRESENCE_LIFETIME_S,
         presence_refresh_s: float = PRESENCE_REFRESH_S,
@@ -229,7 +174,9 @@ class RedisBroker:
         (``prefix``, ``trust_restarts``); the URL's query parameters win over it.
 
         ``node_id`` names this node in presence entries and node commands (random if
-        not given); every node sharing the Redis must have its own.
+        not given); every node sharing the Redis must have its own. ``epoch_factory``
+        draws the epoch of a channel Redis lost (``redis_store.EpochCandidates`` if not
+        given).
 
         A client's presence entry outlives its node by at most ``presence_lifetime_s``;
         each node renews its entries every ``presence_refresh_s``. Redis is PINGed
@@ -243,46 +190,56 @@ class RedisBroker:
         """
         self._target = RedisTarget.parse(url, options)
         self._display_url = without_credentials(url)
-        self._namespaces = namespaces
         self._clock = clock or SystemClock()
-        self._dedupe = dedupe or DedupeOptions()
-        self._epoch_factory = epoch_factory
         self._reconnect_max_delay_s = reconnect_max_delay_s
         self.node_id = node_id or secrets.token_hex(8)
         self.pubsub_client_name = f"tidings-pubsub-{self.node_id}"
         self._client: Redis | RedisCluster | None = None
-        self._scripts: ScriptRunner | None = None
         self._db = 0
-        self._publish_command = "SPUBLISH" if self._target.cluster else "PUBLISH"
-        self._on_publication: PublicationHandler | None = None
+        self._healthy = False
+        self._closed = False
+        self._probe = RedisProbe(
+            self._display_url, interval_s=probe_interval_s, timeout_s=probe_timeout_s
+        )
+        self._store = RedisStore(
+            self._target,
+            self._display_url,
+            namespaces,
+            clock=self._clock,
+            dedupe=dedupe or DedupeOptions(),
+            epoch_factory=epoch_factory,
+            probe=self._probe,
+            publish_timeout_s=publish_timeout_s,
+        )
         self._presence = RedisPresence(
             self._target.prefix,
             self._clock,
-            self._run_keys,
-            lambda channel: topic_of(self._target.prefix, self._db, channel),
-            self._publish_command,
+            self._store.run_keys,
+            self._topic_of,
+            "SPUBLISH" if self._target.cluster else "PUBLISH",
             lifetime_s=presence_lifetime_s,
             refresh_s=presence_refresh_s,
             node=self.node_id,
         )
         self._control = RedisNodeControl(self.node_id)
         self._control_link: PubSubLink | None = None  # where Redis confirmed the control topic
-        self._states: dict[str, _ChannelState] = {}
         self._links = PubSubLinks(
             self.pubsub_client_name,
             self._display_url,
             on_message=self._on_message,
             on_lost=self._link_lost,
         )
+        self._channels = RedisChannels(
+            link_for=self._link_for,
+            read_history=self._store.history,
+            reset=self._store.reset,
+            on_presence=self._presence.receive,
+            is_reachable=lambda: self._healthy and not self._closed,
+            backoff=self._backoff,
+        )
         self._recovery: asyncio.Task[None] | None = None
         self._recovery_needed = False
-        self._healthy = False
         self._publish_timeout_s = publish_timeout_s
-        self._probe = RedisProbe(
-            self._display_url, interval_s=probe_interval_s, timeout_s=probe_timeout_s
-        )
-        self._closed = False
-        self._debug = logger.isEnabledFor(logging.DEBUG)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -299,12 +256,12 @@ class RedisBroker:
         """
         if self._closed:
             raise BrokerError("the Redis broker was closed; make a new one")
-        self._on_publication = on_publication
+        self._channels.on_publication = on_publication
         if self._client is not None:
             return
         client, self._db = make_client(self._target)
         self._client = client
-        self._scripts = ScriptRunner(client, trust_restarts=self._target.trust_restarts)
+        self._store.start(client)
         self._presence.start()
         self._probe.start(client)
         try:
@@ -338,21 +295,14 @@ class RedisBroker:
             return
         self._closed = True
         self._healthy = False
-        self._on_publication = None
+        await self._store.close()
         await self._presence.close()
         await self._probe.close()
-        tasks = [] if self._recovery is None else [self._recovery]
-        tasks += [s.sync_task for s in self._states.values() if s.sync_task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._recovery is not None:
+            self._recovery.cancel()
+            await asyncio.gather(self._recovery, return_exceptions=True)
+        await self._channels.close()
         await self._links.close()
-        for state in self._states.values():
-            if not state.ready.done():
-                state.ready.cancel()
-        self._states.clear()
-        if self._scripts is not None:
-            await self._scripts.close()
         if self._client is not None:
             await self._client.aclose()
         logger.info("Redis broker closed")
@@ -364,7 +314,7 @@ class RedisBroker:
             return False
         return await self._probe.probe()
 
-    # -- publishing and history ------------------------------------------------------------
+    # -- publishing and history (``redis_store``) ----------------------------------------
 
     async def publish(
         self,
@@ -380,43 +330,11 @@ class RedisBroker:
             BrokerError: Redis failed or is unreachable; the publication may or may not
                 have been made (retry with the same ``key``).
         """
-        history = self._namespaces.options_for(channel).history
-        now_ms = self._clock.now_ms()
-        topic = topic_of(self._target.prefix, self._db, channel)
+        topic = self._topic_of(channel)
         # A head behind what this node delivered was rolled back in place: the script
         # moves it to a new epoch (see redis_scripts).
-        state = self._states.get(topic)
-        floor = None if state is None else state.last
-        args = (
-            self._epoch_factory(),
-            encode_body(data, now_ms, key, info),
-            now_ms,
-            "" if key is None else dedupe_key(key, info),
-            history.size,
-            history.ttl_ms,
-            max(1, self._dedupe.window_ms),
-            self._dedupe.max_keys,
-            topic,
-            self._publish_command,
-            channel,
-            "" if floor is None else floor.epoch,
-            0 if floor is None else floor.offset,
-        )
-        what = f"publishing in {channel}"
-        try:
-            reply = await self._run(PUBLISH, channel, args, what, self._publish_timeout_s)
-        except ScriptUnanswered as exc:
-            if not exc.sent:
-                raise BrokerUnavailable(
-                    f"{what} failed: Redis at {self._display_url} did not answer within "
-                    f"{exc.timeout_s:g} s; it was not sent and will not be published"
-                ) from exc
-            raise BrokerError(
-                f"{what} failed: Redis at {self._display_url} did not answer within "
-                f"{exc.timeout_s:g} s; it may have been published; retry with the same key"
-            ) from exc
-        epoch, offset, duplicate = reply
-        return PublishResult(Position(text_of(epoch), int(offset)), duplicate=bool(duplicate))
+        floor = self._channels.last_of(topic)
+        return await self._store.publish(channel, topic, data, key=key, info=info, floor=floor)
 
     async def history(
         self, channel: ChannelName, since: Position | None = None, limit: int | None = None
@@ -426,67 +344,7 @@ class RedisBroker:
         Raises:
             BrokerError: Redis failed or is unreachable.
         """
-        options = self._namespaces.options_for(channel).history
-        wanted = options.size if limit is None else min(max(limit, 0), options.size)
-        if since is None:
-            mode, since_epoch, since_offset = ("latest" if wanted > 0 else "head"), "", 0
-        else:
-            mode, since_epoch, since_offset = "after", since.epoch, since.offset
-        args = (self._epoch_factory(), options.ttl_ms, mode, since_epoch, since_offset)
-        reply = await self._run(
-            READ, channel, (*args, max(1, wanted)), f"reading the history of {channel}"
-        )
-        epoch, head_offset = text_of(reply[0]), int(reply[1])
-        entries = reply[2] if mode == "after" else list(reversed(reply[2]))
-        try:
-            publications = [
-                decode_stored(channel, epoch, id_, fields[1]) for id_, fields in entries
-            ]
-        except (msgspec.ValidationError, ValueError, IndexError) as exc:
-            raise BrokerError(f"the history of {channel} holds an unreadable entry") from exc
-        retained = _retained(publications, head_offset, options, self._clock.now_ms())
-        head = Position(epoch, head_offset)
-        if since is None:
-            return HistoryRead(head, Replay(latest(retained, limit)))
-        return HistoryRead(head, decide_recovery(since, epoch, head_offset, retained, limit))
-
-    async def _run(
-        self,
-        script: RedisScript,
-        channel: ChannelName,
-        args: Sequence[str | bytes | int],
-        what: str,
-        timeout_s: float | None = None,
-    ) -> Any:
-        keys = ChannelKeys.of(self._target.prefix, channel).as_tuple()
-        return await self._run_keys(script, keys, args, what, timeout_s)
-
-    async def _run_keys(
-        self,
-        script: RedisScript,
-        keys: tuple[str, ...],
-        args: Sequence[str | bytes | int],
-        what: str,
-        timeout_s: float | None = None,
-    ) -> Any:
-        """Run ``script``; fail at once, sending nothing, while Redis is unresponsive.
-
-        Raises:
-            BrokerUnavailable: Redis did not answer the last probe; nothing was sent.
-            BrokerError: Redis failed.
-            ScriptUnanswered: no answer within ``timeout_s``.
-        """
-        if self._closed or self._scripts is None:
-            raise BrokerUnavailable(f"{what} failed: the Redis broker is not started")
-        if not self._probe.responsive:
-            raise BrokerUnavailable(
-                f"{what} failed: Redis at {self._display_url} did not answer a PING within "
-                f"{self._probe.timeout_s:g} s; nothing was sent"
-            )
-        try:
-            return await self._scripts.run(script, keys, args, timeout_s=timeout_s)
-        except REDIS_ERRORS as exc:
-            raise BrokerError(f"{what} failed: {exc}") from exc
+        return await self._store.history(channel, since, limit)
 
     # -- presence ----------------------------------------------------------------------------
 
@@ -557,7 +415,7 @@ class RedisBroker:
 
         await link.request("subscribe", topic, confirmed)
 
-    # -- subscriptions -------------------------------------------------------------------
+    # -- subscriptions (``redis_channels``) ----------------------------------------------
 
     async def subscribe(self, channel: ChannelName) -> None:
         """Deliver ``channel``'s publications to this node; returns once Redis confirmed.
@@ -565,89 +423,16 @@ class RedisBroker:
         Raises:
             BrokerError: Redis is unreachable now (the broker is reconnecting).
         """
-        topic = topic_of(self._target.prefix, self._db, channel)
-        while (state := self._states.get(topic)) is not None:
-            if state.leaving is None:
-                await asyncio.shield(state.ready)
-                return
-            # An unsubscribe is under way: subscribe again once it is done.
-            if state.leaving.done():
-                self._drop(state)
-            else:
-                await asyncio.wait([state.leaving])
-        if self._closed or not self._healthy:
-            raise BrokerError(f"cannot subscribe {channel}: Redis is not reachable now")
-        state = _ChannelState(channel, topic, asyncio.get_running_loop().create_future())
-        self._states[topic] = state
-        try:
-            await self._subscribe_at_redis(state)
-            # The head after the confirmation: what the hub reads next covers up to it.
-            read = await self.history(channel, limit=0)
-            if self._states.get(topic) is state and not state.confirmed:
-                raise BrokerError(f"lost the connection to Redis while subscribing {channel}")
-        except BaseException as exc:
-            if self._states.get(topic) is state:
-                self._drop(state)
-                if state.link is not None and state.link.is_open:
-                    state.link.unsubscribe_nowait(topic)
-            if not isinstance(exc, Exception):
-                state.ready.cancel()
-                raise
-            if isinstance(exc, REDIS_ERRORS):
-                error = BrokerError(f"subscribing {channel} failed: {exc}")
-                error.__cause__ = exc
-                state.ready.set_exception(error)
-                state.ready.exception()  # retrieved: there may be no other waiter
-                raise error from exc
-            state.ready.set_exception(exc)
-            state.ready.exception()
-            raise
-        if state.last is None:
-            state.last = read.head
-        state.subscribed = True
-        state.ready.set_result(None)
-
-    async def _subscribe_at_redis(self, state: _ChannelState) -> None:
-        link = await self._link_for(state.topic)
-        state.link = link
-        state.confirmed = False
-        await link.request("subscribe", state.topic, lambda: self._confirmed(state, link))
-
-    def _confirmed(self, state: _ChannelState, link: PubSubLink) -> None:
-        if self._states.get(state.topic) is state and state.link is link:
-            state.confirmed = True
+        await self._channels.subscribe(channel, self._topic_of(channel))
 
     async def unsubscribe(self, channel: ChannelName) -> None:
         """Stop delivering ``channel``'s publications to this node; returns once Redis
         confirmed. Publications made before the call are still delivered (those Redis
         sent before its confirmation); none made after it returns."""
-        topic = topic_of(self._target.prefix, self._db, channel)
-        state = self._states.get(topic)
-        if state is None:
-            return
-        if state.leaving is None:
-            if not state.ready.done():
-                await asyncio.wait([state.ready])  # a subscribe under way: let it finish
-                if self._states.get(topic) is not state or state.leaving is not None:
-                    await self.unsubscribe(channel)
-                    return
-            link = state.link
-            if link is None or not link.is_open or not state.confirmed:
-                self._drop(state)
-                return
-            state.leaving = link.request("unsubscribe", topic, lambda: self._drop(state))
-        try:
-            await asyncio.shield(state.leaving)
-        except REDIS_ERRORS:
-            self._drop(state)  # the link is gone (or refused): nothing more comes from it
+        await self._channels.unsubscribe(channel, self._topic_of(channel))
 
-    def _drop(self, state: _ChannelState) -> None:
-        """Forget ``state``: nothing more is delivered for it."""
-        if self._states.get(state.topic) is state:
-            del self._states[state.topic]
-        state.confirmed = False
-        if state.sync_task is not None:
-            state.sync_task.cancel()
+    def _topic_of(self, channel: ChannelName) -> str:
+        return topic_of(self._target.prefix, self._db, channel)
 
     async def _link_for(self, topic: str) -> PubSubLink:
         """Return the open link to the server holding ``topic``, opening it if needed."""
@@ -655,159 +440,11 @@ class RedisBroker:
         assert client is not None, "started"
         return await self._links.for_topic(client, topic)
 
-    # -- receiving -------------------------------------------------------------------------
-
     def _on_message(self, link: PubSubLink, topic: str, payload: bytes) -> None:
-        state = self._states.get(topic)
-        if state is None or state.link is not link or not state.confirmed:
-            if state is None and link is self._control_link and topic == self._control_topic:
-                self._control.receive(payload)
-            return  # not (or no longer, or not yet) subscribed: see the theory of operation
-        if is_presence_frame(payload):
-            self._presence.receive(payload)
+        if self._channels.receive(link, topic, payload):
             return
-        try:
-            publication = decode_live(payload)
-        except (msgspec.ValidationError, ValueError):
-            logger.error("unreadable publication on %s: %r", topic, payload[:200])
-            return
-        if self._debug:
-            logger.debug("received %s at %s", publication.channel, publication.position)
-        if state.buffer is not None:
-            state.buffer.append(publication)
-        elif not self._accept(state, publication):
-            state.buffer = [publication]
-            self._request_sync(state)
-
-    def _accept(self, state: _ChannelState, publication: Publication) -> bool:
-        """Deliver ``publication`` if it follows ``state.last``; drop a repeat. Return
-        False (delivering nothing) when publications before it are missing."""
-        retired = state.retired_epoch
-        outcome = decide_catch_up(
-            state.last, publication.position, () if retired is None else (retired,)
-        )
-        if outcome is CatchUp.GAP:
-            # Another epoch: the old one's history is gone. Hold the new one from its
-            # start, where offset 1 follows and any other is a hole to read.
-            state.last = Position(publication.epoch, 0)
-            if publication.offset != 1:
-                return False
-        elif outcome is not CatchUp.DELIVER:
-            return outcome is CatchUp.ALREADY_HAD
-        state.last = publication.position
-        handler = self._on_publication
-        if handler is not None:
-            try:
-                handler(publication)
-            except Exception:  # a faulty handler must not stop delivery
-                logger.exception("publication handler failed on %s", publication.channel)
-        return True
-
-    # -- syncing: filling gaps from history ------------------------------------------------
-
-    def _request_sync(self, state: _ChannelState) -> None:
-        if state.buffer is None:
-            state.buffer = []
-        state.sync_needed = True
-        if state.sync_task is None and not self._closed:
-            state.sync_task = asyncio.get_running_loop().create_task(
-                self._sync(state), name=f"tidings redis sync {state.channel}"
-            )
-
-    async def _sync(self, state: _ChannelState) -> None:
-        delay = self._backoff()
-        try:
-            while state.sync_needed and self._states.get(state.topic) is state:
-                if not state.confirmed:
-                    return  # resubscribing: the recovery asks again once confirmed
-                state.sync_needed = False
-                try:
-                    await self._sync_once(state)
-                except Exception as exc:  # the task boundary: the channel must not stall
-                    state.sync_needed = True
-                    expected = isinstance(exc, BrokerError)
-                    logger.log(
-                        logging.WARNING if expected else logging.ERROR,
-                        "filling the gap of %s failed: %s",
-                        state.channel,
-                        exc,
-                        exc_info=not expected,
-                    )
-                    await asyncio.sleep(delay.next_delay_s())
-        finally:
-            state.sync_task = None
-
-    async def _sync_once(self, state: _ChannelState) -> None:
-        channel = state.channel
-        since = state.last
-        read = await self.history(channel, since)
-        if self._states.get(state.topic) is not state:
-            return
-        recovery = read.recovery
-        if since is None:
-            state.last = read.head
-        elif isinstance(recovery, Gap):
-            await self._jump(state, since, read.head, recovery)
-            state.sync_needed = True
-            return
-        else:
-            for publication in recovery.publications:
-                self._accept(state, publication)
-        # Live publications held meanwhile, by the same rule. One of an epoch other than
-        # the head's read now is stale (or so new that the next publication after it
-        # will start another round); delivering it could only go back in time.
-        buffered = state.buffer or []
-        state.buffer = None
-        current = read.head.epoch
-        for index, publication in enumerate(buffered):
-            if publication.epoch != current:
-                continue
-            if not self._accept(state, publication):
-                state.buffer = buffered[index:]
-                state.sync_needed = True
-                return
-
-    async def _jump(self, state: _ChannelState, since: Position, head: Position, gap: Gap) -> None:
-        """Move ``state.last`` past a gap history cannot fill."""
-        channel = state.channel
-        if gap.reason is GapReason.EPOCH_CHANGED:
-            logger.warning(
-                "Redis lost or rolled back %s (restarted, failed over, slot moved): "
-                "epoch %s replaced %s",
-                channel,
-                head.epoch,
-                since.epoch,
-            )
-            state.last = Position(head.epoch, 0)
-        elif gap.reason is GapReason.AHEAD_OF_HEAD:
-            # Redis came back from an older snapshot: offsets past its head were given
-            # out already. Move the channel to a new epoch rather than reuse them.
-            reply = await self._run(
-                RESET, channel, (since.epoch, since.offset, self._epoch_factory()), "resetting"
-            )
-            epoch = text_of(reply[0])
-            logger.warning(
-                "Redis rolled %s back from %s to offset %d; new epoch %s",
-                channel,
-                since,
-                head.offset,
-                epoch,
-            )
-            state.retired_epoch = since.epoch
-            state.last = Position(epoch, 0) if epoch != since.epoch else since
-        else:
-            latest_read = await self.history(channel)
-            retained = latest_read.recovery
-            assert isinstance(retained, Replay)
-            newest = latest_read.head
-            first = retained.publications[0].offset if retained.publications else newest.offset + 1
-            logger.warning(
-                "publications %d..%d of %s were evicted before this node received them",
-                since.offset + 1,
-                first - 1,
-                channel,
-            )
-            state.last = Position(newest.epoch, first - 1)
+        if link is self._control_link and topic == self._control_topic:
+            self._control.receive(payload)
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -815,9 +452,7 @@ class RedisBroker:
         if self._closed or not self._links.forget(link):
             return
         logger.warning("lost the Redis pub/sub connection to %s: %s", link.name, reason)
-        for state in self._states.values():
-            if state.link is link:
-                state.confirmed = False
+        self._channels.mark_lost(link)
         self._healthy = False
         self._start_recovery()
 
@@ -874,34 +509,4 @@ class RedisBroker:
         """Reconnect, resubscribe every channel whose link was lost, then sync them."""
         await self._connect(refresh=True)
         await self._listen_for_commands()
-        for state in [s for s in self._states.values() if s.leaving is not None]:
-            self._drop(state)  # was unsubscribing when the link was lost: done
-        states = [s for s in self._states.values() if s.subscribed and not s.confirmed]
-        waits = []
-        for state in states:
-            if state.buffer is None:
-                state.buffer = []
-            waits.append(self._subscribe_at_redis(state))
-        results = await asyncio.gather(*waits, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        for state in states:
-            if self._states.get(state.topic) is state and state.confirmed:
-                self._request_sync(state)
-        return len(states)
-
-
-def _retained(
-    publications: list[Publication], head_offset: int, options: HistoryOptions, now_ms: int
-) -> list[Publication]:
-    """Keep what the namespace retains: the last ``size`` offsets, evicting from the
-    front those older than the ttl (as ``ChannelHistory`` does)."""
-    first_kept = head_offset - options.size + 1
-    oldest_ms = now_ms - options.ttl_ms
-    start = 0
-    while start < len(publications) and (
-        publications[start].offset < first_kept or publications[start].ts < oldest_ms
-    ):
-        start += 1
-    return publications[start:]
+        return await self._channels.resubscribe()

@@ -1,6 +1,6 @@
 """Presence for the Redis broker (its ``PresenceStore``): who holds a channel on every
 node, and join/leave events between nodes. Network I/O through the broker's
-``ScriptRunner``; frames arrive through the broker's pub/sub link (``receive``).
+``redis_runner``; frames arrive through the broker's pub/sub link (``receive``).
 
 Each channel ``C`` with present clients has a hash (same hash tag as the channel's other
 keys, so one slot in a cluster, and one script can write it and publish on the topic)::

@@ -33,35 +33,27 @@ renames the channel to a new epoch (the candidate, as for a lost head; same offs
 same stream) before anything else touches it, and stamps the head as its own. No
 position of the old epoch is given out again, whatever the length of the rollback, and
 every client resuming from one is told ``recovered: false``. The ``run_id`` is the last
-argument of those scripts (``RedisScript.stamps``): on one Redis, the runner reads it
-with ``INFO server`` on each connection when it connects (again at every reconnect,
-before the connection carries a script), so a script carries the ``run_id`` of the
-process it is sent to, for free; a restart or a failover breaks every connection. In a
-cluster, redis-py routes and redirects the calls, so the argument is empty and the
-script asks ``INFO server`` itself: about 12 us more of Redis CPU per publish, against
-1.4 us on one Redis (``benchmarks/RESULTS.md``). A head without ``run`` (written by an
-earlier tidings) is adopted as it is. Under ``trust_restarts`` every head is stamped
-``TRUSTED_STAMP``, whatever the process: the operator vouches that Redis never comes
-back older. A rollback that keeps the process (``DEBUG RELOAD``) is caught only by a
-node that had seen a later position: the publish script takes the node's own last
-position as a floor.
+argument of those scripts (``RedisScript.stamps``): the runner (``redis_runner``) reads
+it with ``INFO server`` on each connection when it connects (again at every reconnect,
+before the connection carries a script), on one Redis and on each cluster node alike,
+so a script carries the ``run_id`` of the process it is sent to, for free; a restart or
+a failover breaks every connection. A call a cluster node redirects is resent through
+redis-py's cluster client, which picks the node: its argument is empty and the script
+asks ``INFO server`` itself (about 12 us more of Redis CPU, ``benchmarks/RESULTS.md``).
+A head without ``run`` (written by an earlier tidings) is adopted as it is. Under
+``trust_restarts`` every head is stamped ``TRUSTED_STAMP``, whatever the process: the
+operator vouches that Redis never comes back older. A rollback that keeps the process
+(``DEBUG RELOAD``) is caught only by a node that had seen a later position: the publish
+script takes the node's own last position as a floor.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import re
-import weakref
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import msgspec
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import NoScriptError, ResponseError
 
 from tidings.core.channel import ChannelName
 from tidings.core.publication import ClientInfo, Publication
@@ -99,63 +91,94 @@ elseif stored[2] ~= run then
 end
 """
 
-# ARGV: candidate epoch, body, ts, key ('' for none), history size, history ttl ms,
-# dedupe window ms, dedupe max keys, topic, PUBLISH or SPUBLISH, channel, and the
-# floor: the epoch and offset of the last publication the calling node delivered
-# ('' and 0 for none). A head of that epoch behind the floor was rolled back in place.
-# Returns {epoch, offset, 1 if the key was a duplicate else 0}.
-PUBLISH_SOURCE: Final = (
-    _ENSURE_HEAD
-    + """
-if ARGV[12] == epoch and tonumber(redis.call('HGET', head, 'offset')) < tonumber(ARGV[13]) then
-  epoch = ARGV[1]
-  redis.call('HSET', head, 'epoch', epoch)
+# One or more publications, each with 4 KEYS (as every script) and 13 ARGV: candidate
+# epoch, body, ts, key ('' for none), history size, history ttl ms, dedupe window ms,
+# dedupe max keys, topic, PUBLISH or SPUBLISH, channel, and the floor: the epoch and
+# offset of the last publication the calling node delivered ('' and 0 for none); a head
+# of that epoch behind the floor was rolled back in place. Then the stamp, once.
+# Returns {epoch, offset, 1 if the key was a duplicate else 0} for each, in order, flat.
+# Several in one call share the cost of a script call (the runner merges the publishes
+# of a pipeline: ``PUBLISH.keys_per_call``); each is as atomic as one alone, and they
+# are made in the order given.
+PUBLISH_SOURCE: Final = """
+local run = ARGV[#ARGV]
+if run == '' then
+  run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
 end
-local body, ts, key = ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local size, ttl_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
-local window_ms, max_keys = tonumber(ARGV[7]), tonumber(ARGV[8])
-local key_offsets, key_times = KEYS[3], KEYS[4]
-if key ~= '' then
-  local seen = redis.call('ZSCORE', key_times, key)
-  if seen and tonumber(seen) >= ts - window_ms then
-    local original = redis.call('HGET', key_offsets, key)
-    if original then
-      return {epoch, tonumber(original), 1}
+local function publish(K, A)
+  local head = KEYS[K + 1]
+  local stored = redis.call('HMGET', head, 'epoch', 'run', 'offset')
+  local epoch = stored[1]
+  local last = tonumber(stored[3] or '0')
+  if not epoch then
+    epoch = ARGV[A + 1]
+    redis.call('DEL', KEYS[K + 2], KEYS[K + 3], KEYS[K + 4])
+    redis.call('HSET', head, 'epoch', epoch, 'offset', 0, 'run', run)
+    last = 0
+  elseif stored[2] ~= run then
+    if stored[2] then
+      -- written by another Redis process: maybe older than what was given out
+      epoch = ARGV[A + 1]
+      redis.call('HSET', head, 'epoch', epoch, 'run', run)
+    else
+      redis.call('HSET', head, 'run', run)
     end
   end
-end
-local offset = redis.call('HINCRBY', head, 'offset', 1)
-if offset == 1 then
-  -- a head created by a reader expires unless published to; now it must stay
-  redis.call('PERSIST', head)
-end
-if size > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 'p', body)
-  redis.call('PEXPIRE', KEYS[2], ttl_ms)
-end
-if key ~= '' then
-  redis.call('HSET', key_offsets, key, offset)
-  redis.call('ZADD', key_times, ts, key)
-  local old = redis.call('ZRANGEBYSCORE', key_times, '-inf', '(' .. (ts - window_ms),
-                         'LIMIT', 0, 100)
-  if #old > 0 then
-    redis.call('HDEL', key_offsets, unpack(old))
-    redis.call('ZREM', key_times, unpack(old))
+  if ARGV[A + 12] == epoch and last < tonumber(ARGV[A + 13]) then
+    epoch = ARGV[A + 1]
+    redis.call('HSET', head, 'epoch', epoch)
   end
-  local excess = redis.call('ZCARD', key_times) - max_keys
-  if excess > 0 then
-    local oldest = redis.call('ZRANGE', key_times, 0, math.min(excess, 100) - 1)
-    redis.call('HDEL', key_offsets, unpack(oldest))
-    redis.call('ZREM', key_times, unpack(oldest))
+  local body, ts, key = ARGV[A + 2], tonumber(ARGV[A + 3]), ARGV[A + 4]
+  local size, ttl_ms = tonumber(ARGV[A + 5]), tonumber(ARGV[A + 6])
+  local window_ms, max_keys = tonumber(ARGV[A + 7]), tonumber(ARGV[A + 8])
+  local key_offsets, key_times = KEYS[K + 3], KEYS[K + 4]
+  if key ~= '' then
+    local seen = redis.call('ZSCORE', key_times, key)
+    if seen and tonumber(seen) >= ts - window_ms then
+      local original = redis.call('HGET', key_offsets, key)
+      if original then
+        return epoch, tonumber(original), 1
+      end
+    end
   end
-  redis.call('PEXPIRE', key_offsets, window_ms)
-  redis.call('PEXPIRE', key_times, window_ms)
+  local offset = redis.call('HINCRBY', head, 'offset', 1)
+  if offset == 1 then
+    -- a head created by a reader expires unless published to; now it must stay
+    redis.call('PERSIST', head)
+  end
+  if size > 0 then
+    redis.call('XADD', KEYS[K + 2], 'MAXLEN', size, offset .. '-0', 'p', body)
+    redis.call('PEXPIRE', KEYS[K + 2], ttl_ms)
+  end
+  if key ~= '' then
+    redis.call('HSET', key_offsets, key, offset)
+    redis.call('ZADD', key_times, ts, key)
+    local old = redis.call('ZRANGEBYSCORE', key_times, '-inf', '(' .. (ts - window_ms),
+                           'LIMIT', 0, 100)
+    if #old > 0 then
+      redis.call('HDEL', key_offsets, unpack(old))
+      redis.call('ZREM', key_times, unpack(old))
+    end
+    local excess = redis.call('ZCARD', key_times) - max_keys
+    if excess > 0 then
+      local oldest = redis.call('ZRANGE', key_times, 0, math.min(excess, 100) - 1)
+      redis.call('HDEL', key_offsets, unpack(oldest))
+      redis.call('ZREM', key_times, unpack(oldest))
+    end
+    redis.call('PEXPIRE', key_offsets, window_ms)
+    redis.call('PEXPIRE', key_times, window_ms)
+  end
+  redis.call(ARGV[A + 10], ARGV[A + 9], '{"channel":"' .. ARGV[A + 11] .. '","epoch":"'
+             .. epoch .. '","offset":' .. offset .. ',' .. string.sub(body, 2))
+  return epoch, offset, 0
 end
-redis.call(ARGV[10], ARGV[9], '{"channel":"' .. ARGV[11] .. '","epoch":"' .. epoch
-           .. '","offset":' .. offset .. ',' .. string.sub(body, 2))
-return {epoch, offset, 0}
+local replies = {}
+for i = 0, #KEYS / 4 - 1 do
+  local epoch, offset, duplicate = publish(i * 4, i * 13)
+  replies[i * 3 + 1], replies[i * 3 + 2], replies[i * 3 + 3] = epoch, offset, duplicate
+end
+return replies
 """
-)
 
 # ARGV: candidate epoch, ttl ms of a head created here, mode ('head', 'after' or
 # 'latest'), since epoch, since offset, count (>= 1).
@@ -216,15 +239,22 @@ class RedisScript:
     source: str
     sha: str
     stamps: bool = False  # takes the Redis process's run_id as its last argument
+    # Calls that may share one script call, their KEYS and ARGV one after the other
+    # (the stamp once, last): how many replies each has in the flat reply; 0 if none.
+    replies_per_call: int = 0
 
     @classmethod
-    def of(cls, name: str, source: str, *, stamps: bool = False) -> RedisScript:
+    def of(
+        cls, name: str, source: str, *, stamps: bool = False, replies_per_call: int = 0
+    ) -> RedisScript:
         """Return the script ``source`` named ``name`` (for logs); with ``stamps``, the
-        runner appends the ``run_id`` of the Redis process it runs in (or ``""``)."""
-        return cls(name, source, hashlib.sha1(source.encode()).hexdigest(), stamps)
+        runner appends the ``run_id`` of the Redis process it runs in (or ``""``). With
+        ``replies_per_call``, calls of it may be merged into one (see the field)."""
+        sha = hashlib.sha1(source.encode()).hexdigest()
+        return cls(name, source, sha, stamps, replies_per_call)
 
 
-PUBLISH: Final = RedisScript.of("publish", PUBLISH_SOURCE, stamps=True)
+PUBLISH: Final = RedisScript.of("publish", PUBLISH_SOURCE, stamps=True, replies_per_call=3)
 READ: Final = RedisScript.of("read", READ_SOURCE, stamps=True)
 RESET: Final = RedisScript.of("reset", RESET_SOURCE)
 
@@ -342,233 +372,3 @@ def decode_live(payload: bytes) -> Publication:
         live.key,
         _info(live.info),
     )
-
-
-# -- running scripts -----------------------------------------------------------------------
-
-
-class ScriptUnanswered(Exception):
-    """Redis did not answer a script within the caller's time-out. ``sent`` says whether
-    the script was written to Redis (it may have run, or may run once Redis reads it);
-    when not, it was dropped and will never be sent."""
-
-    def __init__(self, timeout_s: float, *, sent: bool) -> None:
-        state = "it was sent and may have run" if sent else "it was not sent"
-        super().__init__(f"no answer within {timeout_s:g} s; {state}")
-        self.timeout_s = timeout_s
-        self.sent = sent
-
-
-@dataclass(slots=True)
-class _Call:
-    script: RedisScript
-    keys: tuple[str, ...]
-    args: tuple[str | bytes | int, ...]
-    future: asyncio.Future[Any]
-    sent: bool = False  # written to a connection: from here on it may run
-
-
-class ScriptRunner:
-    """Runs scripts, EVALSHA first and EVAL when Redis does not know the script (it
-    forgets them on restart; EVAL runs the script and caches it again).
-
-    On one Redis, calls made in the same event-loop iteration share one pipeline (one
-    round trip), with at most ``MAX_PIPELINES_IN_FLIGHT`` pipelines in flight; calls
-    arriving meanwhile wait and go together in the next. redis-py does not pipeline
-    scripts in a cluster, so there each call is sent on its own, at most
-    ``MAX_CLUSTER_CALLS_IN_FLIGHT`` at once (below redis-py's per-node connection limit).
-    """
-
-    def __init__(self, client: Redis | RedisCluster, *, trust_restarts: bool = False) -> None:
-        """Run scripts on ``client``. With ``trust_restarts`` the scripts are given one
-        stamp for every Redis process, so no head is ever found foreign (the operator
-        vouches that Redis never comes back older)."""
-        self._client = client
-        self._trusted: bytes | None = TRUSTED_STAMP if trust_restarts else None
-        # The run_id of the Redis process at the other end of each pooled connection,
-        # learnt when it connects (see the module docstring, "Rollbacks").
-        self._run_ids: weakref.WeakKeyDictionary[AbstractConnection, bytes] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._queue: list[_Call] = []
-        self._flush_scheduled = False
-        self._batches: set[asyncio.Task[None]] = set()
-        self._cluster_slots = asyncio.Semaphore(MAX_CLUSTER_CALLS_IN_FLIGHT)
-
-    async def run(
-        self,
-        script: RedisScript,
-        keys: Sequence[str],
-        args: Sequence[str | bytes | int],
-        *,
-        timeout_s: float | None = None,
-    ) -> Any:
-        """Run ``script`` and return its reply, giving up after ``timeout_s`` if given.
-
-        Raises:
-            RedisError, OSError: Redis failed or could not be reached.
-            ScriptUnanswered: no reply within ``timeout_s``. A call given up on before
-                it was written to Redis is dropped: it is never sent.
-        """
-        client = self._client
-        scope = asyncio.timeout(timeout_s)
-        if isinstance(client, RedisCluster):
-            if script.stamps:
-                # The script reads INFO itself: see the module docstring.
-                args = (*args, self._trusted or b"")
-            try:
-                async with scope, self._cluster_slots:
-                    try:
-                        return await client.evalsha(script.sha, len(keys), *keys, *args)
-                    except NoScriptError:
-                        return await client.eval(script.source, len(keys), *keys, *args)
-            except TimeoutError:
-                if timeout_s is None or not scope.expired():
-                    raise
-                # redis-py does not say whether the command left: assume it did.
-                raise ScriptUnanswered(timeout_s, sent=True) from None
-        loop = asyncio.get_running_loop()
-        call = _Call(script, tuple(keys), tuple(args), loop.create_future())
-        self._queue.append(call)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        try:
-            async with scope:
-                # On time-out, awaiting cancels the future: a batch not yet sent skips it.
-                return await call.future
-        except TimeoutError:
-            if timeout_s is None or not scope.expired():
-                raise
-            raise ScriptUnanswered(timeout_s, sent=call.sent) from None
-
-    async def close(self) -> None:
-        """Stop the pipelines in flight; their callers get ``CancelledError``."""
-        for batch in self._batches:
-            batch.cancel()
-        await asyncio.gather(*self._batches, return_exceptions=True)
-        for call in self._queue:
-            call.future.cancel()
-        self._queue.clear()
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        while self._queue and len(self._batches) < MAX_PIPELINES_IN_FLIGHT:
-            calls = self._queue[:MAX_CALLS_PER_PIPELINE]
-            del self._queue[:MAX_CALLS_PER_PIPELINE]
-            batch = asyncio.get_running_loop().create_task(self._run_batch(calls))
-            self._batches.add(batch)  # a reference, so the task is not collected midway
-            batch.add_done_callback(self._batch_done)
-
-    def _batch_done(self, batch: asyncio.Task[None]) -> None:
-        self._batches.discard(batch)
-        if self._queue and not self._flush_scheduled:
-            self._flush()
-
-    async def _run_batch(self, calls: list[_Call]) -> None:
-        assert isinstance(self._client, Redis)
-        pool = self._client.connection_pool
-        try:
-            connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated
-            try:
-                run_id = await self._run_id(connection)
-                # A caller that gave up while the connection was made is not sent: its
-                # answer said so (``ScriptUnanswered.sent``).
-                calls = [call for call in calls if not call.future.done()]
-                for call in calls:
-                    call.sent = True
-                unknown = await _exchange(connection, calls, run_id, by_sha=True) if calls else []
-                unknown = [call for call in unknown if not call.future.done()]
-                if unknown:
-                    # NOSCRIPT: those did not run. EVAL runs them and caches the script.
-                    await _exchange(connection, unknown, run_id, by_sha=False)
-            finally:
-                await pool.release(connection)
-        except BaseException as exc:  # handed to every caller still waiting
-            for call in calls:
-                if call.future.done():
-                    continue
-                if isinstance(exc, Exception):
-                    call.future.set_exception(exc)
-                else:
-                    call.future.cancel()
-            if not isinstance(exc, Exception):
-                raise
-
-    async def _run_id(self, connection: AbstractConnection) -> bytes:
-        if self._trusted is not None:
-            return self._trusted
-        run_id = self._run_ids.get(connection)
-        if run_id is None:
-            connection.register_connect_callback(self._learn_run_id)  # type: ignore[no-untyped-call]  # unannotated in redis-py
-            await self._learn_run_id(connection)
-            run_id = self._run_ids[connection]
-        return run_id
-
-    async def _learn_run_id(self, connection: AbstractConnection) -> None:
-        """Read the run_id of the Redis process ``connection`` is connected to. Called
-        by redis-py after every (re)connect, before the connection carries anything."""
-        await connection.send_command("INFO", "server", check_health=False)
-        info = await connection.read_response()
-        found = re.search(rb"run_id:([0-9a-f]+)", info if isinstance(info, bytes) else b"")
-        if found is None:
-            raise ResponseError(
-                "INFO server names no run_id, which tidings needs to detect a Redis that "
-                "came back older; if this server never does, add ?trust_restarts=yes"
-            )
-        self._run_ids[connection] = found.group(1)
-
-
-async def _exchange(
-    connection: AbstractConnection, calls: Sequence[_Call], run_id: bytes, *, by_sha: bool
-) -> list[_Call]:
-    """Send ``calls`` in one write (a pipeline) and settle each call with its reply, in
-    order; return the calls Redis did not run because it did not know the script.
-
-    Commands are packed here rather than by redis-py: its generic packing was most of
-    the client's time per publish (``benchmarks/brokers.py``).
-    """
-    if not connection.is_connected:
-        # redis-py would reconnect while sending, to a process whose run_id the packed
-        # calls do not carry: fail them instead (a publish may always fail).
-        raise ConnectionError("the connection to Redis was lost")
-    await connection.send_packed_command(
-        b"".join(_pack(call, run_id, by_sha=by_sha) for call in calls), check_health=False
-    )
-    unknown = []
-    for call in calls:
-        try:
-            reply = await connection.read_response()
-        except NoScriptError:
-            unknown.append(call)
-            continue
-        except ResponseError as error:  # this call failed; the connection is fine
-            if not call.future.done():
-                call.future.set_exception(error)
-            continue
-        if not call.future.done():
-            call.future.set_result(reply)
-    return unknown
-
-
-def _pack(call: _Call, run_id: bytes, *, by_sha: bool) -> bytes:
-    """Return ``call`` as an EVALSHA (or EVAL) command in RESP."""
-    script = call.script
-    parts = [
-        b"EVALSHA" if by_sha else b"EVAL",
-        (script.sha if by_sha else script.source).encode(),
-        b"%d" % len(call.keys),
-        *(key.encode() for key in call.keys),
-        *(_argument(value) for value in call.args),
-    ]
-    if script.stamps:
-        parts.append(run_id)
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
-
-
-def _argument(value: str | bytes | int) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    return b"%d" % value

@@ -29,6 +29,7 @@ class RedisTarget:
     cluster: bool
     prefix: str
     trust_restarts: bool = False
+    batch: bool = True
 
     @classmethod
     def parse(cls, url: str, options: Mapping[str, object] | None = None) -> RedisTarget:
@@ -36,24 +37,29 @@ class RedisTarget:
         and the broker's table of the configuration file (``options``).
 
         Our settings, ``prefix`` (default ``tidings``), which starts every key and topic,
-        and ``trust_restarts`` (default no: see the module docstring, "Rollbacks"), may
-        be in either; the URL's query wins. The URL's other query options go to redis-py
-        (``socket_timeout``, ``max_connections``...).
+        ``trust_restarts`` (default no: see the module docstring, "Rollbacks") and
+        ``batch`` (default yes: scripts started together share one pipeline, see
+        ``redis_runner``), may be in either; the URL's query wins. The URL's other query
+        options go to redis-py (``socket_timeout``, ``max_connections``...).
 
         Raises:
             ConfigError: the prefix contains ``{`` or ``}`` (they would break hash tags),
-                ``trust_restarts`` is not yes or no, or ``options`` has another key.
+                ``trust_restarts`` or ``batch`` is not yes or no, or ``options`` has
+                another key.
         """
-        prefix, trust_restarts = _file_settings(options or {})
+        prefix, trust_restarts, batch = _file_settings(options or {})
         parts = urlsplit(url)
         kept = []
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             if name == "prefix":
                 prefix = value
-            elif name == "trust_restarts":
+            elif name in ("trust_restarts", "batch"):
                 if value not in ("yes", "no"):
-                    raise ConfigError(f"trust_restarts must be yes or no, got {value!r}")
-                trust_restarts = value == "yes"
+                    raise ConfigError(f"{name} must be yes or no, got {value!r}")
+                if name == "batch":
+                    batch = value == "yes"
+                else:
+                    trust_restarts = value == "yes"
             elif name == "decode_responses":
                 continue  # the broker reads bytes
             else:
@@ -63,15 +69,16 @@ class RedisTarget:
         cluster = parts.scheme == CLUSTER_SCHEME
         scheme = "redis" if cluster else parts.scheme
         rebuilt = urlunsplit((scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment))
-        return cls(rebuilt, cluster, prefix, trust_restarts)
+        return cls(rebuilt, cluster, prefix, trust_restarts, batch)
 
 
 # The settings of ``[brokers.redis]``; the URL's query may set them too.
-FILE_SETTINGS: Final = ("prefix", "trust_restarts")
+FILE_SETTINGS: Final = ("prefix", "trust_restarts", "batch")
 
 
-def _file_settings(options: Mapping[str, object]) -> tuple[str, bool]:
-    """Return ``prefix`` and ``trust_restarts`` from the ``[brokers.redis]`` table.
+def _file_settings(options: Mapping[str, object]) -> tuple[str, bool, bool]:
+    """Return ``prefix``, ``trust_restarts`` and ``batch`` from the ``[brokers.redis]``
+    table.
 
     Raises:
         ConfigError: a key that is not one of ``FILE_SETTINGS``, or a value of the
@@ -85,12 +92,17 @@ def _file_settings(options: Mapping[str, object]) -> tuple[str, bool]:
     prefix = options.get("prefix", DEFAULT_PREFIX)
     if not isinstance(prefix, str):
         raise ConfigError(f"brokers.redis.prefix must be a string, got {prefix!r}")
-    trust = options.get("trust_restarts", False)
-    if isinstance(trust, str) and trust.lower() in ("yes", "true", "no", "false"):
-        trust = trust.lower() in ("yes", "true")  # from the environment, as text
-    if not isinstance(trust, bool):
-        raise ConfigError(f"brokers.redis.trust_restarts must be true or false, got {trust!r}")
-    return prefix, trust
+    trust = _flag(options, "trust_restarts", default=False)
+    return prefix, trust, _flag(options, "batch", default=True)
+
+
+def _flag(options: Mapping[str, object], name: str, *, default: bool) -> bool:
+    value = options.get(name, default)
+    if isinstance(value, str) and value.lower() in ("yes", "true", "no", "false"):
+        value = value.lower() in ("yes", "true")  # from the environment, as text
+    if not isinstance(value, bool):
+        raise ConfigError(f"brokers.redis.{name} must be true or false, got {value!r}")
+    return value
 
 
 def without_credentials(url: str) -> str:
