@@ -678,7 +678,7 @@ def test_prefix_and_trust_restarts_may_come_from_the_file_and_the_url_wins() -> 
 @pytest.mark.parametrize(
     ("options", "complaint"),
     [
-        ({"prefx": "a"}, "brokers.redis: unknown setting 'prefx'; known: ['prefix'"),
+        ({"prefx": "a"}, "brokers.redis: unknown setting 'prefx'; known: ['batch', 'prefix'"),
         ({"prefix": 7}, "brokers.redis.prefix must be a string, got 7"),
         ({"prefix": "a{b}"}, "prefix must be non-empty and without braces"),
         ({"trust_restarts": "maybe"}, "brokers.redis.trust_restarts must be true or false"),

@@ -100,8 +100,9 @@ def test_check_config_refuses_a_broker_setting_the_broker_does_not_read(tmp_path
     config.write_text('broker = "redis://127.0.0.1:6379/0"\n[brokers.redis]\nprefx = "a"\n')
     result = invoke(["check-config", "--config", str(config)])
     assert result.exit_code == ExitStatus.CONFIG
-    assert "brokers.redis: unknown setting 'prefx'; known: ['prefix', 'trust_restarts']" in (
-        result.output
+    assert (
+        "brokers.redis: unknown setting 'prefx'; known: ['batch', 'prefix', 'trust_restarts']"
+        in (result.output)
     )
     assert "Traceback" not in result.output
 

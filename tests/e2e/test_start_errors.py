@@ -115,5 +115,5 @@ def test_a_broker_setting_of_the_file_the_broker_does_not_read_is_one_line(
     assert_one_line(
         done,
         ExitStatus.CONFIG,
-        "brokers.redis: unknown setting 'prefx'; known: ['prefix', 'trust_restarts']",
+        "brokers.redis: unknown setting 'prefx'; known: ['batch', 'prefix', 'trust_restarts']",
     )

@@ -43,10 +43,12 @@ from tidings.sources.kafka import KafkaSource
 TOPIC: Final = "orders"
 GROUP: Final = "tidings-orders"
 MAX_DATA_BYTES: Final = 200
+# History holds every record a test produces: the rebalance test's trickle runs as long
+# as the machine makes it (over 1,000 records a room when it is loaded).
 NAMESPACES: Final = Namespaces(
     {
         NamespaceName("chat"): NamespaceOptions(
-            history=HistoryOptions(1000, 3_600_000), max_data_bytes=MAX_DATA_BYTES
+            history=HistoryOptions(100_000, 3_600_000), max_data_bytes=MAX_DATA_BYTES
         )
     }
 )

@@ -51,7 +51,7 @@ class PostgresTarget:
         for name, value in (options or {}).items():
             if name not in FILE_SETTINGS:
                 raise ConfigError(
-                    f"brokers.postgres: unknown setting {name!r}; known: {list(FILE_SETTINGS)}"
+                    f"brokers.postgres: unknown setting {name!r}; known: {sorted(FILE_SETTINGS)}"
                 )
             settings[name] = value
         parts = urlsplit(url)

@@ -87,7 +87,7 @@ def _file_settings(options: Mapping[str, object]) -> tuple[str, bool, bool]:
     for name in options:
         if name not in FILE_SETTINGS:
             raise ConfigError(
-                f"brokers.redis: unknown setting {name!r}; known: {list(FILE_SETTINGS)}"
+                f"brokers.redis: unknown setting {name!r}; known: {sorted(FILE_SETTINGS)}"
             )
     prefix = options.get("prefix", DEFAULT_PREFIX)
     if not isinstance(prefix, str):
