@@ -42,7 +42,7 @@ from tidings.errors import (
 )
 from tidings.hub.sessions import SessionRegistry
 from tidings.server.auth import api_key_refusal
-from tidings.server.hot_channels import rate_fields
+from tidings.server.hot_channels import MAX_HOT_CHANNELS_TOP, rate_fields
 from tidings.transports.close_codes import is_reconnectable
 from tidings.transports.context import TransportContext
 from tidings.transports.http import (
@@ -283,7 +283,7 @@ class ServerApi:
         heat = hub.heat
         if heat is None:
             raise BadRequest("hot channels are not tracked on this node (hot_channels = false)")
-        top = query_int(query.get("top"), "top", 1, heat.capacity, default=1)
+        top = query_int(query.get("top"), "top", 1, MAX_HOT_CHANNELS_TOP, default=1)
         counts = hub.channels()
         return json_response(
             {
