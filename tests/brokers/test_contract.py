@@ -26,6 +26,7 @@ from redis.crc import key_slot
 
 from tests.support.clock import FakeClock
 from tests.support.handler import Recording, RecordingCommands, RecordingHandler
+from tests.support.nats_server import make_nats_broker
 from tests.support.redis_cluster import (
     LocalRedisCluster,
     RedisServer,
@@ -107,11 +108,13 @@ BROKER_FACTORIES = [
     pytest.param(make_fast_sqlite_broker, id="sqlite-fast"),
     pytest.param(make_redis_broker, id="redis"),
     pytest.param(make_redis_cluster_broker, id="redis-cluster"),
+    pytest.param(make_nats_broker, id="nats"),
 ]
 # Brokers whose nodes share one backend: what one node does, another hears.
 SHARED_BROKER_FACTORIES = [
     pytest.param(make_redis_broker, id="redis"),
     pytest.param(make_redis_cluster_broker, id="redis-cluster"),
+    pytest.param(make_nats_broker, id="nats"),
 ]
 
 

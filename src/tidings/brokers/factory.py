@@ -73,12 +73,16 @@ _REDIS: Final = BrokerKind(
     "redis",
     ("redis://host:port/db", "redis-cluster://host:port"),
 )
+_NATS: Final = BrokerKind(
+    "nats", "tidings.brokers.nats", "NatsBroker", "nats", "nats", ("nats://host:port",)
+)
 # URL scheme -> broker. Add a broker here, not with another ``if``.
 BROKER_SCHEMES: Final[dict[str, BrokerKind]] = {
     "redis": _REDIS,
     "rediss": _REDIS,
     "unix": _REDIS,
     "redis-cluster": _REDIS,
+    "nats": _NATS,
 }
 _FORMS: Final = ["memory", *dict.fromkeys(f for k in BROKER_SCHEMES.values() for f in k.forms)]
 _KNOWN_FORMS: Final = f"{', '.join(_FORMS[:-1])} or {_FORMS[-1]}"

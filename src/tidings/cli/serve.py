@@ -65,7 +65,8 @@ def config_option(function: click.decorators.FC) -> click.decorators.FC:
 @click.option(
     "--broker",
     default=None,
-    help="Broker URL: memory (default), redis://host:port/db or redis-cluster://host:port. "
+    help="Broker URL: memory (default), redis://host:port/db, redis-cluster://host:port "
+    "or nats://host:port. "
     "Env: TIDINGS_BROKER.",
 )
 @click.option(

@@ -1,0 +1,859 @@
+"""The NATS broker: many stateless nodes share channels through NATS with JetStream.
+
+Network I/O with ``nats-py``. JetStream is the truth. Every channel is one subject of
+one history stream (``nats_stream``: why one stream, what a stored body holds, where
+epochs come from; ``nats_subjects``: how a channel name becomes a subject token).
+
+Publishing (gap-free offsets by optimistic concurrency). A publish reads the channel's
+head (its last stored message: epoch, offset, stream sequence), and publishes offset + 1
+with ``Nats-Expected-Last-Subject-Sequence`` set to the head's sequence: the stream
+stores it only if no other publication of the channel came in between, and otherwise
+answers "wrong last sequence", and the publisher reads the head again and retries. So
+publishers on any number of nodes yield offsets 1..N, each once, and the stream's order
+is the offset order. Within one node, publishes of a channel take turns (a lock per
+channel, with the head of the last one kept), so a node never races itself: one
+request per publication, and conflicts only between nodes. The other scheme measured,
+a counter in a KV bucket taken before publishing, was slower and can leave holes (a
+node dying between taking an offset and storing it): docs/brokers/nats.md.
+
+Idempotency. Every publish carries a ``Nats-Msg-Id``, kept across its retries, so a
+retry after a lost answer is recognised by the stream (``duplicate``) instead of stored
+twice. With an idempotency key the id is derived from channel and key
+(``nats_subjects.key_message_id``): any node publishing the key again gets the
+original's sequence from JetStream's duplicate window, and returns the original's
+position with ``duplicate=True``, unless tidings' own window (judged with this node's
+clock on the original's timestamp) let it go; then the id becomes a successor that
+every node derives alike, and the key is published anew.
+
+Delivery. The stream republishes each stored message on the channel's live subject;
+a node subscribes, with core NATS, to the live subjects of the channels its hub has
+subscribers in. Each channel's ``_ChannelState`` keeps ``last``, the position of the
+last publication handed to the hub, and judges each arrival with
+``core.catchup.decide_catch_up``: the next one is delivered, a repeat dropped, and a
+hole (or a new epoch) makes the channel *sync*: live arrivals queue while history after
+``last`` is read and delivered, then the queue is drained by the same rule.
+
+A lost connection. nats-py reconnects (and subscribes again) by itself; from the loss
+until every subscribed channel has been synced from history this node is not ready
+(``is_ready`` false), live arrivals queue, and a publish fails at once with
+``BrokerUnavailable`` (nothing sent). A publish whose answer does not come within
+``publish_timeout_s`` raises ``BrokerError`` (it may have been stored: retry with the
+same key). Never a success for a publication the stream did not store.
+
+Presence (``nats_presence``) is a key-value bucket with an age limit; node commands
+travel on one core subject (``<prefix>.control``), as frames of ``redis_control``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import parse_qsl, urlsplit
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from tidings.brokers.base import (
+    HistoryRead,
+    NodeCommand,
+    NodeCommandHandler,
+    PublicationHandler,
+    PublishResult,
+)
+from tidings.brokers.nats_presence import (
+    PRESENCE_HEADER,
+    PRESENCE_LIFETIME_S,
+    PRESENCE_REFRESH_S,
+    NatsPresence,
+)
+from tidings.brokers.nats_stream import (
+    STREAM_NOT_FOUND,
+    WRONG_LAST_SEQUENCE,
+    HistoryStream,
+    JetStreamError,
+    StoredPublication,
+    StreamMissing,
+    StreamSettings,
+    decode_body,
+    encode_body,
+)
+from tidings.brokers.nats_subjects import (
+    DEFAULT_PREFIX,
+    control_subject,
+    history_subject,
+    is_valid_prefix,
+    key_message_id,
+    live_subject,
+)
+from tidings.brokers.redis_control import RedisNodeControl
+from tidings.clock import Clock, SystemClock
+from tidings.core.backoff import Backoff
+from tidings.core.catchup import CatchUp, decide_catch_up
+from tidings.core.channel import ChannelName
+from tidings.core.dedupe import DedupeOptions, dedupe_key
+from tidings.core.history import HistoryOptions
+from tidings.core.namespace import Namespaces
+from tidings.core.publication import ClientInfo, Position, Publication
+from tidings.core.recovery import Gap, GapReason, Replay, decide_recovery, latest
+from tidings.errors import BrokerError, BrokerUnavailable, ConfigError
+
+__all__ = ["NatsBroker"]
+
+logger = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_S: Final = 1.5
+PROBE_TIMEOUT_S: Final = 1.0
+RECONNECT_WAIT_S: Final = 0.25
+RETRY_BASE_DELAY_S: Final = 0.05
+RETRY_MAX_DELAY_S: Final = 2.0
+# The settings of ``[brokers.nats]``; the URL's query may set them too.
+FILE_SETTINGS: Final = ("prefix", "replicas", "storage")
+_STORAGES: Final = ("file", "memory")
+
+
+@dataclass(frozen=True, slots=True)
+class NatsTarget:
+    """Where NATS is and how the broker lays its things out there, from a broker URL."""
+
+    servers: tuple[str, ...]
+    prefix: str
+    replicas: int
+    storage: str
+
+    @classmethod
+    def parse(cls, url: str, options: Mapping[str, object] | None = None) -> NatsTarget:
+        """Read ``nats://host:port[,host:port...]`` and ``[brokers.nats]`` (``options``).
+
+        ``prefix`` (default ``tidings``) starts every subject and names the stream and
+        bucket; ``replicas`` (default 1) is the stream's replication in a cluster;
+        ``storage`` is ``file`` (default) or ``memory``. The URL's query wins.
+
+        Raises:
+            ConfigError: an unknown setting or a bad value.
+        """
+        settings: dict[str, object] = {}
+        for name, value in (options or {}).items():
+            if name not in FILE_SETTINGS:
+                raise ConfigError(
+                    f"brokers.nats: unknown setting {name!r}; known: {list(FILE_SETTINGS)}"
+                )
+            settings[name] = value
+        parts = urlsplit(url)
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            if name not in FILE_SETTINGS:
+                raise ConfigError(
+                    f"broker URL: unknown setting {name!r}; known: {list(FILE_SETTINGS)}"
+                )
+            settings[name] = value
+        prefix = str(settings.get("prefix", DEFAULT_PREFIX))
+        if not is_valid_prefix(prefix):
+            raise ConfigError(
+                f"brokers.nats.prefix must be 1 to 64 of A-Z a-z 0-9 _ -, got {prefix!r}"
+            )
+        replicas_value = settings.get("replicas", 1)
+        try:
+            replicas = int(str(replicas_value))
+        except ValueError:
+            replicas = 0
+        if not 1 <= replicas <= 5:
+            raise ConfigError(f"brokers.nats.replicas must be 1 to 5, got {replicas_value!r}")
+        storage = str(settings.get("storage", "file"))
+        if storage not in _STORAGES:
+            raise ConfigError(f"brokers.nats.storage must be file or memory, got {storage!r}")
+        if parts.scheme not in ("nats", "tls") or not parts.netloc:
+            raise ConfigError(f"broker {url!r}: use nats://host:port[,host:port...]")
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        credentials = f"{userinfo}@" if userinfo else ""
+        servers = tuple(f"{parts.scheme}://{credentials}{host}" for host in hosts.split(","))
+        return cls(servers, prefix, replicas, storage)
+
+
+@dataclass(frozen=True, slots=True)
+class _Head:
+    """A channel's last stored publication as a publisher needs it."""
+
+    seq: int
+    epoch: str
+    offset: int
+
+
+@dataclass(slots=True, eq=False)
+class _Sequencer:
+    """Publishes of one channel on this node take turns; ``head`` is the last one's."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    head: _Head | None = None
+    users: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _ChannelState:
+    """This node's subscription to one channel; see the module docstring."""
+
+    channel: ChannelName
+    ready: asyncio.Future[None]
+    sub: Subscription | None = None
+    last: Position | None = None  # the last publication handed to the hub
+    buffer: list[Publication] | None = None  # live arrivals held while syncing
+    sync_needed: bool = False
+    sync_task: asyncio.Task[None] | None = None
+
+
+class NatsBroker:
+    """A broker shared by many nodes through NATS JetStream; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        namespaces: Namespaces,
+        *,
+        clock: Clock | None = None,
+        dedupe: DedupeOptions | None = None,
+        publish_timeout_s: float = PUBLISH_TIMEOUT_S,
+        node_id: str | None = None,
+        options: Mapping[str, object] | None = None,
+        presence_lifetime_s: float = PRESENCE_LIFETIME_S,
+        presence_refresh_s: float = PRESENCE_REFRESH_S,
+    ) -> None:
+        """Prepare a broker for ``url``; nothing connects before ``start``.
+
+        Raises:
+            ConfigError: the URL or ``options`` is not one this broker reads.
+        """
+        self._target = NatsTarget.parse(url, options)
+        self._display_url = ",".join(s.rpartition("@")[2] for s in self._target.servers)
+        self._namespaces = namespaces
+        self._clock = clock or SystemClock()
+        self._dedupe = dedupe or DedupeOptions()
+        self._publish_timeout_s = publish_timeout_s
+        self.node_id = node_id or secrets.token_hex(8)
+        self._prefix = self._target.prefix
+        sizes = [options.history.size for _, options in namespaces.items()]
+        self._settings = StreamSettings(
+            self._prefix,
+            self._target.replicas,
+            self._target.storage,
+            max([1, *sizes]),  # at least 1: the last message is the channel's head
+            max(1_000, self._dedupe.window_ms),
+        )
+        try:
+            self._presence = NatsPresence(
+                self._prefix,
+                self.node_id,
+                replicas=self._target.replicas,
+                lifetime_s=presence_lifetime_s,
+                refresh_s=presence_refresh_s,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self._control = RedisNodeControl(self.node_id)
+        self._client: Client | None = None
+        self._stream: HistoryStream | None = None
+        self._epoch = ""  # of channels never published to: the stream's
+        self._on_publication: PublicationHandler | None = None
+        self._states: dict[ChannelName, _ChannelState] = {}
+        self._sequencers: dict[ChannelName, _Sequencer] = {}
+        self._healthy = False
+        self._closed = False
+        self._background: asyncio.Task[None] | None = None
+        self._debug = logger.isEnabledFor(logging.DEBUG)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self, on_publication: PublicationHandler) -> None:
+        """Connect and start delivering; if NATS cannot be reached now, keep trying in
+        the background (not ready until then).
+
+        Raises:
+            BrokerError: the broker was closed.
+        """
+        if self._closed:
+            raise BrokerError("the NATS broker was closed; make a new one")
+        self._on_publication = on_publication
+        if self._client is not None or self._background is not None:
+            return
+        try:
+            await self._connect()
+        except Exception as exc:  # nats-py raises its own tree and OSError
+            logger.warning(
+                "NATS at %s is not reachable (%s); retrying in the background",
+                self._display_url,
+                exc,
+            )
+            self._run_in_background(self._connect_forever(), "connect")
+            return
+        logger.info("NATS broker connected to %s", self._display_url)
+
+    async def _connect(self) -> None:
+        client = await nats.connect(
+            servers=list(self._target.servers),
+            name=f"tidings-{self.node_id}",
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=RECONNECT_WAIT_S,
+            connect_timeout=2,
+            ping_interval=2,
+            max_outstanding_pings=2,
+            disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected,
+            error_cb=self._error,
+        )
+        self._client = client
+        self._stream = HistoryStream(client, self._settings)
+        await client.subscribe(control_subject(self._prefix), cb=self._on_control)
+        await self._prepare()
+        self._healthy = True
+
+    async def _prepare(self) -> None:
+        """Make (or find) the stream and the bucket: after a connect and a reconnect."""
+        assert self._stream is not None
+        self._epoch = await self._stream.ensure()
+        client = self._client
+        assert client is not None
+        await self._presence.start(client)
+
+    async def _connect_forever(self) -> None:
+        delay = self._backoff()
+        while not self._closed:
+            try:
+                await self._connect()
+            except Exception as exc:  # the task boundary: whatever failed, try again
+                if self._client is not None:
+                    await self._client.close()
+                    self._client = None
+                wait_s = delay.next_delay_s()
+                logger.warning("connecting to NATS failed (%s); next try in %.2f s", exc, wait_s)
+                await asyncio.sleep(wait_s)
+                continue
+            logger.info("NATS broker connected to %s", self._display_url)
+            return
+
+    def _run_in_background(self, work: object, what: str) -> None:
+        assert asyncio.iscoroutine(work)
+        task = asyncio.get_running_loop().create_task(work, name=f"tidings nats {what}")
+        self._background = task
+        task.add_done_callback(lambda _: setattr(self, "_background", None))
+
+    async def close(self) -> None:
+        """Stop delivering and close the connection; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._healthy = False
+        self._on_publication = None
+        tasks = [] if self._background is None else [self._background]
+        tasks += [s.sync_task for s in self._states.values() if s.sync_task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._presence.close()
+        for state in self._states.values():
+            if not state.ready.done():
+                state.ready.cancel()
+        self._states.clear()
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.close()
+        logger.info("NATS broker closed")
+
+    async def is_ready(self) -> bool:
+        """Whether NATS answers now (a round trip within a second) and every subscribed
+        channel is subscribed and synced."""
+        client = self._client
+        if self._closed or not self._healthy or client is None or not client.is_connected:
+            return False
+        try:
+            await client.flush(timeout=_whole_seconds(PROBE_TIMEOUT_S))
+        except Exception:  # no answer in time, or the connection went: not ready
+            return False
+        return self._healthy
+
+    def _backoff(self) -> Backoff:
+        return Backoff(base_s=RETRY_BASE_DELAY_S, cap_s=RETRY_MAX_DELAY_S, uniform=random.uniform)
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def _connected_stream(self, what: str) -> HistoryStream:
+        client, stream = self._client, self._stream
+        if self._closed or client is None or stream is None or not client.is_connected:
+            raise BrokerUnavailable(f"{what} failed: NATS is not reachable now; nothing was sent")
+        return stream
+
+    async def publish(
+        self,
+        channel: ChannelName,
+        data: bytes,
+        *,
+        key: str | None = None,
+        info: ClientInfo | None = None,
+    ) -> PublishResult:
+        """Publish ``data`` in ``channel`` (see the module docstring).
+
+        Raises:
+            BrokerUnavailable: NATS is not reachable now; nothing was sent.
+            BrokerError: NATS failed or did not answer in time; the publication may
+                or may not have been made (retry with the same ``key``).
+        """
+        what = f"publishing in {channel}"
+        self._connected_stream(what)
+        sequencer = self._sequencers.get(channel)
+        if sequencer is None:
+            sequencer = self._sequencers[channel] = _Sequencer()
+        sequencer.users += 1
+        sent = [False]
+        try:
+            async with asyncio.timeout(self._publish_timeout_s), sequencer.lock:
+                return await self._publish_in_turn(
+                    channel, sequencer, data=data, key=key, info=info, sent=sent
+                )
+        except TimeoutError as exc:
+            if not sent[0]:
+                raise BrokerUnavailable(
+                    f"{what} failed: NATS did not answer within {self._publish_timeout_s:g} s; "
+                    "it was not sent"
+                ) from exc
+            raise BrokerError(
+                f"{what} failed: NATS did not answer within {self._publish_timeout_s:g} s; "
+                "it may have been published; retry with the same key"
+            ) from exc
+        finally:
+            sequencer.users -= 1
+            if sequencer.users == 0 and self._sequencers.get(channel) is sequencer:
+                del self._sequencers[channel]  # memory stays bounded by publishes under way
+
+    async def _publish_in_turn(
+        self,
+        channel: ChannelName,
+        sequencer: _Sequencer,
+        *,
+        data: bytes,
+        key: str | None,
+        info: ClientInfo | None,
+        sent: list[bool],
+    ) -> PublishResult:
+        what = f"publishing in {channel}"
+        now_ms = self._clock.now_ms()
+        remembered = None if key is None else dedupe_key(key, info)
+        message_id = (
+            f"p-{secrets.token_hex(12)}"
+            if remembered is None
+            else key_message_id(channel, remembered, 0)
+        )
+        subject = history_subject(self._prefix, channel)
+        while True:
+            stream = self._connected_stream(what)
+            head = sequencer.head or await self._read_head(channel, fresh_epoch=True)
+            offset = head.offset + 1
+            body = encode_body(
+                head.epoch, offset=offset, prev=head.seq, data=data, ts=now_ms, key=key, info=info
+            )
+            stream = self._connected_stream(what)  # checked again: nats-py would queue it
+            sent[0] = True
+            try:
+                seq, duplicate = await stream.publish(
+                    subject,
+                    body,
+                    expected_last=head.seq,
+                    message_id=message_id,
+                    timeout_s=self._publish_timeout_s,
+                )
+            except StreamMissing:
+                sequencer.head = None
+                self._epoch = await stream.ensure()  # lost with its history: a new epoch
+                continue
+            except JetStreamError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                sequencer.head = None  # another node published first: read the head again
+                continue
+            if not duplicate:
+                sequencer.head = _Head(seq, head.epoch, offset)
+                return PublishResult(Position(head.epoch, offset))
+            sequencer.head = None
+            original = await stream.at(channel, seq)
+            if original is None:
+                raise BrokerError(
+                    f"{what}: key {key!r} was published already, but that publication has "
+                    "left the history, so its position is unknown"
+                )
+            expired = now_ms - original.publication.ts > self._dedupe.window_ms
+            if remembered is not None and expired:
+                message_id = key_message_id(channel, remembered, seq)
+                continue
+            # A key's repeat, or this very publish landed by an earlier try of it.
+            return PublishResult(original.publication.position, duplicate=remembered is not None)
+
+    async def _read_head(self, channel: ChannelName, *, fresh_epoch: bool) -> _Head:
+        """Return ``channel``'s head; for a channel never published to, at the stream's
+        epoch (read now with ``fresh_epoch``: the stream may have been made again)."""
+        last = await self._last(channel)
+        if last is not None:
+            return _Head(last.seq, last.publication.epoch, last.publication.offset)
+        if fresh_epoch:
+            assert self._stream is not None
+            self._epoch = await self._stream.ensure()
+        return _Head(0, self._epoch, 0)
+
+    async def _last(self, channel: ChannelName) -> StoredPublication | None:
+        stream = self._connected_stream(f"reading the history of {channel}")
+        subject = history_subject(self._prefix, channel)
+        try:
+            return await stream.last(channel, subject)
+        except JetStreamError as exc:
+            if exc.err_code != STREAM_NOT_FOUND:
+                raise
+            self._epoch = await stream.ensure()
+            return None
+
+    # -- history -----------------------------------------------------------------------
+
+    async def history(
+        self, channel: ChannelName, since: Position | None = None, limit: int | None = None
+    ) -> HistoryRead:
+        """Read ``channel``'s head and history (``Broker.history``), walking back from
+        the head only as far as the answer needs.
+
+        Raises:
+            BrokerError: NATS failed or is unreachable.
+        """
+        options = self._namespaces.options_for(channel).history
+        last = await self._last(channel)
+        if last is None:
+            epoch, head_offset = self._epoch, 0
+        else:
+            epoch, head_offset = last.publication.epoch, last.publication.offset
+        if since is None:
+            wanted = options.size if limit is None else min(max(limit, 0), options.size)
+        elif since.epoch != epoch or not 0 < head_offset - since.offset <= options.size:
+            wanted = 0  # a gap, or nothing to replay: the head alone decides
+        else:
+            wanted = head_offset - since.offset
+        now_ms = self._clock.now_ms()
+        publications = await self._walk_back(channel, last, wanted, now_ms - options.ttl_ms)
+        retained = _retained(publications, head_offset, options, now_ms)
+        head = Position(epoch, head_offset)
+        if since is None:
+            return HistoryRead(head, Replay(latest(retained, limit)))
+        return HistoryRead(head, decide_recovery(since, epoch, head_offset, retained, limit))
+
+    async def _walk_back(
+        self, channel: ChannelName, last: StoredPublication | None, wanted: int, oldest_ms: int
+    ) -> list[Publication]:
+        """Return up to ``wanted`` publications ending with ``last``, oldest first,
+        stopping at one evicted or older than ``oldest_ms``."""
+        found: list[Publication] = []
+        current = last
+        while current is not None and len(found) < wanted:
+            if current.publication.ts < oldest_ms:
+                break
+            found.append(current.publication)
+            if current.prev == 0 or len(found) == wanted:
+                break
+            stream = self._connected_stream(f"reading the history of {channel}")
+            current = await stream.at(channel, current.prev)
+        found.reverse()
+        return found
+
+    # -- presence and node commands ----------------------------------------------------
+
+    @property
+    def presence_store(self) -> NatsPresence:
+        """Presence shared by every node on this NATS (``HasPresenceStore``)."""
+        return self._presence
+
+    def listen(self, on_command: NodeCommandHandler) -> None:
+        """Hand node commands, this node's and others', to ``on_command``."""
+        self._control.listen(on_command)
+
+    async def send_to_nodes(self, command: NodeCommand) -> int:
+        """Handle ``command`` here, then publish it to the other nodes.
+
+        Returns:
+            1: core NATS does not count receivers; every connected node gets it.
+
+        Raises:
+            BrokerError: NATS is unreachable; only this node handled it.
+        """
+        self._control.handle(command)
+        client = self._client
+        what = "telling the other nodes"
+        if self._closed or client is None or not client.is_connected:
+            raise BrokerUnavailable(f"{what} failed: NATS is not reachable now")
+        try:
+            await client.publish(control_subject(self._prefix), self._control.encode(command))
+            await client.flush(timeout=_whole_seconds(self._publish_timeout_s))
+        except Exception as exc:  # nats-py's time-outs and connection errors
+            raise BrokerError(f"{what} failed: {exc!r}") from exc
+        return 1
+
+    async def _on_control(self, msg: Msg) -> None:
+        self._control.receive(msg.data)
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    async def subscribe(self, channel: ChannelName) -> None:
+        """Deliver ``channel``'s publications to this node; returns once NATS has the
+        subscription and this node knows the channel's head.
+
+        Raises:
+            BrokerError: NATS is unreachable now (the broker is reconnecting).
+        """
+        state = self._states.get(channel)
+        if state is not None:
+            await asyncio.shield(state.ready)
+            return
+        client = self._client
+        if self._closed or not self._healthy or client is None or not client.is_connected:
+            raise BrokerError(f"cannot subscribe {channel}: NATS is not reachable now")
+        state = _ChannelState(channel, asyncio.get_running_loop().create_future())
+        self._states[channel] = state
+        try:
+
+            async def on_message(msg: Msg) -> None:
+                self._on_message(state, msg)
+
+            state.sub = await client.subscribe(live_subject(self._prefix, channel), cb=on_message)
+            await client.flush(
+                timeout=_whole_seconds(self._publish_timeout_s)
+            )  # NATS has the subscription
+            read = await self.history(channel, limit=0)
+        except BaseException as exc:
+            if self._states.get(channel) is state:
+                await self._drop(state)
+            if isinstance(exc, Exception) and not isinstance(exc, BrokerError):
+                error = BrokerError(f"subscribing {channel} failed: {exc!r}")
+                state.ready.set_exception(error)
+                state.ready.exception()  # retrieved: there may be no other waiter
+                raise error from exc
+            state.ready.cancel()
+            raise
+        if state.last is None:
+            state.last = read.head
+        state.ready.set_result(None)
+
+    async def unsubscribe(self, channel: ChannelName) -> None:
+        """Stop delivering ``channel``'s publications to this node; idempotent."""
+        state = self._states.get(channel)
+        if state is None:
+            return
+        if not state.ready.done():
+            await asyncio.wait([state.ready])
+        if self._states.get(channel) is state:
+            await self._drop(state)
+
+    async def _drop(self, state: _ChannelState) -> None:
+        """Forget ``state``: nothing more is delivered for it."""
+        if self._states.get(state.channel) is state:
+            del self._states[state.channel]
+        if state.sync_task is not None:
+            state.sync_task.cancel()
+        if state.sub is not None:
+            with contextlib.suppress(Exception):  # gone with its connection: nothing to undo
+                await state.sub.unsubscribe()
+
+    # -- receiving ---------------------------------------------------------------------
+
+    def _on_message(self, state: _ChannelState, msg: Msg) -> None:
+        if self._states.get(state.channel) is not state:
+            return  # unsubscribed meanwhile
+        headers = msg.headers or {}
+        if PRESENCE_HEADER in headers:
+            self._presence.receive(msg)
+            return
+        try:
+            seq = int(headers.get("Nats-Sequence", "0"))
+            publication = decode_body(state.channel, msg.data, seq).publication
+        except (BrokerError, ValueError):
+            logger.error("unreadable publication on %s: %r", msg.subject, msg.data[:200])
+            return
+        if self._debug:
+            logger.debug("received %s at %s", publication.channel, publication.position)
+        if state.buffer is not None:
+            state.buffer.append(publication)
+        elif not self._accept(state, publication):
+            state.buffer = [publication]
+            self._request_sync(state)
+
+    def _accept(self, state: _ChannelState, publication: Publication) -> bool:
+        """Deliver ``publication`` if it follows ``state.last``; drop a repeat. Return
+        False (delivering nothing) when publications before it are missing."""
+        outcome = decide_catch_up(state.last, publication.position)
+        if outcome is CatchUp.GAP:
+            # Another epoch: the stream was made again. Hold it from its start.
+            state.last = Position(publication.epoch, 0)
+            if publication.offset != 1:
+                return False
+        elif outcome is not CatchUp.DELIVER:
+            return outcome is CatchUp.ALREADY_HAD
+        state.last = publication.position
+        handler = self._on_publication
+        if handler is not None:
+            try:
+                handler(publication)
+            except Exception:  # a faulty handler must not stop delivery
+                logger.exception("publication handler failed on %s", publication.channel)
+        return True
+
+    # -- syncing: filling gaps from history ------------------------------------------------
+
+    def _request_sync(self, state: _ChannelState) -> None:
+        if state.buffer is None:
+            state.buffer = []
+        state.sync_needed = True
+        if state.sync_task is None and not self._closed:
+            state.sync_task = asyncio.get_running_loop().create_task(
+                self._sync(state), name=f"tidings nats sync {state.channel}"
+            )
+
+    async def _sync(self, state: _ChannelState) -> None:
+        delay = self._backoff()
+        try:
+            while state.sync_needed and self._states.get(state.channel) is state:
+                state.sync_needed = False
+                try:
+                    await self._sync_once(state)
+                except Exception as exc:  # the task boundary: the channel must not stall
+                    state.sync_needed = True
+                    expected = isinstance(exc, BrokerError)
+                    logger.log(
+                        logging.WARNING if expected else logging.ERROR,
+                        "filling the gap of %s failed: %s",
+                        state.channel,
+                        exc,
+                        exc_info=not expected,
+                    )
+                    await asyncio.sleep(delay.next_delay_s())
+        finally:
+            state.sync_task = None
+
+    async def _sync_once(self, state: _ChannelState) -> None:
+        channel = state.channel
+        since = state.last
+        read = await self.history(channel, since)
+        if self._states.get(channel) is not state:
+            return
+        recovery = read.recovery
+        if since is None:
+            state.last = read.head
+        elif isinstance(recovery, Gap):
+            self._jump(state, since, read.head, recovery)
+            state.sync_needed = True
+            return
+        else:
+            for publication in recovery.publications:
+                self._accept(state, publication)
+        buffered = state.buffer or []
+        state.buffer = None
+        for index, publication in enumerate(buffered):
+            if publication.epoch != read.head.epoch:
+                continue  # of a stream since made again: stale
+            if not self._accept(state, publication):
+                state.buffer = buffered[index:]
+                state.sync_needed = True
+                return
+
+    def _jump(self, state: _ChannelState, since: Position, head: Position, gap: Gap) -> None:
+        """Move ``state.last`` past a gap history cannot fill."""
+        if gap.reason is GapReason.EPOCH_CHANGED:
+            logger.warning(
+                "the NATS stream lost %s (made again): epoch %s replaced %s",
+                state.channel,
+                head.epoch,
+                since.epoch,
+            )
+            state.last = Position(head.epoch, 0)
+        elif gap.reason is GapReason.AHEAD_OF_HEAD:
+            logger.warning(
+                "the NATS stream holds %s only up to %s, behind %s (it lost stored data)",
+                state.channel,
+                head,
+                since,
+            )
+            state.last = head
+        else:
+            options = self._namespaces.options_for(state.channel).history
+            first = max(1, head.offset - options.size + 1)
+            logger.warning(
+                "publications %d..%d of %s left history before this node received them",
+                since.offset + 1,
+                first - 1,
+                state.channel,
+            )
+            state.last = Position(head.epoch, first - 1)
+
+    # -- a lost connection -----------------------------------------------------------------
+
+    async def _disconnected(self) -> None:
+        if self._closed:
+            return
+        if self._healthy:
+            logger.warning("lost the connection to NATS at %s", self._display_url)
+        self._healthy = False
+        for state in self._states.values():
+            if state.buffer is None:
+                state.buffer = []  # hold live arrivals until history filled the gap
+
+    async def _reconnected(self) -> None:
+        if self._closed or self._background is not None:
+            return
+        self._run_in_background(self._recover(), "recovery")
+
+    async def _error(self, exc: Exception) -> None:
+        logger.debug("NATS client error: %r", exc)
+
+    async def _recover(self) -> None:
+        """After a reconnect (nats-py subscribed again): find the stream, then sync
+        every channel before being ready again."""
+        delay = self._backoff()
+        while not self._closed:
+            try:
+                await self._prepare()
+                states = list(self._states.values())
+                for state in states:
+                    self._request_sync(state)
+                tasks = [s.sync_task for s in states if s.sync_task is not None]
+                await asyncio.gather(*tasks, return_exceptions=True)
+                if any(s.sync_needed or s.buffer is not None for s in states):
+                    raise BrokerError("some channels are not synced yet")
+                await self._presence.restore()
+            except Exception as exc:  # the task boundary: whatever failed, try again
+                wait_s = delay.next_delay_s()
+                logger.warning(
+                    "recovering from a NATS reconnect failed (%s); again in %.2f s", exc, wait_s
+                )
+                await asyncio.sleep(wait_s)
+                continue
+            self._healthy = True
+            logger.info(
+                "reconnected to NATS at %s; synced %d channels", self._display_url, len(states)
+            )
+            return
+
+
+def _whole_seconds(seconds: float) -> int:
+    """A time-out for nats-py's ``flush``, which takes whole seconds (at least one)."""
+    return max(1, math.ceil(seconds))
+
+
+def _retained(
+    publications: list[Publication], head_offset: int, options: HistoryOptions, now_ms: int
+) -> list[Publication]:
+    """Keep what the namespace retains: the last ``size`` offsets, none older than the
+    ttl (as ``ChannelHistory`` does)."""
+    first_kept = head_offset - options.size + 1
+    oldest_ms = now_ms - options.ttl_ms
+    start = 0
+    while start < len(publications) and (
+        publications[start].offset < first_kept or publications[start].ts < oldest_ms
+    ):
+        start += 1
+    return publications[start:]

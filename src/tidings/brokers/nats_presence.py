@@ -1,0 +1,261 @@
+"""Presence for the NATS broker (``PresenceStore``): a JetStream key-value bucket whose
+entries expire, and presence frames on each channel's live subject. Network I/O through
+a ``nats.aio`` client.
+
+Each node owns one key per channel it has clients in, ``<channel token>.<node token>``
+in the bucket ``<prefix>-presence``, holding ``{client id: user}`` of its clients
+there. Only that node writes it, so a join or leave is one put of the node's current
+map, never a read-modify-write race with other nodes. The bucket's age limit
+(``lifetime_s``) drops a key its node stopped renewing (killed, cut off); a live node
+puts all its keys again every ``refresh_s``. ``presence(channel)`` reads the last value
+of every key of the channel with an ephemeral consumer (``last_per_subject``), so the
+answer is the bucket's at the time of the call.
+
+Changes travel as frames on the channel's live subject, told apart from publications
+(which carry ``Nats-Stream``) by the ``Tidings-Presence`` header; a node ignores its
+own. One node sends its frames on one connection, so other nodes hear them in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Final, Literal
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from tidings.brokers.base import PresenceChange, PresenceHandler
+from tidings.brokers.nats_subjects import (
+    live_subject,
+    name_of,
+    presence_bucket,
+    presence_key,
+    token_of,
+)
+from tidings.core.channel import ChannelName
+from tidings.errors import BrokerError, BrokerUnavailable
+
+logger = logging.getLogger(__name__)
+
+PRESENCE_LIFETIME_S: Final = 30.0
+PRESENCE_REFRESH_S: Final = 10.0
+PRESENCE_HEADER: Final = "Tidings-Presence"
+READ_TIMEOUT_S: Final = 5.0
+
+
+class _Frame(msgspec.Struct, frozen=True):
+    kind: Literal["join", "leave"]
+    node: str
+    client: str
+    user: str
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_frame = msgspec.json.Decoder(_Frame).decode
+_decode_map = msgspec.json.Decoder(dict[str, str]).decode
+
+
+class _Created(msgspec.Struct, frozen=True):
+    name: str = ""
+    num_pending: int = 0
+    error: dict[str, object] | None = None
+
+
+_decode_created = msgspec.json.Decoder(_Created).decode
+
+
+class NatsPresence:
+    """This node's side of presence on NATS; see the module docstring."""
+
+    def __init__(
+        self,
+        prefix: str,
+        node: str,
+        *,
+        replicas: int,
+        lifetime_s: float = PRESENCE_LIFETIME_S,
+        refresh_s: float = PRESENCE_REFRESH_S,
+    ) -> None:
+        if refresh_s >= lifetime_s:
+            raise ValueError("the presence refresh must be shorter than its lifetime")
+        self._prefix = prefix
+        self._node = node
+        self._replicas = replicas
+        self._lifetime_s = lifetime_s
+        self._refresh_s = refresh_s
+        self._bucket = presence_bucket(prefix)
+        self._stream = f"KV_{self._bucket}"
+        self._client: Client | None = None
+        self._mine: dict[ChannelName, dict[str, str]] = {}
+        self._on_change: PresenceHandler | None = None
+        self._refresher: asyncio.Task[None] | None = None
+
+    def listen(self, on_change: PresenceHandler) -> None:
+        """Hand presence changes made on other nodes to ``on_change`` from now on."""
+        self._on_change = on_change
+
+    async def start(self, client: Client) -> None:
+        """Make the bucket if missing and start renewing this node's keys.
+
+        Raises:
+            BrokerError: the bucket cannot be made.
+        """
+        self._client = client
+        await self.ensure_bucket()
+        if self._refresher is None:
+            self._refresher = asyncio.get_running_loop().create_task(
+                self._refresh_forever(), name="tidings nats presence refresh"
+            )
+
+    async def ensure_bucket(self) -> None:
+        """Make the bucket if missing (again after NATS lost it)."""
+        config = {
+            "name": self._stream,
+            "subjects": [f"$KV.{self._bucket}.>"],
+            "max_msgs_per_subject": 1,
+            "max_age": int(self._lifetime_s * 1e9),
+            "allow_rollup_hdrs": True,
+            "deny_delete": True,
+            "discard": "new",
+            "storage": "file",
+            "num_replicas": self._replicas,
+        }
+        reply = await self._request(f"$JS.API.STREAM.CREATE.{self._stream}", _encode(config))
+        # Made, or made already by another node (same config, or an older one: kept).
+        if b'"error"' in reply and b"already in use" not in reply:
+            raise BrokerError(f"making the presence bucket failed: {reply[:200]!r}")
+
+    async def close(self) -> None:
+        """Stop renewing; this node's keys expire (or go with ``leave``)."""
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
+        self._client = None
+
+    async def _request(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> bytes:
+        client = self._client
+        if client is None or not client.is_connected:
+            raise BrokerUnavailable("presence failed: NATS is not reachable now")
+        try:
+            reply = await client.request(subject, payload, timeout=READ_TIMEOUT_S, headers=headers)
+        except Exception as exc:  # nats-py's time-outs and connection errors
+            raise BrokerError(f"presence failed: {exc!r}") from exc
+        return bytes(reply.data)
+
+    async def _put(self, channel: ChannelName) -> None:
+        clients = self._mine.get(channel, {})
+        subject = f"$KV.{self._bucket}.{presence_key(channel, self._node)}"
+        reply = await self._request(subject, _encode(clients))
+        if b'"error"' in reply:
+            raise BrokerError(f"presence of {channel} failed: {reply[:200]!r}")
+        if not clients:
+            self._mine.pop(channel, None)
+
+    async def _announce(
+        self, kind: Literal["join", "leave"], channel: ChannelName, client: str, user: str
+    ) -> None:
+        nc = self._client
+        if nc is None:
+            return
+        frame = _encode(_Frame(kind, self._node, client, user))
+        with contextlib.suppress(Exception):  # best effort, as on Redis: the bucket is the truth
+            await nc.publish(
+                live_subject(self._prefix, channel), frame, headers={PRESENCE_HEADER: "1"}
+            )
+
+    async def join(self, channel: ChannelName, client_id: str, user: str) -> None:
+        """List ``client_id`` in ``channel`` and tell other nodes (``PresenceStore.join``)."""
+        self._mine.setdefault(channel, {})[client_id] = user
+        await self._put(channel)
+        await self._announce("join", channel, client_id, user)
+
+    async def leave(self, channel: ChannelName, client_id: str) -> None:
+        """Remove ``client_id`` from ``channel`` and tell other nodes; idempotent."""
+        clients = self._mine.get(channel)
+        if clients is None or client_id not in clients:
+            return
+        user = clients.pop(client_id)
+        await self._put(channel)
+        await self._announce("leave", channel, client_id, user)
+
+    async def presence(self, channel: ChannelName) -> dict[str, str]:
+        """Return ``{client_id: user}`` in ``channel`` on every node, read now.
+
+        Raises:
+            BrokerError: NATS failed.
+        """
+        client = self._client
+        if client is None or not client.is_connected:
+            raise BrokerUnavailable("presence failed: NATS is not reachable now")
+        inbox = client.new_inbox()
+        received: asyncio.Queue[Msg] = asyncio.Queue()
+        sub = await client.subscribe(inbox, cb=received.put)
+        try:
+            config = {
+                "deliver_subject": inbox,
+                "ack_policy": "none",
+                "deliver_policy": "last_per_subject",
+                "filter_subject": f"$KV.{self._bucket}.{token_of(channel)}.*",
+                "inactive_threshold": 5_000_000_000,
+                "mem_storage": True,
+            }
+            request = {"stream_name": self._stream, "config": config}
+            created = _decode_created(
+                await self._request(f"$JS.API.CONSUMER.CREATE.{self._stream}", _encode(request))
+            )
+            if created.error is not None:
+                raise BrokerError(f"reading the presence of {channel} failed: {created.error}")
+            users: dict[str, str] = {}
+            pending = created.num_pending
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                while pending > 0:
+                    msg = await received.get()
+                    if not msg.reply:
+                        continue  # a heartbeat or flow control: none asked for, none expected
+                    pending = int(msg.reply.rsplit(".", 1)[1])
+                    if msg.data:
+                        users.update(_decode_map(msg.data))
+            return users
+        except TimeoutError as exc:
+            raise BrokerError(f"reading the presence of {channel} timed out") from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def receive(self, msg: Msg) -> None:
+        """Hand a presence frame from the live subject to the listener, unless it is ours."""
+        try:
+            frame = _decode_frame(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            logger.warning("ignored an unreadable presence frame: %r", msg.data[:200])
+            return
+        if frame.node == self._node or self._on_change is None:
+            return
+        token = msg.subject.rpartition(".")[2]
+        change = PresenceChange(frame.kind, ChannelName(name_of(token)), frame.client, frame.user)
+        try:
+            self._on_change(change)
+        except Exception:  # a faulty handler must not stop delivery
+            logger.exception("presence handler failed on %r", change)
+
+    async def restore(self) -> None:
+        """Put every key of this node again (NATS may have lost them while away)."""
+        for channel in list(self._mine):
+            await self._put(channel)
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            for channel in list(self._mine):
+                try:
+                    await self._put(channel)
+                except BrokerError as exc:
+                    logger.warning("renewing presence in %s failed: %s", channel, exc)
+                    break
