@@ -118,8 +118,8 @@ class NatsServer:
             routes = ",".join(f"nats://{NATS_HOST}:{p}" for p in self.routes)
             command += ["--cluster_name", "tidings-test", "--cluster",
                         f"nats://{NATS_HOST}:{self.cluster_port}", "--routes", routes]  # fmt: skip
-        log = (self.directory / f"{self.name}.log").open("ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        with (self.directory / f"{self.name}.log").open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _listens(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:

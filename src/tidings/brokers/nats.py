@@ -57,7 +57,6 @@ from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import parse_qsl, urlsplit
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -113,6 +112,8 @@ logger = logging.getLogger(__name__)
 PUBLISH_TIMEOUT_S: Final = 1.5
 PROBE_TIMEOUT_S: Final = 1.0
 RECONNECT_WAIT_S: Final = 0.25
+PING_INTERVAL_S: Final = 2.0
+FIRST_CONNECT_WAIT_S: Final = 2.0
 RETRY_BASE_DELAY_S: Final = 0.05
 RETRY_MAX_DELAY_S: Final = 2.0
 # The settings of ``[brokers.nats]``; the URL's query may set them too.
@@ -223,8 +224,16 @@ class NatsBroker:
         options: Mapping[str, object] | None = None,
         presence_lifetime_s: float = PRESENCE_LIFETIME_S,
         presence_refresh_s: float = PRESENCE_REFRESH_S,
+        ping_interval_s: float = PING_INTERVAL_S,
     ) -> None:
         """Prepare a broker for ``url``; nothing connects before ``start``.
+
+        ``options`` is the ``[brokers.nats]`` table (``FILE_SETTINGS``); the URL's query
+        wins. ``node_id`` names this node in presence keys and node commands (random if
+        not given). A client's presence entry outlives its node by at most
+        ``presence_lifetime_s``; each node renews its entries every
+        ``presence_refresh_s``. A connection that answers no PING for two
+        ``ping_interval_s`` is taken as lost (a silent network).
 
         Raises:
             ConfigError: the URL or ``options`` is not one this broker reads.
@@ -265,6 +274,7 @@ class NatsBroker:
         self._healthy = False
         self._closed = False
         self._background: asyncio.Task[None] | None = None
+        self._ping_interval_s = ping_interval_s
         self._debug = logger.isEnabledFor(logging.DEBUG)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -281,33 +291,34 @@ class NatsBroker:
         self._on_publication = on_publication
         if self._client is not None or self._background is not None:
             return
-        try:
-            await self._connect()
-        except Exception as exc:  # nats-py raises its own tree and OSError
+        self._run_in_background(self._connect_forever(), "connect")
+        task = self._background
+        assert task is not None
+        # Ready at once when NATS answers now; otherwise connecting goes on meanwhile.
+        await asyncio.wait([task], timeout=FIRST_CONNECT_WAIT_S)
+        if not self._healthy:
             logger.warning(
-                "NATS at %s is not reachable (%s); retrying in the background",
+                "NATS at %s is not reachable yet; connecting in the background",
                 self._display_url,
-                exc,
             )
-            self._run_in_background(self._connect_forever(), "connect")
-            return
-        logger.info("NATS broker connected to %s", self._display_url)
 
     async def _connect(self) -> None:
-        client = await nats.connect(
+        client = Client()
+        self._client = client  # before connecting: ``close`` stops its retries
+        await client.connect(
             servers=list(self._target.servers),
             name=f"tidings-{self.node_id}",
             allow_reconnect=True,
             max_reconnect_attempts=-1,
-            reconnect_time_wait=RECONNECT_WAIT_S,
+            reconnect_time_wait=RECONNECT_WAIT_S,  # type: ignore[arg-type]  # as ping_interval
             connect_timeout=2,
-            ping_interval=2,
+            # nats-py annotates whole seconds, and waits on any float just as well.
+            ping_interval=self._ping_interval_s,  # type: ignore[arg-type]
             max_outstanding_pings=2,
             disconnected_cb=self._disconnected,
             reconnected_cb=self._reconnected,
             error_cb=self._error,
         )
-        self._client = client
         self._stream = HistoryStream(client, self._settings)
         await client.subscribe(control_subject(self._prefix), cb=self._on_control)
         await self._prepare()
@@ -328,7 +339,8 @@ class NatsBroker:
                 await self._connect()
             except Exception as exc:  # the task boundary: whatever failed, try again
                 if self._client is not None:
-                    await self._client.close()
+                    with contextlib.suppress(Exception):
+                        await self._client.close()
                     self._client = None
                 wait_s = delay.next_delay_s()
                 logger.warning("connecting to NATS failed (%s); next try in %.2f s", exc, wait_s)

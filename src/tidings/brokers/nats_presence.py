@@ -44,6 +44,7 @@ PRESENCE_LIFETIME_S: Final = 30.0
 PRESENCE_REFRESH_S: Final = 10.0
 PRESENCE_HEADER: Final = "Tidings-Presence"
 READ_TIMEOUT_S: Final = 5.0
+READ_BATCH: Final = 1_000
 
 
 class _Frame(msgspec.Struct, frozen=True):
@@ -56,6 +57,7 @@ class _Frame(msgspec.Struct, frozen=True):
 _encode = msgspec.json.Encoder().encode
 _decode_frame = msgspec.json.Decoder(_Frame).decode
 _decode_map = msgspec.json.Decoder(dict[str, str]).decode
+_NEXT_BATCH: Final = msgspec.json.encode({"batch": READ_BATCH, "no_wait": True})
 
 
 class _Created(msgspec.Struct, frozen=True):
@@ -186,7 +188,9 @@ class NatsPresence:
         await self._announce("leave", channel, client_id, user)
 
     async def presence(self, channel: ChannelName) -> dict[str, str]:
-        """Return ``{client_id: user}`` in ``channel`` on every node, read now.
+        """Return ``{client_id: user}`` in ``channel`` on every node, read now: an
+        ephemeral pull consumer hands over the last value of each key of the channel,
+        batch by batch, until JetStream answers that none is left.
 
         Raises:
             BrokerError: NATS failed.
@@ -194,40 +198,47 @@ class NatsPresence:
         client = self._client
         if client is None or not client.is_connected:
             raise BrokerUnavailable("presence failed: NATS is not reachable now")
+        config = {
+            "ack_policy": "none",
+            "deliver_policy": "last_per_subject",
+            "filter_subject": f"$KV.{self._bucket}.{token_of(channel)}.*",
+            "inactive_threshold": 5_000_000_000,
+            "mem_storage": True,
+        }
+        request = {"stream_name": self._stream, "config": config}
+        created = _decode_created(
+            await self._request(f"$JS.API.CONSUMER.CREATE.{self._stream}", _encode(request))
+        )
+        if created.error is not None or not created.name:
+            raise BrokerError(f"reading the presence of {channel} failed: {created.error}")
+        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{created.name}"
         inbox = client.new_inbox()
         received: asyncio.Queue[Msg] = asyncio.Queue()
         sub = await client.subscribe(inbox, cb=received.put)
+        users: dict[str, str] = {}
         try:
-            config = {
-                "deliver_subject": inbox,
-                "ack_policy": "none",
-                "deliver_policy": "last_per_subject",
-                "filter_subject": f"$KV.{self._bucket}.{token_of(channel)}.*",
-                "inactive_threshold": 5_000_000_000,
-                "mem_storage": True,
-            }
-            request = {"stream_name": self._stream, "config": config}
-            created = _decode_created(
-                await self._request(f"$JS.API.CONSUMER.CREATE.{self._stream}", _encode(request))
-            )
-            if created.error is not None:
-                raise BrokerError(f"reading the presence of {channel} failed: {created.error}")
-            users: dict[str, str] = {}
-            pending = created.num_pending
             async with asyncio.timeout(READ_TIMEOUT_S):
-                while pending > 0:
-                    msg = await received.get()
-                    if not msg.reply:
-                        continue  # a heartbeat or flow control: none asked for, none expected
-                    pending = int(msg.reply.rsplit(".", 1)[1])
-                    if msg.data:
-                        users.update(_decode_map(msg.data))
-            return users
+                batch_full = True
+                while batch_full:
+                    await client.publish(next_subject, _NEXT_BATCH, reply=inbox)
+                    count = 0
+                    while "Status" not in ((msg := await received.get()).headers or {}):
+                        count += 1
+                        if msg.data:
+                            users.update(_decode_map(msg.data))
+                        if count == READ_BATCH:
+                            break  # a full batch: ask for the next one
+                    batch_full = count == READ_BATCH
         except TimeoutError as exc:
             raise BrokerError(f"reading the presence of {channel} timed out") from exc
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise BrokerError(f"the presence of {channel} holds an unreadable entry") from exc
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+            with contextlib.suppress(Exception):  # else it goes after its inactivity limit
+                await client.publish(f"$JS.API.CONSUMER.DELETE.{self._stream}.{created.name}", b"")
+        return users
 
     def receive(self, msg: Msg) -> None:
         """Hand a presence frame from the live subject to the listener, unless it is ours."""
