@@ -15,7 +15,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import nats
 import pytest
@@ -81,7 +81,7 @@ async def _not(ready: Awaitable[bool]) -> bool:
 
 @asynccontextmanager
 async def running(
-    url: str, handler: RecordingHandler | None = None, **settings: Any
+    url: str, handler: RecordingHandler | None = None, **settings: float
 ) -> AsyncIterator[NatsBroker]:
     broker = NatsBroker(url, NAMESPACES, ping_interval_s=0.3, **settings)
     await broker.start(handler or RecordingHandler())
@@ -338,9 +338,13 @@ async def test_entries_of_a_stopped_node_expire_and_a_live_node_renews_its_own(
     shared_url: str,
 ) -> None:
     channel = unique_channel()
-    timing = {"presence_lifetime_s": 1.0, "presence_refresh_s": 0.2}
-    async with running(shared_url, **timing) as alive:
-        async with running(shared_url, **timing) as dead:
+    lifetime_s, refresh_s = 1.0, 0.2
+    async with running(
+        shared_url, presence_lifetime_s=lifetime_s, presence_refresh_s=refresh_s
+    ) as alive:
+        async with running(
+            shared_url, presence_lifetime_s=lifetime_s, presence_refresh_s=refresh_s
+        ) as dead:
             await dead.presence_store.join(channel, "d.1", "dora")
             await alive.presence_store.join(channel, "l.1", "lena")
             both = await alive.presence_store.presence(channel)
