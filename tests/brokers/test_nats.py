@@ -81,9 +81,19 @@ async def _not(ready: Awaitable[bool]) -> bool:
 
 @asynccontextmanager
 async def running(
-    url: str, handler: RecordingHandler | None = None, **settings: float
+    url: str,
+    handler: RecordingHandler | None = None,
+    *,
+    presence_lifetime_s: float = 30.0,
+    presence_refresh_s: float = 10.0,
 ) -> AsyncIterator[NatsBroker]:
-    broker = NatsBroker(url, NAMESPACES, ping_interval_s=0.3, **settings)
+    broker = NatsBroker(
+        url,
+        NAMESPACES,
+        ping_interval_s=0.3,
+        presence_lifetime_s=presence_lifetime_s,
+        presence_refresh_s=presence_refresh_s,
+    )
     await broker.start(handler or RecordingHandler())
     try:
         yield broker
