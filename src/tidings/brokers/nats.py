@@ -68,6 +68,7 @@ from tidings.brokers.base import (
     PublicationHandler,
     PublishResult,
 )
+from tidings.brokers.nats_keys import KeyIndex, KeyRecord
 from tidings.brokers.nats_presence import (
     PRESENCE_HEADER,
     PRESENCE_LIFETIME_S,
@@ -75,8 +76,8 @@ from tidings.brokers.nats_presence import (
     NatsPresence,
 )
 from tidings.brokers.nats_stream import (
+    CONFLICTS,
     STREAM_NOT_FOUND,
-    WRONG_LAST_SEQUENCE,
     HistoryStream,
     JetStreamError,
     StoredPublication,
@@ -90,7 +91,6 @@ from tidings.brokers.nats_subjects import (
     control_subject,
     history_subject,
     is_valid_prefix,
-    key_message_id,
     live_subject,
 )
 from tidings.brokers.redis_control import RedisNodeControl
@@ -113,6 +113,7 @@ PUBLISH_TIMEOUT_S: Final = 1.5
 PROBE_TIMEOUT_S: Final = 1.0
 RECONNECT_WAIT_S: Final = 0.25
 PING_INTERVAL_S: Final = 2.0
+CLAIM_POLL_S: Final = 0.01
 FIRST_CONNECT_WAIT_S: Final = 2.0
 RETRY_BASE_DELAY_S: Final = 0.05
 RETRY_MAX_DELAY_S: Final = 2.0
@@ -252,7 +253,6 @@ class NatsBroker:
             self._target.replicas,
             self._target.storage,
             max([1, *sizes]),  # at least 1: the last message is the channel's head
-            max(1_000, self._dedupe.window_ms),
         )
         try:
             self._presence = NatsPresence(
@@ -265,6 +265,11 @@ class NatsBroker:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self._control = RedisNodeControl(self.node_id)
+        self._keys = KeyIndex(
+            self._prefix, replicas=self._target.replicas, window_ms=self._dedupe.window_ms
+        )
+        # A claim on a key this old is its node's that died or gave up (see nats_keys).
+        self._claim_stale_ms = int(2_000 * publish_timeout_s)
         self._client: Client | None = None
         self._stream: HistoryStream | None = None
         self._epoch = ""  # of channels never published to: the stream's
@@ -320,6 +325,16 @@ class NatsBroker:
             error_cb=self._error,
         )
         self._stream = HistoryStream(client, self._settings)
+        version = client.connected_server_version
+        if self._target.replicas > 1 and (version.major, version.minor) < (2, 10):
+            # Found by this broker's cluster test: 2.9 lets through concurrent publishes
+            # that expected the same last sequence of a replicated stream's subject.
+            logger.warning(
+                "nats-server %s does not enforce Nats-Expected-Last-Subject-Sequence on a "
+                "replicated stream under concurrent publishes: offsets may repeat. Use "
+                "nats-server 2.10 or later for replicas > 1",
+                version,
+            )
         await client.subscribe(control_subject(self._prefix), cb=self._on_control)
         await self._prepare()
         self._healthy = True
@@ -330,6 +345,7 @@ class NatsBroker:
         self._epoch = await self._stream.ensure()
         client = self._client
         assert client is not None
+        await self._keys.start(client)
         await self._presence.start(client)
 
     async def _connect_forever(self) -> None:
@@ -452,14 +468,57 @@ class NatsBroker:
         info: ClientInfo | None,
         sent: list[bool],
     ) -> PublishResult:
-        what = f"publishing in {channel}"
         now_ms = self._clock.now_ms()
-        remembered = None if key is None else dedupe_key(key, info)
-        message_id = (
-            f"p-{secrets.token_hex(12)}"
-            if remembered is None
-            else key_message_id(channel, remembered, 0)
-        )
+        if key is None:
+            position = await self._store(
+                channel, sequencer, data=data, now_ms=now_ms, key=None, info=info, sent=sent
+            )
+            return PublishResult(position)
+        remembered = dedupe_key(key, info)
+        keys = self._keys
+        while True:
+            record, revision = await keys.read(channel, remembered)
+            if record is not None:
+                age_ms = now_ms - record.ts
+                if record.state == "published" and age_ms <= self._dedupe.window_ms:
+                    return PublishResult(record.position, duplicate=True)
+                if record.state == "claimed" and age_ms <= self._claim_stale_ms:
+                    await asyncio.sleep(CLAIM_POLL_S)  # another node is publishing the key
+                    continue
+            claim = KeyRecord("claimed", now_ms)
+            claimed = await keys.write(channel, remembered, claim, revision=revision)
+            if claimed is None:
+                continue  # another node claimed it first: see what it made of it
+            found = None
+            if record is not None and record.state == "claimed":
+                # A stale claim: its node died or failed, maybe after publishing.
+                found = await self._find_key(channel, remembered, record.ts)
+            duplicate = found is not None
+            if found is None:
+                found = await self._store(
+                    channel, sequencer, data=data, now_ms=now_ms, key=key, info=info, sent=sent
+                )
+            done = KeyRecord("published", now_ms, found.epoch, found.offset)
+            try:
+                await keys.write(channel, remembered, done, revision=claimed)
+            except BrokerError as exc:  # published all the same: the claim goes stale
+                logger.warning("recording key %r of %s failed: %s", key, channel, exc)
+            return PublishResult(found, duplicate=duplicate)
+
+    async def _store(
+        self,
+        channel: ChannelName,
+        sequencer: _Sequencer,
+        *,
+        data: bytes,
+        now_ms: int,
+        key: str | None,
+        info: ClientInfo | None,
+        sent: list[bool],
+    ) -> Position:
+        """Store the next offset of ``channel`` by optimistic concurrency; see the module
+        docstring. Retries only what the stream refused (never an unanswered one)."""
+        what = f"publishing in {channel}"
         subject = history_subject(self._prefix, channel)
         while True:
             stream = self._connected_stream(what)
@@ -471,38 +530,39 @@ class NatsBroker:
             stream = self._connected_stream(what)  # checked again: nats-py would queue it
             sent[0] = True
             try:
-                seq, duplicate = await stream.publish(
-                    subject,
-                    body,
-                    expected_last=head.seq,
-                    message_id=message_id,
-                    timeout_s=self._publish_timeout_s,
+                seq = await stream.publish(
+                    subject, body, expected_last=head.seq, timeout_s=self._publish_timeout_s
                 )
             except StreamMissing:
                 sequencer.head = None
                 self._epoch = await stream.ensure()  # lost with its history: a new epoch
                 continue
             except JetStreamError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code not in CONFLICTS:
                     raise
                 sequencer.head = None  # another node published first: read the head again
                 continue
-            if not duplicate:
-                sequencer.head = _Head(seq, head.epoch, offset)
-                return PublishResult(Position(head.epoch, offset))
-            sequencer.head = None
-            original = await stream.at(channel, seq)
-            if original is None:
-                raise BrokerError(
-                    f"{what}: key {key!r} was published already, but that publication has "
-                    "left the history, so its position is unknown"
-                )
-            expired = now_ms - original.publication.ts > self._dedupe.window_ms
-            if remembered is not None and expired:
-                message_id = key_message_id(channel, remembered, seq)
-                continue
-            # A key's repeat, or this very publish landed by an earlier try of it.
-            return PublishResult(original.publication.position, duplicate=remembered is not None)
+            sequencer.head = _Head(seq, head.epoch, offset)
+            return Position(head.epoch, offset)
+
+    async def _find_key(
+        self, channel: ChannelName, remembered: str, since_ms: int
+    ) -> Position | None:
+        """Return the position of a publication of key ``remembered`` in ``channel``
+        made at ``since_ms`` or later, looking back from the head."""
+        stream = self._connected_stream(f"reading the history of {channel}")
+        current = await self._last(channel)
+        while current is not None and current.publication.ts >= since_ms:
+            publication = current.publication
+            if (
+                publication.key is not None
+                and dedupe_key(publication.key, publication.info) == remembered
+            ):
+                return publication.position
+            if current.prev == 0:
+                return None
+            current = await stream.at(channel, current.prev)
+        return None
 
     async def _read_head(self, channel: ChannelName, *, fresh_epoch: bool) -> _Head:
         """Return ``channel``'s head; for a channel never published to, at the stream's

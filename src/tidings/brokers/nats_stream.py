@@ -39,6 +39,10 @@ from tidings.errors import BrokerError, BrokerUnavailable
 
 # JetStream error codes the broker reads (nats-server's errors.json).
 WRONG_LAST_SEQUENCE: Final = 10071
+# Newer servers (2.10+) on a cluster: refused while another publish of the subject is
+# in flight.
+WRONG_LAST_SEQUENCE_IN_FLIGHT: Final = 10164
+CONFLICTS: Final = frozenset((WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT))
 NO_MESSAGE_FOUND: Final = 10037
 STREAM_NOT_FOUND: Final = 10059
 API_TIMEOUT_S: Final = 5.0
@@ -77,7 +81,6 @@ class _ApiError(msgspec.Struct, frozen=True):
 class _Ack(msgspec.Struct, frozen=True):
     stream: str = ""
     seq: int = 0
-    duplicate: bool = False
     error: _ApiError | None = None
 
 
@@ -127,7 +130,6 @@ class StreamSettings:
     replicas: int
     storage: str  # "file" or "memory"
     max_per_channel: int
-    duplicate_window_ms: int
 
 
 class JetStreamError(BrokerError):
@@ -214,7 +216,6 @@ class HistoryStream:
             "max_msgs_per_subject": settings.max_per_channel,
             "max_age": 0,
             "discard": "old",
-            "duplicate_window": settings.duplicate_window_ms * 1_000_000,
             "republish": {"src": f"{settings.prefix}.h.>", "dest": f"{settings.prefix}.l.>"},
         }
         info_subject = f"{self._api}.STREAM.INFO.{self.name}"
@@ -260,23 +261,23 @@ class HistoryStream:
         return decode_body(channel, body, reply.message.seq)
 
     async def publish(
-        self, subject: str, body: bytes, *, expected_last: int, message_id: str, timeout_s: float
-    ) -> tuple[int, bool]:
-        """Store ``body`` if ``subject``'s last message is at ``expected_last`` (0: none)
-        and ``message_id`` is new to the stream's duplicate window.
+        self, subject: str, body: bytes, *, expected_last: int, timeout_s: float
+    ) -> int:
+        """Store ``body`` if ``subject``'s last message is at ``expected_last`` (0: none).
+
+        No ``Nats-Msg-Id``: see ``nats_keys`` for why idempotency lives elsewhere.
 
         Returns:
-            The stream sequence it is stored at and whether it was stored already
-            (``message_id`` seen: the sequence is the original's).
+            The stream sequence it is stored at.
 
         Raises:
-            JetStreamError: refused; ``err_code`` ``WRONG_LAST_SEQUENCE`` when another
+            StreamMissing: no stream takes ``subject``; nothing was stored.
+            JetStreamError: refused; ``err_code`` in ``CONFLICTS`` when another
                 publish came first.
             BrokerError: no answer (it may have been stored).
         """
         headers = {
             "Nats-Expected-Last-Subject-Sequence": str(expected_last),
-            "Nats-Msg-Id": message_id,
             "Nats-Expected-Stream": self.name,
         }
         try:
@@ -291,4 +292,4 @@ class HistoryStream:
             raise BrokerError(f"unreadable JetStream answer: {reply.data[:200]!r}") from exc
         if ack.error is not None:
             raise JetStreamError(f"publishing on {subject}", ack.error)
-        return ack.seq, ack.duplicate
+        return ack.seq

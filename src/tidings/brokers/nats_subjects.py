@@ -1,5 +1,5 @@
 """Names the NATS broker gives things on the NATS server: channel tokens, subjects, the
-stream and the presence bucket, and the message ids of idempotency keys. Pure.
+stream and the presence bucket. Pure.
 
 A channel name may hold characters that NATS subjects forbid or read as syntax (``.``
 separates tokens, ``*`` and ``>`` are wildcards, white space ends a subject), and KV
@@ -20,7 +20,6 @@ Subjects of a deployment, all under its ``prefix`` (default ``tidings``):
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Final
 
@@ -108,16 +107,3 @@ def presence_bucket(prefix: str) -> str:
 def presence_key(channel: ChannelName, node: str) -> str:
     """Return the KV key holding ``node``'s clients in ``channel``."""
     return f"{token_of(channel)}.{token_of(node)}"
-
-
-def key_message_id(channel: ChannelName, key: str, after_sequence: int) -> str:
-    """Return the ``Nats-Msg-Id`` of a publish of idempotency ``key`` (as
-    ``core.dedupe.dedupe_key`` gives it) in ``channel``.
-
-    ``after_sequence`` is 0 for the key's first publication, and the stream sequence of
-    the key's previous publication once tidings' window has let it go: JetStream's own
-    window may still hold that one, and this id is then a new one that every node
-    publishing the key again computes alike.
-    """
-    digest = hashlib.sha256(f"{channel}\x00{key}\x00{after_sequence}".encode()).hexdigest()
-    return f"k-{digest[:40]}"
