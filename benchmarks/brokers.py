@@ -1,4 +1,4 @@
-"""Broker benchmark: the memory, sqlite and Redis brokers side by side, in one run.
+"""Broker benchmark: the memory, sqlite, Redis and NATS brokers side by side, in one run.
 
 What it measures, per broker:
 
@@ -7,9 +7,9 @@ What it measures, per broker:
   ``--channels`` channels; publications per second.
 * **delivery latency**: one publication every ``1/--rate`` seconds, timed from the call
   to ``publish`` to the moment the subscribed broker hands it to its handler, p50 and
-  p99. For Redis that is *cross-node*: two broker instances (two nodes) on one Redis,
-  publishing on one, receiving on the other. The memory broker has one node only: its
-  figure is the in-process hand-off, the floor any broker is compared with.
+  p99. For Redis and NATS that is *cross-node*: two broker instances (two nodes) on one
+  Redis (or NATS), publishing on one, receiving on the other. The memory broker has one
+  node only: its figure is the in-process hand-off, the floor any broker is compared with.
 
 Why: DESIGN.md asks every claim about speed to be a figure measured side by side with
 an alternative in the same run. What Redis costs over memory is the price of many
@@ -26,7 +26,10 @@ For Redis the table also gives Redis's own CPU time per publish script (``INFO
 commandstats``, EVALSHA and EVAL), which the rollback check of ``redis_scripts`` adds to.
 
 Run: ``.venv/bin/python benchmarks/brokers.py`` (a Redis at 127.0.0.1:6379; database 15
-is flushed first). ``--cluster redis-cluster://host:port`` adds a Redis Cluster column.
+is flushed first; a NATS with JetStream at 127.0.0.1:4222, where the stream and buckets
+of prefix ``tidings-bench`` are deleted before and after). ``--cluster
+redis-cluster://host:port`` adds a Redis Cluster column; ``--brokers memory,redis,nats``
+runs only those.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+import nats
 import redis
 import uvloop
 
@@ -52,6 +56,7 @@ if __package__ in (None, ""):  # run as a script: make `tidings` importable from
 
 from tidings.brokers.base import Broker
 from tidings.brokers.memory import MemoryBroker
+from tidings.brokers.nats import NatsBroker, NatsTarget
 from tidings.brokers.redis import RedisBroker, RedisTarget
 from tidings.brokers.sqlite import SqliteBroker
 from tidings.core.channel import ChannelName, NamespaceName
@@ -60,6 +65,7 @@ from tidings.core.namespace import NamespaceOptions, Namespaces
 from tidings.core.publication import Publication
 
 DEFAULT_REDIS: Final = "redis://127.0.0.1:6379/15?prefix=tidings-bench"
+DEFAULT_NATS: Final = "nats://127.0.0.1:4222?prefix=tidings-bench"
 NAMESPACES: Final = Namespaces(
     {NamespaceName("bench"): NamespaceOptions(history=HistoryOptions(100, 3_600_000))}
 )
@@ -71,7 +77,9 @@ class Options:
     """The command line."""
 
     redis: str
+    nats: str
     cluster: str | None
+    brokers: tuple[str, ...] | None
     publications: int
     concurrency: tuple[int, ...]
     channels: int
@@ -93,7 +101,9 @@ class Subject:
 def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--redis", default=DEFAULT_REDIS, help="Redis URL (its db is flushed)")
+    parser.add_argument("--nats", default=DEFAULT_NATS, help="NATS URL (its prefix is deleted)")
     parser.add_argument("--cluster", default=None, help="also a redis-cluster:// URL")
+    parser.add_argument("--brokers", default=None, help="only these, comma-separated")
     parser.add_argument("--publications", type=int, default=20_000, help="per throughput run")
     parser.add_argument("--concurrency", default="1,16,128", help="publishers at once")
     parser.add_argument("--channels", type=int, default=64, help="channels published to")
@@ -104,7 +114,9 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     args = parser.parse_args(argv)
     return Options(
         redis=args.redis,
+        nats=args.nats,
         cluster=args.cluster,
+        brokers=None if args.brokers is None else tuple(args.brokers.split(",")),
         publications=args.publications,
         concurrency=tuple(int(n) for n in args.concurrency.split(",")),
         channels=args.channels,
@@ -128,10 +140,13 @@ def subjects(options: Options) -> list[Subject]:
         Subject("sqlite full", sqlite("full"), shared=False),
         Subject("sqlite fast", sqlite("fast"), shared=False),
         Subject("redis", lambda: RedisBroker(options.redis, NAMESPACES), shared=True),
+        Subject("nats", lambda: NatsBroker(options.nats, NAMESPACES), shared=True),
     ]
     if options.cluster is not None:
         cluster = options.cluster
         found.append(Subject("redis-cluster", lambda: RedisBroker(cluster, NAMESPACES), True))
+    if options.brokers is not None:
+        found = [subject for subject in found if subject.name in options.brokers]
     return found
 
 
@@ -233,9 +248,32 @@ def script_time(url: str) -> tuple[float, int]:
     )
 
 
+async def delete_nats_prefix(url: str) -> None:
+    """Delete the stream and buckets the NATS broker made under ``url``'s prefix."""
+    target = NatsTarget.parse(url)
+    client = await nats.connect(list(target.servers))
+    try:
+        for name in ("history", "presence", "keys"):
+            stream = f"{target.prefix}-{name}"
+            stream = stream if name == "history" else f"KV_{stream}"
+            await client.request(f"$JS.API.STREAM.DELETE.{stream}", b"", timeout=5)
+    finally:
+        await client.close()
+
+
 async def measure(options: Options) -> None:
     tested = subjects(options)
     flush(options.redis)
+    if any(subject.name == "nats" for subject in tested):
+        await delete_nats_prefix(options.nats)
+    try:
+        await measure_all(options, tested)
+    finally:
+        if any(subject.name == "nats" for subject in tested):
+            await delete_nats_prefix(options.nats)
+
+
+async def measure_all(options: Options, tested: list[Subject]) -> None:
     rates: dict[tuple[str, int], list[float]] = {}
     cpu_us: dict[tuple[str, int], list[float]] = {}
     latencies: dict[str, list[tuple[float, float]]] = {}
@@ -256,7 +294,8 @@ async def measure(options: Options) -> None:
                 (percentile(times, 0.50), percentile(times, 0.99))
             )
     print_table(options, tested, rates, cpu_us, latencies)
-    print(f"\nRedis CPU per publish script: {summary(redis_us, '.1f')} µs")
+    if redis_us:
+        print(f"\nRedis CPU per publish script: {summary(redis_us, '.1f')} µs")
 
 
 def print_table(
@@ -284,7 +323,7 @@ def print_table(
     ]
     for index, label in ((0, "p50"), (1, "p99")):
         rows.append(
-            [f"delivery latency {label} ms (memory, sqlite: in-process; redis: node to node)"]
+            [f"delivery latency {label} ms (memory, sqlite: in-process; others: node to node)"]
             + [summary([pair[index] for pair in latencies[s.name]], ".3f") for s in tested]
         )
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
