@@ -56,7 +56,7 @@ def name_of(token: str) -> str:
         char = token[index]
         if char == _ESCAPE:
             digits = token[index + 1 : index + 3]
-            if len(digits) != 2 or digits != digits.upper():
+            if len(digits) != 2 or any(d not in "0123456789ABCDEF" for d in digits):
                 raise ValueError(f"bad escape in token {token!r}")
             raw.append(int(digits, 16))
             index += 3
@@ -65,7 +65,10 @@ def name_of(token: str) -> str:
             index += 1
         else:
             raise ValueError(f"{char!r} cannot appear in a token")
-    return raw.decode()
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise ValueError(f"token {token!r} is not UTF-8 once unescaped") from None
 
 
 def history_subject(prefix: str, channel: ChannelName) -> str:
