@@ -20,6 +20,7 @@ from typing import Final
 import nats
 import pytest
 
+from tests.support.clock import FakeClock
 from tests.support.handler import RecordingCommands, RecordingHandler
 from tests.support.nats_server import (
     NATS_HOST,
@@ -30,9 +31,10 @@ from tests.support.nats_server import (
 )
 from tests.support.services import require_service
 from tests.support.tcp_proxy import TcpProxy
-from tidings.brokers.base import DisconnectUser, PresenceChange
+from tidings.brokers.base import DisconnectUser, PresenceChange, PublishResult
 from tidings.brokers.factory import create_broker
 from tidings.brokers.nats import NatsBroker, NatsTarget
+from tidings.brokers.nats_keys import KeyIndex, KeyRecord
 from tidings.brokers.nats_subjects import stream_name
 from tidings.core.channel import ChannelName, NamespaceName
 from tidings.core.dedupe import DedupeOptions
@@ -170,6 +172,35 @@ async def test_a_key_published_on_two_nodes_at_once_is_published_once(shared_url
     assert {r.position for r in results} == {read.head}
     assert sum(not r.duplicate for r in results) == 1
     assert read.head.offset == 1
+
+
+async def test_a_key_whose_node_died_after_publishing_is_found_not_published_twice(
+    shared_url: str,
+) -> None:
+    channel, clock = unique_channel(), FakeClock()
+    node = NatsBroker(shared_url, NAMESPACES, clock=clock, dedupe=DedupeOptions(600_000))
+    await node.start(RecordingHandler())
+    try:
+        original = await node.publish(channel, data(1), key="k")
+        await node.publish(channel, data(2))
+        # As a node leaves it when it dies between storing and recording: claimed.
+        admin = await nats.connect(SHARED_NATS_URL)
+        try:
+            keys = KeyIndex(NatsTarget.parse(shared_url).prefix, replicas=1, window_ms=600_000)
+            await keys.start(admin)
+            _, revision = await keys.read(channel, "k")
+            claim = KeyRecord("claimed", clock.now_ms() - 1)
+            assert await keys.write(channel, "k", claim, revision=revision) is not None
+        finally:
+            await admin.close()
+        clock.advance(10_000)  # the claim is stale now, the key still within its window
+
+        again = await node.publish(channel, data(3), key="k")
+        read = await node.history(channel)
+    finally:
+        await node.close()
+    assert again == PublishResult(original.position, duplicate=True)
+    assert read.head.offset == 2
 
 
 async def test_prefixes_do_not_hear_each_other(shared_url: str) -> None:

@@ -495,9 +495,15 @@ class NatsBroker:
                 found = await self._find_key(channel, remembered, record.ts)
             duplicate = found is not None
             if found is None:
-                found = await self._store(
-                    channel, sequencer, data=data, now_ms=now_ms, key=key, info=info, sent=sent
-                )
+                try:
+                    found = await self._store(
+                        channel, sequencer, data=data, now_ms=now_ms, key=key, info=info, sent=sent
+                    )
+                except BrokerUnavailable:  # nothing was sent: a retry may claim it at once
+                    released = KeyRecord("released", now_ms)
+                    with contextlib.suppress(BrokerError):
+                        await keys.write(channel, remembered, released, revision=claimed)
+                    raise
             done = KeyRecord("published", now_ms, found.epoch, found.offset)
             try:
                 await keys.write(channel, remembered, done, revision=claimed)

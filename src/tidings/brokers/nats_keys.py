@@ -10,7 +10,8 @@ dedupe window (judged by the publishing node's clock, as every broker judges it)
 returns that position, ``duplicate=True``; claimed, it waits for the claim to end; a
 claim older than ``stale_after_ms`` belongs to a node that died or failed mid-publish,
 and is taken over after looking in the channel's recent history for the publication
-(``NatsBroker`` does that part).
+(``NatsBroker`` does that part). A node whose publish was refused before anything was
+sent *releases* its claim, so that a retry of the key need not wait for it to go stale.
 
 Why not ``Nats-Msg-Id`` alone: on a cluster, nats-server 2.9 registers a publish's
 message id at the stream leader *before* the per-subject expectation is checked, so a
@@ -42,7 +43,7 @@ AGE_MARGIN_MS: Final = 60_000
 class KeyRecord(msgspec.Struct, frozen=True, omit_defaults=True):
     """What the bucket holds of one key of one channel."""
 
-    state: Literal["claimed", "published"]
+    state: Literal["claimed", "published", "released"]
     ts: int  # when claimed or published, by the publishing node's clock (ms)
     epoch: str = ""
     offset: int = 0
