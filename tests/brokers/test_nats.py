@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,7 +33,7 @@ from tests.support.nats_server import (
 from tests.support.services import require_service
 from tests.support.tcp_proxy import TcpProxy
 from tidings.brokers.base import DisconnectUser, PresenceChange, PublishResult
-from tidings.brokers.factory import create_broker
+from tidings.brokers.factory import MissingExtra, check_broker, create_broker
 from tidings.brokers.nats import NatsBroker, NatsTarget
 from tidings.brokers.nats_keys import KeyIndex, KeyRecord
 from tidings.brokers.nats_subjects import stream_name
@@ -501,3 +502,17 @@ def test_the_factory_makes_the_nats_broker_with_its_table_of_the_file() -> None:
 def test_a_presence_refresh_must_be_shorter_than_the_lifetime() -> None:
     with pytest.raises(ConfigError):
         NatsBroker(SHARED_NATS_URL, NAMESPACES, presence_lifetime_s=5, presence_refresh_s=5)
+
+
+def test_a_node_without_the_nats_extra_is_told_the_pip_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As on a machine where nats-py was never installed: its import fails.
+    for name in [n for n in sys.modules if n.startswith("tidings.brokers.nats")]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in [n for n in sys.modules if n == "nats" or n.startswith("nats.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "nats", None)
+    with pytest.raises(MissingExtra) as error:
+        check_broker("nats://127.0.0.1:4222", None)
+    assert "pip install 'tidings[nats]'" in str(error.value)
