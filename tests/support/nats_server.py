@@ -59,10 +59,11 @@ def make_nats_broker(setup: _Setup) -> Broker:
 
 
 async def delete_prefix(url: str, prefix: str) -> None:
-    """Delete the stream and the bucket made under ``prefix`` (if any)."""
+    """Delete the stream and the buckets made under ``prefix`` (if any)."""
     client = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
     try:
-        for name in (stream_name(prefix), f"KV_{presence_bucket(prefix)}"):
+        buckets = (presence_bucket(prefix), f"{prefix}-keys")
+        for name in (stream_name(prefix), *(f"KV_{bucket}" for bucket in buckets)):
             await client.request(f"$JS.API.STREAM.DELETE.{name}", b"", timeout=5)
     finally:
         await client.close()
