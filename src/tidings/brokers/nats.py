@@ -446,8 +446,9 @@ class NatsBroker:
         except TimeoutError as exc:
             if not sent[0]:
                 raise BrokerUnavailable(
-                    f"{what} failed: NATS did not answer within {self._publish_timeout_s:g} s; "
-                    "it was not sent"
+                    f"{what} failed: not sent within {self._publish_timeout_s:g} s (NATS slow "
+                    "to answer, or too many publishes of this channel waiting their turn on "
+                    "this node); it will not be published"
                 ) from exc
             raise BrokerError(
                 f"{what} failed: NATS did not answer within {self._publish_timeout_s:g} s; "
