@@ -50,16 +50,13 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
-from urllib.parse import parse_qsl, urlsplit
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from tidings.brokers.base import (
     HistoryRead,
@@ -69,6 +66,7 @@ from tidings.brokers.base import (
     PublishResult,
 )
 from tidings.brokers.nats_keys import KeyIndex, KeyRecord
+from tidings.brokers.nats_live import LiveChannel, retry_backoff
 from tidings.brokers.nats_presence import (
     PRESENCE_HEADER,
     PRESENCE_LIFETIME_S,
@@ -86,26 +84,20 @@ from tidings.brokers.nats_stream import (
     decode_body,
     encode_body,
 )
-from tidings.brokers.nats_subjects import (
-    DEFAULT_PREFIX,
-    control_subject,
-    history_subject,
-    is_valid_prefix,
-    live_subject,
-)
+from tidings.brokers.nats_subjects import control_subject, history_subject, live_subject
+from tidings.brokers.nats_target import NatsTarget
 from tidings.brokers.redis_control import RedisNodeControl
 from tidings.clock import Clock, SystemClock
-from tidings.core.backoff import Backoff
-from tidings.core.catchup import CatchUp, decide_catch_up
 from tidings.core.channel import ChannelName
 from tidings.core.dedupe import DedupeOptions, dedupe_key
 from tidings.core.history import HistoryOptions
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import ClientInfo, Position, Publication
-from tidings.core.recovery import Gap, GapReason, Replay, decide_recovery, latest
+from tidings.core.recovery import Replay, decide_recovery, latest
 from tidings.errors import BrokerError, BrokerUnavailable, ConfigError
 
-__all__ = ["NatsBroker"]
+# NatsTarget is nats_target's, offered here too: callers read broker URLs with it.
+__all__ = ["NatsBroker", "NatsTarget"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,68 +107,6 @@ RECONNECT_WAIT_S: Final = 0.25
 PING_INTERVAL_S: Final = 2.0
 CLAIM_POLL_S: Final = 0.01
 FIRST_CONNECT_WAIT_S: Final = 2.0
-RETRY_BASE_DELAY_S: Final = 0.05
-RETRY_MAX_DELAY_S: Final = 2.0
-# The settings of ``[brokers.nats]``; the URL's query may set them too.
-FILE_SETTINGS: Final = ("prefix", "replicas", "storage")
-_STORAGES: Final = ("file", "memory")
-
-
-@dataclass(frozen=True, slots=True)
-class NatsTarget:
-    """Where NATS is and how the broker lays its things out there, from a broker URL."""
-
-    servers: tuple[str, ...]
-    prefix: str
-    replicas: int
-    storage: str
-
-    @classmethod
-    def parse(cls, url: str, options: Mapping[str, object] | None = None) -> NatsTarget:
-        """Read ``nats://host:port[,host:port...]`` and ``[brokers.nats]`` (``options``).
-
-        ``prefix`` (default ``tidings``) starts every subject and names the stream and
-        bucket; ``replicas`` (default 1) is the stream's replication in a cluster;
-        ``storage`` is ``file`` (default) or ``memory``. The URL's query wins.
-
-        Raises:
-            ConfigError: an unknown setting or a bad value.
-        """
-        settings: dict[str, object] = {}
-        for name, value in (options or {}).items():
-            if name not in FILE_SETTINGS:
-                raise ConfigError(
-                    f"brokers.nats: unknown setting {name!r}; known: {list(FILE_SETTINGS)}"
-                )
-            settings[name] = value
-        parts = urlsplit(url)
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name not in FILE_SETTINGS:
-                raise ConfigError(
-                    f"broker URL: unknown setting {name!r}; known: {list(FILE_SETTINGS)}"
-                )
-            settings[name] = value
-        prefix = str(settings.get("prefix", DEFAULT_PREFIX))
-        if not is_valid_prefix(prefix):
-            raise ConfigError(
-                f"brokers.nats.prefix must be 1 to 64 of A-Z a-z 0-9 _ -, got {prefix!r}"
-            )
-        replicas_value = settings.get("replicas", 1)
-        try:
-            replicas = int(str(replicas_value))
-        except ValueError:
-            replicas = 0
-        if not 1 <= replicas <= 5:
-            raise ConfigError(f"brokers.nats.replicas must be 1 to 5, got {replicas_value!r}")
-        storage = str(settings.get("storage", "file"))
-        if storage not in _STORAGES:
-            raise ConfigError(f"brokers.nats.storage must be file or memory, got {storage!r}")
-        if parts.scheme not in ("nats", "tls") or not parts.netloc:
-            raise ConfigError(f"broker {url!r}: use nats://host:port[,host:port...]")
-        userinfo, _, hosts = parts.netloc.rpartition("@")
-        credentials = f"{userinfo}@" if userinfo else ""
-        servers = tuple(f"{parts.scheme}://{credentials}{host}" for host in hosts.split(","))
-        return cls(servers, prefix, replicas, storage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,19 +125,6 @@ class _Sequencer:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     head: _Head | None = None
     users: int = 0
-
-
-@dataclass(slots=True, eq=False)
-class _ChannelState:
-    """This node's subscription to one channel; see the module docstring."""
-
-    channel: ChannelName
-    ready: asyncio.Future[None]
-    sub: Subscription | None = None
-    last: Position | None = None  # the last publication handed to the hub
-    buffer: list[Publication] | None = None  # live arrivals held while syncing
-    sync_needed: bool = False
-    sync_task: asyncio.Task[None] | None = None
 
 
 class NatsBroker:
@@ -274,7 +191,7 @@ class NatsBroker:
         self._stream: HistoryStream | None = None
         self._epoch = ""  # of channels never published to: the stream's
         self._on_publication: PublicationHandler | None = None
-        self._states: dict[ChannelName, _ChannelState] = {}
+        self._live: dict[ChannelName, LiveChannel] = {}
         self._sequencers: dict[ChannelName, _Sequencer] = {}
         self._healthy = False
         self._closed = False
@@ -349,7 +266,7 @@ class NatsBroker:
         await self._presence.start(client)
 
     async def _connect_forever(self) -> None:
-        delay = self._backoff()
+        delay = retry_backoff()
         while not self._closed:
             try:
                 await self._connect()
@@ -379,15 +296,16 @@ class NatsBroker:
         self._healthy = False
         self._on_publication = None
         tasks = [] if self._background is None else [self._background]
-        tasks += [s.sync_task for s in self._states.values() if s.sync_task is not None]
+        tasks += [live.sync_task for live in self._live.values() if live.sync_task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._presence.close()
-        for state in self._states.values():
-            if not state.ready.done():
-                state.ready.cancel()
-        self._states.clear()
+        for live in self._live.values():
+            live.drop()
+            if not live.ready.done():
+                live.ready.cancel()
+        self._live.clear()
         if self._client is not None:
             with contextlib.suppress(Exception):
                 await self._client.close()
@@ -404,9 +322,6 @@ class NatsBroker:
         except Exception:  # no answer in time, or the connection went: not ready
             return False
         return self._healthy
-
-    def _backoff(self) -> Backoff:
-        return Backoff(base_s=RETRY_BASE_DELAY_S, cap_s=RETRY_MAX_DELAY_S, uniform=random.uniform)
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -677,7 +592,7 @@ class NatsBroker:
     async def _on_control(self, msg: Msg) -> None:
         self._control.receive(msg.data)
 
-    # -- subscriptions -------------------------------------------------------------------
+    # -- subscriptions (each followed by a ``nats_live.LiveChannel``) ---------------------
 
     async def subscribe(self, channel: ChannelName) -> None:
         """Deliver ``channel``'s publications to this node; returns once NATS has the
@@ -686,63 +601,62 @@ class NatsBroker:
         Raises:
             BrokerError: NATS is unreachable now (the broker is reconnecting).
         """
-        state = self._states.get(channel)
-        if state is not None:
-            await asyncio.shield(state.ready)
+        live = self._live.get(channel)
+        if live is not None:
+            await asyncio.shield(live.ready)
             return
         client = self._client
         if self._closed or not self._healthy or client is None or not client.is_connected:
             raise BrokerError(f"cannot subscribe {channel}: NATS is not reachable now")
-        state = _ChannelState(channel, asyncio.get_running_loop().create_future())
-        self._states[channel] = state
+        live = LiveChannel(
+            channel,
+            read_history=self.history,
+            deliver=lambda: self._on_publication,
+            history_size=self._namespaces.options_for(channel).history.size,
+        )
+        self._live[channel] = live
         try:
 
             async def on_message(msg: Msg) -> None:
-                self._on_message(state, msg)
+                self._on_message(live, msg)
 
-            state.sub = await client.subscribe(live_subject(self._prefix, channel), cb=on_message)
-            await client.flush(
-                timeout=_whole_seconds(self._publish_timeout_s)
-            )  # NATS has the subscription
+            live.sub = await client.subscribe(live_subject(self._prefix, channel), cb=on_message)
+            # Once NATS has the subscription, what the head holds is all history's.
+            await client.flush(timeout=_whole_seconds(self._publish_timeout_s))
             read = await self.history(channel, limit=0)
         except BaseException as exc:
-            if self._states.get(channel) is state:
-                await self._drop(state)
+            await self._drop(live)
             if isinstance(exc, Exception) and not isinstance(exc, BrokerError):
                 error = BrokerError(f"subscribing {channel} failed: {exc!r}")
-                state.ready.set_exception(error)
-                state.ready.exception()  # retrieved: there may be no other waiter
+                live.ready.set_exception(error)
+                live.ready.exception()  # retrieved: there may be no other waiter
                 raise error from exc
-            state.ready.cancel()
+            live.ready.cancel()
             raise
-        if state.last is None:
-            state.last = read.head
-        state.ready.set_result(None)
+        if live.last is None:
+            live.last = read.head
+        live.ready.set_result(None)
 
     async def unsubscribe(self, channel: ChannelName) -> None:
         """Stop delivering ``channel``'s publications to this node; idempotent."""
-        state = self._states.get(channel)
-        if state is None:
+        live = self._live.get(channel)
+        if live is None:
             return
-        if not state.ready.done():
-            await asyncio.wait([state.ready])
-        if self._states.get(channel) is state:
-            await self._drop(state)
+        if not live.ready.done():
+            await asyncio.wait([live.ready])
+        await self._drop(live)
 
-    async def _drop(self, state: _ChannelState) -> None:
-        """Forget ``state``: nothing more is delivered for it."""
-        if self._states.get(state.channel) is state:
-            del self._states[state.channel]
-        if state.sync_task is not None:
-            state.sync_task.cancel()
-        if state.sub is not None:
+    async def _drop(self, live: LiveChannel) -> None:
+        """Forget ``live``: nothing more is delivered for it."""
+        if self._live.get(live.channel) is live:
+            del self._live[live.channel]
+        live.drop()
+        if live.sub is not None:
             with contextlib.suppress(Exception):  # gone with its connection: nothing to undo
-                await state.sub.unsubscribe()
+                await live.sub.unsubscribe()
 
-    # -- receiving ---------------------------------------------------------------------
-
-    def _on_message(self, state: _ChannelState, msg: Msg) -> None:
-        if self._states.get(state.channel) is not state:
+    def _on_message(self, live: LiveChannel, msg: Msg) -> None:
+        if not live.active:
             return  # unsubscribed meanwhile
         headers = msg.headers or {}
         if PRESENCE_HEADER in headers:
@@ -750,124 +664,13 @@ class NatsBroker:
             return
         try:
             seq = int(headers.get("Nats-Sequence", "0"))
-            publication = decode_body(state.channel, msg.data, seq).publication
+            publication = decode_body(live.channel, msg.data, seq).publication
         except (BrokerError, ValueError):
             logger.error("unreadable publication on %s: %r", msg.subject, msg.data[:200])
             return
         if self._debug:
             logger.debug("received %s at %s", publication.channel, publication.position)
-        if state.buffer is not None:
-            state.buffer.append(publication)
-        elif not self._accept(state, publication):
-            state.buffer = [publication]
-            self._request_sync(state)
-
-    def _accept(self, state: _ChannelState, publication: Publication) -> bool:
-        """Deliver ``publication`` if it follows ``state.last``; drop a repeat. Return
-        False (delivering nothing) when publications before it are missing."""
-        outcome = decide_catch_up(state.last, publication.position)
-        if outcome is CatchUp.GAP:
-            # Another epoch: the stream was made again. Hold it from its start.
-            state.last = Position(publication.epoch, 0)
-            if publication.offset != 1:
-                return False
-        elif outcome is not CatchUp.DELIVER:
-            return outcome is CatchUp.ALREADY_HAD
-        state.last = publication.position
-        handler = self._on_publication
-        if handler is not None:
-            try:
-                handler(publication)
-            except Exception:  # a faulty handler must not stop delivery
-                logger.exception("publication handler failed on %s", publication.channel)
-        return True
-
-    # -- syncing: filling gaps from history ------------------------------------------------
-
-    def _request_sync(self, state: _ChannelState) -> None:
-        if state.buffer is None:
-            state.buffer = []
-        state.sync_needed = True
-        if state.sync_task is None and not self._closed:
-            state.sync_task = asyncio.get_running_loop().create_task(
-                self._sync(state), name=f"tidings nats sync {state.channel}"
-            )
-
-    async def _sync(self, state: _ChannelState) -> None:
-        delay = self._backoff()
-        try:
-            while state.sync_needed and self._states.get(state.channel) is state:
-                state.sync_needed = False
-                try:
-                    await self._sync_once(state)
-                except Exception as exc:  # the task boundary: the channel must not stall
-                    state.sync_needed = True
-                    expected = isinstance(exc, BrokerError)
-                    logger.log(
-                        logging.WARNING if expected else logging.ERROR,
-                        "filling the gap of %s failed: %s",
-                        state.channel,
-                        exc,
-                        exc_info=not expected,
-                    )
-                    await asyncio.sleep(delay.next_delay_s())
-        finally:
-            state.sync_task = None
-
-    async def _sync_once(self, state: _ChannelState) -> None:
-        channel = state.channel
-        since = state.last
-        read = await self.history(channel, since)
-        if self._states.get(channel) is not state:
-            return
-        recovery = read.recovery
-        if since is None:
-            state.last = read.head
-        elif isinstance(recovery, Gap):
-            self._jump(state, since, read.head, recovery)
-            state.sync_needed = True
-            return
-        else:
-            for publication in recovery.publications:
-                self._accept(state, publication)
-        buffered = state.buffer or []
-        state.buffer = None
-        for index, publication in enumerate(buffered):
-            if publication.epoch != read.head.epoch:
-                continue  # of a stream since made again: stale
-            if not self._accept(state, publication):
-                state.buffer = buffered[index:]
-                state.sync_needed = True
-                return
-
-    def _jump(self, state: _ChannelState, since: Position, head: Position, gap: Gap) -> None:
-        """Move ``state.last`` past a gap history cannot fill."""
-        if gap.reason is GapReason.EPOCH_CHANGED:
-            logger.warning(
-                "the NATS stream lost %s (made again): epoch %s replaced %s",
-                state.channel,
-                head.epoch,
-                since.epoch,
-            )
-            state.last = Position(head.epoch, 0)
-        elif gap.reason is GapReason.AHEAD_OF_HEAD:
-            logger.warning(
-                "the NATS stream holds %s only up to %s, behind %s (it lost stored data)",
-                state.channel,
-                head,
-                since,
-            )
-            state.last = head
-        else:
-            options = self._namespaces.options_for(state.channel).history
-            first = max(1, head.offset - options.size + 1)
-            logger.warning(
-                "publications %d..%d of %s left history before this node received them",
-                since.offset + 1,
-                first - 1,
-                state.channel,
-            )
-            state.last = Position(head.epoch, first - 1)
+        live.receive(publication)
 
     # -- a lost connection -----------------------------------------------------------------
 
@@ -877,9 +680,8 @@ class NatsBroker:
         if self._healthy:
             logger.warning("lost the connection to NATS at %s", self._display_url)
         self._healthy = False
-        for state in self._states.values():
-            if state.buffer is None:
-                state.buffer = []  # hold live arrivals until history filled the gap
+        for live in self._live.values():
+            live.hold()  # until history filled the gap
 
     async def _reconnected(self) -> None:
         if self._closed or self._background is not None:
@@ -892,16 +694,16 @@ class NatsBroker:
     async def _recover(self) -> None:
         """After a reconnect (nats-py subscribed again): find the stream, then sync
         every channel before being ready again."""
-        delay = self._backoff()
+        delay = retry_backoff()
         while not self._closed:
             try:
                 await self._prepare()
-                states = list(self._states.values())
-                for state in states:
-                    self._request_sync(state)
-                tasks = [s.sync_task for s in states if s.sync_task is not None]
+                followed = list(self._live.values())
+                for live in followed:
+                    live.request_sync()
+                tasks = [live.sync_task for live in followed if live.sync_task is not None]
                 await asyncio.gather(*tasks, return_exceptions=True)
-                if any(s.sync_needed or s.buffer is not None for s in states):
+                if not all(live.is_synced for live in followed if live.active):
                     raise BrokerError("some channels are not synced yet")
                 await self._presence.restore()
             except Exception as exc:  # the task boundary: whatever failed, try again
@@ -913,7 +715,7 @@ class NatsBroker:
                 continue
             self._healthy = True
             logger.info(
-                "reconnected to NATS at %s; synced %d channels", self._display_url, len(states)
+                "reconnected to NATS at %s; synced %d channels", self._display_url, len(followed)
             )
             return
 
