@@ -447,13 +447,17 @@ async def test_a_node_command_reaches_every_node_once_the_sender_included(
         for node, recording in zip((a, b, c), commands, strict=True):
             node.listen(recording)
 
-        await a.send_to_nodes(command)
+        told = await a.send_to_nodes(command)
         heard = [await recording.wait_for(1) for recording in commands]
         await a.send_to_nodes(DisconnectUser("bob", 4003, "marker"))
         for recording in commands:
             await recording.wait_for(2)  # anything repeated would have come before
+        counted = [len(r.commands) for r in commands]
+        await c.close()  # a node that leaves is no longer counted
+        told_after = await a.send_to_nodes(DisconnectUser("carol", 4003, "counted"))
     assert heard == [[command]] * 3
-    assert all(len(r.commands) == 2 for r in commands)
+    assert counted == [2, 2, 2]
+    assert (told, told_after) == (3, 2)
 
 
 # Settings

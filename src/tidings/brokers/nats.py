@@ -356,7 +356,8 @@ class NatsBroker:
         """Handle ``command`` here, then publish it to the other nodes.
 
         Returns:
-            1: core NATS does not count receivers; every connected node gets it.
+            The nodes that renew their key in the presence bucket, this one included
+            (core NATS does not count receivers; see ``nats_presence``), at least 1.
 
         Raises:
             BrokerError: NATS is unreachable; only this node handled it.
@@ -371,7 +372,11 @@ class NatsBroker:
             await client.flush(timeout=_whole_seconds(self._publish_timeout_s))
         except Exception as exc:  # nats-py's time-outs and connection errors
             raise BrokerError(f"{what} failed: {exc!r}") from exc
-        return 1
+        try:
+            return max(1, await self._presence.count_nodes())
+        except BrokerError as exc:  # sent all the same: only the count is unknown
+            logger.warning("counting the nodes told failed: %s", exc)
+            return 1
 
     async def _on_control(self, msg: Msg) -> None:
         self._control.receive(msg.data)

@@ -14,6 +14,10 @@ answer is the bucket's at the time of the call.
 Changes travel as frames on the channel's live subject, told apart from publications
 (which carry ``Nats-Stream``) by the ``Tidings-Presence`` header; a node ignores its
 own. One node sends its frames on one connection, so other nodes hear them in order.
+
+The bucket also counts the nodes: each renews a key ``_.nodes.<node>`` on the same
+timer, and empties it when it closes, so ``count_nodes`` tells how many nodes a node
+command reached, as far as the bucket knows (a killed node counts until its key ages).
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ PRESENCE_REFRESH_S: Final = 10.0
 PRESENCE_HEADER: Final = "Tidings-Presence"
 READ_TIMEOUT_S: Final = 5.0
 READ_BATCH: Final = 1_000
+# Node keys are ``_.nodes.<node>``: three tokens, where a channel's presence keys have
+# two, so no channel's filter (``<token>.*``) ever matches one.
+_NODES: Final = "_.nodes"
 
 
 class _Frame(msgspec.Struct, frozen=True):
@@ -107,6 +114,7 @@ class NatsPresence:
         """
         self._client = client
         await self.ensure_bucket()
+        await self._put_node(alive=True)
         if self._refresher is None:
             self._refresher = asyncio.get_running_loop().create_task(
                 self._refresh_forever(), name="tidings nats presence refresh"
@@ -121,7 +129,6 @@ class NatsPresence:
             "max_age": int(self._lifetime_s * 1e9),
             "allow_rollup_hdrs": True,
             "deny_delete": True,
-            "discard": "new",
             "storage": "file",
             "num_replicas": self._replicas,
         }
@@ -131,12 +138,16 @@ class NatsPresence:
             raise BrokerError(f"making the presence bucket failed: {reply[:200]!r}")
 
     async def close(self) -> None:
-        """Stop renewing; this node's keys expire (or go with ``leave``)."""
+        """Stop renewing and leave the nodes; this node's presence keys expire (or go
+        with ``leave``)."""
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
             self._refresher = None
+        if self._client is not None and self._client.is_connected:
+            with contextlib.suppress(BrokerError):
+                await self._put_node(alive=False)
         self._client = None
 
     async def _request(
@@ -188,20 +199,42 @@ class NatsPresence:
         await self._announce("leave", channel, client_id, user)
 
     async def presence(self, channel: ChannelName) -> dict[str, str]:
-        """Return ``{client_id: user}`` in ``channel`` on every node, read now: an
-        ephemeral pull consumer hands over the last value of each key of the channel,
-        batch by batch, until JetStream answers that none is left.
+        """Return ``{client_id: user}`` in ``channel`` on every node, read now.
 
         Raises:
             BrokerError: NATS failed.
         """
+        users: dict[str, str] = {}
+        try:
+            for value in await self._last_values(
+                f"{token_of(channel)}.*", f"the presence of {channel}"
+            ):
+                if value:
+                    users.update(_decode_map(value))
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise BrokerError(f"the presence of {channel} holds an unreadable entry") from exc
+        return users
+
+    async def count_nodes(self) -> int:
+        """Return how many nodes renew their node key now, this one included.
+
+        Raises:
+            BrokerError: NATS failed.
+        """
+        values = await self._last_values(f"{_NODES}.*", "the nodes")
+        return sum(1 for value in values if value)
+
+    async def _last_values(self, keys: str, what: str) -> list[bytes]:
+        """Return the last value of every key matching ``keys``, read now: an ephemeral
+        pull consumer hands them over batch by batch until JetStream answers that none
+        is left."""
         client = self._client
         if client is None or not client.is_connected:
-            raise BrokerUnavailable("presence failed: NATS is not reachable now")
+            raise BrokerUnavailable(f"reading {what} failed: NATS is not reachable now")
         config = {
             "ack_policy": "none",
             "deliver_policy": "last_per_subject",
-            "filter_subject": f"$KV.{self._bucket}.{token_of(channel)}.*",
+            "filter_subject": f"$KV.{self._bucket}.{keys}",
             "inactive_threshold": 5_000_000_000,
             "mem_storage": True,
         }
@@ -210,12 +243,12 @@ class NatsPresence:
             await self._request(f"$JS.API.CONSUMER.CREATE.{self._stream}", _encode(request))
         )
         if created.error is not None or not created.name:
-            raise BrokerError(f"reading the presence of {channel} failed: {created.error}")
+            raise BrokerError(f"reading {what} failed: {created.error}")
         next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{created.name}"
         inbox = client.new_inbox()
         received: asyncio.Queue[Msg] = asyncio.Queue()
         sub = await client.subscribe(inbox, cb=received.put)
-        users: dict[str, str] = {}
+        values: list[bytes] = []
         try:
             async with asyncio.timeout(READ_TIMEOUT_S):
                 batch_full = True
@@ -224,21 +257,18 @@ class NatsPresence:
                     count = 0
                     while "Status" not in ((msg := await received.get()).headers or {}):
                         count += 1
-                        if msg.data:
-                            users.update(_decode_map(msg.data))
+                        values.append(bytes(msg.data))
                         if count == READ_BATCH:
                             break  # a full batch: ask for the next one
                     batch_full = count == READ_BATCH
         except TimeoutError as exc:
-            raise BrokerError(f"reading the presence of {channel} timed out") from exc
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise BrokerError(f"the presence of {channel} holds an unreadable entry") from exc
+            raise BrokerError(f"reading {what} timed out") from exc
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
             with contextlib.suppress(Exception):  # else it goes after its inactivity limit
                 await client.publish(f"$JS.API.CONSUMER.DELETE.{self._stream}.{created.name}", b"")
-        return users
+        return values
 
     def receive(self, msg: Msg) -> None:
         """Hand a presence frame from the live subject to the listener, unless it is ours."""
@@ -256,14 +286,27 @@ class NatsPresence:
         except Exception:  # a faulty handler must not stop delivery
             logger.exception("presence handler failed on %r", change)
 
+    async def _put_node(self, *, alive: bool) -> None:
+        """Renew (or, leaving, empty) this node's key among the nodes."""
+        subject = f"$KV.{self._bucket}.{_NODES}.{token_of(self._node)}"
+        reply = await self._request(subject, b"1" if alive else b"")
+        if b'"error"' in reply:
+            raise BrokerError(f"renewing this node's key failed: {reply[:200]!r}")
+
     async def restore(self) -> None:
         """Put every key of this node again (NATS may have lost them while away)."""
+        await self._put_node(alive=True)
         for channel in list(self._mine):
             await self._put(channel)
 
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(self._refresh_s)
+            try:
+                await self._put_node(alive=True)
+            except BrokerError as exc:
+                logger.warning("renewing this node's key failed: %s", exc)
+                continue
             for channel in list(self._mine):
                 try:
                     await self._put(channel)
