@@ -26,6 +26,7 @@ from redis.crc import key_slot
 
 from tests.support.clock import FakeClock
 from tests.support.handler import Recording, RecordingCommands, RecordingHandler
+from tests.support.nats_server import make_nats_broker
 from tests.support.postgres import make_postgres_broker, make_pull_postgres_broker
 from tests.support.redis_cluster import (
     LocalRedisCluster,
@@ -110,6 +111,7 @@ BROKER_FACTORIES = [
     pytest.param(make_redis_cluster_broker, id="redis-cluster"),
     pytest.param(make_postgres_broker, id="postgres"),
     pytest.param(make_pull_postgres_broker, id="postgres-pull"),
+    pytest.param(make_nats_broker, id="nats"),
 ]
 # Brokers whose nodes share one backend: what one node does, another hears.
 SHARED_BROKER_FACTORIES = [
@@ -117,6 +119,7 @@ SHARED_BROKER_FACTORIES = [
     pytest.param(make_redis_cluster_broker, id="redis-cluster"),
     pytest.param(make_postgres_broker, id="postgres"),
     pytest.param(make_pull_postgres_broker, id="postgres-pull"),
+    pytest.param(make_nats_broker, id="nats"),
 ]
 
 

@@ -83,6 +83,9 @@ _POSTGRES: Final = BrokerKind(
     ("postgres://user@host:port/db",),
     ("psycopg_pool",),
 )
+_NATS: Final = BrokerKind(
+    "nats", "tidings.brokers.nats", "NatsBroker", "nats", "nats", ("nats://host:port",)
+)
 # URL scheme -> broker. Add a broker here, not with another ``if``.
 BROKER_SCHEMES: Final[dict[str, BrokerKind]] = {
     "redis": _REDIS,
@@ -91,6 +94,7 @@ BROKER_SCHEMES: Final[dict[str, BrokerKind]] = {
     "redis-cluster": _REDIS,
     "postgres": _POSTGRES,
     "postgresql": _POSTGRES,
+    "nats": _NATS,
 }
 _FORMS: Final = ["memory", *dict.fromkeys(f for k in BROKER_SCHEMES.values() for f in k.forms)]
 _KNOWN_FORMS: Final = f"{', '.join(_FORMS[:-1])} or {_FORMS[-1]}"

@@ -69,8 +69,8 @@ def config_option(function: click.decorators.FC) -> click.decorators.FC:
 @click.option(
     "--broker",
     default=None,
-    help="Broker URL: memory (default), redis://host:port/db, redis-cluster://host:port "
-    "or postgres://user@host:port/db. "
+    help="Broker URL: memory (default), redis://host:port/db, redis-cluster://host:port, "
+    "postgres://user@host:port/db or nats://host:port. "
     "Env: TIDINGS_BROKER.",
 )
 @click.option(
