@@ -73,12 +73,25 @@ _REDIS: Final = BrokerKind(
     "redis",
     ("redis://host:port/db", "redis-cluster://host:port"),
 )
+# Its link and API client (websockets, httpx) are core dependencies: never missing.
+_RELAY: Final = BrokerKind(
+    "relay",
+    "tidings.brokers.relay",
+    "RelayBroker",
+    "",
+    "websockets",
+    ("relay+ws://host:port", "relay+http://host:port"),
+)
 # URL scheme -> broker. Add a broker here, not with another ``if``.
 BROKER_SCHEMES: Final[dict[str, BrokerKind]] = {
     "redis": _REDIS,
     "rediss": _REDIS,
     "unix": _REDIS,
     "redis-cluster": _REDIS,
+    "relay+ws": _RELAY,
+    "relay+wss": _RELAY,
+    "relay+http": _RELAY,
+    "relay+https": _RELAY,
 }
 _FORMS: Final = ["memory", *dict.fromkeys(f for k in BROKER_SCHEMES.values() for f in k.forms)]
 _KNOWN_FORMS: Final = f"{', '.join(_FORMS[:-1])} or {_FORMS[-1]}"

@@ -24,6 +24,8 @@ from tidings.server.config import Settings, load_settings, setting_name
 from tidings.server.runner import ExitStatus, run_node, run_workers
 
 SECRET_SETTINGS: Final = frozenset({"api_key", "jwt_secret"})
+# Settings of a broker's table that are credentials (the relay's upstream token and key).
+SECRET_BROKER_SETTINGS: Final = frozenset({"api_key", "token"})
 MASK: Final = "********"
 
 SERVE_EXAMPLES: Final = """
@@ -194,7 +196,10 @@ def describe_settings(settings: Settings) -> list[str]:
             value = f"{value:g}s"
         lines.append(f"{setting_name(field.name)} = {_shown(value)}")
     for broker, table in sorted(settings.brokers.items()):
-        lines += [f"brokers.{broker}.{key} = {_shown(value)}" for key, value in table.items()]
+        lines += [
+            f"brokers.{broker}.{key} = {MASK if key in SECRET_BROKER_SETTINGS else _shown(value)}"
+            for key, value in table.items()
+        ]
     for name, options in sorted(settings.namespaces.items(), key=lambda item: item[0] or ""):
         lines.append(
             f"namespaces.{name or 'default'} = policy {options.policy.value}, "

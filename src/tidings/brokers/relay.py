@@ -1,0 +1,437 @@
+"""The relay broker: a node that takes its publications from an upstream tidings node
+(another node, or another relay) instead of sequencing them (docs/protocol.md §10,
+docs/brokers/relay.md). I/O: a link to the upstream (WebSocket, or SSE where only plain
+HTTP passes) and the upstream's server API over HTTP.
+
+Theory of operation
+-------------------
+*Following.* The hub subscribes a channel at its broker on its first local subscriber
+and unsubscribes it on its last; the relay follows the channel upstream exactly that
+long, once, however many clients it serves. ``subscribe`` returns once the upstream
+has answered with the channel's head: from then on every publication after it reaches
+the hub (the link's order), and every one before it is the upstream's history.
+
+*Positions are the upstream's.* A publication is passed on with its epoch, offset,
+``ts``, ``key`` and ``info`` unchanged; a relay sequences nothing. So a client can move
+between relays and the origin and resume with the same position.
+
+*The cache.* Each followed channel keeps the publications it received, bounded as the
+namespace's history (``history_size``, ``history_ttl``), and its head. ``history`` is
+answered from the cache when the cache can answer (a ``Replay``); anything it cannot
+(an older position, a fuller page, an unfollowed channel) is asked of the upstream's
+``/api/history``, which answers as the origin would. So a client hears
+``recovered: false`` only when the upstream could not recover it either.
+
+*Judging what arrives* (``core.catchup``): the next offset is cached and handed on; one
+already had (a resubscribe's overlap) is dropped; a hole or another epoch means the
+upstream lost publications it could not recover (it said ``recovered: false``, or
+restarted): the cache starts again from that publication, which is handed on, and the
+hub, seeing it does not follow, tells its subscribers to resume (they then hear
+``recovered: false`` from the upstream's answer, through ``history``).
+
+*Link lost.* The link reconnects with backoff and resubscribes each channel from the
+cache's head: the upstream replays what the relay missed (nothing lost, nothing
+repeated), or says it cannot, which is the case above. Meanwhile the relay serves from
+its cache; ``is_ready`` is false, and a new channel cannot be followed (``unavailable``).
+
+*Publishing* at a relay is forwarded to the upstream's ``POST /api/publish`` with the
+relay's ``api_key``, chosen over a client ``publish`` on the link because the API needs
+no ``client_publish`` in the namespace and keeps server keys in the server's space. A
+client's idempotency key is sent as a key of its own derived from the user and key
+(``relayed_key``), so users' key spaces stay apart upstream too. The publication comes
+back through the link like any other. Upstream it carries no ``info``: the server API
+cannot say which client published.
+
+Presence and node commands are this node's own (a relay's presence lists its clients).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import msgspec
+
+from tidings.brokers.base import HistoryRead, PublicationHandler, PublishResult
+from tidings.brokers.relay_link import UpstreamLink, WebSocketLink
+from tidings.brokers.relay_sse import SseLink
+from tidings.client.api import ApiClient
+from tidings.client.errors import is_retryable
+from tidings.clock import Clock, SystemClock
+from tidings.core.catchup import CatchUp, decide_catch_up
+from tidings.core.channel import ChannelName
+from tidings.core.dedupe import DedupeOptions, dedupe_key
+from tidings.core.history import ChannelHistory, HistoryOptions
+from tidings.core.namespace import Namespaces
+from tidings.core.publication import ClientInfo, Position, Publication
+from tidings.core.recovery import Gap, GapReason, Recovery, Replay
+from tidings.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ConfigError,
+    PermissionDenied,
+    RequestError,
+    Unauthorized,
+)
+
+logger = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_S: Final = 5.0
+SUBSCRIBE_TIMEOUT_S: Final = 10.0
+PROBE_TIMEOUT_S: Final = 1.0
+# scheme -> (the link's scheme, the API's scheme, whether the link is a WebSocket)
+SCHEMES: Final = {
+    "relay+ws": ("ws", "http", True),
+    "relay+wss": ("wss", "https", True),
+    "relay+http": ("http", "http", False),
+    "relay+https": ("https", "https", False),
+}
+# The settings of ``[brokers.relay]``.
+FILE_SETTINGS: Final = ("token", "api_key")
+
+
+@dataclass(frozen=True, slots=True)
+class RelayTarget:
+    """Where the upstream is: its base URL (for the API and ``/sse``), the link's URL,
+    and the relay's credentials there."""
+
+    base_url: str
+    link_url: str
+    websocket: bool
+    token: str | None
+    api_key: str | None
+
+    @classmethod
+    def parse(cls, url: str, options: Mapping[str, object] | None = None) -> RelayTarget:
+        """Read a ``relay+ws://``, ``relay+wss://``, ``relay+http://`` or
+        ``relay+https://`` URL (with any path the upstream is mounted under) and the
+        ``[brokers.relay]`` table (``token``, ``api_key``).
+
+        Raises:
+            ConfigError: another scheme, no host, a query (credentials belong in the
+                table, not in a URL that ends up in logs), or a bad table.
+        """
+        parts = urlsplit(url)
+        schemes = SCHEMES.get(parts.scheme.lower())
+        if schemes is None or not parts.hostname:
+            raise ConfigError(
+                f"relay broker URL {url!r} must be relay+ws://host:port or relay+http://host:port"
+            )
+        if parts.query or parts.username or parts.password:
+            raise ConfigError(
+                "a relay broker URL takes no query and no credentials: "
+                "put token and api_key in [brokers.relay]"
+            )
+        link_scheme, api_scheme, websocket = schemes
+        path = parts.path.rstrip("/")
+        base_url = urlunsplit((api_scheme, parts.netloc, path, "", ""))
+        link_url = (
+            urlunsplit((link_scheme, parts.netloc, f"{path}/ws", "", "")) if websocket else base_url
+        )
+        token, api_key = _file_settings(options or {})
+        return cls(base_url, link_url, websocket, token, api_key)
+
+
+def _file_settings(options: Mapping[str, object]) -> tuple[str | None, str | None]:
+    for name in options:
+        if name not in FILE_SETTINGS:
+            raise ConfigError(
+                f"brokers.relay: unknown setting {name!r}; known: {list(FILE_SETTINGS)}"
+            )
+    values: list[str | None] = []
+    for name in FILE_SETTINGS:
+        value = options.get(name)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"brokers.relay.{name} must be a non-empty string")
+        values.append(value)
+    return values[0], values[1]
+
+
+def relayed_key(key: str, info: ClientInfo | None) -> str:
+    """The idempotency key sent upstream for ``key`` published by ``info``'s user (or by
+    the server API, ``info`` None: kept as is). A client's key becomes a digest of its
+    user and key, so that two users' keys, or a user's and the API's, never meet."""
+    if info is None:
+        return key
+    return "relay-" + hashlib.sha256(dedupe_key(key, info).encode()).hexdigest()
+
+
+class _Followed:
+    """One channel followed upstream: its head, its cache, and whether it is synced."""
+
+    __slots__ = ("cache", "head", "refusal", "synced")
+
+    def __init__(self, options: HistoryOptions) -> None:
+        self.cache = ChannelHistory(options)
+        self.head: Position | None = None  # None until the upstream's first answer
+        self.synced = asyncio.Event()
+        self.refusal: RequestError | None = None
+
+
+class RelayBroker:
+    """A broker whose truth is an upstream tidings node; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        namespaces: Namespaces,
+        *,
+        dedupe: DedupeOptions | None = None,
+        publish_timeout_s: float = PUBLISH_TIMEOUT_S,
+        node_id: str | None = None,
+        options: Mapping[str, object] | None = None,
+        clock: Clock | None = None,
+        subscribe_timeout_s: float = SUBSCRIBE_TIMEOUT_S,
+    ) -> None:
+        """Prepare a relay of the upstream at ``url``; nothing connects before ``start``.
+
+        ``options`` is the ``[brokers.relay]`` table: ``token`` (a connection token of
+        the upstream whose channels allow what this relay serves) and ``api_key`` (the
+        upstream's, for publishing and for history the cache cannot answer).
+        ``dedupe`` and ``node_id`` are the upstream's business and unused here.
+
+        Raises:
+            ConfigError: the URL or ``options`` is not one this broker reads.
+        """
+        del dedupe, node_id  # the upstream dedupes; a relay has no peers to name itself to
+        self.target = RelayTarget.parse(url, options)
+        self._namespaces = namespaces
+        self._clock = clock or SystemClock()
+        self._publish_timeout_s = publish_timeout_s
+        self._subscribe_timeout_s = subscribe_timeout_s
+        self._followed: dict[ChannelName, _Followed] = {}
+        self._on_publication: PublicationHandler | None = None
+        self._link: UpstreamLink | None = None
+        self._api: ApiClient | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self, on_publication: PublicationHandler) -> None:
+        """Start the link to the upstream (it connects in the background)."""
+        target = self.target
+        self._on_publication = on_publication
+        self._api = ApiClient(target.base_url, target.api_key, timeout_s=self._publish_timeout_s)
+        if target.websocket:
+            self._link = WebSocketLink(target.link_url, target.token)
+        else:
+            self._link = SseLink(target.base_url, target.token)
+        self._link.start(self)
+        logger.info("relaying %s", target.base_url)
+
+    async def close(self) -> None:
+        """Close the link and the API client; idempotent."""
+        link, self._link = self._link, None
+        api, self._api = self._api, None
+        if link is not None:
+            await link.close()
+        if api is not None:
+            await api.aclose()
+
+    async def is_ready(self) -> bool:
+        """Whether the link is up and the upstream answers ``/ready`` in time."""
+        if self._link is None or not self._link.is_connected or self._api is None:
+            return False
+        try:
+            async with httpx.AsyncClient(base_url=self.target.base_url) as http:
+                response = await http.get("/ready", timeout=PROBE_TIMEOUT_S)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    # -- publish and history ----------------------------------------------------------------
+
+    async def publish(
+        self,
+        channel: ChannelName,
+        data: bytes,
+        *,
+        key: str | None = None,
+        info: ClientInfo | None = None,
+    ) -> PublishResult:
+        """Forward the publication to the upstream's server API.
+
+        Raises:
+            RequestError: the upstream refused the publication itself (too large...).
+            BrokerUnavailable: the upstream could not be reached; nothing was published.
+            BrokerError: the upstream did not answer in time, or refused the relay's
+                credentials.
+        """
+        api = self._started_api()
+        upstream_key = None if key is None else relayed_key(key, info)
+        try:
+            position = await api.publish(channel, msgspec.Raw(data), key=upstream_key)
+        except httpx.ConnectError as exc:
+            raise BrokerUnavailable(f"upstream {self.target.base_url} unreachable") from exc
+        except httpx.HTTPError as exc:
+            raise BrokerError(f"upstream {self.target.base_url} did not confirm: {exc}") from exc
+        except RequestError as exc:
+            raise _upstream_failure(exc) from exc
+        return PublishResult(position)
+
+    async def history(
+        self, channel: ChannelName, since: Position | None = None, limit: int | None = None
+    ) -> HistoryRead:
+        """Answer from the cache when it can, else from the upstream's history."""
+        followed = self._followed.get(channel)
+        if followed is not None and followed.head is not None:
+            cached = self._from_cache(followed, followed.head, since, limit)
+            if cached is not None:
+                return HistoryRead(followed.head, cached)
+        return await self._upstream_history(channel, since, limit)
+
+    def _from_cache(
+        self, followed: _Followed, head: Position, since: Position | None, limit: int | None
+    ) -> Recovery | None:
+        now_ms = self._clock.now_ms()
+        if since is not None:
+            recovery = followed.cache.since(since, head.epoch, head.offset, now_ms, limit)
+            return recovery if isinstance(recovery, Replay) else None
+        publications = followed.cache.latest(now_ms, limit)
+        # The whole page, or everything there is (the cache reaching back to offset 1).
+        whole = limit is not None and len(publications) >= limit
+        if whole or head.offset - len(publications) == 0:
+            return Replay(publications)
+        return None
+
+    async def _upstream_history(
+        self, channel: ChannelName, since: Position | None, limit: int | None
+    ) -> HistoryRead:
+        api = self._started_api()
+        try:
+            answer = await api.history(channel, since, limit)
+        except httpx.HTTPError as exc:
+            raise BrokerUnavailable(f"upstream {self.target.base_url} unreachable") from exc
+        except RequestError as exc:
+            raise _upstream_failure(exc) from exc
+        head = answer.position
+        if since is None or answer.recovered:
+            return HistoryRead(head, Replay(answer.publications))
+        return HistoryRead(head, Gap(_gap_reason(since, head)))
+
+    def _started_api(self) -> ApiClient:
+        if self._api is None:
+            raise BrokerUnavailable("the relay broker is not started")
+        return self._api
+
+    # -- following channels -------------------------------------------------------------------
+
+    async def subscribe(self, channel: ChannelName) -> None:
+        """Follow ``channel`` upstream; return once the upstream answered with its head.
+
+        Raises:
+            BrokerUnavailable: the upstream is unreachable or did not answer in time.
+            BrokerError: the upstream refused the channel (the relay's token).
+        """
+        if channel in self._followed:
+            return
+        link = self._link
+        if link is None or not link.is_connected:
+            raise BrokerUnavailable(f"upstream {self.target.base_url} unreachable")
+        followed = self._followed[channel] = _Followed(self._history_options(channel))
+        await link.follow(channel)
+        try:
+            async with asyncio.timeout(self._subscribe_timeout_s):
+                await followed.synced.wait()
+        except TimeoutError:
+            await self.unsubscribe(channel)
+            raise BrokerUnavailable(f"upstream did not answer the subscribe of {channel}") from None
+        if followed.refusal is not None:
+            await self.unsubscribe(channel)
+            raise BrokerError(f"upstream refused {channel}: {followed.refusal.message}")
+
+    async def unsubscribe(self, channel: ChannelName) -> None:
+        """Stop following ``channel`` and drop its cache; idempotent."""
+        if self._followed.pop(channel, None) is not None and self._link is not None:
+            await self._link.unfollow(channel)
+
+    def _history_options(self, channel: ChannelName) -> HistoryOptions:
+        return self._namespaces.options_for(channel).history
+
+    # -- what the link reports (UpstreamListener) ---------------------------------------------
+
+    def position_of(self, channel: ChannelName) -> Position | None:
+        """The cache's head: where the link resumes ``channel`` from."""
+        followed = self._followed.get(channel)
+        return None if followed is None else followed.head
+
+    def receive_subscribed(
+        self,
+        channel: ChannelName,
+        head: Position,
+        recovered: bool,
+        publications: tuple[Publication, ...],
+    ) -> None:
+        """Take the upstream's answer to a (re)subscribe."""
+        followed = self._followed.get(channel)
+        if followed is None:
+            return
+        if followed.head is None or not recovered:
+            if followed.head is not None:
+                logger.warning(
+                    "upstream could not recover %s after %s:%d; it continues at %s:%d",
+                    channel,
+                    followed.head.epoch,
+                    followed.head.offset,
+                    head.epoch,
+                    head.offset,
+                )
+            followed.head = head
+            followed.cache = ChannelHistory(self._history_options(channel))
+        for publication in publications:
+            self._receive(followed, publication)
+        followed.synced.set()
+
+    def receive_publication(self, publication: Publication) -> None:
+        """Take a live publication of a followed channel."""
+        followed = self._followed.get(publication.channel)
+        if followed is not None and followed.head is not None:
+            self._receive(followed, publication)
+
+    def receive_refusal(self, channel: ChannelName, error: RequestError) -> None:
+        """Note that the upstream refused ``channel``."""
+        followed = self._followed.get(channel)
+        logger.warning("upstream refused to relay %s: %s", channel, error.message)
+        if followed is not None:
+            followed.refusal = error
+            followed.synced.set()
+
+    def _receive(self, followed: _Followed, publication: Publication) -> None:
+        outcome = decide_catch_up(followed.head, publication.position)
+        if outcome is CatchUp.ALREADY_HAD:
+            return
+        if outcome is not CatchUp.DELIVER:
+            # The upstream lost what came between: start again from here (module docstring).
+            followed.cache = ChannelHistory(self._history_options(publication.channel))
+        followed.cache.retain(publication, self._clock.now_ms())
+        followed.head = publication.position
+        assert self._on_publication is not None
+        try:
+            self._on_publication(publication)
+        except Exception:
+            logger.exception("the publication handler failed on %s", publication.channel)
+
+
+def _upstream_failure(error: RequestError) -> Exception:
+    """What an upstream's refusal is here: the client's fault is passed on as is; the
+    relay's own (credentials) or the upstream's trouble is a broker failure."""
+    if isinstance(error, Unauthorized | PermissionDenied):
+        logger.warning("the upstream refused the relay's api_key: %s", error.message)
+        return BrokerError(f"the upstream refused the relay: {error.message}")
+    if is_retryable(error):
+        # Not BrokerUnavailable: the upstream may have made a publish it did not confirm.
+        return BrokerError(f"the upstream is unavailable: {error.message}")
+    return error
+
+
+def _gap_reason(since: Position, head: Position) -> GapReason:
+    if since.epoch != head.epoch:
+        return GapReason.EPOCH_CHANGED
+    if since.offset > head.offset:
+        return GapReason.AHEAD_OF_HEAD
+    return GapReason.EVICTED
