@@ -60,7 +60,7 @@ SILENT_PINGS: Final = 2
 # the relay's memory stays bounded whatever it sends.
 MAX_FRAME_BYTES: Final = 64 * 1024 * 1024
 RECONNECT_BASE_S: Final = 0.1
-RECONNECT_CAP_S: Final = 5.0
+RECONNECT_CAP_S: Final = 2.0  # a relay is one client of its upstream: come back soon
 
 
 class UpstreamListener(Protocol):
