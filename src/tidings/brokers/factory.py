@@ -234,7 +234,9 @@ def create_broker(
     """Return the broker named by ``broker`` (a URL) or, without one, by ``data``.
 
     ``redis://host:port/db`` (also ``rediss://``, ``unix://``) is the Redis broker,
-    ``redis-cluster://host:port`` the Redis Cluster one; ``memory`` or nothing is the
+    ``redis-cluster://host:port`` the Redis Cluster one; ``relay+ws://host:port``
+    (``relay+wss``, ``relay+http``, ``relay+https``) a relay of another tidings node;
+    ``memory`` or nothing is the
     memory broker, or the sqlite broker keeping its files in ``data`` if given, with
     ``sqlite_durability`` (``full`` or ``fast``, see ``brokers.sqlite``).
     ``publish_timeout_s`` bounds a remote broker's publish (see ``RedisBroker``); the
