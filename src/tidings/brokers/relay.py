@@ -188,6 +188,7 @@ class RelayBroker:
         options: Mapping[str, object] | None = None,
         clock: Clock | None = None,
         subscribe_timeout_s: float = SUBSCRIBE_TIMEOUT_S,
+        link: UpstreamLink | None = None,
     ) -> None:
         """Prepare a relay of the upstream at ``url``; nothing connects before ``start``.
 
@@ -195,6 +196,7 @@ class RelayBroker:
         the upstream whose channels allow what this relay serves) and ``api_key`` (the
         upstream's, for publishing and for history the cache cannot answer).
         ``dedupe`` and ``node_id`` are the upstream's business and unused here.
+        ``link`` replaces the link the URL names (tests give a fake one).
 
         Raises:
             ConfigError: the URL or ``options`` is not one this broker reads.
@@ -207,6 +209,7 @@ class RelayBroker:
         self._subscribe_timeout_s = subscribe_timeout_s
         self._followed: dict[ChannelName, _Followed] = {}
         self._on_publication: PublicationHandler | None = None
+        self._given_link = link
         self._link: UpstreamLink | None = None
         self._api: ApiClient | None = None
 
@@ -217,7 +220,9 @@ class RelayBroker:
         target = self.target
         self._on_publication = on_publication
         self._api = ApiClient(target.base_url, target.api_key, timeout_s=self._publish_timeout_s)
-        if target.websocket:
+        if self._given_link is not None:
+            self._link = self._given_link
+        elif target.websocket:
             self._link = WebSocketLink(target.link_url, target.token)
         else:
             self._link = SseLink(target.base_url, target.token)

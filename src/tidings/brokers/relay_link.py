@@ -217,7 +217,8 @@ class WebSocketLink:
             # ``follow``, one followed earlier by this loop; none twice, none missed.
             self._connection = connection
             for channel in list(self._channels):
-                await self._subscribe(connection, channel)
+                if channel in self._channels:  # not unfollowed while an earlier one was sent
+                    await self._subscribe(connection, channel)
             silence_s = OPEN_TIMEOUT_S
             while True:
                 try:
