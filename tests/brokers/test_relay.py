@@ -372,3 +372,29 @@ async def test_a_client_moves_between_chained_relays_and_the_origin_with_its_pos
         True,
     )
     assert positions(received) == positions(made)
+
+
+async def test_an_origin_restarted_with_a_new_epoch_reaches_a_relays_clients_as_a_gap(
+    tmp_path: Path,
+) -> None:
+    channel, port = unique_channel(), free_port()
+    with ExitStack() as nodes:
+        origin = nodes.enter_context(node(tmp_path / "origin", port=port))
+        relay = nodes.enter_context(node(tmp_path / "relay", via(origin)))
+        async with httpx.AsyncClient() as http, AsyncExitStack() as stack:
+            client, _ = await subscribed(stack, relay, channel)
+            before = await publish(http, origin, channel, 1)
+            await client.publications(1)
+            origin.kill()  # the memory broker's history goes with it
+            await wait_for_ready(http, relay, 503)
+            with node(tmp_path / "origin-again", port=port) as restarted:
+                await wait_for_ready(http, relay, 200)
+                after = await publish(http, restarted, channel, 2)
+                code = await client.wait_closed(WAIT_S)
+                _, resumed = await subscribed(
+                    stack, relay, channel, since={"epoch": before["epoch"], "offset": 1}
+                )
+
+    assert after["epoch"] != before["epoch"]
+    assert code == 4504
+    assert (resumed["recovered"], resumed["epoch"], resumed["offset"]) == (False, after["epoch"], 1)
