@@ -36,6 +36,9 @@ class FollowingLink:
     def start(self, listener: UpstreamListener) -> None:
         self._listener = listener
 
+    async def wait_connected(self) -> None:
+        return
+
     async def close(self) -> None:
         self.connected = False
 

@@ -35,12 +35,11 @@ repeated), or says it cannot, which is the case above. Meanwhile the relay serve
 its cache; ``is_ready`` is false, and a new channel cannot be followed (``unavailable``).
 
 *Publishing* at a relay is forwarded to the upstream's ``POST /api/publish`` with the
-relay's ``api_key``, chosen over a client ``publish`` on the link because the API needs
-no ``client_publish`` in the namespace and keeps server keys in the server's space. A
-client's idempotency key is sent as a key of its own derived from the user and key
-(``relayed_key``), so users' key spaces stay apart upstream too. The publication comes
-back through the link like any other. Upstream it carries no ``info``: the server API
-cannot say which client published.
+relay's ``api_key`` (relay_api.py), chosen over a client ``publish`` on the link: the
+API needs no ``client_publish`` in the namespace, and it takes the publishing client's
+``info`` with the key (docs/protocol.md §6), so the upstream dedupes the key in that
+user's space exactly as if the client had published there, and says ``duplicate``.
+The publication comes back through the link like any other.
 
 Presence and node commands are this node's own (a relay's presence lists its clients).
 """
@@ -48,43 +47,32 @@ Presence and node commands are this node's own (a relay's presence lists its cli
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-import msgspec
-
 from tidings.brokers.base import HistoryRead, PublicationHandler, PublishResult
+from tidings.brokers.relay_api import UpstreamApi
 from tidings.brokers.relay_link import UpstreamLink, WebSocketLink
 from tidings.brokers.relay_sse import SseLink
-from tidings.client.api import ApiClient
-from tidings.client.errors import is_retryable
 from tidings.clock import Clock, SystemClock
 from tidings.core.catchup import CatchUp, decide_catch_up
 from tidings.core.channel import ChannelName
-from tidings.core.dedupe import DedupeOptions, dedupe_key
+from tidings.core.dedupe import DedupeOptions
 from tidings.core.history import ChannelHistory, HistoryOptions
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import ClientInfo, Position, Publication
-from tidings.core.recovery import Gap, GapReason, Recovery, Replay
-from tidings.errors import (
-    BrokerError,
-    BrokerUnavailable,
-    ConfigError,
-    PermissionDenied,
-    RequestError,
-    Unauthorized,
-)
+from tidings.core.recovery import Recovery, Replay
+from tidings.errors import BrokerError, BrokerUnavailable, ConfigError, RequestError
 
 logger = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S: Final = 5.0
 SUBSCRIBE_TIMEOUT_S: Final = 10.0
-PROBE_TIMEOUT_S: Final = 1.0
+# How long a starting relay waits for its link (its clients get ``unavailable`` before).
+START_CONNECT_TIMEOUT_S: Final = 2.0
 # scheme -> (the link's scheme, the API's scheme, whether the link is a WebSocket)
 SCHEMES: Final = {
     "relay+ws": ("ws", "http", True),
@@ -153,15 +141,6 @@ def _file_settings(options: Mapping[str, object]) -> tuple[str | None, str | Non
     return values[0], values[1]
 
 
-def relayed_key(key: str, info: ClientInfo | None) -> str:
-    """The idempotency key sent upstream for ``key`` published by ``info``'s user (or by
-    the server API, ``info`` None: kept as is). A client's key becomes a digest of its
-    user and key, so that two users' keys, or a user's and the API's, never meet."""
-    if info is None:
-        return key
-    return "relay-" + hashlib.sha256(dedupe_key(key, info).encode()).hexdigest()
-
-
 class _Followed:
     """One channel followed upstream: its head, its cache, and whether it is synced."""
 
@@ -211,15 +190,16 @@ class RelayBroker:
         self._on_publication: PublicationHandler | None = None
         self._given_link = link
         self._link: UpstreamLink | None = None
-        self._api: ApiClient | None = None
+        self._api: UpstreamApi | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self, on_publication: PublicationHandler) -> None:
-        """Start the link to the upstream (it connects in the background)."""
+        """Start the link to the upstream and wait (at most ``START_CONNECT_TIMEOUT_S``)
+        for it to connect; a relay whose upstream is down starts anyway, not ready."""
         target = self.target
         self._on_publication = on_publication
-        self._api = ApiClient(target.base_url, target.api_key, timeout_s=self._publish_timeout_s)
+        self._api = UpstreamApi(target.base_url, target.api_key, self._publish_timeout_s)
         if self._given_link is not None:
             self._link = self._given_link
         elif target.websocket:
@@ -228,6 +208,11 @@ class RelayBroker:
             self._link = SseLink(target.base_url, target.token)
         self._link.start(self)
         logger.info("relaying %s", target.base_url)
+        try:
+            async with asyncio.timeout(START_CONNECT_TIMEOUT_S):
+                await self._link.wait_connected()
+        except TimeoutError:
+            logger.warning("upstream %s unreachable; the relay is not ready", target.base_url)
 
     async def close(self) -> None:
         """Close the link and the API client; idempotent."""
@@ -240,14 +225,10 @@ class RelayBroker:
 
     async def is_ready(self) -> bool:
         """Whether the link is up and the upstream answers ``/ready`` in time."""
-        if self._link is None or not self._link.is_connected or self._api is None:
+        link, api = self._link, self._api
+        if link is None or api is None or not link.is_connected:
             return False
-        try:
-            async with httpx.AsyncClient(base_url=self.target.base_url) as http:
-                response = await http.get("/ready", timeout=PROBE_TIMEOUT_S)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        return await api.is_ready()
 
     # -- publish and history ----------------------------------------------------------------
 
@@ -259,7 +240,8 @@ class RelayBroker:
         key: str | None = None,
         info: ClientInfo | None = None,
     ) -> PublishResult:
-        """Forward the publication to the upstream's server API.
+        """Forward the publication to the upstream's server API, with its key and the
+        publishing client's ``info``.
 
         Raises:
             RequestError: the upstream refused the publication itself (too large...).
@@ -267,17 +249,7 @@ class RelayBroker:
             BrokerError: the upstream did not answer in time, or refused the relay's
                 credentials.
         """
-        api = self._started_api()
-        upstream_key = None if key is None else relayed_key(key, info)
-        try:
-            position = await api.publish(channel, msgspec.Raw(data), key=upstream_key)
-        except httpx.ConnectError as exc:
-            raise BrokerUnavailable(f"upstream {self.target.base_url} unreachable") from exc
-        except httpx.HTTPError as exc:
-            raise BrokerError(f"upstream {self.target.base_url} did not confirm: {exc}") from exc
-        except RequestError as exc:
-            raise _upstream_failure(exc) from exc
-        return PublishResult(position)
+        return await self._started_api().publish(channel, data, key, info)
 
     async def history(
         self, channel: ChannelName, since: Position | None = None, limit: int | None = None
@@ -288,7 +260,7 @@ class RelayBroker:
             cached = self._from_cache(followed, followed.head, since, limit)
             if cached is not None:
                 return HistoryRead(followed.head, cached)
-        return await self._upstream_history(channel, since, limit)
+        return await self._started_api().history(channel, since, limit)
 
     def _from_cache(
         self, followed: _Followed, head: Position, since: Position | None, limit: int | None
@@ -304,22 +276,7 @@ class RelayBroker:
             return Replay(publications)
         return None
 
-    async def _upstream_history(
-        self, channel: ChannelName, since: Position | None, limit: int | None
-    ) -> HistoryRead:
-        api = self._started_api()
-        try:
-            answer = await api.history(channel, since, limit)
-        except httpx.HTTPError as exc:
-            raise BrokerUnavailable(f"upstream {self.target.base_url} unreachable") from exc
-        except RequestError as exc:
-            raise _upstream_failure(exc) from exc
-        head = answer.position
-        if since is None or answer.recovered:
-            return HistoryRead(head, Replay(answer.publications))
-        return HistoryRead(head, Gap(_gap_reason(since, head)))
-
-    def _started_api(self) -> ApiClient:
+    def _started_api(self) -> UpstreamApi:
         if self._api is None:
             raise BrokerUnavailable("the relay broker is not started")
         return self._api
@@ -420,23 +377,3 @@ class RelayBroker:
             self._on_publication(publication)
         except Exception:
             logger.exception("the publication handler failed on %s", publication.channel)
-
-
-def _upstream_failure(error: RequestError) -> Exception:
-    """What an upstream's refusal is here: the client's fault is passed on as is; the
-    relay's own (credentials) or the upstream's trouble is a broker failure."""
-    if isinstance(error, Unauthorized | PermissionDenied):
-        logger.warning("the upstream refused the relay's api_key: %s", error.message)
-        return BrokerError(f"the upstream refused the relay: {error.message}")
-    if is_retryable(error):
-        # Not BrokerUnavailable: the upstream may have made a publish it did not confirm.
-        return BrokerError(f"the upstream is unavailable: {error.message}")
-    return error
-
-
-def _gap_reason(since: Position, head: Position) -> GapReason:
-    if since.epoch != head.epoch:
-        return GapReason.EPOCH_CHANGED
-    if since.offset > head.offset:
-        return GapReason.AHEAD_OF_HEAD
-    return GapReason.EVICTED

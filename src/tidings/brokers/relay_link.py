@@ -103,6 +103,10 @@ class UpstreamLink(Protocol):
         """Start connecting (in a background task) and reporting to ``listener``."""
         ...
 
+    async def wait_connected(self) -> None:
+        """Return once the link is connected (at once if it is)."""
+        ...
+
     async def close(self) -> None:
         """Stop; idempotent."""
         ...
@@ -132,6 +136,7 @@ class WebSocketLink:
         self._listener: UpstreamListener | None = None
         self._channels: set[ChannelName] = set()
         self._connection: ClientConnection | None = None
+        self._connected = asyncio.Event()
         self._ids = itertools.count(1)
         self._subscribing: dict[int, ChannelName] = {}  # subscribe id -> channel
         self._latest: dict[ChannelName, int] = {}  # channel -> its latest subscribe id
@@ -139,8 +144,12 @@ class WebSocketLink:
 
     @property
     def is_connected(self) -> bool:
-        """Whether a connection is open now."""
-        return self._connection is not None
+        """Whether a connection is open now (and the upstream answered ``connect``)."""
+        return self._connected.is_set()
+
+    async def wait_connected(self) -> None:
+        """Return once a connection is open."""
+        await self._connected.wait()
 
     def start(self, listener: UpstreamListener) -> None:
         """Start the connection task."""
@@ -200,6 +209,7 @@ class WebSocketLink:
                 logger.warning("relay link to %s lost: %s; reconnecting", self.url, exc)
             finally:
                 self._connection = None
+                self._connected.clear()
                 self._subscribing.clear()
             await asyncio.sleep(backoff.next_delay_s())
 
@@ -229,6 +239,7 @@ class WebSocketLink:
                 frame = decode("WebSocket frame", raw, WsFrame)
                 if frame.id == connect_id:
                     silence_s = self._receive_connect(frame)
+                    self._connected.set()
                     backoff.reset()
                     logger.info("relay link to %s connected", self.url)
                 elif frame.id is not None:

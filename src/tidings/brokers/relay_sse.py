@@ -55,6 +55,9 @@ class SseLink:
         """Whether no stream is failing now."""
         return not self._failing
 
+    async def wait_connected(self) -> None:
+        """Return at once: streams open as channels are followed."""
+
     def start(self, listener: UpstreamListener) -> None:
         """Take the listener; streams open as channels are followed."""
         self._listener = listener
