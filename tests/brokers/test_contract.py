@@ -34,6 +34,7 @@ from tests.support.redis_cluster import (
     shared_cluster,
     wait_until,
 )
+from tests.support.relay_origin import make_relay_broker
 from tidings.brokers.base import (
     Broker,
     DisconnectUser,
@@ -107,6 +108,7 @@ BROKER_FACTORIES = [
     pytest.param(make_fast_sqlite_broker, id="sqlite-fast"),
     pytest.param(make_redis_broker, id="redis"),
     pytest.param(make_redis_cluster_broker, id="redis-cluster"),
+    pytest.param(make_relay_broker, id="relay"),
 ]
 # Brokers whose nodes share one backend: what one node does, another hears.
 SHARED_BROKER_FACTORIES = [

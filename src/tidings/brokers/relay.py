@@ -54,6 +54,7 @@ from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
 from tidings.brokers.base import HistoryRead, PublicationHandler, PublishResult
+from tidings.brokers.memory import LocalNode, LocalNodeControl, LocalPresence
 from tidings.brokers.relay_api import UpstreamApi
 from tidings.brokers.relay_link import UpstreamLink, WebSocketLink
 from tidings.brokers.relay_sse import SseLink
@@ -153,8 +154,9 @@ class _Followed:
         self.refusal: RequestError | None = None
 
 
-class RelayBroker:
-    """A broker whose truth is an upstream tidings node; see the module docstring."""
+class RelayBroker(LocalNode):
+    """A broker whose truth is an upstream tidings node; see the module docstring.
+    Presence and node commands are this node's own (``LocalNode``)."""
 
     def __init__(
         self,
@@ -188,6 +190,8 @@ class RelayBroker:
         self._subscribe_timeout_s = subscribe_timeout_s
         self._followed: dict[ChannelName, _Followed] = {}
         self._on_publication: PublicationHandler | None = None
+        self._presence = LocalPresence()
+        self._control = LocalNodeControl()
         self._given_link = link
         self._link: UpstreamLink | None = None
         self._api: UpstreamApi | None = None
@@ -308,9 +312,17 @@ class RelayBroker:
             raise BrokerError(f"upstream refused {channel}: {followed.refusal.message}")
 
     async def unsubscribe(self, channel: ChannelName) -> None:
-        """Stop following ``channel`` and drop its cache; idempotent."""
-        if self._followed.pop(channel, None) is not None and self._link is not None:
-            await self._link.unfollow(channel)
+        """Stop following ``channel`` and drop its cache; idempotent. Publications the
+        upstream sent before it confirmed are still handed on (made while subscribed)."""
+        followed = self._followed.get(channel)
+        if followed is None:
+            return
+        try:
+            if self._link is not None:
+                await self._link.unfollow(channel)
+        finally:
+            if self._followed.get(channel) is followed:
+                del self._followed[channel]
 
     def _history_options(self, channel: ChannelName) -> HistoryOptions:
         return self._namespaces.options_for(channel).history

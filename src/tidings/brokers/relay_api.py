@@ -35,6 +35,9 @@ from tidings.errors import (
 logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S: Final = 1.0
+# Publishes in flight to the upstream at once; more wait for a connection (within the
+# publish time-out).
+MAX_CONNECTIONS: Final = 256
 
 
 class PublishAnswer(msgspec.Struct, frozen=True):
@@ -53,7 +56,12 @@ class UpstreamApi:
         ``timeout_s`` for its answer."""
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         self.base_url = base_url
-        self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout_s)
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=headers,
+            timeout=timeout_s,
+            limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=64),
+        )
 
     async def aclose(self) -> None:
         """Close the connections."""

@@ -59,6 +59,7 @@ SILENT_PINGS: Final = 2
 # A reply of a large recovery may be big; the upstream is a tidings node we trust, but
 # the relay's memory stays bounded whatever it sends.
 MAX_FRAME_BYTES: Final = 64 * 1024 * 1024
+UNSUBSCRIBE_TIMEOUT_S: Final = 5.0
 RECONNECT_BASE_S: Final = 0.1
 RECONNECT_CAP_S: Final = 2.0  # a relay is one client of its upstream: come back soon
 
@@ -140,6 +141,8 @@ class WebSocketLink:
         self._ids = itertools.count(1)
         self._subscribing: dict[int, ChannelName] = {}  # subscribe id -> channel
         self._latest: dict[ChannelName, int] = {}  # channel -> its latest subscribe id
+        self._unsubscribing: dict[int, asyncio.Future[None]] = {}  # unsubscribe id -> reply
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -159,6 +162,7 @@ class WebSocketLink:
     async def close(self) -> None:
         """Close the connection (normally, 1000) and end the connection task."""
         task, self._task = self._task, None
+        self._closing = True
         connection = self._connection
         if connection is not None:
             await connection.close()
@@ -176,16 +180,27 @@ class WebSocketLink:
                 await self._subscribe(connection, channel)
 
     async def unfollow(self, channel: ChannelName) -> None:
-        """Unsubscribe ``channel``; its replies and pushes in flight are dropped."""
+        """Unsubscribe ``channel`` and return once the upstream confirmed (or the
+        connection ended): publications it pushed before are still handed on, none after."""
         if channel not in self._channels:
             return
         self._channels.discard(channel)
-        self._latest.pop(channel, None)
         connection = self._connection
-        if connection is not None:
-            command = {"op": "unsubscribe", "id": next(self._ids), "channel": channel}
-            with contextlib.suppress(websockets.ConnectionClosed):
+        command_id = next(self._ids)
+        confirmed = asyncio.get_running_loop().create_future()
+        self._unsubscribing[command_id] = confirmed
+        try:
+            if connection is not None:
+                command = {"op": "unsubscribe", "id": command_id, "channel": channel}
                 await connection.send(encode_json(command).decode())
+                async with asyncio.timeout(UNSUBSCRIBE_TIMEOUT_S):
+                    await confirmed
+        except (websockets.ConnectionClosed, TimeoutError):
+            pass  # the connection ended: nothing more of the channel arrives on it
+        finally:
+            self._unsubscribing.pop(command_id, None)
+            if channel not in self._channels:  # not followed again meanwhile
+                self._latest.pop(channel, None)
 
     async def _subscribe(self, connection: ClientConnection, channel: ChannelName) -> None:
         assert self._listener is not None
@@ -206,11 +221,16 @@ class WebSocketLink:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a task boundary: any failure means reconnect
+                if self._closing:
+                    return
                 logger.warning("relay link to %s lost: %s; reconnecting", self.url, exc)
             finally:
                 self._connection = None
                 self._connected.clear()
                 self._subscribing.clear()
+                for confirmed in self._unsubscribing.values():
+                    if not confirmed.done():
+                        confirmed.set_result(None)
             await asyncio.sleep(backoff.next_delay_s())
 
     async def _session(self, backoff: Backoff) -> None:
@@ -261,6 +281,11 @@ class WebSocketLink:
         return SILENT_PINGS * result.ping if result.ping > 0 else OPEN_TIMEOUT_S
 
     def _receive_reply(self, command_id: int, frame: WsFrame) -> None:
+        confirmed = self._unsubscribing.get(command_id)
+        if confirmed is not None:
+            if not confirmed.done():
+                confirmed.set_result(None)
+            return
         channel = self._subscribing.pop(command_id, None)
         if channel is None or self._latest.get(channel) != command_id:
             return  # an unsubscribe's reply, or a subscribe superseded since
