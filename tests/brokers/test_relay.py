@@ -24,6 +24,7 @@ from typing import Final
 import httpx
 import pytest
 
+from tests.e2e.conftest import JWT_SECRET, make_token
 from tests.support.server import ServerProcess, free_port, start_server
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.ws import Frame, WsClient, ws_client
@@ -42,6 +43,9 @@ history_size = 1000
 
 [namespaces.small]
 history_size = {SMALL_HISTORY}
+
+[namespaces.private]
+policy = "token"
 """
 RELAY_TABLE: Final = f"""
 [brokers.relay]
@@ -55,16 +59,23 @@ def unique_channel(namespace: str = "room") -> str:
 
 @contextmanager
 def node(
-    directory: Path, upstream: str | None = None, port: int | None = None, *, wait: bool = True
+    directory: Path,
+    upstream: str | None = None,
+    port: int | None = None,
+    *,
+    wait: bool = True,
+    relay_table: str = RELAY_TABLE,
+    env: dict[str, str] | None = None,
 ) -> Iterator[ServerProcess]:
-    """Run an origin (``upstream`` None) or a relay of ``upstream`` (a relay broker URL);
-    a relay is returned once ready (its link to the upstream is up), unless ``wait``
-    is false."""
+    """Run an origin (``upstream`` None) or a relay of ``upstream`` (a relay broker URL,
+    with ``relay_table`` as its ``[brokers.relay]``); a relay is returned once ready (its
+    link to the upstream is up), unless ``wait`` is false."""
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / f"tidings-{secrets.token_hex(4)}.toml"
-    config.write_text(NAMESPACES if upstream is None else NAMESPACES + RELAY_TABLE)
+    config.write_text(NAMESPACES if upstream is None else NAMESPACES + relay_table)
     extra = [] if upstream is None else ["--broker", upstream]
-    server = start_server(config=config, port=port, env={"TIDINGS_API_KEY": API_KEY}, extra=extra)
+    environment = {"TIDINGS_API_KEY": API_KEY, **(env or {})}
+    server = start_server(config=config, port=port, env=environment, extra=extra)
     try:
         if upstream is not None and wait:
             wait_until_ready(server)
@@ -166,6 +177,7 @@ def test_a_relay_url_names_the_upstreams_link_and_api() -> None:
         ("relay+ws://", {}, "must be relay+ws://host:port"),
         ("relay+ws://origin:8000", {"tokn": "t"}, "unknown setting 'tokn'"),
         ("relay+ws://origin:8000", {"token": 7}, "brokers.relay.token must be"),
+        ("relay+ws://origin:8000", {"token": "t", "token_file": "f"}, "token or token_file"),
     ],
 )
 def test_a_bad_relay_setting_is_refused_in_one_line(
@@ -173,6 +185,16 @@ def test_a_bad_relay_setting_is_refused_in_one_line(
 ) -> None:
     with pytest.raises(ConfigError, match=re.escape(refusal)):
         check_broker(url, None, {"relay": table})
+
+
+def test_a_token_file_is_read_again_for_each_connection(tmp_path: Path) -> None:
+    path = tmp_path / "relay.jwt"
+    target = RelayTarget.parse("relay+ws://origin:8000", {"token_file": str(path)})
+    path.write_text("first\n")
+    first = target.current_token()
+    path.write_text("renewed\n")
+
+    assert (first, target.current_token()) == ("first", "renewed")
 
 
 # -- one origin, one relay ------------------------------------------------------------------
@@ -391,3 +413,43 @@ async def test_an_origin_restarted_with_a_new_epoch_reaches_a_relays_clients_as_
     assert after["epoch"] != before["epoch"]
     assert code == 4504
     assert (resumed["recovered"], resumed["epoch"], resumed["offset"]) == (False, after["epoch"], 1)
+
+
+async def test_a_relay_takes_the_token_renewed_in_its_file_at_its_next_connection(
+    tmp_path: Path,
+) -> None:
+    channel = unique_channel("private")
+    token_file = tmp_path / "relay.jwt"
+    token_file.write_text(make_token("relay", expires_in_s=-10, channels=["private:*"]))
+    relay_table = RELAY_TABLE + f'token_file = "{token_file}"\n'
+    secret = {"TIDINGS_JWT_SECRET": JWT_SECRET}
+    with ExitStack() as nodes:
+        origin = nodes.enter_context(node(tmp_path / "origin", env=secret))
+        relay = nodes.enter_context(
+            node(tmp_path / "relay", via(origin), relay_table=relay_table, env=secret, wait=False)
+        )
+        async with httpx.AsyncClient() as http, AsyncExitStack() as stack:
+            # The origin refuses the expired token (as it ends a link whose token
+            # expires), and the relay keeps trying, reading the file each time.
+            await wait_for_log(relay, "token has expired")
+            refused_status = (await http.get(f"{relay.http_url}/ready")).status_code
+            token_file.write_text(make_token("relay", channels=["private:*"]))
+            await wait_for_ready(http, relay, 200)
+            reader = make_token("reader", channels=["private:*"])
+            client = await stack.enter_async_context(ws_client(f"{relay.ws_url}?token={reader}"))
+            await client.result("subscribe", channel=channel)
+            made = await publish(http, origin, channel, 1)
+            received = await client.publications(1)
+
+    assert refused_status == 503
+    assert positions(received) == positions([made])
+
+
+async def wait_for_log(server: ServerProcess, text: str) -> None:
+    """Poll ``server``'s log (an observable condition) until a line holds ``text``."""
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while not any(text in line for line in server.log):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        pytest.fail(f"no log line with {text!r}:\n" + "\n".join(server.log))

@@ -82,25 +82,39 @@ SCHEMES: Final = {
     "relay+https": ("https", "https", False),
 }
 # The settings of ``[brokers.relay]``.
-FILE_SETTINGS: Final = ("token", "api_key")
+FILE_SETTINGS: Final = ("token", "token_file", "api_key")
 
 
 @dataclass(frozen=True, slots=True)
 class RelayTarget:
     """Where the upstream is: its base URL (for the API and ``/sse``), the link's URL,
-    and the relay's credentials there."""
+    and the relay's credentials there: a token, or a file holding one (read again at
+    each connection, so a token renewed in the file is used once the old one expires)."""
 
     base_url: str
     link_url: str
     websocket: bool
     token: str | None
     api_key: str | None
+    token_file: str | None = None
+
+    def current_token(self) -> str | None:
+        """The token to present now: ``token``, or what ``token_file`` holds now
+        (``None``, with a warning, when it cannot be read)."""
+        if self.token_file is None:
+            return self.token
+        try:
+            with open(self.token_file, encoding="utf-8") as file:
+                return file.read().strip() or None
+        except OSError as exc:
+            logger.warning("the relay's token_file cannot be read: %s", exc)
+            return None
 
     @classmethod
     def parse(cls, url: str, options: Mapping[str, object] | None = None) -> RelayTarget:
         """Read a ``relay+ws://``, ``relay+wss://``, ``relay+http://`` or
         ``relay+https://`` URL (with any path the upstream is mounted under) and the
-        ``[brokers.relay]`` table (``token``, ``api_key``).
+        ``[brokers.relay]`` table (``token`` or ``token_file``, ``api_key``).
 
         Raises:
             ConfigError: another scheme, no host, a query (credentials belong in the
@@ -123,11 +137,13 @@ class RelayTarget:
         link_url = (
             urlunsplit((link_scheme, parts.netloc, f"{path}/ws", "", "")) if websocket else base_url
         )
-        token, api_key = _file_settings(options or {})
-        return cls(base_url, link_url, websocket, token, api_key)
+        token, token_file, api_key = _file_settings(options or {})
+        if token is not None and token_file is not None:
+            raise ConfigError("brokers.relay: give token or token_file, not both")
+        return cls(base_url, link_url, websocket, token, api_key, token_file)
 
 
-def _file_settings(options: Mapping[str, object]) -> tuple[str | None, str | None]:
+def _file_settings(options: Mapping[str, object]) -> list[str | None]:
     for name in options:
         if name not in FILE_SETTINGS:
             raise ConfigError(
@@ -139,7 +155,7 @@ def _file_settings(options: Mapping[str, object]) -> tuple[str | None, str | Non
         if value is not None and (not isinstance(value, str) or not value):
             raise ConfigError(f"brokers.relay.{name} must be a non-empty string")
         values.append(value)
-    return values[0], values[1]
+    return values
 
 
 class _Followed:
@@ -207,9 +223,9 @@ class RelayBroker(LocalNode):
         if self._given_link is not None:
             self._link = self._given_link
         elif target.websocket:
-            self._link = WebSocketLink(target.link_url, target.token)
+            self._link = WebSocketLink(target.link_url, target.current_token)
         else:
-            self._link = SseLink(target.base_url, target.token)
+            self._link = SseLink(target.base_url, target.current_token)
         self._link.start(self)
         logger.info("relaying %s", target.base_url)
         try:

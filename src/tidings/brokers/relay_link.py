@@ -29,6 +29,7 @@ import contextlib
 import itertools
 import logging
 import random
+from collections.abc import Callable
 from typing import Final, Protocol
 
 import websockets
@@ -62,6 +63,10 @@ MAX_FRAME_BYTES: Final = 64 * 1024 * 1024
 UNSUBSCRIBE_TIMEOUT_S: Final = 5.0
 RECONNECT_BASE_S: Final = 0.1
 RECONNECT_CAP_S: Final = 2.0  # a relay is one client of its upstream: come back soon
+
+
+# The relay's token now: read for each connection (the token file may have changed).
+TokenSource = Callable[[], str | None]
 
 
 class UpstreamListener(Protocol):
@@ -130,10 +135,11 @@ class WebSocketLink:
     """One WebSocket to the upstream's ``/ws`` for every followed channel; see the
     module docstring."""
 
-    def __init__(self, url: str, token: str | None) -> None:
-        """Link to ``url`` (``ws://host:port/ws``) with ``token`` as a bearer token."""
+    def __init__(self, url: str, token: TokenSource) -> None:
+        """Link to ``url`` (``ws://host:port/ws``) with ``token()`` (called for each
+        connection) as a bearer token."""
         self.url = url
-        self._headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._token = token
         self._listener: UpstreamListener | None = None
         self._channels: set[ChannelName] = set()
         self._connection: ClientConnection | None = None
@@ -234,9 +240,10 @@ class WebSocketLink:
             await asyncio.sleep(backoff.next_delay_s())
 
     async def _session(self, backoff: Backoff) -> None:
+        token = self._token()
         async with connect(
             self.url,
-            additional_headers=self._headers,
+            additional_headers={"Authorization": f"Bearer {token}"} if token else None,
             max_size=MAX_FRAME_BYTES,
             open_timeout=OPEN_TIMEOUT_S,
             close_timeout=CLOSE_TIMEOUT_S,

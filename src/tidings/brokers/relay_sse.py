@@ -20,7 +20,7 @@ from typing import Final
 
 import httpx
 
-from tidings.brokers.relay_link import UpstreamListener, new_backoff
+from tidings.brokers.relay_link import TokenSource, UpstreamListener, new_backoff
 from tidings.client.frames import Subscribed, decode, to_publication
 from tidings.client.http import request_error
 from tidings.client.sse import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, EventStreamDecoder
@@ -38,12 +38,12 @@ _REFUSALS: Final = (400, 401, 403, 404, 413)
 class SseLink:
     """One ``/sse`` stream per followed channel; see the module docstring."""
 
-    def __init__(self, base_url: str, token: str | None) -> None:
-        """Link to the node at ``base_url`` (``http://host:port``) with ``token``."""
+    def __init__(self, base_url: str, token: TokenSource) -> None:
+        """Link to the node at ``base_url`` (``http://host:port``) with ``token()``
+        (called for each stream) as a bearer token."""
         self.url = base_url
+        self._token = token
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
         timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
         self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
         self._listener: UpstreamListener | None = None
@@ -103,7 +103,11 @@ class SseLink:
         position = listener.position_of(channel)
         if position is not None:
             params.append(("since", f"{position.epoch}:{position.offset}"))
-        async with self._http.stream("GET", "/sse", params=tuple(params)) as response:
+        token = self._token()
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        async with self._http.stream(
+            "GET", "/sse", params=tuple(params), headers=headers
+        ) as response:
             if response.status_code != 200:
                 await response.aread()
                 error = request_error(response)
