@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Final
 
 import httpx
+import jwt
 import pytest
 
-from tests.e2e.conftest import JWT_SECRET, make_token
 from tests.support.server import ServerProcess, free_port, start_server
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.ws import Frame, WsClient, ws_client
@@ -33,6 +33,7 @@ from tidings.brokers.relay import RelayTarget
 from tidings.errors import ConfigError
 
 API_KEY: Final = "relay-test-api-key"
+JWT_SECRET: Final = "relay-test-jwt-secret-long-enough-for-hs256"
 REGION_DELAY_S: Final = 0.02
 SMALL_HISTORY: Final = 5
 WAIT_S: Final = 20.0
@@ -51,6 +52,12 @@ RELAY_TABLE: Final = f"""
 [brokers.relay]
 api_key = "{API_KEY}"
 """
+
+
+def make_token(sub: str, *, channels: list[str], expires_in_s: float = 3600.0) -> str:
+    """An HS256 connection token of ``sub`` for ``channels`` (docs/protocol.md §8)."""
+    claims = {"sub": sub, "channels": channels, "exp": int(time.time() + expires_in_s)}
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
 
 
 def unique_channel(namespace: str = "room") -> str:
