@@ -1,26 +1,29 @@
 """The relay broker's own rules, with the test as its upstream (tests/support/upstream.py):
 what it hands on, what it caches, and what it answers from the cache.
 
-The relay's API client points at a port nothing listens on, so a history read that
-went upstream would fail (``BrokerUnavailable``): every answer here is the cache's.
+In the first tests the relay's API client points at a port nothing listens on, so a
+history read that went upstream would fail (``BrokerUnavailable``): every answer there
+is the cache's. The last ones give it an upstream that retains publications
+(``RetainingApi``) and count what it is asked.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
 from tests.support.handler import RecordingHandler
 from tests.support.server import free_port
-from tests.support.upstream import FollowingLink
+from tests.support.upstream import FollowingLink, RetainingApi
 from tidings.brokers.relay import RelayBroker
 from tidings.clock import SystemClock
 from tidings.core.channel import ChannelName, NamespaceName
 from tidings.core.history import HistoryOptions
 from tidings.core.namespace import NamespaceOptions, Namespaces
 from tidings.core.publication import Position, Publication
-from tidings.core.recovery import Replay
+from tidings.core.recovery import Gap, Replay
 from tidings.errors import BrokerError, BrokerUnavailable
 
 EPOCH = "up1"
@@ -165,3 +168,72 @@ async def test_a_channel_is_not_followed_while_the_upstream_is_unreachable(
 
     assert link.followed == []
     assert not await relay.is_ready()
+
+
+# -- filling the cache from the upstream, once ---------------------------------------------
+
+
+async def started(link: FollowingLink, api: RetainingApi, handler: RecordingHandler) -> RelayBroker:
+    relay = RelayBroker("relay+ws://upstream:8000", NAMESPACES, link=link, api=api)
+    await relay.start(handler)
+    return relay
+
+
+async def test_the_first_miss_fills_the_cache_once_for_every_reader_waiting(
+    handler: RecordingHandler,
+) -> None:
+    upstream = [publication(offset) for offset in range(7, 11)]  # it retains 7..10
+    api = RetainingApi(Position(EPOCH, 10), upstream)
+    relay = await started(FollowingLink(Position(EPOCH, 10)), api, handler)
+    try:
+        await relay.subscribe(CHANNEL)
+        # A relay's clients coming back together, each with its own position.
+        reads = await asyncio.gather(
+            relay.history(CHANNEL),
+            *(relay.history(CHANNEL, Position(EPOCH, offset)) for offset in (6, 8, 10)),
+        )
+        reads_after_filling = api.history_reads
+        again = await relay.history(CHANNEL, Position(EPOCH, 9))
+    finally:
+        await relay.close()
+
+    assert [read.recovery for read in reads] == [
+        Replay(tuple(upstream)),
+        Replay(tuple(upstream)),
+        Replay(tuple(upstream[2:])),
+        Replay(()),
+    ]
+    assert (reads_after_filling, api.history_reads) == (1, 1)
+    assert again.recovery == Replay(tuple(upstream[3:]))
+
+
+async def test_a_channel_followed_from_its_start_never_reads_upstream(
+    handler: RecordingHandler,
+) -> None:
+    api = RetainingApi(Position(EPOCH, 0), [])
+    link = FollowingLink(Position(EPOCH, 0))
+    relay = await started(link, api, handler)
+    try:
+        await relay.subscribe(CHANNEL)
+        link.listener.receive_publication(publication(1))
+        latest_ones = await relay.history(CHANNEL)
+        from_start = await relay.history(CHANNEL, Position(EPOCH, 0))
+    finally:
+        await relay.close()
+
+    assert latest_ones.recovery == from_start.recovery == Replay((publication(1),))
+    assert api.history_reads == 0
+
+
+async def test_a_position_older_than_the_upstream_retains_is_the_upstreams_gap(
+    handler: RecordingHandler,
+) -> None:
+    api = RetainingApi(Position(EPOCH, 10), [publication(offset) for offset in range(7, 11)])
+    relay = await started(FollowingLink(Position(EPOCH, 10)), api, handler)
+    try:
+        await relay.subscribe(CHANNEL)
+        read = await relay.history(CHANNEL, Position(EPOCH, 3))
+    finally:
+        await relay.close()
+
+    assert isinstance(read.recovery, Gap)

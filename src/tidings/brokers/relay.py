@@ -17,10 +17,13 @@ between relays and the origin and resume with the same position.
 
 *The cache.* Each followed channel keeps the publications it received, bounded as the
 namespace's history (``history_size``, ``history_ttl``), and its head. ``history`` is
-answered from the cache when the cache can answer (a ``Replay``); anything it cannot
-(an older position, a fuller page, an unfollowed channel) is asked of the upstream's
-``/api/history``, which answers as the origin would. So a client hears
-``recovered: false`` only when the upstream could not recover it either.
+answered from the cache when the cache can answer (a ``Replay``). The first time it
+cannot, the cache is filled once from the upstream's ``/api/history`` (every reader
+waiting on that one read: a relay's clients returning together cost the upstream one
+read per channel, not one each) and is then *complete*: it holds all the upstream
+retains. What it still cannot answer (a position older than the upstream retains, an
+unfollowed channel) is asked of the upstream, which answers as the origin would. So a
+client hears ``recovered: false`` only when the upstream could not recover it either.
 
 *Judging what arrives* (``core.catchup``): the next offset is cached and handed on; one
 already had (a resubscribe's overlap) is dropped; a hole or another epoch means the
@@ -47,6 +50,7 @@ Presence and node commands are this node's own (a relay's presence lists its cli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,7 +59,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tidings.brokers.base import HistoryRead, PublicationHandler, PublishResult
 from tidings.brokers.memory import LocalNode, LocalNodeControl, LocalPresence
-from tidings.brokers.relay_api import UpstreamApi
+from tidings.brokers.relay_api import UpstreamApi, UpstreamCalls
 from tidings.brokers.relay_link import UpstreamLink, WebSocketLink
 from tidings.brokers.relay_sse import SseLink
 from tidings.clock import Clock, SystemClock
@@ -65,8 +69,14 @@ from tidings.core.dedupe import DedupeOptions
 from tidings.core.history import ChannelHistory, HistoryOptions
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import ClientInfo, Position, Publication
-from tidings.core.recovery import Recovery, Replay
-from tidings.errors import BrokerError, BrokerUnavailable, ConfigError, RequestError
+from tidings.core.recovery import Replay
+from tidings.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ConfigError,
+    RequestError,
+    TidingsError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -159,15 +169,26 @@ def _file_settings(options: Mapping[str, object]) -> list[str | None]:
 
 
 class _Followed:
-    """One channel followed upstream: its head, its cache, and whether it is synced."""
+    """One channel followed upstream: its head, its cache, whether it is synced, and
+    whether the cache is *complete*: it holds every publication the upstream retained
+    (so a read of the latest ones is the upstream's answer too)."""
 
-    __slots__ = ("cache", "head", "refusal", "synced")
+    __slots__ = ("backfill", "cache", "complete", "head", "refusal", "synced")
 
     def __init__(self, options: HistoryOptions) -> None:
         self.cache = ChannelHistory(options)
         self.head: Position | None = None  # None until the upstream's first answer
         self.synced = asyncio.Event()
         self.refusal: RequestError | None = None
+        self.complete = False
+        self.backfill: asyncio.Task[None] | None = None  # the one read that fills the cache
+
+    def restart(self, head: Position, options: HistoryOptions) -> None:
+        """Start the cache again, empty, at ``head`` (complete when nothing precedes it)."""
+        self.head = head
+        self.cache = ChannelHistory(options)
+        self.complete = head.offset == 0
+        self.backfill = None
 
 
 class RelayBroker(LocalNode):
@@ -186,6 +207,7 @@ class RelayBroker(LocalNode):
         clock: Clock | None = None,
         subscribe_timeout_s: float = SUBSCRIBE_TIMEOUT_S,
         link: UpstreamLink | None = None,
+        api: UpstreamCalls | None = None,
     ) -> None:
         """Prepare a relay of the upstream at ``url``; nothing connects before ``start``.
 
@@ -193,7 +215,8 @@ class RelayBroker(LocalNode):
         the upstream whose channels allow what this relay serves) and ``api_key`` (the
         upstream's, for publishing and for history the cache cannot answer).
         ``dedupe`` and ``node_id`` are the upstream's business and unused here.
-        ``link`` replaces the link the URL names (tests give a fake one).
+        ``link`` and ``api`` replace the link and the API client the URL names (tests
+        give fakes).
 
         Raises:
             ConfigError: the URL or ``options`` is not one this broker reads.
@@ -209,8 +232,9 @@ class RelayBroker(LocalNode):
         self._presence = LocalPresence()
         self._control = LocalNodeControl()
         self._given_link = link
+        self._given_api = api
         self._link: UpstreamLink | None = None
-        self._api: UpstreamApi | None = None
+        self._api: UpstreamCalls | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -219,7 +243,9 @@ class RelayBroker(LocalNode):
         for it to connect; a relay whose upstream is down starts anyway, not ready."""
         target = self.target
         self._on_publication = on_publication
-        self._api = UpstreamApi(target.base_url, target.api_key, self._publish_timeout_s)
+        self._api = self._given_api or UpstreamApi(
+            target.base_url, target.api_key, self._publish_timeout_s
+        )
         if self._given_link is not None:
             self._link = self._given_link
         elif target.websocket:
@@ -274,29 +300,69 @@ class RelayBroker(LocalNode):
     async def history(
         self, channel: ChannelName, since: Position | None = None, limit: int | None = None
     ) -> HistoryRead:
-        """Answer from the cache when it can, else from the upstream's history."""
+        """Answer from the cache when it can, else from the upstream's history. The first
+        miss of a followed channel fills its cache from the upstream (once, however many
+        readers wait for it: a relay's clients returning together cost one read)."""
         followed = self._followed.get(channel)
         if followed is not None and followed.head is not None:
-            cached = self._from_cache(followed, followed.head, since, limit)
+            cached = self._from_cache(followed, since, limit)
             if cached is not None:
-                return HistoryRead(followed.head, cached)
+                return cached
+            if not followed.complete:
+                if followed.backfill is None:
+                    followed.backfill = asyncio.create_task(self._backfill(channel, followed))
+                with contextlib.suppress(TidingsError):  # then the read below says why
+                    await asyncio.shield(followed.backfill)
+                if self._followed.get(channel) is followed:  # still followed
+                    cached = self._from_cache(followed, since, limit)
+                    if cached is not None:
+                        return cached
         return await self._started_api().history(channel, since, limit)
 
     def _from_cache(
-        self, followed: _Followed, head: Position, since: Position | None, limit: int | None
-    ) -> Recovery | None:
+        self, followed: _Followed, since: Position | None, limit: int | None
+    ) -> HistoryRead | None:
+        head = followed.head
+        if head is None:
+            return None
         now_ms = self._clock.now_ms()
         if since is not None:
             recovery = followed.cache.since(since, head.epoch, head.offset, now_ms, limit)
-            return recovery if isinstance(recovery, Replay) else None
+            return HistoryRead(head, recovery) if isinstance(recovery, Replay) else None
         publications = followed.cache.latest(now_ms, limit)
-        # The whole page, or everything there is (the cache reaching back to offset 1).
-        whole = limit is not None and len(publications) >= limit
-        if whole or head.offset - len(publications) == 0:
-            return Replay(publications)
+        # Everything the upstream retains, or the whole page asked for.
+        if followed.complete or (limit is not None and len(publications) >= limit):
+            return HistoryRead(head, Replay(publications))
         return None
 
-    def _started_api(self) -> UpstreamApi:
+    async def _backfill(self, channel: ChannelName, followed: _Followed) -> None:
+        """Fill ``followed``'s cache with what the upstream retains before it."""
+        try:
+            read = await self._started_api().history(channel, None, None)
+        except BaseException:
+            followed.backfill = None  # a later miss tries again
+            raise
+        head = followed.head
+        if head is None or read.head.epoch != head.epoch or followed.backfill is None:
+            return  # the channel moved on meanwhile (another epoch, a restart)
+        assert isinstance(read.recovery, Replay)  # a read without a position
+        upstream = read.recovery.publications
+        by_offset = {p.offset: p for p in upstream}
+        now_ms = self._clock.now_ms()
+        by_offset.update((p.offset, p) for p in followed.cache.latest(now_ms, None))
+        run = []
+        offset = head.offset
+        while offset in by_offset:  # the consecutive run ending at the head
+            run.append(by_offset[offset])
+            offset -= 1
+        cache = ChannelHistory(self._history_options(channel))
+        for publication in reversed(run):
+            cache.retain(publication, now_ms)
+        followed.cache = cache
+        # Complete when the run reaches back to the upstream's oldest retained one.
+        followed.complete = not upstream or offset + 1 <= upstream[0].offset
+
+    def _started_api(self) -> UpstreamCalls:
         if self._api is None:
             raise BrokerUnavailable("the relay broker is not started")
         return self._api
@@ -371,8 +437,7 @@ class RelayBroker(LocalNode):
                     head.epoch,
                     head.offset,
                 )
-            followed.head = head
-            followed.cache = ChannelHistory(self._history_options(channel))
+            followed.restart(head, self._history_options(channel))
         for publication in publications:
             self._receive(followed, publication)
         followed.synced.set()
@@ -397,7 +462,8 @@ class RelayBroker(LocalNode):
             return
         if outcome is not CatchUp.DELIVER:
             # The upstream lost what came between: start again from here (module docstring).
-            followed.cache = ChannelHistory(self._history_options(publication.channel))
+            before = Position(publication.epoch, publication.offset - 1)
+            followed.restart(before, self._history_options(publication.channel))
         followed.cache.retain(publication, self._clock.now_ms())
         followed.head = publication.position
         assert self._on_publication is not None

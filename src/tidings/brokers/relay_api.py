@@ -11,7 +11,7 @@ only when nothing can have been made.
 from __future__ import annotations
 
 import logging
-from typing import Final
+from typing import Final, Protocol
 
 import httpx
 import msgspec
@@ -38,6 +38,30 @@ PROBE_TIMEOUT_S: Final = 1.0
 # Publishes in flight to the upstream at once; more wait for a connection (within the
 # publish time-out).
 MAX_CONNECTIONS: Final = 256
+
+
+class UpstreamCalls(Protocol):
+    """What a relay asks of its upstream's API (``UpstreamApi``; tests give a fake)."""
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        ...
+
+    async def publish(
+        self, channel: ChannelName, data: bytes, key: str | None, info: ClientInfo | None
+    ) -> PublishResult:
+        """Publish upstream (see ``UpstreamApi.publish``)."""
+        ...
+
+    async def history(
+        self, channel: ChannelName, since: Position | None, limit: int | None
+    ) -> HistoryRead:
+        """Read history upstream (see ``UpstreamApi.history``)."""
+        ...
+
+    async def is_ready(self) -> bool:
+        """Whether the upstream is ready."""
+        ...
 
 
 class PublishAnswer(msgspec.Struct, frozen=True):
