@@ -460,3 +460,24 @@ async def wait_for_log(server: ServerProcess, text: str) -> None:
                 await asyncio.sleep(0.05)
     except TimeoutError:
         pytest.fail(f"no log line with {text!r}:\n" + "\n".join(server.log))
+
+
+async def test_channels_refused_for_the_upstreams_command_rate_are_subscribed_again(
+    tmp_path: Path,
+) -> None:
+    channels = [unique_channel() for _ in range(8)]
+    slow_commands = {"TIDINGS_COMMAND_RATE": "5", "TIDINGS_COMMAND_BURST": "3"}
+    with ExitStack() as nodes:
+        origin = nodes.enter_context(node(tmp_path / "origin", env=slow_commands))
+        link = nodes.enter_context(region_link(origin))
+        relay = nodes.enter_context(node(tmp_path / "relay", f"relay+ws://127.0.0.1:{link.port}"))
+        async with httpx.AsyncClient() as http, AsyncExitStack() as stack:
+            clients = [(await subscribed(stack, relay, channel))[0] for channel in channels]
+            # The relay resubscribes all 8 at once; the upstream takes 3, then 5 a second.
+            link.cut()
+            await wait_for_ready(http, relay, 503)
+            await wait_for_ready(http, relay, 200)
+            made = [await publish(http, origin, channel, 1) for channel in channels]
+            received = [(await client.publications(1))[0] for client in clients]
+
+    assert positions(received) == positions(made)

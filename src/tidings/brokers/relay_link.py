@@ -35,7 +35,7 @@ from typing import Final, Protocol
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from tidings.client.errors import error_for
+from tidings.client.errors import error_for, is_retryable
 from tidings.client.frames import (
     ConnectResult,
     Disconnect,
@@ -61,6 +61,10 @@ SILENT_PINGS: Final = 2
 # the relay's memory stays bounded whatever it sends.
 MAX_FRAME_BYTES: Final = 64 * 1024 * 1024
 UNSUBSCRIBE_TIMEOUT_S: Final = 5.0
+# A subscribe the upstream refused for now (too_many_requests...) is sent again after a
+# random delay in this range, so that many do not come back at once.
+RETRY_MIN_S: Final = 0.5
+RETRY_MAX_S: Final = 2.0
 RECONNECT_BASE_S: Final = 0.1
 RECONNECT_CAP_S: Final = 2.0  # a relay is one client of its upstream: come back soon
 
@@ -150,6 +154,7 @@ class WebSocketLink:
         self._unsubscribing: dict[int, asyncio.Future[None]] = {}  # unsubscribe id -> reply
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._retries: set[asyncio.Task[None]] = set()
 
     @property
     def is_connected(self) -> bool:
@@ -172,10 +177,11 @@ class WebSocketLink:
         connection = self._connection
         if connection is not None:
             await connection.close()
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for running in [task, *self._retries]:
+            if running is not None:
+                running.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running
 
     async def follow(self, channel: ChannelName) -> None:
         """Subscribe ``channel`` on the open connection, or on the next one."""
@@ -298,14 +304,29 @@ class WebSocketLink:
             return  # an unsubscribe's reply, or a subscribe superseded since
         assert self._listener is not None
         if frame.error is not None:
-            self._listener.receive_refusal(
-                channel, error_for(frame.error.code, frame.error.message)
-            )
+            error = error_for(frame.error.code, frame.error.message)
+            if is_retryable(error) and self._connection is not None:
+                # The upstream's command rate (a relay resubscribing many channels at
+                # once) or a passing failure: ask again shortly, on this connection.
+                self._retry_later(channel, self._connection)
+                return
+            self._listener.receive_refusal(channel, error)
             return
         result = decode("subscribe result", frame.result, SubscribeResult)
         publications = tuple(to_publications(result.publications))
         head = Position(result.epoch, result.offset)
         self._listener.receive_subscribed(channel, head, result.recovered, publications)
+
+    def _retry_later(self, channel: ChannelName, connection: ClientConnection) -> None:
+        async def retry() -> None:
+            await asyncio.sleep(random.uniform(RETRY_MIN_S, RETRY_MAX_S))
+            if channel in self._channels and self._connection is connection:
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await self._subscribe(connection, channel)
+
+        task = asyncio.create_task(retry())
+        self._retries.add(task)  # held until done: a task nobody holds may be collected
+        task.add_done_callback(self._retries.discard)
 
     def _receive_pub(self, raw: str | bytes) -> None:
         publication = to_publication(decode("pub push", raw, PublicationFrame))
