@@ -35,6 +35,7 @@ Examples:
   tidings serve --demo                   and the chat demo at /demo
   tidings serve --data ./data            sqlite broker: history survives restarts
   tidings serve --broker redis://127.0.0.1:6379/0 --workers 4
+  tidings serve --broker relay+ws://origin:8000   a relay of another node
   TIDINGS_API_KEY=s3cret tidings serve --host 0.0.0.0 --config tidings.toml
 
 \b
@@ -67,8 +68,8 @@ def config_option(function: click.decorators.FC) -> click.decorators.FC:
 @click.option(
     "--broker",
     default=None,
-    help="Broker URL: memory (default), redis://host:port/db or redis-cluster://host:port. "
-    "Env: TIDINGS_BROKER.",
+    help="Broker URL: memory (default), redis://host:port/db, redis-cluster://host:port, "
+    "or relay+ws://host:port (relay+http://) to relay another node. Env: TIDINGS_BROKER.",
 )
 @click.option(
     "--data",
