@@ -481,3 +481,43 @@ async def test_channels_refused_for_the_upstreams_command_rate_are_subscribed_ag
             received = [(await client.publications(1))[0] for client in clients]
 
     assert positions(received) == positions(made)
+
+
+async def test_short_and_long_polls_at_a_relay_follow_the_origins_positions(
+    tmp_path: Path,
+) -> None:
+    channel = unique_channel()
+    with node(tmp_path / "origin") as origin, node(tmp_path / "relay", via(origin)) as relay:
+        async with httpx.AsyncClient(timeout=WAIT_S) as http:
+            made = [await publish(http, origin, channel, 1)]
+            since = f"{made[0]['epoch']}:0"
+            short = (
+                await http.get(
+                    f"{relay.http_url}/poll", params={"channel": channel, "since": since}
+                )
+            ).json()
+            waiting = asyncio.create_task(
+                http.get(
+                    f"{relay.http_url}/poll",
+                    params={"channel": channel, "cursor": short["cursor"], "wait": 10},
+                )
+            )
+            # The long poll holds until the origin's next publication reaches the relay.
+            await wait_for_watchers(http, relay, channel)
+            made.append(await publish(http, origin, channel, 2))
+            long = (await waiting).json()
+
+    assert (short["recovered"], positions(short["publications"])) == (True, positions(made[:1]))
+    assert (long["recovered"], positions(long["publications"])) == (True, positions(made[1:]))
+
+
+async def wait_for_watchers(http: httpx.AsyncClient, server: ServerProcess, channel: str) -> None:
+    """Poll ``/api/channels`` (an observable condition) until a client waits on ``channel``."""
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    try:
+        async with asyncio.timeout(WAIT_S):
+            url = f"{server.http_url}/api/channels"
+            while channel not in (await http.get(url, headers=headers)).json()["channels"]:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        pytest.fail(f"no long poll waits on {channel}")
