@@ -36,6 +36,7 @@ from tests.support.redis_cluster import (
     shared_cluster,
     wait_until,
 )
+from tests.support.relay_origin import make_relay_broker
 from tidings.brokers.base import (
     Broker,
     DisconnectUser,
@@ -112,6 +113,7 @@ BROKER_FACTORIES = [
     pytest.param(make_postgres_broker, id="postgres"),
     pytest.param(make_pull_postgres_broker, id="postgres-pull"),
     pytest.param(make_nats_broker, id="nats"),
+    pytest.param(make_relay_broker, id="relay"),
 ]
 # Brokers whose nodes share one backend: what one node does, another hears.
 SHARED_BROKER_FACTORIES = [

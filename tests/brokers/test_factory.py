@@ -85,7 +85,7 @@ def test_a_table_naming_no_broker_is_refused_in_one_line() -> None:
         check_broker("redis://127.0.0.1:6379/0", None, {"redis": {}, "rdis": {"prefix": "a"}})
     assert str(error.value) == (
         "brokers.rdis: no broker is called 'rdis'; "
-        "known: ['memory', 'nats', 'postgres', 'redis', 'sqlite']"
+        "known: ['memory', 'nats', 'postgres', 'redis', 'relay', 'sqlite']"
     )
 
 

@@ -27,9 +27,14 @@ from starlette.routing import Route
 
 from tidings.brokers.base import DisconnectUser, NodeControl, PublishResult
 from tidings.core.channel import ChannelName, parse_channel
-from tidings.core.commands import MAX_HISTORY_LIMIT, IdempotencyKey, publication_data
+from tidings.core.commands import (
+    MAX_HISTORY_LIMIT,
+    MAX_KEY_LENGTH,
+    IdempotencyKey,
+    publication_data,
+)
 from tidings.core.origin import is_cross_site, is_loopback_host
-from tidings.core.publication import Position, parse_position_text
+from tidings.core.publication import ClientInfo, Position, parse_position_text
 from tidings.core.recovery import Replay
 from tidings.core.wire import encode_json, position_fields, publication_frames
 from tidings.errors import (
@@ -65,12 +70,24 @@ MAX_BROADCAST_CHANNELS: Final = 1000
 MAX_BODY_BYTES_OVERHEAD: Final = 64 * 1024
 
 
+# The client id and user of ``info`` (docs/protocol.md §6): as long as a key, at most.
+InfoText = Annotated[str, msgspec.Meta(max_length=MAX_KEY_LENGTH)]
+
+
+class PublishInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``info`` of ``POST /api/publish``: the client a relay publishes for (§10)."""
+
+    client: InfoText
+    user: InfoText
+
+
 class PublishBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``POST /api/publish``."""
 
     channel: str
     data: msgspec.Raw
     key: IdempotencyKey | None = None
+    info: PublishInfo | None = None
 
 
 class BroadcastBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -234,7 +251,9 @@ class ServerApi:
     async def _publish(self, body: PublishBody) -> PublishResult:
         channel = parse_channel(body.channel)
         data = self._checked_data(channel, body.data)
-        return await self._context.hub.publish(channel, data, key=body.key)
+        given = body.info
+        info = None if given is None else ClientInfo(given.client, given.user)
+        return await self._context.hub.publish(channel, data, key=body.key, info=info)
 
     async def broadcast(self, request: Request) -> Response:
         """``POST /api/broadcast`` → ``{"results": [{"channel", "epoch", "offset"}]}``."""
@@ -324,7 +343,10 @@ def disconnect_user(sessions: SessionRegistry, command: DisconnectUser) -> int:
 
 
 def _publish_fields(result: PublishResult) -> dict[str, Any]:
-    return position_fields(result.position)
+    fields = position_fields(result.position)
+    if result.duplicate:
+        fields["duplicate"] = True  # docs/protocol.md §6: the key had been published
+    return fields
 
 
 def _since(epoch: str | None, offset: str | None) -> Position | None:
