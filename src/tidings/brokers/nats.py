@@ -45,7 +45,7 @@ until every subscribed channel has been synced from history this node is not rea
 same key). Never a success for a publication the stream did not store.
 
 Presence (``nats_presence``) is a key-value bucket with an age limit; node commands
-travel on one core subject (``<prefix>.control``), as frames of ``redis_control``.
+travel on one core subject (``<prefix>.control``), as frames of ``node_commands``.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ from tidings.brokers.nats_stream import (
 )
 from tidings.brokers.nats_subjects import control_subject, live_subject
 from tidings.brokers.nats_target import NatsTarget
-from tidings.brokers.redis_control import RedisNodeControl
+from tidings.brokers.node_commands import NodeCommands
 from tidings.clock import Clock, SystemClock
 from tidings.core.channel import ChannelName
 from tidings.core.dedupe import DedupeOptions
@@ -159,7 +159,7 @@ class NatsBroker:
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        self._control = RedisNodeControl(self.node_id)
+        self._control = NodeCommands(self.node_id)
         self._keys = KeyIndex(
             self._prefix, replicas=self._target.replicas, window_ms=self._dedupe.window_ms
         )
