@@ -60,6 +60,14 @@ class _Sequencer:
     users: int = 0
 
 
+class _AlreadyPublished(Exception):
+    """A stale claim's publication turned up while its taker was publishing it again."""
+
+    def __init__(self, position: Position) -> None:
+        super().__init__(position)
+        self.position = position
+
+
 class ChannelLog:
     """Publishes into and reads the channels of the history stream; see the module
     docstring. ``epoch`` is the stream's (of channels never published to), kept up to
@@ -151,6 +159,9 @@ class ChannelLog:
         keys = self._keys
         while True:
             record, revision = await keys.read(channel, remembered)
+            # Read the clock anew each time round: waiting on another's claim is what
+            # makes it stale (a clock read once would never let this loop take it over).
+            now_ms = self._clock.now_ms()
             if record is not None:
                 age_ms = now_ms - record.ts
                 if record.state == "published" and age_ms <= self._dedupe.window_ms:
@@ -163,15 +174,26 @@ class ChannelLog:
             if claimed is None:
                 continue  # another node claimed it first: see what it made of it
             found = None
+            stale_since_ms = None
             if record is not None and record.state == "claimed":
                 # A stale claim: its node died or failed, maybe after publishing.
-                found = await self._find_key(channel, remembered, record.ts)
+                stale_since_ms = record.ts
+                found = await self._find_key(channel, remembered, stale_since_ms)
             duplicate = found is not None
             if found is None:
                 try:
                     found = await self._store(
-                        channel, sequencer, data=data, now_ms=now_ms, key=key, info=info, sent=sent
+                        channel,
+                        sequencer,
+                        data=data,
+                        now_ms=now_ms,
+                        key=key,
+                        info=info,
+                        sent=sent,
+                        recheck=None if stale_since_ms is None else (remembered, stale_since_ms),
                     )
+                except _AlreadyPublished as already:
+                    found, duplicate = already.position, True
                 except BrokerUnavailable:  # nothing was sent: a retry may claim it at once
                     released = KeyRecord("released", now_ms)
                     with contextlib.suppress(BrokerError):
@@ -194,9 +216,16 @@ class ChannelLog:
         key: str | None,
         info: ClientInfo | None,
         sent: list[bool],
+        recheck: tuple[str, int] | None = None,
     ) -> Position:
         """Store the next offset of ``channel`` by optimistic concurrency; see the module
-        docstring. Retries only what the stream refused (never an unanswered one)."""
+        docstring. Retries only what the stream refused (never an unanswered one).
+
+        ``recheck`` (a key and a time) is given when this publish took over a stale claim:
+        the claim's own publish may have been in a leader's log, unapplied, when the
+        history was searched, and a new leader applies it before anything newer; so each
+        refusal is first checked for it (``_AlreadyPublished``), never published again.
+        """
         what = f"publishing in {channel}"
         subject = history_subject(self._prefix, channel)
         while True:
@@ -220,6 +249,10 @@ class ChannelLog:
                 if exc.err_code not in CONFLICTS:
                     raise
                 sequencer.head = None  # another node published first: read the head again
+                if recheck is not None:
+                    found = await self._find_key(channel, *recheck)
+                    if found is not None:
+                        raise _AlreadyPublished(found) from None
                 continue
             sequencer.head = _Head(seq, head.epoch, offset)
             return Position(head.epoch, offset)
