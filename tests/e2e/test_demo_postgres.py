@@ -114,10 +114,3 @@ async def test_a_message_that_is_not_text_is_refused_and_saves_nothing(
     assert "data must be" in answer.json()["error"]["message"]
     assert rows(demo_schema) == []
 
-
-def test_other_brokers_keep_the_demo_publishing_through_the_broker() -> None:
-    node = start_server("--demo")
-    try:
-        assert httpx.get(f"{node.http_url}/demo/about").json() == {"messages": "broker"}
-    finally:
-        node.stop()
