@@ -113,4 +113,3 @@ async def test_a_message_that_is_not_text_is_refused_and_saves_nothing(
     assert answer.status_code == 400
     assert "data must be" in answer.json()["error"]["message"]
     assert rows(demo_schema) == []
-
