@@ -113,3 +113,29 @@ async def test_a_message_that_is_not_text_is_refused_and_saves_nothing(
     assert answer.status_code == 400
     assert "data must be" in answer.json()["error"]["message"]
     assert rows(demo_schema) == []
+
+
+async def test_a_restarted_node_keeps_the_table_and_publishes_each_row_once(
+    demo_schema: str,
+) -> None:
+    url = f"{POSTGRES_URL}?schema={demo_schema}"
+    for text in ("before", "after"):
+        node = start_server("--demo", "--broker", url)
+        try:
+            async with httpx.AsyncClient(base_url=node.http_url, timeout=WAIT_S) as http:
+                token = (await http.post("/demo/token", json={"name": "ann"})).json()["token"]
+                auth = {"Authorization": f"Bearer {token}"}
+                async with ws_client(f"{node.ws_url}?token={token}") as ws:
+                    await ws.result("subscribe", channel="room:lobby")
+                    body = {"channel": "room:lobby", "data": {"text": text}}
+                    await http.post("/demo/publish", json=body, headers=auth)
+                    [live] = await ws.publications(1, WAIT_S)
+                    assert live["data"]["text"] == text
+                history = await http.get(
+                    "/demo/history", params={"channel": "room:lobby"}, headers=auth
+                )
+        finally:
+            node.stop()
+    texts = [p["data"]["text"] for p in history.json()["publications"]]
+    assert texts == ["before", "after"]  # the first row was not published again
+    assert [row[3] for row in rows(demo_schema)] == ["before", "after"]

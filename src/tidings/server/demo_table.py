@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from tidings.brokers.postgres_target import PostgresTarget
 from tidings.errors import ConfigError
 from tidings.server.config import Settings
 from tidings.sources.registry import SourceSettings
 from tidings.sources.table_db import CURSOR_TABLE, lock_key, quote_identifier
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
 
 POSTGRES_SCHEMES: Final = ("postgres://", "postgresql://")
 DEMO_SCHEMA_SUFFIX: Final = "_demo"
@@ -99,18 +102,11 @@ class DemoMessages:
         self.table = table
         # Imported here: only a demo on PostgreSQL needs the driver.
         import psycopg  # noqa: PLC0415
-        from psycopg_pool import AsyncConnectionPool  # noqa: PLC0415
 
         # What the database's failures raise (the pool's time-out is a psycopg.Error).
         self.errors: tuple[type[Exception], ...] = (psycopg.Error, OSError)
-
-        self._pool = AsyncConnectionPool(
-            table.conninfo,
-            min_size=1,
-            max_size=_POOL_SIZE,
-            open=False,
-            kwargs={"connect_timeout": _CONNECT_TIMEOUT_S},
-        )
+        # Made by each ``open``: a closed pool cannot be opened again.
+        self._pool: AsyncConnectionPool | None = None
         schema = quote_identifier(table.schema)
         self._table_sql = f"{schema}.{quote_identifier(TABLE_NAME)}"
         self._write_lock = lock_key(f"{table.source_name}:writers")
@@ -122,6 +118,7 @@ class DemoMessages:
             ConfigError: PostgreSQL cannot be reached, or refuses the statements.
         """
         import psycopg  # noqa: PLC0415
+        from psycopg_pool import AsyncConnectionPool  # noqa: PLC0415
 
         from tidings.sources.table_postgres import trigger_sql  # noqa: PLC0415
 
@@ -146,6 +143,13 @@ class DemoMessages:
                             (table.source_name,),
                         )
                 await conn.commit()
+            self._pool = AsyncConnectionPool(
+                table.conninfo,
+                min_size=1,
+                max_size=_POOL_SIZE,
+                open=False,
+                kwargs={"connect_timeout": _CONNECT_TIMEOUT_S},
+            )
             await self._pool.open(wait=True, timeout=_CONNECT_TIMEOUT_S)
         except (psycopg.Error, OSError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -166,8 +170,10 @@ class DemoMessages:
         )
 
     async def close(self) -> None:
-        """Close the pool."""
-        await self._pool.close()
+        """Close the pool, if open."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
 
     async def insert(self, room: str, author: str, text: str, key: str | None) -> tuple[int, bool]:
         """Save a message; return its row's id and whether ``key`` was already saved in
@@ -176,6 +182,8 @@ class DemoMessages:
         Raises:
             psycopg.Error, OSError: PostgreSQL failed (nothing, or the whole row, saved).
         """
+        if self._pool is None:
+            raise RuntimeError("the demo's messages table is not open")
         async with self._pool.connection() as conn, conn.transaction():
             # One writer at a time: ids then commit in order, as the source needs.
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._write_lock,))
