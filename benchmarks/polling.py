@@ -28,7 +28,7 @@ polled once):
 * **node CPU** (tidings): the same for the ``tidings serve`` processes;
 * **polls/s**: the polls completed in the window (what the generator achieved).
 
-The cluster is the benchmark's own: ``initdb`` as user ``postgres`` in a temporary
+The cluster is the benchmark's own (``pg_cluster.py``): ``initdb`` as user ``postgres`` in a temporary
 directory, on a free port of 127.0.0.1, ``shared_preload_libraries =
 pg_stat_statements``, stopped at the end; so its statistics hold this run alone.
 
@@ -42,10 +42,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import glob
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,15 +59,9 @@ import psycopg
 if __package__ in (None, ""):  # run as a script: make `tidings` and `benchmarks` importable
     sys.path[:0] = [str(Path(__file__).resolve().parent.parent / s) for s in ("src", "")]
 
+from benchmarks.pg_cluster import Cluster, cpu_spent
 from benchmarks.report import command, machine, markdown_table, write_section
-from benchmarks.server_process import (
-    ServerProcess,
-    child_pids,
-    free_port,
-    process_cpu_s,
-    start_server,
-    wait_healthy,
-)
+from benchmarks.server_process import ServerProcess, free_port, start_server, wait_healthy
 
 from tidings.sources.table_postgres import trigger_sql
 
@@ -124,79 +116,6 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         args.http_connections,
         args.quick,
     )
-
-
-# -- the cluster ------------------------------------------------------------------------
-
-
-def _postgres_binary(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    if not found:
-        sys.exit(f"PostgreSQL's {name} is not installed (apt-get install postgresql)")
-    return found[-1]
-
-
-@dataclass
-class Cluster:
-    """A PostgreSQL cluster of the benchmark's own, with pg_stat_statements."""
-
-    directory: Path
-    port: int = field(default_factory=free_port)
-
-    @property
-    def url(self) -> str:
-        return f"postgres://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _as_postgres(self, *argv: str) -> None:
-        subprocess.run(
-            ["runuser", "-u", "postgres", "--", *argv],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=120,
-        )
-
-    def start(self) -> None:
-        if os.geteuid() != 0 or shutil.which("runuser") is None:
-            sys.exit("run as root: the cluster is made with initdb as user postgres (runuser)")
-        shutil.chown(self.directory, "postgres")
-        data = str(self.directory / "data")
-        self._as_postgres(_postgres_binary("initdb"), "-D", data, "-A", "trust", "-U", "postgres")
-        settings = (
-            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
-            "-c shared_preload_libraries=pg_stat_statements "
-            "-c pg_stat_statements.track_utility=off -c max_connections=200"
-        )
-        log = str(self.directory / "log")
-        self._as_postgres(
-            _postgres_binary("pg_ctl"), "-D", data, "-l", log, "-o", settings, "-w", "start"
-        )
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION pg_stat_statements")
-
-    def stop(self) -> None:
-        data = str(self.directory / "data")
-        with contextlib.suppress(subprocess.SubprocessError):
-            self._as_postgres(_postgres_binary("pg_ctl"), "-D", data, "-m", "fast", "-w", "stop")
-
-    def postmaster_pid(self) -> int:
-        return int((self.directory / "data" / "postmaster.pid").read_text().split()[0])
-
-    def cpu(self) -> dict[int, float]:
-        """CPU seconds so far of the postmaster and each of its children, by pid."""
-        pids = [self.postmaster_pid()]
-        pids += child_pids(pids[0])
-        found: dict[int, float] = {}
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                found[pid] = process_cpu_s(pid)
-        return found
-
-
-def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU seconds spent between two readings (a process started since counts whole;
-    one that ended since is lost, which connection pools make rare)."""
-    return sum(used - before.get(pid, 0.0) for pid, used in after.items())
 
 
 # -- load -------------------------------------------------------------------------------
