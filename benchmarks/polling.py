@@ -28,8 +28,8 @@ polled once):
 * **node CPU** (tidings): the same for the ``tidings serve`` processes;
 * **polls/s**: the polls completed in the window (what the generator achieved).
 
-The cluster is the benchmark's own (``pg_cluster.py``): ``initdb`` as user ``postgres`` in a temporary
-directory, on a free port of 127.0.0.1, ``shared_preload_libraries =
+The cluster is the benchmark's own (``pg_cluster.py``): ``initdb`` as user ``postgres``
+in a temporary directory, on a free port of 127.0.0.1, ``shared_preload_libraries =
 pg_stat_statements``, stopped at the end; so its statistics hold this run alone.
 
 Run (as root, for ``runuser``): ``.venv/bin/python benchmarks/polling.py`` writes the
