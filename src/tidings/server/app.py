@@ -38,6 +38,7 @@ from tidings.server.api import NativePublish, ServerApi, disconnect_user
 from tidings.server.auth import Authenticator
 from tidings.server.config import Settings
 from tidings.server.demo import DemoBackend, prepare_demo
+from tidings.server.forwarding import OwnerLink
 from tidings.server.front import About, OriginCheckedStatic, front_page, health_response
 from tidings.server.heartbeat import run_heartbeats
 from tidings.server.hot_channels import HotChannelWindows, channel_heat_for
@@ -121,7 +122,9 @@ class TidingsApp:
         placement = placement_of(settings) if placement is None else placement
         # The ring in etcd (``ring_etcd``): joined at start, left when the node drains.
         self._ring_member = (
-            RingMember(settings, placement) if isinstance(placement, FollowingPlacement) else None
+            RingMember(settings, placement)
+            if settings.ring_etcd is not None and isinstance(placement, FollowingPlacement)
+            else None
         )
         self.sessions = SessionRegistry(
             settings.max_connections, settings.max_unauthenticated_connections
@@ -174,7 +177,13 @@ class TidingsApp:
         )
         self.control.listen(self._on_node_command)
         self.metrics.read_refusals_of(self.context.refusals)
-        self._api = api = ServerApi(self.context, settings.api_key, self.control)
+        # Server API calls about channels owned elsewhere go to their owners.
+        self._owner_link = OwnerLink(
+            placement,
+            settings.cluster_secret,
+            None if self._ring_member is None else self._ring_member.refresh,
+        )
+        self._api = api = ServerApi(self.context, settings.api_key, self.control, self._owner_link)
         self._poll = PollTransport(self.context, self.metrics, max_watches=settings.poll_watches)
         self.about = About.of(settings, self.context.node_id)
         self.status = StatusPublisher(self.hub, self.metrics, self.context.node_id)
@@ -254,6 +263,11 @@ class TidingsApp:
                 await self._jwks.refresh()  # tokens signed by the issuer verify at once
                 self._jwks_task = asyncio.create_task(self._jwks.run())
             self._started = True
+            if self._owner_link.is_forwarding_off:
+                logger.warning(
+                    "no cluster_secret is set: server API calls about channels this node "
+                    "does not own are refused (503) instead of forwarded to their owners"
+                )
             if self.settings.api_key is None:
                 logger.warning(
                     "no api_key is set: the server API is open to callers on this machine "
@@ -326,6 +340,7 @@ class TidingsApp:
             await self._agent.close()
         if self._ring_member is not None:
             await self._ring_member.close()
+        await self._owner_link.aclose()
         await self.hub.close()
         self._started = False
         logger.info("tidings node %s stopped", self.context.node_id)

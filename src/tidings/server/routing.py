@@ -114,7 +114,7 @@ class RingMember:
         self._joined = False
 
     def _on_ring(self, state: RingState) -> None:
-        self._placement.receive_ring(state.nodes)
+        self._placement.receive_ring(state.nodes, state.version)
         logger.info("ring version %d: %s", state.version, ", ".join(sorted(state.nodes)))
 
     async def join(self) -> None:
@@ -125,6 +125,15 @@ class RingMember:
         """
         await self._membership.join()
         self._joined = True
+
+    async def refresh(self) -> None:
+        """Read the ring in etcd now: a node that forwarded a call refused as made with
+        an old ring retries with the latest (``server.forwarding``).
+
+        Raises:
+            EtcdError: etcd could not be reached.
+        """
+        await self._membership.refresh()
 
     async def leave(self) -> None:
         """Leave the ring (idempotent), so its keys go to the other nodes at once."""

@@ -197,6 +197,17 @@ class Membership:
             return RingState(), 0
         return decode_ring(found.value), found.mod_revision
 
+    async def refresh(self) -> RingState:
+        """Read the ring in etcd now (not waiting for the watch), take it if it is newer
+        than the one known, and return the ring known.
+
+        Raises:
+            EtcdError: etcd could not be reached.
+        """
+        ring, _ = await self.read_ring()
+        self._learn(ring)
+        return self.ring
+
     async def _change(
         self,
         change: Callable[[RingState], RingState],
