@@ -46,6 +46,7 @@ from tidings.server.keys import JwksKeys, load_public_key
 from tidings.server.load_agent import LoadAgent
 from tidings.server.metrics import Metrics
 from tidings.server.native.routes import NativeRoutes
+from tidings.server.ring_moves import RingMover
 from tidings.server.routing import RingMember, RouteEndpoint, placement_of
 from tidings.server.status import (
     StaticAssets,
@@ -120,14 +121,18 @@ class TidingsApp:
         demo = prepare_demo(settings) if settings.demo else None
         self.settings = settings = with_status_namespace(demo.settings if demo else settings)
         placement = placement_of(settings) if placement is None else placement
-        # The ring in etcd (``ring_etcd``): joined at start, left when the node drains.
-        self._ring_member = (
-            RingMember(settings, placement)
-            if settings.ring_etcd is not None and isinstance(placement, FollowingPlacement)
-            else None
-        )
         self.sessions = SessionRegistry(
             settings.max_connections, settings.max_unauthenticated_connections
+        )
+        # Connections whose channels a new ring gives to other nodes are sent there.
+        self.ring_mover = RingMover(
+            self.sessions, placement, settings.namespace_table(), settings.ring_move_rate
+        )
+        # The ring in etcd (``ring_etcd``): joined at start, left when the node drains.
+        self._ring_member = (
+            RingMember(settings, placement, self.ring_mover.receive_ring)
+            if settings.ring_etcd is not None and isinstance(placement, FollowingPlacement)
+            else None
         )
         # Metrics time the broker's calls by wrapping it; the hub never knows.
         self.metrics = Metrics(self.sessions)
@@ -340,6 +345,7 @@ class TidingsApp:
             await self._agent.close()
         if self._ring_member is not None:
             await self._ring_member.close()
+        await self.ring_mover.close()
         await self._owner_link.aclose()
         await self.hub.close()
         self._started = False
