@@ -132,3 +132,17 @@ async def test_a_ring_node_without_a_cluster_secret_refuses_rather_than_publishe
     link = OwnerLink(node_a("http://b.invalid", 1), None)
     with pytest.raises(Unavailable, match="set the same cluster_secret"):
         await link.serve(CHANNEL, None, ("POST", "/api/publish", BODY), not_here)
+
+
+async def test_an_embedding_application_publishes_on_the_owner(
+    owner: tuple[str, TidingsApp],
+) -> None:
+    owner_url, owner_app = owner
+    placement = node_a(owner_url, 2)
+    app = TidingsApp(Settings(node_id="a", cluster_secret=SECRET), placement=placement)
+    async with served(app):
+        position = await app.publish(CHANNEL, {"n": 1}, key="k-1")
+        again = await app.publish(CHANNEL, {"n": 1}, key="k-1")
+    read = await owner_app.hub.history(CHANNEL, None, None)
+    assert position == again == read.head
+    assert read.head.offset == 1

@@ -68,12 +68,23 @@ MAX_BROADCAST_CHANNELS: Final = 1000
 MAX_BODY_BYTES_OVERHEAD: Final = 64 * 1024
 
 
-class PublishBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class PublishBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """``POST /api/publish``."""
 
     channel: str
     data: msgspec.Raw
     key: IdempotencyKey | None = None
+
+
+class _PositionAnswer(msgspec.Struct, frozen=True):
+    """``{"epoch", "offset"}``, as an owner answers a publish."""
+
+    epoch: str
+    offset: int
+
+    @property
+    def position(self) -> Position:
+        return Position(self.epoch, self.offset)
 
 
 class BroadcastBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -293,6 +304,21 @@ class ServerApi:
             return 200, {"content-type": JSON_MEDIA_TYPE}, encode_json(_publish_fields(result))
 
         return await self._link.serve(channel, call, ("POST", PUBLISH_PATH, raw), here)
+
+    async def publish_from_process(
+        self, channel: ChannelName, data: bytes, key: str | None
+    ) -> Position:
+        """Publish for an embedding application (``TidingsApp.publish``): here, or on
+        the channel's owner, as ``POST /api/publish`` would.
+
+        Raises:
+            Unavailable: the owner cannot be reached, or refused the call (its message).
+        """
+        raw = encode_json(PublishBody(channel, msgspec.Raw(data), key))
+        status, _, answer = await self._publish_parts(raw, None)
+        if status != 200:
+            raise Unavailable(f"the owner of {channel} answered {status}: {answer[:200]!r}")
+        return msgspec.json.decode(answer, type=_PositionAnswer).position
 
     async def broadcast(self, api: ApiCall) -> Response:
         """``POST /api/broadcast`` → ``{"results": [{"channel", "epoch", "offset"}]}``;

@@ -292,6 +292,8 @@ class TidingsApp:
         at most ``drain_rate`` reconnects per second (``core.drain``).
         """
         self.context.draining = True
+        # The drain closes every connection, at its own pace: no moves beside it.
+        await self.ring_mover.close()
         if self._ring_member is not None:
             # Out of the ring first: its keys go to the other nodes, where the clients
             # told to reconnect below are sent.
@@ -407,7 +409,8 @@ class TidingsApp:
     # -- in-process publishing (for embedding applications) ---------------------------
 
     async def publish(self, channel: str, data: object, *, key: str | None = None) -> Position:
-        """Publish ``data`` (any JSON-serialisable value) in ``channel`` from this process.
+        """Publish ``data`` (any JSON-serialisable value) in ``channel`` from this process
+        (in the consistent-hashing mode, on the channel's owner).
 
         Returns:
             The publication's position (the original one for a repeated ``key``).
@@ -416,6 +419,7 @@ class TidingsApp:
             BadRequest: the channel name is invalid, ``data`` is not JSON-serialisable or
                 ``key`` holds a NUL (which marks clients' keys: ``core.dedupe``).
             MessageTooLarge: the encoded data is over the namespace's limit.
+            Unavailable: the channel's owner cannot be reached (hashing mode).
         """
         name = parse_channel(channel)
         if key is not None and CLIENT_KEY_MARK in key:
@@ -425,7 +429,10 @@ class TidingsApp:
         except (TypeError, ValueError) as exc:
             raise BadRequest(f"data is not JSON-serialisable: {exc}") from None
         limit = self.context.namespaces.options_for(name).max_data_bytes
-        result = await self.hub.publish(name, publication_data(encoded, limit), key=key)
+        data = publication_data(encoded, limit)
+        if self._owner_link.has_ring:  # the owner sequences: maybe another node
+            return await self._api.publish_from_process(name, data, key)
+        result = await self.hub.publish(name, data, key=key)
         return result.position
 
     # -- commands from other nodes (and this one) ---------------------------------------

@@ -92,6 +92,11 @@ class OwnerLink:
         self._client: httpx.AsyncClient | None = None
 
     @property
+    def has_ring(self) -> bool:
+        """Whether this node routes by a ring (some channels may be owned elsewhere)."""
+        return self._ring is not None
+
+    @property
     def is_forwarding_off(self) -> bool:
         """Whether this node routes by a ring but has no ``cluster_secret`` to forward
         with (its calls about others' channels are refused)."""

@@ -54,10 +54,13 @@ class RingMover:
         self._rate = rate
         self._jitter = jitter or random.Random()  # spreads reconnects: no secret
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     def receive_ring(self) -> None:
         """Start moving the connections the placement's new ring sends elsewhere (in
         place of the moves of an older ring still under way). Call in the event loop."""
+        if self._closed:
+            return
         if self._task is not None:
             self._task.cancel()
         self._task = asyncio.get_running_loop().create_task(self._move())
@@ -69,7 +72,9 @@ class RingMover:
                 await asyncio.shield(self._task)
 
     async def close(self) -> None:
-        """Stop moving connections."""
+        """Stop moving connections, for good: a node that drains (and leaves the
+        ring, which sends every key elsewhere) lets the drain close them all."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
