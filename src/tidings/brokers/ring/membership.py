@@ -29,9 +29,9 @@ missed while the watch was down is not missed for good.
 A node whose own lease expired (it was cut off for longer than ``ttl_s``) has been
 removed by the others; once it reaches etcd again it joins anew.
 
-What this does not do yet: tell the hub or the transports (the ring it keeps is handed
-to ``on_ring``, which the placement will read), nor hand channels over between owners
-when the ring changes (the transition of DESIGN.md).
+Each ring it learns is handed to ``on_ring`` (the node's placement, then the moves of
+its connections: ``server.routing``, ``server.ring_moves``). What this does not do yet:
+hand channels over between owners when the ring changes (the transition of DESIGN.md).
 """
 
 from __future__ import annotations
