@@ -98,6 +98,35 @@ def decode_ring(value: bytes) -> RingState:
     return RingState(ring.version, ring.nodes)
 
 
+@dataclass(frozen=True, slots=True)
+class RingView:
+    """The ring in etcd as an operator sees it: the ring (version and nodes) and the
+    members whose lease is alive (id to URL), which a joining node is before its place
+    in the ring is written, and a dead one no longer is."""
+
+    ring: RingState
+    members: Mapping[str, str]
+
+
+async def read_ring_view(gateway: EtcdGateway, prefix: str = DEFAULT_PREFIX) -> RingView:
+    """Read the ring kept under ``prefix`` and its live members, in one read.
+
+    Raises:
+        EtcdError: etcd could not be reached, or answered something else than etcd would.
+    """
+    base = prefix.rstrip("/")
+    members_prefix = f"{base}/members/"
+    keys, _ = await gateway.get_prefix(base + "/")
+    ring = RingState()
+    members: dict[str, str] = {}
+    for kv in keys:
+        if kv.key == f"{base}/ring":
+            ring = decode_ring(kv.value)
+        elif kv.key.startswith(members_prefix):
+            members[kv.key.removeprefix(members_prefix)] = kv.value.decode(errors="replace")
+    return RingView(ring, members)
+
+
 class Membership:
     """One node's membership of the ring; ``join``, then ``leave``."""
 
