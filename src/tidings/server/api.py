@@ -230,24 +230,29 @@ class ServerApi:
 
     def routes(self) -> list[Route]:
         """Return the API routes."""
+        handlers: list[tuple[str, ApiHandler, str]] = [
+            (PUBLISH_PATH, self.publish, "POST"),
+            ("/api/broadcast", self.broadcast, "POST"),
+            ("/api/history", self.history, "GET"),
+            ("/api/presence", self.presence, "GET"),
+            ("/api/channels", self.channels, "GET"),
+            ("/api/disconnect", self.disconnect, "POST"),
+        ]
         return [
-            Route("/api/publish", self._guard(self.publish), methods=["POST"]),
-            Route("/api/broadcast", self._guard(self.broadcast), methods=["POST"]),
-            Route("/api/history", self._guard(self.history), methods=["GET"]),
-            Route("/api/presence", self._guard(self.presence), methods=["GET"]),
-            Route("/api/channels", self._guard(self.channels), methods=["GET"]),
-            Route("/api/disconnect", self._guard(self.disconnect), methods=["POST"]),
+            Route(path, self._guard(path, handler), methods=[method])
+            for path, handler, method in handlers
         ]
 
-    def _guard(self, handler: ApiHandler) -> Handler:
+    def _guard(self, path: str, handler: ApiHandler) -> Handler:
         """Read the body, check the API key (or a node's signature) and translate
-        errors, once for every handler."""
+        errors, once for every handler. ``path`` is the route's own (``/api/history``),
+        whatever the application is mounted under: what a node forwards and signs."""
 
         async def guarded(request: Request) -> Response:
             try:
                 raw = await read_body(request, self._max_body) if request.method == "POST" else b""
                 target = canonical_target(
-                    request.url.path, request.scope.get("query_string", b"").decode("latin-1")
+                    path, request.scope.get("query_string", b"").decode("latin-1")
                 )
                 call = self._link.verify(request.headers.get, request.method, target, raw)
                 admit_api_request(

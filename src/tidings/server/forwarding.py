@@ -132,7 +132,8 @@ class OwnerLink:
         Args:
             channel: the channel the call is about.
             call: the verified node call, or ``None`` for a client's.
-            request: its method, path and query (``/api/history?channel=doc:9``), body.
+            request: its method, path and query of the route (``/api/history?channel=doc:9``,
+                without any base path), body.
             local: answers it on this node.
 
         Raises:
@@ -169,7 +170,10 @@ class OwnerLink:
         assert self._secret is not None  # checked by serve
         method, target, body = request
         url = httpx.URL(owner_url.rstrip("/") + target)
-        signed = canonical_target(url.path, url.query.decode("ascii"))
+        # Signed as the route sees it, without the owner's base path (public_url may
+        # have one); the owner derives the same from the path and query it receives.
+        path, _, query = target.partition("?")
+        signed = canonical_target(path, query)
         auth = sign_node_call(
             self._secret, method, signed, body, now_s=int(self._clock()), ring_version=version
         )
