@@ -12,6 +12,7 @@ from typing import Final
 import pytest
 
 from tests.support.served import served
+from tests.support.server import free_port
 from tidings.core.channel import ChannelName
 from tidings.core.namespace import Namespaces
 from tidings.core.node_call import NodeCall
@@ -146,3 +147,25 @@ async def test_an_embedding_application_publishes_on_the_owner(
     read = await owner_app.hub.history(CHANNEL, None, None)
     assert position == again == read.head
     assert read.head.offset == 1
+
+
+async def test_calls_sent_to_owners_are_counted_by_outcome(
+    owner: tuple[str, TidingsApp],
+) -> None:
+    owner_url, _ = owner
+    placement = node_a(owner_url, 1)
+
+    async def refresh() -> None:
+        placement.receive_ring({"a": A_URL, "b": owner_url}, 2)
+
+    link = OwnerLink(placement, SECRET, refresh)
+    dead = OwnerLink(node_a(f"http://127.0.0.1:{free_port()}", 2), SECRET)  # nothing listens
+    try:
+        await link.serve(CHANNEL, None, ("POST", "/api/publish", BODY), not_here)
+        with pytest.raises(Unavailable, match="cannot be reached"):
+            await dead.serve(CHANNEL, None, ("POST", "/api/publish", BODY), not_here)
+    finally:
+        await link.aclose()
+        await dead.aclose()
+    assert link.forwarded == {"answered": 1, "stale_ring": 1, "unreachable": 0}
+    assert dead.forwarded == {"answered": 0, "stale_ring": 0, "unreachable": 1}

@@ -188,6 +188,7 @@ class TidingsApp:
             settings.cluster_secret,
             None if self._ring_member is None else self._ring_member.refresh,
         )
+        self.metrics.read_forwards_of(self._owner_link.forwarded)
         self._api = api = ServerApi(self.context, settings.api_key, self.control, self._owner_link)
         self._poll = PollTransport(self.context, self.metrics, max_watches=settings.poll_watches)
         self.about = About.of(settings, self.context.node_id)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, Literal
 
 import httpx
 import msgspec
@@ -58,6 +58,9 @@ HeaderLookup = Callable[[str], str | None]
 
 # Long enough for an owner's publish under load (its own publish_timeout is 1.5 s).
 FORWARD_TIMEOUT_S: Final = 5.0
+# What became of each call sent to an owner (``tidings_forwarded_total``).
+ForwardOutcome = Literal["answered", "stale_ring", "unreachable"]
+FORWARD_OUTCOMES: Final[tuple[ForwardOutcome, ...]] = ("answered", "stale_ring", "unreachable")
 _STALE_RING_STATUS: Final = 409
 
 
@@ -90,6 +93,8 @@ class OwnerLink:
         self._refresh = refresh
         self._clock = clock
         self._client: httpx.AsyncClient | None = None
+        self.forwarded: dict[str, int] = dict.fromkeys(FORWARD_OUTCOMES, 0)
+        """Calls sent to owners, by outcome (read by the metrics at scrape time)."""
 
     @property
     def has_ring(self) -> bool:
@@ -159,7 +164,9 @@ class OwnerLink:
                 )
             parts = await self._send(channel, place.url, request, ring.ring_version)
             if not _is_stale_ring(parts):
+                self.forwarded["answered"] += 1
                 return parts
+            self.forwarded["stale_ring"] += 1
             if attempt == 0:
                 await self._refresh_ring()
         raise Unavailable(f"the owner of {channel} refused this node's ring twice; retry")
@@ -185,6 +192,7 @@ class OwnerLink:
         try:
             response = await self._client.request(method, url, content=body, headers=headers)
         except httpx.HTTPError as exc:
+            self.forwarded["unreachable"] += 1
             logger.warning("forwarding to the owner of %s (%s) failed: %r", channel, owner_url, exc)
             raise Unavailable(f"the owner of channel {channel} cannot be reached; retry") from None
         answer = {"content-type": response.headers.get("content-type", "application/json")}
