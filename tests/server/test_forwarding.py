@@ -6,6 +6,7 @@ is never forwarded again."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -169,3 +170,26 @@ async def test_calls_sent_to_owners_are_counted_by_outcome(
         await dead.aclose()
     assert link.forwarded == {"answered": 1, "stale_ring": 1, "unreachable": 0}
     assert dead.forwarded == {"answered": 0, "stale_ring": 0, "unreachable": 1}
+
+
+async def test_an_owner_that_takes_the_call_and_never_answers_may_have_published() -> None:
+    """Unlike an owner out of reach, one that took the call may have made it: the
+    caller is told to retry with the same key."""
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await reader.read()  # until the caller gives up and closes
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    link = OwnerLink(node_a(f"http://127.0.0.1:{port}", 2), SECRET, timeout_s=0.2)
+    try:
+        with pytest.raises(Unavailable, match="may have been done; retry"):
+            await link.serve(CHANNEL, None, ("POST", "/api/publish", BODY), not_here)
+    finally:
+        await link.aclose()
+        server.close()
+        await server.wait_closed()
+    assert accepted.is_set()

@@ -82,16 +82,19 @@ class OwnerLink:
         refresh: RingRefresh | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        timeout_s: float = FORWARD_TIMEOUT_S,
     ) -> None:
         """Forward by ``placement`` (no ring in it: every call is served here), signing
         with ``cluster_secret`` (``None``: no call is forwarded or taken from a node);
-        ``refresh`` reads the ring again after an owner refused this node's as old."""
+        ``refresh`` reads the ring again after an owner refused this node's as old; an
+        owner silent for ``timeout_s`` is ``unavailable``."""
         self._ring: OwnerRouting | None = (
             placement if isinstance(placement, RingPlacement | FollowingPlacement) else None
         )
         self._secret = None if cluster_secret is None else cluster_secret.encode()
         self._refresh = refresh
         self._clock = clock
+        self._timeout_s = timeout_s
         self._client: httpx.AsyncClient | None = None
         self.forwarded: dict[str, int] = dict.fromkeys(FORWARD_OUTCOMES, 0)
         """Calls sent to owners, by outcome (read by the metrics at scrape time)."""
@@ -188,13 +191,21 @@ class OwnerLink:
         if method == "POST":
             headers["content-type"] = "application/json"
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=FORWARD_TIMEOUT_S)
+            self._client = httpx.AsyncClient(timeout=self._timeout_s)
         try:
             response = await self._client.request(method, url, content=body, headers=headers)
         except httpx.HTTPError as exc:
             self.forwarded["unreachable"] += 1
             logger.warning("forwarding to the owner of %s (%s) failed: %r", channel, owner_url, exc)
-            raise Unavailable(f"the owner of channel {channel} cannot be reached; retry") from None
+            if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+                raise Unavailable(
+                    f"the owner of channel {channel} cannot be reached; not sent; retry"
+                ) from None
+            # Sent, and no answer: as docs/protocol.md §7 says of a broker's silence.
+            raise Unavailable(
+                f"the owner of channel {channel} did not answer: it may have been done; "
+                "retry (a publish with the same key)"
+            ) from None
         answer = {"content-type": response.headers.get("content-type", "application/json")}
         return response.status_code, answer, response.content
 
