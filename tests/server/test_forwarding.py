@@ -175,12 +175,16 @@ async def test_calls_sent_to_owners_are_counted_by_outcome(
 async def test_an_owner_that_takes_the_call_and_never_answers_may_have_published() -> None:
     """Unlike an owner out of reach, one that took the call may have made it: the
     caller is told to retry with the same key."""
-    accepted = asyncio.Event()
+    accepted, finished = asyncio.Event(), asyncio.Event()
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted.set()
-        await reader.read()  # until the caller gives up and closes
-        writer.close()
+        try:
+            await reader.read()  # until the caller gives up and closes
+        finally:
+            writer.close()
+            await writer.wait_closed()
+            finished.set()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -190,6 +194,8 @@ async def test_an_owner_that_takes_the_call_and_never_answers_may_have_published
             await link.serve(CHANNEL, None, ("POST", "/api/publish", BODY), not_here)
     finally:
         await link.aclose()
+        if accepted.is_set():
+            await asyncio.wait_for(finished.wait(), 5)
         server.close()
         await server.wait_closed()
     assert accepted.is_set()
