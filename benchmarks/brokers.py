@@ -1,4 +1,4 @@
-"""Broker benchmark: the memory, sqlite, Redis and PostgreSQL brokers side by side, in one run.
+"""Broker benchmark: the memory, sqlite, Redis, PostgreSQL and NATS brokers side by side.
 
 What it measures, per broker:
 
@@ -10,7 +10,8 @@ What it measures, per broker:
   p99. For Redis and PostgreSQL that is *cross-node*: two broker instances (two nodes)
   on one Redis (one database), publishing on one, receiving on the other (PostgreSQL:
   through LISTEN/NOTIFY). The memory broker has one node only: its
-  figure is the in-process hand-off, the floor any broker is compared with.
+  figure is the in-process hand-off, the floor any broker is compared with. NATS is
+  cross-node too: two broker instances on one NATS.
 
 Why: DESIGN.md asks every claim about speed to be a figure measured side by side with
 an alternative in the same run. What Redis costs over memory is the price of many
@@ -31,7 +32,10 @@ is flushed first; a PostgreSQL at 127.0.0.1:5432, database ``test``, whose schem
 ``tidings_bench`` is dropped first). ``--cluster redis-cluster://host:port`` adds a
 Redis Cluster column; ``--postgres ''`` leaves PostgreSQL out.
 ``--redis-batching`` runs ``redis_batching`` instead: the Redis broker batched and not,
-on one Redis and on clusters of 1 and 3 shards, on servers it starts itself.
+on one Redis and on clusters of 1 and 3 shards, on servers it starts itself. A NATS
+with JetStream at 127.0.0.1:4222 is used too, where the stream and buckets of prefix
+``tidings-bench`` are deleted before and after; ``--brokers memory,redis,nats`` runs
+only those.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+import nats
 import psycopg
 import redis
 import uvloop
@@ -61,6 +66,7 @@ from benchmarks import redis_batching
 
 from tidings.brokers.base import Broker
 from tidings.brokers.memory import MemoryBroker
+from tidings.brokers.nats import NatsBroker, NatsTarget
 from tidings.brokers.postgres import PostgresBroker
 from tidings.brokers.postgres_target import PostgresTarget
 from tidings.brokers.redis import RedisBroker, RedisTarget
@@ -72,6 +78,7 @@ from tidings.core.publication import Publication
 
 DEFAULT_REDIS: Final = "redis://127.0.0.1:6379/15?prefix=tidings-bench"
 DEFAULT_POSTGRES: Final = "postgres://postgres@127.0.0.1:5432/test?schema=tidings_bench"
+DEFAULT_NATS: Final = "nats://127.0.0.1:4222?prefix=tidings-bench"
 NAMESPACES: Final = Namespaces(
     {NamespaceName("bench"): NamespaceOptions(history=HistoryOptions(100, 3_600_000))}
 )
@@ -83,8 +90,10 @@ class Options:
     """The command line."""
 
     redis: str
+    nats: str
     cluster: str | None
     postgres: str
+    brokers: tuple[str, ...] | None
     publications: int
     concurrency: tuple[int, ...]
     channels: int
@@ -106,10 +115,12 @@ class Subject:
 def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--redis", default=DEFAULT_REDIS, help="Redis URL (its db is flushed)")
+    parser.add_argument("--nats", default=DEFAULT_NATS, help="NATS URL (its prefix is deleted)")
     parser.add_argument("--cluster", default=None, help="also a redis-cluster:// URL")
     parser.add_argument(
         "--postgres", default=DEFAULT_POSTGRES, help="PostgreSQL URL (its schema is dropped)"
     )
+    parser.add_argument("--brokers", default=None, help="only these, comma-separated")
     parser.add_argument("--publications", type=int, default=20_000, help="per throughput run")
     parser.add_argument("--concurrency", default="1,16,128", help="publishers at once")
     parser.add_argument("--channels", type=int, default=64, help="channels published to")
@@ -120,8 +131,10 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     args = parser.parse_args(argv)
     return Options(
         redis=args.redis,
+        nats=args.nats,
         cluster=args.cluster,
         postgres=args.postgres,
+        brokers=None if args.brokers is None else tuple(args.brokers.split(",")),
         publications=args.publications,
         concurrency=tuple(int(n) for n in args.concurrency.split(",")),
         channels=args.channels,
@@ -145,6 +158,7 @@ def subjects(options: Options) -> list[Subject]:
         Subject("sqlite full", sqlite("full"), shared=False),
         Subject("sqlite fast", sqlite("fast"), shared=False),
         Subject("redis", lambda: RedisBroker(options.redis, NAMESPACES), shared=True),
+        Subject("nats", lambda: NatsBroker(options.nats, NAMESPACES), shared=True),
     ]
     if options.cluster is not None:
         cluster = options.cluster
@@ -152,6 +166,8 @@ def subjects(options: Options) -> list[Subject]:
     if options.postgres:
         postgres = options.postgres
         found.append(Subject("postgres", lambda: PostgresBroker(postgres, NAMESPACES), True))
+    if options.brokers is not None:
+        found = [subject for subject in found if subject.name in options.brokers]
     return found
 
 
@@ -262,11 +278,34 @@ def script_time(url: str) -> tuple[float, int]:
     )
 
 
+async def delete_nats_prefix(url: str) -> None:
+    """Delete the stream and buckets the NATS broker made under ``url``'s prefix."""
+    target = NatsTarget.parse(url)
+    client = await nats.connect(list(target.servers))
+    try:
+        for name in ("history", "presence", "keys"):
+            stream = f"{target.prefix}-{name}"
+            stream = stream if name == "history" else f"KV_{stream}"
+            await client.request(f"$JS.API.STREAM.DELETE.{stream}", b"", timeout=5)
+    finally:
+        await client.close()
+
+
 async def measure(options: Options) -> None:
     tested = subjects(options)
     flush(options.redis)
     if options.postgres:
         drop_postgres_schema(options.postgres)
+    if any(subject.name == "nats" for subject in tested):
+        await delete_nats_prefix(options.nats)
+    try:
+        await measure_all(options, tested)
+    finally:
+        if any(subject.name == "nats" for subject in tested):
+            await delete_nats_prefix(options.nats)
+
+
+async def measure_all(options: Options, tested: list[Subject]) -> None:
     rates: dict[tuple[str, int], list[float]] = {}
     cpu_us: dict[tuple[str, int], list[float]] = {}
     latencies: dict[str, list[tuple[float, float]]] = {}
@@ -287,7 +326,8 @@ async def measure(options: Options) -> None:
                 (percentile(times, 0.50), percentile(times, 0.99))
             )
     print_table(options, tested, rates, cpu_us, latencies)
-    print(f"\nRedis CPU per publish script: {summary(redis_us, '.1f')} µs")
+    if redis_us:
+        print(f"\nRedis CPU per publish script: {summary(redis_us, '.1f')} µs")
 
 
 def print_table(
@@ -315,10 +355,7 @@ def print_table(
     ]
     for index, label in ((0, "p50"), (1, "p99")):
         rows.append(
-            [
-                f"delivery latency {label} ms (memory, sqlite: in-process; "
-                "redis, postgres: node to node)"
-            ]
+            [f"delivery latency {label} ms (memory, sqlite: in-process; others: node to node)"]
             + [summary([pair[index] for pair in latencies[s.name]], ".3f") for s in tested]
         )
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]

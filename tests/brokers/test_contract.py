@@ -26,6 +26,7 @@ from redis.crc import key_slot
 
 from tests.support.clock import FakeClock
 from tests.support.handler import Recording, RecordingCommands, RecordingHandler
+from tests.support.nats_server import make_nats_broker
 from tests.support.postgres import make_postgres_broker, make_pull_postgres_broker
 from tests.support.redis_cluster import (
     LocalRedisCluster,
@@ -35,6 +36,7 @@ from tests.support.redis_cluster import (
     shared_cluster,
     wait_until,
 )
+from tests.support.relay_origin import make_relay_broker
 from tidings.brokers.base import (
     Broker,
     DisconnectUser,
@@ -110,6 +112,8 @@ BROKER_FACTORIES = [
     pytest.param(make_redis_cluster_broker, id="redis-cluster"),
     pytest.param(make_postgres_broker, id="postgres"),
     pytest.param(make_pull_postgres_broker, id="postgres-pull"),
+    pytest.param(make_nats_broker, id="nats"),
+    pytest.param(make_relay_broker, id="relay"),
 ]
 # Brokers whose nodes share one backend: what one node does, another hears.
 SHARED_BROKER_FACTORIES = [
@@ -117,6 +121,7 @@ SHARED_BROKER_FACTORIES = [
     pytest.param(make_redis_cluster_broker, id="redis-cluster"),
     pytest.param(make_postgres_broker, id="postgres"),
     pytest.param(make_pull_postgres_broker, id="postgres-pull"),
+    pytest.param(make_nats_broker, id="nats"),
 ]
 
 

@@ -84,7 +84,8 @@ def test_a_table_naming_no_broker_is_refused_in_one_line() -> None:
     with pytest.raises(ConfigError) as error:
         check_broker("redis://127.0.0.1:6379/0", None, {"redis": {}, "rdis": {"prefix": "a"}})
     assert str(error.value) == (
-        "brokers.rdis: no broker is called 'rdis'; known: ['memory', 'postgres', 'redis', 'sqlite']"
+        "brokers.rdis: no broker is called 'rdis'; "
+        "known: ['memory', 'nats', 'postgres', 'redis', 'relay', 'sqlite']"
     )
 
 

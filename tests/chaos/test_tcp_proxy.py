@@ -85,3 +85,18 @@ async def test_a_delayed_proxy_holds_each_chunk_at_least_the_delay() -> None:
         took = time.monotonic() - began
     # A lower bound only (a loaded machine makes it longer): there and back, delayed each way.
     assert (echoed, took >= 2 * DELAY_S) == (b"slow", True)
+
+
+async def test_a_cut_closes_open_connections_and_new_ones_go_through() -> None:
+    async with echo_through_proxy() as (proxy, reader, writer):
+        await exchange(reader, writer, b"through")  # the proxy has made the connection
+        proxy.cut()
+        async with asyncio.timeout(WAIT_S):
+            leftover = await reader.read()  # the end of the stream: the link broke
+        again_reader, again_writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            echoed = await exchange(again_reader, again_writer, b"again")
+        finally:
+            again_writer.close()
+            await again_writer.wait_closed()
+    assert (leftover, echoed) == (b"", b"again")

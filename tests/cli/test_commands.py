@@ -82,6 +82,18 @@ def test_check_config_prints_the_effective_settings_with_secrets_masked(
         assert secret not in result.output
 
 
+def test_check_config_masks_a_relays_upstream_credentials(tmp_path: Path) -> None:
+    config = tmp_path / "tidings.toml"
+    config.write_text('[brokers.relay]\ntoken = "upstream-token"\napi_key = "upstream-key"\n')
+    environment = {"TIDINGS_BROKER": "relay+ws://origin.example:8000"}
+    result = invoke(["check-config", "--config", str(config)], environment)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "brokers.relay.token = ********" in lines
+    assert "brokers.relay.api_key = ********" in lines
+    assert "upstream-" not in result.output
+
+
 def test_check_config_fails_on_a_bad_file_with_the_reason(tmp_path: Path) -> None:
     config = tmp_path / "tidings.toml"
     config.write_text('port = "eighty"\n')

@@ -40,8 +40,9 @@ async def test_api_publish_with_a_repeated_key_answers_the_original_position_onc
         sentinel = await api.publish("room:idem", {"v": "sentinel"})
         delivered = await client.publications(2)
         history = await client.result("history", channel="room:idem")
-    assert repeated == original
-    assert changed == original  # a retry with other data still publishes nothing
+    # The retry is told it published nothing (docs/protocol.md §6).
+    assert repeated == {**original, "duplicate": True}
+    assert changed == repeated  # a retry with other data still publishes nothing
     assert sentinel["offset"] == original["offset"] + 1
     assert [(p["offset"], p["data"]) for p in delivered] == [
         (original["offset"], {"v": "first"}),
@@ -109,7 +110,7 @@ async def test_client_and_server_keys_never_dedupe_against_each_other(
             "/api/history", params={"channel": channel}, headers=api.headers
         )
     assert by_server["offset"] == by_client["offset"] + 1
-    assert server_retry == by_server
+    assert server_retry == {**by_server, "duplicate": True}
     assert [p["data"] for p in history.json()["publications"]] == [
         {"from": "alice"},
         {"from": "server"},
@@ -130,6 +131,31 @@ async def test_a_clients_key_repeats_for_its_user_across_connections_but_not_for
         by_bob = await bob.result("publish", **fields, data=3)
     assert retried == original
     assert by_bob["offset"] == original["offset"] + 1
+
+
+async def test_an_api_publish_for_a_client_is_in_that_users_key_space(
+    keyed_node: ServerProcess,
+) -> None:
+    # What a relay sends for its clients (docs/protocol.md §6, §10).
+    channel = "room:forwarded"
+    async with ws_client(with_token(keyed_node, "alice")) as alice, api_client(keyed_node) as api:
+        await alice.result("subscribe", channel=channel)
+        body = {"channel": channel, "data": 1, "key": "m-1"}
+        forwarded = await post(
+            api, "/api/publish", {**body, "info": {"client": "r.7", "user": "alice"}}
+        )
+        by_alice = await alice.result("publish", channel=channel, data=2, key="m-1")
+        by_server = await post(api, "/api/publish", body)
+        [delivered, _] = await alice.publications(2)
+        refused = await api.http.post(
+            "/api/publish",
+            json={**body, "info": {"client": "r.7", "user": "alice", "extra": 1}},
+            headers=api.headers,
+        )
+    assert by_alice == forwarded  # the same publication: alice had published it already
+    assert by_server["offset"] == forwarded["offset"] + 1
+    assert delivered["info"] == {"client": "r.7", "user": "alice"}
+    assert refused.status_code == 400
 
 
 async def test_a_key_holding_nul_is_refused(node: ServerProcess) -> None:
@@ -183,7 +209,9 @@ async def test_broadcast_with_a_repeated_key_publishes_once_per_channel(
         {"channel": "room:x", "epoch": x_got[0]["epoch"], "offset": 1},
         {"channel": "room:y", "epoch": y_got[0]["epoch"], "offset": 2},
     ]
-    assert repeated == original
-    assert single == {"epoch": y_got[0]["epoch"], "offset": 2}
+    assert repeated == {
+        "results": [{**result, "duplicate": True} for result in original["results"]]
+    }
+    assert single == {"epoch": y_got[0]["epoch"], "offset": 2, "duplicate": True}
     assert [(p["offset"], p["data"]) for p in x_got] == [(1, {"alert": 1}), (2, {"sentinel": True})]
     assert [(p["offset"], p["data"]) for p in y_got] == [(2, {"alert": 1}), (3, {"sentinel": True})]

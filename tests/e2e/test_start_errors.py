@@ -84,8 +84,8 @@ def test_a_broker_whose_extra_is_missing_names_the_pip_install(tmp_path: Path) -
 
 
 def test_an_unknown_broker_scheme_lists_the_known_ones() -> None:
-    done = serve("--broker", "nats://127.0.0.1:4222")
-    assert_one_line(done, ExitStatus.UNKNOWN_BROKER, "'nats://127.0.0.1:4222'", "redis://")
+    done = serve("--broker", "amqp://127.0.0.1:5672")
+    assert_one_line(done, ExitStatus.UNKNOWN_BROKER, "'amqp://127.0.0.1:5672'", "nats://")
 
 
 def test_a_data_path_that_is_a_file_is_refused(tmp_path: Path) -> None:

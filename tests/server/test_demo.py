@@ -169,3 +169,38 @@ async def test_the_demo_page_is_served(http: httpx.AsyncClient) -> None:
     page = await http.get("/demo")
     assert page.status_code == 200
     assert 'src="static/demo.js"' in page.text
+
+
+def test_on_postgres_the_demo_adds_a_table_source_beside_the_brokers_schema() -> None:
+    url = "postgres://app@db:5432/chat?schema=rt&sslmode=disable"
+    setup = prepare_demo(Settings(demo=True, broker=url))
+    assert setup.table is not None
+    assert setup.table.table == "rt_demo.messages"
+    [source] = setup.settings.sources
+    assert (source.name, source.kind) == ("demo_rt", "table")
+    assert source.options["table"] == "rt_demo.messages"
+    assert source.options["channel"] == "room:{room}"
+    # libpq's parameters kept, the broker's own (schema) left out
+    assert source.options["dsn"] == "postgresql://app@db:5432/chat?sslmode=disable"
+
+
+def test_a_long_schema_gives_the_demos_source_a_short_stable_name() -> None:
+    url = f"postgres://db/chat?schema={'s' * 40}"
+    first = prepare_demo(Settings(demo=True, broker=url)).table
+    again = prepare_demo(Settings(demo=True, broker=url)).table
+    assert first is not None
+    assert again is not None
+    assert first.source_name == again.source_name
+    assert len(first.source_name) <= 21  # keeps the trigger's identifiers under 63
+    assert first.schema == f"{'s' * 40}_demo"
+
+
+@pytest.mark.parametrize("broker", [None, "redis://127.0.0.1:6379/0"])
+def test_on_other_brokers_the_demo_has_no_table_and_no_source(broker: str | None) -> None:
+    setup = prepare_demo(Settings(demo=True, broker=broker))
+    assert setup.table is None
+    assert setup.settings.sources == ()
+
+
+async def test_about_says_messages_go_through_the_broker(http: httpx.AsyncClient) -> None:
+    assert (await http.get("/demo/about")).json() == {"messages": "broker"}

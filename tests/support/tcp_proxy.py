@@ -1,7 +1,8 @@
 """A TCP proxy of the tests' own, to put a faulty link between a node and a service.
 
 It listens on a free loopback port and forwards every connection to a target, both
-ways. On demand it *stalls* (stops forwarding silently: no error, no close, what
+ways. On demand it *cuts* (closes every connection open now, as a broken link does),
+*stalls* (stops forwarding silently: no error, no close, what
 arrives is held, as a black-holed route does; TCP's own buffers then push back on the
 sender) and *resumes* (what was held goes on, in order, as after a route heals), and
 it can *delay* every chunk by a fixed time (a slow link).
@@ -59,6 +60,11 @@ class TcpProxy:
     def resume(self) -> None:
         """Forward again, starting with what was held."""
         self._call(self._set_flowing(flowing=True))
+
+    def cut(self) -> None:
+        """Close every connection open now, both ways (a link that breaks); the proxy
+        goes on listening, so new connections are made (and held, while stalled)."""
+        self._call(self._cut())
 
     def set_delay(self, delay_s: float) -> None:
         """Hold every chunk ``delay_s`` after it arrived before forwarding it."""
@@ -133,6 +139,11 @@ class TcpProxy:
             pass
         finally:
             sink.close()
+
+    async def _cut(self) -> None:
+        writers, self._writers = list(self._writers), set()
+        for writer in writers:
+            writer.close()
 
     async def _shutdown(self) -> None:
         if self._server is not None:

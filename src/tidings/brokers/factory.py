@@ -83,6 +83,18 @@ _POSTGRES: Final = BrokerKind(
     ("postgres://user@host:port/db",),
     ("psycopg_pool",),
 )
+_NATS: Final = BrokerKind(
+    "nats", "tidings.brokers.nats", "NatsBroker", "nats", "nats", ("nats://host:port",)
+)
+# Its link and API client (websockets, httpx) are core dependencies: never missing.
+_RELAY: Final = BrokerKind(
+    "relay",
+    "tidings.brokers.relay",
+    "RelayBroker",
+    "",
+    "websockets",
+    ("relay+ws://host:port", "relay+http://host:port"),
+)
 # URL scheme -> broker. Add a broker here, not with another ``if``.
 BROKER_SCHEMES: Final[dict[str, BrokerKind]] = {
     "redis": _REDIS,
@@ -91,6 +103,11 @@ BROKER_SCHEMES: Final[dict[str, BrokerKind]] = {
     "redis-cluster": _REDIS,
     "postgres": _POSTGRES,
     "postgresql": _POSTGRES,
+    "nats": _NATS,
+    "relay+ws": _RELAY,
+    "relay+wss": _RELAY,
+    "relay+http": _RELAY,
+    "relay+https": _RELAY,
 }
 _FORMS: Final = ["memory", *dict.fromkeys(f for k in BROKER_SCHEMES.values() for f in k.forms)]
 _KNOWN_FORMS: Final = f"{', '.join(_FORMS[:-1])} or {_FORMS[-1]}"
@@ -237,7 +254,9 @@ def create_broker(
 
     ``redis://host:port/db`` (also ``rediss://``, ``unix://``) is the Redis broker,
     ``redis-cluster://host:port`` the Redis Cluster one, ``postgres://user@host:port/db``
-    (also ``postgresql://``) the PostgreSQL one; ``memory`` or nothing is the
+    (also ``postgresql://``) the PostgreSQL one, ``nats://host:port`` the NATS one;
+    ``relay+ws://host:port`` (``relay+wss``, ``relay+http``, ``relay+https``) a relay
+    of another tidings node; ``memory`` or nothing is the
     memory broker, or the sqlite broker keeping its files in ``data`` if given, with
     ``sqlite_durability`` (``full`` or ``fast``, see ``brokers.sqlite``).
     ``publish_timeout_s`` bounds a remote broker's publish (see ``RedisBroker``); the

@@ -32,7 +32,7 @@ any failure it raises ``BrokerError``, and it never returns a position whose
 transaction did not commit: the publish function's result comes back only after the
 commit of its one-statement transaction (libpq reports a failed commit as an error).
 
-Presence (``postgres_presence``) and node commands (``redis_control``'s frames) travel
+Presence (``postgres_presence``) and node commands (``node_commands``' frames) travel
 as NOTIFY on topics of their own and, for pure-pull nodes, as ``node_events`` rows
 read in commit order (``pg_snapshot_xmin``: a transaction older than every running one
 has finished, so reading by transaction id up to it misses none).
@@ -59,6 +59,7 @@ from tidings.brokers.base import (
     PublishResult,
 )
 from tidings.brokers.memory import random_epoch
+from tidings.brokers.node_commands import NodeCommands
 from tidings.brokers.postgres_batch import (
     WRITERS,
     PublishBatcher,
@@ -75,7 +76,6 @@ from tidings.brokers.postgres_rows import COLUMNS, notice_body, publication_of, 
 from tidings.brokers.postgres_schema import SchemaTooNew, in_schema, migrate
 from tidings.brokers.postgres_target import PostgresTarget, without_credentials
 from tidings.brokers.postgres_trim import trim
-from tidings.brokers.redis_control import RedisNodeControl
 from tidings.clock import Clock, SystemClock
 from tidings.core.channel import ChannelName, namespace_of
 from tidings.core.dedupe import DedupeOptions, dedupe_key
@@ -196,7 +196,7 @@ class PostgresBroker:
             self._follower.is_subscribed,
             lifetime_s=presence_lifetime_s,
         )
-        self._control = RedisNodeControl(self.node_id)
+        self._control = NodeCommands(self.node_id)
         self._batcher = PublishBatcher(
             self._pool_or_fail,
             self._statements[_PUBLISH],

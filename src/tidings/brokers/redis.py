@@ -84,7 +84,7 @@ Presence (``redis_presence``): a hash per channel, refreshed by each node on one
 join and leave frames travel on the channel's topic and are told apart from
 publications by how they start.
 
-Node commands (``redis_control``): one control topic, subscribed on the same link as
+Node commands (``node_commands``): one control topic, subscribed on the same link as
 the channels (on its shard's link in a cluster) from start on, and again after every
 recovery before the broker is ready.
 """
@@ -108,8 +108,8 @@ from tidings.brokers.base import (
     PublicationHandler,
     PublishResult,
 )
+from tidings.brokers.node_commands import NodeCommands, control_topic
 from tidings.brokers.redis_channels import RedisChannels
-from tidings.brokers.redis_control import RedisNodeControl, control_topic
 from tidings.brokers.redis_link import REDIS_ERRORS, PubSubLink, PubSubLinks
 from tidings.brokers.redis_presence import (
     PRESENCE_LIFETIME_S,
@@ -221,7 +221,7 @@ class RedisBroker:
             refresh_s=presence_refresh_s,
             node=self.node_id,
         )
-        self._control = RedisNodeControl(self.node_id)
+        self._control = NodeCommands(self.node_id)
         self._control_link: PubSubLink | None = None  # where Redis confirmed the control topic
         self._links = PubSubLinks(
             self.pubsub_client_name,
@@ -353,7 +353,7 @@ class RedisBroker:
         """Presence shared by every node on this Redis (``HasPresenceStore``)."""
         return self._presence
 
-    # -- node commands (``NodeControl``, ``redis_control``) ---------------------------------
+    # -- node commands (``NodeControl``, ``node_commands``) ---------------------------------
 
     @property
     def _control_topic(self) -> str:

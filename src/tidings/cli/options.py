@@ -63,6 +63,9 @@ def api_key_option(function: F) -> F:
 def configure_node_logging(level: str) -> None:
     """Log everything at ``level`` to stderr with timestamps (``tidings serve``)."""
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+    if level.lower() != "debug":
+        # httpx logs every request at INFO: a relay's calls upstream, one per publish.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class _SaidByTheCommand(logging.Filter):

@@ -27,6 +27,8 @@ from tidings.sources.registry import create_sources
 from tidings.sources.runner import check_sources
 
 SECRET_SETTINGS: Final = frozenset({"api_key", "jwt_secret", "cluster_secret"})
+# Settings of a broker's table that are credentials (the relay's upstream token and key).
+SECRET_BROKER_SETTINGS: Final = frozenset({"api_key", "token"})
 MASK: Final = "********"
 
 SERVE_EXAMPLES: Final = """
@@ -36,6 +38,7 @@ Examples:
   tidings serve --demo                   and the chat demo at /demo
   tidings serve --data ./data            sqlite broker: history survives restarts
   tidings serve --broker redis://127.0.0.1:6379/0 --workers 4
+  tidings serve --broker relay+ws://origin:8000   a relay of another node
   TIDINGS_API_KEY=s3cret tidings serve --host 0.0.0.0 --config tidings.toml
 
 \b
@@ -69,9 +72,9 @@ def config_option(function: click.decorators.FC) -> click.decorators.FC:
 @click.option(
     "--broker",
     default=None,
-    help="Broker URL: memory (default), redis://host:port/db, redis-cluster://host:port "
-    "or postgres://user@host:port/db. "
-    "Env: TIDINGS_BROKER.",
+    help="Broker URL: memory (default), redis://host:port/db, redis-cluster://host:port, "
+    "postgres://user@host:port/db, nats://host:port, or relay+ws://host:port "
+    "(relay+http://) to relay another node. Env: TIDINGS_BROKER.",
 )
 @click.option(
     "--data",
@@ -202,7 +205,10 @@ def describe_settings(settings: Settings) -> list[str]:
             value = f"{value:g}s"
         lines.append(f"{setting_name(field.name)} = {_shown(value)}")
     for broker, table in sorted(settings.brokers.items()):
-        lines += [f"brokers.{broker}.{key} = {_shown(value)}" for key, value in table.items()]
+        lines += [
+            f"brokers.{broker}.{key} = {MASK if key in SECRET_BROKER_SETTINGS else _shown(value)}"
+            for key, value in table.items()
+        ]
     for source in settings.sources:
         lines.append(f"sources.{source.name}.kind = {source.kind}")
         for key, value in source.options.items():

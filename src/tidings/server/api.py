@@ -28,10 +28,15 @@ from starlette.routing import Route
 
 from tidings.brokers.base import DisconnectUser, NodeControl, PublishResult
 from tidings.core.channel import ChannelName, parse_channel
-from tidings.core.commands import MAX_HISTORY_LIMIT, IdempotencyKey, publication_data
+from tidings.core.commands import (
+    MAX_HISTORY_LIMIT,
+    MAX_KEY_LENGTH,
+    IdempotencyKey,
+    publication_data,
+)
 from tidings.core.node_call import NodeCall, canonical_target
 from tidings.core.origin import is_cross_site, is_loopback_host
-from tidings.core.publication import Position, parse_position_text
+from tidings.core.publication import ClientInfo, Position, parse_position_text
 from tidings.core.recovery import Replay
 from tidings.core.wire import encode_json, position_fields, publication_frames
 from tidings.errors import (
@@ -45,7 +50,7 @@ from tidings.errors import (
 from tidings.hub.sessions import SessionRegistry
 from tidings.server.auth import api_key_refusal
 from tidings.server.forwarding import OwnerLink, Parts
-from tidings.server.hot_channels import rate_fields
+from tidings.server.hot_channels import MAX_HOT_CHANNELS_TOP, rate_fields
 from tidings.transports.close_codes import is_reconnectable
 from tidings.transports.context import TransportContext
 from tidings.transports.http import (
@@ -68,12 +73,24 @@ MAX_BROADCAST_CHANNELS: Final = 1000
 MAX_BODY_BYTES_OVERHEAD: Final = 64 * 1024
 
 
+# The client id and user of ``info`` (docs/protocol.md §6): as long as a key, at most.
+InfoText = Annotated[str, msgspec.Meta(max_length=MAX_KEY_LENGTH)]
+
+
+class PublishInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``info`` of ``POST /api/publish``: the client a relay publishes for (§10)."""
+
+    client: InfoText
+    user: InfoText
+
+
 class PublishBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """``POST /api/publish``."""
 
     channel: str
     data: msgspec.Raw
     key: IdempotencyKey | None = None
+    info: PublishInfo | None = None
 
 
 class _PositionAnswer(msgspec.Struct, frozen=True):
@@ -303,9 +320,11 @@ class ServerApi:
         body = decode_json_body(raw, PublishBody, self._max_body)
         channel = parse_channel(body.channel)
         data = self._checked_data(channel, body.data)
+        given = body.info
+        info = None if given is None else ClientInfo(given.client, given.user)
 
         async def here() -> Parts:
-            result = await self._context.hub.publish(channel, data, key=body.key)
+            result = await self._context.hub.publish(channel, data, key=body.key, info=info)
             return 200, {"content-type": JSON_MEDIA_TYPE}, encode_json(_publish_fields(result))
 
         return await self._link.serve(channel, call, ("POST", PUBLISH_PATH, raw), here)
@@ -386,7 +405,7 @@ class ServerApi:
         heat = hub.heat
         if heat is None:
             raise BadRequest("hot channels are not tracked on this node (hot_channels = false)")
-        top = query_int(query.get("top"), "top", 1, heat.capacity, default=1)
+        top = query_int(query.get("top"), "top", 1, MAX_HOT_CHANNELS_TOP, default=1)
         counts = hub.channels()
         return json_response(
             {
@@ -432,7 +451,10 @@ def _response(parts: Parts) -> Response:
 
 
 def _publish_fields(result: PublishResult) -> dict[str, Any]:
-    return position_fields(result.position)
+    fields = position_fields(result.position)
+    if result.duplicate:
+        fields["duplicate"] = True  # docs/protocol.md §6: the key had been published
+    return fields
 
 
 def _since(epoch: str | None, offset: str | None) -> Position | None:

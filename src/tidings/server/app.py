@@ -189,6 +189,7 @@ class TidingsApp:
             None if self._ring_member is None else self._ring_member.refresh,
         )
         self.metrics.read_forwards_of(self._owner_link.forwarded)
+        self._demo = DemoBackend(self.context, demo) if demo else None
         self._api = api = ServerApi(self.context, settings.api_key, self.control, self._owner_link)
         self._poll = PollTransport(self.context, self.metrics, max_watches=settings.poll_watches)
         self.about = About.of(settings, self.context.node_id)
@@ -217,7 +218,7 @@ class TidingsApp:
                 Route("/status", status_page(self.status.channel, self.about), methods=["GET"]),
                 Mount("/static", OriginCheckedStatic(StaticAssets(), settings.allowed_origins)),
                 *api.routes(),
-                *(DemoBackend(self.context, demo).routes() if demo else []),
+                *(self._demo.routes() if self._demo else []),
             ]
         )
         self._status_task: asyncio.Task[None] | None = None
@@ -252,8 +253,12 @@ class TidingsApp:
                 await self._agent.start()
             await self.hub.start()
             try:
+                if self._demo is not None:
+                    await self._demo.start()  # its table, on PostgreSQL, before its source
                 await self.sources.start()  # checks each first: a missing table stops here
             except BaseException:
+                if self._demo is not None:
+                    await self._demo.close()
                 await self.hub.close()
                 if self._agent is not None:
                     await self._agent.close()
@@ -344,6 +349,8 @@ class TidingsApp:
                     await task
         await self._poll.close()
         await self.sources.stop()
+        if self._demo is not None:
+            await self._demo.close()
         if self._agent is not None:
             await self._agent.close()
         if self._ring_member is not None:

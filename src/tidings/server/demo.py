@@ -14,6 +14,10 @@ and the JavaScript client; this module plays the application's backend it needs:
 Each call carries the page's token (``Authorization: Bearer``) and is checked with the
 same permission rules as a client connection. ``prepare_demo`` turns on, for the demo,
 client publishing and presence in the ``room`` namespace.
+
+On the PostgreSQL broker the rooms' messages are rows of a table instead
+(``demo_table``): ``POST /demo/publish`` saves a row, a table source publishes it, and
+``GET /demo/about`` tells the page to send through the backend on every transport.
 """
 
 from __future__ import annotations
@@ -39,8 +43,15 @@ from tidings.core.permission import Credentials, check_publish, check_subscribe
 from tidings.core.publication import ClientInfo
 from tidings.core.recovery import Replay
 from tidings.core.wire import encode_json, position_fields, publication_frames
-from tidings.errors import BadRequest, PermissionDenied, RequestError, Unauthorized
+from tidings.errors import (
+    BadRequest,
+    PermissionDenied,
+    RequestError,
+    Unauthorized,
+    Unavailable,
+)
 from tidings.server.config import Settings
+from tidings.server.demo_table import MAX_TEXT_CHARS, DemoMessages, DemoTable, demo_table_of
 from tidings.server.status import STATIC_DIR
 from tidings.transports.context import TransportContext
 from tidings.transports.http import (
@@ -72,6 +83,7 @@ class DemoSetup:
 
     settings: Settings
     mints_tokens: bool
+    table: DemoTable | None = None  # the messages table, on the PostgreSQL broker
 
 
 def prepare_demo(settings: Settings) -> DemoSetup:
@@ -84,7 +96,10 @@ def prepare_demo(settings: Settings) -> DemoSetup:
     namespaces[USER_NAMESPACE] = replace(user, policy=Policy.USER)
     mints_tokens = settings.jwt_secret is None
     secret = secrets.token_urlsafe(32) if mints_tokens else settings.jwt_secret
-    return DemoSetup(replace(settings, namespaces=namespaces, jwt_secret=secret), mints_tokens)
+    table = demo_table_of(settings)
+    sources = settings.sources if table is None else (*settings.sources, table.source_settings())
+    prepared = replace(settings, namespaces=namespaces, jwt_secret=secret, sources=sources)
+    return DemoSetup(prepared, mints_tokens, table)
 
 
 class TokenBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -99,6 +114,12 @@ class PublishBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     channel: str
     data: msgspec.Raw
     key: IdempotencyKey | None = None
+
+
+class MessageData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A room message's data, as the page sends it (saved as a row on PostgreSQL)."""
+
+    text: str
 
 
 class NotifyBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -122,6 +143,7 @@ class DemoBackend:
                 "demo: POST /demo/token signs a connection token for any name (anyone may "
                 "be anyone); do not expose this node"
             )
+        self._messages = None if setup.table is None else DemoMessages(setup.table)
         self._max_body = (
             max(options.max_data_bytes for _, options in context.namespaces.items())
             + MAX_BODY_OVERHEAD_BYTES
@@ -131,12 +153,28 @@ class DemoBackend:
         """Return the demo's routes."""
         return [
             Route("/demo", self._page, methods=["GET"]),
+            Route("/demo/about", self.about, methods=["GET"]),
             Route("/demo/token", self._guard(self.token), methods=["POST"]),
             Route("/demo/publish", self._guard(self.publish), methods=["POST"]),
             Route("/demo/history", self._guard(self.history), methods=["GET"]),
             Route("/demo/presence", self._guard(self.presence), methods=["GET"]),
             Route("/demo/notify", self._guard(self.notify), methods=["POST"]),
         ]
+
+    async def start(self) -> None:
+        """Set up the messages table, on PostgreSQL (before the sources start: the
+        demo's source checks that its table exists).
+
+        Raises:
+            ConfigError: the table cannot be made.
+        """
+        if self._messages is not None:
+            await self._messages.open()
+
+    async def close(self) -> None:
+        """Close the messages table's connections, if any."""
+        if self._messages is not None:
+            await self._messages.close()
 
     async def _page(self, _request: Request) -> Response:
         return FileResponse(STATIC_DIR / "demo.html", headers={"Cache-Control": "no-cache"})
@@ -183,12 +221,22 @@ class DemoBackend:
         token = jwt.encode(claims, self._secret, algorithm="HS256")
         return json_response({"token": token, "user": body.name, "expires_in": DEMO_TOKEN_TTL_S})
 
+    async def about(self, _request: Request) -> Response:
+        """``GET /demo/about`` → where messages go: ``{"messages": "broker"}``, or
+        ``{"messages": "table", "table"}`` (PostgreSQL: send every message here)."""
+        if self._messages is None:
+            return json_response({"messages": "broker"})
+        return json_response({"messages": "table", "table": self._messages.table.table})
+
     async def publish(self, request: Request) -> Response:
-        """``POST /demo/publish {"channel", "data", "key"?}`` → ``{"epoch", "offset"}``."""
+        """``POST /demo/publish {"channel", "data", "key"?}`` → ``{"epoch", "offset"}``,
+        or on PostgreSQL ``{"id", "duplicate"}`` (the row's; its source publishes it)."""
         credentials = self._credentials(request)
         body = await self._body(request, PublishBody)
         channel = parse_channel(body.channel)
         check_publish(channel, self._context.namespaces.options_for(channel), credentials)
+        if self._messages is not None:
+            return await self._save(channel, body, credentials.user)
         result = await self._context.hub.publish(
             channel,
             self._data(channel, body.data),
@@ -196,6 +244,27 @@ class DemoBackend:
             info=ClientInfo("http", credentials.user),
         )
         return json_response(position_fields(result.position))
+
+    async def _save(self, channel: ChannelName, body: PublishBody, user: str) -> Response:
+        assert self._messages is not None
+        try:
+            message = msgspec.json.decode(bytes(body.data), type=MessageData)
+        except msgspec.DecodeError:
+            raise BadRequest(
+                'on PostgreSQL the demo saves messages as rows: data must be {"text": "..."}'
+            ) from None
+        if not 0 < len(message.text) <= MAX_TEXT_CHARS:
+            raise BadRequest(f"text must be 1 to {MAX_TEXT_CHARS} characters")
+        prefix = f"{ROOM_NAMESPACE}:"
+        if not channel.startswith(prefix):
+            raise BadRequest(f"on PostgreSQL the demo saves messages of {prefix}* channels only")
+        room = channel.removeprefix(prefix)
+        try:
+            row_id, duplicate = await self._messages.insert(room, user, message.text, body.key)
+        except self._messages.errors as exc:
+            logger.warning("demo: saving a message failed: %s", exc)
+            raise Unavailable("the messages table cannot be written now; retry") from None
+        return json_response({"id": row_id, "duplicate": duplicate})
 
     async def history(self, request: Request) -> Response:
         """``GET /demo/history?channel=&limit=`` → the latest publications, oldest first."""

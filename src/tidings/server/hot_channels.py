@@ -19,9 +19,14 @@ from tidings.server.config import Settings
 
 logger = logging.getLogger(__name__)
 
-# Channels each summary counts: memory is a few hundred entries whatever the traffic,
-# and any channel carrying over 1/100 of the window's traffic is surely among them.
-HOT_CHANNEL_CAPACITY: Final = 100
+# Channels each summary keeps after a purge (it counts four times as many at most): a
+# few thousand entries whatever the traffic, and any channel carrying over 1/1025 of
+# the window's traffic is surely among them. Not 100: with a few hundred busy channels
+# a smaller summary purges (a sort) every few hundred publications, which made the
+# tracking cost +41% of fan-out in benchmarks/hot_channels.py's rooms case, +9% at 1024.
+HOT_CHANNEL_CAPACITY: Final = 1024
+# Most channels ``GET /api/channels?top=N`` lists (docs/protocol.md §6).
+MAX_HOT_CHANNELS_TOP: Final = 100
 # Channels /metrics labels: few enough for any Prometheus (bounded label cardinality).
 HOT_CHANNELS_METRIC_TOP: Final = 10
 # Channels the status page shows.

@@ -4,6 +4,8 @@
 // each user also has `user:<name>`, a channel only its owner may subscribe to, which
 // receives notifications. A page on WebSocket publishes, reads presence and history
 // itself; on SSE or polling, which only receive, it asks the demo backend (/demo/*).
+// On the PostgreSQL broker every message is sent to the backend, which saves it as a
+// row of a table; a table source publishes the row (GET /demo/about says which).
 
 import { Tidings } from "./tidings.js";
 
@@ -43,6 +45,7 @@ let user = null;
 let token = params.get("token");
 let client = null;
 let room = null; // the channel shown, room:<name>
+let savedAsRows = false; // messages go to the backend's table (PostgreSQL), on any transport
 let online = new Map(); // client id -> user, of the room shown
 const rooms = new Set(DEFAULT_ROOMS);
 
@@ -130,9 +133,10 @@ function renderMessage(publication) {
   item.className = "message";
   item.dataset.position = `${publication.epoch}:${publication.offset}`;
   const data = publication.data ?? {};
-  const author = publication.info?.user || data.user || "server";
+  // A row published by the table source carries its author in its data.
+  const author = publication.info?.user || data.author || data.user || "server";
   // One's own messages (published with this page's token) look different.
-  item.classList.toggle("own", publication.info?.user === user);
+  item.classList.toggle("own", author === user);
   const who = document.createElement("span");
   who.className = "who";
   who.textContent = author;
@@ -239,7 +243,7 @@ async function send(text) {
   const data = { text };
   const channel = room;
   const publicationKey = key(); // a retry with the same key is not published twice
-  if (onWebSocket()) {
+  if (onWebSocket() && !savedAsRows) {
     try {
       await client.publish(channel, data, { key: publicationKey });
     } catch (error) {
@@ -263,6 +267,8 @@ async function send(text) {
 async function start(name) {
   user = name;
   await newToken();
+  const about = await fetch(new URL("demo/about", base));
+  savedAsRows = about.ok && (await about.json()).messages === "table";
   ui.login.hidden = true;
   ui.chat.hidden = false;
   ui.me.textContent = `as ${user}`;

@@ -1,17 +1,20 @@
-"""Node commands for the Redis broker (``NodeControl``): one pub/sub topic that every node
-subscribes, on the pub/sub link it already keeps. Encoding and dispatch here; the
-broker does the I/O (``RedisBroker.send_to_nodes``).
+"""Node commands (``NodeControl``) as the brokers carry them between nodes: a frame per
+command, the same for every backend, and its dispatch to this node's handler. Each
+broker does the I/O on a topic every node listens to: Redis a pub/sub topic
+(``control_topic``) on the link it already keeps, PostgreSQL a NOTIFY channel, NATS a
+core subject.
 
-The topic is ``<prefix>:<db>:control``: it names the database as channel topics do
-(pub/sub is not per-database in Redis) and, without the braces of a channel's topic,
+The Redis topic is ``<prefix>:<db>:control``: it names the database as channel topics
+do (pub/sub is not per-database in Redis) and, without the braces of a channel's topic,
 never collides with one. A command is a JSON frame naming the node that sent it::
 
     {"command": "disconnect", "node": "n1", "user": "alice", "code": 4003, "reason": ".."}
 
 The sender handles its own command directly, before publishing it, and ignores the
-frame when Redis hands it back: so the sender's part happens even when Redis is down,
-and never twice. Delivery to the others is Redis pub/sub's: at most once, to the nodes
-subscribed at the time; nothing is stored for a node that is reconnecting.
+frame when the backend hands it back: so the sender's part happens even when the
+backend is down, and never twice. Delivery to the others is the backend's (Redis
+pub/sub, NOTIFY, core NATS): at most once, to the nodes listening at the time; nothing
+is stored for a node that is reconnecting.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(_Disconnect).decode
 
 
-class RedisNodeControl:
+class NodeCommands:
     """This node's side of node commands; see the module docstring."""
 
     __slots__ = ("_on_command", "node")
