@@ -282,12 +282,7 @@ class FakeWebSocket {
         reply(server.expiresS ? { expires: server.expiresS() } : {});
         return;
       case "subscribe": {
-        const owner = server.owners.get(command.channel);
-        if (owner) {
-          const url = new URL("ws", owner).href.replace(/^http/, "ws");
-          this.push({ id: command.id, error: { code: "moved", message: "elsewhere", url } });
-          return;
-        }
+        if (this.movedElsewhere(command)) return;
         if (command.channel.startsWith("secret:")) {
           fail("permission_denied", "not yours");
           return;
@@ -306,19 +301,31 @@ class FakeWebSocket {
         reply({});
         return;
       case "publish": {
+        if (this.movedElsewhere(command)) return;
         const publication = server.publish(command.channel, command.data);
         reply({ epoch: publication.epoch, offset: publication.offset });
         return;
       }
       case "history":
+        if (this.movedElsewhere(command)) return;
         reply({ ...server.head(command.channel), publications: server.log(command.channel) });
         return;
       case "presence":
+        if (this.movedElsewhere(command)) return;
         reply({ clients: { c1: { user: "ann" } } });
         return;
       default:
         reply({});
     }
+  }
+
+  /** Answer `moved` to a command about a channel another node owns (protocol §9). */
+  movedElsewhere(command) {
+    const owner = this.server.owners.get(command.channel);
+    if (!owner) return false;
+    const url = new URL("ws", owner).href.replace(/^http/, "ws");
+    this.push({ id: command.id, error: { code: "moved", message: "elsewhere", url } });
+    return true;
   }
 
   push(frame) {

@@ -530,6 +530,21 @@ export class Tidings {
   }
 
   async _command(op, fields) {
+    // Owner routing (protocol §9): a command about a channel goes over the connection
+    // that holds the channel; one answered `moved` is sent once to the owner's.
+    const holder = this._holder(fields.channel);
+    if (holder && holder !== this) return holder._command(op, fields);
+    try {
+      return await this._commandHere(op, fields);
+    } catch (error) {
+      if (error?.code !== "moved" || !error.url) throw error;
+      const owner = this._root._clientAt(nodeBase(error.url, this.url));
+      if (owner === this) throw error;
+      return owner._commandHere(op, fields);
+    }
+  }
+
+  async _commandHere(op, fields) {
     await this._whenConnected();
     if (this.transport !== "ws" || !this._session?.command) {
       throw new TidingsError(

@@ -537,6 +537,33 @@ describe("owner routing", () => {
     });
   }
 
+  test("a publish, history or presence of another node's channel is answered by it", async () => {
+    const { a, b, network } = ring();
+    a.owners.set("doc:9", "http://b.test/");
+    const { tidings } = clientAt(network, { transports: ["ws"] });
+    tidings.connect();
+    const published = await tidings.publish("doc:9", "hello");
+    const history = await tidings.history("doc:9");
+    const clients = await tidings.presence("doc:9");
+    assert.deepEqual(published, { epoch: "EB", offset: 1 });
+    assert.deepEqual(history.publications.map((p) => p.data), ["hello"]);
+    assert.deepEqual(clients, { c1: { user: "ann" } });
+    assert.deepEqual(a.log("doc:9"), []); // a never published it
+  });
+
+  test("a publish of a channel held at another node goes straight to its connection", async () => {
+    const { a, b, network } = ring();
+    a.owners.set("doc:9", "http://b.test/");
+    const { tidings } = clientAt(network, { transports: ["ws"] });
+    tidings.subscribe("doc:9");
+    tidings.connect();
+    await until(() => b.sockets.some((s) => s.subscriptions.has("doc:9")), "a subscribe at b");
+    await tidings.publish("doc:9", "hello");
+    const sentToA = a.sockets.flatMap((s) => s.sent).map((c) => c.op);
+    assert.ok(!sentToA.includes("publish"), sentToA);
+    assert.deepEqual(b.log("doc:9").map((p) => p.data), ["hello"]);
+  });
+
   test("a connection closed with 4503 and a url reconnects there with its positions", async () => {
     const { a, b, network } = ring();
     a.publish("user:1", "at a");

@@ -13,7 +13,8 @@ Pure: no I/O. Who is at fault decides the branch::
     │   ├── TooManyRequests         too_many_requests  429
     │   │   └── RateLimited             ... commands over a WebSocket's command_rate
     │   ├── Unavailable             unavailable        503
-    │   └── ChannelMoved            moved              307 (HTTP), a reply (WebSocket)
+    │   ├── ChannelMoved            moved              307 (HTTP), a reply (WebSocket)
+    │   └── StaleRing               stale_ring         409 (node-to-node calls only)
     ├── ConfigError             the operator's configuration is wrong (also a ValueError)
     ├── BrokerError             a broker backend failed (raised ``from`` the backend's error)
     │   └── BrokerUnavailable       ... and the operation was never sent to it: not done
@@ -37,6 +38,7 @@ ErrorCode = Literal[
     "unavailable",
     "internal",
     "moved",
+    "stale_ring",
 ]
 
 
@@ -128,6 +130,24 @@ class ChannelMoved(RequestError):
         super().__init__(f"channel {channel} is served by another node: {owner_url}")
         self.channel = channel
         self.owner_url = owner_url
+
+
+class StaleRing(RequestError):
+    """A call forwarded by another node was made with a ring older than this node's,
+    or with one that makes another node the channel's owner (docs/modes/hashing.md,
+    "Forwarding"): the fencing token refused. The caller reads the ring again and
+    retries once."""
+
+    code = "stale_ring"
+
+    def __init__(self, channel: str, call_version: int, own_version: int) -> None:
+        super().__init__(
+            f"this node does not own {channel} in ring version {own_version}; "
+            f"the call was made with version {call_version}"
+        )
+        self.channel = channel
+        self.call_version = call_version
+        self.own_version = own_version
 
 
 class ConfigError(TidingsError, ValueError):

@@ -61,6 +61,7 @@ def test_check_config_prints_the_effective_settings_with_secrets_masked(
     environment = {
         "TIDINGS_JWT_SECRET": "env-secret-long-enough-for-hs256-tokens",
         "TIDINGS_BROKER": "redis://:hunter2@127.0.0.1:6379/0",
+        "TIDINGS_CLUSTER_SECRET": "a-cluster-secret-of-at-least-32-bytes",
     }
     result = invoke(["check-config", "--config", str(config)], environment)
     assert result.exit_code == 0, result.output
@@ -69,9 +70,15 @@ def test_check_config_prints_the_effective_settings_with_secrets_masked(
     assert "ping_interval = 25s" in lines  # the names a file or TIDINGS_* variable uses
     assert "api_key = ********" in lines
     assert "jwt_secret = ********" in lines
+    assert "cluster_secret = ********" in lines
     assert "broker = redis://:********@127.0.0.1:6379/0" in lines
     assert any(line.startswith("namespaces.room = ") and "presence true" in line for line in lines)
-    for secret in ("file-key", "env-secret-long-enough-for-hs256-tokens", "hunter2"):
+    for secret in (
+        "file-key",
+        "env-secret-long-enough-for-hs256-tokens",
+        "hunter2",
+        "a-cluster-secret-of-at-least-32-bytes",
+    ):
         assert secret not in result.output
 
 

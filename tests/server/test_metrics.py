@@ -35,6 +35,7 @@ METRIC_NAMES: Final = (
     "tidings_fanout_seconds",
     "tidings_refusals",
     "tidings_disconnects",
+    "tidings_forwarded",
     "tidings_build_info",
     "tidings_hot_channel_deliveries_per_second",
     "tidings_hot_channel_publications_per_second",

@@ -46,9 +46,18 @@ class RingPair:
             n += 1
 
 
-def start_pair(directory: Path, placements: dict[str, str], api_key: str) -> RingPair:
+def start_pair(
+    directory: Path,
+    placements: dict[str, str],
+    api_key: str,
+    *,
+    cluster_secret: str | None = None,
+    room_options: str = "",
+) -> RingPair:
     """Start nodes ``a`` and ``b``, each with its own ``placement`` (``ring`` or
-    ``modulo``) over the same two nodes."""
+    ``modulo``) over the same two nodes; with ``cluster_secret``, each forwards server
+    API calls about the other's channels to it. ``room_options``: more lines of the
+    ``room`` namespace's table."""
     ports = {node: free_port() for node in NODES}
     nodes_table = "\n".join(f'{node} = "http://127.0.0.1:{port}"' for node, port in ports.items())
     servers: dict[str, ServerProcess] = {}
@@ -58,8 +67,11 @@ def start_pair(directory: Path, placements: dict[str, str], api_key: str) -> Rin
             config.write_text(
                 f'shutdown_timeout = "1s"\nplacement = "{placements[node]}"\n'
                 f"[ring_nodes]\n{nodes_table}\n[namespaces.room]\nhistory_size = 100\n"
+                f"{room_options}\n"
             )
             env = {"TIDINGS_API_KEY": api_key, "TIDINGS_NODE_ID": node}
+            if cluster_secret is not None:
+                env["TIDINGS_CLUSTER_SECRET"] = cluster_secret
             servers[node] = start_server(port=ports[node], config=config, env=env)
     except BaseException:
         for server in servers.values():

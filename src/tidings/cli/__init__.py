@@ -1,8 +1,8 @@
 """The ``tidings`` command: serve a node, and talk to one from the shell.
 
 I/O: the terminal. Each command lives in its own module (``serve``, ``token``,
-``subscribe``, ``api``); ``options`` holds what they share. The CLI is the only place
-that configures logging.
+``subscribe``, ``api``, ``sources``, ``ring``); ``options`` holds what they share. The
+CLI is the only place that configures logging.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from tidings.cli.api import channels, history, presence, publish
+from tidings.cli.ring import ring
 from tidings.cli.serve import check_config, serve
 from tidings.cli.sources import sources
 from tidings.cli.subscribe import subscribe
@@ -44,5 +45,6 @@ for command in (
     channels,
     presence,
     sources,
+    ring,
 ):
     main.add_command(command)

@@ -26,7 +26,7 @@ from tidings.server.runner import ExitStatus, run_node, run_workers
 from tidings.sources.registry import create_sources
 from tidings.sources.runner import check_sources
 
-SECRET_SETTINGS: Final = frozenset({"api_key", "jwt_secret"})
+SECRET_SETTINGS: Final = frozenset({"api_key", "jwt_secret", "cluster_secret"})
 # Settings of a broker's table that are credentials (the relay's upstream token and key).
 SECRET_BROKER_SETTINGS: Final = frozenset({"api_key", "token"})
 MASK: Final = "********"

@@ -41,7 +41,7 @@ class RingPlacement:
     """This node's view of owner routing: which channels it serves, and where the
     others' owners are. A ``core.placement.Placement``."""
 
-    __slots__ = ("_namespaces", "_ownership", "_urls", "node_id")
+    __slots__ = ("_namespaces", "_ownership", "_urls", "node_id", "ring_version")
 
     def __init__(
         self,
@@ -49,8 +49,12 @@ class RingPlacement:
         node_id: str,
         urls: Mapping[str, str],
         namespaces: Namespaces,
+        *,
+        ring_version: int = 0,
     ) -> None:
-        """Route by ``ownership`` as node ``node_id``; ``urls`` gives each node's base URL.
+        """Route by ``ownership`` as node ``node_id``; ``urls`` gives each node's base URL;
+        ``ring_version`` is the version of the ring (0: a static ring, which never
+        changes), the fencing token of forwarded calls (``core.node_call``).
 
         Raises:
             ValueError: a node of ``ownership`` has no URL in ``urls``.
@@ -62,6 +66,7 @@ class RingPlacement:
         self._urls = {node: url.rstrip("/") for node, url in urls.items()}
         self._namespaces = namespaces
         self.node_id = node_id
+        self.ring_version = ring_version
 
     def owner_url(self, key: str) -> str:
         """Return the base URL of the node that owns routing key ``key``."""
@@ -78,7 +83,13 @@ class RingPlacement:
 
 
 class OwnerRouting(Protocol):
-    """A placement that can also name the owner of any key (``GET /route``)."""
+    """A placement that can also name the owner of any key (``GET /route``), and the
+    version of the ring it routes by."""
+
+    @property
+    def ring_version(self) -> int:
+        """The version of the ring routed by (0 for a static ring)."""
+        ...
 
     def owner_url(self, key: str) -> str:
         """Return the base URL of the node that owns routing key ``key``."""
@@ -98,7 +109,7 @@ class FollowingPlacement:
     version. Before the first (the node has not joined yet) every channel is served
     here and every key named as this node's, as without a ring."""
 
-    __slots__ = ("_current", "_kind", "_namespaces", "_own_url", "_vnodes", "node_id")
+    __slots__ = ("_current", "_kind", "_namespaces", "_own_url", "_version", "_vnodes", "node_id")
 
     def __init__(
         self,
@@ -115,15 +126,24 @@ class FollowingPlacement:
         self._kind: OwnershipKind = kind
         self._vnodes = vnodes
         self._current: RingPlacement | None = None
+        self._version = 0
 
-    def receive_ring(self, nodes: Mapping[str, str]) -> None:
+    def receive_ring(self, nodes: Mapping[str, str], version: int = 0) -> None:
         """Route by a new version of the ring: its nodes (id to base URL); no node at
         all (every node left): serve everything here again."""
+        self._version = version
         if not nodes:
             self._current = None
             return
         ownership = ownership_of(self._kind, nodes, self._vnodes)
-        self._current = RingPlacement(ownership, self.node_id, nodes, self._namespaces)
+        self._current = RingPlacement(
+            ownership, self.node_id, nodes, self._namespaces, ring_version=version
+        )
+
+    @property
+    def ring_version(self) -> int:
+        """The version of the latest ring received (0 before the first)."""
+        return self._version
 
     def owner_url(self, key: str) -> str:
         """Return the base URL of the node that owns routing key ``key``."""

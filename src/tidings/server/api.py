@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
@@ -33,6 +34,7 @@ from tidings.core.commands import (
     IdempotencyKey,
     publication_data,
 )
+from tidings.core.node_call import NodeCall, canonical_target
 from tidings.core.origin import is_cross_site, is_loopback_host
 from tidings.core.publication import ClientInfo, Position, parse_position_text
 from tidings.core.recovery import Replay
@@ -47,6 +49,7 @@ from tidings.errors import (
 )
 from tidings.hub.sessions import SessionRegistry
 from tidings.server.auth import api_key_refusal
+from tidings.server.forwarding import OwnerLink, Parts
 from tidings.server.hot_channels import MAX_HOT_CHANNELS_TOP, rate_fields
 from tidings.transports.close_codes import is_reconnectable
 from tidings.transports.context import TransportContext
@@ -58,7 +61,7 @@ from tidings.transports.http import (
     internal_error_response,
     json_response,
     query_int,
-    read_json_body,
+    read_body,
     request_error_response,
 )
 
@@ -81,13 +84,24 @@ class PublishInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     user: InfoText
 
 
-class PublishBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class PublishBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """``POST /api/publish``."""
 
     channel: str
     data: msgspec.Raw
     key: IdempotencyKey | None = None
     info: PublishInfo | None = None
+
+
+class _PositionAnswer(msgspec.Struct, frozen=True):
+    """``{"epoch", "offset"}``, as an owner answers a publish."""
+
+    epoch: str
+    offset: int
+
+    @property
+    def position(self) -> Position:
+        return Position(self.epoch, self.offset)
 
 
 class BroadcastBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -107,6 +121,25 @@ class DisconnectBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiCall:
+    """A server API request admitted: its body read whole (empty for a GET), its
+    path and query in the form a node signs (``core.node_call``), and the node call it
+    is (``None``: the application's own)."""
+
+    request: Request
+    raw: bytes
+    target: str
+    call: NodeCall | None
+
+    def forwarded(self, method: str) -> tuple[str, str, bytes]:
+        """The request as it is forwarded to an owner: method, path and query, body."""
+        return method, self.target, self.raw
+
+
+ApiHandler = Callable[[ApiCall], Awaitable[Response]]
 # A request header by lower-case name, as the native server looks it up.
 NativeHeader = Callable[[bytes], bytes | None]
 # ``publish_native``: headers, whole body and peer address in; status, headers, body out.
@@ -115,6 +148,7 @@ NativePublish = Callable[
 ]
 
 JSON_MEDIA_TYPE: Final = "application/json"
+PUBLISH_PATH: Final = "/api/publish"
 
 
 # A request header by lower-case name, as admission reads it.
@@ -131,7 +165,14 @@ def native_header_lookup(header: NativeHeader) -> HeaderLookup:
     return text
 
 
-def admit_api_request(method: str, header: HeaderLookup, scheme: str, api_key: str | None) -> None:
+def admit_api_request(
+    method: str,
+    header: HeaderLookup,
+    scheme: str,
+    api_key: str | None,
+    *,
+    from_node: bool = False,
+) -> None:
     """Let a server API request in, or raise why not (see the module docstring).
 
     Args:
@@ -139,6 +180,8 @@ def admit_api_request(method: str, header: HeaderLookup, scheme: str, api_key: s
         header: looks up a request header by lower-case name.
         scheme: ``http`` or ``https``, for telling a same-origin ``Origin``.
         api_key: the ``api_key`` setting; ``None``, the API is open.
+        from_node: the request is a call forwarded by another node of the ring, whose
+            signature was verified (``core.node_call``): it needs no key.
 
     Raises:
         PermissionDenied: no ``api_key`` is set and the request comes from another
@@ -146,6 +189,19 @@ def admit_api_request(method: str, header: HeaderLookup, scheme: str, api_key: s
         Unauthorized: the key is missing or wrong.
         BadRequest: a POST whose ``Content-Type`` is not ``application/json``.
     """
+    if not from_node:  # a node's call is signed with the cluster_secret: its door
+        _admit_client(header, scheme, api_key)
+    if method == "POST":
+        content_type = header("content-type")
+        if not _is_json(content_type):
+            raise BadRequest(
+                f"the server API takes JSON bodies: send Content-Type: {JSON_MEDIA_TYPE}, "
+                f"got {content_type or 'none'}"
+            )
+
+
+def _admit_client(header: HeaderLookup, scheme: str, api_key: str | None) -> None:
+    """The application's door: its ``api_key``, or, with none, its page and host."""
     if api_key is None:
         host = header("host")
         if is_cross_site(header("origin"), header("sec-fetch-site"), host, scheme):
@@ -161,13 +217,6 @@ def admit_api_request(method: str, header: HeaderLookup, scheme: str, api_key: s
     refusal = api_key_refusal(api_key, bearer_token(header("authorization")))
     if refusal is not None:
         raise Unauthorized(refusal)
-    if method == "POST":
-        content_type = header("content-type")
-        if not _is_json(content_type):
-            raise BadRequest(
-                f"the server API takes JSON bodies: send Content-Type: {JSON_MEDIA_TYPE}, "
-                f"got {content_type or 'none'}"
-            )
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -176,14 +225,21 @@ def _is_json(content_type: str | None) -> bool:
 
 
 class ServerApi:
-    """The handlers of the server API, bound to one node's context."""
+    """The handlers of the server API, bound to one node's context. In the
+    consistent-hashing mode a call about a channel owned elsewhere is answered by its
+    owner, through ``link`` (``server.forwarding``)."""
 
     def __init__(
-        self, context: TransportContext, api_key: str | None, control: NodeControl
+        self,
+        context: TransportContext,
+        api_key: str | None,
+        control: NodeControl,
+        link: OwnerLink | None = None,
     ) -> None:
         self._context = context
         self._api_key = api_key
         self._control = control
+        self._link = link or OwnerLink(context.placement, None)
         self._max_body = (
             max(options.max_data_bytes for _, options in context.namespaces.items())
             + MAX_BODY_BYTES_OVERHEAD
@@ -191,24 +247,39 @@ class ServerApi:
 
     def routes(self) -> list[Route]:
         """Return the API routes."""
+        handlers: list[tuple[str, ApiHandler, str]] = [
+            (PUBLISH_PATH, self.publish, "POST"),
+            ("/api/broadcast", self.broadcast, "POST"),
+            ("/api/history", self.history, "GET"),
+            ("/api/presence", self.presence, "GET"),
+            ("/api/channels", self.channels, "GET"),
+            ("/api/disconnect", self.disconnect, "POST"),
+        ]
         return [
-            Route("/api/publish", self._guard(self.publish), methods=["POST"]),
-            Route("/api/broadcast", self._guard(self.broadcast), methods=["POST"]),
-            Route("/api/history", self._guard(self.history), methods=["GET"]),
-            Route("/api/presence", self._guard(self.presence), methods=["GET"]),
-            Route("/api/channels", self._guard(self.channels), methods=["GET"]),
-            Route("/api/disconnect", self._guard(self.disconnect), methods=["POST"]),
+            Route(path, self._guard(path, handler), methods=[method])
+            for path, handler, method in handlers
         ]
 
-    def _guard(self, handler: Handler) -> Handler:
-        """Check the API key and translate errors, once for every handler."""
+    def _guard(self, path: str, handler: ApiHandler) -> Handler:
+        """Read the body, check the API key (or a node's signature) and translate
+        errors, once for every handler. ``path`` is the route's own (``/api/history``),
+        whatever the application is mounted under: what a node forwards and signs."""
 
         async def guarded(request: Request) -> Response:
             try:
-                admit_api_request(
-                    request.method, request.headers.get, request.url.scheme, self._api_key
+                raw = await read_body(request, self._max_body) if request.method == "POST" else b""
+                target = canonical_target(
+                    path, request.scope.get("query_string", b"").decode("latin-1")
                 )
-                return await handler(request)
+                call = self._link.verify(request.headers.get, request.method, target, raw)
+                admit_api_request(
+                    request.method,
+                    request.headers.get,
+                    request.url.scheme,
+                    self._api_key,
+                    from_node=call is not None,
+                )
+                return await handler(ApiCall(request, raw, target, call))
             except RequestError as error:
                 self._context.refusals.refused_request(error, request.scope.get("client"), api=True)
                 return request_error_response(error)
@@ -218,17 +289,13 @@ class ServerApi:
 
         return guarded
 
-    async def _body(self, request: Request, kind: type[T]) -> T:
-        return await read_json_body(request, kind, self._max_body)
-
     def _checked_data(self, channel: ChannelName, data: msgspec.Raw) -> bytes:
         limit = self._context.namespaces.options_for(channel).max_data_bytes
         return publication_data(bytes(data), limit)
 
-    async def publish(self, request: Request) -> Response:
+    async def publish(self, api: ApiCall) -> Response:
         """``POST /api/publish`` → ``{"epoch", "offset"}``."""
-        result = await self._publish(await self._body(request, PublishBody))
-        return json_response(_publish_fields(result))
+        return _response(await self._publish_parts(api.raw, api.call))
 
     async def publish_native(
         self, header: NativeHeader, raw: bytes, peer: tuple[str, int] | None = None
@@ -237,64 +304,100 @@ class ServerApi:
         whole body, no Starlette): the same admission and the same answers, as status,
         headers, body."""
         try:
-            admit_api_request("POST", native_header_lookup(header), "http", self._api_key)
-            body = decode_json_body(raw, PublishBody, self._max_body)
-            result = await self._publish(body)
+            lookup = native_header_lookup(header)
+            call = self._link.verify(lookup, "POST", PUBLISH_PATH, raw)
+            admit_api_request("POST", lookup, "http", self._api_key, from_node=call is not None)
+            return await self._publish_parts(raw, call)
         except RequestError as error:
             self._context.refusals.refused_request(error, peer, api=True)
             return error_parts(error.code, error.message)
         except Exception:
             logger.exception("POST /api/publish failed")
             return error_parts("internal", INTERNAL_ERROR_MESSAGE)
-        return 200, {"content-type": "application/json"}, encode_json(_publish_fields(result))
 
-    async def _publish(self, body: PublishBody) -> PublishResult:
+    async def _publish_parts(self, raw: bytes, call: NodeCall | None) -> Parts:
+        """Publish here if this node owns the channel, else on its owner."""
+        body = decode_json_body(raw, PublishBody, self._max_body)
         channel = parse_channel(body.channel)
         data = self._checked_data(channel, body.data)
         given = body.info
         info = None if given is None else ClientInfo(given.client, given.user)
-        return await self._context.hub.publish(channel, data, key=body.key, info=info)
 
-    async def broadcast(self, request: Request) -> Response:
-        """``POST /api/broadcast`` → ``{"results": [{"channel", "epoch", "offset"}]}``."""
-        body = await self._body(request, BroadcastBody)
+        async def here() -> Parts:
+            result = await self._context.hub.publish(channel, data, key=body.key, info=info)
+            return 200, {"content-type": JSON_MEDIA_TYPE}, encode_json(_publish_fields(result))
+
+        return await self._link.serve(channel, call, ("POST", PUBLISH_PATH, raw), here)
+
+    async def publish_from_process(
+        self, channel: ChannelName, data: bytes, key: str | None
+    ) -> Position:
+        """Publish for an embedding application (``TidingsApp.publish``): here, or on
+        the channel's owner, as ``POST /api/publish`` would.
+
+        Raises:
+            Unavailable: the owner cannot be reached, or refused the call (its message).
+        """
+        raw = encode_json(PublishBody(channel, msgspec.Raw(data), key))
+        status, _, answer = await self._publish_parts(raw, None)
+        if status != 200:
+            raise Unavailable(f"the owner of {channel} answered {status}: {answer[:200]!r}")
+        return msgspec.json.decode(answer, type=_PositionAnswer).position
+
+    async def broadcast(self, api: ApiCall) -> Response:
+        """``POST /api/broadcast`` → ``{"results": [{"channel", "epoch", "offset"}]}``;
+        each channel published on its owner. The first publish that fails answers for
+        the whole call (the channels before it stay published)."""
+        body = decode_json_body(api.raw, BroadcastBody, self._max_body)
         channels = [parse_channel(channel) for channel in body.channels]
         checked = [(channel, self._checked_data(channel, body.data)) for channel in channels]
         results = []
-        for channel, data in checked:
-            result = await self._context.hub.publish(channel, data, key=body.key)
-            results.append({"channel": channel, **_publish_fields(result)})
+        for channel, _ in checked:
+            one = encode_json(PublishBody(channel, body.data, body.key))
+            status, headers, answer = await self._publish_parts(one, api.call)
+            if status != 200:
+                return Response(answer, status, headers)
+            results.append({"channel": channel, **msgspec.json.decode(answer)})
         return json_response({"results": results})
 
-    async def history(self, request: Request) -> Response:
+    async def history(self, api: ApiCall) -> Response:
         """``GET /api/history?channel=&since_epoch=&since_offset=&limit=``."""
-        query = request.query_params
+        query = api.request.query_params
         channel = parse_channel(query.get("channel"))
         since = _since(query.get("since_epoch"), query.get("since_offset"))
         limit = query_int(query.get("limit"), "limit", 0, MAX_HISTORY_LIMIT, default=None)
-        read = await self._context.hub.history(channel, since, limit)
-        recovery = read.recovery
-        answer: dict[str, Any] = position_fields(read.head)
-        answer["publications"] = (
-            publication_frames(recovery.publications) if isinstance(recovery, Replay) else []
-        )
-        if since is not None:
-            answer["recovered"] = isinstance(recovery, Replay)
-        return json_response(answer)
 
-    async def presence(self, request: Request) -> Response:
+        async def here() -> Parts:
+            read = await self._context.hub.history(channel, since, limit)
+            recovery = read.recovery
+            answer: dict[str, Any] = position_fields(read.head)
+            answer["publications"] = (
+                publication_frames(recovery.publications) if isinstance(recovery, Replay) else []
+            )
+            if since is not None:
+                answer["recovered"] = isinstance(recovery, Replay)
+            return 200, {"content-type": JSON_MEDIA_TYPE}, encode_json(answer)
+
+        return _response(await self._link.serve(channel, api.call, api.forwarded("GET"), here))
+
+    async def presence(self, api: ApiCall) -> Response:
         """``GET /api/presence?channel=`` → ``{"clients": {id: {"user"}}}``."""
-        channel = parse_channel(request.query_params.get("channel"))
+        channel = parse_channel(api.request.query_params.get("channel"))
         if not self._context.namespaces.options_for(channel).presence:
             raise PermissionDenied(f"presence is off in the namespace of {channel}")
-        clients = await self._context.hub.presence(channel)
-        return json_response({"clients": {c: {"user": u} for c, u in clients.items()}})
 
-    async def channels(self, request: Request) -> Response:
+        async def here() -> Parts:
+            clients = await self._context.hub.presence(channel)
+            answer = {"clients": {c: {"user": u} for c, u in clients.items()}}
+            return 200, {"content-type": JSON_MEDIA_TYPE}, encode_json(answer)
+
+        return _response(await self._link.serve(channel, api.call, api.forwarded("GET"), here))
+
+    async def channels(self, api: ApiCall) -> Response:
         """``GET /api/channels?prefix=`` → ``{"channels": {name: {"subscribers": n}}}``;
         with ``top=N``, this node's ``N`` busiest channels instead, busiest first, with
         their rates over the last window (docs/server-api.md)."""
-        query = request.query_params
+        query = api.request.query_params
         hub = self._context.hub
         if "top" not in query:
             counts = hub.channels(query.get("prefix", ""))
@@ -313,11 +416,11 @@ class ServerApi:
             }
         )
 
-    async def disconnect(self, request: Request) -> Response:
+    async def disconnect(self, api: ApiCall) -> Response:
         """``POST /api/disconnect`` → ``{"disconnected": n, "nodes": m}``: the user's
         connections on this node, closed now, and the nodes told to close theirs (this
         one included), which they do on their own time (docs/server-api.md)."""
-        body = await self._body(request, DisconnectBody)
+        body = decode_json_body(api.raw, DisconnectBody, self._max_body)
         # Counted first: this node's part runs inside send_to_nodes, before it awaits.
         disconnected = len(self._context.sessions.of_user(body.user))
         try:
@@ -340,6 +443,11 @@ def disconnect_user(sessions: SessionRegistry, command: DisconnectUser) -> int:
     for session in found:
         session.disconnect(command.code, command.reason, reconnect=is_reconnectable(command.code))
     return len(found)
+
+
+def _response(parts: Parts) -> Response:
+    status, headers, body = parts
+    return Response(body, status, headers)
 
 
 def _publish_fields(result: PublishResult) -> dict[str, Any]:

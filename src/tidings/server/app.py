@@ -38,6 +38,7 @@ from tidings.server.api import NativePublish, ServerApi, disconnect_user
 from tidings.server.auth import Authenticator
 from tidings.server.config import Settings
 from tidings.server.demo import DemoBackend, prepare_demo
+from tidings.server.forwarding import OwnerLink
 from tidings.server.front import About, OriginCheckedStatic, front_page, health_response
 from tidings.server.heartbeat import run_heartbeats
 from tidings.server.hot_channels import HotChannelWindows, channel_heat_for
@@ -45,6 +46,7 @@ from tidings.server.keys import JwksKeys, load_public_key
 from tidings.server.load_agent import LoadAgent
 from tidings.server.metrics import Metrics
 from tidings.server.native.routes import NativeRoutes
+from tidings.server.ring_moves import RingMover
 from tidings.server.routing import RingMember, RouteEndpoint, placement_of
 from tidings.server.status import (
     StaticAssets,
@@ -119,12 +121,18 @@ class TidingsApp:
         demo = prepare_demo(settings) if settings.demo else None
         self.settings = settings = with_status_namespace(demo.settings if demo else settings)
         placement = placement_of(settings) if placement is None else placement
-        # The ring in etcd (``ring_etcd``): joined at start, left when the node drains.
-        self._ring_member = (
-            RingMember(settings, placement) if isinstance(placement, FollowingPlacement) else None
-        )
         self.sessions = SessionRegistry(
             settings.max_connections, settings.max_unauthenticated_connections
+        )
+        # Connections whose channels a new ring gives to other nodes are sent there.
+        self.ring_mover = RingMover(
+            self.sessions, placement, settings.namespace_table(), settings.ring_move_rate
+        )
+        # The ring in etcd (``ring_etcd``): joined at start, left when the node drains.
+        self._ring_member = (
+            RingMember(settings, placement, self.ring_mover.receive_ring)
+            if settings.ring_etcd is not None and isinstance(placement, FollowingPlacement)
+            else None
         )
         # Metrics time the broker's calls by wrapping it; the hub never knows.
         self.metrics = Metrics(self.sessions)
@@ -174,8 +182,15 @@ class TidingsApp:
         )
         self.control.listen(self._on_node_command)
         self.metrics.read_refusals_of(self.context.refusals)
+        # Server API calls about channels owned elsewhere go to their owners.
+        self._owner_link = OwnerLink(
+            placement,
+            settings.cluster_secret,
+            None if self._ring_member is None else self._ring_member.refresh,
+        )
+        self.metrics.read_forwards_of(self._owner_link.forwarded)
         self._demo = DemoBackend(self.context, demo) if demo else None
-        self._api = api = ServerApi(self.context, settings.api_key, self.control)
+        self._api = api = ServerApi(self.context, settings.api_key, self.control, self._owner_link)
         self._poll = PollTransport(self.context, self.metrics, max_watches=settings.poll_watches)
         self.about = About.of(settings, self.context.node_id)
         self.status = StatusPublisher(self.hub, self.metrics, self.context.node_id)
@@ -259,6 +274,11 @@ class TidingsApp:
                 await self._jwks.refresh()  # tokens signed by the issuer verify at once
                 self._jwks_task = asyncio.create_task(self._jwks.run())
             self._started = True
+            if self._owner_link.is_forwarding_off:
+                logger.warning(
+                    "no cluster_secret is set: server API calls about channels this node "
+                    "does not own are refused (503) instead of forwarded to their owners"
+                )
             if self.settings.api_key is None:
                 logger.warning(
                     "no api_key is set: the server API is open to callers on this machine "
@@ -278,6 +298,8 @@ class TidingsApp:
         at most ``drain_rate`` reconnects per second (``core.drain``).
         """
         self.context.draining = True
+        # The drain closes every connection, at its own pace: no moves beside it.
+        await self.ring_mover.close()
         if self._ring_member is not None:
             # Out of the ring first: its keys go to the other nodes, where the clients
             # told to reconnect below are sent.
@@ -333,6 +355,8 @@ class TidingsApp:
             await self._agent.close()
         if self._ring_member is not None:
             await self._ring_member.close()
+        await self.ring_mover.close()
+        await self._owner_link.aclose()
         await self.hub.close()
         self._started = False
         logger.info("tidings node %s stopped", self.context.node_id)
@@ -393,7 +417,8 @@ class TidingsApp:
     # -- in-process publishing (for embedding applications) ---------------------------
 
     async def publish(self, channel: str, data: object, *, key: str | None = None) -> Position:
-        """Publish ``data`` (any JSON-serialisable value) in ``channel`` from this process.
+        """Publish ``data`` (any JSON-serialisable value) in ``channel`` from this process
+        (in the consistent-hashing mode, on the channel's owner).
 
         Returns:
             The publication's position (the original one for a repeated ``key``).
@@ -402,6 +427,7 @@ class TidingsApp:
             BadRequest: the channel name is invalid, ``data`` is not JSON-serialisable or
                 ``key`` holds a NUL (which marks clients' keys: ``core.dedupe``).
             MessageTooLarge: the encoded data is over the namespace's limit.
+            Unavailable: the channel's owner cannot be reached (hashing mode).
         """
         name = parse_channel(channel)
         if key is not None and CLIENT_KEY_MARK in key:
@@ -411,7 +437,10 @@ class TidingsApp:
         except (TypeError, ValueError) as exc:
             raise BadRequest(f"data is not JSON-serialisable: {exc}") from None
         limit = self.context.namespaces.options_for(name).max_data_bytes
-        result = await self.hub.publish(name, publication_data(encoded, limit), key=key)
+        data = publication_data(encoded, limit)
+        if self._owner_link.has_ring:  # the owner sequences: maybe another node
+            return await self._api.publish_from_process(name, data, key)
+        result = await self.hub.publish(name, data, key=key)
         return result.position
 
     # -- commands from other nodes (and this one) ---------------------------------------

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from tidings.core.channel import DEFAULT_NAMESPACE, NamespaceName
 from tidings.core.history import HistoryOptions
 from tidings.core.namespace import NamespaceOptions, Namespaces, Policy, default_namespaces
+from tidings.core.node_call import MIN_CLUSTER_SECRET_BYTES
 from tidings.core.origin import is_loopback_host
 from tidings.core.ring import DEFAULT_VNODES, OWNERSHIP_KINDS, OwnershipKind
 from tidings.errors import ConfigError
@@ -129,6 +130,12 @@ class Settings:
     ring_etcd: str | None = None
     ring_prefix: str = "/tidings/ring"
     ring_ttl_s: float = 10.0
+    # The secret every node of a ring shares, signing the server API calls one forwards
+    # to a channel's owner (``core.node_call``); at least 32 bytes.
+    cluster_secret: str | None = None
+    # How many WebSocket clients a node tells to reconnect per second when a new ring
+    # sends their keys to another node (``server.ring_moves``).
+    ring_move_rate: float = 200.0
 
     def __post_init__(self) -> None:
         _check_limits(self)
@@ -432,6 +439,8 @@ _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "ring_etcd": lambda name, value: check_public_url(name, _as_str(name, value)),
     "ring_prefix": _as_ring_prefix,
     "ring_ttl": parse_duration_s,
+    "cluster_secret": _as_secret,
+    "ring_move_rate": _as_float,
 }
 # Settings fields whose configuration name drops the unit suffix.
 _FIELD_OF: Final = {
@@ -691,6 +700,15 @@ def check_ring(settings: Settings) -> None:
         )
     if settings.ring_etcd is not None and settings.ring_ttl_s < 2:
         raise ConfigError(f"ring_ttl must be at least 2s, got {settings.ring_ttl_s:g}s")
+    secret = settings.cluster_secret
+    if secret is not None and len(secret.encode()) < MIN_CLUSTER_SECRET_BYTES:
+        raise ConfigError(
+            f"cluster_secret is {len(secret.encode())} bytes; it needs at least "
+            f"{MIN_CLUSTER_SECRET_BYTES}: python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'"
+        )
+    if settings.ring_move_rate <= 0:
+        raise ConfigError(f"ring_move_rate must be more than 0, got {settings.ring_move_rate:g}")
     if nodes and settings.node_id not in nodes:
         raise ConfigError(
             f"node_id {settings.node_id!r} is not in ring_nodes {sorted(nodes)}: "

@@ -31,7 +31,7 @@ Every metric is described in docs/metrics.md.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Final, Literal
@@ -108,6 +108,7 @@ class Metrics:
     def __init__(self, sessions: SessionRegistry) -> None:
         self._hub: Hub | None = None
         self._refusals: Refusals | None = None
+        self._forwarded: Mapping[str, int] = {}
         self._sessions = sessions
         self.publications = 0
         self.polls_in_flight = 0
@@ -152,6 +153,15 @@ class Metrics:
     def hub(self) -> Hub | None:
         """The hub whose counters are read, once ``read_counters_of`` named it."""
         return self._hub
+
+    def read_forwards_of(self, forwarded: Mapping[str, int]) -> None:
+        """Read the counts of server API calls forwarded to owners (hashing mode)."""
+        self._forwarded = forwarded
+
+    @property
+    def forwarded(self) -> Mapping[str, int]:
+        """Server API calls forwarded to owners, by outcome."""
+        return self._forwarded
 
     def read_refusals_of(self, refusals: Refusals) -> None:
         """Read refusals and server-initiated closes from the transports' ``refusals``."""
@@ -279,6 +289,15 @@ class _NodeCollector(Collector):
         for code, count in sorted(by_code.items()):
             disconnects.add_metric([str(code)], count)
         yield disconnects
+        forwarded = CounterMetricFamily(
+            "tidings_forwarded",
+            "Server API calls sent to a channel's owner (hashing mode), by outcome "
+            "(answered, stale_ring: refused as made with an old ring, unreachable).",
+            labels=["outcome"],
+        )
+        for outcome, count in self._metrics.forwarded.items():
+            forwarded.add_metric([outcome], count)
+        yield forwarded
         yield from _source_metrics()
         yield from self._hot_channels()
         info = GaugeMetricFamily(

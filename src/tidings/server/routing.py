@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Final
 
 from starlette.requests import Request
@@ -99,10 +100,18 @@ class RingMember:
     lifecycle: join at start, leave when it drains. Each version of the ring reaches the
     ``FollowingPlacement``, so admission and ``/route`` follow it at once."""
 
-    def __init__(self, settings: Settings, placement: FollowingPlacement) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        placement: FollowingPlacement,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        """Join as ``settings`` say; each new version of the ring reaches
+        ``placement``, then ``on_change`` (which moves the connections it sends away)."""
         assert settings.ring_etcd is not None  # the app makes one only then
         self._gateway = EtcdGateway(settings.ring_etcd)
         self._placement = placement
+        self._on_change = on_change
         self._membership = Membership(
             self._gateway,
             settings.node_id,
@@ -114,8 +123,10 @@ class RingMember:
         self._joined = False
 
     def _on_ring(self, state: RingState) -> None:
-        self._placement.receive_ring(state.nodes)
+        self._placement.receive_ring(state.nodes, state.version)
         logger.info("ring version %d: %s", state.version, ", ".join(sorted(state.nodes)))
+        if self._on_change is not None:
+            self._on_change()
 
     async def join(self) -> None:
         """Join the ring.
@@ -125,6 +136,15 @@ class RingMember:
         """
         await self._membership.join()
         self._joined = True
+
+    async def refresh(self) -> None:
+        """Read the ring in etcd now: a node that forwarded a call refused as made with
+        an old ring retries with the latest (``server.forwarding``).
+
+        Raises:
+            EtcdError: etcd could not be reached.
+        """
+        await self._membership.refresh()
 
     async def leave(self) -> None:
         """Leave the ring (idempotent), so its keys go to the other nodes at once."""

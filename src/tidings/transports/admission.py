@@ -122,6 +122,16 @@ class Admission:
         check_placement((channel,), context.placement)
         return options
 
+    def admit_here(self, channel: ChannelName) -> None:
+        """Admit a WebSocket ``publish``, ``history`` or ``presence`` of ``channel`` on
+        this node: only its owner sequences it and keeps its history (a client may
+        publish only where it could subscribe).
+
+        Raises:
+            ChannelMoved: another node serves ``channel``.
+        """
+        check_placement((channel,), self._context.placement)
+
     def check_channel_count(self, channels: Sequence[ChannelName]) -> None:
         """Refuse a stream or poll naming more channels than a connection may hold
         (before its token is looked at: such a request is refused whoever sends it).

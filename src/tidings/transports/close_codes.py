@@ -36,6 +36,7 @@ _CLOSE_FOR_ERROR: Final[dict[ErrorCode, int]] = {
     "not_found": CLOSE_FORBIDDEN,
     "internal": CLOSE_INTERNAL,
     "moved": CLOSE_MOVED,
+    "stale_ring": CLOSE_MOVED,  # node-to-node calls only: never ends a WebSocket
 }
 
 

@@ -37,6 +37,8 @@ HTTP_STATUS: Final[dict[ErrorCode, int]] = {
     "internal": 500,
     # docs/protocol.md §9: the same request, on the channel's owner (``Location``).
     "moved": 307,
+    # docs/modes/hashing.md: a forwarded call refused by the owner's newer ring.
+    "stale_ring": 409,
 }
 
 
@@ -188,12 +190,21 @@ async def read_json_body(request: Request, kind: type[T], max_bytes: int) -> T:
         BadRequest: the body is not JSON, or not of the expected shape (the message
             names the field).
     """
+    return decode_json_body(await read_body(request, max_bytes), kind, max_bytes)
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """Read a whole request body of at most ``max_bytes``.
+
+    Raises:
+        MessageTooLarge: the body is longer than ``max_bytes``.
+    """
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > max_bytes:
             raise MessageTooLarge("request body", len(body), max_bytes)
-    return decode_json_body(body, kind, max_bytes)
+    return body
 
 
 def decode_json_body(body: bytes, kind: type[T], max_bytes: int) -> T:

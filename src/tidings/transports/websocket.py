@@ -350,6 +350,7 @@ class WebSocketSession(StreamConnection):
         channel = command.channel_name
         options = self._context.namespaces.options_for(channel)
         check_publish(channel, options, self.credentials)
+        self._admission.admit_here(channel)  # docs/protocol.md §9: the owner sequences
         data = cmd.publication_data(bytes(command.data), options.max_data_bytes)
         result = await self._context.hub.publish(
             channel,
@@ -362,6 +363,7 @@ class WebSocketSession(StreamConnection):
     async def _history(self, command: cmd.History) -> dict[str, Any]:
         channel = command.channel_name
         check_subscribe(channel, self._context.namespaces.options_for(channel), self.credentials)
+        self._admission.admit_here(channel)  # the owner keeps the history
         since = None if command.since is None else command.since.to_position()
         read = await self._context.hub.history(channel, since, command.limit)
         recovery = read.recovery
@@ -380,6 +382,7 @@ class WebSocketSession(StreamConnection):
         check_subscribe(channel, options, self.credentials)
         if not options.presence:
             raise PermissionDenied(f"presence is off in the namespace of {channel}")
+        self._admission.admit_here(channel)
         clients = await self._context.hub.presence(channel)
         return {"clients": {client: {"user": user} for client, user in clients.items()}}
 

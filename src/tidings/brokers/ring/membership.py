@@ -29,9 +29,9 @@ missed while the watch was down is not missed for good.
 A node whose own lease expired (it was cut off for longer than ``ttl_s``) has been
 removed by the others; once it reaches etcd again it joins anew.
 
-What this does not do yet: tell the hub or the transports (the ring it keeps is handed
-to ``on_ring``, which the placement will read), nor hand channels over between owners
-when the ring changes (the transition of DESIGN.md).
+Each ring it learns is handed to ``on_ring`` (the node's placement, then the moves of
+its connections: ``server.routing``, ``server.ring_moves``). What this does not do yet:
+hand channels over between owners when the ring changes (the transition of DESIGN.md).
 """
 
 from __future__ import annotations
@@ -96,6 +96,35 @@ def decode_ring(value: bytes) -> RingState:
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise EtcdError(f"the ring key holds something that is not a ring: {exc}") from exc
     return RingState(ring.version, ring.nodes)
+
+
+@dataclass(frozen=True, slots=True)
+class RingView:
+    """The ring in etcd as an operator sees it: the ring (version and nodes) and the
+    members whose lease is alive (id to URL), which a joining node is before its place
+    in the ring is written, and a dead one no longer is."""
+
+    ring: RingState
+    members: Mapping[str, str]
+
+
+async def read_ring_view(gateway: EtcdGateway, prefix: str = DEFAULT_PREFIX) -> RingView:
+    """Read the ring kept under ``prefix`` and its live members, in one read.
+
+    Raises:
+        EtcdError: etcd could not be reached, or answered something else than etcd would.
+    """
+    base = prefix.rstrip("/")
+    members_prefix = f"{base}/members/"
+    keys, _ = await gateway.get_prefix(base + "/")
+    ring = RingState()
+    members: dict[str, str] = {}
+    for kv in keys:
+        if kv.key == f"{base}/ring":
+            ring = decode_ring(kv.value)
+        elif kv.key.startswith(members_prefix):
+            members[kv.key.removeprefix(members_prefix)] = kv.value.decode(errors="replace")
+    return RingView(ring, members)
 
 
 class Membership:
@@ -196,6 +225,17 @@ class Membership:
         if found is None:
             return RingState(), 0
         return decode_ring(found.value), found.mod_revision
+
+    async def refresh(self) -> RingState:
+        """Read the ring in etcd now (not waiting for the watch), take it if it is newer
+        than the one known, and return the ring known.
+
+        Raises:
+            EtcdError: etcd could not be reached.
+        """
+        ring, _ = await self.read_ring()
+        self._learn(ring)
+        return self.ring
 
     async def _change(
         self,
