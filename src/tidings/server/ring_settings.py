@@ -10,11 +10,12 @@ not serve in.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from tidings.core.node_call import MIN_CLUSTER_SECRET_BYTES
 from tidings.core.ring import OWNERSHIP_KINDS, OwnershipKind
 from tidings.errors import ConfigError
+from tidings.server.settings import Settings
 from tidings.server.settings_parsers import (
     check_node_id,
     check_public_url,
@@ -24,10 +25,6 @@ from tidings.server.settings_parsers import (
     parse_str,
 )
 from tidings.server.units import parse_duration_s
-
-if TYPE_CHECKING:
-    # Only for annotations: config.py imports this module to build its table.
-    from tidings.server.config import Settings
 
 
 def parse_ring_nodes(name: str, value: object) -> dict[str, str]:
