@@ -14,7 +14,8 @@ from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.errors import TidingsError
 from tidings.hub import Hub
 from tidings.server.app import TidingsApp, create_app
-from tidings.server.config import Settings, load_settings
+from tidings.server.config import load_settings
+from tidings.server.settings import Settings
 
 __all__ = [
     "ApiClient",

@@ -12,7 +12,8 @@ import websockets
 from tests.support.server import start_server
 from tidings.errors import ConfigError
 from tidings.server.app import TidingsApp
-from tidings.server.config import TRANSPORTS, Settings, load_settings
+from tidings.server.config import Settings, load_settings
+from tidings.server.settings import TRANSPORTS
 
 
 def test_every_transport_is_served_by_default() -> None:

@@ -1,5 +1,6 @@
-"""``[[sources]]`` settings: the array in the configuration file (server/config.py), the
-kinds (sources/registry.py) and the table source's own keys (sources/table.py)."""
+"""``[[sources]]`` settings: the array in the configuration file and the kinds
+(sources/registry.py, loaded by server/config.py) and the table source's own keys
+(sources/table.py)."""
 
 from __future__ import annotations
 

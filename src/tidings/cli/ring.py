@@ -22,7 +22,8 @@ from tidings.brokers.ring.membership import RingView, read_ring_view
 from tidings.cli.options import configure_client_logging, fail_with, verbose_option
 from tidings.cli.serve import config_option
 from tidings.errors import TidingsError
-from tidings.server.config import Settings, load_settings
+from tidings.server.config import load_settings
+from tidings.server.settings import Settings
 
 
 @click.group(short_help="Show the ring of the consistent-hashing mode.")

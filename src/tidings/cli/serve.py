@@ -21,8 +21,9 @@ import click
 from tidings.brokers.factory import check_broker
 from tidings.cli.options import configure_node_logging, fail, fail_with, verbose_option
 from tidings.errors import ConfigError, TidingsError
-from tidings.server.config import Settings, load_settings, setting_name
+from tidings.server.config import load_settings, setting_name
 from tidings.server.runner import ExitStatus, run_node, run_workers
+from tidings.server.settings import Settings
 from tidings.sources.registry import create_sources
 from tidings.sources.runner import check_sources
 

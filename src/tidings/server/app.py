@@ -36,7 +36,6 @@ from tidings.hub.hub import Hub
 from tidings.hub.sessions import SessionRegistry
 from tidings.server.api import NativePublish, ServerApi, disconnect_user
 from tidings.server.auth import Authenticator
-from tidings.server.config import Settings
 from tidings.server.demo import DemoBackend, prepare_demo
 from tidings.server.forwarding import OwnerLink
 from tidings.server.front import About, OriginCheckedStatic, front_page, health_response
@@ -48,6 +47,7 @@ from tidings.server.metrics import Metrics
 from tidings.server.native.routes import NativeRoutes
 from tidings.server.ring_moves import RingMover
 from tidings.server.routing import RingMember, RouteEndpoint, placement_of
+from tidings.server.settings import Settings
 from tidings.server.status import (
     StaticAssets,
     StatusPublisher,

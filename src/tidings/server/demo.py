@@ -50,8 +50,8 @@ from tidings.errors import (
     Unauthorized,
     Unavailable,
 )
-from tidings.server.config import Settings
 from tidings.server.demo_table import MAX_TEXT_CHARS, DemoMessages, DemoTable, demo_table_of
+from tidings.server.settings import Settings
 from tidings.server.status import STATIC_DIR
 from tidings.transports.context import TransportContext
 from tidings.transports.http import (

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Final
 
 from tidings.brokers.postgres_target import PostgresTarget
 from tidings.errors import ConfigError
-from tidings.server.config import Settings
+from tidings.server.settings import Settings
 from tidings.sources.registry import SourceSettings
 from tidings.sources.table_db import CURSOR_TABLE, lock_key, quote_identifier
 

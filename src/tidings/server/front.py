@@ -21,8 +21,8 @@ from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidings.core.origin import is_origin_allowed
-from tidings.server.config import Settings
 from tidings.server.metrics import TIDINGS_VERSION
+from tidings.server.settings import Settings
 from tidings.transports.http import cors_headers, error_response, json_response
 
 # Where the documentation lives: paths in the tidings repository (a node needs no

@@ -15,7 +15,7 @@ import time
 from typing import Final
 
 from tidings.core.channel_heat import ChannelHeat, ChannelRate
-from tidings.server.config import Settings
+from tidings.server.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from tidings.core.placement import LOCAL_PLACEMENT, Placement
 from tidings.core.ring import ownership_of
 from tidings.core.routing import FollowingPlacement, OwnerRouting, RingPlacement
 from tidings.errors import BadRequest, RequestError
-from tidings.server.config import Settings, check_ring
+from tidings.server.ring_settings import check_ring
+from tidings.server.settings import Settings
 from tidings.transports.http import cors_headers, json_response, request_error_response
 
 logger = logging.getLogger(__name__)

@@ -40,9 +40,9 @@ from tidings.brokers.factory import MissingExtra, UnknownBroker, UnusableDataDir
 from tidings.errors import ConfigError, TidingsError
 from tidings.server.access_log import AccessLogMiddleware, TokenRedactingFilter
 from tidings.server.app import TidingsApp
-from tidings.server.config import Settings
 from tidings.server.native.http import MAX_PIPELINED
 from tidings.server.native.server import run_native
+from tidings.server.settings import Settings
 from tidings.sources.registry import SourceMissingExtra
 
 logger = logging.getLogger(__name__)

@@ -32,10 +32,10 @@ from tidings.core.namespace import NamespaceOptions
 from tidings.core.wire import encode_json
 from tidings.errors import ErrorCode, TidingsError
 from tidings.hub.hub import Hub
-from tidings.server.config import Settings
 from tidings.server.front import About
 from tidings.server.hot_channels import HOT_CHANNELS_STATUS_TOP, rate_fields
 from tidings.server.metrics import Metrics, NodeFigures
+from tidings.server.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,103 @@
+"""The settings of owner routing (docs/modes/hashing.md), and the check of a ring's.
+
+Pure. ``ring_nodes`` (a static ring) or ``ring_etcd`` (membership in etcd), how keys are
+placed among the nodes, and the secret the nodes share to sign the calls they forward to
+a channel's owner. ``RING_PARSERS`` is the part of ``config.py``'s table of settings
+these own; ``check_ring`` refuses, once every source is merged, a ring this node could
+not serve in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from tidings.core.node_call import MIN_CLUSTER_SECRET_BYTES
+from tidings.core.ring import OWNERSHIP_KINDS, OwnershipKind
+from tidings.errors import ConfigError
+from tidings.server.settings import Settings
+from tidings.server.settings_parsers import (
+    check_node_id,
+    check_public_url,
+    parse_count,
+    parse_float,
+    parse_secret,
+    parse_str,
+)
+from tidings.server.units import parse_duration_s
+
+
+def parse_ring_nodes(name: str, value: object) -> dict[str, str]:
+    """``{node_id = "base URL"}`` (a TOML table), or ``id=url,id=url`` (the environment)."""
+    if isinstance(value, str):
+        pairs = [part.strip().partition("=") for part in value.split(",") if part.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise ConfigError(f"{name} must be node_id=url pairs separated by commas")
+        value = {node.strip(): url.strip() for node, _, url in pairs}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f'{name} must be a table such as {{a = "http://10.0.0.1:8000"}}')
+    return {
+        check_node_id(f"{name} key", parse_str(name, node)): check_public_url(
+            f"{name}.{node}", parse_str(f"{name}.{node}", url)
+        )
+        for node, url in value.items()
+    }
+
+
+def parse_ring_prefix(name: str, value: object) -> str:
+    """An etcd key prefix: ``/`` and at least one more character."""
+    text = parse_str(name, value)
+    if not text.startswith("/") or len(text) < 2:
+        raise ConfigError(f"{name} must be an etcd key prefix such as /tidings/ring, got {text!r}")
+    return text
+
+
+def parse_placement(name: str, value: object) -> OwnershipKind:
+    """One of the ways of placing keys among the nodes (``core.ring.OWNERSHIP_KINDS``)."""
+    for kind in OWNERSHIP_KINDS:
+        if value == kind:
+            return kind
+    raise ConfigError(f"{name} must be one of {list(OWNERSHIP_KINDS)}, got {value!r}")
+
+
+# Each ring setting's parser, by its configuration name (``ring_ttl`` is the field
+# ``ring_ttl_s``: config.py maps the names of every setting to their fields).
+RING_PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
+    "ring_nodes": parse_ring_nodes,
+    "placement": parse_placement,
+    "ring_vnodes": parse_count,
+    "ring_etcd": lambda name, value: check_public_url(name, parse_str(name, value)),
+    "ring_prefix": parse_ring_prefix,
+    "ring_ttl": parse_duration_s,
+    "cluster_secret": parse_secret,
+    "ring_move_rate": parse_float,
+}
+
+
+def check_ring(settings: Settings) -> None:
+    """Refuse a ring this node is not part of (it would send every client away).
+
+    Raises:
+        ConfigError: ``ring_nodes`` is set and does not name ``node_id``.
+    """
+    nodes = settings.ring_nodes
+    if nodes and settings.ring_etcd is not None:
+        raise ConfigError(
+            "set ring_nodes (a static ring) or ring_etcd (membership in etcd), not both"
+        )
+    if settings.ring_etcd is not None and settings.ring_ttl_s < 2:
+        raise ConfigError(f"ring_ttl must be at least 2s, got {settings.ring_ttl_s:g}s")
+    secret = settings.cluster_secret
+    if secret is not None and len(secret.encode()) < MIN_CLUSTER_SECRET_BYTES:
+        raise ConfigError(
+            f"cluster_secret is {len(secret.encode())} bytes; it needs at least "
+            f"{MIN_CLUSTER_SECRET_BYTES}: python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'"
+        )
+    if settings.ring_move_rate <= 0:
+        raise ConfigError(f"ring_move_rate must be more than 0, got {settings.ring_move_rate:g}")
+    if nodes and settings.node_id not in nodes:
+        raise ConfigError(
+            f"node_id {settings.node_id!r} is not in ring_nodes {sorted(nodes)}: "
+            "set node_id to this node's entry"
+        )
