@@ -37,6 +37,9 @@ from tidings.errors import BrokerError, BrokerUnavailable
 logger = logging.getLogger(__name__)
 
 CLAIM_POLL_S: Final = 0.01
+# How much older than a stale claim a publication may be stamped and still be stored
+# after it: far more than a publish can wait (its time-out) or a reconnect takes.
+KEY_SEARCH_MARGIN_MS: Final = 60_000
 
 # Returns the history stream if NATS is reachable now; raises BrokerUnavailable if not.
 StreamGetter = Callable[[str], HistoryStream]
@@ -261,10 +264,18 @@ class ChannelLog:
         self, channel: ChannelName, remembered: str, since_ms: int
     ) -> Position | None:
         """Return the position of a publication of key ``remembered`` in ``channel``
-        made at ``since_ms`` or later, looking back from the head."""
+        made at ``since_ms`` or later, looking back from the head.
+
+        A publication's ``ts`` is taken when its publish starts, not when it is stored:
+        one that waited (its turn, a reconnect of the client, an election) is stored
+        after newer ones. So the walk goes on past ``since_ms`` by ``KEY_SEARCH_MARGIN_MS``
+        (and ends where the channel's retained history does), never stopping at the
+        first older ``ts``: stopping there is how a retry once stored a key twice.
+        """
         stream = self._stream_of(f"reading the history of {channel}")
         current = await self._last(channel)
-        while current is not None and current.publication.ts >= since_ms:
+        oldest_ms = since_ms - KEY_SEARCH_MARGIN_MS
+        while current is not None and current.publication.ts >= oldest_ms:
             publication = current.publication
             if (
                 publication.key is not None
