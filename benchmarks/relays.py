@@ -426,8 +426,10 @@ async def run_regions(options: argparse.Namespace, directory: Path) -> list[str]
 
 async def scale_once(
     directory: Path, subscribers: int, relays: int, options: argparse.Namespace
-) -> float:
-    """Origin CPU ms per publication with ``subscribers`` over ``relays`` relays (0: direct)."""
+) -> Steady:
+    """The figures of ``subscribers`` over ``relays`` relays (0: direct) on loopback: the
+    origin's CPU per publication, and the latency at the clients (a relay level's cost
+    is the difference between the two layouts, no delay being added)."""
     async with layout(directory, regions=max(relays, 1), relays=relays > 0, delay_s=0.0) as nodes:
         ports = nodes.client_ports if relays else [nodes.origin.port]
         per_node = subscribers // len(ports)
@@ -453,25 +455,36 @@ async def scale_once(
                 f"warning: {figures.missing} deliveries missing, {figures.duplicates} repeated "
                 f"({subscribers} subscribers, {relays} relays)"
             )
-        return figures.origin_cpu_ms
+        return figures
 
 
 async def run_scale(options: argparse.Namespace, directory: Path) -> list[str]:
     counts = [int(count) for count in options.scale.split(",")]
     rows = []
+    latency_rows = []
     for layout_name, relays in (("1 origin + 3 relays", 3), ("origin alone", 0)):
         cells = [layout_name]
+        latency_cells = [layout_name]
         for count in counts:
             place = directory / f"scale-{relays}-{count}"
             place.mkdir()
-            cells.append(f"{await scale_once(place, count, relays, options):.2f}")
+            figures = await scale_once(place, count, relays, options)
+            cells.append(f"{figures.origin_cpu_ms:.2f}")
+            latency_cells.append(f"{figures.p50_ms:.1f} / {figures.p99_ms:.1f}")
         rows.append(cells)
+        latency_rows.append(latency_cells)
+    header = ["layout", *(f"{count:,} subscribers" for count in counts)]
     return [
         "",
         f"Origin CPU ms per publication ({options.scale_publications} publications at "
-        f"{options.scale_rate:g}/s), by subscribers:",
+        f"{options.scale_rate:g}/s, loopback, no delay), by subscribers:",
         "",
-        markdown_table(["layout", *(f"{count:,} subscribers" for count in counts)], rows),
+        markdown_table(header, rows),
+        "",
+        "Delivery latency at the clients, p50 / p99 ms (same runs; one relay level's cost "
+        "is the difference between the rows):",
+        "",
+        markdown_table(header, latency_rows),
     ]
 
 
