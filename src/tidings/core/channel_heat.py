@@ -2,7 +2,7 @@
 
 One heavy-hitters summary (``core.heavy_hitters``) counts, per channel, the publications
 that reached this node's fan-out (its hits) and the deliveries they made (its weight:
-one per local subscriber), both in one entry: bounded space whatever the number of
+one per local subscriber), both in one int: bounded space whatever the number of
 channels, one dict lookup per publication. The hub's fan-out counts through
 ``summary`` directly (``HeavyHitters`` says how), sparing a call per publication;
 ``record`` does the same for everyone else. Counting is by windows: the caller closes a

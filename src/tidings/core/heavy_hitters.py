@@ -2,8 +2,12 @@
 
 A ``HeavyHitters(k, limit)`` counts, per key, two figures: its *hits* (one per record)
 and its *weight* (the sum of the records' weights): for hot channels, publications and
-their deliveries. One entry per key holds both, so recording a hit is one dict lookup
-and two in-place increments (``add``, or the caller's own copy of it on a hot path).
+their deliveries. One int per key holds both, ``weight << WEIGHT_SHIFT | hits``, so
+recording is one dict lookup and one int addition of ``hit_of(weight)`` (``add``, or
+the caller's own copy of it on a hot path); and no container per key, nothing more for
+the cyclic garbage collector to track (a list per key made each gen-0 collection come
+sooner). Hits stay below ``2 ** WEIGHT_SHIFT`` (a trillion per window) so never carry
+into the weight.
 
 At most ``limit`` keys are counted. When a new key would make ``limit + 1``, the summary
 is *purged*, each figure on its own: with ``c`` the ``(k+1)``-th largest count of that
@@ -32,13 +36,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from operator import itemgetter
-from typing import Generic, TypeVar
+from itertools import repeat
+from operator import and_
+from typing import Final, Generic, TypeVar
 
 K = TypeVar("K")
 
-HITS: int = 0  # index of the hits count in an entry of ``HeavyHitters.counts``
-WEIGHT: int = 1  # index of the weight count
+WEIGHT_SHIFT: Final = 40  # a count is ``weight << WEIGHT_SHIFT | hits``
+HITS_MASK: Final = (1 << WEIGHT_SHIFT) - 1
+
+
+def hit_of(weight: int) -> int:
+    """What one hit of ``weight`` (>= 0) adds to its key's count."""
+    return (weight << WEIGHT_SHIFT) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,20 +67,14 @@ class HeavyHitters(Generic[K]):
     """Counts the hits and weight of the heaviest keys of a stream in at most ``limit``
     entries (see the module docstring); ``k`` is ``keep``.
 
-    ``counts`` maps each counted key to its entry ``[hits, weight]``. A hot path may
-    do what ``add`` does itself: count a hit of a counted key in its entry,
-    ``entry[HITS] += 1; entry[WEIGHT] += w``, and a new key's with ``counts[key] =
-    [1, w]`` followed by ``purge()`` when ``len(counts) > limit``. ``counts`` is
-    replaced by each purge: read it afresh for every hit.
+    ``counts`` maps each counted key to its count (see the module docstring). A hot
+    path may do what ``add`` does itself: add ``hit_of(weight)`` to a counted key's
+    count, or set a new key's to it and then call ``purge()`` if
+    ``len(counts) > limit``. ``counts`` is replaced by each purge: read it afresh for
+    every hit.
     """
 
-    __slots__ = (
-        "counts",
-        "hits_offset",
-        "keep",
-        "limit",
-        "weight_offset",
-    )
+    __slots__ = ("counts", "hits_offset", "keep", "limit", "weight_offset")
 
     def __init__(self, keep: int, limit: int) -> None:
         if keep < 1:
@@ -79,7 +83,7 @@ class HeavyHitters(Generic[K]):
             raise ValueError(f"limit must exceed 2 × keep ({2 * keep}), got {limit}")
         self.keep = keep
         self.limit = limit
-        self.counts: dict[K, list[int]] = {}
+        self.counts: dict[K, int] = {}
         self.hits_offset = 0  # the most any key's hits count is under its true hits
         self.weight_offset = 0
 
@@ -88,36 +92,31 @@ class HeavyHitters(Generic[K]):
 
     def add(self, key: K, weight: int) -> None:
         """Count one hit of ``key`` of ``weight`` (>= 0)."""
-        entry = self.counts.get(key)
-        if entry is None:
-            self.enter(key, weight)
-        else:
-            entry[HITS] += 1
-            entry[WEIGHT] += weight
-
-    def enter(self, key: K, weight: int) -> None:
-        """Count the first hit of ``key``, not counted now, of ``weight`` (>= 0)."""
         counts = self.counts
-        counts[key] = [1, weight]
-        if len(counts) > self.limit:
-            self.purge()
+        count = counts.get(key)
+        if count is not None:
+            counts[key] = count + hit_of(weight)
+        else:
+            counts[key] = hit_of(weight)
+            if len(counts) > self.limit:
+                self.purge()
 
     def purge(self) -> None:
-        """Purge (see the module docstring); ``enter`` calls it past the limit."""
+        """Purge (see the module docstring); due when more than ``limit`` keys are
+        counted."""
         counts = self.counts
-        entries = counts.values()
-        # The (k+1)-th largest of each figure: C loops, but a few tens of ns per entry.
-        hits_cut = sorted(map(itemgetter(HITS), entries), reverse=True)[self.keep]
-        weight_cut = sorted(map(itemgetter(WEIGHT), entries), reverse=True)[self.keep]
-        kept = {
-            key: entry
-            for key, entry in counts.items()
-            if entry[HITS] > hits_cut or entry[WEIGHT] > weight_cut
+        keep = self.keep
+        # The (k+1)-th largest of each figure, by sorts in C (a few tens of ns per key).
+        # Counts sort by weight first, so the weight's is that of the (k+1)-th count.
+        weight_cut = sorted(counts.values(), reverse=True)[keep] >> WEIGHT_SHIFT
+        hits_cut = sorted(map(and_, counts.values(), repeat(HITS_MASK)), reverse=True)[keep]
+        weight_above = (weight_cut + 1) << WEIGHT_SHIFT  # the least count over the cut
+        self.counts = {
+            key: max((count >> WEIGHT_SHIFT) - weight_cut, 0) << WEIGHT_SHIFT
+            | max((count & HITS_MASK) - hits_cut, 0)
+            for key, count in counts.items()
+            if count >= weight_above or (count & HITS_MASK) > hits_cut
         }
-        for entry in kept.values():  # at most 2k
-            entry[HITS] = max(entry[HITS] - hits_cut, 0)
-            entry[WEIGHT] = max(entry[WEIGHT] - weight_cut, 0)
-        self.counts = kept
         self.hits_offset += hits_cut
         self.weight_offset += weight_cut
 
@@ -128,23 +127,23 @@ class HeavyHitters(Generic[K]):
     def estimate(self, key: K) -> Estimate[K] | None:
         """Return ``key``'s estimate, or ``None`` if it is not counted (then each of its
         true figures is at most that figure's offset: zero while nothing was purged)."""
-        entry = self.counts.get(key)
-        if entry is None:
+        count = self.counts.get(key)
+        if count is None:
             return None
-        return self._estimate_of(key, entry)
+        return self._estimate_of(key, count)
 
     def top(self, n: int) -> list[Estimate[K]]:
         """Return the ``n`` counted keys of highest weight count, then hits, highest
         first."""
-        best = sorted(self.counts.items(), key=lambda item: item[1][::-1], reverse=True)[:n]
-        return [self._estimate_of(key, entry) for key, entry in best]
+        best = sorted(self.counts.items(), key=lambda item: item[1], reverse=True)[:n]
+        return [self._estimate_of(key, count) for key, count in best]
 
-    def _estimate_of(self, key: K, entry: list[int]) -> Estimate[K]:
+    def _estimate_of(self, key: K, count: int) -> Estimate[K]:
         hits_offset, weight_offset = self.hits_offset, self.weight_offset
         return Estimate(
             key,
-            entry[HITS] + hits_offset,
+            (count & HITS_MASK) + hits_offset,
             hits_offset,
-            entry[WEIGHT] + weight_offset,
+            (count >> WEIGHT_SHIFT) + weight_offset,
             weight_offset,
         )

@@ -62,7 +62,7 @@ from tidings.brokers.memory import presence_store_of
 from tidings.core.catchup import CatchUp, decide_catch_up
 from tidings.core.channel import ChannelName
 from tidings.core.channel_heat import ChannelHeat
-from tidings.core.heavy_hitters import HITS, WEIGHT
+from tidings.core.heavy_hitters import WEIGHT_SHIFT
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Replay
 from tidings.core.wire import EncodedPublication
@@ -356,12 +356,11 @@ class Hub:
             # costs as much as the counting, and this runs once per publication.
             summary = heat.summary
             counts = summary.counts
-            entry = counts.get(publication.channel)
-            if entry is not None:
-                entry[HITS] += 1
-                entry[WEIGHT] += delivered
+            count = counts.get(publication.channel)
+            if count is not None:
+                counts[publication.channel] = count + (delivered << WEIGHT_SHIFT) + 1
             else:
-                counts[publication.channel] = [1, delivered]
+                counts[publication.channel] = (delivered << WEIGHT_SHIFT) + 1
                 if len(counts) > summary.limit:
                     summary.purge()
 
