@@ -2,12 +2,12 @@
 
 A ``HeavyHitters(k, limit)`` counts, per key, two figures: its *hits* (one per record)
 and its *weight* (the sum of the records' weights): for hot channels, publications and
-their deliveries. One int per key holds both, ``weight << WEIGHT_SHIFT | hits``, so
-recording is one dict lookup and one int addition of ``hit_of(weight)`` (``add``, or
-the caller's own copy of it on a hot path); and no container per key, nothing more for
-the cyclic garbage collector to track (a list per key made each gen-0 collection come
-sooner). Hits stay below ``2 ** WEIGHT_SHIFT`` (a trillion per window) so never carry
-into the weight.
+their deliveries. One int per key holds both, ``hits << HITS_SHIFT | weight``, so
+recording is one dict lookup and ``count + HIT + weight`` (``add``, or the caller's own
+copy of it on a hot path); and no container per key, nothing more for the cyclic
+garbage collector to track (a list per key made each gen-0 collection come sooner). A
+key's weight stays below ``2 ** HITS_SHIFT`` (a trillion deliveries per window), so
+never carries into its hits.
 
 At most ``limit`` keys are counted. When a new key would make ``limit + 1``, the summary
 is *purged*, each figure on its own: with ``c`` the ``(k+1)``-th largest count of that
@@ -42,13 +42,9 @@ from typing import Final, Generic, TypeVar
 
 K = TypeVar("K")
 
-WEIGHT_SHIFT: Final = 40  # a count is ``weight << WEIGHT_SHIFT | hits``
-HITS_MASK: Final = (1 << WEIGHT_SHIFT) - 1
-
-
-def hit_of(weight: int) -> int:
-    """What one hit of ``weight`` (>= 0) adds to its key's count."""
-    return (weight << WEIGHT_SHIFT) + 1
+HITS_SHIFT: Final = 40  # a count is ``hits << HITS_SHIFT | weight``
+HIT: Final = 1 << HITS_SHIFT  # one hit, in a count
+WEIGHT_MASK: Final = HIT - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +64,7 @@ class HeavyHitters(Generic[K]):
     entries (see the module docstring); ``k`` is ``keep``.
 
     ``counts`` maps each counted key to its count (see the module docstring). A hot
-    path may do what ``add`` does itself: add ``hit_of(weight)`` to a counted key's
+    path may do what ``add`` does itself: add ``HIT + weight`` to a counted key's
     count, or set a new key's to it and then call ``purge()`` if
     ``len(counts) > limit``. ``counts`` is replaced by each purge: read it afresh for
     every hit.
@@ -95,9 +91,9 @@ class HeavyHitters(Generic[K]):
         counts = self.counts
         count = counts.get(key)
         if count is not None:
-            counts[key] = count + hit_of(weight)
+            counts[key] = count + HIT + weight
         else:
-            counts[key] = hit_of(weight)
+            counts[key] = HIT + weight
             if len(counts) > self.limit:
                 self.purge()
 
@@ -107,15 +103,15 @@ class HeavyHitters(Generic[K]):
         counts = self.counts
         keep = self.keep
         # The (k+1)-th largest of each figure, by sorts in C (a few tens of ns per key).
-        # Counts sort by weight first, so the weight's is that of the (k+1)-th count.
-        weight_cut = sorted(counts.values(), reverse=True)[keep] >> WEIGHT_SHIFT
-        hits_cut = sorted(map(and_, counts.values(), repeat(HITS_MASK)), reverse=True)[keep]
-        weight_above = (weight_cut + 1) << WEIGHT_SHIFT  # the least count over the cut
+        # Counts sort by hits first, so the hits' is that of the (k+1)-th count.
+        hits_cut = sorted(counts.values(), reverse=True)[keep] >> HITS_SHIFT
+        weight_cut = sorted(map(and_, counts.values(), repeat(WEIGHT_MASK)), reverse=True)[keep]
+        hits_above = (hits_cut + 1) << HITS_SHIFT  # the least count over the cut
         self.counts = {
-            key: max((count >> WEIGHT_SHIFT) - weight_cut, 0) << WEIGHT_SHIFT
-            | max((count & HITS_MASK) - hits_cut, 0)
+            key: max((count >> HITS_SHIFT) - hits_cut, 0) << HITS_SHIFT
+            | max((count & WEIGHT_MASK) - weight_cut, 0)
             for key, count in counts.items()
-            if count >= weight_above or (count & HITS_MASK) > hits_cut
+            if count >= hits_above or (count & WEIGHT_MASK) > weight_cut
         }
         self.hits_offset += hits_cut
         self.weight_offset += weight_cut
@@ -135,15 +131,19 @@ class HeavyHitters(Generic[K]):
     def top(self, n: int) -> list[Estimate[K]]:
         """Return the ``n`` counted keys of highest weight count, then hits, highest
         first."""
-        best = sorted(self.counts.items(), key=lambda item: item[1], reverse=True)[:n]
+        best = sorted(
+            self.counts.items(),
+            key=lambda item: (item[1] & WEIGHT_MASK, item[1]),
+            reverse=True,
+        )[:n]
         return [self._estimate_of(key, count) for key, count in best]
 
     def _estimate_of(self, key: K, count: int) -> Estimate[K]:
         hits_offset, weight_offset = self.hits_offset, self.weight_offset
         return Estimate(
             key,
-            (count & HITS_MASK) + hits_offset,
+            (count >> HITS_SHIFT) + hits_offset,
             hits_offset,
-            (count >> WEIGHT_SHIFT) + weight_offset,
+            (count & WEIGHT_MASK) + weight_offset,
             weight_offset,
         )

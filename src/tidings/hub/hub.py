@@ -62,7 +62,7 @@ from tidings.brokers.memory import presence_store_of
 from tidings.core.catchup import CatchUp, decide_catch_up
 from tidings.core.channel import ChannelName
 from tidings.core.channel_heat import ChannelHeat
-from tidings.core.heavy_hitters import WEIGHT_SHIFT
+from tidings.core.heavy_hitters import HIT
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Replay
 from tidings.core.wire import EncodedPublication
@@ -358,9 +358,9 @@ class Hub:
             counts = summary.counts
             count = counts.get(publication.channel)
             if count is not None:
-                counts[publication.channel] = count + (delivered << WEIGHT_SHIFT) + 1
+                counts[publication.channel] = count + HIT + delivered
             else:
-                counts[publication.channel] = (delivered << WEIGHT_SHIFT) + 1
+                counts[publication.channel] = HIT + delivered
                 if len(counts) > summary.limit:
                     summary.purge()
 
