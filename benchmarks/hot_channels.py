@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import gc
 import random
+import shlex
 import statistics
 import sys
 import time
@@ -231,7 +232,7 @@ async def main(rounds: int, write: bool, note: str) -> None:
     noted = f"{note}\n\n" if note else ""
     text = (
         f"{RESULTS_HEADING}\n\n"
-        f"`{report.command()}`: {rounds} rounds per workload, alternating off and on; each "
+        f"`{_command_without_note()}`: {rounds} rounds per workload, alternating off and on; each "
         "fan-out figure is the median with the minimum and maximum in brackets. "
         "`difference` is the tracking's cost in place (CPU time, so the machine's other "
         "processes inflate it less than wall time). `record()` is the counting alone (the "
@@ -246,6 +247,15 @@ async def main(rounds: int, write: bool, note: str) -> None:
     print(text)
     if write:
         report.write_section(RESULTS_PATH, RESULTS_HEADING, text)
+
+
+def _command_without_note() -> str:
+    """The command line, its ``--note`` (printed as a paragraph of its own) left out."""
+    words = shlex.split(report.command())
+    if "--note" in words:
+        at = words.index("--note")
+        del words[at : at + 2]
+    return shlex.join(words)
 
 
 if __name__ == "__main__":
