@@ -1,5 +1,6 @@
 """The heavy-hitters summary (core/heavy_hitters.py): bounded whatever the stream, every
-heavy key reported, and counts that bound true weights from above within the error."""
+heavy key reported, and counts that bound true figures (hits and weight) from above
+within their errors."""
 
 from __future__ import annotations
 
@@ -11,86 +12,142 @@ from hypothesis import strategies as st
 
 from tidings.core.heavy_hitters import HeavyHitters
 
-capacities = st.integers(min_value=1, max_value=12)
-# Few distinct keys make heavy ones; weights make the weighted (deliveries) case.
+keeps = st.integers(min_value=1, max_value=12)
+# Room above 2k: the smallest limits purge most often.
+slacks = st.integers(min_value=1, max_value=20)
+# Few distinct keys make heavy ones; weights of 0 (a publication nobody received) too.
 streams = st.lists(
     st.tuples(
-        st.sampled_from([f"k{i}" for i in range(40)]), st.integers(min_value=1, max_value=50)
+        st.integers(min_value=0, max_value=59).map(lambda n: f"k{n}"),
+        st.integers(min_value=0, max_value=50),
     ),
     max_size=400,
 )
 
 
+class Truth:
+    """What the summary should approximate: every key's exact figures."""
+
+    def __init__(self) -> None:
+        self.hits: Counter[str] = Counter()
+        self.weight: Counter[str] = Counter()
+
+
 def _summarise(
-    capacity: int, stream: list[tuple[str, int]]
-) -> tuple[HeavyHitters[str], Counter[str]]:
-    summary: HeavyHitters[str] = HeavyHitters(capacity)
-    truth: Counter[str] = Counter()
+    keep: int, slack: int, stream: list[tuple[str, int]]
+) -> tuple[HeavyHitters[str], Truth]:
+    summary: HeavyHitters[str] = HeavyHitters(keep, 2 * keep + slack)
+    truth = Truth()
     for key, weight in stream:
         summary.add(key, weight)
-        truth[key] += weight
+        truth.hits[key] += 1
+        truth.weight[key] += weight
     return summary, truth
 
 
-@given(capacities, streams)
-def test_summary_never_counts_more_than_four_times_what_it_keeps(
-    capacity: int, stream: list[tuple[str, int]]
+@given(keeps, slacks, streams)
+def test_summary_never_counts_more_than_its_limit(
+    keep: int, slack: int, stream: list[tuple[str, int]]
 ) -> None:
-    summary: HeavyHitters[str] = HeavyHitters(capacity)
+    summary: HeavyHitters[str] = HeavyHitters(keep, 2 * keep + slack)
     for key, weight in stream:
         summary.add(key, weight)
-        assert len(summary) <= 4 * capacity
+        assert len(summary) <= 2 * keep + slack
 
 
-@given(capacities, streams)
-def test_counts_and_what_purges_took_sum_to_the_total_weight(
-    capacity: int, stream: list[tuple[str, int]]
+@given(keeps, slacks, streams)
+def test_every_key_heavier_than_total_over_keep_plus_one_is_counted(
+    keep: int, slack: int, stream: list[tuple[str, int]]
 ) -> None:
-    summary, truth = _summarise(capacity, stream)
-    assert summary.total == sum(truth.values())
-    counted = sum(estimate.guaranteed for estimate in summary.top(4 * capacity))
-    assert counted + summary.purged == summary.total
+    summary, truth = _summarise(keep, slack, stream)
+    counted = set(summary.keys())
+    total_hits, total_weight = truth.hits.total(), truth.weight.total()
+    for key in truth.hits:
+        if truth.hits[key] > total_hits / (keep + 1):
+            assert key in counted
+        if truth.weight[key] > total_weight / (keep + 1):
+            assert key in counted
 
 
-@given(capacities, streams)
-def test_every_key_heavier_than_total_over_capacity_is_reported(
-    capacity: int, stream: list[tuple[str, int]]
+@given(keeps, slacks, streams)
+def test_counts_overestimate_true_figures_by_at_most_their_errors(
+    keep: int, slack: int, stream: list[tuple[str, int]]
 ) -> None:
-    summary, truth = _summarise(capacity, stream)
-    reported = {estimate.key for estimate in summary.top(4 * capacity)}
-    for key, weight in truth.items():
-        if weight > summary.total / (capacity + 1):
-            assert key in reported
-
-
-@given(capacities, streams)
-def test_count_overestimates_true_weight_by_at_most_the_recorded_error(
-    capacity: int, stream: list[tuple[str, int]]
-) -> None:
-    summary, truth = _summarise(capacity, stream)
-    assert summary.offset <= summary.total / (capacity + 1)
-    for estimate in summary.top(4 * capacity):
-        assert estimate.guaranteed <= truth[estimate.key] <= estimate.count
-        assert estimate.error == summary.offset
-    for key, weight in truth.items():  # one not counted weighs at most the offset
+    summary, truth = _summarise(keep, slack, stream)
+    assert summary.hits_offset <= truth.hits.total() / (keep + 1)
+    assert summary.weight_offset <= truth.weight.total() / (keep + 1)
+    for estimate in summary.top(len(summary)):
+        assert estimate.hits - estimate.hits_error <= truth.hits[estimate.key] <= estimate.hits
+        assert (
+            estimate.weight - estimate.weight_error <= truth.weight[estimate.key] <= estimate.weight
+        )
+        assert (estimate.hits_error, estimate.weight_error) == (
+            summary.hits_offset,
+            summary.weight_offset,
+        )
+    for key in truth.hits:  # one not counted has each figure at most its offset
         if summary.estimate(key) is None:
-            assert weight <= summary.offset
+            assert truth.hits[key] <= summary.hits_offset
+            assert truth.weight[key] <= summary.weight_offset
 
 
-def test_zero_weight_is_not_recorded() -> None:
-    summary: HeavyHitters[str] = HeavyHitters(2)
-    summary.add("quiet", 0)
-    assert len(summary) == 0
-    assert summary.total == 0
+@given(keeps, slacks, streams)
+def test_each_purge_takes_its_offset_from_at_least_keep_plus_one_counts(
+    keep: int, slack: int, stream: list[tuple[str, int]]
+) -> None:
+    # What the counts hold is the total less what purges took: at least (k+1) times
+    # the offset, which is why the offset is at most the total over k+1.
+    summary, truth = _summarise(keep, slack, stream)
+    estimates = summary.top(len(summary))
+    held_hits = sum(estimate.hits - estimate.hits_error for estimate in estimates)
+    held_weight = sum(estimate.weight - estimate.weight_error for estimate in estimates)
+    assert held_hits <= truth.hits.total() - (keep + 1) * summary.hits_offset
+    assert held_weight <= truth.weight.total() - (keep + 1) * summary.weight_offset
+
+
+@given(keeps, slacks, streams)
+def test_a_purge_keeps_at_most_twice_keep(
+    keep: int, slack: int, stream: list[tuple[str, int]]
+) -> None:
+    summary: HeavyHitters[str] = HeavyHitters(keep, 2 * keep + slack)
+    for key, weight in stream:
+        offsets = (summary.hits_offset, summary.weight_offset)
+        summary.add(key, weight)
+        if (summary.hits_offset, summary.weight_offset) != offsets:
+            assert len(summary) <= 2 * keep
+
+
+def test_a_new_key_purges_only_past_the_limit() -> None:
+    summary: HeavyHitters[str] = HeavyHitters(1, 3)
+    for key, weight in (("a", 5), ("b", 1), ("c", 2)):
+        summary.add(key, weight)
+    assert (len(summary), summary.hits_offset) == (3, 0)
+    summary.add("d", 3)  # the fourth key: hits all 1, the 2nd largest weight is 3
+    assert (summary.hits_offset, summary.weight_offset) == (1, 3)
+    assert [(e.key, e.hits, e.weight) for e in summary.top(4)] == [("a", 1, 5)]
+
+
+def test_one_dominant_key_makes_the_cut_the_second_largest_not_its_own() -> None:
+    summary: HeavyHitters[str] = HeavyHitters(1, 3)
+    for key in ("a", "a", "a", "a", "a", "b", "c", "d"):  # "d" is the fourth key
+        summary.add(key, 0)
+    assert summary.hits_offset == 1  # at most 8 / 2; "a"'s 5 would have been too much
+    assert [(e.key, e.hits, e.hits_error) for e in summary.top(4)] == [("a", 5, 1)]
 
 
 def test_top_lists_the_heaviest_first() -> None:
-    summary: HeavyHitters[str] = HeavyHitters(4)
-    for key, weight in (("a", 3), ("b", 10), ("c", 1), ("b", 1)):
+    summary: HeavyHitters[str] = HeavyHitters(4, 16)
+    for key, weight in (("a", 3), ("b", 10), ("c", 0), ("b", 1), ("c", 0), ("c", 0)):
         summary.add(key, weight)
-    assert [(e.key, e.count, e.error) for e in summary.top(2)] == [("b", 11, 0), ("a", 3, 0)]
+    assert [(e.key, e.hits, e.weight) for e in summary.top(3)] == [
+        ("b", 2, 11),
+        ("a", 1, 3),
+        ("c", 3, 0),
+    ]
 
 
-def test_keep_below_one_is_refused() -> None:
+def test_keep_below_one_or_limit_too_small_is_refused() -> None:
     with pytest.raises(ValueError, match="keep must be at least 1"):
-        HeavyHitters(0)
+        HeavyHitters(0, 10)
+    with pytest.raises(ValueError, match="limit must exceed"):
+        HeavyHitters(4, 8)

@@ -10,6 +10,7 @@ from tests.support.recording import RecordingBroker, RecordingPresence, Recordin
 from tidings.brokers.base import PresenceChange
 from tidings.brokers.memory import MemoryBroker
 from tidings.core.channel import ChannelName
+from tidings.core.channel_heat import ChannelHeat
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import Position, Publication
 from tidings.errors import BrokerError, Unavailable
@@ -337,3 +338,27 @@ async def test_a_hub_keeps_presence_in_its_brokers_own_store_unless_given_one() 
     assert hub.presence_store is memory.presence_store
     assert await memory.presence_store.presence(ROOM) == {"c1": "alice"}
     await hub.close()
+
+
+async def test_fan_out_counts_hot_channels_as_channel_heat_record_does_purges_included() -> None:
+    # The hub inlines ChannelHeat.record: fed the same publications, both must agree,
+    # through the purges a small summary makes (capacity 1, at most 3 channels). (A
+    # channel without local subscribers reaches no fan-out: the node is not subscribed.)
+    heat = ChannelHeat(capacity=1, limit=3)
+    reference = ChannelHeat(capacity=1, limit=3)
+    hub = Hub(MemoryBroker(Namespaces(), epoch_factory=lambda: "E1"), heat=heat)
+    await hub.start()
+    try:
+        subscribers = {ChannelName(f"room:{n}"): n for n in range(1, 5)}
+        for channel, count in subscribers.items():
+            for s in range(count):
+                await hub.subscribe(channel, RecordingSubscriber(f"{channel}.{s}"))
+        for channel in [*subscribers, ChannelName("room:3"), ChannelName("room:4"), *subscribers]:
+            await hub.publish(channel, b"{}")
+            reference.record(channel, subscribers[channel])
+    finally:
+        await hub.close()
+    assert heat.summary.hits_offset > 0  # it purged
+    assert heat.close_window(1.0) == reference.close_window(1.0)
+    assert heat.top(10) == reference.top(10)
+    assert {rate.channel for rate in heat.top(10)} >= {ChannelName("room:4")}

@@ -1,10 +1,13 @@
 """Hot channels: this node's busiest channels by publications/s and deliveries/s. Pure.
 
-Two heavy-hitters summaries (``core.heavy_hitters``) count, per channel, the publications
-that reached this node's fan-out and the deliveries they made (one per local
-subscriber): bounded space whatever the number of channels. Counting is by windows: the
-caller closes a window every few seconds with the time it lasted, the counts become
-rates (``ChannelRate``) that are read until the next window closes, and counting starts
+One heavy-hitters summary (``core.heavy_hitters``) counts, per channel, the publications
+that reached this node's fan-out (its hits) and the deliveries they made (its weight:
+one per local subscriber), both in one int: bounded space whatever the number of
+channels, one dict lookup per publication. The hub's fan-out counts through
+``summary`` directly (``HeavyHitters`` says how), sparing a call per publication;
+``record`` does the same for everyone else. Counting is by windows: the caller closes a
+window every few seconds with the time it lasted, the counts become rates
+(``ChannelRate``) that are read until the next window closes, and counting starts
 afresh. So "per second" means over the last window, not since the node started.
 
 When a window closes, a channel whose deliveries/s surely (its count less its error)
@@ -17,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tidings.core.channel import ChannelName
-from tidings.core.heavy_hitters import Estimate, HeavyHitters
+from tidings.core.heavy_hitters import HeavyHitters
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,14 +28,14 @@ class ChannelRate:
     """A channel's rates over the last window.
 
     A rate is an upper bound, over by at most its ``*_error_per_s`` (the summary's
-    offset: what it may have forgotten of the channel). ``None``: the channel is not
-    among those counted for that figure, which is then at most its error.
+    offset for that figure: what it may have forgotten of the channel). A channel not
+    listed had at most the errors of the listed ones.
     """
 
     channel: ChannelName
-    publications_per_s: float | None
+    publications_per_s: float
     publications_error_per_s: float
-    deliveries_per_s: float | None
+    deliveries_per_s: float
     deliveries_error_per_s: float
 
 
@@ -40,37 +43,46 @@ class ChannelHeat:
     """Counts a window's publications and deliveries by channel; rates of the last one.
 
     Args:
-        capacity: the channels each summary keeps after a purge (it counts four
-            times as many at most: memory is bounded by it).
+        capacity: the channels the summary keeps per figure after a purge (``k``:
+            any channel above ``1 / (capacity + 1)`` of a window's publications or
+            deliveries is listed).
+        limit: the most channels the summary counts (memory is bounded by it); more
+            than ``2 × capacity``, and the larger, the rarer the purges.
         deliveries_threshold_per_s: deliveries per second at which a channel is hot
             (``close_window`` returns its crossing); ``None``: never.
     """
 
-    __slots__ = ("_deliveries", "_hot", "_publications", "_rates", "capacity", "threshold")
+    __slots__ = ("_hot", "_rates", "capacity", "limit", "summary", "threshold")
 
-    def __init__(self, capacity: int, deliveries_threshold_per_s: float | None = None) -> None:
+    def __init__(
+        self, capacity: int, limit: int, deliveries_threshold_per_s: float | None = None
+    ) -> None:
         self.capacity = capacity
+        self.limit = limit
         self.threshold = deliveries_threshold_per_s
-        self._publications: HeavyHitters[ChannelName] = HeavyHitters(capacity)
-        self._deliveries: HeavyHitters[ChannelName] = HeavyHitters(capacity)
+        # The current window's counts; replaced when it closes.
+        self.summary: HeavyHitters[ChannelName] = HeavyHitters(capacity, limit)
         self._rates: tuple[ChannelRate, ...] = ()
         self._hot: frozenset[ChannelName] = frozenset()
 
     def record(self, channel: ChannelName, deliveries: int) -> None:
         """Count one publication of ``channel`` that made ``deliveries`` local deliveries."""
-        self._publications.add(channel)
-        if deliveries:
-            self._deliveries.add(channel, deliveries)
+        self.summary.add(channel, deliveries)
 
     def close_window(self, elapsed_s: float) -> list[ChannelRate]:
         """End the window, which lasted ``elapsed_s`` (> 0); its rates are read until the
         next one ends. Return the channels that became hot in it, busiest first."""
-        publications, deliveries = self._publications, self._deliveries
-        self._publications = HeavyHitters(self.capacity)
-        self._deliveries = HeavyHitters(self.capacity)
+        summary = self.summary
+        self.summary = HeavyHitters(self.capacity, self.limit)
         rates = [
-            _rate_of(channel, publications, deliveries, elapsed_s)
-            for channel in {*publications.keys(), *deliveries.keys()}
+            ChannelRate(
+                channel=estimate.key,
+                publications_per_s=estimate.hits / elapsed_s,
+                publications_error_per_s=estimate.hits_error / elapsed_s,
+                deliveries_per_s=estimate.weight / elapsed_s,
+                deliveries_error_per_s=estimate.weight_error / elapsed_s,
+            )
+            for estimate in summary.top(len(summary))
         ]
         rates.sort(key=_busiest_first)
         self._rates = tuple(rates)
@@ -79,8 +91,7 @@ class ChannelHeat:
         hot = [
             rate
             for rate in rates
-            if rate.deliveries_per_s is not None
-            and rate.deliveries_per_s - rate.deliveries_error_per_s >= self.threshold
+            if rate.deliveries_per_s - rate.deliveries_error_per_s >= self.threshold
         ]
         crossings = [rate for rate in hot if rate.channel not in self._hot]
         self._hot = frozenset(rate.channel for rate in hot)
@@ -92,31 +103,5 @@ class ChannelHeat:
         return self._rates[:n]
 
 
-def _rate_of(
-    channel: ChannelName,
-    publications: HeavyHitters[ChannelName],
-    deliveries: HeavyHitters[ChannelName],
-    elapsed_s: float,
-) -> ChannelRate:
-    published = publications.estimate(channel)
-    delivered = deliveries.estimate(channel)
-
-    def per_s(
-        estimate: Estimate[ChannelName] | None, summary: HeavyHitters[ChannelName]
-    ) -> float | None:
-        if estimate is not None:
-            return estimate.count / elapsed_s
-        # Not counted: zero if the summary never purged, unknown (small) if it did.
-        return 0.0 if summary.offset == 0 else None
-
-    return ChannelRate(
-        channel=channel,
-        publications_per_s=per_s(published, publications),
-        publications_error_per_s=publications.offset / elapsed_s,
-        deliveries_per_s=per_s(delivered, deliveries),
-        deliveries_error_per_s=deliveries.offset / elapsed_s,
-    )
-
-
 def _busiest_first(rate: ChannelRate) -> tuple[float, float, str]:
-    return (-(rate.deliveries_per_s or 0.0), -(rate.publications_per_s or 0.0), rate.channel)
+    return (-rate.deliveries_per_s, -rate.publications_per_s, rate.channel)

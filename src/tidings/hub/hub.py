@@ -62,6 +62,7 @@ from tidings.brokers.memory import presence_store_of
 from tidings.core.catchup import CatchUp, decide_catch_up
 from tidings.core.channel import ChannelName
 from tidings.core.channel_heat import ChannelHeat
+from tidings.core.heavy_hitters import HIT
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Replay
 from tidings.core.wire import EncodedPublication
@@ -302,7 +303,7 @@ class Hub:
         subscriptions = self._registry.subscriptions(publication.channel)
         if not subscriptions:
             if self.heat is not None:
-                self.heat.record(publication.channel, 0)
+                self.heat.record(publication.channel, 0)  # rare: no local subscriber
             return
         encoded = EncodedPublication(publication)
         position = publication.position
@@ -349,8 +350,19 @@ class Hub:
             else:
                 delivered += 1
         self.deliveries += delivered
-        if self.heat is not None:
-            self.heat.record(publication.channel, delivered)
+        heat = self.heat
+        if heat is not None:
+            # ChannelHeat.record inlined (core/heavy_hitters.py allows it): a method call
+            # costs as much as the counting, and this runs once per publication.
+            summary = heat.summary
+            counts = summary.counts
+            count = counts.get(publication.channel)
+            if count is not None:
+                counts[publication.channel] = count + HIT + delivered
+            else:
+                counts[publication.channel] = HIT + delivered
+                if len(counts) > summary.limit:
+                    summary.purge()
 
     def _announce_remote(self, change: PresenceChange) -> None:
         """Announce a join or leave made on another node to this node's subscribers."""

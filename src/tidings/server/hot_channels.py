@@ -19,12 +19,19 @@ from tidings.server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# Channels each summary keeps after a purge (it counts four times as many at most): a
-# few thousand entries whatever the traffic, and any channel carrying over 1/1025 of
-# the window's traffic is surely among them. Not 100: with a few hundred busy channels
-# a smaller summary purges (a sort) every few hundred publications, which made the
-# tracking cost +41% of fan-out in benchmarks/hot_channels.py's rooms case, +9% at 1024.
+# Channels the summary keeps per figure after a purge: any channel carrying over 1/1025
+# of the window's publications or deliveries is surely among them. Not 100: with a few
+# hundred busy channels a smaller summary purges (two sorts) every few hundred
+# publications, which made the tracking cost +41% of fan-out in
+# benchmarks/hot_channels.py's rooms case.
 HOT_CHANNEL_CAPACITY: Final = 1024
+# The most channels it counts: about 1 MiB at most (a dict entry and an int each,
+# plus the names), whatever the traffic. Sixteen times the capacity: a purge (two sorts
+# and a pass, some 200 ns per channel counted) keeps at most twice the capacity, so one
+# comes at most every 14,336 new channels, and a node with fewer channels in a window
+# never purges. At 8 times, benchmarks/hot_channels.py's users case (20,000 channels)
+# paid 313 ns per publication, 3.3% of its fan-out; 278 ns at 16.
+HOT_CHANNEL_LIMIT: Final = 16 * HOT_CHANNEL_CAPACITY
 # Most channels ``GET /api/channels?top=N`` lists (docs/protocol.md §6).
 MAX_HOT_CHANNELS_TOP: Final = 100
 # Channels /metrics labels: few enough for any Prometheus (bounded label cardinality).
@@ -39,20 +46,19 @@ def channel_heat_for(settings: Settings) -> ChannelHeat | None:
     if not settings.hot_channels:
         return None
     threshold = settings.hot_channel_deliveries_per_s
-    return ChannelHeat(HOT_CHANNEL_CAPACITY, threshold if threshold > 0 else None)
+    return ChannelHeat(
+        HOT_CHANNEL_CAPACITY, HOT_CHANNEL_LIMIT, threshold if threshold > 0 else None
+    )
 
 
-def rate_fields(rate: ChannelRate) -> dict[str, float | None]:
+def rate_fields(rate: ChannelRate) -> dict[str, float]:
     """The JSON fields of one hot channel (``/api/channels?top=N``, the status page)."""
 
-    def rounded(value: float | None) -> float | None:
-        return None if value is None else round(value, 2)
-
     return {
-        "publications_per_s": rounded(rate.publications_per_s),
-        "publications_error_per_s": rounded(rate.publications_error_per_s),
-        "deliveries_per_s": rounded(rate.deliveries_per_s),
-        "deliveries_error_per_s": rounded(rate.deliveries_error_per_s),
+        "publications_per_s": round(rate.publications_per_s, 2),
+        "publications_error_per_s": round(rate.publications_error_per_s, 2),
+        "deliveries_per_s": round(rate.deliveries_per_s, 2),
+        "deliveries_error_per_s": round(rate.deliveries_error_per_s, 2),
     }
 
 
@@ -86,8 +92,8 @@ class HotChannelWindows:
                 "(%.1f publications/s), at or over hot_channel_deliveries_per_s = %g; "
                 "see docs/scaling.md",
                 rate.channel,
-                rate.deliveries_per_s or 0.0,
-                rate.publications_per_s or 0.0,
+                rate.deliveries_per_s,
+                rate.publications_per_s,
                 self.heat.threshold or 0.0,
             )
         return crossings

@@ -325,10 +325,8 @@ class _NodeCollector(Collector):
             labels=["channel"],
         )
         for rate in heat.top(HOT_CHANNELS_METRIC_TOP):
-            if rate.deliveries_per_s is not None:
-                deliveries.add_metric([rate.channel], rate.deliveries_per_s)
-            if rate.publications_per_s is not None:
-                publications.add_metric([rate.channel], rate.publications_per_s)
+            deliveries.add_metric([rate.channel], rate.deliveries_per_s)
+            publications.add_metric([rate.channel], rate.publications_per_s)
         yield deliveries
         yield publications
 
