@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import os
 import random
@@ -86,6 +87,7 @@ CLUSTER_SECRET: Final = "hashing-benchmark-cluster-secret-of-32-bytes-or-more"
 RESULTS_HEADING: Final = "# Hashing against Redis pub/sub"
 BENCHMARKS_DIR: Final = Path(__file__).resolve().parent
 PHASE: Final = "rate"
+IDLE_SAMPLE_S: Final = 2.0
 JWT_SECRET: Final = "hashing-benchmark-jwt-secret-of-32-bytes-or-more"
 TOKEN_TTL_S: Final = 3600
 # `user` is the built-in per-user namespace: user:<id> only for a token whose sub is <id>.
@@ -340,6 +342,7 @@ class RunFigures:
     redis_cpu_us_per_delivery: float
     misdelivered: int
     via_other_node_pct: float
+    nodes_idle_pct: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,12 +397,24 @@ async def run_layout(layout: str, options: Options, plan: Plan, directory: Path)
         redis = redis_pid() if layout == "redis" else None
         setup = Setup(nodes, publisher, collector, plan, posted_to, options, redis)
         try:
+            idle_pct = await idle_cpu_pct(nodes)
             await phase(setup, range(0, options.warmup))
-            return await phase(setup, range(options.warmup, options.warmup + options.publications))
+            measured = await phase(
+                setup, range(options.warmup, options.warmup + options.publications)
+            )
+            return dataclasses.replace(measured, nodes_idle_pct=idle_pct)
         finally:
             for subscriber in subscribers:
                 subscriber.close()
             await publisher.close()
+
+
+async def idle_cpu_pct(nodes: Cluster) -> float:
+    """What the three nodes spend doing nothing (pings, timers), in % of one core: part of
+    every window's CPU time, so of the CPU per delivery at a low rate."""
+    before_s, start_s = nodes.cpu_s(), time.monotonic()
+    await asyncio.sleep(IDLE_SAMPLE_S)
+    return _percent(nodes.cpu_s() - before_s, time.monotonic() - start_s)
 
 
 async def phase(setup: Setup, seqs: range) -> RunFigures:
@@ -507,6 +522,7 @@ FIGURES: Final = (
 CONDITIONS: Final = (
     Col("publications/s", lambda r: r.figures.publications_per_s, ",.1f"),
     Col("nodes' CPU % (3 summed)", lambda r: r.figures.server_cpu_pct, ".0f"),
+    Col("nodes' CPU % idle before (3 summed)", lambda r: r.nodes_idle_pct, ".1f"),
     Col("generator CPU %", lambda r: r.figures.generator_cpu_pct, ".0f"),
     Col("others on the nodes' core %", lambda r: r.figures.server_core_other_pct, ".0f"),
     Col("others on generator core %", lambda r: r.figures.generator_core_other_pct, ".0f"),
