@@ -33,7 +33,7 @@ benchmarks; Redis is the machine's and is not pinned. Runs alternate which layou
 first so drift in the machine's load is shared. Figures: the median of the runs with
 the minimum and maximum in brackets (``report.spread``).
 
-Run: ``.venv/bin/python benchmarks/hashing.py`` (``--help`` for the options; about three
+Run: ``.venv/bin/python benchmarks/hashing.py`` (``--help`` for the options; about four
 minutes with the defaults, ``--quick`` for a short try that writes nothing).
 """
 
@@ -512,11 +512,12 @@ def _print_progress(run: int, layout: str, measured: RunFigures) -> None:
 # -- tables and RESULTS.md ---------------------------------------------------------------------
 
 Col = report.Column[RunFigures]
+REDIS_CPU_TITLE: Final = "Redis CPU µs/delivery"
 FIGURES: Final = (
     Col("latency p50 ms", lambda r: r.figures.p50_ms, ".2f"),
     Col("latency p99 ms", lambda r: r.figures.p99_ms, ".2f"),
     Col("nodes' CPU µs/delivery (3 summed)", lambda r: r.figures.server_cpu_us_per_delivery, ".0f"),
-    Col("Redis CPU µs/delivery", lambda r: r.redis_cpu_us_per_delivery, ".0f"),
+    Col(REDIS_CPU_TITLE, lambda r: r.redis_cpu_us_per_delivery, ".0f"),
     Col("posted to another node %", lambda r: r.via_other_node_pct, ".0f"),
 )
 CONDITIONS: Final = (
@@ -537,6 +538,11 @@ def table(results: dict[str, list[RunFigures]], columns: Sequence[Col], *, missi
         if not runs:
             continue
         cells = [layout, *report.spread_cells(runs, columns)]
+        if layout != "redis":  # no Redis in the hashing layouts: a dash, not a 0
+            cells = [
+                "–" if title == REDIS_CPU_TITLE else cell
+                for title, cell in zip(titles, cells, strict=True)
+            ]
         if missing:
             lost = sum(r.figures.missing for r in runs)
             extra = sum(r.figures.duplicates + r.misdelivered for r in runs)
@@ -605,7 +611,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     add("--runs", type=int, help="runs per layout (default 3)")
     add("--layouts", default=",".join(LAYOUTS), help="comma-separated subset")
     add("--drain-timeout", type=float, default=10.0, help="s to wait for late deliveries")
-    add("--quiet-wait", type=float, default=10.0, help="s to wait at most for quiet cores")
+    add("--quiet-wait", type=float, help="s to wait at most for quiet cores (default 10)")
     add("--seed", type=int, default=14, help="seed of the users and nodes drawn")
     add("--quick", action="store_true", help="1 run, 30 users, 100 publications; writes nothing")
     add("--results", help="where to write the section; '-' not to (default RESULTS.md)")
@@ -628,7 +634,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         runs=int(pick(args.runs, 3, 1)),
         layouts=layouts,
         drain_timeout_s=args.drain_timeout,
-        quiet_wait_s=0.0 if quick and args.quiet_wait == 10.0 else args.quiet_wait,
+        quiet_wait_s=pick(args.quiet_wait, 10.0, 0.0),
         seed=args.seed,
         results=None if results == "-" else Path(results),
     )
@@ -639,6 +645,18 @@ def parse_options(argv: list[str] | None = None) -> Options:
     return options
 
 
+def _check_redis() -> None:
+    """Exit with one line if the machine's Redis does not answer (the ``redis`` layout
+    needs it)."""
+    try:
+        redis_pid()
+    except redis.RedisError as exc:
+        sys.exit(
+            f"no Redis at {REDIS_URL} ({exc}): start one, or leave the redis layout out "
+            "(--layouts hashing,hashing-route)"
+        )
+
+
 def _run(options: Options) -> dict[str, list[RunFigures]]:
     result: dict[str, list[RunFigures]] = uvloop.run(benchmark(options))
     return result
@@ -647,6 +665,8 @@ def _run(options: Options) -> dict[str, list[RunFigures]]:
 def main() -> None:
     """Run every layout, print the tables, write the section of RESULTS.md."""
     options = parse_options()
+    if "redis" in options.layouts:
+        _check_redis()
     os.sched_setaffinity(0, {GENERATOR_CPU})
     raise_open_files_limit()
     environment = report.machine((*report.LIBRARIES, "redis", "httpx"))
