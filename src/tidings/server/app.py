@@ -45,6 +45,7 @@ from tidings.server.keys import JwksKeys, load_public_key
 from tidings.server.load_agent import LoadAgent
 from tidings.server.metrics import Metrics
 from tidings.server.native.routes import NativeRoutes
+from tidings.server.ring_fence import RingFence, readiness
 from tidings.server.ring_moves import RingMover
 from tidings.server.routing import RingMember, RouteEndpoint, placement_of
 from tidings.server.settings import Settings
@@ -140,8 +141,14 @@ class TidingsApp:
         # Presence is the broker's own store (its connections), taken before metering
         # wraps the broker; one that keeps none serves this node alone.
         heat = channel_heat_for(settings)
+        # A member of the ring in etcd sequences its channels only while its lease is
+        # confirmed (``server.ring_fence``).
+        member = self._ring_member
         self.hub = Hub(
-            self.metrics.metered(broker), presence or presence_store_of(broker), heat=heat
+            self.metrics.metered(broker),
+            presence or presence_store_of(broker),
+            heat=heat,
+            fence=None if member is None else RingFence(placement, member),
         )
         self._hot_windows = (
             None if heat is None else HotChannelWindows(heat, settings.hot_channel_window_s)
@@ -470,6 +477,10 @@ class TidingsApp:
     async def _ready(self, _request: Request) -> Response:
         if self.context.draining:
             return error_response("unavailable", "this node is draining")
+        if self._ring_member is not None:
+            not_ready = readiness(self._ring_member)
+            if not_ready is not None:
+                return error_response("unavailable", not_ready)
         try:
             async with asyncio.timeout(READY_TIMEOUT_S):
                 ready = await self.hub.broker.is_ready()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Final
 
@@ -122,6 +123,19 @@ class RingMember:
             on_ring=self._on_ring,
         )
         self._joined = False
+
+    def is_confirmed(self) -> bool:
+        """Whether this node's lease surely lives now (``core.lease_deadline``): it may
+        sequence the channels it owns."""
+        return self._membership.is_confirmed()
+
+    def unreachable_since(self) -> float | None:
+        """Since when (Unix seconds) etcd has not answered this node's keep-alives, or
+        ``None`` while it answers."""
+        since = self._membership.lease.unreachable_since_s
+        if since is None:
+            return None
+        return time.time() - (time.monotonic() - since)
 
     def _on_ring(self, state: RingState) -> None:
         self._placement.receive_ring(state.nodes, state.version)
