@@ -63,14 +63,14 @@ def parse_ring_prefix(name: str, value: object) -> str:
 
 
 def parse_ring_etcd(name: str, value: object) -> str:
-    """etcd client URLs, comma-separated (or a list in the file), kept as one
-    comma-separated string of ``http(s)://host:port``."""
+    """etcd client URLs (``http://host:2379``), comma-separated or a list in the file,
+    kept as one comma-separated string."""
     if isinstance(value, list):
         value = ",".join(parse_str(name, part) for part in value)
-    try:
-        return ",".join(parse_endpoints(parse_str(name, value)))
-    except ValueError as exc:
-        raise ConfigError(f"{name}: {exc}") from None
+    parts = [part.strip() for part in parse_str(name, value).split(",") if part.strip()]
+    if not parts:
+        raise ConfigError(f"{name} must name at least one etcd client URL such as http://host:2379")
+    return ",".join(check_public_url(name, part).rstrip("/") for part in parts)
 
 
 RING_BROKER_SCHEME: Final = "ring+etcd://"
@@ -98,8 +98,14 @@ def with_ring_broker(settings: Settings) -> Settings:
     if settings.ring_etcd is not None:
         raise ConfigError(f"broker {broker!r} names etcd already: leave ring_etcd unset")
     changes: dict[str, Any] = {"broker": None}
+    # Every member is host:port, reached over http (etcd's client port without TLS;
+    # ring_etcd takes https:// URLs).
     try:
-        changes["ring_etcd"] = ",".join(parse_endpoints(hosts))
+        changes["ring_etcd"] = ",".join(
+            parse_endpoints(
+                ",".join(f"http://{host.strip()}" for host in hosts.split(",") if host.strip())
+            )
+        )
     except ValueError as exc:
         raise ConfigError(f"broker {broker!r}: {exc}; use {_RING_BROKER_FORM}") from None
     for option, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):

@@ -123,23 +123,16 @@ def _unb64(text: str) -> bytes:
 
 
 def parse_endpoints(text: str) -> list[str]:
-    """The client URLs of ``ring_etcd``: ``http://10.0.0.1:2379,http://10.0.0.2:2379``
-    (a URL without a scheme, ``10.0.0.1:2379``, is taken as ``http://``).
+    """The client URLs of ``ring_etcd``: ``http://10.0.0.1:2379,http://10.0.0.2:2379``.
 
     Raises:
-        ValueError: no URL, or one that is not http(s)://host:port.
+        ValueError: no URL, or one that is not http(s)://host[:port].
     """
-    urls = []
-    for part in text.split(","):
-        url = part.strip().rstrip("/")
-        if not url:
-            continue
-        if "://" not in url:
-            url = "http://" + url
+    urls = [part.strip().rstrip("/") for part in text.split(",") if part.strip()]
+    for url in urls:
         scheme, _, rest = url.partition("://")
         if scheme.lower() not in ("http", "https") or not rest or "/" in rest:
-            raise ValueError(f"{part.strip()!r} is not an etcd client URL such as http://host:2379")
-        urls.append(url)
+            raise ValueError(f"{url!r} is not an etcd client URL such as http://host:2379")
     if not urls:
         raise ValueError("no etcd client URL given")
     return urls
