@@ -156,6 +156,7 @@ class MemoryBroker(LocalNode):
         self._namespaces = namespaces
         self._clock = clock or SystemClock()
         self._dedupe = dedupe or DedupeOptions()
+        self._epoch_factory = epoch_factory
         self._epoch = epoch_factory()
         self._logs: dict[ChannelName, ChannelLog] = {}
         # Swept channels: their head offset is all that is left of them (the module
@@ -184,6 +185,17 @@ class MemoryBroker(LocalNode):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+
+    def start_new_epoch(self) -> None:
+        """Forget every channel's history and keys, and draw a new epoch for them all, as
+        a restart would: what this node sequenced may have been continued elsewhere
+        since (a node of the hash ring that lost its lease: ``server.ring_fence``). A
+        client resuming from a position of the old epoch hears ``recovered: false``; a
+        subscriber still here is told of the gap by the first publication of the new
+        one (``hub``)."""
+        self._epoch = self._epoch_factory()
+        self._logs.clear()
+        self._heads.clear()
 
     async def sweep(self) -> int:
         """Expire history and keys past their time in every channel; keep the channels

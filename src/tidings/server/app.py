@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from tidings.brokers.base import Broker, NodeCommand, NodeControl, PresenceStore
 from tidings.brokers.factory import create_broker
-from tidings.brokers.memory import LocalNodeControl, presence_store_of
+from tidings.brokers.memory import LocalNodeControl, MemoryBroker, presence_store_of
 from tidings.core.channel import parse_channel
 from tidings.core.commands import publication_data
 from tidings.core.dedupe import CLIENT_KEY_MARK, DedupeOptions
@@ -131,13 +131,14 @@ class TidingsApp:
         )
         # The ring in etcd (``ring_etcd``): joined at start, left when the node drains.
         self._ring_member = (
-            RingMember(settings, placement, self.ring_mover.receive_ring)
+            RingMember(settings, placement, self.ring_mover.receive_ring, self._on_lease_lost)
             if settings.ring_etcd is not None and isinstance(placement, FollowingPlacement)
             else None
         )
         # Metrics time the broker's calls by wrapping it; the hub never knows.
         self.metrics = Metrics(self.sessions)
         broker = broker or broker_for(settings)
+        self._local_store = broker
         # Presence is the broker's own store (its connections), taken before metering
         # wraps the broker; one that keeps none serves this node alone.
         heat = channel_heat_for(settings)
@@ -449,6 +450,25 @@ class TidingsApp:
             return await self._api.publish_from_process(name, data, key)
         result = await self.hub.publish(name, data, key=key)
         return result.position
+
+    def _on_lease_lost(self) -> None:
+        """etcd let this node's lease expire: its channels went to other nodes, which
+        sequenced them since. Its own history of them is stale; start them anew, in a
+        new epoch, so that no client resumes across the gap (``recovered: false``)."""
+        store = self._local_store
+        if isinstance(store, MemoryBroker):
+            store.start_new_epoch()
+            logger.warning(
+                "node %s lost its lease in etcd: its channels start in a new epoch",
+                self.context.node_id,
+            )
+        else:
+            logger.warning(
+                "node %s lost its lease in etcd, and its %s broker cannot start a new "
+                "epoch: clients resuming here may miss what other nodes sequenced meanwhile",
+                self.context.node_id,
+                type(store).__name__,
+            )
 
     # -- commands from other nodes (and this one) ---------------------------------------
 

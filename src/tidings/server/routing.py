@@ -107,9 +107,12 @@ class RingMember:
         settings: Settings,
         placement: FollowingPlacement,
         on_change: Callable[[], None] | None = None,
+        on_lease_lost: Callable[[], None] = lambda: None,
     ) -> None:
         """Join as ``settings`` say; each new version of the ring reaches
-        ``placement``, then ``on_change`` (which moves the connections it sends away)."""
+        ``placement``, then ``on_change`` (which moves the connections it sends away);
+        ``on_lease_lost`` is told when etcd let this node's lease expire (others have
+        sequenced its channels since), before it joins again."""
         assert settings.ring_etcd is not None  # the app makes one only then
         self._gateway = EtcdGateway(settings.ring_etcd)
         self._placement = placement
@@ -121,6 +124,7 @@ class RingMember:
             prefix=settings.ring_prefix,
             ttl_s=math.ceil(settings.ring_ttl_s),
             on_ring=self._on_ring,
+            on_lease_lost=on_lease_lost,
         )
         self._joined = False
 

@@ -33,7 +33,9 @@ node also reconciles: it removes every ring node that has no member key, so a de
 missed while the watch was down is not missed for good.
 
 A node whose own lease expired (it was cut off for longer than ``ttl_s``) has been
-removed by the others; once it reaches etcd again it joins anew. While etcd cannot
+removed by the others, which have sequenced its keys since; once it reaches etcd again
+it tells ``on_lease_lost`` (the node starts its channels in a new epoch: what it holds
+of them is stale) and joins anew. While etcd cannot
 be reached at all, nothing changes: no node can write the ring, and each keeps the
 last one it saw (no node is removed, none rejoins, until etcd answers again).
 
@@ -156,6 +158,7 @@ class Membership:
         ttl_s: int = DEFAULT_TTL_S,
         on_ring: Callable[[RingState], None] = lambda _state: None,
         clock: Callable[[], float] = time.monotonic,
+        on_lease_lost: Callable[[], None] = lambda: None,
     ) -> None:
         """Be ``node_id``, reached at ``url``, in the ring kept under ``prefix``.
 
@@ -167,6 +170,8 @@ class Membership:
             ttl_s: how long the node stays a member without reaching etcd (at least 2).
             on_ring: called with each new version of the ring this node learns.
             clock: a monotonic clock, for the lease's deadline.
+            on_lease_lost: called when etcd says this node's lease has expired, before
+                it joins again.
         """
         if ttl_s < 2:
             raise ValueError(f"ttl_s must be at least 2 seconds, got {ttl_s}")
@@ -182,6 +187,7 @@ class Membership:
         """The latest version of the ring this node has seen."""
         self._lease: int | None = None
         self._clock = clock
+        self._on_lease_lost = on_lease_lost
         self.lease = LeaseDeadline()
         """Until when this node's lease surely lives (times of ``clock``)."""
         self._tasks: list[asyncio.Task[None]] = []
@@ -348,6 +354,7 @@ class Membership:
                 # Cut off past the lease's life: the others removed this node. Back in.
                 logger.warning("node %s lost its lease; joining the ring again", self.node_id)
                 self.lease.lost()
+                self._on_lease_lost()
                 await self._enter()
                 delay_s = self._ttl_s * RENEW_FRACTION
             except EtcdError as exc:
