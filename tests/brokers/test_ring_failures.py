@@ -319,3 +319,43 @@ async def test_the_loss_of_the_etcd_leader_leaves_the_ring_and_the_publications_
         finally:
             for server in servers.values():
                 server.kill()
+
+
+async def test_a_key_that_comes_back_after_its_owner_died_is_not_resumed_across_the_gap(
+    tmp_path: Path,
+) -> None:
+    # b owns every key alone, then a joins and takes some; a dies, and they come back
+    # to b, which still holds their history from before: stale, for a published since.
+    with etcd_cluster(tmp_path, 1) as cluster:
+        env = {
+            "TIDINGS_RING_ETCD": cluster.urls,
+            "TIDINGS_RING_PREFIX": PREFIX,
+            "TIDINGS_RING_TTL": "2s",
+        }
+        servers = await start_nodes(("b",), env)
+        try:
+            async with httpx.AsyncClient(timeout=5.0) as client:
+                await until(lambda: routes_agree(client, servers), "b routes alone")
+                b = servers["b"]
+                channel = owned_channel({"a": b, "b": b}, "a")  # a's, once a joins
+                for n in range(2):
+                    assert (await publish(client, b, channel, {"n": n})).status_code == 200
+                before = await client.get(
+                    f"{b.http_url}/api/history", params={"channel": channel}, headers=HEADERS
+                )
+                position = {"epoch": before.json()["epoch"], "offset": before.json()["offset"]}
+                servers["a"] = await asyncio.to_thread(start_node, "a", env)
+                await until(lambda: routes_agree(client, servers), "a has joined")
+                by_a = await publish(client, b, channel, {"n": 2})  # forwarded to a
+                assert by_a.status_code == 200, by_a.text
+                servers["a"].kill()
+                await until(lambda: routes_agree(client, {"b": b}), "a's keys are b's again")
+                async with ws_client(b.ws_url) as ws:
+                    await ws.result("connect")
+                    resumed = await ws.result("subscribe", channel=channel, since=position)
+                # b holds n=0, n=1 at that position; it must not say nothing followed.
+                assert resumed["recovered"] is False
+                assert resumed["epoch"] not in (position["epoch"], by_a.json()["epoch"])
+        finally:
+            for server in servers.values():
+                server.kill()

@@ -394,3 +394,22 @@ async def test_a_fence_refuses_a_publication_before_the_broker_sees_it(
     with pytest.raises(Unavailable, match="not sequencing room:1"):
         await hub.publish(ROOM, b'"x"')
     assert (await hub.history(ROOM)).head == Position("E1", 0)
+
+
+async def test_channels_restarted_in_the_memory_broker_take_a_new_epoch_of_their_own() -> None:
+    # A key that comes back to a ring node (server.ring_gains): its channels restart.
+    epochs = iter(["E1", "E2", "E3"])
+    hub = Hub(MemoryBroker(Namespaces(), epoch_factory=lambda: next(epochs)))
+    await hub.start()
+    other = ChannelName("room:2")
+    await publish_many(hub, 2)
+    await publish_many(hub, 2, other)
+    assert isinstance(hub.broker, MemoryBroker)
+    assert hub.broker.restart_channels(lambda channel: channel == ROOM) == 1
+    resumed = await hub.subscribe(ROOM, RecordingSubscriber("c"), Position("E1", 2))
+    assert resumed is not None
+    assert (resumed.position, resumed.recovered) == (Position("E2", 0), False)
+    kept = await hub.subscribe(other, RecordingSubscriber("d"), Position("E1", 1))
+    assert kept is not None
+    assert (kept.position, kept.recovered) == (Position("E1", 2), True)
+    assert (await hub.publish(ROOM, b'"x"')).position == Position("E2", 1)

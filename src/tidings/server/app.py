@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 from tidings.brokers.base import Broker, NodeCommand, NodeControl, PresenceStore
 from tidings.brokers.factory import create_broker
 from tidings.brokers.memory import LocalNodeControl, MemoryBroker, presence_store_of
-from tidings.core.channel import parse_channel
+from tidings.core.channel import ChannelName, parse_channel
 from tidings.core.commands import publication_data
 from tidings.core.dedupe import CLIENT_KEY_MARK, DedupeOptions
 from tidings.core.drain import plan_drain
@@ -131,7 +131,13 @@ class TidingsApp:
         )
         # The ring in etcd (``ring_etcd``): joined at start, left when the node drains.
         self._ring_member = (
-            RingMember(settings, placement, self.ring_mover.receive_ring, self._on_lease_lost)
+            RingMember(
+                settings,
+                placement,
+                self.ring_mover.receive_ring,
+                on_lease_lost=self._on_lease_lost,
+                on_gain=self._on_gain,
+            )
             if settings.ring_etcd is not None and isinstance(placement, FollowingPlacement)
             else None
         )
@@ -469,6 +475,15 @@ class TidingsApp:
                 self.context.node_id,
                 type(store).__name__,
             )
+
+    def _on_gain(self, gained: Callable[[ChannelName], bool]) -> None:
+        """A new ring gave this node channels another node sequenced meanwhile: what it
+        holds of them is stale; restart them in a new epoch (``core.ring_gains``)."""
+        store = self._local_store
+        if isinstance(store, MemoryBroker):
+            restarted = store.restart_channels(gained)
+            if restarted:
+                logger.info("%d channels gained from another node start in a new epoch", restarted)
 
     # -- commands from other nodes (and this one) ---------------------------------------
 

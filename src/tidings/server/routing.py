@@ -22,9 +22,10 @@ from starlette.responses import Response
 
 from tidings.brokers.ring.etcd import EtcdGateway
 from tidings.brokers.ring.membership import Membership, RingState
-from tidings.core.channel import parse_channel
+from tidings.core.channel import ChannelName, parse_channel
 from tidings.core.placement import LOCAL_PLACEMENT, Placement
 from tidings.core.ring import ownership_of
+from tidings.core.ring_gains import gained_channels
 from tidings.core.routing import FollowingPlacement, OwnerRouting, RingPlacement
 from tidings.errors import BadRequest, RequestError
 from tidings.server.ring_settings import check_ring
@@ -108,15 +109,19 @@ class RingMember:
         placement: FollowingPlacement,
         on_change: Callable[[], None] | None = None,
         on_lease_lost: Callable[[], None] = lambda: None,
+        on_gain: Callable[[Callable[[ChannelName], bool]], None] = lambda _gained: None,
     ) -> None:
         """Join as ``settings`` say; each new version of the ring reaches
         ``placement``, then ``on_change`` (which moves the connections it sends away);
         ``on_lease_lost`` is told when etcd let this node's lease expire (others have
-        sequenced its channels since), before it joins again."""
+        sequenced its channels since), before it joins again; ``on_gain`` is handed,
+        in the same step as the new ring is taken, which channels it gives this node
+        that the previous one gave another (``core.ring_gains``)."""
         assert settings.ring_etcd is not None  # the app makes one only then
         self._gateway = EtcdGateway(settings.ring_etcd)
         self._placement = placement
         self._on_change = on_change
+        self._on_gain = on_gain
         self._membership = Membership(
             self._gateway,
             settings.node_id,
@@ -142,7 +147,10 @@ class RingMember:
         return time.time() - (time.monotonic() - since)
 
     def _on_ring(self, state: RingState) -> None:
+        before = self._placement.current
         self._placement.receive_ring(state.nodes, state.version)
+        # No await between: nothing is sequenced under the new ring before this.
+        self._on_gain(gained_channels(before, self._placement.current))
         logger.info("ring version %d: %s", state.version, ", ".join(sorted(state.nodes)))
         if self._on_change is not None:
             self._on_change()
