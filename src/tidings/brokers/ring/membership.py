@@ -35,9 +35,9 @@ missed while the watch was down is not missed for good.
 A node whose own lease expired (it was cut off for longer than ``ttl_s``) has been
 removed by the others, which have sequenced its keys since; once it reaches etcd again
 it tells ``on_lease_lost`` (the node starts its channels in a new epoch: what it holds
-of them is stale) and joins anew. While etcd cannot
-be reached at all, nothing changes: no node can write the ring, and each keeps the
-last one it saw (no node is removed, none rejoins, until etcd answers again).
+of them is stale) and joins anew. While etcd cannot be reached at all, nothing
+changes: no node can write the ring, and each keeps the last one it saw (no node is
+removed, none rejoins, until etcd answers again).
 
 Each ring it learns is handed to ``on_ring`` (the node's placement, then the moves of
 its connections: ``server.routing``, ``server.ring_moves``). What this does not do yet:
