@@ -362,3 +362,54 @@ async def test_fan_out_counts_hot_channels_as_channel_heat_record_does_purges_in
     assert heat.close_window(1.0) == reference.close_window(1.0)
     assert heat.top(10) == reference.top(10)
     assert {rate.channel for rate in heat.top(10)} >= {ChannelName("room:4")}
+
+
+async def test_a_new_epoch_of_the_memory_broker_is_a_gap_to_subscribers_and_resumers() -> None:
+    # A ring node that lost its lease starts its channels anew (server.ring_fence):
+    # nobody may take what it sequences next for what follows its old positions.
+    epochs = iter(["E1", "E2"])
+    hub = Hub(MemoryBroker(Namespaces(), epoch_factory=lambda: next(epochs)))
+    await hub.start()
+    subscriber = RecordingSubscriber("c")
+    await hub.subscribe(ROOM, subscriber)
+    await publish_many(hub, 2)
+    assert isinstance(hub.broker, MemoryBroker)
+    hub.broker.start_new_epoch()
+    await hub.publish(ROOM, b'"after"')
+    assert subscriber.offsets == [1, 2]
+    assert subscriber.gaps == [ROOM]  # told, not handed (E2, 1) as if it followed (E1, 2)
+    resumed = await hub.subscribe(ROOM, RecordingSubscriber("d"), Position("E1", 2))
+    assert resumed is not None
+    assert (resumed.position, resumed.recovered) == (Position("E2", 1), False)
+
+
+async def test_a_fence_refuses_a_publication_before_the_broker_sees_it(
+    broker: RecordingBroker,
+) -> None:
+    def fence(channel: ChannelName) -> None:
+        raise Unavailable(f"not sequencing {channel}")
+
+    hub = Hub(broker, fence=fence)
+    await hub.start()
+    with pytest.raises(Unavailable, match="not sequencing room:1"):
+        await hub.publish(ROOM, b'"x"')
+    assert (await hub.history(ROOM)).head == Position("E1", 0)
+
+
+async def test_channels_restarted_in_the_memory_broker_take_a_new_epoch_of_their_own() -> None:
+    # A key that comes back to a ring node (server.ring_gains): its channels restart.
+    epochs = iter(["E1", "E2", "E3"])
+    hub = Hub(MemoryBroker(Namespaces(), epoch_factory=lambda: next(epochs)))
+    await hub.start()
+    other = ChannelName("room:2")
+    await publish_many(hub, 2)
+    await publish_many(hub, 2, other)
+    assert isinstance(hub.broker, MemoryBroker)
+    assert hub.broker.restart_channels(lambda channel: channel == ROOM) == 1
+    resumed = await hub.subscribe(ROOM, RecordingSubscriber("c"), Position("E1", 2))
+    assert resumed is not None
+    assert (resumed.position, resumed.recovered) == (Position("E2", 0), False)
+    kept = await hub.subscribe(other, RecordingSubscriber("d"), Position("E1", 1))
+    assert kept is not None
+    assert (kept.position, kept.recovered) == (Position("E1", 2), True)
+    assert (await hub.publish(ROOM, b'"x"')).position == Position("E2", 1)

@@ -399,3 +399,48 @@ def test_a_static_ring_is_read_from_a_table_or_the_environment(tmp_path: Path) -
 def test_a_ring_no_node_could_serve_is_refused(environ: dict[str, str], complaint: str) -> None:
     with pytest.raises(ConfigError, match=complaint):
         load_settings(environ=environ)
+
+
+def test_ring_etcd_names_one_or_several_etcd_members() -> None:
+    one = load_settings(environ={"TIDINGS_RING_ETCD": "http://e:2379/"})
+    assert one.ring_etcd == "http://e:2379"
+    several = load_settings(environ={"TIDINGS_RING_ETCD": "http://e1:2379, https://e2:2379"})
+    assert several.ring_etcd == "http://e1:2379,https://e2:2379"
+
+
+def test_a_ring_etcd_broker_url_sets_membership_in_etcd_over_the_embedded_broker(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(environ={"TIDINGS_BROKER": "ring+etcd://10.0.0.1:2379,10.0.0.2:2379"})
+    assert settings.broker is None  # the node's own store: memory
+    assert settings.ring_etcd == "http://10.0.0.1:2379,http://10.0.0.2:2379"
+    assert (settings.ring_prefix, settings.ring_ttl_s) == ("/tidings/ring", 10.0)
+    configured = load_settings(
+        write(tmp_path, 'broker = "ring+etcd://127.0.0.1:2379?prefix=/app/ring&ttl=4s"\n')
+    )
+    assert configured.ring_etcd == "http://127.0.0.1:2379"
+    assert (configured.ring_prefix, configured.ring_ttl_s) == ("/app/ring", 4.0)
+
+
+@pytest.mark.parametrize(
+    ("broker", "complaint"),
+    [
+        ("ring+etcd://", "no etcd client URL given"),
+        ("ring+etcd://e:2379/path", "is not an etcd client URL"),
+        ("ring+etcd://e:2379?ttl=1s", "ring_ttl must be at least 2s"),
+        ("ring+etcd://e:2379?ttl=soon", "ttl"),
+        ("ring+etcd://e:2379?prefix=ring", "must be an etcd key prefix"),
+        ("ring+etcd://e:2379?lease=4s", "unknown option 'lease'; known: prefix, ttl"),
+    ],
+)
+def test_a_bad_ring_etcd_broker_url_is_one_clear_line(broker: str, complaint: str) -> None:
+    with pytest.raises(ConfigError, match=complaint) as raised:
+        load_settings(environ={"TIDINGS_BROKER": broker})
+    assert "\n" not in str(raised.value)
+
+
+def test_a_ring_etcd_broker_url_and_ring_etcd_are_not_both_set() -> None:
+    with pytest.raises(ConfigError, match="leave ring_etcd unset"):
+        load_settings(
+            environ={"TIDINGS_BROKER": "ring+etcd://e:2379", "TIDINGS_RING_ETCD": "http://f:1"}
+        )

@@ -109,7 +109,13 @@ BROKER_SCHEMES: Final[dict[str, BrokerKind]] = {
     "relay+http": _RELAY,
     "relay+https": _RELAY,
 }
-_FORMS: Final = ["memory", *dict.fromkeys(f for k in BROKER_SCHEMES.values() for f in k.forms)]
+# ``ring+etcd://`` is no broker of its own: the settings read it as membership of the
+# hash ring in etcd, over the embedded broker (``server.ring_settings.with_ring_broker``).
+_FORMS: Final = [
+    "memory",
+    *dict.fromkeys(f for k in BROKER_SCHEMES.values() for f in k.forms),
+    "ring+etcd://host:port[,host:port...]",
+]
 _KNOWN_FORMS: Final = f"{', '.join(_FORMS[:-1])} or {_FORMS[-1]}"
 # The embedded brokers, chosen without a URL; their settings are top-level ones.
 _LOCAL_NAMES: Final = ("memory", "sqlite")

@@ -4,9 +4,10 @@ No I/O; one timer task. Each channel is a ``ChannelLog``; a publish is sequenced
 retained and handed to the hub in one synchronous step, which is what makes it atomic
 here. All channels share one epoch drawn at start, so a restart (which loses every
 history) is seen by resuming clients as an epoch change: ``recovered: false``, never a
-wrong offset. Presence is a dict per channel (``LocalPresence``): one node, so no
-remote changes; node commands (``LocalNodeControl``) reach this node alone, which is
-every node.
+wrong offset. A channel whose history another node continued (a key of the hash ring
+that comes back) is restarted alone, in an epoch of its own (``restart_channels``).
+Presence is a dict per channel (``LocalPresence``): one node, so no remote changes;
+node commands (``LocalNodeControl``) reach this node alone, which is every node.
 
 Idle channels cost almost nothing: every ``sweep_interval_s`` one sweep (a single timer
 for the broker, not one per channel) expires history and idempotency keys past their
@@ -156,7 +157,10 @@ class MemoryBroker(LocalNode):
         self._namespaces = namespaces
         self._clock = clock or SystemClock()
         self._dedupe = dedupe or DedupeOptions()
+        self._epoch_factory = epoch_factory
         self._epoch = epoch_factory()
+        # Channels restarted in an epoch of their own (``restart_channels``).
+        self._epochs: dict[ChannelName, str] = {}
         self._logs: dict[ChannelName, ChannelLog] = {}
         # Swept channels: their head offset is all that is left of them (the module
         # docstring); a channel is in ``_logs`` or here, never both.
@@ -184,6 +188,33 @@ class MemoryBroker(LocalNode):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+
+    def start_new_epoch(self) -> None:
+        """Forget every channel's history and keys, and draw a new epoch for them all, as
+        a restart would: what this node sequenced may have been continued elsewhere
+        since (a node of the hash ring that lost its lease: ``server.ring_fence``). A
+        client resuming from a position of the old epoch hears ``recovered: false``; a
+        subscriber still here is told of the gap by the first publication of the new
+        one (``hub``)."""
+        self._epoch = self._epoch_factory()
+        self._epochs.clear()
+        self._logs.clear()
+        self._heads.clear()
+
+    def restart_channels(self, which: Callable[[ChannelName], bool]) -> int:
+        """Forget the history and keys of each channel held here for which ``which``
+        is true, and start each in a new epoch of its own, as ``start_new_epoch`` does
+        for all: another node has sequenced them since this one did (a key of the hash
+        ring that comes back to this node: ``server.ring_gains``). Return how many."""
+        restarted = [channel for channel in (*self._logs, *self._heads) if which(channel)]
+        for channel in restarted:
+            self._logs.pop(channel, None)
+            self._heads.pop(channel, None)
+            self._epochs[channel] = self._epoch_factory()
+        return len(restarted)
+
+    def _epoch_of(self, channel: ChannelName) -> str:
+        return self._epochs.get(channel, self._epoch)
 
     async def sweep(self) -> int:
         """Expire history and keys past their time in every channel; keep the channels
@@ -220,7 +251,8 @@ class MemoryBroker(LocalNode):
         if log is None:
             options = self._namespaces.options_for(channel)
             head_offset = self._heads.pop(channel, 0)
-            log = ChannelLog(channel, self._epoch, options.history, self._dedupe, head_offset)
+            epoch = self._epoch_of(channel)
+            log = ChannelLog(channel, epoch, options.history, self._dedupe, head_offset)
             self._logs[channel] = log
         return log
 
@@ -253,10 +285,11 @@ class MemoryBroker(LocalNode):
             # Reading must not create state: an unknown or swept channel has no history,
             # only a head (offset 0 for one never published to).
             head_offset = self._heads.get(channel, 0)
-            head = Position(self._epoch, head_offset)
+            epoch = self._epoch_of(channel)
+            head = Position(epoch, head_offset)
             if since is None:
                 return HistoryRead(head, Replay(()))
-            return HistoryRead(head, decide_recovery(since, self._epoch, head_offset, (), limit))
+            return HistoryRead(head, decide_recovery(since, epoch, head_offset, (), limit))
         now_ms = self._clock.now_ms()
         recovery = log.since(since, now_ms, limit) if since else Replay(log.latest(now_ms, limit))
         return HistoryRead(log.head, recovery)

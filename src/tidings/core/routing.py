@@ -145,6 +145,11 @@ class FollowingPlacement:
         """The version of the latest ring received (0 before the first)."""
         return self._version
 
+    @property
+    def current(self) -> RingPlacement | None:
+        """The placement of the latest ring received (``None``: none, or an empty one)."""
+        return self._current
+
     def owner_url(self, key: str) -> str:
         """Return the base URL of the node that owns routing key ``key``."""
         current = self._current

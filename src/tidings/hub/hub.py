@@ -33,6 +33,10 @@ skipped, and the others still receive the publication. With a ``ChannelHeat``, e
 publication is then counted once with its number of deliveries (hot channels): one
 call per publication, nothing per subscriber.
 
+In the consistent-hashing mode a node may sequence a channel only while it can prove it
+owns it (``server.ring_fence``): ``fence``, if given, is asked before every publish
+and refuses it (``Unavailable``) before the broker sees it; nothing else here changes.
+
 Presence, where the namespace enables it, is kept by a ``PresenceStore`` apart from the
 broker (the broker's own, ``presence_store_of``, unless one is given): a subscribe joins
 the client in the store before going live (the result must still be the next write, so
@@ -48,7 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from tidings.brokers.base import (
@@ -113,11 +117,14 @@ class Hub:
         presence: PresenceStore | None = None,
         *,
         heat: ChannelHeat | None = None,
+        fence: Callable[[ChannelName], None] | None = None,
     ) -> None:
         """Make the hub of ``broker``; ``presence`` as the module docstring says; ``heat``
-        counts publications and deliveries by channel (hot channels), if given."""
+        counts publications and deliveries by channel (hot channels), if given;
+        ``fence`` raises ``Unavailable`` for a channel this node may not sequence now."""
         self.broker = broker
         self.heat = heat
+        self._fence = fence
         self.presence_store = presence if presence is not None else presence_store_of(broker)
         self._registry = SubscriptionRegistry()
         self._links: dict[ChannelName, _BrokerLink] = {}
@@ -146,9 +153,12 @@ class Hub:
         """Publish through the broker; local subscribers receive it through fan-out.
 
         Raises:
-            Unavailable: the broker failed. Its message says whether the publication
-                may have been made (retry with the same key) or surely was not.
+            Unavailable: the broker failed, or the fence refused (not published). Its
+                message says whether the publication may have been made (retry with
+                the same key) or surely was not.
         """
+        if self._fence is not None:
+            self._fence(channel)
         try:
             return await self.broker.publish(channel, data, key=key, info=info)
         except BrokerUnavailable as exc:

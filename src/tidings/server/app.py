@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from tidings.brokers.base import Broker, NodeCommand, NodeControl, PresenceStore, PublishResult
 from tidings.brokers.factory import create_broker
-from tidings.brokers.memory import LocalNodeControl, presence_store_of
+from tidings.brokers.memory import LocalNodeControl, MemoryBroker, presence_store_of
 from tidings.core.channel import ChannelName, parse_channel
 from tidings.core.commands import publication_data
 from tidings.core.dedupe import CLIENT_KEY_MARK, DedupeOptions
@@ -45,6 +45,7 @@ from tidings.server.keys import JwksKeys, load_public_key
 from tidings.server.load_agent import LoadAgent
 from tidings.server.metrics import Metrics
 from tidings.server.native.routes import NativeRoutes
+from tidings.server.ring_fence import RingFence, readiness
 from tidings.server.ring_moves import RingMover
 from tidings.server.routing import RingMember, RouteEndpoint, placement_of
 from tidings.server.settings import Settings
@@ -130,18 +131,31 @@ class TidingsApp:
         )
         # The ring in etcd (``ring_etcd``): joined at start, left when the node drains.
         self._ring_member = (
-            RingMember(settings, placement, self.ring_mover.receive_ring)
+            RingMember(
+                settings,
+                placement,
+                self.ring_mover.receive_ring,
+                on_lease_lost=self._on_lease_lost,
+                on_gain=self._on_gain,
+            )
             if settings.ring_etcd is not None and isinstance(placement, FollowingPlacement)
             else None
         )
         # Metrics time the broker's calls by wrapping it; the hub never knows.
         self.metrics = Metrics(self.sessions)
         broker = broker or broker_for(settings)
+        self._local_store = broker
         # Presence is the broker's own store (its connections), taken before metering
         # wraps the broker; one that keeps none serves this node alone.
         heat = channel_heat_for(settings)
+        # A member of the ring in etcd sequences its channels only while its lease is
+        # confirmed (``server.ring_fence``).
+        member = self._ring_member
         self.hub = Hub(
-            self.metrics.metered(broker), presence or presence_store_of(broker), heat=heat
+            self.metrics.metered(broker),
+            presence or presence_store_of(broker),
+            heat=heat,
+            fence=None if member is None else RingFence(placement, member),
         )
         self._hot_windows = (
             None if heat is None else HotChannelWindows(heat, settings.hot_channel_window_s)
@@ -449,6 +463,34 @@ class TidingsApp:
             return await self._api.publish_from_process(channel, data, key)
         return await self.hub.publish(channel, data, key=key)
 
+    def _on_lease_lost(self) -> None:
+        """etcd let this node's lease expire: its channels went to other nodes, which
+        sequenced them since. Its own history of them is stale; start them anew, in a
+        new epoch, so that no client resumes across the gap (``recovered: false``)."""
+        store = self._local_store
+        if isinstance(store, MemoryBroker):
+            store.start_new_epoch()
+            logger.warning(
+                "node %s lost its lease in etcd: its channels start in a new epoch",
+                self.context.node_id,
+            )
+        else:
+            logger.warning(
+                "node %s lost its lease in etcd, and its %s broker cannot start a new "
+                "epoch: clients resuming here may miss what other nodes sequenced meanwhile",
+                self.context.node_id,
+                type(store).__name__,
+            )
+
+    def _on_gain(self, gained: Callable[[ChannelName], bool]) -> None:
+        """A new ring gave this node channels another node sequenced meanwhile: what it
+        holds of them is stale; restart them in a new epoch (``core.ring_gains``)."""
+        store = self._local_store
+        if isinstance(store, MemoryBroker):
+            restarted = store.restart_channels(gained)
+            if restarted:
+                logger.info("%d channels gained from another node start in a new epoch", restarted)
+
     # -- commands from other nodes (and this one) ---------------------------------------
 
     def _on_node_command(self, command: NodeCommand) -> None:
@@ -476,6 +518,10 @@ class TidingsApp:
     async def _ready(self, _request: Request) -> Response:
         if self.context.draining:
             return error_response("unavailable", "this node is draining")
+        if self._ring_member is not None:
+            not_ready = readiness(self._ring_member)
+            if not_ready is not None:
+                return error_response("unavailable", not_ready)
         try:
             async with asyncio.timeout(READY_TIMEOUT_S):
                 ready = await self.hub.broker.is_ready()

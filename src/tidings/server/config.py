@@ -28,7 +28,7 @@ from tidings.errors import ConfigError
 from tidings.server.auth import check_hs256_secret
 from tidings.server.keys import load_public_key
 from tidings.server.namespace_settings import NamespaceTables, build_namespaces
-from tidings.server.ring_settings import RING_PARSERS, check_ring
+from tidings.server.ring_settings import RING_PARSERS, check_ring, with_ring_broker
 from tidings.server.settings import (
     SERVER_BACKENDS,
     TRANSPORTS,
@@ -260,6 +260,7 @@ def load_settings(
     settings = replace(settings, namespaces=build_namespaces(tables))
     _check_open_api(settings)
     _check_token_keys(settings)
+    settings = with_ring_broker(settings)
     check_ring(settings)
     return settings
 

@@ -1,17 +1,27 @@
 """The settings of owner routing (docs/modes/hashing.md), and the check of a ring's.
 
-Pure. ``ring_nodes`` (a static ring) or ``ring_etcd`` (membership in etcd), how keys are
-placed among the nodes, and the secret the nodes share to sign the calls they forward to
-a channel's owner. ``RING_PARSERS`` is the part of ``config.py``'s table of settings
-these own; ``check_ring`` refuses, once every source is merged, a ring this node could
-not serve in.
+Pure. ``ring_nodes`` (a static ring) or ``ring_etcd`` (membership in etcd: one client
+URL, or several members' separated by commas), how keys are placed among the nodes, and
+the secret the nodes share to sign the calls they forward to a channel's owner.
+``RING_PARSERS`` is the part of ``config.py``'s table of settings these own;
+``check_ring`` refuses, once every source is merged, a ring this node could not serve
+in.
+
+The broker URL ``ring+etcd://host:port[,host:port...][?prefix=/tidings/ring&ttl=10s]``
+is the issue's spelling of the same: membership in etcd at those members, with the
+node's own embedded broker (memory, or sqlite with ``data``) as the store of the
+channels it owns. ``with_ring_broker`` turns it into ``ring_etcd``, ``ring_prefix``
+and ``ring_ttl`` once every source is merged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, Final
+from urllib.parse import parse_qsl
 
+from tidings.brokers.ring.etcd import parse_endpoints
 from tidings.core.node_call import MIN_CLUSTER_SECRET_BYTES
 from tidings.core.ring import OWNERSHIP_KINDS, OwnershipKind
 from tidings.errors import ConfigError
@@ -52,6 +62,65 @@ def parse_ring_prefix(name: str, value: object) -> str:
     return text
 
 
+def parse_ring_etcd(name: str, value: object) -> str:
+    """etcd client URLs (``http://host:2379``), comma-separated or a list in the file,
+    kept as one comma-separated string."""
+    if isinstance(value, list):
+        value = ",".join(parse_str(name, part) for part in value)
+    parts = [part.strip() for part in parse_str(name, value).split(",") if part.strip()]
+    if not parts:
+        raise ConfigError(f"{name} must name at least one etcd client URL such as http://host:2379")
+    return ",".join(check_public_url(name, part).rstrip("/") for part in parts)
+
+
+RING_BROKER_SCHEME: Final = "ring+etcd://"
+_RING_BROKER_FORM: Final = "ring+etcd://host:port[,host:port...][?prefix=/tidings/ring&ttl=10s]"
+
+
+def is_ring_broker(broker: str | None) -> bool:
+    """Whether ``broker`` is a ``ring+etcd://`` URL."""
+    return broker is not None and broker.lower().startswith(RING_BROKER_SCHEME)
+
+
+def with_ring_broker(settings: Settings) -> Settings:
+    """Read a ``ring+etcd://`` broker URL into the ring's settings (module docstring);
+    other settings are returned as they are.
+
+    Raises:
+        ConfigError: the URL names no member, a bad one, an unknown option, or
+            ``ring_etcd`` is set too.
+    """
+    broker = settings.broker
+    if broker is None or not is_ring_broker(broker):
+        return settings
+    hosts, _, query = broker[len(RING_BROKER_SCHEME) :].partition("?")
+    hosts = hosts.rstrip("/")
+    if settings.ring_etcd is not None:
+        raise ConfigError(f"broker {broker!r} names etcd already: leave ring_etcd unset")
+    changes: dict[str, Any] = {"broker": None}
+    # Every member is host:port, reached over http (etcd's client port without TLS;
+    # ring_etcd takes https:// URLs).
+    try:
+        changes["ring_etcd"] = ",".join(
+            parse_endpoints(
+                ",".join(f"http://{host.strip()}" for host in hosts.split(",") if host.strip())
+            )
+        )
+    except ValueError as exc:
+        raise ConfigError(f"broker {broker!r}: {exc}; use {_RING_BROKER_FORM}") from None
+    for option, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        if option == "prefix":
+            changes["ring_prefix"] = parse_ring_prefix(f"broker {broker!r} prefix", value)
+        elif option == "ttl":
+            changes["ring_ttl_s"] = parse_duration_s(f"broker {broker!r} ttl", value)
+        else:
+            raise ConfigError(
+                f"broker {broker!r}: unknown option {option!r}; known: prefix, ttl "
+                f"({_RING_BROKER_FORM})"
+            )
+    return replace(settings, **changes)
+
+
 def parse_placement(name: str, value: object) -> OwnershipKind:
     """One of the ways of placing keys among the nodes (``core.ring.OWNERSHIP_KINDS``)."""
     for kind in OWNERSHIP_KINDS:
@@ -66,7 +135,7 @@ RING_PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "ring_nodes": parse_ring_nodes,
     "placement": parse_placement,
     "ring_vnodes": parse_count,
-    "ring_etcd": lambda name, value: check_public_url(name, parse_str(name, value)),
+    "ring_etcd": parse_ring_etcd,
     "ring_prefix": parse_ring_prefix,
     "ring_ttl": parse_duration_s,
     "cluster_secret": parse_secret,

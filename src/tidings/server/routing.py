@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Final
 
@@ -21,9 +22,10 @@ from starlette.responses import Response
 
 from tidings.brokers.ring.etcd import EtcdGateway
 from tidings.brokers.ring.membership import Membership, RingState
-from tidings.core.channel import parse_channel
+from tidings.core.channel import ChannelName, parse_channel
 from tidings.core.placement import LOCAL_PLACEMENT, Placement
 from tidings.core.ring import ownership_of
+from tidings.core.ring_gains import gained_channels
 from tidings.core.routing import FollowingPlacement, OwnerRouting, RingPlacement
 from tidings.errors import BadRequest, RequestError
 from tidings.server.ring_settings import check_ring
@@ -106,13 +108,20 @@ class RingMember:
         settings: Settings,
         placement: FollowingPlacement,
         on_change: Callable[[], None] | None = None,
+        on_lease_lost: Callable[[], None] = lambda: None,
+        on_gain: Callable[[Callable[[ChannelName], bool]], None] = lambda _gained: None,
     ) -> None:
         """Join as ``settings`` say; each new version of the ring reaches
-        ``placement``, then ``on_change`` (which moves the connections it sends away)."""
+        ``placement``, then ``on_change`` (which moves the connections it sends away);
+        ``on_lease_lost`` is told when etcd let this node's lease expire (others have
+        sequenced its channels since), before it joins again; ``on_gain`` is handed,
+        in the same step as the new ring is taken, which channels it gives this node
+        that the previous one gave another (``core.ring_gains``)."""
         assert settings.ring_etcd is not None  # the app makes one only then
         self._gateway = EtcdGateway(settings.ring_etcd)
         self._placement = placement
         self._on_change = on_change
+        self._on_gain = on_gain
         self._membership = Membership(
             self._gateway,
             settings.node_id,
@@ -120,11 +129,28 @@ class RingMember:
             prefix=settings.ring_prefix,
             ttl_s=math.ceil(settings.ring_ttl_s),
             on_ring=self._on_ring,
+            on_lease_lost=on_lease_lost,
         )
         self._joined = False
 
+    def is_confirmed(self) -> bool:
+        """Whether this node's lease surely lives now (``core.lease_deadline``): it may
+        sequence the channels it owns."""
+        return self._membership.is_confirmed()
+
+    def unreachable_since(self) -> float | None:
+        """Since when (Unix seconds) etcd has not answered this node's keep-alives, or
+        ``None`` while it answers."""
+        since = self._membership.lease.unreachable_since_s
+        if since is None:
+            return None
+        return time.time() - (time.monotonic() - since)
+
     def _on_ring(self, state: RingState) -> None:
+        before = self._placement.current
         self._placement.receive_ring(state.nodes, state.version)
+        # No await between: nothing is sequenced under the new ring before this.
+        self._on_gain(gained_channels(before, self._placement.current))
         logger.info("ring version %d: %s", state.version, ", ".join(sorted(state.nodes)))
         if self._on_change is not None:
             self._on_change()

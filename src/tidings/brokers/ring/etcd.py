@@ -11,6 +11,14 @@ clients need grpcio and protobuf (aetcd), or aiohttp and are unmaintained
 Calls: lease grant, keep-alive and revoke; get one key or a prefix; a transaction
 that writes and deletes only if keys are at the revisions read (compare-and-swap);
 and a watch of a prefix, read as a stream of JSON lines.
+
+Several endpoints (the members of an etcd cluster, ``ring_etcd`` as a comma-separated
+list): any member answers every call (a follower passes writes to the leader), so the
+gateway keeps to one member while it answers, and moves to the next when it does not
+(no connection, a time-out, or a 5xx: a member without a leader, or stopping). One
+call tries each member once before it fails. A watch that breaks moves to the next
+member too; the caller opens it again there from the revision it had reached
+(``membership``), so no change is missed.
 """
 
 from __future__ import annotations
@@ -114,6 +122,22 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text)
 
 
+def parse_endpoints(text: str) -> list[str]:
+    """The client URLs of ``ring_etcd``: ``http://10.0.0.1:2379,http://10.0.0.2:2379``.
+
+    Raises:
+        ValueError: no URL, or one that is not http(s)://host[:port].
+    """
+    urls = [part.strip().rstrip("/") for part in text.split(",") if part.strip()]
+    for url in urls:
+        scheme, _, rest = url.partition("://")
+        if scheme.lower() not in ("http", "https") or not rest or "/" in rest:
+            raise ValueError(f"{url!r} is not an etcd client URL such as http://host:2379")
+    if not urls:
+        raise ValueError("no etcd client URL given")
+    return urls
+
+
 def prefix_end(prefix: str) -> bytes:
     """The first key after every key starting with ``prefix`` (etcd's ``range_end``):
     its last byte plus one (a prefix ending in byte 0xff is not used here)."""
@@ -122,25 +146,54 @@ def prefix_end(prefix: str) -> bytes:
 
 
 class EtcdGateway:
-    """Calls to one etcd endpoint (``http://127.0.0.1:2379``)."""
+    """Calls to an etcd cluster through the members at ``urls`` (``http://127.0.0.1:2379``,
+    or several, comma-separated or as a list): see the module docstring."""
 
-    def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self._http = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout_s)
+    def __init__(self, urls: str | Sequence[str], *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.endpoints = parse_endpoints(urls if isinstance(urls, str) else ",".join(urls))
+        self._current = 0
+        self._http = httpx.AsyncClient(timeout=timeout_s)
+
+    @property
+    def endpoint(self) -> str:
+        """The member calls go to now."""
+        return self.endpoints[self._current]
+
+    def _move_on(self, failed: int) -> None:
+        """The member at index ``failed`` did not answer: the next one is tried (unless
+        another call has moved on already)."""
+        if self._current == failed:
+            self._current = (failed + 1) % len(self.endpoints)
 
     async def aclose(self) -> None:
         """Close the connections; idempotent."""
         await self._http.aclose()
 
-    async def _call(self, path: str, body: Mapping[str, object]) -> bytes:
-        try:
-            response = await self._http.post(path, json=body)
-        except httpx.HTTPError as exc:
-            raise EtcdError(
-                f"etcd at {self._http.base_url} did not answer {path}: {exc!r}"
-            ) from exc
-        if response.status_code != 200:
-            raise EtcdError(f"etcd {path} answered {response.status_code}: {response.text[:200]}")
-        return response.content
+    async def _call(
+        self, path: str, body: Mapping[str, object], *, timeout_s: float | None = None
+    ) -> bytes:
+        timeout = httpx.USE_CLIENT_DEFAULT if timeout_s is None else timeout_s
+        failures = []
+        for _ in self.endpoints:
+            index = self._current
+            url = self.endpoints[index] + path
+            try:
+                response = await self._http.post(url, json=body, timeout=timeout)
+            except httpx.HTTPError as exc:
+                failures.append(f"{self.endpoints[index]}: {exc!r}")
+                self._move_on(index)
+                continue
+            if response.status_code >= 500:  # no leader, stopping: another member may serve
+                answer = f"{response.status_code} {response.text[:200]}"
+                failures.append(f"{self.endpoints[index]}: {answer}")
+                self._move_on(index)
+                continue
+            if response.status_code != 200:
+                raise EtcdError(
+                    f"etcd {path} answered {response.status_code}: {response.text[:200]}"
+                )
+            return response.content
+        raise EtcdError(f"etcd did not answer {path}: {'; '.join(failures)}")
 
     # -- leases ------------------------------------------------------------------------
 
@@ -151,9 +204,10 @@ class EtcdGateway:
         )
         return int(answer.ID)
 
-    async def keep_alive(self, lease: int) -> int:
-        """Renew ``lease``; return its new time to live in seconds (0: it has expired)."""
-        raw = await self._call("/v3/lease/keepalive", {"ID": str(lease)})
+    async def keep_alive(self, lease: int, *, timeout_s: float | None = None) -> int:
+        """Renew ``lease``; return its new time to live in seconds (0: it has expired).
+        ``timeout_s`` bounds each member's answer (the gateway's time-out if ``None``)."""
+        raw = await self._call("/v3/lease/keepalive", {"ID": str(lease)}, timeout_s=timeout_s)
         return int(msgspec.json.decode(raw, type=_KeepAliveAnswer).result.TTL)
 
     async def revoke(self, lease: int) -> None:
@@ -233,11 +287,14 @@ class EtcdGateway:
             }
         }
         timeout = httpx.Timeout(DEFAULT_TIMEOUT_S, read=None)  # a watch is quiet for long
+        index = self._current
         try:
             async with self._http.stream(
-                "POST", "/v3/watch", json=body, timeout=timeout
+                "POST", self.endpoints[index] + "/v3/watch", json=body, timeout=timeout
             ) as response:
                 if response.status_code != 200:
+                    if response.status_code >= 500:
+                        self._move_on(index)
                     raise EtcdError(f"etcd watch answered {response.status_code}")
                 async for line in response.aiter_lines():
                     if not line.strip():
@@ -258,7 +315,9 @@ class EtcdGateway:
                             for event in result.events
                         ]
         except httpx.HTTPError as exc:
-            raise EtcdError(f"etcd watch: {exc!r}") from exc
+            self._move_on(index)  # the member went away: watch on the next one
+            raise EtcdError(f"etcd watch at {self.endpoints[index]}: {exc!r}") from exc
         except msgspec.DecodeError as exc:
             raise EtcdError(f"etcd watch sent something unreadable: {exc}") from exc
-        raise EtcdError("etcd ended the watch")
+        self._move_on(index)
+        raise EtcdError(f"etcd at {self.endpoints[index]} ended the watch")

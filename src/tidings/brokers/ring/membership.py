@@ -10,7 +10,13 @@ Keys, under a prefix (``/tidings/ring`` by default):
 
 * ``<prefix>/members/<node_id>``: the node's base URL, attached to the node's *lease*.
   The node keeps its lease alive (every third of its time to live); a node that stops
-  (crash, partition) loses it after ``ttl_s``, and etcd deletes the key.
+  (crash, partition) loses it after ``ttl_s``, and etcd deletes the key. The node
+  tracks until when its lease surely lives (``core.lease_deadline``: from the time each
+  keep-alive that succeeded was *sent*, less a margin): past that it is *unconfirmed*
+  (``is_confirmed``) and must not sequence its keys, for the others may be about to.
+  A keep-alive that fails is tried again sooner (``RETRY_FRACTION``), each bounded by
+  ``KEEP_ALIVE_TIMEOUT_FRACTION`` of the lease, so that a short outage of etcd does
+  not cost the lease.
 * ``<prefix>/ring``: ``{"version": n, "nodes": {id: url}}``, the ring itself. It is
   changed only by compare-and-swap transactions: read it with its revision, write the
   next version only if it is still at that revision, else read again and retry. Every
@@ -27,7 +33,11 @@ node also reconciles: it removes every ring node that has no member key, so a de
 missed while the watch was down is not missed for good.
 
 A node whose own lease expired (it was cut off for longer than ``ttl_s``) has been
-removed by the others; once it reaches etcd again it joins anew.
+removed by the others, which have sequenced its keys since; once it reaches etcd again
+it tells ``on_lease_lost`` (the node starts its channels in a new epoch: what it holds
+of them is stale) and joins anew. While etcd cannot be reached at all, nothing
+changes: no node can write the ring, and each keeps the last one it saw (no node is
+removed, none rejoins, until etcd answers again).
 
 Each ring it learns is handed to ``on_ring`` (the node's placement, then the moves of
 its connections: ``server.routing``, ``server.ring_moves``). What this does not do yet:
@@ -40,6 +50,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -48,6 +59,7 @@ import msgspec
 
 from tidings.brokers.ring.etcd import EtcdError, EtcdGateway, Unchanged
 from tidings.core.backoff import Backoff
+from tidings.core.lease_deadline import LeaseDeadline
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +67,12 @@ DEFAULT_PREFIX: Final = "/tidings/ring"
 DEFAULT_TTL_S: Final = 10
 # A transaction lost to a concurrent writer is retried at once, this many times at most.
 MAX_TRANSACTION_ATTEMPTS: Final = 100
+# Keep-alives: one every third of the lease; after a failure, again after a tenth; each
+# waits for an answer a sixth of the lease at most (a member that does not answer by
+# then is left for the next, ``etcd.EtcdGateway``).
+RENEW_FRACTION: Final = 1 / 3
+RETRY_FRACTION: Final = 1 / 10
+KEEP_ALIVE_TIMEOUT_FRACTION: Final = 1 / 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +157,8 @@ class Membership:
         prefix: str = DEFAULT_PREFIX,
         ttl_s: int = DEFAULT_TTL_S,
         on_ring: Callable[[RingState], None] = lambda _state: None,
+        clock: Callable[[], float] = time.monotonic,
+        on_lease_lost: Callable[[], None] = lambda: None,
     ) -> None:
         """Be ``node_id``, reached at ``url``, in the ring kept under ``prefix``.
 
@@ -149,6 +169,9 @@ class Membership:
             prefix: where the ring lives in etcd: nodes of one ring share it.
             ttl_s: how long the node stays a member without reaching etcd (at least 2).
             on_ring: called with each new version of the ring this node learns.
+            clock: a monotonic clock, for the lease's deadline.
+            on_lease_lost: called when etcd says this node's lease has expired, before
+                it joins again.
         """
         if ttl_s < 2:
             raise ValueError(f"ttl_s must be at least 2 seconds, got {ttl_s}")
@@ -163,8 +186,16 @@ class Membership:
         self.ring = RingState()
         """The latest version of the ring this node has seen."""
         self._lease: int | None = None
+        self._clock = clock
+        self._on_lease_lost = on_lease_lost
+        self.lease = LeaseDeadline()
+        """Until when this node's lease surely lives (times of ``clock``)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._backoff = Backoff(base_s=0.1, cap_s=float(ttl_s) / 2, uniform=random.uniform)
+
+    def is_confirmed(self) -> bool:
+        """Whether this node's lease surely lives now: it may sequence its keys."""
+        return self.lease.is_confirmed(self._clock())
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -193,6 +224,7 @@ class Membership:
             # The lease expires by itself and the others remove the node then.
             logger.warning("node %s could not leave the ring cleanly: %s", self.node_id, exc)
         self._lease = None
+        self.lease.lost()
         logger.info("node %s left the ring", self.node_id)
 
     async def stop(self) -> None:
@@ -209,10 +241,13 @@ class Membership:
                 await task
 
     async def _enter(self) -> None:
+        sent_s = self._clock()
         lease = await self._etcd.grant(self._ttl_s)
         await self._etcd.put(self._members + self.node_id, self.url.encode(), lease=lease)
         await self._change(lambda ring: ring.with_node(self.node_id, self.url), needed=self._absent)
         self._lease = lease  # a member from now on
+        # etcd may grant more than asked (its minimum), never less: ttl_s is a floor.
+        self.lease.renewed(sent_s, self._ttl_s)
 
     def _absent(self, ring: RingState) -> bool:
         return ring.nodes.get(self.node_id) != self.url
@@ -300,18 +335,32 @@ class Membership:
     # -- background tasks ----------------------------------------------------------------
 
     async def _keep_alive(self) -> None:
-        interval_s = self._ttl_s / 3
+        delay_s = self._ttl_s * RENEW_FRACTION
         while True:
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(delay_s)
+            delay_s = self._ttl_s * RETRY_FRACTION  # unless this one succeeds
+            sent_s = self._clock()
             try:
                 assert self._lease is not None  # granted by join
-                if await self._etcd.keep_alive(self._lease) > 0:
+                ttl_s = await self._etcd.keep_alive(
+                    self._lease, timeout_s=self._ttl_s * KEEP_ALIVE_TIMEOUT_FRACTION
+                )
+                if ttl_s > 0:
+                    if self.lease.unreachable_since_s is not None:
+                        logger.info("node %s reached etcd again; its lease lives", self.node_id)
+                    self.lease.renewed(sent_s, ttl_s)
+                    delay_s = self._ttl_s * RENEW_FRACTION
                     continue
                 # Cut off past the lease's life: the others removed this node. Back in.
                 logger.warning("node %s lost its lease; joining the ring again", self.node_id)
+                self.lease.lost()
+                self._on_lease_lost()
                 await self._enter()
+                delay_s = self._ttl_s * RENEW_FRACTION
             except EtcdError as exc:
-                logger.warning("node %s could not renew its lease: %s", self.node_id, exc)
+                if self.lease.unreachable_since_s is None:
+                    logger.warning("node %s could not renew its lease: %s", self.node_id, exc)
+                self.lease.failed(self._clock())
 
     async def _watch(self) -> None:
         while True:
