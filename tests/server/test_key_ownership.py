@@ -256,8 +256,8 @@ async def test_lost_waits_for_a_hold_and_a_released_key_waits_for_the_next_ring(
                 return place
 
         holding = asyncio.create_task(hold_once())
-        done, _ = await asyncio.wait([holding], timeout=0.2)
-        assert not done
+        held_yet, _ = await asyncio.wait([holding], timeout=0.2)
+        assert not held_yet
         placement.receive_ring({"a": url, "b": B_URL}, 4)
         app.keys.receive_ring()
         assert await holding is HERE
