@@ -286,3 +286,27 @@ async def test_without_hooks_the_broker_is_not_wrapped_and_hold_only_places() ->
     async with app.keys.hold("doc:1") as place:
         assert place is HERE
     assert app.keys.key_of(ChannelName("doc:1")) == "doc:1"
+
+
+async def test_a_new_rings_clients_move_only_once_the_keys_it_gave_away_are_lost() -> None:
+    handler = RecordingHandler()
+    placement = FollowingPlacement("a", "http://a.invalid", Settings().namespace_table())
+    moving = owned_by("b", "doc:moving-")
+    moved = asyncio.Event()
+    async with node(handler, placement=placement) as (app, url):
+        placement.receive_ring({"a": url}, 2)
+        app.keys.receive_ring()
+        await app.publish(moving, 1)
+        handler.gates[moving] = gate = asyncio.Event()
+        placement.receive_ring({"a": url, "b": B_URL}, 3)
+        app.keys.receive_ring(then=moved.set)
+        assert await handler.next_call() == ("gained", moving)
+        assert await handler.next_call() == ("lost", moving)
+        assert not moved.is_set()  # lost has not returned: its clients stay
+        gate.set()
+        await asyncio.wait_for(moved.wait(), WAIT_S)
+        # A ring that gives nothing away moves its clients at once.
+        moved.clear()
+        placement.receive_ring({"a": url, "b": B_URL}, 4)
+        app.keys.receive_ring(then=moved.set)
+        assert moved.is_set()

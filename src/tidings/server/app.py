@@ -459,10 +459,9 @@ class TidingsApp:
     # -- a new ring (etcd) -------------------------------------------------------------
 
     def _on_ring(self) -> None:
-        """A new ring reached the placement: move the connections it sends elsewhere,
-        and lose the application's keys it gives to other nodes."""
-        self.ring_mover.receive_ring()
-        self.keys.receive_ring()
+        """A new ring reached the placement: lose the application's keys it gives to
+        other nodes (their state is saved), then move the connections it sends elsewhere."""
+        self.keys.receive_ring(then=self.ring_mover.receive_ring)
 
     # -- commands from other nodes (and this one) ---------------------------------------
 

@@ -16,7 +16,9 @@ The application's own requests use the same door through ``hold``.
 
 ``lost(key)`` runs once per ``gained``, when the key leaves (``core.key_ownership``):
 a sweep releases keys idle for ``KeyHooks.idle_s``; a new ring (``receive_ring``,
-called after the placement took it) loses the keys it gives to other nodes; ``release``
+called after the placement took it) loses the keys it gives to other nodes, and only
+once their ``lost`` returned (bounded) are their clients moved (``server.ring_moves``),
+so a moved client finds the state saved when the new owner gains the key; ``release``
 loses keys this node gives away (the hand-over of a ring transition calls it before
 writing its "handed" mark; the drain calls ``release_all`` before leaving the ring), and
 returns once their ``lost`` returned. ``lost`` waits for the holds of its key to end.
@@ -36,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -54,6 +56,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_KEY_IDLE_S: Final = 300.0
 # A hold of a key released to another node waits this long for the ring that names it.
 RELEASED_WAIT_S: Final = 10.0
+# A new ring's clients move once the keys it gave away are lost, or after this.
+RING_LOST_WAIT_S: Final = 5.0
 # The idle sweep runs four times per idle time, at most every few seconds.
 _SWEEP_MAX_S: Final = 5.0
 _SWEEP_MIN_S: Final = 0.01
@@ -119,6 +123,8 @@ class KeyOwnership:
         self._changed: dict[str, asyncio.Event] = {}
         self._ring_came = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._losing: set[asyncio.Task[None]] = set()
+        self._after_ring: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     @property
@@ -201,15 +207,34 @@ class KeyOwnership:
 
     # -- the node's doors ----------------------------------------------------------------
 
-    def receive_ring(self) -> None:
+    def receive_ring(self, then: Callable[[], None] | None = None) -> None:
         """Lose the keys the placement's new ring gives to other nodes (call right after
-        the placement took it, in the event loop)."""
+        the placement took it, in the event loop); then call ``then`` (which moves the
+        clients of those keys to their new owners) once their ``lost`` returned, within
+        ``RING_LOST_WAIT_S``: a moved client finds the state saved."""
+        if self._after_ring is not None:
+            self._after_ring.cancel()  # this ring's ``then`` replaces it
+            self._after_ring = None
         if self._hooks is None:
+            if then is not None:
+                then()
             return
         for key in self._book.disowned(self.owns):
             self._start_losing(key)
         self._ring_came.set()
         self._ring_came = asyncio.Event()
+        losing = list(self._losing)  # this ring's, and any still running
+        if then is None:
+            return
+        if not losing:
+            then()
+            return
+        self._after_ring = asyncio.get_running_loop().create_task(self._then(losing, then))
+
+    @staticmethod
+    async def _then(losing: list[asyncio.Task[None]], then: Callable[[], None]) -> None:
+        await asyncio.wait(losing, timeout=RING_LOST_WAIT_S)
+        then()
 
     async def serve(self, channel: ChannelName) -> None:
         """A subscribe, publish or history read of ``channel`` is about to be served:
@@ -237,11 +262,12 @@ class KeyOwnership:
 
     async def close(self) -> None:
         """Release every key and stop the sweep; idempotent."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        for task in (self._sweeper, self._after_ring):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._sweeper = self._after_ring = None
         await self.release_all()
 
     # -- inside ------------------------------------------------------------------------
@@ -300,7 +326,9 @@ class KeyOwnership:
             self._start_losing(key)
 
     def _start_losing(self, key: str) -> None:
-        self._tasks[key] = asyncio.get_running_loop().create_task(self._lose(key))
+        task = self._tasks[key] = asyncio.get_running_loop().create_task(self._lose(key))
+        self._losing.add(task)
+        task.add_done_callback(self._losing.discard)
 
     async def _lose(self, key: str) -> None:
         assert self._hooks is not None
