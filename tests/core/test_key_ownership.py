@@ -87,6 +87,18 @@ def test_a_lost_waits_for_the_holds_and_the_holder_may_still_publish() -> None:
     assert book.enter("doc:1", owned=True, now_ms=4) is Entry.GAIN
 
 
+def test_releasing_every_key_is_for_good() -> None:
+    book = HeldKeys(IDLE_MS)
+    book.enter("doc:1", owned=True, now_ms=0)
+    book.gained("doc:1", ok=True, owned=True, now_ms=0)
+    book.enter("doc:2", owned=True, now_ms=0)  # gaining: lost when it reports
+    assert book.release_every_key() == ["doc:1"]
+    assert book.gained("doc:2", ok=True, owned=True, now_ms=1) is KeyPhase.LOSING
+    book.disowned(lambda key: True)  # a ring does not take the node back
+    assert book.enter("doc:3", owned=True, now_ms=2) is Entry.RELEASED
+    assert book.enter("doc:3", owned=False, now_ms=2) is Entry.ELSEWHERE
+
+
 def test_the_idle_time_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         HeldKeys(0)
@@ -191,6 +203,15 @@ class KeyCycles(RuleBasedStateMachine):
                 Entry.RELEASED,
                 Entry.GO,  # losing, a hold's own requests pass
             )
+
+    @rule()
+    def leave(self) -> None:
+        held = set(self.book.held())
+        losing = self.book.release_every_key()
+        assert set(losing) == held
+        self.start_losing(losing)
+        for key in KEYS:
+            assert self.book.is_released(key)
 
     @invariant()
     def gained_and_lost_alternate(self) -> None:

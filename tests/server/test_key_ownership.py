@@ -19,7 +19,7 @@ import pytest
 from tests.support.served import served
 from tests.support.ws import WsClient, ws_client
 from tidings.core.channel import ChannelName
-from tidings.core.placement import HERE, Moved
+from tidings.core.placement import HERE, Here, Moved
 from tidings.core.ring import HashRing
 from tidings.core.routing import FollowingPlacement
 from tidings.errors import Unavailable
@@ -277,6 +277,35 @@ async def test_stopping_loses_every_key_held_and_take_gains_at_once() -> None:
         ("gained", "user:7"),
     ]
     assert sorted(handler.calls[3:]) == [("lost", "doc:1"), ("lost", "doc:2"), ("lost", "user:7")]
+
+
+async def test_a_node_that_leaves_saves_every_key_and_gains_none_after() -> None:
+    handler = RecordingHandler()
+    placement = FollowingPlacement("a", "http://a.invalid", Settings().namespace_table())
+    held, later = owned_by("a", "doc:held-"), owned_by("a", "doc:later-")
+    async with node(handler, placement=placement) as (app, _):
+        await app.publish(held, 1)
+        await app.keys.release_all()  # what the drain does before leaving the ring
+        assert handler.calls == [("gained", held), ("lost", held)]
+        await app.publish(later, 1)  # served, without the handler: the node is leaving
+        assert handler.calls == [("gained", held), ("lost", held)]
+
+        async def hold_once() -> Here | Moved:
+            async with app.keys.hold(later) as place:
+                return place
+
+        holding = asyncio.create_task(hold_once())
+        held_yet, _ = await asyncio.wait([holding], timeout=0.2)
+        assert not held_yet  # it waits for the ring without this node
+        placement.receive_ring({"b": B_URL}, 5)
+        app.keys.receive_ring()
+        assert await holding == Moved(B_URL)
+        assert handler.calls == [("gained", held), ("lost", held)]
+
+
+def test_namespaces_given_as_one_string_are_refused() -> None:
+    with pytest.raises(ValueError, match="list of names"):
+        KeyHooks(RecordingHandler(), namespaces="doc")
 
 
 async def test_without_hooks_the_broker_is_not_wrapped_and_hold_only_places() -> None:

@@ -35,8 +35,9 @@ starts; ``lost`` runs when its pins are gone (``may_lose``):
    keys stay as many as the keys in use);
 2. ``disowned``: a new ring gives it to another node;
 3. ``release``: this node gives it away (the hand-over of a ring transition, before its
-   "handed" mark; a planned leave or shutdown, before leaving the ring); the key stays
-   ``RELEASED`` until the next ring, so it is not gained again meanwhile;
+   "handed" mark); the key stays ``RELEASED`` until the next ring, so it is not gained
+   again meanwhile; ``release_every_key`` (a planned leave or shutdown, before leaving
+   the ring) releases every key for good;
 4. ``gained`` returned while the key was no longer this node's (``gained`` reports
    ``LOSING``).
 
@@ -80,7 +81,7 @@ class _KeyRecord:
 class HeldKeys:
     """The keys this node holds for its key handler (see the module docstring)."""
 
-    __slots__ = ("_idle_ms", "_keys", "_released")
+    __slots__ = ("_all_released", "_idle_ms", "_keys", "_released")
 
     def __init__(self, idle_ms: int) -> None:
         """Release a key untouched for ``idle_ms`` with no subscriber and no pin.
@@ -93,6 +94,7 @@ class HeldKeys:
         self._idle_ms = idle_ms
         self._keys: dict[str, _KeyRecord] = {}
         self._released: set[str] = set()
+        self._all_released = False
 
     # -- requests ------------------------------------------------------------------
 
@@ -110,7 +112,7 @@ class HeldKeys:
             return Entry.GO
         if not owned:
             return Entry.ELSEWHERE
-        if key in self._released:
+        if self._all_released or key in self._released:
             return Entry.RELEASED
         if phase is not None:
             return Entry.WAIT
@@ -131,7 +133,7 @@ class HeldKeys:
         if not ok:
             record.phase = None
             self._forget_if_unused(key, record)
-        elif owned and key not in self._released:
+        elif owned and not self.is_released(key):
             record.phase = KeyPhase.HELD
         else:
             record.phase = KeyPhase.LOSING
@@ -204,6 +206,12 @@ class HeldKeys:
                 losing.append(key)
         return losing
 
+    def release_every_key(self) -> list[str]:
+        """Give every key away, for good (this node is leaving): mark ``LOSING`` and
+        return those held; no key is gained from now on."""
+        self._all_released = True
+        return self.release(self.held())
+
     def may_lose(self, key: str) -> bool:
         """Whether ``key``'s due ``lost`` may run now (no hold pins it)."""
         record = self._keys.get(key)
@@ -230,7 +238,7 @@ class HeldKeys:
 
     def is_released(self, key: str) -> bool:
         """Whether ``key`` was released and the next ring has not come yet."""
-        return key in self._released
+        return self._all_released or key in self._released
 
     def __len__(self) -> int:
         """The number of keys with a record: gained, changing, subscribed or pinned."""

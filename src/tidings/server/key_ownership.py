@@ -97,6 +97,10 @@ class KeyHooks:
     namespaces: Collection[str] | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.namespaces, str):
+            raise ValueError(
+                f"namespaces must be a list of names, got the string {self.namespaces!r}"
+            )
         if not self.idle_s > 0:
             raise ValueError(f"idle_s must be positive, got {self.idle_s}")
 
@@ -122,7 +126,7 @@ class KeyOwnership:
         self._book = HeldKeys(idle_ms)
         self._changed: dict[str, asyncio.Event] = {}
         self._ring_came = asyncio.Event()
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._gaining: dict[str, asyncio.Task[bool]] = {}
         self._losing: set[asyncio.Task[None]] = set()
         self._after_ring: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -184,7 +188,7 @@ class KeyOwnership:
         """Gain ``keys`` now, those this node owns (a receiver taking over keys at the
         end of a ring transition), rather than at their first request."""
         if self._hooks is not None:
-            await asyncio.gather(*(self._enter(key, pin=False) for key in keys))
+            await asyncio.gather(*(self._enter(key, pin=False, serving=True) for key in keys))
 
     async def release(self, keys: Iterable[str]) -> None:
         """Give ``keys`` away: lose those held and return once their ``lost`` returned.
@@ -201,9 +205,16 @@ class KeyOwnership:
                 await self._phase_change(key)
 
     async def release_all(self) -> None:
-        """Release every key gained (a node leaving the ring, or stopping)."""
-        gaining = [key for key, task in self._tasks.items() if not task.done()]
-        await self.release([*self._book.held(), *gaining])
+        """Release every key, for good (a node leaving the ring, or stopping): lose
+        those held and return once their ``lost`` returned; no key is gained from now
+        on (a hold waits for the ring that names another owner)."""
+        if self._hooks is None:
+            return
+        for key in self._book.release_every_key():
+            self._start_losing(key)
+        # A gain under way ends in a lost (released meanwhile), started when it reports.
+        while self._gaining or self._losing:
+            await asyncio.wait([*self._gaining.values(), *self._losing])
 
     # -- the node's doors ----------------------------------------------------------------
 
@@ -294,12 +305,11 @@ class KeyOwnership:
             if entry is Entry.ELSEWHERE or (entry is Entry.RELEASED and serving):
                 return Moved(self.owner_url(key) or "")
             if entry is Entry.GAIN:
-                task = self._tasks[key] = loop.create_task(self._gain(key))
+                task = self._gaining[key] = loop.create_task(self._gain(key))
                 # The request may be cancelled (its client left): the gain goes on.
-                await asyncio.shield(task)
-                if self._book.phase(key) is None and not serving:
-                    raise Unavailable(f"the application could not load {key}; retry shortly")
-                if self._book.phase(key) is None:
+                if not await asyncio.shield(task):
+                    if not serving:
+                        raise Unavailable(f"the application could not load {key}; retry shortly")
                     return HERE  # tidings serves its own request without the handler
             elif entry is Entry.WAIT:
                 await self._phase_change(key)
@@ -310,8 +320,10 @@ class KeyOwnership:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._ring_came.wait(), left_s)
 
-    async def _gain(self, key: str) -> None:
+    async def _gain(self, key: str) -> bool:
+        """Run ``gained(key)``; whether it returned."""
         assert self._hooks is not None
+        logger.debug("gaining %s", key)
         try:
             await self._hooks.handler.gained(key)
             ok = True
@@ -319,14 +331,15 @@ class KeyOwnership:
             logger.warning("key handler's gained(%r) failed: %s: %s", key, type(exc).__name__, exc)
             ok = False
         finally:
-            self._tasks.pop(key, None)
+            self._gaining.pop(key, None)
         phase = self._book.gained(key, ok=ok, owned=self.owns(key), now_ms=self._now_ms())
         self._notify(key)
         if phase is KeyPhase.LOSING:
             self._start_losing(key)
+        return ok
 
     def _start_losing(self, key: str) -> None:
-        task = self._tasks[key] = asyncio.get_running_loop().create_task(self._lose(key))
+        task = asyncio.get_running_loop().create_task(self._lose(key))
         self._losing.add(task)
         task.add_done_callback(self._losing.discard)
 
@@ -335,6 +348,7 @@ class KeyOwnership:
         try:
             while not self._book.may_lose(key):  # a hold uses the key's state
                 await self._phase_change(key)
+            logger.debug("losing %s", key)
             try:
                 await self._hooks.handler.lost(key)
             except Exception as exc:
@@ -343,7 +357,6 @@ class KeyOwnership:
                 )
             self._book.lost(key)
         finally:
-            self._tasks.pop(key, None)
             self._notify(key)
 
     async def _phase_change(self, key: str) -> None:
