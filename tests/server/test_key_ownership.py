@@ -193,6 +193,14 @@ async def test_an_idle_key_is_lost_but_one_with_a_subscriber_is_kept() -> None:
         # Lost keys cost nothing; the next request gains the key again.
         await app.publish("doc:idle", {"n": 2})
         assert await handler.next_call() == ("gained", "doc:idle")
+        assert await handler.next_call() == ("lost", "doc:idle")
+        # However many keys were used, the idle ones go: the keys held stay bounded.
+        many = [f"doc:many-{n}" for n in range(200)]
+        for key in many:
+            await app.publish(key, {"n": 1})
+        calls = [await handler.next_call() for _ in range(2 * len(many))]
+        assert sorted(calls) == sorted([("gained", k) for k in many] + [("lost", k) for k in many])
+        assert app.keys.held() == []
 
 
 async def test_a_failing_lost_is_logged_and_the_key_is_dropped(

@@ -78,6 +78,13 @@ class _KeyRecord:
     active_ms: int = 0
 
 
+def _goes(record: _KeyRecord, pin: bool) -> bool:
+    """Whether a request goes straight on: the key is held, or its ``lost`` waits for
+    holds and the request is not a new hold (the holder may publish)."""
+    phase = record.phase
+    return phase is KeyPhase.HELD or (phase is KeyPhase.LOSING and record.pins > 0 and not pin)
+
+
 class HeldKeys:
     """The keys this node holds for its key handler (see the module docstring)."""
 
@@ -102,14 +109,12 @@ class HeldKeys:
         """A request reaches ``key`` (``owned``: this node owns it in its ring); ``pin``:
         an application's hold, which pins the key on ``GO`` until ``unpin``."""
         record = self._keys.get(key)
-        phase = None if record is None else record.phase
-        if record is not None and (
-            phase is KeyPhase.HELD or (phase is KeyPhase.LOSING and record.pins > 0 and not pin)
-        ):
+        if record is not None and _goes(record, pin):
             record.active_ms = now_ms
             if pin:
                 record.pins += 1
             return Entry.GO
+        phase = None if record is None else record.phase
         if not owned:
             return Entry.ELSEWHERE
         if self._all_released or key in self._released:
@@ -121,6 +126,15 @@ class HeldKeys:
         record.phase = KeyPhase.GAINING
         record.active_ms = now_ms
         return Entry.GAIN
+
+    def touch(self, key: str, now_ms: int) -> bool:
+        """A request of tidings' own reaches ``key``: whether it goes straight on (as
+        ``enter`` would answer ``GO``), without asking who owns the key."""
+        record = self._keys.get(key)
+        if record is None or not _goes(record, False):
+            return False
+        record.active_ms = now_ms
+        return True
 
     def gained(self, key: str, *, ok: bool, owned: bool, now_ms: int) -> KeyPhase | None:
         """Report that ``gained(key)`` returned (``ok``) or raised; ``owned``: whether

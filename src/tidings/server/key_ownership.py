@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -247,11 +248,17 @@ class KeyOwnership:
         await asyncio.wait(losing, timeout=RING_LOST_WAIT_S)
         then()
 
+    def is_ready_to_serve(self, channel: ChannelName) -> bool:
+        """Whether a request of ``channel`` may be served at once (its key is held, or
+        not the handler's), noting it as the key's latest use; else ``serve`` it."""
+        key = self._handled_key(channel)
+        return key is None or self._book.touch(key, self._now_ms())
+
     async def serve(self, channel: ChannelName) -> None:
         """A subscribe, publish or history read of ``channel`` is about to be served:
         gain its key first if this node owns it and has not gained it."""
         key = self._handled_key(channel)
-        if key is not None:
+        if key is not None and not self._book.touch(key, self._now_ms()):
             await self._enter(key, pin=False, serving=True)
 
     def subscribed(self, channel: ChannelName) -> None:
@@ -379,7 +386,7 @@ class KeyOwnership:
 
     @staticmethod
     def _now_ms() -> int:
-        return int(asyncio.get_running_loop().time() * 1000)
+        return int(time.monotonic() * 1000)  # the clock of asyncio's loop, without the lookup
 
 
 class KeyedBroker:
@@ -407,14 +414,16 @@ class KeyedBroker:
         info: ClientInfo | None = None,
     ) -> PublishResult:
         """Publish, once ``channel``'s key is gained."""
-        await self._keys.serve(channel)
+        if not self._keys.is_ready_to_serve(channel):  # the common case awaits nothing more
+            await self._keys.serve(channel)
         return await self.inner.publish(channel, data, key=key, info=info)
 
     async def history(
         self, channel: ChannelName, since: Position | None = None, limit: int | None = None
     ) -> HistoryRead:
         """Read history, once ``channel``'s key is gained."""
-        await self._keys.serve(channel)
+        if not self._keys.is_ready_to_serve(channel):
+            await self._keys.serve(channel)
         return await self.inner.history(channel, since, limit)
 
     async def subscribe(self, channel: ChannelName) -> None:
