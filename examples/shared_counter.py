@@ -23,8 +23,9 @@ it through either node: ``curl -L -X POST 'http://127.0.0.1:8002/counters/hits?b
 Start a third node, or stop one (Ctrl-C): the counters it gives away are saved, and
 their next owner loads them and goes on counting. A subscriber moved to the new owner
 is told of a gap (the channel's history does not move with the key yet): it reads the
-counter (``GET /counters/hits``) and goes on with the publications. Every node's tidings is mounted at
-``/realtime``, which its ``public_url`` names: that is where the ring sends clients.
+counter (``GET /counters/hits``) and goes on with the publications. Every node's
+tidings is mounted at ``/realtime``, which its ``public_url`` names: that is where the
+ring sends clients.
 """
 
 from __future__ import annotations
