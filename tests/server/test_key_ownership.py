@@ -311,6 +311,41 @@ async def test_a_node_that_leaves_saves_every_key_and_gains_none_after() -> None
         assert handler.calls == [("gained", held), ("lost", held)]
 
 
+class CountingHandler:
+    """Counts the calls running at once; each yields to the loop a few times, as a
+    call to a database would."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.most = 0
+        self.calls = 0
+
+    async def _call(self) -> None:
+        self.running += 1
+        self.calls += 1
+        self.most = max(self.most, self.running)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        self.running -= 1
+
+    async def gained(self, key: str) -> None:
+        await self._call()
+
+    async def lost(self, key: str) -> None:
+        await self._call()
+
+
+async def test_at_most_concurrency_handler_calls_run_at_once() -> None:
+    handler = CountingHandler()
+    app = TidingsApp(Settings(node_id="a"), key_hooks=KeyHooks(handler, concurrency=2))
+    async with served(app):
+        await app.keys.take([f"doc:{n}" for n in range(6)])
+        assert handler.most == 2
+        await app.keys.release_all()
+    assert handler.calls == 12
+    assert handler.most == 2
+
+
 def test_namespaces_given_as_one_string_are_refused() -> None:
     with pytest.raises(ValueError, match="list of names"):
         KeyHooks(RecordingHandler(), namespaces="doc")

@@ -55,6 +55,7 @@ from tidings.errors import Unavailable
 logger = logging.getLogger(__name__)
 
 DEFAULT_KEY_IDLE_S: Final = 300.0
+DEFAULT_CONCURRENCY: Final = 64
 # A hold of a key released to another node waits this long for the ring that names it.
 RELEASED_WAIT_S: Final = 10.0
 # A new ring's clients move once the keys it gave away are lost, or after this.
@@ -91,11 +92,15 @@ class KeyHooks:
             this long, is lost (so the keys held stay as many as the keys in use).
         namespaces: the namespaces whose channels' keys the handler is told of; ``None``:
             every namespace but tidings' own (``tidings``).
+        concurrency: at most this many of the handler's calls run at once (a node
+            leaving with many keys saves them without flooding the application's
+            database).
     """
 
     handler: KeyHandler
     idle_s: float = DEFAULT_KEY_IDLE_S
     namespaces: Collection[str] | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
 
     def __post_init__(self) -> None:
         if isinstance(self.namespaces, str):
@@ -104,6 +109,8 @@ class KeyHooks:
             )
         if not self.idle_s > 0:
             raise ValueError(f"idle_s must be positive, got {self.idle_s}")
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
 
 
 class KeyOwnership:
@@ -131,6 +138,7 @@ class KeyOwnership:
         self._losing: set[asyncio.Task[None]] = set()
         self._after_ring: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._calls = asyncio.Semaphore(hooks.concurrency if hooks else 1)
 
     @property
     def has_handler(self) -> bool:
@@ -211,7 +219,10 @@ class KeyOwnership:
         on (a hold waits for the ring that names another owner)."""
         if self._hooks is None:
             return
-        for key in self._book.release_every_key():
+        held = self._book.release_every_key()
+        if held:
+            logger.info("releasing the %d keys held here before leaving", len(held))
+        for key in held:
             self._start_losing(key)
         # A gain under way ends in a lost (released meanwhile), started when it reports.
         while self._gaining or self._losing:
@@ -231,7 +242,10 @@ class KeyOwnership:
             if then is not None:
                 then()
             return
-        for key in self._book.disowned(self.owns):
+        gone = self._book.disowned(self.owns)
+        if gone:
+            logger.info("the ring gave %d keys held here to other nodes: losing them", len(gone))
+        for key in gone:
             self._start_losing(key)
         self._ring_came.set()
         self._ring_came = asyncio.Event()
@@ -332,7 +346,8 @@ class KeyOwnership:
         assert self._hooks is not None
         logger.debug("gaining %s", key)
         try:
-            await self._hooks.handler.gained(key)
+            async with self._calls:
+                await self._hooks.handler.gained(key)
             ok = True
         except Exception as exc:
             logger.warning("key handler's gained(%r) failed: %s: %s", key, type(exc).__name__, exc)
@@ -357,7 +372,8 @@ class KeyOwnership:
                 await self._phase_change(key)
             logger.debug("losing %s", key)
             try:
-                await self._hooks.handler.lost(key)
+                async with self._calls:
+                    await self._hooks.handler.lost(key)
             except Exception as exc:
                 logger.warning(
                     "key handler's lost(%r) failed: %s: %s", key, type(exc).__name__, exc
