@@ -115,6 +115,19 @@ async def test_commands_sent_without_reading_their_replies_keep_the_node_bounded
             client.writer.transport.abort()  # a close would wait for the flood to flush
 
 
+async def test_a_node_logging_at_debug_writes_no_line_per_frame(debug_node: ServerProcess) -> None:
+    # A line per frame would let one client fill the log (and the node's time) with a
+    # flood of small frames: uvicorn's websockets library logged each one at debug.
+    frames = 50
+    log_start = len(debug_node.log)
+    async with stalled_client(debug_node.ws_url) as client:
+        for n in range(frames):
+            await client.request({"id": n, "op": "ping"})
+    lines = debug_node.log[log_start:]
+    frame_lines = [line for line in lines if '"op": "ping"' in line]
+    assert frame_lines == [], f"{len(frame_lines)} lines for {frames} frames: {frame_lines[:2]}"
+
+
 # -- an SSE stream's opening replay (issue #11.5) -------------------------------------
 
 STREAMS: Final = 4

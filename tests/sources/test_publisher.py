@@ -51,7 +51,8 @@ async def broker() -> AsyncIterator[DownBroker]:
 
 
 def publisher_of(broker: DownBroker, source: str) -> NodePublisher:
-    return NodePublisher(source, Hub(broker), NAMESPACES)
+    hub = Hub(broker)
+    return NodePublisher(source, lambda c, d, k: hub.publish(c, d, key=k), NAMESPACES)
 
 
 async def test_a_key_publishes_once_and_only_new_publications_are_counted(

@@ -53,11 +53,12 @@ def start_pair(
     *,
     cluster_secret: str | None = None,
     room_options: str = "",
+    node_config: dict[str, str] | None = None,
 ) -> RingPair:
     """Start nodes ``a`` and ``b``, each with its own ``placement`` (``ring`` or
     ``modulo``) over the same two nodes; with ``cluster_secret``, each forwards server
     API calls about the other's channels to it. ``room_options``: more lines of the
-    ``room`` namespace's table."""
+    ``room`` namespace's table; ``node_config``: more tables of one node's file."""
     ports = {node: free_port() for node in NODES}
     nodes_table = "\n".join(f'{node} = "http://127.0.0.1:{port}"' for node, port in ports.items())
     servers: dict[str, ServerProcess] = {}
@@ -67,7 +68,7 @@ def start_pair(
             config.write_text(
                 f'shutdown_timeout = "1s"\nplacement = "{placements[node]}"\n'
                 f"[ring_nodes]\n{nodes_table}\n[namespaces.room]\nhistory_size = 100\n"
-                f"{room_options}\n"
+                f"{room_options}\n{(node_config or {}).get(node, '')}\n"
             )
             env = {"TIDINGS_API_KEY": api_key, "TIDINGS_NODE_ID": node}
             if cluster_secret is not None:

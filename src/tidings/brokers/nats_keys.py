@@ -29,10 +29,11 @@ from typing import Final, Literal
 import msgspec
 from nats.aio.client import Client
 
+from tidings.brokers.nats_stream import request_reply
 from tidings.brokers.nats_subjects import token_of
 from tidings.core.channel import ChannelName
 from tidings.core.publication import Position
-from tidings.errors import BrokerError, BrokerUnavailable
+from tidings.errors import BrokerError
 
 CONFLICTS: Final = frozenset((10071, 10164))  # wrong last sequence (see nats_stream)
 NO_MESSAGE_FOUND: Final = 10037
@@ -118,14 +119,14 @@ class KeyIndex:
     async def _request(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
     ) -> bytes:
-        client = self._client
-        if client is None or not client.is_connected:
-            raise BrokerUnavailable("idempotency keys: NATS is not reachable now; nothing sent")
-        try:
-            reply = await client.request(subject, payload, timeout=API_TIMEOUT_S, headers=headers)
-        except Exception as exc:  # nats-py's time-outs and connection errors
-            raise BrokerError(f"idempotency keys: {exc!r}") from exc
-        return bytes(reply.data)
+        return await request_reply(
+            self._client,
+            subject,
+            payload,
+            what="idempotency keys",
+            timeout_s=API_TIMEOUT_S,
+            headers=headers,
+        )
 
     async def read(self, channel: ChannelName, key: str) -> tuple[KeyRecord | None, int]:
         """Return the entry of ``key`` in ``channel`` and its revision (0: none)."""

@@ -25,12 +25,12 @@ from typing import Final
 from nats.aio.subscription import Subscription
 
 from tidings.brokers.base import HistoryRead, PublicationHandler
+from tidings.brokers.gap_filling import fill_gap_once
 from tidings.core.backoff import Backoff
 from tidings.core.catchup import CatchUp, decide_catch_up
 from tidings.core.channel import ChannelName
 from tidings.core.publication import Position, Publication
 from tidings.core.recovery import Gap, GapReason
-from tidings.errors import BrokerError
 
 logger = logging.getLogger(__name__)
 
@@ -132,21 +132,14 @@ class LiveChannel:
         try:
             while self._sync_needed and self.active:
                 self._sync_needed = False
-                try:
-                    await self._sync_once()
-                except Exception as exc:  # the task boundary: the channel must not stall
-                    self._sync_needed = True
-                    expected = isinstance(exc, BrokerError)
-                    logger.log(
-                        logging.WARNING if expected else logging.ERROR,
-                        "filling the gap of %s failed: %s",
-                        self.channel,
-                        exc,
-                        exc_info=not expected,
-                    )
-                    await asyncio.sleep(delay.next_delay_s())
+                await fill_gap_once(
+                    self.channel, self._sync_once, delay, on_failure=self._sync_again
+                )
         finally:
             self._sync_task = None
+
+    def _sync_again(self) -> None:
+        self._sync_needed = True
 
     async def _sync_once(self) -> None:
         since = self.last

@@ -32,6 +32,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from tidings.brokers.base import PresenceChange, PresenceHandler
+from tidings.brokers.nats_stream import request_reply
 from tidings.brokers.nats_subjects import (
     live_subject,
     name_of,
@@ -153,14 +154,14 @@ class NatsPresence:
     async def _request(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
     ) -> bytes:
-        client = self._client
-        if client is None or not client.is_connected:
-            raise BrokerUnavailable("presence failed: NATS is not reachable now")
-        try:
-            reply = await client.request(subject, payload, timeout=READ_TIMEOUT_S, headers=headers)
-        except Exception as exc:  # nats-py's time-outs and connection errors
-            raise BrokerError(f"presence failed: {exc!r}") from exc
-        return bytes(reply.data)
+        return await request_reply(
+            self._client,
+            subject,
+            payload,
+            what="presence",
+            timeout_s=READ_TIMEOUT_S,
+            headers=headers,
+        )
 
     async def _put(self, channel: ChannelName) -> None:
         clients = self._mine.get(channel, {})

@@ -197,11 +197,9 @@ class HistoryStream:
         self._api = "$JS.API"
 
     async def _request(self, subject: str, payload: bytes, what: str) -> bytes:
-        try:
-            reply = await self._client.request(subject, payload, timeout=API_TIMEOUT_S)
-        except Exception as exc:  # nats-py raises its own tree and asyncio's time-outs
-            raise BrokerError(f"{what} failed: {exc!r}") from exc
-        return bytes(reply.data)
+        return await request_reply(
+            self._client, subject, payload, what=what, timeout_s=API_TIMEOUT_S
+        )
 
     async def ensure(self) -> str:
         """Make the stream if missing, raise its per-channel limit if this node needs
@@ -293,3 +291,28 @@ class HistoryStream:
         if ack.error is not None:
             raise JetStreamError(f"publishing on {subject}", ack.error)
         return ack.seq
+
+
+async def request_reply(
+    client: Client | None,
+    subject: str,
+    payload: bytes,
+    *,
+    what: str,
+    timeout_s: float,
+    headers: dict[str, str] | None = None,
+) -> bytes:
+    """Ask ``subject`` and return the reply's data: the one request-reply of the NATS
+    broker's parts (stream API, key-value buckets).
+
+    Raises:
+        BrokerUnavailable: no connection to NATS now; nothing was sent.
+        BrokerError: NATS failed or did not answer within ``timeout_s``.
+    """
+    if client is None or not client.is_connected:
+        raise BrokerUnavailable(f"{what} failed: NATS is not reachable now; nothing was sent")
+    try:
+        reply = await client.request(subject, payload, timeout=timeout_s, headers=headers)
+    except Exception as exc:  # nats-py raises its own tree and asyncio's time-outs
+        raise BrokerError(f"{what} failed: {exc!r}") from exc
+    return bytes(reply.data)

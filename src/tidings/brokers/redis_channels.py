@@ -40,10 +40,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import msgspec
 
 from tidings.brokers.base import HistoryRead, PublicationHandler
+from tidings.brokers.gap_filling import fill_gap_once
 from tidings.brokers.redis_link import REDIS_ERRORS, PubSubLink
 from tidings.brokers.redis_presence import is_presence_frame
 from tidings.brokers.redis_scripts import decode_live
@@ -79,6 +81,10 @@ class _ChannelState:
     sync_task: asyncio.Task[None] | None = None
     retired_epoch: str | None = None  # an epoch this node moved away from (rollback)
     leaving: asyncio.Future[None] | None = None  # an unsubscribe awaiting Redis
+
+    def sync_again(self) -> None:
+        """The gap is still there: fill it again."""
+        self.sync_needed = True
 
 
 class RedisChannels:
@@ -292,19 +298,12 @@ class RedisChannels:
                 if not state.confirmed:
                     return  # resubscribing: the recovery asks again once confirmed
                 state.sync_needed = False
-                try:
-                    await self._sync_once(state)
-                except Exception as exc:  # the task boundary: the channel must not stall
-                    state.sync_needed = True
-                    expected = isinstance(exc, BrokerError)
-                    logger.log(
-                        logging.WARNING if expected else logging.ERROR,
-                        "filling the gap of %s failed: %s",
-                        state.channel,
-                        exc,
-                        exc_info=not expected,
-                    )
-                    await asyncio.sleep(delay.next_delay_s())
+                await fill_gap_once(
+                    state.channel,
+                    partial(self._sync_once, state),
+                    delay,
+                    on_failure=state.sync_again,
+                )
         finally:
             state.sync_task = None
 

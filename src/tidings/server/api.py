@@ -94,14 +94,15 @@ class PublishBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_
 
 
 class _PositionAnswer(msgspec.Struct, frozen=True):
-    """``{"epoch", "offset"}``, as an owner answers a publish."""
+    """``{"epoch", "offset"[, "duplicate"]}``, as an owner answers a publish."""
 
     epoch: str
     offset: int
+    duplicate: bool = False
 
     @property
-    def position(self) -> Position:
-        return Position(self.epoch, self.offset)
+    def result(self) -> PublishResult:
+        return PublishResult(Position(self.epoch, self.offset), self.duplicate)
 
 
 class BroadcastBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -331,9 +332,10 @@ class ServerApi:
 
     async def publish_from_process(
         self, channel: ChannelName, data: bytes, key: str | None
-    ) -> Position:
-        """Publish for an embedding application (``TidingsApp.publish``): here, or on
-        the channel's owner, as ``POST /api/publish`` would.
+    ) -> PublishResult:
+        """Publish for the node's own process (an embedding application's
+        ``TidingsApp.publish``, a source): here, or on the channel's owner, as
+        ``POST /api/publish`` would.
 
         Raises:
             Unavailable: the owner cannot be reached, or refused the call (its message).
@@ -342,7 +344,7 @@ class ServerApi:
         status, _, answer = await self._publish_parts(raw, None)
         if status != 200:
             raise Unavailable(f"the owner of {channel} answered {status}: {answer[:200]!r}")
-        return msgspec.json.decode(answer, type=_PositionAnswer).position
+        return msgspec.json.decode(answer, type=_PositionAnswer).result
 
     async def broadcast(self, api: ApiCall) -> Response:
         """``POST /api/broadcast`` → ``{"results": [{"channel", "epoch", "offset"}]}``;

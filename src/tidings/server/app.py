@@ -19,10 +19,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
-from tidings.brokers.base import Broker, NodeCommand, NodeControl, PresenceStore
+from tidings.brokers.base import Broker, NodeCommand, NodeControl, PresenceStore, PublishResult
 from tidings.brokers.factory import create_broker
 from tidings.brokers.memory import LocalNodeControl, presence_store_of
-from tidings.core.channel import parse_channel
+from tidings.core.channel import ChannelName, parse_channel
 from tidings.core.commands import publication_data
 from tidings.core.dedupe import CLIENT_KEY_MARK, DedupeOptions
 from tidings.core.drain import plan_drain
@@ -186,7 +186,7 @@ class TidingsApp:
         )
         # Publications fed from outside (``[[sources]]``), run once the broker is started.
         self.sources = SourceRunner(
-            create_sources(settings.sources), self.hub, self.context.namespaces
+            create_sources(settings.sources), self._publish_checked, self.context.namespaces
         )
         self.control.listen(self._on_node_command)
         self.metrics.read_refusals_of(self.context.refusals)
@@ -451,10 +451,16 @@ class TidingsApp:
             raise BadRequest(f"data is not JSON-serialisable: {exc}") from None
         limit = self.context.namespaces.options_for(name).max_data_bytes
         data = publication_data(encoded, limit)
+        return (await self._publish_checked(name, data, key)).position
+
+    async def _publish_checked(
+        self, channel: ChannelName, data: bytes, key: str | None
+    ) -> PublishResult:
+        """Publish checked ``data`` from this process (``publish``, a source): on this
+        node, or on the channel's owner when a ring may place it elsewhere."""
         if self._owner_link.has_ring:  # the owner sequences: maybe another node
-            return await self._api.publish_from_process(name, data, key)
-        result = await self.hub.publish(name, data, key=key)
-        return result.position
+            return await self._api.publish_from_process(channel, data, key)
+        return await self.hub.publish(channel, data, key=key)
 
     # -- a new ring (etcd) -------------------------------------------------------------
 

@@ -29,7 +29,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from types import FrameType
-from typing import Final
+from typing import Any, Final
 
 import uvicorn
 from uvicorn._types import ASGIReceiveEvent
@@ -171,6 +171,14 @@ class _PausingWebSocketProtocol(WebSocketsSansIOProtocol):
     """
 
     _pong_waits = False  # a ping came while writes were paused: reading pauses
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # At --log-level debug the websockets library logs every frame in and out: a
+        # client sending a million small frames made a million log lines, and the node
+        # spent its time writing them (a flood of pings took minutes to be held back).
+        # tidings' own debug lines say what a session does; frames are not logged.
+        self.conn.debug = False
 
     def handle_ping(self) -> None:
         super().handle_ping()

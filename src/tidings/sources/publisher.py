@@ -1,13 +1,17 @@
 """The node's publish path as a source sees it (``base.SourcePublisher``).
 
 No I/O of its own: it checks a publication as the server API does (the channel name,
-the namespace's ``max_data_size``, valid JSON, on one line) and hands it to the hub,
-which publishes it through the broker. A publication that can never be made becomes
-``SourceRowRefused``; a broker failure (which the hub reports to clients as
-``Unavailable``) becomes ``BrokerError`` again, its cause chained.
+the namespace's ``max_data_size``, valid JSON, on one line) and hands it to the node's
+publish path: the hub, which publishes it through the broker, or, in the hashing mode,
+the channel's owner, which alone sequences it (a source runs on whichever node it was
+configured on, not on the owner of every channel it feeds). A publication that can
+never be made becomes ``SourceRowRefused``; a broker failure or an owner out of reach
+(``Unavailable``) becomes ``BrokerError``, its cause chained.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -17,7 +21,6 @@ from tidings.core.commands import MAX_KEY_LENGTH, publication_data
 from tidings.core.dedupe import CLIENT_KEY_MARK
 from tidings.core.namespace import Namespaces
 from tidings.errors import BadRequest, BrokerError, MessageTooLarge, Unavailable
-from tidings.hub.hub import Hub
 from tidings.sources.base import (
     SKIP_INVALID_CHANNEL,
     SKIP_INVALID_DATA,
@@ -26,13 +29,17 @@ from tidings.sources.base import (
     count_published,
 )
 
+# The node's publish path for checked data: (channel, data, key) -> where it landed.
+# Raises ``Unavailable`` when the publication may not have been made.
+PublishPath = Callable[[ChannelName, bytes, str], Awaitable[PublishResult]]
+
 
 class NodePublisher:
-    """Publishes one source's publications through a node's hub."""
+    """Publishes one source's publications through a node's publish path."""
 
-    def __init__(self, source: str, hub: Hub, namespaces: Namespaces) -> None:
+    def __init__(self, source: str, publish: PublishPath, namespaces: Namespaces) -> None:
         self._source = source
-        self._hub = hub
+        self._publish = publish
         self._namespaces = namespaces
 
     async def publish(self, channel: ChannelName, data: bytes, *, key: str) -> PublishResult:
@@ -54,7 +61,7 @@ class NodePublisher:
         except msgspec.DecodeError as exc:
             raise SourceRowRefused(SKIP_INVALID_DATA, f"data is not JSON: {exc}") from None
         try:
-            result = await self._hub.publish(name, checked, key=key)
+            result = await self._publish(name, checked, key)
         except Unavailable as exc:
             raise BrokerError(exc.message) from exc.__cause__
         if not result.duplicate:

@@ -18,9 +18,8 @@ from typing import Final
 
 from tidings.core.backoff import Backoff
 from tidings.core.namespace import Namespaces
-from tidings.hub.hub import Hub
 from tidings.sources.base import Source
-from tidings.sources.publisher import NodePublisher
+from tidings.sources.publisher import NodePublisher, PublishPath
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +40,13 @@ async def check_sources(sources: Sequence[Source]) -> None:
 class SourceRunner:
     """The sources of one node."""
 
-    def __init__(self, sources: Sequence[Source], hub: Hub, namespaces: Namespaces) -> None:
+    def __init__(
+        self, sources: Sequence[Source], publish: PublishPath, namespaces: Namespaces
+    ) -> None:
+        """Run ``sources``, publishing through ``publish`` (the node's own path: on the
+        channel's owner in the hashing mode)."""
         self._sources = list(sources)
-        self._hub = hub
+        self._publish = publish
         self._namespaces = namespaces
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -60,7 +63,7 @@ class SourceRunner:
         """
         await check_sources(self._sources)
         for source in self._sources:
-            publisher = NodePublisher(source.name, self._hub, self._namespaces)
+            publisher = NodePublisher(source.name, self._publish, self._namespaces)
             task = asyncio.create_task(self._run(source, publisher), name=f"source {source.name}")
             self._tasks.append(task)
             logger.info("source %s started", source.name)

@@ -47,25 +47,24 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import httptools
 
 from tidings.core.digits import parse_digits
-from tidings.core.wire import encode_json
+from tidings.server.native.poll_exchange import PollExchange
 from tidings.server.native.request import (
     METHODS,
-    REFUSAL_CODES,
     RefusedRequest,
     Request,
     is_unknown_method,
 )
 from tidings.server.native.response import (
     ResponseWriter,
-    clock,
+    refusal_response,
     whole_responses,
 )
+from tidings.server.native.scope import http_scope, websocket_scope
 from tidings.transports.deadlines import Deadline
-from tidings.transports.outbound import DIRECT_OUTBOUND, Outbound
+from tidings.transports.outbound import Outbound
 
 if TYPE_CHECKING:
     from tidings.server.api import NativePublish
-    from tidings.server.native.port import ConnectionPort
     from tidings.server.native.server import NativeServer
     from tidings.server.native.websocket import NativeWebSocket
 
@@ -88,7 +87,6 @@ REFUSED_LINGER_S: Final = 2.0
 
 # One object shared by every scope: apps read it, and it costs idle connections nothing.
 # (No "state" key either: this server runs no lifespan state, and ASGI makes it optional.)
-_ASGI_VERSION: Final = {"version": "3.0", "spec_version": "2.4"}
 
 
 class HttpConnection(asyncio.Protocol):
@@ -494,42 +492,11 @@ class HttpConnection(asyncio.Protocol):
     def _http_scope(self, request: Request) -> dict[str, Any]:
         response = self._response
         assert response is not None
-        return {
-            "type": "http",
-            "asgi": _ASGI_VERSION,
-            "http_version": request.http_version,
-            "server": self._local,
-            "client": self._client,
-            "scheme": "http",
-            "method": request.method,
-            "root_path": "",
-            "path": request.path,
-            "raw_path": request.raw_path,
-            "query_string": request.query_string,
-            "headers": request.headers,
-            "extensions": {DIRECT_OUTBOUND: response.stream_outbound},
-        }
+        return http_scope(request, self._local, self._client, response.stream_outbound)
 
     def websocket_scope(self, request: Request, factory: Callable[[], Outbound]) -> dict[str, Any]:
         """The ASGI scope of an upgraded request, offering ``factory`` as direct outbound."""
-        subprotocols = request.header(b"sec-websocket-protocol") or b""
-        return {
-            "type": "websocket",
-            "asgi": _ASGI_VERSION,
-            "http_version": request.http_version,
-            "server": self._local,
-            "client": self._client,
-            "scheme": "ws",
-            "root_path": "",
-            "path": request.path,
-            "raw_path": request.raw_path,
-            "query_string": request.query_string,
-            "headers": request.headers,
-            "subprotocols": [
-                part.strip() for part in subprotocols.decode("latin-1").split(",") if part.strip()
-            ],
-            "extensions": {DIRECT_OUTBOUND: factory},
-        }
+        return websocket_scope(request, self._local, self._client, factory)
 
     def _start_upgrade(self, rest: bytes) -> None:
         request = self._upgrade
@@ -581,24 +548,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self._refused = True
         self._cancel_keep_alive()
-        status = refusal.status
-        body = encode_json(
-            {
-                "error": {
-                    "code": REFUSAL_CODES.get(status, "bad_request"),
-                    "message": refusal.message,
-                }
-            }
-        )
-        extra = b"".join(
-            b"%b: %b\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
-            for name, value in refusal.headers.items()
-        )
-        transport.write(
-            b"HTTP/1.1 %d %b\r\ncontent-type: application/json\r\n%b"
-            b"content-length: %d\r\nconnection: close\r\n%b\r\n%b"
-            % (status.value, status.phrase.encode(), extra, len(body), clock.date_header(), body)
-        )
+        transport.write(refusal_response(refusal))
         if self._reading_paused:
             self._reading_paused = False
             transport.resume_reading()  # read and drop, so that the close is not a reset
@@ -683,39 +633,3 @@ class HttpConnection(asyncio.Protocol):
         """Close at once, dropping what is not yet sent."""
         if self.transport is not None:
             self.transport.abort()
-
-
-class PollExchange:
-    """A ``GET /poll`` handed to the app's native poll door (``transports.poll.NativePoll``)."""
-
-    __slots__ = ("_conn", "_gone", "_request")
-
-    def __init__(self, conn: ConnectionPort, request: Request) -> None:
-        self._conn = conn
-        self._request = request
-        self._gone: Callable[[], None] | None = None
-
-    @property
-    def query_string(self) -> bytes:
-        return self._request.query_string
-
-    def header(self, name: bytes) -> bytes | None:
-        return self._request.header(name)
-
-    def respond(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
-        self._gone = None
-        self._conn.respond_now(self._request, status, headers, body)
-
-    def fall_back(self) -> None:
-        self._gone = None
-        if not self._conn.closed:
-            self._conn.serve_through_app(self._request)
-
-    def on_client_gone(self, callback: Callable[[], None]) -> None:
-        self._gone = callback
-
-    def connection_lost(self) -> None:
-        """The client left while the poll was parked."""
-        gone, self._gone = self._gone, None
-        if gone is not None:
-            gone()

@@ -17,6 +17,8 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 
+from tidings.core.wire import encode_json
+from tidings.server.native.request import REFUSAL_CODES, RefusedRequest
 from tidings.transports.outbound import Outbound
 
 if TYPE_CHECKING:
@@ -310,3 +312,21 @@ class StreamOutbound:
 
     async def stop(self, *, client_left: bool) -> None:
         """Nothing to flush here: the transport sends what it holds, then closes."""
+
+
+def refusal_response(refusal: RefusedRequest) -> bytes:
+    """The whole answer to input the connection refuses (it closes after it): the
+    refusal's status, its error as JSON (docs/protocol.md §7) and its extra headers."""
+    status = refusal.status
+    body = encode_json(
+        {"error": {"code": REFUSAL_CODES.get(status, "bad_request"), "message": refusal.message}}
+    )
+    extra = b"".join(
+        b"%b: %b\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+        for name, value in refusal.headers.items()
+    )
+    return (
+        b"HTTP/1.1 %d %b\r\ncontent-type: application/json\r\n%b"
+        b"content-length: %d\r\nconnection: close\r\n%b\r\n%b"
+        % (status.value, status.phrase.encode(), extra, len(body), clock.date_header(), body)
+    )
