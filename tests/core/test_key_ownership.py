@@ -5,6 +5,7 @@ before the next ring, and the records stay as many as the keys in use."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Final
 
 import pytest
@@ -17,7 +18,9 @@ from hypothesis.stateful import (
     rule,
 )
 
+from tidings.core.handover import Transition
 from tidings.core.key_ownership import Entry, HeldKeys, KeyPhase
+from tidings.core.ring import HashRing
 
 IDLE_MS: Final = 100
 KEYS: Final = ("doc:1", "doc:2", "user:3")
@@ -233,3 +236,89 @@ class KeyCycles(RuleBasedStateMachine):
 
 TestKeyCycles = KeyCycles.TestCase
 TestKeyCycles.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+
+
+class HandOver(RuleBasedStateMachine):
+    """Two books, nodes ``a`` and ``b`` of a ring that ``c`` joins, driven by the ring
+    transition of docs/modes/hashing.md (core.handover): a node owns a key for the
+    application while it is the key's sequencer (its old owner until the ring is
+    final); a giver releases the keys it gives when it seals, and is "handed" once
+    their ``lost`` returned; the ring is made final only when every giver handed.
+    Then no key's state is ever held on two nodes at once: a new owner gains a key
+    only after its old owner's ``lost`` returned."""
+
+    NODES: Final = ("a", "b", "c")
+    HANDED_KEYS: Final = tuple(f"doc:{n}" for n in range(12))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transition = Transition(HashRing(["a", "b", "c"]), HashRing(["a", "b"]))
+        self.final = False
+        self.books = {node: HeldKeys(IDLE_MS) for node in self.NODES}
+        self.gaining: set[tuple[str, str]] = set()
+        self.losing: set[tuple[str, str]] = set()
+        self.sealed: set[str] = set()
+
+    def owns(self, node: str, key: str) -> bool:
+        if self.final:
+            return self.transition.new_owner(key) == node
+        return self.transition.old_owner(key) == node
+
+    def giving(self, node: str) -> list[str]:
+        return [k for k in self.HANDED_KEYS if self.transition.old_owner(k) == node]
+
+    def lose(self, node: str, keys: list[str]) -> None:
+        self.losing.update((node, key) for key in keys)
+
+    @rule(node=st.sampled_from(NODES), key=st.sampled_from(HANDED_KEYS))
+    def request(self, node: str, key: str) -> None:
+        entry = self.books[node].enter(key, owned=self.owns(node, key), now_ms=0)
+        if entry is Entry.GAIN:
+            self.gaining.add((node, key))
+
+    @precondition(lambda self: self.gaining)
+    @rule(data=st.data())
+    def gain_returns(self, data: st.DataObject) -> None:
+        node, key = data.draw(st.sampled_from(sorted(self.gaining)))
+        self.gaining.discard((node, key))
+        owned = self.owns(node, key)
+        if self.books[node].gained(key, ok=True, owned=owned, now_ms=0) is KeyPhase.LOSING:
+            self.lose(node, [key])
+
+    @precondition(lambda self: self.losing)
+    @rule(data=st.data())
+    def lost_returns(self, data: st.DataObject) -> None:
+        node, key = data.draw(st.sampled_from(sorted(self.losing)))
+        self.losing.discard((node, key))
+        self.books[node].lost(key)
+
+    @precondition(lambda self: not self.final)
+    @rule(node=st.sampled_from(("a", "b")))
+    def seal(self, node: str) -> None:
+        if node not in self.sealed:
+            self.sealed.add(node)
+            moving = [k for k in self.giving(node) if self.transition.moves(k)]
+            self.lose(node, self.books[node].release(moving))
+
+    def handed(self, node: str) -> bool:
+        moving = [k for k in self.giving(node) if self.transition.moves(k)]
+        book = self.books[node]
+        return node in self.sealed and all(book.phase(k) is None for k in moving)
+
+    @precondition(lambda self: not self.final)
+    @rule()
+    def finalize(self) -> None:
+        if all(self.handed(node) for node in ("a", "b")):
+            self.final = True
+            for node, book in self.books.items():
+                self.lose(node, book.disowned(partial(self.owns, node)))
+
+    @invariant()
+    def no_key_is_held_on_two_nodes(self) -> None:
+        for key in self.HANDED_KEYS:
+            holders = [n for n, book in self.books.items() if book.phase(key) is not None]
+            assert len(holders) <= 1, (key, holders)
+
+
+TestHandOver = HandOver.TestCase
+TestHandOver.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
