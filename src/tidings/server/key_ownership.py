@@ -27,6 +27,12 @@ A handler that raises is logged at WARNING, one line with the key, and the node 
 on: a failed ``gained`` leaves the key not gained (the next request tries again, and a
 ``hold`` raises ``Unavailable``); a failed ``lost`` still drops the key.
 
+This node "owns" a key for the application while it is the key's sequencer: in a ring
+transition (``core.handover``), its old owner until the ring is final, which is what
+the placement's ``owns`` must answer then. The giver calls ``release`` for the keys it
+gives when it seals, and writes its "handed" mark once ``release`` returned; the
+receiver gains keys at their first request on the final ring, or with ``take``.
+
 Without a ring transition (the hand-over, docs/modes/hashing.md) a new ring applies on
 every node at once: the new owner may gain a key (and load its state) before the old
 owner's ``lost`` (which saves it) has returned. A planned leave releases every key
