@@ -20,6 +20,7 @@ from tests.support.served import served
 from tests.support.ws import WsClient, ws_client
 from tidings.core.channel import ChannelName
 from tidings.core.placement import HERE, Here, Moved
+from tidings.core.recovery import Replay
 from tidings.core.ring import HashRing
 from tidings.core.routing import FollowingPlacement
 from tidings.errors import Unavailable
@@ -382,3 +383,38 @@ async def test_a_new_rings_clients_move_only_once_the_keys_it_gave_away_are_lost
         placement.receive_ring({"a": url, "b": B_URL}, 4)
         app.keys.receive_ring(then=moved.set)
         assert moved.is_set()
+
+
+class AnnouncingHandler:
+    """Publishes the state it loads in the key's channel, and holds the key while
+    saving: a handler's own requests of its key must not wait for its own call."""
+
+    def __init__(self) -> None:
+        self.app: TidingsApp | None = None
+        self.lost_places: list[Here | Moved] = []
+
+    async def gained(self, key: str) -> None:
+        assert self.app is not None
+        await self.app.publish(key, {"loaded": key})
+
+    async def lost(self, key: str) -> None:
+        assert self.app is not None
+        async with self.app.keys.hold(key) as place:
+            self.lost_places.append(place)
+
+
+async def test_a_handler_may_publish_and_hold_its_own_key() -> None:
+    handler = AnnouncingHandler()
+    app = TidingsApp(Settings(node_id="a"), key_hooks=KeyHooks(handler))
+    handler.app = app
+    async with served(app):
+        position = await asyncio.wait_for(app.publish("doc:1", {"n": 1}), WAIT_S)
+        assert position.offset == 2  # after the state gained published
+        read = await app.hub.history(ChannelName("doc:1"))
+        assert isinstance(read.recovery, Replay)
+        assert [p.data for p in read.recovery.publications] == [
+            b'{"loaded":"doc:1"}',
+            b'{"n":1}',
+        ]
+        await asyncio.wait_for(app.keys.release_all(), WAIT_S)
+    assert handler.lost_places == [HERE]

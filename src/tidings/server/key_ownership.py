@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
@@ -69,6 +70,9 @@ RING_LOST_WAIT_S: Final = 5.0
 # The idle sweep runs four times per idle time, at most every few seconds.
 _SWEEP_MAX_S: Final = 5.0
 _SWEEP_MIN_S: Final = 0.01
+# The key whose handler call the current task makes: its own requests of that key (a
+# ``gained`` publishing the state it loaded) go straight on instead of waiting for it.
+_HANDLING: contextvars.ContextVar[str | None] = contextvars.ContextVar("_HANDLING", default=None)
 # tidings' own channels (the status page's) have no application state.
 _OWN_NAMESPACES: Final = frozenset({NamespaceName("tidings")})
 
@@ -179,7 +183,8 @@ class KeyOwnership:
     async def hold(self, key: str) -> AsyncIterator[Here | Moved]:
         """Use ``key``'s state: yield ``HERE`` once this node holds the key (gained;
         ``lost`` waits until the block ends), or ``Moved`` with its owner's base URL.
-        Keep the block short, and do not nest holds of one key.
+        Keep the block short, and do not nest holds of one key. Inside the key's own
+        ``gained`` or ``lost`` it yields ``HERE`` at once (the handler may publish).
 
         Raises:
             Unavailable: ``gained`` failed, or the key was released to another node and
@@ -188,6 +193,9 @@ class KeyOwnership:
         if self._hooks is None:
             url = self.owner_url(key)
             yield HERE if url is None or self.owns(key) else Moved(url)
+            return
+        if _HANDLING.get() == key:  # inside the key's own ``gained`` or ``lost``
+            yield HERE
             return
         place = await self._enter(key, pin=True)
         if isinstance(place, Moved):
@@ -322,6 +330,8 @@ class KeyOwnership:
     async def _enter(self, key: str, *, pin: bool, serving: bool = False) -> Here | Moved:
         """Enter ``key`` until it is held here (``HERE``) or is not this node's to gain
         (``Moved``; a request of tidings' own then goes on without the handler)."""
+        if _HANDLING.get() == key:
+            return HERE  # the handler's own request: its call is what others wait for
         loop = asyncio.get_running_loop()
         released_until = loop.time() + RELEASED_WAIT_S
         while True:
@@ -351,6 +361,7 @@ class KeyOwnership:
         """Run ``gained(key)``; whether it returned."""
         assert self._hooks is not None
         logger.debug("gaining %s", key)
+        _HANDLING.set(key)  # this task's context only
         try:
             async with self._calls:
                 await self._hooks.handler.gained(key)
@@ -377,6 +388,7 @@ class KeyOwnership:
             while not self._book.may_lose(key):  # a hold uses the key's state
                 await self._phase_change(key)
             logger.debug("losing %s", key)
+            _HANDLING.set(key)  # this task's context only
             try:
                 async with self._calls:
                     await self._hooks.handler.lost(key)
