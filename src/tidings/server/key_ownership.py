@@ -6,7 +6,7 @@ tasks and makes requests wait for them; the bookkeeping is ``core.key_ownership`
 Theory of operation
 -------------------
 Every request that serves a channel goes through the hub to the broker. With
-``KeyHooks`` the app wraps its broker in ``KeyedBroker``, which sends each
+``KeyHooks`` the app wraps its broker in ``KeyedBroker`` (``server.keyed_broker``), which sends each
 ``publish``, ``history`` and ``subscribe`` of a channel of a handled namespace through
 ``KeyOwnership.serve`` first: the first one for a key this node owns runs
 ``gained(key)`` (one task, shielded from the request's cancellation; concurrent
@@ -50,14 +50,14 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from tidings.brokers.base import Broker, HistoryRead, PublicationHandler, PublishResult
+from tidings.brokers.base import Broker
 from tidings.core.channel import ChannelName, NamespaceName, namespace_of
 from tidings.core.key_ownership import Entry, HeldKeys, KeyPhase
 from tidings.core.namespace import Namespaces
 from tidings.core.placement import HERE, Here, Moved, Placement
-from tidings.core.publication import ClientInfo, Position
 from tidings.core.routing import FollowingPlacement, OwnerRouting, RingPlacement, routing_key
 from tidings.errors import Unavailable
+from tidings.server.keyed_broker import KeyedBroker
 
 logger = logging.getLogger(__name__)
 
@@ -421,56 +421,3 @@ class KeyOwnership:
     @staticmethod
     def _now_ms() -> int:
         return int(time.monotonic() * 1000)  # the clock of asyncio's loop, without the lookup
-
-
-class KeyedBroker:
-    """A ``Broker`` whose every serving call first passes ``KeyOwnership.serve``, and
-    whose broker subscriptions are counted per key (see the module docstring)."""
-
-    def __init__(self, broker: Broker, keys: KeyOwnership) -> None:
-        self.inner = broker
-        self._keys = keys
-
-    async def start(self, on_publication: PublicationHandler) -> None:
-        """Start the broker (see ``Broker.start``)."""
-        await self.inner.start(on_publication)
-
-    async def close(self) -> None:
-        """Close the broker."""
-        await self.inner.close()
-
-    async def publish(
-        self,
-        channel: ChannelName,
-        data: bytes,
-        *,
-        key: str | None = None,
-        info: ClientInfo | None = None,
-    ) -> PublishResult:
-        """Publish, once ``channel``'s key is gained."""
-        if not self._keys.is_ready_to_serve(channel):  # the common case awaits nothing more
-            await self._keys.serve(channel)
-        return await self.inner.publish(channel, data, key=key, info=info)
-
-    async def history(
-        self, channel: ChannelName, since: Position | None = None, limit: int | None = None
-    ) -> HistoryRead:
-        """Read history, once ``channel``'s key is gained."""
-        if not self._keys.is_ready_to_serve(channel):
-            await self._keys.serve(channel)
-        return await self.inner.history(channel, since, limit)
-
-    async def subscribe(self, channel: ChannelName) -> None:
-        """Subscribe the node to ``channel``, once its key is gained."""
-        await self._keys.serve(channel)
-        await self.inner.subscribe(channel)
-        self._keys.subscribed(channel)
-
-    async def unsubscribe(self, channel: ChannelName) -> None:
-        """Unsubscribe the node from ``channel``."""
-        self._keys.unsubscribed(channel)
-        await self.inner.unsubscribe(channel)
-
-    async def is_ready(self) -> bool:
-        """Whether the broker is reachable."""
-        return await self.inner.is_ready()
