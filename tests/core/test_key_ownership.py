@@ -102,6 +102,18 @@ def test_releasing_every_key_is_for_good() -> None:
     assert book.enter("doc:3", owned=False, now_ms=2) is Entry.ELSEWHERE
 
 
+def test_release_where_gives_keys_not_met_yet_until_the_next_ring() -> None:
+    book = HeldKeys(IDLE_MS)
+    for key in ("doc:1", "room:1"):
+        book.enter(key, owned=True, now_ms=0)
+        book.gained(key, ok=True, owned=True, now_ms=0)
+    assert book.release_where(lambda key: key.startswith("doc:")) == ["doc:1"]
+    assert book.enter("doc:2", owned=True, now_ms=1) is Entry.RELEASED  # never seen
+    assert book.enter("room:2", owned=True, now_ms=1) is Entry.GAIN
+    book.disowned(lambda key: True)
+    assert book.enter("doc:2", owned=True, now_ms=2) is Entry.GAIN
+
+
 def test_the_idle_time_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         HeldKeys(0)
@@ -297,8 +309,8 @@ class HandOver(RuleBasedStateMachine):
     def seal(self, node: str) -> None:
         if node not in self.sealed:
             self.sealed.add(node)
-            moving = [k for k in self.giving(node) if self.transition.moves(k)]
-            self.lose(node, self.books[node].release(moving))
+            transition = self.transition
+            self.lose(node, self.books[node].release_where(transition.moves))
 
     def handed(self, node: str) -> bool:
         moving = [k for k in self.giving(node) if self.transition.moves(k)]

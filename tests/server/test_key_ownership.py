@@ -348,6 +348,24 @@ async def test_at_most_concurrency_handler_calls_run_at_once() -> None:
     assert handler.most == 2
 
 
+async def test_release_where_gives_away_the_keys_a_transition_moves_known_or_not() -> None:
+    handler = RecordingHandler()
+    placement = FollowingPlacement("a", "http://a.invalid", Settings().namespace_table())
+    async with node(handler, placement=placement) as (app, url):
+        placement.receive_ring({"a": url}, 2)
+        app.keys.receive_ring()
+        await app.publish("doc:1", 1)
+        await app.keys.release_where(lambda key: key.startswith("doc:"))  # the seal
+        assert handler.calls == [("gained", "doc:1"), ("lost", "doc:1")]
+        await app.publish("doc:2", 1)  # moving too: served without the handler
+        await app.publish("room:1", 1)  # not moving: gained
+        assert handler.calls[2:] == [("gained", "room:1")]
+        placement.receive_ring({"a": url}, 3)  # the final ring gives doc:2 back here
+        app.keys.receive_ring()
+        await app.publish("doc:2", 2)
+        assert handler.calls[3:] == [("gained", "doc:2")]
+
+
 def test_namespaces_given_as_one_string_are_refused() -> None:
     with pytest.raises(ValueError, match="list of names"):
         KeyHooks(RecordingHandler(), namespaces="doc")

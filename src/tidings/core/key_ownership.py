@@ -36,8 +36,9 @@ starts; ``lost`` runs when its pins are gone (``may_lose``):
 2. ``disowned``: a new ring gives it to another node;
 3. ``release``: this node gives it away (the hand-over of a ring transition, before its
    "handed" mark); the key stays ``RELEASED`` until the next ring, so it is not gained
-   again meanwhile; ``release_every_key`` (a planned leave or shutdown, before leaving
-   the ring) releases every key for good;
+   again meanwhile (``release_where``: every key a predicate names, such as the keys a
+   ring transition moves from this node); ``release_every_key`` (a planned leave or
+   shutdown, before leaving the ring) releases every key for good;
 4. ``gained`` returned while the key was no longer this node's (``gained`` reports
    ``LOSING``).
 
@@ -88,7 +89,7 @@ def _goes(record: _KeyRecord, pin: bool) -> bool:
 class HeldKeys:
     """The keys this node holds for its key handler (see the module docstring)."""
 
-    __slots__ = ("_all_released", "_idle_ms", "_keys", "_released")
+    __slots__ = ("_all_released", "_idle_ms", "_keys", "_released", "_released_where")
 
     def __init__(self, idle_ms: int) -> None:
         """Release a key untouched for ``idle_ms`` with no subscriber and no pin.
@@ -101,6 +102,7 @@ class HeldKeys:
         self._idle_ms = idle_ms
         self._keys: dict[str, _KeyRecord] = {}
         self._released: set[str] = set()
+        self._released_where: list[Callable[[str], bool]] = []
         self._all_released = False
 
     # -- requests ------------------------------------------------------------------
@@ -117,7 +119,7 @@ class HeldKeys:
         phase = None if record is None else record.phase
         if not owned:
             return Entry.ELSEWHERE
-        if self._all_released or key in self._released:
+        if self.is_released(key):
             return Entry.RELEASED
         if phase is not None:
             return Entry.WAIT
@@ -199,6 +201,7 @@ class HeldKeys:
         this node; released keys are no longer marked (the ring they waited for came).
         A key still gaining is decided when ``gained`` reports."""
         self._released.clear()
+        self._released_where.clear()
         gone = [
             key
             for key, record in self._keys.items()
@@ -219,6 +222,13 @@ class HeldKeys:
                 record.phase = KeyPhase.LOSING
                 losing.append(key)
         return losing
+
+    def release_where(self, gives: Callable[[str], bool]) -> list[str]:
+        """Give away every key ``gives`` names (those a ring transition moves from this
+        node), known or not, until the next ring: mark ``LOSING`` and return those held
+        (those gaining are lost when ``gained`` reports)."""
+        self._released_where.append(gives)
+        return self.release(key for key in self.held() if gives(key))
 
     def release_every_key(self) -> list[str]:
         """Give every key away, for good (this node is leaving): mark ``LOSING`` and
@@ -252,7 +262,11 @@ class HeldKeys:
 
     def is_released(self, key: str) -> bool:
         """Whether ``key`` was released and the next ring has not come yet."""
-        return self._all_released or key in self._released
+        return (
+            self._all_released
+            or key in self._released
+            or any(gives(key) for gives in self._released_where)
+        )
 
     def __len__(self) -> int:
         """The number of keys with a record: gained, changing, subscribed or pinned."""

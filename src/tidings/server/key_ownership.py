@@ -29,8 +29,8 @@ on: a failed ``gained`` leaves the key not gained (the next request tries again,
 
 This node "owns" a key for the application while it is the key's sequencer: in a ring
 transition (``core.handover``), its old owner until the ring is final, which is what
-the placement's ``owns`` must answer then. The giver calls ``release`` for the keys it
-gives when it seals, and writes its "handed" mark once ``release`` returned; the
+the placement's ``owns`` must answer then. The giver calls ``release_where`` for the
+keys it gives when it seals, and writes its "handed" mark once that returned; the
 receiver gains keys at their first request on the final ring, or with ``take``.
 
 Without a ring transition (the hand-over, docs/modes/hashing.md) a new ring applies on
@@ -223,9 +223,19 @@ class KeyOwnership:
         keys = list(keys)
         for key in self._book.release(keys):
             self._start_losing(key)
-        for key in keys:
-            while self._book.phase(key) is not None:
-                await self._phase_change(key)
+        await self._settle(keys)
+
+    async def release_where(self, gives: Callable[[str], bool]) -> None:
+        """Give away every key ``gives`` names, held or not (the keys a ring transition
+        moves from this node: ``lambda key: transition.moves(key)``): lose those held or
+        being gained, and return once their ``lost`` returned; none is gained before the
+        next ring. Call it when sealing a hand-over, before writing the "handed" mark."""
+        if self._hooks is None:
+            return
+        losing = self._book.release_where(gives)
+        for key in losing:
+            self._start_losing(key)
+        await self._settle([*losing, *(key for key in self._gaining if gives(key))])
 
     async def release_all(self) -> None:
         """Release every key, for good (a node leaving the ring, or stopping): lose
@@ -399,6 +409,12 @@ class KeyOwnership:
             self._book.lost(key)
         finally:
             self._notify(key)
+
+    async def _settle(self, keys: Iterable[str]) -> None:
+        """Wait until none of ``keys`` is gaining, held or losing (each released)."""
+        for key in keys:
+            while self._book.phase(key) is not None:
+                await self._phase_change(key)
 
     async def _phase_change(self, key: str) -> None:
         event = self._changed.get(key)
