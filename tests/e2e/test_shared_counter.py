@@ -142,6 +142,8 @@ async def test_a_counter_goes_on_from_its_saved_value_on_each_new_owner(
             async with Subscription(
                 f"{a.http_url}/realtime", [KEY], transport="ws", backoff=fast_backoff()
             ) as watcher:
+                # Entered, the client may still be subscribing: it starts from then.
+                await until(lambda: KEY in watcher.positions, "the subscriber is on a")
                 before = [await add(client, b) for _ in range(3)]
                 seen_before = values(await take(watcher, 3))
                 assert saved(store) is None  # the state lives on its owner, in memory
