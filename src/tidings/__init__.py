@@ -10,22 +10,30 @@ from tidings.brokers.memory import MemoryBroker
 from tidings.client import ApiClient, GapNotice, Subscription, WebSocketSubscription, subscribe
 from tidings.core.channel import ChannelName
 from tidings.core.namespace import NamespaceOptions, Namespaces, Policy
+from tidings.core.placement import HERE, Here, Moved
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.errors import TidingsError
 from tidings.hub import Hub
 from tidings.server.app import TidingsApp, create_app
 from tidings.server.config import load_settings
+from tidings.server.key_ownership import KeyHandler, KeyHooks, KeyOwnership
 from tidings.server.settings import Settings
 
 __all__ = [
+    "HERE",
     "ApiClient",
     "Broker",
     "ChannelName",
     "ClientInfo",
     "GapNotice",
+    "Here",
     "HistoryRead",
     "Hub",
+    "KeyHandler",
+    "KeyHooks",
+    "KeyOwnership",
     "MemoryBroker",
+    "Moved",
     "NamespaceOptions",
     "Namespaces",
     "Policy",

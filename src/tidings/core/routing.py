@@ -76,6 +76,10 @@ class RingPlacement:
         """Return the base URL of the node that serves ``channel``."""
         return self.owner_url(routing_key(channel, self._namespaces))
 
+    def owns(self, key: str) -> bool:
+        """Whether this node owns routing key ``key``."""
+        return self._ownership.owner(key) == self.node_id
+
     def place(self, channel: ChannelName) -> Here | Moved:
         """Return ``HERE`` if this node owns ``channel``'s routing key, else its owner."""
         owner = self._ownership.owner(routing_key(channel, self._namespaces))
@@ -97,6 +101,10 @@ class OwnerRouting(Protocol):
 
     def channel_owner_url(self, channel: ChannelName) -> str:
         """Return the base URL of the node that serves ``channel``."""
+        ...
+
+    def owns(self, key: str) -> bool:
+        """Whether this node owns routing key ``key`` (sequences its channels)."""
         ...
 
     def place(self, channel: ChannelName) -> Here | Moved:
@@ -159,6 +167,11 @@ class FollowingPlacement:
         """Return the base URL of the node that serves ``channel``."""
         current = self._current
         return self._own_url if current is None else current.channel_owner_url(channel)
+
+    def owns(self, key: str) -> bool:
+        """Whether this node owns routing key ``key`` in the latest ring."""
+        current = self._current
+        return current is None or current.owns(key)
 
     def place(self, channel: ChannelName) -> Here | Moved:
         """Return ``HERE`` if this node owns ``channel``'s key in the latest ring."""

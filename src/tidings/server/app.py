@@ -41,6 +41,7 @@ from tidings.server.forwarding import OwnerLink
 from tidings.server.front import About, OriginCheckedStatic, front_page, health_response
 from tidings.server.heartbeat import run_heartbeats
 from tidings.server.hot_channels import HotChannelWindows, channel_heat_for
+from tidings.server.key_ownership import KeyHooks, KeyOwnership
 from tidings.server.keys import JwksKeys, load_public_key
 from tidings.server.load_agent import LoadAgent
 from tidings.server.metrics import Metrics
@@ -112,12 +113,14 @@ class TidingsApp:
         presence: PresenceStore | None = None,
         *,
         placement: Placement | None = None,
+        key_hooks: KeyHooks | None = None,
     ) -> None:
         """Make a node of ``settings``, on ``broker`` (the one the settings name if
         ``None``), keeping presence in ``presence`` (the broker's own store if ``None``,
         or, for a broker that keeps none, one for this node alone); ``placement`` says
         which channels it serves (the one ``ring_nodes`` describe if ``None``: all of
-        them, but in hashing mode)."""
+        them, but in hashing mode); ``key_hooks`` tells an application's handler of the
+        routing keys this node gains and loses (``server.key_ownership``)."""
         settings = settings or Settings()
         demo = prepare_demo(settings) if settings.demo else None
         self.settings = settings = with_status_namespace(demo.settings if demo else settings)
@@ -129,12 +132,14 @@ class TidingsApp:
         self.ring_mover = RingMover(
             self.sessions, placement, settings.namespace_table(), settings.ring_move_rate
         )
+        # The application's per-key state: its handler told of keys gained and lost.
+        self.keys = KeyOwnership(placement, settings.namespace_table(), key_hooks)
         # The ring in etcd (``ring_etcd``): joined at start, left when the node drains.
         self._ring_member = (
             RingMember(
                 settings,
                 placement,
-                self.ring_mover.receive_ring,
+                self._on_ring,
                 on_lease_lost=self._on_lease_lost,
                 on_gain=self._on_gain,
             )
@@ -149,10 +154,11 @@ class TidingsApp:
         # wraps the broker; one that keeps none serves this node alone.
         heat = channel_heat_for(settings)
         # A member of the ring in etcd sequences its channels only while its lease is
-        # confirmed (``server.ring_fence``).
+        # confirmed (``server.ring_fence``). Keys are gained before the broker serves
+        # them: the wait is not the broker's time.
         member = self._ring_member
         self.hub = Hub(
-            self.metrics.metered(broker),
+            self.keys.watched(self.metrics.metered(broker)),
             presence or presence_store_of(broker),
             heat=heat,
             fence=None if member is None else RingFence(placement, member),
@@ -279,6 +285,7 @@ class TidingsApp:
                 raise
             if self._ring_member is not None:
                 await self._ring_member.join()
+            await self.keys.start()
             tick_s = max(0.05, min(HEARTBEAT_TICK_S, self.settings.ping_interval_s / 4))
             self._heartbeat = asyncio.create_task(run_heartbeats(self.sessions, tick_s))
             self._status_task = asyncio.create_task(self.status.run())
@@ -314,6 +321,9 @@ class TidingsApp:
         self.context.draining = True
         # The drain closes every connection, at its own pace: no moves beside it.
         await self.ring_mover.close()
+        # The application's state of every key is saved (``lost``) while this node still
+        # owns them, before they go elsewhere.
+        await self.keys.release_all()
         if self._ring_member is not None:
             # Out of the ring first: its keys go to the other nodes, where the clients
             # told to reconnect below are sent.
@@ -370,6 +380,7 @@ class TidingsApp:
         if self._ring_member is not None:
             await self._ring_member.close()
         await self.ring_mover.close()
+        await self.keys.close()
         await self._owner_link.aclose()
         await self.hub.close()
         self._started = False
@@ -462,6 +473,13 @@ class TidingsApp:
         if self._owner_link.has_ring:  # the owner sequences: maybe another node
             return await self._api.publish_from_process(channel, data, key)
         return await self.hub.publish(channel, data, key=key)
+
+    # -- a new ring (etcd) -------------------------------------------------------------
+
+    def _on_ring(self) -> None:
+        """A new ring reached the placement: lose the application's keys it gives to
+        other nodes (their state is saved), then move the connections it sends elsewhere."""
+        self.keys.receive_ring(then=self.ring_mover.receive_ring)
 
     def _on_lease_lost(self) -> None:
         """etcd let this node's lease expire: its channels went to other nodes, which

@@ -12,7 +12,9 @@ ring replaces the moves under way by its own. Polling clients hold no connection
 their next poll of a channel owned elsewhere is answered 307.
 
 Nothing moves with the clients yet: the new owner starts the channels it gains
-afresh, and a client resuming there is told ``recovered: false``.
+afresh, and a client resuming there is told ``recovered: false``. With an
+application's key handler, the app starts the moves only once the ``lost`` of the keys
+the ring gave away returned (``server.key_ownership``).
 """
 
 from __future__ import annotations
