@@ -226,9 +226,10 @@ def test_a_giver_has_handed_over_once_each_receiver_holds_its_top() -> None:
 
 
 def test_a_planned_leaver_crashing_is_told_apart_from_the_final_ring() -> None:
-    # Found by the simulation (tests/simulation, seed 876 of a 4-change world): settled
-    # at once, the leaver's crash wrote exactly the final record, and its receiver went on
-    # from its replica in the leaver's epoch, reissuing an offset the leaver had acked.
+    # Found by the simulation (tests/simulation; replayed by its settle_on_leaver_crash
+    # flaw, e.g. seed 518): settled at once, the leaver's crash wrote exactly the final
+    # record, and its receiver went on from its replica in the leaver's epoch, reissuing
+    # an offset the leaver had acknowledged.
     leaving = record_of({"a", "b", "c"}).left("c")
     crashed = leaving.crashed("c")
     assert crashed != leaving.finalized()
@@ -264,8 +265,8 @@ def test_a_crash_is_never_mistaken_for_the_final_ring(
 
 
 def test_a_resume_ahead_of_a_replica_waits_for_the_stream() -> None:
-    # Found by the simulation (no_resume_wait flaw, seed 29 of the first world): a
-    # subscriber moved while the giver kept sequencing holds more than the replica yet.
+    # Found by the simulation (its no_resume_wait flaw, e.g. seed 40): a subscriber moved
+    # while the giver kept sequencing holds more than the replica yet.
     held = Position("e", 7)
     assert decide_resume(held, Position("e", 8), replica=True) is ResumeStep.WAIT
     assert decide_resume(held, Position("e", 7), replica=True) is ResumeStep.RECOVER
