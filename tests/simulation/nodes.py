@@ -69,6 +69,9 @@ class Flaws:
     """A receiver answers a subscriber whose position is ahead of its replica at once
     (the recovery rule: ``recovered: false``), as HANDOVER.md first had it, instead of
     waiting for the stream (``decide_resume``)."""
+    begin_after_handed: bool = False
+    """A giver that has handed over still begins a moving channel for a new subscriber
+    (a new epoch the hand-over leaves out: the new owner begins another)."""
     settle_on_leaver_crash: bool = False
     """etcd settles the ring when a planned leaver's crash leaves nothing to move (as
     ``RingRecord.crashed`` first did): the record equals the final one."""
@@ -435,7 +438,8 @@ class Node:
         target = self.serving(channel)
         giver = self.giver
         begins = target == self.node_id and channel not in self.stores
-        if begins and giver is not None and giver.handed and self.transition.moves(channel):
+        handed = giver is not None and giver.handed and not self.flaws.begin_after_handed
+        if begins and handed and self.transition.moves(channel):
             # Handed: a channel begun now would be left out of the hand-over.
             target = self.transition.new_owner(channel)
         if target != self.node_id:

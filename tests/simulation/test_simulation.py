@@ -3,7 +3,8 @@
 ``TIDINGS_SIM_SEEDS`` sets the number of seeds (default 3,000, about 15 s here) and
 ``TIDINGS_SIM_FIRST_SEED`` the first; a failure prints the seed, its violations, the end of
 its trace and the command that replays it in full:
-``TIDINGS_SIM_SEED=<seed> pytest tests/simulation -k replay -s``.
+``TIDINGS_SIM_SEED=<seed> pytest tests/simulation -k replay -s`` (with
+``TIDINGS_SIM_FLAWS=<flaw>,...`` to replay a flawed variant).
 
 The flawed variants (``nodes.Flaws``) show the checker can fail: each breaks one rule of
 the protocol, and some seed among the first 3,000 must catch it.
@@ -11,6 +12,7 @@ the protocol, and some seed among the first 3,000 must catch it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -21,6 +23,19 @@ from tests.simulation.world import World, WorldConfig
 SEEDS = int(os.environ.get("TIDINGS_SIM_SEEDS", "3000"))
 FIRST_SEED = int(os.environ.get("TIDINGS_SIM_FIRST_SEED", "0"))
 TRACE_LINES = 120
+
+
+def flaws_from_environment() -> Flaws:
+    """The flaws named in ``TIDINGS_SIM_FLAWS`` (field names of ``Flaws``), for replays."""
+    names = [name for name in os.environ.get("TIDINGS_SIM_FLAWS", "").split(",") if name]
+    return Flaws(**dict.fromkeys(names, True))
+
+
+def replay_command(seed: int, flaws: Flaws) -> str:
+    """The shell command that replays ``seed`` with its trace."""
+    named = ",".join(f.name for f in dataclasses.fields(flaws) if getattr(flaws, f.name))
+    prefix = f"TIDINGS_SIM_FLAWS={named} " if named else ""
+    return f"{prefix}TIDINGS_SIM_SEED={seed} pytest tests/simulation -k replay -s"
 
 
 def run_seed(seed: int, config: WorldConfig, *, tracing: bool = False) -> World:
@@ -34,7 +49,7 @@ def report(seed: int, config: WorldConfig) -> str:
     world = run_seed(seed, config, tracing=True)
     lines = [f"seed {seed} fails:", *world.checker.violations, "", "trace (last lines):"]
     lines += world.lines[-TRACE_LINES:]
-    lines.append(f"replay: TIDINGS_SIM_SEED={seed} pytest tests/simulation -k replay -s")
+    lines.append(f"replay: {replay_command(seed, config.flaws)}")
     return "\n".join(lines)
 
 
@@ -56,9 +71,10 @@ def test_every_seed_keeps_the_invariants() -> None:
 @pytest.mark.skipif("TIDINGS_SIM_SEED" not in os.environ, reason="set TIDINGS_SIM_SEED to replay")
 def test_replay() -> None:
     seed = int(os.environ["TIDINGS_SIM_SEED"])
-    world = run_seed(seed, WorldConfig(), tracing=True)
+    config = WorldConfig(flaws=flaws_from_environment())
+    world = run_seed(seed, config, tracing=True)
     print("\n".join(world.lines))
-    assert not world.checker.violations, report(seed, WorldConfig())
+    assert not world.checker.violations, report(seed, config)
 
 
 @pytest.mark.parametrize(
@@ -69,6 +85,7 @@ def test_replay() -> None:
         (Flaws(keep_store_on_crash=True), "assigned"),
         (Flaws(no_resume_wait=True), "recovered:false with no crash"),
         (Flaws(settle_on_leaver_crash=True), ""),
+        (Flaws(begin_after_handed=True), "recovered:false with no crash"),
     ],
     ids=[
         "eager-receiver",
@@ -76,6 +93,7 @@ def test_replay() -> None:
         "keep-store-on-crash",
         "no-resume-wait",
         "settle-on-leaver-crash",
+        "begin-after-handed",
     ],
 )
 def test_a_flawed_protocol_is_caught(flaws: Flaws, finding: str) -> None:
@@ -83,4 +101,4 @@ def test_a_flawed_protocol_is_caught(flaws: Flaws, finding: str) -> None:
     seed = first_failure(config, range(3000))
     assert seed is not None, f"no seed catches {flaws}"
     violations = run_seed(seed, config).checker.violations
-    assert any(finding in violation for violation in violations), violations
+    assert any(finding in violation for violation in violations), report(seed, config)
