@@ -75,6 +75,10 @@ class Flaws:
     settle_on_leaver_crash: bool = False
     """etcd settles the ring when a planned leaver's crash leaves nothing to move (as
     ``RingRecord.crashed`` first did): the record equals the final one."""
+    forget_every_copy_on_crash: bool = False
+    """A crash makes a node forget every copy of the dead node's channels, even a replica
+    the next giver began before the node learned of the crash (the giver then counts an
+    ack of a position the receiver no longer holds)."""
     keep_store_on_crash: bool = False
     """A crash does not make the next sequencer forget its copy of the dead node's
     channels (it continues the old epoch)."""
@@ -156,6 +160,9 @@ class Node:
         for channel in list(self.stores):
             if before.old_owner(channel) != dead or self.flaws.keep_store_on_crash:
                 continue
+            source = self.replicas.get(channel)
+            if source is not None and source != dead and not self.flaws.forget_every_copy_on_crash:
+                continue  # a replica the next giver began (its message came before the record)
             del self.stores[channel]
             self.replicas.pop(channel, None)
             self.world.trace(

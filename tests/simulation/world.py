@@ -282,6 +282,10 @@ class World:
             return
         if rng.random() < 0.5 or len(ring) < 3:
             self._join()
+            if len(ring) >= 3 and rng.random() < self.config.crash_share:
+                # A giver dying during the join's hand-over: its keys go to the next.
+                victim = rng.choice(ring)
+                self.after(rng.uniform(0, 150), partial(self._crash_if_ring_allows, victim))
         else:
             stayers = [node for node in ring if not (node.leaving or node.joining)]
             if len(stayers) >= 3:
@@ -305,6 +309,11 @@ class World:
 
     def _crash_if_alive(self, node: Node) -> None:
         if node.alive:
+            self._crash(node)
+
+    def _crash_if_ring_allows(self, node: Node) -> None:
+        ring = [other for other in self._live() if other.node_id in self.etcd.record.nodes]
+        if node.alive and len(ring) >= 3:
             self._crash(node)
 
     def _crash(self, node: Node) -> None:
