@@ -9,6 +9,9 @@
    checks order and repeats as it receives; at the end, its last segment must hold every
    acknowledged publication of its epoch after the segment's start.)
 3. **Offsets**: no (channel, epoch, offset) is ever assigned to two publications.
+
+And, when no event is left: every transition ended and no node still holds a publication
+(liveness), and every subscriber is attached somewhere.
 """
 
 from __future__ import annotations
@@ -78,10 +81,21 @@ class Checker:
             return
         for subscriber in self.world.subscribers:
             self._check_complete(subscriber)
+        self._check_finished()
         for node in self.world.nodes.values():
             for channel, store in node.stores.items():
                 if node.alive and not store.is_contiguous():
                     self._violate(f"{node.node_id}'s history of {channel} has a hole")
+
+    def _check_finished(self) -> None:
+        """Liveness: every transition ended, and no publication is still held."""
+        record = self.world.etcd.record
+        if record.in_transition:
+            self._violate(f"the ring is still in transition at the end (v{record.version})")
+        for node in self.world.nodes.values():
+            if node.alive and node.held:
+                keys = [publish.key for publish in node.held]
+                self._violate(f"{node.node_id} still holds {keys} at the end")
 
     def _check_complete(self, subscriber: Subscriber) -> None:
         if not subscriber.segments:

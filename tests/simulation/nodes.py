@@ -72,6 +72,9 @@ class Flaws:
     begin_after_handed: bool = False
     """A giver that has handed over still begins a moving channel for a new subscriber
     (a new epoch the hand-over leaves out: the new owner begins another)."""
+    no_resend: bool = False
+    """A giver never sends a snapshot again on its own: a lost message (or ack) leaves
+    the receiver behind, and the transition never ends."""
     settle_on_leaver_crash: bool = False
     """etcd settles the ring when a planned leaver's crash leaves nothing to move (as
     ``RingRecord.crashed`` first did): the record equals the final one."""
@@ -193,12 +196,24 @@ class Node:
                 receiver = transition.new_owner(channel)
                 if receiver != self.node_id:
                     moving[channel] = receiver
-        self.giver = Giver(self.view.version, moving)
+        giver = self.giver = Giver(self.view.version, moving)
         for channel in moving:
             self._send_snapshot(channel)
         version = self.view.version
         self.world.after(self.world.config.handover_timeout, lambda: self._seal_by_timeout(version))
+        if not self.flaws.no_resend:
+            self.world.after(self.world.config.resend_after, lambda: self._resend(giver))
         self._progress()
+
+    def _resend(self, giver: Giver) -> None:
+        """A message or its ack may be lost (a connection broke): send a fresh snapshot
+        of every channel its receiver has not acked up to the top, until handed."""
+        if not self.alive or self.giver is not giver or giver.handed:
+            return
+        for channel in giver.moving:
+            if giver.acked.get(channel) != self.stores[channel].position:
+                self._send_snapshot(channel)
+        self.world.after(self.world.config.resend_after, lambda: self._resend(giver))
 
     def _redispatch_held(self) -> None:
         held, self.held = self.held, []

@@ -109,6 +109,7 @@ def test_replay() -> None:
         (Flaws(no_resume_wait=True), "recovered:false with no crash"),
         (Flaws(settle_on_leaver_crash=True), ""),
         (Flaws(begin_after_handed=True), "recovered:false with no crash"),
+        (Flaws(no_resend=True), ""),
     ],
     ids=[
         "eager-receiver",
@@ -117,6 +118,7 @@ def test_replay() -> None:
         "no-resume-wait",
         "settle-on-leaver-crash",
         "begin-after-handed",
+        "no-resend",
     ],
 )
 def test_a_flawed_protocol_is_caught(flaws: Flaws, finding: str) -> None:

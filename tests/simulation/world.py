@@ -53,9 +53,11 @@ class WorldConfig:
     work_time: float = 600.0
     delay: tuple[float, float] = (1.0, 25.0)
     duplicate: float = 0.1
+    loss: float = 0.02  # of node-to-node messages between live nodes (a broken connection)
     watch_delay: tuple[float, float] = (1.0, 40.0)
     lease_ttl: float = 80.0
     handover_timeout: float = 250.0
+    resend_after: float = 150.0  # a giver's retransmission of what is not acked yet
     move_spread: float = 30.0
     resume_wait: float = 300.0
     retry_after: float = 120.0
@@ -162,7 +164,11 @@ class World:
 
     def send(self, sender: str, to: str, message: NodeMessage) -> None:
         """A node-to-node message: delayed, so reordered, and sometimes duplicated."""
-        copies = 2 if self.rng.random() < self.config.duplicate else 1
+        draw = self.rng.random()
+        if draw < self.config.loss:
+            self.trace("network loses %s from %s to %s", type(message).__name__, sender, to)
+            return
+        copies = 2 if draw > 1 - self.config.duplicate else 1
         for _ in range(copies):
             self.after(self._pick(self.config.delay), lambda: self._arrive(sender, to, message))
 
