@@ -17,7 +17,7 @@ class SimEtcd:
 
     def __init__(self) -> None:
         self.record = RingRecord()
-        self.members: set[str] = set()  # nodes whose lease is alive
+        self.members: dict[str, int] = {}  # member key -> the lease it is attached to
         self.handed: dict[int, set[str]] = {}
         self.writes = 0
 

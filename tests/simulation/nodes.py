@@ -75,6 +75,9 @@ class Flaws:
     no_resend: bool = False
     """A giver never sends a snapshot again on its own: a lost message (or ack) leaves
     the receiver behind, and the transition never ends."""
+    silent_restart: bool = False
+    """A node that restarts (same id and URL) before its old lease expired just takes its
+    place again (``joined`` changes nothing), so no one learns it crashed."""
     settle_on_leaver_crash: bool = False
     """etcd settles the ring when a planned leaver's crash leaves nothing to move (as
     ``RingRecord.crashed`` first did): the record equals the final one."""
@@ -107,6 +110,8 @@ class Node:
         self.node_id = node_id
         self.flaws = flaws
         self.alive = True
+        self.lease = 0  # the etcd lease of this incarnation
+        self.restarting = False  # restarted while its id is still in the ring
         self.joining = False
         self.leaving = False
         self.view = view
@@ -123,6 +128,8 @@ class Node:
 
     def role(self, channel: str) -> Role:
         """What this node does with a publication of ``channel`` now."""
+        if self.restarting:
+            return Hold()  # not serving until its old incarnation is removed
         transition = self.transition
         if (
             self.flaws.eager_receiver
@@ -159,6 +166,13 @@ class Node:
         self.try_finalize()
         self.world.roles_changed()
 
+    def begin(self) -> None:
+        """A node that starts acts on the ring it read (as on each one it learns)."""
+        self._start_giving()
+        self.change_membership()
+        self.try_finalize()
+        self.world.roles_changed()
+
     def _forget_channels_of(self, dead: str, before: Transition) -> None:
         for channel in list(self.stores):
             if before.old_owner(channel) != dead or self.flaws.keep_store_on_crash:
@@ -186,7 +200,7 @@ class Node:
 
     def _start_giving(self) -> None:
         previous = self.view.previous
-        if previous is None or self.node_id not in previous:
+        if previous is None or self.node_id not in previous or self.restarting:
             self.giver = None
             return
         transition = self.transition
@@ -246,6 +260,14 @@ class Node:
     def change_membership(self) -> None:
         """Join or leave the ring if this node was asked to and the ring is settled."""
         view, etcd = self.view, self.world.etcd
+        if self.restarting:
+            if self.node_id in view.nodes or self.node_id in (view.previous or ()):
+                # Its previous incarnation died: say so, as its lease expiring would have.
+                etcd_write(self.world, view, view.crashed(self.node_id))
+                return
+            self.restarting = False
+            self.joining = True
+            self.world.roles_changed()
         if self.joining:
             if self.node_id in view.nodes:
                 self.joining = False
@@ -256,7 +278,7 @@ class Node:
                 etcd_write(self.world, view, view.left(self.node_id))
             elif self.node_id not in view.nodes:
                 self.world.trace("%s has left the ring and exits", self.node_id)
-                etcd.members.discard(self.node_id)
+                etcd.members.pop(self.node_id, None)
                 self.world.exit(self)
 
     def try_finalize(self) -> None:
@@ -272,6 +294,8 @@ class Node:
 
     def publish(self, publish: Publish) -> None:
         """A publication arrives from a publisher or another node."""
+        if self.restarting:
+            return  # not serving yet: its publisher retries
         role = self.role(publish.channel)
         match role:
             case Sequence(copy_to=copy_to):
@@ -392,6 +416,8 @@ class Node:
 
     def receive(self, sender: str, message: NodeMessage) -> None:
         """A message from another node arrives."""
+        if self.restarting and not isinstance(message, Publish):
+            return  # meant for its previous incarnation
         match message:
             case Publish():
                 self.publish(message)
@@ -456,6 +482,9 @@ class Node:
     def attach(self, subscriber: Subscriber, *, waited: bool = False) -> None:
         """A subscriber connects (new, or resuming from its position); ``waited``: it
         waited here for the replica already."""
+        if self.restarting:
+            self.world.reconnect(subscriber)  # not serving yet
+            return
         channel = subscriber.channel
         target = self.serving(channel)
         giver = self.giver

@@ -110,6 +110,7 @@ def test_replay() -> None:
         (Flaws(settle_on_leaver_crash=True), ""),
         (Flaws(begin_after_handed=True), "recovered:false with no crash"),
         (Flaws(no_resend=True), ""),
+        (Flaws(silent_restart=True), "assigned"),
     ],
     ids=[
         "eager-receiver",
@@ -119,6 +120,7 @@ def test_replay() -> None:
         "settle-on-leaver-crash",
         "begin-after-handed",
         "no-resend",
+        "silent-restart",
     ],
 )
 def test_a_flawed_protocol_is_caught(flaws: Flaws, finding: str) -> None:

@@ -48,6 +48,7 @@ class WorldConfig:
     subscribers: int = 6
     membership_changes: int = 4  # at most this many joins, leaves and crashes
     crash_share: float = 0.4  # of membership changes
+    restart_share: float = 0.3  # of crashes: the node restarts, same id, within its lease
     history: int = 8
     vnodes: int = 8
     work_time: float = 600.0
@@ -88,6 +89,7 @@ class World:
         self._transitions: dict[int, Transition] = {}
         self._watched: dict[str, float] = {}  # node -> when its last watch event arrives
         self._next_node = config.nodes + 1
+        self._leases = 0
 
     # -- scheduling ------------------------------------------------------------------
 
@@ -237,8 +239,8 @@ class World:
         record = RingRecord(1, {name: f"http://{name}" for name in names})
         self.etcd.record = record
         for name in names:
-            self.nodes[name] = Node(self, name, record, config.flaws)
-            self.etcd.members.add(name)
+            self.nodes[name] = node = Node(self, name, record, config.flaws)
+            self._register(node)
         self.trace("etcd: v1 %s", describe(record))
 
     def _schedule_workload(self) -> None:
@@ -309,9 +311,9 @@ class World:
         node = Node(self, name, self.etcd.record, self.config.flaws)
         node.joining = True
         self.nodes[name] = node
-        self.etcd.members.add(name)
+        self._register(node)
         self.trace("%s starts and joins", name)
-        node.change_membership()
+        node.begin()
 
     def _crash_if_alive(self, node: Node) -> None:
         if node.alive:
@@ -330,10 +332,33 @@ class World:
             self.reconnect(subscriber)
 
         self.after(self.config.lease_ttl, lambda: self._expire(node))
+        if self.rng.random() < self.config.restart_share:
+            restart = self.rng.uniform(5, self.config.lease_ttl * 0.8)
+            self.after(restart, partial(self._restart, node.node_id))
+
+    def _register(self, node: Node) -> None:
+        self._leases += 1
+        node.lease = self._leases
+        self.etcd.members[node.node_id] = node.lease
+
+    def _restart(self, node_id: str) -> None:
+        """A crashed node starts again, same id and URL, with nothing in its stores."""
+        node = Node(self, node_id, self.etcd.record, self.config.flaws)
+        self.nodes[node_id] = node
+        self._register(node)  # its member key now hangs on the new lease
+        if self.config.flaws.silent_restart:
+            node.joining = True
+        else:
+            node.restarting = True
+        self.trace("%s restarts", node_id)
+        node.begin()
 
     def _expire(self, node: Node) -> None:
-        """``node``'s lease is gone: a crash removal is written if it is still in the ring."""
-        self.etcd.members.discard(node.node_id)
+        """``node``'s lease is gone: a crash removal is written if it is still in the ring
+        (unless its member key hangs on a newer incarnation's lease by now)."""
+        if self.etcd.members.get(node.node_id, node.lease) != node.lease:
+            return
+        self.etcd.members.pop(node.node_id, None)
         record = self.etcd.record
         crashed = record.crashed(node.node_id)
         previous = crashed.previous
