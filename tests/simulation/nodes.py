@@ -123,6 +123,7 @@ class Node:
         self.held: list[Publish] = []
         # Subscribers waiting for the replica to reach their position (decide_resume).
         self.waiting: dict[int, Subscriber] = {}
+        self._wait_ids: dict[int, object] = {}  # which wait of each is current
 
     # -- roles -----------------------------------------------------------------------
 
@@ -505,8 +506,9 @@ class Node:
                                  subscriber.subscriber_id, self.node_id, since,
                                  store.position)  # fmt: skip
                 self.waiting[subscriber.subscriber_id] = subscriber
+                wait = self._wait_ids[subscriber.subscriber_id] = object()
                 self.world.after(
-                    self.world.config.resume_wait, lambda: self._stop_waiting(subscriber)
+                    self.world.config.resume_wait, lambda: self._stop_waiting(subscriber, wait)
                 )
                 return
         self.world.trace("subscriber %d attaches at %s to %s (since %s, top %s)",
@@ -522,8 +524,11 @@ class Node:
         if giver is not None and channel in giver.snapshot_acked:
             self._schedule_move(subscriber, giver)
 
-    def _stop_waiting(self, subscriber: Subscriber) -> None:
-        if self.alive and self.waiting.pop(subscriber.subscriber_id, None) is not None:
+    def _stop_waiting(self, subscriber: Subscriber, wait: object) -> None:
+        # Only this wait's end: the subscriber may have left and come to wait again.
+        subscriber_id = subscriber.subscriber_id
+        if self.alive and subscriber_id in self.waiting and self._wait_ids[subscriber_id] is wait:
+            del self.waiting[subscriber_id]
             self.attach(subscriber, waited=True)
 
     def detach_all(self) -> list[Subscriber]:

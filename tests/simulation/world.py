@@ -33,7 +33,7 @@ from tests.simulation.nodes import Flaws, Node, describe
 from tests.simulation.store import SimPublication
 from tidings.core.handover import RingRecord, Transition
 from tidings.core.publication import Position
-from tidings.core.ring import HashRing
+from tidings.core.ring import OwnershipKind, ownership_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,7 @@ class WorldConfig:
     crash_share: float = 0.4  # of membership changes
     restart_share: float = 0.3  # of crashes: the node restarts, same id, within its lease
     history: int = 8
+    placement: OwnershipKind = "ring"  # or "modulo", where most keys move at each change
     vnodes: int = 8
     work_time: float = 600.0
     delay: tuple[float, float] = (1.0, 25.0)
@@ -121,9 +122,11 @@ class World:
         """The ownerships of ``record`` (one per version: records are CAS-ordered)."""
         transition = self._transitions.get(record.version)
         if transition is None:
-            vnodes = self.config.vnodes
-            current = HashRing(record.nodes, vnodes) if record.nodes else HashRing(["-"], 1)
-            previous = None if record.previous is None else HashRing(record.previous, vnodes)
+            kind, vnodes = self.config.placement, self.config.vnodes
+            current = ownership_of(kind, record.nodes or ["-"], vnodes)
+            previous = (
+                None if record.previous is None else ownership_of(kind, record.previous, vnodes)
+            )
             transition = Transition(current, previous)
             self._transitions[record.version] = transition
         return transition
