@@ -32,7 +32,10 @@ Why no two nodes ever sequence one key: a node sequences ``k`` only if it is ``k
 old owner (in transition, until it seals) or its owner (settled); records are totally
 ordered by version; the final record is written only after every live old owner has
 sealed; and a node that cannot renew its lease stops sequencing before the others can
-take its keys (docs/modes/hashing.md, "Failures").
+take its keys (docs/modes/hashing.md, "Failures"). A crash removal applies at once, so it
+must move nothing but the dead node's keys: true of the ring (minimal movement), not of
+modulo placement, where it moves live nodes' keys too without a hand-over (the
+simulation finds two sequencers there).
 """
 
 from __future__ import annotations
