@@ -54,6 +54,12 @@ class Checker:
         """A publisher heard its publication is stored at ``position``."""
         self._acknowledged.setdefault(channel, []).append((position, key))
 
+    def acknowledged_again(self, key: str, before: Position, position: Position) -> None:
+        """A publisher's retry was acknowledged at another position: stored twice, which
+        the dedupe window must prevent within an epoch (a new epoch lost it: allowed)."""
+        if before.epoch == position.epoch:
+            self._violate(f"{key} stored twice in one epoch: at {before} and {position}")
+
     def gap_told(self, subscriber: Subscriber, reason: str) -> None:
         """A subscriber was told ``recovered: false``: only a crash may cause it."""
         if self.world.crashes == 0:

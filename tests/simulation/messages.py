@@ -30,6 +30,9 @@ class Replica:
     top: int
     publications: tuple[SimPublication, ...]
     snapshot: bool
+    # A snapshot's dedupe window: every key the giver stored, with its position (history
+    # may have evicted the publication while the publisher may still retry it).
+    keys: tuple[tuple[str, Position], ...] = ()
 
     @property
     def first(self) -> Position:

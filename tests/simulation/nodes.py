@@ -78,6 +78,10 @@ class Flaws:
     silent_restart: bool = False
     """A node that restarts (same id and URL) before its old lease expired just takes its
     place again (``joined`` changes nothing), so no one learns it crashed."""
+    retained_keys_only: bool = False
+    """A snapshot carries only the keys of its retained publications (HANDOVER.md's
+    ``adopt``), not the giver's dedupe window: a retry of an evicted publication is
+    stored again by the new owner."""
     settle_on_leaver_crash: bool = False
     """etcd settles the ring when a planned leaver's crash leaves nothing to move (as
     ``RingRecord.crashed`` first did): the record equals the final one."""
@@ -349,8 +353,9 @@ class Node:
         giver, store = self.giver, self.stores.get(channel)
         if giver is None or store is None or channel not in giver.moving:
             return
+        keys = () if self.flaws.retained_keys_only else tuple(store.keys.items())
         snapshot = Replica(giver.version, channel, store.epoch, store.top,
-                           tuple(store.retained), snapshot=True)  # fmt: skip
+                           tuple(store.retained), snapshot=True, keys=keys)  # fmt: skip
         self._send(giver.moving[channel], snapshot)
 
     def _acked(self, sender: str, ack: ReplicaAck) -> None:
@@ -455,6 +460,8 @@ class Node:
             return
         if store.epoch == message.epoch:
             self.replicas[channel] = sender
+            for key, position in message.keys:
+                store.keys.setdefault(key, position)
         self._send(sender, ReplicaAck(channel, store.position))
         self._reattach_waiting(channel)
 

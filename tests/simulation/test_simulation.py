@@ -109,16 +109,18 @@ def test_replay() -> None:
 
 
 @pytest.mark.parametrize(
-    ("flaws", "finding"),
+    ("flaws", "shape", "finding"),
     [
-        (Flaws(eager_receiver=True), "two sequencers"),
-        (Flaws(ignore_resync=True), ""),
-        (Flaws(keep_store_on_crash=True), ""),
-        (Flaws(no_resume_wait=True), "recovered:false with no crash"),
-        (Flaws(settle_on_leaver_crash=True), ""),
-        (Flaws(begin_after_handed=True), "recovered:false with no crash"),
-        (Flaws(no_resend=True), ""),
-        (Flaws(silent_restart=True), "assigned"),
+        (Flaws(eager_receiver=True), "small", "two sequencers"),
+        (Flaws(ignore_resync=True), "small", ""),
+        (Flaws(keep_store_on_crash=True), "small", ""),
+        (Flaws(no_resume_wait=True), "small", "recovered:false with no crash"),
+        (Flaws(settle_on_leaver_crash=True), "small", ""),
+        (Flaws(begin_after_handed=True), "small", "recovered:false with no crash"),
+        (Flaws(no_resend=True), "small", ""),
+        (Flaws(silent_restart=True), "small", "assigned"),
+        # A history of 3 evicts what publishers still retry.
+        (Flaws(retained_keys_only=True), "large", "twice"),
     ],
     ids=[
         "eager-receiver",
@@ -129,10 +131,11 @@ def test_replay() -> None:
         "begin-after-handed",
         "no-resend",
         "silent-restart",
+        "retained-keys-only",
     ],
 )
-def test_a_flawed_protocol_is_caught(flaws: Flaws, finding: str) -> None:
-    config = WorldConfig(flaws=flaws)
+def test_a_flawed_protocol_is_caught(flaws: Flaws, shape: str, finding: str) -> None:
+    config = dataclasses.replace(SHAPES[shape][0], flaws=flaws)
     seed = first_failure(config, range(3000))
     assert seed is not None, f"no seed catches {flaws}"
     violations = run_seed(seed, config).checker.violations

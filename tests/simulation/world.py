@@ -55,6 +55,7 @@ class WorldConfig:
     work_time: float = 600.0
     delay: tuple[float, float] = (1.0, 25.0)
     duplicate: float = 0.1
+    answer_loss: float = 0.1  # of sequencers' answers to publishers (they retry)
     loss: float = 0.02  # of node-to-node messages between live nodes (a broken connection)
     watch_delay: tuple[float, float] = (1.0, 40.0)
     lease_ttl: float = 80.0
@@ -187,13 +188,21 @@ class World:
         publisher = self.publishers[publish.publisher]
 
         def arrive() -> None:
-            if publish.key not in publisher.acked:
+            before = publisher.acked.get(publish.key)
+            if before is None:
                 self.trace(
                     "publisher %d: %s acked at %s", publisher.publisher_id, publish.key, position
                 )
                 publisher.acked[publish.key] = position
                 self.checker.acknowledged(publish.channel, publish.key, position)
+            elif before != position:
+                self.checker.acknowledged_again(publish.key, before, position)
 
+        if self.rng.random() < self.config.answer_loss:
+            self.trace(
+                "publisher %d's connection drops the answer for %s", publish.publisher, publish.key
+            )
+            return
         self.after(self._pick(self.config.delay), arrive)
 
     def deliver(self, subscriber: Subscriber, publication: SimPublication) -> None:
