@@ -12,11 +12,14 @@ from tidings.core.handover import (
     ForwardTo,
     Hold,
     ReplicaStep,
+    ResumeStep,
     RingRecord,
     Sequence,
     Transition,
     TransitionUnderWay,
+    crashed_nodes,
     decide_replica,
+    decide_resume,
     finalizable,
     handed_over,
     publishing_role,
@@ -220,3 +223,54 @@ def test_a_giver_has_handed_over_once_each_receiver_holds_its_top() -> None:
     assert not handed_over(tops, {"doc:1": Position(E, 4), "doc:2": Position(E, 8)})
     assert handed_over(tops, {"doc:1": Position(E, 4), "doc:2": Position(E, 9)})
     assert handed_over({}, {})
+
+
+def test_a_planned_leaver_crashing_is_told_apart_from_the_final_ring() -> None:
+    # Found by the simulation (tests/simulation; replayed by its settle_on_leaver_crash
+    # flaw, e.g. seed 518): settled at once, the leaver's crash wrote exactly the final
+    # record, and its receiver went on from its replica in the leaver's epoch, reissuing
+    # an offset the leaver had acknowledged.
+    leaving = record_of({"a", "b", "c"}).left("c")
+    crashed = leaving.crashed("c")
+    assert crashed != leaving.finalized()
+    assert crashed.in_transition
+    assert crashed_nodes(leaving, crashed) == {"c"}
+    assert crashed_nodes(leaving, leaving.finalized()) == frozenset()
+
+
+def test_crashed_nodes_names_who_a_crash_removed() -> None:
+    settled = record_of({"a", "b", "c"})
+    assert crashed_nodes(settled, settled.crashed("b")) == {"b"}
+    joining = settled.joined("d", "http://d")
+    assert crashed_nodes(joining, joining.crashed("d")) == {"d"}
+    assert crashed_nodes(joining, joining.crashed("a")) == {"a"}
+    assert crashed_nodes(joining, joining.finalized()) == frozenset()
+
+
+@SMALL
+@given(node_sets, node_ids, st.booleans(), st.data())
+def test_a_crash_is_never_mistaken_for_the_final_ring(
+    nodes: set[str], changed: str, join: bool, data: st.DataObject
+) -> None:
+    base = record_of(nodes)
+    if join == (changed in nodes):
+        return
+    record = base.joined(changed, f"http://{changed}") if join else base.left(changed)
+    if not record.in_transition:
+        return
+    everyone = sorted(set(record.nodes).union(record.previous or ()))
+    dead = data.draw(st.sampled_from(everyone))
+    assert crashed_nodes(record, record.crashed(dead)) == {dead}
+    assert crashed_nodes(record, record.finalized()) == frozenset()
+
+
+def test_a_resume_ahead_of_a_replica_waits_for_the_stream() -> None:
+    # Found by the simulation (its no_resume_wait flaw, e.g. seed 40): a subscriber moved
+    # while the giver kept sequencing holds more than the replica yet.
+    held = Position("e", 7)
+    assert decide_resume(held, Position("e", 8), replica=True) is ResumeStep.WAIT
+    assert decide_resume(held, Position("e", 7), replica=True) is ResumeStep.RECOVER
+    assert decide_resume(held, Position("e", 3), replica=True) is ResumeStep.RECOVER
+    # Another epoch, or the sequencer's own store: the recovery rule answers at once.
+    assert decide_resume(held, Position("f", 9), replica=True) is ResumeStep.RECOVER
+    assert decide_resume(held, Position("e", 8), replica=False) is ResumeStep.RECOVER

@@ -32,7 +32,10 @@ Why no two nodes ever sequence one key: a node sequences ``k`` only if it is ``k
 old owner (in transition, until it seals) or its owner (settled); records are totally
 ordered by version; the final record is written only after every live old owner has
 sealed; and a node that cannot renew its lease stops sequencing before the others can
-take its keys (docs/modes/hashing.md, "Failures").
+take its keys (docs/modes/hashing.md, "Failures"). A crash removal applies at once, so it
+must move nothing but the dead node's keys: true of the ring (minimal movement), not of
+modulo placement, where it moves live nodes' keys too without a hand-over (the
+simulation finds two sequencers there).
 """
 
 from __future__ import annotations
@@ -97,8 +100,15 @@ class RingRecord:
         nodes = {n: u for n, u in self.nodes.items() if n != node_id}
         if previous is not None:
             previous = {n: u for n, u in previous.items() if n != node_id}
-            if not previous or not nodes or previous.keys() == nodes.keys():
+            if not previous or not nodes:
+                previous = None  # no one is left to hand over to or from
+            elif previous.keys() == nodes.keys() and node_id in self.nodes:
                 previous = None  # nothing is left to hand over
+            # A planned leaver crashing keeps the transition even when nothing moves any
+            # more: settled, the record would equal the final one (``finalized``), and the
+            # nodes could not tell that the leaver died without handing over
+            # (``crashed_nodes``); its receivers would continue its epoch from replicas
+            # that may lack publications it acknowledged. Every giver hands at once.
         return RingRecord(self.version + 1, nodes, previous)
 
     def finalized(self) -> RingRecord:
@@ -117,6 +127,23 @@ class RingRecord:
         # A first node, or a last one leaving, has no one to hand keys to or take them from.
         previous = dict(self.nodes) if self.nodes and nodes else None
         return RingRecord(self.version + 1, nodes, previous)
+
+
+def crashed_nodes(before: RingRecord, after: RingRecord) -> frozenset[str]:
+    """The nodes that the record following ``before`` removed by a crash removal.
+
+    A node that learns every version of the ring (a watch misses none) calls this for
+    each: a node gone from ``nodes`` and ``previous`` crashed, unless ``after`` is the
+    final record of ``before``'s transition (its planned leavers handed everything
+    over). The keys a crashed node sequenced go to their next owners in a new epoch:
+    a copy of them anywhere else may lack publications the dead node acknowledged.
+    """
+    gone = set(before.nodes).union(before.previous or ()) - set(after.nodes).union(
+        after.previous or ()
+    )
+    if before.in_transition and not after.in_transition and after.nodes == before.nodes:
+        return frozenset()  # the final record: the leavers handed over
+    return frozenset(gone)
 
 
 def finalizable(record: RingRecord, live_members: Collection[str], handed: Collection[str]) -> bool:
@@ -242,6 +269,31 @@ def decide_replica(
             return ReplicaStep.APPLY if same_epoch and top > held.offset else ReplicaStep.IGNORE
         case CatchUp.HOLE | CatchUp.GAP:
             return ReplicaStep.RESYNC
+
+
+class ResumeStep(enum.Enum):
+    """What a node serving a channel does with a subscriber resuming from a position."""
+
+    RECOVER = "recover"
+    """Answer now by the recovery rule (``core.recovery``)."""
+    WAIT = "wait"
+    """The node's replica trails the old owner, which made the position: wait until the
+    hand-over stream brings the replica there, then recover (bounded; then recover)."""
+
+
+def decide_resume(held: Position, since: Position, *, replica: bool) -> ResumeStep:
+    """Judge a resuming subscriber's position ``since`` against what the serving node
+    holds (``held``); ``replica``: whether the node serves from a hand-over replica.
+
+    The old owner moves a subscriber as soon as the new owner acked the snapshot, while
+    it goes on sequencing: the subscriber may hold publications the stream has not
+    brought to the replica yet. Its position is then ahead of the replica in the same
+    epoch, which the recovery rule would answer ``recovered: false`` (ahead of head),
+    though nothing is lost: the stream is on its way.
+    """
+    if replica and since.epoch == held.epoch and since.offset > held.offset:
+        return ResumeStep.WAIT
+    return ResumeStep.RECOVER
 
 
 def handed_over(tops: Mapping[str, Position], acked: Mapping[str, Position]) -> bool:
