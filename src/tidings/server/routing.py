@@ -20,8 +20,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tidings.brokers.ring.etcd import EtcdGateway
-from tidings.brokers.ring.membership import Membership, RingState
+from tidings.brokers.ring.membership import Membership
 from tidings.core.channel import parse_channel
+from tidings.core.handover import RingRecord
 from tidings.core.placement import LOCAL_PLACEMENT, Placement
 from tidings.core.ring import ownership_of
 from tidings.core.routing import FollowingPlacement, OwnerRouting, RingPlacement
@@ -123,7 +124,7 @@ class RingMember:
         )
         self._joined = False
 
-    def _on_ring(self, state: RingState) -> None:
+    def _on_ring(self, state: RingRecord) -> None:
         self._placement.receive_ring(state.nodes, state.version)
         logger.info("ring version %d: %s", state.version, ", ".join(sorted(state.nodes)))
         if self._on_change is not None:

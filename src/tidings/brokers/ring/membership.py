@@ -62,14 +62,15 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Final
 
 import msgspec
 
 from tidings.brokers.ring.etcd import EtcdError, EtcdGateway, Unchanged
 from tidings.core.backoff import Backoff
+from tidings.core.handover import RingRecord, TransitionUnderWay, finalizable
 
 logger = logging.getLogger(__name__)
 
@@ -81,47 +82,9 @@ MAX_TRANSACTION_ATTEMPTS: Final = 100
 DEFAULT_SETTLE_TIMEOUT_S: Final = 60.0
 
 
-@dataclass(frozen=True, slots=True)
-class RingState:
-    """A version of the ring: its nodes (id to base URL) and, in a transition, the nodes
-    it moves from (``previous``). Version 0 is the empty ring before any node joined."""
-
-    version: int = 0
-    nodes: Mapping[str, str] = field(default_factory=dict)
-    previous: Mapping[str, str] | None = None
-
-    @property
-    def in_transition(self) -> bool:
-        """Whether keys are being handed over from ``previous`` to ``nodes``."""
-        return self.previous is not None
-
-    def joined(self, node_id: str, url: str) -> RingState:
-        """The next version, with ``node_id`` at ``url``: a transition from these nodes,
-        or settled at once if there were none (nothing to hand over)."""
-        nodes = {**self.nodes, node_id: url}
-        return RingState(self.version + 1, nodes, dict(self.nodes) if self.nodes else None)
-
-    def left(self, node_id: str) -> RingState:
-        """The next version, without ``node_id``: a transition from these nodes, or
-        settled at once if none is left (no one to hand to)."""
-        nodes = {node: url for node, url in self.nodes.items() if node != node_id}
-        return RingState(self.version + 1, nodes, dict(self.nodes) if nodes else None)
-
-    def crashed(self, node_id: str) -> RingState:
-        """The next version, without ``node_id`` in ``nodes`` or ``previous``."""
-        nodes = {node: url for node, url in self.nodes.items() if node != node_id}
-        previous = self.previous
-        if previous is not None:
-            previous = {node: url for node, url in previous.items() if node != node_id}
-        return RingState(self.version + 1, nodes, previous)
-
-    def finalized(self) -> RingState:
-        """The next version, the transition over: ``nodes`` alone."""
-        return RingState(self.version + 1, dict(self.nodes))
-
-    def has(self, node_id: str) -> bool:
-        """Whether ``node_id`` is in ``nodes`` or ``previous``."""
-        return node_id in self.nodes or (self.previous is not None and node_id in self.previous)
+def _has(ring: RingRecord, node_id: str) -> bool:
+    """Whether ``node_id`` is in ``ring``'s nodes or previous nodes."""
+    return node_id in ring.nodes or (ring.previous is not None and node_id in ring.previous)
 
 
 class _RingJson(msgspec.Struct, omit_defaults=True):
@@ -130,13 +93,13 @@ class _RingJson(msgspec.Struct, omit_defaults=True):
     previous: dict[str, str] | None = None
 
 
-def encode_ring(state: RingState) -> bytes:
+def encode_ring(state: RingRecord) -> bytes:
     """The ring key's value (``previous`` left out when null)."""
     previous = None if state.previous is None else dict(state.previous)
     return msgspec.json.encode(_RingJson(state.version, dict(state.nodes), previous))
 
 
-def decode_ring(value: bytes) -> RingState:
+def decode_ring(value: bytes) -> RingRecord:
     """Read the ring key's value (one without ``previous`` is settled).
 
     Raises:
@@ -146,14 +109,7 @@ def decode_ring(value: bytes) -> RingState:
         ring = msgspec.json.decode(value, type=_RingJson)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise EtcdError(f"the ring key holds something that is not a ring: {exc}") from exc
-    return RingState(ring.version, ring.nodes, ring.previous)
-
-
-def is_finalizable(
-    previous: Mapping[str, str], members: Collection[str], handed: Collection[str]
-) -> bool:
-    """Whether every node of ``previous`` that is still a member handed over."""
-    return all(node in handed for node in previous if node in members)
+    return RingRecord(ring.version, ring.nodes, ring.previous)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +118,7 @@ class RingView:
     members whose lease is alive (id to URL), which a joining node is before its place
     in the ring is written, and a dead one no longer is."""
 
-    ring: RingState
+    ring: RingRecord
     members: Mapping[str, str]
 
 
@@ -175,7 +131,7 @@ async def read_ring_view(gateway: EtcdGateway, prefix: str = DEFAULT_PREFIX) -> 
     base = prefix.rstrip("/")
     members_prefix = f"{base}/members/"
     keys, _ = await gateway.get_prefix(base + "/")
-    ring = RingState()
+    ring = RingRecord()
     members: dict[str, str] = {}
     for kv in keys:
         if kv.key == f"{base}/ring":
@@ -187,10 +143,10 @@ async def read_ring_view(gateway: EtcdGateway, prefix: str = DEFAULT_PREFIX) -> 
 
 # What a giver does in a transition (hand every key it gives over); awaited before its
 # ``handed`` key is written. Cancelled when a newer version of the ring arrives.
-HandOver = Callable[[RingState], Awaitable[None]]
+HandOver = Callable[[RingRecord], Awaitable[None]]
 
 
-async def _nothing_to_hand(_ring: RingState) -> None:
+async def _nothing_to_hand(_ring: RingRecord) -> None:
     """A node with no store to give (tests of membership alone)."""
 
 
@@ -205,7 +161,7 @@ class Membership:
         *,
         prefix: str = DEFAULT_PREFIX,
         ttl_s: int = DEFAULT_TTL_S,
-        on_ring: Callable[[RingState], None] = lambda _state: None,
+        on_ring: Callable[[RingRecord], None] = lambda _state: None,
         hand_over: HandOver = _nothing_to_hand,
         settle_timeout_s: float = DEFAULT_SETTLE_TIMEOUT_S,
     ) -> None:
@@ -236,7 +192,7 @@ class Membership:
         self._on_ring = on_ring
         self._hand_over = hand_over
         self._settle_timeout_s = settle_timeout_s
-        self.ring = RingState()
+        self.ring = RingRecord()
         """The latest version of the ring this node has seen."""
         self._lease: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -269,15 +225,15 @@ class Membership:
         """Leave the ring (a planned leave: the node's keys are handed over to the
         others, bounded by ``settle_timeout_s``), then stop and revoke the lease."""
         try:
-            await self.change_planned(lambda ring: ring.left(self.node_id), needed=self._present)
+            await self.change_planned(lambda ring: ring.left(self.node_id))
             await self.wait_final(lambda ring: self.node_id not in ring.nodes)
         except EtcdError as exc:
             logger.warning("node %s could not hand over cleanly: %s", self.node_id, exc)
         await self._stop_tasks()
         try:
-            if self.ring.has(self.node_id):
+            if _has(self.ring, self.node_id):
                 # Handing over did not end: out at once, as a crash would be.
-                await self._change(lambda ring: ring.crashed(self.node_id), needed=self._present)
+                await self._change(lambda ring: ring.crashed(self.node_id))
             if self._lease is not None:
                 await self._etcd.revoke(self._lease)
         except EtcdError as exc:
@@ -307,28 +263,20 @@ class Membership:
         await self._etcd.put(self._members + self.node_id, self.url.encode(), lease=lease)
         self._lease = lease  # a member from now on
         if enter:
-            await self.change_planned(
-                lambda ring: ring.joined(self.node_id, self.url), needed=self._absent
-            )
+            await self.change_planned(lambda ring: ring.joined(self.node_id, self.url))
         else:
             await self.refresh()
 
-    def _absent(self, ring: RingState) -> bool:
-        return ring.nodes.get(self.node_id) != self.url
-
-    def _present(self, ring: RingState) -> bool:
-        return self.node_id in ring.nodes
-
     # -- the ring, changed only in transactions ------------------------------------------
 
-    async def read_ring(self) -> tuple[RingState, int]:
+    async def read_ring(self) -> tuple[RingRecord, int]:
         """Return the ring in etcd and the revision of its key (0: no ring yet)."""
         found = await self._etcd.get(self._ring_key)
         if found is None:
-            return RingState(), 0
+            return RingRecord(), 0
         return decode_ring(found.value), found.mod_revision
 
-    async def refresh(self) -> RingState:
+    async def refresh(self) -> RingRecord:
         """Read the ring in etcd now (not waiting for the watch), take it if it is newer
         than the one known, and return the ring known.
 
@@ -339,9 +287,7 @@ class Membership:
         self._learn(ring)
         return self.ring
 
-    async def change_planned(
-        self, change: Callable[[RingState], RingState], *, needed: Callable[[RingState], bool]
-    ) -> RingState:
+    async def change_planned(self, change: Callable[[RingRecord], RingRecord]) -> RingRecord:
         """Apply a planned ``change`` (a join or a leave) from a settled ring, waiting for
         a transition under way to end (``settle_timeout_s``); see ``change_planned_ring``.
 
@@ -349,12 +295,12 @@ class Membership:
             EtcdError: etcd failed, or the transition under way did not end in time.
         """
         ring = await change_planned_ring(
-            self._etcd, self._prefix, change, needed=needed, timeout_s=self._settle_timeout_s
+            self._etcd, self._prefix, change, timeout_s=self._settle_timeout_s
         )
         self._learn(ring)
         return ring
 
-    async def wait_final(self, condition: Callable[[RingState], bool]) -> RingState:
+    async def wait_final(self, condition: Callable[[RingRecord], bool]) -> RingRecord:
         """Wait until the ring known is settled and meets ``condition`` (bounded by
         ``settle_timeout_s``); return it.
 
@@ -375,22 +321,21 @@ class Membership:
 
     async def _change(
         self,
-        change: Callable[[RingState], RingState],
+        change: Callable[[RingRecord], RingRecord],
         *,
-        needed: Callable[[RingState], bool] | None = None,
         absent_member: str | None = None,
-    ) -> RingState:
+    ) -> RingRecord:
         """Apply ``change`` to the ring in etcd by compare-and-swap; return the ring after.
 
-        ``needed`` says whether the ring read still needs the change (a concurrent
-        writer may have made it); by default, whether ``change`` alters its nodes.
+        ``change`` returns the ring it is given when it needs no change (a concurrent
+        writer may have made it).
         ``absent_member``: also require that member key to be absent (removing a dead
         node that may have come back).
         """
         for _ in range(MAX_TRANSACTION_ATTEMPTS):
             ring, revision = await self.read_ring()
             wanted = change(ring)
-            if not (needed(ring) if needed else wanted.nodes != ring.nodes):
+            if wanted is ring:
                 self._learn(ring)
                 return ring
             conditions = [Unchanged(self._ring_key, revision)]
@@ -405,7 +350,7 @@ class Membership:
             f"the ring kept changing under {MAX_TRANSACTION_ATTEMPTS} attempts to change it"
         )
 
-    def _learn(self, ring: RingState) -> None:
+    def _learn(self, ring: RingRecord) -> None:
         """Take a version of the ring read or written; tell ``on_ring`` if it is newer,
         and start handing over if this node gives keys in it."""
         if ring.version <= self.ring.version:
@@ -422,7 +367,7 @@ class Membership:
                 self._hand_over_in(ring), name=f"hand-over {self.node_id} v{ring.version}"
             )
 
-    async def _hand_over_in(self, ring: RingState) -> None:
+    async def _hand_over_in(self, ring: RingRecord) -> None:
         """Hand over this node's keys in the transition ``ring``, then say so in etcd."""
         try:
             await self._hand_over(ring)
@@ -456,7 +401,7 @@ class Membership:
     async def _try_finalize(self) -> None:
         """End the transition if every live giver handed over (see the module docstring)."""
         keys, _ = await self._etcd.get_prefix(self._prefix + "/")
-        ring: RingState | None = None
+        ring: RingRecord | None = None
         revision = 0
         members: set[str] = set()
         handed_keys: list[str] = []
@@ -477,7 +422,7 @@ class Membership:
             for version, _, node in (k.partition("/") for k in handed_keys)
             if version == str(ring.version)
         }
-        if not is_finalizable(ring.previous, members, handed):
+        if not finalizable(ring, members, handed):
             return
         final = ring.finalized()
         if await self._etcd.transact(
@@ -491,14 +436,10 @@ class Membership:
             self._learn(final)
 
     async def _remove_dead(self, node_id: str) -> None:
-        if node_id == self.node_id or not self.ring.has(node_id):
+        if node_id == self.node_id or not _has(self.ring, node_id):
             return
-        ring = await self._change(
-            lambda ring: ring.crashed(node_id),
-            needed=lambda ring: ring.has(node_id),
-            absent_member=node_id,
-        )
-        if not ring.has(node_id):
+        ring = await self._change(lambda ring: ring.crashed(node_id), absent_member=node_id)
+        if not _has(ring, node_id):
             logger.info("node %s left the ring (its lease expired)", node_id)
 
     async def _reconcile(self) -> int:
@@ -563,15 +504,15 @@ class Membership:
 async def change_planned_ring(
     gateway: EtcdGateway,
     prefix: str,
-    change: Callable[[RingState], RingState],
+    change: Callable[[RingRecord], RingRecord],
     *,
-    needed: Callable[[RingState], bool],
     timeout_s: float,
-) -> RingState:
-    """Apply a planned ``change`` (a join or a leave, from any node or the CLI) to the
-    ring under ``prefix`` by compare-and-swap, only from a settled ring: while a
-    transition is under way, wait for the ring key to change (a watch) and look again.
-    Return the ring after (the one read if ``needed`` says it no longer needs it).
+) -> RingRecord:
+    """Apply a planned ``change`` (``RingRecord.joined`` or ``left``, from a node or the
+    CLI) to the ring under ``prefix`` by compare-and-swap, only from a settled ring:
+    while a transition is under way (``change`` raises ``TransitionUnderWay``), wait for
+    the ring key to change (a watch) and look again. Return the ring after (the one read
+    if ``change`` leaves it as it is).
 
     Raises:
         EtcdError: etcd failed, or no settled ring came within ``timeout_s``.
@@ -581,14 +522,15 @@ async def change_planned_ring(
         async with asyncio.timeout(timeout_s):
             while True:
                 found = await gateway.get(key)
-                ring = RingState() if found is None else decode_ring(found.value)
+                ring = RingRecord() if found is None else decode_ring(found.value)
                 revision = 0 if found is None else found.mod_revision
-                if not needed(ring):
-                    return ring
-                if ring.in_transition:
+                try:
+                    wanted = change(ring)
+                except TransitionUnderWay:
                     await _wait_changed(gateway, key, revision)
                     continue
-                wanted = change(ring)
+                if wanted is ring:
+                    return ring
                 if await gateway.transact([Unchanged(key, revision)], {key: encode_ring(wanted)}):
                     return wanted
     except TimeoutError:
