@@ -175,6 +175,10 @@ class AdoptingStore(Protocol):
         ...
 
 
+class RingStore(Broker, AdoptingStore, Protocol):
+    """A broker a ring node in etcd can store in: ``Broker`` and ``AdoptingStore``."""
+
+
 # -- presence: who holds a channel, on every node --------------------------------------------
 
 

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
-from tidings.brokers.base import Broker, NodeCommand, NodeControl, PresenceStore
+from tidings.brokers.base import AdoptingStore, Broker, NodeCommand, NodeControl, PresenceStore
 from tidings.brokers.factory import create_broker
 from tidings.brokers.memory import LocalNodeControl, presence_store_of
 from tidings.core.channel import parse_channel
@@ -29,7 +29,7 @@ from tidings.core.drain import plan_drain
 from tidings.core.load import NodeLoad
 from tidings.core.placement import Placement
 from tidings.core.publication import Position
-from tidings.core.routing import FollowingPlacement
+from tidings.core.routing import Destinations, FollowingPlacement
 from tidings.core.wire import encode_json
 from tidings.errors import BadRequest, TidingsError
 from tidings.hub.hub import Hub
@@ -39,6 +39,8 @@ from tidings.server.auth import Authenticator
 from tidings.server.demo import DemoBackend, prepare_demo
 from tidings.server.forwarding import OwnerLink
 from tidings.server.front import About, OriginCheckedStatic, front_page, health_response
+from tidings.server.handover import HANDOVER_PATH, Handover
+from tidings.server.handover_broker import HandoverBroker
 from tidings.server.heartbeat import run_heartbeats
 from tidings.server.hot_channels import HotChannelWindows, channel_heat_for
 from tidings.server.keys import JwksKeys, load_public_key
@@ -101,6 +103,30 @@ def authenticator_for(settings: Settings, jwks: JwksKeys | None) -> Authenticato
     )
 
 
+def _handover_of(
+    settings: Settings,
+    placement: FollowingPlacement | None,
+    broker: Broker,
+    link: Callable[[], OwnerLink],
+    mover: RingMover,
+) -> tuple[Broker, Handover | None]:
+    """Return the broker the hub uses and the node's hand-over: ``broker`` and none but
+    for a ring in etcd over a store that can adopt channels (memory, sqlite), with a
+    ``cluster_secret`` to sign the hand-over's calls (without one the new owners start
+    the channels they gain afresh: clients resuming there hear ``recovered: false``)."""
+    if (
+        settings.ring_etcd is None
+        or settings.cluster_secret is None
+        or placement is None
+        or not isinstance(broker, AdoptingStore)
+    ):
+        return broker, None
+    timeout_s = settings.handover_timeout_s
+    ring_broker = HandoverBroker(broker, placement, link, timeout_s=timeout_s)
+    handover = Handover(settings.node_id, placement, ring_broker, link, mover, timeout_s=timeout_s)
+    return ring_broker, handover
+
+
 class TidingsApp:
     """A tidings node as an ASGI application."""
 
@@ -124,24 +150,34 @@ class TidingsApp:
         self.sessions = SessionRegistry(
             settings.max_connections, settings.max_unauthenticated_connections
         )
-        # Connections whose channels a new ring gives to other nodes are sent there.
+        following = placement if isinstance(placement, FollowingPlacement) else None
+        # Connections whose channels a new ring gives to other nodes are sent there (in a
+        # transition, those this node gives once their new owner holds them).
         self.ring_mover = RingMover(
-            self.sessions, placement, settings.namespace_table(), settings.ring_move_rate
+            self.sessions,
+            placement if following is None else Destinations(following),
+            settings.namespace_table(),
+            settings.ring_move_rate,
+        )
+        broker = broker or broker_for(settings)
+        # A ring in etcd over a store that can adopt channels hands them over between
+        # owners in its transitions (``server.handover``), with its broker's roles.
+        node_broker, self._handover = _handover_of(
+            settings, following, broker, lambda: self._owner_link, self.ring_mover
         )
         # The ring in etcd (``ring_etcd``): joined at start, left when the node drains.
         self._ring_member = (
-            RingMember(settings, placement, self.ring_mover.receive_ring)
-            if settings.ring_etcd is not None and isinstance(placement, FollowingPlacement)
+            RingMember(settings, following, self.ring_mover.receive_ring, self._handover)
+            if settings.ring_etcd is not None and following is not None
             else None
         )
         # Metrics time the broker's calls by wrapping it; the hub never knows.
         self.metrics = Metrics(self.sessions)
-        broker = broker or broker_for(settings)
         # Presence is the broker's own store (its connections), taken before metering
         # wraps the broker; one that keeps none serves this node alone.
         heat = channel_heat_for(settings)
         self.hub = Hub(
-            self.metrics.metered(broker), presence or presence_store_of(broker), heat=heat
+            self.metrics.metered(node_broker), presence or presence_store_of(broker), heat=heat
         )
         self._hot_windows = (
             None if heat is None else HotChannelWindows(heat, settings.hot_channel_window_s)
@@ -218,6 +254,11 @@ class TidingsApp:
                 Route("/status", status_page(self.status.channel, self.about), methods=["GET"]),
                 Mount("/static", OriginCheckedStatic(StaticAssets(), settings.allowed_origins)),
                 *api.routes(),
+                *(
+                    [Route(HANDOVER_PATH, self._handover.receive, methods=["POST"])]
+                    if self._handover is not None
+                    else []
+                ),
                 *(self._demo.routes() if self._demo else []),
             ]
         )
@@ -298,12 +339,13 @@ class TidingsApp:
         at most ``drain_rate`` reconnects per second (``core.drain``).
         """
         self.context.draining = True
-        # The drain closes every connection, at its own pace: no moves beside it.
-        await self.ring_mover.close()
         if self._ring_member is not None:
-            # Out of the ring first: its keys go to the other nodes, where the clients
-            # told to reconnect below are sent.
+            # Out of the ring first: its keys are handed over to the other nodes (its
+            # clients moved there as they are), where the clients told to reconnect
+            # below are sent.
             await self._ring_member.leave()
+        # The drain closes every connection left, at its own pace: no moves beside it.
+        await self.ring_mover.close()
         self._poll.release_all()
         settings = self.settings
         if self._agent is not None:

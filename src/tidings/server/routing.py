@@ -20,13 +20,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tidings.brokers.ring.etcd import EtcdGateway
-from tidings.brokers.ring.membership import Membership
+from tidings.brokers.ring.membership import DEFAULT_SETTLE_TIMEOUT_S, Membership
 from tidings.core.channel import parse_channel
 from tidings.core.handover import RingRecord
 from tidings.core.placement import LOCAL_PLACEMENT, Placement
 from tidings.core.ring import ownership_of
 from tidings.core.routing import FollowingPlacement, OwnerRouting, RingPlacement
 from tidings.errors import BadRequest, RequestError
+from tidings.server.handover import Handover
 from tidings.server.ring_settings import check_ring
 from tidings.server.settings import Settings
 from tidings.transports.http import cors_headers, json_response, request_error_response
@@ -99,21 +100,27 @@ class RouteEndpoint:
 
 class RingMember:
     """This node's membership of the ring in etcd (``ring_etcd``) for the node's
-    lifecycle: join at start, leave when it drains. Each version of the ring reaches the
-    ``FollowingPlacement``, so admission and ``/route`` follow it at once."""
+    lifecycle: join at start (or only register, with ``ring_join = false``), leave with
+    hand-over when it drains. Each version of the ring reaches the node's ``Handover``
+    (or, without one, the ``FollowingPlacement``), so admission and ``/route`` follow it
+    at once, then ``on_change`` (the mover of connections)."""
 
     def __init__(
         self,
         settings: Settings,
         placement: FollowingPlacement,
         on_change: Callable[[], None] | None = None,
+        handover: Handover | None = None,
     ) -> None:
-        """Join as ``settings`` say; each new version of the ring reaches
-        ``placement``, then ``on_change`` (which moves the connections it sends away)."""
+        """Join as ``settings`` say; each new version of the ring reaches ``handover``
+        (or ``placement``), then ``on_change`` (which moves the connections it sends
+        away)."""
         assert settings.ring_etcd is not None  # the app makes one only then
         self._gateway = EtcdGateway(settings.ring_etcd)
         self._placement = placement
         self._on_change = on_change
+        self._handover = handover
+        self._enter = settings.ring_join
         self._membership = Membership(
             self._gateway,
             settings.node_id,
@@ -121,22 +128,30 @@ class RingMember:
             prefix=settings.ring_prefix,
             ttl_s=math.ceil(settings.ring_ttl_s),
             on_ring=self._on_ring,
+            hand_over=handover.hand_over if handover is not None else _nothing_to_hand,
+            settle_timeout_s=max(DEFAULT_SETTLE_TIMEOUT_S, 3 * settings.handover_timeout_s),
         )
+        if handover is not None:
+            handover.refresh_ring = self.refresh
         self._joined = False
 
     def _on_ring(self, state: RingRecord) -> None:
-        self._placement.receive_ring(state.nodes, state.version)
-        logger.info("ring version %d: %s", state.version, ", ".join(sorted(state.nodes)))
+        if self._handover is not None:
+            self._handover.receive_ring(state)
+        else:
+            self._placement.receive_ring(state.nodes, state.version, state.previous)
+        moving = "" if state.previous is None else f" (from {', '.join(sorted(state.previous))})"
+        logger.info("ring version %d: %s%s", state.version, ", ".join(sorted(state.nodes)), moving)
         if self._on_change is not None:
             self._on_change()
 
     async def join(self) -> None:
-        """Join the ring.
+        """Join the ring (or, with ``ring_join = false``, only become a member).
 
         Raises:
             EtcdError: etcd could not be reached.
         """
-        await self._membership.join()
+        await self._membership.join(enter=self._enter)
         self._joined = True
 
     async def refresh(self) -> None:
@@ -149,7 +164,7 @@ class RingMember:
         await self._membership.refresh()
 
     async def leave(self) -> None:
-        """Leave the ring (idempotent), so its keys go to the other nodes at once."""
+        """Leave the ring (idempotent), handing this node's keys over to the others."""
         if self._joined:
             self._joined = False
             await self._membership.leave()
@@ -158,3 +173,7 @@ class RingMember:
         """Leave, and close the connections to etcd."""
         await self.leave()
         await self._gateway.aclose()
+
+
+async def _nothing_to_hand(_ring: RingRecord) -> None:
+    """A node without a store to hand over (an embedding application's broker)."""
