@@ -540,6 +540,29 @@ async def change_planned_ring(
         ) from None
 
 
+async def wait_settled(gateway: EtcdGateway, prefix: str, timeout_s: float) -> RingRecord:
+    """Wait until the ring under ``prefix`` is not in transition; return it.
+
+    Raises:
+        EtcdError: etcd failed, or the ring was still in transition after ``timeout_s``.
+    """
+    key = f"{prefix.rstrip('/')}/ring"
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                found = await gateway.get(key)
+                ring = RingRecord() if found is None else decode_ring(found.value)
+                if not ring.in_transition:
+                    return ring
+                assert found is not None  # a ring in transition was written
+                await _wait_changed(gateway, key, found.mod_revision)
+    except TimeoutError:
+        raise EtcdError(
+            f"the ring was still handing channels over after {timeout_s:g} s "
+            "(see tidings ring status)"
+        ) from None
+
+
 async def _wait_changed(gateway: EtcdGateway, key: str, revision: int) -> None:
     """Return once ``key`` changed after ``revision``."""
     async for events in gateway.watch(key, revision + 1):
