@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -85,7 +85,7 @@ def start_node(cluster: Cluster, node: str) -> ServerProcess:
 def pick_channels() -> dict[str, str]:
     """Channels by what happens to them: one of each fate, so each kind of move is seen."""
     two, three, after_leave = HashRing(["a", "b"]), HashRing(["a", "b", "c"]), HashRing(["a", "c"])
-    fates = {
+    fates: dict[str, Callable[[str], bool]] = {
         "a-to-c": lambda c: two.owner(c) == "a" and three.owner(c) == "c",
         "b-to-c": lambda c: two.owner(c) == "b" and three.owner(c) == "c",
         "b-stays-then-to-a": lambda c: three.owner(c) == "b" and after_leave.owner(c) == "a",
@@ -156,7 +156,7 @@ class Watched:
         return [e.offset for e in self.events if isinstance(e, Publication)]
 
 
-async def until(condition: Any, what: str, *events: asyncio.Event) -> None:
+async def until(condition: Callable[[], bool], what: str, *events: asyncio.Event) -> None:
     """Return once ``condition()`` holds, woken by ``events`` (or polled, if none)."""
     try:
         async with asyncio.timeout(CONDITION_TIMEOUT_S):
