@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from tests.support.server import ServerProcess, free_port, start_server
 from tidings.brokers.ring.etcd import EtcdGateway
 from tidings.brokers.ring.membership import read_ring_view
 from tidings.client import GapNotice, Subscription
+from tidings.core.node_call import NODE_AUTH_HEADER, sign_node_call
 from tidings.core.publication import Publication
 from tidings.core.ring import HashRing
 
@@ -61,7 +63,9 @@ class Cluster:
 @pytest.fixture(params=["memory", "sqlite"])
 def cluster(etcd_url: str, request: pytest.FixtureRequest, tmp_path: Path) -> Cluster:
     store: str = request.param
-    return Cluster(etcd_url, f"/test/handover-{store}", tmp_path if store == "sqlite" else None)
+    # A prefix of the test's own: the tests share the module's etcd.
+    prefix = f"/test/{request.node.name}"
+    return Cluster(etcd_url, prefix, tmp_path if store == "sqlite" else None)
 
 
 def start_node(cluster: Cluster, node: str) -> ServerProcess:
@@ -314,3 +318,50 @@ async def test_nodes_joining_and_leaving_hand_channels_over_without_loss(cluster
     for channel in channels:
         where = on_c if final.owner(channel) == "c" else on_a
         assert where.get(channel) == 2, (channel, on_a, on_c)
+
+
+async def test_the_handover_endpoint_takes_only_signed_messages_of_its_ring(
+    cluster: Cluster,
+) -> None:
+    node = await asyncio.to_thread(cluster.start, "solo")
+    message = {
+        "giver": "other",
+        "channel": "room:1",
+        "epoch": "someEpoch",
+        "top": 1,
+        "snapshot": True,
+        "publications": [{"offset": 1, "ts": 1, "data": {"n": 1}}],
+    }
+    raw = json.dumps(message).encode()
+    try:
+        await ring_is(cluster, {"solo"})
+        async with httpx.AsyncClient() as client:
+            unsigned = await client.post(f"{node.http_url}/node/handover", content=raw)
+
+            def signed(version: int) -> dict[str, str]:
+                auth = sign_node_call(
+                    SECRET.encode(),
+                    "POST",
+                    "/node/handover",
+                    raw,
+                    now_s=int(time.time()),
+                    ring_version=version,
+                )
+                return {NODE_AUTH_HEADER: auth}
+
+            # Its ring is version 1 and settled: nothing moves to it from "other".
+            stale = await client.post(
+                f"{node.http_url}/node/handover", content=raw, headers=signed(0)
+            )
+            not_moving = await client.post(
+                f"{node.http_url}/node/handover", content=raw, headers=signed(1)
+            )
+            history = await client.get(
+                f"{node.http_url}/api/history", params={"channel": "room:1"}, headers=AUTH
+            )
+    finally:
+        node.kill()
+    assert unsigned.status_code == 401
+    assert (stale.status_code, stale.json()["error"]["code"]) == (409, "stale_ring")
+    assert (not_moving.status_code, not_moving.json()["error"]["code"]) == (409, "stale_ring")
+    assert history.json()["publications"] == []  # nothing was adopted
