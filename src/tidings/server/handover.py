@@ -51,6 +51,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tidings.brokers.base import AdoptingStore
 from tidings.brokers.memory import random_epoch
 from tidings.core.backoff import Backoff
 from tidings.core.channel import ChannelName, parse_channel
@@ -470,22 +471,51 @@ class Handover:
             )
             for p in message.publications
         ]
-        first = Position(epoch, publications[0].offset if publications else top + 1)
         lock = self._locks.setdefault(channel, asyncio.Lock())
         async with lock:
-            held = self._replicas.get(channel)
-            step = decide_replica(held, first, top, snapshot=message.snapshot)
-            if step is ReplicaStep.RESYNC:
+            try:
+                held = await apply_to_replica(
+                    self._broker,
+                    self._replicas.get(channel),
+                    (channel, epoch, top),
+                    publications,
+                    snapshot=message.snapshot,
+                )
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
+            if held is None:
                 return HandoverAnswer(resync=True)
-            if step is ReplicaStep.APPLY:
-                try:
-                    held = await self._broker.adopt(channel, epoch, publications, top=top)
-                except ValueError as exc:
-                    raise BadRequest(str(exc)) from None
-            assert held is not None  # decide_replica applies when nothing is held
             self._replicas[channel] = held
             if message.snapshot:
                 self._placement.hold_replica(channel)
             if message.sealed and held == Position(epoch, top):
                 self._complete.add(channel)
         return HandoverAnswer(held.epoch, held.offset)
+
+
+async def apply_to_replica(
+    store: AdoptingStore,
+    held: Position | None,
+    head: tuple[ChannelName, str, int],
+    publications: list[Publication],
+    *,
+    snapshot: bool,
+) -> Position | None:
+    """Apply one hand-over message of a channel to its replica in ``store``, which
+    holds ``held`` from this giver (``None``: nothing yet): ``head`` is the channel,
+    the message's epoch and its top offset. Return the position held after, or ``None``
+    to ask for a fresh snapshot (``decide_replica``'s ``RESYNC``).
+
+    Raises:
+        ValueError: the publications are not consecutive, ending at the top.
+        BrokerError: the store failed.
+    """
+    channel, epoch, top = head
+    first = Position(epoch, publications[0].offset if publications else top + 1)
+    step = decide_replica(held, first, top, snapshot=snapshot)
+    if step is ReplicaStep.RESYNC:
+        return None
+    if step is ReplicaStep.IGNORE:
+        assert held is not None  # decide_replica applies when nothing is held
+        return held
+    return await store.adopt(channel, epoch, publications, top=top)
