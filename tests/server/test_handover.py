@@ -7,8 +7,11 @@ publication live at most once and never backwards."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,11 +19,18 @@ from tests.support.clock import FakeClock
 from tests.support.handler import RecordingHandler
 from tidings.brokers.memory import MemoryBroker
 from tidings.core.channel import ChannelName, NamespaceName
+from tidings.core.handover import RingRecord
 from tidings.core.history import HistoryOptions
 from tidings.core.namespace import NamespaceOptions, Namespaces
 from tidings.core.publication import Position, Publication
-from tidings.core.recovery import Replay
-from tidings.server.handover import apply_to_replica
+from tidings.core.recovery import Gap, Replay
+from tidings.core.ring import HashRing
+from tidings.core.routing import Destinations, FollowingPlacement
+from tidings.hub.sessions import SessionRegistry
+from tidings.server.forwarding import OwnerLink
+from tidings.server.handover import Handover, HandoverMessage, apply_to_replica
+from tidings.server.handover_broker import HandoverBroker
+from tidings.server.ring_moves import RingMover
 
 HOUR_MS = 3_600_000
 HISTORY_SIZE = 5  # small: snapshots and streams meet evicted history
@@ -133,3 +143,90 @@ def test_a_replica_fed_messages_in_any_order_ends_as_the_giver(
     batches: list[int], order: list[int]
 ) -> None:
     asyncio.run(scenario(batches, order))
+
+
+# The new owner's epochs when the ring changes (Handover.receive_ring): a channel handed
+# over whole continues the giver's epoch; one whose sequencer crashed starts a new one.
+
+URLS = {"a": "http://a.example:8000", "c": "http://c.example:8000"}
+SECRET = "a-cluster-secret-of-at-least-32-bytes"
+GIVER_EPOCH = "aEpoch"
+
+
+def owned_in_a_and_c_by(node: str) -> ChannelName:
+    """A channel the ring of a and c gives ``node`` (``c``: one that moves from a as c joins)."""
+    ring = HashRing(["a", "c"])
+    return next(ChannelName(f"doc:{n}") for n in range(1000) if ring.owner(f"doc:{n}") == node)
+
+
+@contextlib.asynccontextmanager
+async def node_c() -> AsyncIterator[tuple[Handover, HandoverBroker]]:
+    """Node ``c``'s hand-over over a memory store; no HTTP is made."""
+    store = MemoryBroker(NAMESPACES, epoch_factory=lambda: "cEpoch")
+    placement = FollowingPlacement("c", URLS["c"], NAMESPACES)
+    link = OwnerLink(placement, SECRET)
+    broker = HandoverBroker(store, placement, lambda: link, timeout_s=1.0)
+    mover = RingMover(SessionRegistry(10), Destinations(placement), NAMESPACES, 10.0)
+    handover = Handover("c", placement, broker, lambda: link, mover, timeout_s=1.0)
+    await broker.start(RecordingHandler())
+    try:
+        yield handover, broker
+    finally:
+        await mover.close()
+        await broker.close()
+
+
+def message_from_a(channel: ChannelName, top: int, *, sealed: bool) -> HandoverMessage:
+    publications = [{"offset": n, "ts": n, "data": {"n": n}} for n in range(1, top + 1)]
+    body = {
+        "giver": "a",
+        "channel": channel,
+        "epoch": GIVER_EPOCH,
+        "top": top,
+        "snapshot": True,
+        "publications": publications,
+        "sealed": sealed,
+    }
+    return msgspec.json.decode(msgspec.json.encode(body), type=HandoverMessage)
+
+
+async def test_a_channel_handed_over_whole_continues_the_givers_epoch() -> None:
+    channel = owned_in_a_and_c_by("c")
+    async with node_c() as (handover, broker):
+        handover.receive_ring(RingRecord(2, URLS, {"a": URLS["a"]}))  # c joins
+        await handover.sequencing_ready()
+        answer = await handover._apply(channel, message_from_a(channel, 3, sealed=True))
+        assert (answer.epoch, answer.offset) == (GIVER_EPOCH, 3)
+        handover.receive_ring(RingRecord(3, URLS))  # final: c sequences
+        await handover.sequencing_ready()
+        result = await broker.publish(channel, b"{}")
+    assert result.position == Position(GIVER_EPOCH, 4)
+
+
+async def test_a_channel_whose_giver_crashed_before_sealing_starts_a_new_epoch() -> None:
+    channel = owned_in_a_and_c_by("c")
+    async with node_c() as (handover, broker):
+        handover.receive_ring(RingRecord(2, URLS, {"a": URLS["a"]}))
+        await handover.sequencing_ready()
+        await handover._apply(channel, message_from_a(channel, 3, sealed=False))
+        handover.receive_ring(RingRecord(2, URLS, {"a": URLS["a"]}).crashed("a"))
+        await handover.sequencing_ready()
+        result = await broker.publish(channel, b"{}")
+        read = await broker.history(channel, Position(GIVER_EPOCH, 3))
+    # Offsets of a's epoch beyond 3 may have been given by a: never again here.
+    assert result.position.epoch != GIVER_EPOCH
+    assert result.position.offset == 1
+    assert isinstance(read.recovery, Gap)
+
+
+async def test_a_stale_copy_of_a_crashed_owners_channel_is_not_continued() -> None:
+    channel = owned_in_a_and_c_by("a")
+    async with node_c() as (handover, broker):
+        handover.receive_ring(RingRecord(1, URLS))  # settled: a owns the channel
+        await handover.sequencing_ready()
+        # c holds an old copy of it (handed over to it once, long ago).
+        await broker.adopt(channel, GIVER_EPOCH, [], top=7)
+        handover.receive_ring(RingRecord(1, URLS).crashed("a"))
+        await handover.sequencing_ready()
+        result = await broker.publish(channel, b"{}")
+    assert result.position.epoch != GIVER_EPOCH
