@@ -5,8 +5,10 @@ through ``a``'s server API; node ``c`` joins, and later ``b`` leaves on SIGTERM.
 subscriber whose channel moved ends on its new owner, having received every
 acknowledged publication exactly once and in order, and never a gap notice (it resumed
 with ``recovered: true``); a publisher retrying an earlier publication's key after the
-move is answered ``duplicate``, and nothing is published twice. Both stores a ring node
-keeps its channels in (memory, sqlite) are run."""
+move is answered ``duplicate``, and nothing is published twice. An owner killed after a
+hand-over leaves its channels to the next owner in a new epoch (``recovered: false``,
+never offsets given twice). Both stores a ring node keeps its channels in (memory,
+sqlite) are run."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from tidings.brokers.ring.etcd import EtcdGateway
 from tidings.brokers.ring.membership import read_ring_view
 from tidings.client import GapNotice, Subscription
 from tidings.core.node_call import NODE_AUTH_HEADER, sign_node_call
-from tidings.core.publication import Publication
+from tidings.core.publication import Position, Publication
 from tidings.core.ring import HashRing
 
 API_KEY: Final = "handover-api-key"
@@ -365,3 +367,43 @@ async def test_the_handover_endpoint_takes_only_signed_messages_of_its_ring(
     assert (stale.status_code, stale.json()["error"]["code"]) == (409, "stale_ring")
     assert (not_moving.status_code, not_moving.json()["error"]["code"]) == (409, "stale_ring")
     assert history.json()["publications"] == []  # nothing was adopted
+
+
+async def test_an_owner_killed_after_a_hand_over_leaves_its_channels_in_a_new_epoch(
+    cluster: Cluster,
+) -> None:
+    # b hands the channel to c as c joins; c is then killed, and the channel goes back to
+    # b, which still holds the copy it handed over: b must not continue that epoch (c
+    # gave offsets past it), so a client resuming there hears recovered: false.
+    channel = pick_channels()["b-to-c"]
+    servers: dict[str, ServerProcess] = {}
+    try:
+        for node in ("a", "b"):
+            servers[node] = await asyncio.to_thread(cluster.start, node)
+        await ring_is(cluster, {"a", "b"})
+        a = servers["a"]
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            before = await publish(client, a.http_url, channel, 1, "k1")
+            servers["c"] = await asyncio.to_thread(cluster.start, "c")
+            await ring_is(cluster, {"a", "b", "c"})
+            on_c = await publish(client, a.http_url, channel, 2, "k2")  # sequenced by c
+            servers["c"].kill()
+            await ring_is(cluster, {"a", "b"})  # removed once its lease expired
+            after = await publish(client, a.http_url, channel, 3, "k3")  # sequenced by b
+            assert after["epoch"] != before["epoch"], (before, on_c, after)
+            async with Subscription(
+                a.http_url,
+                [channel],
+                transport="ws",
+                since={channel: Position(on_c["epoch"], on_c["offset"])},
+                backoff=fast_backoff(),
+            ) as resumed:
+                async with asyncio.timeout(CONDITION_TIMEOUT_S):
+                    notice = await anext(resumed)
+    finally:
+        for server in servers.values():
+            server.kill()
+    assert (on_c["epoch"], on_c["offset"]) == (before["epoch"], before["offset"] + 1)
+    assert after["offset"] == 1
+    assert isinstance(notice, GapNotice)
+    assert notice.since == Position(on_c["epoch"], on_c["offset"])
