@@ -18,7 +18,8 @@ import pytest
 
 from tests.support.etcd import etcd_cluster
 from tidings.brokers.ring.etcd import EtcdGateway
-from tidings.brokers.ring.membership import Membership, RingState
+from tidings.brokers.ring.membership import Membership
+from tidings.core.handover import RingRecord
 
 # Long enough that a paused etcd is resumed well within the margin (a quarter: 2 s).
 TTL_S: Final = 8
@@ -120,9 +121,11 @@ async def test_the_loss_of_the_etcd_leader_costs_no_lease_and_no_ring_change(
             assert all(g.endpoint != leader.client_url for g in gateways[:2])
             assert (a._lease, b._lease) == leases
             assert (await a.read_ring())[0] == ring
-            # The ring still changes: c joins, and a and b hear of it by their watches.
+            # The ring still changes: c joins (a transition, handed at once: nothing is
+            # stored here, then the final ring), and a and b hear of it by their watches.
             await c.join()
-            expected = RingState(ring.version + 1, {**ring.nodes, "c": "http://c.example:8000"})
+            nodes = {**ring.nodes, "c": "http://c.example:8000"}
+            expected = RingRecord(ring.version + 2, nodes)
             await until(lambda: a.ring == b.ring == c.ring == expected, "every node sees c")
         finally:
             for node in (a, b, c):

@@ -15,7 +15,8 @@ import pytest
 from tests.support.etcd import etcd_server
 from tests.support.server import free_port
 from tidings.brokers.ring.etcd import EtcdError, EtcdGateway, Unchanged
-from tidings.brokers.ring.membership import Membership, RingState, encode_ring
+from tidings.brokers.ring.membership import Membership, decode_ring, encode_ring
+from tidings.core.handover import RingRecord
 
 TTL_S: Final = 2
 # A bound on awaited conditions: a lease of TTL_S expires within a few seconds.
@@ -50,8 +51,8 @@ class RingChanges:
     def __init__(self) -> None:
         self._changed = asyncio.Event()
 
-    def record(self, seen: list[RingState]) -> Callable[[RingState], None]:
-        def on_ring(state: RingState) -> None:
+    def record(self, seen: list[RingRecord]) -> Callable[[RingRecord], None]:
+        def on_ring(state: RingRecord) -> None:
             seen.append(state)
             self._changed.set()
 
@@ -74,7 +75,7 @@ def changes() -> RingChanges:
 
 
 def member(
-    changes: RingChanges, gateway: EtcdGateway, prefix: str, node: str, seen: list[RingState]
+    changes: RingChanges, gateway: EtcdGateway, prefix: str, node: str, seen: list[RingRecord]
 ) -> Membership:
     return Membership(
         gateway,
@@ -89,8 +90,9 @@ def member(
 async def test_nodes_that_join_are_in_the_ring_every_member_sees(
     changes: RingChanges, gateway: EtcdGateway, prefix: str
 ) -> None:
-    seen_a: list[RingState] = []
-    seen_b: list[RingState] = []
+    url_a, url_b = "http://a.example:8000", "http://b.example:8000"
+    seen_a: list[RingRecord] = []
+    seen_b: list[RingRecord] = []
     a, b = (
         member(changes, gateway, prefix, "a", seen_a),
         member(changes, gateway, prefix, "b", seen_b),
@@ -98,21 +100,31 @@ async def test_nodes_that_join_are_in_the_ring_every_member_sees(
     await a.join()
     await b.join()
     try:
-        await changes.until(lambda: set(a.ring.nodes) == {"a", "b"}, "a hears of b")
+        # b's join is a transition from {a} (a hands over: here, nothing), then final.
+        await changes.until(lambda: a.ring.version == b.ring.version == 3, "the join is final")
         ring, _ = await a.read_ring()
-        assert ring == RingState(2, {"a": "http://a.example:8000", "b": "http://b.example:8000"})
+        assert ring == RingRecord(3, {"a": url_a, "b": url_b})
         assert a.ring == b.ring == ring
-        assert [state.version for state in seen_a] == [1, 2]
-        await b.leave()
-        await changes.until(lambda: set(a.ring.nodes) == {"a"}, "a hears b left")
-        assert a.ring.version == 3
+        assert [(state.version, state.previous) for state in seen_a] == [
+            (1, None),
+            (2, {"a": url_a}),
+            (3, None),
+        ]
+        await b.leave()  # returns once the ring without b is final
+        await changes.until(lambda: a.ring.version == 5, "a hears b left")
+        assert a.ring == RingRecord(5, {"a": url_a})
+        assert [(state.version, state.previous) for state in seen_a[3:]] == [
+            (4, {"a": url_a, "b": url_b}),
+            (5, None),
+        ]
     finally:
         await a.leave()
         await b.stop()
-    assert (await a.read_ring())[0] == RingState(4, {})
+    # The last node leaving has no one to hand to: settled at once.
+    assert (await a.read_ring())[0] == RingRecord(6, {})
 
 
-async def test_concurrent_joins_each_make_one_version_and_none_is_lost(
+async def test_concurrent_joins_each_make_one_transition_and_none_is_lost(
     changes: RingChanges, gateway: EtcdGateway, prefix: str
 ) -> None:
     nodes = [member(changes, gateway, prefix, f"n{n}", []) for n in range(6)]
@@ -120,10 +132,98 @@ async def test_concurrent_joins_each_make_one_version_and_none_is_lost(
         await asyncio.gather(*(node.join() for node in nodes))
         for node in nodes:
             stack.push_async_callback(node.leave)
+        await changes.until(
+            lambda: all(
+                not node.ring.in_transition and len(node.ring.nodes) == 6 for node in nodes
+            ),
+            "every node sees the last join final",
+        )
         ring, _ = await nodes[0].read_ring()
         assert set(ring.nodes) == {f"n{n}" for n in range(6)}
-        assert ring.version == 6
-        await changes.until(lambda: all(node.ring == ring for node in nodes), "every node sees it")
+        # The first join is settled at once; each other one is a transition, then final.
+        assert ring.version == 11
+        assert all(node.ring == ring for node in nodes)
+
+
+async def test_a_planned_change_waits_for_the_transition_under_way(
+    changes: RingChanges, gateway: EtcdGateway, prefix: str
+) -> None:
+    url_a, url_b = "http://a.example:8000", "http://b.example:8000"
+    handing = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_hand_over(_ring: RingRecord) -> None:
+        handing.set()
+        await release.wait()
+
+    a = Membership(
+        gateway,
+        "a",
+        url_a,
+        prefix=prefix,
+        ttl_s=TTL_S,
+        on_ring=changes.record([]),
+        hand_over=slow_hand_over,
+    )
+    b = member(changes, gateway, prefix, "b", [])
+    c = member(changes, gateway, prefix, "c", [])
+    await a.join()
+    try:
+        await b.join()
+        await handing.wait()  # a is handing over in the transition b's join began
+        c_joins = asyncio.create_task(c.join())
+        await changes.until(lambda: b.ring.version == 2, "b is in the ring")
+        ring, _ = await a.read_ring()
+        assert ring == RingRecord(2, {"a": url_a, "b": url_b}, {"a": url_a})  # c waits
+        assert not c_joins.done()
+        release.set()
+        await c_joins
+        ring, _ = await a.read_ring()
+        assert ring.version == 4  # final at 3, then c's transition
+        assert ring.previous == {"a": url_a, "b": url_b}
+        await changes.until(lambda: a.ring.version == 5, "c's join is final")
+    finally:
+        for node in (c, b, a):
+            await node.leave()
+
+
+async def test_a_crash_in_a_transition_takes_the_node_out_of_both_rings(
+    changes: RingChanges, gateway: EtcdGateway, prefix: str
+) -> None:
+    url_a, url_c = "http://a.example:8000", "http://c.example:8000"
+    never = asyncio.Event()
+
+    async def stuck_hand_over(_ring: RingRecord) -> None:
+        await never.wait()
+
+    a = member(changes, gateway, prefix, "a", [])
+    b = Membership(
+        gateway,
+        "b",
+        "http://b.example:8000",
+        prefix=prefix,
+        ttl_s=TTL_S,
+        on_ring=changes.record([]),
+        hand_over=stuck_hand_over,
+    )
+    c = member(changes, gateway, prefix, "c", [])
+    await a.join()
+    await b.join()
+    try:
+        await changes.until(lambda: a.ring.version == 3, "b's join is final")
+        await c.join()  # b gives keys to c, and never finishes: the ring stays in transition
+        await changes.until(lambda: a.ring.version == 4, "a hears c join")
+        await b.stop()  # a crash: its lease expires
+        await changes.until(
+            lambda: "b" not in a.ring.nodes and "b" not in (a.ring.previous or {}), "b is removed"
+        )
+        # Out of nodes and previous at once; a's and c's hand-over of the new version
+        # make it final without b.
+        await changes.until(lambda: not a.ring.in_transition, "the transition ends")
+        assert a.ring == RingRecord(6, {"a": url_a, "c": url_c})
+    finally:
+        await c.leave()
+        await a.leave()
 
 
 async def test_a_node_whose_lease_expires_is_taken_out_by_the_others(
@@ -139,7 +239,7 @@ async def test_a_node_whose_lease_expires_is_taken_out_by_the_others(
         await changes.until(lambda: "crashed" not in survivor.ring.nodes, "removed after its lease")
         ring, _ = await survivor.read_ring()
         assert ring.nodes == {"alive": "http://alive.example:8000"}
-        assert ring.version == 3
+        assert ring.version == 4  # joined at 2, final at 3, removed at 4
     finally:
         await survivor.leave()
 
@@ -150,7 +250,7 @@ async def test_a_dead_node_missed_while_no_one_watched_is_removed_on_the_next_st
     # The ring names a node that has no member key (it died while every node was down).
     await gateway.transact(
         [Unchanged(f"{prefix}/ring", 0)],
-        {f"{prefix}/ring": encode_ring(RingState(1, {"ghost": "http://ghost:1"}))},
+        {f"{prefix}/ring": encode_ring(RingRecord(1, {"ghost": "http://ghost:1"}))},
     )
     node = member(changes, gateway, prefix, "a", [])
     await node.join()
@@ -188,7 +288,7 @@ async def test_an_unreachable_etcd_is_an_etcd_error() -> None:
 async def test_a_node_that_lost_its_lease_joins_the_ring_again(
     changes: RingChanges, gateway: EtcdGateway, prefix: str
 ) -> None:
-    seen: list[RingState] = []
+    seen: list[RingRecord] = []
     node = member(changes, gateway, prefix, "a", seen)
     await node.join()
     try:
@@ -205,3 +305,12 @@ async def test_a_node_that_lost_its_lease_joins_the_ring_again(
         assert await gateway.get(f"{prefix}/members/a") is not None
     finally:
         await node.leave()
+
+
+def test_a_ring_record_without_previous_is_read_as_settled() -> None:
+    written_by_an_older_node = b'{"version": 7, "nodes": {"a": "http://a:1"}}'
+    assert decode_ring(written_by_an_older_node) == RingRecord(7, {"a": "http://a:1"}, None)
+    settled = encode_ring(RingRecord(7, {"a": "http://a:1"}))
+    assert b"previous" not in settled
+    moving = RingRecord(8, {"b": "http://b:1"}, {"a": "http://a:1"})
+    assert decode_ring(encode_ring(moving)) == moving

@@ -17,8 +17,9 @@ from click.testing import CliRunner, Result
 from tests.support.etcd import etcd_server
 from tests.support.server import free_port
 from tidings.brokers.ring.etcd import EtcdGateway
-from tidings.brokers.ring.membership import RingState, encode_ring
+from tidings.brokers.ring.membership import encode_ring
 from tidings.cli import main
+from tidings.core.handover import RingRecord
 from tidings.server.runner import ExitStatus
 
 PREFIX = "/test/ring-status"
@@ -44,7 +45,7 @@ async def _write_ring(url: str) -> None:
     joining)."""
     gateway = EtcdGateway(url)
     try:
-        ring = RingState(3, {"a": "http://a:8000", "b": "http://b:8000"})
+        ring = RingRecord(3, {"a": "http://a:8000", "b": "http://b:8000"})
         await gateway.put(f"{PREFIX}/ring", encode_ring(ring))
         lease = await gateway.grant(60)
         for node in ("a", "c"):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tidings.core.channel import ChannelName
-from tidings.core.channel_log import Appended, ChannelLog, Duplicate
+from tidings.core.channel_log import Adoption, Appended, ChannelLog, Duplicate, plan_adoption
 from tidings.core.dedupe import DedupeOptions
 from tidings.core.history import HistoryOptions
 from tidings.core.publication import ClientInfo, Position, Publication
@@ -238,3 +239,75 @@ def test_a_bare_log_and_its_epoch_and_head_alone_answer_every_position_alike(
     position = Position(epoch, offset)
     assert kept.since(position, now_ms, limit) == log.since(position, now_ms, limit)
     assert kept.head == log.head
+
+
+# Adoption: what a store keeps of publications handed over at their positions
+
+
+def adopted(epoch: str, first: int, last: int) -> list[Publication]:
+    return [
+        Publication(CHANNEL_OF_ADOPTION, epoch, n, b"%d" % n, n) for n in range(first, last + 1)
+    ]
+
+
+CHANNEL_OF_ADOPTION = ChannelName("doc:1")
+
+
+@given(
+    held=st.none() | st.tuples(st.sampled_from(["e1", "e2"]), st.integers(0, 30)),
+    first=st.integers(1, 30),
+    count=st.integers(0, 10),
+)
+def test_plan_adoption_ends_at_the_givers_head_with_every_new_publication_once(
+    held: tuple[str, int] | None, first: int, count: int
+) -> None:
+    held_position = None if held is None else Position(*held)
+    sent = adopted("e1", first, first + count - 1)
+    top = first + count - 1 if sent else first
+    plan = plan_adoption(held_position, "e1", sent, top)
+    # Apply the plan to a log as a store would, then check what it holds.
+    if plan.restart_at is None:
+        assert held_position is not None
+        assert held_position.epoch == "e1"
+        head = held_position.offset
+    else:
+        head = plan.restart_at
+    for publication in plan.publications:
+        assert publication.offset == head + 1
+        head = publication.offset
+    assert head == plan.head
+    if held_position is not None and held_position.epoch == "e1":
+        assert plan.head == max(held_position.offset, top)
+        # Nothing already held is stored again.
+        assert all(p.offset > held_position.offset for p in plan.publications)
+    else:
+        assert plan.head == top
+        assert list(plan.publications) == sent
+
+
+def test_plan_adoption_continues_a_held_head_without_restarting() -> None:
+    plan = plan_adoption(Position("e1", 3), "e1", adopted("e1", 2, 5), 5)
+    assert plan.restart_at is None
+    assert [p.offset for p in plan.publications] == [4, 5]
+
+
+def test_plan_adoption_restarts_a_channel_of_another_epoch() -> None:
+    plan = plan_adoption(Position("e0", 9), "e1", adopted("e1", 4, 6), 6)
+    assert plan.restart_at == 3
+    assert [p.offset for p in plan.publications] == [4, 5, 6]
+
+
+def test_plan_adoption_restarts_past_a_hole_in_the_same_epoch() -> None:
+    plan = plan_adoption(Position("e1", 2), "e1", adopted("e1", 5, 6), 6)
+    assert plan.restart_at == 4
+
+
+def test_plan_adoption_moves_the_head_of_a_channel_retaining_nothing() -> None:
+    assert plan_adoption(None, "e1", [], 7) == Adoption(7, (), 7)
+
+
+def test_plan_adoption_refuses_publications_that_do_not_end_at_the_top() -> None:
+    with pytest.raises(ValueError, match="end at"):
+        plan_adoption(None, "e1", adopted("e1", 1, 3), 4)
+    with pytest.raises(ValueError, match="consecutive"):
+        plan_adoption(None, "e1", [*adopted("e1", 1, 1), *adopted("e1", 3, 3)], 3)

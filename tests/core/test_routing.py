@@ -7,10 +7,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidings.core.channel import ChannelName, NamespaceName
+from tidings.core.handover import ForwardTo, Hold, Sequence
 from tidings.core.namespace import NamespaceOptions, Namespaces, Policy
 from tidings.core.placement import HERE, Moved
 from tidings.core.ring import HashRing, ModuloHash
-from tidings.core.routing import FollowingPlacement, RingPlacement, routing_key, user_key
+from tidings.core.routing import (
+    Destinations,
+    FollowingPlacement,
+    RingPlacement,
+    routing_key,
+    user_key,
+)
 
 NAMESPACES = Namespaces({NamespaceName("inbox"): NamespaceOptions(policy=Policy.USER)})
 URLS = {"a": "http://a.example:8000/", "b": "http://b.example:8000", "c": "https://c.example"}
@@ -79,3 +86,74 @@ def test_a_following_placement_routes_by_the_latest_ring_it_was_given() -> None:
     assert placement.place(channel) == HERE
     placement.receive_ring({})
     assert placement.owner_url("doc:1") == "http://a.example:8000"
+
+
+# FollowingPlacement in a transition (core.handover's roles)
+
+BEFORE = {"a": URLS["a"], "b": URLS["b"]}
+AFTER = dict(URLS)  # c joins
+
+
+def following(node: str) -> FollowingPlacement:
+    placement = FollowingPlacement(node, URLS[node], NAMESPACES)
+    placement.receive_ring(AFTER, 2, BEFORE)
+    return placement
+
+
+def moving_to_c(giver: str) -> ChannelName:
+    old, new = HashRing(BEFORE), HashRing(AFTER)
+    return next(
+        ChannelName(f"doc:{n}")
+        for n in range(10_000)
+        if old.owner(f"doc:{n}") == giver and new.owner(f"doc:{n}") == "c"
+    )
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(channel=channels, sealed=st.sets(st.sampled_from(sorted(URLS))))
+def test_in_a_transition_exactly_one_node_sequences_a_channel(
+    channel: ChannelName, sealed: set[str]
+) -> None:
+    placements = {node: following(node) for node in URLS}
+    for node in sealed:
+        placements[node].seal()
+    roles = {node: placement.publishing_role(channel) for node, placement in placements.items()}
+    sequencing = [node for node, role in roles.items() if isinstance(role, Sequence | Hold)]
+    assert sequencing == [HashRing(BEFORE).owner(routing_key(channel, NAMESPACES))]
+    assert all(
+        role == ForwardTo(sequencing[0]) for node, role in roles.items() if node != sequencing[0]
+    )
+
+
+def test_a_giver_copies_a_moving_channel_until_sealed_then_holds() -> None:
+    channel = moving_to_c("a")
+    a = following("a")
+    assert a.publishing_role(channel) == Sequence(copy_to="c")
+    a.seal()
+    assert a.publishing_role(channel) == Hold()
+    assert following("c").publishing_role(channel) == ForwardTo("a")
+
+
+def test_a_receiver_serves_a_channel_once_it_holds_its_replica() -> None:
+    channel = moving_to_c("b")
+    c = following("c")
+    assert c.place(channel) == Moved(URLS["b"])
+    c.hold_replica(channel)
+    assert c.place(channel) == HERE
+    c.receive_ring(AFTER, 3)  # final: the new owner serves
+    assert c.place(channel) == HERE
+    assert c.publishing_role(channel) == Sequence()
+
+
+def test_a_givers_clients_go_to_the_receiver_once_it_holds_the_channel() -> None:
+    channel = moving_to_c("a")
+    a = following("a")
+    moves = Destinations(a)
+    assert a.place(channel) == HERE  # the old owner serves until final
+    assert moves.place(channel) == HERE
+    a.receiver_holds(channel)
+    assert moves.place(channel) == Moved(URLS["c"].rstrip("/"))
+    assert a.place(channel) == HERE
+    # A new version starts the hand-over again: nothing is known held.
+    a.receive_ring(AFTER, 3, BEFORE)
+    assert moves.place(channel) == HERE

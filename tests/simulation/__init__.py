@@ -1,4 +1,5 @@
-"""A deterministic simulation of the ring's hand-over protocol (tidings #14, /work/wt/HANDOVER.md).
+"""A deterministic simulation of the ring's hand-over protocol (docs/modes/hashing.md,
+"Scaling without loss").
 
 Nodes, etcd and the network are one seeded, single-threaded world of scheduled events
 (``world``): publications, subscriptions, planned joins and leaves, crashes, node-to-node

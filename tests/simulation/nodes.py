@@ -67,8 +67,8 @@ class Flaws:
     """The receiver applies a hand-over message that does not follow its replica."""
     no_resume_wait: bool = False
     """A receiver answers a subscriber whose position is ahead of its replica at once
-    (the recovery rule: ``recovered: false``), as HANDOVER.md first had it, instead of
-    waiting for the stream (``decide_resume``)."""
+    (the recovery rule: ``recovered: false``), as the protocol's first draft had it,
+    instead of waiting for the stream (``decide_resume``)."""
     begin_after_handed: bool = False
     """A giver that has handed over still begins a moving channel for a new subscriber
     (a new epoch the hand-over leaves out: the new owner begins another)."""
@@ -79,7 +79,7 @@ class Flaws:
     """A node that restarts (same id and URL) before its old lease expired just takes its
     place again (``joined`` changes nothing), so no one learns it crashed."""
     retained_keys_only: bool = False
-    """A snapshot carries only the keys of its retained publications (HANDOVER.md's
+    """A snapshot carries only the keys of its retained publications (the protocol's first draft's
     ``adopt``), not the giver's dedupe window: a retry of an evicted publication is
     stored again by the new owner."""
     settle_on_leaver_crash: bool = False

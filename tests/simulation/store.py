@@ -2,8 +2,8 @@
 
 The simulated counterpart of a broker used as a ring node's local store (memory, sqlite):
 ``append`` sequences a publication (the next offset of the epoch), ``adopt`` takes a
-hand-over's publications at their given positions (HANDOVER.md, "Receiver store
-requirement"), ``recover`` answers a resuming subscriber by the recovery rule
+hand-over's publications at their given positions (``brokers.base.AdoptingStore``),
+``recover`` answers a resuming subscriber by the recovery rule
 (``core.recovery.decide_recovery``). History keeps the last ``history_size``
 publications, evicting from the front, as every broker does.
 """

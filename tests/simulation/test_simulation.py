@@ -1,4 +1,4 @@
-"""Thousands of seeded worlds of the hand-over protocol (tests/simulation, HANDOVER.md).
+"""Thousands of seeded worlds of the hand-over protocol (docs/modes/hashing.md).
 
 ``TIDINGS_SIM_SEEDS`` sets the number of seeds of the small world (default 3,000; a
 sixth as many of the large one; about 20 s here) and ``TIDINGS_SIM_FIRST_SEED`` the

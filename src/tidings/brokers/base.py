@@ -12,7 +12,7 @@ the hub and the server take each role separately.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -132,6 +132,51 @@ class Broker(Protocol):
         ready. ``/ready`` bounds the call anyway (``READY_TIMEOUT_S``).
         """
         ...
+
+
+@runtime_checkable
+class AdoptingStore(Protocol):
+    """A broker that can be a ring node's local store and take channels over from
+    another node with their history (docs/modes/hashing.md, "Scaling"; memory, sqlite).
+    Guarantees, beside the ``Broker``'s:
+
+    * **Held channels**: ``held_channels`` names every channel the store has a head for
+      (published to, or adopted), swept ones too.
+    * **Positions kept**: ``adopt`` stores publications at the epoch and offsets they
+      were given by their sequencer, never sequenced anew (``core.channel_log.plan_adoption``
+      decides which are new and whether the channel restarts); afterwards ``history``
+      answers for that epoch, and a later ``publish`` continues from the adopted head.
+    * **Dedupe carried**: the ``key`` of each adopted publication is remembered at its
+      offset, so a publisher retrying at the new owner is answered ``duplicate``.
+    * **Live to subscribers**: each newly stored publication reaches ``on_publication``
+      (if this node is subscribed to the channel), in offset order, once.
+    """
+
+    async def held_channels(self) -> list[ChannelName]:
+        """Return the channels this store holds a head for."""
+        ...
+
+    async def adopt(
+        self,
+        channel: ChannelName,
+        epoch: str,
+        publications: Sequence[Publication],
+        *,
+        top: int,
+    ) -> Position:
+        """Store ``publications`` of ``channel`` (consecutive, of ``epoch``, ending at the
+        giver's head ``top`` if any) at their positions; return the head held after.
+
+        Raises:
+            ValueError: the publications are not so.
+            BrokerError: the backend failed; the channel holds what it held, or the
+                adopted state (the giver sends again).
+        """
+        ...
+
+
+class RingStore(Broker, AdoptingStore, Protocol):
+    """A broker a ring node in etcd can store in: ``Broker`` and ``AdoptingStore``."""
 
 
 # -- presence: who holds a channel, on every node --------------------------------------------

@@ -12,8 +12,12 @@ node commands (``LocalNodeControl``) reach this node alone, which is every node.
 Idle channels cost almost nothing: every ``sweep_interval_s`` one sweep (a single timer
 for the broker, not one per channel) expires history and idempotency keys past their
 time, and a channel left with neither (``ChannelLog.expire`` says bare) is kept as its
-head offset alone, in ``_heads``: all that recovery needs, as the epoch is shared. A
-publish brings its log back from that offset.
+head position alone, in ``_heads``: all that recovery needs. A publish brings its log
+back from that position.
+
+As a ring node's store (``AdoptingStore``) it also takes channels over from their old
+owner: ``adopt`` keeps their publications at the positions given, in the giver's epoch
+(so a channel's epoch is its log's, which is the shared one unless adopted).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from tidings.brokers.base import (
@@ -37,10 +41,10 @@ from tidings.brokers.base import (
 )
 from tidings.clock import Clock, SystemClock
 from tidings.core.channel import ChannelName
-from tidings.core.channel_log import Appended, ChannelLog
+from tidings.core.channel_log import Appended, ChannelLog, plan_adoption
 from tidings.core.dedupe import DedupeOptions
 from tidings.core.namespace import Namespaces
-from tidings.core.publication import ClientInfo, Position
+from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Replay, decide_recovery
 
 logger = logging.getLogger(__name__)
@@ -164,7 +168,7 @@ class MemoryBroker(LocalNode):
         self._logs: dict[ChannelName, ChannelLog] = {}
         # Swept channels: their head offset is all that is left of them (the module
         # docstring); a channel is in ``_logs`` or here, never both.
-        self._heads: dict[ChannelName, int] = {}
+        self._heads: dict[ChannelName, Position] = {}
         self._sweep_interval_s = sweep_interval_s
         self._sweeper: asyncio.Task[None] | None = None
         self._subscribed: set[ChannelName] = set()
@@ -227,7 +231,7 @@ class MemoryBroker(LocalNode):
             log = self._logs.get(channel)
             if log is not None and log.expire(now_ms):
                 del self._logs[channel]
-                self._heads[channel] = log.head_offset
+                self._heads[channel] = log.head
                 swept += 1
         return swept
 
@@ -249,11 +253,14 @@ class MemoryBroker(LocalNode):
     def _log(self, channel: ChannelName) -> ChannelLog:
         log = self._logs.get(channel)
         if log is None:
-            options = self._namespaces.options_for(channel)
-            head_offset = self._heads.pop(channel, 0)
-            epoch = self._epoch_of(channel)
-            log = ChannelLog(channel, epoch, options.history, self._dedupe, head_offset)
-            self._logs[channel] = log
+            head = self._heads.pop(channel, None) or Position(self._epoch_of(channel), 0)
+            log = self._new_log(channel, head)
+        return log
+
+    def _new_log(self, channel: ChannelName, head: Position) -> ChannelLog:
+        options = self._namespaces.options_for(channel)
+        log = ChannelLog(channel, head.epoch, options.history, self._dedupe, head.offset)
+        self._logs[channel] = log
         return log
 
     async def publish(
@@ -284,15 +291,48 @@ class MemoryBroker(LocalNode):
         if log is None:
             # Reading must not create state: an unknown or swept channel has no history,
             # only a head (offset 0 for one never published to).
-            head_offset = self._heads.get(channel, 0)
-            epoch = self._epoch_of(channel)
-            head = Position(epoch, head_offset)
+            head = self._heads.get(channel) or Position(self._epoch_of(channel), 0)
             if since is None:
                 return HistoryRead(head, Replay(()))
-            return HistoryRead(head, decide_recovery(since, epoch, head_offset, (), limit))
+            return HistoryRead(head, decide_recovery(since, head.epoch, head.offset, (), limit))
         now_ms = self._clock.now_ms()
         recovery = log.since(since, now_ms, limit) if since else Replay(log.latest(now_ms, limit))
         return HistoryRead(log.head, recovery)
+
+    async def held_channels(self) -> list[ChannelName]:
+        """Return the channels published to or adopted (``AdoptingStore``)."""
+        return [*self._logs, *self._heads]
+
+    async def adopt(
+        self,
+        channel: ChannelName,
+        epoch: str,
+        publications: Sequence[Publication],
+        *,
+        top: int,
+    ) -> Position:
+        """Store ``publications`` at their positions (``AdoptingStore.adopt``), in one step."""
+        log = self._logs.get(channel)
+        held = log.head if log is not None else self._heads.get(channel)
+        plan = plan_adoption(held, epoch, publications, top)
+        if plan.restart_at is not None:
+            self._heads.pop(channel, None)
+            log = self._new_log(channel, Position(epoch, plan.restart_at))
+        elif log is None:
+            if not plan.publications:
+                assert held is not None  # plan_adoption restarts a channel not held
+                return held
+            log = self._log(channel)
+        now_ms = self._clock.now_ms()
+        deliver = self._on_publication if channel in self._subscribed else None
+        for publication in plan.publications:
+            log.restore(publication, now_ms)
+            if deliver is not None:
+                try:
+                    deliver(publication)
+                except Exception:  # stored; a faulty handler must not undo it
+                    logger.exception("publication handler failed on %s", channel)
+        return log.head
 
     async def subscribe(self, channel: ChannelName) -> None:
         """Deliver ``channel``'s publications to this node's hub."""

@@ -34,6 +34,11 @@ One directory serves one broker at a time: sequencing is in this process's memor
 second instance on the same file cannot overwrite rows (offsets are a primary key), its
 conflicting publishes fail instead.
 
+As a ring node's store (``AdoptingStore``) it also takes channels over from their old
+owner: ``adopt`` restarts the channel's rows in the giver's epoch when it must
+(``core.channel_log.plan_adoption``), then writes the publications at the positions
+given through the same group commit as publishes, so they are delivered once committed.
+
 Presence is not stored: it lives in memory (``LocalPresence``), as it ends with the node.
 
 Idle channels leave memory: every ``sweep_interval_s`` one sweep (a single timer for the
@@ -53,7 +58,7 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Final, TypeVar
@@ -67,7 +72,7 @@ from tidings.brokers.memory import LocalNode, LocalNodeControl, LocalPresence, r
 from tidings.brokers.sqlite_store import DURABILITIES, Durability, SqliteStore, StoredChannel
 from tidings.clock import Clock, SystemClock
 from tidings.core.channel import ChannelName
-from tidings.core.channel_log import ChannelLog, Duplicate
+from tidings.core.channel_log import ChannelLog, Duplicate, plan_adoption
 from tidings.core.dedupe import DedupeOptions, DedupeWindow, dedupe_key
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import ClientInfo, Position, Publication
@@ -379,6 +384,59 @@ class SqliteBroker(LocalNode):
                 return HistoryRead(head, Replay(()))
             return HistoryRead(head, decide_recovery(since, self._epoch, 0, (), limit))
         return state.read(since, limit, self._clock.now_ms())
+
+    async def held_channels(self) -> list[ChannelName]:
+        """Return every channel of the file, and those created since (``AdoptingStore``).
+
+        Raises:
+            BrokerError: the broker is not open, or reading the file failed.
+        """
+        writer = self._check_open()
+        stored = await _run(writer, self._store.channel_names, "listing channels")
+        return sorted({*stored, *self._channels})
+
+    async def adopt(
+        self,
+        channel: ChannelName,
+        epoch: str,
+        publications: Sequence[Publication],
+        *,
+        top: int,
+    ) -> Position:
+        """Store ``publications`` at their positions (``AdoptingStore.adopt``); return once
+        they are committed (and delivered).
+
+        Raises:
+            ValueError: the publications are not consecutive and ending at ``top``.
+            BrokerError: the broker is not open, or storing failed.
+        """
+        writer = self._check_open()
+        state = await self._channel(channel, create=False)
+        if state is not None and state.committed_offset != state.log.head_offset:
+            await self._flush()  # its own publications first: the plan reads a settled head
+            state = await self._channel(channel, create=False)
+        plan = plan_adoption(None if state is None else state.log.head, epoch, publications, top)
+        if plan.restart_at is not None:
+            await _run(
+                writer,
+                partial(self._store.restart, channel, epoch, plan.restart_at),
+                f"adopting channel {channel}",
+            )
+            self._check_open()
+            history = self._namespaces.options_for(channel).history
+            log = ChannelLog(channel, epoch, history, self._dedupe, plan.restart_at)
+            state = self._channels[channel] = _Channel(log, DedupeWindow(self._dedupe))
+        assert state is not None  # plan_adoption restarts a channel not held
+        if not plan.publications:
+            return Position(state.log.epoch, state.committed_offset)
+        now_ms = self._clock.now_ms()
+        done: asyncio.Future[None] | None = None
+        for publication in plan.publications:
+            state.log.restore(publication, now_ms)
+            done = self._enqueue(publication)
+        assert done is not None
+        await asyncio.shield(done)
+        return Position(state.log.epoch, plan.head)
 
     async def subscribe(self, channel: ChannelName) -> None:
         """Deliver ``channel``'s publications to this node's hub."""

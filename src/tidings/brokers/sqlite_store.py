@@ -165,6 +165,19 @@ class SqliteStore:
             )
             db.execute(_EXPIRE_KEYS, (now_ms - self._dedupe.window_ms,))
 
+    def restart(self, channel: ChannelName, epoch: str, head_offset: int) -> None:
+        """Replace ``channel``'s state by an empty history at ``epoch``:``head_offset``,
+        in one transaction (a channel adopted from another node: ``SqliteBroker.adopt``)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM publications WHERE channel = ?", (channel,))
+            db.execute("DELETE FROM dedupe_keys WHERE channel = ?", (channel,))
+            db.execute(_RESTART_CHANNEL, (channel, epoch, head_offset))
+
+    def channel_names(self) -> list[ChannelName]:
+        """Return the name of every channel in the file."""
+        rows = self._connection().execute("SELECT name FROM channels").fetchall()
+        return [ChannelName(name) for (name,) in rows]
+
     def trim(self, heads: Sequence[tuple[ChannelName, int]], now_ms: int) -> None:
         """Delete the rows of channels whose history expired up to their head, and the
         dedupe keys past the window, in one transaction (the sweep of idle channels)."""
@@ -253,6 +266,10 @@ _TRIM_PUBLICATIONS: Final = """
     DELETE FROM publications WHERE channel = ?1 AND "offset" < MAX(?2, COALESCE(
         (SELECT "offset" FROM publications WHERE channel = ?1 AND ts >= ?3
          ORDER BY "offset" LIMIT 1), ?2))
+"""
+_RESTART_CHANNEL: Final = """
+    INSERT INTO channels (name, epoch, head_offset) VALUES (?, ?, ?)
+    ON CONFLICT (name) DO UPDATE SET epoch = excluded.epoch, head_offset = excluded.head_offset
 """
 _EXPIRE_KEYS: Final = "DELETE FROM dedupe_keys WHERE ts < ?"
 _DELETE_PUBLICATIONS_UP_TO: Final = 'DELETE FROM publications WHERE channel = ? AND "offset" <= ?'

@@ -12,11 +12,20 @@ publication retained, no key remembered) holds nothing recovery needs beyond its
 and head offset, so the broker may keep just those and drop the log: a client at the
 head is then recovered with nothing to replay, and an older position is a gap, exactly
 as the bare log would have answered.
+
+Adoption (the ring's hand-over, docs/modes/hashing.md "Scaling"): a node that receives a
+channel from its old owner stores the publications it is sent *at their positions*, not
+sequenced anew. ``plan_adoption`` is the one rule for what such a store keeps: the
+publications it does not hold yet, continuing its head; and whether its state must be
+replaced first (another epoch, or a hole between its head and what it was sent: a
+snapshot of what the giver retains).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from tidings.core.channel import ChannelName
 from tidings.core.dedupe import DedupeOptions, DedupeWindow, dedupe_key
@@ -110,3 +119,58 @@ class ChannelLog:
     def latest(self, now_ms: int, limit: int | None = None) -> tuple[Publication, ...]:
         """Return the last ``limit`` retained publications, oldest first."""
         return self._history.latest(now_ms, limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Adoption:
+    """What a store does with publications it is handed at their positions.
+
+    Attributes:
+        restart_at: ``None`` to append ``publications`` to the channel as it is; else
+            drop the channel's state and restart it in the adopted epoch with head
+            ``restart_at``, then append.
+        publications: the ones not held yet, consecutive, continuing the head.
+        head: the channel's head offset once they are appended.
+    """
+
+    restart_at: int | None
+    publications: tuple[Publication, ...]
+    head: int
+
+
+def plan_adoption(
+    held: Position | None, epoch: str, publications: Sequence[Publication], top: int
+) -> Adoption:
+    """Decide what a store holding ``held`` (``None``: not the channel at all) keeps of
+    ``publications`` of ``epoch``, sent by a giver whose head is at ``top``.
+
+    Publications at or below the held offset of the same epoch are already held and
+    skipped. The rest are kept after the held head when they follow it; otherwise
+    (another epoch, a hole, nothing held) the channel restarts just before the first of
+    them, or at ``top`` when none is left (history that retains nothing still moves its
+    head). A ``top`` at or below the held head of the same epoch, with nothing new, keeps
+    everything as it is.
+
+    Raises:
+        ValueError: ``publications`` are not consecutive offsets of ``epoch`` ending at or
+            below ``top`` (a misuse: the giver sends them so).
+    """
+    for earlier, later in pairwise(publications):
+        if later.offset != earlier.offset + 1:
+            raise ValueError("adopted publications must have consecutive offsets")
+    if any(p.epoch != epoch for p in publications):
+        raise ValueError(f"adopted publications must all be of epoch {epoch}")
+    if publications and publications[-1].offset != top:
+        raise ValueError(f"adopted publications must end at the giver's head {top}")
+    if held is not None and held.epoch == epoch:
+        fresh = tuple(p for p in publications if p.offset > held.offset)
+        if not fresh:
+            if top <= held.offset:
+                return Adoption(None, (), held.offset)
+            return Adoption(top, (), top)
+        if fresh[0].offset == held.offset + 1:
+            return Adoption(None, fresh, fresh[-1].offset)
+        return Adoption(fresh[0].offset - 1, fresh, fresh[-1].offset)
+    if not publications:
+        return Adoption(top, (), top)
+    return Adoption(publications[0].offset - 1, tuple(publications), publications[-1].offset)

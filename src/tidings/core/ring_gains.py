@@ -7,8 +7,9 @@ their head offset, in its own epoch) is stale, and a client that resumed from a
 position of that earlier time would be told ``recovered: true`` across the
 publications the other owner made: a silent gap. So the node restarts those channels
 in a new epoch before it serves them (``brokers.memory.MemoryBroker.restart_channels``).
-Until the hand-over of DESIGN.md copies a moving key's history to its new owner, every
-gain is such a gain; once it does, the keys handed over are to be left out here.
+This is for a node that takes no part in hand-overs (no ``cluster_secret``, or a store
+that cannot adopt channels): one that does renews what it gains without a complete
+hand-over itself (``server.handover``), and must keep what it was handed.
 """
 
 from __future__ import annotations
@@ -16,22 +17,24 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tidings.core.channel import ChannelName
-from tidings.core.placement import Here
-from tidings.core.routing import RingPlacement
+from tidings.core.handover import Transition
 
 
 def gained_channels(
-    before: RingPlacement | None, after: RingPlacement | None
+    before: Transition | None,
+    after: Transition | None,
+    node_id: str,
+    key_of: Callable[[ChannelName], str],
 ) -> Callable[[ChannelName], bool]:
-    """Whether a channel is this node's in ``after`` and was another's in ``before``.
-    No ring before (the node had not joined) or after (every node left, each serves
-    all): nothing is gained from another node."""
+    """Whether node ``node_id`` sequences a channel under ``after`` and another node did
+    under ``before`` (``key_of`` gives a channel's routing key). No ring before (the
+    node had not joined) or after (every node left, each serves all): nothing is gained
+    from another node."""
     if before is None or after is None:
         return lambda _channel: False
 
     def gained(channel: ChannelName) -> bool:
-        return isinstance(after.place(channel), Here) and not isinstance(
-            before.place(channel), Here
-        )
+        key = key_of(channel)
+        return after.old_owner(key) == node_id and before.old_owner(key) != node_id
 
     return gained

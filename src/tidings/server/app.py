@@ -19,7 +19,14 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
-from tidings.brokers.base import Broker, NodeCommand, NodeControl, PresenceStore, PublishResult
+from tidings.brokers.base import (
+    AdoptingStore,
+    Broker,
+    NodeCommand,
+    NodeControl,
+    PresenceStore,
+    PublishResult,
+)
 from tidings.brokers.factory import create_broker
 from tidings.brokers.memory import LocalNodeControl, MemoryBroker, presence_store_of
 from tidings.core.channel import ChannelName, parse_channel
@@ -29,7 +36,7 @@ from tidings.core.drain import plan_drain
 from tidings.core.load import NodeLoad
 from tidings.core.placement import Placement
 from tidings.core.publication import Position
-from tidings.core.routing import FollowingPlacement
+from tidings.core.routing import Destinations, FollowingPlacement
 from tidings.core.wire import encode_json
 from tidings.errors import BadRequest, TidingsError
 from tidings.hub.hub import Hub
@@ -39,6 +46,8 @@ from tidings.server.auth import Authenticator
 from tidings.server.demo import DemoBackend, prepare_demo
 from tidings.server.forwarding import OwnerLink
 from tidings.server.front import About, OriginCheckedStatic, front_page, health_response
+from tidings.server.handover import HANDOVER_PATH, Handover
+from tidings.server.handover_broker import HandoverBroker
 from tidings.server.heartbeat import run_heartbeats
 from tidings.server.hot_channels import HotChannelWindows, channel_heat_for
 from tidings.server.key_ownership import KeyHooks, KeyOwnership
@@ -103,6 +112,40 @@ def authenticator_for(settings: Settings, jwks: JwksKeys | None) -> Authenticato
     )
 
 
+def _handover_of(
+    settings: Settings,
+    placement: FollowingPlacement | None,
+    broker: Broker,
+    link: Callable[[], OwnerLink],
+    mover: RingMover,
+    *,
+    keys: KeyOwnership,
+) -> tuple[Broker, Handover | None]:
+    """Return the broker the hub uses and the node's hand-over: ``broker`` and none but
+    for a ring in etcd over a store that can adopt channels (memory, sqlite), with a
+    ``cluster_secret`` to sign the hand-over's calls (without one the new owners start
+    the channels they gain afresh: clients resuming there hear ``recovered: false``)."""
+    if (
+        settings.ring_etcd is None
+        or settings.cluster_secret is None
+        or placement is None
+        or not isinstance(broker, AdoptingStore)
+    ):
+        return broker, None
+    timeout_s = settings.handover_timeout_s
+    ring_broker = HandoverBroker(broker, placement, link, timeout_s=timeout_s)
+    handover = Handover(
+        settings.node_id,
+        placement,
+        ring_broker,
+        link,
+        mover,
+        timeout_s=timeout_s,
+        release=keys.release_where,
+    )
+    return ring_broker, handover
+
+
 class TidingsApp:
     """A tidings node as an ASGI application."""
 
@@ -128,27 +171,38 @@ class TidingsApp:
         self.sessions = SessionRegistry(
             settings.max_connections, settings.max_unauthenticated_connections
         )
-        # Connections whose channels a new ring gives to other nodes are sent there.
+        following = placement if isinstance(placement, FollowingPlacement) else None
+        # Connections whose channels a new ring gives to other nodes are sent there (in a
+        # transition, those this node gives once their new owner holds them).
         self.ring_mover = RingMover(
-            self.sessions, placement, settings.namespace_table(), settings.ring_move_rate
+            self.sessions,
+            placement if following is None else Destinations(following),
+            settings.namespace_table(),
+            settings.ring_move_rate,
         )
+        broker = broker or broker_for(settings)
+        # A ring in etcd over a store that can adopt channels hands them over between
+        # owners in its transitions (``server.handover``), with its broker's roles.
         # The application's per-key state: its handler told of keys gained and lost.
         self.keys = KeyOwnership(placement, settings.namespace_table(), key_hooks)
+        node_broker, self._handover = _handover_of(
+            settings, following, broker, lambda: self._owner_link, self.ring_mover, keys=self.keys
+        )
         # The ring in etcd (``ring_etcd``): joined at start, left when the node drains.
         self._ring_member = (
             RingMember(
                 settings,
-                placement,
+                following,
                 self._on_ring,
+                self._handover,
                 on_lease_lost=self._on_lease_lost,
                 on_gain=self._on_gain,
             )
-            if settings.ring_etcd is not None and isinstance(placement, FollowingPlacement)
+            if settings.ring_etcd is not None and following is not None
             else None
         )
         # Metrics time the broker's calls by wrapping it; the hub never knows.
         self.metrics = Metrics(self.sessions)
-        broker = broker or broker_for(settings)
         self._local_store = broker
         # Presence is the broker's own store (its connections), taken before metering
         # wraps the broker; one that keeps none serves this node alone.
@@ -158,7 +212,7 @@ class TidingsApp:
         # them: the wait is not the broker's time.
         member = self._ring_member
         self.hub = Hub(
-            self.keys.watched(self.metrics.metered(broker)),
+            self.keys.watched(self.metrics.metered(node_broker)),
             presence or presence_store_of(broker),
             heat=heat,
             fence=None if member is None else RingFence(placement, member),
@@ -238,6 +292,11 @@ class TidingsApp:
                 Route("/status", status_page(self.status.channel, self.about), methods=["GET"]),
                 Mount("/static", OriginCheckedStatic(StaticAssets(), settings.allowed_origins)),
                 *api.routes(),
+                *(
+                    [Route(HANDOVER_PATH, self._handover.receive, methods=["POST"])]
+                    if self._handover is not None
+                    else []
+                ),
                 *(self._demo.routes() if self._demo else []),
             ]
         )
@@ -319,15 +378,21 @@ class TidingsApp:
         at most ``drain_rate`` reconnects per second (``core.drain``).
         """
         self.context.draining = True
-        # The drain closes every connection, at its own pace: no moves beside it.
-        await self.ring_mover.close()
-        # The application's state of every key is saved (``lost``) while this node still
-        # owns them, before they go elsewhere.
-        await self.keys.release_all()
+        if self._handover is None:
+            # The drain closes every connection, at its own pace: no moves beside it.
+            await self.ring_mover.close()
+            # The application's state of every key is saved (``lost``) while this node
+            # still owns them, before they go elsewhere (a hand-over saves the keys it
+            # gives when it seals, before it says it handed them).
+            await self.keys.release_all()
         if self._ring_member is not None:
-            # Out of the ring first: its keys go to the other nodes, where the clients
-            # told to reconnect below are sent.
+            # Out of the ring first: its keys are handed over to the other nodes (its
+            # clients moved there as they are), where the clients told to reconnect
+            # below are sent.
             await self._ring_member.leave()
+        # The drain closes every connection left, at its own pace: no moves beside it.
+        await self.ring_mover.close()
+        await self.keys.release_all()  # none is gained from now on
         self._poll.release_all()
         settings = self.settings
         if self._agent is not None:

@@ -124,6 +124,7 @@ _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
 # Settings fields whose configuration name drops the unit suffix.
 _FIELD_OF: Final = {
     "ring_ttl": "ring_ttl_s",
+    "handover_timeout": "handover_timeout_s",
     "ping_interval": "ping_interval_s",
     "outbound_buffer": "outbound_buffer_bytes",
     "dedupe_window": "dedupe_window_s",

@@ -152,6 +152,8 @@ class OwnerLink:
         if ring is None:
             return await local()
         if call is not None:
+            if call.ring_version > ring.ring_version:
+                await self._refresh_ring()  # the caller knows a newer ring: learn it first
             own_version = ring.ring_version
             if call.ring_version < own_version or not isinstance(ring.place(channel), Here):
                 raise StaleRing(channel, call.ring_version, own_version)
@@ -165,8 +167,8 @@ class OwnerLink:
                     f"channel {channel} is owned by {place.url}, and this node cannot forward "
                     "to it: set the same cluster_secret on every node of the ring"
                 )
-            parts = await self._send(channel, place.url, request, ring.ring_version)
-            if not _is_stale_ring(parts):
+            parts = await self.send(channel, place.url, request, ring.ring_version)
+            if not is_stale_ring(parts):
                 self.forwarded["answered"] += 1
                 return parts
             self.forwarded["stale_ring"] += 1
@@ -174,10 +176,21 @@ class OwnerLink:
                 await self._refresh_ring()
         raise Unavailable(f"the owner of {channel} refused this node's ring twice; retry")
 
-    async def _send(
+    async def send(
         self, channel: ChannelName, owner_url: str, request: tuple[str, str, bytes], version: int
     ) -> Parts:
-        assert self._secret is not None  # checked by serve
+        """Send ``request`` (method, path and query, body) about ``channel`` to the node
+        at ``owner_url``, signed with ring ``version``; return its answer.
+
+        Raises:
+            Unavailable: this node has no ``cluster_secret``, or the node could not be
+                reached or did not answer.
+        """
+        if self._secret is None:
+            raise Unavailable(
+                f"channel {channel} is sequenced at {owner_url}, and this node cannot "
+                "forward to it: set the same cluster_secret on every node of the ring"
+            )
         method, target, body = request
         url = httpx.URL(owner_url.rstrip("/") + target)
         # Signed as the route sees it, without the owner's base path (public_url may
@@ -224,7 +237,8 @@ class OwnerLink:
             self._client = None
 
 
-def _is_stale_ring(parts: Parts) -> bool:
+def is_stale_ring(parts: Parts) -> bool:
+    """Whether an answer is a ``stale_ring`` refusal (409)."""
     status, _, body = parts
     if status != _STALE_RING_STATUS:
         return False

@@ -11,10 +11,13 @@ looked at again just before it is told (it may have unsubscribed, or left); a ne
 ring replaces the moves under way by its own. Polling clients hold no connection:
 their next poll of a channel owned elsewhere is answered 307.
 
-Nothing moves with the clients yet: the new owner starts the channels it gains
-afresh, and a client resuming there is told ``recovered: false``. With an
-application's key handler, the app starts the moves only once the ``lost`` of the keys
-the ring gave away returned (``server.key_ownership``).
+In a transition of the ring the mover asks ``core.routing.Destinations``: a channel
+this node gives away moves only once its new owner holds the channel's history
+(``server.handover`` triggers the moves then), so a client resuming there is told
+``recovered: true``. After a crash the new owner starts the channel in a new epoch, and
+a client resuming there is told ``recovered: false``.
+With an application's key handler, a ring that gives keys away starts the moves only
+once their ``lost`` returned (``server.key_ownership``).
 """
 
 from __future__ import annotations

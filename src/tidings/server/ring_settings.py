@@ -29,6 +29,7 @@ from tidings.server.settings import Settings
 from tidings.server.settings_parsers import (
     check_node_id,
     check_public_url,
+    parse_bool,
     parse_count,
     parse_float,
     parse_secret,
@@ -140,6 +141,8 @@ RING_PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "ring_ttl": parse_duration_s,
     "cluster_secret": parse_secret,
     "ring_move_rate": parse_float,
+    "handover_timeout": parse_duration_s,
+    "ring_join": parse_bool,
 }
 
 
@@ -165,6 +168,10 @@ def check_ring(settings: Settings) -> None:
         )
     if settings.ring_move_rate <= 0:
         raise ConfigError(f"ring_move_rate must be more than 0, got {settings.ring_move_rate:g}")
+    if settings.handover_timeout_s <= 0:
+        raise ConfigError(
+            f"handover_timeout must be more than 0s, got {settings.handover_timeout_s:g}s"
+        )
     if nodes and settings.node_id not in nodes:
         raise ConfigError(
             f"node_id {settings.node_id!r} is not in ring_nodes {sorted(nodes)}: "

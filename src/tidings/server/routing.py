@@ -21,13 +21,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tidings.brokers.ring.etcd import EtcdGateway
-from tidings.brokers.ring.membership import Membership, RingState
+from tidings.brokers.ring.membership import DEFAULT_SETTLE_TIMEOUT_S, Membership
 from tidings.core.channel import ChannelName, parse_channel
+from tidings.core.handover import RingRecord
 from tidings.core.placement import LOCAL_PLACEMENT, Placement
 from tidings.core.ring import ownership_of
 from tidings.core.ring_gains import gained_channels
 from tidings.core.routing import FollowingPlacement, OwnerRouting, RingPlacement
 from tidings.errors import BadRequest, RequestError
+from tidings.server.handover import Handover
 from tidings.server.ring_settings import check_ring
 from tidings.server.settings import Settings
 from tidings.transports.http import cors_headers, json_response, request_error_response
@@ -100,28 +102,35 @@ class RouteEndpoint:
 
 class RingMember:
     """This node's membership of the ring in etcd (``ring_etcd``) for the node's
-    lifecycle: join at start, leave when it drains. Each version of the ring reaches the
-    ``FollowingPlacement``, so admission and ``/route`` follow it at once."""
+    lifecycle: join at start (or only register, with ``ring_join = false``), leave with
+    hand-over when it drains. Each version of the ring reaches the node's ``Handover``
+    (or, without one, the ``FollowingPlacement``), so admission and ``/route`` follow it
+    at once, then ``on_change`` (the mover of connections)."""
 
     def __init__(
         self,
         settings: Settings,
         placement: FollowingPlacement,
         on_change: Callable[[], None] | None = None,
+        handover: Handover | None = None,
+        *,
         on_lease_lost: Callable[[], None] = lambda: None,
         on_gain: Callable[[Callable[[ChannelName], bool]], None] = lambda _gained: None,
     ) -> None:
-        """Join as ``settings`` say; each new version of the ring reaches
-        ``placement``, then ``on_change`` (which moves the connections it sends away);
-        ``on_lease_lost`` is told when etcd let this node's lease expire (others have
-        sequenced its channels since), before it joins again; ``on_gain`` is handed,
-        in the same step as the new ring is taken, which channels it gives this node
-        that the previous one gave another (``core.ring_gains``)."""
+        """Join as ``settings`` say; each new version of the ring reaches ``handover``
+        (or ``placement``), then ``on_change`` (which moves the connections it sends
+        away); ``on_lease_lost`` is told when etcd let this node's lease expire (others
+        have sequenced its channels since), before it joins again. Without a
+        ``handover``, ``on_gain`` is handed, in the same step as the new ring is taken,
+        which channels it gives this node that the previous one gave another
+        (``core.ring_gains``); a hand-over renews those itself."""
         assert settings.ring_etcd is not None  # the app makes one only then
         self._gateway = EtcdGateway(settings.ring_etcd)
         self._placement = placement
         self._on_change = on_change
         self._on_gain = on_gain
+        self._handover = handover
+        self._enter = settings.ring_join
         self._membership = Membership(
             self._gateway,
             settings.node_id,
@@ -130,7 +139,11 @@ class RingMember:
             ttl_s=math.ceil(settings.ring_ttl_s),
             on_ring=self._on_ring,
             on_lease_lost=on_lease_lost,
+            hand_over=handover.hand_over if handover is not None else _nothing_to_hand,
+            settle_timeout_s=max(DEFAULT_SETTLE_TIMEOUT_S, 3 * settings.handover_timeout_s),
         )
+        if handover is not None:
+            handover.refresh_ring = self.refresh
         self._joined = False
 
     def is_confirmed(self) -> bool:
@@ -146,22 +159,33 @@ class RingMember:
             return None
         return time.time() - (time.monotonic() - since)
 
-    def _on_ring(self, state: RingState) -> None:
-        before = self._placement.current
-        self._placement.receive_ring(state.nodes, state.version)
-        # No await between: nothing is sequenced under the new ring before this.
-        self._on_gain(gained_channels(before, self._placement.current))
-        logger.info("ring version %d: %s", state.version, ", ".join(sorted(state.nodes)))
+    def _on_ring(self, state: RingRecord) -> None:
+        if self._handover is not None:
+            self._handover.receive_ring(state)
+        else:
+            before = self._placement.transition
+            self._placement.receive_ring(state.nodes, state.version, state.previous)
+            # No await between: nothing is sequenced under the new ring before this.
+            self._on_gain(
+                gained_channels(
+                    before,
+                    self._placement.transition,
+                    self._placement.node_id,
+                    self._placement.key_of,
+                )
+            )
+        moving = "" if state.previous is None else f" (from {', '.join(sorted(state.previous))})"
+        logger.info("ring version %d: %s%s", state.version, ", ".join(sorted(state.nodes)), moving)
         if self._on_change is not None:
             self._on_change()
 
     async def join(self) -> None:
-        """Join the ring.
+        """Join the ring (or, with ``ring_join = false``, only become a member).
 
         Raises:
             EtcdError: etcd could not be reached.
         """
-        await self._membership.join()
+        await self._membership.join(enter=self._enter)
         self._joined = True
 
     async def refresh(self) -> None:
@@ -174,7 +198,7 @@ class RingMember:
         await self._membership.refresh()
 
     async def leave(self) -> None:
-        """Leave the ring (idempotent), so its keys go to the other nodes at once."""
+        """Leave the ring (idempotent), handing this node's keys over to the others."""
         if self._joined:
             self._joined = False
             await self._membership.leave()
@@ -183,3 +207,7 @@ class RingMember:
         """Leave, and close the connections to etcd."""
         await self.leave()
         await self._gateway.aclose()
+
+
+async def _nothing_to_hand(_ring: RingRecord) -> None:
+    """A node without a store to hand over (an embedding application's broker)."""

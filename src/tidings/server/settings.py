@@ -110,6 +110,13 @@ class Settings:
     # How many WebSocket clients a node tells to reconnect per second when a new ring
     # sends their keys to another node (``server.ring_moves``).
     ring_move_rate: float = 200.0
+    # How long a node gives each hand-over step of a ring transition (snapshots acked
+    # and clients moved; then receivers caught up to the sealed tops; a held publication
+    # waiting for the final ring): ``server.handover``.
+    handover_timeout_s: float = 30.0
+    # Whether a node with ``ring_etcd`` takes its place in the ring as it starts; false:
+    # it only registers as a member and waits for ``tidings ring join``.
+    ring_join: bool = True
 
     def __post_init__(self) -> None:
         _check_limits(self)

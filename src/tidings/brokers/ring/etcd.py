@@ -249,9 +249,11 @@ class EtcdGateway:
         unchanged: Sequence[Unchanged],
         puts: Mapping[str, bytes] | None = None,
         deletes: Sequence[str] = (),
+        delete_prefixes: Sequence[str] = (),
     ) -> bool:
-        """Write ``puts`` and delete ``deletes`` in one transaction, only if every key of
-        ``unchanged`` is still at its revision; return whether it was done."""
+        """Write ``puts``, delete ``deletes`` and every key under ``delete_prefixes`` in
+        one transaction, only if every key of ``unchanged`` is still at its revision;
+        return whether it was done."""
         compare = [
             {
                 "target": "MOD",
@@ -266,6 +268,10 @@ class EtcdGateway:
             for key, value in (puts or {}).items()
         ]
         success += [{"request_delete_range": {"key": _b64(key)}} for key in deletes]
+        success += [
+            {"request_delete_range": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}}
+            for prefix in delete_prefixes
+        ]
         raw = await self._call("/v3/kv/txn", {"compare": compare, "success": success})
         return msgspec.json.decode(raw, type=_TxnAnswer).succeeded
 

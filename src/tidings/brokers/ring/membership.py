@@ -17,20 +17,40 @@ Keys, under a prefix (``/tidings/ring`` by default):
   A keep-alive that fails is tried again sooner (``RETRY_FRACTION``), each bounded by
   ``KEEP_ALIVE_TIMEOUT_FRACTION`` of the lease, so that a short outage of etcd does
   not cost the lease.
-* ``<prefix>/ring``: ``{"version": n, "nodes": {id: url}}``, the ring itself. It is
+* ``<prefix>/ring``: ``{"version": n, "nodes": {id: url}, "previous": {id: url} | null}``,
+  the ring itself (``previous`` absent, as older nodes wrote it, is null). It is
   changed only by compare-and-swap transactions: read it with its revision, write the
   next version only if it is still at that revision, else read again and retry. Every
   change adds one to ``version``, so no two rings share a version and none is lost to
-  a concurrent writer.
+  a concurrent writer. ``previous`` set means the ring is *in transition* from
+  ``previous`` to ``nodes`` (the hand-over of docs/modes/hashing.md
+  "Scaling"): the old owners still sequence the keys that move, and copy them to the
+  new owners.
+* ``<prefix>/handed/<v>/<node_id>``: written by a giver (a node of ``previous``) once it
+  handed every key it gives in the transition of version ``v``.
 
-Joining: grant a lease, write the member key on it, then add the node to the ring.
-Leaving: take the node out of the ring, then revoke the lease. A dead node: every node
-watches the prefix; when a member key is deleted, a watcher removes that node from the
-ring in a transaction that also requires the member key to be still absent (a node
-that came straight back is not removed). Several watchers race; the transaction lets
-one win, and the others find the node already gone. After (re)starting its watch, a
-node also reconciles: it removes every ring node that has no member key, so a death
-missed while the watch was down is not missed for good.
+Planned changes (a node joining or leaving on purpose, ``tidings ring join|leave``) are
+made only from a settled ring (``previous`` null): ``{v+1, nodes ± node, previous:
+nodes}``. A change asked while a transition is under way waits for it to end (a watch
+of the ring key), bounded by ``settle_timeout_s``. A first node, or the last one
+leaving, has no one to hand to: its change is settled at once.
+
+Finalizing: when every node of ``previous`` still a member (with a member key) has
+written its ``handed`` key for the current version, any node writes ``{v+1, nodes,
+previous: null}`` and deletes ``handed/`` in one transaction. A crash bumps the version
+(below), so a giver's ``handed`` key of an older version does not count: it hands
+again for the new one, whose receivers may differ.
+
+Joining: grant a lease, write the member key on it, then (unless ``enter`` is false: a
+node waiting for ``tidings ring join``) add the node to the ring. Leaving: take the node
+out of the ring, hand over, wait for the ring to be final, then revoke the lease. A
+dead node: every node watches the prefix; when a member key is deleted, a watcher
+removes that node from ``nodes`` and ``previous`` at once, in or out of a transition,
+in a transaction that also requires the member key to be still absent (a node that
+came straight back is not removed). Several watchers race; the transaction lets one
+win, and the others find the node already gone. After (re)starting its watch, a node
+also reconciles: it removes every ring node that has no member key, so a death missed
+while the watch was down is not missed for good.
 
 A node whose own lease expired (it was cut off for longer than ``ttl_s``) has been
 removed by the others, which have sequenced its keys since; once it reaches etcd again
@@ -40,8 +60,10 @@ changes: no node can write the ring, and each keeps the last one it saw (no node
 removed, none rejoins, until etcd answers again).
 
 Each ring it learns is handed to ``on_ring`` (the node's placement, then the moves of
-its connections: ``server.routing``, ``server.ring_moves``). What this does not do yet:
-hand channels over between owners when the ring changes (the transition of DESIGN.md).
+its connections: ``server.routing``, ``server.ring_moves``). In a transition where this
+node gives keys, ``hand_over`` runs (the node's hand-over: ``server.handover``); when it
+returns, the node writes its ``handed`` key. A newer version cancels a hand-over under
+way and starts the next one.
 """
 
 from __future__ import annotations
@@ -51,14 +73,15 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Final
 
 import msgspec
 
 from tidings.brokers.ring.etcd import EtcdError, EtcdGateway, Unchanged
 from tidings.core.backoff import Backoff
+from tidings.core.handover import RingRecord, TransitionUnderWay, finalizable
 from tidings.core.lease_deadline import LeaseDeadline
 
 logger = logging.getLogger(__name__)
@@ -73,38 +96,29 @@ MAX_TRANSACTION_ATTEMPTS: Final = 100
 RENEW_FRACTION: Final = 1 / 3
 RETRY_FRACTION: Final = 1 / 10
 KEEP_ALIVE_TIMEOUT_FRACTION: Final = 1 / 6
+# How long a planned change waits for a transition under way to end.
+DEFAULT_SETTLE_TIMEOUT_S: Final = 60.0
 
 
-@dataclass(frozen=True, slots=True)
-class RingState:
-    """A version of the ring: its nodes (id to base URL). Version 0 is the empty ring
-    before any node joined."""
-
-    version: int = 0
-    nodes: Mapping[str, str] = field(default_factory=dict)
-
-    def with_node(self, node_id: str, url: str) -> RingState:
-        """The next version, with ``node_id`` at ``url``."""
-        return RingState(self.version + 1, {**self.nodes, node_id: url})
-
-    def without_node(self, node_id: str) -> RingState:
-        """The next version, without ``node_id``."""
-        nodes = {node: url for node, url in self.nodes.items() if node != node_id}
-        return RingState(self.version + 1, nodes)
+def _has(ring: RingRecord, node_id: str) -> bool:
+    """Whether ``node_id`` is in ``ring``'s nodes or previous nodes."""
+    return node_id in ring.nodes or (ring.previous is not None and node_id in ring.previous)
 
 
-class _RingJson(msgspec.Struct):
+class _RingJson(msgspec.Struct, omit_defaults=True):
     version: int
     nodes: dict[str, str]
+    previous: dict[str, str] | None = None
 
 
-def encode_ring(state: RingState) -> bytes:
-    """The ring key's value."""
-    return msgspec.json.encode(_RingJson(state.version, dict(state.nodes)))
+def encode_ring(state: RingRecord) -> bytes:
+    """The ring key's value (``previous`` left out when null)."""
+    previous = None if state.previous is None else dict(state.previous)
+    return msgspec.json.encode(_RingJson(state.version, dict(state.nodes), previous))
 
 
-def decode_ring(value: bytes) -> RingState:
-    """Read the ring key's value.
+def decode_ring(value: bytes) -> RingRecord:
+    """Read the ring key's value (one without ``previous`` is settled).
 
     Raises:
         EtcdError: it is not a ring (someone else wrote the key).
@@ -113,7 +127,7 @@ def decode_ring(value: bytes) -> RingState:
         ring = msgspec.json.decode(value, type=_RingJson)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise EtcdError(f"the ring key holds something that is not a ring: {exc}") from exc
-    return RingState(ring.version, ring.nodes)
+    return RingRecord(ring.version, ring.nodes, ring.previous)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +136,7 @@ class RingView:
     members whose lease is alive (id to URL), which a joining node is before its place
     in the ring is written, and a dead one no longer is."""
 
-    ring: RingState
+    ring: RingRecord
     members: Mapping[str, str]
 
 
@@ -135,7 +149,7 @@ async def read_ring_view(gateway: EtcdGateway, prefix: str = DEFAULT_PREFIX) -> 
     base = prefix.rstrip("/")
     members_prefix = f"{base}/members/"
     keys, _ = await gateway.get_prefix(base + "/")
-    ring = RingState()
+    ring = RingRecord()
     members: dict[str, str] = {}
     for kv in keys:
         if kv.key == f"{base}/ring":
@@ -145,8 +159,17 @@ async def read_ring_view(gateway: EtcdGateway, prefix: str = DEFAULT_PREFIX) -> 
     return RingView(ring, members)
 
 
+# What a giver does in a transition (hand every key it gives over); awaited before its
+# ``handed`` key is written. Cancelled when a newer version of the ring arrives.
+HandOver = Callable[[RingRecord], Awaitable[None]]
+
+
+async def _nothing_to_hand(_ring: RingRecord) -> None:
+    """A node with no store to give (tests of membership alone)."""
+
+
 class Membership:
-    """One node's membership of the ring; ``join``, then ``leave``."""
+    """One node's membership of the ring; ``join``, then ``leave`` (or ``stop``)."""
 
     def __init__(
         self,
@@ -156,7 +179,9 @@ class Membership:
         *,
         prefix: str = DEFAULT_PREFIX,
         ttl_s: int = DEFAULT_TTL_S,
-        on_ring: Callable[[RingState], None] = lambda _state: None,
+        on_ring: Callable[[RingRecord], None] = lambda _state: None,
+        hand_over: HandOver = _nothing_to_hand,
+        settle_timeout_s: float = DEFAULT_SETTLE_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
         on_lease_lost: Callable[[], None] = lambda: None,
     ) -> None:
@@ -169,6 +194,10 @@ class Membership:
             prefix: where the ring lives in etcd: nodes of one ring share it.
             ttl_s: how long the node stays a member without reaching etcd (at least 2).
             on_ring: called with each new version of the ring this node learns.
+            hand_over: run in each transition in which this node gives keys; once it
+                returns, the node's ``handed`` key is written.
+            settle_timeout_s: how long a planned change waits for a transition under
+                way to end, and a leaving node for the ring without it to be final.
             clock: a monotonic clock, for the lease's deadline.
             on_lease_lost: called when etcd says this node's lease has expired, before
                 it joins again.
@@ -181,9 +210,12 @@ class Membership:
         self._prefix = prefix.rstrip("/")
         self._ring_key = f"{self._prefix}/ring"
         self._members = f"{self._prefix}/members/"
+        self._handed = f"{self._prefix}/handed/"
         self._ttl_s = ttl_s
         self._on_ring = on_ring
-        self.ring = RingState()
+        self._hand_over = hand_over
+        self._settle_timeout_s = settle_timeout_s
+        self.ring = RingRecord()
         """The latest version of the ring this node has seen."""
         self._lease: int | None = None
         self._clock = clock
@@ -191,6 +223,8 @@ class Membership:
         self.lease = LeaseDeadline()
         """Until when this node's lease surely lives (times of ``clock``)."""
         self._tasks: list[asyncio.Task[None]] = []
+        self._handing: asyncio.Task[None] | None = None
+        self._ring_changed = asyncio.Event()
         self._backoff = Backoff(base_s=0.1, cap_s=float(ttl_s) / 2, uniform=random.uniform)
 
     def is_confirmed(self) -> bool:
@@ -199,25 +233,39 @@ class Membership:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def join(self) -> None:
-        """Become a member: lease, member key, place in the ring; then keep the lease
-        alive and watch the ring until ``leave``.
+    async def join(self, *, enter: bool = True) -> None:
+        """Become a member: lease, member key, place in the ring (a planned join, unless
+        ``enter`` is false: the node then waits to be joined by ``tidings ring join``);
+        then keep the lease alive and watch the ring until ``leave``.
 
         Raises:
-            EtcdError: etcd could not be reached or refused.
+            EtcdError: etcd could not be reached or refused, or a transition under way
+                did not end within ``settle_timeout_s``.
         """
-        await self._enter()
+        await self._forget_earlier_self()
+        await self._enter(enter=enter)
         self._tasks = [
             asyncio.create_task(self._keep_alive(), name=f"ring lease {self.node_id}"),
             asyncio.create_task(self._watch(), name=f"ring watch {self.node_id}"),
         ]
-        logger.info("node %s joined the ring (version %d)", self.node_id, self.ring.version)
+        if enter:
+            logger.info("node %s joined the ring (version %d)", self.node_id, self.ring.version)
+        else:
+            logger.info("node %s is a member, waiting to be joined to the ring", self.node_id)
 
     async def leave(self) -> None:
-        """Leave the ring (a planned leave: the node is taken out at once) and stop."""
+        """Leave the ring (a planned leave: the node's keys are handed over to the
+        others, bounded by ``settle_timeout_s``), then stop and revoke the lease."""
+        try:
+            await self.change_planned(lambda ring: ring.left(self.node_id))
+            await self.wait_final(lambda ring: self.node_id not in ring.nodes)
+        except EtcdError as exc:
+            logger.warning("node %s could not hand over cleanly: %s", self.node_id, exc)
         await self._stop_tasks()
         try:
-            await self._change(lambda ring: ring.without_node(self.node_id))
+            if _has(self.ring, self.node_id):
+                # Handing over did not end: out at once, as a crash would be.
+                await self._change(lambda ring: ring.crashed(self.node_id))
             if self._lease is not None:
                 await self._etcd.revoke(self._lease)
         except EtcdError as exc:
@@ -234,34 +282,55 @@ class Membership:
 
     async def _stop_tasks(self) -> None:
         tasks, self._tasks = self._tasks, []
+        if self._handing is not None:
+            tasks.append(self._handing)
+            self._handing = None
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _enter(self) -> None:
+    async def _forget_earlier_self(self) -> None:
+        """Remove this node's id from the ring as a crash would, if it is still there.
+
+        A node starting while its id is in the ring is a restart within its earlier
+        incarnation's lease: that one died with whatever it held. Rejoining silently
+        would let the receivers of a transition under way continue its epoch from
+        copies it may not have finished (offsets given twice: found by the simulation,
+        tests/simulation); removed first, its keys start new epochs.
+        """
+        ring, _ = await self.read_ring()
+        if _has(ring, self.node_id):
+            logger.warning(
+                "node %s is still in the ring from before it restarted: removing that "
+                "earlier incarnation first (its channels start new epochs)",
+                self.node_id,
+            )
+            await self._change(lambda ring: ring.crashed(self.node_id))
+
+    async def _enter(self, *, enter: bool = True) -> None:
         sent_s = self._clock()
         lease = await self._etcd.grant(self._ttl_s)
         await self._etcd.put(self._members + self.node_id, self.url.encode(), lease=lease)
-        await self._change(lambda ring: ring.with_node(self.node_id, self.url), needed=self._absent)
         self._lease = lease  # a member from now on
         # etcd may grant more than asked (its minimum), never less: ttl_s is a floor.
         self.lease.renewed(sent_s, self._ttl_s)
-
-    def _absent(self, ring: RingState) -> bool:
-        return ring.nodes.get(self.node_id) != self.url
+        if enter:
+            await self.change_planned(lambda ring: ring.joined(self.node_id, self.url))
+        else:
+            await self.refresh()
 
     # -- the ring, changed only in transactions ------------------------------------------
 
-    async def read_ring(self) -> tuple[RingState, int]:
+    async def read_ring(self) -> tuple[RingRecord, int]:
         """Return the ring in etcd and the revision of its key (0: no ring yet)."""
         found = await self._etcd.get(self._ring_key)
         if found is None:
-            return RingState(), 0
+            return RingRecord(), 0
         return decode_ring(found.value), found.mod_revision
 
-    async def refresh(self) -> RingState:
+    async def refresh(self) -> RingRecord:
         """Read the ring in etcd now (not waiting for the watch), take it if it is newer
         than the one known, and return the ring known.
 
@@ -272,24 +341,55 @@ class Membership:
         self._learn(ring)
         return self.ring
 
+    async def change_planned(self, change: Callable[[RingRecord], RingRecord]) -> RingRecord:
+        """Apply a planned ``change`` (a join or a leave) from a settled ring, waiting for
+        a transition under way to end (``settle_timeout_s``); see ``change_planned_ring``.
+
+        Raises:
+            EtcdError: etcd failed, or the transition under way did not end in time.
+        """
+        ring = await change_planned_ring(
+            self._etcd, self._prefix, change, timeout_s=self._settle_timeout_s
+        )
+        self._learn(ring)
+        return ring
+
+    async def wait_final(self, condition: Callable[[RingRecord], bool]) -> RingRecord:
+        """Wait until the ring known is settled and meets ``condition`` (bounded by
+        ``settle_timeout_s``); return it.
+
+        Raises:
+            EtcdError: it did not happen in time.
+        """
+        try:
+            async with asyncio.timeout(self._settle_timeout_s):
+                while self.ring.in_transition or not condition(self.ring):
+                    self._ring_changed.clear()
+                    await self._ring_changed.wait()
+        except TimeoutError:
+            raise EtcdError(
+                f"the ring was not final within {self._settle_timeout_s:g} s "
+                f"(version {self.ring.version} still in transition)"
+            ) from None
+        return self.ring
+
     async def _change(
         self,
-        change: Callable[[RingState], RingState],
+        change: Callable[[RingRecord], RingRecord],
         *,
-        needed: Callable[[RingState], bool] | None = None,
         absent_member: str | None = None,
-    ) -> RingState:
+    ) -> RingRecord:
         """Apply ``change`` to the ring in etcd by compare-and-swap; return the ring after.
 
-        ``needed`` says whether the ring read still needs the change (a concurrent
-        writer may have made it); by default, whether ``change`` alters its nodes.
+        ``change`` returns the ring it is given when it needs no change (a concurrent
+        writer may have made it).
         ``absent_member``: also require that member key to be absent (removing a dead
         node that may have come back).
         """
         for _ in range(MAX_TRANSACTION_ATTEMPTS):
             ring, revision = await self.read_ring()
             wanted = change(ring)
-            if not (needed(ring) if needed else wanted.nodes != ring.nodes):
+            if wanted is ring:
                 self._learn(ring)
                 return ring
             conditions = [Unchanged(self._ring_key, revision)]
@@ -304,18 +404,96 @@ class Membership:
             f"the ring kept changing under {MAX_TRANSACTION_ATTEMPTS} attempts to change it"
         )
 
-    def _learn(self, ring: RingState) -> None:
-        """Take a version of the ring read or written; tell ``on_ring`` if it is newer."""
+    def _learn(self, ring: RingRecord) -> None:
+        """Take a version of the ring read or written; tell ``on_ring`` if it is newer,
+        and start handing over if this node gives keys in it."""
         if ring.version <= self.ring.version:
             return
         self.ring = ring
+        self._ring_changed.set()
+        if self._handing is not None:
+            self._handing.cancel()  # its receivers may have changed: hand over anew
+            self._handing = None
         self._on_ring(ring)
+        previous = ring.previous
+        if previous is not None and self.node_id in previous and self._lease is not None:
+            self._handing = asyncio.get_running_loop().create_task(
+                self._hand_over_in(ring), name=f"hand-over {self.node_id} v{ring.version}"
+            )
+
+    async def _hand_over_in(self, ring: RingRecord) -> None:
+        """Hand over this node's keys in the transition ``ring``, then say so in etcd."""
+        try:
+            await self._hand_over(ring)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug; the leave's bound, or a crash removal, ends the transition
+            logger.exception("handing over in ring version %d failed", ring.version)
+            return
+        lease = self._lease
+        for attempt in range(MAX_TRANSACTION_ATTEMPTS):
+            try:
+                await self._etcd.put(
+                    f"{self._handed}{ring.version}/{self.node_id}", b"1", lease=lease
+                )
+                logger.info(
+                    "node %s handed its keys over (ring version %d)", self.node_id, ring.version
+                )
+                await self._try_finalize()
+                return
+            except EtcdError as exc:
+                delay_s = self._backoff.next_delay_s()
+                logger.warning(
+                    "node %s could not say it handed over (%s); again in %.1f s (%d)",
+                    self.node_id,
+                    exc,
+                    delay_s,
+                    attempt + 1,
+                )
+                await asyncio.sleep(delay_s)
+
+    async def _try_finalize(self) -> None:
+        """End the transition if every live giver handed over (see the module docstring)."""
+        keys, _ = await self._etcd.get_prefix(self._prefix + "/")
+        ring: RingRecord | None = None
+        revision = 0
+        members: set[str] = set()
+        handed_keys: list[str] = []
+        for kv in keys:
+            if kv.key == self._ring_key:
+                ring, revision = decode_ring(kv.value), kv.mod_revision
+            elif kv.key.startswith(self._members):
+                members.add(kv.key.removeprefix(self._members))
+            elif kv.key.startswith(self._handed):
+                handed_keys.append(kv.key.removeprefix(self._handed))
+        if ring is None:
+            return
+        self._learn(ring)
+        if ring.previous is None:
+            return
+        handed = {
+            node
+            for version, _, node in (k.partition("/") for k in handed_keys)
+            if version == str(ring.version)
+        }
+        if not finalizable(ring, members, handed):
+            return
+        final = ring.finalized()
+        if await self._etcd.transact(
+            [Unchanged(self._ring_key, revision)],
+            {self._ring_key: encode_ring(final)},
+            delete_prefixes=[self._handed],
+        ):
+            logger.info(
+                "ring version %d is final: %s", final.version, ", ".join(sorted(final.nodes))
+            )
+            self._learn(final)
 
     async def _remove_dead(self, node_id: str) -> None:
-        if node_id == self.node_id or node_id not in self.ring.nodes:
+        if node_id == self.node_id or not _has(self.ring, node_id):
             return
-        ring = await self._change(lambda ring: ring.without_node(node_id), absent_member=node_id)
-        if node_id not in ring.nodes:
+        ring = await self._change(lambda ring: ring.crashed(node_id), absent_member=node_id)
+        if not _has(ring, node_id):
             logger.info("node %s left the ring (its lease expired)", node_id)
 
     async def _reconcile(self) -> int:
@@ -328,8 +506,11 @@ class Membership:
         for kv in keys:
             if kv.key == self._ring_key:
                 self._learn(decode_ring(kv.value))
-        for node_id in [node for node in self.ring.nodes if node not in members]:
+        ring = self.ring
+        known = {*ring.nodes, *(ring.previous or {})}
+        for node_id in sorted(node for node in known if node not in members):
             await self._remove_dead(node_id)
+        await self._try_finalize()
         return revision
 
     # -- background tasks ----------------------------------------------------------------
@@ -351,11 +532,12 @@ class Membership:
                     self.lease.renewed(sent_s, ttl_s)
                     delay_s = self._ttl_s * RENEW_FRACTION
                     continue
-                # Cut off past the lease's life: the others removed this node. Back in.
+                # Cut off past the lease's life: the others removed this node. Back in
+                # (into the ring too if it was in it: not if it had been asked out).
                 logger.warning("node %s lost its lease; joining the ring again", self.node_id)
                 self.lease.lost()
                 self._on_lease_lost()
-                await self._enter()
+                await self._enter(enter=self.node_id in self.ring.nodes)
                 delay_s = self._ttl_s * RENEW_FRACTION
             except EtcdError as exc:
                 if self.lease.unreachable_since_s is None:
@@ -368,14 +550,89 @@ class Membership:
                 revision = await self._reconcile()
                 self._backoff.reset()
                 async for events in self._etcd.watch(self._prefix + "/", revision + 1):
+                    finalize = False
                     for event in events:
                         if event.key == self._ring_key and not event.deleted:
                             self._learn(decode_ring(event.value))
                         elif event.key.startswith(self._members) and event.deleted:
                             await self._remove_dead(event.key.removeprefix(self._members))
+                            finalize = True
+                        elif event.key.startswith(self._handed) and not event.deleted:
+                            finalize = True
+                    if finalize and self.ring.in_transition:
+                        await self._try_finalize()
             except EtcdError as exc:
                 delay_s = self._backoff.next_delay_s()
                 logger.warning(
                     "ring watch of node %s failed (%s); again in %.1f s", self.node_id, exc, delay_s
                 )
                 await asyncio.sleep(delay_s)
+
+
+async def change_planned_ring(
+    gateway: EtcdGateway,
+    prefix: str,
+    change: Callable[[RingRecord], RingRecord],
+    *,
+    timeout_s: float,
+) -> RingRecord:
+    """Apply a planned ``change`` (``RingRecord.joined`` or ``left``, from a node or the
+    CLI) to the ring under ``prefix`` by compare-and-swap, only from a settled ring:
+    while a transition is under way (``change`` raises ``TransitionUnderWay``), wait for
+    the ring key to change (a watch) and look again. Return the ring after (the one read
+    if ``change`` leaves it as it is).
+
+    Raises:
+        EtcdError: etcd failed, or no settled ring came within ``timeout_s``.
+    """
+    key = f"{prefix.rstrip('/')}/ring"
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                found = await gateway.get(key)
+                ring = RingRecord() if found is None else decode_ring(found.value)
+                revision = 0 if found is None else found.mod_revision
+                try:
+                    wanted = change(ring)
+                except TransitionUnderWay:
+                    await _wait_changed(gateway, key, revision)
+                    continue
+                if wanted is ring:
+                    return ring
+                if await gateway.transact([Unchanged(key, revision)], {key: encode_ring(wanted)}):
+                    return wanted
+    except TimeoutError:
+        raise EtcdError(
+            f"a transition of the ring was still under way after {timeout_s:g} s; "
+            "the change was not made (see tidings ring status)"
+        ) from None
+
+
+async def wait_settled(gateway: EtcdGateway, prefix: str, timeout_s: float) -> RingRecord:
+    """Wait until the ring under ``prefix`` is not in transition; return it.
+
+    Raises:
+        EtcdError: etcd failed, or the ring was still in transition after ``timeout_s``.
+    """
+    key = f"{prefix.rstrip('/')}/ring"
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                found = await gateway.get(key)
+                ring = RingRecord() if found is None else decode_ring(found.value)
+                if not ring.in_transition:
+                    return ring
+                assert found is not None  # a ring in transition was written
+                await _wait_changed(gateway, key, found.mod_revision)
+    except TimeoutError:
+        raise EtcdError(
+            f"the ring was still handing channels over after {timeout_s:g} s "
+            "(see tidings ring status)"
+        ) from None
+
+
+async def _wait_changed(gateway: EtcdGateway, key: str, revision: int) -> None:
+    """Return once ``key`` changed after ``revision``."""
+    async for events in gateway.watch(key, revision + 1):
+        if any(event.key == key for event in events):
+            return

@@ -1,0 +1,566 @@
+"""The hand-over of channels between owners in a transition of the ring (docs/modes/hashing.md,
+"Scaling without loss"; the roles and decisions are ``core.handover``'s). asyncio, and HTTP
+between nodes: ``POST /node/handover``, signed as forwarded calls are (``core.node_call``).
+
+Theory of operation
+-------------------
+Each version of the ring reaches ``Handover.receive_ring`` before anything else of the
+node: the placement routes by it, and the channels this node now sequences without
+having been handed them whole (their sequencer crashed) restart in a new epoch before
+any publication is sequenced in them (``sequencing_ready`` gates the broker), so no
+offset of the dead sequencer's epoch is given twice.
+
+A *giver* (a node of the ring's ``previous``) runs ``hand_over`` for the version
+(``brokers.ring.membership`` runs it, and writes ``handed/<v>/<node>`` when it returns;
+a newer version cancels it and starts the next). For each channel its store holds that
+moves (``publishing_role`` is ``Sequence(copy_to=R)``), and each first published during
+the transition, one *pump* sends R a snapshot (epoch, top offset, the retained
+publications), then every publication made since, read back from the store in offset
+order (so concurrent publishes cannot reorder them). R answers the position it holds,
+or ``resync`` (the pump sends a fresh snapshot). Once R holds a channel's snapshot the
+giver's clients of it may move there (``FollowingPlacement.receiver_holds``). The steps:
+
+1. wait (``handover_timeout``) until every snapshot is acknowledged;
+2. move the clients (``server.ring_moves``, ``ring_move_rate`` per second), bounded by
+   ``handover_timeout``;
+3. *seal*: publications of the moving channels hold from now on; wait until none is
+   still being sequenced, then until every receiver acknowledged the top of each
+   channel in a message marked ``sealed``. Not bounded: returning early would let the
+   ring be made final with a receiver missing acknowledged publications. A receiver
+   that dies changes the ring, which restarts the hand-over.
+
+A *receiver* applies each message by ``decide_replica`` and ``AdoptingStore.adopt``
+(positions kept, keys remembered, newly stored publications delivered to its
+subscribers live). It serves a channel once it applied its snapshot
+(``FollowingPlacement.hold_replica``); a channel whose giver's sealed top it holds is
+*complete*: when the ring makes it the sequencer, it continues the giver's epoch. One it
+holds incompletely (the giver crashed) restarts in a new epoch instead: clients
+resuming there hear ``recovered: false``, never a silent gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tidings.brokers.base import AdoptingStore
+from tidings.brokers.memory import random_epoch
+from tidings.core.backoff import Backoff
+from tidings.core.channel import ChannelName, parse_channel
+from tidings.core.handover import (
+    ForwardTo,
+    ReplicaStep,
+    RingRecord,
+    Sequence,
+    Transition,
+    decide_replica,
+    publishing_role,
+)
+from tidings.core.node_call import NODE_AUTH_HEADER
+from tidings.core.publication import ClientInfo, Position, Publication, parse_position
+from tidings.core.recovery import Replay
+from tidings.core.routing import FollowingPlacement
+from tidings.errors import BadRequest, RequestError, StaleRing, TidingsError, Unauthorized
+from tidings.server.forwarding import OwnerLink, Parts, is_stale_ring
+from tidings.server.handover_broker import HandoverBroker
+from tidings.server.ring_moves import RingMover
+from tidings.transports.http import json_response, read_body, request_error_response
+
+logger = logging.getLogger(__name__)
+
+HANDOVER_PATH: Final = "/node/handover"
+# A snapshot goes in parts (``MESSAGE_DATA_BYTES``); a body is bounded as any request's.
+MAX_HANDOVER_BODY_BYTES: Final = 8 * 1024 * 1024  # the native server's own bound
+# The data carried by one message at most (a long history goes in several).
+MESSAGE_DATA_BYTES: Final = 2 * 1024 * 1024
+# A publication's fields beside its data in a message, at most (offset, ts, key, info).
+PUBLICATION_OVERHEAD_BYTES: Final = 512
+# At most this many messages in flight to one receiver (one per channel at a time).
+SENDS_PER_RECEIVER: Final = 16
+
+
+class _Info(msgspec.Struct, frozen=True):
+    client: str
+    user: str
+
+
+class _Publication(msgspec.Struct, frozen=True, omit_defaults=True):
+    offset: int
+    ts: int
+    data: msgspec.Raw
+    key: str | None = None
+    info: _Info | None = None
+
+
+class HandoverMessage(msgspec.Struct, frozen=True, omit_defaults=True):
+    """``POST /node/handover``: a giver's snapshot or next publications of one channel."""
+
+    giver: str
+    channel: str
+    epoch: str
+    top: int
+    snapshot: bool
+    publications: list[_Publication]
+    sealed: bool = False
+
+
+class HandoverAnswer(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The receiver's answer: the position it holds, or ``resync``."""
+
+    epoch: str = ""
+    offset: int = 0
+    resync: bool = False
+
+
+def _first_part(publications: tuple[Publication, ...], max_bytes: int) -> tuple[Publication, ...]:
+    """The first publications whose encoding adds up to about ``max_bytes`` at most
+    (one at least)."""
+    size = 0
+    for count, publication in enumerate(publications):
+        size += len(publication.data) + PUBLICATION_OVERHEAD_BYTES
+        if size > max_bytes and count > 0:
+            return publications[:count]
+    return publications
+
+
+def _position_of(head: Position, publication: Publication) -> Position:
+    return Position(head.epoch, publication.offset)
+
+
+def _message(
+    giver: str,
+    channel: ChannelName,
+    head: Position,
+    publications: tuple[Publication, ...],
+    *,
+    snapshot: bool,
+    sealed: bool,
+) -> bytes:
+    return msgspec.json.encode(
+        HandoverMessage(
+            giver,
+            channel,
+            head.epoch,
+            head.offset,
+            snapshot,
+            [
+                _Publication(
+                    p.offset,
+                    p.ts,
+                    msgspec.Raw(p.data),
+                    p.key,
+                    None if p.info is None else _Info(p.info.client, p.info.user),
+                )
+                for p in publications
+            ],
+            sealed,
+        )
+    )
+
+
+@dataclass(slots=True)
+class _Pump:
+    """One moving channel's stream to its receiver."""
+
+    receiver: str
+    dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    snapshot_acked: asyncio.Event = field(default_factory=asyncio.Event)
+    sealed_acked: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class _Run:
+    """A giver's hand-over in one version of the ring."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.pumps: dict[ChannelName, _Pump] = {}
+        self.sealed = False
+        self.changed = asyncio.Event()  # a pump started or acknowledged something
+
+    async def wait_all(self, which: Callable[[_Pump], asyncio.Event]) -> None:
+        while True:
+            self.changed.clear()
+            waiting = [
+                which(pump).wait() for pump in self.pumps.values() if not which(pump).is_set()
+            ]
+            if not waiting:
+                return
+            changed = asyncio.ensure_future(self.changed.wait())
+            pending = [asyncio.ensure_future(w) for w in waiting]
+            try:
+                await asyncio.wait([changed, *pending], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for future in (changed, *pending):
+                    future.cancel()
+
+
+class Handover:
+    """One node's part in transitions of the ring; see the module docstring."""
+
+    def __init__(
+        self,
+        node_id: str,
+        placement: FollowingPlacement,
+        broker: HandoverBroker,
+        link: Callable[[], OwnerLink],
+        mover: RingMover,
+        *,
+        timeout_s: float,
+        release: Callable[[Callable[[str], bool]], Awaitable[None]] | None = None,
+    ) -> None:
+        """``release`` is awaited once sealed, with the keys this node gives away: the
+        application's per-key state of them is saved (``KeyOwnership.release_where``)
+        before the node says it handed them over."""
+        self._node_id = node_id
+        self._release = release
+        self._placement = placement
+        self._broker = broker
+        self._link = link
+        self._mover = mover
+        self._timeout_s = timeout_s
+        self._ring_changed = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._ready.set()
+        self._settling = 0  # the latest settle's number: only it opens the gate
+        self._run: _Run | None = None
+        # Receiver side: what each replica holds, which giver it is from, and which are
+        # complete (the giver's sealed top is held).
+        self._replicas: dict[ChannelName, Position] = {}
+        self._complete: set[ChannelName] = set()
+        self._locks: dict[ChannelName, asyncio.Lock] = {}
+        self._senders: dict[str, asyncio.Semaphore] = {}
+        broker.listen(self)
+        self.refresh_ring: Callable[[], Awaitable[None]] | None = None
+        """Reads the ring in etcd again (the node's ``RingMember.refresh``), set once made."""
+
+    # -- the ring ------------------------------------------------------------------------
+
+    def receive_ring(self, ring: RingRecord) -> None:
+        """Route by ``ring`` from now on; renew the epochs of channels this node now
+        sequences without a complete replica before sequencing anything."""
+        before = self._placement.transition
+        self._placement.receive_ring(ring.nodes, ring.version, ring.previous)
+        self._ring_changed.set()
+        self._ring_changed = asyncio.Event()
+        self._settling += 1
+        self._ready.clear()
+        asyncio.get_running_loop().create_task(
+            self._settle(before, self._settling), name=f"settle ring v{ring.version}"
+        )
+
+    async def _settle(self, before: Transition | None, number: int) -> None:
+        try:
+            renewed = 0
+            for channel in await self._broker.held_channels():
+                if number != self._settling:
+                    return  # a newer ring settles again
+                if self._must_renew(before, channel):
+                    await self._broker.adopt(channel, random_epoch(), [], top=0)
+                    renewed += 1
+            if renewed:
+                logger.info("%d channels whose sequencer is gone start a new epoch here", renewed)
+        except Exception:  # a bug or the store failing: sequencing must not stay shut
+            logger.exception("renewing the epochs of channels taken over failed")
+        finally:
+            if number == self._settling:
+                self._ready.set()
+
+    def _must_renew(self, before: Transition | None, channel: ChannelName) -> bool:
+        now = self._placement.publishing_role(channel)
+        if isinstance(now, ForwardTo) or before is None:
+            return False
+        key = self._placement.key_of(channel)
+        if not isinstance(publishing_role(before, self._node_id, key, sealed=False), ForwardTo):
+            return False  # sequenced here already
+        if channel in self._complete:
+            self._complete.discard(channel)  # handed over whole: continue its epoch
+            return False
+        self._replicas.pop(channel, None)
+        return True
+
+    async def sequencing_ready(self) -> None:
+        """Wait until channels taken over from a dead sequencer have new epochs."""
+        await self._ready.wait()
+
+    async def wait_ring_after(self, version: int, timeout_s: float) -> bool:
+        """Wait until a ring newer than ``version`` is known; whether it came in time."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self._placement.ring_version <= version:
+                    await self._ring_changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def refresh(self) -> None:
+        """Read the ring in etcd again (the node's ``RingMember.refresh``)."""
+        refresh = self.refresh_ring
+        if refresh is None:
+            return
+        try:
+            await refresh()
+        except TidingsError as exc:
+            logger.warning("reading the ring again failed: %s", exc)
+
+    # -- giver ----------------------------------------------------------------------------
+
+    def published(self, channel: ChannelName, receiver: str) -> None:
+        """A publication of ``channel`` given to ``receiver`` was sequenced: send it on
+        (starting its pump if it is the channel's first in this transition)."""
+        run = self._run
+        if run is None or run.version != self._placement.ring_version:
+            return  # the run of this version reads the store's channels when it starts
+        pump = run.pumps.get(channel)
+        if pump is None:
+            self._start_pump(run, channel, receiver)
+        else:
+            pump.dirty.set()
+
+    async def hand_over(self, ring: RingRecord) -> None:
+        """Hand this node's moving channels over in the transition ``ring`` (the steps
+        of the module docstring); return once every receiver holds them whole."""
+        await self._ready.wait()
+        run = _Run(ring.version)
+        self._run = run
+        try:
+            for channel in await self._broker.held_channels():
+                role = self._placement.publishing_role(channel)
+                moving = isinstance(role, Sequence) and role.copy_to is not None
+                if moving and channel not in run.pumps:
+                    assert isinstance(role, Sequence)
+                    assert role.copy_to is not None
+                    self._start_pump(run, channel, role.copy_to)
+            if run.pumps:
+                logger.info(
+                    "handing %d channels over in ring version %d", len(run.pumps), ring.version
+                )
+            await self._bounded(run.wait_all(lambda pump: pump.snapshot_acked), "snapshots")
+            self._mover.receive_ring()
+            await self._bounded(self._mover.wait_moved(), "moving clients")
+            self._placement.seal()
+            transition = self._placement.transition
+            if self._release is not None and transition is not None:
+                node = self._node_id
+                await self._release(
+                    lambda key: transition.moves(key) and transition.old_owner(key) == node
+                )
+            await self._broker.wait_sequenced()
+            run.sealed = True
+            for pump in run.pumps.values():
+                pump.dirty.set()
+            await run.wait_all(lambda pump: pump.sealed_acked)
+            logger.info("handed %d channels over in ring version %d", len(run.pumps), ring.version)
+        finally:
+            self._run = None
+            for pump in run.pumps.values():
+                if pump.task is not None:
+                    pump.task.cancel()
+
+    async def _bounded(self, step: Awaitable[None], what: str) -> None:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await step
+        except TimeoutError:
+            logger.warning(
+                "hand-over: %s took longer than handover_timeout (%g s); going on",
+                what,
+                self._timeout_s,
+            )
+
+    def _start_pump(self, run: _Run, channel: ChannelName, receiver: str) -> None:
+        pump = _Pump(receiver)
+        run.pumps[channel] = pump
+        pump.task = asyncio.get_running_loop().create_task(
+            self._pump(run, channel, pump), name=f"hand-over {channel} to {receiver}"
+        )
+        run.changed.set()
+
+    async def _pump(self, run: _Run, channel: ChannelName, pump: _Pump) -> None:
+        """Send ``channel`` to its receiver until the run ends (cancelled)."""
+        held: Position | None = None
+        backoff = Backoff(base_s=0.05, cap_s=2.0, uniform=random.uniform)
+        while True:
+            pump.dirty.clear()
+            sealed = run.sealed
+            snapshot = held is None
+            read = await self._broker.history(channel, held)
+            if not snapshot and not isinstance(read.recovery, Replay):
+                held = None  # evicted from this node's history meanwhile: a snapshot again
+                continue
+            publications = read.recovery.publications if isinstance(read.recovery, Replay) else ()
+            head = read.head
+            if snapshot or head != held or (sealed and not pump.sealed_acked.is_set()):
+                # A long history goes in parts: each message stays far below what a node
+                # takes in one request body. A part ends at its last publication (a
+                # snapshot of the channel as it was then), and only the last part of a
+                # sealed channel says sealed.
+                part = _first_part(publications, MESSAGE_DATA_BYTES)
+                top = head if len(part) == len(publications) else _position_of(head, part[-1])
+                raw = _message(
+                    self._node_id,
+                    channel,
+                    top,
+                    part,
+                    snapshot=snapshot,
+                    sealed=sealed and top == head,
+                )
+                try:
+                    answer = await self._send(pump.receiver, channel, raw, run.version)
+                except (TidingsError, msgspec.DecodeError) as exc:
+                    delay_s = backoff.next_delay_s()
+                    logger.warning(
+                        "handing %s to %s failed (%s); again in %.1f s",
+                        channel,
+                        pump.receiver,
+                        exc,
+                        delay_s,
+                    )
+                    await asyncio.sleep(delay_s)
+                    continue
+                if answer is None:  # it knows another ring: this run ends with it
+                    await asyncio.sleep(backoff.next_delay_s())
+                    continue
+                if answer.resync:
+                    held = None
+                    continue
+                before, held = held, parse_position(answer.epoch, answer.offset)
+                if snapshot:
+                    self._placement.receiver_holds(channel)
+                    pump.snapshot_acked.set()
+                if sealed and held == head:
+                    pump.sealed_acked.set()
+                run.changed.set()
+                if held != head:
+                    # It holds less than was sent (it restarted past a hole): again, after
+                    # a pause if it made no progress.
+                    if held == before:
+                        await asyncio.sleep(backoff.next_delay_s())
+                    continue
+                backoff.reset()
+            await pump.dirty.wait()
+
+    async def _send(
+        self, receiver: str, channel: ChannelName, raw: bytes, version: int
+    ) -> HandoverAnswer | None:
+        semaphore = self._senders.setdefault(receiver, asyncio.Semaphore(SENDS_PER_RECEIVER))
+        async with semaphore:
+            url = self._placement.url_of(receiver)
+            parts: Parts = await self._link().send(
+                channel, url, ("POST", HANDOVER_PATH, raw), version
+            )
+        if is_stale_ring(parts):
+            return None
+        status, _, body = parts
+        if status != 200:
+            raise BadRequest(f"{receiver} answered {status}: {body[:200]!r}")
+        return msgspec.json.decode(body, type=HandoverAnswer)
+
+    # -- receiver -------------------------------------------------------------------------
+
+    async def receive(self, request: Request) -> Response:
+        """``POST /node/handover``: apply a giver's message; answer the position held."""
+        try:
+            if request.headers.get(NODE_AUTH_HEADER) is None:
+                # Refused before its body is read: only nodes of the ring send these.
+                raise Unauthorized("a hand-over must be signed by a node of the ring")
+            raw = await read_body(request, MAX_HANDOVER_BODY_BYTES)
+            call = self._link().verify(request.headers.get, "POST", HANDOVER_PATH, raw)
+            if call is None:
+                raise Unauthorized("a hand-over must be signed by a node of the ring")
+            try:
+                message = msgspec.json.decode(raw, type=HandoverMessage)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise BadRequest(f"not a hand-over message: {exc}") from None
+            channel = parse_channel(message.channel)
+            if call.ring_version > self._placement.ring_version:
+                await self.refresh()
+            own = self._placement.ring_version
+            if call.ring_version != own or not self._receives(channel, message.giver):
+                raise StaleRing(channel, call.ring_version, own)
+            answer = await self._apply(channel, message)
+        except RequestError as error:
+            return request_error_response(error)
+        return json_response(msgspec.to_builtins(answer))
+
+    def _receives(self, channel: ChannelName, giver: str) -> bool:
+        transition = self._placement.transition
+        if transition is None:
+            return False
+        key = self._placement.key_of(channel)
+        return (
+            transition.moves(key)
+            and transition.old_owner(key) == giver
+            and transition.new_owner(key) == self._node_id
+        )
+
+    async def _apply(self, channel: ChannelName, message: HandoverMessage) -> HandoverAnswer:
+        epoch, top = message.epoch, message.top
+        publications = [
+            Publication(
+                channel,
+                epoch,
+                p.offset,
+                bytes(p.data),
+                p.ts,
+                p.key,
+                None if p.info is None else ClientInfo(p.info.client, p.info.user),
+            )
+            for p in message.publications
+        ]
+        lock = self._locks.setdefault(channel, asyncio.Lock())
+        async with lock:
+            try:
+                held = await apply_to_replica(
+                    self._broker,
+                    self._replicas.get(channel),
+                    (channel, epoch, top),
+                    publications,
+                    snapshot=message.snapshot,
+                )
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
+            if held is None:
+                return HandoverAnswer(resync=True)
+            self._replicas[channel] = held
+            if message.snapshot:
+                self._placement.hold_replica(channel)
+            if message.sealed and held == Position(epoch, top):
+                self._complete.add(channel)
+        return HandoverAnswer(held.epoch, held.offset)
+
+
+async def apply_to_replica(
+    store: AdoptingStore,
+    held: Position | None,
+    head: tuple[ChannelName, str, int],
+    publications: list[Publication],
+    *,
+    snapshot: bool,
+) -> Position | None:
+    """Apply one hand-over message of a channel to its replica in ``store``, which
+    holds ``held`` from this giver (``None``: nothing yet): ``head`` is the channel,
+    the message's epoch and its top offset. Return the position held after, or ``None``
+    to ask for a fresh snapshot (``decide_replica``'s ``RESYNC``).
+
+    Raises:
+        ValueError: the publications are not consecutive, ending at the top.
+        BrokerError: the store failed.
+    """
+    channel, epoch, top = head
+    first = Position(epoch, publications[0].offset if publications else top + 1)
+    step = decide_replica(held, first, top, snapshot=snapshot)
+    if step is ReplicaStep.RESYNC:
+        return None
+    if step is ReplicaStep.IGNORE:
+        assert held is not None  # decide_replica applies when nothing is held
+        return held
+    return await store.adopt(channel, epoch, publications, top=top)
