@@ -557,6 +557,30 @@ async def fan_out_timings(server: ServerProcess) -> FanOutTimings:
     )
 
 
+async def start_levels(
+    options: argparse.Namespace,
+    directory: Path,
+    levels: list[list[ServerProcess]],
+    nodes: list[ServerProcess],
+) -> None:
+    """Start the origin and the relay levels into ``levels`` (and each into ``nodes``,
+    so that the caller stops whatever started), the nodes taking turns over the cores."""
+    for level in range(options.levels + 1):
+        here: list[ServerProcess] = []
+        for index in range(1 if level == 0 else options.relays_per_level):
+            place = directory / f"level{level}-{index}"
+            place.mkdir()
+            upstream = None
+            if level:
+                above = levels[-1][index % len(levels[-1])]
+                upstream = f"relay+ws://{HOST}:{above.port}"
+            server = serve(place.name, place, cpu=len(nodes) % CORES, broker=upstream)
+            nodes.append(server)
+            here.append(server)
+            await wait_healthy(server, "/ready")
+        levels.append(here)
+
+
 async def run_levels(options: argparse.Namespace, directory: Path) -> list[str]:
     """The origin and ``--levels`` relay levels below it (loopback, no delay), each level
     ``--relays-per-level`` relays of the level above (round robin), with
@@ -566,23 +590,11 @@ async def run_levels(options: argparse.Namespace, directory: Path) -> list[str]:
     moment (rounds run minutes apart on this shared machine differ by more than a hop)."""
     count = options.levels_clients
     levels: list[list[ServerProcess]] = []
+    generator_ms = 0.0
     nodes: list[ServerProcess] = []
     clients: Clients | None = None
     try:
-        for level in range(options.levels + 1):
-            here: list[ServerProcess] = []
-            for index in range(1 if level == 0 else options.relays_per_level):
-                place = directory / f"level{level}-{index}"
-                place.mkdir()
-                upstream = None
-                if level:
-                    above = levels[-1][index % len(levels[-1])]
-                    upstream = f"relay+ws://{HOST}:{above.port}"
-                server = serve(place.name, place, cpu=len(nodes) % CORES, broker=upstream)
-                nodes.append(server)
-                here.append(server)
-                await wait_healthy(server, "/ready")
-            levels.append(here)
+        await start_levels(options, directory, levels, nodes)
         collectors = [loadgen.Collector(count) for _ in nodes]
         subscribers: list[list[loadgen.Subscriber]] = [[] for _ in nodes]
         clients = Clients(collectors, subscribers)
@@ -603,6 +615,7 @@ async def run_levels(options: argparse.Namespace, directory: Path) -> list[str]:
             publisher = await loadgen.HttpPublisher.open(HOST, chain.origin.port, "/api/publish")
             cpu_before = [server.cpu_s() for server in nodes]
             timings_before = [await fan_out_timings(server) for server in nodes]
+            generator_before_s = time.process_time()
             run = functools.partial(
                 loadgen.publish_at_rate, publisher, wrap, seqs, options.levels_rate
             )
@@ -610,6 +623,7 @@ async def run_levels(options: argparse.Namespace, directory: Path) -> list[str]:
             await publisher.close()
             if phase == "warm-up":
                 continue
+            generator_ms = 1000 * (time.process_time() - generator_before_s) / len(seqs)
             timings = [
                 (await fan_out_timings(server)) - before
                 for server, before in zip(nodes, timings_before, strict=True)
@@ -658,6 +672,9 @@ async def run_levels(options: argparse.Namespace, directory: Path) -> list[str]:
             ],
             rows,
         ),
+        "",
+        f"The load generator (every client, one process) used {generator_ms:.2f} ms of CPU "
+        "per publication.",
     ]
 
 
