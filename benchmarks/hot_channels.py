@@ -351,9 +351,9 @@ def fan_out_instructions(workload: Workload, tracking: bool) -> float:
     return (high - low) / (all_of_them - few)
 
 
-def main_callgrind(write: bool, note: str) -> None:
+def main_callgrind(write: bool, note: str, names: Sequence[str]) -> None:
     rows = []
-    for workload in WORKLOADS:
+    for workload in (w for w in WORKLOADS if w.name in names):
         off = fan_out_instructions(workload, tracking=False)
         on = fan_out_instructions(workload, tracking=True)
         rows.append(
@@ -419,6 +419,11 @@ if __name__ == "__main__":
     parser.add_argument(
         "--callgrind", action="store_true", help="count instructions under valgrind instead"
     )
+    parser.add_argument(
+        "--workloads",
+        default=",".join(w.name for w in WORKLOADS),
+        help="of --callgrind: which workloads (comma-separated)",
+    )
     parser.add_argument("--child", choices=[w.name for w in WORKLOADS], help=argparse.SUPPRESS)
     parser.add_argument("--tracking", choices=["on", "off"], help=argparse.SUPPRESS)
     parser.add_argument("--fanned-out", type=int, default=0, help=argparse.SUPPRESS)
@@ -427,6 +432,6 @@ if __name__ == "__main__":
         chosen = next(w for w in WORKLOADS if w.name == arguments.child)
         asyncio.run(fan_out_child(chosen, arguments.tracking == "on", arguments.fanned_out))
     elif arguments.callgrind:
-        main_callgrind(not arguments.no_write, arguments.note)
+        main_callgrind(not arguments.no_write, arguments.note, arguments.workloads.split(","))
     else:
         asyncio.run(main(arguments.rounds, not arguments.no_write, arguments.note))
