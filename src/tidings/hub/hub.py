@@ -378,10 +378,8 @@ class Hub:
         presence is told at the next publication, as with any broker."""
         subscriptions = self._registry.subscriptions(channel)
         live = [s for s in (subscriptions or {}).values() if s.pending is None]
-        if live:
-            logger.warning(
-                "publications of %s were lost upstream; %d subscribers resume", channel, len(live)
-            )
+        if live:  # the broker warned of the loss itself
+            logger.info("publications of %s were lost; %d subscribers resume", channel, len(live))
         for subscription in live:
             try:
                 subscription.subscriber.report_gap(channel)
