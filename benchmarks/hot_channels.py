@@ -23,7 +23,21 @@ The subscribers write to no socket: in a node, each delivery also costs a socket
 Why: hot-channel tracking sits on the fan-out path; DESIGN.md wants its cost as a
 figure. Rounds alternate off and on so drift in the machine's load is shared.
 
-Run: ``.venv/bin/python benchmarks/hot_channels.py`` (``--help`` for the options).
+``--callgrind`` measures instructions instead of time: wall and CPU clocks on a shared
+machine spread by 10-70% between rounds of one setting, more than the few percent to
+be told apart. Each workload's fan-out runs in a child process under ``valgrind
+--tool=callgrind`` (which counts the instructions a process executes, the same however
+loaded the machine), tracking off and on, twice each: fanning out the first ``N/4`` and
+all ``N`` publications (``N`` 200 for the celebrity) of the same stream, everything
+else alike (hash seed fixed, the same publications built, the same subscribers). The
+difference of the two counts is the instructions of ``3N/4`` fan-outs alone (start-up,
+set-up and teardown cancel), so the cost of tracking is ``(on - off) / off`` of
+fan-out's instructions, the same figure on any machine with this interpreter. The
+fan-out is the hub's, called as the broker calls it, on publications that follow each
+subscriber's position.
+
+Run: ``.venv/bin/python benchmarks/hot_channels.py`` (``--help`` for the options;
+``--callgrind`` takes some minutes: valgrind runs Python ~50 times slower).
 """
 
 from __future__ import annotations
@@ -31,12 +45,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import random
+import re
 import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -59,6 +78,7 @@ from tidings.hub.registry import PresenceEvent
 from tidings.server.hot_channels import HOT_CHANNEL_CAPACITY, HOT_CHANNEL_LIMIT
 
 RESULTS_HEADING: Final = "# Hot-channel tracking cost"
+CALLGRIND_HEADING: Final = "# Hot-channel tracking cost, in instructions"
 RESULTS_PATH: Final = Path(__file__).resolve().parent / "RESULTS.md"
 DATA: Final = b'{"text":"a publication of a typical size, some sixty bytes long"}'
 
@@ -249,6 +269,135 @@ async def main(rounds: int, write: bool, note: str) -> None:
         report.write_section(RESULTS_PATH, RESULTS_HEADING, text)
 
 
+# -- instructions, under callgrind ------------------------------------------------------------
+
+COLLECTED: Final = re.compile(rb"Collected : (\d+)")
+HASH_SEED: Final = "0"  # dicts and sets hash strings alike in every child
+# Fewer of the celebrity's publications under callgrind (each is 5,000 deliveries, ~50
+# times slower there): 150 fan-outs tell its instructions as surely as 750.
+CALLGRIND_PUBLICATIONS: Final = {"celebrity": 200}
+
+
+class CapturingBroker(MemoryBroker):
+    """The memory broker, keeping the handler the hub gives it: the hub's fan-out."""
+
+    fan_out: PublicationHandler | None = None
+
+    async def start(self, on_publication: PublicationHandler) -> None:
+        self.fan_out = on_publication
+        await super().start(on_publication)
+
+
+async def fan_out_child(workload: Workload, tracking: bool, fanned_out: int) -> None:
+    """Subscribe, build every publication of the workload's stream, fan out the first
+    ``fanned_out`` of them (the part whose instructions differ between two children)."""
+    stream = stream_of(workload, seed=len(workload.name))
+    namespaces = Namespaces(default_namespaces())
+    heat = ChannelHeat(HOT_CHANNEL_CAPACITY, HOT_CHANNEL_LIMIT, 10_000.0) if tracking else None
+    broker = CapturingBroker(namespaces)
+    hub = Hub(broker, heat=heat)
+    await hub.start()
+    epochs: dict[ChannelName, str] = {}
+    for n in range(workload.channels):
+        channel = ChannelName(f"room:{n}")
+        for s in range(workload.subscribers_per_channel):
+            await hub.subscribe(channel, QueueingSubscriber(f"{n}.{s}"))
+        epochs[channel] = (await broker.history(channel)).head.epoch
+    offsets = dict.fromkeys(epochs, 0)
+    publications = []
+    for channel in stream:
+        offsets[channel] += 1
+        publications.append(Publication(channel, epochs[channel], offsets[channel], DATA, 0))
+    fan_out = broker.fan_out
+    assert fan_out is not None
+    gc.collect()
+    for publication in publications[:fanned_out]:
+        fan_out(publication)
+    await hub.close()
+
+
+def instructions(workload: Workload, tracking: bool, fanned_out: int) -> int:
+    """The instructions a child fanning out ``fanned_out`` publications executes."""
+    with tempfile.TemporaryDirectory(prefix="tidings-callgrind-") as directory:
+        argv = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={directory}/callgrind.out",
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            workload.name,
+            "--tracking",
+            "on" if tracking else "off",
+            "--fanned-out",
+            str(fanned_out),
+        ]
+        environment = {**os.environ, "PYTHONHASHSEED": HASH_SEED}
+        done = subprocess.run(argv, capture_output=True, env=environment, check=False)
+    found = COLLECTED.search(done.stderr)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"callgrind failed ({done.returncode}):\n{done.stderr[-2000:]!r}")
+    return int(found.group(1))
+
+
+def fan_out_instructions(workload: Workload, tracking: bool) -> float:
+    """Instructions per fan-out: the difference of two children, per publication."""
+    all_of_them = CALLGRIND_PUBLICATIONS.get(workload.name, workload.publications)
+    few = all_of_them // 4
+    with ThreadPoolExecutor(2) as pool:
+        low, high = pool.map(
+            lambda count: instructions(workload, tracking, count), (few, all_of_them)
+        )
+    return (high - low) / (all_of_them - few)
+
+
+def main_callgrind(write: bool, note: str, names: Sequence[str]) -> None:
+    rows = []
+    for workload in (w for w in WORKLOADS if w.name in names):
+        off = fan_out_instructions(workload, tracking=False)
+        on = fan_out_instructions(workload, tracking=True)
+        rows.append(
+            [
+                workload.name,
+                f"{workload.channels:,} × {workload.subscribers_per_channel:,}",
+                f"{off:,.0f}",
+                f"{on:,.0f}",
+                f"{on - off:,.0f}",
+                f"{(on - off) / off:+.2%}",
+            ]
+        )
+        print(" | ".join(rows[-1]), flush=True)
+    table = report.markdown_table(
+        (
+            "workload",
+            "channels × subscribers",
+            "fan-out instructions per publication, off",
+            "on",
+            "tracking's instructions",
+            "share of fan-out",
+        ),
+        rows,
+    )
+    described = report.markdown_table(
+        ("", ""), [(name, value) for name, value in report.machine(("msgspec",))]
+    )
+    noted = f"{note}\n\n" if note else ""
+    text = (
+        f"{CALLGRIND_HEADING}\n\n"
+        f"`{_command_without_note()}`: instructions counted by valgrind's callgrind, not "
+        "time: the same on a loaded machine. Per workload and setting, two children fan "
+        "out the first N/4 and all N publications of one stream (hash seed fixed, all else "
+        "alike); their difference over 3N/4 is one fan-out's instructions. The subscribers "
+        "queue each publication's text and write to no socket: in a node each delivery "
+        "also costs a socket write, so these shares are upper bounds of a server's.\n\n"
+        f"{noted}"
+        f"{table}\n\n## Machine (hot channels, instructions)\n\n{described}\n"
+    )
+    print(text)
+    if write:
+        report.write_section(RESULTS_PATH, CALLGRIND_HEADING, text)
+
+
 def _command_without_note() -> str:
     """The command line, its ``--note`` (printed as a paragraph of its own) left out."""
     words = shlex.split(report.command())
@@ -267,5 +416,22 @@ if __name__ == "__main__":
     parser.add_argument(
         "--note", default="", help="a paragraph to add (the machine's load, a comparison)"
     )
+    parser.add_argument(
+        "--callgrind", action="store_true", help="count instructions under valgrind instead"
+    )
+    parser.add_argument(
+        "--workloads",
+        default=",".join(w.name for w in WORKLOADS),
+        help="of --callgrind: which workloads (comma-separated)",
+    )
+    parser.add_argument("--child", choices=[w.name for w in WORKLOADS], help=argparse.SUPPRESS)
+    parser.add_argument("--tracking", choices=["on", "off"], help=argparse.SUPPRESS)
+    parser.add_argument("--fanned-out", type=int, default=0, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.rounds, not arguments.no_write, arguments.note))
+    if arguments.child:
+        chosen = next(w for w in WORKLOADS if w.name == arguments.child)
+        asyncio.run(fan_out_child(chosen, arguments.tracking == "on", arguments.fanned_out))
+    elif arguments.callgrind:
+        main_callgrind(not arguments.no_write, arguments.note, arguments.workloads.split(","))
+    else:
+        asyncio.run(main(arguments.rounds, not arguments.no_write, arguments.note))

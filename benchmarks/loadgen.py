@@ -288,14 +288,26 @@ async def connect_subscribers(
 
 
 class HttpPublisher:
-    """Publishes over one keep-alive HTTP/1.1 connection, one request at a time."""
+    """Publishes over one keep-alive HTTP/1.1 connection, one request at a time.
+
+    A server closes a keep-alive connection left idle (tidings' native server after
+    5 s): one closed while the caller did something else (10,000 clients connecting) is
+    opened again before the next request, which is safe, as the server closed it with
+    no request in flight. One closed during a request still fails: that publication
+    may or may not have been made."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        head: bytes,
+        address: tuple[str, int],
     ) -> None:
         self._reader = reader
         self._writer = writer
         self._head = head
+        self._address = address
+        self.reopened = 0
 
     @classmethod
     async def open(cls, host: str, port: int, path: str) -> HttpPublisher:
@@ -306,10 +318,14 @@ class HttpPublisher:
             host.encode(),
             port,
         )
-        return cls(reader, writer, head)
+        return cls(reader, writer, head, (host, port))
 
     async def post(self, body: bytes) -> None:
         """Send ``body`` and read the whole answer; raise unless its status is 2xx."""
+        if self._reader.at_eof() or self._writer.is_closing():
+            self._writer.close()
+            self._reader, self._writer = await asyncio.open_connection(*self._address)
+            self.reopened += 1
         async with asyncio.timeout(POST_TIMEOUT_S):
             await self._post(body)
 

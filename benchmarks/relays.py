@@ -36,6 +36,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import os
 import sys
 import tempfile
 import time
@@ -44,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import httpx
 import uvloop
 
 if __package__ in (None, ""):  # run as a script: make the `benchmarks` namespace importable
@@ -69,6 +72,7 @@ history_ttl = "10m"
 REGION_DELAY_S: Final = 0.02
 DRAIN_TIMEOUT_S: Final = 60.0
 CHUNK_BYTES: Final = 65_536
+CORES: Final = len(os.sched_getaffinity(0))
 SUBSCRIBE: Final = b'{"id":1,"op":"subscribe","channel":"%s"}' % CHANNEL.encode()
 
 
@@ -199,7 +203,7 @@ def serve(name: str, directory: Path, cpu: int, broker: str | None = None) -> Se
 
 @contextlib.asynccontextmanager
 async def layout(
-    directory: Path, *, regions: int, relays: bool, delay_s: float
+    directory: Path, *, regions: int, relays: bool, delay_s: float, one_core: bool = False
 ) -> AsyncIterator[Nodes]:
     """Start the origin, ``regions`` links to it and (with ``relays``) a relay per region."""
     origin = serve("origin", directory, cpu=0)
@@ -214,8 +218,13 @@ async def layout(
             if relays:
                 place = directory / f"relay{index}"
                 place.mkdir()
+                # Relays take turns over the cores, starting with the origin's other one:
+                # three pinned to one core wake together at each publication and wait
+                # for each other there (p99 121 ms at 1,000 subscribers), while the
+                # origin, with three subscribers, leaves its core nearly idle.
+                cpu = 1 if one_core else (index + 1) % CORES
                 relay = serve(
-                    f"relay{index}", place, cpu=1, broker=f"relay+ws://{HOST}:{link.port}"
+                    f"relay{index}", place, cpu=cpu, broker=f"relay+ws://{HOST}:{link.port}"
                 )
                 started.append(relay)
                 await wait_healthy(relay, "/ready")
@@ -430,7 +439,13 @@ async def scale_once(
     """The figures of ``subscribers`` over ``relays`` relays (0: direct) on loopback: the
     origin's CPU per publication, and the latency at the clients (a relay level's cost
     is the difference between the two layouts, no delay being added)."""
-    async with layout(directory, regions=max(relays, 1), relays=relays > 0, delay_s=0.0) as nodes:
+    async with layout(
+        directory,
+        regions=max(relays, 1),
+        relays=relays > 0,
+        delay_s=0.0,
+        one_core=options.relays_on_one_core,
+    ) as nodes:
         ports = nodes.client_ports if relays else [nodes.origin.port]
         per_node = subscribers // len(ports)
         collectors = [loadgen.Collector(per_node) for _ in ports]
@@ -458,11 +473,15 @@ async def scale_once(
         return figures
 
 
+SCALE_LAYOUTS: Final = {"relays": ("1 origin + 3 relays", 3), "direct": ("origin alone", 0)}
+
+
 async def run_scale(options: argparse.Namespace, directory: Path) -> list[str]:
     counts = [int(count) for count in options.scale.split(",")]
     rows = []
     latency_rows = []
-    for layout_name, relays in (("1 origin + 3 relays", 3), ("origin alone", 0)):
+    for name in options.scale_layouts.split(","):
+        layout_name, relays = SCALE_LAYOUTS[name]
         cells = [layout_name]
         latency_cells = [layout_name]
         for count in counts:
@@ -488,6 +507,177 @@ async def run_scale(options: argparse.Namespace, directory: Path) -> list[str]:
     ]
 
 
+# -- levels: the latency one relay level adds, every level in one run ---------------------
+
+
+@dataclass(frozen=True)
+class FanOutTimings:
+    """A node's fan-out figures so far, from its ``/metrics``: the sum of the times from
+    each publication's timestamp at the origin (ms resolution: +0.5 ms on average) to
+    this node's fan-out, and of the fan-outs' durations; a difference of two readings
+    gives the means over the publications between them."""
+
+    count: float
+    publish_to_fan_out_s: float
+    fan_out_s: float
+
+    def __sub__(self, before: FanOutTimings) -> FanOutTimings:
+        return FanOutTimings(
+            self.count - before.count,
+            self.publish_to_fan_out_s - before.publish_to_fan_out_s,
+            self.fan_out_s - before.fan_out_s,
+        )
+
+    @property
+    def publish_to_fan_out_ms(self) -> float:
+        return 1000 * self.publish_to_fan_out_s / self.count if self.count else 0.0
+
+    @property
+    def fan_out_ms(self) -> float:
+        return 1000 * self.fan_out_s / self.count if self.count else 0.0
+
+
+async def fan_out_timings(server: ServerProcess) -> FanOutTimings:
+    """Read ``server``'s fan-out histograms' sums and count."""
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://{HOST}:{server.port}/metrics")).text
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in (
+            "tidings_publish_to_fanout_seconds_sum",
+            "tidings_fanout_seconds_sum",
+            "tidings_fanout_seconds_count",
+        ):
+            values[name] = float(value)
+    return FanOutTimings(
+        values.get("tidings_fanout_seconds_count", 0.0),
+        values.get("tidings_publish_to_fanout_seconds_sum", 0.0),
+        values.get("tidings_fanout_seconds_sum", 0.0),
+    )
+
+
+async def start_levels(
+    options: argparse.Namespace,
+    directory: Path,
+    levels: list[list[ServerProcess]],
+    nodes: list[ServerProcess],
+) -> None:
+    """Start the origin and the relay levels into ``levels`` (and each into ``nodes``,
+    so that the caller stops whatever started), the nodes taking turns over the cores."""
+    for level in range(options.levels + 1):
+        here: list[ServerProcess] = []
+        for index in range(1 if level == 0 else options.relays_per_level):
+            place = directory / f"level{level}-{index}"
+            place.mkdir()
+            upstream = None
+            if level:
+                above = levels[-1][index % len(levels[-1])]
+                upstream = f"relay+ws://{HOST}:{above.port}"
+            server = serve(place.name, place, cpu=len(nodes) % CORES, broker=upstream)
+            nodes.append(server)
+            here.append(server)
+            await wait_healthy(server, "/ready")
+        levels.append(here)
+
+
+async def run_levels(options: argparse.Namespace, directory: Path) -> list[str]:
+    """The origin and ``--levels`` relay levels below it (loopback, no delay), each level
+    ``--relays-per-level`` relays of the level above (round robin), with
+    ``--levels-clients`` subscribers at *every* node, the origin's included, all
+    receiving the same publications at the same time: the latency at level n minus
+    level n-1 is what one relay hop costs, under whatever load the machine has at that
+    moment (rounds run minutes apart on this shared machine differ by more than a hop)."""
+    count = options.levels_clients
+    levels: list[list[ServerProcess]] = []
+    generator_ms = 0.0
+    nodes: list[ServerProcess] = []
+    clients: Clients | None = None
+    try:
+        await start_levels(options, directory, levels, nodes)
+        collectors = [loadgen.Collector(count) for _ in nodes]
+        subscribers: list[list[loadgen.Subscriber]] = [[] for _ in nodes]
+        clients = Clients(collectors, subscribers)
+        # Shallow first: each relay follows the channel after its upstream's own clients
+        # subscribed, so the upstream writes to the relay's link after them (the hub
+        # fans out in subscription order); deep first puts each link before them.
+        order = list(range(len(nodes)))
+        for at in reversed(order) if options.deep_first else order:
+            subscribers[at] = await loadgen.connect_subscribers(
+                HOST, nodes[at].port, count, collectors[at], subscribe=SUBSCRIBE
+            )
+        chain = Nodes(nodes[0], [], nodes[1:], [server.port for server in nodes])
+        rows = []
+        for phase, seqs in (
+            ("warm-up", range(0, 50)),
+            ("measured", range(50, 50 + options.levels_publications)),
+        ):
+            publisher = await loadgen.HttpPublisher.open(HOST, chain.origin.port, "/api/publish")
+            cpu_before = [server.cpu_s() for server in nodes]
+            timings_before = [await fan_out_timings(server) for server in nodes]
+            generator_before_s = time.process_time()
+            run = functools.partial(
+                loadgen.publish_at_rate, publisher, wrap, seqs, options.levels_rate
+            )
+            receipts = await publish_and_collect(chain, clients, seqs, run)
+            await publisher.close()
+            if phase == "warm-up":
+                continue
+            generator_ms = 1000 * (time.process_time() - generator_before_s) / len(seqs)
+            timings = [
+                (await fan_out_timings(server)) - before
+                for server, before in zip(nodes, timings_before, strict=True)
+            ]
+            at = 0
+            for level, here in enumerate(levels):
+                mine = receipts[at : at + len(here)]
+                cpu_s = sum(server.cpu_s() - cpu_before[at + i] for i, server in enumerate(here))
+                waited = sum(t.publish_to_fan_out_ms for t in timings[at : at + len(here)])
+                took = sum(t.fan_out_ms for t in timings[at : at + len(here)])
+                at += len(here)
+                latencies = sorted(latency for receipt in mine for latency in receipt.latencies_ns)
+                rows.append(
+                    [
+                        "origin" if level == 0 else f"relay level {level} ({len(here)})",
+                        f"{percentile_ms(latencies, 0.50):.1f}",
+                        f"{percentile_ms(latencies, 0.99):.1f}",
+                        f"{1000 * cpu_s / len(here) / len(seqs):.2f}",
+                        f"{waited / len(here):.1f}",
+                        f"{took / len(here):.2f}",
+                        f"{sum(r.missing for r in mine)} / {sum(r.duplicates for r in mine)}",
+                    ]
+                )
+    finally:
+        if clients is not None:
+            clients.close()
+        for server in reversed(nodes):
+            server.stop()
+    first = "deepest" if options.deep_first else "shallowest"
+    return [
+        "",
+        f"The origin and {options.levels} relay level(s) of {options.relays_per_level} below "
+        f"it, loopback, {count:,} subscribers at every node, {options.levels_publications} "
+        f"publications at {options.levels_rate:g}/s, every level in the same run (the {first} "
+        "level's clients subscribed first):",
+        "",
+        markdown_table(
+            [
+                "clients at",
+                "p50 ms",
+                "p99 ms",
+                "CPU ms per publication, per node",
+                "mean ms from the origin's publish to the node's fan-out",
+                "mean fan-out ms",
+                "missing / repeated",
+            ],
+            rows,
+        ),
+        "",
+        f"The load generator (every client, one process) used {generator_ms:.2f} ms of CPU "
+        "per publication.",
+    ]
+
+
 async def main(options: argparse.Namespace) -> None:
     raise_open_files_limit()
     with tempfile.TemporaryDirectory(prefix="tidings-relays-") as temporary:
@@ -495,6 +685,8 @@ async def main(options: argparse.Namespace) -> None:
         lines = [] if options.only_scale else await run_regions(options, directory)
         if options.scale:
             lines += await run_scale(options, directory)
+        if options.levels:
+            lines += await run_levels(options, directory)
     print("\n".join(lines))
 
 
@@ -507,7 +699,27 @@ def parse_options() -> argparse.Namespace:
     parser.add_argument("--scale", default="", help="subscriber counts, e.g. 1000,3000")
     parser.add_argument("--scale-rate", type=float, default=20.0)
     parser.add_argument("--scale-publications", type=int, default=200)
+    parser.add_argument(
+        "--scale-layouts", default="relays,direct", help="of --scale: relays, direct or both"
+    )
+    parser.add_argument(
+        "--relays-on-one-core",
+        action="store_true",
+        help="pin every relay of --scale to core 1 (the layout before they took turns)",
+    )
     parser.add_argument("--only-scale", action="store_true", help="skip the regions")
+    parser.add_argument(
+        "--levels", type=int, default=0, help="relay levels chained after the origin (e.g. 2)"
+    )
+    parser.add_argument(
+        "--deep-first",
+        action="store_true",
+        help="subscribe the deepest level's clients first (each relay's link first upstream)",
+    )
+    parser.add_argument("--relays-per-level", type=int, default=1)
+    parser.add_argument("--levels-clients", type=int, default=333, help="subscribers per node")
+    parser.add_argument("--levels-rate", type=float, default=50.0)
+    parser.add_argument("--levels-publications", type=int, default=500)
     return parser.parse_args()
 
 

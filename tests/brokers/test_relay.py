@@ -349,6 +349,34 @@ async def test_a_client_hears_recovered_false_only_when_the_origin_lost_what_it_
     assert (resumed["recovered"], resumed["offset"]) == (False, made[-1]["offset"])
 
 
+@pytest.mark.parametrize("scheme", ["relay+ws", "relay+http"])
+async def test_a_gap_upstream_reaches_a_relays_clients_when_the_link_returns(
+    tmp_path: Path, scheme: str
+) -> None:
+    """Not at the channel's next publication: none is made after the link returns."""
+    channel = unique_channel("small")
+    with ExitStack() as nodes:
+        origin = nodes.enter_context(node(tmp_path / "origin"))
+        link = nodes.enter_context(region_link(origin))
+        relay = nodes.enter_context(node(tmp_path / "relay", f"{scheme}://127.0.0.1:{link.port}"))
+        async with httpx.AsyncClient() as http, AsyncExitStack() as stack:
+            client, _ = await subscribed(stack, relay, channel)
+            made = await publish_many(http, origin, channel, 2)
+            await client.publications(2)
+            link.stall()
+            link.cut()
+            await wait_for_ready(http, relay, 503)
+            made += await publish_many(http, origin, channel, 2 * SMALL_HISTORY)  # evicts
+            link.resume()
+            code = await client.wait_closed(WAIT_S)
+            _, resumed = await subscribed(
+                stack, relay, channel, since={"epoch": made[1]["epoch"], "offset": 2}
+            )
+
+    assert code == 4504
+    assert (resumed["recovered"], resumed["offset"]) == (False, made[-1]["offset"])
+
+
 # -- chains, and clients that move ------------------------------------------------------------
 
 

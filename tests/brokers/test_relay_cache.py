@@ -142,6 +142,20 @@ async def test_an_upstream_that_could_not_recover_restarts_the_cache_at_its_head
     assert (read.head, read.recovery) == (Position(EPOCH, 31), Replay((publication(31),)))
 
 
+async def test_the_hub_hears_of_a_gap_when_the_upstream_could_not_recover_not_before(
+    relay: RelayBroker, link: FollowingLink
+) -> None:
+    gaps: list[ChannelName] = []
+    relay.listen_gaps(gaps.append)
+    await relay.subscribe(CHANNEL)  # the first answer: no position held, no gap
+    link.listener.receive_publication(publication(11))
+    link.listener.receive_subscribed(CHANNEL, Position(EPOCH, 12), True, (publication(12),))
+    told_before = list(gaps)
+    link.listener.receive_subscribed(CHANNEL, Position(EPOCH, 30), False, ())
+
+    assert (told_before, gaps) == ([], [CHANNEL])
+
+
 async def test_a_publication_of_another_epoch_starts_the_cache_again(
     relay: RelayBroker, link: FollowingLink, handler: RecordingHandler
 ) -> None:

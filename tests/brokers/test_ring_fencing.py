@@ -57,7 +57,12 @@ async def test_a_node_cut_off_from_etcd_is_unconfirmed_before_its_lease_expires(
         try:
             await a.join()
             await b.join()
-            await until(lambda: set(a.ring.nodes) == {"a", "b"}, "a sees b")
+            await until(
+                lambda: set(a.ring.nodes) == {"a", "b"}
+                and not a.ring.in_transition
+                and a.ring == b.ring,
+                "a and b see b's join made final",
+            )
             assert a.is_confirmed()
             assert b.is_confirmed()
             ring, leases = a.ring, (a._lease, b._lease)
@@ -101,7 +106,14 @@ async def test_the_loss_of_the_etcd_leader_costs_no_lease_and_no_ring_change(
                 gateway._current = cluster.members.index(leader)
             await a.join()
             await b.join()
-            await until(lambda: set(a.ring.nodes) == set(b.ring.nodes) == {"a", "b"}, "joined")
+            await until(
+                lambda: (
+                    set(a.ring.nodes) == set(b.ring.nodes) == {"a", "b"}
+                    and not a.ring.in_transition
+                    and a.ring == b.ring
+                ),
+                "joined, the ring final",
+            )
             ring, leases = a.ring, (a._lease, b._lease)
             unconfirmed: list[str] = []
             watching = True

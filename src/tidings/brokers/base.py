@@ -250,6 +250,23 @@ class HasPresenceStore(Protocol):
         ...
 
 
+GapHandler = Callable[[ChannelName], None]
+
+
+@runtime_checkable
+class ReportsGaps(Protocol):
+    """A broker that can learn, between publications, that publications of a channel it
+    follows were lost for good (a relay whose upstream answered a resume with
+    ``recovered: false``). Other brokers see a loss only as the next publication not
+    following, which the hub judges itself (``core.catchup``); this one tells the hub
+    at once, so the channel's clients resume now rather than at a later publication."""
+
+    def listen_gaps(self, on_gap: GapHandler) -> None:
+        """Call ``on_gap(channel)`` from now on whenever publications of ``channel``
+        after what was handed on were lost. Called on the event loop; must not raise."""
+        ...
+
+
 # -- node control: commands between the nodes sharing a broker ------------------------------
 
 

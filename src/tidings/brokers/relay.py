@@ -32,6 +32,11 @@ restarted): the cache starts again from that publication, which is handed on, an
 hub, seeing it does not follow, tells its subscribers to resume (they then hear
 ``recovered: false`` from the upstream's answer, through ``history``).
 
+*Link lost, upstream could not recover.* A resubscribe answered ``recovered: false``
+restarts the cache at the upstream's head and tells the hub at once (``listen_gaps``,
+the ``ReportsGaps`` role): the channel's clients are closed with 4504 now and resume,
+hearing ``recovered: false``, without waiting for the channel's next publication.
+
 *Link lost.* The link reconnects with backoff and resubscribes each channel from the
 cache's head: the upstream replays what the relay missed (nothing lost, nothing
 repeated), or says it cannot, which is the case above. Meanwhile the relay serves from
@@ -57,7 +62,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
-from tidings.brokers.base import HistoryRead, PublicationHandler, PublishResult
+from tidings.brokers.base import GapHandler, HistoryRead, PublicationHandler, PublishResult
 from tidings.brokers.memory import LocalNode, LocalNodeControl, LocalPresence
 from tidings.brokers.relay_api import UpstreamApi, UpstreamCalls
 from tidings.brokers.relay_link import UpstreamLink, WebSocketLink
@@ -229,6 +234,7 @@ class RelayBroker(LocalNode):
         self._subscribe_timeout_s = subscribe_timeout_s
         self._followed: dict[ChannelName, _Followed] = {}
         self._on_publication: PublicationHandler | None = None
+        self._on_gap: GapHandler | None = None
         self._presence = LocalPresence()
         self._control = LocalNodeControl()
         self._given_link = link
@@ -409,6 +415,11 @@ class RelayBroker(LocalNode):
     def _history_options(self, channel: ChannelName) -> HistoryOptions:
         return self._namespaces.options_for(channel).history
 
+    def listen_gaps(self, on_gap: GapHandler) -> None:
+        """Call ``on_gap(channel)`` when the upstream answers a resume of ``channel`` with
+        ``recovered: false`` (``ReportsGaps``): its local subscribers resume at once."""
+        self._on_gap = on_gap
+
     # -- what the link reports (UpstreamListener) ---------------------------------------------
 
     def position_of(self, channel: ChannelName) -> Position | None:
@@ -427,6 +438,7 @@ class RelayBroker(LocalNode):
         followed = self._followed.get(channel)
         if followed is None:
             return
+        lost = followed.head is not None and not recovered
         if followed.head is None or not recovered:
             if followed.head is not None:
                 logger.warning(
@@ -438,6 +450,14 @@ class RelayBroker(LocalNode):
                     head.offset,
                 )
             followed.restart(head, self._history_options(channel))
+            if lost and self._on_gap is not None:
+                # Publications the hub's subscribers had not had are gone: they resume
+                # now and hear recovered: false (the cache no longer answers their
+                # position), rather than at the channel's next publication.
+                try:
+                    self._on_gap(channel)
+                except Exception:
+                    logger.exception("the gap handler failed on %s", channel)
         for publication in publications:
             self._receive(followed, publication)
         followed.synced.set()

@@ -26,6 +26,9 @@ A live publication that does not follow the subscription's position (a skipped
 offset, another epoch: the broker lost publications it could not refill; the rule is
 ``core.catchup``'s) is not delivered as if it followed: the subscriber is told to
 ``report_gap``, and its client resumes from its position and hears ``recovered: false``.
+A broker that learns of such a loss between publications (``ReportsGaps``: a relay whose
+upstream could not recover a channel after a cut) tells the hub at once, and every live
+subscriber of the channel is told to resume then.
 
 Fan-out encodes a publication once per wire format (``EncodedPublication``) and hands
 the same object to every subscriber; a failing subscriber is logged, counted and
@@ -61,6 +64,7 @@ from tidings.brokers.base import (
     PresenceChange,
     PresenceStore,
     PublishResult,
+    ReportsGaps,
 )
 from tidings.brokers.memory import presence_store_of
 from tidings.core.catchup import CatchUp, decide_catch_up
@@ -134,6 +138,8 @@ class Hub:
     async def start(self) -> None:
         """Start the broker, delivering its publications and remote presence changes here."""
         self.presence_store.listen(self._announce_remote)
+        if isinstance(self.broker, ReportsGaps):
+            self.broker.listen_gaps(self._lose_continuity)
         await self.broker.start(self._fan_out)
 
     async def close(self) -> None:
@@ -373,6 +379,22 @@ class Hub:
                 counts[publication.channel] = HIT + delivered
                 if len(counts) > summary.limit:
                     summary.purge()
+
+    def _lose_continuity(self, channel: ChannelName) -> None:
+        """The broker lost publications of ``channel`` after what it handed on: tell each
+        live subscriber to resume now (it hears ``recovered: false``), instead of at the
+        channel's next publication. A subscription still recovering reads history after
+        the loss, which says so itself; one that read it before and is still joining
+        presence is told at the next publication, as with any broker."""
+        subscriptions = self._registry.subscriptions(channel)
+        live = [s for s in (subscriptions or {}).values() if s.pending is None]
+        if live:  # the broker warned of the loss itself
+            logger.info("publications of %s were lost; %d subscribers resume", channel, len(live))
+        for subscription in live:
+            try:
+                subscription.subscriber.report_gap(channel)
+            except Exception:
+                logger.exception("telling %s to resume failed", subscription.subscriber.client_id)
 
     def _announce_remote(self, change: PresenceChange) -> None:
         """Announce a join or leave made on another node to this node's subscribers."""

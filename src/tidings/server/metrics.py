@@ -44,9 +44,11 @@ from starlette.responses import Response
 
 from tidings.brokers.base import (
     Broker,
+    GapHandler,
     HistoryRead,
     PublicationHandler,
     PublishResult,
+    ReportsGaps,
 )
 from tidings.core.channel import ChannelName
 from tidings.core.publication import ClientInfo, Position, Publication
@@ -374,6 +376,12 @@ class MeteredBroker:
                 metrics.observe_fan_out(publication, started_s, time.time())
 
         await self.inner.start(handle)
+
+    def listen_gaps(self, on_gap: GapHandler) -> None:
+        """Pass ``on_gap`` to the broker if it reports gaps between publications
+        (``ReportsGaps``: a relay); others never call it."""
+        if isinstance(self.inner, ReportsGaps):
+            self.inner.listen_gaps(on_gap)
 
     async def close(self) -> None:
         """Close the broker."""
