@@ -58,9 +58,11 @@ async def test_a_node_cut_off_from_etcd_is_unconfirmed_before_its_lease_expires(
             await a.join()
             await b.join()
             await until(
-                lambda: set(a.ring.nodes) == {"a", "b"}
-                and not a.ring.in_transition
-                and a.ring == b.ring,
+                lambda: (
+                    set(a.ring.nodes) == {"a", "b"}
+                    and not a.ring.in_transition
+                    and a.ring == b.ring
+                ),
                 "a and b see b's join made final",
             )
             assert a.is_confirmed()
