@@ -126,3 +126,17 @@ def max_in_any_second(times: Iterable[float], width_s: float = 1.0) -> int:
             first += 1
         best = max(best, last - first + 1)
     return best
+
+
+def excess_over_rate(times: Iterable[float], start_s: float, rate: float, burst: int) -> float:
+    """How far ``times`` ever ran ahead of ``burst`` + ``rate`` per second since ``start_s``:
+    the most, over every moment ``t``, of ``count(times <= t) - (burst + rate * (t - start_s))``
+    (at most 0: never ahead).
+
+    The cumulative form of a rate bound, which a late reader cannot break: a reconnect
+    read later than the node scheduled it only lowers the count at each moment.
+    """
+    worst = float("-inf")
+    for count, t_s in enumerate(sorted(times), start=1):
+        worst = max(worst, count - (burst + rate * max(0.0, t_s - start_s)))
+    return worst if worst != float("-inf") else 0.0

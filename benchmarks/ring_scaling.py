@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -47,15 +48,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from benchmarks.ring_ledger import Ack, Tally, Window, max_in_any_second, window_of
+import httpx
+from benchmarks.ring_ledger import (
+    Ack,
+    Tally,
+    Window,
+    excess_over_rate,
+    max_in_any_second,
+    window_of,
+)
 from benchmarks.ring_subscribers import Subscriber, host_port, read_body, read_head
 from tests.support.etcd import etcd_server
 from tests.support.server import ServerProcess, free_port, start_server
+
 from tidings.core.ring import HashRing, ModuloHash, moved_keys
 
 logger = logging.getLogger(__name__)
 
 API_KEY: Final = "ring-scaling-api-key"
+RING_PREFIX: Final = "/ring-scaling"
 SECRET: Final = "ring-scaling-cluster-secret-of-32-bytes-or-more"
 TRANSPORTS: Final = ("ws", "sse", "poll")
 PUBLISHERS: Final = 16  # requests in flight at most: enough for the rate at a few ms each
@@ -63,12 +74,14 @@ CONVERGE_TIMEOUT_S: Final = 60.0
 DELIVERY_TIMEOUT_S: Final = 15.0
 SCENARIO_TIMEOUT_S: Final = 300.0  # the whole run, whatever hangs
 CHECK_EVERY_S: Final = 0.05
+ETCD_POLL_S: Final = 0.01
 # A reconnect is timed when the subscriber reads its goodbye (plus the delay given),
-# some milliseconds after the node sent it: a node that keeps to its bound in any
-# second can seem to exceed it by the spread of that lateness. Reconnects counted in
-# any window of 1 s less this allowance stay within the bound as long as the
-# subscribers read each goodbye within the allowance of its sending.
-READ_ALLOWANCE_S: Final = 0.1
+# some milliseconds after the node sent it, and a loaded subscriber process reads some
+# later than others, which bunches them: a count per window of 1 s can exceed what the
+# nodes scheduled. So the bound is held in its cumulative form, which lateness cannot
+# break (``ring_ledger.excess_over_rate``): from the moment the ring changed in etcd,
+# never more reconnects than ``burst + rate * elapsed``, where each moving node adds
+# its rate and 1 to the burst. The busiest 1 s is reported beside it.
 
 
 @dataclass(frozen=True)
@@ -92,7 +105,9 @@ class Step:
     start_s: float
     nodes_before: tuple[str, ...]
     nodes_after: tuple[str, ...]
-    bound: int | None = None  # reconnects in any second the nodes promise
+    bound: int | None = None  # reconnects in any second the moving nodes promise (sum)
+    moving_nodes: int = 0
+    ring_changed_s: float | None = None  # before this, the ring in etcd was the old one
     converge_s: float | None = None
     action_s: float = 0.0  # how long the action itself took (a node's start)
     moved_measured: int = 0
@@ -108,7 +123,7 @@ class Step:
     gaps: int = 0
     reconnects: int = 0
     max_reconnects_per_s: int = 0  # in any 1 s of the subscribers' clock
-    max_reconnects_checked: int = 0  # in any 1 s less READ_ALLOWANCE_S: see below
+    ahead_of_bound: float = 0.0  # most reconnects ever ahead of it since the ring changed
     lost_channels: set[str] = field(default_factory=set)
 
 
@@ -138,9 +153,8 @@ class Report:
         ]
         for step in self.steps:
             nodes = f"{len(step.nodes_before)} → {len(step.nodes_after)}"
-            moved = (
-                f"{step.moved_measured} ({step.moved_ring} / {step.moved_modulo})"
-                + ("" if step.routes_match_ring else " ≠ ring!")
+            moved = f"{step.moved_measured} ({step.moved_ring} / {step.moved_modulo})" + (
+                "" if step.routes_match_ring else " ≠ ring!"
             )
             bound = "—" if step.bound is None else str(step.bound)
             converged = "—" if step.converge_s is None else f"{step.converge_s:.2f} s"
@@ -149,13 +163,13 @@ class Report:
             rows.append(
                 f"| {step.name} | {nodes} | {step.acknowledged} | {step.refused} | {step.due} "
                 f"| {step.delivered} | {step.lost} | {step.repeated} | {step.gaps} | {moved} "
-                f"| {step.max_reconnects_per_s} [{step.max_reconnects_checked}] of "
-                f"{step.reconnects} ({bound}) | {converged} |"
+                f"| {step.max_reconnects_per_s} of {step.reconnects} ({bound}; "
+                f"{step.ahead_of_bound:+.0f}) | {converged} |"
             )
         rows.append("")
         rows.append(
-            f"reconnects: most in any 1 s [in any {1 - READ_ALLOWANCE_S:.1f} s, the figure "
-            "checked against the bound] of all in the step (the bound)"
+            "reconnects: most in any 1 s of all in the step (the bound per second; the most "
+            "ever ahead of the bound's cumulative schedule since the ring changed: <= 0 holds)"
         )
         rows.append(f"still undelivered at the end (lost included): {self.undelivered_at_end}")
         return rows
@@ -258,7 +272,7 @@ class Cluster:
             "TIDINGS_NODE_ID": node,
             "TIDINGS_PUBLIC_URL": url,
             "TIDINGS_RING_ETCD": self.etcd_url,
-            "TIDINGS_RING_PREFIX": "/ring-scaling",
+            "TIDINGS_RING_PREFIX": RING_PREFIX,
             "TIDINGS_RING_TTL": f"{s.ring_ttl_s}s",
             "TIDINGS_RING_MOVE_RATE": str(s.move_rate),
             "TIDINGS_DRAIN_RATE": str(s.move_rate),
@@ -307,8 +321,7 @@ async def converge(subscribers: list[Subscriber], urls: dict[str, str], start_s:
         if time.monotonic() > deadline:
             astray = [s for s in subscribers if not (s.live and s.node == owner[s.channel])]
             where = ", ".join(
-                f"{s.transport} {s.channel} at {s.node} (live: {s.live}; owner "
-                f"{owner[s.channel]})"
+                f"{s.transport} {s.channel} at {s.node} (live: {s.live}; owner {owner[s.channel]})"
                 for s in astray[:5]
             )
             raise TimeoutError(f"{len(astray)} subscribers not at their owner: {where}")
@@ -378,9 +391,13 @@ def account(steps: list[Step], end_s: float, publisher: Publisher, tallies: list
     for step in steps:
         step.reconnects = len(reconnects[step.name])
         step.max_reconnects_per_s = max_in_any_second(reconnects[step.name])
-        step.max_reconnects_checked = max_in_any_second(
-            reconnects[step.name], 1.0 - READ_ALLOWANCE_S
-        )
+        if step.bound is not None and step.ring_changed_s is not None:
+            step.ahead_of_bound = excess_over_rate(
+                reconnects[step.name],
+                step.ring_changed_s,
+                step.bound - step.moving_nodes,
+                step.moving_nodes,
+            )
 
 
 async def _measure_moves(
@@ -398,98 +415,137 @@ async def _measure_moves(
 
 async def run_scenario(settings: Settings, directory: Path) -> Report:
     """Run the whole scenario in ``directory`` (etcd's data); return its report."""
-    channels = [f"doc:{n}" for n in range(settings.channels)]
     with etcd_server(directory) as etcd_url:
         cluster = Cluster(settings, etcd_url)
         try:
             async with asyncio.timeout(SCENARIO_TIMEOUT_S):
-                return await _scenario(settings, cluster, channels)
+                return await Scenario(settings, cluster).run()
         finally:
             cluster.kill_all()
 
 
-async def _scenario(settings: Settings, cluster: Cluster, channels: list[str]) -> Report:
-    rng = random.Random(settings.seed)
-    await asyncio.gather(*(asyncio.to_thread(cluster.start, node) for node in "abc"))
-    urls = dict(sorted(cluster.urls.items()))
-    seeds = list(urls.values())
-    subscribers = [
-        Subscriber(channels[i % len(channels)], TRANSPORTS[i % 3], seeds, i, rng)
-        for i in range(settings.subscribers)
-    ]
-    tasks = [asyncio.create_task(s.run()) for s in subscribers]
-    publisher = Publisher(settings, channels)
-    publisher.believe(urls)
-    steps: list[Step] = []
-    try:
-        async with asyncio.timeout(CONVERGE_TIMEOUT_S):
-            await asyncio.gather(*(s.subscribed.wait() for s in subscribers))
-        logger.info("%d subscribers subscribed", len(subscribers))
-        await converge(subscribers, urls, time.monotonic())
-        routed = await routes(urls, channels)
-        publishing = asyncio.create_task(publisher.run())
-        nodes = tuple(urls)
-        steps.append(Step("steady", time.monotonic(), nodes, nodes))
-        await asyncio.sleep(settings.settle_s)
+class Scenario:
+    """The steps, in order, against one cluster."""
 
-        # 1. A node joins (planned).
-        logger.info("join: starting node d")
-        step = Step("join", time.monotonic(), nodes, (*nodes, "d"))
-        steps.append(step)
-        await asyncio.to_thread(cluster.start, "d")
+    def __init__(self, settings: Settings, cluster: Cluster) -> None:
+        self.settings = settings
+        self.cluster = cluster
+        self.channels = [f"doc:{n}" for n in range(settings.channels)]
+        self.seeds: list[str] = []  # every node's URL, as they start: the subscribers' list
+        self.subscribers: list[Subscriber] = []
+        self.publisher = Publisher(settings, self.channels)
+        self.steps: list[Step] = []
+        self.routed: dict[str, str] = {}  # channel -> owner URL, by /route
+
+    @property
+    def urls(self) -> dict[str, str]:
+        return dict(sorted(self.cluster.urls.items()))
+
+    async def run(self) -> Report:
+        await asyncio.gather(*(asyncio.to_thread(self.cluster.start, node) for node in "abc"))
+        self.seeds.extend(self.urls.values())
+        rng = random.Random(self.settings.seed)
+        self.subscribers = [
+            Subscriber(self.channels[i % len(self.channels)], TRANSPORTS[i % 3], self.seeds, i, rng)
+            for i in range(self.settings.subscribers)
+        ]
+        tasks = [asyncio.create_task(s.run()) for s in self.subscribers]
+        try:
+            async with asyncio.timeout(CONVERGE_TIMEOUT_S):
+                await asyncio.gather(*(s.subscribed.wait() for s in self.subscribers))
+            logger.info("%d subscribers subscribed", len(self.subscribers))
+            await converge(self.subscribers, self.urls, time.monotonic())
+            self.routed = await routes(self.urls, self.channels)
+            self.publisher.believe(self.urls)
+            publishing = asyncio.create_task(self.publisher.run())
+            try:
+                nodes = tuple(self.urls)
+                self.steps.append(Step("steady", time.monotonic(), nodes, nodes))
+                await asyncio.sleep(self.settings.settle_s)
+                await self._join("d")
+                await self._leave("a")
+                await self._kill("b")
+            finally:
+                logger.info("publisher stops; waiting for the deliveries due")
+                publishing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await publishing
+            end_s = time.monotonic()
+            tallies = [s.tally for s in self.subscribers]
+            undelivered = await _deliveries_settled(tallies, self.publisher.acks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        account(self.steps, end_s, self.publisher, tallies)
+        return Report(self.settings, self.steps, undelivered)
+
+    def _begin(self, name: str, after: tuple[str, ...]) -> Step:
+        logger.info("%s: nodes %s -> %s", name, ",".join(self.urls), ",".join(after))
+        step = Step(name, time.monotonic(), tuple(self.urls), after)
+        self.steps.append(step)
+        return step
+
+    async def _end(self, step: Step) -> None:
+        """Wait until every subscriber is at its owner; measure the keys moved; settle."""
+        self.publisher.believe(self.urls)
+        step.converge_s = await converge(self.subscribers, self.urls, step.start_s)
+        self.routed = await _measure_moves(step, self.routed, self.urls, self.channels)
+        await asyncio.sleep(self.settings.settle_s)
+
+    async def _ring_revision(self) -> str:
+        """The revision at which the ring in etcd last changed."""
+        key = base64.b64encode(f"{RING_PREFIX}/ring".encode()).decode()
+        async with httpx.AsyncClient() as client:
+            answer = await client.post(f"{self.cluster.etcd_url}/v3/kv/range", json={"key": key})
+        return str(answer.json()["kvs"][0]["mod_revision"])
+
+    async def _ring_change(self, revision: str) -> float:
+        """Poll the ring in etcd until it is no longer at ``revision``; return the time of
+        the last poll that still read it (so no node can have acted on the new ring
+        before that moment)."""
+        deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            before_s = time.monotonic()
+            if await self._ring_revision() != revision:
+                return before_s
+            await asyncio.sleep(ETCD_POLL_S)
+        raise TimeoutError(f"the ring in etcd stayed at revision {revision}")
+
+    async def _join(self, node: str) -> None:
+        """A node joins (planned): the nodes that lose keys move their clients to it."""
+        step = self._begin("join", (*self.urls, node))
+        changed = asyncio.create_task(self._ring_change(await self._ring_revision()))
+        await asyncio.to_thread(self.cluster.start, node)
         step.action_s = time.monotonic() - step.start_s
-        seeds.append(cluster.urls["d"])
-        urls = dict(sorted(cluster.urls.items()))
-        publisher.believe(urls)
-        losing = {HashRing(nodes).owner(c) for c in moved_keys(HashRing(nodes), HashRing(urls), channels)}
-        step.bound = len(losing) * (settings.move_rate + 1)
-        step.converge_s = await converge(subscribers, urls, step.start_s)
-        routed = await _measure_moves(step, routed, urls, channels)
-        await asyncio.sleep(settings.settle_s)
+        step.ring_changed_s = await changed
+        self.seeds.append(self.cluster.urls[node])
+        old, new = HashRing(step.nodes_before), HashRing(step.nodes_after)
+        losing = {old.owner(channel) for channel in moved_keys(old, new, self.channels)}
+        step.moving_nodes = len(losing)
+        step.bound = len(losing) * (self.settings.move_rate + 1)
+        await self._end(step)
 
-        # 2. A node leaves (planned): SIGTERM, it leaves the ring and drains.
-        nodes = tuple(urls)
-        logger.info("leave: SIGTERM to node a")
-        step = Step("leave", time.monotonic(), nodes, tuple(n for n in nodes if n != "a"))
-        steps.append(step)
+    async def _leave(self, node: str) -> None:
+        """A node leaves (planned): SIGTERM; it leaves the ring, then drains."""
+        step = self._begin("leave", tuple(n for n in self.urls if n != node))
+        changed = asyncio.create_task(self._ring_change(await self._ring_revision()))
         stopping = asyncio.create_task(
-            asyncio.to_thread(cluster.servers["a"].stop, signal.SIGTERM)
+            asyncio.to_thread(self.cluster.servers[node].stop, signal.SIGTERM)
         )
-        del cluster.urls["a"]
-        urls = dict(sorted(cluster.urls.items()))
-        publisher.believe(urls)
-        step.bound = settings.move_rate + 1
-        step.converge_s = await converge(subscribers, urls, step.start_s)
+        del self.cluster.urls[node]
+        step.moving_nodes = 1
+        step.bound = self.settings.move_rate + 1  # the drain's own rate (drain_rate)
+        step.ring_changed_s = await changed
+        await self._end(step)
         await stopping
-        routed = await _measure_moves(step, routed, urls, channels)
-        await asyncio.sleep(settings.settle_s)
 
-        # 3. A node is killed: no goodbye; its lease expires after ring_ttl.
-        nodes = tuple(urls)
-        logger.info("kill: SIGKILL to node b")
-        step = Step("kill", time.monotonic(), nodes, tuple(n for n in nodes if n != "b"))
-        steps.append(step)
-        cluster.servers["b"].kill()
-        del cluster.urls["b"]
-        urls = dict(sorted(cluster.urls.items()))
-        publisher.believe(urls)
-        step.converge_s = await converge(subscribers, urls, step.start_s)
-        routed = await _measure_moves(step, routed, urls, channels)
-        await asyncio.sleep(settings.settle_s)
-
-        logger.info("publisher stops; waiting for the deliveries due")
-        publishing.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await publishing
-        end_s = time.monotonic()
-        tallies = [s.tally for s in subscribers]
-        undelivered = await _deliveries_settled(tallies, publisher.acks)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    account(steps, end_s, publisher, tallies)
-    return Report(settings, steps, undelivered)
+    async def _kill(self, node: str) -> None:
+        """A node is killed: no goodbye; its lease expires after ``ring_ttl``."""
+        step = self._begin("kill", tuple(n for n in self.urls if n != node))
+        self.cluster.servers[node].kill()
+        del self.cluster.urls[node]
+        await self._end(step)
 
 
 def _arguments() -> Settings:

@@ -77,7 +77,8 @@ def base_url(url: str) -> str:
 
 def host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
-    assert parts.hostname is not None and parts.port is not None, url
+    assert parts.hostname is not None, url
+    assert parts.port is not None, url
     return parts.hostname, parts.port
 
 
@@ -245,7 +246,7 @@ class Subscriber:
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
             % (host.encode(), port)
         )
-        status, headers = await asyncio.wait_for(read_head(reader), READ_TIMEOUT_S)
+        status, _ = await asyncio.wait_for(read_head(reader), READ_TIMEOUT_S)
         if status != 101:
             raise Refused(f"WebSocket upgrade answered {status}")
         subscribe: dict[str, object] = {"id": 2, "op": "subscribe", "channel": self.channel}
@@ -365,4 +366,3 @@ class Subscriber:
             if had is not None and position["recovered"]:
                 self.position = (position["epoch"], position["offset"])
             await asyncio.sleep(POLL_INTERVAL_S)
-

@@ -20,11 +20,10 @@ those the ring moves (not modulo hashing's).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
-
 from benchmarks.ring_scaling import Report, Settings, Step, run_scenario
+
 from tests.support.services import require_binary
 
 pytestmark = pytest.mark.e2e
@@ -35,11 +34,11 @@ NO_HAND_OVER = "no hand-over yet: a moved subscriber resumes on the new owner wi
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Report]:
+def report(tmp_path_factory: pytest.TempPathFactory) -> Report:
     require_binary("etcd")
     outcome = asyncio.run(run_scenario(SETTINGS, tmp_path_factory.mktemp("ring-scaling")))
     print("\n".join(outcome.lines()))  # shown with -s, and on a failure
-    yield outcome
+    return outcome
 
 
 def said(step: Step) -> str:
@@ -62,9 +61,7 @@ def test_a_planned_change_loses_nothing_and_never_says_recovered_false(
 
 
 @pytest.mark.parametrize("name", ["steady", *PLANNED, "kill"])
-def test_no_step_repeats_a_publication_or_drops_one_silently(
-    report: Report, name: str
-) -> None:
+def test_no_step_repeats_a_publication_or_drops_one_silently(report: Report, name: str) -> None:
     step = report.step(name)
     assert step.acknowledged > 0
     assert (step.lost, step.repeated) == (0, 0), said(step)
@@ -82,11 +79,16 @@ def test_a_killed_node_costs_its_subscribers_a_notice_not_a_silent_gap(report: R
 
 
 @pytest.mark.parametrize("name", PLANNED)
-def test_reconnects_stay_within_the_rate_the_nodes_promise(report: Report, name: str) -> None:
+def test_reconnects_never_run_ahead_of_the_rate_the_nodes_promise(
+    report: Report, name: str
+) -> None:
+    # From the moment the ring changed in etcd: never more reconnects than the moving
+    # nodes' rates allow (ring_move_rate, or drain_rate, + 1 each), cumulatively; the
+    # form of the bound that subscribers reading late cannot break (ring_scaling.py).
     step = report.step(name)
     assert step.bound is not None
     assert step.reconnects > 0
-    assert step.max_reconnects_checked <= step.bound, (step.max_reconnects_checked, step.bound)
+    assert step.ahead_of_bound <= 0, (step.ahead_of_bound, step.bound)
 
 
 @pytest.mark.parametrize("name", [*PLANNED, "kill"])
