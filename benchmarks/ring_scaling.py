@@ -1,6 +1,6 @@
 """Scaling a ring of tidings nodes under load, end to end: one command, real processes.
 
-    .venv/bin/python -m benchmarks.ring_scaling [--subscribers 1000] [--rate 500]
+    .venv/bin/python benchmarks/ring_scaling.py [--subscribers 1000] [--rate 500]
 
 An etcd of its own and three ``tidings serve`` nodes (``a``, ``b``, ``c``) on free
 loopback ports, in the consistent-hashing mode (docs/modes/hashing.md); subscribers
@@ -40,6 +40,7 @@ import json
 import logging
 import random
 import signal
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -49,6 +50,10 @@ from pathlib import Path
 from typing import Final
 
 import httpx
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` and `tests` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from benchmarks.ring_ledger import (
     Ack,
     Tally,
