@@ -498,32 +498,46 @@ class Scenario:
         self.routed = await _measure_moves(step, self.routed, self.urls, self.channels)
         await asyncio.sleep(self.settings.settle_s)
 
-    async def _ring_revision(self) -> str:
+    async def _ring_revision(self, client: httpx.AsyncClient) -> str:
         """The revision at which the ring in etcd last changed."""
         key = base64.b64encode(f"{RING_PREFIX}/ring".encode()).decode()
-        async with httpx.AsyncClient() as client:
-            answer = await client.post(f"{self.cluster.etcd_url}/v3/kv/range", json={"key": key})
+        answer = await client.post(f"{self.cluster.etcd_url}/v3/kv/range", json={"key": key})
         return str(answer.json()["kvs"][0]["mod_revision"])
 
-    async def _ring_change(self, revision: str) -> float:
-        """Poll the ring in etcd until it is no longer at ``revision``; return the time of
-        the last poll that still read it (so no node can have acted on the new ring
-        before that moment)."""
-        deadline = time.monotonic() + CONVERGE_TIMEOUT_S
-        while time.monotonic() < deadline:
-            before_s = time.monotonic()
-            if await self._ring_revision() != revision:
-                return before_s
-            await asyncio.sleep(ETCD_POLL_S)
-        raise TimeoutError(f"the ring in etcd stayed at revision {revision}")
+    async def _watch_ring(self) -> asyncio.Task[float]:
+        """Read the ring's revision in etcd now; return a task that polls until it
+        changes and gives the time of the last poll that still read the old one (no
+        node can have acted on the new ring before that moment)."""
+        client = httpx.AsyncClient()
+        revision = await self._ring_revision(client)
+
+        async def changed() -> float:
+            try:
+                deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+                while time.monotonic() < deadline:
+                    before_s = time.monotonic()
+                    if await self._ring_revision(client) != revision:
+                        return before_s
+                    await asyncio.sleep(ETCD_POLL_S)
+            finally:
+                await client.aclose()
+            raise TimeoutError(f"the ring in etcd stayed at revision {revision}")
+
+        return asyncio.create_task(changed())
 
     async def _join(self, node: str) -> None:
         """A node joins (planned): the nodes that lose keys move their clients to it."""
         step = self._begin("join", (*self.urls, node))
-        changed = asyncio.create_task(self._ring_change(await self._ring_revision()))
+        changed = await self._watch_ring()
         await asyncio.to_thread(self.cluster.start, node)
         step.action_s = time.monotonic() - step.start_s
         step.ring_changed_s = await changed
+        logger.info(
+            "node %s listening after %.2f s; the ring changed in etcd after %.2f s",
+            node,
+            step.action_s,
+            step.ring_changed_s - step.start_s,
+        )
         self.seeds.append(self.cluster.urls[node])
         old, new = HashRing(step.nodes_before), HashRing(step.nodes_after)
         losing = {old.owner(channel) for channel in moved_keys(old, new, self.channels)}
@@ -534,7 +548,7 @@ class Scenario:
     async def _leave(self, node: str) -> None:
         """A node leaves (planned): SIGTERM; it leaves the ring, then drains."""
         step = self._begin("leave", tuple(n for n in self.urls if n != node))
-        changed = asyncio.create_task(self._ring_change(await self._ring_revision()))
+        changed = await self._watch_ring()
         stopping = asyncio.create_task(
             asyncio.to_thread(self.cluster.servers[node].stop, signal.SIGTERM)
         )
@@ -581,6 +595,7 @@ def _directory() -> Iterator[Path]:
 def main() -> None:
     settings = _arguments()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     with _directory() as directory:
         began = time.monotonic()
         report = asyncio.run(run_scenario(settings, directory))
