@@ -335,6 +335,20 @@ async def converge(subscribers: list[Subscriber], urls: dict[str, str], start_s:
     return time.monotonic() - start_s
 
 
+async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until they are done, cancelling again those still
+    running: on Python 3.11 ``asyncio.wait_for`` can swallow a cancellation that
+    arrives as its operation completes, and a subscriber's loop would then go on."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("a task ended with %r", task.exception())
+
+
 def _acks_by_channel(acks: list[Ack]) -> dict[str, list[Ack]]:
     by_channel: dict[str, list[Ack]] = defaultdict(list)
     for ack in acks:
@@ -472,16 +486,12 @@ class Scenario:
                 await self._kill("b")
             finally:
                 logger.info("publisher stops; waiting for the deliveries due")
-                publishing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await publishing
+                await cancel_all([publishing])
             end_s = time.monotonic()
             tallies = [s.tally for s in self.subscribers]
             undelivered = await _deliveries_settled(tallies, self.publisher.acks)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_all(tasks)
         account(self.steps, end_s, self.publisher, tallies)
         return Report(self.settings, self.steps, undelivered)
 
