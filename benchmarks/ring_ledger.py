@@ -23,8 +23,10 @@ The verdict, per subscriber and acknowledged publication of its channel:
   to catch.
 - *repeated*: one (epoch, offset) delivered twice to one subscriber.
 
-A publication belongs to the step during which it was sent; a repeat, a ``Gap`` and
-a reconnect to the step during which they happened.
+A publication belongs to the step during which it was sent, and so does a silent
+loss; a repeat, a ``Gap``, a reconnect, and a publication missed under a ``Gap`` (a
+*covered* one: sent just before a later step moved its channel, say) belong to the
+step during which they happened, or the ``Gap`` was heard.
 """
 
 from __future__ import annotations
@@ -90,6 +92,18 @@ class Tally:
             for ack in acks
             if ack.seq not in self.seqs and not any(gap.covers(ack) for gap in self.gaps)
         ]
+
+    def covered(self, acks: Iterable[Ack]) -> list[tuple[Ack, Gap]]:
+        """The acknowledged publications it missed but was told about, each with the
+        first ``Gap`` that covers it (the step that cost them is the gap's)."""
+        missed = []
+        for ack in acks:
+            if ack.seq in self.seqs:
+                continue
+            gap = next((gap for gap in self.gaps if gap.covers(ack)), None)
+            if gap is not None:
+                missed.append((ack, gap))
+        return missed
 
     def missing(self, acks: Iterable[Ack]) -> int:
         """How many of ``acks`` it neither received nor was told about (not yet, maybe)."""

@@ -80,6 +80,7 @@ DELIVERY_TIMEOUT_S: Final = 15.0
 SCENARIO_TIMEOUT_S: Final = 300.0  # the whole run, whatever hangs
 CHECK_EVERY_S: Final = 0.05
 ETCD_POLL_S: Final = 0.01
+ROUTES_POLL_S: Final = 0.1
 # A reconnect is timed when the subscriber reads its goodbye (plus the delay given),
 # some milliseconds after the node sent it, and a loaded subscriber process reads some
 # later than others, which bunches them: a count per window of 1 s can exceed what the
@@ -118,12 +119,14 @@ class Step:
     moved_measured: int = 0
     moved_ring: int = 0
     moved_modulo: int = 0
-    routes_match_ring: bool = True
+    routes_match_ring: bool = True  # every node's /route came to answer the new ring
+    routes_s: float = 0.0  # when it did (or gave up), since the step began
     acknowledged: int = 0
     refused: int = 0
     due: int = 0
     delivered: int = 0
     lost: int = 0
+    covered: int = 0  # missed under a recovered: false heard in this step
     repeated: int = 0
     gaps: int = 0
     reconnects: int = 0
@@ -152,8 +155,9 @@ class Report:
             f"ring_ttl = {s.ring_ttl_s} s",
             "",
             "| step | nodes | acked | refused | due | delivered | lost | repeated "
-            "| recovered:false | keys moved (ring / modulo) | reconnects max/s (bound) "
-            "| converged in |",
+            "| recovered:false (publications it covered) | keys moved (ring / modulo) "
+            "| reconnects max/s (bound) "
+            "| converged in (node start; /route agreed) |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for step in self.steps:
@@ -165,9 +169,12 @@ class Report:
             converged = "—" if step.converge_s is None else f"{step.converge_s:.2f} s"
             if step.action_s:
                 converged += f" (start {step.action_s:.2f} s)"
+            if step.routes_s:
+                converged += f"; /route {step.routes_s:.2f} s"
             rows.append(
                 f"| {step.name} | {nodes} | {step.acknowledged} | {step.refused} | {step.due} "
-                f"| {step.delivered} | {step.lost} | {step.repeated} | {step.gaps} | {moved} "
+                f"| {step.delivered} | {step.lost} | {step.repeated} "
+                f"| {step.gaps} ({step.covered}) | {moved} "
                 f"| {step.max_reconnects_per_s} of {step.reconnects} ({bound}; "
                 f"{step.ahead_of_bound:+.0f}) | {converged} |"
             )
@@ -398,6 +405,9 @@ def account(steps: list[Step], end_s: float, publisher: Publisher, tallies: list
             if (step := step_at(ack.sent_s)) is not None:
                 step.lost += 1
                 step.lost_channels.add(tally.channel)
+        for _, gap in tally.covered(acks):
+            if (step := step_at(gap.at_s)) is not None:
+                step.covered += 1
         for t_s in tally.repeats:
             if (step := step_at(t_s)) is not None:
                 step.repeated += 1
@@ -422,13 +432,25 @@ def account(steps: list[Step], end_s: float, publisher: Publisher, tallies: list
 async def _measure_moves(
     step: Step, before: dict[str, str], urls: dict[str, str], channels: list[str]
 ) -> dict[str, str]:
-    after = await routes(urls, channels)
+    """Wait (bounded) until ``GET /route`` on every node answers the ring of ``urls`` for
+    every channel; count the channels whose route changed, and what the ring and
+    modulo hashing compute. Routes that never agree leave ``routes_match_ring`` false
+    and are counted as the first node answered them last."""
+    ring = HashRing(step.nodes_after)
+    expected = {channel: urls[ring.owner(channel)] for channel in channels}
+    deadline = step.start_s + CONVERGE_TIMEOUT_S
+    while True:
+        answers = [await routes({node: url}, channels) for node, url in urls.items()]
+        step.routes_match_ring = all(answer == expected for answer in answers)
+        if step.routes_match_ring or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(ROUTES_POLL_S)
+    step.routes_s = time.monotonic() - step.start_s
+    after = answers[0]
     step.moved_measured = sum(before[c] != after[c] for c in channels)
     old, new = step.nodes_before, step.nodes_after
     step.moved_ring = len(moved_keys(HashRing(old), HashRing(new), channels))
     step.moved_modulo = len(moved_keys(ModuloHash(old), ModuloHash(new), channels))
-    ring = HashRing(new)
-    step.routes_match_ring = all(after[c] == urls[ring.owner(c)] for c in channels)
     return after
 
 
