@@ -538,19 +538,23 @@ class Scenario:
 
     async def _watch_ring(self) -> asyncio.Task[float]:
         """Read the ring's revision in etcd now; return a task that polls until it
-        changes and gives the time of the last poll that still read the old one (no
-        node can have acted on the new ring before that moment)."""
+        changes and gives the moment the last read that still found the old revision
+        was sent: the change came after etcd served that read, so no node can have
+        acted on the new ring before that moment."""
         client = httpx.AsyncClient()
+        old_read_s = time.monotonic()
         revision = await self._ring_revision(client)
 
         async def changed() -> float:
+            nonlocal old_read_s
             try:
                 deadline = time.monotonic() + CONVERGE_TIMEOUT_S
                 while time.monotonic() < deadline:
-                    before_s = time.monotonic()
-                    if await self._ring_revision(client) != revision:
-                        return before_s
                     await asyncio.sleep(ETCD_POLL_S)
+                    read_s = time.monotonic()
+                    if await self._ring_revision(client) != revision:
+                        return old_read_s
+                    old_read_s = read_s
             finally:
                 await client.aclose()
             raise TimeoutError(f"the ring in etcd stayed at revision {revision}")

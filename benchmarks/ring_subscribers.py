@@ -175,7 +175,7 @@ class Subscriber:
                 outcome = await self._session(target)
             except (OSError, asyncio.IncompleteReadError, TimeoutError, Refused, ValueError):
                 outcome = None
-            self.live = False
+            was_live, self.live = self.live, False
             now = time.monotonic()
             if isinstance(outcome, Moved):
                 target = outcome.url
@@ -188,10 +188,11 @@ class Subscriber:
                 target = base_url(outcome.url) if outcome.url else self._seed(target)
                 await asyncio.sleep(wait_s)
                 continue
-            # Lost without a goodbye, or refused: another node, after a backoff.
-            if self.node == target and self.transport != "poll":
+            # Lost without a goodbye, or refused: another node, after a backoff. Only a
+            # connection that was subscribed and died counts as a reconnect (once,
+            # however many tries the way back takes; a poller holds no connection).
+            if was_live and self.transport != "poll":
                 self.tally.reconnects.append(now)
-                self.node = None  # counted once, however many tries it takes
             self._failures += 1
             cap_s = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (self._failures - 1))
             await asyncio.sleep(self._rng.uniform(0, cap_s))
