@@ -1,4 +1,4 @@
-"""Scaling a ring under load, end to end (issue 14, "Tests", second point): a real etcd of
+"""Scaling a ring under load, end to end: a real etcd of
 the test's own, three real ``tidings serve`` nodes, 1,000 subscribers over WebSocket,
 SSE and polling on 500 channels, 500 publications a second; a fourth node joins, one
 leaves (SIGTERM, planned), one is killed (SIGKILL). The scenario is
@@ -6,15 +6,12 @@ leaves (SIGTERM, planned), one is killed (SIGKILL). The scenario is
 test asserts one promise on its report (``benchmarks/ring_ledger.py`` defines lost,
 repeated and ``recovered: false``).
 
-The promises of a *planned* change (nothing lost, nothing repeated, never
-``recovered: false``) need the history of a moving key handed over to its new owner,
-which this release does not do yet (docs/modes/hashing.md): those tests are strict
-expected failures until hand-over lands, and then their marker must go (a strict
-``xfail`` that passes fails). What holds today is asserted plainly: no step, planned
-or not, repeats a publication or drops one silently (a subscriber that missed one was
-told ``recovered: false`` about it), the reconnects stay within the rate the nodes
-promise, every subscriber is back at its channel's owner, and the keys that moved are
-those the ring moves (not modulo hashing's).
+A *planned* change (a join, a leave) hands each moving key's history over to its new
+owner (docs/modes/hashing.md, "Scaling without loss"): nothing lost, nothing repeated,
+never ``recovered: false``. For every step, planned or not: no publication repeated or
+dropped silently (a subscriber that missed one was told ``recovered: false`` about
+it), the reconnects within the rate the nodes promise, every subscriber back at its
+channel's owner, and the keys that moved those the ring moves (not modulo hashing's).
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ pytestmark = pytest.mark.e2e
 
 SETTINGS = Settings(subscribers=1000, channels=500, rate=500.0, settle_s=2.0)
 PLANNED = ("join", "leave")
-NO_HAND_OVER = "no hand-over yet: a moved subscriber resumes on the new owner with recovered: false"
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +45,6 @@ def said(step: Step) -> str:
     )
 
 
-@pytest.mark.xfail(strict=True, reason=NO_HAND_OVER)
 @pytest.mark.parametrize("name", PLANNED)
 def test_a_planned_change_loses_nothing_and_never_says_recovered_false(
     report: Report, name: str
