@@ -181,10 +181,10 @@ class TidingsApp:
             settings.ring_move_rate,
         )
         broker = broker or broker_for(settings)
-        # A ring in etcd over a store that can adopt channels hands them over between
-        # owners in its transitions (``server.handover``), with its broker's roles.
         # The application's per-key state: its handler told of keys gained and lost.
         self.keys = KeyOwnership(placement, settings.namespace_table(), key_hooks)
+        # A ring in etcd over a store that can adopt channels hands them over between
+        # owners in its transitions (``server.handover``), with its broker's roles.
         node_broker, self._handover = _handover_of(
             settings, following, broker, lambda: self._owner_link, self.ring_mover, keys=self.keys
         )
