@@ -118,6 +118,8 @@ class QueueingSubscriber:
     def clients(self) -> int:
         return 1
 
+    is_relay = False
+
     def deliver(self, publication: EncodedPublication) -> None:
         queued = self.queued
         queued.append(publication.websocket)

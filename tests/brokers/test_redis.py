@@ -249,6 +249,7 @@ class CountingSubscriber:
         self.client_id = client_id
         self.user = ""
         self.clients = 1
+        self.is_relay = False
         self.offsets: list[int] = []
         self._expected = expected
         self.complete = asyncio.Event()

@@ -13,6 +13,7 @@ from tidings.core.channel import ChannelName
 from tidings.core.channel_heat import ChannelHeat
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import Position, Publication
+from tidings.core.wire import EncodedPublication
 from tidings.errors import BrokerError, Unavailable
 from tidings.hub.hub import Hub
 
@@ -50,6 +51,36 @@ async def test_fan_out_hands_every_subscriber_the_same_encoded_publication(hub: 
     assert all(s.delivered == [first] for s in subscribers)
     assert all(s.delivered[0] is first for s in subscribers)
     assert first.websocket is first.websocket  # encoded once, then shared
+
+
+class OrderedSubscriber(RecordingSubscriber):
+    """Notes, in a list shared by several, when it was delivered to."""
+
+    def __init__(self, client_id: str, order: list[str], *, relay: bool = False) -> None:
+        super().__init__(client_id)
+        self._order = order
+        self.is_relay = relay
+
+    def deliver(self, publication: EncodedPublication) -> None:
+        self._order.append(self.client_id)
+        super().deliver(publication)
+
+
+async def test_relays_links_are_delivered_to_before_other_subscribers(hub: Hub) -> None:
+    # A relay's own subscribers wait for it: it comes first, whenever it subscribed.
+    order: list[str] = []
+    clients = [OrderedSubscriber(f"c{index}", order) for index in range(3)]
+    relays = [OrderedSubscriber(f"relay{index}", order, relay=True) for index in range(2)]
+    for subscriber in (clients[0], relays[0], clients[1], clients[2], relays[1]):
+        await hub.subscribe(ROOM, subscriber)
+    await hub.publish(ROOM, b'"hello"')
+    assert sorted(order[:2]) == ["relay0", "relay1"]
+    assert sorted(order[2:]) == ["c0", "c1", "c2"]
+    await hub.unsubscribe(ROOM, relays[0])
+    order.clear()
+    await hub.publish(ROOM, b'"again"')
+    assert order[0] == "relay1"
+    assert sorted(order) == ["c0", "c1", "c2", "relay1"]
 
 
 async def test_subscribe_without_since_starts_at_the_head_and_is_not_recovered(hub: Hub) -> None:

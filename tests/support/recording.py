@@ -43,6 +43,8 @@ class RecordingSubscriber:
     def clients(self) -> int:
         return 1
 
+    is_relay = False
+
     def deliver(self, publication: EncodedPublication) -> None:
         if self.failing:
             raise RuntimeError("this subscriber fails on purpose")

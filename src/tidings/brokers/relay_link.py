@@ -47,6 +47,7 @@ from tidings.client.frames import (
 )
 from tidings.core.backoff import Backoff
 from tidings.core.channel import ChannelName
+from tidings.core.node_call import RELAY_HEADER
 from tidings.core.publication import Position, Publication
 from tidings.core.wire import PublicationFrame, encode_json
 from tidings.errors import RequestError
@@ -249,7 +250,11 @@ class WebSocketLink:
         token = self._token()
         async with connect(
             self.url,
-            additional_headers={"Authorization": f"Bearer {token}"} if token else None,
+            # Saying it is a relay puts this link first in the upstream's fan-out.
+            additional_headers={
+                RELAY_HEADER: "1",
+                **({"Authorization": f"Bearer {token}"} if token else {}),
+            },
             max_size=MAX_FRAME_BYTES,
             open_timeout=OPEN_TIMEOUT_S,
             close_timeout=CLOSE_TIMEOUT_S,

@@ -26,6 +26,7 @@ from tidings.client.http import request_error
 from tidings.client.sse import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, EventStreamDecoder
 from tidings.core.backoff import Backoff
 from tidings.core.channel import ChannelName
+from tidings.core.node_call import RELAY_HEADER
 from tidings.core.publication import Position
 from tidings.core.wire import PublicationFrame
 
@@ -43,7 +44,8 @@ class SseLink:
         (called for each stream) as a bearer token."""
         self.url = base_url
         self._token = token
-        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        # Saying it is a relay puts this link first in the upstream's fan-out.
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache", RELAY_HEADER: "1"}
         timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
         self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
         self._listener: UpstreamListener | None = None

@@ -28,6 +28,9 @@ from urllib.parse import parse_qsl, urlencode
 from tidings.errors import Unauthorized
 
 NODE_AUTH_HEADER: Final = "tidings-node-auth"
+# A relay's upstream connection (WebSocket handshake, SSE request) says it is one: a
+# node delivers to relays before its other subscribers (docs/protocol.md §10).
+RELAY_HEADER: Final = "tidings-relay"
 MIN_CLUSTER_SECRET_BYTES: Final = 32
 # Nodes' clocks may differ by this much (NTP keeps them far closer); a call older than
 # this is refused as a replay.

@@ -39,6 +39,12 @@ class Subscriber(Protocol):
         connection; a poll watch counts the long polls waiting on it, maybe none)."""
         ...
 
+    @property
+    def is_relay(self) -> bool:
+        """Whether this subscriber is a relay's link: it is delivered to first, since
+        its own subscribers wait for it (a relay level adds a hop, not a fan-out)."""
+        ...
+
     def deliver(self, publication: EncodedPublication) -> None:
         """Queue a publication of a subscribed channel."""
         ...
@@ -107,7 +113,12 @@ class SubscriptionRegistry:
         if subscriber in subscriptions:
             return None
         subscription = Subscription(channel, subscriber)
-        subscriptions[subscriber] = subscription
+        if subscriber.is_relay and subscriptions:
+            # Relays first in the fan-out (dicts keep insertion order); relays are few,
+            # so rebuilding the channel's dict once per relay costs little.
+            self._by_channel[channel] = {subscriber: subscription, **subscriptions}
+        else:
+            subscriptions[subscriber] = subscription
         return subscription
 
     def remove(self, channel: ChannelName, subscriber: Subscriber) -> Subscription | None:

@@ -58,6 +58,7 @@ class StreamConnection(ABC):
         "_out",
         "client_id",
         "credentials",
+        "is_relay",
         "last_sent_s",
         "peer",
         "subscriptions",
@@ -70,6 +71,8 @@ class StreamConnection(ABC):
         self.credentials: Credentials = ANONYMOUS
         self.subscriptions: set[ChannelName] = set()
         self.peer: tuple[str, int] | None = None  # the client's address, for the log
+        # A relay's upstream link (its request said so): delivered to first (hub).
+        self.is_relay = False
         self._closing: tuple[int, str] | None = None
         self._expiry: Deadline | None = None
         # Requested bytes still pending: exempt from the slow-consumer bound.

@@ -37,6 +37,7 @@ from starlette.types import Receive, Scope, Send
 
 from tidings.core.channel import ChannelName
 from tidings.core.cursor import encode_cursor
+from tidings.core.node_call import RELAY_HEADER
 from tidings.core.publication import Position, Publication
 from tidings.core.resume import parse_channel_list, resume_positions
 from tidings.core.wire import EncodedPublication, encode_json
@@ -222,6 +223,7 @@ class SseTransport:
             await preflight_response(origin, context.allowed_origins)(scope, receive, send)
             return
         session = SseSession(context, scope, send)
+        session.is_relay = headers.get(RELAY_HEADER) == "1"
         admission = self._admission
         try:
             access = admission.check_origin(origin, headers.get("host"), scope["scheme"])

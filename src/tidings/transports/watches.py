@@ -102,6 +102,9 @@ class Watch:
         """Clients this subscriber stands for: its waiting long polls (hub counts)."""
         return len(self.waiters)
 
+    # Polls are answered from the watch's view, never ahead of a relay's link.
+    is_relay = False
+
     def deliver(self, publication: EncodedPublication) -> None:
         """Advance the view and wake the long polls parked here (hub fan-out)."""
         view = self.view

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 from starlette.types import Receive, Scope, Send
 
 from tidings.core import commands as cmd
+from tidings.core.node_call import RELAY_HEADER
 from tidings.core.permission import Credentials, check_publish, check_subscribe
 from tidings.core.publication import ClientInfo
 from tidings.core.rate import TokenBucket
@@ -176,6 +177,7 @@ class WebSocketSession(StreamConnection):
             await self._send({"type": "websocket.close", "code": close.code})
             return False, None
         await self._send({"type": "websocket.accept"})
+        self.is_relay = headers.get(RELAY_HEADER) == "1"
         return True, _handshake_token(scope, headers)
 
     async def _authenticate(self, token: str | None) -> None:
