@@ -30,6 +30,10 @@ from tests.support.server import ServerProcess, free_port, start_server
 from tests.support.ws import WsClient, ws_client
 from tidings.brokers.ring.etcd import EtcdGateway
 from tidings.brokers.ring.membership import RingView, read_ring_view
+from tidings.client import GapNotice, Subscription
+from tidings.client.backoff import Backoff
+from tidings.core.channel import ChannelName
+from tidings.core.publication import Publication
 from tidings.core.ring import HashRing
 
 API_KEY: Final = "ring-failures-api-key"
@@ -359,3 +363,62 @@ async def test_a_key_that_comes_back_after_its_owner_died_is_not_resumed_across_
         finally:
             for server in servers.values():
                 server.kill()
+
+
+async def test_a_client_sent_to_an_owner_that_died_finds_the_next_owner(
+    tmp_path: Path,
+) -> None:
+    # The client was given node b, which sent it to a, the owner; a dies. The client
+    # does not knock at a for ever: it asks b again, which (once a's lease expired)
+    # serves the channel itself, in a new epoch, and says so.
+    with etcd_cluster(tmp_path, 1) as cluster:
+        env = {"TIDINGS_RING_ETCD": cluster.members[0].client_url}
+        servers = await start_nodes(
+            ("a", "b"), {**env, "TIDINGS_RING_PREFIX": PREFIX, "TIDINGS_RING_TTL": "2s"}
+        )
+        a, b = servers["a"], servers["b"]
+        try:
+            async with httpx.AsyncClient(timeout=5.0) as client:
+                await until(lambda: routes_agree(client, servers), "both nodes route alike")
+                channel = owned_channel(servers, "a")
+                subscription = Subscription(
+                    b.http_url,
+                    [channel],
+                    transport="ws",
+                    backoff=Backoff(base_s=0.05, cap_s=0.5),
+                )
+                async with subscription as sub:
+                    await until(
+                        lambda: _has_position(sub, channel), "the client is subscribed at a"
+                    )
+                    assert (await publish(client, a, channel, {"n": 0})).status_code == 200
+                    first = await _next_event(sub)
+                    assert isinstance(first, Publication)
+                    a.kill()
+
+                    async def served_by_b() -> bool:
+                        answer = await client.get(
+                            f"{b.http_url}/route", params={"channel": channel}
+                        )
+                        return bool(answer.json()["url"] == b.http_url)
+
+                    await until(served_by_b, "b serves a's channel once a's lease expired")
+                    gap = await _next_event(sub)
+                    assert isinstance(gap, GapNotice)  # told, never a silent gap
+                    answer = await publish(client, b, channel, {"n": 1})
+                    assert answer.status_code == 200, answer.text
+                    moved = await _next_event(sub)
+                    assert isinstance(moved, Publication)
+                    assert moved.data == b'{"n":1}'
+        finally:
+            for server in servers.values():
+                server.kill()
+
+
+async def _has_position(sub: Subscription, channel: str) -> bool:
+    return ChannelName(channel) in sub.positions
+
+
+async def _next_event(sub: Subscription) -> object:
+    async with asyncio.timeout(CONDITION_TIMEOUT_S):
+        return await anext(sub)

@@ -101,6 +101,9 @@ TransportChoice = Literal["auto", "ws", "sse", "longpoll", "poll"]
 Since = Mapping[ChannelName, Position] | Mapping[str, Position]
 AUTO_TRANSPORTS: Final[tuple[TransportName, ...]] = ("ws", "sse", "longpoll")
 EVENT_QUEUE_SIZE: Final = 1024
+# Connections in a row that never opened to the node owner routing sent a group to,
+# after which the group goes back to the node the subscription was given.
+OWNER_UNREACHABLE_ATTEMPTS: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +280,7 @@ class Subscription:
             route = TransportRoute(self._candidates, auto=self._choice == "auto")
             backoff = copy.copy(self._backoff)
             backoff.reset()
+            unreachable = 0  # connections in a row that never opened
             while True:
                 connector = connectors[route.current]
                 self.transport = connector.name
@@ -290,6 +294,22 @@ class Subscription:
                 if attempt.subscribed:
                     self._redirects.receive_served(group.tracker.channels)
                     backoff.reset()
+                unreachable = 0 if attempt.connected else unreachable + 1
+                if unreachable >= OWNER_UNREACHABLE_ATTEMPTS and group.url != self.server_url:
+                    # The owner this group was sent to no longer answers (it died): ask
+                    # the node first given again, which sends the channels to their
+                    # owner now (docs/protocol.md §9), instead of knocking for ever.
+                    logger.info(
+                        "%s does not answer; asking %s for the owner again",
+                        group.url,
+                        self.server_url,
+                    )
+                    # Not a redirect of a node's: it starts the channels' count afresh
+                    # (while the ring still names the dead owner, the bounce repeats,
+                    # at the pace of the connections' backoff).
+                    self._redirects.receive_served(group.tracker.channels)
+                    self._follow(group, dict.fromkeys(group.tracker.channels, self.server_url))
+                    return
                 if isinstance(failure, Redirected):
                     moves = failure.moves
                     if not moves and failure.url is not None:
