@@ -20,7 +20,6 @@ from starlette.routing import BaseRoute, Mount, Route, Router, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
 from tidings.brokers.base import (
-    AdoptingStore,
     Broker,
     NodeCommand,
     NodeControl,
@@ -28,7 +27,7 @@ from tidings.brokers.base import (
     PublishResult,
 )
 from tidings.brokers.factory import create_broker
-from tidings.brokers.memory import LocalNodeControl, MemoryBroker, presence_store_of
+from tidings.brokers.memory import LocalNodeControl, presence_store_of
 from tidings.core.channel import ChannelName, parse_channel
 from tidings.core.commands import publication_data
 from tidings.core.dedupe import CLIENT_KEY_MARK, DedupeOptions
@@ -46,8 +45,6 @@ from tidings.server.auth import Authenticator
 from tidings.server.demo import DemoBackend, prepare_demo
 from tidings.server.forwarding import OwnerLink
 from tidings.server.front import About, OriginCheckedStatic, front_page, health_response
-from tidings.server.handover import HANDOVER_PATH, Handover
-from tidings.server.handover_broker import HandoverBroker
 from tidings.server.heartbeat import run_heartbeats
 from tidings.server.hot_channels import HotChannelWindows, channel_heat_for
 from tidings.server.key_ownership import KeyHooks, KeyOwnership
@@ -55,9 +52,10 @@ from tidings.server.keys import JwksKeys, load_public_key
 from tidings.server.load_agent import LoadAgent
 from tidings.server.metrics import Metrics
 from tidings.server.native.routes import NativeRoutes
-from tidings.server.ring_fence import RingFence, readiness
+from tidings.server.ring_fence import readiness
 from tidings.server.ring_moves import RingMover
-from tidings.server.routing import RingMember, RouteEndpoint, placement_of
+from tidings.server.ring_node import NodeRing
+from tidings.server.routing import RouteEndpoint, placement_of
 from tidings.server.settings import Settings
 from tidings.server.status import (
     StaticAssets,
@@ -112,40 +110,6 @@ def authenticator_for(settings: Settings, jwks: JwksKeys | None) -> Authenticato
     )
 
 
-def _handover_of(
-    settings: Settings,
-    placement: FollowingPlacement | None,
-    broker: Broker,
-    link: Callable[[], OwnerLink],
-    mover: RingMover,
-    *,
-    keys: KeyOwnership,
-) -> tuple[Broker, Handover | None]:
-    """Return the broker the hub uses and the node's hand-over: ``broker`` and none but
-    for a ring in etcd over a store that can adopt channels (memory, sqlite), with a
-    ``cluster_secret`` to sign the hand-over's calls (without one the new owners start
-    the channels they gain afresh: clients resuming there hear ``recovered: false``)."""
-    if (
-        settings.ring_etcd is None
-        or settings.cluster_secret is None
-        or placement is None
-        or not isinstance(broker, AdoptingStore)
-    ):
-        return broker, None
-    timeout_s = settings.handover_timeout_s
-    ring_broker = HandoverBroker(broker, placement, link, timeout_s=timeout_s)
-    handover = Handover(
-        settings.node_id,
-        placement,
-        ring_broker,
-        link,
-        mover,
-        timeout_s=timeout_s,
-        release=keys.release_where,
-    )
-    return ring_broker, handover
-
-
 class TidingsApp:
     """A tidings node as an ASGI application."""
 
@@ -183,39 +147,28 @@ class TidingsApp:
         broker = broker or broker_for(settings)
         # The application's per-key state: its handler told of keys gained and lost.
         self.keys = KeyOwnership(placement, settings.namespace_table(), key_hooks)
-        # A ring in etcd over a store that can adopt channels hands them over between
-        # owners in its transitions (``server.handover``), with its broker's roles.
-        node_broker, self._handover = _handover_of(
-            settings, following, broker, lambda: self._owner_link, self.ring_mover, keys=self.keys
+        # The ring in etcd: membership, hand-over, and the broker the hub uses.
+        self._ring = NodeRing(
+            settings,
+            placement,
+            broker,
+            lambda: self._owner_link,
+            mover=self.ring_mover,
+            keys=self.keys,
         )
-        # The ring in etcd (``ring_etcd``): joined at start, left when the node drains.
-        self._ring_member = (
-            RingMember(
-                settings,
-                following,
-                self._on_ring,
-                self._handover,
-                on_lease_lost=self._on_lease_lost,
-                on_gain=self._on_gain,
-            )
-            if settings.ring_etcd is not None and following is not None
-            else None
-        )
+        self._handover = self._ring.handover
+        self._ring_member = self._ring.member
         # Metrics time the broker's calls by wrapping it; the hub never knows.
         self.metrics = Metrics(self.sessions)
-        self._local_store = broker
         # Presence is the broker's own store (its connections), taken before metering
         # wraps the broker; one that keeps none serves this node alone.
         heat = channel_heat_for(settings)
-        # A member of the ring in etcd sequences its channels only while its lease is
-        # confirmed (``server.ring_fence``). Keys are gained before the broker serves
-        # them: the wait is not the broker's time.
-        member = self._ring_member
+        # Keys are gained before the broker serves them: the wait is not the broker's time.
         self.hub = Hub(
-            self.keys.watched(self.metrics.metered(node_broker)),
+            self.keys.watched(self.metrics.metered(self._ring.broker)),
             presence or presence_store_of(broker),
             heat=heat,
-            fence=None if member is None else RingFence(placement, member),
+            fence=self._ring.fence(),
         )
         self._hot_windows = (
             None if heat is None else HotChannelWindows(heat, settings.hot_channel_window_s)
@@ -292,11 +245,7 @@ class TidingsApp:
                 Route("/status", status_page(self.status.channel, self.about), methods=["GET"]),
                 Mount("/static", OriginCheckedStatic(StaticAssets(), settings.allowed_origins)),
                 *api.routes(),
-                *(
-                    [Route(HANDOVER_PATH, self._handover.receive, methods=["POST"])]
-                    if self._handover is not None
-                    else []
-                ),
+                *self._ring.routes(),
                 *(self._demo.routes() if self._demo else []),
             ]
         )
@@ -538,41 +487,6 @@ class TidingsApp:
         if self._owner_link.has_ring:  # the owner sequences: maybe another node
             return await self._api.publish_from_process(channel, data, key)
         return await self.hub.publish(channel, data, key=key)
-
-    # -- a new ring (etcd) -------------------------------------------------------------
-
-    def _on_ring(self) -> None:
-        """A new ring reached the placement: lose the application's keys it gives to
-        other nodes (their state is saved), then move the connections it sends elsewhere."""
-        self.keys.receive_ring(then=self.ring_mover.receive_ring)
-
-    def _on_lease_lost(self) -> None:
-        """etcd let this node's lease expire: its channels went to other nodes, which
-        sequenced them since. Its own history of them is stale; start them anew, in a
-        new epoch, so that no client resumes across the gap (``recovered: false``)."""
-        store = self._local_store
-        if isinstance(store, MemoryBroker):
-            store.start_new_epoch()
-            logger.warning(
-                "node %s lost its lease in etcd: its channels start in a new epoch",
-                self.context.node_id,
-            )
-        else:
-            logger.warning(
-                "node %s lost its lease in etcd, and its %s broker cannot start a new "
-                "epoch: clients resuming here may miss what other nodes sequenced meanwhile",
-                self.context.node_id,
-                type(store).__name__,
-            )
-
-    def _on_gain(self, gained: Callable[[ChannelName], bool]) -> None:
-        """A new ring gave this node channels another node sequenced meanwhile: what it
-        holds of them is stale; restart them in a new epoch (``core.ring_gains``)."""
-        store = self._local_store
-        if isinstance(store, MemoryBroker):
-            restarted = store.restart_channels(gained)
-            if restarted:
-                logger.info("%d channels gained from another node start in a new epoch", restarted)
 
     # -- commands from other nodes (and this one) ---------------------------------------
 
