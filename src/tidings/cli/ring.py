@@ -21,6 +21,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -89,17 +90,35 @@ def status(
     click.echo(_text_of(answer))
 
 
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def _planned_change_options(node_help: str) -> Callable[[F], F]:
+    """The options of ``join`` and ``leave``: the configuration, ``--node`` (helped by
+    ``node_help``), ``--timeout`` and ``-v``."""
+
+    def decorate(command: F) -> F:
+        options = [
+            config_option,
+            click.option("--node", "node_id", required=True, help=node_help),
+            click.option(
+                "--timeout",
+                "timeout",
+                default="120s",
+                show_default=True,
+                help="How long to wait for a transition under way, then for this one to be final.",
+            ),
+            verbose_option,
+        ]
+        for option in reversed(options):  # as if stacked as decorators, in this order
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @ring.command("join")
-@config_option
-@click.option("--node", "node_id", required=True, help="The member to bring into the ring.")
-@click.option(
-    "--timeout",
-    "timeout",
-    default="120s",
-    show_default=True,
-    help="How long to wait for a transition under way, then for this one to be final.",
-)
-@verbose_option
+@_planned_change_options("The member to bring into the ring.")
 @click.pass_context
 def join(
     context: click.Context, *, config_file: Path | None, node_id: str, timeout: str, verbose: bool
@@ -117,16 +136,7 @@ def join(
 
 
 @ring.command("leave")
-@config_option
-@click.option("--node", "node_id", required=True, help="The node to take out of the ring.")
-@click.option(
-    "--timeout",
-    "timeout",
-    default="120s",
-    show_default=True,
-    help="How long to wait for a transition under way, then for this one to be final.",
-)
-@verbose_option
+@_planned_change_options("The node to take out of the ring.")
 @click.pass_context
 def leave(
     context: click.Context, *, config_file: Path | None, node_id: str, timeout: str, verbose: bool
