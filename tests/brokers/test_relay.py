@@ -320,6 +320,23 @@ async def test_a_regions_link_cut_and_restored_loses_and_repeats_nothing(
         assert positions(next_one) == positions([last])
 
 
+async def publish_past_history_while_cut(
+    http: httpx.AsyncClient,
+    link: TcpProxy,
+    origin: ServerProcess,
+    relay: ServerProcess,
+    channel: str,
+) -> list[Frame]:
+    """Cut the relay's link, publish at the origin more than its history keeps (what the
+    relay missed is evicted), give the link back; return what was published."""
+    link.stall()
+    link.cut()
+    await wait_for_ready(http, relay, 503)
+    made = await publish_many(http, origin, channel, 2 * SMALL_HISTORY)
+    link.resume()
+    return made
+
+
 async def test_a_client_hears_recovered_false_only_when_the_origin_lost_what_it_missed(
     tmp_path: Path,
 ) -> None:
@@ -332,11 +349,7 @@ async def test_a_client_hears_recovered_false_only_when_the_origin_lost_what_it_
             client, _ = await subscribed(stack, relay, channel)
             made = await publish_many(http, origin, channel, 2)
             await client.publications(2)
-            link.stall()
-            link.cut()
-            await wait_for_ready(http, relay, 503)
-            made += await publish_many(http, origin, channel, 2 * SMALL_HISTORY)  # evicts
-            link.resume()
+            made += await publish_past_history_while_cut(http, link, origin, relay, channel)
             await wait_for_ready(http, relay, 200)
             made.append(await publish(http, origin, channel, 99))
             # The relay's hub sees the hole and tells the client to resume (4504).
@@ -363,11 +376,7 @@ async def test_a_gap_upstream_reaches_a_relays_clients_when_the_link_returns(
             client, _ = await subscribed(stack, relay, channel)
             made = await publish_many(http, origin, channel, 2)
             await client.publications(2)
-            link.stall()
-            link.cut()
-            await wait_for_ready(http, relay, 503)
-            made += await publish_many(http, origin, channel, 2 * SMALL_HISTORY)  # evicts
-            link.resume()
+            made += await publish_past_history_while_cut(http, link, origin, relay, channel)
             code = await client.wait_closed(WAIT_S)
             _, resumed = await subscribed(
                 stack, relay, channel, since={"epoch": made[1]["epoch"], "offset": 2}
