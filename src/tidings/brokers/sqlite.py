@@ -8,7 +8,8 @@ is read from memory. Publications are written to disk in batches (group commit) 
 publish returns only once its row is committed: offsets, epochs, history and
 idempotency keys outlive the process, and a client resuming after a restart is given
 exactly what it missed. The file itself (schema, SQL, loads and writes) is
-``sqlite_store``; this module sequences, batches and delivers.
+``sqlite_store``, the group commit (batches, and what is visible when) ``sqlite_commit``,
+the thread doing the disk I/O ``sqlite_writer``; this module sequences and delivers.
 
 Durability (``durability``). With ``"full"``, the default, SQLite runs
 ``synchronous=FULL``: each group commit fsyncs the WAL before its publishers are
@@ -52,16 +53,13 @@ written again.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final
 
 from tidings.brokers.base import (
     HistoryRead,
@@ -69,14 +67,16 @@ from tidings.brokers.base import (
     PublishResult,
 )
 from tidings.brokers.memory import LocalNode, LocalNodeControl, LocalPresence, random_epoch
+from tidings.brokers.sqlite_commit import GroupCommit, LoadedChannel
 from tidings.brokers.sqlite_store import DURABILITIES, Durability, SqliteStore, StoredChannel
+from tidings.brokers.sqlite_writer import SqliteWriter
 from tidings.clock import Clock, SystemClock
 from tidings.core.channel import ChannelName
 from tidings.core.channel_log import ChannelLog, Duplicate, plan_adoption
 from tidings.core.dedupe import DedupeOptions, DedupeWindow, dedupe_key
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import ClientInfo, Position, Publication
-from tidings.core.recovery import Gap, GapReason, Replay, decide_recovery
+from tidings.core.recovery import Replay, decide_recovery
 from tidings.errors import BrokerError, ConfigError
 
 # DURABILITIES and Durability are the store's, offered here too: callers configure the broker.
@@ -84,134 +84,14 @@ __all__ = ["DB_FILE_NAME", "DURABILITIES", "Durability", "SqliteBroker"]
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 DB_FILE_NAME: Final = "tidings.db"
 # ``is_ready`` asks the writer thread: a file stuck behind a stalled disk is not ready.
 PROBE_TIMEOUT_S: Final = 1.0
 SWEEP_INTERVAL_S: Final = 60.0
 
-
-# Theory of operation: the group commit.
-#
-# Sequencing is synchronous on the event loop: ``ChannelLog.append`` gives the next
-# offset, and the publication joins the *open batch*. At most one batch is *in flight*
-# (being written by the writer thread, in one transaction). When it commits, its
-# publications become visible (``committed_offset`` advances, subscribed ones go to
-# ``on_publication``), its publishers' ``publish`` calls return, and the open batch,
-# holding everything published meanwhile, is handed off as the next single transaction.
-# A batch opened while nothing is in flight is handed off on the next loop iteration,
-# so publishes made in one iteration share one transaction.
-#
-# What is durable when: a publication is durable once its batch's COMMIT returned
-# (``durability="full"``: the WAL was fsynced, it survives a power loss; ``"fast"``:
-# it survives a crash of this process, and a power loss may roll back the last
-# transactions before a checkpoint, which the unsynced mark turns into new epochs at
-# the next open). Until then nobody sees it:
-# ``publish`` has not returned, history is clipped to ``committed_offset``, a duplicate
-# of its key waits for the commit, and it is not delivered. So no client ever holds an
-# offset that a crash could reissue with other data.
-#
-# Order: batches are written and completed strictly one after another, and within a
-# batch publications are in append order, so per channel the stored order and the
-# delivered order are the offset order, whatever the concurrency of publishers.
-#
-# Failure: if a transaction fails, its publications were sequenced in memory but are
-# not stored, and the open batch was sequenced after them. Both batches fail with
-# ``BrokerError`` and every loaded channel is dropped, to be reloaded from the file
-# (the truth) on next touch, so offsets stay gap-free. As history is clipped to
-# committed offsets, no reader saw the lost ones.
-#
 # Loading: a channel is loaded only while it is not in memory, hence while it has no
-# publication pending, so what the writer thread reads is its whole state. Loads and
-# writes run in one thread in submission order.
-
-
-class _Channel:
-    """A loaded channel: its log, the keys stored before its retained history, and how
-    far its publications are committed."""
-
-    __slots__ = ("committed_offset", "earlier_keys", "log")
-
-    def __init__(self, log: ChannelLog, earlier_keys: DedupeWindow) -> None:
-        self.log = log
-        # Keys of publications no longer retained but inside the dedupe window: the log's
-        # own window only learns keys from the publications restored into it.
-        self.earlier_keys = earlier_keys
-        self.committed_offset = log.head_offset
-
-    def read(self, since: Position | None, limit: int | None, now_ms: int) -> HistoryRead:
-        """Read the committed part of the channel (``Broker.history``)."""
-        log = self.log
-        committed = self.committed_offset
-        head = Position(log.epoch, committed)
-        pending = log.head_offset - committed
-        if since is None:
-            if not pending:
-                return HistoryRead(head, Replay(log.latest(now_ms, limit)))
-            wanted = None if limit is None else limit + pending
-            publications = tuple(p for p in log.latest(now_ms, wanted) if p.offset <= committed)
-            if limit is not None:
-                publications = publications[max(0, len(publications) - limit) :]
-            return HistoryRead(head, Replay(publications))
-        if since.epoch == log.epoch and committed < since.offset <= log.head_offset:
-            # Only an uncommitted offset lies there, which no client can have been given.
-            return HistoryRead(head, Gap(GapReason.AHEAD_OF_HEAD))
-        recovery = log.since(since, now_ms, limit)
-        if pending and isinstance(recovery, Replay):
-            recovery = Replay(tuple(p for p in recovery.publications if p.offset <= committed))
-        return HistoryRead(head, recovery)
-
-
-class _Batch:
-    """Publications written in one transaction, and the future their publishers await."""
-
-    __slots__ = ("done", "publications")
-
-    def __init__(self, done: asyncio.Future[None]) -> None:
-        self.done = done
-        self.publications: list[Publication] = []
-
-
-class _Writer:
-    """One thread running blocking jobs in submission order."""
-
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
-        """Queue ``fn`` for the thread; return a future of its result on the running loop."""
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def job() -> None:
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn())
-                except Exception as exc:  # handed to the awaiting side
-                    future.set_exception(exc)
-
-        self._jobs.put(job)
-        return asyncio.wrap_future(future, loop=asyncio.get_running_loop())
-
-    def stop(self) -> None:
-        """End the thread once the queued jobs ran, and wait for it to return."""
-        self._jobs.put(None)
-        # The caller awaited the last job already: the thread is only returning.
-        self._thread.join()
-
-    def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            job()
-
-
-async def _run(writer: _Writer, fn: Callable[[], T], what: str) -> T:
-    """Run ``fn`` in the writer thread and await it; backend errors become ``BrokerError``."""
-    try:
-        return await asyncio.shield(writer.submit(fn))
-    except (sqlite3.Error, OSError) as exc:
-        raise BrokerError(f"{what} failed: {exc}") from exc
+# publication pending (``sqlite_commit``), so what the writer thread reads is its whole
+# state. Loads and writes run in one thread in submission order (``sqlite_writer``).
 
 
 class SqliteBroker(LocalNode):
@@ -252,15 +132,14 @@ class SqliteBroker(LocalNode):
         self._dedupe = dedupe or DedupeOptions()
         self._epoch_factory = epoch_factory
         self._store = SqliteStore(self._file, namespaces, self._dedupe)
-        self._writer: _Writer | None = None
+        self._writer: SqliteWriter | None = None
         self._closing: asyncio.Future[None] | None = None
         self._epoch = ""  # the database's epoch, read on start
-        self._channels: dict[ChannelName, _Channel] = {}
+        self._channels: dict[ChannelName, LoadedChannel] = {}
         self._loading: dict[ChannelName, asyncio.Future[StoredChannel | None]] = {}
         self._subscribed: set[ChannelName] = set()
         self._on_publication: PublicationHandler | None = None
-        self._open_batch: _Batch | None = None
-        self._in_flight: _Batch | None = None
+        self._group_commit = GroupCommit(self._write, self._committed, self._failed)
         self._presence = LocalPresence()
         self._control = LocalNodeControl()
         self._sweep_interval_s = sweep_interval_s
@@ -276,10 +155,9 @@ class SqliteBroker(LocalNode):
         if self._closing is not None:
             raise BrokerError(f"the sqlite broker on {self._file} was closed; make a new one")
         if self._writer is None:
-            writer = _Writer(f"tidings-sqlite {self._file}")
+            writer = SqliteWriter(f"tidings-sqlite {self._file}")
             try:
-                self._epoch, renewed = await _run(
-                    writer,
+                self._epoch, renewed = await writer.run(
                     partial(self._store.open, self._epoch_factory(), self._durability),
                     f"opening {self._file}",
                 )
@@ -314,9 +192,9 @@ class SqliteBroker(LocalNode):
             self._sweeper = None
         try:
             if writer is not None:
-                await self._flush()
+                await self._group_commit.flush()
                 try:
-                    await _run(writer, self._store.close, f"closing {self._file}")
+                    await writer.run(self._store.close, f"closing {self._file}")
                 finally:
                     writer.stop()
                 logger.info("sqlite broker closed %s", self._file)
@@ -325,14 +203,6 @@ class SqliteBroker(LocalNode):
             self._on_publication = None
             self._channels.clear()
             closing.set_result(None)
-
-    async def _flush(self) -> None:
-        """Wait until every publication made so far is committed (or failed)."""
-        last = self._open_batch or self._in_flight
-        if last is not None:
-            # A failed batch was already raised to its publishers and logged.
-            with contextlib.suppress(BrokerError):
-                await asyncio.shield(last.done)
 
     async def publish(
         self,
@@ -360,11 +230,11 @@ class SqliteBroker(LocalNode):
         if isinstance(outcome, Duplicate):
             if outcome.position.offset > state.committed_offset:
                 # The original is not committed yet: answer only once it is.
-                pending = self._open_batch or self._in_flight
+                pending = self._group_commit.pending()
                 assert pending is not None, "an uncommitted offset is in a batch"
-                await asyncio.shield(pending.done)
+                await asyncio.shield(pending)
             return PublishResult(outcome.position, duplicate=True)
-        await asyncio.shield(self._enqueue(outcome.publication))
+        await asyncio.shield(self._group_commit.enqueue(outcome.publication))
         return PublishResult(outcome.publication.position)
 
     async def history(
@@ -392,7 +262,7 @@ class SqliteBroker(LocalNode):
             BrokerError: the broker is not open, or reading the file failed.
         """
         writer = self._check_open()
-        stored = await _run(writer, self._store.channel_names, "listing channels")
+        stored = await writer.run(self._store.channel_names, "listing channels")
         return sorted({*stored, *self._channels})
 
     async def adopt(
@@ -413,19 +283,19 @@ class SqliteBroker(LocalNode):
         writer = self._check_open()
         state = await self._channel(channel, create=False)
         if state is not None and state.committed_offset != state.log.head_offset:
-            await self._flush()  # its own publications first: the plan reads a settled head
+            # Its own publications first: the plan reads a settled head.
+            await self._group_commit.flush()
             state = await self._channel(channel, create=False)
         plan = plan_adoption(None if state is None else state.log.head, epoch, publications, top)
         if plan.restart_at is not None:
-            await _run(
-                writer,
+            await writer.run(
                 partial(self._store.restart, channel, epoch, plan.restart_at),
                 f"adopting channel {channel}",
             )
             self._check_open()
             history = self._namespaces.options_for(channel).history
             log = ChannelLog(channel, epoch, history, self._dedupe, plan.restart_at)
-            state = self._channels[channel] = _Channel(log, DedupeWindow(self._dedupe))
+            state = self._channels[channel] = LoadedChannel(log, DedupeWindow(self._dedupe))
         assert state is not None  # plan_adoption restarts a channel not held
         if not plan.publications:
             return Position(state.log.epoch, state.committed_offset)
@@ -433,7 +303,7 @@ class SqliteBroker(LocalNode):
         done: asyncio.Future[None] | None = None
         for publication in plan.publications:
             state.log.restore(publication, now_ms)
-            done = self._enqueue(publication)
+            done = self._group_commit.enqueue(publication)
         assert done is not None
         await asyncio.shield(done)
         return Position(state.log.epoch, plan.head)
@@ -480,7 +350,7 @@ class SqliteBroker(LocalNode):
                 del self._channels[channel]
                 unloaded.append((channel, log.head_offset))
         if unloaded:
-            await _run(writer, partial(self._store.trim, unloaded, now_ms), "trimming history")
+            await writer.run(partial(self._store.trim, unloaded, now_ms), "trimming history")
         return len(unloaded)
 
     async def _sweep_forever(self) -> None:
@@ -495,12 +365,12 @@ class SqliteBroker(LocalNode):
             except Exception:  # a bug here must not end the sweeps, nor the node
                 logger.exception("sweeping idle channels failed")
 
-    def _check_open(self) -> _Writer:
+    def _check_open(self) -> SqliteWriter:
         if self._writer is None or self._closing is not None:
             raise BrokerError(f"the sqlite broker on {self._file} is not open")
         return self._writer
 
-    async def _channel(self, channel: ChannelName, *, create: bool) -> _Channel | None:
+    async def _channel(self, channel: ChannelName, *, create: bool) -> LoadedChannel | None:
         """Return the loaded ``channel``, loading it first; a new one only with ``create``."""
         state = self._channels.get(channel)
         if state is None:
@@ -523,7 +393,7 @@ class SqliteBroker(LocalNode):
             if state is None and create:
                 history = self._namespaces.options_for(channel).history
                 log = ChannelLog(channel, self._epoch, history, self._dedupe)
-                state = self._channels[channel] = _Channel(log, DedupeWindow(self._dedupe))
+                state = self._channels[channel] = LoadedChannel(log, DedupeWindow(self._dedupe))
         return state
 
     def _loaded(self, channel: ChannelName, loading: asyncio.Future[StoredChannel | None]) -> None:
@@ -544,52 +414,21 @@ class SqliteBroker(LocalNode):
         earlier_keys = DedupeWindow(self._dedupe)
         for key, offset, ts in stored.earlier_keys:
             earlier_keys.remember(key, offset, ts)
-        self._channels[channel] = _Channel(log, earlier_keys)
+        self._channels[channel] = LoadedChannel(log, earlier_keys)
 
-    def _enqueue(self, publication: Publication) -> asyncio.Future[None]:
-        """Add ``publication`` to the open batch; return the future of its commit."""
-        batch = self._open_batch
-        if batch is None:
-            loop = asyncio.get_running_loop()
-            batch = self._open_batch = _Batch(loop.create_future())
-            if self._in_flight is None:
-                # Let the publishes already scheduled in this iteration join the batch.
-                loop.call_soon(self._hand_off)
-        batch.publications.append(publication)
-        return batch.done
-
-    def _hand_off(self) -> None:
-        """Send the open batch to the writer thread, unless a transaction is in flight."""
-        batch = self._open_batch
-        if batch is None or self._in_flight is not None:
-            return
+    def _write(self, publications: list[Publication]) -> asyncio.Future[None]:
+        """Start writing a batch in the writer thread (``GroupCommit``)."""
         writer = self._writer
         assert writer is not None, "close flushes batches before stopping the writer"
-        self._open_batch = None
-        self._in_flight = batch
-        written = writer.submit(
-            partial(self._store.write, batch.publications, self._clock.now_ms())
-        )
-        written.add_done_callback(partial(self._written, batch))
+        return writer.submit(partial(self._store.write, publications, self._clock.now_ms()))
 
-    def _written(self, batch: _Batch, written: asyncio.Future[None]) -> None:
-        """Complete ``batch`` once its transaction ended, then hand off the next one."""
-        assert batch is self._in_flight
-        self._in_flight = None
-        error = written.exception() if not written.cancelled() else asyncio.CancelledError()
-        if error is None:
-            self.commits += 1
-            self._deliver(batch)
-            batch.done.set_result(None)
-        else:
-            self._fail(batch, error)
-        self._hand_off()
-
-    def _deliver(self, batch: _Batch) -> None:
+    def _committed(self, publications: Sequence[Publication]) -> None:
+        """Make a committed batch visible and deliver it (``GroupCommit``)."""
+        self.commits += 1
         handler = self._on_publication
         channels = self._channels
         subscribed = self._subscribed
-        for publication in batch.publications:
+        for publication in publications:
             channels[publication.channel].committed_offset = publication.offset
             if handler is not None and publication.channel in subscribed:
                 try:
@@ -597,12 +436,9 @@ class SqliteBroker(LocalNode):
                 except Exception:
                     logger.exception("publication handler raised in %s", publication.channel)
 
-    def _fail(self, batch: _Batch, cause: BaseException) -> None:
-        failed = [batch]
-        if self._open_batch is not None:
-            failed.append(self._open_batch)
-            self._open_batch = None
-        count = sum(len(b.publications) for b in failed)
+    def _failed(self, count: int, cause: BaseException) -> BrokerError:
+        """Drop the loaded channels after a failed batch (``GroupCommit``); return the
+        error its publishers are given."""
         logger.warning(
             "storing %d publications in %s failed; reloading channels from the file",
             count,
@@ -614,6 +450,4 @@ class SqliteBroker(LocalNode):
         self._channels.clear()
         error = BrokerError(f"storing publications in {self._file} failed: {cause}")
         error.__cause__ = cause
-        for failed_batch in failed:
-            failed_batch.done.set_exception(error)
-            failed_batch.done.exception()  # retrieved: publishers may all have gone
+        return error

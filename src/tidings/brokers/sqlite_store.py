@@ -1,12 +1,12 @@
 """The SQLite file of the ``sqlite`` broker: its schema, the SQL, loads and batched writes.
 
-Everything here is blocking and runs in the broker's one writer thread (``sqlite``: the
-group commit, the in-memory channels), never on the event loop. The file holds, per
-channel, its epoch and head offset (``channels``, rows never deleted), its retained
-publications (``publications``) and the idempotency keys still inside the dedupe window
-(``dedupe_keys``); ``meta`` holds the database's epoch and the *unsynced* mark of a
-``"fast"`` session (see "Durability" in ``sqlite``): a file found marked at open moves
-every channel to a new epoch.
+Everything here is blocking and runs in the broker's one writer thread (``sqlite_writer``;
+the group commit is ``sqlite_commit``, the in-memory channels ``sqlite``), never on the
+event loop. The file holds, per channel, its epoch and head offset (``channels``, rows
+never deleted), its retained publications (``publications``) and the idempotency keys
+still inside the dedupe window (``dedupe_keys``); ``meta`` holds the database's epoch and
+the *unsynced* mark of a ``"fast"`` session (see "Durability" in ``sqlite``): a file found
+marked at open moves every channel to a new epoch.
 """
 
 from __future__ import annotations
