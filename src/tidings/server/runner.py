@@ -40,8 +40,8 @@ from tidings.brokers.factory import MissingExtra, UnknownBroker, UnusableDataDir
 from tidings.errors import ConfigError, TidingsError
 from tidings.server.access_log import AccessLogMiddleware, TokenRedactingFilter
 from tidings.server.app import TidingsApp
-from tidings.server.native.http import MAX_PIPELINED
 from tidings.server.native.server import run_native
+from tidings.server.native.serving import MAX_PIPELINED
 from tidings.server.settings import Settings
 from tidings.sources.registry import SourceMissingExtra
 

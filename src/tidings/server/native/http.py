@@ -1,21 +1,17 @@
 """One client TCP connection of the native server: HTTP/1.1 in, the ASGI app, bytes out.
 
 I/O: an ``asyncio.Protocol`` on the event loop's transport, requests parsed by
-``httptools``. A complete request runs the ASGI application in one task (responses are
-written by ``response.ResponseWriter``), except two kinds the application's route
-table (``routes.NativeRoutes``) sends past Starlette: a request with a *door*
-(``GET /poll``), which answers or parks it at once with no task; and a run of requests
-for a *batched* handler (``POST /api/publish``), served by one task whose answers
-leave in one write. Pipelined requests wait their turn, so responses leave in request
-order. An upgrade to WebSocket hands the connection to ``websocket.NativeWebSocket``.
+``httptools``. A complete request joins the queue of pipelined requests, which
+``serving.py`` serves in turn (the ASGI application in a task, a *door* at once, or a
+run of *batched* requests in one task), so responses leave in request order. An
+upgrade to WebSocket hands the connection to ``websocket.NativeWebSocket``.
 
 Theory of operation
 -------------------
 States of a connection: reading requests (``_cycle`` is ``None``, or what serves the
 oldest request: a task or a ``PollExchange``), upgraded (``_websocket`` set: every byte
-goes to it), or closed. A request is done when its response is complete; then the next
-pipelined request is served, or the keep-alive deadline starts. A connection whose
-response did not complete cleanly is closed, never reused.
+goes to it), or closed. Between requests the keep-alive deadline runs; serving a
+request, and what follows it, is ``serving.py``'s.
 
 Answers leave in request order, refusals included (RFC 9112 §9.3.2). When the parser
 meets bytes it cannot take (a malformed request, a head or body over its limit), the
@@ -38,7 +34,6 @@ answer would only pile up in the buffer.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
@@ -46,29 +41,23 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 
-from tidings.core.digits import parse_digits
+from tidings.server.native import serving
 from tidings.server.native.poll_exchange import PollExchange
 from tidings.server.native.request import (
-    METHODS,
     RefusedRequest,
     Request,
+    check_head,
     is_unknown_method,
 )
-from tidings.server.native.response import (
-    ResponseWriter,
-    refusal_response,
-    whole_responses,
-)
-from tidings.server.native.scope import http_scope, websocket_scope
+from tidings.server.native.response import ResponseWriter, refusal_response
+from tidings.server.native.scope import websocket_scope
+from tidings.server.native.serving import MAX_PIPELINED
 from tidings.transports.deadlines import Deadline
 from tidings.transports.outbound import Outbound
 
 if TYPE_CHECKING:
-    from tidings.server.api import NativePublish
     from tidings.server.native.server import NativeServer
     from tidings.server.native.websocket import NativeWebSocket
-
-logger = logging.getLogger(__name__)
 
 KEEP_ALIVE_TIMEOUT_S: Final = 5.0
 # A request must arrive whole within this time of its first byte (against slow senders).
@@ -77,8 +66,6 @@ MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 MAX_HEAD_BYTES: Final = 64 * 1024
 # The request target: room for a poll of 64 channels of 255 characters and a cursor.
 MAX_TARGET_BYTES: Final = 32 * 1024
-# Pipelined requests read ahead of the one being served before reading pauses.
-MAX_PIPELINED: Final = 16
 # Input read ahead (heads and bodies) behind the request being served before reading
 # pauses: an SSE stream or a long poll must not hold megabytes of pipelined bodies.
 MAX_WAITING_BYTES: Final = 64 * 1024
@@ -226,7 +213,7 @@ class HttpConnection(asyncio.Protocol):
             self._drained.set_result(None)
         self.update_reading()
         if self._cycle is None and self._requests and self._websocket is None:
-            self._serve_next()  # held back while writing was paused
+            serving.serve_next(self)  # held back while writing was paused
 
     async def drain(self) -> None:
         """Return once the transport takes writes again (or the connection is gone)."""
@@ -312,20 +299,8 @@ class HttpConnection(asyncio.Protocol):
             received_s=time.perf_counter(),
         )
         self._request = request
-        if request.method not in METHODS:
-            raise RefusedRequest(
-                HTTPStatus.NOT_IMPLEMENTED, "this server implements no such method"
-            )
-        hosts = len(request.header_values(b"host"))
-        if hosts > 1 or (hosts == 0 and version != "1.0"):
-            # RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in HTTP/1.0.
-            raise RefusedRequest(HTTPStatus.BAD_REQUEST, "give exactly one Host header")
-        length = request.header(b"content-length")  # digits: the parser checked them
-        if length is not None and (parse_digits(length.decode("latin-1")) or 0) > MAX_BODY_BYTES:
-            # Refused before its body is read (and before any 100 Continue is sent).
-            raise RefusedRequest(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_BODY_BYTES:,} bytes"
-            )
+        # Refused before its body is read (and before any 100 Continue is sent).
+        check_head(request, max_body_bytes=MAX_BODY_BYTES)
         expect = request.header(b"expect")
         # Only when nothing is being answered: the interim answer must not cut into an
         # earlier request's response (the client sends the body anyway).
@@ -360,139 +335,21 @@ class HttpConnection(asyncio.Protocol):
         self._requests.append(request)
         self._queued_bytes += request.size
         if self._cycle is None:
-            self._serve_next()
+            serving.serve_next(self)
         else:
             self.update_reading()
 
-    # -- serving requests --------------------------------------------------------------
-
-    def _serve_next(self) -> None:
-        if self.closed:
-            self._cycle = None
-            return
-        if not self._requests:
-            self._cycle = None
-            self.update_reading()  # a request still arriving may have paused it
-            if self._refusal is not None:
-                self._write_refusal(self._refusal)
-            else:
-                self._arm_keep_alive()
-            return
-        if self._write_paused:
-            # The client is not reading: its next answer waits (resume_writing serves it).
-            self._cycle = None
-            return
-        self.update_reading()
-        request = self._requests[0]
-        routes = self._server.routes
-        door = routes.door_for(request.method, request.raw_path)
-        if door is not None:
-            # Answered, parked or handed back at once: most polls need no task at all.
-            exchange = self._cycle = PollExchange(self, request)
-            door(exchange)
-            return
-        batched = routes.batched_for(request.method, request.raw_path)
-        if batched is not None:
-            self._cycle = self._loop.create_task(self._serve_batched(batched))
-            return
-        self.serve_through_app(request)
-
-    def _dequeue(self) -> None:
-        """Forget the request just answered."""
-        self._queued_bytes -= self._requests[0].size
-        del self._requests[0]
-
-    async def _serve_batched(self, handler: NativePublish) -> None:
-        """Serve the run of requests for ``handler`` (``POST /api/publish``) at the head of
-        the queue in one task, without Starlette, and write their answers together: a
-        pipelining publisher's requests cost one task and one write per run, not one each."""
-        routes = self._server.routes
-        answers: list[bytes] = []
-        request: Request | None = None
-        try:
-            while (
-                self._requests
-                and routes.batched_for(self._requests[0].method, self._requests[0].raw_path)
-                is handler
-                and not self.closed
-            ):
-                request = self._requests[0]
-                status, headers, body = await handler(request.header, request.body, self._client)
-                close = not request.keep_alive or self._server.stopping
-                answers.append(whole_responses.of(status, headers, body, close=close, head=False))
-                self._log_access(request, status)
-                if close or len(answers) >= MAX_PIPELINED:
-                    break
-                self._dequeue()
-                request = None
-        except Exception:
-            logger.exception("the native publish failed")
-            self.abort()
-            return
-        finally:
-            if answers and self.transport is not None and not self.closed:
-                self.transport.write(b"".join(answers))
-        if request is not None:
-            self._request_done(request, complete=True)  # the last of the run: close, or go on
-            return
-        self._cycle = None
-        self._serve_next()
+    # -- serving requests (serving.py) -------------------------------------------------
 
     def serve_through_app(self, request: Request) -> None:
         """Serve ``request`` with the ASGI application (a door handing it back)."""
-        self._cycle = self._loop.create_task(self._serve(request))
-
-    async def _serve(self, request: Request) -> None:
-        assert self.transport is not None
-        response = self._response = ResponseWriter(self, request)
-        try:
-            await self._server.asgi(self._http_scope(request), response.receive, response.send)
-        except Exception:
-            if self.closed:
-                # The client left before its answer was written (an abandoned long
-                # poll): routine, not a failure of ours.
-                logger.debug("client left before %s %r was answered", request.method, request.path)
-            else:
-                logger.exception("the application failed on %s %r", request.method, request.path)
-                if not response.started:
-                    response.write_error(HTTPStatus.INTERNAL_SERVER_ERROR)
-        finally:
-            self._response = None
-        self._request_done(request, complete=response.complete)
-
-    def _request_done(self, request: Request, *, complete: bool) -> None:
-        """After a response: serve the next pipelined request, or close."""
-        if not complete or not request.keep_alive or self._server.stopping:
-            self.close()
-            return
-        self._dequeue()
-        self._serve_next()
+        serving.serve_through_app(self, request)
 
     def respond_now(
         self, request: Request, status: int, headers: Mapping[str, str], body: bytes
     ) -> None:
         """Write a whole response to ``request`` at once (no ASGI cycle)."""
-        if self.closed or self.transport is None:
-            return
-        close = not request.keep_alive or self._server.stopping
-        wire = whole_responses.of(status, headers, body, close=close, head=request.method == "HEAD")
-        self.transport.write(wire)
-        self._log_access(request, status)
-        self._request_done(request, complete=True)
-
-    def _log_access(self, request: Request, status: int) -> None:
-        """Log a request answered without the ASGI app (which logs its own), if asked."""
-        log = self._server.access_log
-        if log is not None:
-            log.request(
-                self._client, request.method, request.path, request.query_string,
-                status=status, started_s=request.received_s,
-            )  # fmt: skip
-
-    def _http_scope(self, request: Request) -> dict[str, Any]:
-        response = self._response
-        assert response is not None
-        return http_scope(request, self._local, self._client, response.stream_outbound)
+        serving.respond_now(self, request, status, headers, body)
 
     def websocket_scope(self, request: Request, factory: Callable[[], Outbound]) -> dict[str, Any]:
         """The ASGI scope of an upgraded request, offering ``factory`` as direct outbound."""
@@ -531,7 +388,7 @@ class HttpConnection(asyncio.Protocol):
         self._request = None
         if self._cycle is None and not self._requests:
             self._write_refusal(refusal)
-        # Else _serve_next writes it once the last request before it is answered.
+        # Else serving.serve_next writes it once the last request before it is answered.
 
     def _write_refusal(self, refusal: RefusedRequest) -> None:
         """Write a refusal and shut our side.

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
 
+from tidings.core.digits import parse_digits
 from tidings.errors import ErrorCode
 
 # The methods this server implements; any other is answered 501 (RFC 9110 §9.1).
@@ -73,6 +74,28 @@ REFUSAL_CODES: Final[dict[int, ErrorCode]] = {
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "message_too_large",
     HTTPStatus.INTERNAL_SERVER_ERROR: "internal",
 }
+
+
+def check_head(request: Request, *, max_body_bytes: int) -> None:
+    """Refuse a parsed head this server does not serve.
+
+    Raises:
+        RefusedRequest: an unknown method (501), not exactly one Host header (400), or
+            a declared body over ``max_body_bytes`` (413).
+    """
+    if request.method not in METHODS:
+        raise RefusedRequest(HTTPStatus.NOT_IMPLEMENTED, "this server implements no such method")
+    hosts = len(request.header_values(b"host"))
+    if hosts > 1 or (hosts == 0 and request.http_version != "1.0"):
+        # RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in HTTP/1.0.
+        raise RefusedRequest(HTTPStatus.BAD_REQUEST, "give exactly one Host header")
+    length = request.header(b"content-length")  # digits: the parser checked them
+    if length is not None and (parse_digits(length.decode("latin-1")) or 0) > max_body_bytes:
+        raise RefusedRequest(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {max_body_bytes:,} bytes"
+        )
+
+
 # A request line (RFC 9112 §3): a method token, a target, a version.
 _REQUEST_LINE: Final = re.compile(
     rb"(?:\A|\n)([!#$%&'*+.^_`|~0-9A-Za-z-]+) [^ \r\n]+ HTTP/1\.[01]\r?\n"
