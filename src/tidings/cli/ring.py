@@ -25,7 +25,7 @@ from pathlib import Path
 import click
 
 from tidings.brokers.ring.etcd import EtcdGateway
-from tidings.brokers.ring.membership import (
+from tidings.brokers.ring.record import (
     RingView,
     change_planned_ring,
     read_ring_view,
