@@ -29,7 +29,7 @@ from tests.support.etcd import EtcdCluster, etcd_cluster
 from tests.support.server import ServerProcess, free_port, start_server
 from tests.support.ws import WsClient, ws_client
 from tidings.brokers.ring.etcd import EtcdGateway
-from tidings.brokers.ring.membership import RingView, read_ring_view
+from tidings.brokers.ring.record import RingView, read_ring_view
 from tidings.client import GapNotice, Subscription
 from tidings.client.backoff import Backoff
 from tidings.core.channel import ChannelName

@@ -15,7 +15,8 @@ import pytest
 from tests.support.etcd import etcd_server
 from tests.support.server import free_port
 from tidings.brokers.ring.etcd import EtcdError, EtcdGateway, Unchanged
-from tidings.brokers.ring.membership import Membership, decode_ring, encode_ring
+from tidings.brokers.ring.membership import Membership
+from tidings.brokers.ring.record import decode_ring, encode_ring
 from tidings.core.handover import RingRecord
 
 TTL_S: Final = 2

@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 from tests.support.etcd import etcd_server
 from tests.support.server import free_port
 from tidings.brokers.ring.etcd import EtcdGateway
-from tidings.brokers.ring.membership import encode_ring
+from tidings.brokers.ring.record import encode_ring
 from tidings.cli import main
 from tidings.core.handover import RingRecord
 from tidings.server.runner import ExitStatus

@@ -29,7 +29,7 @@ from tests.client.conftest import fast_backoff
 from tests.support.etcd import etcd_server
 from tests.support.server import ServerProcess, free_port, start_server
 from tidings.brokers.ring.etcd import EtcdGateway
-from tidings.brokers.ring.membership import read_ring_view
+from tidings.brokers.ring.record import read_ring_view
 from tidings.client import GapNotice, Subscription
 from tidings.core.node_call import NODE_AUTH_HEADER, sign_node_call
 from tidings.core.publication import Position, Publication

@@ -26,7 +26,7 @@ from typing import TypeVar
 import click
 
 from tidings.brokers.ring.etcd import EtcdGateway
-from tidings.brokers.ring.membership import (
+from tidings.brokers.ring.record import (
     RingView,
     change_planned_ring,
     read_ring_view,

@@ -17,29 +17,11 @@ Keys, under a prefix (``/tidings/ring`` by default):
   A keep-alive that fails is tried again sooner (``RETRY_FRACTION``), each bounded by
   ``KEEP_ALIVE_TIMEOUT_FRACTION`` of the lease, so that a short outage of etcd does
   not cost the lease.
-* ``<prefix>/ring``: ``{"version": n, "nodes": {id: url}, "previous": {id: url} | null}``,
-  the ring itself (``previous`` absent, as older nodes wrote it, is null). It is
-  changed only by compare-and-swap transactions: read it with its revision, write the
-  next version only if it is still at that revision, else read again and retry. Every
-  change adds one to ``version``, so no two rings share a version and none is lost to
-  a concurrent writer. ``previous`` set means the ring is *in transition* from
-  ``previous`` to ``nodes`` (the hand-over of docs/modes/hashing.md
-  "Scaling"): the old owners still sequence the keys that move, and copy them to the
-  new owners.
-* ``<prefix>/handed/<v>/<node_id>``: written by a giver (a node of ``previous``) once it
-  handed every key it gives in the transition of version ``v``.
-
-Planned changes (a node joining or leaving on purpose, ``tidings ring join|leave``) are
-made only from a settled ring (``previous`` null): ``{v+1, nodes ± node, previous:
-nodes}``. A change asked while a transition is under way waits for it to end (a watch
-of the ring key), bounded by ``settle_timeout_s``. A first node, or the last one
-leaving, has no one to hand to: its change is settled at once.
-
-Finalizing: when every node of ``previous`` still a member (with a member key) has
-written its ``handed`` key for the current version, any node writes ``{v+1, nodes,
-previous: null}`` and deletes ``handed/`` in one transaction. A crash bumps the version
-(below), so a giver's ``handed`` key of an older version does not count: it hands
-again for the new one, whose receivers may differ.
+* ``<prefix>/ring``: the ring record (which nodes, at which version, and in a
+  transition the nodes it moves from), changed only by compare-and-swap transactions;
+  its encoding and the planned changes made to it are ``record``'s.
+* ``<prefix>/handed/<v>/<node_id>``: a giver's word that it handed over in the
+  transition of version ``v``; finalizing on them is ``transition``'s.
 
 Joining: grant a lease, write the member key on it, then (unless ``enter`` is false: a
 node waiting for ``tidings ring join``) add the node to the ring. Leaving: take the node
@@ -73,23 +55,26 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Final
 
-import msgspec
-
-from tidings.brokers.ring.etcd import EtcdError, EtcdGateway, Unchanged
+from tidings.brokers.ring.etcd import EtcdError, EtcdGateway
+from tidings.brokers.ring.record import (
+    DEFAULT_PREFIX,
+    MAX_TRANSACTION_ATTEMPTS,
+    change_planned_ring,
+    change_ring,
+    decode_ring,
+    read_ring,
+)
+from tidings.brokers.ring.transition import finalize_transition
 from tidings.core.backoff import Backoff
-from tidings.core.handover import RingRecord, TransitionUnderWay, finalizable
+from tidings.core.handover import RingRecord
 from tidings.core.lease_deadline import LeaseDeadline
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PREFIX: Final = "/tidings/ring"
 DEFAULT_TTL_S: Final = 10
-# A transaction lost to a concurrent writer is retried at once, this many times at most.
-MAX_TRANSACTION_ATTEMPTS: Final = 100
 # Keep-alives: one every third of the lease; after a failure, again after a tenth; each
 # waits for an answer a sixth of the lease at most (a member that does not answer by
 # then is left for the next, ``etcd.EtcdGateway``).
@@ -103,60 +88,6 @@ DEFAULT_SETTLE_TIMEOUT_S: Final = 60.0
 def _has(ring: RingRecord, node_id: str) -> bool:
     """Whether ``node_id`` is in ``ring``'s nodes or previous nodes."""
     return node_id in ring.nodes or (ring.previous is not None and node_id in ring.previous)
-
-
-class _RingJson(msgspec.Struct, omit_defaults=True):
-    version: int
-    nodes: dict[str, str]
-    previous: dict[str, str] | None = None
-
-
-def encode_ring(state: RingRecord) -> bytes:
-    """The ring key's value (``previous`` left out when null)."""
-    previous = None if state.previous is None else dict(state.previous)
-    return msgspec.json.encode(_RingJson(state.version, dict(state.nodes), previous))
-
-
-def decode_ring(value: bytes) -> RingRecord:
-    """Read the ring key's value (one without ``previous`` is settled).
-
-    Raises:
-        EtcdError: it is not a ring (someone else wrote the key).
-    """
-    try:
-        ring = msgspec.json.decode(value, type=_RingJson)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise EtcdError(f"the ring key holds something that is not a ring: {exc}") from exc
-    return RingRecord(ring.version, ring.nodes, ring.previous)
-
-
-@dataclass(frozen=True, slots=True)
-class RingView:
-    """The ring in etcd as an operator sees it: the ring (version and nodes) and the
-    members whose lease is alive (id to URL), which a joining node is before its place
-    in the ring is written, and a dead one no longer is."""
-
-    ring: RingRecord
-    members: Mapping[str, str]
-
-
-async def read_ring_view(gateway: EtcdGateway, prefix: str = DEFAULT_PREFIX) -> RingView:
-    """Read the ring kept under ``prefix`` and its live members, in one read.
-
-    Raises:
-        EtcdError: etcd could not be reached, or answered something else than etcd would.
-    """
-    base = prefix.rstrip("/")
-    members_prefix = f"{base}/members/"
-    keys, _ = await gateway.get_prefix(base + "/")
-    ring = RingRecord()
-    members: dict[str, str] = {}
-    for kv in keys:
-        if kv.key == f"{base}/ring":
-            ring = decode_ring(kv.value)
-        elif kv.key.startswith(members_prefix):
-            members[kv.key.removeprefix(members_prefix)] = kv.value.decode(errors="replace")
-    return RingView(ring, members)
 
 
 # What a giver does in a transition (hand every key it gives over); awaited before its
@@ -325,10 +256,7 @@ class Membership:
 
     async def read_ring(self) -> tuple[RingRecord, int]:
         """Return the ring in etcd and the revision of its key (0: no ring yet)."""
-        found = await self._etcd.get(self._ring_key)
-        if found is None:
-            return RingRecord(), 0
-        return decode_ring(found.value), found.mod_revision
+        return await read_ring(self._etcd, self._prefix)
 
     async def refresh(self) -> RingRecord:
         """Read the ring in etcd now (not waiting for the watch), take it if it is newer
@@ -379,29 +307,10 @@ class Membership:
         *,
         absent_member: str | None = None,
     ) -> RingRecord:
-        """Apply ``change`` to the ring in etcd by compare-and-swap; return the ring after.
-
-        ``change`` returns the ring it is given when it needs no change (a concurrent
-        writer may have made it).
-        ``absent_member``: also require that member key to be absent (removing a dead
-        node that may have come back).
-        """
-        for _ in range(MAX_TRANSACTION_ATTEMPTS):
-            ring, revision = await self.read_ring()
-            wanted = change(ring)
-            if wanted is ring:
-                self._learn(ring)
-                return ring
-            conditions = [Unchanged(self._ring_key, revision)]
-            if absent_member is not None:
-                conditions.append(Unchanged(self._members + absent_member, 0))
-            if await self._etcd.transact(conditions, {self._ring_key: encode_ring(wanted)}):
-                self._learn(wanted)
-                return wanted
-            if absent_member is not None and await self._etcd.get(self._members + absent_member):
-                return ring  # the node is back: it stays
-        raise EtcdError(
-            f"the ring kept changing under {MAX_TRANSACTION_ATTEMPTS} attempts to change it"
+        """Apply ``change`` to the ring in etcd by compare-and-swap (``record.change_ring``),
+        learning the ring after; return it."""
+        return await change_ring(
+            self._etcd, self._prefix, change, self._learn, absent_member=absent_member
         )
 
     def _learn(self, ring: RingRecord) -> None:
@@ -453,37 +362,9 @@ class Membership:
                 await asyncio.sleep(delay_s)
 
     async def _try_finalize(self) -> None:
-        """End the transition if every live giver handed over (see the module docstring)."""
-        keys, _ = await self._etcd.get_prefix(self._prefix + "/")
-        ring: RingRecord | None = None
-        revision = 0
-        members: set[str] = set()
-        handed_keys: list[str] = []
-        for kv in keys:
-            if kv.key == self._ring_key:
-                ring, revision = decode_ring(kv.value), kv.mod_revision
-            elif kv.key.startswith(self._members):
-                members.add(kv.key.removeprefix(self._members))
-            elif kv.key.startswith(self._handed):
-                handed_keys.append(kv.key.removeprefix(self._handed))
-        if ring is None:
-            return
-        self._learn(ring)
-        if ring.previous is None:
-            return
-        handed = {
-            node
-            for version, _, node in (k.partition("/") for k in handed_keys)
-            if version == str(ring.version)
-        }
-        if not finalizable(ring, members, handed):
-            return
-        final = ring.finalized()
-        if await self._etcd.transact(
-            [Unchanged(self._ring_key, revision)],
-            {self._ring_key: encode_ring(final)},
-            delete_prefixes=[self._handed],
-        ):
+        """End the transition if every live giver handed over (``transition``)."""
+        final = await finalize_transition(self._etcd, self._prefix, self._learn)
+        if final is not None:
             logger.info(
                 "ring version %d is final: %s", final.version, ", ".join(sorted(final.nodes))
             )
@@ -567,72 +448,3 @@ class Membership:
                     "ring watch of node %s failed (%s); again in %.1f s", self.node_id, exc, delay_s
                 )
                 await asyncio.sleep(delay_s)
-
-
-async def change_planned_ring(
-    gateway: EtcdGateway,
-    prefix: str,
-    change: Callable[[RingRecord], RingRecord],
-    *,
-    timeout_s: float,
-) -> RingRecord:
-    """Apply a planned ``change`` (``RingRecord.joined`` or ``left``, from a node or the
-    CLI) to the ring under ``prefix`` by compare-and-swap, only from a settled ring:
-    while a transition is under way (``change`` raises ``TransitionUnderWay``), wait for
-    the ring key to change (a watch) and look again. Return the ring after (the one read
-    if ``change`` leaves it as it is).
-
-    Raises:
-        EtcdError: etcd failed, or no settled ring came within ``timeout_s``.
-    """
-    key = f"{prefix.rstrip('/')}/ring"
-    try:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                found = await gateway.get(key)
-                ring = RingRecord() if found is None else decode_ring(found.value)
-                revision = 0 if found is None else found.mod_revision
-                try:
-                    wanted = change(ring)
-                except TransitionUnderWay:
-                    await _wait_changed(gateway, key, revision)
-                    continue
-                if wanted is ring:
-                    return ring
-                if await gateway.transact([Unchanged(key, revision)], {key: encode_ring(wanted)}):
-                    return wanted
-    except TimeoutError:
-        raise EtcdError(
-            f"a transition of the ring was still under way after {timeout_s:g} s; "
-            "the change was not made (see tidings ring status)"
-        ) from None
-
-
-async def wait_settled(gateway: EtcdGateway, prefix: str, timeout_s: float) -> RingRecord:
-    """Wait until the ring under ``prefix`` is not in transition; return it.
-
-    Raises:
-        EtcdError: etcd failed, or the ring was still in transition after ``timeout_s``.
-    """
-    key = f"{prefix.rstrip('/')}/ring"
-    try:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                found = await gateway.get(key)
-                ring = RingRecord() if found is None else decode_ring(found.value)
-                if not ring.in_transition:
-                    return ring
-                assert found is not None  # a ring in transition was written
-                await _wait_changed(gateway, key, found.mod_revision)
-    except TimeoutError:
-        raise EtcdError(
-            f"the ring was still handing channels over after {timeout_s:g} s "
-            "(see tidings ring status)"
-        ) from None
-
-
-async def _wait_changed(gateway: EtcdGateway, key: str, revision: int) -> None:
-    """Return once ``key`` changed after ``revision``."""
-    async for events in gateway.watch(key, revision + 1):
-        if any(event.key == key for event in events):
-            return
