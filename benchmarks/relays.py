@@ -23,9 +23,13 @@ connection closed, new ones held, while publications go on): the time from the l
 return until every client of the region holds every publication, and whether any was
 lost or repeated (the other region is not affected and is checked too).
 
-``--scale 1000,3000`` adds 1 origin + 3 relays (no delay) with that many subscribers
-spread over the relays, against the same subscribers on the origin directly: the
-origin's CPU per publication should stay flat with relays as subscribers grow.
+``--scale 1000,3000`` adds 1 origin + 3 relays (no delay, no links: each relay connects
+to the origin itself) with that many subscribers spread over the relays, against the
+same subscribers on the origin directly: the origin's CPU per publication should stay
+flat with relays as subscribers grow, and the p99 at the clients say what the relay
+level adds. By default (``--scale-placement split``) every node runs on core 0 and the
+load generator alone on core 1, in both layouts, so that a relay level is not measured
+as a fight for cores; ``--scale-runs N`` repeats each cell, layouts alternating.
 
 Run: ``.venv/bin/python benchmarks/relays.py`` (about a minute; the machine's other
 load makes the figures indicative).
@@ -41,7 +45,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -53,7 +57,7 @@ if __package__ in (None, ""):  # run as a script: make the `benchmarks` namespac
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import loadgen
-from benchmarks.report import markdown_table, percentile_ms
+from benchmarks.report import markdown_table, percentile_ms, spread
 from benchmarks.server_process import (
     ServerProcess,
     free_port,
@@ -203,28 +207,40 @@ def serve(name: str, directory: Path, cpu: int, broker: str | None = None) -> Se
 
 @contextlib.asynccontextmanager
 async def layout(
-    directory: Path, *, regions: int, relays: bool, delay_s: float, one_core: bool = False
+    directory: Path,
+    *,
+    regions: int,
+    relays: bool,
+    delay_s: float,
+    proxied: bool = True,
+    placement: str = "turns",
 ) -> AsyncIterator[Nodes]:
-    """Start the origin, ``regions`` links to it and (with ``relays``) a relay per region."""
+    """Start the origin, ``regions`` links to it and (with ``relays``) a relay per region.
+
+    Without ``proxied`` there are no links: each relay connects to the origin itself
+    (the links run in this process, the load generator's, and at thousands of clients
+    its event loop made them a hop of their own: p99 99 ms through them, 42 ms
+    without, at 3,000 subscribers). ``placement`` pins the relays (``PLACEMENTS``)."""
     origin = serve("origin", directory, cpu=0)
     links: list[RegionLink] = []
     started: list[ServerProcess] = []
     try:
         await wait_healthy(origin, "/ready")
         for index in range(regions):
-            link = RegionLink(origin.port, delay_s)
-            await link.start()
-            links.append(link)
+            upstream = origin.port
+            if proxied:
+                link = RegionLink(origin.port, delay_s)
+                await link.start()
+                links.append(link)
+                upstream = link.port
             if relays:
                 place = directory / f"relay{index}"
                 place.mkdir()
-                # Relays take turns over the cores, starting with the origin's other one:
-                # three pinned to one core wake together at each publication and wait
-                # for each other there (p99 121 ms at 1,000 subscribers), while the
-                # origin, with three subscribers, leaves its core nearly idle.
-                cpu = 1 if one_core else (index + 1) % CORES
                 relay = serve(
-                    f"relay{index}", place, cpu=cpu, broker=f"relay+ws://{HOST}:{link.port}"
+                    f"relay{index}",
+                    place,
+                    cpu=relay_core(placement, index),
+                    broker=f"relay+ws://{HOST}:{upstream}",
                 )
                 started.append(relay)
                 await wait_healthy(relay, "/ready")
@@ -236,6 +252,42 @@ async def layout(
         for link in links:
             await link.close()
         origin.stop()
+
+
+# Where --scale runs its relays; the origin is always on core 0.
+PLACEMENTS: Final = {
+    # Every node on core 0 and the load generator (this process) alone on core 1, in
+    # both layouts: the servers get the same core with relays or without, so the
+    # difference is the relay level's, not a contention for cores. The default.
+    "split": "every node on core 0, the load generator on core 1",
+    # Relays take turns over the cores, starting with the origin's other one; the load
+    # generator shares them (three relays pinned to one core with the generator beside
+    # them waited for each other: p99 121 ms at 1,000 subscribers, early measurements).
+    "turns": "relays take turns over the cores; the load generator unpinned",
+    # Every relay on core 1, the load generator unpinned.
+    "one-core": "relays on core 1, the origin on core 0; the load generator unpinned",
+}
+
+
+def relay_core(placement: str, index: int) -> int:
+    """The core the ``index``-th relay is pinned to under ``placement``."""
+    if placement == "split":
+        return 0
+    if placement == "one-core":
+        return 1 % CORES
+    return (index + 1) % CORES
+
+
+@contextlib.contextmanager
+def generator_placed(placement: str) -> Iterator[None]:
+    """Pin this process (the load generator) as ``placement`` says, for the block."""
+    before = os.sched_getaffinity(0)
+    if placement == "split" and CORES > 1:
+        os.sched_setaffinity(0, {1})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 @dataclass
@@ -444,7 +496,8 @@ async def scale_once(
         regions=max(relays, 1),
         relays=relays > 0,
         delay_s=0.0,
-        one_core=options.relays_on_one_core,
+        proxied=False,
+        placement=options.scale_placement,
     ) as nodes:
         ports = nodes.client_ports if relays else [nodes.origin.port]
         per_node = subscribers // len(ports)
@@ -477,33 +530,59 @@ SCALE_LAYOUTS: Final = {"relays": ("1 origin + 3 relays", 3), "direct": ("origin
 
 
 async def run_scale(options: argparse.Namespace, directory: Path) -> list[str]:
+    """Each subscriber count in each layout, ``--scale-runs`` times, the layouts
+    alternating within a round so that a change in the machine's load falls on both."""
     counts = [int(count) for count in options.scale.split(",")]
-    rows = []
-    latency_rows = []
-    for name in options.scale_layouts.split(","):
-        layout_name, relays = SCALE_LAYOUTS[name]
-        cells = [layout_name]
-        latency_cells = [layout_name]
-        for count in counts:
-            place = directory / f"scale-{relays}-{count}"
-            place.mkdir()
-            figures = await scale_once(place, count, relays, options)
-            cells.append(f"{figures.origin_cpu_ms:.2f}")
-            latency_cells.append(f"{figures.p50_ms:.1f} / {figures.p99_ms:.1f}")
-        rows.append(cells)
-        latency_rows.append(latency_cells)
+    names = options.scale_layouts.split(",")
+    runs: dict[tuple[str, int], list[Steady]] = {(n, c): [] for n in names for c in counts}
+    with generator_placed(options.scale_placement):
+        for round_number in range(options.scale_runs):
+            for count in counts:
+                for name in names:
+                    place = directory / f"scale-{name}-{count}-{round_number}"
+                    place.mkdir()
+                    relays = SCALE_LAYOUTS[name][1]
+                    runs[name, count].append(await scale_once(place, count, relays, options))
     header = ["layout", *(f"{count:,} subscribers" for count in counts)]
+
+    def rows(cell: Callable[[list[Steady]], str]) -> list[list[str]]:
+        return [
+            [SCALE_LAYOUTS[name][0], *(cell(runs[name, count]) for count in counts)]
+            for name in names
+        ]
+
+    def cpu(figures: list[Steady]) -> str:
+        origin = spread([f.origin_cpu_ms for f in figures], ".2f")
+        if not figures[0].relay_cpu_ms:
+            return origin
+        return f"{origin}; each relay {spread([f.relay_cpu_ms for f in figures], '.2f')}"
+
+    def latency(figures: list[Steady]) -> str:
+        p50 = spread([f.p50_ms for f in figures], ".1f")
+        return f"{p50} / {spread([f.p99_ms for f in figures], '.1f')}"
+
+    def lost(figures: list[Steady]) -> str:
+        return f"{sum(f.missing for f in figures)} / {sum(f.duplicates for f in figures)}"
+
+    each = "median (least–most) of " if options.scale_runs > 1 else ""
     return [
         "",
-        f"Origin CPU ms per publication ({options.scale_publications} publications at "
-        f"{options.scale_rate:g}/s, loopback, no delay), by subscribers:",
+        f"{options.scale_publications} publications at {options.scale_rate:g}/s, loopback, "
+        f"no delay, {options.scale_runs} run(s) per cell, layouts alternating; placement "
+        f"`{options.scale_placement}`: {PLACEMENTS[options.scale_placement]}.",
         "",
-        markdown_table(header, rows),
+        f"CPU ms per publication, origin (and each relay), {each}the runs:",
         "",
-        "Delivery latency at the clients, p50 / p99 ms (same runs; one relay level's cost "
-        "is the difference between the rows):",
+        markdown_table(header, rows(cpu)),
         "",
-        markdown_table(header, latency_rows),
+        f"Delivery latency at the clients, p50 / p99 ms, {each}the runs (one relay level's "
+        "cost is the difference between the rows):",
+        "",
+        markdown_table(header, rows(latency)),
+        "",
+        "Deliveries missing / repeated, all runs:",
+        "",
+        markdown_table(header, rows(lost)),
     ]
 
 
@@ -703,10 +782,13 @@ def parse_options() -> argparse.Namespace:
         "--scale-layouts", default="relays,direct", help="of --scale: relays, direct or both"
     )
     parser.add_argument(
-        "--relays-on-one-core",
-        action="store_true",
-        help="pin every relay of --scale to core 1 (the layout before they took turns)",
+        "--scale-placement",
+        choices=sorted(PLACEMENTS),
+        default="split",
+        help="where --scale's nodes and load generator run: "
+        + "; ".join(f"{name}: {what}" for name, what in PLACEMENTS.items()),
     )
+    parser.add_argument("--scale-runs", type=int, default=1, help="runs per --scale cell")
     parser.add_argument("--only-scale", action="store_true", help="skip the regions")
     parser.add_argument(
         "--levels", type=int, default=0, help="relay levels chained after the origin (e.g. 2)"
