@@ -1,14 +1,20 @@
-"""Hot-channel tracking cost: the hub's fan-out with ``hot_channels`` on and off, in one run.
+"""Hot-channel tracking cost: the hub's fan-out with ``hot_channels`` off, counting every
+publication, and sampling (the default), in one run.
 
 What it measures: a node's hub on the memory broker, publishing through ``Hub.publish``
 (the path of the server API) to subscribers that queue each publication's WebSocket
 text as a connection's outbound buffer would. Per workload it reports the fan-out's CPU
 time per publication (the thread's CPU clock around exactly the hub's fan-out, as the
 broker calls it: unlike wall time, not inflated when the machine's other processes
-take the core) with tracking off and on, the difference as a share of fan-out, and the cost of
-the counting alone (the statements the hub inlines, ``ChannelHeat.record``'s) over the
-same stream of channels (timed in a tight loop, caches warm: a lower bound, and the
-precise figure when the difference drowns in the spread of the rounds).
+take the core) under three settings: tracking off; ``exact`` (``hot_channel_sampling =
+1``: every publication counted); ``sampled`` (the default: past each window's first
+publications, one in ``hot_channel_sampling`` of those with fewer than
+``SAMPLED_BELOW`` deliveries counted, core/channel_heat.py). For each setting on, the
+difference as a share of fan-out, and the cost of the counting alone
+(``ChannelHeat.record``, which the hub inlines) over the same stream of channels (timed
+in a tight loop, caches warm: a lower bound, and the precise figure when the difference
+drowns in the spread of the rounds). A stream is one window: the window's close (once
+per ``hot_channel_window``, not per publication) is not in these figures.
 
 Workloads: ``celebrity`` (one channel, many subscribers: tracking is one dict lookup
 per publication against thousands of deliveries), ``rooms`` (1,000 channels of 10: all
@@ -21,13 +27,14 @@ The subscribers write to no socket: in a node, each delivery also costs a socket
 (a few microseconds), so the shares here are upper bounds of the share in a server.
 
 Why: hot-channel tracking sits on the fan-out path; DESIGN.md wants its cost as a
-figure. Rounds alternate off and on so drift in the machine's load is shared.
+figure. The settings take turns within each round, so drift in the machine's load is
+shared.
 
 ``--callgrind`` measures instructions instead of time: wall and CPU clocks on a shared
 machine spread by 10-70% between rounds of one setting, more than the few percent to
 be told apart. Each workload's fan-out runs in a child process under ``valgrind
 --tool=callgrind`` (which counts the instructions a process executes, the same however
-loaded the machine), tracking off and on, twice each: fanning out the first ``N/4`` and
+loaded the machine), under each setting, twice each: fanning out the first ``N/4`` and
 all ``N`` publications (``N`` 200 for the celebrity) of the same stream, everything
 else alike (hash seed fixed, the same publications built, the same subscribers). The
 difference of the two counts is the instructions of ``3N/4`` fan-outs alone (start-up,
@@ -69,18 +76,33 @@ from tidings.brokers.base import PublicationHandler
 from tidings.brokers.memory import MemoryBroker
 from tidings.core.channel import ChannelName
 from tidings.core.channel_heat import ChannelHeat
-from tidings.core.heavy_hitters import HIT
 from tidings.core.namespace import Namespaces, default_namespaces
 from tidings.core.publication import Publication
 from tidings.core.wire import EncodedPublication
 from tidings.hub.hub import Hub
 from tidings.hub.registry import PresenceEvent
 from tidings.server.hot_channels import HOT_CHANNEL_CAPACITY, HOT_CHANNEL_LIMIT
+from tidings.server.settings import Settings
 
 RESULTS_HEADING: Final = "# Hot-channel tracking cost"
 CALLGRIND_HEADING: Final = "# Hot-channel tracking cost, in instructions"
 RESULTS_PATH: Final = Path(__file__).resolve().parent / "RESULTS.md"
 DATA: Final = b'{"text":"a publication of a typical size, some sixty bytes long"}'
+# The settings compared: tracking off; counting every publication (hot_channel_sampling
+# = 1); and the default, sampling the publications of few deliveries past each window's
+# first ones (core/channel_heat.py).
+TRACKINGS: Final = ("off", "exact", "sampled")
+SAMPLE_EVERY: Final = Settings().hot_channel_sampling
+
+
+def heat_for(tracking: str) -> ChannelHeat | None:
+    """The hub's counter under ``tracking`` (one of ``TRACKINGS``)."""
+    if tracking == "off":
+        return None
+    every = SAMPLE_EVERY if tracking == "sampled" else 1
+    return ChannelHeat(
+        HOT_CHANNEL_CAPACITY, HOT_CHANNEL_LIMIT, 10_000.0, sample_every=every, seed=1
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,12 +181,12 @@ def stream_of(workload: Workload, seed: int) -> list[ChannelName]:
     return [pick.choice(names) for _ in range(workload.publications)]
 
 
-async def one_round(workload: Workload, stream: Sequence[ChannelName], tracking: bool) -> Round:
+async def one_round(workload: Workload, stream: Sequence[ChannelName], tracking: str) -> Round:
     # Each round starts from the same heap: garbage a previous round left would be
     # collected in this one's fan-out (it moved rounds by up to 25%, whatever the setting).
     gc.collect()
     namespaces = Namespaces(default_namespaces())
-    heat = ChannelHeat(HOT_CHANNEL_CAPACITY, HOT_CHANNEL_LIMIT, 10_000.0) if tracking else None
+    heat = heat_for(tracking)
     broker = CpuTimedBroker(namespaces)
     hub = Hub(broker, heat=heat)
     await hub.start()
@@ -184,50 +206,40 @@ async def one_round(workload: Workload, stream: Sequence[ChannelName], tracking:
     return Round(fan_out_s / count * 1e6, publish_cpu_s / count * 1e6)
 
 
-def record_cost_ns(workload: Workload, stream: Sequence[ChannelName]) -> float:
-    """The hub's counting alone (its inlined ``ChannelHeat.record``, the same statements)
-    over ``stream``, per publication (best of 5)."""
+def record_cost_ns(workload: Workload, stream: Sequence[ChannelName], tracking: str) -> float:
+    """The counting alone (``ChannelHeat.record``, which the hub inlines) over
+    ``stream``, per publication (best of 5)."""
     deliveries = workload.subscribers_per_channel
     best = float("inf")
     for _ in range(5):
-        heat = ChannelHeat(HOT_CHANNEL_CAPACITY, HOT_CHANNEL_LIMIT, 10_000.0)
+        heat = heat_for(tracking)
+        assert heat is not None
         started = time.perf_counter_ns()
         for channel in stream:
-            summary = heat.summary
-            counts = summary.counts
-            count = counts.get(channel)
-            if count is not None:
-                counts[channel] = count + HIT + deliveries
-            else:
-                counts[channel] = HIT + deliveries
-                if len(counts) > summary.limit:
-                    summary.purge()
+            heat.record(channel, deliveries)
         best = min(best, (time.perf_counter_ns() - started) / len(stream))
     return best
 
 
 async def measure(workload: Workload, rounds: int) -> list[str]:
     stream = stream_of(workload, seed=len(workload.name))
-    off: list[Round] = []
-    on: list[Round] = []
+    runs: dict[str, list[Round]] = {tracking: [] for tracking in TRACKINGS}
     for n in range(rounds):
-        order = (False, True) if n % 2 == 0 else (True, False)
+        order = TRACKINGS[n % len(TRACKINGS) :] + TRACKINGS[: n % len(TRACKINGS)]
         for tracking in order:
-            (on if tracking else off).append(await one_round(workload, stream, tracking))
-    fan_off = statistics.median(r.fan_out_us for r in off)
-    fan_on = statistics.median(r.fan_out_us for r in on)
-    record_ns = record_cost_ns(workload, stream)
-    return [
-        workload.name,
-        f"{workload.channels:,} × {workload.subscribers_per_channel:,}",
-        report.spread([r.fan_out_us for r in off], ".2f"),
-        report.spread([r.fan_out_us for r in on], ".2f"),
-        f"{(fan_on - fan_off) / fan_off:+.1%}",
-        f"{record_ns:.0f}",
-        f"{record_ns / 1000 / fan_off:.2%}",
-        f"{statistics.median(r.publish_cpu_us for r in off):.1f} / "
-        f"{statistics.median(r.publish_cpu_us for r in on):.1f}",
-    ]
+            runs[tracking].append(await one_round(workload, stream, tracking))
+    fan_off = statistics.median(r.fan_out_us for r in runs["off"])
+    cells = [workload.name, f"{workload.channels:,} × {workload.subscribers_per_channel:,}"]
+    cells.append(report.spread([r.fan_out_us for r in runs["off"]], ".2f"))
+    for tracking in ("exact", "sampled"):
+        fan_on = statistics.median(r.fan_out_us for r in runs[tracking])
+        record_ns = record_cost_ns(workload, stream, tracking)
+        cells += [
+            report.spread([r.fan_out_us for r in runs[tracking]], ".2f"),
+            f"{(fan_on - fan_off) / fan_off:+.1%}",
+            f"{record_ns:.0f} ({record_ns / 1000 / fan_off:.2%})",
+        ]
+    return cells
 
 
 async def main(rounds: int, write: bool, note: str) -> None:
@@ -240,11 +252,12 @@ async def main(rounds: int, write: bool, note: str) -> None:
             "workload",
             "channels × subscribers",
             "fan-out CPU µs/publication, off",
-            "on",
+            "exact",
             "difference",
-            "record() ns",
-            "record() share of fan-out (off)",
-            "publish path CPU µs, off / on",
+            "record() ns (share of fan-out off)",
+            f"sampled (1 in {SAMPLE_EVERY})",
+            "difference",
+            "record() ns (share)",
         ),
         rows,
     )
@@ -254,7 +267,8 @@ async def main(rounds: int, write: bool, note: str) -> None:
     noted = f"{note}\n\n" if note else ""
     text = (
         f"{RESULTS_HEADING}\n\n"
-        f"`{_command_without_note()}`: {rounds} rounds per workload, alternating off and on; each "
+        f"`{_command_without_note()}`: {rounds} rounds per workload, the settings taking "
+        "turns (off; exact: every publication counted; sampled: the default); each "
         "fan-out figure is the median with the minimum and maximum in brackets. "
         "`difference` is the tracking's cost in place (CPU time, so the machine's other "
         "processes inflate it less than wall time). `record()` is the counting alone (the "
@@ -290,12 +304,12 @@ class CapturingBroker(MemoryBroker):
         await super().start(on_publication)
 
 
-async def fan_out_child(workload: Workload, tracking: bool, fanned_out: int) -> None:
+async def fan_out_child(workload: Workload, tracking: str, fanned_out: int) -> None:
     """Subscribe, build every publication of the workload's stream, fan out the first
     ``fanned_out`` of them (the part whose instructions differ between two children)."""
     stream = stream_of(workload, seed=len(workload.name))
     namespaces = Namespaces(default_namespaces())
-    heat = ChannelHeat(HOT_CHANNEL_CAPACITY, HOT_CHANNEL_LIMIT, 10_000.0) if tracking else None
+    heat = heat_for(tracking)
     broker = CapturingBroker(namespaces)
     hub = Hub(broker, heat=heat)
     await hub.start()
@@ -318,7 +332,7 @@ async def fan_out_child(workload: Workload, tracking: bool, fanned_out: int) -> 
     await hub.close()
 
 
-def instructions(workload: Workload, tracking: bool, fanned_out: int) -> int:
+def instructions(workload: Workload, tracking: str, fanned_out: int) -> int:
     """The instructions a child fanning out ``fanned_out`` publications executes."""
     with tempfile.TemporaryDirectory(prefix="tidings-callgrind-") as directory:
         argv = [
@@ -330,7 +344,7 @@ def instructions(workload: Workload, tracking: bool, fanned_out: int) -> int:
             "--child",
             workload.name,
             "--tracking",
-            "on" if tracking else "off",
+            tracking,
             "--fanned-out",
             str(fanned_out),
         ]
@@ -342,7 +356,7 @@ def instructions(workload: Workload, tracking: bool, fanned_out: int) -> int:
     return int(found.group(1))
 
 
-def fan_out_instructions(workload: Workload, tracking: bool) -> float:
+def fan_out_instructions(workload: Workload, tracking: str) -> float:
     """Instructions per fan-out: the difference of two children, per publication."""
     all_of_them = CALLGRIND_PUBLICATIONS.get(workload.name, workload.publications)
     few = all_of_them // 4
@@ -356,25 +370,26 @@ def fan_out_instructions(workload: Workload, tracking: bool) -> float:
 def main_callgrind(write: bool, note: str, names: Sequence[str]) -> None:
     rows = []
     for workload in (w for w in WORKLOADS if w.name in names):
-        off = fan_out_instructions(workload, tracking=False)
-        on = fan_out_instructions(workload, tracking=True)
-        rows.append(
-            [
-                workload.name,
-                f"{workload.channels:,} × {workload.subscribers_per_channel:,}",
-                f"{off:,.0f}",
-                f"{on:,.0f}",
-                f"{on - off:,.0f}",
-                f"{(on - off) / off:+.2%}",
-            ]
-        )
+        off = fan_out_instructions(workload, "off")
+        cells = [
+            workload.name,
+            f"{workload.channels:,} × {workload.subscribers_per_channel:,}",
+            f"{off:,.0f}",
+        ]
+        for tracking in ("exact", "sampled"):
+            on = fan_out_instructions(workload, tracking)
+            cells += [f"{on:,.0f}", f"{on - off:,.0f}", f"{(on - off) / off:+.2%}"]
+        rows.append(cells)
         print(" | ".join(rows[-1]), flush=True)
     table = report.markdown_table(
         (
             "workload",
             "channels × subscribers",
             "fan-out instructions per publication, off",
-            "on",
+            "exact",
+            "tracking's instructions",
+            "share of fan-out",
+            f"sampled (1 in {SAMPLE_EVERY})",
             "tracking's instructions",
             "share of fan-out",
         ),
@@ -427,12 +442,12 @@ if __name__ == "__main__":
         help="of --callgrind: which workloads (comma-separated)",
     )
     parser.add_argument("--child", choices=[w.name for w in WORKLOADS], help=argparse.SUPPRESS)
-    parser.add_argument("--tracking", choices=["on", "off"], help=argparse.SUPPRESS)
+    parser.add_argument("--tracking", choices=TRACKINGS, help=argparse.SUPPRESS)
     parser.add_argument("--fanned-out", type=int, default=0, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.child:
         chosen = next(w for w in WORKLOADS if w.name == arguments.child)
-        asyncio.run(fan_out_child(chosen, arguments.tracking == "on", arguments.fanned_out))
+        asyncio.run(fan_out_child(chosen, arguments.tracking, arguments.fanned_out))
     elif arguments.callgrind:
         main_callgrind(not arguments.no_write, arguments.note, arguments.workloads.split(","))
     else:

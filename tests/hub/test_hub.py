@@ -10,7 +10,7 @@ from tests.support.recording import RecordingBroker, RecordingPresence, Recordin
 from tidings.brokers.base import PresenceChange
 from tidings.brokers.memory import MemoryBroker
 from tidings.core.channel import ChannelName
-from tidings.core.channel_heat import ChannelHeat
+from tidings.core.channel_heat import EXACT_PER_WINDOW, SAMPLED_BELOW, ChannelHeat
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import Position, Publication
 from tidings.core.wire import EncodedPublication
@@ -389,10 +389,43 @@ async def test_fan_out_counts_hot_channels_as_channel_heat_record_does_purges_in
             reference.record(channel, subscribers[channel])
     finally:
         await hub.close()
-    assert heat.summary.hits_offset > 0  # it purged
+    assert heat.exact.hits_offset > 0  # it purged
     assert heat.close_window(1.0) == reference.close_window(1.0)
     assert heat.top(10) == reference.top(10)
     assert {rate.channel for rate in heat.top(10)} >= {ChannelName("room:4")}
+
+
+async def test_fan_out_samples_light_publications_as_channel_heat_record_does() -> None:
+    # With sampling, the inlined countdown and ChannelHeat.record must draw the same
+    # samples from the same seed: past the window's exact publications, one-subscriber
+    # channels are sampled while a channel of SAMPLED_BELOW subscribers is counted.
+    heat = ChannelHeat(capacity=8, limit=32, sample_every=4, seed=7)
+    reference = ChannelHeat(capacity=8, limit=32, sample_every=4, seed=7)
+    hub = Hub(MemoryBroker(Namespaces(), epoch_factory=lambda: "E1"), heat=heat)
+    crowd = ChannelName("room:crowd")
+    singles = [ChannelName(f"user:{n}") for n in range(5)]
+    await hub.start()
+    try:
+        for s in range(SAMPLED_BELOW):
+            await hub.subscribe(crowd, RecordingSubscriber(f"crowd.{s}"))
+        for channel in singles:
+            await hub.subscribe(channel, RecordingSubscriber(f"{channel}.0"))
+        stream = [singles[n % len(singles)] for n in range(EXACT_PER_WINDOW + 400)]
+        stream[EXACT_PER_WINDOW + 10 :: 50] = [crowd] * len(stream[EXACT_PER_WINDOW + 10 :: 50])
+        for channel in stream:
+            await hub.publish(channel, b"{}")
+            reference.record(channel, SAMPLED_BELOW if channel == crowd else 1)
+    finally:
+        await hub.close()
+    assert heat.sampled.counts  # some were sampled
+    assert heat.close_window(1.0) == reference.close_window(1.0)
+    assert heat.top(10) == reference.top(10)
+    crowd_rate = next(rate for rate in heat.top(10) if rate.channel == crowd)
+    crowd_publications = stream.count(crowd)
+    assert (crowd_rate.publications_per_s, crowd_rate.publications_error_per_s) == (
+        crowd_publications,
+        0.0,
+    )
 
 
 async def test_a_new_epoch_of_the_memory_broker_is_a_gap_to_subscribers_and_resumers() -> None:

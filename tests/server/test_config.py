@@ -105,6 +105,7 @@ def test_the_default_namespace_is_configured_under_the_name_default(tmp_path: Pa
         ("[namespaces.room]\nhistory_ttl = 0", "history_ttl must be more than 0"),
         ("port = ", "not valid TOML"),
         ("poll_watches = 0", "poll_watches must be a whole number >= 1"),
+        ("hot_channel_sampling = 0", "hot_channel_sampling must be a whole number >= 1"),
     ],
 )
 def test_bad_configuration_is_refused_with_a_message_naming_the_setting(

@@ -15,8 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.recording import RecordingSubscriber
 from tidings.core.channel import ChannelName
+from tidings.core.channel_heat import EXACT_PER_WINDOW
 from tidings.server.app import TidingsApp
-from tidings.server.config import Settings
+from tidings.server.config import Settings, load_settings
 from tidings.server.hot_channels import HOT_CHANNELS_METRIC_TOP, HotChannelWindows
 
 API_KEY = "hot-channels-test-key"
@@ -151,3 +152,30 @@ async def test_node_with_hot_channels_off_counts_nothing_and_says_so() -> None:
         assert "tidings_hot_channel" not in metrics
     finally:
         await node.stop()
+
+
+async def test_node_samples_light_publications_as_hot_channel_sampling_says() -> None:
+    assert load_settings().hot_channel_sampling == 16  # the default samples
+    for every in (4, 1):
+        node = TidingsApp(Settings(api_key=API_KEY, hot_channel_sampling=every))
+        await node.start()
+        try:
+            heat = node.hub.heat
+            assert heat is not None
+            assert heat.sample_every == every
+            await subscribe(node, "user:one", 1)
+            for n in range(EXACT_PER_WINDOW + 200):
+                await node.publish("user:one", n)
+            # Past the window's exact part, one-delivery publications are sampled.
+            assert bool(heat.sampled.counts) == (every > 1)
+            heat.close_window(1.0)
+            (rate,) = heat.top(1)
+            if every == 1:
+                assert (rate.publications_per_s, rate.publications_error_per_s) == (
+                    EXACT_PER_WINDOW + 200,
+                    0.0,
+                )
+            else:  # an estimate, with the sampling's margin
+                assert rate.publications_error_per_s > 0
+        finally:
+            await node.stop()

@@ -33,8 +33,8 @@ subscriber of the channel is told to resume then.
 Fan-out encodes a publication once per wire format (``EncodedPublication``) and hands
 the same object to every subscriber; a failing subscriber is logged, counted and
 skipped, and the others still receive the publication. With a ``ChannelHeat``, each
-publication is then counted once with its number of deliveries (hot channels): one
-call per publication, nothing per subscriber.
+publication is then counted (or, if it made few deliveries on a busy node, sampled) with
+its number of deliveries (hot channels): inline, nothing per subscriber.
 
 In the consistent-hashing mode a node may sequence a channel only while it can prove it
 owns it (``server.ring_fence``): ``fence``, if given, is asked before every publish
@@ -70,7 +70,6 @@ from tidings.brokers.memory import presence_store_of
 from tidings.core.catchup import CatchUp, decide_catch_up
 from tidings.core.channel import ChannelName
 from tidings.core.channel_heat import ChannelHeat
-from tidings.core.heavy_hitters import HIT
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Replay
 from tidings.core.wire import EncodedPublication
@@ -368,17 +367,16 @@ class Hub:
         self.deliveries += delivered
         heat = self.heat
         if heat is not None:
-            # ChannelHeat.record inlined (core/heavy_hitters.py allows it): a method call
-            # costs as much as the counting, and this runs once per publication.
-            summary = heat.summary
-            counts = summary.counts
-            count = counts.get(publication.channel)
-            if count is not None:
-                counts[publication.channel] = count + HIT + delivered
+            # ChannelHeat.record inlined (core/channel_heat.py allows it): a method call
+            # costs as much as a one-subscriber publication's countdown, the common case.
+            if delivered >= heat.sampled_below:
+                heat.exact.add(publication.channel, delivered)  # many deliveries: counted
             else:
-                counts[publication.channel] = HIT + delivered
-                if len(counts) > summary.limit:
-                    summary.purge()
+                countdown = heat.countdown - 1
+                if countdown:
+                    heat.countdown = countdown  # not sampled: the cheap case
+                else:
+                    heat.sample(publication.channel, delivered)
 
     def _lose_continuity(self, channel: ChannelName) -> None:
         """The broker lost publications of ``channel`` after what it handed on: tell each

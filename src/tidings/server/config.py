@@ -111,6 +111,7 @@ _PARSERS: Final[dict[str, Callable[[str, object], Any]]] = {
     "hot_channels": parse_bool,
     "hot_channel_deliveries_per_s": parse_float,
     "hot_channel_window": parse_duration_s,
+    "hot_channel_sampling": parse_count,
     "agent_port": parse_int,
     "transports": _parse_transports,
     "demo": parse_bool,

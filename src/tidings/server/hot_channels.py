@@ -25,12 +25,13 @@ logger = logging.getLogger(__name__)
 # publications, which made the tracking cost +41% of fan-out in
 # benchmarks/hot_channels.py's rooms case.
 HOT_CHANNEL_CAPACITY: Final = 1024
-# The most channels it counts: about 1 MiB at most (a dict entry and an int each,
-# plus the names), whatever the traffic. Sixteen times the capacity: a purge (two sorts
-# and a pass, some 200 ns per channel counted) keeps at most twice the capacity, so one
-# comes at most every 14,336 new channels, and a node with fewer channels in a window
-# never purges. At 8 times, benchmarks/hot_channels.py's users case (20,000 channels)
-# paid 313 ns per publication, 3.3% of its fan-out; 278 ns at 16.
+# The most channels each of its two summaries (counted, sampled) counts: about 1 MiB
+# each at most (a dict entry and an int each, plus the names), whatever the traffic.
+# Sixteen times the capacity: a purge (two sorts and a pass, some 200 ns per channel
+# counted) keeps at most twice the capacity, so one comes at most every 14,336 new
+# channels, and a node with fewer channels in a window never purges. At 8 times,
+# benchmarks/hot_channels.py's users case (20,000 channels) paid 313 ns per
+# publication, 3.3% of its fan-out; 278 ns at 16.
 HOT_CHANNEL_LIMIT: Final = 16 * HOT_CHANNEL_CAPACITY
 # Most channels ``GET /api/channels?top=N`` lists (docs/protocol.md §6).
 MAX_HOT_CHANNELS_TOP: Final = 100
@@ -47,7 +48,10 @@ def channel_heat_for(settings: Settings) -> ChannelHeat | None:
         return None
     threshold = settings.hot_channel_deliveries_per_s
     return ChannelHeat(
-        HOT_CHANNEL_CAPACITY, HOT_CHANNEL_LIMIT, threshold if threshold > 0 else None
+        HOT_CHANNEL_CAPACITY,
+        HOT_CHANNEL_LIMIT,
+        threshold if threshold > 0 else None,
+        sample_every=settings.hot_channel_sampling,
     )
 
 

@@ -70,10 +70,13 @@ class Settings:
     drain_rate: float = 1000.0
     publish_timeout_s: float = 1.5
     # Hot channels (``core.channel_heat``): counted in the fan-out unless off; a warning
-    # when one reaches the deliveries/s threshold (0: never); rates over each window.
+    # when one reaches the deliveries/s threshold (0: never); rates over each window;
+    # past a window's first publications, one in ``hot_channel_sampling`` of those with
+    # few deliveries is counted (1: every one).
     hot_channels: bool = True
     hot_channel_deliveries_per_s: float = 10_000.0
     hot_channel_window_s: float = 10.0
+    hot_channel_sampling: int = 16
     # HAProxy's agent check answers on this TCP port (``server.load``); None: off.
     agent_port: int | None = None
     transports: tuple[TransportName, ...] = TRANSPORTS
