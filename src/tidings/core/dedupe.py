@@ -100,8 +100,9 @@ class DedupeWindow:
             return
         merged = [(k, offset, ts) for k, (offset, ts) in self._keys.items()]
         merged.extend((k.key, k.offset, k.ts) for k in added)
-        # Expiry reads the front only: the order must stay the order of times.
-        merged.sort(key=lambda entry: entry[2])
+        # Expiry reads the front only: the order must stay the order of times (then of
+        # offsets, the order in which one time's keys were remembered).
+        merged.sort(key=lambda entry: (entry[2], entry[1]))
         del merged[: max(0, len(merged) - self._options.max_keys)]
         self._keys = {k: (offset, ts) for k, offset, ts in merged}
 
