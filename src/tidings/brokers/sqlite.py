@@ -276,18 +276,7 @@ class SqliteBroker(LocalNode):
         """
         self._check_open()
         state = await self._channel(channel, create=False)
-        if state is None:
-            return ()
-        now_ms = self._clock.now_ms()
-        seen: set[str] = set()
-        keys: list[RememberedKey] = []
-        # The earlier keys first: ``publish`` looks there first too.
-        for remembered in (*state.earlier_keys.entries(now_ms), *state.log.remembered_keys(now_ms)):
-            if remembered.offset <= state.committed_offset and remembered.key not in seen:
-                seen.add(remembered.key)
-                keys.append(remembered)
-        keys.sort(key=lambda remembered: (remembered.ts, remembered.offset))
-        return tuple(keys)
+        return () if state is None else state.remembered_keys(self._clock.now_ms())
 
     async def adopt(
         self,
