@@ -19,9 +19,9 @@ publications), then every publication made since, read back from the store in of
 order (so concurrent publishes cannot reorder them). The snapshot also carries the
 channel's idempotency keys inside the dedupe window whose publications it does not
 carry (evicted from history, or never retained: ``history_size = 0``), with their
-original times; many of them go in the messages that follow it, and the last of them
-goes before the channel's sealed top. R answers the position it holds,
-or ``resync`` (the pump sends a fresh snapshot). Once R holds a channel's snapshot the
+original times; a long window goes on in the messages that follow it, its last keys
+before the channel's sealed top. R answers the position it holds, or ``resync`` (the
+pump sends a fresh snapshot). Once R holds a channel's snapshot the
 giver's clients of it may move there (``FollowingPlacement.receiver_holds``). The steps:
 
 1. wait (``handover_timeout``) until every snapshot is acknowledged;
@@ -35,8 +35,8 @@ giver's clients of it may move there (``FollowingPlacement.receiver_holds``). Th
 
 A *receiver* applies each message by ``decide_replica`` and ``AdoptingStore.adopt``
 (positions kept, keys remembered, the message's own keys too, newly stored
-publications delivered to its subscribers live). It serves a channel once it applied its snapshot
-(``FollowingPlacement.hold_replica``); a channel whose giver's sealed top it holds is
+publications delivered to its subscribers live). It serves a channel once it applied
+its snapshot (``FollowingPlacement.hold_replica``); a channel whose giver's sealed top it holds is
 *complete*: when the ring makes it the sequencer, it continues the giver's epoch. One it
 holds incompletely (the giver crashed) restarts in a new epoch instead: clients
 resuming there hear ``recovered: false``, never a silent gap.
