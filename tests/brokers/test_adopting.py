@@ -17,6 +17,7 @@ from tidings.brokers.base import AdoptingStore
 from tidings.brokers.memory import MemoryBroker
 from tidings.brokers.sqlite import SqliteBroker
 from tidings.core.channel import ChannelName, NamespaceName
+from tidings.core.dedupe import DedupeOptions, RememberedKey, dedupe_key
 from tidings.core.history import HistoryOptions
 from tidings.core.namespace import NamespaceOptions, Namespaces
 from tidings.core.publication import ClientInfo, Position, Publication
@@ -24,9 +25,15 @@ from tidings.core.recovery import Gap, Replay
 
 HOUR_MS = 3_600_000
 NAMESPACES = Namespaces(
-    {NamespaceName("doc"): NamespaceOptions(history=HistoryOptions(100, HOUR_MS))}
+    {
+        NamespaceName("doc"): NamespaceOptions(history=HistoryOptions(100, HOUR_MS)),
+        NamespaceName("short"): NamespaceOptions(history=HistoryOptions(2, HOUR_MS)),
+        NamespaceName("bare"): NamespaceOptions(history=HistoryOptions(0, HOUR_MS)),
+    }
 )
 DOC = ChannelName("doc:1")
+SHORT = ChannelName("short:1")  # retains its last 2 publications
+BARE = ChannelName("bare:1")  # retains none
 GIVER_EPOCH = "giverEpoch1"
 
 Kind = Literal["memory", "sqlite"]
@@ -44,19 +51,32 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def make_store(kind: Kind, directory: Path, clock: FakeClock) -> Store:
+def make_store(
+    kind: Kind, directory: Path, clock: FakeClock, dedupe: DedupeOptions | None = None
+) -> Store:
     if kind == "memory":
-        return MemoryBroker(NAMESPACES, clock=clock, epoch_factory=lambda: "localEpoch")
+        return MemoryBroker(
+            NAMESPACES, clock=clock, dedupe=dedupe, epoch_factory=lambda: "localEpoch"
+        )
     return SqliteBroker(
-        directory, NAMESPACES, clock=clock, epoch_factory=lambda: "localEpoch", durability="fast"
+        directory,
+        NAMESPACES,
+        clock=clock,
+        dedupe=dedupe,
+        epoch_factory=lambda: "localEpoch",
+        durability="fast",
     )
 
 
 @contextlib.asynccontextmanager
 async def running(
-    kind: Kind, directory: Path, clock: FakeClock, handler: RecordingHandler
+    kind: Kind,
+    directory: Path,
+    clock: FakeClock,
+    handler: RecordingHandler,
+    dedupe: DedupeOptions | None = None,
 ) -> AsyncIterator[Store]:
-    store = make_store(kind, directory, clock)
+    store = make_store(kind, directory, clock, dedupe)
     await store.start(handler)
     try:
         yield store
@@ -67,9 +87,20 @@ async def running(
 def given(
     first: int, last: int, *, key: Callable[[int], str | None] = lambda _n: None
 ) -> list[Publication]:
-    """Publications the giver sequenced, ``first`` to ``last``."""
+    """Publications the giver sequenced in ``DOC``, ``first`` to ``last``."""
+    return given_in(DOC, first, last, key=key)
+
+
+def given_in(
+    channel: ChannelName,
+    first: int,
+    last: int,
+    *,
+    key: Callable[[int], str | None] = lambda _n: None,
+) -> list[Publication]:
+    """Publications the giver sequenced in ``channel``, ``first`` to ``last``."""
     return [
-        Publication(DOC, GIVER_EPOCH, n, b'{"n":%d}' % n, FakeClock().now_ms(), key(n))
+        Publication(channel, GIVER_EPOCH, n, b'{"n":%d}' % n, FakeClock().now_ms(), key(n))
         for n in range(first, last + 1)
     ]
 
@@ -174,3 +205,118 @@ async def test_adopted_channel_survives_a_restart_of_the_sqlite_file(
         assert await replay(store, Position(GIVER_EPOCH, 4)) == [5, 6]
         assert (await store.publish(DOC, b"{}", key="k6")).duplicate
         assert await store.held_channels() == [DOC]
+
+
+# The giver's dedupe window moves whole (``remembered_keys``, ``adopt(keys=...)``): keys
+# of publications evicted from history, or never retained, included.
+
+WINDOW_MS = DedupeOptions().window_ms
+
+
+async def test_remembered_keys_include_those_of_publications_evicted_from_history(
+    kind: Kind, tmp_path: Path, clock: FakeClock
+) -> None:
+    alice = ClientInfo("c1", "alice")
+    async with running(kind, tmp_path, clock, RecordingHandler()) as store:
+        first_ts = clock.now_ms()
+        await store.publish(SHORT, b"{}", key="k1")
+        clock.advance(10)
+        await store.publish(SHORT, b"{}", key="k2", info=alice)
+        clock.advance(10)
+        await store.publish(SHORT, b"{}")
+        await store.publish(SHORT, b"{}", key="k4")  # 1 and 2 are evicted now
+        read = await store.history(SHORT)
+        assert isinstance(read.recovery, Replay)
+        assert [p.offset for p in read.recovery.publications] == [3, 4]
+        assert await store.remembered_keys(SHORT) == (
+            RememberedKey("k1", 1, first_ts),
+            RememberedKey(dedupe_key("k2", alice), 2, first_ts + 10),
+            RememberedKey("k4", 4, first_ts + 20),
+        )
+        clock.advance(WINDOW_MS - 10)  # k1 is past the window, k2 exactly at its edge
+        assert [k.key for k in await store.remembered_keys(SHORT)] == [
+            dedupe_key("k2", alice),
+            "k4",
+        ]
+        assert await store.remembered_keys(ChannelName("short:never")) == ()
+
+
+async def test_adopted_keys_of_a_channel_retaining_nothing_make_retries_duplicates(
+    kind: Kind, tmp_path: Path, clock: FakeClock
+) -> None:
+    alice = ClientInfo("c1", "alice")
+    now = clock.now_ms()
+    keys = [RememberedKey("k3", 3, now - 20), RememberedKey(dedupe_key("k5", alice), 5, now)]
+    async with running(kind, tmp_path, clock, RecordingHandler()) as store:
+        head = await store.adopt(BARE, GIVER_EPOCH, [], top=6, keys=keys)
+        assert head == Position(GIVER_EPOCH, 6)
+        retried = await store.publish(BARE, b"{}", key="k3")
+        assert (retried.duplicate, retried.position) == (True, Position(GIVER_EPOCH, 3))
+        retried = await store.publish(BARE, b"{}", key="k5", info=alice)
+        assert (retried.duplicate, retried.position) == (True, Position(GIVER_EPOCH, 5))
+        fresh = await store.publish(BARE, b"{}", key="k5")  # the server's key space
+        assert (fresh.duplicate, fresh.position) == (False, Position(GIVER_EPOCH, 7))
+
+
+async def test_adopted_keys_expire_at_their_original_time_not_at_adoption(
+    kind: Kind, tmp_path: Path, clock: FakeClock
+) -> None:
+    now = clock.now_ms()
+    keys = [RememberedKey("old", 1, now - WINDOW_MS + 50), RememberedKey("young", 2, now)]
+    async with running(kind, tmp_path, clock, RecordingHandler()) as store:
+        await store.adopt(SHORT, GIVER_EPOCH, [], top=2, keys=keys)
+        clock.advance(50)  # "old" is exactly window-old: still remembered
+        assert (await store.publish(SHORT, b"{}", key="old")).duplicate
+        clock.advance(1)
+        late = await store.publish(SHORT, b"{}", key="old")
+        assert (late.duplicate, late.position) == (False, Position(GIVER_EPOCH, 3))
+        assert (await store.publish(SHORT, b"{}", key="young")).position.offset == 2
+
+
+async def test_adopted_keys_join_those_of_the_adopted_publications(
+    kind: Kind, tmp_path: Path, clock: FakeClock
+) -> None:
+    evicted = [RememberedKey("k1", 1, clock.now_ms()), RememberedKey("k2", 2, clock.now_ms())]
+    async with running(kind, tmp_path, clock, RecordingHandler()) as store:
+        await store.adopt(
+            SHORT, GIVER_EPOCH, given_in(SHORT, 3, 4, key=lambda n: f"k{n}"), top=4, keys=evicted
+        )
+        for n in range(1, 5):
+            retried = await store.publish(SHORT, b"{}", key=f"k{n}")
+            assert (retried.duplicate, retried.position) == (True, Position(GIVER_EPOCH, n))
+        assert [k.key for k in await store.remembered_keys(SHORT)] == ["k1", "k2", "k3", "k4"]
+
+
+async def test_adopted_keys_above_the_head_held_are_left_to_their_publications(
+    kind: Kind, tmp_path: Path, clock: FakeClock
+) -> None:
+    keys = [RememberedKey("k2", 2, clock.now_ms()), RememberedKey("k9", 9, clock.now_ms())]
+    async with running(kind, tmp_path, clock, RecordingHandler()) as store:
+        await store.adopt(BARE, GIVER_EPOCH, [], top=4, keys=keys)
+        assert (await store.publish(BARE, b"{}", key="k2")).duplicate
+        assert not (await store.publish(BARE, b"{}", key="k9")).duplicate
+
+
+async def test_adopted_keys_are_bounded_by_max_keys_as_publishing_is(
+    kind: Kind, tmp_path: Path, clock: FakeClock
+) -> None:
+    now = clock.now_ms()
+    keys = [RememberedKey(f"k{n}", n, now + n) for n in range(1, 6)]
+    dedupe = DedupeOptions(max_keys=3)
+    async with running(kind, tmp_path, clock, RecordingHandler(), dedupe) as store:
+        await store.adopt(BARE, GIVER_EPOCH, [], top=5, keys=keys)
+        clock.advance(10)
+        assert [k.key for k in await store.remembered_keys(BARE)] == ["k3", "k4", "k5"]
+        assert not (await store.publish(BARE, b"{}", key="k1")).duplicate
+
+
+async def test_adopted_keys_of_evicted_publications_survive_a_restart_of_the_sqlite_file(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    keys = [RememberedKey("k1", 1, clock.now_ms()), RememberedKey("k2", 2, clock.now_ms())]
+    async with running("sqlite", tmp_path, clock, RecordingHandler()) as store:
+        await store.adopt(BARE, GIVER_EPOCH, [], top=3, keys=keys)
+    async with running("sqlite", tmp_path, clock, RecordingHandler()) as store:
+        retried = await store.publish(BARE, b"{}", key="k2")
+        assert (retried.duplicate, retried.position) == (True, Position(GIVER_EPOCH, 2))
+        assert await store.remembered_keys(BARE) == tuple(keys)

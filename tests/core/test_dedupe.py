@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidings.core.dedupe import DedupeOptions, DedupeWindow, dedupe_key
+from tidings.core.dedupe import DedupeOptions, DedupeWindow, RememberedKey, dedupe_key
 from tidings.core.publication import ClientInfo
 
 
@@ -119,3 +119,66 @@ def test_client_keys_meet_only_for_the_same_user_and_key(
 ) -> None:
     same = dedupe_key(a[1], ClientInfo("c1", a[0])) == dedupe_key(b[1], ClientInfo("c2", b[0]))
     assert same == (a == b)
+
+
+# Hand-over (core/dedupe.py ``entries`` and ``adopt``): the window moves whole, each key
+# at its original time.
+
+
+def test_dedupe_entries_are_the_keys_inside_the_window_oldest_first() -> None:
+    window = DedupeWindow(DedupeOptions(window_ms=100))
+    window.remember("a", 1, now_ms=0)
+    window.remember("b", 2, now_ms=50)
+    window.remember("c", 3, now_ms=120)
+    assert window.entries(now_ms=150) == (RememberedKey("b", 2, 50), RememberedKey("c", 3, 120))
+
+
+def test_dedupe_adopted_keys_expire_at_their_original_time_not_at_adoption() -> None:
+    window = DedupeWindow(DedupeOptions(window_ms=100))
+    window.adopt([RememberedKey("a", 1, 0), RememberedKey("b", 2, 80)])
+    assert window.lookup("a", now_ms=100) == 1
+    assert window.lookup("a", now_ms=101) is None
+    assert window.lookup("b", now_ms=180) == 2
+    assert window.lookup("b", now_ms=181) is None
+
+
+def test_dedupe_adopted_keys_are_merged_in_time_order_with_those_remembered() -> None:
+    window = DedupeWindow(DedupeOptions(window_ms=100))
+    window.remember("late", 9, now_ms=90)
+    window.adopt([RememberedKey("early", 3, 10)])
+    # Expiry reads the front: the older adopted key goes first, the later one stays.
+    assert window.entries(now_ms=150) == (RememberedKey("late", 9, 90),)
+
+
+def test_dedupe_adoption_keeps_a_key_already_remembered_as_it_is() -> None:
+    window = DedupeWindow(DedupeOptions(window_ms=100))
+    window.remember("a", 4, now_ms=50)
+    window.adopt([RememberedKey("a", 1, 0)])
+    assert window.entries(now_ms=60) == (RememberedKey("a", 4, 50),)
+
+
+def test_dedupe_adoption_is_bounded_by_max_keys_keeping_the_newest() -> None:
+    window = DedupeWindow(DedupeOptions(window_ms=1_000, max_keys=2))
+    window.remember("b", 2, now_ms=20)
+    window.adopt([RememberedKey("a", 1, 10), RememberedKey("c", 3, 30)])
+    assert [k.key for k in window.entries(now_ms=40)] == ["b", "c"]
+
+
+@given(
+    kept=st.lists(
+        st.tuples(st.sampled_from("abcdefgh"), st.integers(min_value=0, max_value=40)),
+        max_size=20,
+    ),
+    now_ms=st.integers(min_value=40, max_value=80),
+)
+def test_dedupe_a_window_adopted_from_its_entries_answers_as_the_original(
+    kept: list[tuple[str, int]], now_ms: int
+) -> None:
+    options = DedupeOptions(window_ms=30, max_keys=5)
+    original = DedupeWindow(options)
+    for offset, (key, at_ms) in enumerate(sorted(kept, key=lambda step: step[1]), start=1):
+        original.remember(key, offset, at_ms)
+    copy = DedupeWindow(options)
+    copy.adopt(original.entries(now_ms=40))
+    for key in "abcdefgh":
+        assert copy.lookup(key, now_ms) == original.lookup(key, now_ms)

@@ -1,7 +1,8 @@
 """The receiver's side of a hand-over (server/handover.py ``apply_to_replica``) on a real
 memory store: whatever order the giver's snapshots and streams arrive in, late or
 repeated, and then the pump's catch-up from what the replica answered, the replica ends
-holding the giver's history at the giver's positions, its keys, and it delivered each
+holding the giver's history at the giver's positions, its keys (those of evicted
+publications too), and it delivered each
 publication live at most once and never backwards."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tests.support.clock import FakeClock
 from tests.support.handler import RecordingHandler
 from tidings.brokers.memory import MemoryBroker
 from tidings.core.channel import ChannelName, NamespaceName
+from tidings.core.dedupe import RememberedKey
 from tidings.core.handover import RingRecord
 from tidings.core.history import HistoryOptions
 from tidings.core.namespace import NamespaceOptions, Namespaces
@@ -28,7 +30,7 @@ from tidings.core.ring import HashRing
 from tidings.core.routing import Destinations, FollowingPlacement
 from tidings.hub.sessions import SessionRegistry
 from tidings.server.forwarding import OwnerLink
-from tidings.server.handover import Handover, HandoverMessage, apply_to_replica
+from tidings.server.handover import Handover, HandoverMessage, apply_to_replica, snapshot_keys
 from tidings.server.handover_broker import HandoverBroker
 from tidings.server.ring_moves import RingMover
 
@@ -46,12 +48,16 @@ class Message:
     top: int
     publications: tuple[Publication, ...]
     snapshot: bool
+    keys: tuple[RememberedKey, ...] = ()
 
 
 async def snapshot_of(giver: MemoryBroker) -> Message:
     read = await giver.history(DOC)
     assert isinstance(read.recovery, Replay)
-    return Message(read.head.epoch, read.head.offset, read.recovery.publications, snapshot=True)
+    publications = read.recovery.publications
+    # The keys of publications evicted from history travel beside it, as the pump sends.
+    keys = snapshot_keys(await giver.remembered_keys(DOC), publications, read.head)
+    return Message(read.head.epoch, read.head.offset, publications, snapshot=True, keys=keys)
 
 
 async def stream_since(giver: MemoryBroker, since: Position) -> Message | None:
@@ -72,6 +78,7 @@ async def deliver(
         (DOC, message.epoch, message.top),
         list(message.publications),
         snapshot=message.snapshot,
+        keys=message.keys,
     )
 
 
@@ -125,11 +132,12 @@ async def scenario(batches: list[int], order: list[int]) -> None:
     offsets = [p.offset for p in live.items]
     assert offsets == sorted(set(offsets))
     assert {p.epoch for p in live.items} <= {"giverEpoch"}
-    # A publisher retrying the last key at the new owner is answered with its position.
-    if n:
-        retried = await receiver.publish(DOC, b"{}", key=f"k{n}")
+    # A publisher retrying any key at the new owner is answered with its position, its
+    # publication evicted from history or not.
+    for published in range(1, n + 1):
+        retried = await receiver.publish(DOC, b"{}", key=f"k{published}")
         assert retried.duplicate
-        assert retried.position == Position("giverEpoch", n)
+        assert retried.position == Position("giverEpoch", published)
     await giver.close()
     await receiver.close()
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 from tidings.core.channel import ChannelName
+from tidings.core.dedupe import RememberedKey
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Recovery
 
@@ -147,13 +148,26 @@ class AdoptingStore(Protocol):
       decides which are new and whether the channel restarts); afterwards ``history``
       answers for that epoch, and a later ``publish`` continues from the adopted head.
     * **Dedupe carried**: the ``key`` of each adopted publication is remembered at its
-      offset, so a publisher retrying at the new owner is answered ``duplicate``.
+      offset, and so is each of the giver's ``remembered_keys`` handed to ``adopt``
+      (those of publications evicted from history, or of a history retaining nothing),
+      at its original time and within ``max_keys`` as a publish is: a publisher
+      retrying at the new owner is answered ``duplicate`` while the key is inside the
+      window it was in at the giver.
     * **Live to subscribers**: each newly stored publication reaches ``on_publication``
       (if this node is subscribed to the channel), in offset order, once.
     """
 
     async def held_channels(self) -> list[ChannelName]:
         """Return the channels this store holds a head for."""
+        ...
+
+    async def remembered_keys(self, channel: ChannelName) -> tuple[RememberedKey, ...]:
+        """Return the idempotency keys of ``channel`` inside the dedupe window now, oldest
+        first, whether or not their publications are retained (committed ones only).
+
+        Raises:
+            BrokerError: the backend failed.
+        """
         ...
 
     async def adopt(
@@ -163,9 +177,12 @@ class AdoptingStore(Protocol):
         publications: Sequence[Publication],
         *,
         top: int,
+        keys: Sequence[RememberedKey] = (),
     ) -> Position:
         """Store ``publications`` of ``channel`` (consecutive, of ``epoch``, ending at the
-        giver's head ``top`` if any) at their positions; return the head held after.
+        giver's head ``top`` if any) at their positions, then remember ``keys`` (the
+        giver's, of ``epoch``; those above the head held after are ignored: their
+        publications bring them); return the head held after.
 
         Raises:
             ValueError: the publications are not so.

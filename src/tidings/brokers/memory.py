@@ -17,7 +17,8 @@ back from that position.
 
 As a ring node's store (``AdoptingStore``) it also takes channels over from their old
 owner: ``adopt`` keeps their publications at the positions given, in the giver's epoch
-(so a channel's epoch is its log's, which is the shared one unless adopted).
+(so a channel's epoch is its log's, which is the shared one unless adopted), and
+remembers the giver's idempotency keys, evicted publications' ones too.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from tidings.brokers.base import (
 from tidings.clock import Clock, SystemClock
 from tidings.core.channel import ChannelName
 from tidings.core.channel_log import Appended, ChannelLog, plan_adoption
-from tidings.core.dedupe import DedupeOptions
+from tidings.core.dedupe import DedupeOptions, RememberedKey
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Replay, decide_recovery
@@ -303,6 +304,12 @@ class MemoryBroker(LocalNode):
         """Return the channels published to or adopted (``AdoptingStore``)."""
         return [*self._logs, *self._heads]
 
+    async def remembered_keys(self, channel: ChannelName) -> tuple[RememberedKey, ...]:
+        """Return ``channel``'s keys inside the dedupe window (``AdoptingStore``)."""
+        log = self._logs.get(channel)
+        # A swept channel is bare: it has no key left.
+        return () if log is None else log.remembered_keys(self._clock.now_ms())
+
     async def adopt(
         self,
         channel: ChannelName,
@@ -310,8 +317,10 @@ class MemoryBroker(LocalNode):
         publications: Sequence[Publication],
         *,
         top: int,
+        keys: Sequence[RememberedKey] = (),
     ) -> Position:
-        """Store ``publications`` at their positions (``AdoptingStore.adopt``), in one step."""
+        """Store ``publications`` at their positions and remember ``keys``
+        (``AdoptingStore.adopt``), in one step."""
         log = self._logs.get(channel)
         held = log.head if log is not None else self._heads.get(channel)
         plan = plan_adoption(held, epoch, publications, top)
@@ -319,7 +328,7 @@ class MemoryBroker(LocalNode):
             self._heads.pop(channel, None)
             log = self._new_log(channel, Position(epoch, plan.restart_at))
         elif log is None:
-            if not plan.publications:
+            if not plan.publications and not keys:
                 assert held is not None  # plan_adoption restarts a channel not held
                 return held
             log = self._log(channel)
@@ -332,6 +341,8 @@ class MemoryBroker(LocalNode):
                     deliver(publication)
                 except Exception:  # stored; a faulty handler must not undo it
                     logger.exception("publication handler failed on %s", channel)
+        assert log.epoch == epoch  # plan_adoption restarts a channel of another epoch
+        log.adopt_keys(k for k in keys if k.offset <= log.head_offset)
         return log.head
 
     async def subscribe(self, channel: ChannelName) -> None:

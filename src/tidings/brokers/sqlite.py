@@ -38,7 +38,9 @@ conflicting publishes fail instead.
 As a ring node's store (``AdoptingStore``) it also takes channels over from their old
 owner: ``adopt`` restarts the channel's rows in the giver's epoch when it must
 (``core.channel_log.plan_adoption``), then writes the publications at the positions
-given through the same group commit as publishes, so they are delivered once committed.
+given through the same group commit as publishes, so they are delivered once committed,
+and stores the giver's idempotency keys beside them (those of publications no longer
+retained too), kept for the dedupe window from their original times.
 
 Presence is not stored: it lives in memory (``LocalPresence``), as it ends with the node.
 
@@ -73,7 +75,7 @@ from tidings.brokers.sqlite_writer import SqliteWriter
 from tidings.clock import Clock, SystemClock
 from tidings.core.channel import ChannelName
 from tidings.core.channel_log import ChannelLog, Duplicate, plan_adoption
-from tidings.core.dedupe import DedupeOptions, DedupeWindow, dedupe_key
+from tidings.core.dedupe import DedupeOptions, DedupeWindow, RememberedKey, dedupe_key
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Replay, decide_recovery
@@ -265,6 +267,17 @@ class SqliteBroker(LocalNode):
         stored = await writer.run(self._store.channel_names, "listing channels")
         return sorted({*stored, *self._channels})
 
+    async def remembered_keys(self, channel: ChannelName) -> tuple[RememberedKey, ...]:
+        """Return ``channel``'s committed keys inside the dedupe window, oldest first
+        (``AdoptingStore``), those of publications trimmed from history too.
+
+        Raises:
+            BrokerError: the broker is not open, or loading the channel failed.
+        """
+        self._check_open()
+        state = await self._channel(channel, create=False)
+        return () if state is None else state.remembered_keys(self._clock.now_ms())
+
     async def adopt(
         self,
         channel: ChannelName,
@@ -272,9 +285,10 @@ class SqliteBroker(LocalNode):
         publications: Sequence[Publication],
         *,
         top: int,
+        keys: Sequence[RememberedKey] = (),
     ) -> Position:
-        """Store ``publications`` at their positions (``AdoptingStore.adopt``); return once
-        they are committed (and delivered).
+        """Store ``publications`` at their positions and remember ``keys``
+        (``AdoptingStore.adopt``); return once they are committed (and delivered).
 
         Raises:
             ValueError: the publications are not consecutive and ending at ``top``.
@@ -297,16 +311,31 @@ class SqliteBroker(LocalNode):
             log = ChannelLog(channel, epoch, history, self._dedupe, plan.restart_at)
             state = self._channels[channel] = LoadedChannel(log, DedupeWindow(self._dedupe))
         assert state is not None  # plan_adoption restarts a channel not held
-        if not plan.publications:
-            return Position(state.log.epoch, state.committed_offset)
-        now_ms = self._clock.now_ms()
-        done: asyncio.Future[None] | None = None
-        for publication in plan.publications:
-            state.log.restore(publication, now_ms)
-            done = self._group_commit.enqueue(publication)
-        assert done is not None
-        await asyncio.shield(done)
-        return Position(state.log.epoch, plan.head)
+        if plan.publications:
+            now_ms = self._clock.now_ms()
+            done: asyncio.Future[None] | None = None
+            for publication in plan.publications:
+                state.log.restore(publication, now_ms)
+                done = self._group_commit.enqueue(publication)
+            assert done is not None
+            await asyncio.shield(done)
+        assert state.log.epoch == epoch  # plan_adoption restarts a channel of another epoch
+        head = Position(epoch, plan.head)
+        # At or below the committed head only: a publication stored later inserts its own
+        # key row at its offset, which must not be taken already.
+        adopted = [k for k in keys if k.offset <= head.offset]
+        if adopted:
+            await writer.run(
+                partial(self._store.remember_keys, channel, adopted),
+                f"adopting the keys of channel {channel}",
+            )
+            self._check_open()
+            # Committed: now ``publish`` may answer from them (a failed batch since
+            # reloads the channel from the file, keys and all).
+            state = self._channels.get(channel)
+            if state is not None:
+                state.earlier_keys.adopt(adopted)
+        return head
 
     async def subscribe(self, channel: ChannelName) -> None:
         """Deliver ``channel``'s publications to this node's hub."""

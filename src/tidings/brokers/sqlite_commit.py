@@ -43,7 +43,7 @@ from functools import partial
 
 from tidings.brokers.base import HistoryRead
 from tidings.core.channel_log import ChannelLog
-from tidings.core.dedupe import DedupeWindow
+from tidings.core.dedupe import DedupeWindow, RememberedKey
 from tidings.core.publication import Position, Publication
 from tidings.core.recovery import Gap, GapReason, Replay
 from tidings.errors import BrokerError
@@ -61,6 +61,19 @@ class LoadedChannel:
         # own window only learns keys from the publications restored into it.
         self.earlier_keys = earlier_keys
         self.committed_offset = log.head_offset
+
+    def remembered_keys(self, now_ms: int) -> tuple[RememberedKey, ...]:
+        """The committed keys inside the dedupe window at ``now_ms``, oldest first: the
+        earlier ones and those of the retained publications (``AdoptingStore``)."""
+        seen: set[str] = set()
+        keys: list[RememberedKey] = []
+        # The earlier keys first: ``publish`` looks there first too.
+        for remembered in (*self.earlier_keys.entries(now_ms), *self.log.remembered_keys(now_ms)):
+            if remembered.offset <= self.committed_offset and remembered.key not in seen:
+                seen.add(remembered.key)
+                keys.append(remembered)
+        keys.sort(key=lambda remembered: (remembered.ts, remembered.offset))
+        return tuple(keys)
 
     def read(self, since: Position | None, limit: int | None, now_ms: int) -> HistoryRead:
         """Read the committed part of the channel (``Broker.history``)."""

@@ -21,7 +21,7 @@ from typing import Final, Literal
 
 from tidings.brokers.data_dir import prepare_private_file
 from tidings.core.channel import ChannelName
-from tidings.core.dedupe import DedupeOptions, dedupe_key
+from tidings.core.dedupe import DedupeOptions, RememberedKey, dedupe_key
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import ClientInfo, Publication
 from tidings.errors import BrokerError
@@ -173,6 +173,14 @@ class SqliteStore:
             db.execute("DELETE FROM dedupe_keys WHERE channel = ?", (channel,))
             db.execute(_RESTART_CHANNEL, (channel, epoch, head_offset))
 
+    def remember_keys(self, channel: ChannelName, keys: Sequence[RememberedKey]) -> None:
+        """Store ``keys`` of ``channel`` handed over from another node, in one
+        transaction; a key already stored at its offset stays as it is."""
+        with self._transaction() as db:
+            db.executemany(
+                _INSERT_KEY_UNLESS_STORED, [(channel, k.offset, k.key, k.ts) for k in keys]
+            )
+
     def channel_names(self) -> list[ChannelName]:
         """Return the name of every channel in the file."""
         rows = self._connection().execute("SELECT name FROM channels").fetchall()
@@ -255,6 +263,9 @@ _INSERT_PUBLICATION: Final = """
     VALUES (?, ?, ?, ?, ?, ?, ?)
 """
 _INSERT_KEY: Final = 'INSERT INTO dedupe_keys (channel, "offset", key, ts) VALUES (?, ?, ?, ?)'
+_INSERT_KEY_UNLESS_STORED: Final = (
+    'INSERT OR IGNORE INTO dedupe_keys (channel, "offset", key, ts) VALUES (?, ?, ?, ?)'
+)
 _UPSERT_CHANNEL: Final = """
     INSERT INTO channels (name, epoch, head_offset) VALUES (?, ?, ?)
     ON CONFLICT (name) DO UPDATE SET head_offset = excluded.head_offset

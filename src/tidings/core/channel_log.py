@@ -18,17 +18,19 @@ channel from its old owner stores the publications it is sent *at their position
 sequenced anew. ``plan_adoption`` is the one rule for what such a store keeps: the
 publications it does not hold yet, continuing its head; and whether its state must be
 replaced first (another epoch, or a hole between its head and what it was sent: a
-snapshot of what the giver retains).
+snapshot of what the giver retains). The giver's dedupe window moves beside its
+retained publications (``remembered_keys``, ``adopt_keys``): a key outlives its
+publication's eviction, and must outlive it on the new owner too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
 from tidings.core.channel import ChannelName
-from tidings.core.dedupe import DedupeOptions, DedupeWindow, dedupe_key
+from tidings.core.dedupe import DedupeOptions, DedupeWindow, RememberedKey, dedupe_key
 from tidings.core.history import ChannelHistory, HistoryOptions
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.recovery import Recovery
@@ -100,6 +102,16 @@ class ChannelLog:
         if publication.key is not None:
             remembered = dedupe_key(publication.key, publication.info)
             self._dedupe.remember(remembered, publication.offset, publication.ts)
+
+    def remembered_keys(self, now_ms: int) -> tuple[RememberedKey, ...]:
+        """Return the keys inside the dedupe window at ``now_ms``, oldest first (those of
+        publications no longer retained too)."""
+        return self._dedupe.entries(now_ms)
+
+    def adopt_keys(self, keys: Iterable[RememberedKey]) -> None:
+        """Remember ``keys`` of this epoch handed over from the channel's old owner, at
+        their original times (``DedupeWindow.adopt``)."""
+        self._dedupe.adopt(keys)
 
     def expire(self, now_ms: int) -> bool:
         """Drop the publications and keys that are too old at ``now_ms``.

@@ -12,10 +12,16 @@ the key the backend will use. A key is remembered under ``dedupe_key``: a server
 publication (no ``info``) under the key itself, a client's under its user's own space.
 A client's retry still repeats its own earlier publish, from any connection of the same
 user (anonymous clients share one space: they cannot be told apart).
+
+Hand-over (docs/modes/hashing.md, "Scaling"): a channel's new owner takes the old
+owner's window whole (``entries``, then ``adopt``), each key with its original time, so
+a retry at the new owner is a duplicate for exactly as long as it was at the old one,
+whether or not its publication is still retained.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -46,6 +52,16 @@ def dedupe_key(key: str, info: ClientInfo | None) -> str:
     return f"{CLIENT_KEY_MARK}{len(info.user)}:{info.user}{key}"
 
 
+@dataclass(frozen=True, slots=True)
+class RememberedKey:
+    """A key inside a channel's window: remembered as ``key`` (``dedupe_key``'s form),
+    first published at ``offset``, at ``ts`` (ms)."""
+
+    key: str
+    offset: int
+    ts: int
+
+
 class DedupeWindow:
     """Keys published recently in one channel and the offsets they got."""
 
@@ -69,6 +85,26 @@ class DedupeWindow:
         self._keys[key] = (offset, now_ms)
         while len(self._keys) > self._options.max_keys:
             del self._keys[next(iter(self._keys))]
+
+    def entries(self, now_ms: int) -> tuple[RememberedKey, ...]:
+        """Return the keys inside the window at ``now_ms``, oldest first."""
+        self.expire(now_ms)
+        return tuple(RememberedKey(k, offset, ts) for k, (offset, ts) in self._keys.items())
+
+    def adopt(self, keys: Iterable[RememberedKey]) -> None:
+        """Remember ``keys`` handed over from another node at their own times (never
+        renewed: the window is not extended by the move). A key already remembered keeps
+        what it has. The oldest go first beyond ``max_keys``, as in ``remember``."""
+        added = [k for k in keys if k.key not in self._keys]
+        if not added:
+            return
+        merged = [(k, offset, ts) for k, (offset, ts) in self._keys.items()]
+        merged.extend((k.key, k.offset, k.ts) for k in added)
+        # Expiry reads the front only: the order must stay the order of times (then of
+        # offsets, the order in which one time's keys were remembered).
+        merged.sort(key=lambda entry: (entry[2], entry[1]))
+        del merged[: max(0, len(merged) - self._options.max_keys)]
+        self._keys = {k: (offset, ts) for k, offset, ts in merged}
 
     def expire(self, now_ms: int) -> None:
         """Forget the keys older than the window."""

@@ -16,8 +16,12 @@ a newer version cancels it and starts the next). For each channel its store hold
 moves (``publishing_role`` is ``Sequence(copy_to=R)``), and each first published during
 the transition, one *pump* sends R a snapshot (epoch, top offset, the retained
 publications), then every publication made since, read back from the store in offset
-order (so concurrent publishes cannot reorder them). R answers the position it holds,
-or ``resync`` (the pump sends a fresh snapshot). Once R holds a channel's snapshot the
+order (so concurrent publishes cannot reorder them). The snapshot also carries the
+channel's idempotency keys inside the dedupe window whose publications it does not
+carry (evicted from history, or never retained: ``history_size = 0``), with their
+original times; a long window goes on in the messages that follow it, its last keys
+before the channel's sealed top. R answers the position it holds, or ``resync`` (the
+pump sends a fresh snapshot). Once R holds a channel's snapshot the
 giver's clients of it may move there (``FollowingPlacement.receiver_holds``). The steps:
 
 1. wait (``handover_timeout``) until every snapshot is acknowledged;
@@ -30,9 +34,9 @@ giver's clients of it may move there (``FollowingPlacement.receiver_holds``). Th
    that dies changes the ring, which restarts the hand-over.
 
 A *receiver* applies each message by ``decide_replica`` and ``AdoptingStore.adopt``
-(positions kept, keys remembered, newly stored publications delivered to its
-subscribers live). It serves a channel once it applied its snapshot
-(``FollowingPlacement.hold_replica``); a channel whose giver's sealed top it holds is
+(positions kept, keys remembered, the message's own keys too, newly stored
+publications delivered to its subscribers live). It serves a channel once it applied
+its snapshot (``FollowingPlacement.hold_replica``); a channel whose giver's sealed top it holds is
 *complete*: when the ring makes it the sequencer, it continues the giver's epoch. One it
 holds incompletely (the giver crashed) restarts in a new epoch instead: clients
 resuming there hear ``recovered: false``, never a silent gap.
@@ -55,6 +59,7 @@ from tidings.brokers.base import AdoptingStore
 from tidings.brokers.memory import random_epoch
 from tidings.core.backoff import Backoff
 from tidings.core.channel import ChannelName, parse_channel
+from tidings.core.dedupe import RememberedKey
 from tidings.core.handover import (
     ForwardTo,
     ReplicaStep,
@@ -83,6 +88,10 @@ MAX_HANDOVER_BODY_BYTES: Final = 8 * 1024 * 1024  # the native server's own boun
 MESSAGE_DATA_BYTES: Final = 2 * 1024 * 1024
 # A publication's fields beside its data in a message, at most (offset, ts, key, info).
 PUBLICATION_OVERHEAD_BYTES: Final = 512
+# The idempotency keys carried by one message at most (a long dedupe window goes in several).
+MESSAGE_KEY_BYTES: Final = 2 * 1024 * 1024
+# A key's fields beside the key itself in a message (offset, ts, names).
+KEY_OVERHEAD_BYTES: Final = 48
 # At most this many messages in flight to one receiver (one per channel at a time).
 SENDS_PER_RECEIVER: Final = 16
 
@@ -100,8 +109,16 @@ class _Publication(msgspec.Struct, frozen=True, omit_defaults=True):
     info: _Info | None = None
 
 
+class _Key(msgspec.Struct, frozen=True):
+    key: str  # as remembered (``core.dedupe.dedupe_key``): a client's in its user's space
+    offset: int
+    ts: int
+
+
 class HandoverMessage(msgspec.Struct, frozen=True, omit_defaults=True):
-    """``POST /node/handover``: a giver's snapshot or next publications of one channel."""
+    """``POST /node/handover``: a giver's snapshot or next publications of one channel,
+    and idempotency keys of its epoch (offsets at or below ``top``) that no publication
+    of it carries."""
 
     giver: str
     channel: str
@@ -110,6 +127,7 @@ class HandoverMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     snapshot: bool
     publications: list[_Publication]
     sealed: bool = False
+    keys: list[_Key] = msgspec.field(default_factory=list)
 
 
 class HandoverAnswer(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -131,6 +149,27 @@ def _first_part(publications: tuple[Publication, ...], max_bytes: int) -> tuple[
     return publications
 
 
+def _first_keys(keys: tuple[RememberedKey, ...], max_bytes: int) -> tuple[RememberedKey, ...]:
+    """The first ``keys`` whose encoding adds up to about ``max_bytes`` at most (one at
+    least, if any)."""
+    size = 0
+    for count, remembered in enumerate(keys):
+        size += len(msgspec.json.encode(remembered.key)) + KEY_OVERHEAD_BYTES
+        if size > max_bytes and count > 0:
+            return keys[:count]
+    return keys
+
+
+def snapshot_keys(
+    keys: tuple[RememberedKey, ...], retained: tuple[Publication, ...], head: Position
+) -> tuple[RememberedKey, ...]:
+    """The keys a snapshot carries beside its publications: those of offsets before the
+    first retained one (whose publications were evicted, or never retained), up to the
+    head read (a key above it comes with its publication, or with the next snapshot)."""
+    below = retained[0].offset if retained else head.offset + 1
+    return tuple(k for k in keys if k.offset < below)
+
+
 def _position_of(head: Position, publication: Publication) -> Position:
     return Position(head.epoch, publication.offset)
 
@@ -140,6 +179,7 @@ def _message(
     channel: ChannelName,
     head: Position,
     publications: tuple[Publication, ...],
+    keys: tuple[RememberedKey, ...],
     *,
     snapshot: bool,
     sealed: bool,
@@ -162,8 +202,34 @@ def _message(
                 for p in publications
             ],
             sealed,
+            [_Key(k.key, k.offset, k.ts) for k in keys],
         )
     )
+
+
+def _next_message(
+    giver: str,
+    at: tuple[ChannelName, Position],
+    publications: tuple[Publication, ...],
+    keys: tuple[RememberedKey, ...],
+    *,
+    snapshot: bool,
+    sealed: bool,
+) -> tuple[bytes, int]:
+    """The next message of a channel (at head ``at``) whose ``publications`` and ``keys``
+    are still to send; and how many of the keys it carries.
+
+    A long history goes in parts, a long dedupe window too: each message stays far
+    below what a node takes in one request body. A part ends at its last publication (a
+    snapshot of the channel as it was then), and only the last part of a sealed
+    channel, with the last of its keys, says sealed."""
+    channel, head = at
+    part = _first_part(publications, MESSAGE_DATA_BYTES)
+    top = head if len(part) == len(publications) else _position_of(head, part[-1])
+    sent = _first_keys(keys, MESSAGE_KEY_BYTES)
+    last = top == head and len(sent) == len(keys)
+    raw = _message(giver, channel, top, part, sent, snapshot=snapshot, sealed=sealed and last)
+    return raw, len(sent)
 
 
 @dataclass(slots=True)
@@ -387,6 +453,7 @@ class Handover:
     async def _pump(self, run: _Run, channel: ChannelName, pump: _Pump) -> None:
         """Send ``channel`` to its receiver until the run ends (cancelled)."""
         held: Position | None = None
+        keys_left: tuple[RememberedKey, ...] = ()  # of the last snapshot, not acknowledged yet
         backoff = Backoff(base_s=0.05, cap_s=2.0, uniform=random.uniform)
         while True:
             pump.dirty.clear()
@@ -398,20 +465,18 @@ class Handover:
                 continue
             publications = read.recovery.publications if isinstance(read.recovery, Replay) else ()
             head = read.head
-            if snapshot or head != held or (sealed and not pump.sealed_acked.is_set()):
-                # A long history goes in parts: each message stays far below what a node
-                # takes in one request body. A part ends at its last publication (a
-                # snapshot of the channel as it was then), and only the last part of a
-                # sealed channel says sealed.
-                part = _first_part(publications, MESSAGE_DATA_BYTES)
-                top = head if len(part) == len(publications) else _position_of(head, part[-1])
-                raw = _message(
+            if snapshot:
+                # Read after the history: a key evicted in between is still in the window.
+                window = await self._broker.remembered_keys(channel)
+                keys_left = snapshot_keys(window, publications, head)
+            if snapshot or head != held or keys_left or (sealed and not pump.sealed_acked.is_set()):
+                raw, sent_keys = _next_message(
                     self._node_id,
-                    channel,
-                    top,
-                    part,
+                    (channel, head),
+                    publications,
+                    keys_left,
                     snapshot=snapshot,
-                    sealed=sealed and top == head,
+                    sealed=sealed,
                 )
                 try:
                     answer = await self._send(pump.receiver, channel, raw, run.version)
@@ -433,10 +498,11 @@ class Handover:
                     held = None
                     continue
                 before, held = held, parse_position(answer.epoch, answer.offset)
+                keys_left = keys_left[sent_keys:]
                 if snapshot:
                     self._placement.receiver_holds(channel)
                     pump.snapshot_acked.set()
-                if sealed and held == head:
+                if sealed and held == head and not keys_left:
                     pump.sealed_acked.set()
                 run.changed.set()
                 if held != head:
@@ -446,6 +512,8 @@ class Handover:
                         await asyncio.sleep(backoff.next_delay_s())
                     continue
                 backoff.reset()
+                if keys_left:
+                    continue  # more of the snapshot's keys to send
             await pump.dirty.wait()
 
     async def _send(
@@ -525,6 +593,7 @@ class Handover:
                     (channel, epoch, top),
                     publications,
                     snapshot=message.snapshot,
+                    keys=tuple(RememberedKey(k.key, k.offset, k.ts) for k in message.keys),
                 )
             except ValueError as exc:
                 raise BadRequest(str(exc)) from None
@@ -545,10 +614,12 @@ async def apply_to_replica(
     publications: list[Publication],
     *,
     snapshot: bool,
+    keys: tuple[RememberedKey, ...] = (),
 ) -> Position | None:
     """Apply one hand-over message of a channel to its replica in ``store``, which
     holds ``held`` from this giver (``None``: nothing yet): ``head`` is the channel,
-    the message's epoch and its top offset. Return the position held after, or ``None``
+    the message's epoch and its top offset; ``keys`` the giver's idempotency keys it
+    carries besides its publications'. Return the position held after, or ``None``
     to ask for a fresh snapshot (``decide_replica``'s ``RESYNC``).
 
     Raises:
@@ -562,5 +633,9 @@ async def apply_to_replica(
         return None
     if step is ReplicaStep.IGNORE:
         assert held is not None  # decide_replica applies when nothing is held
+        if keys and held.epoch == epoch:
+            # Its publications are held, its keys may not be (a repeated snapshot
+            # of a channel retaining nothing): remember them, moving nothing.
+            return await store.adopt(channel, epoch, [], top=held.offset, keys=keys)
         return held
-    return await store.adopt(channel, epoch, publications, top=top)
+    return await store.adopt(channel, epoch, publications, top=top, keys=keys)

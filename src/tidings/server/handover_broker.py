@@ -33,6 +33,7 @@ import msgspec
 
 from tidings.brokers.base import HistoryRead, PublicationHandler, PublishResult, RingStore
 from tidings.core.channel import ChannelName
+from tidings.core.dedupe import RememberedKey
 from tidings.core.handover import ForwardTo, Hold, ResumeStep, decide_resume
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.routing import FollowingPlacement
@@ -276,6 +277,10 @@ class HandoverBroker:
         """The store's held channels."""
         return await self.store.held_channels()
 
+    async def remembered_keys(self, channel: ChannelName) -> tuple[RememberedKey, ...]:
+        """The store's keys of ``channel`` inside the dedupe window."""
+        return await self.store.remembered_keys(channel)
+
     async def adopt(
         self,
         channel: ChannelName,
@@ -283,10 +288,11 @@ class HandoverBroker:
         publications: Sequence[Publication],
         *,
         top: int,
+        keys: Sequence[RememberedKey] = (),
     ) -> Position:
         """Adopt into the store (``AdoptingStore.adopt``)."""
         try:
-            return await self.store.adopt(channel, epoch, publications, top=top)
+            return await self.store.adopt(channel, epoch, publications, top=top, keys=keys)
         finally:
             adopted, self._adopted = self._adopted, asyncio.Event()
             adopted.set()  # resumes waiting for the stream look again

@@ -1,0 +1,210 @@
+"""A channel's idempotency keys move with it in a hand-over (server/handover.py), whatever
+its history retained: node ``a`` hands a channel to node ``c`` as ``c`` joins, over a
+real socket (``POST /node/handover`` served by uvicorn), each node over a store of its
+own (memory or sqlite). Keys published before the transition and keys published during
+it, after the snapshot was acknowledged, in a namespace retaining nothing
+(``history_size = 0``) or evicting them at once (``history_size = 1``), the keys in one
+message or one key a message: once the ring is final, a publisher retrying any of them
+at ``c`` is answered ``duplicate`` with the original position, and a new key is
+published after them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tests.support.handler import RecordingHandler
+from tidings.brokers.base import RingStore
+from tidings.brokers.memory import MemoryBroker
+from tidings.brokers.sqlite import SqliteBroker
+from tidings.core.channel import ChannelName, NamespaceName
+from tidings.core.handover import RingRecord
+from tidings.core.history import HistoryOptions
+from tidings.core.namespace import NamespaceOptions, Namespaces
+from tidings.core.publication import ClientInfo, Position
+from tidings.core.ring import HashRing
+from tidings.core.routing import Destinations, FollowingPlacement
+from tidings.hub.sessions import SessionRegistry
+from tidings.server import handover
+from tidings.server.forwarding import OwnerLink
+from tidings.server.handover import HANDOVER_PATH, Handover
+from tidings.server.handover_broker import HandoverBroker
+from tidings.server.ring_moves import RingMover
+
+HOUR_MS = 3_600_000
+NAMESPACES = Namespaces(
+    {
+        NamespaceName("bare"): NamespaceOptions(history=HistoryOptions(0, HOUR_MS)),
+        NamespaceName("short"): NamespaceOptions(history=HistoryOptions(1, HOUR_MS)),
+    }
+)
+SECRET = "a-cluster-secret-of-at-least-32-bytes"
+# A bound on awaited conditions, never a timed assertion.
+CONDITION_TIMEOUT_S = 30.0
+ALICE = ClientInfo("c1", "alice")
+
+Kind = Literal["memory", "sqlite"]
+
+
+class GatedMover(RingMover):
+    """The giver's mover, telling the test when every snapshot was acknowledged (the
+    hand-over then moves clients) and holding the hand-over there until ``gate`` is set,
+    so that publications are made during the transition after the snapshot."""
+
+    def __init__(self, placement: FollowingPlacement) -> None:
+        super().__init__(SessionRegistry(10), Destinations(placement), NAMESPACES, 10.0)
+        self.snapshots_acked = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    def receive_ring(self) -> None:
+        self.snapshots_acked.set()
+        super().receive_ring()
+
+    async def wait_moved(self) -> None:
+        await self.gate.wait()
+        await super().wait_moved()
+
+
+@dataclass
+class Node:
+    handover: Handover
+    broker: HandoverBroker
+    mover: RingMover
+    link: OwnerLink
+
+
+def make_store(kind: Kind, directory: Path, node: str) -> RingStore:
+    if kind == "memory":
+        return MemoryBroker(NAMESPACES, epoch_factory=lambda: f"{node}Epoch")
+    return SqliteBroker(
+        directory / node, NAMESPACES, epoch_factory=lambda: f"{node}Epoch", durability="fast"
+    )
+
+
+@contextlib.asynccontextmanager
+async def node(
+    name: str, urls: dict[str, str], store: RingStore, *, gated: bool = False
+) -> AsyncIterator[Node]:
+    placement = FollowingPlacement(name, urls[name], NAMESPACES)
+    link = OwnerLink(placement, SECRET)
+    broker = HandoverBroker(store, placement, lambda: link, timeout_s=CONDITION_TIMEOUT_S)
+    moves = (
+        GatedMover(placement)
+        if gated
+        else RingMover(SessionRegistry(10), Destinations(placement), NAMESPACES, 10.0)
+    )
+    handover = Handover(name, placement, broker, lambda: link, moves, timeout_s=CONDITION_TIMEOUT_S)
+    await broker.start(RecordingHandler())
+    try:
+        yield Node(handover, broker, moves, link)
+    finally:
+        await moves.close()
+        await link.aclose()
+        await broker.close()
+
+
+@contextlib.asynccontextmanager
+async def serving_handover(
+    listener: socket.socket, receiver: list[Handover]
+) -> AsyncIterator[None]:
+    """Serve ``POST /node/handover`` of ``receiver[0]`` on ``listener``."""
+
+    async def receive(request: Request) -> Response:
+        return await receiver[0].receive(request)
+
+    app = Starlette(routes=[Route(HANDOVER_PATH, receive, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await serving
+
+
+def moving_from_a_to_c(namespace: str) -> ChannelName:
+    """A channel of ``namespace`` that a ring of a alone gives a and a ring of a and c, c."""
+    ring = HashRing(["a", "c"])
+    return next(
+        ChannelName(f"{namespace}:{n}")
+        for n in range(1000)
+        if ring.owner(f"{namespace}:{n}") == "c"
+    )
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("namespace", ["bare", "short"])
+@pytest.mark.parametrize("keys_per_message", ["all", "one"])
+async def test_a_retry_at_the_new_owner_is_a_duplicate_whatever_the_history_retained(
+    kind: Kind,
+    namespace: str,
+    keys_per_message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if keys_per_message == "one":
+        # A long dedupe window goes in several messages: here, one key in each.
+        monkeypatch.setattr(handover, "MESSAGE_KEY_BYTES", 1)
+    channel = moving_from_a_to_c(namespace)
+    listener = socket.create_server(("127.0.0.1", 0))
+    urls = {"a": "http://127.0.0.1:1", "c": f"http://127.0.0.1:{listener.getsockname()[1]}"}
+    alone, joining, final = (
+        RingRecord(1, {"a": urls["a"]}),
+        RingRecord(2, urls, {"a": urls["a"]}),
+        RingRecord(3, urls),
+    )
+    receiver: list[Handover] = []
+    async with (
+        node("a", urls, make_store(kind, tmp_path, "a"), gated=True) as a,
+        node("c", urls, make_store(kind, tmp_path, "c")) as c,
+        serving_handover(listener, receiver),
+        asyncio.timeout(CONDITION_TIMEOUT_S),
+    ):
+        receiver.append(c.handover)
+        assert isinstance(a.mover, GatedMover)
+        for ring in (alone, joining):
+            for each in (a, c):
+                each.handover.receive_ring(ring)
+                await each.handover.sequencing_ready()
+            if ring is alone:
+                # Before the transition, at a: evicted at once (or never retained).
+                before = [
+                    await a.broker.publish(channel, b'{"n":1}', key="k1"),
+                    await a.broker.publish(channel, b'{"n":2}', key="k2", info=ALICE),
+                    await a.broker.publish(channel, b'{"n":3}'),
+                ]
+        handing = asyncio.create_task(a.handover.hand_over(joining))
+        await a.mover.snapshots_acked.wait()
+        # During the transition, after the snapshot: sequenced at a, copied to c.
+        during = [
+            await a.broker.publish(channel, b'{"n":4}', key="k4"),
+            await a.broker.publish(channel, b'{"n":5}', key="k5", info=ALICE),
+        ]
+        a.mover.gate.set()
+        await handing  # every receiver holds its channels whole
+        for each in (a, c):
+            each.handover.receive_ring(final)
+            await each.handover.sequencing_ready()
+        retries = [
+            await c.broker.publish(channel, b"{}", key="k1"),
+            await c.broker.publish(channel, b"{}", key="k2", info=ALICE),
+            await c.broker.publish(channel, b"{}", key="k4"),
+            await c.broker.publish(channel, b"{}", key="k5", info=ALICE),
+        ]
+        fresh = await c.broker.publish(channel, b"{}", key="k6")
+    originals = [before[0], before[1], during[0], during[1]]
+    assert [p.position for p in originals] == [Position("aEpoch", n) for n in (1, 2, 4, 5)]
+    assert [(r.duplicate, r.position) for r in retries] == [(True, p.position) for p in originals]
+    assert (fresh.duplicate, fresh.position) == (False, Position("aEpoch", 6))
