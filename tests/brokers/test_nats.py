@@ -13,10 +13,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Final
 
 import nats
 import pytest
@@ -31,55 +30,27 @@ from tests.support.nats_server import (
     delete_prefix,
 )
 from tests.support.services import require_service
+from tests.support.shared_broker import (
+    NAMESPACES,
+    SMALL_HISTORY,
+    data,
+    eventually,
+    is_not,
+    offsets,
+    stopped_after,
+    unique_channel,
+)
 from tests.support.tcp_proxy import TcpProxy
 from tidings.brokers.base import DisconnectUser, PresenceChange, PublishResult
 from tidings.brokers.factory import MissingExtra, check_broker, create_broker
 from tidings.brokers.nats import NatsBroker, NatsTarget
 from tidings.brokers.nats_keys import KeyIndex, KeyRecord
 from tidings.brokers.nats_subjects import stream_name
-from tidings.core.channel import ChannelName, NamespaceName
+from tidings.core.channel import ChannelName
 from tidings.core.dedupe import DedupeOptions
-from tidings.core.history import HistoryOptions
-from tidings.core.namespace import NamespaceOptions, Namespaces
-from tidings.core.publication import Position, Publication
+from tidings.core.publication import Position
 from tidings.core.recovery import Gap, GapReason, Replay
 from tidings.errors import BrokerError, ConfigError
-
-HOUR_MS: Final = 3_600_000
-SMALL_HISTORY: Final = 3
-POLL_LIMIT_S: Final = 20.0
-NAMESPACES: Final = Namespaces(
-    {
-        NamespaceName("room"): NamespaceOptions(history=HistoryOptions(1_000, HOUR_MS)),
-        NamespaceName("small"): NamespaceOptions(history=HistoryOptions(SMALL_HISTORY, HOUR_MS)),
-    }
-)
-
-
-def unique_channel(namespace: str = "room") -> ChannelName:
-    return ChannelName(f"{namespace}:{secrets.token_hex(6)}")
-
-
-def data(n: int) -> bytes:
-    return b'{"n":%d}' % n
-
-
-def offsets(publications: list[Publication]) -> list[int]:
-    return [p.offset for p in publications]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll ``check`` (an observable condition) until true; fail after ``POLL_LIMIT_S``."""
-    try:
-        async with asyncio.timeout(POLL_LIMIT_S):
-            while not await check():  # noqa: ASYNC110  (a poll: no event to await)
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting until {what}")
-
-
-async def _not(ready: Awaitable[bool]) -> bool:
-    return not await ready
 
 
 @asynccontextmanager
@@ -118,11 +89,8 @@ async def shared_url() -> AsyncIterator[str]:
 @pytest.fixture
 def dedicated(tmp_path: Path) -> Iterator[NatsServer]:
     """A nats-server of this test's own (JetStream on a file store)."""
-    server = NatsServer(tmp_path / "nats").start()
-    try:
+    with stopped_after(NatsServer(tmp_path / "nats").start()) as server:
         yield server
-    finally:
-        server.stop()
 
 
 # Many nodes on one NATS
@@ -263,7 +231,7 @@ async def test_a_node_cut_off_is_not_ready_refuses_publishing_and_fills_the_gap_
             await away.wait_for(3)
 
             proxy.stall()
-            await eventually(lambda: _not(node_a.is_ready()), "node A noticed the loss")
+            await eventually(lambda: is_not(node_a.is_ready()), "node A noticed the loss")
             for n in range(3, 10):
                 await node_b.publish(channel, data(n))
             with pytest.raises(BrokerError):
@@ -300,7 +268,7 @@ async def test_a_gap_longer_than_history_resumes_from_the_oldest_retained(
             await away.wait_for(1)
 
             proxy.stall()
-            await eventually(lambda: _not(node_a.is_ready()), "node A noticed the loss")
+            await eventually(lambda: is_not(node_a.is_ready()), "node A noticed the loss")
             for n in range(2, 11):
                 await node_b.publish(channel, data(n))
             proxy.resume()
@@ -320,7 +288,7 @@ async def test_nats_restarted_keeps_epochs_and_offsets_and_nodes_resync(
         assert await broker.is_ready()
 
         dedicated.stop()
-        await eventually(lambda: _not(broker.is_ready()), "the broker noticed NATS is down")
+        await eventually(lambda: is_not(broker.is_ready()), "the broker noticed NATS is down")
         with pytest.raises(BrokerError):
             await broker.publish(channel, data(99))
         dedicated.start()
@@ -336,15 +304,13 @@ async def test_nats_restarted_keeps_epochs_and_offsets_and_nodes_resync(
 async def test_broker_started_while_nats_is_down_connects_once_it_is_up(
     tmp_path: Path,
 ) -> None:
-    server = NatsServer(tmp_path / "nats")  # its port is chosen, nothing listens yet
-    try:
+    # Its port is chosen; nothing listens there yet.
+    with stopped_after(NatsServer(tmp_path / "nats")) as server:
         async with running(server.url) as broker:
             ready_before = await broker.is_ready()
             server.start()
             await eventually(broker.is_ready, "the broker connected")
             await broker.subscribe(unique_channel())
-    finally:
-        server.stop()
     assert not ready_before
 
 
