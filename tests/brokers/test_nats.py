@@ -41,7 +41,7 @@ from tests.support.shared_broker import (
     unique_channel,
 )
 from tests.support.tcp_proxy import TcpProxy
-from tidings.brokers.base import DisconnectUser, PresenceChange, PublishResult
+from tidings.brokers.base import DisconnectUser, PublishResult
 from tidings.brokers.factory import MissingExtra, check_broker, create_broker
 from tidings.brokers.nats import NatsBroker, NatsTarget
 from tidings.brokers.nats_keys import KeyIndex, KeyRecord
@@ -124,23 +124,6 @@ async def test_three_nodes_publishing_concurrently_see_one_gap_free_order(
     assert {p.position: p.data for p in read.recovery.publications} == {
         p.position: p.data for p in seen[0]
     }
-
-
-async def test_a_key_published_on_two_nodes_at_once_is_published_once(shared_url: str) -> None:
-    channel = unique_channel()
-    async with running(shared_url) as node_1, running(shared_url) as node_2:
-        results = await asyncio.gather(
-            *(
-                node.publish(channel, data(n), key="once")
-                for n in range(5)
-                for node in (node_1, node_2)
-            )
-        )
-        read = await node_1.history(channel)
-
-    assert {r.position for r in results} == {read.head}
-    assert sum(not r.duplicate for r in results) == 1
-    assert read.head.offset == 1
 
 
 async def test_a_key_whose_node_died_after_publishing_is_found_not_published_twice(
@@ -366,35 +349,6 @@ async def test_entries_of_a_stopped_node_expire_and_a_live_node_renews_its_own(
         remaining = await alive.presence_store.presence(channel)
     assert both == {"d.1": "dora", "l.1": "lena"}
     assert remaining == {"l.1": "lena"}
-
-
-async def test_joins_and_leaves_reach_the_other_nodes_once_and_not_their_own(
-    shared_url: str,
-) -> None:
-    channel = unique_channel()
-    changes_a: list[PresenceChange] = []
-    changes_b: list[PresenceChange] = []
-    handler_b = RecordingHandler()
-    async with running(shared_url) as node_a, running(shared_url, handler_b) as node_b:
-        node_a.presence_store.listen(changes_a.append)
-        node_b.presence_store.listen(changes_b.append)
-        await node_a.subscribe(channel)
-        await node_b.subscribe(channel)
-
-        await node_a.presence_store.join(channel, "a.1", "alice")
-        listed = await node_b.presence_store.presence(channel)
-        await node_a.presence_store.leave(channel, "a.1")
-        await node_a.publish(channel, data(1))  # on the live subject after the frames
-        await handler_b.wait_for(1)
-        left = await node_b.presence_store.presence(channel)
-    assert listed == {"a.1": "alice"}
-    assert left == {}
-    assert changes_b == [
-        PresenceChange("join", channel, "a.1", "alice"),
-        PresenceChange("leave", channel, "a.1", "alice"),
-    ]
-    assert changes_a == []
-    assert offsets(handler_b.publications) == [1]  # frames are no publications
 
 
 # Node commands

@@ -182,23 +182,6 @@ async def test_two_nodes_publishing_concurrently_see_one_gap_free_order(
     assert len(first.publications) == len(second.publications) == 200
 
 
-async def test_a_key_published_on_two_nodes_at_once_is_published_once(shared_url: str) -> None:
-    channel = unique_channel()
-    async with running(shared_url) as node_1, running(shared_url) as node_2:
-        results = await asyncio.gather(
-            *(
-                node.publish(channel, data(n), key="once")
-                for n in range(5)
-                for node in (node_1, node_2)
-            )
-        )
-        read = await node_1.history(channel)
-
-    assert {r.position for r in results} == {read.head}
-    assert sum(not r.duplicate for r in results) == 1
-    assert read.head.offset == 1
-
-
 async def test_databases_do_not_hear_each_other(shared_url: str) -> None:
     channel = unique_channel()
     other_db = shared_url.replace("/0?", "/1?")
@@ -749,36 +732,6 @@ async def presence_node(
         yield broker
     finally:
         await broker.close()
-
-
-async def test_joins_and_leaves_reach_the_other_nodes_once_and_not_their_own(
-    shared_url: str,
-) -> None:
-    channel, clock = unique_channel(), FakeClock()
-    changes_a: list[PresenceChange] = []
-    changes_b: list[PresenceChange] = []
-    handler_b = RecordingHandler()
-    async with (
-        presence_node(shared_url, changes_a, clock) as node_a,
-        presence_node(shared_url, changes_b, clock, handler=handler_b) as node_b,
-    ):
-        await node_a.subscribe(channel)
-        await node_b.subscribe(channel)
-
-        await node_a.presence_store.join(channel, "a.1", "alice")
-        listed = await node_b.presence_store.presence(channel)
-        await node_a.presence_store.leave(channel, "a.1")
-        await node_a.publish(channel, data(1))  # on the same topic, after the frames
-        await handler_b.wait_for(1)
-        left = await node_b.presence_store.presence(channel)
-    assert listed == {"a.1": "alice"}
-    assert left == {}
-    assert changes_b == [
-        PresenceChange("join", channel, "a.1", "alice"),
-        PresenceChange("leave", channel, "a.1", "alice"),
-    ]
-    assert changes_a == []
-    assert [p.offset for p in handler_b.publications] == [1]  # frames are no publications
 
 
 async def test_entries_of_a_node_that_stopped_refreshing_expire_after_the_lifetime(
