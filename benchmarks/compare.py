@@ -57,7 +57,7 @@ from benchmarks.server_process import (
     ServerProcess,
     child_pids,
     free_port,
-    raise_open_files_limit,
+    prepare_generator,
     start_server,
     wait_healthy,
 )
@@ -427,8 +427,7 @@ def _run(options: Options) -> Comparison:
 def main() -> None:
     """Run every chosen workload on every chosen server, print the tables, write RESULTS.md."""
     options, skipped = prepare(parse_options())
-    os.sched_setaffinity(0, {GENERATOR_CPU})
-    raise_open_files_limit()
+    prepare_generator(GENERATOR_CPU)
     # Before the load, so the load average is the machine's.
     environment = (*report.machine(LIBRARIES), ("Debian packages", _debian_versions()))
     started_s = time.monotonic()

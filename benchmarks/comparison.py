@@ -10,7 +10,6 @@ into RESULTS.md under ``HEADING``.
 
 from __future__ import annotations
 
-import datetime
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -286,8 +285,7 @@ def section(setup: Setup, comparison: Comparison, found: list[str]) -> str:
         "Written by `benchmarks/compare.py`; README.md says what each figure means. Each "
         "cell is the median of the runs, with the minimum and maximum in brackets; "
         "`missing`, `errors` and `failed` are summed over the runs.\n\n"
-        f"Command: `{report.command()}` (from the repository root), on "
-        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}.\n\n"
+        f"{report.provenance()}\n\n"
         f"Servers: {', '.join(setup.plan.servers)}.{skipped} A fresh server for each run; "
         f"{setup.plan.runs} run{'' if setup.plan.runs == 1 else 's'} per server and workload, "
         f"alternating which server goes first. ~{loadgen.PAYLOAD_BYTES}-byte data, loopback; "

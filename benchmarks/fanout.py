@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
-import os
 import signal
 import sys
 import tempfile
@@ -45,7 +43,7 @@ from benchmarks.server_process import (
     ServerProcess,
     core_busy_s,
     free_port,
-    raise_open_files_limit,
+    prepare_generator,
     start_server,
     wait_healthy,
 )
@@ -395,8 +393,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
 
 def _setup(options: Options) -> str:
     return (
-        f"Command: `{report.command()}` (from the repository root), on "
-        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}.\n\n"
+        f"{report.provenance()}\n\n"
         f"Workload: one channel, {options.subscribers:,} WebSocket subscribers; "
         f"`rate`: {options.publications:,} publications at {options.rate:g}/s; "
         f"`burst`: {options.burst:,} publications back to back; ~{loadgen.PAYLOAD_BYTES}-byte "
@@ -405,30 +402,22 @@ def _setup(options: Options) -> str:
     )
 
 
-def _run(options: Options) -> report.Results:
-    result: report.Results = uvloop.run(benchmark(options))
-    return result
-
-
 def main() -> None:
     """Run the benchmark, print the table, write RESULTS.md."""
     options = parse_options()
-    os.sched_setaffinity(0, {GENERATOR_CPU})
-    raise_open_files_limit()
+    prepare_generator(GENERATOR_CPU)
     environment = report.machine()  # before the load, so the load average is the machine's
-    results = _run(options)
+    results = uvloop.run(benchmark(options))
     tables = (
         report.table(results),
         report.table(results, report.CONDITIONS, with_missing=False),
     )
     notes = report.warnings(results)
     print(f"\n{tables[0]}\n\n{tables[1]}\n")
-    for note in notes:
-        print(f"warning: {note}")
-    if options.results is not None and options.py_spy is None:
-        text = report.results_markdown(tables, _setup(options), notes, environment)
-        report.write_section(options.results, RESULTS_HEADING, text)
-        print(f"written: {os.path.relpath(options.results)}")
+    text = report.results_markdown(tables, _setup(options), notes, environment)
+    # The profiler slows a profiled run down: its figures are not written.
+    results_file = options.results if options.py_spy is None else None
+    report.warn_and_write(notes, results_file, RESULTS_HEADING, text)
 
 
 if __name__ == "__main__":

@@ -43,8 +43,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import datetime
-import os
 import random
 import sys
 import tempfile
@@ -71,8 +69,8 @@ from benchmarks.server_process import (
     child_pids,
     core_busy_s,
     free_port,
+    prepare_generator,
     process_cpu_s,
-    raise_open_files_limit,
     start_server,
     wait_healthy,
 )
@@ -580,8 +578,7 @@ def section(
         "Written by `benchmarks/hashing.py`; its docstring and README.md say what each "
         "figure means. Each cell is the median of the runs with the minimum and maximum "
         "in brackets.\n\n"
-        f"Command: `{report.command()}` (from the repository root), on "
-        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}.\n\n"
+        f"{report.provenance()}\n\n"
         f"Workload: 3 nodes, {options.users:,} users with one WebSocket subscriber each "
         f"(`user:<id>`), {options.publications:,} publications at {options.rate:g}/s "
         f"after {options.warmup:,} unmeasured ones, each to one user drawn at random "
@@ -657,30 +654,19 @@ def _check_redis() -> None:
         )
 
 
-def _run(options: Options) -> dict[str, list[RunFigures]]:
-    result: dict[str, list[RunFigures]] = uvloop.run(benchmark(options))
-    return result
-
-
 def main() -> None:
     """Run every layout, print the tables, write the section of RESULTS.md."""
     options = parse_options()
     if "redis" in options.layouts:
         _check_redis()
-    os.sched_setaffinity(0, {GENERATOR_CPU})
-    raise_open_files_limit()
+    prepare_generator(GENERATOR_CPU)
     environment = report.machine((*report.LIBRARIES, "redis", "httpx"))
-    results = _run(options)
+    results = uvloop.run(benchmark(options))
     found = notes(results)
     print(f"\n{table(results, FIGURES, missing=True)}\n")
     print(f"{table(results, CONDITIONS, missing=False)}\n")
-    for note in found:
-        print(f"warning: {note}")
-    if options.results is not None:
-        report.write_section(
-            options.results, RESULTS_HEADING, section(options, results, found, environment)
-        )
-        print(f"written: {os.path.relpath(options.results)}")
+    text = section(options, results, found, environment)
+    report.warn_and_write(found, options.results, RESULTS_HEADING, text)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ brackets, so a reader sees at once how much the runs agreed.
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import platform
@@ -189,6 +190,14 @@ def command() -> str:
     return shlex.join([python, script, *sys.argv[1:]])
 
 
+def provenance() -> str:
+    """The sentence of a section of RESULTS.md that says which command wrote it, and when."""
+    return (
+        f"Command: `{command()}` (from the repository root), on "
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}."
+    )
+
+
 def _version(name: str) -> str:
     try:
         return metadata.version(name)
@@ -236,3 +245,13 @@ def write_section(path: Path, heading: str, text: str) -> None:
         path.write_text(f"{text}\n\n{existing}\n" if existing else f"{text}\n")
     else:
         path.write_text(f"{existing}\n\n{text}\n" if existing else f"{text}\n")
+
+
+def warn_and_write(notes: Sequence[str], results: Path | None, heading: str, text: str) -> None:
+    """Print each of ``notes`` as a warning; then, unless ``results`` is None, write
+    ``text`` as the ``heading`` section of ``results`` (``write_section``) and say so."""
+    for note in notes:
+        print(f"warning: {note}")
+    if results is not None:
+        write_section(results, heading, text)
+        print(f"written: {os.path.relpath(results)}")

@@ -76,6 +76,13 @@ def raise_open_files_limit() -> int:
     return hard
 
 
+def prepare_generator(cpu: int) -> None:
+    """Make this process the load generator: alone on ``cpu`` (the servers get the other
+    cores), allowed as many open files as the hard limit (a socket per client)."""
+    os.sched_setaffinity(0, {cpu})
+    raise_open_files_limit()
+
+
 def free_port() -> int:
     """Return a TCP port of 127.0.0.1 that is free right now."""
     with socket.socket() as probe:

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import os
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -44,7 +42,7 @@ from benchmarks import clients, fanout, loadgen, report
 from benchmarks.server_process import (
     ServerProcess,
     free_port,
-    raise_open_files_limit,
+    prepare_generator,
     start_server,
     wait_healthy,
 )
@@ -250,8 +248,7 @@ def section(
         f"{HEADING}\n\n"
         "Written by `benchmarks/transports.py`; README.md says what each figure means. "
         "One run; each row is one phase against the same server process.\n\n"
-        f"Command: `{report.command()}` (from the repository root), on "
-        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}.\n\n"
+        f"{report.provenance()}\n\n"
         f"Machine: {described}.\n\n"
         f"Workload: one channel, {options.clients:,} clients per transport, "
         f"{options.publications:,} publications at {options.rate:g}/s after "
@@ -298,27 +295,16 @@ def parse_options(argv: list[str] | None = None) -> Options:
     )
 
 
-def _run(options: Options) -> dict[str, TransportFigures]:
-    result: dict[str, TransportFigures] = uvloop.run(benchmark(options))
-    return result
-
-
 def main() -> None:
     """Run every transport's phase, print the tables, write the section of RESULTS.md."""
     options = parse_options()
-    os.sched_setaffinity(0, {GENERATOR_CPU})
-    raise_open_files_limit()
+    prepare_generator(GENERATOR_CPU)
     environment = report.machine()  # before the load, so the load average is the machine's
-    results = _run(options)
+    results = uvloop.run(benchmark(options))
     found = notes(results)
     print(f"\n{figures_table(results)}\n\n{conditions_table(results)}\n")
-    for note in found:
-        print(f"warning: {note}")
-    if options.results is not None:
-        report.write_section(
-            options.results, HEADING, section(options, results, found, environment)
-        )
-        print(f"written: {os.path.relpath(options.results)}")
+    text = section(options, results, found, environment)
+    report.warn_and_write(found, options.results, HEADING, text)
 
 
 if __name__ == "__main__":

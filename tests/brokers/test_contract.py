@@ -343,6 +343,29 @@ async def test_concurrent_publishes_of_one_key_make_one_publication(broker: Brok
     assert read.head.offset == 1
 
 
+@pytest.mark.parametrize("broker_factory", SHARED_BROKER_FACTORIES, indirect=True)
+async def test_a_key_published_on_two_nodes_at_once_is_published_once(
+    broker: Broker, another_node: Broker
+) -> None:
+    channel = unique_channel()
+    await another_node.start(RecordingHandler())
+    try:
+        results = await asyncio.gather(
+            *(
+                node.publish(channel, data(n), key="once")
+                for n in range(5)
+                for node in (broker, another_node)
+            )
+        )
+        read = await broker.history(channel)
+    finally:
+        await another_node.close()
+
+    assert {r.position for r in results} == {read.head}
+    assert sum(not r.duplicate for r in results) == 1
+    assert read.head.offset == 1
+
+
 async def test_keys_are_per_channel(broker: Broker) -> None:
     first, second = unique_channel(), unique_channel()
     await broker.publish(first, data(1), key="k")
@@ -590,10 +613,10 @@ async def test_presence_changes_reach_another_node_once_in_order_and_its_reads_a
     presence_changes: list[PresenceChange],
 ) -> None:
     channel = unique_channel()
-    other = another_node
+    other, other_handler = another_node, RecordingHandler()
     heard: Recording[PresenceChange] = Recording()
     presence_store_of(other).listen(heard)
-    await other.start(RecordingHandler())
+    await other.start(other_handler)
     try:
         await other.subscribe(channel)
         await broker.subscribe(channel)  # where its own changes would come back, if any
@@ -604,6 +627,7 @@ async def test_presence_changes_reach_another_node_once_in_order_and_its_reads_a
         changes = await heard.wait_for(2)
         await broker.publish(channel, data(1))  # own changes would have come by now
         await handler.wait_for(1)
+        await other_handler.wait_for(1)  # after the changes, on the same path
     finally:
         await other.close()
 
@@ -615,6 +639,7 @@ async def test_presence_changes_reach_another_node_once_in_order_and_its_reads_a
     ]
     assert heard.items == changes  # each once
     assert presence_changes == []  # and never to the node that made it
+    assert [p.offset for p in other_handler.publications] == [1]  # changes are none
 
 
 # A store that comes back older

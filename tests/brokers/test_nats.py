@@ -13,10 +13,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Final
 
 import nats
 import pytest
@@ -31,55 +30,27 @@ from tests.support.nats_server import (
     delete_prefix,
 )
 from tests.support.services import require_service
+from tests.support.shared_broker import (
+    NAMESPACES,
+    SMALL_HISTORY,
+    data,
+    eventually,
+    is_not,
+    offsets,
+    stopped_after,
+    unique_channel,
+)
 from tests.support.tcp_proxy import TcpProxy
-from tidings.brokers.base import DisconnectUser, PresenceChange, PublishResult
+from tidings.brokers.base import DisconnectUser, PublishResult
 from tidings.brokers.factory import MissingExtra, check_broker, create_broker
 from tidings.brokers.nats import NatsBroker, NatsTarget
 from tidings.brokers.nats_keys import KeyIndex, KeyRecord
 from tidings.brokers.nats_subjects import stream_name
-from tidings.core.channel import ChannelName, NamespaceName
+from tidings.core.channel import ChannelName
 from tidings.core.dedupe import DedupeOptions
-from tidings.core.history import HistoryOptions
-from tidings.core.namespace import NamespaceOptions, Namespaces
-from tidings.core.publication import Position, Publication
+from tidings.core.publication import Position
 from tidings.core.recovery import Gap, GapReason, Replay
 from tidings.errors import BrokerError, ConfigError
-
-HOUR_MS: Final = 3_600_000
-SMALL_HISTORY: Final = 3
-POLL_LIMIT_S: Final = 20.0
-NAMESPACES: Final = Namespaces(
-    {
-        NamespaceName("room"): NamespaceOptions(history=HistoryOptions(1_000, HOUR_MS)),
-        NamespaceName("small"): NamespaceOptions(history=HistoryOptions(SMALL_HISTORY, HOUR_MS)),
-    }
-)
-
-
-def unique_channel(namespace: str = "room") -> ChannelName:
-    return ChannelName(f"{namespace}:{secrets.token_hex(6)}")
-
-
-def data(n: int) -> bytes:
-    return b'{"n":%d}' % n
-
-
-def offsets(publications: list[Publication]) -> list[int]:
-    return [p.offset for p in publications]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll ``check`` (an observable condition) until true; fail after ``POLL_LIMIT_S``."""
-    try:
-        async with asyncio.timeout(POLL_LIMIT_S):
-            while not await check():  # noqa: ASYNC110  (a poll: no event to await)
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting until {what}")
-
-
-async def _not(ready: Awaitable[bool]) -> bool:
-    return not await ready
 
 
 @asynccontextmanager
@@ -118,11 +89,8 @@ async def shared_url() -> AsyncIterator[str]:
 @pytest.fixture
 def dedicated(tmp_path: Path) -> Iterator[NatsServer]:
     """A nats-server of this test's own (JetStream on a file store)."""
-    server = NatsServer(tmp_path / "nats").start()
-    try:
+    with stopped_after(NatsServer(tmp_path / "nats").start()) as server:
         yield server
-    finally:
-        server.stop()
 
 
 # Many nodes on one NATS
@@ -156,23 +124,6 @@ async def test_three_nodes_publishing_concurrently_see_one_gap_free_order(
     assert {p.position: p.data for p in read.recovery.publications} == {
         p.position: p.data for p in seen[0]
     }
-
-
-async def test_a_key_published_on_two_nodes_at_once_is_published_once(shared_url: str) -> None:
-    channel = unique_channel()
-    async with running(shared_url) as node_1, running(shared_url) as node_2:
-        results = await asyncio.gather(
-            *(
-                node.publish(channel, data(n), key="once")
-                for n in range(5)
-                for node in (node_1, node_2)
-            )
-        )
-        read = await node_1.history(channel)
-
-    assert {r.position for r in results} == {read.head}
-    assert sum(not r.duplicate for r in results) == 1
-    assert read.head.offset == 1
 
 
 async def test_a_key_whose_node_died_after_publishing_is_found_not_published_twice(
@@ -263,7 +214,7 @@ async def test_a_node_cut_off_is_not_ready_refuses_publishing_and_fills_the_gap_
             await away.wait_for(3)
 
             proxy.stall()
-            await eventually(lambda: _not(node_a.is_ready()), "node A noticed the loss")
+            await eventually(lambda: is_not(node_a.is_ready()), "node A noticed the loss")
             for n in range(3, 10):
                 await node_b.publish(channel, data(n))
             with pytest.raises(BrokerError):
@@ -300,7 +251,7 @@ async def test_a_gap_longer_than_history_resumes_from_the_oldest_retained(
             await away.wait_for(1)
 
             proxy.stall()
-            await eventually(lambda: _not(node_a.is_ready()), "node A noticed the loss")
+            await eventually(lambda: is_not(node_a.is_ready()), "node A noticed the loss")
             for n in range(2, 11):
                 await node_b.publish(channel, data(n))
             proxy.resume()
@@ -320,7 +271,7 @@ async def test_nats_restarted_keeps_epochs_and_offsets_and_nodes_resync(
         assert await broker.is_ready()
 
         dedicated.stop()
-        await eventually(lambda: _not(broker.is_ready()), "the broker noticed NATS is down")
+        await eventually(lambda: is_not(broker.is_ready()), "the broker noticed NATS is down")
         with pytest.raises(BrokerError):
             await broker.publish(channel, data(99))
         dedicated.start()
@@ -336,15 +287,13 @@ async def test_nats_restarted_keeps_epochs_and_offsets_and_nodes_resync(
 async def test_broker_started_while_nats_is_down_connects_once_it_is_up(
     tmp_path: Path,
 ) -> None:
-    server = NatsServer(tmp_path / "nats")  # its port is chosen, nothing listens yet
-    try:
+    # Its port is chosen; nothing listens there yet.
+    with stopped_after(NatsServer(tmp_path / "nats")) as server:
         async with running(server.url) as broker:
             ready_before = await broker.is_ready()
             server.start()
             await eventually(broker.is_ready, "the broker connected")
             await broker.subscribe(unique_channel())
-    finally:
-        server.stop()
     assert not ready_before
 
 
@@ -400,35 +349,6 @@ async def test_entries_of_a_stopped_node_expire_and_a_live_node_renews_its_own(
         remaining = await alive.presence_store.presence(channel)
     assert both == {"d.1": "dora", "l.1": "lena"}
     assert remaining == {"l.1": "lena"}
-
-
-async def test_joins_and_leaves_reach_the_other_nodes_once_and_not_their_own(
-    shared_url: str,
-) -> None:
-    channel = unique_channel()
-    changes_a: list[PresenceChange] = []
-    changes_b: list[PresenceChange] = []
-    handler_b = RecordingHandler()
-    async with running(shared_url) as node_a, running(shared_url, handler_b) as node_b:
-        node_a.presence_store.listen(changes_a.append)
-        node_b.presence_store.listen(changes_b.append)
-        await node_a.subscribe(channel)
-        await node_b.subscribe(channel)
-
-        await node_a.presence_store.join(channel, "a.1", "alice")
-        listed = await node_b.presence_store.presence(channel)
-        await node_a.presence_store.leave(channel, "a.1")
-        await node_a.publish(channel, data(1))  # on the live subject after the frames
-        await handler_b.wait_for(1)
-        left = await node_b.presence_store.presence(channel)
-    assert listed == {"a.1": "alice"}
-    assert left == {}
-    assert changes_b == [
-        PresenceChange("join", channel, "a.1", "alice"),
-        PresenceChange("leave", channel, "a.1", "alice"),
-    ]
-    assert changes_a == []
-    assert offsets(handler_b.publications) == [1]  # frames are no publications
 
 
 # Node commands

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Iterator
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Final
 
@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.support.postgres import POSTGRES_URL, LocalPostgres, require_postgres, unique_schema
-from tests.support.server import ServerProcess, start_server
+from tests.support.server import ServerProcess, nodes_sharing
 from tests.support.sse import SseStream, sse_stream
 from tests.support.ws import WsClient, ws_client
 
@@ -27,28 +27,10 @@ CONFIG: Final = """
 history_size = 2000
 """
 DEADLINE_S: Final = 30.0
+API_ENV: Final = {"TIDINGS_API_KEY": API_KEY}
 RETRY_INTERVAL_S: Final = 0.05  # between two tries of a refused publish (a bounded retry)
 
 Frame = dict[str, Any]
-
-
-@contextmanager
-def nodes(count: int, broker: str, directory: Path) -> Iterator[list[ServerProcess]]:
-    """Run ``count`` nodes sharing ``broker``; kill them all on exit."""
-    config = directory / "tidings.toml"
-    config.write_text(CONFIG)
-    servers: list[ServerProcess] = []
-    try:
-        for _ in range(count):
-            servers.append(
-                start_server(
-                    config=config, env={"TIDINGS_API_KEY": API_KEY}, extra=["--broker", broker]
-                )
-            )
-        yield servers
-    finally:
-        for server in servers:
-            server.kill()
 
 
 def schema_url() -> str:
@@ -153,7 +135,7 @@ async def test_a_thousand_publications_through_three_nodes_at_once_get_each_offs
     tmp_path: Path,
 ) -> None:
     channel, count = unique_channel(), 1000
-    with nodes(3, schema_url(), tmp_path) as servers:
+    with nodes_sharing(schema_url(), 3, tmp_path, config=CONFIG, env=API_ENV) as servers:
         async with AsyncExitStack() as stack, httpx.AsyncClient() as http:
             watchers = [await subscribed_ws(stack, node, channel) for node in servers]
             gate = asyncio.Semaphore(48)
@@ -176,7 +158,7 @@ async def test_a_thousand_publications_through_three_nodes_at_once_get_each_offs
 
 async def test_a_node_killed_mid_stream_loses_and_repeats_nothing(tmp_path: Path) -> None:
     channel, count = unique_channel(), 200
-    with nodes(3, schema_url(), tmp_path) as servers:
+    with nodes_sharing(schema_url(), 3, tmp_path, config=CONFIG, env=API_ENV) as servers:
         async with AsyncExitStack() as stack, httpx.AsyncClient() as http:
             watcher = await subscribed_ws(stack, servers[0], channel)
             first = await asyncio.gather(
@@ -206,7 +188,7 @@ async def test_subscribers_on_every_transport_get_each_publication_once_across_a
     tmp_path: Path, local_postgres: LocalPostgres
 ) -> None:
     channel, before, total = unique_channel(), 20, 60
-    with nodes(2, local_postgres.url, tmp_path) as servers:
+    with nodes_sharing(local_postgres.url, 2, tmp_path, config=CONFIG, env=API_ENV) as servers:
         node_a, node_b = servers
         async with AsyncExitStack() as stack, httpx.AsyncClient() as http:
             websocket = await subscribed_ws(stack, node_a, channel)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +33,25 @@ from tests.support.redis_cluster import (
     start_cluster,
 )
 from tests.support.services import REDIS_HOST, REDIS_PORT, require_service
+from tests.support.shared_broker import (
+    HOUR_MS,
+    NAMESPACES,
+    POLL_LIMIT_S,
+    SMALL_HISTORY,
+    data,
+    eventually,
+    is_not,
+    offsets,
+    stopped_after,
+    unique_channel,
+)
 from tidings.brokers.base import DisconnectUser, PresenceChange
 from tidings.brokers.factory import create_broker
 from tidings.brokers.redis import RedisBroker, RedisTarget
 from tidings.brokers.redis_presence import PRESENCE_REFRESH_S, presence_key_of
 from tidings.brokers.redis_scripts import ChannelKeys, topic_of
-from tidings.core.channel import ChannelName, NamespaceName
+from tidings.core.channel import ChannelName
 from tidings.core.dedupe import DedupeOptions
-from tidings.core.history import HistoryOptions
-from tidings.core.namespace import NamespaceOptions, Namespaces
 from tidings.core.publication import Position, Publication
 from tidings.core.recovery import Gap, GapReason, Replay
 from tidings.core.wire import EncodedPublication
@@ -49,41 +59,10 @@ from tidings.errors import BrokerError, ConfigError
 from tidings.hub.hub import Hub
 from tidings.hub.registry import PresenceEvent
 
-HOUR_MS: Final = 3_600_000
-SMALL_HISTORY: Final = 3
-POLL_LIMIT_S: Final = 20.0
-NAMESPACES: Final = Namespaces(
-    {
-        NamespaceName("room"): NamespaceOptions(history=HistoryOptions(1_000, HOUR_MS)),
-        NamespaceName("small"): NamespaceOptions(history=HistoryOptions(SMALL_HISTORY, HOUR_MS)),
-    }
-)
 LIFETIME_S: Final = 30.0
 LIFETIME_MS: Final = 30_000
 NODE_USER: Final = "node-a"
 NODE_PASSWORD: Final = "node-a-secret"
-
-
-def unique_channel(namespace: str = "room") -> ChannelName:
-    return ChannelName(f"{namespace}:{secrets.token_hex(6)}")
-
-
-def data(n: int) -> bytes:
-    return b'{"n":%d}' % n
-
-
-def offsets(publications: list[Publication]) -> list[int]:
-    return [p.offset for p in publications]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll ``check`` (an observable condition) until true; fail after ``POLL_LIMIT_S``."""
-    try:
-        async with asyncio.timeout(POLL_LIMIT_S):
-            while not await check():  # noqa: ASYNC110  (a poll: no event to await)
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting until {what}")
 
 
 @asynccontextmanager
@@ -114,11 +93,8 @@ def shared_url() -> str:
 @pytest.fixture
 def dedicated(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test's own."""
-    server = RedisServer(tmp_path / "redis").start()
-    try:
+    with stopped_after(RedisServer(tmp_path / "redis").start()) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @dataclass(frozen=True)
@@ -146,7 +122,7 @@ class Deployment:
         self.acl("off")
         for port in self.ports:
             redis_cli(port, "CLIENT", "KILL", "USER", NODE_USER)
-        await eventually(lambda: _not(broker.is_ready()), "the broker noticed the loss")
+        await eventually(lambda: is_not(broker.is_ready()), "the broker noticed the loss")
 
     def let_node_a_back(self) -> None:
         self.acl("on")
@@ -177,10 +153,6 @@ async def command_calls(client: Redis, command: str) -> int:
     return 0 if entry is None else int(entry["calls"])
 
 
-async def _not(ready: Awaitable[bool]) -> bool:
-    return not await ready
-
-
 # Many nodes on one Redis
 
 
@@ -208,23 +180,6 @@ async def test_two_nodes_publishing_concurrently_see_one_gap_free_order(
     assert offsets(seen_1) == list(range(1, 201))
     assert seen_1 == seen_2
     assert len(first.publications) == len(second.publications) == 200
-
-
-async def test_a_key_published_on_two_nodes_at_once_is_published_once(shared_url: str) -> None:
-    channel = unique_channel()
-    async with running(shared_url) as node_1, running(shared_url) as node_2:
-        results = await asyncio.gather(
-            *(
-                node.publish(channel, data(n), key="once")
-                for n in range(5)
-                for node in (node_1, node_2)
-            )
-        )
-        read = await node_1.history(channel)
-
-    assert {r.position for r in results} == {read.head}
-    assert sum(not r.duplicate for r in results) == 1
-    assert read.head.offset == 1
 
 
 async def test_databases_do_not_hear_each_other(shared_url: str) -> None:
@@ -380,15 +335,13 @@ async def test_gap_longer_than_history_resumes_from_the_oldest_retained(
 async def test_broker_started_while_redis_is_down_connects_once_it_is_up(
     tmp_path: Path,
 ) -> None:
-    server = RedisServer(tmp_path / "redis")  # its port is chosen, nothing listens yet
-    try:
+    # Its port is chosen; nothing listens there yet.
+    with stopped_after(RedisServer(tmp_path / "redis")) as server:
         async with running(server.url) as broker:
             ready_before = await broker.is_ready()
             server.start()
             await eventually(broker.is_ready, "the broker connected")
             await broker.subscribe(unique_channel())
-    finally:
-        server.stop()
     assert not ready_before
 
 
@@ -430,7 +383,7 @@ async def test_not_ready_while_redis_is_down_and_ready_after(dedicated: RedisSer
         assert await broker.is_ready()
 
         dedicated.stop()
-        await eventually(lambda: _not(broker.is_ready()), "the broker noticed Redis is down")
+        await eventually(lambda: is_not(broker.is_ready()), "the broker noticed Redis is down")
         with pytest.raises(BrokerError):
             await broker.publish(channel, data(1))
         with pytest.raises(BrokerError):
@@ -454,7 +407,7 @@ async def test_redis_restart_without_persistence_starts_a_new_epoch(
         before = (await handler.wait_for(3))[-1].position
 
         dedicated.stop()
-        await eventually(lambda: _not(node_a.is_ready()), "the broker noticed Redis is down")
+        await eventually(lambda: is_not(node_a.is_ready()), "the broker noticed Redis is down")
         dedicated.start()
         await eventually(node_a.is_ready, "the broker reconnected")
         first = await node_b.publish(channel, data(3))
@@ -499,7 +452,7 @@ async def test_redis_rolled_back_to_a_snapshot_moves_the_channel_to_a_new_epoch(
         delivered = (await handler.wait_for(5))[-1].position
 
         dedicated.stop()
-        await eventually(lambda: _not(broker.is_ready()), "the broker noticed Redis is down")
+        await eventually(lambda: is_not(broker.is_ready()), "the broker noticed Redis is down")
         dedicated.start()
         await eventually(broker.is_ready, "the broker reconnected")
 
@@ -779,36 +732,6 @@ async def presence_node(
         yield broker
     finally:
         await broker.close()
-
-
-async def test_joins_and_leaves_reach_the_other_nodes_once_and_not_their_own(
-    shared_url: str,
-) -> None:
-    channel, clock = unique_channel(), FakeClock()
-    changes_a: list[PresenceChange] = []
-    changes_b: list[PresenceChange] = []
-    handler_b = RecordingHandler()
-    async with (
-        presence_node(shared_url, changes_a, clock) as node_a,
-        presence_node(shared_url, changes_b, clock, handler=handler_b) as node_b,
-    ):
-        await node_a.subscribe(channel)
-        await node_b.subscribe(channel)
-
-        await node_a.presence_store.join(channel, "a.1", "alice")
-        listed = await node_b.presence_store.presence(channel)
-        await node_a.presence_store.leave(channel, "a.1")
-        await node_a.publish(channel, data(1))  # on the same topic, after the frames
-        await handler_b.wait_for(1)
-        left = await node_b.presence_store.presence(channel)
-    assert listed == {"a.1": "alice"}
-    assert left == {}
-    assert changes_b == [
-        PresenceChange("join", channel, "a.1", "alice"),
-        PresenceChange("leave", channel, "a.1", "alice"),
-    ]
-    assert changes_a == []
-    assert [p.offset for p in handler_b.publications] == [1]  # frames are no publications
 
 
 async def test_entries_of_a_node_that_stopped_refreshing_expire_after_the_lifetime(

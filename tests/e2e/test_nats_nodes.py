@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterator
-from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import API_KEY, CONFIG, JWT_SECRET, goodbye_of, make_token
+from tests.e2e.conftest import API_KEY, CONFIG
 from tests.support.nats_server import NatsServer
-from tests.support.server import ServerProcess, start_server
+from tests.support.server import ServerProcess, nodes_sharing
 from tests.support.sse import sse_stream
 from tests.support.ws import ws_client
 
@@ -35,28 +33,7 @@ TOTAL: Final = PUBLISHERS * PER_PUBLISHER
 RESTART_AFTER: Final = 20  # acknowledged publications before NATS restarts
 LIMIT_S: Final = 45.0
 HTTP_TIMEOUT: Final = httpx.Timeout(15.0)
-
-
-@contextmanager
-def nats_nodes(
-    count: int, url: str, directory: Path, env: dict[str, str] | None = None
-) -> Iterator[list[ServerProcess]]:
-    config = directory / "tidings.toml"
-    config.write_text(CONFIG)
-    servers: list[ServerProcess] = []
-    try:
-        for _ in range(count):
-            servers.append(
-                start_server(
-                    config=config,
-                    env={"TIDINGS_API_KEY": API_KEY, **(env or {})},
-                    extra=["--broker", url],
-                )
-            )
-        yield servers
-    finally:
-        for server in servers:
-            server.kill()
+API_ENV: Final = {"TIDINGS_API_KEY": API_KEY}
 
 
 async def publish_until_acknowledged(
@@ -128,7 +105,7 @@ async def test_three_nodes_publishing_through_a_nats_restart_lose_nothing_on_any
     channel = f"room:{secrets.token_hex(6)}"
     nats_server = NatsServer(tmp_path / "nats").start()
     try:
-        with nats_nodes(3, nats_server.url, tmp_path) as nodes:
+        with nodes_sharing(nats_server.url, 3, tmp_path, config=CONFIG, env=API_ENV) as nodes:
             async with (
                 httpx.AsyncClient(timeout=HTTP_TIMEOUT) as http,
                 httpx.AsyncClient(base_url=nodes[1].http_url, timeout=HTTP_TIMEOUT) as sse_http,
@@ -172,44 +149,3 @@ async def test_three_nodes_publishing_through_a_nats_restart_lose_nothing_on_any
     for frames in received:  # WebSocket, SSE, long polling
         assert [f["offset"] for f in frames] == list(range(1, TOTAL + 1))
         assert sorted(f["data"]["n"] for f in frames) == list(range(TOTAL))
-
-
-async def disconnect(http: httpx.AsyncClient, node: ServerProcess, user: str) -> dict[str, Any]:
-    response = await http.post(
-        f"{node.http_url}/api/disconnect",
-        json={"user": user, "reason": "banned"},
-        headers={"Authorization": f"Bearer {API_KEY}"},
-    )
-    assert response.status_code == 200, response.text
-    answer: dict[str, Any] = response.json()
-    return answer
-
-
-async def test_a_disconnect_sent_to_one_node_closes_the_user_on_every_node(
-    tmp_path: Path,
-) -> None:
-    nats_server = NatsServer(tmp_path / "nats").start()
-    as_mallory = {"Authorization": f"Bearer {make_token('mallory')}"}
-    as_bob = {"Authorization": f"Bearer {make_token('bob')}"}
-    env = {"TIDINGS_JWT_SECRET": JWT_SECRET}
-    try:
-        with nats_nodes(3, nats_server.url, tmp_path, env) as servers:
-            async with AsyncExitStack() as stack, httpx.AsyncClient() as http:
-                mallory = [
-                    await stack.enter_async_context(ws_client(node.ws_url, headers=as_mallory))
-                    for node in servers
-                ]
-                bob = await stack.enter_async_context(ws_client(servers[2].ws_url, headers=as_bob))
-                for client in (*mallory, bob):
-                    await client.result("ping")  # each handshake authenticated and registered
-
-                answer = await disconnect(http, servers[1], "mallory")
-                goodbyes = [await goodbye_of(client) for client in mallory]
-                still_there = await bob.result("ping")
-    finally:
-        nats_server.stop()
-    # This node closed its one connection of the user; all three nodes were told.
-    assert answer == {"disconnected": 1, "nodes": 3}
-    expected = {"push": "disconnect", "code": 4003, "reason": "banned", "reconnect": False}
-    assert goodbyes == [(expected, 4003)] * 3
-    assert still_there == {}

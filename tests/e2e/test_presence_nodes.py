@@ -9,8 +9,7 @@ lifetime is not a server setting.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Final
 
@@ -19,35 +18,17 @@ import pytest
 
 from tests.e2e.conftest import API_KEY
 from tests.e2e.test_redis_nodes import fresh_database
-from tests.support.server import ServerProcess, start_server
+from tests.support.server import ServerProcess, nodes_sharing
 from tests.support.ws import Frame, WsClient, ws_client
 
 pytestmark = pytest.mark.e2e
 
 PRESENCE_DB: Final = 13
+API_ENV: Final = {"TIDINGS_API_KEY": API_KEY}
 CONFIG: Final = """
 [namespaces.room]
 presence = true
 """
-
-
-@contextmanager
-def nodes(count: int, broker: str, directory: Path) -> Iterator[list[ServerProcess]]:
-    """Run ``count`` nodes sharing ``broker``, presence on in ``room``; kill them on exit."""
-    config = directory / "tidings.toml"
-    config.write_text(CONFIG)
-    servers: list[ServerProcess] = []
-    try:
-        for _ in range(count):
-            servers.append(
-                start_server(
-                    config=config, env={"TIDINGS_API_KEY": API_KEY}, extra=["--broker", broker]
-                )
-            )
-        yield servers
-    finally:
-        for server in servers:
-            server.kill()
 
 
 async def presence_push(client: WsClient) -> Frame:
@@ -71,7 +52,10 @@ async def api_presence(http: httpx.AsyncClient, node: ServerProcess, channel: st
 
 async def test_a_client_sees_joins_and_leaves_made_on_another_node(tmp_path: Path) -> None:
     channel = f"room:{secrets.token_hex(6)}"
-    with nodes(2, fresh_database(PRESENCE_DB), tmp_path) as (node_a, node_b):
+    with nodes_sharing(fresh_database(PRESENCE_DB), 2, tmp_path, config=CONFIG, env=API_ENV) as (
+        node_a,
+        node_b,
+    ):
         async with AsyncExitStack() as stack, httpx.AsyncClient() as http:
             watcher = await stack.enter_async_context(ws_client(node_a.ws_url))
             watcher_id = (await watcher.result("connect"))["client"]

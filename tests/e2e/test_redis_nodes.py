@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterator
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Final
 
@@ -17,12 +16,12 @@ import httpx
 import pytest
 import redis
 
-from tests.e2e.conftest import API_KEY, JWT_SECRET, goodbye_of, make_token
+from tests.e2e.conftest import API_KEY
 from tests.support.redis_cluster import (
     RedisServer,
     redis_cluster,  # noqa: F401  (a fixture used here)
 )
-from tests.support.server import ServerProcess, start_server
+from tests.support.server import ServerProcess, nodes_sharing
 from tests.support.services import REDIS_HOST, REDIS_PORT, require_service
 from tests.support.ws import Frame, WsClient, ws_client
 
@@ -34,6 +33,7 @@ client_publish = true
 history_size = 500
 """
 POLL_LIMIT_S: Final = 20.0
+API_ENV: Final = {"TIDINGS_API_KEY": API_KEY}
 
 
 def fresh_database(db: int) -> str:
@@ -47,29 +47,6 @@ def fresh_database(db: int) -> str:
 
 def unique_channel() -> str:
     return f"room:{secrets.token_hex(6)}"
-
-
-@contextmanager
-def nodes(
-    count: int, broker: str, directory: Path, env: dict[str, str] | None = None
-) -> Iterator[list[ServerProcess]]:
-    """Run ``count`` nodes sharing ``broker`` (with ``env`` too); kill them all on exit."""
-    config = directory / "tidings.toml"
-    config.write_text(CONFIG)
-    servers: list[ServerProcess] = []
-    try:
-        for _ in range(count):
-            servers.append(
-                start_server(
-                    config=config,
-                    env={"TIDINGS_API_KEY": API_KEY, **(env or {})},
-                    extra=["--broker", broker],
-                )
-            )
-        yield servers
-    finally:
-        for server in servers:
-            server.kill()
 
 
 async def publish(http: httpx.AsyncClient, node: ServerProcess, channel: str, n: int) -> Frame:
@@ -117,7 +94,7 @@ async def connected_clients(
 
 async def check_every_node_delivers_one_order(broker: str, directory: Path) -> None:
     channel, count = unique_channel(), 30
-    with nodes(3, broker, directory) as servers:
+    with nodes_sharing(broker, 3, directory, config=CONFIG, env=API_ENV) as servers:
         async with AsyncExitStack() as stack, httpx.AsyncClient() as http:
             clients = await connected_clients(stack, servers, channel)
 
@@ -148,7 +125,10 @@ async def test_clients_on_every_cluster_node_receive_every_publication_in_one_or
 
 async def test_clients_of_a_killed_node_resume_on_another_without_loss(tmp_path: Path) -> None:
     channel = unique_channel()
-    with nodes(2, fresh_database(12), tmp_path) as (doomed, survivor):
+    with nodes_sharing(fresh_database(12), 2, tmp_path, config=CONFIG, env=API_ENV) as (
+        doomed,
+        survivor,
+    ):
         async with httpx.AsyncClient() as http, ws_client(survivor.ws_url) as bystander:
             await bystander.result("subscribe", channel=channel)
             async with ws_client(doomed.ws_url) as client:
@@ -190,7 +170,7 @@ async def test_nodes_recover_from_a_redis_restart(tmp_path: Path, persistence: s
     # the nodes keep the epochs across the restart (docs/brokers/redis.md).
     url = server.url + ("?trust_restarts=yes" if persistence == "aof" else "")
     try:
-        with nodes(2, url, tmp_path) as (node_a, node_b):
+        with nodes_sharing(url, 2, tmp_path, config=CONFIG, env=API_ENV) as (node_a, node_b):
             async with httpx.AsyncClient() as http, ws_client(node_a.ws_url) as staying:
                 await staying.result("subscribe", channel=channel)
                 async with ws_client(node_b.ws_url) as leaving:
@@ -233,42 +213,3 @@ async def test_nodes_recover_from_a_redis_restart(tmp_path: Path, persistence: s
         assert after[0]["epoch"] != held["epoch"]
         assert resumed["recovered"] is False
         assert (resumed["epoch"], resumed["offset"]) == (after[-1]["epoch"], 2)
-
-
-async def disconnect(http: httpx.AsyncClient, node: ServerProcess, user: str) -> Frame:
-    response = await http.post(
-        f"{node.http_url}/api/disconnect",
-        json={"user": user, "reason": "banned"},
-        headers={"Authorization": f"Bearer {API_KEY}"},
-    )
-    assert response.status_code == 200, response.text
-    answer: Frame = response.json()
-    return answer
-
-
-async def test_a_disconnect_sent_to_one_node_closes_the_user_on_every_node(
-    tmp_path: Path,
-) -> None:
-    env = {"TIDINGS_JWT_SECRET": JWT_SECRET}
-    as_mallory = {"Authorization": f"Bearer {make_token('mallory')}"}
-    as_bob = {"Authorization": f"Bearer {make_token('bob')}"}
-    with nodes(3, fresh_database(13), tmp_path, env) as servers:
-        async with AsyncExitStack() as stack, httpx.AsyncClient() as http:
-            mallory = [
-                await stack.enter_async_context(ws_client(node.ws_url, headers=as_mallory))
-                for node in servers
-            ]
-            bob = await stack.enter_async_context(ws_client(servers[2].ws_url, headers=as_bob))
-            for client in (*mallory, bob):
-                await client.result("ping")  # each handshake is authenticated and registered
-
-            answer = await disconnect(http, servers[1], "mallory")
-            goodbyes = [await goodbye_of(client) for client in mallory]
-            still_there = await bob.result("ping")
-            nobody = await disconnect(http, servers[0], "nobody")
-    # This node closed its one connection of the user; all three nodes were told.
-    assert answer == {"disconnected": 1, "nodes": 3}
-    expected = {"push": "disconnect", "code": 4003, "reason": "banned", "reconnect": False}
-    assert goodbyes == [(expected, 4003)] * 3
-    assert still_there == {}
-    assert nobody == {"disconnected": 0, "nodes": 3}

@@ -1,4 +1,5 @@
-"""A real tidings server process for end-to-end tests, on a free loopback port.
+"""A real tidings server process for end-to-end tests, on a free loopback port (or
+several, sharing a broker).
 
 The server is started as ``python -m tidings serve``; readiness is the moment it prints
 that it is listening (read from its log, not guessed with a sleep). The server backend
@@ -14,7 +15,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -122,3 +124,21 @@ def start_server(
     server = ServerProcess(port, process)
     server.wait_ready()
     return server
+
+
+@contextmanager
+def nodes_sharing(
+    broker: str, count: int, directory: Path, *, config: str, env: Mapping[str, str]
+) -> Iterator[list[ServerProcess]]:
+    """Run ``count`` nodes sharing ``broker`` (a URL), each with ``config`` (the text of
+    the ``tidings.toml`` written in ``directory``) and ``env``; kill them all on exit."""
+    config_file = directory / "tidings.toml"
+    config_file.write_text(config)
+    servers: list[ServerProcess] = []
+    try:
+        for _ in range(count):
+            servers.append(start_server(config=config_file, env=env, extra=["--broker", broker]))
+        yield servers
+    finally:
+        for server in servers:
+            server.kill()
