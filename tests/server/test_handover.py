@@ -30,8 +30,9 @@ from tidings.core.ring import HashRing
 from tidings.core.routing import Destinations, FollowingPlacement
 from tidings.hub.sessions import SessionRegistry
 from tidings.server.forwarding import OwnerLink
-from tidings.server.handover import Handover, HandoverMessage, apply_to_replica, snapshot_keys
+from tidings.server.handover import Handover, apply_to_replica
 from tidings.server.handover_broker import HandoverBroker
+from tidings.server.handover_messages import HandoverMessage, snapshot_keys
 from tidings.server.ring_moves import RingMover
 
 HOUR_MS = 3_600_000

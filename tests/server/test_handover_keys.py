@@ -37,7 +37,7 @@ from tidings.core.publication import ClientInfo, Position
 from tidings.core.ring import HashRing
 from tidings.core.routing import Destinations, FollowingPlacement
 from tidings.hub.sessions import SessionRegistry
-from tidings.server import handover
+from tidings.server import handover_messages
 from tidings.server.forwarding import OwnerLink
 from tidings.server.handover import HANDOVER_PATH, Handover
 from tidings.server.handover_broker import HandoverBroker
@@ -156,7 +156,7 @@ async def test_a_retry_at_the_new_owner_is_a_duplicate_whatever_the_history_reta
 ) -> None:
     if keys_per_message == "one":
         # A long dedupe window goes in several messages: here, one key in each.
-        monkeypatch.setattr(handover, "MESSAGE_KEY_BYTES", 1)
+        monkeypatch.setattr(handover_messages, "MESSAGE_KEY_BYTES", 1)
     channel = moving_from_a_to_c(namespace)
     listener = socket.create_server(("127.0.0.1", 0))
     urls = {"a": "http://127.0.0.1:1", "c": f"http://127.0.0.1:{listener.getsockname()[1]}"}

@@ -76,160 +76,21 @@ from tidings.core.routing import FollowingPlacement
 from tidings.errors import BadRequest, RequestError, StaleRing, TidingsError, Unauthorized
 from tidings.server.forwarding import OwnerLink, Parts, is_stale_ring
 from tidings.server.handover_broker import HandoverBroker
+from tidings.server.handover_messages import (
+    MAX_HANDOVER_BODY_BYTES,
+    HandoverAnswer,
+    HandoverMessage,
+    next_message,
+    snapshot_keys,
+)
 from tidings.server.ring_moves import RingMover
 from tidings.transports.http import json_response, read_body, request_error_response
 
 logger = logging.getLogger(__name__)
 
 HANDOVER_PATH: Final = "/node/handover"
-# A snapshot goes in parts (``MESSAGE_DATA_BYTES``); a body is bounded as any request's.
-MAX_HANDOVER_BODY_BYTES: Final = 8 * 1024 * 1024  # the native server's own bound
-# The data carried by one message at most (a long history goes in several).
-MESSAGE_DATA_BYTES: Final = 2 * 1024 * 1024
-# A publication's fields beside its data in a message, at most (offset, ts, key, info).
-PUBLICATION_OVERHEAD_BYTES: Final = 512
-# The idempotency keys carried by one message at most (a long dedupe window goes in several).
-MESSAGE_KEY_BYTES: Final = 2 * 1024 * 1024
-# A key's fields beside the key itself in a message (offset, ts, names).
-KEY_OVERHEAD_BYTES: Final = 48
 # At most this many messages in flight to one receiver (one per channel at a time).
 SENDS_PER_RECEIVER: Final = 16
-
-
-class _Info(msgspec.Struct, frozen=True):
-    client: str
-    user: str
-
-
-class _Publication(msgspec.Struct, frozen=True, omit_defaults=True):
-    offset: int
-    ts: int
-    data: msgspec.Raw
-    key: str | None = None
-    info: _Info | None = None
-
-
-class _Key(msgspec.Struct, frozen=True):
-    key: str  # as remembered (``core.dedupe.dedupe_key``): a client's in its user's space
-    offset: int
-    ts: int
-
-
-class HandoverMessage(msgspec.Struct, frozen=True, omit_defaults=True):
-    """``POST /node/handover``: a giver's snapshot or next publications of one channel,
-    and idempotency keys of its epoch (offsets at or below ``top``) that no publication
-    of it carries."""
-
-    giver: str
-    channel: str
-    epoch: str
-    top: int
-    snapshot: bool
-    publications: list[_Publication]
-    sealed: bool = False
-    keys: list[_Key] = msgspec.field(default_factory=list)
-
-
-class HandoverAnswer(msgspec.Struct, frozen=True, omit_defaults=True):
-    """The receiver's answer: the position it holds, or ``resync``."""
-
-    epoch: str = ""
-    offset: int = 0
-    resync: bool = False
-
-
-def _first_part(publications: tuple[Publication, ...], max_bytes: int) -> tuple[Publication, ...]:
-    """The first publications whose encoding adds up to about ``max_bytes`` at most
-    (one at least)."""
-    size = 0
-    for count, publication in enumerate(publications):
-        size += len(publication.data) + PUBLICATION_OVERHEAD_BYTES
-        if size > max_bytes and count > 0:
-            return publications[:count]
-    return publications
-
-
-def _first_keys(keys: tuple[RememberedKey, ...], max_bytes: int) -> tuple[RememberedKey, ...]:
-    """The first ``keys`` whose encoding adds up to about ``max_bytes`` at most (one at
-    least, if any)."""
-    size = 0
-    for count, remembered in enumerate(keys):
-        size += len(msgspec.json.encode(remembered.key)) + KEY_OVERHEAD_BYTES
-        if size > max_bytes and count > 0:
-            return keys[:count]
-    return keys
-
-
-def snapshot_keys(
-    keys: tuple[RememberedKey, ...], retained: tuple[Publication, ...], head: Position
-) -> tuple[RememberedKey, ...]:
-    """The keys a snapshot carries beside its publications: those of offsets before the
-    first retained one (whose publications were evicted, or never retained), up to the
-    head read (a key above it comes with its publication, or with the next snapshot)."""
-    below = retained[0].offset if retained else head.offset + 1
-    return tuple(k for k in keys if k.offset < below)
-
-
-def _position_of(head: Position, publication: Publication) -> Position:
-    return Position(head.epoch, publication.offset)
-
-
-def _message(
-    giver: str,
-    channel: ChannelName,
-    head: Position,
-    publications: tuple[Publication, ...],
-    keys: tuple[RememberedKey, ...],
-    *,
-    snapshot: bool,
-    sealed: bool,
-) -> bytes:
-    return msgspec.json.encode(
-        HandoverMessage(
-            giver,
-            channel,
-            head.epoch,
-            head.offset,
-            snapshot,
-            [
-                _Publication(
-                    p.offset,
-                    p.ts,
-                    msgspec.Raw(p.data),
-                    p.key,
-                    None if p.info is None else _Info(p.info.client, p.info.user),
-                )
-                for p in publications
-            ],
-            sealed,
-            [_Key(k.key, k.offset, k.ts) for k in keys],
-        )
-    )
-
-
-def _next_message(
-    giver: str,
-    at: tuple[ChannelName, Position],
-    publications: tuple[Publication, ...],
-    keys: tuple[RememberedKey, ...],
-    *,
-    snapshot: bool,
-    sealed: bool,
-) -> tuple[bytes, int]:
-    """The next message of a channel (at head ``at``) whose ``publications`` and ``keys``
-    are still to send; and how many of the keys it carries.
-
-    A long history goes in parts, a long dedupe window too: each message stays far
-    below what a node takes in one request body. A part ends at its last publication (a
-    snapshot of the channel as it was then), and only the last part of a sealed
-    channel, with the last of its keys, says sealed."""
-    channel, head = at
-    part = _first_part(publications, MESSAGE_DATA_BYTES)
-    top = head if len(part) == len(publications) else _position_of(head, part[-1])
-    sent = _first_keys(keys, MESSAGE_KEY_BYTES)
-    last = top == head and len(sent) == len(keys)
-    raw = _message(giver, channel, top, part, sent, snapshot=snapshot, sealed=sealed and last)
-    return raw, len(sent)
 
 
 @dataclass(slots=True)
@@ -470,7 +331,7 @@ class Handover:
                 window = await self._broker.remembered_keys(channel)
                 keys_left = snapshot_keys(window, publications, head)
             if snapshot or head != held or keys_left or (sealed and not pump.sealed_acked.is_set()):
-                raw, sent_keys = _next_message(
+                raw, sent_keys = next_message(
                     self._node_id,
                     (channel, head),
                     publications,
