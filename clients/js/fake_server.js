@@ -27,7 +27,9 @@ export class FakeServer {
     this.waiters = new Set(); // held long polls
     this.requests = []; // every fetch: {url, headers}
     this.connects = []; // every connect command: its token
-    this.wsMode = "serve"; // "serve" | "refuse" (handshake fails) | "silent" (never opens)
+    // "serve" | "refuse" (handshake fails) | "silent" (never opens) | "error-only" (handshake
+    // fails with an error event and no close event, as Node 20's WebSocket does)
+    this.wsMode = "serve";
     this.sseMode = "serve"; // "serve" | "missing" (a 404 that is not tidings)
     this.pollPositions = true; // poll answers carry 1.1 `positions` (false: a 1.0 server)
     this.pingS = 25;
@@ -287,6 +289,7 @@ class FakeWebSocket {
     setTimeout(() => {
       if (this.readyState !== 0) return; // closed by the client before it opened
       if (server.refuses() || server.wsMode === "refuse") this._closed(1006, "");
+      else if (server.wsMode === "error-only") this.onerror?.({});
       else if (server.wsMode === "serve") {
         this.readyState = 1;
         this.onopen?.({});

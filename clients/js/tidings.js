@@ -538,7 +538,12 @@ export class Tidings {
         const url = action === "reconnect" ? (goodbye?.url ?? null) : null;
         finish({ outcome: action, error, delayMs: goodbye?.delay ?? null, url });
       };
-      ws.onerror = () => {}; // a close event follows
+      ws.onerror = () => {
+        // Before it opened: the attempt failed. A browser's close event follows, but Node
+        // 20's WebSocket sends none, and would leave the attempt to the connect timeout.
+        // Once open, the close event that follows says how it ended.
+        if (!opened) finish({ outcome: "reconnect" });
+      };
     });
   }
 

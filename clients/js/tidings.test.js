@@ -327,6 +327,18 @@ describe("fallback", () => {
     assert.deepEqual(offsets(seen), ["E1:1", "E1:2"]);
   });
 
+  test("a handshake failing with an error event and no close event falls back at once", async () => {
+    // Node 20's WebSocket: without the error ending the attempt, it would wait out the
+    // connect timeout before each try.
+    const server = new FakeServer();
+    server.wsMode = "error-only";
+    const { tidings } = client(server, { connectTimeoutMs: 60000 });
+    tidings.subscribe("room:1");
+    tidings.connect();
+    await until(() => tidings.state === "connected", "connected, long before the timeout");
+    assert.equal(tidings.transport, "sse");
+  });
+
   test("without WebSocket and SSE it long-polls, keeping its cursor", async () => {
     const server = new FakeServer();
     server.wsMode = "refuse";
