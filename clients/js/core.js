@@ -410,6 +410,41 @@ export class Redirects {
   }
 }
 
+// docs/protocol.md §12 rule 6: connections in a row that never opened to a node owner
+// routing sent channels to, after which they go back to the node first given.
+export const OWNER_UNREACHABLE_ATTEMPTS = 3;
+// Session outcomes of a connection that never opened (no handshake, no 200 answer):
+// the node did not answer. The others either answered (moved, unauthorized, stop) or
+// say nothing about the node (restart: the channels changed; retry: the token callback).
+const UNANSWERED_OUTCOMES = ["reconnect", "unreachable", "refused"];
+
+/**
+ * Counts one node's connections in a row that never opened, to tell an owner that died
+ * (it answers nothing, OWNER_UNREACHABLE_ATTEMPTS times running) from one that closed a
+ * connection (it answers the next).
+ */
+export class UnansweredConnections {
+  constructor(limit = OWNER_UNREACHABLE_ATTEMPTS) {
+    this.limit = limit;
+    this.count = 0;
+  }
+
+  /**
+   * A session ended with `outcome`, having `connected` (its transport opened) or not;
+   * returns whether the node has now not answered `limit` connections in a row (then
+   * the caller goes elsewhere and calls `reset()`).
+   */
+  receiveEnd(outcome, connected) {
+    if (connected) this.count = 0;
+    else if (UNANSWERED_OUTCOMES.includes(outcome)) this.count += 1;
+    return this.count >= this.limit;
+  }
+
+  reset() {
+    this.count = 0;
+  }
+}
+
 /** `ws(s)://.../ws` for a base URL. */
 export function wsUrl(base) {
   const url = new URL("ws", base);

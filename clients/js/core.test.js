@@ -8,6 +8,7 @@ import {
   Backoff,
   MAX_REDIRECTS,
   MAX_SERVER_DELAY_MS,
+  OWNER_UNREACHABLE_ATTEMPTS,
   PositionTracker,
   SseParser,
   TidingsError,
@@ -28,6 +29,7 @@ import {
   serverDelayMs,
   sseUrl,
   tokenExpiresAtMs,
+  UnansweredConnections,
   wsUrl,
 } from "./core.js";
 
@@ -485,5 +487,30 @@ describe("Redirects", () => {
     assert.equal(redirects.receiveMoved("b"), true); // counted per channel
     redirects.receiveServed("a");
     assert.equal(redirects.receiveMoved("a"), true);
+  });
+});
+
+describe("UnansweredConnections", () => {
+  test("three connections in a row that never opened, and only in a row", () => {
+    const unanswered = new UnansweredConnections();
+    assert.equal(OWNER_UNREACHABLE_ATTEMPTS, 3);
+    assert.equal(unanswered.receiveEnd("reconnect", false), false); // a WebSocket never opened
+    assert.equal(unanswered.receiveEnd("unreachable", false), false); // a fetch that failed
+    assert.equal(unanswered.receiveEnd("reconnect", true), false); // opened: the count restarts
+    assert.equal(unanswered.receiveEnd("unreachable", false), false);
+    assert.equal(unanswered.receiveEnd("refused", false), false);
+    assert.equal(unanswered.receiveEnd("unreachable", false), true);
+    unanswered.reset();
+    assert.equal(unanswered.receiveEnd("unreachable", false), false);
+  });
+
+  test("an answer that is not a connection, or a session given up early, is not counted", () => {
+    const unanswered = new UnansweredConnections();
+    unanswered.receiveEnd("unreachable", false);
+    unanswered.receiveEnd("unreachable", false);
+    for (const outcome of ["moved", "unauthorized", "restart", "retry", "closed"]) {
+      assert.equal(unanswered.receiveEnd(outcome, false), false, outcome);
+    }
+    assert.equal(unanswered.count, 2);
   });
 });

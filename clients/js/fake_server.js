@@ -27,7 +27,9 @@ export class FakeServer {
     this.waiters = new Set(); // held long polls
     this.requests = []; // every fetch: {url, headers}
     this.connects = []; // every connect command: its token
-    this.wsMode = "serve"; // "serve" | "refuse" (handshake fails) | "silent" (never opens)
+    // "serve" | "refuse" (handshake fails) | "silent" (never opens) | "error-only" (handshake
+    // fails with an error event and no close event, as Node 20's WebSocket does)
+    this.wsMode = "serve";
     this.sseMode = "serve"; // "serve" | "missing" (a 404 that is not tidings)
     this.pollPositions = true; // poll answers carry 1.1 `positions` (false: a 1.0 server)
     this.pingS = 25;
@@ -36,6 +38,10 @@ export class FakeServer {
     this.expiresS = null; // () => the `expires` of a connect or refresh reply, or null
     this.refreshes = []; // every refresh command: its token
     this.refuseRefreshes = false;
+    this.down = false; // a dead node: every connection refused (see kill())
+    this.refuseNext = 0; // the next connections refused as a dead node's, then served
+    this.refusedConnections = 0; // connections refused so (WebSockets and fetches)
+    this.cuts = new Set(); // held long polls' rejections
     const server = this;
     this.WebSocket = class extends FakeWebSocket {
       constructor(url) {
@@ -91,9 +97,31 @@ export class FakeServer {
     return this.validTokens.has(token);
   }
 
+  /** Die as a SIGKILLed node does: every connection cut, every new one refused. */
+  kill() {
+    this.down = true;
+    this.cutConnections();
+  }
+
+  /** Cut every open connection without a word (no `disconnect`), as a network does. */
+  cutConnections() {
+    for (const socket of this.sockets) if (socket.readyState === 1) socket._closed(1006, "");
+    for (const stream of this.streams) stream.cut();
+    for (const cut of this.cuts) cut();
+  }
+
+  /** Whether to refuse a new connection (counted): the node is down, or refuseNext. */
+  refuses() {
+    if (!this.down && this.refuseNext <= 0) return false;
+    if (!this.down) this.refuseNext -= 1;
+    this.refusedConnections += 1;
+    return true;
+  }
+
   // -- HTTP ----------------------------------------------------------------------------
 
   async _fetch(url, init) {
+    if (this.refuses()) throw new TypeError("fetch failed"); // what fetch says of a dead host
     const parsed = new URL(url);
     const headers = init.headers ?? {};
     this.requests.push({ url: parsed, headers });
@@ -154,13 +182,21 @@ export class FakeServer {
       const waiter = (publication) => {
         if (channels.includes(publication.channel)) done();
       };
+      const cut = () => {
+        this.waiters.delete(waiter);
+        this.cuts.delete(cut);
+        reject(new TypeError("fetch failed"));
+      };
       const done = () => {
         this.waiters.delete(waiter);
+        this.cuts.delete(cut);
         resolve();
       };
       this.waiters.add(waiter);
+      this.cuts.add(cut);
       signal?.addEventListener("abort", () => {
         this.waiters.delete(waiter);
+        this.cuts.delete(cut);
         reject(new DOMException("aborted", "AbortError"));
       });
     });
@@ -221,6 +257,16 @@ class FakeStream {
     this.write(": ping\n\n");
   }
 
+  /** End the stream as a dead node's does: no `disconnect`, a read that fails. */
+  cut() {
+    this.server.streams.delete(this);
+    try {
+      this.controller.error(new TypeError("terminated"));
+    } catch {
+      // closed
+    }
+  }
+
   end(goodbye = { code: 1012, reason: "restarting", reconnect: true }) {
     this.server.streams.delete(this);
     this.write(`event: disconnect\ndata: ${JSON.stringify(goodbye)}\n\n`);
@@ -242,7 +288,8 @@ class FakeWebSocket {
     server.sockets.push(this);
     setTimeout(() => {
       if (this.readyState !== 0) return; // closed by the client before it opened
-      if (server.wsMode === "refuse") this._closed(1006, "");
+      if (server.refuses() || server.wsMode === "refuse") this._closed(1006, "");
+      else if (server.wsMode === "error-only") this.onerror?.({});
       else if (server.wsMode === "serve") {
         this.readyState = 1;
         this.onopen?.({});

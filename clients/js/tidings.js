@@ -35,7 +35,11 @@
 // the whole connection to `url` after the usual randomised delay. No channel is
 // redirected more than MAX_REDIRECTS times in a row without a node serving it: past
 // that it is dropped with an `error` (`too_many_redirects`, its `channel`), like any
-// refused channel.
+// refused channel. An owner that dies strands its channels at a node that answers no
+// more: after OWNER_UNREACHABLE_ATTEMPTS connections in a row to it that never opened
+// (docs/protocol.md §12 rule 6), they go back with their positions to the node first
+// given (the root's `_givenUrl`), which names the next owner once the ring has changed
+// (or serves them itself); going back is not a redirect: their counts start afresh.
 //
 // Tokens: with a token callback, a WebSocket renews its token before it expires: the
 // connect reply's `expires` (Unix seconds) schedules a `refresh` command carrying a
@@ -61,6 +65,7 @@ import {
   SseParser,
   TidingsError,
   TransportRoute,
+  UnansweredConnections,
   baseUrl,
   checkChannel,
   closeAction,
@@ -168,6 +173,7 @@ export class Tidings {
     // Owner routing: the client the application made, clients at other nodes for the
     // channels they serve, and each channel's redirects in a row (kept by the root).
     this._root = this;
+    this._givenUrl = this.url; // (the root's) where channels go back when an owner died
     this._children = [];
     this._redirects = new Redirects();
   }
@@ -260,6 +266,7 @@ export class Tidings {
 
   async _run() {
     const route = new TransportRoute(this._transports);
+    const unanswered = new UnansweredConnections();
     let refreshed = false;
     let restarting = false;
     while (!this._closed) {
@@ -281,6 +288,12 @@ export class Tidings {
         const refusal = await this._originRefusal();
         if (this._closed) return;
         if (refusal) end = { outcome: "stop", error: refusal };
+      }
+      if (unanswered.receiveEnd(end.outcome, attempt.connected) && this.url !== this._root._givenUrl) {
+        unanswered.reset();
+        this._returnToGivenNode();
+        if (this._closed) return; // a client at another node, left with nothing to hold
+        continue; // the root itself, at the node first given, at once
       }
       if (attempt.connected) refreshed = false;
       if (attempt.subscribed) this._backoff.reset();
@@ -525,7 +538,12 @@ export class Tidings {
         const url = action === "reconnect" ? (goodbye?.url ?? null) : null;
         finish({ outcome: action, error, delayMs: goodbye?.delay ?? null, url });
       };
-      ws.onerror = () => {}; // a close event follows
+      ws.onerror = () => {
+        // Before it opened: the attempt failed. A browser's close event follows, but Node
+        // 20's WebSocket sends none, and would leave the attempt to the connect timeout.
+        // Once open, the close event that follows says how it ended.
+        if (!opened) finish({ outcome: "reconnect" });
+      };
     });
   }
 
@@ -893,6 +911,33 @@ export class Tidings {
       }
       root._clientAt(url).subscribe(channel, { since });
     }
+  }
+
+  /**
+   * docs/protocol.md §12 rule 6: the node this client is at (where owner routing, or a
+   * 4503, sent its channels) answered none of OWNER_UNREACHABLE_ATTEMPTS connections
+   * in a row: it died. Take the channels back, with their positions, to the node first
+   * given, which names their next owner once the ring has changed (or serves them
+   * itself), instead of knocking at the dead node for ever. Not a redirect of a node's:
+   * each channel's count starts afresh (while the ring still names the dead owner, the
+   * channels bounce between the two, at the pace of the connections' backoff).
+   */
+  _returnToGivenNode() {
+    const root = this._root;
+    const channels = this._tracker.channels;
+    for (const channel of channels) root._redirects.receiveServed(channel);
+    if (this === root) {
+      this.url = root._givenUrl; // the whole connection, with the tracker as it is
+      return;
+    }
+    const held = channels.map((channel) => [channel, this._tracker.position(channel)]);
+    for (const channel of channels) this._tracker.remove(channel);
+    // Nothing is held here any more: stop knocking. Gone before the channels are handed
+    // over, so that a node sending them straight back here makes a new client.
+    root._children.splice(root._children.indexOf(this), 1);
+    this.close();
+    const given = root._clientAt(root._givenUrl);
+    for (const [channel, since] of held) given.subscribe(channel, { since });
   }
 
   _giveUp(channel, url) {

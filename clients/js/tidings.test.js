@@ -327,6 +327,18 @@ describe("fallback", () => {
     assert.deepEqual(offsets(seen), ["E1:1", "E1:2"]);
   });
 
+  test("a handshake failing with an error event and no close event falls back at once", async () => {
+    // Node 20's WebSocket: without the error ending the attempt, it would wait out the
+    // connect timeout before each try.
+    const server = new FakeServer();
+    server.wsMode = "error-only";
+    const { tidings } = client(server, { connectTimeoutMs: 60000 });
+    tidings.subscribe("room:1");
+    tidings.connect();
+    await until(() => tidings.state === "connected", "connected, long before the timeout");
+    assert.equal(tidings.transport, "sse");
+  });
+
   test("without WebSocket and SSE it long-polls, keeping its cursor", async () => {
     const server = new FakeServer();
     server.wsMode = "refuse";
@@ -592,4 +604,110 @@ describe("owner routing", () => {
       assert.deepEqual(tidings.positions(), {});
     });
   }
+
+  /** What `server` was asked about `channel`: one `since` ("epoch:offset", or null) per ask. */
+  function asks(server, channel) {
+    const overWs = server.sockets
+      .flatMap((socket) => socket.sent)
+      .filter((command) => command.op === "subscribe" && command.channel === channel)
+      .map((command) => (command.since ? `${command.since.epoch}:${command.since.offset}` : null));
+    const overHttp = server.requests
+      .filter((request) => /\/(sse|poll)$/.test(request.url.pathname))
+      .filter((request) => request.url.searchParams.getAll("channel").includes(channel))
+      .map((request) => {
+        const index = request.url.searchParams.getAll("channel").indexOf(channel);
+        return request.url.searchParams.getAll("since")[index] ?? null;
+      });
+    return [...overWs, ...overHttp];
+  }
+
+  /** How many of the client's connections `server` holds subscribed (a long poll: waiting). */
+  function held(server) {
+    const sockets = server.sockets.filter((s) => s.readyState === 1 && s.subscriptions.size);
+    return sockets.length + server.streams.size + server.waiters.size;
+  }
+
+  for (const transport of ["ws", "sse", "longpoll"]) {
+    test(`${transport}: channels at an owner that died go back to the first node after 3 tries`, async () => {
+      const { a, b, network } = ring();
+      a.owners.set("doc:9", "http://b.test/");
+      b.publish("doc:9", "at b");
+      const { tidings, seen } = clientAt(network, { transports: [transport] });
+      const gaps = [];
+      tidings.on("gap", (g) => gaps.push(g));
+      tidings.subscribe("doc:9", { since: { epoch: "EB", offset: 0 } });
+      tidings.connect();
+      await until(() => seen.publications.length === 1, "the publication at b");
+      await until(() => held(b) === 1, "the connection held at b");
+      a.owners.delete("doc:9"); // the ring changed: a serves it now
+      b.kill();
+      await until(() => asks(a, "doc:9").length >= 2, "the channel asked at a again");
+      // Three connections to b that never opened, and no more: nothing is left there.
+      assert.equal(b.refusedConnections, 3);
+      assert.deepEqual(asks(a, "doc:9").slice(0, 2), ["EB:0", "EB:1"]); // with its position
+      await until(() => gaps.length === 1, "the gap a tells");
+      assert.deepEqual(gaps[0].since, { epoch: "EB", offset: 1 });
+      a.publish("doc:9", "at a");
+      await until(() => seen.publications.length === 2, "the publication at a");
+      assert.deepEqual(seen.publications.map((p) => p.data), ["at b", "at a"]);
+      assert.deepEqual(tidings.positions(), { "doc:9": { epoch: "E1", offset: 1 } });
+      assert.deepEqual(seen.errors, []);
+    });
+
+    test(`${transport}: a connection that opened starts the owner's count afresh`, async () => {
+      const { a, b, network } = ring();
+      a.owners.set("doc:9", "http://b.test/");
+      b.refuseNext = 2;
+      const { tidings, seen } = clientAt(network, { transports: [transport] });
+      tidings.subscribe("doc:9");
+      tidings.connect();
+      await until(() => b.refusedConnections === 2 && held(b) === 1, "held at b after two refusals");
+      b.publish("doc:9", "one");
+      await until(() => seen.publications.length === 1, "the first publication at b");
+      await until(() => held(b) === 1, "the connection held at b");
+      b.refuseNext = 2;
+      b.cutConnections();
+      await until(() => b.refusedConnections === 4 && held(b) === 1, "held again after two more");
+      b.publish("doc:9", "two");
+      await until(() => seen.publications.length === 2, "the second publication at b");
+      // Four refusals, but never three in a row: the channel never went back to a.
+      assert.equal(asks(a, "doc:9").length, 1);
+      assert.deepEqual(seen.errors, []);
+    });
+
+    test(`${transport}: going back to the first node is not counted as a redirect`, async () => {
+      const { a, b, network } = ring();
+      a.owners.set("doc:9", "http://b.test/"); // and the ring goes on naming b, dead
+      b.kill();
+      const { tidings, seen } = clientAt(network, { transports: [transport] });
+      tidings.subscribe("doc:9", { since: { epoch: "E1", offset: 0 } });
+      tidings.connect();
+      // Sent to b and back seven times: more than five redirects, were they counted.
+      await until(() => asks(a, "doc:9").length >= 7, "seven rounds between a and b");
+      assert.deepEqual(seen.errors, []);
+      a.owners.delete("doc:9");
+      await until(() => held(a) === 1, "held at a once the ring changed");
+      a.publish("doc:9", "at a");
+      await until(() => seen.publications.length === 1, "the publication at a");
+      // Every round resumed from the position given (a later poll carries its cursor).
+      const resumed = asks(a, "doc:9").filter((since) => since !== null);
+      assert.deepEqual(new Set(resumed), new Set(["E1:0"]));
+      assert.deepEqual(seen.errors, []);
+    });
+  }
+
+  test("a connection sent by a 4503 to a node that died goes back to the first node", async () => {
+    const { a, b, network } = ring();
+    a.publish("user:1", "at a");
+    b.kill();
+    const { tidings, seen } = clientAt(network, { transports: ["ws"] });
+    tidings.subscribe("user:1", { since: { epoch: "E1", offset: 0 } });
+    tidings.connect();
+    await until(() => seen.publications.length === 1, "the publication at a");
+    a.sockets[0].serverClose(4503, "moved", true, 0, "ws://b.test/ws");
+    await until(() => asks(a, "user:1").length === 2, "the channel asked at a again");
+    assert.equal(b.refusedConnections, 3);
+    assert.deepEqual(asks(a, "user:1"), ["E1:0", "E1:1"]);
+    assert.equal(tidings.url, "http://a.test/");
+  });
 });
