@@ -320,3 +320,77 @@ async def test_adopted_keys_of_evicted_publications_survive_a_restart_of_the_sql
         retried = await store.publish(BARE, b"{}", key="k2")
         assert (retried.duplicate, retried.position) == (True, Position(GIVER_EPOCH, 2))
         assert await store.remembered_keys(BARE) == tuple(keys)
+
+
+# A fresh snapshot whose top is past the head held, in the same epoch, restarts the
+# channel past a hole (the giver's history evicted what it had not sent yet). The keys
+# remembered name offsets of that epoch and stay true: the giver sends only the keys
+# new since, so they must stay. Another epoch's keys name offsets the channel no longer
+# has: they go.
+
+
+async def test_a_restart_past_a_hole_in_the_same_epoch_keeps_the_adopted_keys(
+    kind: Kind, tmp_path: Path, clock: FakeClock
+) -> None:
+    alice = ClientInfo("c1", "alice")
+    now = clock.now_ms()
+    keys = [RememberedKey("k1", 1, now), RememberedKey(dedupe_key("k2", alice), 2, now)]
+    async with running(kind, tmp_path, clock, RecordingHandler()) as store:
+        await store.adopt(BARE, GIVER_EPOCH, [], top=2, keys=keys)
+        head = await store.adopt(BARE, GIVER_EPOCH, [], top=5, keys=[RememberedKey("k5", 5, now)])
+        assert head == Position(GIVER_EPOCH, 5)
+        retried = await store.publish(BARE, b"{}", key="k1")
+        assert (retried.duplicate, retried.position) == (True, Position(GIVER_EPOCH, 1))
+        retried = await store.publish(BARE, b"{}", key="k2", info=alice)
+        assert (retried.duplicate, retried.position) == (True, Position(GIVER_EPOCH, 2))
+        retried = await store.publish(BARE, b"{}", key="k5")
+        assert (retried.duplicate, retried.position) == (True, Position(GIVER_EPOCH, 5))
+        fresh = await store.publish(BARE, b"{}", key="k6")
+        assert (fresh.duplicate, fresh.position) == (False, Position(GIVER_EPOCH, 6))
+
+
+async def test_a_restart_past_a_hole_in_the_same_epoch_keeps_the_keys_of_its_publications(
+    kind: Kind, tmp_path: Path, clock: FakeClock
+) -> None:
+    async with running(kind, tmp_path, clock, RecordingHandler()) as store:
+        await store.adopt(SHORT, GIVER_EPOCH, given_in(SHORT, 1, 2, key=lambda n: f"k{n}"), top=2)
+        head = await store.adopt(
+            SHORT, GIVER_EPOCH, given_in(SHORT, 5, 5, key=lambda n: f"k{n}"), top=5
+        )
+        assert head == Position(GIVER_EPOCH, 5)
+        read = await store.history(SHORT, Position(GIVER_EPOCH, 0))
+        assert isinstance(read.recovery, Gap)  # 3 and 4 never came: a hole
+        for n in (1, 2, 5):
+            retried = await store.publish(SHORT, b"{}", key=f"k{n}")
+            assert (retried.duplicate, retried.position) == (True, Position(GIVER_EPOCH, n))
+        assert [k.key for k in await store.remembered_keys(SHORT)] == ["k1", "k2", "k5"]
+
+
+async def test_keys_kept_past_a_hole_in_the_same_epoch_survive_a_restart_of_the_sqlite_file(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    keys = [RememberedKey("k1", 1, clock.now_ms())]
+    async with running("sqlite", tmp_path, clock, RecordingHandler()) as store:
+        await store.adopt(SHORT, GIVER_EPOCH, given_in(SHORT, 2, 2, key=lambda n: f"k{n}"), top=2)
+        await store.adopt(SHORT, GIVER_EPOCH, [], top=2, keys=keys)
+        await store.adopt(SHORT, GIVER_EPOCH, [], top=7)
+    async with running("sqlite", tmp_path, clock, RecordingHandler()) as store:
+        assert (await store.history(SHORT)).head == Position(GIVER_EPOCH, 7)
+        for n in (1, 2):
+            retried = await store.publish(SHORT, b"{}", key=f"k{n}")
+            assert (retried.duplicate, retried.position) == (True, Position(GIVER_EPOCH, n))
+
+
+async def test_a_restart_in_another_epoch_forgets_the_keys_remembered(
+    kind: Kind, tmp_path: Path, clock: FakeClock
+) -> None:
+    keys = [RememberedKey("k1", 1, clock.now_ms())]
+    async with running(kind, tmp_path, clock, RecordingHandler()) as store:
+        await store.adopt(SHORT, GIVER_EPOCH, given_in(SHORT, 2, 2, key=lambda n: f"k{n}"), top=2)
+        await store.adopt(SHORT, GIVER_EPOCH, [], top=2, keys=keys)
+        head = await store.adopt(SHORT, "otherEpoch", [], top=7)
+        assert head == Position("otherEpoch", 7)
+        assert await store.remembered_keys(SHORT) == ()
+        for n in (1, 2):
+            fresh = await store.publish(SHORT, b"{}", key=f"k{n}")
+            assert (fresh.duplicate, fresh.position) == (False, Position("otherEpoch", 7 + n))

@@ -276,6 +276,8 @@ def test_plan_adoption_ends_at_the_givers_head_with_every_new_publication_once(
         assert publication.offset == head + 1
         head = publication.offset
     assert head == plan.head
+    # Keys name offsets of their epoch: kept while it stays, never across a change.
+    assert plan.keeps_keys == (held_position is not None and held_position.epoch == "e1")
     if held_position is not None and held_position.epoch == "e1":
         assert plan.head == max(held_position.offset, top)
         # Nothing already held is stored again.
@@ -303,7 +305,14 @@ def test_plan_adoption_restarts_past_a_hole_in_the_same_epoch() -> None:
 
 
 def test_plan_adoption_moves_the_head_of_a_channel_retaining_nothing() -> None:
-    assert plan_adoption(None, "e1", [], 7) == Adoption(7, (), 7)
+    assert plan_adoption(None, "e1", [], 7) == Adoption(7, (), 7, keeps_keys=False)
+
+
+def test_plan_adoption_keeps_the_keys_past_a_hole_in_the_same_epoch_only() -> None:
+    past_a_hole = plan_adoption(Position("e1", 2), "e1", [], 7)
+    assert (past_a_hole.restart_at, past_a_hole.keeps_keys) == (7, True)
+    other_epoch = plan_adoption(Position("e0", 2), "e1", [], 7)
+    assert (other_epoch.restart_at, other_epoch.keeps_keys) == (7, False)
 
 
 def test_plan_adoption_refuses_publications_that_do_not_end_at_the_top() -> None:

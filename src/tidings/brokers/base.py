@@ -152,7 +152,10 @@ class AdoptingStore(Protocol):
       (those of publications evicted from history, or of a history retaining nothing),
       at its original time and within ``max_keys`` as a publish is: a publisher
       retrying at the new owner is answered ``duplicate`` while the key is inside the
-      window it was in at the giver.
+      window it was in at the giver. A channel that ``adopt`` restarts past a hole in
+      the epoch it holds (a fresh snapshot whose top is beyond its head) keeps the keys
+      it remembered, so a giver sends each key once; one restarted in another epoch
+      forgets them (they name offsets of an epoch it no longer has).
     * **Live to subscribers**: each newly stored publication reaches ``on_publication``
       (if this node is subscribed to the channel), in offset order, once.
     """

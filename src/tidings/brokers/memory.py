@@ -18,7 +18,8 @@ back from that position.
 As a ring node's store (``AdoptingStore``) it also takes channels over from their old
 owner: ``adopt`` keeps their publications at the positions given, in the giver's epoch
 (so a channel's epoch is its log's, which is the shared one unless adopted), and
-remembers the giver's idempotency keys, evicted publications' ones too.
+remembers the giver's idempotency keys, evicted publications' ones too; a channel
+restarted past a hole in its epoch keeps the keys it remembered.
 """
 
 from __future__ import annotations
@@ -324,15 +325,19 @@ class MemoryBroker(LocalNode):
         log = self._logs.get(channel)
         held = log.head if log is not None else self._heads.get(channel)
         plan = plan_adoption(held, epoch, publications, top)
+        now_ms = self._clock.now_ms()
         if plan.restart_at is not None:
+            # Past a hole in the same epoch the keys stay true: the giver does not send
+            # them again (``Adoption.keeps_keys``).
+            kept = log.remembered_keys(now_ms) if log is not None and plan.keeps_keys else ()
             self._heads.pop(channel, None)
             log = self._new_log(channel, Position(epoch, plan.restart_at))
+            log.adopt_keys(kept)
         elif log is None:
             if not plan.publications and not keys:
                 assert held is not None  # plan_adoption restarts a channel not held
                 return held
             log = self._log(channel)
-        now_ms = self._clock.now_ms()
         deliver = self._on_publication if channel in self._subscribed else None
         for publication in plan.publications:
             log.restore(publication, now_ms)

@@ -37,10 +37,11 @@ conflicting publishes fail instead.
 
 As a ring node's store (``AdoptingStore``) it also takes channels over from their old
 owner: ``adopt`` restarts the channel's rows in the giver's epoch when it must
-(``core.channel_log.plan_adoption``), then writes the publications at the positions
-given through the same group commit as publishes, so they are delivered once committed,
-and stores the giver's idempotency keys beside them (those of publications no longer
-retained too), kept for the dedupe window from their original times.
+(``core.channel_log.plan_adoption``; past a hole in the epoch held, its key rows stay),
+then writes the publications at the positions given through the same group commit as
+publishes, so they are delivered once committed, and stores the giver's idempotency
+keys beside them (those of publications no longer retained too), kept for the dedupe
+window from their original times.
 
 Presence is not stored: it lives in memory (``LocalPresence``), as it ends with the node.
 
@@ -302,14 +303,21 @@ class SqliteBroker(LocalNode):
             state = await self._channel(channel, create=False)
         plan = plan_adoption(None if state is None else state.log.head, epoch, publications, top)
         if plan.restart_at is not None:
+            # Past a hole in the same epoch the keys stay true, in the file and here: the
+            # giver does not send them again (``Adoption.keeps_keys``).
+            kept: tuple[RememberedKey, ...] = ()
+            if state is not None and plan.keeps_keys:
+                kept = state.remembered_keys(self._clock.now_ms())
+            restart = partial(self._store.restart, channel, epoch, plan.restart_at)
             await writer.run(
-                partial(self._store.restart, channel, epoch, plan.restart_at),
-                f"adopting channel {channel}",
+                partial(restart, keep_keys=plan.keeps_keys), f"adopting channel {channel}"
             )
             self._check_open()
             history = self._namespaces.options_for(channel).history
             log = ChannelLog(channel, epoch, history, self._dedupe, plan.restart_at)
-            state = self._channels[channel] = LoadedChannel(log, DedupeWindow(self._dedupe))
+            earlier_keys = DedupeWindow(self._dedupe)
+            earlier_keys.adopt(kept)
+            state = self._channels[channel] = LoadedChannel(log, earlier_keys)
         assert state is not None  # plan_adoption restarts a channel not held
         if plan.publications:
             now_ms = self._clock.now_ms()

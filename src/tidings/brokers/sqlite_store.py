@@ -165,12 +165,16 @@ class SqliteStore:
             )
             db.execute(_EXPIRE_KEYS, (now_ms - self._dedupe.window_ms,))
 
-    def restart(self, channel: ChannelName, epoch: str, head_offset: int) -> None:
+    def restart(
+        self, channel: ChannelName, epoch: str, head_offset: int, *, keep_keys: bool
+    ) -> None:
         """Replace ``channel``'s state by an empty history at ``epoch``:``head_offset``,
-        in one transaction (a channel adopted from another node: ``SqliteBroker.adopt``)."""
+        in one transaction (a channel adopted from another node: ``SqliteBroker.adopt``);
+        its dedupe keys stay if ``keep_keys`` (a restart in the epoch they are of)."""
         with self._transaction() as db:
             db.execute("DELETE FROM publications WHERE channel = ?", (channel,))
-            db.execute("DELETE FROM dedupe_keys WHERE channel = ?", (channel,))
+            if not keep_keys:
+                db.execute("DELETE FROM dedupe_keys WHERE channel = ?", (channel,))
             db.execute(_RESTART_CHANNEL, (channel, epoch, head_offset))
 
     def remember_keys(self, channel: ChannelName, keys: Sequence[RememberedKey]) -> None:

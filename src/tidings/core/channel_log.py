@@ -20,7 +20,10 @@ publications it does not hold yet, continuing its head; and whether its state mu
 replaced first (another epoch, or a hole between its head and what it was sent: a
 snapshot of what the giver retains). The giver's dedupe window moves beside its
 retained publications (``remembered_keys``, ``adopt_keys``): a key outlives its
-publication's eviction, and must outlive it on the new owner too.
+publication's eviction, and must outlive it on the new owner too. A restart past a hole
+in the epoch held keeps the keys remembered (they name offsets of that epoch, still
+true), so a giver re-sending a snapshot sends only the keys it has not sent yet; a
+restart in another epoch forgets them.
 """
 
 from __future__ import annotations
@@ -143,11 +146,16 @@ class Adoption:
             ``restart_at``, then append.
         publications: the ones not held yet, consecutive, continuing the head.
         head: the channel's head offset once they are appended.
+        keeps_keys: whether the channel's remembered keys stay: always but in a restart
+            in another epoch (or of a channel not held), whose keys name offsets of an
+            epoch the channel no longer has. A restart past a hole in the epoch held
+            keeps them: their offsets stay true, only the history has a hole.
     """
 
     restart_at: int | None
     publications: tuple[Publication, ...]
     head: int
+    keeps_keys: bool
 
 
 def plan_adoption(
@@ -161,7 +169,8 @@ def plan_adoption(
     (another epoch, a hole, nothing held) the channel restarts just before the first of
     them, or at ``top`` when none is left (history that retains nothing still moves its
     head). A ``top`` at or below the held head of the same epoch, with nothing new, keeps
-    everything as it is.
+    everything as it is. The remembered keys stay unless the epoch changes
+    (``Adoption.keeps_keys``).
 
     Raises:
         ValueError: ``publications`` are not consecutive offsets of ``epoch`` ending at or
@@ -178,11 +187,12 @@ def plan_adoption(
         fresh = tuple(p for p in publications if p.offset > held.offset)
         if not fresh:
             if top <= held.offset:
-                return Adoption(None, (), held.offset)
-            return Adoption(top, (), top)
+                return Adoption(None, (), held.offset, keeps_keys=True)
+            return Adoption(top, (), top, keeps_keys=True)
         if fresh[0].offset == held.offset + 1:
-            return Adoption(None, fresh, fresh[-1].offset)
-        return Adoption(fresh[0].offset - 1, fresh, fresh[-1].offset)
+            return Adoption(None, fresh, fresh[-1].offset, keeps_keys=True)
+        return Adoption(fresh[0].offset - 1, fresh, fresh[-1].offset, keeps_keys=True)
     if not publications:
-        return Adoption(top, (), top)
-    return Adoption(publications[0].offset - 1, tuple(publications), publications[-1].offset)
+        return Adoption(top, (), top, keeps_keys=False)
+    start, last = publications[0].offset - 1, publications[-1].offset
+    return Adoption(start, tuple(publications), last, keeps_keys=False)

@@ -21,8 +21,14 @@ channel's idempotency keys inside the dedupe window whose publications it does n
 carry (evicted from history, or never retained: ``history_size = 0``), with their
 original times; a long window goes on in the messages that follow it, its last keys
 before the channel's sealed top. R answers the position it holds, or ``resync`` (the
-pump sends a fresh snapshot). Once R holds a channel's snapshot the
-giver's clients of it may move there (``FollowingPlacement.receiver_holds``). The steps:
+pump sends a fresh snapshot, keys and all). A pump whose next publications were
+evicted before it read them (a history evicting faster than it sends; with
+``history_size = 0``, each publication) sends a fresh snapshot too, but with only the
+keys above the position R acknowledged with every key below it in this run: R keeps
+the keys it remembers when such a snapshot restarts the channel past a hole in the same
+epoch (``core.channel_log.Adoption.keeps_keys``), so the window moves once, not once
+a publication. Once R holds a channel's snapshot the giver's clients of it may move
+there (``FollowingPlacement.receiver_holds``). The steps:
 
 1. wait (``handover_timeout``) until every snapshot is acknowledged;
 2. move the clients (``server.ring_moves``, ``ring_move_rate`` per second), bounded by
@@ -315,6 +321,9 @@ class Handover:
         """Send ``channel`` to its receiver until the run ends (cancelled)."""
         held: Position | None = None
         keys_left: tuple[RememberedKey, ...] = ()  # of the last snapshot, not acknowledged yet
+        # The receiver holds every key of the channel up to here, acknowledged in this
+        # run: a fresh snapshot sends only the keys above it (``snapshot_keys``).
+        keys_held: Position | None = None
         backoff = Backoff(base_s=0.05, cap_s=2.0, uniform=random.uniform)
         while True:
             pump.dirty.clear()
@@ -329,7 +338,7 @@ class Handover:
             if snapshot:
                 # Read after the history: a key evicted in between is still in the window.
                 window = await self._broker.remembered_keys(channel)
-                keys_left = snapshot_keys(window, publications, head)
+                keys_left = snapshot_keys(window, publications, head, keys_held)
             if snapshot or head != held or keys_left or (sealed and not pump.sealed_acked.is_set()):
                 raw, sent_keys = next_message(
                     self._node_id,
@@ -339,27 +348,19 @@ class Handover:
                     snapshot=snapshot,
                     sealed=sealed,
                 )
-                try:
-                    answer = await self._send(pump.receiver, channel, raw, run.version)
-                except (TidingsError, msgspec.DecodeError) as exc:
-                    delay_s = backoff.next_delay_s()
-                    logger.warning(
-                        "handing %s to %s failed (%s); again in %.1f s",
-                        channel,
-                        pump.receiver,
-                        exc,
-                        delay_s,
-                    )
-                    await asyncio.sleep(delay_s)
-                    continue
-                if answer is None:  # it knows another ring: this run ends with it
-                    await asyncio.sleep(backoff.next_delay_s())
+                answer = await self._send_or_pause(run, channel, pump.receiver, raw, backoff)
+                if answer is None:
                     continue
                 if answer.resync:
-                    held = None
+                    # It lost what it acknowledged (or never had it): everything again.
+                    held = keys_held = None
                     continue
                 before, held = held, parse_position(answer.epoch, answer.offset)
                 keys_left = keys_left[sent_keys:]
+                if not keys_left:
+                    # Every key up to what it holds came: the snapshot's below its
+                    # publications, and those of the publications themselves.
+                    keys_held = held
                 if snapshot:
                     self._placement.receiver_holds(channel)
                     pump.snapshot_acked.set()
@@ -376,6 +377,25 @@ class Handover:
                 if keys_left:
                     continue  # more of the snapshot's keys to send
             await pump.dirty.wait()
+
+    async def _send_or_pause(
+        self, run: _Run, channel: ChannelName, receiver: str, raw: bytes, backoff: Backoff
+    ) -> HandoverAnswer | None:
+        """Send one message of ``channel``; return the answer, or ``None`` (to send
+        again) after a pause if it failed or the receiver knows another ring (this run
+        then ends with it)."""
+        try:
+            answer = await self._send(receiver, channel, raw, run.version)
+        except (TidingsError, msgspec.DecodeError) as exc:
+            delay_s = backoff.next_delay_s()
+            logger.warning(
+                "handing %s to %s failed (%s); again in %.1f s", channel, receiver, exc, delay_s
+            )
+            await asyncio.sleep(delay_s)
+            return None
+        if answer is None:
+            await asyncio.sleep(backoff.next_delay_s())
+        return answer
 
     async def _send(
         self, receiver: str, channel: ChannelName, raw: bytes, version: int

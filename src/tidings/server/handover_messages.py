@@ -93,13 +93,23 @@ def _first_keys(keys: tuple[RememberedKey, ...], max_bytes: int) -> tuple[Rememb
 
 
 def snapshot_keys(
-    keys: tuple[RememberedKey, ...], retained: tuple[Publication, ...], head: Position
+    keys: tuple[RememberedKey, ...],
+    retained: tuple[Publication, ...],
+    head: Position,
+    known: Position | None = None,
 ) -> tuple[RememberedKey, ...]:
     """The keys a snapshot carries beside its publications: those of offsets before the
     first retained one (whose publications were evicted, or never retained), up to the
-    head read (a key above it comes with its publication, or with the next snapshot)."""
+    head read (a key above it comes with its publication, or with the next snapshot).
+
+    ``known`` is where the receiver already holds every key up to (acknowledged earlier
+    in this hand-over); in the head's epoch, the keys at or below it are not sent again
+    (the receiver keeps them across a restart in their epoch: ``Adoption.keeps_keys``).
+    So a channel re-snapshotted at each publication (its history evicts them before the
+    pump reads them) sends its window once, then only the keys new since."""
     below = retained[0].offset if retained else head.offset + 1
-    return tuple(k for k in keys if k.offset < below)
+    above = known.offset if known is not None and known.epoch == head.epoch else 0
+    return tuple(k for k in keys if above < k.offset < below)
 
 
 def _position_of(head: Position, publication: Publication) -> Position:
