@@ -25,7 +25,12 @@ returns once their ``lost`` returned. ``lost`` waits for the holds of its key to
 
 A handler that raises is logged at WARNING, one line with the key, and the node goes
 on: a failed ``gained`` leaves the key not gained (the next request tries again, and a
-``hold`` raises ``Unavailable``); a failed ``lost`` still drops the key.
+``hold`` raises ``Unavailable``); a failed ``lost`` still drops the key. A call that has
+not returned within ``KeyHooks.call_timeout_s`` is cancelled and counts as failed, so a
+handler waiting on a database that does not answer neither keeps a key's requests
+waiting nor holds a seal, a leave or the idle sweep; the limit counts from the call's
+start, not from its wait for one of the ``concurrency`` slots, and the slot is freed
+when the call ends, however it ends.
 
 This node "owns" a key for the application while it is the key's sequencer: in a ring
 transition (``core.handover``), its old owner until the ring is final, which is what
@@ -48,7 +53,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
 
 from tidings.brokers.base import Broker
 from tidings.core.channel import ChannelName, NamespaceName, namespace_of
@@ -63,6 +68,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_KEY_IDLE_S: Final = 300.0
 DEFAULT_CONCURRENCY: Final = 64
+DEFAULT_CALL_TIMEOUT_S: Final = 30.0
 # A hold of a key released to another node waits this long for the ring that names it.
 RELEASED_WAIT_S: Final = 10.0
 # A new ring's clients move once the keys it gave away are lost, or after this.
@@ -73,6 +79,11 @@ _SWEEP_MIN_S: Final = 0.01
 # The key whose handler call the current task makes: its own requests of that key (a
 # ``gained`` publishing the state it loaded) go straight on instead of waiting for it.
 _HANDLING: contextvars.ContextVar[str | None] = contextvars.ContextVar("_HANDLING", default=None)
+# What a handler's call that ran out of time leaves, for its warning.
+_TIMED_OUT: Final = {
+    "gained": "the key is not gained, its next request tries again",
+    "lost": "the key is released without its state saved being confirmed",
+}
 # tidings' own channels (the status page's) have no application state.
 _OWN_NAMESPACES: Final = frozenset({NamespaceName("tidings")})
 
@@ -105,12 +116,17 @@ class KeyHooks:
         concurrency: at most this many of the handler's calls run at once (a node
             leaving with many keys saves them without flooding the application's
             database).
+        call_timeout_s: a ``gained`` or ``lost`` that has not returned this long
+            after it started is cancelled and counts as failed: the key is not gained
+            (the next request tries again), or it is released without its state saved
+            being confirmed.
     """
 
     handler: KeyHandler
     idle_s: float = DEFAULT_KEY_IDLE_S
     namespaces: Collection[str] | None = None
     concurrency: int = DEFAULT_CONCURRENCY
+    call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if isinstance(self.namespaces, str):
@@ -121,6 +137,8 @@ class KeyHooks:
             raise ValueError(f"idle_s must be positive, got {self.idle_s}")
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+        if not self.call_timeout_s > 0:  # NaN too
+            raise ValueError(f"call_timeout_s must be positive, got {self.call_timeout_s}")
 
 
 class KeyOwnership:
@@ -369,16 +387,9 @@ class KeyOwnership:
 
     async def _gain(self, key: str) -> bool:
         """Run ``gained(key)``; whether it returned."""
-        assert self._hooks is not None
         logger.debug("gaining %s", key)
-        _HANDLING.set(key)  # this task's context only
         try:
-            async with self._calls:
-                await self._hooks.handler.gained(key)
-            ok = True
-        except Exception as exc:
-            logger.warning("key handler's gained(%r) failed: %s: %s", key, type(exc).__name__, exc)
-            ok = False
+            ok = await self._call("gained", key)
         finally:
             self._gaining.pop(key, None)
         phase = self._book.gained(key, ok=ok, owned=self.owns(key), now_ms=self._now_ms())
@@ -393,22 +404,45 @@ class KeyOwnership:
         task.add_done_callback(self._losing.discard)
 
     async def _lose(self, key: str) -> None:
-        assert self._hooks is not None
         try:
             while not self._book.may_lose(key):  # a hold uses the key's state
                 await self._phase_change(key)
             logger.debug("losing %s", key)
-            _HANDLING.set(key)  # this task's context only
-            try:
-                async with self._calls:
-                    await self._hooks.handler.lost(key)
-            except Exception as exc:
-                logger.warning(
-                    "key handler's lost(%r) failed: %s: %s", key, type(exc).__name__, exc
-                )
+            await self._call("lost", key)  # the key is dropped however it ended
             self._book.lost(key)
         finally:
             self._notify(key)
+
+    async def _call(self, kind: Literal["gained", "lost"], key: str) -> bool:
+        """Run the handler's ``gained`` or ``lost`` of ``key`` in one of the
+        ``concurrency`` slots, cancelled after ``call_timeout_s``; whether it returned.
+        A call that raised or ran out of time is one WARNING line."""
+        assert self._hooks is not None
+        handler, limit_s = self._hooks.handler, self._hooks.call_timeout_s
+        _HANDLING.set(key)  # this task's context only
+        # The limit starts once the slot is taken: a node leaving with many keys queues
+        # their ``lost`` calls, and the queue is not the handler's slowness. Leaving the
+        # block frees the slot, so a cancelled call does not keep it.
+        async with self._calls:
+            limit = asyncio.timeout(limit_s)
+            try:
+                async with limit:
+                    await (handler.gained(key) if kind == "gained" else handler.lost(key))
+                return True
+            except Exception as exc:
+                if not limit.expired():  # it raised (its own TimeoutError included)
+                    logger.warning(
+                        "key handler's %s(%r) failed: %s: %s", kind, key, type(exc).__name__, exc
+                    )
+                else:
+                    logger.warning(
+                        "key handler's %s(%r) did not return within %g s: cancelled; %s",
+                        kind,
+                        key,
+                        limit_s,
+                        _TIMED_OUT[kind],
+                    )
+                return False
 
     async def _settle(self, keys: Iterable[str]) -> None:
         """Wait until none of ``keys`` is gaining, held or losing (each released)."""
