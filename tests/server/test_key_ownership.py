@@ -77,9 +77,17 @@ async def node(
     idle_s: float = 300.0,
     placement: FollowingPlacement | None = None,
     namespaces: tuple[str, ...] | None = None,
+    call_timeout_s: float = 30.0,
+    concurrency: int = 64,
 ) -> AsyncIterator[tuple[TidingsApp, str]]:
     settings = Settings(node_id="a", api_key=API_KEY)
-    hooks = KeyHooks(handler, idle_s=idle_s, namespaces=namespaces)
+    hooks = KeyHooks(
+        handler,
+        idle_s=idle_s,
+        namespaces=namespaces,
+        call_timeout_s=call_timeout_s,
+        concurrency=concurrency,
+    )
     app = TidingsApp(settings, placement=placement, key_hooks=hooks)
     async with served(app) as url:
         if placement is not None:
@@ -371,6 +379,12 @@ def test_namespaces_given_as_one_string_are_refused() -> None:
         KeyHooks(RecordingHandler(), namespaces="doc")
 
 
+@pytest.mark.parametrize("call_timeout_s", [0.0, -1.0, float("nan")])
+def test_a_call_timeout_that_is_not_positive_is_refused(call_timeout_s: float) -> None:
+    with pytest.raises(ValueError, match="call_timeout_s must be positive"):
+        KeyHooks(RecordingHandler(), call_timeout_s=call_timeout_s)
+
+
 async def test_without_hooks_the_broker_is_not_wrapped_and_hold_only_places() -> None:
     app = TidingsApp(Settings(node_id="a"))
     assert not app.keys.has_handler
@@ -437,3 +451,97 @@ async def test_a_handler_may_publish_and_hold_its_own_key() -> None:
         ]
         await asyncio.wait_for(app.keys.release_all(), WAIT_S)
     assert handler.lost_places == [HERE]
+
+
+# A handler's call that hangs (its database does not answer) is cancelled after
+# ``call_timeout_s``. These nodes allow one call at a time, so a call after a cancelled
+# one shows that the cancelled call freed its slot.
+CALL_TIMEOUT_S: Final = 0.2
+
+
+def own_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "tidings.server.key_ownership" and r.levelno == logging.WARNING
+    ]
+
+
+async def test_a_hanging_gained_is_cancelled_and_the_next_request_gains_the_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    handler = RecordingHandler()
+    handler.gates["doc:1"] = asyncio.Event()  # never set: the store does not answer
+    async with node(handler, call_timeout_s=CALL_TIMEOUT_S, concurrency=1) as (app, _):
+        with (
+            caplog.at_level(logging.WARNING, "tidings.server.key_ownership"),
+            pytest.raises(Unavailable, match="could not load doc:1; retry shortly"),
+        ):
+            async with app.keys.hold("doc:1"):
+                pass
+        [warning] = own_warnings(caplog)
+        assert "gained('doc:1') did not return within 0.2 s" in warning
+        assert "the key is not gained" in warning
+        assert app.keys.held() == []
+        del handler.gates["doc:1"]  # the store answers again
+        async with app.keys.hold("doc:1") as place:
+            assert place is HERE
+        assert handler.calls == [("gained", "doc:1"), ("gained", "doc:1")]
+        assert app.keys.held() == ["doc:1"]
+
+
+async def test_a_hanging_lost_is_cancelled_and_the_key_released_then_gained_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    handler = RecordingHandler()
+    hanging = node(handler, idle_s=0.1, call_timeout_s=CALL_TIMEOUT_S, concurrency=1)
+    async with hanging as (app, _):
+        await app.publish("doc:1", {"n": 1})
+        # Gained; before the key can idle, its store stops answering.
+        handler.gates["doc:1"] = asyncio.Event()  # never set
+        assert await handler.next_call() == ("gained", "doc:1")
+        with caplog.at_level(logging.WARNING, "tidings.server.key_ownership"):
+            assert await handler.next_call() == ("lost", "doc:1")  # idle
+            del handler.gates["doc:1"]  # the lost under way still waits
+            # Once the lost is cancelled, the key is released and gained again.
+            await app.publish("doc:1", {"n": 2})
+            assert await handler.next_call() == ("gained", "doc:1")
+        [warning] = own_warnings(caplog)
+        assert "lost('doc:1') did not return within 0.2 s" in warning
+        assert "released without its state saved being confirmed" in warning
+
+
+async def test_a_seal_and_a_leave_complete_though_a_lost_hangs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    handler = RecordingHandler()
+    placement = FollowingPlacement("a", "http://a.invalid", Settings().namespace_table())
+    sealed, left = owned_by("a", "doc:sealed-"), owned_by("a", "doc:left-")
+    hanging = node(handler, placement=placement, call_timeout_s=CALL_TIMEOUT_S, concurrency=1)
+    async with hanging as (app, url):
+        await app.publish(sealed, 1)
+        await app.publish(left, 1)
+        for key in (sealed, left):
+            handler.gates[key] = asyncio.Event()  # never set
+        with caplog.at_level(logging.WARNING, "tidings.server.key_ownership"):
+            # A hand-over's seal: it returns, and the giver may write its "handed" mark.
+            await asyncio.wait_for(app.keys.release_where(lambda key: key == sealed), WAIT_S)
+            assert app.keys.held() == [left]
+            # The final ring gives the key back here: gained again.
+            del handler.gates[sealed]
+            placement.receive_ring({"a": url, "b": B_URL}, 2)
+            app.keys.receive_ring()
+            await app.publish(sealed, 2)
+            # A planned leave: it returns, and the node may leave the ring.
+            await asyncio.wait_for(app.keys.release_all(), WAIT_S)
+        assert handler.calls == [
+            ("gained", sealed),
+            ("gained", left),
+            ("lost", sealed),
+            ("gained", sealed),
+            *sorted([("lost", sealed), ("lost", left)]),
+        ]
+        warnings = own_warnings(caplog)
+        assert len(warnings) == 2
+        assert f"lost({sealed!r}) did not return" in warnings[0]
+        assert f"lost({left!r}) did not return" in warnings[1]
