@@ -90,8 +90,9 @@ _OWN_NAMESPACES: Final = frozenset({NamespaceName("tidings")})
 
 class KeyHandler(Protocol):
     """An application's per-key state: loaded when this node gains a routing key, saved
-    when it loses it. Both are awaited; each call is about one key, and for one key
-    ``gained`` and ``lost`` alternate, starting with ``gained``."""
+    when it loses it. Both are awaited, each cancelled if it has not returned within
+    ``KeyHooks.call_timeout_s``; each call is about one key, and for one key ``gained``
+    and ``lost`` alternate, starting with ``gained``."""
 
     async def gained(self, key: str) -> None:
         """This node is about to serve ``key`` as its owner: load its state."""
