@@ -22,7 +22,8 @@ from tidings.core.namespace import Namespaces
 from tidings.core.placement import LOCAL_PLACEMENT, Placement
 from tidings.core.routing import FollowingPlacement
 from tidings.hub.hub import Hub
-from tidings.server.key_ownership import KeyHooks, KeyOwnership
+from tidings.server.key_hooks import KeyHooks
+from tidings.server.key_ownership import KeyOwnership
 
 KINDS: Final = ("no hooks", "hooks", "hooks, ring of 3")
 CHANNELS: Final = 100

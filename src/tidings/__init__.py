@@ -16,7 +16,8 @@ from tidings.errors import TidingsError
 from tidings.hub import Hub
 from tidings.server.app import TidingsApp, create_app
 from tidings.server.config import load_settings
-from tidings.server.key_ownership import KeyHandler, KeyHooks, KeyOwnership
+from tidings.server.key_hooks import KeyHandler, KeyHooks
+from tidings.server.key_ownership import KeyOwnership
 from tidings.server.settings import Settings
 
 __all__ = [

@@ -26,7 +26,7 @@ from tidings.core.routing import FollowingPlacement
 from tidings.errors import Unavailable
 from tidings.server.app import TidingsApp
 from tidings.server.config import Settings
-from tidings.server.key_ownership import KeyHooks
+from tidings.server.key_hooks import KeyHooks
 from tidings.server.keyed_broker import KeyedBroker
 from tidings.server.status import status_channel
 

@@ -47,7 +47,8 @@ from tidings.server.forwarding import OwnerLink
 from tidings.server.front import About, OriginCheckedStatic, front_page, health_response
 from tidings.server.heartbeat import run_heartbeats
 from tidings.server.hot_channels import HotChannelWindows, channel_heat_for
-from tidings.server.key_ownership import KeyHooks, KeyOwnership
+from tidings.server.key_hooks import KeyHooks
+from tidings.server.key_ownership import KeyOwnership
 from tidings.server.keys import JwksKeys, load_public_key
 from tidings.server.load_agent import LoadAgent
 from tidings.server.metrics import Metrics
