@@ -8,7 +8,8 @@ Each version of the ring reaches ``Handover.receive_ring`` before anything else 
 node: the placement routes by it, and the channels this node now sequences without
 having been handed them whole (their sequencer crashed) restart in a new epoch before
 any publication is sequenced in them (``sequencing_ready`` gates the broker), so no
-offset of the dead sequencer's epoch is given twice.
+offset of the dead sequencer's epoch is given twice (``core.ring_gains.decide_takeover``,
+the rule a node without hand-over follows too).
 
 A *giver* (a node of the ring's ``previous``) runs ``hand_over`` for the version
 (``brokers.ring.membership`` runs it, and writes ``handed/<v>/<node>`` when it returns;
@@ -67,17 +68,16 @@ from tidings.core.backoff import Backoff
 from tidings.core.channel import ChannelName, parse_channel
 from tidings.core.dedupe import RememberedKey
 from tidings.core.handover import (
-    ForwardTo,
     ReplicaStep,
     RingRecord,
     Sequence,
     Transition,
     decide_replica,
-    publishing_role,
 )
 from tidings.core.node_call import NODE_AUTH_HEADER
 from tidings.core.publication import ClientInfo, Position, Publication, parse_position
 from tidings.core.recovery import Replay
+from tidings.core.ring_gains import TakeoverStep, decide_takeover
 from tidings.core.routing import FollowingPlacement
 from tidings.errors import BadRequest, RequestError, StaleRing, TidingsError, Unauthorized
 from tidings.server.forwarding import OwnerLink, Parts, is_stale_ring
@@ -208,17 +208,19 @@ class Handover:
                 self._ready.set()
 
     def _must_renew(self, before: Transition | None, channel: ChannelName) -> bool:
-        now = self._placement.publishing_role(channel)
-        if isinstance(now, ForwardTo) or before is None:
-            return False
-        key = self._placement.key_of(channel)
-        if not isinstance(publishing_role(before, self._node_id, key, sealed=False), ForwardTo):
-            return False  # sequenced here already
-        if channel in self._complete:
-            self._complete.discard(channel)  # handed over whole: continue its epoch
-            return False
-        self._replicas.pop(channel, None)
-        return True
+        step = decide_takeover(
+            before,
+            self._placement.transition,
+            self._node_id,
+            self._placement.key_of(channel),
+            handed_whole=channel in self._complete,
+            empty_ring_gains=True,
+        )
+        if step is TakeoverStep.CONTINUE:
+            self._complete.discard(channel)  # taken over: the hand-over of it is done
+        elif step is TakeoverStep.RENEW:
+            self._replicas.pop(channel, None)
+        return step is TakeoverStep.RENEW
 
     async def sequencing_ready(self) -> None:
         """Wait until channels taken over from a dead sequencer have new epochs."""
