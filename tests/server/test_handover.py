@@ -1,4 +1,4 @@
-"""The receiver's side of a hand-over (server/handover.py ``apply_to_replica``) on a real
+"""The receiver's side of a hand-over (server/handover_receiver.py ``apply_to_replica``) on a real
 memory store: whatever order the giver's snapshots and streams arrive in, late or
 repeated, and then the pump's catch-up from what the replica answered, the replica ends
 holding the giver's history at the giver's positions, its keys (those of evicted
@@ -30,9 +30,10 @@ from tidings.core.ring import HashRing
 from tidings.core.routing import Destinations, FollowingPlacement
 from tidings.hub.sessions import SessionRegistry
 from tidings.server.forwarding import OwnerLink
-from tidings.server.handover import Handover, apply_to_replica
+from tidings.server.handover import Handover
 from tidings.server.handover_broker import HandoverBroker
 from tidings.server.handover_messages import HandoverMessage, snapshot_keys
+from tidings.server.handover_receiver import apply_to_replica
 from tidings.server.ring_moves import RingMover
 
 HOUR_MS = 3_600_000
@@ -204,7 +205,7 @@ async def test_a_channel_handed_over_whole_continues_the_givers_epoch() -> None:
     async with node_c() as (handover, broker):
         handover.receive_ring(RingRecord(2, URLS, {"a": URLS["a"]}))  # c joins
         await handover.sequencing_ready()
-        answer = await handover._apply(channel, message_from_a(channel, 3, sealed=True))
+        answer = await handover.receiver.apply(channel, message_from_a(channel, 3, sealed=True))
         assert (answer.epoch, answer.offset) == (GIVER_EPOCH, 3)
         handover.receive_ring(RingRecord(3, URLS))  # final: c sequences
         await handover.sequencing_ready()
@@ -217,7 +218,7 @@ async def test_a_channel_whose_giver_crashed_before_sealing_starts_a_new_epoch()
     async with node_c() as (handover, broker):
         handover.receive_ring(RingRecord(2, URLS, {"a": URLS["a"]}))
         await handover.sequencing_ready()
-        await handover._apply(channel, message_from_a(channel, 3, sealed=False))
+        await handover.receiver.apply(channel, message_from_a(channel, 3, sealed=False))
         handover.receive_ring(RingRecord(2, URLS, {"a": URLS["a"]}).crashed("a"))
         await handover.sequencing_ready()
         result = await broker.publish(channel, b"{}")

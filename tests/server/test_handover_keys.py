@@ -1,13 +1,14 @@
-"""A channel's idempotency keys move with it in a hand-over (server/handover.py), whatever
-its history retained: node ``a`` hands a channel to node ``c`` as ``c`` joins, over a
-real socket (``POST /node/handover`` served by uvicorn), each node over a store of its
-own (memory or sqlite). Keys published before the transition and keys published during
-it, after the snapshot was acknowledged, in a namespace retaining nothing
-(``history_size = 0``) or evicting them at once (``history_size = 1``), the keys in one
-message or one key a message: once the ring is final, a publisher retrying any of them
-at ``c`` is answered ``duplicate`` with the original position, and a new key is
-published after them. And a channel retaining nothing, sent a fresh snapshot for each
-publication of the transition, sends each key once, not its whole window each time."""
+"""A channel's idempotency keys move with it in a hand-over (server/handover.py giving,
+server/handover_receiver.py receiving), whatever its history retained: node ``a`` hands
+a channel to node ``c`` as ``c`` joins, over a real socket (``POST /node/handover``
+served by uvicorn), each node over a store of its own (memory or sqlite). Keys published
+before the transition and keys published during it, after the snapshot was acknowledged,
+in a namespace retaining nothing (``history_size = 0``) or evicting them at once
+(``history_size = 1``), the keys in one message or one key a message: once the ring is
+final, a publisher retrying any of them at ``c`` is answered ``duplicate`` with the
+original position, and a new key is published after them. And a channel retaining
+nothing, sent a fresh snapshot for each publication of the transition, sends each key
+once, not its whole window each time."""
 
 from __future__ import annotations
 
@@ -42,9 +43,10 @@ from tidings.core.routing import Destinations, FollowingPlacement
 from tidings.hub.sessions import SessionRegistry
 from tidings.server import handover_messages
 from tidings.server.forwarding import OwnerLink
-from tidings.server.handover import HANDOVER_PATH, Handover
+from tidings.server.handover import Handover
 from tidings.server.handover_broker import HandoverBroker
 from tidings.server.handover_messages import HandoverMessage
+from tidings.server.handover_receiver import HANDOVER_PATH
 from tidings.server.ring_moves import RingMover
 
 HOUR_MS = 3_600_000
@@ -149,7 +151,7 @@ async def serving_handover(
         if received is not None:
             # Read once: starlette hands the same body to the handler's read.
             await received.add(msgspec.json.decode(await request.body(), type=HandoverMessage))
-        return await receiver[0].receive(request)
+        return await receiver[0].receiver.receive(request)
 
     app = Starlette(routes=[Route(HANDOVER_PATH, receive, methods=["POST"])])
     server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))

@@ -211,7 +211,7 @@ class MemoryBroker(LocalNode):
         """Forget the history and keys of each channel held here for which ``which``
         is true, and start each in a new epoch of its own, as ``start_new_epoch`` does
         for all: another node has sequenced them since this one did (a key of the hash
-        ring that comes back to this node: ``server.ring_gains``). Return how many."""
+        ring that comes back to this node: ``core.ring_gains``). Return how many."""
         restarted = [channel for channel in (*self._logs, *self._heads) if which(channel)]
         for channel in restarted:
             self._logs.pop(channel, None)

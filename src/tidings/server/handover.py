@@ -1,6 +1,7 @@
 """The hand-over of channels between owners in a transition of the ring (docs/modes/hashing.md,
-"Scaling without loss"; the roles and decisions are ``core.handover``'s). asyncio, and HTTP
-between nodes: ``POST /node/handover``, signed as forwarded calls are (``core.node_call``).
+"Scaling without loss"; the roles and decisions are ``core.handover``'s): each new ring
+settled, and the giver's side. asyncio, and HTTP between nodes: ``POST /node/handover``
+to the receivers, signed as forwarded calls are (``core.node_call``).
 
 Theory of operation
 -------------------
@@ -8,7 +9,8 @@ Each version of the ring reaches ``Handover.receive_ring`` before anything else 
 node: the placement routes by it, and the channels this node now sequences without
 having been handed them whole (their sequencer crashed) restart in a new epoch before
 any publication is sequenced in them (``sequencing_ready`` gates the broker), so no
-offset of the dead sequencer's epoch is given twice.
+offset of the dead sequencer's epoch is given twice (``core.ring_gains.decide_takeover``,
+the rule a node without hand-over follows too).
 
 A *giver* (a node of the ring's ``previous``) runs ``hand_over`` for the version
 (``brokers.ring.membership`` runs it, and writes ``handed/<v>/<node>`` when it returns;
@@ -39,13 +41,8 @@ there (``FollowingPlacement.receiver_holds``). The steps:
    ring be made final with a receiver missing acknowledged publications. A receiver
    that dies changes the ring, which restarts the hand-over.
 
-A *receiver* applies each message by ``decide_replica`` and ``AdoptingStore.adopt``
-(positions kept, keys remembered, the message's own keys too, newly stored
-publications delivered to its subscribers live). It serves a channel once it applied
-its snapshot (``FollowingPlacement.hold_replica``); a channel whose giver's sealed top it holds is
-*complete*: when the ring makes it the sequencer, it continues the giver's epoch. One it
-holds incompletely (the giver crashed) restarts in a new epoch instead: clients
-resuming there hear ``recovered: false``, never a silent gap.
+The *receiver*'s side (``POST /node/handover``, the replicas and which of them are
+complete) is ``server.handover_receiver``'s; ``Handover`` owns it as ``receiver``.
 """
 
 from __future__ import annotations
@@ -58,43 +55,25 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import msgspec
-from starlette.requests import Request
-from starlette.responses import Response
 
-from tidings.brokers.base import AdoptingStore
 from tidings.brokers.memory import random_epoch
 from tidings.core.backoff import Backoff
-from tidings.core.channel import ChannelName, parse_channel
+from tidings.core.channel import ChannelName
 from tidings.core.dedupe import RememberedKey
-from tidings.core.handover import (
-    ForwardTo,
-    ReplicaStep,
-    RingRecord,
-    Sequence,
-    Transition,
-    decide_replica,
-    publishing_role,
-)
-from tidings.core.node_call import NODE_AUTH_HEADER
-from tidings.core.publication import ClientInfo, Position, Publication, parse_position
+from tidings.core.handover import RingRecord, Sequence, Transition
+from tidings.core.publication import Position, parse_position
 from tidings.core.recovery import Replay
+from tidings.core.ring_gains import TakeoverStep, decide_takeover
 from tidings.core.routing import FollowingPlacement
-from tidings.errors import BadRequest, RequestError, StaleRing, TidingsError, Unauthorized
+from tidings.errors import BadRequest, TidingsError
 from tidings.server.forwarding import OwnerLink, Parts, is_stale_ring
 from tidings.server.handover_broker import HandoverBroker
-from tidings.server.handover_messages import (
-    MAX_HANDOVER_BODY_BYTES,
-    HandoverAnswer,
-    HandoverMessage,
-    next_message,
-    snapshot_keys,
-)
+from tidings.server.handover_messages import HandoverAnswer, next_message, snapshot_keys
+from tidings.server.handover_receiver import HANDOVER_PATH, HandoverReceiver
 from tidings.server.ring_moves import RingMover
-from tidings.transports.http import json_response, read_body, request_error_response
 
 logger = logging.getLogger(__name__)
 
-HANDOVER_PATH: Final = "/node/handover"
 # At most this many messages in flight to one receiver (one per channel at a time).
 SENDS_PER_RECEIVER: Final = 16
 
@@ -165,13 +144,10 @@ class Handover:
         self._ready.set()
         self._settling = 0  # the latest settle's number: only it opens the gate
         self._run: _Run | None = None
-        # Receiver side: what each replica holds, which giver it is from, and which are
-        # complete (the giver's sealed top is held).
-        self._replicas: dict[ChannelName, Position] = {}
-        self._complete: set[ChannelName] = set()
-        self._locks: dict[ChannelName, asyncio.Lock] = {}
         self._senders: dict[str, asyncio.Semaphore] = {}
         broker.listen(self)
+        self.receiver = HandoverReceiver(node_id, placement, broker, link, self.refresh)
+        """The receiving side: ``POST /node/handover``."""
         self.refresh_ring: Callable[[], Awaitable[None]] | None = None
         """Reads the ring in etcd again (the node's ``RingMember.refresh``), set once made."""
 
@@ -208,17 +184,16 @@ class Handover:
                 self._ready.set()
 
     def _must_renew(self, before: Transition | None, channel: ChannelName) -> bool:
-        now = self._placement.publishing_role(channel)
-        if isinstance(now, ForwardTo) or before is None:
-            return False
-        key = self._placement.key_of(channel)
-        if not isinstance(publishing_role(before, self._node_id, key, sealed=False), ForwardTo):
-            return False  # sequenced here already
-        if channel in self._complete:
-            self._complete.discard(channel)  # handed over whole: continue its epoch
-            return False
-        self._replicas.pop(channel, None)
-        return True
+        step = decide_takeover(
+            before,
+            self._placement.transition,
+            self._node_id,
+            self._placement.key_of(channel),
+            handed_whole=self.receiver.holds_whole(channel),
+            empty_ring_gains=True,
+        )
+        self.receiver.taken_over(channel, step)
+        return step is TakeoverStep.RENEW
 
     async def sequencing_ready(self) -> None:
         """Wait until channels taken over from a dead sequencer have new epochs."""
@@ -412,111 +387,3 @@ class Handover:
         if status != 200:
             raise BadRequest(f"{receiver} answered {status}: {body[:200]!r}")
         return msgspec.json.decode(body, type=HandoverAnswer)
-
-    # -- receiver -------------------------------------------------------------------------
-
-    async def receive(self, request: Request) -> Response:
-        """``POST /node/handover``: apply a giver's message; answer the position held."""
-        try:
-            if request.headers.get(NODE_AUTH_HEADER) is None:
-                # Refused before its body is read: only nodes of the ring send these.
-                raise Unauthorized("a hand-over must be signed by a node of the ring")
-            raw = await read_body(request, MAX_HANDOVER_BODY_BYTES)
-            call = self._link().verify(request.headers.get, "POST", HANDOVER_PATH, raw)
-            if call is None:
-                raise Unauthorized("a hand-over must be signed by a node of the ring")
-            try:
-                message = msgspec.json.decode(raw, type=HandoverMessage)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise BadRequest(f"not a hand-over message: {exc}") from None
-            channel = parse_channel(message.channel)
-            if call.ring_version > self._placement.ring_version:
-                await self.refresh()
-            own = self._placement.ring_version
-            if call.ring_version != own or not self._receives(channel, message.giver):
-                raise StaleRing(channel, call.ring_version, own)
-            answer = await self._apply(channel, message)
-        except RequestError as error:
-            return request_error_response(error)
-        return json_response(msgspec.to_builtins(answer))
-
-    def _receives(self, channel: ChannelName, giver: str) -> bool:
-        transition = self._placement.transition
-        if transition is None:
-            return False
-        key = self._placement.key_of(channel)
-        return (
-            transition.moves(key)
-            and transition.old_owner(key) == giver
-            and transition.new_owner(key) == self._node_id
-        )
-
-    async def _apply(self, channel: ChannelName, message: HandoverMessage) -> HandoverAnswer:
-        epoch, top = message.epoch, message.top
-        publications = [
-            Publication(
-                channel,
-                epoch,
-                p.offset,
-                bytes(p.data),
-                p.ts,
-                p.key,
-                None if p.info is None else ClientInfo(p.info.client, p.info.user),
-            )
-            for p in message.publications
-        ]
-        lock = self._locks.setdefault(channel, asyncio.Lock())
-        async with lock:
-            try:
-                held = await apply_to_replica(
-                    self._broker,
-                    self._replicas.get(channel),
-                    (channel, epoch, top),
-                    publications,
-                    snapshot=message.snapshot,
-                    keys=tuple(RememberedKey(k.key, k.offset, k.ts) for k in message.keys),
-                )
-            except ValueError as exc:
-                raise BadRequest(str(exc)) from None
-            if held is None:
-                return HandoverAnswer(resync=True)
-            self._replicas[channel] = held
-            if message.snapshot:
-                self._placement.hold_replica(channel)
-            if message.sealed and held == Position(epoch, top):
-                self._complete.add(channel)
-        return HandoverAnswer(held.epoch, held.offset)
-
-
-async def apply_to_replica(
-    store: AdoptingStore,
-    held: Position | None,
-    head: tuple[ChannelName, str, int],
-    publications: list[Publication],
-    *,
-    snapshot: bool,
-    keys: tuple[RememberedKey, ...] = (),
-) -> Position | None:
-    """Apply one hand-over message of a channel to its replica in ``store``, which
-    holds ``held`` from this giver (``None``: nothing yet): ``head`` is the channel,
-    the message's epoch and its top offset; ``keys`` the giver's idempotency keys it
-    carries besides its publications'. Return the position held after, or ``None``
-    to ask for a fresh snapshot (``decide_replica``'s ``RESYNC``).
-
-    Raises:
-        ValueError: the publications are not consecutive, ending at the top.
-        BrokerError: the store failed.
-    """
-    channel, epoch, top = head
-    first = Position(epoch, publications[0].offset if publications else top + 1)
-    step = decide_replica(held, first, top, snapshot=snapshot)
-    if step is ReplicaStep.RESYNC:
-        return None
-    if step is ReplicaStep.IGNORE:
-        assert held is not None  # decide_replica applies when nothing is held
-        if keys and held.epoch == epoch:
-            # Its publications are held, its keys may not be (a repeated snapshot
-            # of a channel retaining nothing): remember them, moving nothing.
-            return await store.adopt(channel, epoch, [], top=held.offset, keys=keys)
-        return held
-    return await store.adopt(channel, epoch, publications, top=top, keys=keys)

@@ -3,7 +3,8 @@ form on the wire, and how a channel's snapshot is cut into messages. Pure.
 
 A giver sends each moving channel as messages of at most ``MESSAGE_DATA_BYTES`` of
 publications and ``MESSAGE_KEY_BYTES`` of idempotency keys, far below the body a node
-takes (``MAX_HANDOVER_BODY_BYTES``); ``server.handover`` sends and applies them.
+takes (``MAX_HANDOVER_BODY_BYTES``); ``server.handover`` sends them and
+``server.handover_receiver`` applies them.
 """
 
 from __future__ import annotations

@@ -31,8 +31,9 @@ from tidings.core.channel import ChannelName
 from tidings.core.placement import Placement
 from tidings.core.routing import FollowingPlacement
 from tidings.server.forwarding import OwnerLink
-from tidings.server.handover import HANDOVER_PATH, Handover
+from tidings.server.handover import Handover
 from tidings.server.handover_broker import HandoverBroker
+from tidings.server.handover_receiver import HANDOVER_PATH
 from tidings.server.key_ownership import KeyOwnership
 from tidings.server.ring_fence import RingFence
 from tidings.server.ring_moves import RingMover
@@ -109,7 +110,7 @@ class NodeRing:
         """``POST /node/handover``, for a node that takes part in hand-overs."""
         if self.handover is None:
             return []
-        return [Route(HANDOVER_PATH, self.handover.receive, methods=["POST"])]
+        return [Route(HANDOVER_PATH, self.handover.receiver.receive, methods=["POST"])]
 
     def _on_ring(self) -> None:
         """A new ring reached the placement: lose the application's keys it gives to
