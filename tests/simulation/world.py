@@ -28,8 +28,9 @@ from functools import partial
 from tests.simulation.checker import Checker
 from tests.simulation.clients import Publisher, Subscriber
 from tests.simulation.etcd import SimEtcd
+from tests.simulation.flaws import Flaws
 from tests.simulation.messages import NodeMessage, Publish
-from tests.simulation.nodes import Flaws, Node, describe
+from tests.simulation.nodes import Node, describe
 from tests.simulation.store import SimPublication
 from tidings.core.handover import RingRecord, Transition
 from tidings.core.publication import Position
