@@ -16,6 +16,8 @@ those decisions read and carries out what they say, as the server does:
 * **Crash**: on a record that removed a crashed node, forget every channel that node
   sequenced (a copy may lack what it acknowledged), so the next sequencer starts a new
   epoch and resuming subscribers hear ``recovered: false``.
+* **Membership** (``membership``): join, leave, report its own previous incarnation's
+  crash after a restart, and make a transition final.
 
 ``Flaws`` (``flaws``) turn on deliberately broken variants, to show the checker catches
 them.
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from tests.simulation.clients import Subscriber
 from tests.simulation.flaws import Flaws
+from tests.simulation.membership import change_membership, describe, try_finalize
 from tests.simulation.messages import NodeMessage, Publish, Replica, ReplicaAck, Resync
 from tests.simulation.store import ChannelStore, SimPublication
 from tidings.core.catchup import CatchUp, decide_catch_up
@@ -44,7 +47,6 @@ from tidings.core.handover import (
     crashed_nodes,
     decide_replica,
     decide_resume,
-    finalizable,
     handed_over,
     publishing_role,
     serving_node,
@@ -131,15 +133,15 @@ class Node:
         self._redispatch_held()
         self._redirect_subscribers()
         self._reattach_waiting()
-        self.change_membership()
-        self.try_finalize()
+        change_membership(self)
+        try_finalize(self)
         self.world.roles_changed()
 
     def begin(self) -> None:
         """A node that starts acts on the ring it read (as on each one it learns)."""
         self._start_giving()
-        self.change_membership()
-        self.try_finalize()
+        change_membership(self)
+        try_finalize(self)
         self.world.roles_changed()
 
     def _forget_channels_of(self, dead: str, before: Transition) -> None:
@@ -225,39 +227,6 @@ class Node:
                     continue
             del self.waiting[subscriber.subscriber_id]
             self.attach(subscriber, waited=channel is not None)
-
-    def change_membership(self) -> None:
-        """Join or leave the ring if this node was asked to and the ring is settled."""
-        view, etcd = self.view, self.world.etcd
-        if self.restarting:
-            if self.node_id in view.nodes or self.node_id in (view.previous or ()):
-                # Its previous incarnation died: say so, as its lease expiring would have.
-                etcd_write(self.world, view, view.crashed(self.node_id))
-                return
-            self.restarting = False
-            self.joining = True
-            self.world.roles_changed()
-        if self.joining:
-            if self.node_id in view.nodes:
-                self.joining = False
-            elif not view.in_transition:
-                etcd_write(self.world, view, view.joined(self.node_id, f"http://{self.node_id}"))
-        if self.leaving and not view.in_transition:
-            if self.node_id in view.nodes and len(view.nodes) > 1:
-                etcd_write(self.world, view, view.left(self.node_id))
-            elif self.node_id not in view.nodes:
-                self.world.trace("%s has left the ring and exits", self.node_id)
-                etcd.members.pop(self.node_id, None)
-                self.world.exit(self)
-
-    def try_finalize(self) -> None:
-        """Make the transition final if every live giver has handed (a watch of the
-        handed keys and the members calls this too)."""
-        view, etcd = self.view, self.world.etcd
-        if not self.alive or not view.in_transition:
-            return
-        if finalizable(view, etcd.members, etcd.handed.get(view.version, ())):
-            etcd_write(self.world, view, view.finalized())
 
     # -- publications ----------------------------------------------------------------
 
@@ -562,18 +531,3 @@ def force_adopt(
             store.keys[publication.key] = publication.position
             stored.append(publication)
     return stored
-
-
-def etcd_write(world: World, expected: RingRecord, record: RingRecord) -> None:
-    """Compare-and-swap ``record`` over ``expected``; announce it if it was written."""
-    if world.etcd.compare_and_swap(expected.version, record):
-        world.trace("etcd: v%d %s", record.version, describe(record))
-        world.watch_record()
-
-
-def describe(record: RingRecord) -> str:
-    """The record in a few characters, for traces."""
-    nodes = ",".join(sorted(record.nodes))
-    if record.previous is None:
-        return f"[{nodes}]"
-    return f"[{','.join(sorted(record.previous))}] -> [{nodes}]"
