@@ -1,21 +1,24 @@
-"""A simulated ring node: its stores, its view of the ring, and its parts in a hand-over.
+"""A simulated ring node: its stores, its view of the ring, sequencing, receiving a
+hand-over, and serving subscribers.
 
 Every decision of the protocol is the core's (``tidings.core.handover``): who sequences a
 publication (``publishing_role``), who serves a subscription (``serving_node``), whether
-a hand-over message is applied (``decide_replica``), whether a giver has handed over
-(``handed_over``), whether a transition may be made final (``finalizable``), which nodes
-a new record removed by a crash (``crashed_nodes``). This module only keeps the state
-those decisions read and carries out what they say, as the server does:
+a hand-over message is applied (``decide_replica``), whether a resuming subscriber waits
+for the replica (``decide_resume``), which nodes a new record removed by a crash
+(``crashed_nodes``). This module only keeps the state those decisions read and carries
+out what they say, as the server does; its other parts have their own modules:
 
-* **Giver** (the old owner of moving channels, for one ring version): snapshot each
-  moving channel to its receiver, copy every publication it sequences there, move the
-  channel's subscribers once the receiver acked the snapshot, seal (publications of its
-  moving channels then hold), and mark itself handed once every receiver acked its top.
-* **Receiver**: keep a replica by ``decide_replica`` (apply, ignore, or ask for a
-  resync), ack the position it holds, serve subscribers from it.
-* **Crash**: on a record that removed a crashed node, forget every channel that node
-  sequenced (a copy may lack what it acknowledged), so the next sequencer starts a new
-  epoch and resuming subscribers hear ``recovered: false``.
+* **Giver** (here; the old owner of moving channels, for one ring version): snapshot
+  each moving channel to its receiver, copy every publication it sequences there, move
+  the channel's subscribers once the receiver acked the snapshot, seal (publications of
+  its moving channels then hold), and mark itself handed once every receiver acked its
+  top (``handed_over``).
+* **Receiver** (here, storing by ``replica``): keep a replica by ``decide_replica``
+  (apply, ignore, or ask for a resync), ack the position it holds, serve subscribers
+  from it.
+* **Crash** (here): on a record that removed a crashed node, forget every channel that
+  node sequenced (a copy may lack what it acknowledged), so the next sequencer starts a
+  new epoch and resuming subscribers hear ``recovered: false``.
 * **Membership** (``membership``): join, leave, report its own previous incarnation's
   crash after a restart, and make a transition final.
 
@@ -33,6 +36,7 @@ from tests.simulation.clients import Subscriber
 from tests.simulation.flaws import Flaws
 from tests.simulation.membership import change_membership, describe, try_finalize
 from tests.simulation.messages import NodeMessage, Publish, Replica, ReplicaAck, Resync
+from tests.simulation.replica import apply_replica
 from tests.simulation.store import ChannelStore, SimPublication
 from tidings.core.catchup import CatchUp, decide_catch_up
 from tidings.core.handover import (
@@ -387,7 +391,10 @@ class Node:
             self._send(sender, Resync(channel))
             return
         if step is not ReplicaStep.IGNORE:
-            self._fan_out(channel, self._apply(store, message))
+            history, force = self.world.config.history, self.flaws.ignore_resync
+            store, stored = apply_replica(store, message, history, force=force)
+            self.stores[channel] = store
+            self._fan_out(channel, stored)
         store = self.stores.get(channel)
         if store is None:
             return
@@ -397,26 +404,6 @@ class Node:
                 store.keys.setdefault(key, position)
         self._send(sender, ReplicaAck(channel, store.position))
         self._reattach_waiting(channel)
-
-    def _apply(self, store: ChannelStore | None, message: Replica) -> list[SimPublication]:
-        publications = message.publications
-        replace = store is None or store.epoch != message.epoch
-        if message.snapshot and store is not None and not replace:
-            # The snapshot does not follow what is held (history evicted in between):
-            # it replaces it, or the history would have a hole.
-            replace = message.first.offset > store.top + 1
-        if replace:
-            store = ChannelStore(message.epoch, self.world.config.history)
-            store.top = message.first.offset - 1
-            self.stores[message.channel] = store
-            if message.snapshot:
-                stored = store.adopt(publications)
-                store.top = message.top
-                return stored
-        assert store is not None
-        if self.flaws.ignore_resync:
-            return list(force_adopt(store, publications))
-        return store.adopt(publications)
 
     # -- subscribers -----------------------------------------------------------------
 
@@ -517,17 +504,3 @@ class Node:
 
     def _send(self, to: str, message: NodeMessage) -> None:
         self.world.send(self.node_id, to, message)
-
-
-def force_adopt(
-    store: ChannelStore, publications: Iterable[SimPublication]
-) -> list[SimPublication]:
-    """The ``ignore_resync`` flaw: store whatever comes after the top, hole or not."""
-    stored = []
-    for publication in publications:
-        if publication.offset > store.top:
-            store.retained.append(publication)
-            store.top = publication.offset
-            store.keys[publication.key] = publication.position
-            stored.append(publication)
-    return stored
