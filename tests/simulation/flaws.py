@@ -1,8 +1,8 @@
 """Deliberately broken variants of the simulated node, to show the checker catches them.
 
 Each flag breaks one rule of the protocol (all off: the protocol as specified); the
-node (``nodes``) and the world (``world``) read them. Each flaw ``test_simulation`` tests
-must fail some seed there.
+nodes (``nodes``, ``giver``) and the world (``world``) read them. Each flaw
+``test_simulation`` tests must fail some seed there.
 """
 
 from __future__ import annotations

@@ -8,11 +8,10 @@ for the replica (``decide_resume``), which nodes a new record removed by a crash
 (``crashed_nodes``). This module only keeps the state those decisions read and carries
 out what they say, as the server does; its other parts have their own modules:
 
-* **Giver** (here; the old owner of moving channels, for one ring version): snapshot
-  each moving channel to its receiver, copy every publication it sequences there, move
-  the channel's subscribers once the receiver acked the snapshot, seal (publications of
-  its moving channels then hold), and mark itself handed once every receiver acked its
-  top (``handed_over``).
+* **Giver** (``giver``; the old owner of moving channels, for one ring version):
+  snapshot each moving channel to its receiver, copy every publication it sequences
+  there, move the channel's subscribers once the receiver acked the snapshot, seal, and
+  mark itself handed once every receiver acked its top.
 * **Receiver** (here, storing by ``replica``): keep a replica by ``decide_replica``
   (apply, ignore, or ask for a resync), ack the position it holds, serve subscribers
   from it.
@@ -29,11 +28,11 @@ them.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tests.simulation.clients import Subscriber
 from tests.simulation.flaws import Flaws
+from tests.simulation.giver import Giver
 from tests.simulation.membership import change_membership, describe, try_finalize
 from tests.simulation.messages import NodeMessage, Publish, Replica, ReplicaAck, Resync
 from tests.simulation.replica import apply_replica
@@ -51,7 +50,6 @@ from tidings.core.handover import (
     crashed_nodes,
     decide_replica,
     decide_resume,
-    handed_over,
     publishing_role,
     serving_node,
 )
@@ -62,18 +60,6 @@ if TYPE_CHECKING:
     from tests.simulation.world import World
 
 MAX_HOPS = 6  # a publication forwarded more often is dropped; its publisher retries
-
-
-@dataclass(slots=True)
-class Giver:
-    """A node's hand-over of its moving channels in one ring version."""
-
-    version: int
-    moving: dict[str, str]  # channel -> receiver
-    acked: dict[str, Position] = field(default_factory=dict)
-    snapshot_acked: set[str] = field(default_factory=set)
-    sealed: bool = False
-    handed: bool = False
 
 
 class Node:
@@ -185,24 +171,8 @@ class Node:
                 receiver = transition.new_owner(channel)
                 if receiver != self.node_id:
                     moving[channel] = receiver
-        giver = self.giver = Giver(self.view.version, moving)
-        for channel in moving:
-            self._send_snapshot(channel)
-        version = self.view.version
-        self.world.after(self.world.config.handover_timeout, lambda: self._seal_by_timeout(version))
-        if not self.flaws.no_resend:
-            self.world.after(self.world.config.resend_after, lambda: self._resend(giver))
-        self._progress()
-
-    def _resend(self, giver: Giver) -> None:
-        """A message or its ack may be lost (a connection broke): send a fresh snapshot
-        of every channel its receiver has not acked up to the top, until handed."""
-        if not self.alive or self.giver is not giver or giver.handed:
-            return
-        for channel in giver.moving:
-            if giver.acked.get(channel) != self.stores[channel].position:
-                self._send_snapshot(channel)
-        self.world.after(self.world.config.resend_after, lambda: self._resend(giver))
+        self.giver = Giver(self, self.view.version, moving)
+        self.giver.start()
 
     def _redispatch_held(self) -> None:
         held, self.held = self.held, []
@@ -266,10 +236,8 @@ class Node:
         self.world.checker.assigned(publication, self.node_id)
         self.world.trace("%s sequences %s at %s", self.node_id, publish.key, publication.position)
         self._fan_out(channel, (publication,))
-        giver = self.giver
-        if copy_to is not None and giver is not None:
-            self._send(copy_to, Replica(giver.version, channel, store.epoch, publication.offset,
-                                        (publication,), snapshot=False))  # fmt: skip
+        if copy_to is not None and self.giver is not None:
+            self.giver.copy(copy_to, publication)
         self.world.ack_publisher(self.node_id, publish, publication.position)
 
     def _create_store(self, channel: str) -> ChannelStore:
@@ -280,80 +248,8 @@ class Node:
         if giver is not None and transition.old_owner(channel) == self.node_id:
             receiver = transition.new_owner(channel)
             if receiver != self.node_id:  # a channel first made in a transition moves too
-                giver.moving[channel] = receiver
-                self._send_snapshot(channel)
+                giver.add(channel, receiver)
         return store
-
-    # -- the giver -------------------------------------------------------------------
-
-    def _send_snapshot(self, channel: str) -> None:
-        giver, store = self.giver, self.stores.get(channel)
-        if giver is None or store is None or channel not in giver.moving:
-            return
-        keys = () if self.flaws.retained_keys_only else tuple(store.keys.items())
-        snapshot = Replica(giver.version, channel, store.epoch, store.top,
-                           tuple(store.retained), snapshot=True, keys=keys)  # fmt: skip
-        self._send(giver.moving[channel], snapshot)
-
-    def _acked(self, sender: str, ack: ReplicaAck) -> None:
-        giver, store = self.giver, self.stores.get(ack.channel)
-        channel = ack.channel
-        if giver is None or giver.moving.get(channel) != sender or store is None:
-            return
-        if ack.held.epoch != store.epoch:
-            return
-        before = giver.acked.get(channel)
-        if before is None or ack.held.offset > before.offset:
-            giver.acked[channel] = ack.held
-        if channel not in giver.snapshot_acked:
-            giver.snapshot_acked.add(channel)
-            for subscriber in self.subscribers.get(channel, {}).values():
-                self._schedule_move(subscriber, giver)
-        self._progress()
-
-    def _schedule_move(self, subscriber: Subscriber, giver: Giver) -> None:
-        delay = self.world.rng.uniform(0, self.world.config.move_spread)
-        self.world.after(delay, lambda: self._move(subscriber, giver))
-
-    def _move(self, subscriber: Subscriber, giver: Giver) -> None:
-        channel = subscriber.channel
-        if not self.alive or self.giver is not giver or channel not in giver.moving:
-            return
-        if self.subscribers.get(channel, {}).pop(subscriber.subscriber_id, None) is None:
-            return
-        self.world.trace("%s moves subscriber %d", self.node_id, subscriber.subscriber_id)
-        self.world.move_subscriber(subscriber, giver.moving[channel])
-        self._progress()
-
-    def _seal_by_timeout(self, version: int) -> None:
-        giver = self.giver
-        if self.alive and giver is not None and giver.version == version and not giver.sealed:
-            self._seal(giver)
-
-    def _seal(self, giver: Giver) -> None:
-        giver.sealed = True
-        self.world.trace("%s seals v%d", self.node_id, giver.version)
-        self.world.roles_changed()
-        self._progress()
-
-    def _progress(self) -> None:
-        giver = self.giver
-        if giver is None or giver.handed:
-            return
-        if not giver.sealed:
-            moved = all(
-                channel in giver.snapshot_acked and not self.subscribers.get(channel)
-                for channel in giver.moving
-            )
-            if moved:
-                self._seal(giver)
-            return
-        tops = {channel: self.stores[channel].position for channel in giver.moving}
-        if handed_over(tops, giver.acked):
-            giver.handed = True
-            self.world.trace("%s handed v%d", self.node_id, giver.version)
-            self.world.etcd.mark_handed(giver.version, self.node_id)
-            self.world.watch_handed()
 
     # -- the receiver ----------------------------------------------------------------
 
@@ -367,11 +263,12 @@ class Node:
             case Replica():
                 self._replica(sender, message)
             case ReplicaAck():
-                self._acked(sender, message)
+                if self.giver is not None:
+                    self.giver.receive_ack(sender, message)
             case Resync(channel=channel):
                 giver = self.giver
                 if giver is not None and giver.moving.get(channel) == sender:
-                    self._send_snapshot(channel)
+                    giver.send_snapshot(channel)
 
     def _replica(self, sender: str, message: Replica) -> None:
         channel, view = message.channel, self.view
@@ -388,7 +285,7 @@ class Node:
                          "snapshot" if message.snapshot else "stream", message.first, message.top,
                          step.value)  # fmt: skip
         if step is ReplicaStep.RESYNC and not self.flaws.ignore_resync:
-            self._send(sender, Resync(channel))
+            self.send(sender, Resync(channel))
             return
         if step is not ReplicaStep.IGNORE:
             history, force = self.world.config.history, self.flaws.ignore_resync
@@ -402,7 +299,7 @@ class Node:
             self.replicas[channel] = sender
             for key, position in message.keys:
                 store.keys.setdefault(key, position)
-        self._send(sender, ReplicaAck(channel, store.position))
+        self.send(sender, ReplicaAck(channel, store.position))
         self._reattach_waiting(channel)
 
     # -- subscribers -----------------------------------------------------------------
@@ -449,7 +346,7 @@ class Node:
         self.subscribers.setdefault(channel, {})[subscriber.subscriber_id] = subscriber
         giver = self.giver
         if giver is not None and channel in giver.snapshot_acked:
-            self._schedule_move(subscriber, giver)
+            giver.schedule_move(subscriber)
 
     def _stop_waiting(self, subscriber: Subscriber, wait: object) -> None:
         # Only this wait's end: the subscriber may have left and come to wait again.
@@ -502,5 +399,6 @@ class Node:
             case CatchUp.GAP:
                 self.world.tell_gap(subscriber, store.position, f"{self.node_id}: epoch changed")
 
-    def _send(self, to: str, message: NodeMessage) -> None:
+    def send(self, to: str, message: NodeMessage) -> None:
+        """Send ``message`` to node ``to`` over the simulated network."""
         self.world.send(self.node_id, to, message)
