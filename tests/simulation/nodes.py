@@ -1,33 +1,41 @@
-"""A simulated ring node: its stores, its view of the ring, and its parts in a hand-over.
+"""A simulated ring node: its stores, its view of the ring, sequencing, receiving a
+hand-over, and serving subscribers.
 
 Every decision of the protocol is the core's (``tidings.core.handover``): who sequences a
 publication (``publishing_role``), who serves a subscription (``serving_node``), whether
-a hand-over message is applied (``decide_replica``), whether a giver has handed over
-(``handed_over``), whether a transition may be made final (``finalizable``), which nodes
-a new record removed by a crash (``crashed_nodes``). This module only keeps the state
-those decisions read and carries out what they say, as the server does:
+a hand-over message is applied (``decide_replica``), whether a resuming subscriber waits
+for the replica (``decide_resume``), which nodes a new record removed by a crash
+(``crashed_nodes``). This module only keeps the state those decisions read and carries
+out what they say, as the server does; its other parts have their own modules:
 
-* **Giver** (the old owner of moving channels, for one ring version): snapshot each
-  moving channel to its receiver, copy every publication it sequences there, move the
-  channel's subscribers once the receiver acked the snapshot, seal (publications of its
-  moving channels then hold), and mark itself handed once every receiver acked its top.
-* **Receiver**: keep a replica by ``decide_replica`` (apply, ignore, or ask for a
-  resync), ack the position it holds, serve subscribers from it.
-* **Crash**: on a record that removed a crashed node, forget every channel that node
-  sequenced (a copy may lack what it acknowledged), so the next sequencer starts a new
-  epoch and resuming subscribers hear ``recovered: false``.
+* **Giver** (``giver``; the old owner of moving channels, for one ring version):
+  snapshot each moving channel to its receiver, copy every publication it sequences
+  there, move the channel's subscribers once the receiver acked the snapshot, seal, and
+  mark itself handed once every receiver acked its top.
+* **Receiver** (here, storing by ``replica``): keep a replica by ``decide_replica``
+  (apply, ignore, or ask for a resync), ack the position it holds, serve subscribers
+  from it.
+* **Crash** (here): on a record that removed a crashed node, forget every channel that
+  node sequenced (a copy may lack what it acknowledged), so the next sequencer starts a
+  new epoch and resuming subscribers hear ``recovered: false``.
+* **Membership** (``membership``): join, leave, report its own previous incarnation's
+  crash after a restart, and make a transition final.
 
-``Flaws`` turn on deliberately broken variants, to show the checker catches them.
+``Flaws`` (``flaws``) turn on deliberately broken variants, to show the checker catches
+them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tests.simulation.clients import Subscriber
+from tests.simulation.flaws import Flaws
+from tests.simulation.giver import Giver
+from tests.simulation.membership import change_membership, describe, try_finalize
 from tests.simulation.messages import NodeMessage, Publish, Replica, ReplicaAck, Resync
+from tests.simulation.replica import apply_replica
 from tests.simulation.store import ChannelStore, SimPublication
 from tidings.core.catchup import CatchUp, decide_catch_up
 from tidings.core.handover import (
@@ -42,8 +50,6 @@ from tidings.core.handover import (
     crashed_nodes,
     decide_replica,
     decide_resume,
-    finalizable,
-    handed_over,
     publishing_role,
     serving_node,
 )
@@ -54,56 +60,6 @@ if TYPE_CHECKING:
     from tests.simulation.world import World
 
 MAX_HOPS = 6  # a publication forwarded more often is dropped; its publisher retries
-
-
-@dataclass(frozen=True, slots=True)
-class Flaws:
-    """Deliberately broken variants of the node (all off: the protocol as specified)."""
-
-    eager_receiver: bool = False
-    """The new owner sequences a channel as soon as it holds its replica, not at the
-    final ring."""
-    ignore_resync: bool = False
-    """The receiver applies a hand-over message that does not follow its replica."""
-    no_resume_wait: bool = False
-    """A receiver answers a subscriber whose position is ahead of its replica at once
-    (the recovery rule: ``recovered: false``), as the protocol's first draft had it,
-    instead of waiting for the stream (``decide_resume``)."""
-    begin_after_handed: bool = False
-    """A giver that has handed over still begins a moving channel for a new subscriber
-    (a new epoch the hand-over leaves out: the new owner begins another)."""
-    no_resend: bool = False
-    """A giver never sends a snapshot again on its own: a lost message (or ack) leaves
-    the receiver behind, and the transition never ends."""
-    silent_restart: bool = False
-    """A node that restarts (same id and URL) before its old lease expired just takes its
-    place again (``joined`` changes nothing), so no one learns it crashed."""
-    retained_keys_only: bool = False
-    """A snapshot carries only the keys of its retained publications (the protocol's first draft's
-    ``adopt``), not the giver's dedupe window: a retry of an evicted publication is
-    stored again by the new owner."""
-    settle_on_leaver_crash: bool = False
-    """etcd settles the ring when a planned leaver's crash leaves nothing to move (as
-    ``RingRecord.crashed`` first did): the record equals the final one."""
-    forget_every_copy_on_crash: bool = False
-    """A crash makes a node forget every copy of the dead node's channels, even a replica
-    the next giver began before the node learned of the crash (the giver then counts an
-    ack of a position the receiver no longer holds)."""
-    keep_store_on_crash: bool = False
-    """A crash does not make the next sequencer forget its copy of the dead node's
-    channels (it continues the old epoch)."""
-
-
-@dataclass(slots=True)
-class Giver:
-    """A node's hand-over of its moving channels in one ring version."""
-
-    version: int
-    moving: dict[str, str]  # channel -> receiver
-    acked: dict[str, Position] = field(default_factory=dict)
-    snapshot_acked: set[str] = field(default_factory=set)
-    sealed: bool = False
-    handed: bool = False
 
 
 class Node:
@@ -167,15 +123,15 @@ class Node:
         self._redispatch_held()
         self._redirect_subscribers()
         self._reattach_waiting()
-        self.change_membership()
-        self.try_finalize()
+        change_membership(self)
+        try_finalize(self)
         self.world.roles_changed()
 
     def begin(self) -> None:
         """A node that starts acts on the ring it read (as on each one it learns)."""
         self._start_giving()
-        self.change_membership()
-        self.try_finalize()
+        change_membership(self)
+        try_finalize(self)
         self.world.roles_changed()
 
     def _forget_channels_of(self, dead: str, before: Transition) -> None:
@@ -215,24 +171,8 @@ class Node:
                 receiver = transition.new_owner(channel)
                 if receiver != self.node_id:
                     moving[channel] = receiver
-        giver = self.giver = Giver(self.view.version, moving)
-        for channel in moving:
-            self._send_snapshot(channel)
-        version = self.view.version
-        self.world.after(self.world.config.handover_timeout, lambda: self._seal_by_timeout(version))
-        if not self.flaws.no_resend:
-            self.world.after(self.world.config.resend_after, lambda: self._resend(giver))
-        self._progress()
-
-    def _resend(self, giver: Giver) -> None:
-        """A message or its ack may be lost (a connection broke): send a fresh snapshot
-        of every channel its receiver has not acked up to the top, until handed."""
-        if not self.alive or self.giver is not giver or giver.handed:
-            return
-        for channel in giver.moving:
-            if giver.acked.get(channel) != self.stores[channel].position:
-                self._send_snapshot(channel)
-        self.world.after(self.world.config.resend_after, lambda: self._resend(giver))
+        self.giver = Giver(self, self.view.version, moving)
+        self.giver.start()
 
     def _redispatch_held(self) -> None:
         held, self.held = self.held, []
@@ -261,39 +201,6 @@ class Node:
                     continue
             del self.waiting[subscriber.subscriber_id]
             self.attach(subscriber, waited=channel is not None)
-
-    def change_membership(self) -> None:
-        """Join or leave the ring if this node was asked to and the ring is settled."""
-        view, etcd = self.view, self.world.etcd
-        if self.restarting:
-            if self.node_id in view.nodes or self.node_id in (view.previous or ()):
-                # Its previous incarnation died: say so, as its lease expiring would have.
-                etcd_write(self.world, view, view.crashed(self.node_id))
-                return
-            self.restarting = False
-            self.joining = True
-            self.world.roles_changed()
-        if self.joining:
-            if self.node_id in view.nodes:
-                self.joining = False
-            elif not view.in_transition:
-                etcd_write(self.world, view, view.joined(self.node_id, f"http://{self.node_id}"))
-        if self.leaving and not view.in_transition:
-            if self.node_id in view.nodes and len(view.nodes) > 1:
-                etcd_write(self.world, view, view.left(self.node_id))
-            elif self.node_id not in view.nodes:
-                self.world.trace("%s has left the ring and exits", self.node_id)
-                etcd.members.pop(self.node_id, None)
-                self.world.exit(self)
-
-    def try_finalize(self) -> None:
-        """Make the transition final if every live giver has handed (a watch of the
-        handed keys and the members calls this too)."""
-        view, etcd = self.view, self.world.etcd
-        if not self.alive or not view.in_transition:
-            return
-        if finalizable(view, etcd.members, etcd.handed.get(view.version, ())):
-            etcd_write(self.world, view, view.finalized())
 
     # -- publications ----------------------------------------------------------------
 
@@ -329,10 +236,8 @@ class Node:
         self.world.checker.assigned(publication, self.node_id)
         self.world.trace("%s sequences %s at %s", self.node_id, publish.key, publication.position)
         self._fan_out(channel, (publication,))
-        giver = self.giver
-        if copy_to is not None and giver is not None:
-            self._send(copy_to, Replica(giver.version, channel, store.epoch, publication.offset,
-                                        (publication,), snapshot=False))  # fmt: skip
+        if copy_to is not None and self.giver is not None:
+            self.giver.copy(copy_to, publication)
         self.world.ack_publisher(self.node_id, publish, publication.position)
 
     def _create_store(self, channel: str) -> ChannelStore:
@@ -343,80 +248,8 @@ class Node:
         if giver is not None and transition.old_owner(channel) == self.node_id:
             receiver = transition.new_owner(channel)
             if receiver != self.node_id:  # a channel first made in a transition moves too
-                giver.moving[channel] = receiver
-                self._send_snapshot(channel)
+                giver.add(channel, receiver)
         return store
-
-    # -- the giver -------------------------------------------------------------------
-
-    def _send_snapshot(self, channel: str) -> None:
-        giver, store = self.giver, self.stores.get(channel)
-        if giver is None or store is None or channel not in giver.moving:
-            return
-        keys = () if self.flaws.retained_keys_only else tuple(store.keys.items())
-        snapshot = Replica(giver.version, channel, store.epoch, store.top,
-                           tuple(store.retained), snapshot=True, keys=keys)  # fmt: skip
-        self._send(giver.moving[channel], snapshot)
-
-    def _acked(self, sender: str, ack: ReplicaAck) -> None:
-        giver, store = self.giver, self.stores.get(ack.channel)
-        channel = ack.channel
-        if giver is None or giver.moving.get(channel) != sender or store is None:
-            return
-        if ack.held.epoch != store.epoch:
-            return
-        before = giver.acked.get(channel)
-        if before is None or ack.held.offset > before.offset:
-            giver.acked[channel] = ack.held
-        if channel not in giver.snapshot_acked:
-            giver.snapshot_acked.add(channel)
-            for subscriber in self.subscribers.get(channel, {}).values():
-                self._schedule_move(subscriber, giver)
-        self._progress()
-
-    def _schedule_move(self, subscriber: Subscriber, giver: Giver) -> None:
-        delay = self.world.rng.uniform(0, self.world.config.move_spread)
-        self.world.after(delay, lambda: self._move(subscriber, giver))
-
-    def _move(self, subscriber: Subscriber, giver: Giver) -> None:
-        channel = subscriber.channel
-        if not self.alive or self.giver is not giver or channel not in giver.moving:
-            return
-        if self.subscribers.get(channel, {}).pop(subscriber.subscriber_id, None) is None:
-            return
-        self.world.trace("%s moves subscriber %d", self.node_id, subscriber.subscriber_id)
-        self.world.move_subscriber(subscriber, giver.moving[channel])
-        self._progress()
-
-    def _seal_by_timeout(self, version: int) -> None:
-        giver = self.giver
-        if self.alive and giver is not None and giver.version == version and not giver.sealed:
-            self._seal(giver)
-
-    def _seal(self, giver: Giver) -> None:
-        giver.sealed = True
-        self.world.trace("%s seals v%d", self.node_id, giver.version)
-        self.world.roles_changed()
-        self._progress()
-
-    def _progress(self) -> None:
-        giver = self.giver
-        if giver is None or giver.handed:
-            return
-        if not giver.sealed:
-            moved = all(
-                channel in giver.snapshot_acked and not self.subscribers.get(channel)
-                for channel in giver.moving
-            )
-            if moved:
-                self._seal(giver)
-            return
-        tops = {channel: self.stores[channel].position for channel in giver.moving}
-        if handed_over(tops, giver.acked):
-            giver.handed = True
-            self.world.trace("%s handed v%d", self.node_id, giver.version)
-            self.world.etcd.mark_handed(giver.version, self.node_id)
-            self.world.watch_handed()
 
     # -- the receiver ----------------------------------------------------------------
 
@@ -430,11 +263,12 @@ class Node:
             case Replica():
                 self._replica(sender, message)
             case ReplicaAck():
-                self._acked(sender, message)
+                if self.giver is not None:
+                    self.giver.receive_ack(sender, message)
             case Resync(channel=channel):
                 giver = self.giver
                 if giver is not None and giver.moving.get(channel) == sender:
-                    self._send_snapshot(channel)
+                    giver.send_snapshot(channel)
 
     def _replica(self, sender: str, message: Replica) -> None:
         channel, view = message.channel, self.view
@@ -451,10 +285,13 @@ class Node:
                          "snapshot" if message.snapshot else "stream", message.first, message.top,
                          step.value)  # fmt: skip
         if step is ReplicaStep.RESYNC and not self.flaws.ignore_resync:
-            self._send(sender, Resync(channel))
+            self.send(sender, Resync(channel))
             return
         if step is not ReplicaStep.IGNORE:
-            self._fan_out(channel, self._apply(store, message))
+            history, force = self.world.config.history, self.flaws.ignore_resync
+            store, stored = apply_replica(store, message, history, force=force)
+            self.stores[channel] = store
+            self._fan_out(channel, stored)
         store = self.stores.get(channel)
         if store is None:
             return
@@ -462,28 +299,8 @@ class Node:
             self.replicas[channel] = sender
             for key, position in message.keys:
                 store.keys.setdefault(key, position)
-        self._send(sender, ReplicaAck(channel, store.position))
+        self.send(sender, ReplicaAck(channel, store.position))
         self._reattach_waiting(channel)
-
-    def _apply(self, store: ChannelStore | None, message: Replica) -> list[SimPublication]:
-        publications = message.publications
-        replace = store is None or store.epoch != message.epoch
-        if message.snapshot and store is not None and not replace:
-            # The snapshot does not follow what is held (history evicted in between):
-            # it replaces it, or the history would have a hole.
-            replace = message.first.offset > store.top + 1
-        if replace:
-            store = ChannelStore(message.epoch, self.world.config.history)
-            store.top = message.first.offset - 1
-            self.stores[message.channel] = store
-            if message.snapshot:
-                stored = store.adopt(publications)
-                store.top = message.top
-                return stored
-        assert store is not None
-        if self.flaws.ignore_resync:
-            return list(force_adopt(store, publications))
-        return store.adopt(publications)
 
     # -- subscribers -----------------------------------------------------------------
 
@@ -529,7 +346,7 @@ class Node:
         self.subscribers.setdefault(channel, {})[subscriber.subscriber_id] = subscriber
         giver = self.giver
         if giver is not None and channel in giver.snapshot_acked:
-            self._schedule_move(subscriber, giver)
+            giver.schedule_move(subscriber)
 
     def _stop_waiting(self, subscriber: Subscriber, wait: object) -> None:
         # Only this wait's end: the subscriber may have left and come to wait again.
@@ -582,34 +399,6 @@ class Node:
             case CatchUp.GAP:
                 self.world.tell_gap(subscriber, store.position, f"{self.node_id}: epoch changed")
 
-    def _send(self, to: str, message: NodeMessage) -> None:
+    def send(self, to: str, message: NodeMessage) -> None:
+        """Send ``message`` to node ``to`` over the simulated network."""
         self.world.send(self.node_id, to, message)
-
-
-def force_adopt(
-    store: ChannelStore, publications: Iterable[SimPublication]
-) -> list[SimPublication]:
-    """The ``ignore_resync`` flaw: store whatever comes after the top, hole or not."""
-    stored = []
-    for publication in publications:
-        if publication.offset > store.top:
-            store.retained.append(publication)
-            store.top = publication.offset
-            store.keys[publication.key] = publication.position
-            stored.append(publication)
-    return stored
-
-
-def etcd_write(world: World, expected: RingRecord, record: RingRecord) -> None:
-    """Compare-and-swap ``record`` over ``expected``; announce it if it was written."""
-    if world.etcd.compare_and_swap(expected.version, record):
-        world.trace("etcd: v%d %s", record.version, describe(record))
-        world.watch_record()
-
-
-def describe(record: RingRecord) -> str:
-    """The record in a few characters, for traces."""
-    nodes = ",".join(sorted(record.nodes))
-    if record.previous is None:
-        return f"[{nodes}]"
-    return f"[{','.join(sorted(record.previous))}] -> [{nodes}]"

@@ -7,7 +7,7 @@ that replays it in full: ``TIDINGS_SIM_SEED=<seed> pytest tests/simulation -k re
 (with ``TIDINGS_SIM_FLAWS=<flaw>,...`` to replay a flawed variant,
 ``TIDINGS_SIM_SHAPE=large`` or ``modulo`` to replay a seed of another world).
 
-The flawed variants (``nodes.Flaws``) show the checker can fail: each breaks one rule of
+The flawed variants (``flaws.Flaws``) show the checker can fail: each breaks one rule of
 the protocol, and some seed among the first 3,000 must catch it.
 """
 
@@ -18,7 +18,7 @@ import os
 
 import pytest
 
-from tests.simulation.nodes import Flaws
+from tests.simulation.flaws import Flaws
 from tests.simulation.world import World, WorldConfig
 
 SEEDS = int(os.environ.get("TIDINGS_SIM_SEEDS", "3000"))

@@ -28,8 +28,10 @@ from functools import partial
 from tests.simulation.checker import Checker
 from tests.simulation.clients import Publisher, Subscriber
 from tests.simulation.etcd import SimEtcd
+from tests.simulation.flaws import Flaws
+from tests.simulation.membership import change_membership, describe, try_finalize
 from tests.simulation.messages import NodeMessage, Publish
-from tests.simulation.nodes import Flaws, Node, describe
+from tests.simulation.nodes import Node
 from tests.simulation.store import SimPublication
 from tidings.core.handover import RingRecord, Transition
 from tidings.core.publication import Position
@@ -146,7 +148,7 @@ class World:
     def watch_handed(self) -> None:
         """A handed key or a member key changed: every live node looks at finalizing."""
         for node in self._live():
-            self._watch(node, node.try_finalize)
+            self._watch(node, partial(try_finalize, node))
 
     def _watch(self, node: Node, action: Callable[[], None]) -> None:
         arrives = max(
@@ -312,7 +314,7 @@ class World:
                 leaver = rng.choice(stayers)
                 leaver.leaving = True
                 self.trace("%s is asked to leave", leaver.node_id)
-                leaver.change_membership()
+                change_membership(leaver)
                 if rng.random() < self.config.crash_share:
                     # Dying halfway through its hand-over is the hardest case.
                     self.after(rng.uniform(0, 150), partial(self._crash_if_alive, leaver))

@@ -24,7 +24,7 @@ from tests.support.raw_http import (
     upgrade,
 )
 from tests.support.wsframes import client_frame
-from tidings.server.native import http as native_http
+from tidings.server.native import keep_alive
 from tidings.server.native.frames import (
     CLOSE_INVALID_DATA,
     CLOSE_PROTOCOL_ERROR,
@@ -113,8 +113,8 @@ async def test_pipelined_publishes_are_answered_in_order_errors_included(served:
 async def test_an_idle_connection_is_closed_and_a_slow_request_gets_408(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(native_http, "KEEP_ALIVE_TIMEOUT_S", 0.05)
-    monkeypatch.setattr(native_http, "REQUEST_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(keep_alive, "KEEP_ALIVE_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(keep_alive, "REQUEST_TIMEOUT_S", 0.2)
     idle = await connect(served.port)
     assert await idle.closed_by_server()  # nothing sent: closed, nothing said
     slow = await connect(served.port)

@@ -10,8 +10,8 @@ Theory of operation
 -------------------
 States of a connection: reading requests (``_cycle`` is ``None``, or what serves the
 oldest request: a task or a ``PollExchange``), upgraded (``_websocket`` set: every byte
-goes to it), or closed. Between requests the keep-alive deadline runs; serving a
-request, and what follows it, is ``serving.py``'s.
+goes to it), or closed. Between requests the keep-alive deadline runs
+(``keep_alive.py``); serving a request, and what follows it, is ``serving.py``'s.
 
 Answers leave in request order, refusals included (RFC 9112 §9.3.2). When the parser
 meets bytes it cannot take (a malformed request, a head or body over its limit), the
@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 
-from tidings.server.native import serving
+from tidings.server.native import keep_alive, serving
 from tidings.server.native.poll_exchange import PollExchange
 from tidings.server.native.request import (
     RefusedRequest,
@@ -59,9 +59,6 @@ if TYPE_CHECKING:
     from tidings.server.native.server import NativeServer
     from tidings.server.native.websocket import NativeWebSocket
 
-KEEP_ALIVE_TIMEOUT_S: Final = 5.0
-# A request must arrive whole within this time of its first byte (against slow senders).
-REQUEST_TIMEOUT_S: Final = 60.0
 MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 MAX_HEAD_BYTES: Final = 64 * 1024
 # The request target: room for a poll of 64 channels of 255 characters and a cursor.
@@ -71,9 +68,6 @@ MAX_TARGET_BYTES: Final = 32 * 1024
 MAX_WAITING_BYTES: Final = 64 * 1024
 # How long a refused request's connection keeps reading what the client still sends.
 REFUSED_LINGER_S: Final = 2.0
-
-# One object shared by every scope: apps read it, and it costs idle connections nothing.
-# (No "state" key either: this server runs no lifespan state, and ASGI makes it optional.)
 
 
 class HttpConnection(asyncio.Protocol):
@@ -154,7 +148,7 @@ class HttpConnection(asyncio.Protocol):
         self._client = (str(peer[0]), int(peer[1])) if peer else None
         self._local = (str(local[0]), int(local[1])) if local else None
         self._server.connection_opened(self)
-        self._arm_keep_alive()
+        keep_alive.arm(self)
 
     def data_received(self, data: bytes) -> None:
         if self._websocket is not None:
@@ -187,7 +181,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._server.connection_closed(self)
-        self._cancel_keep_alive()
+        keep_alive.cancel(self)
         if self._websocket is not None:
             self._websocket.connection_lost()
         if self._response is not None:
@@ -323,7 +317,7 @@ class HttpConnection(asyncio.Protocol):
         assert request is not None, "httptools completes only a begun message"
         self._request = None
         self._message_started_s = None
-        self._cancel_keep_alive()
+        keep_alive.cancel(self)
         request.body = b"".join(self._body)
         request.size = self._head_bytes + self._body_bytes
         self._body = []
@@ -368,7 +362,7 @@ class HttpConnection(asyncio.Protocol):
         from tidings.server.native.websocket import NativeWebSocket  # noqa: PLC0415 (a cycle)
 
         # From here on no HTTP is parsed: let the parser's state go.
-        self._cancel_keep_alive()
+        keep_alive.cancel(self)
         self._message_started_s = None
         self._parser = None
         self._headers = []
@@ -404,7 +398,7 @@ class HttpConnection(asyncio.Protocol):
         if transport is None or self.closed or self._refused or transport.is_closing():
             return
         self._refused = True
-        self._cancel_keep_alive()
+        keep_alive.cancel(self)
         transport.write(refusal_response(refusal))
         if self._reading_paused:
             self._reading_paused = False
@@ -419,48 +413,12 @@ class HttpConnection(asyncio.Protocol):
         """The client finished sending: let the transport close (returns ``False``)."""
         return False
 
-    # -- keep-alive and closing ----------------------------------------------------------
-
-    def _arm_keep_alive(self) -> None:
-        if self.closed or self._websocket is not None:
-            return
-        if self._server.stopping:
-            self.close()
-            return
-        self._cancel_keep_alive()
-        # One timer per grain for all idle connections (deadlines.py), not one each. It
-        # stays armed while a request arrives, and is cancelled once one is complete.
-        self._keep_alive_timer = self._server.deadlines.call_after(
-            KEEP_ALIVE_TIMEOUT_S, self._idle_too_long
-        )
-
-    def _idle_too_long(self) -> None:
-        """The keep-alive deadline: close an idle connection; give a request that is
-        still arriving until ``REQUEST_TIMEOUT_S`` after its first byte, then 408."""
-        self._keep_alive_timer = None
-        started = self._message_started_s
-        if started is None:
-            self.close()
-            return
-        remaining_s = started + REQUEST_TIMEOUT_S - self._loop.time()
-        if remaining_s > 0:
-            self._keep_alive_timer = self._server.deadlines.call_after(
-                remaining_s, self._idle_too_long
-            )
-        else:
-            self._refuse(HTTPStatus.REQUEST_TIMEOUT, "the request took too long to arrive")
-
-    def _cancel_keep_alive(self) -> None:
-        if self._keep_alive_timer is not None:
-            self._keep_alive_timer.cancel()
-            self._keep_alive_timer = None
+    # -- what the server and the request's helpers (port.ConnectionPort) see -----------
 
     @property
     def is_idle(self) -> bool:
         """Whether no request is in flight and the connection is plain HTTP."""
         return self._cycle is None and self._websocket is None
-
-    # -- the rest of the port its helpers see (port.ConnectionPort) ----------------------
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 
+from tidings.server.native import keep_alive
 from tidings.server.native.poll_exchange import PollExchange
 from tidings.server.native.response import ResponseWriter, whole_responses
 from tidings.server.native.scope import http_scope
@@ -52,7 +53,7 @@ def serve_next(conn: HttpConnection) -> None:
         if conn._refusal is not None:
             conn._write_refusal(conn._refusal)
         else:
-            conn._arm_keep_alive()
+            keep_alive.arm(conn)
         return
     if conn._write_paused:
         # The client is not reading: its next answer waits (resume_writing serves it).
