@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,7 +29,9 @@ from tidings.core.publication import Position, Publication
 from tidings.core.recovery import Gap, Replay
 from tidings.core.ring import HashRing
 from tidings.core.routing import Destinations, FollowingPlacement
+from tidings.errors import Unavailable
 from tidings.hub.sessions import SessionRegistry
+from tidings.server import handover_broker
 from tidings.server.forwarding import OwnerLink
 from tidings.server.handover import Handover
 from tidings.server.handover_broker import HandoverBroker
@@ -240,3 +243,39 @@ async def test_a_stale_copy_of_a_crashed_owners_channel_is_not_continued() -> No
         await handover.sequencing_ready()
         result = await broker.publish(channel, b"{}")
     assert result.position.epoch != GIVER_EPOCH
+
+
+async def test_a_subscriber_ahead_of_the_copy_waits_for_the_stream_then_resumes() -> None:
+    # Moved here while the giver goes on sequencing, it holds offset 5 of a's epoch; the
+    # copy holds 3 until the stream brings 4 and 5: then it resumes, nothing missed.
+    channel = owned_in_a_and_c_by("c")
+    async with node_c() as (handover, broker):
+        handover.receive_ring(RingRecord(2, URLS, {"a": URLS["a"]}))  # c joins
+        await handover.sequencing_ready()
+        await handover.receiver.apply(channel, message_from_a(channel, 3, sealed=False))
+        resuming = asyncio.create_task(broker.history(channel, Position(GIVER_EPOCH, 5)))
+        await asyncio.sleep(0)  # it reads the copy, behind its position, and waits
+        assert not resuming.done()
+        await handover.receiver.apply(channel, message_from_a(channel, 5, sealed=False))
+        read = await resuming
+    assert read.head == Position(GIVER_EPOCH, 5)
+    assert isinstance(read.recovery, Replay)
+    assert read.recovery.publications == ()
+
+
+async def test_a_subscriber_ahead_of_a_copy_that_does_not_come_is_told_to_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The giver's messages are lost (and resent later): after the wait the subscriber is
+    # refused, to retry with its position, never told recovered: false with no crash.
+    monkeypatch.setattr(handover_broker, "RESUME_WAIT_S", 0.05)
+    channel = owned_in_a_and_c_by("c")
+    async with node_c() as (handover, broker):
+        handover.receive_ring(RingRecord(2, URLS, {"a": URLS["a"]}))
+        await handover.sequencing_ready()
+        await handover.receiver.apply(channel, message_from_a(channel, 3, sealed=False))
+        with pytest.raises(Unavailable, match="retry shortly"):
+            await broker.history(channel, Position(GIVER_EPOCH, 5))
+        # Not ahead: answered at once from the copy (whatever it still retains).
+        read = await broker.history(channel, Position(GIVER_EPOCH, 2))
+    assert read.head == Position(GIVER_EPOCH, 3)

@@ -352,6 +352,24 @@ class Node:
         # Only this wait's end: the subscriber may have left and come to wait again.
         subscriber_id = subscriber.subscriber_id
         if self.alive and subscriber_id in self.waiting and self._wait_ids[subscriber_id] is wait:
+            store = self.stores.get(subscriber.channel)
+            since = subscriber.position
+            if (
+                store is not None
+                and since is not None
+                and subscriber.channel in self.replicas
+                and decide_resume(store.position, since, replica=True) is ResumeStep.WAIT
+            ):
+                # The copy has not come (its messages lost, resent later): the node
+                # refuses (``unavailable``) and the client retries with its position,
+                # never told recovered: false with no crash (server.handover_broker).
+                self.world.trace("subscriber %d retries at %s for %s (holds %s)",
+                                 subscriber_id, self.node_id, since, store.position)  # fmt: skip
+                retry = self._wait_ids[subscriber_id] = object()
+                self.world.after(
+                    self.world.config.resume_wait, lambda: self._stop_waiting(subscriber, retry)
+                )
+                return
             del self.waiting[subscriber_id]
             self.attach(subscriber, waited=True)
 

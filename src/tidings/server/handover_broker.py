@@ -243,7 +243,13 @@ class HandoverBroker:
         stream has not brought to this replica yet: its position is ahead of the
         replica's head in the same epoch (``core.handover.decide_resume``). Nothing is
         lost, the stream is on its way: wait for it (``RESUME_WAIT_S`` at most) rather
-        than answer ``recovered: false``.
+        than answer ``recovered: false``; if it has not come by then (the giver's
+        messages are being lost and resent), refuse: the client retries with its
+        position, and hears ``recovered: false`` only if the giver crashed (its channels
+        then restart in a new epoch).
+
+        Raises:
+            Unavailable: the replica did not reach the subscriber's position in time.
         """
         read = await self.store.history(channel, since, limit)
         if since is None or not self._placement.serves_replica(channel):
@@ -259,6 +265,12 @@ class HandoverBroker:
                 async with asyncio.timeout(remaining_s):
                     await adopted.wait()
             read = await self.store.history(channel, since, limit)
+        still_replica = self._placement.serves_replica(channel)
+        if still_replica and decide_resume(read.head, since, replica=True) is ResumeStep.WAIT:
+            raise Unavailable(
+                f"this node's copy of {channel} has not reached your position yet "
+                "(it is being handed over); retry shortly"
+            )
         return read
 
     async def subscribe(self, channel: ChannelName) -> None:
