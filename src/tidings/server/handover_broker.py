@@ -37,6 +37,7 @@ from tidings.core.dedupe import RememberedKey
 from tidings.core.handover import ForwardTo, Hold, ResumeStep, decide_resume
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.routing import FollowingPlacement
+from tidings.core.wire import InfoFrame
 from tidings.errors import Unavailable
 from tidings.server.forwarding import OwnerLink, Parts, is_stale_ring
 
@@ -50,16 +51,11 @@ PUBLISH_PATH = "/api/publish"
 RESUME_WAIT_S: Final = 5.0
 
 
-class _Info(msgspec.Struct, frozen=True):
-    client: str
-    user: str
-
-
 class _ForwardedPublish(msgspec.Struct, frozen=True, omit_defaults=True):
     channel: str
     data: msgspec.Raw
     key: str | None = None
-    info: _Info | None = None
+    info: InfoFrame | None = None
 
 
 class _Published(msgspec.Struct, frozen=True):
@@ -210,7 +206,7 @@ class HandoverBroker:
             channel,
             msgspec.Raw(data),
             key,
-            None if info is None else _Info(info.client, info.user),
+            None if info is None else InfoFrame(info.client, info.user),
         )
         raw = msgspec.json.encode(body)
         url = self._placement.url_of(node)

@@ -16,6 +16,7 @@ import msgspec
 from tidings.core.channel import ChannelName
 from tidings.core.dedupe import RememberedKey
 from tidings.core.publication import Position, Publication
+from tidings.core.wire import InfoFrame
 
 # A snapshot goes in parts (``MESSAGE_DATA_BYTES``); a body is bounded as any request's.
 MAX_HANDOVER_BODY_BYTES: Final = 8 * 1024 * 1024  # the native server's own bound
@@ -29,17 +30,12 @@ MESSAGE_KEY_BYTES: Final = 2 * 1024 * 1024
 KEY_OVERHEAD_BYTES: Final = 48
 
 
-class _Info(msgspec.Struct, frozen=True):
-    client: str
-    user: str
-
-
 class _Publication(msgspec.Struct, frozen=True, omit_defaults=True):
     offset: int
     ts: int
     data: msgspec.Raw
     key: str | None = None
-    info: _Info | None = None
+    info: InfoFrame | None = None
 
 
 class _Key(msgspec.Struct, frozen=True):
@@ -140,7 +136,7 @@ def _message(
                     p.ts,
                     msgspec.Raw(p.data),
                     p.key,
-                    None if p.info is None else _Info(p.info.client, p.info.user),
+                    None if p.info is None else InfoFrame(p.info.client, p.info.user),
                 )
                 for p in publications
             ],
