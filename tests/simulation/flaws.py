@@ -23,6 +23,11 @@ class Flaws:
     """A receiver answers a subscriber whose position is ahead of its replica at once
     (the recovery rule: ``recovered: false``), as the protocol's first draft had it,
     instead of waiting for the stream (``decide_resume``)."""
+    answer_after_resume_wait: bool = False
+    """A receiver whose replica has not reached a waiting subscriber's position when the
+    wait ends answers it anyway (``recovered: false``), instead of refusing it to retry
+    with its position (the server's ``unavailable``): wrong when the giver's messages
+    were only lost, and resent later."""
     begin_after_handed: bool = False
     """A giver that has handed over still begins a moving channel for a new subscriber
     (a new epoch the hand-over leaves out: the new owner begins another)."""

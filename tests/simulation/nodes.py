@@ -355,7 +355,8 @@ class Node:
             store = self.stores.get(subscriber.channel)
             since = subscriber.position
             if (
-                store is not None
+                not self.flaws.answer_after_resume_wait
+                and store is not None
                 and since is not None
                 and subscriber.channel in self.replicas
                 and decide_resume(store.position, since, replica=True) is ResumeStep.WAIT

@@ -116,6 +116,8 @@ def test_replay() -> None:
         (Flaws(ignore_resync=True), "small", ""),
         (Flaws(keep_store_on_crash=True), "small", ""),
         (Flaws(no_resume_wait=True), "small", "recovered:false with no crash"),
+        # Messages lost for longer than the wait: rare, found first in this world.
+        (Flaws(answer_after_resume_wait=True), "modulo", "recovered:false with no crash"),
         (Flaws(settle_on_leaver_crash=True), "small", ""),
         (Flaws(begin_after_handed=True), "small", "recovered:false with no crash"),
         (Flaws(no_resend=True), "small", ""),
@@ -128,6 +130,7 @@ def test_replay() -> None:
         "ignore-resync",
         "keep-store-on-crash",
         "no-resume-wait",
+        "answer-after-resume-wait",
         "settle-on-leaver-crash",
         "begin-after-handed",
         "no-resend",
