@@ -438,7 +438,7 @@ async def test_a_new_epoch_of_the_memory_broker_is_a_gap_to_subscribers_and_resu
     await hub.subscribe(ROOM, subscriber)
     await publish_many(hub, 2)
     assert isinstance(hub.broker, MemoryBroker)
-    hub.broker.start_new_epoch()
+    await hub.broker.start_new_epoch()
     await hub.publish(ROOM, b'"after"')
     assert subscriber.offsets == [1, 2]
     assert subscriber.gaps == [ROOM]  # told, not handed (E2, 1) as if it followed (E1, 2)
@@ -469,7 +469,7 @@ async def test_channels_restarted_in_the_memory_broker_take_a_new_epoch_of_their
     await publish_many(hub, 2)
     await publish_many(hub, 2, other)
     assert isinstance(hub.broker, MemoryBroker)
-    assert hub.broker.restart_channels(lambda channel: channel == ROOM) == 1
+    assert await hub.broker.restart_channels(lambda channel: channel == ROOM) == 1
     resumed = await hub.subscribe(ROOM, RecordingSubscriber("c"), Position("E1", 2))
     assert resumed is not None
     assert (resumed.position, resumed.recovered) == (Position("E2", 0), False)

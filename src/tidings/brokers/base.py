@@ -12,7 +12,7 @@ the hub and the server take each role separately.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -191,6 +191,37 @@ class AdoptingStore(Protocol):
             ValueError: the publications are not so.
             BrokerError: the backend failed; the channel holds what it held, or the
                 adopted state (the giver sends again).
+        """
+        ...
+
+
+@runtime_checkable
+class RenewingStore(Protocol):
+    """A local store that can restart channels in new epochs (memory, sqlite): a ring
+    node's history of them is stale once another node sequenced them meanwhile (its
+    lease expired, or a ring gives it back channels without a hand-over:
+    ``server.ring_node``). A restarted channel has no history and no idempotency keys,
+    and its head is offset 0 of an epoch it never had, so a client resuming from an
+    old position hears ``recovered: false`` and a subscriber is told of the gap.
+
+    Both methods take effect at once for what the store serves: from the call on, no
+    channel is sequenced or read from its stale copy (a store that restarts in I/O
+    holds publishes and reads until it is done). The awaitable they return completes
+    once the restart is durable; a store kept on disk keeps it across its own restart.
+    """
+
+    def start_new_epoch(self) -> Awaitable[None]:
+        """Restart every channel, in one new epoch shared by all (as a fresh store).
+
+        The awaitable raises ``BrokerError`` if the backend failed (nothing restarted).
+        """
+        ...
+
+    def restart_channels(self, which: Callable[[ChannelName], bool]) -> Awaitable[int]:
+        """Restart each channel held for which ``which`` is true, each in a new epoch
+        of its own; the awaitable gives how many.
+
+        The awaitable raises ``BrokerError`` if the backend failed (nothing restarted).
         """
         ...
 

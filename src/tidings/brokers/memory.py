@@ -29,7 +29,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, TypeVar
 
 from tidings.brokers.base import (
     HasPresenceStore,
@@ -51,10 +51,19 @@ from tidings.core.recovery import Replay, decide_recovery
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 SWEEP_INTERVAL_S: Final = 60.0
 # Channels swept between two yields to the event loop: a sweep of a million channels
 # must not hold the loop for its whole length.
 SWEEP_CHUNK: Final = 1000
+
+
+def _done(value: T) -> asyncio.Future[T]:
+    """A future already done with ``value``: the memory broker's restarts are synchronous."""
+    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future
 
 
 def random_epoch() -> str:
@@ -195,29 +204,32 @@ class MemoryBroker(LocalNode):
                 await self._sweeper
             self._sweeper = None
 
-    def start_new_epoch(self) -> None:
+    def start_new_epoch(self) -> asyncio.Future[None]:
         """Forget every channel's history and keys, and draw a new epoch for them all, as
-        a restart would: what this node sequenced may have been continued elsewhere
-        since (a node of the hash ring that lost its lease: ``server.ring_fence``). A
-        client resuming from a position of the old epoch hears ``recovered: false``; a
-        subscriber still here is told of the gap by the first publication of the new
-        one (``hub``)."""
+        a restart would (``RenewingStore``): what this node sequenced may have been
+        continued elsewhere since (a node of the hash ring that lost its lease:
+        ``server.ring_node``). A client resuming from a position of the old epoch hears
+        ``recovered: false``; a subscriber still here is told of the gap by the first
+        publication of the new one (``hub``). Done at once: the future returned is
+        already done."""
         self._epoch = self._epoch_factory()
         self._epochs.clear()
         self._logs.clear()
         self._heads.clear()
+        return _done(None)
 
-    def restart_channels(self, which: Callable[[ChannelName], bool]) -> int:
+    def restart_channels(self, which: Callable[[ChannelName], bool]) -> asyncio.Future[int]:
         """Forget the history and keys of each channel held here for which ``which``
         is true, and start each in a new epoch of its own, as ``start_new_epoch`` does
-        for all: another node has sequenced them since this one did (a key of the hash
-        ring that comes back to this node: ``core.ring_gains``). Return how many."""
+        for all (``RenewingStore``): another node has sequenced them since this one did
+        (a key of the hash ring that comes back to this node: ``core.ring_gains``).
+        Done at once: the future returned, already done, gives how many."""
         restarted = [channel for channel in (*self._logs, *self._heads) if which(channel)]
         for channel in restarted:
             self._logs.pop(channel, None)
             self._heads.pop(channel, None)
             self._epochs[channel] = self._epoch_factory()
-        return len(restarted)
+        return _done(len(restarted))
 
     def _epoch_of(self, channel: ChannelName) -> str:
         return self._epochs.get(channel, self._epoch)
