@@ -460,7 +460,7 @@ async def test_a_reader_arriving_just_after_a_load_completes_sees_the_loaded_cha
         reading = asyncio.ensure_future(second.history(channel))
         # Step the loop one iteration at a time until the load (not yet its callback)
         # is done: stepping is the point, there is no event for that window.
-        while channel not in second._loading or not second._loading[channel].done():  # noqa: ASYNC110
+        while channel not in second._loading or not second._loading[channel][1].done():  # noqa: ASYNC110
             await asyncio.sleep(0)
         read = await second.history(channel)
         assert read.head.offset == 3

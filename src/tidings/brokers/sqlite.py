@@ -71,6 +71,7 @@ from tidings.brokers.base import (
 )
 from tidings.brokers.memory import LocalNode, LocalNodeControl, LocalPresence, random_epoch
 from tidings.brokers.sqlite_commit import GroupCommit, LoadedChannel
+from tidings.brokers.sqlite_renewal import Renewals
 from tidings.brokers.sqlite_store import DURABILITIES, Durability, SqliteStore, StoredChannel
 from tidings.brokers.sqlite_writer import SqliteWriter
 from tidings.clock import Clock, SystemClock
@@ -139,7 +140,9 @@ class SqliteBroker(LocalNode):
         self._closing: asyncio.Future[None] | None = None
         self._epoch = ""  # the database's epoch, read on start
         self._channels: dict[ChannelName, LoadedChannel] = {}
-        self._loading: dict[ChannelName, asyncio.Future[StoredChannel | None]] = {}
+        # Loads under way, with the ``Renewals.generation`` they began in.
+        self._loading: dict[ChannelName, tuple[int, asyncio.Future[StoredChannel | None]]] = {}
+        self._renewals = Renewals()
         self._subscribed: set[ChannelName] = set()
         self._on_publication: PublicationHandler | None = None
         self._group_commit = GroupCommit(self._write, self._committed, self._failed)
@@ -293,7 +296,8 @@ class SqliteBroker(LocalNode):
 
         Raises:
             ValueError: the publications are not consecutive and ending at ``top``.
-            BrokerError: the broker is not open, or storing failed.
+            BrokerError: the broker is not open, storing failed, or the channel was
+                restarted in a new epoch meanwhile (``restart_channels``; adopt again).
         """
         writer = self._check_open()
         state = await self._channel(channel, create=False)
@@ -301,6 +305,7 @@ class SqliteBroker(LocalNode):
             # Its own publications first: the plan reads a settled head.
             await self._group_commit.flush()
             state = await self._channel(channel, create=False)
+        generation = self._renewals.generation  # none under way: ``_channel`` waited
         plan = plan_adoption(None if state is None else state.log.head, epoch, publications, top)
         if plan.restart_at is not None:
             # Past a hole in the same epoch the keys stay true, in the file and here: the
@@ -313,6 +318,7 @@ class SqliteBroker(LocalNode):
                 partial(restart, keep_keys=plan.keeps_keys), f"adopting channel {channel}"
             )
             self._check_open()
+            self._check_not_renewed(channel, generation)
             history = self._namespaces.options_for(channel).history
             log = ChannelLog(channel, epoch, history, self._dedupe, plan.restart_at)
             earlier_keys = DedupeWindow(self._dedupe)
@@ -333,17 +339,61 @@ class SqliteBroker(LocalNode):
         # key row at its offset, which must not be taken already.
         adopted = [k for k in keys if k.offset <= head.offset]
         if adopted:
+            self._check_not_renewed(channel, generation)
             await writer.run(
                 partial(self._store.remember_keys, channel, adopted),
                 f"adopting the keys of channel {channel}",
             )
             self._check_open()
+            self._check_not_renewed(channel, generation)
             # Committed: now ``publish`` may answer from them (a failed batch since
             # reloads the channel from the file, keys and all).
             state = self._channels.get(channel)
             if state is not None:
                 state.earlier_keys.adopt(adopted)
         return head
+
+    def start_new_epoch(self) -> asyncio.Task[None]:
+        """Restart every channel empty, in one new epoch that becomes the database's
+        (``RenewingStore``); from this call on, publishes and reads wait until it is
+        committed (``sqlite_renewal``), which the task returned awaits.
+
+        Raises:
+            BrokerError: the broker is not open (the task raises it if storing failed).
+        """
+        self._check_open()
+        return self._renewals.begin(self._renew_all)
+
+    def restart_channels(self, which: Callable[[ChannelName], bool]) -> asyncio.Task[int]:
+        """Restart each channel of the file for which ``which`` is true empty, each in a
+        new epoch of its own (``RenewingStore``); from this call on, publishes and reads
+        wait until it is committed, which the task returned (how many) awaits.
+
+        Raises:
+            BrokerError: the broker is not open (the task raises it if storing failed).
+        """
+        self._check_open()
+        return self._renewals.begin(partial(self._renew, which))
+
+    async def _renew_all(self) -> None:
+        epoch = self._epoch_factory()
+        await self._group_commit.flush()  # publications made before are in the old epoch
+        writer = self._check_open()
+        await writer.run(partial(self._store.renew_all, epoch), f"renewing epochs in {self._file}")
+        self._epoch = epoch
+        self._channels.clear()
+
+    async def _renew(self, which: Callable[[ChannelName], bool]) -> int:
+        await self._group_commit.flush()  # so every channel held is in the file
+        writer = self._check_open()
+        names = await writer.run(self._store.channel_names, f"listing channels of {self._file}")
+        epochs = [(channel, self._epoch_factory()) for channel in names if which(channel)]
+        if epochs:
+            writer = self._check_open()
+            await writer.run(partial(self._store.renew, epochs), f"renewing epochs in {self._file}")
+        for channel, _ in epochs:
+            self._channels.pop(channel, None)
+        return len(epochs)
 
     async def subscribe(self, channel: ChannelName) -> None:
         """Deliver ``channel``'s publications to this node's hub."""
@@ -402,45 +452,66 @@ class SqliteBroker(LocalNode):
             except Exception:  # a bug here must not end the sweeps, nor the node
                 logger.exception("sweeping idle channels failed")
 
+    def _check_not_renewed(self, channel: ChannelName, generation: int) -> None:
+        """An adoption must not install or write what a restart begun since replaced
+        (the file keeps whichever wrote last; memory reloads it from there)."""
+        if generation != self._renewals.generation:
+            raise BrokerError(f"channel {channel} was restarted in a new epoch while adopted")
+
     def _check_open(self) -> SqliteWriter:
         if self._writer is None or self._closing is not None:
             raise BrokerError(f"the sqlite broker on {self._file} is not open")
         return self._writer
 
     async def _channel(self, channel: ChannelName, *, create: bool) -> LoadedChannel | None:
-        """Return the loaded ``channel``, loading it first; a new one only with ``create``."""
-        state = self._channels.get(channel)
-        if state is None:
-            loading = self._loading.get(channel)
-            if loading is None:
+        """Return the loaded ``channel``, loading it first; a new one only with ``create``.
+        Waits for the restarts under way (``sqlite_renewal``): none is served stale."""
+        while True:
+            await self._renewals.wait()
+            state = self._channels.get(channel)
+            if state is not None:
+                return state
+            generation, loading = self._loading.get(channel) or (self._renewals.generation, None)
+            if loading is None or generation != self._renewals.generation:
                 writer = self._check_open()
+                generation = self._renewals.generation
                 loading = writer.submit(partial(self._store.load, channel, self._clock.now_ms()))
-                self._loading[channel] = loading
-                loading.add_done_callback(partial(self._loaded, channel))
+                self._loading[channel] = (generation, loading)
+                loading.add_done_callback(partial(self._loaded, channel, generation))
             try:
                 await asyncio.shield(loading)
             except (sqlite3.Error, OSError) as exc:
                 raise BrokerError(f"loading channel {channel} failed: {exc}") from exc
             self._check_open()  # closing may have begun meanwhile; nothing may be queued then
+            if generation != self._renewals.generation:
+                continue  # a restart began meanwhile: what was read may be stale
             # The done-callback runs a loop iteration after the load completes; a caller
             # arriving in between must not see the channel as missing (it would read a
             # false head 0, or sequence offset 1 again). Installing is idempotent.
-            self._loaded(channel, loading)
+            self._loaded(channel, generation, loading)
             state = self._channels.get(channel)
             if state is None and create:
                 history = self._namespaces.options_for(channel).history
                 log = ChannelLog(channel, self._epoch, history, self._dedupe)
                 state = self._channels[channel] = LoadedChannel(log, DedupeWindow(self._dedupe))
-        return state
+            return state
 
-    def _loaded(self, channel: ChannelName, loading: asyncio.Future[StoredChannel | None]) -> None:
-        """Install a loaded channel, once, as soon as the load completes."""
-        if self._loading.get(channel) is loading:
+    def _loaded(
+        self,
+        channel: ChannelName,
+        generation: int,
+        loading: asyncio.Future[StoredChannel | None],
+    ) -> None:
+        """Install a loaded channel, once, as soon as the load completes, unless a
+        restart began since the load did (``sqlite_renewal``)."""
+        if self._loading.get(channel) == (generation, loading):
             del self._loading[channel]
         if loading.cancelled() or loading.exception() is not None:
             return
         stored = loading.result()
         if stored is None or channel in self._channels or self._closing is not None:
+            return
+        if generation != self._renewals.generation:
             return
         now_ms = self._clock.now_ms()
         history = self._namespaces.options_for(channel).history

@@ -177,6 +177,25 @@ class SqliteStore:
                 db.execute("DELETE FROM dedupe_keys WHERE channel = ?", (channel,))
             db.execute(_RESTART_CHANNEL, (channel, epoch, head_offset))
 
+    def renew_all(self, epoch: str) -> None:
+        """Restart every channel empty at ``epoch``:0, which becomes the database's epoch
+        (that of channels made from now on), in one transaction: publications and keys
+        gone, rows kept (``SqliteBroker.start_new_epoch``)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM publications")
+            db.execute("DELETE FROM dedupe_keys")
+            db.execute("UPDATE channels SET epoch = ?, head_offset = 0", (epoch,))
+            db.execute("UPDATE meta SET value = ? WHERE name = 'epoch'", (epoch,))
+
+    def renew(self, epochs: Sequence[tuple[ChannelName, str]]) -> None:
+        """Restart each ``(channel, epoch)`` empty at ``epoch``:0, publications and keys
+        gone, in one transaction (``SqliteBroker.restart_channels``)."""
+        with self._transaction() as db:
+            names = [(channel,) for channel, _ in epochs]
+            db.executemany("DELETE FROM publications WHERE channel = ?", names)
+            db.executemany("DELETE FROM dedupe_keys WHERE channel = ?", names)
+            db.executemany(_RESTART_CHANNEL, [(channel, epoch, 0) for channel, epoch in epochs])
+
     def remember_keys(self, channel: ChannelName, keys: Sequence[RememberedKey]) -> None:
         """Store ``keys`` of ``channel`` handed over from another node, in one
         transaction; a key already stored at its offset stays as it is."""
