@@ -148,26 +148,37 @@ async def test_the_loss_of_the_etcd_leader_costs_no_lease_and_no_ring_change(
                 await gateway.aclose()
 
 
-async def test_a_node_told_its_lease_expired_says_so_before_it_joins_again(
+async def test_a_node_told_its_lease_expired_stays_fenced_until_it_has_renewed_then_joins_again(
     tmp_path: Path,
 ) -> None:
     with etcd_cluster(tmp_path, 1) as cluster:
         gateway = EtcdGateway(cluster.urls)
         # What the node holds when it hears its lease is gone: its lease and membership.
         heard: list[tuple[int | None, bool]] = []
+        renewing, renewed = asyncio.Event(), asyncio.Event()
+
+        async def hear() -> None:
+            heard.append((node._lease, node.is_confirmed()))
+            renewing.set()
+            await renewed.wait()  # as a store restarting its channels in a new epoch
+
         node = Membership(
             gateway,
             "a",
             "http://a.example:8000",
             prefix="/lost",
             ttl_s=2,
-            on_lease_lost=lambda: heard.append((node._lease, node.is_confirmed())),
+            on_lease_lost=hear,
         )
         try:
             await node.join()
             lease = node._lease
             assert lease is not None
             await gateway.revoke(lease)  # as if etcd had not heard from it for its lease
+            await renewing.wait()
+            # Still unconfirmed (so fenced), and not back in, until the restart is done.
+            assert (node.is_confirmed(), node._lease) == (False, lease)
+            renewed.set()
             await until(lambda: node._lease not in (None, lease), "a joins again")
             assert heard == [(lease, False)]  # unconfirmed from the answer on, then told
             assert node.is_confirmed()

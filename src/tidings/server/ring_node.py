@@ -15,21 +15,26 @@ app from the settings:
   connections it sends elsewhere are moved;
 * a lease etcd let expire: others sequenced this node's channels since, so its history
   of them is stale and they start in a new epoch; a channel gained from another node
-  without a hand-over (``core.ring_gains``), likewise.
+  without a hand-over (``core.ring_gains``), likewise. The store (``RenewingStore``:
+  memory, sqlite) restarts them from the moment it is asked, before anything else is
+  sequenced or read there: memory at once; sqlite holds its publishes and reads until
+  the file is written. After a lost lease, the node also stays unconfirmed, so fenced
+  (``server.ring_fence``), until the restart is done.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.routing import BaseRoute, Route
 
-from tidings.brokers.base import AdoptingStore, Broker
-from tidings.brokers.memory import MemoryBroker
+from tidings.brokers.base import AdoptingStore, Broker, RenewingStore
 from tidings.core.channel import ChannelName
 from tidings.core.placement import Placement
 from tidings.core.routing import FollowingPlacement
+from tidings.errors import BrokerError
 from tidings.server.forwarding import OwnerLink
 from tidings.server.handover import Handover
 from tidings.server.handover_broker import HandoverBroker
@@ -64,6 +69,7 @@ class NodeRing:
         self._keys = keys
         self._node_id = settings.node_id
         self._placement = placement
+        self._restarting: set[asyncio.Future[None]] = set()  # restarts reported when done
         following = placement if isinstance(placement, FollowingPlacement) else None
         self.broker: Broker = store
         """The broker the hub uses."""
@@ -117,30 +123,60 @@ class NodeRing:
         other nodes (their state is saved), then move the connections it sends elsewhere."""
         self._keys.receive_ring(then=self._mover.receive_ring)
 
-    def _on_lease_lost(self) -> None:
+    async def _on_lease_lost(self) -> None:
         """etcd let this node's lease expire: its channels went to other nodes, which
         sequenced them since. Its own history of them is stale; start them anew, in a
-        new epoch, so that no client resumes across the gap (``recovered: false``)."""
+        new epoch, so that no client resumes across the gap (``recovered: false``).
+        Awaited before the node joins again: its lease stays unconfirmed until then."""
         store = self._store
-        if isinstance(store, MemoryBroker):
-            store.start_new_epoch()
-            logger.warning(
-                "node %s lost its lease in etcd: its channels start in a new epoch",
-                self._node_id,
-            )
-        else:
+        if not isinstance(store, RenewingStore):
             logger.warning(
                 "node %s lost its lease in etcd, and its %s broker cannot start a new "
                 "epoch: clients resuming here may miss what other nodes sequenced meanwhile",
                 self._node_id,
                 type(store).__name__,
             )
+            return
+        try:
+            await store.start_new_epoch()
+        except BrokerError as error:
+            logger.warning(
+                "node %s lost its lease in etcd but could not start a new epoch (%s): "
+                "clients resuming here may miss what other nodes sequenced meanwhile",
+                self._node_id,
+                error,
+            )
+            return
+        logger.warning(
+            "node %s lost its lease in etcd: its channels start in a new epoch", self._node_id
+        )
 
     def _on_gain(self, gained: Callable[[ChannelName], bool]) -> None:
         """A new ring gave this node channels another node sequenced meanwhile: what it
-        holds of them is stale; restart them in a new epoch (``core.ring_gains``)."""
+        holds of them is stale; restart them in a new epoch (``core.ring_gains``). Called
+        in the step that takes the new ring, and so is the store: it holds the channels
+        from then on (sqlite until the restart is written; memory is done at once)."""
         store = self._store
-        if isinstance(store, MemoryBroker):
-            restarted = store.restart_channels(gained)
-            if restarted:
-                logger.info("%d channels gained from another node start in a new epoch", restarted)
+        if not isinstance(store, RenewingStore):
+            return
+        try:
+            restarting = store.restart_channels(gained)
+        except BrokerError as error:  # the store is closing: nothing is served from it
+            logger.warning("channels gained from another node were not restarted: %s", error)
+            return
+        task = asyncio.ensure_future(self._report_restart(restarting))
+        self._restarting.add(task)
+        task.add_done_callback(self._restarting.discard)
+
+    async def _report_restart(self, restarting: Awaitable[int]) -> None:
+        try:
+            restarted = await restarting
+        except BrokerError as error:
+            logger.warning(
+                "channels gained from another node could not start a new epoch (%s): "
+                "clients resuming here may miss what it sequenced",
+                error,
+            )
+            return
+        if restarted:
+            logger.info("%d channels gained from another node start in a new epoch", restarted)

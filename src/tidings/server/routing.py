@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from starlette.requests import Request
@@ -100,6 +100,10 @@ class RouteEndpoint:
         return self._own_url if self._ring is None else self._ring.channel_owner_url(channel)
 
 
+async def _nothing_to_renew() -> None:
+    """A node with no store to renew when its lease is lost."""
+
+
 class RingMember:
     """This node's membership of the ring in etcd (``ring_etcd``) for the node's
     lifecycle: join at start (or only register, with ``ring_join = false``), leave with
@@ -114,12 +118,12 @@ class RingMember:
         on_change: Callable[[], None] | None = None,
         handover: Handover | None = None,
         *,
-        on_lease_lost: Callable[[], None] = lambda: None,
+        on_lease_lost: Callable[[], Awaitable[None]] = _nothing_to_renew,
         on_gain: Callable[[Callable[[ChannelName], bool]], None] = lambda _gained: None,
     ) -> None:
         """Join as ``settings`` say; each new version of the ring reaches ``handover``
         (or ``placement``), then ``on_change`` (which moves the connections it sends
-        away); ``on_lease_lost`` is told when etcd let this node's lease expire (others
+        away); ``on_lease_lost`` is awaited when etcd let this node's lease expire (others
         have sequenced its channels since), before it joins again. Without a
         ``handover``, ``on_gain`` is handed, in the same step as the new ring is taken,
         which channels it gives this node that the previous one gave another

@@ -95,6 +95,10 @@ def _has(ring: RingRecord, node_id: str) -> bool:
 HandOver = Callable[[RingRecord], Awaitable[None]]
 
 
+async def _nothing_to_renew() -> None:
+    """A node that holds nothing when its lease is lost."""
+
+
 async def _nothing_to_hand(_ring: RingRecord) -> None:
     """A node with no store to give (tests of membership alone)."""
 
@@ -114,7 +118,7 @@ class Membership:
         hand_over: HandOver = _nothing_to_hand,
         settle_timeout_s: float = DEFAULT_SETTLE_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
-        on_lease_lost: Callable[[], None] = lambda: None,
+        on_lease_lost: Callable[[], Awaitable[None]] = _nothing_to_renew,
     ) -> None:
         """Be ``node_id``, reached at ``url``, in the ring kept under ``prefix``.
 
@@ -130,8 +134,8 @@ class Membership:
             settle_timeout_s: how long a planned change waits for a transition under
                 way to end, and a leaving node for the ring without it to be final.
             clock: a monotonic clock, for the lease's deadline.
-            on_lease_lost: called when etcd says this node's lease has expired, before
-                it joins again.
+            on_lease_lost: awaited when etcd says this node's lease has expired, before
+                it joins again: the node stays unconfirmed (fenced) until it returns.
         """
         if ttl_s < 2:
             raise ValueError(f"ttl_s must be at least 2 seconds, got {ttl_s}")
@@ -417,7 +421,9 @@ class Membership:
                 # (into the ring too if it was in it: not if it had been asked out).
                 logger.warning("node %s lost its lease; joining the ring again", self.node_id)
                 self.lease.lost()
-                self._on_lease_lost()
+                # Unconfirmed until it returns: the node restarts its stale channels
+                # before it may sequence them again (``server.ring_node``).
+                await self._on_lease_lost()
                 await self._enter(enter=self.node_id in self.ring.nodes)
                 delay_s = self._ttl_s * RENEW_FRACTION
             except EtcdError as exc:
