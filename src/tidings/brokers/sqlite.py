@@ -43,6 +43,10 @@ publishes, so they are delivered once committed, and stores the giver's idempote
 keys beside them (those of publications no longer retained too), kept for the dedupe
 window from their original times.
 
+As a ring node's store (``RenewingStore``) it restarts channels another node sequenced
+meanwhile in new epochs, in the file (``start_new_epoch``, ``restart_channels``): from
+the call on, publishes and reads wait until it is committed (``sqlite_renewal``).
+
 Presence is not stored: it lives in memory (``LocalPresence``), as it ends with the node.
 
 Idle channels leave memory: every ``sweep_interval_s`` one sweep (a single timer for the

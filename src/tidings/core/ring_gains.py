@@ -13,7 +13,7 @@ over complete (the giver's sealed top held) continues the giver's epoch. This on
 ``decide_takeover``, serves both kinds of node: one taking part in hand-overs
 (``server.handover``) and one that does not (no ``cluster_secret``, or a store that
 cannot adopt channels), which never holds a channel complete and restarts what it gains
-(``brokers.memory.MemoryBroker.restart_channels``, through ``gained_channels``).
+(``brokers.base.RenewingStore.restart_channels``, through ``gained_channels``).
 """
 
 from __future__ import annotations
