@@ -187,6 +187,21 @@ async def test_a_publication_pending_as_the_restart_begins_is_committed_in_the_o
     assert read.head == Position("E2", 0)
 
 
+async def test_restarts_asked_for_back_to_back_run_in_the_order_asked(tmp_path: Path) -> None:
+    drawn = epochs()
+    async with running(tmp_path, drawn) as broker:
+        await publish_keyed(broker, ROOM, 2)
+        await publish_keyed(broker, OTHER, 2)
+        some = broker.restart_channels(lambda channel: channel == ROOM)
+        every = broker.start_new_epoch()
+        publishing = asyncio.ensure_future(broker.publish(ROOM, b"after both"))
+        assert await some == 1
+        await every
+        published = [await publishing, await broker.publish(OTHER, b"after both")]
+    # ROOM took E2, then every channel took E3 (run at once, the later would be E2).
+    assert [p.position for p in published] == [Position("E3", 1), Position("E3", 1)]
+
+
 async def test_a_restart_of_a_closed_broker_is_refused(tmp_path: Path) -> None:
     async with running(tmp_path, epochs()) as broker:
         pass

@@ -471,7 +471,8 @@ class SqliteBroker(LocalNode):
         """Return the loaded ``channel``, loading it first; a new one only with ``create``.
         Waits for the restarts under way (``sqlite_renewal``): none is served stale."""
         while True:
-            await self._renewals.wait()
+            if self._renewals.under_way:
+                await self._renewals.wait()
             state = self._channels.get(channel)
             if state is not None:
                 return state

@@ -39,6 +39,11 @@ class Renewals:
         self._current = task
         return task
 
+    @property
+    def under_way(self) -> bool:
+        """Whether a restart is under way (a cheap test for the publish path)."""
+        return self._current is not None
+
     async def wait(self) -> None:
         """Return once no restart is under way (whether or not they succeeded: their
         caller hears of a failure)."""
