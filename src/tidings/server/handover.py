@@ -238,6 +238,9 @@ class Handover:
         await self._ready.wait()
         run = _Run(ring.version)
         self._run = run
+        # Senders anew: a receiver taking one message a call (of the previous release)
+        # may have been upgraded since; the old ones' calls end on their own.
+        self._senders = {}
         try:
             for channel in await self._broker.held_channels():
                 role = self._placement.publishing_role(channel)
