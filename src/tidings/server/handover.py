@@ -1,7 +1,8 @@
 """The hand-over of channels between owners in a transition of the ring (docs/modes/hashing.md,
 "Scaling without loss"; the roles and decisions are ``core.handover``'s): each new ring
 settled, and the giver's side. asyncio, and HTTP between nodes: ``POST /node/handover``
-to the receivers, signed as forwarded calls are (``core.node_call``).
+to the receivers, signed as forwarded calls are (``core.node_call``), each call carrying
+the messages of several channels (``server.handover_sending``).
 
 Theory of operation
 -------------------
@@ -48,11 +49,11 @@ complete) is ``server.handover_receiver``'s; ``Handover`` owns it as ``receiver`
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final
 
 import msgspec
 
@@ -65,17 +66,15 @@ from tidings.core.publication import Position, parse_position
 from tidings.core.recovery import Replay
 from tidings.core.ring_gains import TakeoverStep, decide_takeover
 from tidings.core.routing import FollowingPlacement
-from tidings.errors import BadRequest, TidingsError
-from tidings.server.forwarding import OwnerLink, Parts, is_stale_ring
+from tidings.errors import TidingsError
+from tidings.server.forwarding import OwnerLink, Parts
 from tidings.server.handover_broker import HandoverBroker
 from tidings.server.handover_messages import HandoverAnswer, next_message, snapshot_keys
 from tidings.server.handover_receiver import HANDOVER_PATH, HandoverReceiver
+from tidings.server.handover_sending import HandoverSender
 from tidings.server.ring_moves import RingMover
 
 logger = logging.getLogger(__name__)
-
-# At most this many messages in flight to one receiver (one per channel at a time).
-SENDS_PER_RECEIVER: Final = 16
 
 
 @dataclass(slots=True)
@@ -144,7 +143,7 @@ class Handover:
         self._ready.set()
         self._settling = 0  # the latest settle's number: only it opens the gate
         self._run: _Run | None = None
-        self._senders: dict[str, asyncio.Semaphore] = {}
+        self._senders: dict[str, HandoverSender] = {}  # by receiver
         broker.listen(self)
         self.receiver = HandoverReceiver(node_id, placement, broker, link, self.refresh)
         """The receiving side: ``POST /node/handover``."""
@@ -239,6 +238,9 @@ class Handover:
         await self._ready.wait()
         run = _Run(ring.version)
         self._run = run
+        # Senders anew: a receiver taking one message a call (of the previous release)
+        # may have been upgraded since; the old ones' calls end on their own.
+        self._senders = {}
         try:
             for channel in await self._broker.held_channels():
                 role = self._placement.publishing_role(channel)
@@ -375,15 +377,12 @@ class Handover:
     async def _send(
         self, receiver: str, channel: ChannelName, raw: bytes, version: int
     ) -> HandoverAnswer | None:
-        semaphore = self._senders.setdefault(receiver, asyncio.Semaphore(SENDS_PER_RECEIVER))
-        async with semaphore:
-            url = self._placement.url_of(receiver)
-            parts: Parts = await self._link().send(
-                channel, url, ("POST", HANDOVER_PATH, raw), version
-            )
-        if is_stale_ring(parts):
-            return None
-        status, _, body = parts
-        if status != 200:
-            raise BadRequest(f"{receiver} answered {status}: {body[:200]!r}")
-        return msgspec.json.decode(body, type=HandoverAnswer)
+        sender = self._senders.get(receiver)
+        if sender is None:
+            sender = HandoverSender(receiver, functools.partial(self._post, receiver))
+            self._senders[receiver] = sender
+        return await sender.send(channel, raw, version)
+
+    async def _post(self, receiver: str, channel: ChannelName, body: bytes, version: int) -> Parts:
+        url = self._placement.url_of(receiver)
+        return await self._link().send(channel, url, ("POST", HANDOVER_PATH, body), version)

@@ -3,7 +3,8 @@ form on the wire, and how a channel's snapshot is cut into messages. Pure.
 
 A giver sends each moving channel as messages of at most ``MESSAGE_DATA_BYTES`` of
 publications and ``MESSAGE_KEY_BYTES`` of idempotency keys, far below the body a node
-takes (``MAX_HANDOVER_BODY_BYTES``); ``server.handover`` sends them and
+takes (``MAX_HANDOVER_BODY_BYTES``); ``server.handover`` sends them, gathered with other
+channels' into one call (a list, answered by a list: ``server.handover_sending``), and
 ``server.handover_receiver`` applies them.
 """
 
@@ -59,12 +60,22 @@ class HandoverMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     keys: list[_Key] = msgspec.field(default_factory=list)
 
 
+class HandoverError(msgspec.Struct, frozen=True):
+    """Why a receiver refused one message of a batch: a docs/protocol.md §7 code
+    (``stale_ring``, ``bad_request``, ...) and a message."""
+
+    code: str
+    message: str
+
+
 class HandoverAnswer(msgspec.Struct, frozen=True, omit_defaults=True):
-    """The receiver's answer: the position it holds, or ``resync``."""
+    """The receiver's answer to one message: the position it holds, or ``resync``; in
+    the answer to a batch (a list, in the batch's order), or that message's ``error``."""
 
     epoch: str = ""
     offset: int = 0
     resync: bool = False
+    error: HandoverError | None = None
 
 
 def _first_part(publications: tuple[Publication, ...], max_bytes: int) -> tuple[Publication, ...]:

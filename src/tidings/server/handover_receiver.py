@@ -3,6 +3,12 @@
 signed as forwarded calls are (``core.node_call``), applied to the node's adopting store.
 asyncio and HTTP; the giver's side is ``server.handover``.
 
+A call carries one message, or a batch of them (a list, of several channels: the
+giver's ``server.handover_sending``), answered by a list of outcomes in its order; the
+messages of a batch are applied concurrently, one message of a channel at a time, and a
+message refused (a bad one, or one made with another ring) gets its own error outcome,
+leaving the others applied. The single form is what the previous release's givers send.
+
 A *receiver* (the new owner of a moving key) applies each message of a channel by
 ``decide_replica`` and ``AdoptingStore.adopt`` (positions kept, keys remembered, the
 message's own keys too, newly stored publications delivered to its subscribers live),
@@ -20,6 +26,7 @@ other is refused ``stale_ring`` (the giver reads the ring again).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -35,14 +42,17 @@ from tidings.core.node_call import NODE_AUTH_HEADER
 from tidings.core.publication import ClientInfo, Position, Publication
 from tidings.core.ring_gains import TakeoverStep
 from tidings.core.routing import FollowingPlacement
-from tidings.errors import BadRequest, RequestError, StaleRing, Unauthorized
+from tidings.errors import BadRequest, BrokerError, RequestError, StaleRing, Unauthorized
 from tidings.server.forwarding import OwnerLink
 from tidings.server.handover_messages import (
     MAX_HANDOVER_BODY_BYTES,
     HandoverAnswer,
+    HandoverError,
     HandoverMessage,
 )
 from tidings.transports.http import json_response, read_body, request_error_response
+
+logger = logging.getLogger(__name__)
 
 HANDOVER_PATH: Final = "/node/handover"
 
@@ -86,7 +96,8 @@ class HandoverReceiver:
             self._replicas.pop(channel, None)
 
     async def receive(self, request: Request) -> Response:
-        """``POST /node/handover``: apply a giver's message; answer the position held."""
+        """``POST /node/handover``: apply a giver's message, or batch of messages;
+        answer the position held (for a batch, a list of outcomes in its order)."""
         try:
             if request.headers.get(NODE_AUTH_HEADER) is None:
                 # Refused before its body is read: only nodes of the ring send these.
@@ -96,19 +107,45 @@ class HandoverReceiver:
             if call is None:
                 raise Unauthorized("a hand-over must be signed by a node of the ring")
             try:
-                message = msgspec.json.decode(raw, type=HandoverMessage)
+                body = msgspec.json.decode(raw, type=HandoverMessage | list[HandoverMessage])
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise BadRequest(f"not a hand-over message: {exc}") from None
-            channel = parse_channel(message.channel)
+                raise BadRequest(f"not a hand-over message or list of them: {exc}") from None
             if call.ring_version > self._placement.ring_version:
                 await self._refresh()
-            own = self._placement.ring_version
-            if call.ring_version != own or not self._receives(channel, message.giver):
-                raise StaleRing(channel, call.ring_version, own)
-            answer = await self.apply(channel, message)
+            if isinstance(body, HandoverMessage):
+                answer = await self._answer(call.ring_version, body)
+                return json_response(msgspec.to_builtins(answer))
+            # Concurrently: the per-channel lock keeps one channel's messages in order.
+            answers = await asyncio.gather(*(self._outcome(call.ring_version, m) for m in body))
         except RequestError as error:
             return request_error_response(error)
-        return json_response(msgspec.to_builtins(answer))
+        return json_response(msgspec.to_builtins(answers))
+
+    async def _answer(self, version: int, message: HandoverMessage) -> HandoverAnswer:
+        """Apply one message of a call signed with ring ``version``.
+
+        Raises:
+            BadRequest: not a channel name, or its publications are not consecutive.
+            StaleRing: the call's ring is not this node's, or in it this node does not
+                receive the channel from that giver.
+            BrokerError: the store failed.
+        """
+        channel = parse_channel(message.channel)
+        own = self._placement.ring_version
+        if version != own or not self._receives(channel, message.giver):
+            raise StaleRing(channel, version, own)
+        return await self.apply(channel, message)
+
+    async def _outcome(self, version: int, message: HandoverMessage) -> HandoverAnswer:
+        """One message's outcome in a batch: its answer, or its own error."""
+        try:
+            return await self._answer(version, message)
+        except RequestError as error:
+            return HandoverAnswer(error=HandoverError(error.code, error.message))
+        except BrokerError as exc:  # its own outcome: the others may still be applied
+            logger.warning("applying a hand-over message of %s failed: %s", message.channel, exc)
+            failed = HandoverError("unavailable", "the receiver's store failed; send it again")
+            return HandoverAnswer(error=failed)
 
     def _receives(self, channel: ChannelName, giver: str) -> bool:
         transition = self._placement.transition
