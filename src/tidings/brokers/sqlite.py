@@ -9,7 +9,8 @@ publish returns only once its row is committed: offsets, epochs, history and
 idempotency keys outlive the process, and a client resuming after a restart is given
 exactly what it missed. The file itself (schema, SQL, loads and writes) is
 ``sqlite_store``, the group commit (batches, and what is visible when) ``sqlite_commit``,
-the thread doing the disk I/O ``sqlite_writer``; this module sequences and delivers.
+the thread doing the disk I/O ``sqlite_writer``, what a ring node's store does beyond
+a broker ``sqlite_ring``; this module sequences, reads, sweeps and delivers.
 
 Durability (``durability``). With ``"full"``, the default, SQLite runs
 ``synchronous=FULL``: each group commit fsyncs the WAL before its publishers are
@@ -35,17 +36,8 @@ One directory serves one broker at a time: sequencing is in this process's memor
 second instance on the same file cannot overwrite rows (offsets are a primary key), its
 conflicting publishes fail instead.
 
-As a ring node's store (``AdoptingStore``) it also takes channels over from their old
-owner: ``adopt`` restarts the channel's rows in the giver's epoch when it must
-(``core.channel_log.plan_adoption``; past a hole in the epoch held, its key rows stay),
-then writes the publications at the positions given through the same group commit as
-publishes, so they are delivered once committed, and stores the giver's idempotency
-keys beside them (those of publications no longer retained too), kept for the dedupe
-window from their original times.
-
-As a ring node's store (``RenewingStore``) it restarts channels another node sequenced
-meanwhile in new epochs, in the file (``start_new_epoch``, ``restart_channels``): from
-the call on, publishes and reads wait until it is committed (``sqlite_renewal``).
+As a ring node's store (``AdoptingStore``, ``RenewingStore``) it also takes channels
+over from their old owner and restarts channels in new epochs: ``sqlite_ring``.
 
 Presence is not stored: it lives in memory (``LocalPresence``), as it ends with the node.
 
@@ -68,6 +60,7 @@ from functools import partial
 from pathlib import Path
 from typing import Final
 
+from tidings.brokers import sqlite_ring
 from tidings.brokers.base import (
     HistoryRead,
     PublicationHandler,
@@ -80,7 +73,7 @@ from tidings.brokers.sqlite_store import DURABILITIES, Durability, SqliteStore, 
 from tidings.brokers.sqlite_writer import SqliteWriter
 from tidings.clock import Clock, SystemClock
 from tidings.core.channel import ChannelName
-from tidings.core.channel_log import ChannelLog, Duplicate, plan_adoption
+from tidings.core.channel_log import ChannelLog, Duplicate
 from tidings.core.dedupe import DedupeOptions, DedupeWindow, RememberedKey, dedupe_key
 from tidings.core.namespace import Namespaces
 from tidings.core.publication import ClientInfo, Position, Publication
@@ -265,140 +258,6 @@ class SqliteBroker(LocalNode):
             return HistoryRead(head, decide_recovery(since, self._epoch, 0, (), limit))
         return state.read(since, limit, self._clock.now_ms())
 
-    async def held_channels(self) -> list[ChannelName]:
-        """Return every channel of the file, and those created since (``AdoptingStore``).
-
-        Raises:
-            BrokerError: the broker is not open, or reading the file failed.
-        """
-        writer = self._check_open()
-        stored = await writer.run(self._store.channel_names, "listing channels")
-        return sorted({*stored, *self._channels})
-
-    async def remembered_keys(self, channel: ChannelName) -> tuple[RememberedKey, ...]:
-        """Return ``channel``'s committed keys inside the dedupe window, oldest first
-        (``AdoptingStore``), those of publications trimmed from history too.
-
-        Raises:
-            BrokerError: the broker is not open, or loading the channel failed.
-        """
-        self._check_open()
-        state = await self._channel(channel, create=False)
-        return () if state is None else state.remembered_keys(self._clock.now_ms())
-
-    async def adopt(
-        self,
-        channel: ChannelName,
-        epoch: str,
-        publications: Sequence[Publication],
-        *,
-        top: int,
-        keys: Sequence[RememberedKey] = (),
-    ) -> Position:
-        """Store ``publications`` at their positions and remember ``keys``
-        (``AdoptingStore.adopt``); return once they are committed (and delivered).
-
-        Raises:
-            ValueError: the publications are not consecutive and ending at ``top``.
-            BrokerError: the broker is not open, storing failed, or the channel was
-                restarted in a new epoch meanwhile (``restart_channels``; adopt again).
-        """
-        writer = self._check_open()
-        state = await self._channel(channel, create=False)
-        if state is not None and state.committed_offset != state.log.head_offset:
-            # Its own publications first: the plan reads a settled head.
-            await self._group_commit.flush()
-            state = await self._channel(channel, create=False)
-        generation = self._renewals.generation  # none under way: ``_channel`` waited
-        plan = plan_adoption(None if state is None else state.log.head, epoch, publications, top)
-        if plan.restart_at is not None:
-            # Past a hole in the same epoch the keys stay true, in the file and here: the
-            # giver does not send them again (``Adoption.keeps_keys``).
-            kept: tuple[RememberedKey, ...] = ()
-            if state is not None and plan.keeps_keys:
-                kept = state.remembered_keys(self._clock.now_ms())
-            restart = partial(self._store.restart, channel, epoch, plan.restart_at)
-            await writer.run(
-                partial(restart, keep_keys=plan.keeps_keys), f"adopting channel {channel}"
-            )
-            self._check_open()
-            self._check_not_renewed(channel, generation)
-            history = self._namespaces.options_for(channel).history
-            log = ChannelLog(channel, epoch, history, self._dedupe, plan.restart_at)
-            earlier_keys = DedupeWindow(self._dedupe)
-            earlier_keys.adopt(kept)
-            state = self._channels[channel] = LoadedChannel(log, earlier_keys)
-        assert state is not None  # plan_adoption restarts a channel not held
-        if plan.publications:
-            now_ms = self._clock.now_ms()
-            done: asyncio.Future[None] | None = None
-            for publication in plan.publications:
-                state.log.restore(publication, now_ms)
-                done = self._group_commit.enqueue(publication)
-            assert done is not None
-            await asyncio.shield(done)
-        assert state.log.epoch == epoch  # plan_adoption restarts a channel of another epoch
-        head = Position(epoch, plan.head)
-        # At or below the committed head only: a publication stored later inserts its own
-        # key row at its offset, which must not be taken already.
-        adopted = [k for k in keys if k.offset <= head.offset]
-        if adopted:
-            self._check_not_renewed(channel, generation)
-            await writer.run(
-                partial(self._store.remember_keys, channel, adopted),
-                f"adopting the keys of channel {channel}",
-            )
-            self._check_open()
-            self._check_not_renewed(channel, generation)
-            # Committed: now ``publish`` may answer from them (a failed batch since
-            # reloads the channel from the file, keys and all).
-            state = self._channels.get(channel)
-            if state is not None:
-                state.earlier_keys.adopt(adopted)
-        return head
-
-    def start_new_epoch(self) -> asyncio.Task[None]:
-        """Restart every channel empty, in one new epoch that becomes the database's
-        (``RenewingStore``); from this call on, publishes and reads wait until it is
-        committed (``sqlite_renewal``), which the task returned awaits.
-
-        Raises:
-            BrokerError: the broker is not open (the task raises it if storing failed).
-        """
-        self._check_open()
-        return self._renewals.begin(self._renew_all)
-
-    def restart_channels(self, which: Callable[[ChannelName], bool]) -> asyncio.Task[int]:
-        """Restart each channel of the file for which ``which`` is true empty, each in a
-        new epoch of its own (``RenewingStore``); from this call on, publishes and reads
-        wait until it is committed, which the task returned (how many) awaits.
-
-        Raises:
-            BrokerError: the broker is not open (the task raises it if storing failed).
-        """
-        self._check_open()
-        return self._renewals.begin(partial(self._renew, which))
-
-    async def _renew_all(self) -> None:
-        epoch = self._epoch_factory()
-        await self._group_commit.flush()  # publications made before are in the old epoch
-        writer = self._check_open()
-        await writer.run(partial(self._store.renew_all, epoch), f"renewing epochs in {self._file}")
-        self._epoch = epoch
-        self._channels.clear()
-
-    async def _renew(self, which: Callable[[ChannelName], bool]) -> int:
-        await self._group_commit.flush()  # so every channel held is in the file
-        writer = self._check_open()
-        names = await writer.run(self._store.channel_names, f"listing channels of {self._file}")
-        epochs = [(channel, self._epoch_factory()) for channel in names if which(channel)]
-        if epochs:
-            writer = self._check_open()
-            await writer.run(partial(self._store.renew, epochs), f"renewing epochs in {self._file}")
-        for channel, _ in epochs:
-            self._channels.pop(channel, None)
-        return len(epochs)
-
     async def subscribe(self, channel: ChannelName) -> None:
         """Deliver ``channel``'s publications to this node's hub."""
         self._subscribed.add(channel)
@@ -456,11 +315,37 @@ class SqliteBroker(LocalNode):
             except Exception:  # a bug here must not end the sweeps, nor the node
                 logger.exception("sweeping idle channels failed")
 
-    def _check_not_renewed(self, channel: ChannelName, generation: int) -> None:
-        """An adoption must not install or write what a restart begun since replaced
-        (the file keeps whichever wrote last; memory reloads it from there)."""
-        if generation != self._renewals.generation:
-            raise BrokerError(f"channel {channel} was restarted in a new epoch while adopted")
+    # -- as a ring node's store (sqlite_ring.py) ---------------------------------------
+
+    async def held_channels(self) -> list[ChannelName]:
+        """Every channel of the file, and those created since (``AdoptingStore``)."""
+        return await sqlite_ring.held_channels(self)
+
+    async def remembered_keys(self, channel: ChannelName) -> tuple[RememberedKey, ...]:
+        """``channel``'s committed keys inside the dedupe window (``AdoptingStore``)."""
+        return await sqlite_ring.remembered_keys(self, channel)
+
+    async def adopt(
+        self,
+        channel: ChannelName,
+        epoch: str,
+        publications: Sequence[Publication],
+        *,
+        top: int,
+        keys: Sequence[RememberedKey] = (),
+    ) -> Position:
+        """Take ``channel`` over from its old owner (``AdoptingStore.adopt``)."""
+        return await sqlite_ring.adopt(self, channel, epoch, publications, top=top, keys=keys)
+
+    def start_new_epoch(self) -> asyncio.Task[None]:
+        """Restart every channel empty in one new epoch (``RenewingStore``)."""
+        return sqlite_ring.start_new_epoch(self)
+
+    def restart_channels(self, which: Callable[[ChannelName], bool]) -> asyncio.Task[int]:
+        """Restart the channels ``which`` picks, each in a new epoch (``RenewingStore``)."""
+        return sqlite_ring.restart_channels(self, which)
+
+    # -- loading and committing channels (sqlite_ring.py uses them too) -------------
 
     def _check_open(self) -> SqliteWriter:
         if self._writer is None or self._closing is not None:
