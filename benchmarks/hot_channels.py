@@ -261,12 +261,7 @@ async def main(rounds: int, write: bool, note: str) -> None:
         ),
         rows,
     )
-    described = report.markdown_table(
-        ("", ""), [(name, value) for name, value in report.machine(("msgspec",))]
-    )
-    noted = f"{note}\n\n" if note else ""
-    text = (
-        f"{RESULTS_HEADING}\n\n"
+    explanation = (
         f"`{_command_without_note()}`: {rounds} rounds per workload, the settings taking "
         "turns (off; exact: every publication counted; sampled: the default); each "
         "fan-out figure is the median with the minimum and maximum in brackets. "
@@ -276,13 +271,16 @@ async def main(rounds: int, write: bool, note: str) -> None:
         "its caches warm: a lower bound, "
         "exact for the celebrity case where the difference is lost in the spread. The "
         "subscribers write to no socket: in a node each delivery also costs a socket "
-        "write, so these shares are upper bounds of a server's.\n\n"
-        f"{noted}"
-        f"{table}\n\n## Machine (hot channels)\n\n{described}\n"
+        "write, so these shares are upper bounds of a server's."
     )
-    print(text)
-    if write:
-        report.write_section(RESULTS_PATH, RESULTS_HEADING, text)
+    _publish(
+        RESULTS_HEADING,
+        explanation,
+        note,
+        table,
+        machine_heading="Machine (hot channels)",
+        write=write,
+    )
 
 
 # -- instructions, under callgrind ------------------------------------------------------------
@@ -395,24 +393,43 @@ def main_callgrind(write: bool, note: str, names: Sequence[str]) -> None:
         ),
         rows,
     )
-    described = report.markdown_table(
-        ("", ""), [(name, value) for name, value in report.machine(("msgspec",))]
-    )
-    noted = f"{note}\n\n" if note else ""
-    text = (
-        f"{CALLGRIND_HEADING}\n\n"
+    explanation = (
         f"`{_command_without_note()}`: instructions counted by valgrind's callgrind, not "
         "time: the same on a loaded machine. Per workload and setting, two children fan "
         "out the first N/4 and all N publications of one stream (hash seed fixed, all else "
         "alike); their difference over 3N/4 is one fan-out's instructions. The subscribers "
         "queue each publication's text and write to no socket: in a node each delivery "
-        "also costs a socket write, so these shares are upper bounds of a server's.\n\n"
-        f"{noted}"
-        f"{table}\n\n## Machine (hot channels, instructions)\n\n{described}\n"
+        "also costs a socket write, so these shares are upper bounds of a server's."
     )
+    _publish(
+        CALLGRIND_HEADING,
+        explanation,
+        note,
+        table,
+        machine_heading="Machine (hot channels, instructions)",
+        write=write,
+    )
+
+
+def _publish(
+    heading: str,
+    explanation: str,
+    note: str,
+    table: str,
+    *,
+    machine_heading: str,
+    write: bool,
+) -> None:
+    """Print a RESULTS.md section (the explanation, the note, the table, the machine),
+    and write it there with ``write``."""
+    described = report.markdown_table(
+        ("", ""), [(name, value) for name, value in report.machine(("msgspec",))]
+    )
+    noted = f"{note}\n\n" if note else ""
+    text = f"{heading}\n\n{explanation}\n\n{noted}{table}\n\n## {machine_heading}\n\n{described}\n"
     print(text)
     if write:
-        report.write_section(RESULTS_PATH, CALLGRIND_HEADING, text)
+        report.write_section(RESULTS_PATH, heading, text)
 
 
 def _command_without_note() -> str:
